@@ -1,0 +1,30 @@
+//! HTTP API paths. Everything the coordinator serves lives under `/v1/`,
+//! except the health and metrics endpoints, which follow their own
+//! conventions.
+
+/// Agent: register (join token or node credential).
+pub const AGENT_REGISTER: &str = "/v1/agent/register";
+/// Agent: heartbeat (node credential).
+pub const AGENT_HEARTBEAT: &str = "/v1/agent/heartbeat";
+/// Admin: list clusters (GET), create one (POST).
+pub const CLUSTERS: &str = "/v1/clusters";
+/// Admin: one cluster, `{name}`.
+pub const CLUSTER: &str = "/v1/clusters/{name}";
+/// Admin: list nodes; `?cluster=NAME` narrows to one cluster.
+pub const NODES: &str = "/v1/nodes";
+/// Admin: one node, by cluster and node name.
+pub const NODE: &str = "/v1/nodes/{cluster}/{name}";
+/// Liveness: 200 while the coordinator serves.
+pub const HEALTHZ: &str = "/healthz";
+/// Prometheus text metrics.
+pub const METRICS: &str = "/metrics";
+
+/// The path of one cluster.
+pub fn cluster(name: &str) -> String {
+    format!("{CLUSTERS}/{name}")
+}
+
+/// The path of one node.
+pub fn node(cluster: &str, name: &str) -> String {
+    format!("{NODES}/{cluster}/{name}")
+}

@@ -1,0 +1,302 @@
+//! Validation of what comes off the wire. Each check names the field it
+//! failed on, shows the value (cut short) and says why, in the form
+//! `field="value" is not valid: why`.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// Longest DNS label (RFC 1035 §2.3.4).
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// Longest DNS name in text form, without the trailing dot.
+pub const MAX_NAME_LEN: usize = 253;
+
+/// A value that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// The field, as named on the wire or in the config.
+    pub field: String,
+    /// The offending value, cut to 64 characters.
+    pub value: String,
+    /// Why it is not valid.
+    pub reason: String,
+}
+
+impl ValidationError {
+    /// Builds an error for `field` holding `value`.
+    pub fn new(field: &str, value: &str, reason: &str) -> Self {
+        let mut cut: String = value.chars().take(64).collect();
+        if cut.len() < value.len() {
+            cut.push('…');
+        }
+        ValidationError {
+            field: field.to_owned(),
+            value: cut,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}={:?} is not valid: {}",
+            self.field, self.value, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+/// An EC2 instance id: `i-` and 8 or 17 lowercase hex digits.
+pub fn instance_id(value: &str) -> Result<(), ValidationError> {
+    let ok = value.strip_prefix("i-").is_some_and(|hex| {
+        (hex.len() == 8 || hex.len() == 17)
+            && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "instance_id",
+            value,
+            "must be \"i-\" followed by 8 or 17 lowercase hex digits",
+        ))
+    }
+}
+
+/// One DNS label per RFC 1123, lowercase: 1 to 63 of `a-z`, `0-9` and `-`,
+/// neither starting nor ending with `-`.
+pub fn dns_label(field: &str, value: &str) -> Result<(), ValidationError> {
+    let reason = if value.is_empty() {
+        Some("must not be empty")
+    } else if value.len() > MAX_LABEL_LEN {
+        Some("must be at most 63 characters")
+    } else if !value
+        .bytes()
+        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+    {
+        Some("may hold only lowercase letters, digits and '-'")
+    } else if value.starts_with('-') || value.ends_with('-') {
+        Some("must not start or end with '-'")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ValidationError::new(field, value, reason)),
+        None => Ok(()),
+    }
+}
+
+/// A DNS name of one or more RFC 1123 labels separated by dots, without a
+/// trailing dot, at most 253 characters.
+pub fn dns_name(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.len() > MAX_NAME_LEN {
+        return Err(ValidationError::new(
+            field,
+            value,
+            "must be at most 253 characters",
+        ));
+    }
+    for label in value.split('.') {
+        dns_label(field, label).map_err(|e| {
+            ValidationError::new(field, value, &format!("label {:?} {}", label, e.reason))
+        })?;
+    }
+    Ok(())
+}
+
+/// An IPv4 address a host can be reached at: not unspecified, broadcast or
+/// multicast.
+pub fn host_ipv4(field: &str, addr: Ipv4Addr) -> Result<(), ValidationError> {
+    let reason = if addr.is_unspecified() {
+        Some("must not be the unspecified address")
+    } else if addr.is_broadcast() {
+        Some("must not be the broadcast address")
+    } else if addr.is_multicast() {
+        Some("must not be a multicast address")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ValidationError::new(field, &addr.to_string(), reason)),
+        None => Ok(()),
+    }
+}
+
+/// An AWS region name such as `us-east-1` or `us-gov-west-1`.
+pub fn region(value: &str) -> Result<(), ValidationError> {
+    if looks_like_region(value) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "region",
+            value,
+            "must look like an AWS region, e.g. us-east-1",
+        ))
+    }
+}
+
+/// An availability zone name: a region followed by one or more lowercase
+/// letters (`us-east-1a`), or a Local/Wavelength zone name (`us-west-2-lax-1a`).
+pub fn availability_zone(value: &str) -> Result<(), ValidationError> {
+    let trimmed = value.trim_end_matches(|c: char| c.is_ascii_lowercase());
+    let ok = trimmed.len() < value.len()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+        && looks_like_region(trimmed);
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "availability_zone",
+            value,
+            "must look like an AWS availability zone, e.g. us-east-1a",
+        ))
+    }
+}
+
+fn looks_like_region(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    parts.len() >= 3
+        && value.len() <= 32
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && parts
+            .last()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[0].bytes().all(|b| b.is_ascii_lowercase())
+}
+
+/// Free text: at most [`crate::MAX_TEXT_LEN`] bytes, no control characters.
+pub fn text(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.len() > crate::MAX_TEXT_LEN {
+        Err(ValidationError::new(
+            field,
+            value,
+            "must be at most 256 bytes",
+        ))
+    } else if value.chars().any(char::is_control) {
+        Err(ValidationError::new(
+            field,
+            value,
+            "must not contain control characters",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Real instance id shapes pass; near misses fail.
+    #[test]
+    fn instance_ids() {
+        instance_id("i-0123456789abcdef0").unwrap();
+        instance_id("i-12345678").unwrap();
+        for bad in [
+            "",
+            "i-",
+            "i-123",
+            "i-0123456789ABCDEF0",
+            "x-12345678",
+            "i-0123456789abcdef01",
+            "i-1234567g",
+        ] {
+            assert!(instance_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// RFC 1123 labels: the edges of the rules.
+    #[test]
+    fn labels() {
+        for good in ["a", "web", "web-1", "1web", &"a".repeat(63)] {
+            dns_label("name", good).unwrap();
+        }
+        for bad in ["", "-web", "web-", "Web", "we_b", "we.b", "wéb", &"a".repeat(64)] {
+            assert!(dns_label("name", bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Dotted names are checked label by label and in length.
+    #[test]
+    fn names() {
+        dns_name("zone", "muster.internal").unwrap();
+        dns_name("zone", "nodes.example.com").unwrap();
+        assert!(dns_name("zone", "muster.internal.").is_err());
+        assert!(dns_name("zone", "a..b").is_err());
+        assert!(dns_name("zone", &format!("{}.com", "a.".repeat(130))).is_err());
+    }
+
+    /// Addresses no host can be reached at are refused.
+    #[test]
+    fn addresses() {
+        host_ipv4("ip", Ipv4Addr::new(10, 0, 0, 1)).unwrap();
+        host_ipv4("ip", Ipv4Addr::new(54, 0, 0, 1)).unwrap();
+        for bad in [
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::new(239, 1, 1, 1),
+        ] {
+            assert!(host_ipv4("ip", bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Regions and zones as AWS names them.
+    #[test]
+    fn regions_and_zones() {
+        for good in ["us-east-1", "eu-central-2", "us-gov-west-1", "ap-southeast-4"] {
+            region(good).unwrap();
+        }
+        for bad in ["", "us-east", "US-EAST-1", "us--1", "useast1", "us-east-1a"] {
+            assert!(region(bad).is_err(), "{bad}");
+        }
+        for good in ["us-east-1a", "eu-west-3c", "us-west-2-lax-1a"] {
+            availability_zone(good).unwrap();
+        }
+        for bad in ["", "us-east-1", "a", "us-east-1A", "-1a"] {
+            assert!(availability_zone(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The error message names the field and the value.
+    #[test]
+    fn error_display() {
+        let err = dns_label("cluster", "Bad").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cluster=\"Bad\" is not valid: may hold only lowercase letters, digits and '-'"
+        );
+    }
+
+    proptest! {
+        /// Every label the checker accepts is a valid RFC 1123 label, and
+        /// every string built from the allowed alphabet within the rules passes.
+        #[test]
+        fn label_checker_agrees_with_the_rule(s in "[a-z0-9-]{0,70}") {
+            let rule = !s.is_empty()
+                && s.len() <= 63
+                && !s.starts_with('-')
+                && !s.ends_with('-');
+            prop_assert_eq!(dns_label("x", &s).is_ok(), rule);
+        }
+
+        /// No input makes a validator panic.
+        #[test]
+        fn validators_never_panic(s in ".{0,300}") {
+            let _ = instance_id(&s);
+            let _ = dns_label("x", &s);
+            let _ = dns_name("x", &s);
+            let _ = region(&s);
+            let _ = availability_zone(&s);
+            let _ = text("x", &s);
+        }
+    }
+}
