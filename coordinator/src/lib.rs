@@ -1,1 +1,175 @@
-//! Placeholder until the crate lands.
+//! The muster coordinator: it keeps node state, answers for the nodes in
+//! DNS, and serves the HTTPS API that agents and operators talk to.
+//!
+//! `muster-coordinator serve` runs it; the other subcommands are clients of
+//! a running one. All logic lives in this library so tests can call it; the
+//! binary is a thin `main.rs`.
+//!
+//! # Layout
+//! - [`config`]: `serve` settings from flags, environment and TOML, validated.
+//! - [`pki`]: the self-made CA, the server certificate and the admin token.
+//! - [`store`]: SQLite (WAL) with migrations: clusters, nodes, node events.
+//! - [`ec2`]: what EC2 says about an instance (aws-sdk-ec2).
+//! - [`registry`]: register and heartbeat, checked against EC2; memory for
+//!   heartbeats, the store for transitions.
+//! - [`dns`]: the embedded authoritative DNS server and the record model.
+//! - [`api`]: the axum routes, JSON errors, `/healthz`, `/metrics`.
+//! - [`cli`]: the admin client behind `cluster …` and `node …`.
+//! - [`serve`]: wires it all together and runs until told to stop.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod dns;
+pub mod ec2;
+pub mod pki;
+pub mod registry;
+pub mod store;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::registry::{Registry, Timing};
+
+/// How long in-flight requests get to finish on shutdown.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Errors starting or running the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data dir could not be made.
+    #[error("creating the data dir {path}: {source}")]
+    DataDir {
+        /// The dir.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TLS or the admin token could not be set up.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The registry could not load.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    /// DNS could not start.
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
+    /// The API could not bind or failed.
+    #[error("serving the API on {addr}: {source}")]
+    Api {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Installs ring as the process-wide rustls provider. Both binaries and the
+/// tests call this once at start; a second call is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs the coordinator until `shutdown` completes, then drains.
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    install_crypto_provider();
+    let data_dir = &settings.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|source| ServeError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+
+    let files = match &settings.tls {
+        Some((cert, key)) => pki::TlsFiles {
+            ca: None,
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        None => pki::ensure_self_signed(data_dir, &settings.certificate_names())?,
+    };
+    let tls = pki::server_config(&files)?;
+    let admin_token = pki::ensure_admin_token(data_dir)?;
+    tracing::info!(
+        admin_token = %data_dir.join(pki::ADMIN_TOKEN_FILE).display(),
+        ca = ?files.ca.as_ref().map(|p| p.display().to_string()),
+        "credentials ready"
+    );
+
+    let store_path = data_dir.join("muster.db");
+    let store = store::Store::open(&store_path)?;
+    tracing::info!(path = %store_path.display(), "store open");
+
+    let ec2 = Arc::new(ec2::Ec2Instances::from_env().await);
+    let zone = Arc::new(dns::Zone::new(&settings.zone, settings.dns_ttl)?);
+    let registry = Arc::new(Registry::new(
+        store,
+        ec2,
+        zone.clone(),
+        settings.zone.clone(),
+        Timing {
+            heartbeat_interval: settings.heartbeat_interval,
+            heartbeat_jitter: settings.heartbeat_interval / 10,
+        },
+    )?);
+
+    let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen).await?;
+    tracing::info!(addr = %dns_addr, zone = %settings.zone, "dns listening (udp, tcp)");
+
+    let app = api::router(api::AppState {
+        registry,
+        admin_token_hash: Arc::new(registry::hash_secret(&admin_token)),
+    });
+    let handle = axum_server::Handle::new();
+    let listen = settings.listen;
+    let server = axum_server::bind_rustls(
+        listen,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )
+    .handle(handle.clone())
+    .serve(app.into_make_service());
+    let mut api_task = tokio::spawn(server);
+    let api_addr = tokio::select! {
+        addr = handle.listening() => addr,
+        result = &mut api_task => {
+            let source = match result {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => std::io::Error::other("the API server stopped at once"),
+                Err(e) => std::io::Error::other(e),
+            };
+            return Err(ServeError::Api { addr: listen, source });
+        }
+    };
+    tracing::info!(addr = ?api_addr, public_url = %settings.public_url, "api listening (https)");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        result = &mut api_task => {
+            let source = match result {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => std::io::Error::other("the API server stopped"),
+                Err(e) => std::io::Error::other(e),
+            };
+            return Err(ServeError::Api { addr: listen, source });
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    handle.graceful_shutdown(Some(DRAIN_DEADLINE));
+    let _ = tokio::time::timeout(DRAIN_DEADLINE + Duration::from_secs(1), api_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), dns_server.shutdown_gracefully()).await;
+    tracing::info!("stopped");
+    Ok(())
+}

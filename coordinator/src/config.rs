@@ -1,0 +1,382 @@
+//! `muster-coordinator serve` settings: flags and `MUSTER_*` environment
+//! variables (clap) over the `[serve]` table of the TOML file over defaults,
+//! validated once into [`Settings`]. A bad value is reported as
+//! `NAME="value" is not valid: why` and the process exits 64.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/muster/coordinator.toml";
+/// Default API address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+/// Default DNS address.
+pub const DEFAULT_DNS_LISTEN: &str = "0.0.0.0:53";
+/// Default zone.
+pub const DEFAULT_ZONE: &str = "muster.internal";
+/// Default data dir.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/muster";
+/// Default heartbeat interval handed to agents.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default DNS TTL in seconds.
+pub const DEFAULT_DNS_TTL: u32 = 30;
+
+/// Flags of `serve`. Every one may also come from the environment or the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with a [serve] table [default: /etc/muster/coordinator.toml]
+    #[arg(long, env = "MUSTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTPS API address [default: 0.0.0.0:7443]
+    #[arg(long, env = "MUSTER_LISTEN")]
+    pub listen: Option<String>,
+    /// Embedded DNS address, UDP and TCP [default: 0.0.0.0:53]
+    #[arg(long, env = "MUSTER_DNS_LISTEN")]
+    pub dns_listen: Option<String>,
+    /// DNS zone the coordinator answers for [default: muster.internal]
+    #[arg(long, env = "MUSTER_ZONE")]
+    pub zone: Option<String>,
+    /// Where the store, CA and admin token live [default: /var/lib/muster]
+    #[arg(long, env = "MUSTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URL agents use to reach this coordinator [default: https://<hostname>:<port>]
+    #[arg(long, env = "MUSTER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// PEM certificate chain to serve instead of the self-made one (needs --tls-key)
+    #[arg(long, env = "MUSTER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long, env = "MUSTER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Heartbeat interval handed to agents, e.g. "10s" [default: 10s]
+    #[arg(long, env = "MUSTER_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// TTL of every DNS record, in seconds [default: 30]
+    #[arg(long, env = "MUSTER_DNS_TTL")]
+    pub dns_ttl: Option<String>,
+}
+
+/// The `[serve]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServe {
+    listen: Option<String>,
+    dns_listen: Option<String>,
+    zone: Option<String>,
+    data_dir: Option<PathBuf>,
+    public_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    heartbeat_interval: Option<String>,
+    dns_ttl: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    serve: FileServe,
+}
+
+/// A setting that is not valid.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?} is not valid: {reason}")]
+pub struct ConfigError {
+    /// The setting.
+    pub name: &'static str,
+    /// Its value.
+    pub value: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn bad(name: &'static str, value: impl Into<String>, reason: impl ToString) -> ConfigError {
+    ConfigError {
+        name,
+        value: value.into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Validated settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// HTTPS API address.
+    pub listen: SocketAddr,
+    /// DNS address.
+    pub dns_listen: SocketAddr,
+    /// Zone, lowercase, no trailing dot.
+    pub zone: String,
+    /// Data dir.
+    pub data_dir: PathBuf,
+    /// URL agents use.
+    pub public_url: String,
+    /// Host part of `public_url`.
+    pub public_host: String,
+    /// Operator-provided certificate and key, if any.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// DNS TTL.
+    pub dns_ttl: u32,
+}
+
+impl Settings {
+    /// Merges flags, environment and the file, then validates.
+    pub fn load(args: &ServeArgs) -> Result<Settings, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path, true)?,
+            None => read_file(Path::new(DEFAULT_CONFIG), false)?,
+        }
+        .serve;
+        let pick = |flag: &Option<String>, file: Option<String>, default: &str| {
+            flag.clone().or(file).unwrap_or_else(|| default.to_owned())
+        };
+
+        let listen_text = pick(&args.listen, file.listen, DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| bad("listen", &listen_text, e))?;
+        let dns_text = pick(&args.dns_listen, file.dns_listen, DEFAULT_DNS_LISTEN);
+        let dns_listen: SocketAddr = dns_text
+            .parse()
+            .map_err(|e| bad("dns_listen", &dns_text, e))?;
+
+        let zone_text = pick(&args.zone, file.zone, DEFAULT_ZONE);
+        let zone = zone_text.trim_end_matches('.').to_ascii_lowercase();
+        muster_proto::validate::dns_name("zone", &zone)
+            .map_err(|e| bad("zone", &zone_text, e.reason))?;
+
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(bad("data_dir", "", "must not be empty"));
+        }
+
+        let public_url = args
+            .public_url
+            .clone()
+            .or(file.public_url)
+            .unwrap_or_else(|| format!("https://{}:{}", hostname(), listen.port()));
+        let public_host = url_host(&public_url).map_err(|reason| bad("public_url", &public_url, reason))?;
+
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
+                    if !path.is_file() {
+                        return Err(bad(name, path.display().to_string(), "is not a readable file"));
+                    }
+                }
+                Some((cert, key))
+            }
+            (Some(cert), None) => {
+                return Err(bad("tls_key", "", format!("is needed with tls_cert={}", cert.display())))
+            }
+            (None, Some(key)) => {
+                return Err(bad("tls_cert", "", format!("is needed with tls_key={}", key.display())))
+            }
+        };
+
+        let heartbeat_interval = match args.heartbeat_interval.clone().or(file.heartbeat_interval) {
+            None => DEFAULT_HEARTBEAT_INTERVAL,
+            Some(text) => {
+                let value = humantime::parse_duration(&text)
+                    .map_err(|e| bad("heartbeat_interval", &text, e))?;
+                if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&value) {
+                    return Err(bad("heartbeat_interval", &text, "must be between 1s and 300s"));
+                }
+                value
+            }
+        };
+
+        let ttl_text = args
+            .dns_ttl
+            .clone()
+            .or(file.dns_ttl.map(|v| match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            }))
+            .unwrap_or_else(|| DEFAULT_DNS_TTL.to_string());
+        let dns_ttl: u32 = ttl_text
+            .parse()
+            .map_err(|e| bad("dns_ttl", &ttl_text, e))?;
+        if !(1..=86_400).contains(&dns_ttl) {
+            return Err(bad("dns_ttl", &ttl_text, "must be between 1 and 86400 seconds"));
+        }
+
+        Ok(Settings {
+            listen,
+            dns_listen,
+            zone,
+            data_dir,
+            public_url,
+            public_host,
+            tls,
+            heartbeat_interval,
+            dns_ttl,
+        })
+    }
+
+    /// The names the self-made server certificate covers.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+            self.public_host.clone(),
+        ];
+        if !self.listen.ip().is_unspecified() {
+            names.push(self.listen.ip().to_string());
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+fn read_file(path: &Path, required: bool) -> Result<File, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok(File::default())
+        }
+        Err(e) => return Err(bad("config", path.display().to_string(), e)),
+    };
+    toml::from_str(&text).map_err(|e| bad("config", path.display().to_string(), e.message()))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The host of an `https://host[:port][/path]` URL.
+fn url_host(url: &str) -> Result<String, &'static str> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or("must start with https://")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("must not carry user information");
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default().to_owned()
+    } else {
+        let mut parts = authority.rsplitn(2, ':');
+        let last = parts.next().unwrap_or_default();
+        match parts.next() {
+            Some(host) => {
+                last.parse::<u16>().map_err(|_| "has a port that is not a number")?;
+                host.to_owned()
+            }
+            None => last.to_owned(),
+        }
+    };
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    if host.parse::<std::net::IpAddr>().is_err() {
+        muster_proto::validate::dns_name("public_url", &host.to_ascii_lowercase())
+            .map_err(|_| "has a host that is neither an IP address nor a DNS name")?;
+    }
+    Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            config: Some(PathBuf::from("/dev/null")),
+            ..ServeArgs::default()
+        }
+    }
+
+    /// With nothing set, the documented defaults apply.
+    #[test]
+    fn defaults() {
+        let s = Settings::load(&args()).unwrap();
+        assert_eq!(s.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(s.dns_listen, DEFAULT_DNS_LISTEN.parse().unwrap());
+        assert_eq!(s.zone, "muster.internal");
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(s.dns_ttl, 30);
+        assert!(s.public_url.ends_with(":7443"));
+    }
+
+    /// Flags win over the file; the file wins over defaults.
+    #[test]
+    fn precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[serve]\nzone = \"file.example\"\ndns_ttl = 60\nlisten = \"127.0.0.1:9\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        a.zone = Some("Flag.Example.".into());
+        let s = Settings::load(&a).unwrap();
+        assert_eq!(s.zone, "flag.example");
+        assert_eq!(s.dns_ttl, 60);
+        assert_eq!(s.listen, "127.0.0.1:9".parse().unwrap());
+    }
+
+    /// Each bad value names itself.
+    #[test]
+    fn bad_values_name_themselves() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut ServeArgs)>)> = vec![
+            ("listen", Box::new(|a| a.listen = Some("nowhere".into()))),
+            ("dns_listen", Box::new(|a| a.dns_listen = Some("1.2.3.4".into()))),
+            ("zone", Box::new(|a| a.zone = Some("bad_zone".into()))),
+            ("public_url", Box::new(|a| a.public_url = Some("http://x".into()))),
+            ("public_url", Box::new(|a| a.public_url = Some("https://x:port".into()))),
+            ("heartbeat_interval", Box::new(|a| a.heartbeat_interval = Some("0s".into()))),
+            ("heartbeat_interval", Box::new(|a| a.heartbeat_interval = Some("soon".into()))),
+            ("dns_ttl", Box::new(|a| a.dns_ttl = Some("0".into()))),
+            ("tls_key", Box::new(|a| a.tls_cert = Some("/etc/hostname".into()))),
+            ("config", Box::new(|a| a.config = Some("/nonexistent/c.toml".into()))),
+        ];
+        for (name, mutate) in cases {
+            let mut a = args();
+            mutate(&mut a);
+            let err = Settings::load(&a).unwrap_err();
+            assert_eq!(err.name, name, "{err}");
+            assert!(err.to_string().starts_with(&format!("{name}=")), "{err}");
+        }
+    }
+
+    /// Unknown keys in the file are refused, not ignored.
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[serve]\nlisten_addr = \"0.0.0.0:1\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        let err = Settings::load(&a).unwrap_err();
+        assert_eq!(err.name, "config");
+        assert!(err.reason.contains("unknown field"), "{err}");
+    }
+
+    /// URL hosts are extracted for the certificate.
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("https://coord.example:7443/x").unwrap(), "coord.example");
+        assert_eq!(url_host("https://10.0.0.1").unwrap(), "10.0.0.1");
+        assert_eq!(url_host("https://[::1]:7443").unwrap(), "::1");
+        assert!(url_host("https://").is_err());
+        assert!(url_host("https://u@h").is_err());
+    }
+}

@@ -1,0 +1,557 @@
+//! The embedded authoritative DNS server (hickory-server) for the
+//! coordinator's zone, and the record model of DESIGN.md §4.
+//!
+//! For node `n` in cluster `c` under zone `z`:
+//! - `n.c.z` A → public IPv4, or the private one if it has none;
+//! - `n.c.internal.z` A → private IPv4;
+//! - `*.n.c.z` CNAME → `n.c.z` (synthesised for any name beneath `n.c.z`);
+//! - `c.z` A → every `deployed` node of the cluster.
+//!
+//! The zone apex answers SOA and NS. Names that exist only as parents of
+//! others (`internal.z`, `c.internal.z`) answer NOERROR with no data; any
+//! other name under the zone is NXDOMAIN; names outside it are REFUSED.
+//!
+//! The answers come from a [`ZoneData`] snapshot that [`Zone::publish`]
+//! swaps in whole each time the store changes, so a query never sees half an
+//! update and answers change as soon as the store does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, CNAME, NS, SOA};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::authority::MessageResponseBuilder;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::ServerFuture;
+use muster_proto::NodeState;
+use tokio::net::{TcpListener, UdpSocket};
+
+/// Label under which internal (private address) names live.
+pub const INTERNAL_LABEL: &str = "internal";
+
+/// How long a TCP DNS connection may idle.
+const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the DNS module.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// The zone name is not a DNS name.
+    #[error("zone {zone:?} is not a DNS name: {source}")]
+    Zone {
+        /// The zone.
+        zone: String,
+        /// The cause.
+        source: hickory_proto::ProtoError,
+    },
+    /// A listening socket could not be bound.
+    #[error("binding DNS {protocol} on {addr}: {source}")]
+    Bind {
+        /// "udp" or "tcp".
+        protocol: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// What the DNS model needs to know about one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecordSource {
+    /// Cluster name.
+    pub cluster: String,
+    /// Node name.
+    pub name: String,
+    /// Node state.
+    pub state: NodeState,
+    /// Private IPv4.
+    pub private_ipv4: Option<Ipv4Addr>,
+    /// Public IPv4.
+    pub public_ipv4: Option<Ipv4Addr>,
+}
+
+impl NodeRecordSource {
+    /// Whether the node keeps its own names in this state.
+    fn has_own_names(&self) -> bool {
+        matches!(
+            self.state,
+            NodeState::Deployed | NodeState::Unreachable | NodeState::Stopped
+        )
+    }
+
+    /// The address `n.c.zone` answers: public, else private.
+    fn reachable_ipv4(&self) -> Option<Ipv4Addr> {
+        self.public_ipv4.or(self.private_ipv4)
+    }
+}
+
+/// One immutable view of the zone's records.
+#[derive(Debug)]
+pub struct ZoneData {
+    origin: LowerName,
+    soa: Record,
+    ns: Record,
+    ttl: u32,
+    a: HashMap<LowerName, Vec<Ipv4Addr>>,
+    /// Public node names: anything beneath one is a CNAME to it.
+    wildcard_targets: HashSet<LowerName>,
+    /// Every name that exists, including empty non-terminals.
+    names: HashSet<LowerName>,
+}
+
+/// The answer to one question.
+#[derive(Debug, Default, PartialEq)]
+pub struct Answer {
+    /// Response code.
+    pub code: ResponseCode,
+    /// Answer section.
+    pub answers: Vec<Record>,
+    /// Authority section: NS records.
+    pub name_servers: Vec<Record>,
+    /// Authority section: the SOA of a negative answer.
+    pub soa: Vec<Record>,
+}
+
+impl ZoneData {
+    /// Builds the records of `nodes` under `zone`.
+    pub fn build(
+        zone: &Name,
+        serial: u32,
+        ttl: u32,
+        nodes: &[NodeRecordSource],
+    ) -> Result<ZoneData, hickory_proto::ProtoError> {
+        let origin = zone.clone();
+        let soa_rdata = SOA::new(
+            origin.prepend_label("ns")?,
+            origin.prepend_label("hostmaster")?,
+            serial,
+            3600,
+            600,
+            86400,
+            ttl,
+        );
+        let soa = Record::from_rdata(origin.clone(), ttl, RData::SOA(soa_rdata));
+        let ns = Record::from_rdata(
+            origin.clone(),
+            ttl,
+            RData::NS(NS(origin.prepend_label("ns")?)),
+        );
+        let mut a: HashMap<LowerName, Vec<Ipv4Addr>> = HashMap::new();
+        let mut wildcard_targets = HashSet::new();
+        let mut clusters: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+        for node in nodes.iter().filter(|n| n.has_own_names()) {
+            let cluster = origin.prepend_label(node.cluster.as_str())?;
+            let public_name = cluster.prepend_label(node.name.as_str())?;
+            if let Some(ip) = node.reachable_ipv4() {
+                let name = LowerName::from(&public_name);
+                a.insert(name.clone(), vec![ip]);
+                wildcard_targets.insert(name);
+                if node.state == NodeState::Deployed {
+                    clusters.entry(node.cluster.as_str()).or_default().push(ip);
+                }
+            }
+            if let Some(ip) = node.private_ipv4 {
+                let internal = origin
+                    .prepend_label(INTERNAL_LABEL)?
+                    .prepend_label(node.cluster.as_str())?
+                    .prepend_label(node.name.as_str())?;
+                a.insert(LowerName::from(&internal), vec![ip]);
+            }
+        }
+        for (cluster, mut ips) in clusters {
+            ips.sort();
+            ips.dedup();
+            a.insert(LowerName::from(&origin.prepend_label(cluster)?), ips);
+        }
+        let origin = LowerName::from(&origin);
+        let mut names = HashSet::new();
+        for name in a.keys() {
+            let mut name = name.clone();
+            while origin.zone_of(&name) && names.insert(name.clone()) {
+                if name == origin {
+                    break;
+                }
+                name = name.base_name();
+            }
+        }
+        names.insert(origin.clone());
+        Ok(ZoneData {
+            origin,
+            soa,
+            ns,
+            ttl,
+            a,
+            wildcard_targets,
+            names,
+        })
+    }
+
+    /// Answers one question.
+    pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Answer {
+        if !self.origin.zone_of(qname) {
+            return Answer {
+                code: ResponseCode::Refused,
+                ..Answer::default()
+            };
+        }
+        if *qname == self.origin {
+            let answers = match qtype {
+                RecordType::SOA => vec![self.soa.clone()],
+                RecordType::NS => vec![self.ns.clone()],
+                RecordType::ANY => vec![self.soa.clone(), self.ns.clone()],
+                _ => Vec::new(),
+            };
+            return self.positive_or_nodata(answers);
+        }
+        if let Some(ips) = self.a.get(qname) {
+            let answers = if matches!(qtype, RecordType::A | RecordType::ANY) {
+                self.a_records(&Name::from(qname), ips)
+            } else {
+                Vec::new()
+            };
+            return self.positive_or_nodata(answers);
+        }
+        if self.names.contains(qname) {
+            return self.positive_or_nodata(Vec::new());
+        }
+        // Wildcard: the closest existing ancestor decides. If it is a public
+        // node name, the answer is a CNAME to it (RFC 4592 synthesis).
+        let mut ancestor = qname.base_name();
+        while self.origin.zone_of(&ancestor) {
+            if self.wildcard_targets.contains(&ancestor) {
+                let target = Name::from(&ancestor);
+                let mut answers = vec![Record::from_rdata(
+                    Name::from(qname),
+                    self.ttl,
+                    RData::CNAME(CNAME(target.clone())),
+                )];
+                if matches!(qtype, RecordType::A | RecordType::ANY) {
+                    if let Some(ips) = self.a.get(&ancestor) {
+                        answers.extend(self.a_records(&target, ips));
+                    }
+                }
+                return Answer {
+                    code: ResponseCode::NoError,
+                    answers,
+                    ..Answer::default()
+                };
+            }
+            if self.names.contains(&ancestor) {
+                break;
+            }
+            ancestor = ancestor.base_name();
+        }
+        Answer {
+            code: ResponseCode::NXDomain,
+            soa: vec![self.soa.clone()],
+            ..Answer::default()
+        }
+    }
+
+    fn a_records(&self, name: &Name, ips: &[Ipv4Addr]) -> Vec<Record> {
+        ips.iter()
+            .map(|ip| Record::from_rdata(name.clone(), self.ttl, RData::A(A(*ip))))
+            .collect()
+    }
+
+    fn positive_or_nodata(&self, answers: Vec<Record>) -> Answer {
+        if answers.is_empty() {
+            Answer {
+                code: ResponseCode::NoError,
+                soa: vec![self.soa.clone()],
+                ..Answer::default()
+            }
+        } else {
+            Answer {
+                code: ResponseCode::NoError,
+                answers,
+                name_servers: vec![self.ns.clone()],
+                ..Answer::default()
+            }
+        }
+    }
+}
+
+/// The live zone: the current snapshot, swapped whole on every change.
+#[derive(Debug)]
+pub struct Zone {
+    name: Name,
+    ttl: u32,
+    serial: AtomicU32,
+    current: RwLock<Arc<ZoneData>>,
+    queries: AtomicU64,
+}
+
+impl Zone {
+    /// An empty zone named `zone` (no trailing dot needed) with record TTL `ttl`.
+    pub fn new(zone: &str, ttl: u32) -> Result<Zone, DnsError> {
+        let name = Name::from_str(zone)
+            .map(|mut n| {
+                n.set_fqdn(true);
+                n
+            })
+            .map_err(|source| DnsError::Zone {
+                zone: zone.to_owned(),
+                source,
+            })?;
+        // Serials start at the current Unix time so they keep growing across
+        // restarts, as secondaries expect.
+        let serial = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(1);
+        let data = ZoneData::build(&name, serial, ttl, &[]).map_err(|source| DnsError::Zone {
+            zone: zone.to_owned(),
+            source,
+        })?;
+        Ok(Zone {
+            name,
+            ttl,
+            serial: AtomicU32::new(serial),
+            current: RwLock::new(Arc::new(data)),
+            queries: AtomicU64::new(0),
+        })
+    }
+
+    /// Replaces the records with those of `nodes`.
+    pub fn publish(&self, nodes: &[NodeRecordSource]) {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        match ZoneData::build(&self.name, serial, self.ttl, nodes) {
+            Ok(data) => {
+                let records = data.a.len();
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(data);
+                tracing::debug!(serial, records, "dns zone published");
+            }
+            // Every label was validated on the way in; a failure here is a bug,
+            // and keeping the previous answers is the safest reaction.
+            Err(error) => tracing::error!(%error, "dns zone could not be built; keeping the previous one"),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<ZoneData> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Queries answered since start.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+}
+
+/// Answers DNS requests from a [`Zone`].
+#[derive(Debug, Clone)]
+pub struct Handler {
+    zone: Arc<Zone>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        self.zone.queries.fetch_add(1, Ordering::Relaxed);
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(req_edns) = request.edns() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(req_edns.max_payload().max(512));
+            builder.edns(edns);
+        }
+        let result = if request.message_type() != MessageType::Query
+            || request.op_code() != OpCode::Query
+        {
+            response_handle
+                .send_response(builder.error_msg(request.header(), ResponseCode::NotImp))
+                .await
+        } else {
+            match request.request_info() {
+                Err(_) => {
+                    response_handle
+                        .send_response(builder.error_msg(request.header(), ResponseCode::FormErr))
+                        .await
+                }
+                Ok(info) => {
+                    let answer = self
+                        .zone
+                        .snapshot()
+                        .lookup(info.query.name(), info.query.query_type());
+                    let mut header = Header::response_from_request(request.header());
+                    header.set_authoritative(answer.code != ResponseCode::Refused);
+                    header.set_response_code(answer.code);
+                    let response = builder.build(
+                        header,
+                        answer.answers.iter(),
+                        answer.name_servers.iter(),
+                        answer.soa.iter(),
+                        std::iter::empty(),
+                    );
+                    response_handle.send_response(response).await
+                }
+            }
+        };
+        result.unwrap_or_else(|error| {
+            tracing::debug!(%error, "dns response could not be sent");
+            let mut header = Header::response_from_request(request.header());
+            header.set_response_code(ResponseCode::ServFail);
+            ResponseInfo::from(header)
+        })
+    }
+}
+
+/// Binds UDP and TCP on `addr` and serves `zone` until the returned server
+/// is shut down. Returns the server and the address actually bound.
+pub async fn serve(
+    zone: Arc<Zone>,
+    addr: std::net::SocketAddr,
+) -> Result<(ServerFuture<Handler>, std::net::SocketAddr), DnsError> {
+    let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind {
+        protocol: "udp",
+        addr,
+        source,
+    })?;
+    let bound = udp.local_addr().map_err(|source| DnsError::Bind {
+        protocol: "udp",
+        addr,
+        source,
+    })?;
+    // TCP on the same port UDP got, so port 0 yields one port for both.
+    let tcp = TcpListener::bind(bound)
+        .await
+        .map_err(|source| DnsError::Bind {
+            protocol: "tcp",
+            addr: bound,
+            source,
+        })?;
+    let mut server = ServerFuture::new(Handler { zone });
+    server.register_socket(udp);
+    server.register_listener(tcp, TCP_TIMEOUT);
+    Ok((server, bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(cluster: &str, name: &str, state: NodeState, public: Option<[u8; 4]>) -> NodeRecordSource {
+        NodeRecordSource {
+            cluster: cluster.into(),
+            name: name.into(),
+            state,
+            private_ipv4: Some(Ipv4Addr::new(10, 0, 0, name.len() as u8)),
+            public_ipv4: public.map(Ipv4Addr::from),
+        }
+    }
+
+    fn zone(nodes: &[NodeRecordSource]) -> ZoneData {
+        ZoneData::build(&Name::from_str("muster.test.").unwrap(), 7, 30, nodes).unwrap()
+    }
+
+    fn q(name: &str) -> LowerName {
+        LowerName::from_str(name).unwrap()
+    }
+
+    fn a_of(answer: &Answer) -> Vec<Ipv4Addr> {
+        answer
+            .answers
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The four record kinds of DESIGN.md §4 answer as specified.
+    #[test]
+    fn node_records() {
+        let data = zone(&[
+            node("web", "n1", NodeState::Deployed, Some([54, 0, 0, 1])),
+            node("web", "n22", NodeState::Deployed, None),
+        ]);
+        let public = data.lookup(&q("n1.web.muster.test."), RecordType::A);
+        assert_eq!(a_of(&public), vec![Ipv4Addr::new(54, 0, 0, 1)]);
+        let private_only = data.lookup(&q("n22.web.muster.test."), RecordType::A);
+        assert_eq!(a_of(&private_only), vec![Ipv4Addr::new(10, 0, 0, 3)]);
+        let internal = data.lookup(&q("n1.web.internal.muster.test."), RecordType::A);
+        assert_eq!(a_of(&internal), vec![Ipv4Addr::new(10, 0, 0, 2)]);
+        let round_robin = data.lookup(&q("web.muster.test."), RecordType::A);
+        assert_eq!(
+            a_of(&round_robin),
+            vec![Ipv4Addr::new(10, 0, 0, 3), Ipv4Addr::new(54, 0, 0, 1)]
+        );
+        let wildcard = data.lookup(&q("app.n1.web.muster.test."), RecordType::A);
+        assert_eq!(wildcard.code, ResponseCode::NoError);
+        assert!(matches!(wildcard.answers[0].data(), RData::CNAME(c) if c.0 == Name::from_str("n1.web.muster.test.").unwrap()));
+        assert_eq!(a_of(&wildcard), vec![Ipv4Addr::new(54, 0, 0, 1)]);
+        let deep = data.lookup(&q("a.b.n1.web.muster.test."), RecordType::CNAME);
+        assert_eq!(deep.answers.len(), 1);
+    }
+
+    /// Unknown names are NXDOMAIN with the SOA; parents of names are NODATA;
+    /// names outside the zone are refused; the apex has SOA and NS.
+    #[test]
+    fn negative_answers() {
+        let data = zone(&[node("web", "n1", NodeState::Deployed, Some([54, 0, 0, 1]))]);
+        let unknown = data.lookup(&q("nope.web.muster.test."), RecordType::A);
+        assert_eq!(unknown.code, ResponseCode::NXDomain);
+        assert_eq!(unknown.soa.len(), 1);
+        let under_internal = data.lookup(&q("x.n1.web.internal.muster.test."), RecordType::A);
+        assert_eq!(under_internal.code, ResponseCode::NXDomain);
+        let parent = data.lookup(&q("internal.muster.test."), RecordType::A);
+        assert_eq!(parent.code, ResponseCode::NoError);
+        assert!(parent.answers.is_empty());
+        let aaaa = data.lookup(&q("n1.web.muster.test."), RecordType::AAAA);
+        assert_eq!(aaaa.code, ResponseCode::NoError);
+        assert!(aaaa.answers.is_empty());
+        let outside = data.lookup(&q("example.com."), RecordType::A);
+        assert_eq!(outside.code, ResponseCode::Refused);
+        let soa = data.lookup(&q("muster.test."), RecordType::SOA);
+        assert!(matches!(soa.answers[0].data(), RData::SOA(s) if s.serial() == 7));
+        let ns = data.lookup(&q("muster.test."), RecordType::NS);
+        assert_eq!(ns.answers.len(), 1);
+    }
+
+    /// Unhealthy nodes leave the round-robin but keep their own names;
+    /// terminated ones lose everything.
+    #[test]
+    fn states_decide_records() {
+        let data = zone(&[
+            node("web", "up", NodeState::Deployed, Some([54, 0, 0, 1])),
+            node("web", "down", NodeState::Unreachable, Some([54, 0, 0, 2])),
+            node("web", "gone", NodeState::Terminated, Some([54, 0, 0, 3])),
+        ]);
+        let round_robin = data.lookup(&q("web.muster.test."), RecordType::A);
+        assert_eq!(a_of(&round_robin), vec![Ipv4Addr::new(54, 0, 0, 1)]);
+        let down = data.lookup(&q("down.web.muster.test."), RecordType::A);
+        assert_eq!(a_of(&down), vec![Ipv4Addr::new(54, 0, 0, 2)]);
+        let gone = data.lookup(&q("gone.web.muster.test."), RecordType::A);
+        assert_eq!(gone.code, ResponseCode::NXDomain);
+    }
+
+    /// Publishing swaps the answers at once and raises the serial.
+    #[test]
+    fn publish_replaces_answers() {
+        let zone = Zone::new("muster.test", 30).unwrap();
+        let before = zone.snapshot();
+        let name = q("n1.web.muster.test.");
+        assert_eq!(before.lookup(&name, RecordType::A).code, ResponseCode::NXDomain);
+        zone.publish(&[node("web", "n1", NodeState::Deployed, Some([54, 0, 0, 1]))]);
+        let after = zone.snapshot();
+        assert_eq!(a_of(&after.lookup(&name, RecordType::A)), vec![Ipv4Addr::new(54, 0, 0, 1)]);
+        let serial = |d: &ZoneData| match d.soa.data() {
+            RData::SOA(s) => s.serial(),
+            _ => 0,
+        };
+        assert!(serial(&after) > serial(&before));
+    }
+}

@@ -1,0 +1,137 @@
+//! What EC2 says about an instance: the judge of every identity and address
+//! claim an agent makes.
+//!
+//! [`Ec2Instances`] asks EC2 through aws-sdk-ec2 with the standard
+//! aws-config credential chain; `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_EC2`
+//! point it at an emulator. One client is kept per region, made on first use.
+//! The [`InstanceLookup`] trait lets the registry's unit tests describe
+//! instances without a network; the binaries always use [`Ec2Instances`].
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_ec2::Client;
+
+/// EC2's view of one instance, as far as identity checks need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceFacts {
+    /// `pending`, `running`, `stopping`, `stopped`, `shutting-down`, `terminated`.
+    pub state: String,
+    /// Primary private IPv4.
+    pub private_ipv4: Option<Ipv4Addr>,
+    /// Public IPv4 (an Elastic IP if one is associated).
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// Availability zone.
+    pub availability_zone: Option<String>,
+}
+
+/// Errors asking EC2.
+#[derive(Debug, thiserror::Error)]
+pub enum Ec2Error {
+    /// DescribeInstances failed for another reason than "no such instance".
+    #[error("describing instance {instance_id} in {region}: {message}")]
+    Describe {
+        /// The instance asked about.
+        instance_id: String,
+        /// The region asked.
+        region: String,
+        /// The SDK error with its causes.
+        message: String,
+    },
+}
+
+/// Looks instances up.
+#[async_trait::async_trait]
+pub trait InstanceLookup: Send + Sync + std::fmt::Debug {
+    /// EC2's view of `instance_id` in `region`; `None` if EC2 does not know it.
+    async fn describe(
+        &self,
+        region: &str,
+        instance_id: &str,
+    ) -> Result<Option<InstanceFacts>, Ec2Error>;
+}
+
+/// The real lookup, through aws-sdk-ec2.
+#[derive(Debug)]
+pub struct Ec2Instances {
+    base: aws_config::SdkConfig,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl Ec2Instances {
+    /// Loads the standard AWS configuration (credential chain, region,
+    /// endpoint overrides) once.
+    pub async fn from_env() -> Ec2Instances {
+        let base = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Ec2Instances {
+            base,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, region: &str) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                let config = aws_sdk_ec2::config::Builder::from(&self.base)
+                    .region(aws_sdk_ec2::config::Region::new(region.to_owned()))
+                    .build();
+                Client::from_conf(config)
+            })
+            .clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl InstanceLookup for Ec2Instances {
+    async fn describe(
+        &self,
+        region: &str,
+        instance_id: &str,
+    ) -> Result<Option<InstanceFacts>, Ec2Error> {
+        let result = self
+            .client(region)
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await;
+        let output = match result {
+            Ok(output) => output,
+            Err(error) => {
+                // EC2 answers an unknown id with an error, not an empty list.
+                if error
+                    .code()
+                    .is_some_and(|code| code.starts_with("InvalidInstanceID"))
+                {
+                    return Ok(None);
+                }
+                return Err(Ec2Error::Describe {
+                    instance_id: instance_id.to_owned(),
+                    region: region.to_owned(),
+                    message: DisplayErrorContext(&error).to_string(),
+                });
+            }
+        };
+        let instance = output
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| i.instance_id() == Some(instance_id));
+        Ok(instance.map(|i| InstanceFacts {
+            state: i
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_default(),
+            private_ipv4: i.private_ip_address().and_then(|ip| ip.parse().ok()),
+            public_ipv4: i.public_ip_address().and_then(|ip| ip.parse().ok()),
+            availability_zone: i
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .map(str::to_owned),
+        }))
+    }
+}

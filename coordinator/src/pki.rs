@@ -1,0 +1,330 @@
+//! The coordinator's TLS identity and admin token.
+//!
+//! With no certificate configured, the first start makes a CA and a server
+//! certificate signed by it (rcgen) in the data dir, and an admin token; later
+//! starts reuse the same files. Agents pin `ca.pem` (user-data carries it), so
+//! the server certificate can be re-issued by the same CA at any time: delete
+//! `server.pem` and restart, e.g. after changing `--public-url`.
+//!
+//! Files, all in the data dir:
+//! - `ca.pem` (0644), `ca-key.pem` (0600)
+//! - `server.pem` (0644), `server-key.pem` (0600)
+//! - `admin-token` (0600)
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use muster_proto::token::TokenKind;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+use crate::registry::new_secret;
+
+/// CA certificate file name.
+pub const CA_FILE: &str = "ca.pem";
+/// CA key file name.
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// Server certificate file name.
+pub const SERVER_CERT_FILE: &str = "server.pem";
+/// Server key file name.
+pub const SERVER_KEY_FILE: &str = "server-key.pem";
+/// Admin token file name.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// Errors setting up TLS or the admin token.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A certificate or key could not be generated.
+    #[error("generating {what}: {source}")]
+    Generate {
+        /// What.
+        what: &'static str,
+        /// The cause.
+        source: rcgen::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path} holds no usable {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was expected.
+        what: &'static str,
+    },
+    /// rustls refused the certificate and key.
+    #[error("loading the server certificate {cert} and key {key}: {source}")]
+    Rustls {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// The cause.
+        source: rustls::Error,
+    },
+    /// The admin token file holds something else.
+    #[error("{0} does not hold an admin token (madmin_ followed by 64 hex digits)")]
+    BadAdminToken(PathBuf),
+}
+
+/// Where the TLS identity lives.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA agents pin, if we made it.
+    pub ca: Option<PathBuf>,
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server key.
+    pub key: PathBuf,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PkiError> {
+    fs::read(path).map_err(|source| PkiError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes `contents` to `path` atomically with `mode`.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    let err = |source| PkiError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err)?;
+    file.write_all(contents).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)
+}
+
+fn ca_params() -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|source| {
+        PkiError::Generate {
+            what: "CA parameters",
+            source,
+        }
+    })?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "muster coordinator CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+fn generate<T>(what: &'static str, result: Result<T, rcgen::Error>) -> Result<T, PkiError> {
+    result.map_err(|source| PkiError::Generate { what, source })
+}
+
+/// Makes sure the data dir holds a CA and a server certificate for `names`
+/// (DNS names or IP addresses), creating what is missing. Returns the files.
+pub fn ensure_self_signed(data_dir: &Path, names: &[String]) -> Result<TlsFiles, PkiError> {
+    let ca_path = data_dir.join(CA_FILE);
+    let ca_key_path = data_dir.join(CA_KEY_FILE);
+    let cert_path = data_dir.join(SERVER_CERT_FILE);
+    let key_path = data_dir.join(SERVER_KEY_FILE);
+    let files = TlsFiles {
+        ca: Some(ca_path.clone()),
+        cert: cert_path.clone(),
+        key: key_path.clone(),
+    };
+    if ca_path.exists() && ca_key_path.exists() && cert_path.exists() && key_path.exists() {
+        tracing::info!(ca = %ca_path.display(), cert = %cert_path.display(), "reusing the coordinator's CA and server certificate");
+        return Ok(files);
+    }
+    let ca_key = if ca_key_path.exists() && ca_path.exists() {
+        let pem = String::from_utf8_lossy(&read(&ca_key_path)?).into_owned();
+        generate("the CA key from its file", KeyPair::from_pem(&pem))?
+    } else {
+        let key = generate("the CA key", KeyPair::generate())?;
+        let ca = generate("the CA certificate", ca_params()?.self_signed(&key))?;
+        write_file(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_file(&ca_path, ca.pem().as_bytes(), 0o644)?;
+        tracing::info!(ca = %ca_path.display(), "generated a CA for the coordinator; agents pin this file");
+        key
+    };
+    // The issuer only lends its name and key to the signature; rebuilding it
+    // from the same parameters and key signs leaves the stored CA validates.
+    let issuer = generate("the CA issuer", ca_params()?.self_signed(&ca_key))?;
+    let mut params = generate(
+        "server certificate parameters",
+        CertificateParams::new(Vec::<String>::new()),
+    )?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "muster coordinator");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    for name in names {
+        let san = match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(generate(
+                "a server name",
+                name.clone().try_into().map_err(rcgen::Error::from),
+            )?),
+        };
+        if !params.subject_alt_names.contains(&san) {
+            params.subject_alt_names.push(san);
+        }
+    }
+    let key = generate("the server key", KeyPair::generate())?;
+    let cert = generate(
+        "the server certificate",
+        params.signed_by(&key, &issuer, &ca_key),
+    )?;
+    write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    tracing::info!(cert = %cert_path.display(), names = ?names, "issued the coordinator's server certificate");
+    Ok(files)
+}
+
+/// A rustls server configuration for the certificate chain and key in `files`.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let cert_pem = read(&files.cert)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(PkiError::Pem {
+            path: files.cert.clone(),
+            what: "certificate",
+        });
+    }
+    let key_pem = read(&files.key)?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| PkiError::Pem {
+            path: files.key.clone(),
+            what: "private key",
+        })?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|source| PkiError::Rustls {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            source,
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Reads the admin token from the data dir, creating it (0600) on first start.
+pub fn ensure_admin_token(data_dir: &Path) -> Result<String, PkiError> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        let token = String::from_utf8_lossy(&read(&path)?).trim().to_owned();
+        if TokenKind::of(&token) != Some(TokenKind::Admin) {
+            return Err(PkiError::BadAdminToken(path));
+        }
+        return Ok(token);
+    }
+    let token = new_secret(TokenKind::Admin);
+    write_file(&path, format!("{token}\n").as_bytes(), 0o600)?;
+    tracing::info!(path = %path.display(), "generated the admin token");
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+
+    /// The first call creates every file with the right modes; the second
+    /// reuses them byte for byte.
+    #[test]
+    fn files_are_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        ensure_self_signed(dir.path(), &names).unwrap();
+        let token = ensure_admin_token(dir.path()).unwrap();
+        let mode = |f: &str| fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(CA_KEY_FILE), 0o600);
+        assert_eq!(mode(SERVER_KEY_FILE), 0o600);
+        assert_eq!(mode(ADMIN_TOKEN_FILE), 0o600);
+        assert_eq!(mode(CA_FILE), 0o644);
+        let ca = fs::read(dir.path().join(CA_FILE)).unwrap();
+        let cert = fs::read(dir.path().join(SERVER_CERT_FILE)).unwrap();
+        let files = ensure_self_signed(dir.path(), &names).unwrap();
+        assert_eq!(ensure_admin_token(dir.path()).unwrap(), token);
+        assert_eq!(fs::read(dir.path().join(CA_FILE)).unwrap(), ca);
+        assert_eq!(fs::read(dir.path().join(SERVER_CERT_FILE)).unwrap(), cert);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        server_config(&files).unwrap();
+    }
+
+    /// A deleted server certificate is re-issued by the same CA, which the
+    /// new certificate still chains to.
+    #[test]
+    fn server_certificate_is_reissued_by_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_owned()];
+        ensure_self_signed(dir.path(), &names).unwrap();
+        let ca = fs::read(dir.path().join(CA_FILE)).unwrap();
+        fs::remove_file(dir.path().join(SERVER_CERT_FILE)).unwrap();
+        ensure_self_signed(dir.path(), &["other.example".to_owned()]).unwrap();
+        assert_eq!(fs::read(dir.path().join(CA_FILE)).unwrap(), ca);
+        // Verify the chain with rustls' own verifier.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut ca.as_slice()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        let leaf_pem = fs::read(dir.path().join(SERVER_CERT_FILE)).unwrap();
+        let leaf = rustls_pemfile::certs(&mut leaf_pem.as_slice())
+            .next()
+            .unwrap()
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("other.example").unwrap();
+        verifier
+            .verify_server_cert(&leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
+            .unwrap();
+    }
+
+    /// A corrupted admin token file is reported, not silently replaced.
+    #[test]
+    fn bad_admin_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(ADMIN_TOKEN_FILE), "hunter2").unwrap();
+        assert!(matches!(
+            ensure_admin_token(dir.path()),
+            Err(PkiError::BadAdminToken(_))
+        ));
+    }
+}

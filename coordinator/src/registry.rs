@@ -1,0 +1,933 @@
+//! The registry: what happens when an agent registers or heartbeats, and
+//! what the admin API reads back.
+//!
+//! - Every claim is checked against EC2 before anything is written: the
+//!   instance exists, is `pending` or `running`, sits in the claimed zone and
+//!   really has the claimed addresses. A refused claim changes nothing.
+//! - One instance id is one node, for its whole life: a second register of
+//!   the same instance reuses the node and rotates its credential (the old one
+//!   stops working at once).
+//! - Heartbeats update memory only ([`Live`]); the store is written on
+//!   registers and address changes, each with its event.
+//! - After every write the DNS zone is rebuilt from the in-memory view, which
+//!   mirrors the store.
+//!
+//! Secrets are 256-bit random values ([`muster_proto::token`]); only their
+//! SHA-256 is kept, and join tokens are compared in constant time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use muster_proto::token::{format_secret, TokenKind, SECRET_BYTES};
+use muster_proto::{
+    validate, ClusterView, CreateClusterRequest, HeartbeatRequest, HeartbeatResponse, HostFacts,
+    NodeDetail, NodeEvent, NodeState, NodeView, RegisterRequest, RegisterResponse,
+    ValidationError,
+};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::dns::{NodeRecordSource, Zone, INTERNAL_LABEL};
+use crate::ec2::{Ec2Error, InstanceLookup};
+use crate::store::{Cluster, Node, NodeRegistration, Store, StoreError};
+
+/// Why a request was refused. Each variant maps to one HTTP status and one
+/// stable error code in [`crate::api`].
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A field failed validation.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The bearer secret is missing, malformed or wrong.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A node credential was presented for another instance.
+    #[error("the node credential belongs to instance {bound}, not {claimed}")]
+    CredentialMismatch {
+        /// The instance the credential is bound to.
+        bound: String,
+        /// The instance claimed.
+        claimed: String,
+    },
+    /// EC2 does not know the instance.
+    #[error("EC2 knows no instance {instance_id} in {region}")]
+    InstanceNotFound {
+        /// The instance.
+        instance_id: String,
+        /// The region asked.
+        region: String,
+    },
+    /// The instance is not pending or running.
+    #[error("instance {instance_id} is {state} in EC2, not running")]
+    InstanceNotRunning {
+        /// The instance.
+        instance_id: String,
+        /// Its EC2 state.
+        state: String,
+    },
+    /// A claimed address or zone is not what EC2 reports.
+    #[error("{field} claimed {claimed} but EC2 reports {actual} for instance {instance_id}")]
+    AddressMismatch {
+        /// The instance.
+        instance_id: String,
+        /// Which claim.
+        field: &'static str,
+        /// What the agent said.
+        claimed: String,
+        /// What EC2 said.
+        actual: String,
+    },
+    /// The instance is already a node of another cluster.
+    #[error("instance {instance_id} is already node {node} of cluster {cluster}")]
+    InstanceInOtherCluster {
+        /// The instance.
+        instance_id: String,
+        /// Its cluster.
+        cluster: String,
+        /// Its node name.
+        node: String,
+    },
+    /// A cluster of that name exists.
+    #[error("cluster {0:?} exists already")]
+    ClusterExists(String),
+    /// No such cluster or node.
+    #[error("{0}")]
+    NotFound(String),
+    /// EC2 could not be asked.
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::ClusterExists(name) => RegistryError::ClusterExists(name),
+            other => RegistryError::Store(other),
+        }
+    }
+}
+
+impl RegistryError {
+    /// The stable, snake_case code scripts may match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RegistryError::Invalid(_) => "invalid_request",
+            RegistryError::Unauthorized(_) => "unauthorized",
+            RegistryError::CredentialMismatch { .. } => "credential_mismatch",
+            RegistryError::InstanceNotFound { .. } => "instance_not_found",
+            RegistryError::InstanceNotRunning { .. } => "instance_not_running",
+            RegistryError::AddressMismatch { .. } => "address_mismatch",
+            RegistryError::InstanceInOtherCluster { .. } => "instance_in_other_cluster",
+            RegistryError::ClusterExists(_) => "cluster_exists",
+            RegistryError::NotFound(_) => "not_found",
+            RegistryError::Ec2(_) => "ec2_unavailable",
+            RegistryError::Store(_) => "internal",
+        }
+    }
+}
+
+/// Heartbeat pacing handed to agents.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Base interval.
+    pub heartbeat_interval: Duration,
+    /// Random extra delay, up to this much.
+    pub heartbeat_jitter: Duration,
+}
+
+/// A node as kept in memory: the stored fields the hot paths need, plus
+/// what heartbeats bring (never written to disk).
+#[derive(Debug, Clone)]
+struct LiveNode {
+    cluster: String,
+    name: String,
+    instance_id: String,
+    region: String,
+    state: NodeState,
+    private_ipv4: Option<Ipv4Addr>,
+    public_ipv4: Option<Ipv4Addr>,
+    credential_hash: Option<String>,
+    last_seen: Option<SystemTime>,
+    facts: Option<HostFacts>,
+}
+
+/// The in-memory view: every node by row id, and the credential index.
+#[derive(Debug, Default)]
+struct Live {
+    nodes: HashMap<i64, LiveNode>,
+    by_credential: HashMap<String, i64>,
+}
+
+impl Live {
+    fn upsert(&mut self, node: &Node) {
+        let previous = self.nodes.remove(&node.id);
+        if let Some(old_hash) = previous.as_ref().and_then(|p| p.credential_hash.as_ref()) {
+            self.by_credential.remove(old_hash);
+        }
+        if let Some(hash) = &node.credential_hash {
+            self.by_credential.insert(hash.clone(), node.id);
+        }
+        self.nodes.insert(
+            node.id,
+            LiveNode {
+                cluster: node.cluster.clone(),
+                name: node.name.clone(),
+                instance_id: node.instance_id.clone(),
+                region: node.region.clone(),
+                state: node.state,
+                private_ipv4: node.private_ipv4,
+                public_ipv4: node.public_ipv4,
+                credential_hash: node.credential_hash.clone(),
+                last_seen: previous.as_ref().and_then(|p| p.last_seen),
+                facts: previous.and_then(|p| p.facts),
+            },
+        );
+    }
+
+    fn record_sources(&self) -> Vec<NodeRecordSource> {
+        self.nodes
+            .values()
+            .map(|n| NodeRecordSource {
+                cluster: n.cluster.clone(),
+                name: n.name.clone(),
+                state: n.state,
+                private_ipv4: n.private_ipv4,
+                public_ipv4: n.public_ipv4,
+            })
+            .collect()
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Successful registers.
+    pub registrations: AtomicU64,
+    /// Successful heartbeats.
+    pub heartbeats: AtomicU64,
+    /// Address changes accepted.
+    pub address_changes: AtomicU64,
+    /// Refusals by error code.
+    pub refusals: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Counters {
+    fn refused(&self, code: &'static str) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(code)
+            .or_default() += 1;
+    }
+}
+
+/// The registry. Shared by the API handlers.
+#[derive(Debug)]
+pub struct Registry {
+    store: Store,
+    ec2: Arc<dyn InstanceLookup>,
+    zone: Arc<Zone>,
+    zone_name: String,
+    timing: Timing,
+    live: Mutex<Live>,
+    /// Serialises writes so that the store, memory and DNS move together.
+    write: tokio::sync::Mutex<()>,
+    /// Counters for `/metrics`.
+    pub counters: Counters,
+}
+
+/// SHA-256 of a secret, hex encoded: what the store keeps.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A fresh random secret of `kind`.
+pub fn new_secret(kind: TokenKind) -> String {
+    let mut random = [0u8; SECRET_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    format_secret(kind, &random)
+}
+
+/// Whether `secret` hashes to `stored_hash`, in constant time.
+pub fn secret_matches(secret: &str, stored_hash: &str) -> bool {
+    hash_secret(secret)
+        .as_bytes()
+        .ct_eq(stored_hash.as_bytes())
+        .into()
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+impl Registry {
+    /// Loads every node from the store into memory and publishes DNS.
+    pub fn new(
+        store: Store,
+        ec2: Arc<dyn InstanceLookup>,
+        zone: Arc<Zone>,
+        zone_name: String,
+        timing: Timing,
+    ) -> Result<Registry, RegistryError> {
+        let mut live = Live::default();
+        for node in store.nodes(None)? {
+            live.upsert(&node);
+        }
+        zone.publish(&live.record_sources());
+        Ok(Registry {
+            store,
+            ec2,
+            zone,
+            zone_name,
+            timing,
+            live: Mutex::new(live),
+            write: tokio::sync::Mutex::new(()),
+            counters: Counters::default(),
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a new cluster and returns it with its join token.
+    pub fn create_cluster(
+        &self,
+        req: &CreateClusterRequest,
+    ) -> Result<(ClusterView, String), RegistryError> {
+        req.validate()?;
+        if req.name == INTERNAL_LABEL {
+            return Err(ValidationError::new(
+                "name",
+                &req.name,
+                "is reserved: internal names live under it",
+            )
+            .into());
+        }
+        validate::dns_name(
+            "name",
+            &muster_proto::node_internal_dns_name(
+                &"n".repeat(validate::MAX_LABEL_LEN),
+                &req.name,
+                &self.zone_name,
+            ),
+        )
+        .map_err(|_| {
+            ValidationError::new(
+                "name",
+                &req.name,
+                "is too long: node names under it would pass 253 characters",
+            )
+        })?;
+        let token = new_secret(TokenKind::Join);
+        let cluster = self.store.create_cluster(&req.name, &hash_secret(&token))?;
+        tracing::info!(cluster = %cluster.name, "cluster created");
+        Ok((self.cluster_view(&cluster, &[]), token))
+    }
+
+    fn cluster_view(&self, cluster: &Cluster, nodes: &[Node]) -> ClusterView {
+        let mine = || nodes.iter().filter(|n| n.cluster == cluster.name);
+        ClusterView {
+            name: cluster.name.clone(),
+            dns_name: muster_proto::cluster_dns_name(&cluster.name, &self.zone_name),
+            created_at: rfc3339_ms(cluster.created_at),
+            nodes: mine().count() as u64,
+            deployed: mine().filter(|n| n.state == NodeState::Deployed).count() as u64,
+        }
+    }
+
+    /// Every cluster.
+    pub fn clusters(&self) -> Result<Vec<ClusterView>, RegistryError> {
+        let nodes = self.store.nodes(None)?;
+        Ok(self
+            .store
+            .clusters()?
+            .iter()
+            .map(|c| self.cluster_view(c, &nodes))
+            .collect())
+    }
+
+    /// One cluster.
+    pub fn cluster(&self, name: &str) -> Result<ClusterView, RegistryError> {
+        validate::dns_label("cluster", name)?;
+        let cluster = self
+            .store
+            .cluster(name)?
+            .ok_or_else(|| RegistryError::NotFound(format!("no cluster {name:?}")))?;
+        let nodes = self.store.nodes(Some(name))?;
+        Ok(self.cluster_view(&cluster, &nodes))
+    }
+
+    fn node_view(&self, node: &Node) -> NodeView {
+        let live = self.live();
+        let extra = live.nodes.get(&node.id);
+        NodeView {
+            name: node.name.clone(),
+            cluster: node.cluster.clone(),
+            instance_id: node.instance_id.clone(),
+            state: node.state,
+            availability_zone: node.availability_zone.clone(),
+            region: node.region.clone(),
+            private_ipv4: node.private_ipv4,
+            public_ipv4: node.public_ipv4,
+            dns_name: muster_proto::node_dns_name(&node.name, &node.cluster, &self.zone_name),
+            internal_dns_name: muster_proto::node_internal_dns_name(
+                &node.name,
+                &node.cluster,
+                &self.zone_name,
+            ),
+            created_at: rfc3339_ms(node.created_at),
+            updated_at: rfc3339_ms(node.updated_at),
+            last_seen_at: extra
+                .and_then(|e| e.last_seen)
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            facts: extra.and_then(|e| e.facts.clone()),
+        }
+    }
+
+    /// Every node, optionally of one cluster.
+    pub fn nodes(&self, cluster: Option<&str>) -> Result<Vec<NodeView>, RegistryError> {
+        if let Some(cluster) = cluster {
+            validate::dns_label("cluster", cluster)?;
+            if self.store.cluster(cluster)?.is_none() {
+                return Err(RegistryError::NotFound(format!("no cluster {cluster:?}")));
+            }
+        }
+        Ok(self
+            .store
+            .nodes(cluster)?
+            .iter()
+            .map(|n| self.node_view(n))
+            .collect())
+    }
+
+    /// One node with its events.
+    pub fn node(&self, cluster: &str, name: &str) -> Result<NodeDetail, RegistryError> {
+        validate::dns_label("cluster", cluster)?;
+        validate::dns_label("node", name)?;
+        let node = self.store.node(cluster, name)?.ok_or_else(|| {
+            RegistryError::NotFound(format!("no node {name:?} in cluster {cluster:?}"))
+        })?;
+        let events = self
+            .store
+            .events(node.id)?
+            .into_iter()
+            .map(|e| NodeEvent {
+                at: rfc3339_ms(e.at),
+                from: e.from,
+                to: e.to,
+                reason: e.reason,
+            })
+            .collect();
+        Ok(NodeDetail {
+            node: self.node_view(&node),
+            events,
+        })
+    }
+
+    /// Checks a claim against EC2.
+    async fn check_claim(
+        &self,
+        region: &str,
+        instance_id: &str,
+        availability_zone: Option<&str>,
+        private_ipv4: Ipv4Addr,
+        public_ipv4: Option<Ipv4Addr>,
+    ) -> Result<(), RegistryError> {
+        let facts = self
+            .ec2
+            .describe(region, instance_id)
+            .await?
+            .ok_or_else(|| RegistryError::InstanceNotFound {
+                instance_id: instance_id.to_owned(),
+                region: region.to_owned(),
+            })?;
+        if facts.state != "running" && facts.state != "pending" {
+            return Err(RegistryError::InstanceNotRunning {
+                instance_id: instance_id.to_owned(),
+                state: facts.state,
+            });
+        }
+        let show = |ip: Option<Ipv4Addr>| ip.map_or_else(|| "none".to_owned(), |ip| ip.to_string());
+        let mismatch = |field, claimed: String, actual: String| RegistryError::AddressMismatch {
+            instance_id: instance_id.to_owned(),
+            field,
+            claimed,
+            actual,
+        };
+        if let Some(zone) = availability_zone {
+            if facts.availability_zone.as_deref() != Some(zone) {
+                return Err(mismatch(
+                    "availability_zone",
+                    zone.to_owned(),
+                    facts.availability_zone.unwrap_or_else(|| "none".into()),
+                ));
+            }
+        }
+        if facts.private_ipv4 != Some(private_ipv4) {
+            return Err(mismatch(
+                "private_ipv4",
+                private_ipv4.to_string(),
+                show(facts.private_ipv4),
+            ));
+        }
+        if facts.public_ipv4 != public_ipv4 {
+            return Err(mismatch(
+                "public_ipv4",
+                show(public_ipv4),
+                show(facts.public_ipv4),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Logs and counts a refusal, then hands it back.
+    fn refuse(&self, operation: &'static str, instance_id: &str, error: RegistryError) -> RegistryError {
+        self.counters.refused(error.code());
+        tracing::warn!(operation, instance_id, code = error.code(), %error, "agent request refused");
+        error
+    }
+
+    /// An agent registers with a join token or its node credential.
+    pub async fn register(
+        &self,
+        bearer: &str,
+        req: RegisterRequest,
+    ) -> Result<RegisterResponse, RegistryError> {
+        let instance_id = req.instance_id.clone();
+        self.register_checked(bearer, req)
+            .await
+            .map_err(|e| self.refuse("register", &instance_id, e))
+    }
+
+    async fn register_checked(
+        &self,
+        bearer: &str,
+        req: RegisterRequest,
+    ) -> Result<RegisterResponse, RegistryError> {
+        req.validate()?;
+        let cluster = self.store.cluster(&req.cluster)?;
+        let how = match TokenKind::of(bearer) {
+            Some(TokenKind::Join) => {
+                let cluster = cluster.as_ref().filter(|c| secret_matches(bearer, &c.join_token_hash));
+                if cluster.is_none() {
+                    return Err(RegistryError::Unauthorized(format!(
+                        "the join token is not the one of cluster {:?}",
+                        req.cluster
+                    )));
+                }
+                "registered with the join token"
+            }
+            Some(TokenKind::Node) => {
+                let live = self.live();
+                let node = live
+                    .by_credential
+                    .get(&hash_secret(bearer))
+                    .and_then(|id| live.nodes.get(id))
+                    .ok_or_else(|| {
+                        RegistryError::Unauthorized("the node credential is not valid".into())
+                    })?;
+                if node.instance_id != req.instance_id {
+                    return Err(RegistryError::CredentialMismatch {
+                        bound: node.instance_id.clone(),
+                        claimed: req.instance_id.clone(),
+                    });
+                }
+                if node.cluster != req.cluster {
+                    return Err(RegistryError::Unauthorized(format!(
+                        "the node credential belongs to cluster {:?}, not {:?}",
+                        node.cluster, req.cluster
+                    )));
+                }
+                "re-registered with its node credential"
+            }
+            Some(TokenKind::Admin) => {
+                return Err(RegistryError::Unauthorized(
+                    "an admin token cannot register a node".into(),
+                ))
+            }
+            None => {
+                return Err(RegistryError::Unauthorized(
+                    "the Authorization header must carry \"Bearer <join token or node credential>\""
+                        .into(),
+                ))
+            }
+        };
+        let cluster = cluster.ok_or_else(|| RegistryError::Unauthorized("no such cluster".into()))?;
+        if let Some(existing) = self.store.node_by_instance(&req.instance_id)? {
+            if existing.cluster != cluster.name {
+                return Err(RegistryError::InstanceInOtherCluster {
+                    instance_id: req.instance_id.clone(),
+                    cluster: existing.cluster,
+                    node: existing.name,
+                });
+            }
+        }
+        self.check_claim(
+            &req.region,
+            &req.instance_id,
+            Some(&req.availability_zone),
+            req.private_ipv4,
+            req.public_ipv4,
+        )
+        .await?;
+
+        let credential = new_secret(TokenKind::Node);
+        let credential_hash = hash_secret(&credential);
+        let _write = self.write.lock().await;
+        let reason = format!(
+            "{how}: private {} public {}",
+            req.private_ipv4,
+            req.public_ipv4
+                .map_or_else(|| "none".to_owned(), |ip| ip.to_string())
+        );
+        let node = self.store.register_node(
+            &NodeRegistration {
+                cluster_id: cluster.id,
+                name: &req.instance_id,
+                instance_id: &req.instance_id,
+                availability_zone: &req.availability_zone,
+                region: &req.region,
+                private_ipv4: req.private_ipv4,
+                public_ipv4: req.public_ipv4,
+                credential_hash: &credential_hash,
+            },
+            &reason,
+        )?;
+        let sources = {
+            let mut live = self.live();
+            live.upsert(&node);
+            if let Some(entry) = live.nodes.get_mut(&node.id) {
+                entry.last_seen = Some(SystemTime::now());
+            }
+            live.record_sources()
+        };
+        self.zone.publish(&sources);
+        self.counters.registrations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            cluster = %node.cluster,
+            node = %node.name,
+            private = ?node.private_ipv4,
+            public = ?node.public_ipv4,
+            how,
+            "node registered"
+        );
+        Ok(RegisterResponse {
+            node: self.node_view(&node),
+            credential,
+            heartbeat_interval_ms: self.timing.heartbeat_interval.as_millis() as u64,
+            heartbeat_jitter_ms: self.timing.heartbeat_jitter.as_millis() as u64,
+        })
+    }
+
+    /// An agent heartbeats with its node credential. New addresses are
+    /// checked against EC2, stored and published; everything else stays in
+    /// memory.
+    pub async fn heartbeat(
+        &self,
+        bearer: &str,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, RegistryError> {
+        let instance_id = req.instance_id.clone();
+        self.heartbeat_checked(bearer, req)
+            .await
+            .map_err(|e| self.refuse("heartbeat", &instance_id, e))
+    }
+
+    async fn heartbeat_checked(
+        &self,
+        bearer: &str,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, RegistryError> {
+        req.validate()?;
+        if TokenKind::of(bearer) != Some(TokenKind::Node) {
+            return Err(RegistryError::Unauthorized(
+                "a heartbeat needs \"Authorization: Bearer <node credential>\"".into(),
+            ));
+        }
+        let hash = hash_secret(bearer);
+        let lookup = |live: &Live| -> Result<(i64, LiveNode), RegistryError> {
+            let id = *live.by_credential.get(&hash).ok_or_else(|| {
+                RegistryError::Unauthorized("the node credential is not valid".into())
+            })?;
+            let node = live
+                .nodes
+                .get(&id)
+                .ok_or_else(|| RegistryError::Unauthorized("the node credential is not valid".into()))?;
+            if node.instance_id != req.instance_id {
+                return Err(RegistryError::CredentialMismatch {
+                    bound: node.instance_id.clone(),
+                    claimed: req.instance_id.clone(),
+                });
+            }
+            Ok((id, node.clone()))
+        };
+        let (id, node) = lookup(&self.live())?;
+        if node.private_ipv4 != Some(req.private_ipv4) || node.public_ipv4 != req.public_ipv4 {
+            self.check_claim(
+                &node.region,
+                &node.instance_id,
+                None,
+                req.private_ipv4,
+                req.public_ipv4,
+            )
+            .await?;
+            let _write = self.write.lock().await;
+            // The credential may have been rotated while EC2 was asked.
+            let (_, node) = lookup(&self.live())?;
+            let reason = format!(
+                "address changed: private {} -> {}, public {} -> {}",
+                node.private_ipv4.map_or_else(|| "none".into(), |ip| ip.to_string()),
+                req.private_ipv4,
+                node.public_ipv4.map_or_else(|| "none".into(), |ip| ip.to_string()),
+                req.public_ipv4.map_or_else(|| "none".into(), |ip| ip.to_string()),
+            );
+            self.store
+                .update_addresses(id, node.state, req.private_ipv4, req.public_ipv4, &reason)?;
+            let sources = {
+                let mut live = self.live();
+                if let Some(entry) = live.nodes.get_mut(&id) {
+                    entry.private_ipv4 = Some(req.private_ipv4);
+                    entry.public_ipv4 = req.public_ipv4;
+                }
+                live.record_sources()
+            };
+            self.zone.publish(&sources);
+            self.counters.address_changes.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(cluster = %node.cluster, node = %node.name, %reason, "node address changed");
+        }
+        let state = {
+            let mut live = self.live();
+            let entry = live
+                .nodes
+                .get_mut(&id)
+                .ok_or_else(|| RegistryError::Unauthorized("the node credential is not valid".into()))?;
+            entry.last_seen = Some(SystemTime::now());
+            entry.facts = Some(req.facts);
+            entry.state
+        };
+        self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+        Ok(HeartbeatResponse {
+            state,
+            heartbeat_interval_ms: self.timing.heartbeat_interval.as_millis() as u64,
+            heartbeat_jitter_ms: self.timing.heartbeat_jitter.as_millis() as u64,
+        })
+    }
+
+    /// Node counts by state, for `/metrics`.
+    pub fn nodes_by_state(&self) -> BTreeMap<NodeState, u64> {
+        let mut counts: BTreeMap<NodeState, u64> =
+            NodeState::ALL.iter().map(|s| (*s, 0)).collect();
+        for node in self.live().nodes.values() {
+            *counts.entry(node.state).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The DNS zone this registry publishes to.
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ec2::InstanceFacts;
+    use hickory_proto::rr::{LowerName, RecordType};
+    use std::str::FromStr;
+
+    const ID: &str = "i-0123456789abcdef0";
+
+    /// Stands in for EC2 in these unit tests only: a fixed table of instances.
+    #[derive(Debug, Default)]
+    struct Table(Mutex<HashMap<String, InstanceFacts>>);
+
+    #[async_trait::async_trait]
+    impl InstanceLookup for Table {
+        async fn describe(&self, _: &str, id: &str) -> Result<Option<InstanceFacts>, Ec2Error> {
+            Ok(self.0.lock().unwrap().get(id).cloned())
+        }
+    }
+
+    fn running(public: Option<Ipv4Addr>) -> InstanceFacts {
+        InstanceFacts {
+            state: "running".into(),
+            private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            public_ipv4: public,
+            availability_zone: Some("us-east-1a".into()),
+        }
+    }
+
+    fn setup() -> (Registry, Arc<Table>, String) {
+        let table = Arc::new(Table::default());
+        table
+            .0
+            .lock()
+            .unwrap()
+            .insert(ID.into(), running(Some(Ipv4Addr::new(54, 0, 0, 1))));
+        let zone = Arc::new(Zone::new("muster.test", 30).unwrap());
+        let registry = Registry::new(
+            Store::open_in_memory().unwrap(),
+            table.clone(),
+            zone,
+            "muster.test".into(),
+            Timing {
+                heartbeat_interval: Duration::from_secs(10),
+                heartbeat_jitter: Duration::from_secs(1),
+            },
+        )
+        .unwrap();
+        let (_, token) = registry
+            .create_cluster(&CreateClusterRequest { name: "web".into() })
+            .unwrap();
+        (registry, table, token)
+    }
+
+    fn register_req(public: Option<Ipv4Addr>) -> RegisterRequest {
+        RegisterRequest {
+            protocol: muster_proto::PROTOCOL_VERSION,
+            cluster: "web".into(),
+            instance_id: ID.into(),
+            availability_zone: "us-east-1a".into(),
+            region: "us-east-1".into(),
+            private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+            public_ipv4: public,
+            agent_version: "test".into(),
+        }
+    }
+
+    fn heartbeat_req(public: Option<Ipv4Addr>) -> HeartbeatRequest {
+        HeartbeatRequest {
+            instance_id: ID.into(),
+            private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+            public_ipv4: public,
+            facts: HostFacts::default(),
+        }
+    }
+
+    fn answer(registry: &Registry, name: &str) -> Vec<Ipv4Addr> {
+        registry
+            .zone()
+            .snapshot()
+            .lookup(&LowerName::from_str(name).unwrap(), RecordType::A)
+            .answers
+            .iter()
+            .filter_map(|r| match r.data() {
+                hickory_proto::rr::RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A good register stores a deployed node, records an event and answers in DNS.
+    #[tokio::test]
+    async fn register_deploys_and_publishes() {
+        let (registry, _, token) = setup();
+        let ip = Ipv4Addr::new(54, 0, 0, 1);
+        let resp = registry.register(&token, register_req(Some(ip))).await.unwrap();
+        assert_eq!(resp.node.state, NodeState::Deployed);
+        assert_eq!(TokenKind::of(&resp.credential), Some(TokenKind::Node));
+        assert_eq!(answer(&registry, &format!("{ID}.web.muster.test.")), vec![ip]);
+        assert_eq!(registry.node("web", ID).unwrap().events.len(), 1);
+    }
+
+    /// Every kind of bad claim is refused with its own code and stores nothing.
+    #[tokio::test]
+    async fn bad_claims_change_nothing() {
+        let (registry, table, token) = setup();
+        let wrong_token = new_secret(TokenKind::Join);
+        let good = Some(Ipv4Addr::new(54, 0, 0, 1));
+        let err = registry.register(&wrong_token, register_req(good)).await.unwrap_err();
+        assert_eq!(err.code(), "unauthorized");
+        let err = registry
+            .register(&token, register_req(Some(Ipv4Addr::new(54, 9, 9, 9))))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "address_mismatch");
+        assert!(err.to_string().contains("54.9.9.9"), "{err}");
+        let mut other_zone = register_req(good);
+        other_zone.availability_zone = "us-east-1b".into();
+        let err = registry.register(&token, other_zone).await.unwrap_err();
+        assert_eq!(err.code(), "address_mismatch");
+        let mut unknown = register_req(good);
+        unknown.instance_id = "i-00000000".into();
+        let err = registry.register(&token, unknown).await.unwrap_err();
+        assert_eq!(err.code(), "instance_not_found");
+        table.0.lock().unwrap().get_mut(ID).unwrap().state = "stopped".into();
+        let err = registry.register(&token, register_req(good)).await.unwrap_err();
+        assert_eq!(err.code(), "instance_not_running");
+        assert!(registry.nodes(None).unwrap().is_empty());
+        assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
+    }
+
+    /// Registering twice keeps one node and revokes the first credential.
+    #[tokio::test]
+    async fn second_register_rotates_the_credential() {
+        let (registry, _, token) = setup();
+        let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+        let first = registry.register(&token, register_req(ip)).await.unwrap();
+        let second = registry.register(&token, register_req(ip)).await.unwrap();
+        assert_ne!(first.credential, second.credential);
+        assert_eq!(registry.nodes(None).unwrap().len(), 1);
+        let err = registry
+            .heartbeat(&first.credential, heartbeat_req(ip))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "unauthorized");
+        registry
+            .heartbeat(&second.credential, heartbeat_req(ip))
+            .await
+            .unwrap();
+        // Re-register with the credential itself rotates it again.
+        let third = registry.register(&second.credential, register_req(ip)).await.unwrap();
+        assert!(registry.heartbeat(&second.credential, heartbeat_req(ip)).await.is_err());
+        registry.heartbeat(&third.credential, heartbeat_req(ip)).await.unwrap();
+    }
+
+    /// A heartbeat with a new address moves DNS only once EC2 agrees.
+    #[tokio::test]
+    async fn heartbeat_moves_dns_after_ec2_agrees() {
+        let (registry, table, token) = setup();
+        let old = Ipv4Addr::new(54, 0, 0, 1);
+        let new = Ipv4Addr::new(54, 0, 0, 2);
+        let resp = registry.register(&token, register_req(Some(old))).await.unwrap();
+        let err = registry
+            .heartbeat(&resp.credential, heartbeat_req(Some(new)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "address_mismatch");
+        assert_eq!(answer(&registry, &format!("{ID}.web.muster.test.")), vec![old]);
+        table.0.lock().unwrap().insert(ID.into(), running(Some(new)));
+        registry
+            .heartbeat(&resp.credential, heartbeat_req(Some(new)))
+            .await
+            .unwrap();
+        assert_eq!(answer(&registry, &format!("{ID}.web.muster.test.")), vec![new]);
+        assert_eq!(registry.node("web", ID).unwrap().events.len(), 2);
+    }
+
+    /// Reserved and over-long cluster names are refused.
+    #[test]
+    fn cluster_names_are_checked() {
+        let (registry, _, _) = setup();
+        for bad in ["internal", "Web", "", &"a".repeat(64)] {
+            assert!(registry
+                .create_cluster(&CreateClusterRequest { name: bad.into() })
+                .is_err());
+        }
+        let err = registry
+            .create_cluster(&CreateClusterRequest { name: "web".into() })
+            .unwrap_err();
+        assert_eq!(err.code(), "cluster_exists");
+    }
+}
