@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use muster_proto::{paths, CreateClusterRequest, ErrorBody, ErrorDetail, CreateClusterResponse};
+use muster_proto::{paths, CreateClusterRequest, CreateClusterResponse, ErrorBody, ErrorDetail};
 use serde::de::DeserializeOwned;
 
 use crate::registry::{secret_matches, Registry, RegistryError};
@@ -231,7 +231,11 @@ async fn list_nodes(
             format!("unknown query parameter {unknown:?}; only \"cluster\" is known"),
         ));
     }
-    Ok(Json(state.registry.nodes(query.get("cluster").map(String::as_str))?))
+    Ok(Json(
+        state
+            .registry
+            .nodes(query.get("cluster").map(String::as_str))?,
+    ))
 }
 
 async fn show_node(
@@ -267,7 +271,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "muster_heartbeats_total",
         "counter",
         "Accepted agent heartbeats.",
-        vec![format!("muster_heartbeats_total {}", load(&counters.heartbeats))],
+        vec![format!(
+            "muster_heartbeats_total {}",
+            load(&counters.heartbeats)
+        )],
     );
     section(
         "muster_address_changes_total",
@@ -305,10 +312,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "muster_dns_queries_total",
         "counter",
         "DNS queries answered by the embedded server.",
-        vec![format!("muster_dns_queries_total {}", registry.zone().queries())],
+        vec![format!(
+            "muster_dns_queries_total {}",
+            registry.zone().queries()
+        )],
     );
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
 }

@@ -120,9 +120,8 @@ impl AdminClient {
         let ca_path = std::env::var_os("MUSTER_CACERT")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR).join(CA_FILE));
-        let ca_pem = std::fs::read(&ca_path).map_err(|e| {
-            setting("MUSTER_CACERT", ca_path.display().to_string(), e)
-        })?;
+        let ca_pem = std::fs::read(&ca_path)
+            .map_err(|e| setting("MUSTER_CACERT", ca_path.display().to_string(), e))?;
         let ca = reqwest::Certificate::from_pem(&ca_pem)
             .map_err(|e| setting("MUSTER_CACERT", ca_path.display().to_string(), e))?;
         let http = reqwest::Client::builder()
@@ -289,7 +288,9 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
         })
         .collect();
     table(
-        &["CLUSTER", "NAME", "STATE", "PUBLIC", "PRIVATE", "ZONE", "DNS"],
+        &[
+            "CLUSTER", "NAME", "STATE", "PUBLIC", "PRIVATE", "ZONE", "DNS",
+        ],
         &rows,
     )
 }
@@ -348,7 +349,12 @@ pub fn node_text(detail: &NodeDetail) -> String {
         for d in &f.disks {
             field(
                 "Disk:",
-                format!("{} {} used of {}", d.mount, bytes(d.used_bytes), bytes(d.total_bytes)),
+                format!(
+                    "{} {} used of {}",
+                    d.mount,
+                    bytes(d.used_bytes),
+                    bytes(d.total_bytes)
+                ),
             );
         }
         field(
@@ -382,7 +388,10 @@ mod tests {
     fn table_pads_columns() {
         let text = table(
             &["A", "LONG"],
-            &[vec!["xxxx".into(), "y".into()], vec!["z".into(), "w".into()]],
+            &[
+                vec!["xxxx".into(), "y".into()],
+                vec!["z".into(), "w".into()],
+            ],
         );
         assert_eq!(text, "A     LONG\nxxxx  y\nz     w\n");
     }

@@ -164,7 +164,8 @@ impl Settings {
             .clone()
             .or(file.public_url)
             .unwrap_or_else(|| format!("https://{}:{}", hostname(), listen.port()));
-        let public_host = url_host(&public_url).map_err(|reason| bad("public_url", &public_url, reason))?;
+        let public_host =
+            url_host(&public_url).map_err(|reason| bad("public_url", &public_url, reason))?;
 
         let tls = match (
             args.tls_cert.clone().or(file.tls_cert),
@@ -174,16 +175,28 @@ impl Settings {
             (Some(cert), Some(key)) => {
                 for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
                     if !path.is_file() {
-                        return Err(bad(name, path.display().to_string(), "is not a readable file"));
+                        return Err(bad(
+                            name,
+                            path.display().to_string(),
+                            "is not a readable file",
+                        ));
                     }
                 }
                 Some((cert, key))
             }
             (Some(cert), None) => {
-                return Err(bad("tls_key", "", format!("is needed with tls_cert={}", cert.display())))
+                return Err(bad(
+                    "tls_key",
+                    "",
+                    format!("is needed with tls_cert={}", cert.display()),
+                ))
             }
             (None, Some(key)) => {
-                return Err(bad("tls_cert", "", format!("is needed with tls_key={}", key.display())))
+                return Err(bad(
+                    "tls_cert",
+                    "",
+                    format!("is needed with tls_key={}", key.display()),
+                ))
             }
         };
 
@@ -193,7 +206,11 @@ impl Settings {
                 let value = humantime::parse_duration(&text)
                     .map_err(|e| bad("heartbeat_interval", &text, e))?;
                 if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&value) {
-                    return Err(bad("heartbeat_interval", &text, "must be between 1s and 300s"));
+                    return Err(bad(
+                        "heartbeat_interval",
+                        &text,
+                        "must be between 1s and 300s",
+                    ));
                 }
                 value
             }
@@ -207,11 +224,13 @@ impl Settings {
                 other => other.to_string(),
             }))
             .unwrap_or_else(|| DEFAULT_DNS_TTL.to_string());
-        let dns_ttl: u32 = ttl_text
-            .parse()
-            .map_err(|e| bad("dns_ttl", &ttl_text, e))?;
+        let dns_ttl: u32 = ttl_text.parse().map_err(|e| bad("dns_ttl", &ttl_text, e))?;
         if !(1..=86_400).contains(&dns_ttl) {
-            return Err(bad("dns_ttl", &ttl_text, "must be between 1 and 86400 seconds"));
+            return Err(bad(
+                "dns_ttl",
+                &ttl_text,
+                "must be between 1 and 86400 seconds",
+            ));
         }
 
         Ok(Settings {
@@ -279,7 +298,8 @@ fn url_host(url: &str) -> Result<String, &'static str> {
         let last = parts.next().unwrap_or_default();
         match parts.next() {
             Some(host) => {
-                last.parse::<u16>().map_err(|_| "has a port that is not a number")?;
+                last.parse::<u16>()
+                    .map_err(|_| "has a port that is not a number")?;
                 host.to_owned()
             }
             None => last.to_owned(),
@@ -323,7 +343,11 @@ mod tests {
     fn precedence() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[serve]\nzone = \"file.example\"\ndns_ttl = 60\nlisten = \"127.0.0.1:9\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[serve]\nzone = \"file.example\"\ndns_ttl = 60\nlisten = \"127.0.0.1:9\"\n",
+        )
+        .unwrap();
         let mut a = args();
         a.config = Some(path);
         a.zone = Some("Flag.Example.".into());
@@ -336,17 +360,24 @@ mod tests {
     /// Each bad value names itself.
     #[test]
     fn bad_values_name_themselves() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ServeArgs)>)> = vec![
-            ("listen", Box::new(|a| a.listen = Some("nowhere".into()))),
-            ("dns_listen", Box::new(|a| a.dns_listen = Some("1.2.3.4".into()))),
-            ("zone", Box::new(|a| a.zone = Some("bad_zone".into()))),
-            ("public_url", Box::new(|a| a.public_url = Some("http://x".into()))),
-            ("public_url", Box::new(|a| a.public_url = Some("https://x:port".into()))),
-            ("heartbeat_interval", Box::new(|a| a.heartbeat_interval = Some("0s".into()))),
-            ("heartbeat_interval", Box::new(|a| a.heartbeat_interval = Some("soon".into()))),
-            ("dns_ttl", Box::new(|a| a.dns_ttl = Some("0".into()))),
-            ("tls_key", Box::new(|a| a.tls_cert = Some("/etc/hostname".into()))),
-            ("config", Box::new(|a| a.config = Some("/nonexistent/c.toml".into()))),
+        type Case = (&'static str, fn(&mut ServeArgs));
+        let cases: Vec<Case> = vec![
+            ("listen", |a| a.listen = Some("nowhere".into())),
+            ("dns_listen", |a| a.dns_listen = Some("1.2.3.4".into())),
+            ("zone", |a| a.zone = Some("bad_zone".into())),
+            ("public_url", |a| a.public_url = Some("http://x".into())),
+            ("public_url", |a| {
+                a.public_url = Some("https://x:port".into())
+            }),
+            ("heartbeat_interval", |a| {
+                a.heartbeat_interval = Some("0s".into())
+            }),
+            ("heartbeat_interval", |a| {
+                a.heartbeat_interval = Some("soon".into())
+            }),
+            ("dns_ttl", |a| a.dns_ttl = Some("0".into())),
+            ("tls_key", |a| a.tls_cert = Some("/etc/hostname".into())),
+            ("config", |a| a.config = Some("/nonexistent/c.toml".into())),
         ];
         for (name, mutate) in cases {
             let mut a = args();
@@ -373,7 +404,10 @@ mod tests {
     /// URL hosts are extracted for the certificate.
     #[test]
     fn url_hosts() {
-        assert_eq!(url_host("https://coord.example:7443/x").unwrap(), "coord.example");
+        assert_eq!(
+            url_host("https://coord.example:7443/x").unwrap(),
+            "coord.example"
+        );
         assert_eq!(url_host("https://10.0.0.1").unwrap(), "10.0.0.1");
         assert_eq!(url_host("https://[::1]:7443").unwrap(), "::1");
         assert!(url_host("https://").is_err());

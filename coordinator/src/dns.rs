@@ -329,7 +329,9 @@ impl Zone {
             }
             // Every label was validated on the way in; a failure here is a bug,
             // and keeping the previous answers is the safest reaction.
-            Err(error) => tracing::error!(%error, "dns zone could not be built; keeping the previous one"),
+            Err(error) => {
+                tracing::error!(%error, "dns zone could not be built; keeping the previous one")
+            }
         }
     }
 
@@ -414,11 +416,13 @@ pub async fn serve(
     zone: Arc<Zone>,
     addr: std::net::SocketAddr,
 ) -> Result<(ServerFuture<Handler>, std::net::SocketAddr), DnsError> {
-    let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind {
-        protocol: "udp",
-        addr,
-        source,
-    })?;
+    let udp = UdpSocket::bind(addr)
+        .await
+        .map_err(|source| DnsError::Bind {
+            protocol: "udp",
+            addr,
+            source,
+        })?;
     let bound = udp.local_addr().map_err(|source| DnsError::Bind {
         protocol: "udp",
         addr,
@@ -442,7 +446,12 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    fn node(cluster: &str, name: &str, state: NodeState, public: Option<[u8; 4]>) -> NodeRecordSource {
+    fn node(
+        cluster: &str,
+        name: &str,
+        state: NodeState,
+        public: Option<[u8; 4]>,
+    ) -> NodeRecordSource {
         NodeRecordSource {
             cluster: cluster.into(),
             name: name.into(),
@@ -491,7 +500,9 @@ mod tests {
         );
         let wildcard = data.lookup(&q("app.n1.web.muster.test."), RecordType::A);
         assert_eq!(wildcard.code, ResponseCode::NoError);
-        assert!(matches!(wildcard.answers[0].data(), RData::CNAME(c) if c.0 == Name::from_str("n1.web.muster.test.").unwrap()));
+        assert!(
+            matches!(wildcard.answers[0].data(), RData::CNAME(c) if c.0 == Name::from_str("n1.web.muster.test.").unwrap())
+        );
         assert_eq!(a_of(&wildcard), vec![Ipv4Addr::new(54, 0, 0, 1)]);
         let deep = data.lookup(&q("a.b.n1.web.muster.test."), RecordType::CNAME);
         assert_eq!(deep.answers.len(), 1);
@@ -544,10 +555,16 @@ mod tests {
         let zone = Zone::new("muster.test", 30).unwrap();
         let before = zone.snapshot();
         let name = q("n1.web.muster.test.");
-        assert_eq!(before.lookup(&name, RecordType::A).code, ResponseCode::NXDomain);
+        assert_eq!(
+            before.lookup(&name, RecordType::A).code,
+            ResponseCode::NXDomain
+        );
         zone.publish(&[node("web", "n1", NodeState::Deployed, Some([54, 0, 0, 1]))]);
         let after = zone.snapshot();
-        assert_eq!(a_of(&after.lookup(&name, RecordType::A)), vec![Ipv4Addr::new(54, 0, 0, 1)]);
+        assert_eq!(
+            a_of(&after.lookup(&name, RecordType::A)),
+            vec![Ipv4Addr::new(54, 0, 0, 1)]
+        );
         let serial = |d: &ZoneData| match d.soa.data() {
             RData::SOA(s) => s.serial(),
             _ => 0,

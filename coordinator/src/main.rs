@@ -125,7 +125,10 @@ async fn admin(command: Command) -> Result<(), cli::CliError> {
             if json {
                 print_json(&created);
             } else {
-                print!("{}", cli::clusters_table(std::slice::from_ref(&created.cluster)));
+                print!(
+                    "{}",
+                    cli::clusters_table(std::slice::from_ref(&created.cluster))
+                );
                 println!("\njoin token (shown once): {}", created.join_token);
             }
         }

@@ -127,12 +127,11 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiErro
 }
 
 fn ca_params() -> Result<CertificateParams, PkiError> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|source| {
-        PkiError::Generate {
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|source| PkiError::Generate {
             what: "CA parameters",
             source,
-        }
-    })?;
+        })?;
     params
         .distinguished_name
         .push(DnType::CommonName, "muster coordinator CA");
@@ -190,10 +189,7 @@ pub fn ensure_self_signed(data_dir: &Path, names: &[String]) -> Result<TlsFiles,
     for name in names {
         let san = match name.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(generate(
-                "a server name",
-                name.clone().try_into().map_err(rcgen::Error::from),
-            )?),
+            Err(_) => SanType::DnsName(generate("a server name", name.clone().try_into())?),
         };
         if !params.subject_alt_names.contains(&san) {
             params.subject_alt_names.push(san);
@@ -271,7 +267,13 @@ mod tests {
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         ensure_self_signed(dir.path(), &names).unwrap();
         let token = ensure_admin_token(dir.path()).unwrap();
-        let mode = |f: &str| fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+        let mode = |f: &str| {
+            fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
         assert_eq!(mode(CA_KEY_FILE), 0o600);
         assert_eq!(mode(SERVER_KEY_FILE), 0o600);
         assert_eq!(mode(ADMIN_TOKEN_FILE), 0o600);

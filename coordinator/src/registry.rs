@@ -24,8 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use muster_proto::token::{format_secret, TokenKind, SECRET_BYTES};
 use muster_proto::{
     validate, ClusterView, CreateClusterRequest, HeartbeatRequest, HeartbeatResponse, HostFacts,
-    NodeDetail, NodeEvent, NodeState, NodeView, RegisterRequest, RegisterResponse,
-    ValidationError,
+    NodeDetail, NodeEvent, NodeState, NodeView, RegisterRequest, RegisterResponse, ValidationError,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -491,7 +490,12 @@ impl Registry {
     }
 
     /// Logs and counts a refusal, then hands it back.
-    fn refuse(&self, operation: &'static str, instance_id: &str, error: RegistryError) -> RegistryError {
+    fn refuse(
+        &self,
+        operation: &'static str,
+        instance_id: &str,
+        error: RegistryError,
+    ) -> RegistryError {
         self.counters.refused(error.code());
         tracing::warn!(operation, instance_id, code = error.code(), %error, "agent request refused");
         error
@@ -518,7 +522,9 @@ impl Registry {
         let cluster = self.store.cluster(&req.cluster)?;
         let how = match TokenKind::of(bearer) {
             Some(TokenKind::Join) => {
-                let cluster = cluster.as_ref().filter(|c| secret_matches(bearer, &c.join_token_hash));
+                let cluster = cluster
+                    .as_ref()
+                    .filter(|c| secret_matches(bearer, &c.join_token_hash));
                 if cluster.is_none() {
                     return Err(RegistryError::Unauthorized(format!(
                         "the join token is not the one of cluster {:?}",
@@ -555,14 +561,13 @@ impl Registry {
                     "an admin token cannot register a node".into(),
                 ))
             }
-            None => {
-                return Err(RegistryError::Unauthorized(
-                    "the Authorization header must carry \"Bearer <join token or node credential>\""
-                        .into(),
-                ))
-            }
+            None => return Err(RegistryError::Unauthorized(
+                "the Authorization header must carry \"Bearer <join token or node credential>\""
+                    .into(),
+            )),
         };
-        let cluster = cluster.ok_or_else(|| RegistryError::Unauthorized("no such cluster".into()))?;
+        let cluster =
+            cluster.ok_or_else(|| RegistryError::Unauthorized("no such cluster".into()))?;
         if let Some(existing) = self.store.node_by_instance(&req.instance_id)? {
             if existing.cluster != cluster.name {
                 return Err(RegistryError::InstanceInOtherCluster {
@@ -659,10 +664,9 @@ impl Registry {
             let id = *live.by_credential.get(&hash).ok_or_else(|| {
                 RegistryError::Unauthorized("the node credential is not valid".into())
             })?;
-            let node = live
-                .nodes
-                .get(&id)
-                .ok_or_else(|| RegistryError::Unauthorized("the node credential is not valid".into()))?;
+            let node = live.nodes.get(&id).ok_or_else(|| {
+                RegistryError::Unauthorized("the node credential is not valid".into())
+            })?;
             if node.instance_id != req.instance_id {
                 return Err(RegistryError::CredentialMismatch {
                     bound: node.instance_id.clone(),
@@ -686,13 +690,21 @@ impl Registry {
             let (_, node) = lookup(&self.live())?;
             let reason = format!(
                 "address changed: private {} -> {}, public {} -> {}",
-                node.private_ipv4.map_or_else(|| "none".into(), |ip| ip.to_string()),
+                node.private_ipv4
+                    .map_or_else(|| "none".into(), |ip| ip.to_string()),
                 req.private_ipv4,
-                node.public_ipv4.map_or_else(|| "none".into(), |ip| ip.to_string()),
-                req.public_ipv4.map_or_else(|| "none".into(), |ip| ip.to_string()),
+                node.public_ipv4
+                    .map_or_else(|| "none".into(), |ip| ip.to_string()),
+                req.public_ipv4
+                    .map_or_else(|| "none".into(), |ip| ip.to_string()),
             );
-            self.store
-                .update_addresses(id, node.state, req.private_ipv4, req.public_ipv4, &reason)?;
+            self.store.update_addresses(
+                id,
+                node.state,
+                req.private_ipv4,
+                req.public_ipv4,
+                &reason,
+            )?;
             let sources = {
                 let mut live = self.live();
                 if let Some(entry) = live.nodes.get_mut(&id) {
@@ -702,15 +714,16 @@ impl Registry {
                 live.record_sources()
             };
             self.zone.publish(&sources);
-            self.counters.address_changes.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .address_changes
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(cluster = %node.cluster, node = %node.name, %reason, "node address changed");
         }
         let state = {
             let mut live = self.live();
-            let entry = live
-                .nodes
-                .get_mut(&id)
-                .ok_or_else(|| RegistryError::Unauthorized("the node credential is not valid".into()))?;
+            let entry = live.nodes.get_mut(&id).ok_or_else(|| {
+                RegistryError::Unauthorized("the node credential is not valid".into())
+            })?;
             entry.last_seen = Some(SystemTime::now());
             entry.facts = Some(req.facts);
             entry.state
@@ -725,8 +738,7 @@ impl Registry {
 
     /// Node counts by state, for `/metrics`.
     pub fn nodes_by_state(&self) -> BTreeMap<NodeState, u64> {
-        let mut counts: BTreeMap<NodeState, u64> =
-            NodeState::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut counts: BTreeMap<NodeState, u64> = NodeState::ALL.iter().map(|s| (*s, 0)).collect();
         for node in self.live().nodes.values() {
             *counts.entry(node.state).or_default() += 1;
         }
@@ -834,10 +846,16 @@ mod tests {
     async fn register_deploys_and_publishes() {
         let (registry, _, token) = setup();
         let ip = Ipv4Addr::new(54, 0, 0, 1);
-        let resp = registry.register(&token, register_req(Some(ip))).await.unwrap();
+        let resp = registry
+            .register(&token, register_req(Some(ip)))
+            .await
+            .unwrap();
         assert_eq!(resp.node.state, NodeState::Deployed);
         assert_eq!(TokenKind::of(&resp.credential), Some(TokenKind::Node));
-        assert_eq!(answer(&registry, &format!("{ID}.web.muster.test.")), vec![ip]);
+        assert_eq!(
+            answer(&registry, &format!("{ID}.web.muster.test.")),
+            vec![ip]
+        );
         assert_eq!(registry.node("web", ID).unwrap().events.len(), 1);
     }
 
@@ -847,7 +865,10 @@ mod tests {
         let (registry, table, token) = setup();
         let wrong_token = new_secret(TokenKind::Join);
         let good = Some(Ipv4Addr::new(54, 0, 0, 1));
-        let err = registry.register(&wrong_token, register_req(good)).await.unwrap_err();
+        let err = registry
+            .register(&wrong_token, register_req(good))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), "unauthorized");
         let err = registry
             .register(&token, register_req(Some(Ipv4Addr::new(54, 9, 9, 9))))
@@ -864,7 +885,10 @@ mod tests {
         let err = registry.register(&token, unknown).await.unwrap_err();
         assert_eq!(err.code(), "instance_not_found");
         table.0.lock().unwrap().get_mut(ID).unwrap().state = "stopped".into();
-        let err = registry.register(&token, register_req(good)).await.unwrap_err();
+        let err = registry
+            .register(&token, register_req(good))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), "instance_not_running");
         assert!(registry.nodes(None).unwrap().is_empty());
         assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
@@ -889,9 +913,18 @@ mod tests {
             .await
             .unwrap();
         // Re-register with the credential itself rotates it again.
-        let third = registry.register(&second.credential, register_req(ip)).await.unwrap();
-        assert!(registry.heartbeat(&second.credential, heartbeat_req(ip)).await.is_err());
-        registry.heartbeat(&third.credential, heartbeat_req(ip)).await.unwrap();
+        let third = registry
+            .register(&second.credential, register_req(ip))
+            .await
+            .unwrap();
+        assert!(registry
+            .heartbeat(&second.credential, heartbeat_req(ip))
+            .await
+            .is_err());
+        registry
+            .heartbeat(&third.credential, heartbeat_req(ip))
+            .await
+            .unwrap();
     }
 
     /// A heartbeat with a new address moves DNS only once EC2 agrees.
@@ -900,19 +933,32 @@ mod tests {
         let (registry, table, token) = setup();
         let old = Ipv4Addr::new(54, 0, 0, 1);
         let new = Ipv4Addr::new(54, 0, 0, 2);
-        let resp = registry.register(&token, register_req(Some(old))).await.unwrap();
+        let resp = registry
+            .register(&token, register_req(Some(old)))
+            .await
+            .unwrap();
         let err = registry
             .heartbeat(&resp.credential, heartbeat_req(Some(new)))
             .await
             .unwrap_err();
         assert_eq!(err.code(), "address_mismatch");
-        assert_eq!(answer(&registry, &format!("{ID}.web.muster.test.")), vec![old]);
-        table.0.lock().unwrap().insert(ID.into(), running(Some(new)));
+        assert_eq!(
+            answer(&registry, &format!("{ID}.web.muster.test.")),
+            vec![old]
+        );
+        table
+            .0
+            .lock()
+            .unwrap()
+            .insert(ID.into(), running(Some(new)));
         registry
             .heartbeat(&resp.credential, heartbeat_req(Some(new)))
             .await
             .unwrap();
-        assert_eq!(answer(&registry, &format!("{ID}.web.muster.test.")), vec![new]);
+        assert_eq!(
+            answer(&registry, &format!("{ID}.web.muster.test.")),
+            vec![new]
+        );
         assert_eq!(registry.node("web", ID).unwrap().events.len(), 2);
     }
 

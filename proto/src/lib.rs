@@ -472,22 +472,18 @@ mod tests {
     /// Each bad field of a register names itself.
     #[test]
     fn bad_register_fields_name_themselves() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut RegisterRequest)>)> = vec![
-            ("cluster", Box::new(|r| r.cluster = "Web_1".into())),
-            ("instance_id", Box::new(|r| r.instance_id = "i-xyz".into())),
-            (
-                "availability_zone",
-                Box::new(|r| r.availability_zone = "nowhere".into()),
-            ),
-            ("region", Box::new(|r| r.region = "US East".into())),
-            (
-                "private_ipv4",
-                Box::new(|r| r.private_ipv4 = Ipv4Addr::UNSPECIFIED),
-            ),
-            (
-                "public_ipv4",
-                Box::new(|r| r.public_ipv4 = Some(Ipv4Addr::new(224, 0, 0, 1))),
-            ),
+        type Case = (&'static str, fn(&mut RegisterRequest));
+        let cases: Vec<Case> = vec![
+            ("cluster", |r| r.cluster = "Web_1".into()),
+            ("instance_id", |r| r.instance_id = "i-xyz".into()),
+            ("availability_zone", |r| {
+                r.availability_zone = "nowhere".into()
+            }),
+            ("region", |r| r.region = "US East".into()),
+            ("private_ipv4", |r| r.private_ipv4 = Ipv4Addr::UNSPECIFIED),
+            ("public_ipv4", |r| {
+                r.public_ipv4 = Some(Ipv4Addr::new(224, 0, 0, 1))
+            }),
         ];
         for (field, mutate) in cases {
             let mut req = register();

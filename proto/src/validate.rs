@@ -163,9 +163,11 @@ fn looks_like_region(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
     parts.len() >= 3
         && value.len() <= 32
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
         && parts
             .last()
             .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
@@ -220,7 +222,16 @@ mod tests {
         for good in ["a", "web", "web-1", "1web", &"a".repeat(63)] {
             dns_label("name", good).unwrap();
         }
-        for bad in ["", "-web", "web-", "Web", "we_b", "we.b", "wéb", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-web",
+            "web-",
+            "Web",
+            "we_b",
+            "we.b",
+            "wéb",
+            &"a".repeat(64),
+        ] {
             assert!(dns_label("name", bad).is_err(), "{bad}");
         }
     }
@@ -252,7 +263,12 @@ mod tests {
     /// Regions and zones as AWS names them.
     #[test]
     fn regions_and_zones() {
-        for good in ["us-east-1", "eu-central-2", "us-gov-west-1", "ap-southeast-4"] {
+        for good in [
+            "us-east-1",
+            "eu-central-2",
+            "us-gov-west-1",
+            "ap-southeast-4",
+        ] {
             region(good).unwrap();
         }
         for bad in ["", "us-east", "US-EAST-1", "us--1", "useast1", "us-east-1a"] {
