@@ -1,1 +1,178 @@
-//! Placeholder until the crate lands.
+//! The muster node agent.
+//!
+//! One agent runs on every node. It reads who and where the instance is from
+//! IMDSv2, registers with the coordinator (first with the cluster's join
+//! token, then with the node credential the coordinator hands back), and from
+//! then on heartbeats with host facts. It watches its own addresses: when an
+//! Elastic IP is associated or moved, the coordinator hears it at once, with
+//! no restart. A local unix socket answers `muster-agent status`.
+//!
+//! # Layout
+//! - [`settings`]: the TOML file, `MUSTER_AGENT_*` variables and flags,
+//!   validated once at start into [`settings::Settings`].
+//! - [`imds`]: the IMDSv2 client (token cached, refreshed on 401, 404 means
+//!   absent).
+//! - [`coordinator`]: the HTTPS client for the coordinator's agent API,
+//!   pinned to the configured CA.
+//! - [`state`]: `state.json` in the state dir: the node credential and who
+//!   this node is, written atomically, 0600.
+//! - [`facts`]: host facts (CPUs, load, memory, disks, uptime, OS) from
+//!   sysinfo.
+//! - [`backoff`]: bounded exponential backoff with jitter, used by every
+//!   retry.
+//! - [`daemon`]: `muster-agent run`: register, heartbeat, push address
+//!   changes, stop cleanly on SIGTERM.
+//! - [`status`]: the status document, the local socket that serves it, and
+//!   the DNS check behind `dns_resolves`.
+//! - [`query`]: `muster-agent status`: asks the socket, prints a table or
+//!   JSON, and picks the exit code.
+//! - [`logging`]: tracing to stderr, without timestamps under journald.
+
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod coordinator;
+pub mod daemon;
+pub mod facts;
+pub mod imds;
+pub mod logging;
+pub mod query;
+pub mod settings;
+pub mod state;
+pub mod status;
+
+use std::error::Error;
+
+use clap::{Parser, Subcommand};
+
+pub use daemon::{run, shutdown_signal, RunError};
+
+/// The version of this build, sent to the coordinator on register.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `muster-agent`: the node daemon and its status command.
+#[derive(Debug, Parser)]
+#[command(name = "muster-agent", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: register with the coordinator, heartbeat, and push
+    /// address changes as they happen.
+    Run(settings::RunArgs),
+    /// Ask the running agent how it is.
+    ///
+    /// Exit codes: 0 healthy (deployed, last contact with the coordinator
+    /// fine), 1 degraded (starting, registering, refused, or the coordinator
+    /// unreachable), 3 not running, 4 could not ask (e.g. permission denied
+    /// on the socket). Whether DNS resolves is shown, not counted.
+    Status(query::StatusArgs),
+}
+
+/// Formats an error and its causes on one line, cause by cause:
+/// `outer: inner: innermost`.
+pub fn error_chain(err: &(dyn Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Some libraries repeat their cause in their own message; say it once.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary and replaces
+/// control characters, so that a peer's words can be logged safely.
+pub(crate) fn cut_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Reads a response body, refusing to hold more than `limit` bytes of it.
+/// Returns the body, cut at the limit if it was longer.
+pub(crate) async fn read_body_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// Installs ring as the process-wide rustls crypto provider. Installing it
+/// twice is harmless: the second attempt is ignored.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    /// The chain shows every cause once, outermost first.
+    #[test]
+    fn error_chain_lists_causes() {
+        let err = Outer(std::io::Error::other("inner"));
+        assert_eq!(error_chain(&err), "outer: inner");
+    }
+
+    /// Cutting keeps whole characters, marks the cut, and blanks control
+    /// characters.
+    #[test]
+    fn cut_text_is_safe() {
+        assert_eq!(cut_text("abc", 10), "abc");
+        assert_eq!(cut_text("a\nb", 10), "a b");
+        assert_eq!(cut_text("ééé", 3), "é…");
+    }
+
+    /// The command line parses both subcommands with their flags.
+    #[test]
+    fn cli_parses() {
+        let cli = Cli::try_parse_from([
+            "muster-agent",
+            "status",
+            "--socket",
+            "/tmp/a.sock",
+            "--json",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Status(args) => {
+                assert!(args.json);
+                assert_eq!(
+                    args.socket.as_deref(),
+                    Some(std::path::Path::new("/tmp/a.sock"))
+                );
+            }
+            Command::Run(_) => panic!("parsed as run"),
+        }
+    }
+}

@@ -1,1 +1,66 @@
-fn main() {}
+//! `muster-agent`: the node daemon (`run`) and its status command
+//! (`status`). Everything but the wiring lives in the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{CommandFactory, FromArgMatches};
+use muster_agent::settings::Settings;
+use muster_agent::{logging, query, Cli, Command};
+use tracing::{error, info};
+
+/// Exit code for settings that are not valid (EX_USAGE).
+const EXIT_BAD_SETTINGS: u8 = 64;
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command {
+        Command::Run(args) => {
+            logging::init("info");
+            let settings = match Settings::load(&args, matches.subcommand_matches("run")) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_BAD_SETTINGS);
+                }
+            };
+            match run(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status(args) => {
+            logging::init("warn");
+            let code = query::status_command(&args, &mut std::io::stdout(), &mut std::io::stderr());
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(settings: Settings) -> anyhow::Result<()> {
+    info!(
+        version = muster_agent::AGENT_VERSION,
+        coordinator = %settings.coordinator_url,
+        cluster = %settings.cluster,
+        state_dir = %settings.state_dir.display(),
+        imds = %settings.imds_endpoint,
+        config = ?settings.config_file,
+        "muster-agent starting"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown =
+            muster_agent::shutdown_signal().context("cannot listen for SIGTERM and SIGINT")?;
+        muster_agent::run(settings, shutdown)
+            .await
+            .context("muster-agent stopped")
+    })
+}

@@ -1,0 +1,201 @@
+//! The HTTPS client for the coordinator's agent API.
+//!
+//! TLS is rustls, and only the configured CA is trusted: the built-in roots
+//! are off, so a certificate from anywhere else is refused even if a public
+//! CA signed it. Errors come back as `{"error": {"code", "message"}}`
+//! ([`ErrorBody`]); they are kept as [`CoordinatorError::Refused`] with the
+//! status, code and message so that callers can act on the code and log it.
+
+use std::time::Duration;
+
+use muster_proto::{
+    paths, ErrorBody, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
+    MAX_BODY_BYTES,
+};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Connecting gives up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole request gives up after this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// An error message from the coordinator is cut to this many bytes.
+const MAX_LOGGED_BODY: usize = 1024;
+
+/// Failures talking to the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The CA file's PEM did not give a certificate.
+    #[error("cannot use the CA certificates from {path}")]
+    LoadCa {
+        /// The CA file.
+        path: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the coordinator client")]
+    BuildClient(#[source] reqwest::Error),
+    /// The request did not complete: no route, refused, TLS, timeout.
+    #[error("cannot reach the coordinator at {url}")]
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The coordinator answered with an error.
+    #[error("the coordinator refused {url} with {status}: {message} ({code})")]
+    Refused {
+        /// The URL asked.
+        url: String,
+        /// The HTTP status.
+        status: StatusCode,
+        /// The error code (`unauthorized`, `address_mismatch`, …).
+        code: String,
+        /// What went wrong, in words, cut short.
+        message: String,
+    },
+    /// The coordinator answered 200 with something this agent cannot read.
+    #[error("cannot understand the coordinator's answer to {url}")]
+    Decode {
+        /// The URL asked.
+        url: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl CoordinatorError {
+    /// The HTTP status, if the coordinator answered with an error.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            CoordinatorError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The error code, if the coordinator answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CoordinatorError::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Whether the coordinator could not be reached at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, CoordinatorError::Unreachable { .. })
+    }
+}
+
+/// A client for one coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl CoordinatorClient {
+    /// A client for the coordinator at `base` (https, no trailing `/`),
+    /// trusting only the certificates in `ca_pem` (read from `ca_path`).
+    pub fn new(base: &str, ca_pem: &[u8], ca_path: &str) -> Result<Self, CoordinatorError> {
+        let certs = reqwest::Certificate::from_pem_bundle(ca_pem).map_err(|source| {
+            CoordinatorError::LoadCa {
+                path: ca_path.to_owned(),
+                source,
+            }
+        })?;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .https_only(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("muster-agent/", env!("CARGO_PKG_VERSION")));
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(CoordinatorError::BuildClient)?;
+        Ok(CoordinatorClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The coordinator's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /v1/agent/register` with the join token or node credential.
+    pub async fn register(
+        &self,
+        bearer: &str,
+        request: &RegisterRequest,
+    ) -> Result<RegisterResponse, CoordinatorError> {
+        self.post(paths::AGENT_REGISTER, bearer, request).await
+    }
+
+    /// `POST /v1/agent/heartbeat` with the node credential.
+    pub async fn heartbeat(
+        &self,
+        credential: &str,
+        request: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, CoordinatorError> {
+        self.post(paths::AGENT_HEARTBEAT, credential, request).await
+    }
+
+    async fn post<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        path: &str,
+        bearer: &str,
+        body: &Q,
+    ) -> Result<A, CoordinatorError> {
+        let url = format!("{}{}", self.base, path);
+        let unreachable = |source| CoordinatorError::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(bearer)
+            .json(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let bytes = crate::read_body_capped(response, MAX_BODY_BYTES + 1)
+            .await
+            .map_err(unreachable)?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|source| CoordinatorError::Decode {
+                url: url.clone(),
+                source,
+            });
+        }
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => (
+                crate::cut_text(&body.error.code, 64),
+                crate::cut_text(&body.error.message, MAX_LOGGED_BODY),
+            ),
+            // Not our error shape (a proxy in the way?): keep what it said.
+            Err(_) => (
+                format!("http_{}", status.as_u16()),
+                crate::cut_text(&String::from_utf8_lossy(&bytes), MAX_LOGGED_BODY),
+            ),
+        };
+        Err(CoordinatorError::Refused {
+            url,
+            status,
+            code,
+            message,
+        })
+    }
+}

@@ -1,0 +1,351 @@
+//! An IMDSv2 client: just what the agent reads about its instance.
+//!
+//! IMDSv2 only, with no IMDSv1 fallback: a missing token endpoint is a
+//! misconfiguration to report, not to work around. The IMDSv2 token comes
+//! from `PUT /latest/api/token` (TTL six hours), is cached, renewed a minute
+//! before it expires, and dropped and fetched again when IMDS answers 401.
+//! A 404 means the item is absent (e.g. `public-ipv4` with no public IP) and
+//! reads as `Ok(None)`.
+//!
+//! The endpoint is `AWS_EC2_METADATA_SERVICE_ENDPOINT` (see
+//! [`crate::settings`]), default `http://169.254.169.254`. Proxies are never
+//! used for it.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use muster_proto::validate;
+use reqwest::StatusCode;
+use tokio::sync::Mutex;
+use tracing::debug;
+
+use crate::backoff::Backoff;
+
+#[cfg(test)]
+mod tests;
+
+/// How long an IMDSv2 token lives, in seconds (the IMDS maximum).
+pub const TOKEN_TTL_SECS: u64 = 21_600;
+/// A token is renewed this long before it would expire.
+const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(60);
+/// Each request to IMDS gives up after this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Tries per read, the first included.
+const ATTEMPTS: u32 = 4;
+/// IMDS values are short; anything longer than this is cut.
+const MAX_VALUE_BYTES: usize = 4096;
+
+/// Paths under `/latest/`.
+pub mod paths {
+    /// The instance id.
+    pub const INSTANCE_ID: &str = "meta-data/instance-id";
+    /// The availability zone.
+    pub const AVAILABILITY_ZONE: &str = "meta-data/placement/availability-zone";
+    /// The region.
+    pub const REGION: &str = "meta-data/placement/region";
+    /// The primary private IPv4.
+    pub const LOCAL_IPV4: &str = "meta-data/local-ipv4";
+    /// The public IPv4 (404 when there is none).
+    pub const PUBLIC_IPV4: &str = "meta-data/public-ipv4";
+}
+
+/// Failures talking to IMDS.
+#[derive(Debug, thiserror::Error)]
+pub enum ImdsError {
+    /// The HTTP client could not be built.
+    #[error("cannot build the IMDS client")]
+    BuildClient(#[source] reqwest::Error),
+    /// `PUT /latest/api/token` failed to complete.
+    #[error("cannot get an IMDSv2 token from {url}")]
+    FetchToken {
+        /// The token URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// `PUT /latest/api/token` was answered with an error.
+    #[error("IMDS refused a token at {url} with {status}")]
+    TokenRefused {
+        /// The token URL.
+        url: String,
+        /// The answer.
+        status: StatusCode,
+    },
+    /// A read failed to complete.
+    #[error("cannot read {url}")]
+    Read {
+        /// What was read.
+        url: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A read was answered with an error.
+    #[error("IMDS answered {status} for {url}")]
+    ReadRefused {
+        /// What was read.
+        url: String,
+        /// The answer.
+        status: StatusCode,
+    },
+    /// Something every instance has is absent.
+    #[error("IMDS has no {path}")]
+    Missing {
+        /// What was read.
+        path: &'static str,
+    },
+    /// A value is not what EC2 gives.
+    #[error("IMDS gave a bad {path}")]
+    Invalid {
+        /// What was read.
+        path: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: validate::ValidationError,
+    },
+}
+
+impl ImdsError {
+    /// Whether trying again may help: the request did not complete, or IMDS
+    /// was busy or failing.
+    fn is_transient(&self) -> bool {
+        match self {
+            ImdsError::FetchToken { .. } | ImdsError::Read { .. } => true,
+            ImdsError::TokenRefused { status, .. } | ImdsError::ReadRefused { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Where the instance can be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    /// Primary private IPv4.
+    pub private_ipv4: Ipv4Addr,
+    /// Public IPv4, if any.
+    pub public_ipv4: Option<Ipv4Addr>,
+}
+
+/// Who and where the instance is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The instance id.
+    pub instance_id: String,
+    /// The availability zone.
+    pub availability_zone: String,
+    /// The region.
+    pub region: String,
+    /// The current addresses.
+    pub addresses: Addresses,
+}
+
+struct Token {
+    value: String,
+    renew_at: Instant,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("renew_at", &self.renew_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An IMDSv2 client with a cached token.
+#[derive(Debug)]
+pub struct ImdsClient {
+    http: reqwest::Client,
+    endpoint: String,
+    token: Mutex<Option<Token>>,
+}
+
+impl ImdsClient {
+    /// A client for the IMDS at `endpoint` (e.g. `http://169.254.169.254`).
+    pub fn new(endpoint: &str) -> Result<Self, ImdsError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(ImdsError::BuildClient)?;
+        Ok(ImdsClient {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            token: Mutex::new(None),
+        })
+    }
+
+    /// Reads `/latest/<path>`: `Ok(None)` if IMDS says it is absent (404).
+    ///
+    /// Transient failures (no answer, 5xx, 429) are retried: up to four
+    /// tries, waiting about 0.1 s, 0.2 s, then 0.4 s between them (each wait
+    /// drawn between half and all of that), so a read gives up after about
+    /// ten seconds at worst with the 2 s request timeout.
+    pub async fn get(&self, path: &str) -> Result<Option<String>, ImdsError> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400))
+            .expect("constant bounds are valid");
+        let mut attempt = 1;
+        loop {
+            match self.get_once(path).await {
+                Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                    let wait = backoff.next_delay();
+                    debug!(path, attempt, ?wait, error = %crate::error_chain(&e), "IMDS read failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One read, with one retry on 401 with a fresh token.
+    async fn get_once(&self, path: &str) -> Result<Option<String>, ImdsError> {
+        let url = format!("{}/latest/{}", self.endpoint, path.trim_start_matches('/'));
+        let mut refreshed = false;
+        loop {
+            let token = self.token().await?;
+            let response = self
+                .http
+                .get(&url)
+                .header("X-aws-ec2-metadata-token", &token)
+                .send()
+                .await
+                .map_err(|source| ImdsError::Read {
+                    url: url.clone(),
+                    source,
+                })?;
+            match response.status() {
+                StatusCode::OK => {
+                    let body = crate::read_body_capped(response, MAX_VALUE_BYTES)
+                        .await
+                        .map_err(|source| ImdsError::Read {
+                            url: url.clone(),
+                            source,
+                        })?;
+                    return Ok(Some(String::from_utf8_lossy(&body).trim().to_owned()));
+                }
+                StatusCode::NOT_FOUND => return Ok(None),
+                StatusCode::UNAUTHORIZED if !refreshed => {
+                    debug!(%url, "IMDS refused the token; fetching a new one");
+                    self.drop_token(&token).await;
+                    refreshed = true;
+                }
+                status => return Err(ImdsError::ReadRefused { url, status }),
+            }
+        }
+    }
+
+    /// The cached token, or a new one if there is none or it is about to
+    /// expire.
+    async fn token(&self) -> Result<String, ImdsError> {
+        let mut cached = self.token.lock().await;
+        if let Some(token) = cached.as_ref() {
+            if Instant::now() < token.renew_at {
+                return Ok(token.value.clone());
+            }
+        }
+        let url = format!("{}/latest/api/token", self.endpoint);
+        let asked_at = Instant::now();
+        let response = self
+            .http
+            .put(&url)
+            .header(
+                "X-aws-ec2-metadata-token-ttl-seconds",
+                TOKEN_TTL_SECS.to_string(),
+            )
+            .send()
+            .await
+            .map_err(|source| ImdsError::FetchToken {
+                url: url.clone(),
+                source,
+            })?;
+        if response.status() != StatusCode::OK {
+            return Err(ImdsError::TokenRefused {
+                url,
+                status: response.status(),
+            });
+        }
+        let body = crate::read_body_capped(response, MAX_VALUE_BYTES)
+            .await
+            .map_err(|source| ImdsError::FetchToken {
+                url: url.clone(),
+                source,
+            })?;
+        let value = String::from_utf8_lossy(&body).trim().to_owned();
+        *cached = Some(Token {
+            value: value.clone(),
+            renew_at: asked_at + Duration::from_secs(TOKEN_TTL_SECS) - TOKEN_RENEW_MARGIN,
+        });
+        Ok(value)
+    }
+
+    /// Forgets `stale` if it is still the cached token.
+    async fn drop_token(&self, stale: &str) {
+        let mut cached = self.token.lock().await;
+        if cached.as_ref().is_some_and(|t| t.value == stale) {
+            *cached = None;
+        }
+    }
+
+    /// Reads something every instance has.
+    async fn require(&self, path: &'static str) -> Result<String, ImdsError> {
+        self.get(path).await?.ok_or(ImdsError::Missing { path })
+    }
+
+    /// Reads who and where the instance is.
+    pub async fn identity(&self) -> Result<Identity, ImdsError> {
+        let (instance_id, availability_zone, region, addresses) = tokio::try_join!(
+            self.require(paths::INSTANCE_ID),
+            self.require(paths::AVAILABILITY_ZONE),
+            self.require(paths::REGION),
+            self.addresses(),
+        )?;
+        let invalid = |path| move |source| ImdsError::Invalid { path, source };
+        validate::instance_id(&instance_id).map_err(invalid(paths::INSTANCE_ID))?;
+        validate::availability_zone(&availability_zone)
+            .map_err(invalid(paths::AVAILABILITY_ZONE))?;
+        validate::region(&region).map_err(invalid(paths::REGION))?;
+        Ok(Identity {
+            instance_id,
+            availability_zone,
+            region,
+            addresses,
+        })
+    }
+
+    /// Reads the current addresses.
+    pub async fn addresses(&self) -> Result<Addresses, ImdsError> {
+        let (private, public) = tokio::try_join!(
+            self.require(paths::LOCAL_IPV4),
+            self.get(paths::PUBLIC_IPV4)
+        )?;
+        let private_ipv4 = parse_ipv4(paths::LOCAL_IPV4, "private_ipv4", &private)?;
+        let public_ipv4 = match public.as_deref() {
+            // An empty answer is how some IMDS emulations say "none".
+            None | Some("") => None,
+            Some(text) => Some(parse_ipv4(paths::PUBLIC_IPV4, "public_ipv4", text)?),
+        };
+        Ok(Addresses {
+            private_ipv4,
+            public_ipv4,
+        })
+    }
+}
+
+fn parse_ipv4(path: &'static str, field: &str, text: &str) -> Result<Ipv4Addr, ImdsError> {
+    let invalid = |source| ImdsError::Invalid { path, source };
+    let addr: Ipv4Addr = text.parse().map_err(|_| {
+        invalid(validate::ValidationError::new(
+            field,
+            text,
+            "is not an IPv4 address",
+        ))
+    })?;
+    validate::host_ipv4(field, addr).map_err(invalid)?;
+    Ok(addr)
+}

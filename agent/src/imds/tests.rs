@@ -1,0 +1,206 @@
+//! The IMDS client against a small IMDSv2 server on loopback.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, put};
+use axum::Router;
+
+use super::*;
+
+/// What the fake IMDS holds and has seen.
+#[derive(Debug, Default)]
+struct Fake {
+    /// Items under `/latest/`.
+    items: HashMap<String, String>,
+    /// Tokens it would accept.
+    valid: Vec<String>,
+    /// Tokens issued so far.
+    issued: u32,
+    /// Reads refused for lack of a valid token.
+    refused: u32,
+    /// Answer this many token requests with 503 first.
+    token_failures: u32,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+async fn issue_token(State(fake): State<Shared>, headers: HeaderMap) -> (StatusCode, String) {
+    let mut fake = fake.lock().unwrap();
+    if headers
+        .get("X-aws-ec2-metadata-token-ttl-seconds")
+        .is_none()
+    {
+        return (StatusCode::BAD_REQUEST, String::new());
+    }
+    if fake.token_failures > 0 {
+        fake.token_failures -= 1;
+        return (StatusCode::SERVICE_UNAVAILABLE, String::new());
+    }
+    fake.issued += 1;
+    let token = format!("token-{}", fake.issued);
+    fake.valid.push(token.clone());
+    (StatusCode::OK, token)
+}
+
+async fn read_item(
+    State(fake): State<Shared>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, String) {
+    let mut fake = fake.lock().unwrap();
+    let token = headers
+        .get("X-aws-ec2-metadata-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !fake.valid.iter().any(|t| t == token) {
+        fake.refused += 1;
+        return (StatusCode::UNAUTHORIZED, String::new());
+    }
+    match fake.items.get(&path) {
+        Some(value) => (StatusCode::OK, value.clone()),
+        None => (StatusCode::NOT_FOUND, String::new()),
+    }
+}
+
+/// Starts the fake on 127.0.0.1:0 and returns its state and endpoint.
+async fn start(items: &[(&str, &str)]) -> (Shared, String) {
+    let fake: Shared = Arc::new(Mutex::new(Fake {
+        items: items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Fake::default()
+    }));
+    let app = Router::new()
+        .route("/latest/api/token", put(issue_token))
+        .route("/latest/{*path}", get(read_item))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (fake, format!("http://{addr}"))
+}
+
+const INSTANCE: [(&str, &str); 4] = [
+    (paths::INSTANCE_ID, "i-0123456789abcdef0"),
+    (paths::AVAILABILITY_ZONE, "us-east-1a"),
+    (paths::REGION, "us-east-1"),
+    (paths::LOCAL_IPV4, "10.0.0.5"),
+];
+
+/// Reads carry a token; the token is fetched once and then reused.
+#[tokio::test]
+async fn token_is_fetched_once_and_reused() {
+    let (fake, endpoint) = start(&INSTANCE).await;
+    let imds = ImdsClient::new(&endpoint).unwrap();
+    let identity = imds.identity().await.unwrap();
+    assert_eq!(identity.instance_id, "i-0123456789abcdef0");
+    assert_eq!(identity.availability_zone, "us-east-1a");
+    assert_eq!(identity.region, "us-east-1");
+    assert_eq!(identity.addresses.private_ipv4, Ipv4Addr::new(10, 0, 0, 5));
+    imds.addresses().await.unwrap();
+    let fake = fake.lock().unwrap();
+    assert_eq!(fake.issued, 1);
+    assert_eq!(fake.refused, 0);
+}
+
+/// A read without a token is refused by the server, so the client never
+/// reads without one: its first request is the token PUT.
+#[tokio::test]
+async fn reads_without_token_are_refused() {
+    let (fake, endpoint) = start(&INSTANCE).await;
+    let plain = reqwest::get(format!("{endpoint}/latest/{}", paths::INSTANCE_ID))
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
+    let imds = ImdsClient::new(&endpoint).unwrap();
+    assert_eq!(
+        imds.get(paths::INSTANCE_ID).await.unwrap().as_deref(),
+        Some("i-0123456789abcdef0")
+    );
+    assert_eq!(
+        fake.lock().unwrap().refused,
+        1,
+        "only the plain read was refused"
+    );
+}
+
+/// When IMDS stops accepting the cached token (401), the client drops it,
+/// fetches a new one and retries the read.
+#[tokio::test]
+async fn unauthorized_refreshes_the_token() {
+    let (fake, endpoint) = start(&INSTANCE).await;
+    let imds = ImdsClient::new(&endpoint).unwrap();
+    imds.get(paths::INSTANCE_ID).await.unwrap();
+    fake.lock().unwrap().valid.clear();
+    let value = imds.get(paths::LOCAL_IPV4).await.unwrap();
+    assert_eq!(value.as_deref(), Some("10.0.0.5"));
+    let fake = fake.lock().unwrap();
+    assert_eq!(fake.issued, 2);
+    assert_eq!(fake.refused, 1);
+}
+
+/// 404 means absent: no public IPv4 reads as `None`, not an error; a
+/// public IPv4 that appears is then seen.
+#[tokio::test]
+async fn not_found_is_absent() {
+    let (fake, endpoint) = start(&INSTANCE).await;
+    let imds = ImdsClient::new(&endpoint).unwrap();
+    assert_eq!(imds.get(paths::PUBLIC_IPV4).await.unwrap(), None);
+    assert_eq!(imds.addresses().await.unwrap().public_ipv4, None);
+    fake.lock()
+        .unwrap()
+        .items
+        .insert(paths::PUBLIC_IPV4.to_owned(), "54.1.2.3".to_owned());
+    assert_eq!(
+        imds.addresses().await.unwrap().public_ipv4,
+        Some(Ipv4Addr::new(54, 1, 2, 3))
+    );
+}
+
+/// Something every instance has, when absent, is an error naming it.
+#[tokio::test]
+async fn missing_required_item_is_an_error() {
+    let (_fake, endpoint) = start(&INSTANCE[..3]).await;
+    let imds = ImdsClient::new(&endpoint).unwrap();
+    let err = imds.identity().await.unwrap_err();
+    assert!(
+        matches!(err, ImdsError::Missing { path } if path == paths::LOCAL_IPV4),
+        "{err:?}"
+    );
+}
+
+/// A transient failure of the token endpoint is retried within the bound.
+#[tokio::test]
+async fn transient_token_failures_are_retried() {
+    let (fake, endpoint) = start(&INSTANCE).await;
+    fake.lock().unwrap().token_failures = 2;
+    let imds = ImdsClient::new(&endpoint).unwrap();
+    assert!(imds.get(paths::INSTANCE_ID).await.unwrap().is_some());
+    fake.lock().unwrap().token_failures = 10;
+    fake.lock().unwrap().valid.clear();
+    let err = imds.get(paths::INSTANCE_ID).await.unwrap_err();
+    assert!(
+        matches!(err, ImdsError::TokenRefused { status, .. } if status == StatusCode::SERVICE_UNAVAILABLE)
+    );
+}
+
+/// Values that are not what EC2 gives are refused.
+#[tokio::test]
+async fn bad_values_are_refused() {
+    let (_fake, endpoint) = start(&[
+        (paths::INSTANCE_ID, "i-0123456789abcdef0"),
+        (paths::AVAILABILITY_ZONE, "us-east-1a"),
+        (paths::REGION, "us-east-1"),
+        (paths::LOCAL_IPV4, "10.0.0.5"),
+        (paths::PUBLIC_IPV4, "not-an-ip"),
+    ])
+    .await;
+    let imds = ImdsClient::new(&endpoint).unwrap();
+    let err = imds.addresses().await.unwrap_err();
+    assert!(matches!(err, ImdsError::Invalid { path, .. } if path == paths::PUBLIC_IPV4));
+}
