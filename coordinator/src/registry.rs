@@ -263,6 +263,27 @@ pub fn secret_matches(secret: &str, stored_hash: &str) -> bool {
         .into()
 }
 
+fn show_ip(ip: Option<Ipv4Addr>) -> String {
+    ip.map_or_else(|| "none".to_owned(), |ip| ip.to_string())
+}
+
+/// "address changed: public 1.2.3.4 -> 5.6.7.8", naming only what changed.
+fn address_change_reason(
+    before: (Option<Ipv4Addr>, Option<Ipv4Addr>),
+    after: (Option<Ipv4Addr>, Option<Ipv4Addr>),
+) -> String {
+    let mut parts = Vec::new();
+    for (label, old, new) in [
+        ("private", before.0, after.0),
+        ("public", before.1, after.1),
+    ] {
+        if old != new {
+            parts.push(format!("{label} {} -> {}", show_ip(old), show_ip(new)));
+        }
+    }
+    format!("address changed: {}", parts.join(", "))
+}
+
 fn rfc3339_ms(ms: i64) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(at).to_string()
@@ -456,7 +477,6 @@ impl Registry {
                 state: facts.state,
             });
         }
-        let show = |ip: Option<Ipv4Addr>| ip.map_or_else(|| "none".to_owned(), |ip| ip.to_string());
         let mismatch = |field, claimed: String, actual: String| RegistryError::AddressMismatch {
             instance_id: instance_id.to_owned(),
             field,
@@ -476,14 +496,14 @@ impl Registry {
             return Err(mismatch(
                 "private_ipv4",
                 private_ipv4.to_string(),
-                show(facts.private_ipv4),
+                show_ip(facts.private_ipv4),
             ));
         }
         if facts.public_ipv4 != public_ipv4 {
             return Err(mismatch(
                 "public_ipv4",
-                show(public_ipv4),
-                show(facts.public_ipv4),
+                show_ip(public_ipv4),
+                show_ip(facts.public_ipv4),
             ));
         }
         Ok(())
@@ -592,8 +612,7 @@ impl Registry {
         let reason = format!(
             "{how}: private {} public {}",
             req.private_ipv4,
-            req.public_ipv4
-                .map_or_else(|| "none".to_owned(), |ip| ip.to_string())
+            show_ip(req.public_ipv4)
         );
         let node = self.store.register_node(
             &NodeRegistration {
@@ -688,15 +707,9 @@ impl Registry {
             let _write = self.write.lock().await;
             // The credential may have been rotated while EC2 was asked.
             let (_, node) = lookup(&self.live())?;
-            let reason = format!(
-                "address changed: private {} -> {}, public {} -> {}",
-                node.private_ipv4
-                    .map_or_else(|| "none".into(), |ip| ip.to_string()),
-                req.private_ipv4,
-                node.public_ipv4
-                    .map_or_else(|| "none".into(), |ip| ip.to_string()),
-                req.public_ipv4
-                    .map_or_else(|| "none".into(), |ip| ip.to_string()),
+            let reason = address_change_reason(
+                (node.private_ipv4, node.public_ipv4),
+                (Some(req.private_ipv4), req.public_ipv4),
             );
             self.store.update_addresses(
                 id,
@@ -959,7 +972,12 @@ mod tests {
             answer(&registry, &format!("{ID}.web.muster.test.")),
             vec![new]
         );
-        assert_eq!(registry.node("web", ID).unwrap().events.len(), 2);
+        let events = registry.node("web", ID).unwrap().events;
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[1].reason,
+            "address changed: public 54.0.0.1 -> 54.0.0.2"
+        );
     }
 
     /// Reserved and over-long cluster names are refused.
