@@ -1,1 +1,107 @@
-//! Placeholder until the crate lands.
+//! End-to-end test harness for muster: it starts the real binaries against
+//! real emulators on loopback and reads back what landed in EC2 and DNS with
+//! its own clients, never taking the coordinator's word for it.
+//!
+//! A test tells a short story: start moto, start a coordinator, create a
+//! cluster, launch an instance in moto, serve its metadata from the IMDS
+//! emulator, start an agent; then change something (an Elastic IP, a
+//! stop/start, a restart) and wait until EC2, DNS and the CLI agree.
+//!
+//! Every process is started on free ports of its own, so tests run in
+//! parallel, and is stopped by pid when its guard drops. When a test fails,
+//! the guards print the processes' logs.
+//!
+//! Prerequisites: `scripts/setup` (moto in `$MUSTER_VENV`) and
+//! `cargo build --workspace --bins` (`scripts/test` does both).
+//!
+//! # Layout
+//! - [`procs`]: binary paths, free ports, the [`procs::Process`] guard.
+//! - [`moto`]: one moto server per test ([`moto::Moto`]).
+//! - [`ec2`]: the SDK client and the EC2 calls the stories need; what moto
+//!   does with public addresses.
+//! - [`imds`]: a strict IMDSv2 emulator serving one instance's live data.
+//! - [`coordinator`]: `muster-coordinator serve`, its admin CLI, an HTTPS
+//!   client pinned to its CA.
+//! - [`agent`]: `muster-agent run` and `muster-agent status`.
+//! - [`dns`]: a resolver that asks only the coordinator's DNS.
+//! - [`wait_until`]: polling for eventual conditions.
+
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod coordinator;
+pub mod dns;
+pub mod ec2;
+pub mod imds;
+pub mod moto;
+pub mod procs;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use agent::Agent;
+pub use coordinator::{Coordinator, ZONE};
+pub use dns::{DnsAnswer, Resolver};
+pub use imds::Imds;
+pub use moto::Moto;
+
+/// How long a test waits for something that should happen "soon". Generous:
+/// tests check outcomes, not timings.
+pub const EVENTUALLY: Duration = Duration::from_secs(20);
+
+/// How often an eventual condition is probed.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// Probes until `done` accepts the value or `timeout` passes, sleeping `poll`
+/// between probes, and returns the last value probed either way, so the
+/// caller asserts on it and a failure shows what was seen.
+pub async fn wait_until<T, F, Fut, D>(timeout: Duration, poll: Duration, mut probe: F, done: D) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+    D: Fn(&T) -> bool,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = probe().await;
+        if done(&value) || Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A condition that becomes true is seen, and the accepted value returned.
+    #[tokio::test]
+    async fn wait_until_returns_the_accepted_value() {
+        let mut n = 0;
+        let value = wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                n += 1;
+                std::future::ready(n)
+            },
+            |v| *v == 3,
+        )
+        .await;
+        assert_eq!(value, 3);
+    }
+
+    /// A condition that never holds gives back the last value after the timeout.
+    #[tokio::test]
+    async fn wait_until_gives_up_with_the_last_value() {
+        let value = wait_until(
+            Duration::from_millis(20),
+            Duration::from_millis(1),
+            || std::future::ready(7),
+            |v| *v == 8,
+        )
+        .await;
+        assert_eq!(value, 7);
+    }
+}

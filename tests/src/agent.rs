@@ -1,0 +1,218 @@
+//! A real `muster-agent run` for one emulated instance: it reads the IMDS
+//! emulator and talks to a test coordinator, keeping its state in a
+//! temporary state dir that survives restarts of the agent.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use muster_proto::token::{TokenKind, SECRET_BYTES};
+use tempfile::TempDir;
+
+use crate::coordinator::Coordinator;
+use crate::imds::Imds;
+use crate::procs::{bin_path, tail, Process};
+
+/// How often the test agent polls IMDS for address changes.
+pub const IMDS_POLL_INTERVAL: &str = "200ms";
+
+/// A test agent: its settings, its state dir and, while it runs, its process.
+#[derive(Debug)]
+pub struct Agent {
+    process: Option<Process>,
+    earlier_logs: String,
+    state_dir: TempDir,
+    coordinator_url: String,
+    ca_file: PathBuf,
+    dns_server: String,
+    imds_endpoint: String,
+    cluster: String,
+    join_token: String,
+}
+
+impl Agent {
+    /// Starts an agent that joins `cluster` of `coordinator` with
+    /// `join_token`, reading instance metadata from `imds`.
+    pub fn start(coordinator: &Coordinator, imds: &Imds, cluster: &str, join_token: &str) -> Agent {
+        let state_dir = tempfile::Builder::new()
+            .prefix("muster-agent-state-")
+            .tempdir()
+            .expect("creating a state dir");
+        let mut agent = Agent {
+            process: None,
+            earlier_logs: String::new(),
+            state_dir,
+            coordinator_url: coordinator.url(),
+            ca_file: coordinator.ca_file(),
+            dns_server: coordinator.dns_addr().to_string(),
+            imds_endpoint: imds.endpoint(),
+            cluster: cluster.to_owned(),
+            join_token: join_token.to_owned(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Stops the agent (SIGTERM by pid, then SIGKILL). The state dir stays.
+    pub fn stop(&mut self) {
+        if let Some(process) = self.process.take() {
+            self.earlier_logs.push_str(&process.finish());
+            self.earlier_logs.push('\n');
+        }
+    }
+
+    /// Stops the agent if it runs and starts it again on the same state dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Empties the state dir, as if the disk holding it had been replaced.
+    /// Only while the agent is stopped.
+    pub fn wipe_state(&mut self) {
+        assert!(
+            self.process.is_none(),
+            "stop the agent before wiping its state"
+        );
+        for entry in std::fs::read_dir(self.state_dir()).expect("listing the state dir") {
+            let path = entry.expect("reading the state dir").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+            .unwrap_or_else(|e| panic!("removing {}: {e}", path.display()));
+        }
+    }
+
+    /// The pid of the running agent.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("the agent is running").pid()
+    }
+
+    /// Whether the agent process has exited on its own.
+    pub fn has_exited(&mut self) -> bool {
+        self.process.as_mut().is_none_or(|p| p.try_exit().is_some())
+    }
+
+    /// Everything every run of this agent printed.
+    pub fn logs(&self) -> String {
+        let current = self.process.as_ref().map(Process::logs).unwrap_or_default();
+        format!("{}{current}", self.earlier_logs)
+    }
+
+    /// The state dir.
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.path()
+    }
+
+    /// The local status socket.
+    pub fn socket(&self) -> PathBuf {
+        self.state_dir().join("agent.sock")
+    }
+
+    /// The node credential the agent keeps in its state dir, found by its
+    /// shape (`mnode_` and 64 hex digits) in whichever file holds it.
+    pub fn node_credential(&self) -> Option<String> {
+        find_secret(self.state_dir(), TokenKind::Node)
+    }
+
+    /// Runs `muster-agent status --json` against this agent's socket and
+    /// state dir. Returns the exit code and the printed JSON (or, if it did
+    /// not print JSON, the raw text as a JSON string).
+    pub async fn status_json(&self) -> (i32, serde_json::Value) {
+        let output = tokio::process::Command::new(bin_path("muster-agent"))
+            .arg("status")
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--json")
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("running muster-agent status: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let value = serde_json::from_str(&stdout).unwrap_or_else(|_| {
+            serde_json::Value::String(format!(
+                "{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        });
+        (output.status.code().unwrap_or(-1), value)
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new(bin_path("muster-agent"));
+        command
+            .arg("run")
+            .args(["--coordinator-url", &self.coordinator_url])
+            .arg("--ca-file")
+            .arg(&self.ca_file)
+            .args(["--cluster", &self.cluster])
+            .args(["--join-token", &self.join_token])
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .arg("--socket")
+            .arg(self.state_dir.path().join("agent.sock"))
+            .args(["--dns-server", &self.dns_server])
+            .args(["--imds-poll-interval", IMDS_POLL_INTERVAL])
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds_endpoint)
+            .env("RUST_LOG", "info");
+        self.process = Some(Process::spawn("muster-agent", command));
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.earlier_logs.is_empty() {
+            eprintln!(
+                "--- muster-agent, earlier runs ---\n{}",
+                tail(&self.earlier_logs, 64 * 1024)
+            );
+        }
+    }
+}
+
+/// The first secret of `kind` found in any file under `dir`.
+fn find_secret(dir: &Path, kind: TokenKind) -> Option<String> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let found = if path.is_dir() {
+            find_secret(&path, kind)
+        } else {
+            std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| secret_in(&String::from_utf8_lossy(&bytes), kind))
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// The first secret of `kind` in `text`.
+fn secret_in(text: &str, kind: TokenKind) -> Option<String> {
+    let length = kind.prefix().len() + SECRET_BYTES * 2;
+    text.match_indices(kind.prefix()).find_map(|(start, _)| {
+        let candidate = text.get(start..start + length)?;
+        (TokenKind::of(candidate) == Some(kind)).then(|| candidate.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A credential is found inside whatever format the state file uses.
+    #[test]
+    fn finds_a_credential_in_any_text() {
+        let credential = format!("mnode_{}", "ab".repeat(SECRET_BYTES));
+        let toml = format!("node = \"i-0123\"\ncredential = \"{credential}\"\n");
+        assert_eq!(secret_in(&toml, TokenKind::Node), Some(credential.clone()));
+        assert_eq!(secret_in("mnode_short", TokenKind::Node), None);
+        assert_eq!(secret_in(&toml, TokenKind::Join), None);
+    }
+}

@@ -1,0 +1,290 @@
+//! A real `muster-coordinator serve` on free loopback ports, pointed at one
+//! moto server, plus its admin CLI and a raw HTTPS client pinned to the CA
+//! the coordinator made on first start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use muster_proto::{ClusterView, CreateClusterResponse, NodeDetail, NodeView};
+use serde::de::DeserializeOwned;
+use tempfile::TempDir;
+
+use crate::dns::Resolver;
+use crate::moto::Moto;
+use crate::procs::{bin_path, free_tcp_port, free_udp_tcp_port, loopback, tail, Process};
+
+/// The DNS zone every test coordinator serves.
+pub const ZONE: &str = "muster.test";
+
+/// How long a coordinator gets to answer `/healthz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many fresh port pairs are tried when a chosen one was taken meanwhile.
+const PORT_ATTEMPTS: usize = 3;
+
+/// Builds HTTPS clients that trust only `ca_pem`. Installs the ring crypto
+/// provider for the process first (once).
+pub fn https_client_trusting(ca_pem: &[u8]) -> reqwest::Client {
+    install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(ca_pem).expect("the coordinator's CA is PEM");
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("building an HTTPS client")
+}
+
+/// Makes ring the process-wide rustls provider, once.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider was installed first; that one serves.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A running coordinator with its own data dir and ports.
+#[derive(Debug)]
+pub struct Coordinator {
+    process: Option<Process>,
+    earlier_logs: String,
+    api_port: u16,
+    dns_port: u16,
+    data_dir: TempDir,
+    moto_endpoint: String,
+}
+
+impl Coordinator {
+    /// Starts a coordinator against `moto`, serving zone [`ZONE`], and waits
+    /// until `/healthz` answers 200 over HTTPS pinned to its own CA.
+    pub async fn start(moto: &Moto) -> Coordinator {
+        let data_dir = tempfile::Builder::new()
+            .prefix("muster-coordinator-data-")
+            .tempdir()
+            .expect("creating a data dir");
+        let mut coordinator = Coordinator {
+            process: None,
+            earlier_logs: String::new(),
+            api_port: 0,
+            dns_port: 0,
+            data_dir,
+            moto_endpoint: moto.endpoint(),
+        };
+        for attempt in 1..=PORT_ATTEMPTS {
+            coordinator.api_port = free_tcp_port();
+            coordinator.dns_port = free_udp_tcp_port();
+            coordinator.spawn();
+            match coordinator.wait_ready().await {
+                Ok(()) => return coordinator,
+                Err(why) if attempt < PORT_ATTEMPTS && why.contains("exited") => {
+                    // Most likely a port was taken between choosing and
+                    // binding; keep the logs and try fresh ports.
+                    coordinator.retire_process();
+                }
+                Err(why) => panic!("{why}\n{}", tail(&coordinator.logs(), 32 * 1024)),
+            }
+        }
+        unreachable!("the last attempt either returns or panics")
+    }
+
+    /// Stops the coordinator (SIGTERM by pid, then SIGKILL).
+    pub fn stop(&mut self) {
+        self.retire_process();
+    }
+
+    /// Stops the coordinator and starts it again on the same data dir and
+    /// ports; waits until it is healthy.
+    pub async fn restart(&mut self) {
+        self.retire_process();
+        self.spawn();
+        if let Err(why) = self.wait_ready().await {
+            panic!("{why}\n{}", tail(&self.logs(), 32 * 1024));
+        }
+    }
+
+    /// The pid of the running process.
+    pub fn pid(&self) -> u32 {
+        self.process
+            .as_ref()
+            .expect("the coordinator is running")
+            .pid()
+    }
+
+    /// Everything every run of this coordinator printed.
+    pub fn logs(&self) -> String {
+        let current = self.process.as_ref().map(Process::logs).unwrap_or_default();
+        format!("{}{current}", self.earlier_logs)
+    }
+
+    /// `https://127.0.0.1:P1`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_port)
+    }
+
+    /// The embedded DNS server's address.
+    pub fn dns_addr(&self) -> SocketAddr {
+        loopback(self.dns_port)
+    }
+
+    /// A resolver that asks only this coordinator's DNS.
+    pub fn resolver(&self) -> Resolver {
+        Resolver::new(self.dns_addr())
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// `D/ca.pem`, written on first start.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir().join("ca.pem")
+    }
+
+    /// The admin token from `D/admin-token`, trimmed.
+    pub fn admin_token(&self) -> String {
+        let path = self.data_dir().join("admin-token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// An HTTPS client that trusts only this coordinator's CA.
+    pub fn https_client(&self) -> reqwest::Client {
+        let ca = std::fs::read(self.ca_file())
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.ca_file().display()));
+        https_client_trusting(&ca)
+    }
+
+    /// Runs `muster-coordinator <args>` as an admin client of this
+    /// coordinator (`MUSTER_ADDR`, `MUSTER_TOKEN`, `MUSTER_CACERT`).
+    pub async fn admin(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(bin_path("muster-coordinator"))
+            .args(args)
+            .env("MUSTER_ADDR", self.url())
+            .env("MUSTER_TOKEN", self.admin_token())
+            .env("MUSTER_CACERT", self.ca_file())
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("running muster-coordinator {args:?}: {e}"))
+    }
+
+    /// Runs `muster-coordinator <args> --json`, asserts it succeeded and
+    /// parses what it printed.
+    pub async fn admin_json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let output = self.admin(&args).await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "muster-coordinator {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("muster-coordinator {args:?} printed what is not the expected JSON ({e}):\n{stdout}")
+        })
+    }
+
+    /// `cluster create NAME --json`.
+    pub async fn create_cluster(&self, name: &str) -> CreateClusterResponse {
+        self.admin_json(&["cluster", "create", name]).await
+    }
+
+    /// `cluster ls --json`.
+    pub async fn clusters(&self) -> Vec<ClusterView> {
+        self.admin_json(&["cluster", "ls"]).await
+    }
+
+    /// `node ls --cluster CLUSTER --json`.
+    pub async fn nodes(&self, cluster: &str) -> Vec<NodeView> {
+        self.admin_json(&["node", "ls", "--cluster", cluster]).await
+    }
+
+    /// `node show CLUSTER NAME --json`.
+    pub async fn node(&self, cluster: &str, name: &str) -> NodeDetail {
+        self.admin_json(&["node", "show", cluster, name]).await
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new(bin_path("muster-coordinator"));
+        command
+            .arg("serve")
+            .args(["--listen", &loopback(self.api_port).to_string()])
+            .args(["--dns-listen", &loopback(self.dns_port).to_string()])
+            .args(["--zone", ZONE])
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--public-url", &self.url()]);
+        for var in [
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL_EC2",
+            "AWS_ENDPOINT_URL_ROUTE_53",
+        ] {
+            command.env_remove(var);
+        }
+        command
+            .env("AWS_ENDPOINT_URL", &self.moto_endpoint)
+            .env("AWS_REGION", crate::ec2::TEST_REGION)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "info");
+        self.process = Some(Process::spawn("muster-coordinator", command));
+    }
+
+    fn retire_process(&mut self) {
+        if let Some(process) = self.process.take() {
+            self.earlier_logs.push_str(&process.finish());
+            self.earlier_logs.push('\n');
+        }
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let url = format!("{}/healthz", self.url());
+        let mut last = String::from("no attempt yet");
+        while Instant::now() < deadline {
+            let process = self.process.as_mut().expect("spawned");
+            if let Some(status) = process.try_exit() {
+                return Err(format!(
+                    "muster-coordinator exited before it was healthy ({status})"
+                ));
+            }
+            if let Ok(ca) = std::fs::read(self.ca_file()) {
+                match https_client_trusting(&ca).get(&url).send().await {
+                    Ok(response) if response.status().is_success() => return Ok(()),
+                    Ok(response) => last = format!("GET {url} answered {}", response.status()),
+                    Err(error) => last = format!("GET {url}: {error}"),
+                }
+            } else {
+                last = format!("{} not written yet", self.ca_file().display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "muster-coordinator was not healthy within {READY_TIMEOUT:?}; last: {last}"
+        ))
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.earlier_logs.is_empty() {
+            eprintln!(
+                "--- muster-coordinator, earlier runs ---\n{}",
+                tail(&self.earlier_logs, 64 * 1024)
+            );
+        }
+    }
+}

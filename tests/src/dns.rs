@@ -1,0 +1,126 @@
+//! The tests' own DNS client: plain queries over UDP to one server (the
+//! coordinator's embedded DNS), no recursion asked, no cache, so every answer
+//! is what that server says right now. This is the independent read of what
+//! landed in DNS.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::net::UdpSocket;
+
+/// How long one query waits for its answer.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many times a query is sent before giving up.
+const QUERY_ATTEMPTS: usize = 3;
+
+/// Asks one DNS server.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    server: SocketAddr,
+}
+
+/// One answer, reduced to what tests assert on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsAnswer {
+    /// NOERROR, NXDOMAIN, …
+    pub rcode: ResponseCode,
+    /// The AA bit.
+    pub authoritative: bool,
+    /// A records in the answer section, sorted.
+    pub a: Vec<Ipv4Addr>,
+    /// CNAME targets in the answer section, with their trailing dot.
+    pub cnames: Vec<String>,
+    /// The types of every record in the answer section, in order.
+    pub types: Vec<RecordType>,
+}
+
+impl DnsAnswer {
+    /// NXDOMAIN: the name does not exist.
+    pub fn is_nxdomain(&self) -> bool {
+        self.rcode == ResponseCode::NXDomain
+    }
+}
+
+impl Resolver {
+    /// A resolver that asks only `server`.
+    pub fn new(server: SocketAddr) -> Resolver {
+        Resolver { server }
+    }
+
+    /// Asks for `name`'s A records (and whatever CNAME leads to them).
+    pub async fn a(&self, name: &str) -> anyhow::Result<DnsAnswer> {
+        self.query(name, RecordType::A).await
+    }
+
+    /// Asks one question and returns the answer.
+    pub async fn query(&self, name: &str, record_type: RecordType) -> anyhow::Result<DnsAnswer> {
+        let name = Name::from_str(name).with_context(|| format!("{name:?} is not a DNS name"))?;
+        let id: u16 = rand::random();
+        let mut request = Message::new();
+        request
+            .set_id(id)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(false)
+            .add_query(Query::query(name.clone(), record_type));
+        let bytes = request.to_vec().context("encoding a DNS query")?;
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("binding a UDP socket")?;
+        socket
+            .connect(self.server)
+            .await
+            .with_context(|| format!("connecting to {}", self.server))?;
+        let mut buffer = vec![0u8; 65_535];
+        for _ in 0..QUERY_ATTEMPTS {
+            socket
+                .send(&bytes)
+                .await
+                .with_context(|| format!("sending to {}", self.server))?;
+            let received = match tokio::time::timeout(QUERY_TIMEOUT, socket.recv(&mut buffer)).await
+            {
+                Err(_elapsed) => continue,
+                Ok(received) => {
+                    received.with_context(|| format!("receiving from {}", self.server))?
+                }
+            };
+            let response = Message::from_vec(&buffer[..received])
+                .with_context(|| format!("decoding the answer from {}", self.server))?;
+            if response.id() != id || response.message_type() != MessageType::Response {
+                continue;
+            }
+            return Ok(reduce(&response));
+        }
+        bail!(
+            "{} did not answer {name} {record_type} in {QUERY_ATTEMPTS} tries",
+            self.server
+        )
+    }
+}
+
+fn reduce(response: &Message) -> DnsAnswer {
+    let mut a = Vec::new();
+    let mut cnames = Vec::new();
+    let mut types = Vec::new();
+    for record in response.answers() {
+        types.push(record.record_type());
+        match record.data() {
+            RData::A(address) => a.push(address.0),
+            RData::CNAME(target) => cnames.push(target.0.to_ascii()),
+            _ => {}
+        }
+    }
+    a.sort();
+    DnsAnswer {
+        rcode: response.response_code(),
+        authoritative: response.authoritative(),
+        a,
+        cnames,
+        types,
+    }
+}

@@ -1,0 +1,242 @@
+//! The tests' own view of EC2: an SDK client for a moto server and the few
+//! calls the stories need (launch, look, Elastic IP, stop, start).
+//!
+//! This is the independent read of what landed in EC2: tests compare the
+//! coordinator's and the agent's word against it.
+//!
+//! # What moto does with public addresses (moto 5.2)
+//! - Launch: moto puts the instance in the default VPC, whose default
+//!   subnets have `MapPublicIpOnLaunch=true`, so a plain RunInstances gets a
+//!   random public IPv4 (`54.214.x.y`) and a private IPv4 (`10.x.y.z`, not
+//!   from the subnet's CIDR).
+//! - Elastic IP: AllocateAddress hands out addresses like `127.x.y.z`;
+//!   AssociateAddress makes DescribeInstances report it as the public IP.
+//! - Stop: DescribeInstances drops the public IP at once (state `stopped`,
+//!   no pending `stopping`); the private IP stays.
+//! - Start: the instance is `running` at once with a freshly drawn random
+//!   public IP, even when an Elastic IP was associated (which real EC2 would
+//!   keep; moto still lists the association in DescribeAddresses).
+//!
+//! These are just strings to moto: no traffic is ever sent to them.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{anyhow, Context};
+use aws_config::BehaviorVersion;
+use aws_sdk_ec2::config::{Credentials, Region};
+use aws_sdk_ec2::error::DisplayErrorContext;
+use aws_sdk_ec2::types::{DomainType, InstanceAttributeName, InstanceType};
+use aws_sdk_ec2::Client;
+use base64::Engine;
+
+use crate::{wait_until, EVENTUALLY, POLL};
+
+/// An AMI id; moto does not check that it exists.
+pub const TEST_AMI: &str = "ami-12c6146b";
+
+/// The region every test uses.
+pub const TEST_REGION: &str = "us-east-1";
+
+/// An SDK client for the EC2 emulator at `endpoint`, with static test
+/// credentials and region `us-east-1`.
+pub async fn client(endpoint: &str) -> Client {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(TEST_REGION))
+        .credentials_provider(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "muster-tests",
+        ))
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    Client::new(&config)
+}
+
+/// What DescribeInstances says about one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceView {
+    /// `pending`, `running`, `stopping`, `stopped`, …
+    pub state: String,
+    /// Primary private IPv4.
+    pub private_ipv4: Option<Ipv4Addr>,
+    /// Public IPv4, if any.
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// Availability zone.
+    pub availability_zone: String,
+    /// Instance type, e.g. `t3.micro`.
+    pub instance_type: String,
+    /// AMI id.
+    pub image_id: String,
+}
+
+/// Launches one t3.micro from [`TEST_AMI`] with no user data; returns its id.
+pub async fn launch_instance(client: &Client) -> String {
+    launch_instance_with_user_data(client, None).await
+}
+
+/// Launches one t3.micro from [`TEST_AMI`], with `user_data` if given
+/// (plain text; base64 encoded here as RunInstances wants).
+pub async fn launch_instance_with_user_data(client: &Client, user_data: Option<&str>) -> String {
+    let answer = client
+        .run_instances()
+        .image_id(TEST_AMI)
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .set_user_data(user_data.map(|text| base64::engine::general_purpose::STANDARD.encode(text)))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("RunInstances: {}", DisplayErrorContext(&e)));
+    answer
+        .instances()
+        .first()
+        .and_then(|instance| instance.instance_id())
+        .expect("RunInstances answered an instance id")
+        .to_owned()
+}
+
+/// DescribeInstances for one instance.
+pub async fn try_describe(client: &Client, instance_id: &str) -> anyhow::Result<InstanceView> {
+    let answer = client
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "DescribeInstances {instance_id}: {}",
+                DisplayErrorContext(&e)
+            )
+        })?;
+    let instance = answer
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find(|i| i.instance_id() == Some(instance_id))
+        .with_context(|| format!("DescribeInstances did not list {instance_id}"))?;
+    let ip = |text: Option<&str>| -> anyhow::Result<Option<Ipv4Addr>> {
+        text.map(|t| {
+            t.parse()
+                .with_context(|| format!("{t:?} is not an IPv4 address"))
+        })
+        .transpose()
+    };
+    Ok(InstanceView {
+        state: instance
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default(),
+        private_ipv4: ip(instance.private_ip_address())?,
+        public_ipv4: ip(instance.public_ip_address())?,
+        availability_zone: instance
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .unwrap_or_default()
+            .to_owned(),
+        instance_type: instance
+            .instance_type()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        image_id: instance.image_id().unwrap_or_default().to_owned(),
+    })
+}
+
+/// DescribeInstances for one instance; panics on failure.
+pub async fn describe(client: &Client, instance_id: &str) -> InstanceView {
+    try_describe(client, instance_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The instance's user data, decoded, via DescribeInstanceAttribute; `None`
+/// when it has none.
+pub async fn try_user_data(client: &Client, instance_id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let answer = client
+        .describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(InstanceAttributeName::UserData)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "DescribeInstanceAttribute userData {instance_id}: {}",
+                DisplayErrorContext(&e)
+            )
+        })?;
+    match answer.user_data().and_then(|v| v.value()) {
+        None | Some("") => Ok(None),
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map(Some)
+            .context("user data is not base64"),
+    }
+}
+
+/// Allocates a VPC Elastic IP and associates it with the instance; returns
+/// the address.
+pub async fn associate_new_eip(client: &Client, instance_id: &str) -> Ipv4Addr {
+    let allocation = client
+        .allocate_address()
+        .domain(DomainType::Vpc)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("AllocateAddress: {}", DisplayErrorContext(&e)));
+    let allocation_id = allocation
+        .allocation_id()
+        .expect("AllocateAddress answered an allocation id");
+    client
+        .associate_address()
+        .instance_id(instance_id)
+        .allocation_id(allocation_id)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "AssociateAddress {instance_id}: {}",
+                DisplayErrorContext(&e)
+            )
+        });
+    allocation
+        .public_ip()
+        .expect("AllocateAddress answered an address")
+        .parse()
+        .expect("the Elastic IP is an IPv4 address")
+}
+
+/// Stops the instance and waits until EC2 says `stopped`.
+pub async fn stop(client: &Client, instance_id: &str) -> InstanceView {
+    client
+        .stop_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("StopInstances {instance_id}: {}", DisplayErrorContext(&e)));
+    wait_for_state(client, instance_id, "stopped").await
+}
+
+/// Starts the instance and waits until EC2 says `running`.
+pub async fn start(client: &Client, instance_id: &str) -> InstanceView {
+    client
+        .start_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("StartInstances {instance_id}: {}", DisplayErrorContext(&e)));
+    wait_for_state(client, instance_id, "running").await
+}
+
+async fn wait_for_state(client: &Client, instance_id: &str, state: &str) -> InstanceView {
+    let view = wait_until(
+        EVENTUALLY,
+        POLL,
+        || describe(client, instance_id),
+        |view| view.state == state,
+    )
+    .await;
+    assert_eq!(view.state, state, "{instance_id} never became {state}");
+    view
+}
