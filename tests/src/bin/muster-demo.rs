@@ -1,0 +1,145 @@
+//! `muster-demo`: the whole loop on the emulators, told step by step.
+//!
+//! It starts moto's EC2 emulator, a real `muster-coordinator serve`, three
+//! instances in moto each with its own IMDSv2 emulator and a real
+//! `muster-agent run`, and shows the nodes and what the coordinator's DNS
+//! answers (asked with our own resolver, not the coordinator's word). Then
+//! it associates an Elastic IP with one instance in moto and shows DNS
+//! follow while every process keeps running. Every process is stopped by
+//! pid at the end. `scripts/demo` builds and runs it.
+
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use muster_tests::{ec2, wait_until, Agent, Coordinator, Imds, Moto, POLL};
+
+const CLUSTER: &str = "demo";
+const NODES: usize = 3;
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn step(text: &str) {
+    println!("\n==> {text}");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    step("starting moto (EC2 emulator) and muster-coordinator serve");
+    let moto = Moto::start().await;
+    let coordinator = Coordinator::start(&moto).await;
+    println!(
+        "    moto at {}, coordinator API at {}, DNS at {}",
+        moto.endpoint(),
+        coordinator.url(),
+        coordinator.dns_addr()
+    );
+
+    step(&format!("muster-coordinator cluster create {CLUSTER}"));
+    let out = coordinator.admin(&["cluster", "create", CLUSTER]).await;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let token = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("join token (shown once): ")
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| anyhow::anyhow!("no join token in the output of cluster create"))?;
+
+    step(&format!(
+        "launching {NODES} instances in moto, each with an IMDSv2 emulator and a muster-agent"
+    ));
+    let client = ec2::client(&moto.endpoint()).await;
+    let mut fleet = Vec::new();
+    for _ in 0..NODES {
+        let id = ec2::launch_instance(&client).await;
+        let imds = Imds::start(client.clone(), &id).await;
+        let agent = Agent::start(&coordinator, &imds, CLUSTER, &token);
+        println!("    {id}: agent pid {}", agent.pid());
+        fleet.push((id, imds, agent));
+    }
+
+    step("waiting until every node is deployed");
+    let nodes = wait_until(
+        PATIENCE,
+        POLL,
+        || coordinator.nodes(CLUSTER),
+        |nodes| nodes.len() == NODES && nodes.iter().all(|n| n.state.as_str() == "deployed"),
+    )
+    .await;
+    if nodes.len() != NODES {
+        anyhow::bail!("only {} of {NODES} nodes registered", nodes.len());
+    }
+    let out = coordinator.admin(&["node", "ls"]).await;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    step("what the coordinator's DNS answers (asked directly, UDP)");
+    let resolver = coordinator.resolver();
+    for node in &nodes {
+        for name in [
+            node.dns_name.clone(),
+            node.internal_dns_name.clone(),
+            format!("app.{}", node.dns_name),
+        ] {
+            let answer = resolver.a(&name).await?;
+            let cname = answer
+                .cnames
+                .first()
+                .map(|c| format!(" (CNAME {c})"))
+                .unwrap_or_default();
+            println!("    {name:<60} A {:?}{cname}", answer.a);
+        }
+    }
+    let cluster_name = format!("{CLUSTER}.{}", muster_tests::ZONE);
+    println!(
+        "    {cluster_name:<60} A {:?}",
+        resolver.a(&cluster_name).await?.a
+    );
+
+    let (id, _imds, agent) = &fleet[0];
+    let name = nodes
+        .iter()
+        .find(|n| &n.instance_id == id)
+        .map(|n| n.dns_name.clone())
+        .ok_or_else(|| anyhow::anyhow!("node of {id} not listed"))?;
+    step(&format!(
+        "associating a new Elastic IP with {id} in moto; nothing is restarted"
+    ));
+    let before = resolver.a(&name).await?.a;
+    let eip = ec2::associate_new_eip(&client, id).await;
+    let started = Instant::now();
+    println!("    EC2 now says {id} has {eip}; DNS said {before:?}");
+    let answer = wait_until(
+        PATIENCE,
+        Duration::from_millis(20),
+        || resolver.a(&name),
+        |a| a.as_ref().is_ok_and(|a| a.a == vec![eip]),
+    )
+    .await?;
+    if answer.a != vec![eip] {
+        anyhow::bail!("DNS still answers {:?} for {name}", answer.a);
+    }
+    println!(
+        "    DNS answers {:?} for {name} after {:.2?} (agent pid {} unchanged)",
+        answer.a,
+        started.elapsed(),
+        agent.pid()
+    );
+
+    step("muster-agent status on that node");
+    let (code, status) = agent.status_json().await;
+    println!(
+        "    exit {code}: state {} node {} dns_resolves {} public {}",
+        status["state"], status["node"], status["dns_resolves"], status["public_ipv4"]
+    );
+
+    step(&format!("muster-coordinator node show {CLUSTER} {id}"));
+    let out = coordinator.admin(&["node", "show", CLUSTER, id]).await;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    step("cleaning up: every process is stopped by pid");
+    drop(fleet);
+    drop(coordinator);
+    drop(moto);
+    println!("    done");
+    Ok(())
+}
