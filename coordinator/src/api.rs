@@ -74,6 +74,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::InstanceNotRunning { .. }
             | RegistryError::AddressMismatch { .. }
             | RegistryError::InstanceInOtherCluster { .. }
+            | RegistryError::NodeTerminated { .. }
             | RegistryError::ClusterExists(_) => StatusCode::CONFLICT,
             RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
             RegistryError::Ec2(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -150,7 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::CLUSTERS, get(list_clusters).post(create_cluster))
         .route(paths::CLUSTER, get(show_cluster))
         .route(paths::NODES, get(list_nodes))
-        .route(paths::NODE, get(show_node))
+        .route(paths::NODE, get(show_node).delete(remove_node))
         .route(paths::HEALTHZ, get(|| async { "ok\n" }))
         .route(paths::METRICS, get(metrics))
         .fallback(|| async {
@@ -245,6 +246,15 @@ async fn show_node(
 ) -> Result<Json<muster_proto::NodeDetail>, ApiError> {
     require_admin(&state, &headers)?;
     Ok(Json(state.registry.node(&cluster, &name)?))
+}
+
+async fn remove_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((cluster, name)): Path<(String, String)>,
+) -> Result<Json<muster_proto::NodeView>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.registry.remove_node(&cluster, &name).await?))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -143,6 +143,7 @@ impl AdminClient {
         let url = format!("{}{}", self.addr, path);
         let mut request = match method {
             "POST" => self.http.post(&url),
+            "DELETE" => self.http.delete(&url),
             _ => self.http.get(&url),
         }
         .bearer_auth(&self.token);
@@ -211,15 +212,27 @@ impl AdminClient {
         self.send("GET", &path, None::<&()>).await
     }
 
+    /// `DELETE /v1/nodes/{cluster}/{name}`.
+    pub async fn remove_node(&self, cluster: &str, name: &str) -> Result<NodeView, CliError> {
+        check_node_args(cluster, name)?;
+        self.send("DELETE", &paths::node(cluster, name), None::<&()>)
+            .await
+    }
+
     /// `GET /v1/nodes/{cluster}/{name}`.
     pub async fn node(&self, cluster: &str, name: &str) -> Result<NodeDetail, CliError> {
-        for (field, value) in [("CLUSTER", cluster), ("NODE", name)] {
-            muster_proto::validate::dns_label(field, value)
-                .map_err(|e| setting("argument", value, format!("{field} {}", e.reason)))?;
-        }
+        check_node_args(cluster, name)?;
         self.send("GET", &paths::node(cluster, name), None::<&()>)
             .await
     }
+}
+
+fn check_node_args(cluster: &str, name: &str) -> Result<(), CliError> {
+    for (field, value) in [("CLUSTER", cluster), ("NODE", name)] {
+        muster_proto::validate::dns_label(field, value)
+            .map_err(|e| setting("argument", value, format!("{field} {}", e.reason)))?;
+    }
+    Ok(())
 }
 
 /// Lays out rows under a header, columns padded to their widest cell.
@@ -371,11 +384,12 @@ pub fn node_text(detail: &NodeDetail) -> String {
                 e.at.clone(),
                 e.from.map_or_else(|| "-".into(), |s| s.to_string()),
                 e.to.to_string(),
+                e.source.to_string(),
                 e.reason.clone(),
             ]
         })
         .collect();
-    out.push_str(&table(&["AT", "FROM", "TO", "REASON"], &rows));
+    out.push_str(&table(&["AT", "FROM", "TO", "SOURCE", "REASON"], &rows));
     out
 }
 

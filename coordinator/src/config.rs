@@ -23,6 +23,12 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/muster";
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Default DNS TTL in seconds.
 pub const DEFAULT_DNS_TTL: u32 = 30;
+/// Default silence after which a node becomes unreachable.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default time between EC2 sweeps.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// Default sweeps in a row an instance must be unknown before it counts as terminated.
+pub const DEFAULT_UNKNOWN_SWEEPS: u32 = 3;
 
 /// Flags of `serve`. Every one may also come from the environment or the file.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -57,6 +63,15 @@ pub struct ServeArgs {
     /// TTL of every DNS record, in seconds [default: 30]
     #[arg(long, env = "MUSTER_DNS_TTL")]
     pub dns_ttl: Option<String>,
+    /// Silence after which a deployed node becomes unreachable [default: 30s]
+    #[arg(long, env = "MUSTER_GRACE")]
+    pub grace: Option<String>,
+    /// Time between EC2 sweeps [default: 30s]
+    #[arg(long, env = "MUSTER_SWEEP_INTERVAL")]
+    pub sweep_interval: Option<String>,
+    /// Sweeps in a row EC2 must not know an instance before its node is terminated [default: 3]
+    #[arg(long, env = "MUSTER_UNKNOWN_SWEEPS")]
+    pub unknown_sweeps: Option<String>,
 }
 
 /// The `[serve]` table of the config file.
@@ -72,6 +87,9 @@ struct FileServe {
     tls_key: Option<PathBuf>,
     heartbeat_interval: Option<String>,
     dns_ttl: Option<toml::Value>,
+    grace: Option<String>,
+    sweep_interval: Option<String>,
+    unknown_sweeps: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +140,12 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// DNS TTL.
     pub dns_ttl: u32,
+    /// Silence after which a deployed node becomes unreachable.
+    pub grace: Duration,
+    /// Time between EC2 sweeps.
+    pub sweep_interval: Duration,
+    /// Sweeps in a row an instance must be unknown before it counts as terminated.
+    pub unknown_sweeps: u32,
 }
 
 impl Settings {
@@ -200,29 +224,57 @@ impl Settings {
             }
         };
 
-        let heartbeat_interval = match args.heartbeat_interval.clone().or(file.heartbeat_interval) {
-            None => DEFAULT_HEARTBEAT_INTERVAL,
-            Some(text) => {
-                let value = humantime::parse_duration(&text)
-                    .map_err(|e| bad("heartbeat_interval", &text, e))?;
-                if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&value) {
-                    return Err(bad(
-                        "heartbeat_interval",
-                        &text,
-                        "must be between 1s and 300s",
-                    ));
-                }
-                value
-            }
-        };
+        let heartbeat_interval = duration(
+            "heartbeat_interval",
+            args.heartbeat_interval.clone().or(file.heartbeat_interval),
+            DEFAULT_HEARTBEAT_INTERVAL,
+            (Duration::from_secs(1), Duration::from_secs(300)),
+        )?;
+        let grace_text = args.grace.clone().or(file.grace);
+        let grace = duration(
+            "grace",
+            grace_text.clone(),
+            DEFAULT_GRACE,
+            (Duration::from_secs(1), Duration::from_secs(3600)),
+        )?;
+        // Agents wait up to interval + 10 % jitter between heartbeats.
+        let longest_wait = heartbeat_interval + heartbeat_interval / 10;
+        if grace <= longest_wait {
+            return Err(bad(
+                "grace",
+                grace_text.unwrap_or_else(|| humantime::format_duration(grace).to_string()),
+                format!(
+                    "must be longer than the heartbeat interval plus its jitter ({})",
+                    humantime::format_duration(longest_wait)
+                ),
+            ));
+        }
+        let sweep_interval = duration(
+            "sweep_interval",
+            args.sweep_interval.clone().or(file.sweep_interval),
+            DEFAULT_SWEEP_INTERVAL,
+            (Duration::from_secs(1), Duration::from_secs(3600)),
+        )?;
+        let unknown_text = args
+            .unknown_sweeps
+            .clone()
+            .or(file.unknown_sweeps.map(toml_text))
+            .unwrap_or_else(|| DEFAULT_UNKNOWN_SWEEPS.to_string());
+        let unknown_sweeps: u32 = unknown_text
+            .parse()
+            .map_err(|e| bad("unknown_sweeps", &unknown_text, e))?;
+        if !(1..=100).contains(&unknown_sweeps) {
+            return Err(bad(
+                "unknown_sweeps",
+                &unknown_text,
+                "must be between 1 and 100",
+            ));
+        }
 
         let ttl_text = args
             .dns_ttl
             .clone()
-            .or(file.dns_ttl.map(|v| match v {
-                toml::Value::String(s) => s,
-                other => other.to_string(),
-            }))
+            .or(file.dns_ttl.map(toml_text))
             .unwrap_or_else(|| DEFAULT_DNS_TTL.to_string());
         let dns_ttl: u32 = ttl_text.parse().map_err(|e| bad("dns_ttl", &ttl_text, e))?;
         if !(1..=86_400).contains(&dns_ttl) {
@@ -243,6 +295,9 @@ impl Settings {
             tls,
             heartbeat_interval,
             dns_ttl,
+            grace,
+            sweep_interval,
+            unknown_sweeps,
         })
     }
 
@@ -261,6 +316,39 @@ impl Settings {
         names.dedup();
         names
     }
+}
+
+/// A number in the file may be written bare or quoted.
+fn toml_text(value: toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// A humantime duration within `bounds`, or `default` when unset.
+fn duration(
+    name: &'static str,
+    text: Option<String>,
+    default: Duration,
+    bounds: (Duration, Duration),
+) -> Result<Duration, ConfigError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let value = humantime::parse_duration(&text).map_err(|e| bad(name, &text, e))?;
+    if !(bounds.0..=bounds.1).contains(&value) {
+        return Err(bad(
+            name,
+            &text,
+            format!(
+                "must be between {} and {}",
+                humantime::format_duration(bounds.0),
+                humantime::format_duration(bounds.1)
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 fn read_file(path: &Path, required: bool) -> Result<File, ConfigError> {
@@ -335,6 +423,9 @@ mod tests {
         assert_eq!(s.zone, "muster.internal");
         assert_eq!(s.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(s.dns_ttl, 30);
+        assert_eq!(s.grace, Duration::from_secs(30));
+        assert_eq!(s.sweep_interval, Duration::from_secs(30));
+        assert_eq!(s.unknown_sweeps, 3);
         assert!(s.public_url.ends_with(":7443"));
     }
 
@@ -376,6 +467,10 @@ mod tests {
                 a.heartbeat_interval = Some("soon".into())
             }),
             ("dns_ttl", |a| a.dns_ttl = Some("0".into())),
+            ("grace", |a| a.grace = Some("10s".into())),
+            ("grace", |a| a.grace = Some("2h".into())),
+            ("sweep_interval", |a| a.sweep_interval = Some("0s".into())),
+            ("unknown_sweeps", |a| a.unknown_sweeps = Some("0".into())),
             ("tls_key", |a| a.tls_cert = Some("/etc/hostname".into())),
             ("config", |a| a.config = Some("/nonexistent/c.toml".into())),
         ];

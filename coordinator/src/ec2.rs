@@ -30,6 +30,26 @@ pub struct InstanceFacts {
 /// Errors asking EC2.
 #[derive(Debug, thiserror::Error)]
 pub enum Ec2Error {
+    /// DescribeInstances of many ids failed.
+    #[error("describing {count} instances in {region}: {message}")]
+    DescribeMany {
+        /// How many ids were asked about.
+        count: usize,
+        /// The region asked.
+        region: String,
+        /// The SDK error with its causes.
+        message: String,
+    },
+    /// TerminateInstances failed.
+    #[error("terminating instance {instance_id} in {region}: {message}")]
+    Terminate {
+        /// The instance.
+        instance_id: String,
+        /// The region.
+        region: String,
+        /// The SDK error with its causes.
+        message: String,
+    },
     /// DescribeInstances failed for another reason than "no such instance".
     #[error("describing instance {instance_id} in {region}: {message}")]
     Describe {
@@ -42,7 +62,13 @@ pub enum Ec2Error {
     },
 }
 
-/// Looks instances up.
+/// Most instance ids one DescribeInstances call filters on. EC2 takes up
+/// to 1000 ids as `InstanceIds`, but an unknown id there fails the whole
+/// call; as an `instance-id` filter an unknown id is simply absent, and
+/// filters take at most 200 values.
+pub const IDS_PER_CALL: usize = 200;
+
+/// Looks instances up, and terminates them.
 #[async_trait::async_trait]
 pub trait InstanceLookup: Send + Sync + std::fmt::Debug {
     /// EC2's view of `instance_id` in `region`; `None` if EC2 does not know it.
@@ -51,6 +77,17 @@ pub trait InstanceLookup: Send + Sync + std::fmt::Debug {
         region: &str,
         instance_id: &str,
     ) -> Result<Option<InstanceFacts>, Ec2Error>;
+
+    /// EC2's view of many instances of one region, by id; ids EC2 does not
+    /// know are absent from the map.
+    async fn describe_many(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<HashMap<String, InstanceFacts>, Ec2Error>;
+
+    /// Asks EC2 to terminate the instance.
+    async fn terminate(&self, region: &str, instance_id: &str) -> Result<(), Ec2Error>;
 }
 
 /// The real lookup, through aws-sdk-ec2.
@@ -120,18 +157,71 @@ impl InstanceLookup for Ec2Instances {
             .iter()
             .flat_map(|r| r.instances())
             .find(|i| i.instance_id() == Some(instance_id));
-        Ok(instance.map(|i| InstanceFacts {
-            state: i
-                .state()
-                .and_then(|s| s.name())
-                .map(|n| n.as_str().to_owned())
-                .unwrap_or_default(),
-            private_ipv4: i.private_ip_address().and_then(|ip| ip.parse().ok()),
-            public_ipv4: i.public_ip_address().and_then(|ip| ip.parse().ok()),
-            availability_zone: i
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .map(str::to_owned),
-        }))
+        Ok(instance.map(facts_of))
+    }
+
+    async fn describe_many(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
+        let client = self.client(region);
+        let mut found = HashMap::new();
+        for chunk in instance_ids.chunks(IDS_PER_CALL) {
+            let filter = aws_sdk_ec2::types::Filter::builder()
+                .name("instance-id")
+                .set_values(Some(chunk.to_vec()))
+                .build();
+            // Real EC2 pages at MaxResults; every page is read.
+            let mut pages = client
+                .describe_instances()
+                .filters(filter)
+                .max_results(1000)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|error| Ec2Error::DescribeMany {
+                    count: chunk.len(),
+                    region: region.to_owned(),
+                    message: DisplayErrorContext(&error).to_string(),
+                })?;
+                for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                    if let Some(id) = instance.instance_id() {
+                        found.insert(id.to_owned(), facts_of(instance));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn terminate(&self, region: &str, instance_id: &str) -> Result<(), Ec2Error> {
+        self.client(region)
+            .terminate_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|error| Ec2Error::Terminate {
+                instance_id: instance_id.to_owned(),
+                region: region.to_owned(),
+                message: DisplayErrorContext(&error).to_string(),
+            })
+    }
+}
+
+fn facts_of(i: &aws_sdk_ec2::types::Instance) -> InstanceFacts {
+    InstanceFacts {
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default(),
+        private_ipv4: i.private_ip_address().and_then(|ip| ip.parse().ok()),
+        public_ipv4: i.public_ip_address().and_then(|ip| ip.parse().ok()),
+        availability_zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_owned),
     }
 }

@@ -10,8 +10,10 @@
 //! - [`pki`]: the self-made CA, the server certificate and the admin token.
 //! - [`store`]: SQLite (WAL) with migrations: clusters, nodes, node events.
 //! - [`ec2`]: what EC2 says about an instance (aws-sdk-ec2).
+//! - [`lifecycle`]: the node state machine, one pure function.
 //! - [`registry`]: register and heartbeat, checked against EC2; memory for
-//!   heartbeats, the store for transitions.
+//!   heartbeats, the store for transitions; the liveness check and the EC2
+//!   sweep.
 //! - [`dns`]: the embedded authoritative DNS server and the record model.
 //! - [`api`]: the axum routes, JSON errors, `/healthz`, `/metrics`.
 //! - [`cli`]: the admin client behind `cluster …` and `node …`.
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod ec2;
+pub mod lifecycle;
 pub mod pki;
 pub mod registry;
 pub mod store;
@@ -122,8 +125,14 @@ pub async fn serve(
         Timing {
             heartbeat_interval: settings.heartbeat_interval,
             heartbeat_jitter: settings.heartbeat_interval / 10,
+            grace: settings.grace,
+            unknown_sweeps: settings.unknown_sweeps,
         },
     )?);
+    let loops = [
+        tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
+        tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
+    ];
 
     let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen).await?;
     tracing::info!(addr = %dns_addr, zone = %settings.zone, "dns listening (udp, tcp)");
@@ -167,9 +176,39 @@ pub async fn serve(
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    for task in loops {
+        task.abort();
+    }
     handle.graceful_shutdown(Some(DRAIN_DEADLINE));
     let _ = tokio::time::timeout(DRAIN_DEADLINE + Duration::from_secs(1), api_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), dns_server.shutdown_gracefully()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Marks silent nodes unreachable, checking often enough that a node is
+/// marked within a tenth of the grace after it runs out.
+async fn liveness_loop(registry: Arc<Registry>, grace: Duration) {
+    let period = (grace / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        registry.check_liveness().await;
+    }
+}
+
+/// Reads EC2's view of every tracked instance every `period`.
+async fn sweep_loop(registry: Arc<Registry>, period: Duration) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let report = registry.sweep().await;
+        tracing::debug!(
+            seen = report.seen,
+            failed_regions = report.failed_regions,
+            "sweep done"
+        );
+    }
 }

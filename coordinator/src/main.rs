@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the coordinator: HTTPS API, embedded DNS, store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage clusters (talks to a running coordinator: MUSTER_ADDR, MUSTER_TOKEN, MUSTER_CACERT).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -60,6 +60,17 @@ enum NodeCommand {
         /// Only nodes of this cluster.
         #[arg(long)]
         cluster: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a node: terminate its instance (the node goes terminating, then
+    /// terminated once EC2 says so, and its DNS records go away).
+    Rm {
+        /// Cluster name.
+        cluster: String,
+        /// Node name.
+        name: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -155,6 +166,18 @@ async fn admin(command: Command) -> Result<(), cli::CliError> {
                 print_json(&nodes);
             } else {
                 print!("{}", cli::nodes_table(&nodes));
+            }
+        }
+        Command::Node(NodeCommand::Rm {
+            cluster,
+            name,
+            json,
+        }) => {
+            let node = client.remove_node(&cluster, &name).await?;
+            if json {
+                print_json(&node);
+            } else {
+                print!("{}", cli::nodes_table(std::slice::from_ref(&node)));
             }
         }
         Command::Node(NodeCommand::Show {

@@ -19,19 +19,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use muster_proto::token::{format_secret, TokenKind, SECRET_BYTES};
 use muster_proto::{
-    validate, ClusterView, CreateClusterRequest, HeartbeatRequest, HeartbeatResponse, HostFacts,
-    NodeDetail, NodeEvent, NodeState, NodeView, RegisterRequest, RegisterResponse, ValidationError,
+    validate, ClusterView, CreateClusterRequest, EventSource, HeartbeatRequest, HeartbeatResponse,
+    HostFacts, NodeDetail, NodeEvent, NodeState, NodeView, RegisterRequest, RegisterResponse,
+    ValidationError,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::dns::{NodeRecordSource, Zone, INTERNAL_LABEL};
-use crate::ec2::{Ec2Error, InstanceLookup};
+use crate::ec2::{Ec2Error, InstanceFacts, InstanceLookup};
+use crate::lifecycle::{self, Input};
 use crate::store::{Cluster, Node, NodeRegistration, Store, StoreError};
 
 /// Why a request was refused. Each variant maps to one HTTP status and one
@@ -90,6 +92,16 @@ pub enum RegistryError {
         /// Its node name.
         node: String,
     },
+    /// The node is being or has been terminated; agents cannot revive it.
+    #[error("node {node} of cluster {cluster} is {state}")]
+    NodeTerminated {
+        /// Its cluster.
+        cluster: String,
+        /// The node.
+        node: String,
+        /// `terminating` or `terminated`.
+        state: NodeState,
+    },
     /// A cluster of that name exists.
     #[error("cluster {0:?} exists already")]
     ClusterExists(String),
@@ -124,6 +136,7 @@ impl RegistryError {
             RegistryError::InstanceNotRunning { .. } => "instance_not_running",
             RegistryError::AddressMismatch { .. } => "address_mismatch",
             RegistryError::InstanceInOtherCluster { .. } => "instance_in_other_cluster",
+            RegistryError::NodeTerminated { .. } => "node_terminated",
             RegistryError::ClusterExists(_) => "cluster_exists",
             RegistryError::NotFound(_) => "not_found",
             RegistryError::Ec2(_) => "ec2_unavailable",
@@ -139,6 +152,11 @@ pub struct Timing {
     pub heartbeat_interval: Duration,
     /// Random extra delay, up to this much.
     pub heartbeat_jitter: Duration,
+    /// Silence after which a deployed node becomes unreachable.
+    pub grace: Duration,
+    /// Sweeps in a row EC2 must not know an instance before its node is
+    /// terminated.
+    pub unknown_sweeps: u32,
 }
 
 /// A node as kept in memory: the stored fields the hot paths need, plus
@@ -154,6 +172,11 @@ struct LiveNode {
     public_ipv4: Option<Ipv4Addr>,
     credential_hash: Option<String>,
     last_seen: Option<SystemTime>,
+    /// When the agent was last heard, or when this coordinator started:
+    /// every node gets one full grace after a restart.
+    last_heard: Instant,
+    /// Sweeps in a row that EC2 did not know the instance.
+    unknown_sweeps: u32,
     facts: Option<HostFacts>,
 }
 
@@ -185,6 +208,10 @@ impl Live {
                 public_ipv4: node.public_ipv4,
                 credential_hash: node.credential_hash.clone(),
                 last_seen: previous.as_ref().and_then(|p| p.last_seen),
+                last_heard: previous
+                    .as_ref()
+                    .map_or_else(Instant::now, |p| p.last_heard),
+                unknown_sweeps: previous.as_ref().map_or(0, |p| p.unknown_sweeps),
                 facts: previous.and_then(|p| p.facts),
             },
         );
@@ -226,6 +253,15 @@ impl Counters {
             .entry(code)
             .or_default() += 1;
     }
+}
+
+/// What one sweep saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Instances EC2 returned.
+    pub seen: usize,
+    /// Regions whose read failed.
+    pub failed_regions: usize,
 }
 
 /// The registry. Shared by the API handlers.
@@ -446,6 +482,7 @@ impl Registry {
                 from: e.from,
                 to: e.to,
                 reason: e.reason,
+                source: e.source,
             })
             .collect();
         Ok(NodeDetail {
@@ -589,6 +626,16 @@ impl Registry {
         let cluster =
             cluster.ok_or_else(|| RegistryError::Unauthorized("no such cluster".into()))?;
         if let Some(existing) = self.store.node_by_instance(&req.instance_id)? {
+            if matches!(
+                existing.state,
+                NodeState::Terminating | NodeState::Terminated
+            ) {
+                return Err(RegistryError::NodeTerminated {
+                    cluster: existing.cluster,
+                    node: existing.name,
+                    state: existing.state,
+                });
+            }
             if existing.cluster != cluster.name {
                 return Err(RegistryError::InstanceInOtherCluster {
                     instance_id: req.instance_id.clone(),
@@ -632,6 +679,8 @@ impl Registry {
             live.upsert(&node);
             if let Some(entry) = live.nodes.get_mut(&node.id) {
                 entry.last_seen = Some(SystemTime::now());
+                entry.last_heard = Instant::now();
+                entry.unknown_sweeps = 0;
             }
             live.record_sources()
         };
@@ -695,7 +744,19 @@ impl Registry {
             Ok((id, node.clone()))
         };
         let (id, node) = lookup(&self.live())?;
-        if node.private_ipv4 != Some(req.private_ipv4) || node.public_ipv4 != req.public_ipv4 {
+        if matches!(node.state, NodeState::Terminating | NodeState::Terminated) {
+            return Err(RegistryError::NodeTerminated {
+                cluster: node.cluster,
+                node: node.name,
+                state: node.state,
+            });
+        }
+        let moved =
+            node.private_ipv4 != Some(req.private_ipv4) || node.public_ipv4 != req.public_ipv4;
+        // A node EC2 last saw stopped (or that never ran) counts as deployed
+        // again only once EC2 confirms the instance runs with these addresses.
+        let confirm = !matches!(node.state, NodeState::Deployed | NodeState::Unreachable);
+        if moved || confirm {
             self.check_claim(
                 &node.region,
                 &node.instance_id,
@@ -704,49 +765,235 @@ impl Registry {
                 req.public_ipv4,
             )
             .await?;
-            let _write = self.write.lock().await;
-            // The credential may have been rotated while EC2 was asked.
-            let (_, node) = lookup(&self.live())?;
-            let reason = address_change_reason(
-                (node.private_ipv4, node.public_ipv4),
-                (Some(req.private_ipv4), req.public_ipv4),
-            );
-            self.store.update_addresses(
-                id,
-                node.state,
-                req.private_ipv4,
-                req.public_ipv4,
-                &reason,
-            )?;
-            let sources = {
-                let mut live = self.live();
-                if let Some(entry) = live.nodes.get_mut(&id) {
-                    entry.private_ipv4 = Some(req.private_ipv4);
-                    entry.public_ipv4 = req.public_ipv4;
-                }
-                live.record_sources()
-            };
-            self.zone.publish(&sources);
-            self.counters
-                .address_changes
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(cluster = %node.cluster, node = %node.name, %reason, "node address changed");
         }
-        let state = {
+        if moved {
+            self.set_addresses(id, req.private_ipv4, req.public_ipv4, EventSource::Agent)
+                .await?;
+        }
+        {
             let mut live = self.live();
-            let entry = live.nodes.get_mut(&id).ok_or_else(|| {
-                RegistryError::Unauthorized("the node credential is not valid".into())
-            })?;
-            entry.last_seen = Some(SystemTime::now());
-            entry.facts = Some(req.facts);
-            entry.state
-        };
+            if let Some(entry) = live.nodes.get_mut(&id) {
+                entry.last_seen = Some(SystemTime::now());
+                entry.last_heard = Instant::now();
+                entry.facts = Some(req.facts);
+            }
+        }
+        let state = self.apply(id, Input::Heard, EventSource::Agent).await?;
         self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
         Ok(HeartbeatResponse {
             state,
             heartbeat_interval_ms: self.timing.heartbeat_interval.as_millis() as u64,
             heartbeat_jitter_ms: self.timing.heartbeat_jitter.as_millis() as u64,
         })
+    }
+
+    /// Stores and publishes new addresses of node `id`, already checked
+    /// against EC2, with an event naming what changed.
+    async fn set_addresses(
+        &self,
+        id: i64,
+        private_ipv4: Ipv4Addr,
+        public_ipv4: Option<Ipv4Addr>,
+        source: EventSource,
+    ) -> Result<(), RegistryError> {
+        let _write = self.write.lock().await;
+        let Some(node) = self.live().nodes.get(&id).cloned() else {
+            return Ok(());
+        };
+        if node.private_ipv4 == Some(private_ipv4) && node.public_ipv4 == public_ipv4 {
+            return Ok(());
+        }
+        let reason = address_change_reason(
+            (node.private_ipv4, node.public_ipv4),
+            (Some(private_ipv4), public_ipv4),
+        );
+        self.store
+            .update_addresses(id, node.state, private_ipv4, public_ipv4, &reason, source)?;
+        let sources = {
+            let mut live = self.live();
+            if let Some(entry) = live.nodes.get_mut(&id) {
+                entry.private_ipv4 = Some(private_ipv4);
+                entry.public_ipv4 = public_ipv4;
+            }
+            live.record_sources()
+        };
+        self.zone.publish(&sources);
+        self.counters
+            .address_changes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(cluster = %node.cluster, node = %node.name, %source, %reason, "node address changed");
+        Ok(())
+    }
+
+    /// Applies `input` to node `id` through the state machine: on a
+    /// transition the store, the event, memory and DNS move together.
+    /// Returns the node's state afterwards.
+    async fn apply(
+        &self,
+        id: i64,
+        input: Input,
+        source: EventSource,
+    ) -> Result<NodeState, RegistryError> {
+        let _write = self.write.lock().await;
+        let Some(node) = self.live().nodes.get(&id).cloned() else {
+            return Err(RegistryError::NotFound(format!("no node with id {id}")));
+        };
+        // A heartbeat may have landed since the liveness check looked.
+        if input == Input::Silent && node.last_heard.elapsed() <= self.timing.grace {
+            return Ok(node.state);
+        }
+        let Some((to, reason)) = lifecycle::next(node.state, input, self.timing.unknown_sweeps)
+        else {
+            return Ok(node.state);
+        };
+        if !self.store.transition(id, node.state, to, &reason, source)? {
+            // The store disagrees with memory: reload this node from it.
+            if let Some(stored) = self.store.node(&node.cluster, &node.name)? {
+                self.live().upsert(&stored);
+                return Ok(stored.state);
+            }
+            return Ok(node.state);
+        }
+        let sources = {
+            let mut live = self.live();
+            if let Some(entry) = live.nodes.get_mut(&id) {
+                entry.state = to;
+            }
+            live.record_sources()
+        };
+        self.zone.publish(&sources);
+        tracing::info!(
+            cluster = %node.cluster,
+            node = %node.name,
+            from = %node.state,
+            to = %to,
+            %source,
+            %reason,
+            "node state changed"
+        );
+        Ok(to)
+    }
+
+    /// Marks every deployed node silent for longer than the grace period
+    /// `unreachable`. Returns how many it marked.
+    pub async fn check_liveness(&self) -> usize {
+        let grace = self.timing.grace;
+        let silent: Vec<i64> = self
+            .live()
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.state == NodeState::Deployed && n.last_heard.elapsed() > grace)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut marked = 0;
+        for id in silent {
+            match self.apply(id, Input::Silent, EventSource::Liveness).await {
+                Ok(NodeState::Unreachable) => marked += 1,
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "liveness check could not mark a node"),
+            }
+        }
+        marked
+    }
+
+    /// Reads every tracked instance from EC2 and applies what EC2 says:
+    /// stopped, terminated, unknown for too long, or running at another
+    /// address than stored (DNS follows even if the agent is silent).
+    pub async fn sweep(&self) -> SweepReport {
+        let mut by_region: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+        for (id, node) in self.live().nodes.iter() {
+            if node.state != NodeState::Terminated {
+                by_region
+                    .entry(node.region.clone())
+                    .or_default()
+                    .push((*id, node.instance_id.clone()));
+            }
+        }
+        let mut report = SweepReport::default();
+        for (region, nodes) in by_region {
+            let ids: Vec<String> = nodes.iter().map(|(_, i)| i.clone()).collect();
+            let found = match self.ec2.describe_many(&region, &ids).await {
+                Ok(found) => found,
+                Err(error) => {
+                    // Nothing is concluded from a failed read.
+                    tracing::warn!(%error, %region, "sweep could not read EC2; trying again next time");
+                    report.failed_regions += 1;
+                    continue;
+                }
+            };
+            report.seen += found.len();
+            for (id, instance_id) in nodes {
+                if let Err(error) = self.sweep_one(id, found.get(&instance_id)).await {
+                    tracing::error!(%error, %instance_id, "sweep could not apply EC2's view");
+                }
+            }
+        }
+        report
+    }
+
+    async fn sweep_one(&self, id: i64, facts: Option<&InstanceFacts>) -> Result<(), RegistryError> {
+        let Some(facts) = facts else {
+            let sweeps = {
+                let mut live = self.live();
+                let Some(entry) = live.nodes.get_mut(&id) else {
+                    return Ok(());
+                };
+                entry.unknown_sweeps += 1;
+                entry.unknown_sweeps
+            };
+            self.apply(id, Input::Ec2Unknown { sweeps }, EventSource::Sweep)
+                .await?;
+            return Ok(());
+        };
+        let state = {
+            let mut live = self.live();
+            let Some(entry) = live.nodes.get_mut(&id) else {
+                return Ok(());
+            };
+            entry.unknown_sweeps = 0;
+            entry.state
+        };
+        let input = match facts.state.as_str() {
+            "pending" | "running" => Input::Ec2Running,
+            "stopped" => Input::Ec2Stopped,
+            "shutting-down" | "terminated" => Input::Ec2Gone,
+            // "stopping": wait for where it lands.
+            _ => return Ok(()),
+        };
+        if input == Input::Ec2Running
+            && matches!(state, NodeState::Deployed | NodeState::Unreachable)
+        {
+            if let Some(private) = facts.private_ipv4 {
+                self.set_addresses(id, private, facts.public_ipv4, EventSource::Sweep)
+                    .await?;
+            }
+        }
+        self.apply(id, input, EventSource::Sweep).await?;
+        Ok(())
+    }
+
+    /// `node rm`: asks EC2 to terminate the instance and marks the node
+    /// `terminating`; the sweep makes it `terminated` once EC2 says so.
+    pub async fn remove_node(&self, cluster: &str, name: &str) -> Result<NodeView, RegistryError> {
+        validate::dns_label("cluster", cluster)?;
+        validate::dns_label("node", name)?;
+        let node = self.store.node(cluster, name)?.ok_or_else(|| {
+            RegistryError::NotFound(format!("no node {name:?} in cluster {cluster:?}"))
+        })?;
+        if node.state == NodeState::Terminated {
+            return Err(RegistryError::NodeTerminated {
+                cluster: node.cluster,
+                node: node.name,
+                state: node.state,
+            });
+        }
+        self.ec2.terminate(&node.region, &node.instance_id).await?;
+        self.apply(node.id, Input::OperatorRemove, EventSource::Operator)
+            .await?;
+        let node = self.store.node(cluster, name)?.ok_or_else(|| {
+            RegistryError::NotFound(format!("no node {name:?} in cluster {cluster:?}"))
+        })?;
+        Ok(self.node_view(&node))
     }
 
     /// Node counts by state, for `/metrics`.
@@ -782,6 +1029,25 @@ mod tests {
         async fn describe(&self, _: &str, id: &str) -> Result<Option<InstanceFacts>, Ec2Error> {
             Ok(self.0.lock().unwrap().get(id).cloned())
         }
+
+        async fn describe_many(
+            &self,
+            _: &str,
+            ids: &[String],
+        ) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
+            let table = self.0.lock().unwrap();
+            Ok(ids
+                .iter()
+                .filter_map(|id| table.get(id).map(|f| (id.clone(), f.clone())))
+                .collect())
+        }
+
+        async fn terminate(&self, _: &str, id: &str) -> Result<(), Ec2Error> {
+            if let Some(facts) = self.0.lock().unwrap().get_mut(id) {
+                facts.state = "shutting-down".into();
+            }
+            Ok(())
+        }
     }
 
     fn running(public: Option<Ipv4Addr>) -> InstanceFacts {
@@ -809,6 +1075,8 @@ mod tests {
             Timing {
                 heartbeat_interval: Duration::from_secs(10),
                 heartbeat_jitter: Duration::from_secs(1),
+                grace: Duration::from_millis(50),
+                unknown_sweeps: 3,
             },
         )
         .unwrap();
@@ -978,6 +1246,102 @@ mod tests {
             events[1].reason,
             "address changed: public 54.0.0.1 -> 54.0.0.2"
         );
+    }
+
+    fn state_of(registry: &Registry) -> NodeState {
+        registry.node("web", ID).unwrap().node.state
+    }
+
+    /// Silence past the grace makes a node unreachable and drops it from the
+    /// round robin but not from its own name; a heartbeat brings it back.
+    #[tokio::test]
+    async fn silence_makes_unreachable_and_a_heartbeat_heals() {
+        let (registry, _, token) = setup();
+        let public = Ipv4Addr::new(54, 0, 0, 1);
+        let ip = Some(public);
+        let resp = registry.register(&token, register_req(ip)).await.unwrap();
+        assert_eq!(registry.check_liveness().await, 0, "fresh nodes are alive");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(registry.check_liveness().await, 1);
+        assert_eq!(state_of(&registry), NodeState::Unreachable);
+        assert!(answer(&registry, "web.muster.test.").is_empty());
+        assert_eq!(
+            answer(&registry, &format!("{ID}.web.muster.test.")),
+            vec![public]
+        );
+        let beat = registry
+            .heartbeat(&resp.credential, heartbeat_req(ip))
+            .await
+            .unwrap();
+        assert_eq!(beat.state, NodeState::Deployed);
+        assert_eq!(answer(&registry, "web.muster.test."), vec![public]);
+        let events = registry.node("web", ID).unwrap().events;
+        let sources: Vec<_> = events.iter().map(|e| (e.to, e.source)).collect();
+        assert_eq!(
+            sources,
+            vec![
+                (NodeState::Deployed, EventSource::Agent),
+                (NodeState::Unreachable, EventSource::Liveness),
+                (NodeState::Deployed, EventSource::Agent),
+            ]
+        );
+    }
+
+    /// The sweep follows EC2: stopped, an address moved while the agent is
+    /// silent, unknown for too long, and terminated; DNS follows each.
+    #[tokio::test]
+    async fn sweep_follows_ec2() {
+        let (registry, table, token) = setup();
+        let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+        registry.register(&token, register_req(ip)).await.unwrap();
+        let moved = Ipv4Addr::new(54, 0, 0, 9);
+        table
+            .0
+            .lock()
+            .unwrap()
+            .insert(ID.into(), running(Some(moved)));
+        registry.sweep().await;
+        assert_eq!(
+            answer(&registry, &format!("{ID}.web.muster.test.")),
+            vec![moved]
+        );
+        table.0.lock().unwrap().get_mut(ID).unwrap().state = "stopped".into();
+        registry.sweep().await;
+        assert_eq!(state_of(&registry), NodeState::Stopped);
+        assert!(answer(&registry, "web.muster.test.").is_empty());
+        table.0.lock().unwrap().remove(ID);
+        registry.sweep().await;
+        registry.sweep().await;
+        assert_eq!(
+            state_of(&registry),
+            NodeState::Stopped,
+            "two unknown sweeps are not enough"
+        );
+        registry.sweep().await;
+        assert_eq!(state_of(&registry), NodeState::Terminated);
+        assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
+        assert!(answer(&registry, &format!("{ID}.web.internal.muster.test.")).is_empty());
+    }
+
+    /// `node rm` terminates through EC2: terminating at once, terminated
+    /// after the sweep sees it, and the agent can no longer revive it.
+    #[tokio::test]
+    async fn remove_terminates_through_ec2() {
+        let (registry, _, token) = setup();
+        let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+        let resp = registry.register(&token, register_req(ip)).await.unwrap();
+        let view = registry.remove_node("web", ID).await.unwrap();
+        assert_eq!(view.state, NodeState::Terminating);
+        let err = registry
+            .heartbeat(&resp.credential, heartbeat_req(ip))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "node_terminated");
+        registry.sweep().await;
+        assert_eq!(state_of(&registry), NodeState::Terminated);
+        assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
+        let err = registry.remove_node("web", ID).await.unwrap_err();
+        assert_eq!(err.code(), "node_terminated");
     }
 
     /// Reserved and over-long cluster names are refused.

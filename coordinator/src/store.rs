@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use muster_proto::NodeState;
+use muster_proto::{EventSource, NodeState};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 /// Schema steps, applied in order. Step `i` brings `user_version` to `i + 1`.
@@ -52,6 +52,8 @@ pub const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL
     );
     CREATE INDEX node_events_by_node ON node_events(node_id, id);",
+    // 2: who or what caused each event.
+    "ALTER TABLE node_events ADD COLUMN source TEXT NOT NULL DEFAULT 'agent';",
 ];
 
 /// Errors of the store, named after the operation that failed.
@@ -159,6 +161,8 @@ pub struct Event {
     pub to: NodeState,
     /// Why.
     pub reason: String,
+    /// Who or what caused it.
+    pub source: EventSource,
 }
 
 /// What a register writes: the node as it should be afterwards.
@@ -377,7 +381,7 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
-                "SELECT at, from_state, to_state, reason FROM node_events \
+                "SELECT at, from_state, to_state, reason, source FROM node_events \
                  WHERE node_id = ?1 ORDER BY id",
             )
             .map_err(query("listing events"))?;
@@ -388,17 +392,22 @@ impl Store {
                     row.get::<_, Option<String>>(1)?,
                     row.get::<_, String>(2)?,
                     row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
                 ))
             })
             .map_err(query("listing events"))?;
         let mut events = Vec::new();
         for row in rows {
-            let (at, from, to, reason) = row.map_err(query("listing events"))?;
+            let (at, from, to, reason, source) = row.map_err(query("listing events"))?;
             events.push(Event {
                 at,
                 from: from.as_deref().map(parse_state).transpose()?,
                 to: parse_state(&to)?,
                 reason,
+                source: source.parse().map_err(|_| StoreError::Corrupt {
+                    field: "node_events.source",
+                    value: source.clone(),
+                })?,
             });
         }
         Ok(events)
@@ -489,6 +498,7 @@ impl Store {
         private_ipv4: Ipv4Addr,
         public_ipv4: Option<Ipv4Addr>,
         reason: &str,
+        source: EventSource,
     ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn
@@ -506,12 +516,52 @@ impl Store {
         )
         .map_err(query("updating node addresses"))?;
         tx.execute(
-            "INSERT INTO node_events (node_id, at, from_state, to_state, reason) \
-             VALUES (?1, ?2, ?3, ?3, ?4)",
-            params![node_id, now, state.as_str(), reason],
+            "INSERT INTO node_events (node_id, at, from_state, to_state, reason, source) \
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+            params![node_id, now, state.as_str(), reason, source.as_str()],
         )
         .map_err(query("recording an address event"))?;
         tx.commit().map_err(query("committing an address change"))
+    }
+
+    /// Moves a node from `from` to `to` and records the event, in one
+    /// transaction. Returns false, writing nothing, if the node is no longer
+    /// in `from` (someone else moved it first).
+    pub fn transition(
+        &self,
+        node_id: i64,
+        from: NodeState,
+        to: NodeState,
+        reason: &str,
+        source: EventSource,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(query("starting a transition"))?;
+        let now = now_ms();
+        let changed = tx
+            .execute(
+                "UPDATE nodes SET state = ?3, updated_at = ?4 WHERE id = ?1 AND state = ?2",
+                params![node_id, from.as_str(), to.as_str(), now],
+            )
+            .map_err(query("updating a node's state"))?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO node_events (node_id, at, from_state, to_state, reason, source) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                node_id,
+                now,
+                from.as_str(),
+                to.as_str(),
+                reason,
+                source.as_str()
+            ],
+        )
+        .map_err(query("recording a transition"))?;
+        tx.commit().map_err(query("committing a transition"))?;
+        Ok(true)
     }
 }
 
@@ -693,6 +743,41 @@ mod tests {
             .is_none());
     }
 
+    /// A transition from the state the node is in lands with its event; one
+    /// from a state it has left already writes nothing.
+    #[test]
+    fn transitions_are_conditional() {
+        let store = Store::open_in_memory().unwrap();
+        let cluster = store.create_cluster("web", "h").unwrap();
+        let node = store
+            .register_node(&registration(cluster.id, "c1"), "registered")
+            .unwrap();
+        assert!(store
+            .transition(
+                node.id,
+                NodeState::Deployed,
+                NodeState::Unreachable,
+                "silent",
+                EventSource::Liveness
+            )
+            .unwrap());
+        assert!(!store
+            .transition(
+                node.id,
+                NodeState::Deployed,
+                NodeState::Stopped,
+                "stale",
+                EventSource::Sweep
+            )
+            .unwrap());
+        let node = store.node("web", &node.name).unwrap().unwrap();
+        assert_eq!(node.state, NodeState::Unreachable);
+        let events = store.events(node.id).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].source, EventSource::Liveness);
+        assert_eq!(events[1].to, NodeState::Unreachable);
+    }
+
     /// Address changes are stored and leave an event.
     #[test]
     fn address_change_is_recorded() {
@@ -708,6 +793,7 @@ mod tests {
                 Ipv4Addr::new(10, 0, 0, 5),
                 Some(Ipv4Addr::new(3, 3, 3, 3)),
                 "public address changed",
+                EventSource::Agent,
             )
             .unwrap();
         let node = store.node("web", &node.name).unwrap().unwrap();

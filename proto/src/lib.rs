@@ -319,6 +319,57 @@ pub struct NodeView {
     pub facts: Option<HostFacts>,
 }
 
+/// Who or what caused a node event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    /// The agent: a register, a heartbeat, an address change it pushed.
+    Agent,
+    /// The coordinator's liveness check: heartbeats missed.
+    Liveness,
+    /// The coordinator's EC2 sweep.
+    Sweep,
+    /// An operator, through the admin API.
+    Operator,
+}
+
+impl EventSource {
+    /// Every source.
+    pub const ALL: [EventSource; 4] = [
+        EventSource::Agent,
+        EventSource::Liveness,
+        EventSource::Sweep,
+        EventSource::Operator,
+    ];
+
+    /// The lowercase name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Agent => "agent",
+            EventSource::Liveness => "liveness",
+            EventSource::Sweep => "sweep",
+            EventSource::Operator => "operator",
+        }
+    }
+}
+
+impl fmt::Display for EventSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventSource {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventSource::ALL
+            .into_iter()
+            .find(|source| source.as_str() == s)
+            .ok_or_else(|| ValidationError::new("source", s, "is not an event source"))
+    }
+}
+
 /// One recorded transition or address change of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -331,6 +382,8 @@ pub struct NodeEvent {
     pub to: NodeState,
     /// Why, in words.
     pub reason: String,
+    /// Who or what caused it.
+    pub source: EventSource,
 }
 
 /// `GET /v1/nodes/{cluster}/{name}`: a node with its history.

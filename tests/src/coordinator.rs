@@ -56,12 +56,19 @@ pub struct Coordinator {
     dns_port: u16,
     data_dir: TempDir,
     moto_endpoint: String,
+    extra_args: Vec<String>,
 }
 
 impl Coordinator {
     /// Starts a coordinator against `moto`, serving zone [`ZONE`], and waits
     /// until `/healthz` answers 200 over HTTPS pinned to its own CA.
     pub async fn start(moto: &Moto) -> Coordinator {
+        Coordinator::start_with(moto, &[]).await
+    }
+
+    /// Like [`Coordinator::start`], with extra `serve` flags (e.g. short
+    /// `--grace` and `--sweep-interval` for lifecycle stories).
+    pub async fn start_with(moto: &Moto, extra_args: &[&str]) -> Coordinator {
         let data_dir = tempfile::Builder::new()
             .prefix("muster-coordinator-data-")
             .tempdir()
@@ -73,6 +80,7 @@ impl Coordinator {
             dns_port: 0,
             data_dir,
             moto_endpoint: moto.endpoint(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for attempt in 1..=PORT_ATTEMPTS {
             coordinator.api_port = free_tcp_port();
@@ -223,7 +231,8 @@ impl Coordinator {
             .args(["--zone", ZONE])
             .arg("--data-dir")
             .arg(self.data_dir.path())
-            .args(["--public-url", &self.url()]);
+            .args(["--public-url", &self.url()])
+            .args(&self.extra_args);
         for var in [
             "AWS_PROFILE",
             "AWS_SESSION_TOKEN",

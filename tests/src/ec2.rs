@@ -229,6 +229,23 @@ pub async fn start(client: &Client, instance_id: &str) -> InstanceView {
     wait_for_state(client, instance_id, "running").await
 }
 
+/// Terminates the instance, as an operator would from the console, and
+/// waits until EC2 says `terminated`.
+pub async fn terminate(client: &Client, instance_id: &str) -> InstanceView {
+    client
+        .terminate_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "TerminateInstances {instance_id}: {}",
+                DisplayErrorContext(&e)
+            )
+        });
+    wait_for_state(client, instance_id, "terminated").await
+}
+
 async fn wait_for_state(client: &Client, instance_id: &str, state: &str) -> InstanceView {
     let view = wait_until(
         EVENTUALLY,

@@ -1,0 +1,169 @@
+//! The node state machine of DESIGN.md §3, as one pure function.
+//!
+//! [`next`] says what a node in some state becomes when something is
+//! observed, and why; the registry applies the answer (store, event, DNS).
+//! Keeping it pure lets a property test walk every sequence of inputs.
+//!
+//! The rules that users of earlier systems were burned by:
+//! - Silence is never death. A node that stops heartbeating becomes
+//!   `unreachable` and stays a node; only EC2 can make it `terminated`
+//!   (the instance is `shutting-down`/`terminated`, or EC2 has not known its
+//!   id for several sweeps in a row, which rides out eventual consistency).
+//! - Being heard again (register or heartbeat, both checked against EC2
+//!   where addresses are concerned) brings any live state back to `deployed`.
+//! - `terminating` and `terminated` are final as far as agents go: only
+//!   EC2's word moves `terminating` on.
+
+use muster_proto::NodeState;
+
+/// What was observed about a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The agent registered or heartbeated, and the claim passed its checks.
+    Heard,
+    /// No heartbeat within the grace period.
+    Silent,
+    /// The sweep found the instance `pending` or `running`.
+    Ec2Running,
+    /// The sweep found the instance `stopped`.
+    Ec2Stopped,
+    /// The sweep found the instance `shutting-down` or `terminated`.
+    Ec2Gone,
+    /// The sweep did not find the instance; `sweeps` in a row so far.
+    Ec2Unknown {
+        /// Consecutive sweeps that did not find it, this one included.
+        sweeps: u32,
+    },
+    /// An operator asked to remove the node (`node rm`).
+    OperatorRemove,
+}
+
+/// The state `state` moves to on `input`, with the reason to record, or
+/// `None` if it stays. `unknown_limit` is how many sweeps in a row an
+/// instance must be unknown to EC2 before its node counts as terminated.
+pub fn next(state: NodeState, input: Input, unknown_limit: u32) -> Option<(NodeState, String)> {
+    use NodeState::*;
+    let to = match (input, state) {
+        (_, Terminated) => return None,
+        (Input::Heard, Deployed | Terminating) => return None,
+        (Input::Heard, _) => (Deployed, "agent heard".to_owned()),
+        (Input::Silent, Deployed) => (
+            Unreachable,
+            "no heartbeat within the grace period".to_owned(),
+        ),
+        (Input::Silent, _) => return None,
+        (Input::Ec2Running, Stopped) => (
+            Unreachable,
+            "EC2 says running again; agent not heard yet".to_owned(),
+        ),
+        (Input::Ec2Running, _) => return None,
+        (Input::Ec2Stopped, Stopped | Terminating) => return None,
+        (Input::Ec2Stopped, _) => (Stopped, "EC2 says stopped".to_owned()),
+        (Input::Ec2Gone, _) => (Terminated, "EC2 says the instance is terminated".to_owned()),
+        (Input::Ec2Unknown { sweeps }, _) if sweeps >= unknown_limit => (
+            Terminated,
+            format!("EC2 has not known the instance for {sweeps} sweeps in a row"),
+        ),
+        (Input::Ec2Unknown { .. }, _) => return None,
+        (Input::OperatorRemove, Terminating) => return None,
+        (Input::OperatorRemove, _) => (Terminating, "operator asked to remove the node".to_owned()),
+    };
+    Some(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMIT: u32 = 3;
+
+    /// The three burns: silence makes `unreachable`, not dead; hearing the
+    /// agent again brings it back; only EC2 terminates.
+    #[test]
+    fn silence_is_not_death() {
+        let (s, _) = next(NodeState::Deployed, Input::Silent, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Unreachable);
+        assert_eq!(next(s, Input::Silent, LIMIT), None);
+        let (s, _) = next(s, Input::Heard, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Deployed);
+        assert_eq!(next(s, Input::Ec2Unknown { sweeps: 2 }, LIMIT), None);
+        let (s, reason) = next(s, Input::Ec2Unknown { sweeps: 3 }, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Terminated);
+        assert!(reason.contains("3 sweeps"), "{reason}");
+    }
+
+    /// Stop and start: stopped, then unreachable until the agent speaks.
+    #[test]
+    fn stop_and_start() {
+        let (s, _) = next(NodeState::Deployed, Input::Ec2Stopped, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Stopped);
+        let (s, _) = next(s, Input::Ec2Running, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Unreachable);
+        assert_eq!(next(s, Input::Heard, LIMIT).unwrap().0, NodeState::Deployed);
+    }
+
+    /// A removal waits for EC2; agents cannot undo it.
+    #[test]
+    fn removal_waits_for_ec2() {
+        let (s, _) = next(NodeState::Deployed, Input::OperatorRemove, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Terminating);
+        assert_eq!(next(s, Input::Heard, LIMIT), None);
+        assert_eq!(next(s, Input::Silent, LIMIT), None);
+        assert_eq!(
+            next(s, Input::Ec2Gone, LIMIT).unwrap().0,
+            NodeState::Terminated
+        );
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            Just(Input::Heard),
+            Just(Input::Silent),
+            Just(Input::Ec2Running),
+            Just(Input::Ec2Stopped),
+            Just(Input::Ec2Gone),
+            (0u32..6).prop_map(|sweeps| Input::Ec2Unknown { sweeps }),
+            Just(Input::OperatorRemove),
+        ]
+    }
+
+    fn state() -> impl Strategy<Value = NodeState> {
+        prop::sample::select(
+            NodeState::ALL
+                .into_iter()
+                .filter(|s| *s != NodeState::Terminated)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    proptest! {
+        /// No sequence of heartbeats, silences, sweeps and operator actions
+        /// reaches `terminated` unless EC2 said so, every change comes with a
+        /// reason, and `terminated` is final.
+        #[test]
+        fn only_ec2_terminates(start in state(), inputs in prop::collection::vec(input(), 0..40)) {
+            let mut current = start;
+            let mut ec2_said_gone = false;
+            for input in inputs {
+                if matches!(input, Input::Ec2Gone)
+                    || matches!(input, Input::Ec2Unknown { sweeps } if sweeps >= LIMIT)
+                {
+                    ec2_said_gone = true;
+                }
+                let was = current;
+                if let Some((to, reason)) = next(current, input, LIMIT) {
+                    prop_assert_ne!(to, was, "a transition changes the state");
+                    prop_assert!(!reason.is_empty());
+                    current = to;
+                }
+                if current == NodeState::Terminated {
+                    prop_assert!(ec2_said_gone, "terminated without EC2 saying so");
+                }
+                if was == NodeState::Terminated {
+                    prop_assert_eq!(current, NodeState::Terminated);
+                }
+            }
+        }
+    }
+}
