@@ -91,6 +91,18 @@ impl CoordinatorError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, CoordinatorError::Unreachable { .. })
     }
+
+    /// Whether the failure cuts the agent off from the coordinator: no
+    /// answer at all, or a server error (5xx, e.g. from a proxy in front of
+    /// a coordinator that is down). Any other answer means the coordinator
+    /// is there, even if it refused.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            CoordinatorError::Unreachable { .. } => true,
+            CoordinatorError::Refused { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
 }
 
 /// A client for one coordinator.
@@ -197,5 +209,53 @@ impl CoordinatorClient {
             code,
             message,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: StatusCode) -> CoordinatorError {
+        CoordinatorError::Refused {
+            url: "https://c.example.com/v1/agent/heartbeat".into(),
+            status,
+            code: "x".into(),
+            message: "x".into(),
+        }
+    }
+
+    /// A server error counts as an outage; a refusal with a 4xx does not,
+    /// nor does an answer that cannot be read.
+    #[test]
+    fn outages_are_no_answer_or_5xx() {
+        assert!(refused(StatusCode::SERVICE_UNAVAILABLE).is_outage());
+        assert!(refused(StatusCode::BAD_GATEWAY).is_outage());
+        assert!(!refused(StatusCode::UNAUTHORIZED).is_outage());
+        assert!(!refused(StatusCode::CONFLICT).is_outage());
+        let decode = CoordinatorError::Decode {
+            url: "https://c.example.com/v1/agent/heartbeat".into(),
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        };
+        assert!(!decode.is_outage());
+    }
+
+    /// A coordinator nobody listens for is an outage.
+    #[tokio::test]
+    async fn connection_refused_is_an_outage() {
+        crate::install_crypto_provider();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let client = CoordinatorClient::new(&url, ca.cert.pem().as_bytes(), "ca.pem").unwrap();
+        let request = HeartbeatRequest {
+            instance_id: "i-0123456789abcdef0".into(),
+            private_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 5),
+            public_ipv4: None,
+            facts: Default::default(),
+        };
+        let e = client.heartbeat("x", &request).await.unwrap_err();
+        assert!(e.is_unreachable() && e.is_outage(), "{e}");
     }
 }

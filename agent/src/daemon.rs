@@ -10,13 +10,25 @@
 //!    READY after the first successful register.
 //! 4. Heartbeat every `heartbeat_interval_ms` plus up to
 //!    `heartbeat_jitter_ms`, counted from the last answer; meanwhile IMDS is
-//!    polled for the addresses, and a change is sent at once in an extra
-//!    heartbeat. A heartbeat refused with 401 goes back to 3.
+//!    polled for the addresses, and read again at once when the kernel
+//!    reports a local IPv4 address added or removed ([`crate::netwatch`]).
+//!    A change is sent at once in an extra heartbeat. A heartbeat refused
+//!    with 401 goes back to 3.
 //! 5. On SIGTERM or SIGINT: tell systemd STOPPING, remove the socket, exit 0.
 //!
-//! Every retry is bounded exponential backoff with jitter
-//! ([`Backoff::coordinator`]: 0.5 s, 1 s, 2 s, … capped at 30 s); the agent
-//! never gives up on the coordinator.
+//! Every retry is bounded exponential backoff with full jitter
+//! ([`Backoff::coordinator`]: each wait drawn between zero and a ceiling of
+//! 0.5 s, 1 s, 2 s, 4 s, 8 s, 16 s, 32 s, then 60 s for ever); the agent
+//! never gives up on the coordinator. While it gets no answer (or only 5xx)
+//! the status shows since when it has been cut off.
+//!
+//! Under systemd with `WatchdogSec=` (`WATCHDOG_USEC` and `WATCHDOG_PID`
+//! set for this process), the agent sends `WATCHDOG=1` every half interval.
+//! The pings come from the main loop itself, whenever it waits (for the
+//! next heartbeat, a retry, or new addresses), so a loop stuck in a step
+//! stops pinging and systemd restarts the agent. The slowest step is a
+//! coordinator request (at most 15 s), so `WatchdogSec=` should be well above
+//! that.
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -27,8 +39,9 @@ use muster_proto::token::TokenKind;
 use muster_proto::{HeartbeatRequest, RegisterRequest, RegisterResponse, PROTOCOL_VERSION};
 use reqwest::StatusCode;
 use sd_notify::NotifyState;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::watch;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, Instant, Interval, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{self, Backoff};
@@ -36,6 +49,7 @@ use crate::coordinator::{CoordinatorClient, CoordinatorError};
 use crate::error_chain;
 use crate::facts::FactsCollector;
 use crate::imds::{Addresses, Identity, ImdsClient, ImdsError};
+use crate::netwatch::{AddressEvent, AddressWatch};
 use crate::settings::{Secret, Settings};
 use crate::state::{self, StateError, StoredState};
 use crate::status::{self, Live, StatusError};
@@ -89,6 +103,7 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 /// Runs the agent until `shutdown` completes (then `Ok`) or setup fails.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     crate::install_crypto_provider();
+    let watchdog = Watchdog::from_env();
     let live = Live::new(&settings.cluster, &settings.coordinator_url);
     let (listener, socket_file) = status::bind(&settings.socket)?;
     info!(socket = %settings.socket.display(), "status socket listening");
@@ -98,7 +113,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         settings.dns_server,
     )));
 
-    let outcome = match Agent::new(&settings, live) {
+    let outcome = match Agent::new(&settings, live, watchdog) {
         Ok(agent) => tokio::select! {
             result = agent.run() => result,
             () = shutdown => Ok(()),
@@ -122,6 +137,62 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
+/// Pings the systemd watchdog, if systemd asked for it, at most every half
+/// interval. Only the main loop holds it, and pings only while it waits.
+#[derive(Debug)]
+struct Watchdog {
+    pings: Option<Interval>,
+}
+
+impl Watchdog {
+    /// The watchdog systemd asked for with `WATCHDOG_USEC` and
+    /// `WATCHDOG_PID` (this process), or one that never pings.
+    fn from_env() -> Self {
+        let mut usec = 0;
+        let every = if sd_notify::watchdog_enabled(false, &mut usec) {
+            ping_interval(usec)
+        } else {
+            None
+        };
+        if let Some(every) = every {
+            info!(?every, "the systemd watchdog is on; pinging it");
+        }
+        Watchdog::every(every)
+    }
+
+    /// A watchdog that pings every `every` (at once the first time), or
+    /// never.
+    fn every(every: Option<Duration>) -> Self {
+        let pings = every.map(|every| {
+            let mut pings = tokio::time::interval(every);
+            pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            pings
+        });
+        Watchdog { pings }
+    }
+
+    /// Waits for `wait`, pinging systemd whenever a ping is due meanwhile.
+    async fn idle<F: Future>(&mut self, wait: F) -> F::Output {
+        let Some(pings) = self.pings.as_mut() else {
+            return wait.await;
+        };
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                biased;
+                _ = pings.tick() => notify(&[NotifyState::Watchdog]),
+                output = &mut wait => return output,
+            }
+        }
+    }
+}
+
+/// How often to ping a watchdog of `usec` microseconds: half of it, as
+/// sd_watchdog_enabled(3) advises; never for zero.
+fn ping_interval(usec: u64) -> Option<Duration> {
+    (usec > 0).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
+}
+
 /// The secret a register presents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Presented {
@@ -142,6 +213,8 @@ struct Agent<'a> {
     credential_refused: bool,
     /// Whether systemd has heard READY.
     ready: bool,
+    /// The systemd watchdog, pinged while the loop waits.
+    watchdog: Watchdog,
     /// A state that could not be written yet.
     unsaved: Option<StoredState>,
 }
@@ -158,7 +231,7 @@ impl Drop for AbortOnDrop {
 }
 
 impl<'a> Agent<'a> {
-    fn new(settings: &'a Settings, live: Live) -> Result<Self, RunError> {
+    fn new(settings: &'a Settings, live: Live, watchdog: Watchdog) -> Result<Self, RunError> {
         let imds = Arc::new(ImdsClient::new(&settings.imds_endpoint).map_err(RunError::Imds)?);
         let api = CoordinatorClient::new(
             &settings.coordinator_url,
@@ -175,6 +248,7 @@ impl<'a> Agent<'a> {
             credential: None,
             credential_refused: false,
             ready: false,
+            watchdog,
             unsaved: None,
         })
     }
@@ -194,11 +268,26 @@ impl<'a> Agent<'a> {
         self.load_state(&identity)?;
 
         let (tx, mut addresses) = watch::channel(identity.addresses);
+        // One pending nudge stands for any number of address events.
+        let (nudge, nudges) = mpsc::channel(1);
+        let _events = match AddressWatch::open() {
+            Ok(events) => {
+                debug!("listening for local address events");
+                Some(AbortOnDrop(tokio::spawn(forward_address_events(
+                    events, nudge,
+                ))))
+            }
+            Err(e) => {
+                info!(error = %e, "cannot listen for local address events; relying on the IMDS poll");
+                None
+            }
+        };
         let _watcher = AbortOnDrop(tokio::spawn(watch_addresses(
             self.imds.clone(),
             self.settings.imds_poll_interval,
             tx,
             self.live.clone(),
+            nudges,
         )));
         loop {
             let registered = self.register(&identity, &mut addresses).await?;
@@ -207,7 +296,7 @@ impl<'a> Agent<'a> {
     }
 
     /// Reads the identity from IMDS, retrying until it answers.
-    async fn read_identity(&self) -> Identity {
+    async fn read_identity(&mut self) -> Identity {
         let mut backoff = Backoff::coordinator();
         loop {
             match self.imds.identity().await {
@@ -217,7 +306,7 @@ impl<'a> Agent<'a> {
                     let wait = backoff.next_delay();
                     warn!(%error, ?wait, "cannot read the instance identity from IMDS; retrying");
                     self.live.failed(error);
-                    sleep(wait).await;
+                    self.watchdog.idle(sleep(wait)).await;
                 }
             }
         }
@@ -309,7 +398,7 @@ impl<'a> Agent<'a> {
                 Presented::JoinToken => "join token",
             };
             debug!(using, "registering");
-            let error = match self.api.register(secret.expose(), &request).await {
+            match self.api.register(secret.expose(), &request).await {
                 Ok(response) if TokenKind::of(&response.credential) == Some(TokenKind::Node) => {
                     self.accept(identity, &response);
                     return Ok(response);
@@ -318,7 +407,7 @@ impl<'a> Agent<'a> {
                     let error =
                         "the coordinator answered the register without a valid node credential";
                     error!("{error}");
-                    error.to_owned()
+                    self.live.refused(error.to_owned());
                 }
                 Err(e)
                     if e.status() == Some(StatusCode::UNAUTHORIZED)
@@ -353,17 +442,32 @@ impl<'a> Agent<'a> {
                             warn!(error = %text, "register failed; the coordinator is unreachable")
                         }
                     }
-                    text
+                    self.exchange_failed(&e);
                 }
-            };
-            self.live.failed(error);
+            }
             let wait = backoff.next_delay();
             debug!(?wait, "registering again after a pause");
-            tokio::select! {
-                () = sleep(wait) => {}
-                // New addresses may be what the coordinator was waiting for.
-                Ok(()) = addresses.changed() => {}
-            }
+            self.watchdog
+                .idle(async {
+                    tokio::select! {
+                        () = sleep(wait) => {}
+                        // New addresses may be what the coordinator was
+                        // waiting for.
+                        Ok(()) = addresses.changed() => {}
+                    }
+                })
+                .await;
+        }
+    }
+
+    /// Records a failed exchange with the coordinator in the status: as
+    /// being cut off from it if it did not answer (or answered 5xx), as a
+    /// refusal otherwise.
+    fn exchange_failed(&self, e: &CoordinatorError) {
+        if e.is_outage() {
+            self.live.unreachable(error_chain(e));
+        } else {
+            self.live.refused(error_chain(e));
         }
     }
 
@@ -439,21 +543,27 @@ impl<'a> Agent<'a> {
         // What the coordinator last accepted; a change is sent at once.
         let mut sent = *addresses.borrow_and_update();
         loop {
-            tokio::select! {
-                () = sleep_until(next) => {}
-                // (If the watcher is gone, only the timer is left.)
-                Ok(()) = addresses.changed() => {
-                    let now = *addresses.borrow_and_update();
-                    if now == sent {
-                        continue;
+            let changed = self
+                .watchdog
+                .idle(async {
+                    tokio::select! {
+                        () = sleep_until(next) => false,
+                        // (If the watcher is gone, only the timer is left.)
+                        Ok(()) = addresses.changed() => true,
                     }
-                    info!(
-                        private_ipv4 = %now.private_ipv4,
-                        public_ipv4 = %show(now.public_ipv4),
-                        "addresses changed; telling the coordinator now"
-                    );
-                    backoff.reset();
+                })
+                .await;
+            if changed {
+                let now = *addresses.borrow_and_update();
+                if now == sent {
+                    continue;
                 }
+                info!(
+                    private_ipv4 = %now.private_ipv4,
+                    public_ipv4 = %show(now.public_ipv4),
+                    "addresses changed; telling the coordinator now"
+                );
+                backoff.reset();
             }
 
             let current = *addresses.borrow_and_update();
@@ -488,7 +598,7 @@ impl<'a> Agent<'a> {
                         code = e.code().unwrap_or_default(),
                         "the coordinator no longer accepts the node credential; registering again"
                     );
-                    self.live.failed(error_chain(&e));
+                    self.live.refused(error_chain(&e));
                     self.credential_refused = true;
                     return;
                 }
@@ -528,7 +638,7 @@ impl<'a> Agent<'a> {
                             "heartbeat failed; the coordinator is unreachable"
                         ),
                     }
-                    self.live.failed(error_chain(&e));
+                    self.exchange_failed(&e);
                     next = Instant::now() + wait;
                 }
             }
@@ -550,7 +660,47 @@ fn show(addr: Option<Ipv4Addr>) -> String {
     addr.map_or_else(|| "none".to_owned(), |a| a.to_string())
 }
 
-/// Polls IMDS for the addresses every `every` and publishes changes.
+/// Forwards local address events to [`watch_addresses`] as nudges. A nudge
+/// already waiting covers the events after it. Ends, leaving the poll on
+/// its own, if the socket fails.
+async fn forward_address_events(mut events: AddressWatch, nudge: mpsc::Sender<()>) {
+    loop {
+        match events.next().await {
+            Ok(event) => {
+                match &event {
+                    AddressEvent::Added(a) => info!(
+                        address = %a.address,
+                        prefix_len = a.prefix_len,
+                        interface = a.label.as_deref().unwrap_or_default(),
+                        interface_index = a.interface_index,
+                        "a local IPv4 address was added; reading IMDS now"
+                    ),
+                    AddressEvent::Removed(a) => info!(
+                        address = %a.address,
+                        prefix_len = a.prefix_len,
+                        interface = a.label.as_deref().unwrap_or_default(),
+                        interface_index = a.interface_index,
+                        "a local IPv4 address was removed; reading IMDS now"
+                    ),
+                    AddressEvent::Missed => {
+                        debug!("local address events were missed; reading IMDS now")
+                    }
+                }
+                match nudge.try_send(()) {
+                    Ok(()) | Err(TrySendError::Full(())) => {}
+                    Err(TrySendError::Closed(())) => return,
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read local address events any more; relying on the IMDS poll");
+                return;
+            }
+        }
+    }
+}
+
+/// Polls IMDS for the addresses every `every`, and at once on a nudge (a
+/// local address event), and publishes changes.
 ///
 /// A failed poll keeps the last known addresses; it is logged once when it
 /// starts failing and once when it recovers, not every tick.
@@ -559,13 +709,26 @@ async fn watch_addresses(
     every: Duration,
     tx: watch::Sender<Addresses>,
     live: Live,
+    mut nudges: mpsc::Receiver<()>,
 ) {
     let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut failing = false;
+    // Whether nudges may still come.
+    let mut listening = true;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            nudge = nudges.recv(), if listening => {
+                if nudge.is_none() {
+                    listening = false;
+                    continue;
+                }
+                // The next poll counts from this read.
+                ticker.reset();
+            }
+        }
         match imds.addresses().await {
             Ok(addresses) => {
                 if failing {
@@ -608,5 +771,114 @@ mod tests {
             (Duration::from_secs(10), Duration::from_secs(2))
         );
         assert_eq!(heartbeat_interval(u64::MAX, 0).0, MAX_HEARTBEAT_INTERVAL);
+    }
+
+    /// The watchdog is pinged at half its interval, never for zero, and
+    /// never in a busy loop for a tiny one.
+    #[test]
+    fn watchdog_pings_at_half_the_interval() {
+        assert_eq!(ping_interval(0), None);
+        assert_eq!(ping_interval(30_000_000), Some(Duration::from_secs(15)));
+        assert_eq!(ping_interval(1), Some(Duration::from_millis(1)));
+    }
+
+    /// Without a watchdog, waiting is just waiting.
+    #[tokio::test]
+    async fn idle_without_watchdog_passes_the_output() {
+        let mut watchdog = Watchdog::every(None);
+        assert_eq!(watchdog.idle(async { 7 }).await, 7);
+        let mut watchdog = Watchdog::every(Some(Duration::from_millis(1)));
+        assert_eq!(
+            watchdog
+                .idle(async {
+                    sleep(Duration::from_millis(5)).await;
+                    8
+                })
+                .await,
+            8
+        );
+    }
+
+    /// A small IMDSv2 on loopback that serves `items` and counts reads of
+    /// the private IPv4.
+    async fn fake_imds(
+        items: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> String {
+        use axum::extract::{Path, State};
+        use axum::routing::{get, put};
+        type Fake = (
+            Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+            Arc<std::sync::atomic::AtomicUsize>,
+        );
+        async fn read(
+            State((items, reads)): State<Fake>,
+            Path(path): Path<String>,
+        ) -> (StatusCode, String) {
+            if path == crate::imds::paths::LOCAL_IPV4 {
+                reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            match items.lock().unwrap().get(&path) {
+                Some(value) => (StatusCode::OK, value.clone()),
+                None => (StatusCode::NOT_FOUND, String::new()),
+            }
+        }
+        let app = axum::Router::new()
+            .route("/latest/api/token", put(|| async { "token" }))
+            .route("/latest/{*path}", get(read))
+            .with_state((items, reads));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    /// A nudge (a local address event) makes the watcher read IMDS at once,
+    /// not at the next poll a minute later, and publish what changed; when
+    /// the nudges end, the poll goes on.
+    #[tokio::test]
+    async fn a_nudge_reads_imds_at_once() {
+        let items = Arc::new(std::sync::Mutex::new(
+            [(
+                crate::imds::paths::LOCAL_IPV4.to_owned(),
+                "10.0.0.5".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        ));
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let endpoint = fake_imds(items.clone(), reads.clone()).await;
+        let imds = Arc::new(ImdsClient::new(&endpoint).unwrap());
+        let first = imds.addresses().await.unwrap();
+        let (tx, mut rx) = watch::channel(first);
+        let (nudge, nudges) = mpsc::channel(1);
+        let live = Live::new("web", "https://c.example.com");
+        let watcher = AbortOnDrop(tokio::spawn(watch_addresses(
+            imds,
+            Duration::from_secs(60),
+            tx,
+            live.clone(),
+            nudges,
+        )));
+
+        items.lock().unwrap().insert(
+            crate::imds::paths::PUBLIC_IPV4.to_owned(),
+            "54.1.2.3".to_owned(),
+        );
+        nudge.send(()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), rx.changed())
+            .await
+            .expect("no IMDS read after the nudge")
+            .unwrap();
+        assert_eq!(rx.borrow().public_ipv4, Some(Ipv4Addr::new(54, 1, 2, 3)));
+        assert_eq!(
+            live.snapshot().public_ipv4,
+            Some(Ipv4Addr::new(54, 1, 2, 3))
+        );
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        drop(nudge);
+        tokio::task::yield_now().await;
+        assert!(!watcher.0.is_finished(), "the poll goes on without nudges");
     }
 }

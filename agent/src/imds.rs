@@ -183,9 +183,9 @@ impl ImdsClient {
     /// Reads `/latest/<path>`: `Ok(None)` if IMDS says it is absent (404).
     ///
     /// Transient failures (no answer, 5xx, 429) are retried: up to four
-    /// tries, waiting about 0.1 s, 0.2 s, then 0.4 s between them (each wait
-    /// drawn between half and all of that), so a read gives up after about
-    /// ten seconds at worst with the 2 s request timeout.
+    /// tries, with backoff ceilings of 0.1 s, 0.2 s, then 0.4 s between them
+    /// (each wait drawn between zero and its ceiling), so a read gives up
+    /// after about ten seconds at worst with the 2 s request timeout.
     pub async fn get(&self, path: &str) -> Result<Option<String>, ImdsError> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400))
             .expect("constant bounds are valid");

@@ -5,7 +5,11 @@
 //! token, then with the node credential the coordinator hands back), and from
 //! then on heartbeats with host facts. It watches its own addresses: when an
 //! Elastic IP is associated or moved, the coordinator hears it at once, with
-//! no restart. A local unix socket answers `muster-agent status`.
+//! no restart; a local address added or removed makes it read IMDS again at
+//! once. It keeps going through coordinator outages, retrying with backoff.
+//! A local unix socket answers `muster-agent status`, which also says since
+//! when the agent has been cut off from the coordinator. Under systemd it
+//! reports READY and STOPPING, and pings the watchdog.
 //!
 //! # Layout
 //! - [`settings`]: the TOML file, `MUSTER_AGENT_*` variables and flags,
@@ -18,12 +22,15 @@
 //!   this node is, written atomically, 0600.
 //! - [`facts`]: host facts (CPUs, load, memory, disks, uptime, OS) from
 //!   sysinfo.
-//! - [`backoff`]: bounded exponential backoff with jitter, used by every
-//!   retry.
+//! - [`netwatch`]: local IPv4 address events from the kernel (rtnetlink),
+//!   so that IMDS is read again at once rather than at the next poll.
+//! - [`backoff`]: bounded exponential backoff with full jitter, capped at
+//!   60 s, used by every retry.
 //! - [`daemon`]: `muster-agent run`: register, heartbeat, push address
-//!   changes, stop cleanly on SIGTERM.
-//! - [`status`]: the status document, the local socket that serves it, and
-//!   the DNS check behind `dns_resolves`.
+//!   changes, ping the systemd watchdog, stop cleanly on SIGTERM.
+//! - [`status`]: the status document (with how long the agent has been cut
+//!   off from the coordinator), the local socket that serves it, and the DNS
+//!   check behind `dns_resolves`.
 //! - [`query`]: `muster-agent status`: asks the socket, prints a table or
 //!   JSON, and picks the exit code.
 //! - [`logging`]: tracing to stderr, without timestamps under journald.
@@ -36,6 +43,7 @@ pub mod daemon;
 pub mod facts;
 pub mod imds;
 pub mod logging;
+pub mod netwatch;
 pub mod query;
 pub mod settings;
 pub mod state;

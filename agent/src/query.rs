@@ -316,6 +316,7 @@ pub fn render_status(status: &AgentStatus) -> String {
         ),
         ("coordinator", status.coordinator_url.clone()),
         ("last contact", or_dash(status.last_contact_at.as_deref())),
+        ("cut off", cut_off(status)),
         ("last error", or_dash(status.last_error.as_deref())),
         ("dns", dns),
         ("agent version", status.agent_version.clone()),
@@ -359,6 +360,19 @@ pub fn render_not_running(remembered: &NotRunning) -> String {
         ]));
     }
     out
+}
+
+/// Since when and for how long the agent has been cut off from the
+/// coordinator, e.g. `since 2025-01-01T00:00:00Z (2m 13s)`, or `-`.
+fn cut_off(status: &AgentStatus) -> String {
+    match (&status.cut_off_since, status.cut_off_secs) {
+        (Some(since), Some(secs)) => format!(
+            "since {since} ({})",
+            humantime::format_duration(Duration::from_secs(secs))
+        ),
+        (Some(since), None) => format!("since {since}"),
+        (None, _) => "-".to_owned(),
+    }
 }
 
 fn join_ips(ips: &[std::net::Ipv4Addr]) -> String {
@@ -480,5 +494,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("coordinator"), "{text}");
+    }
+
+    /// The table says since when and for how long the agent has been cut
+    /// off, and shows a dash while the coordinator answers.
+    #[test]
+    fn table_shows_the_cut_off() {
+        let live = Live::new("web", "https://c.example.com");
+        let mut status = live.snapshot();
+        let row = |text: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with("cut off"))
+                .map(|l| l.trim_start()["cut off".len()..].trim().to_owned())
+        };
+        assert_eq!(row(&render_status(&status)).as_deref(), Some("-"));
+        status.cut_off_since = Some("2025-01-01T00:00:00Z".into());
+        status.cut_off_secs = Some(133);
+        assert_eq!(
+            row(&render_status(&status)).as_deref(),
+            Some("since 2025-01-01T00:00:00Z (2m 13s)")
+        );
     }
 }

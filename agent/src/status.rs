@@ -1,7 +1,11 @@
 //! The status document, and the local socket the running agent serves it on.
 //!
 //! The agent keeps a [`Live`] view of itself, updated as it registers and
-//! heartbeats. It listens on a unix socket (default
+//! heartbeats. Besides the last contact it tracks since when the agent has
+//! been cut off from the coordinator: the first failed exchange (no answer,
+//! or a 5xx) after the last one the coordinator answered. The document shows
+//! it as `cut_off_since` (RFC 3339) and `cut_off_secs`, both null while the
+//! coordinator answers. It listens on a unix socket (default
 //! `/run/muster-agent/agent.sock`, mode 0600): every connection gets one
 //! JSON document, [`AgentStatus`], and is closed; nothing is read from the
 //! client.
@@ -18,7 +22,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
@@ -30,6 +34,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
 use crate::imds::Addresses;
 use crate::state::StoredState;
 
@@ -95,6 +100,14 @@ pub struct AgentStatus {
     pub coordinator_url: String,
     /// When the coordinator last answered a register or heartbeat, RFC 3339.
     pub last_contact_at: Option<String>,
+    /// Since when the agent has been cut off from the coordinator (no
+    /// answer, or a 5xx, since then), RFC 3339; null while it answers.
+    #[serde(default)]
+    pub cut_off_since: Option<String>,
+    /// How long the agent has been cut off from the coordinator, in whole
+    /// seconds; null while it answers.
+    #[serde(default)]
+    pub cut_off_secs: Option<u64>,
     /// What went wrong last, if the agent is not fine now.
     pub last_error: Option<String>,
     /// Whether `dns_name` resolves to the node's address; null if it could
@@ -137,6 +150,9 @@ struct LiveInner {
     addresses: Option<Addresses>,
     coordinator_url: String,
     last_contact: Option<SystemTime>,
+    /// When the current run of failed exchanges with the coordinator began:
+    /// wall clock for the document, monotonic clock for the length.
+    cut_off: Option<(SystemTime, Instant)>,
     last_error: Option<String>,
     /// Set while the latest credential could not be written to disk.
     unsaved: Option<String>,
@@ -157,6 +173,7 @@ impl Live {
                 addresses: None,
                 coordinator_url: coordinator_url.to_owned(),
                 last_contact: None,
+                cut_off: None,
                 last_error: None,
                 unsaved: None,
             })),
@@ -210,6 +227,7 @@ impl Live {
     pub fn contact(&self, node_state: NodeState) {
         let mut inner = self.lock();
         inner.last_contact = Some(SystemTime::now());
+        inner.cut_off = None;
         inner.node_state = Some(node_state);
         inner.last_error = None;
         inner.state = if node_state == NodeState::Deployed {
@@ -224,6 +242,27 @@ impl Live {
         let mut inner = self.lock();
         inner.state = AgentState::Degraded;
         inner.last_error = Some(error);
+    }
+
+    /// An exchange with the coordinator failed without an answer from it
+    /// (or with a 5xx); `error` says what. Starts the cut-off clock unless
+    /// it is already running.
+    pub fn unreachable(&self, error: String) {
+        let mut inner = self.lock();
+        inner.state = AgentState::Degraded;
+        inner.last_error = Some(error);
+        inner
+            .cut_off
+            .get_or_insert_with(|| (SystemTime::now(), Instant::now()));
+    }
+
+    /// The coordinator answered, but refused; `error` says what. It is
+    /// reachable, so the cut-off clock stops.
+    pub fn refused(&self, error: String) {
+        let mut inner = self.lock();
+        inner.state = AgentState::Degraded;
+        inner.last_error = Some(error);
+        inner.cut_off = None;
     }
 
     /// The state file could not be written (`Some`), or was written (`None`).
@@ -255,6 +294,10 @@ impl Live {
             last_contact_at: inner
                 .last_contact
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            cut_off_since: inner
+                .cut_off
+                .map(|(t, _)| humantime::format_rfc3339_seconds(t).to_string()),
+            cut_off_secs: inner.cut_off.map(|(_, t)| t.elapsed().as_secs()),
             last_error,
             dns_resolves: None,
             dns_answer: Vec::new(),
@@ -383,10 +426,18 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), StatusError> {
 }
 
 /// Answers every connection with the current document, for ever.
+///
+/// A failed accept (e.g. out of file descriptors) is retried with backoff
+/// ceilings of 0.1 s, 0.2 s, 0.4 s, … capped at 5 s, each wait drawn
+/// between zero and its ceiling; the schedule starts over after an accept
+/// succeeds.
 pub async fn serve(listener: UnixListener, live: Live, dns_server: Option<SocketAddr>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+        .expect("constant bounds are valid");
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                backoff.reset();
                 let live = live.clone();
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, &live, dns_server).await {
@@ -395,8 +446,9 @@ pub async fn serve(listener: UnixListener, live: Live, dns_server: Option<Socket
                 });
             }
             Err(e) => {
-                warn!(error = %e, "cannot accept a status connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let wait = backoff.next_delay();
+                warn!(error = %e, ?wait, "cannot accept a status connection");
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -544,6 +596,51 @@ mod tests {
         assert_eq!(live.snapshot().state, AgentState::Degraded);
     }
 
+    /// The cut-off clock starts at the first failure without an answer,
+    /// keeps its start through further ones, and stops as soon as the
+    /// coordinator answers, even with a refusal.
+    #[test]
+    fn cut_off_clock() {
+        let live = Live::new("web", "https://c.example.com");
+        let status = live.snapshot();
+        assert_eq!((&status.cut_off_since, status.cut_off_secs), (&None, None));
+
+        live.unreachable("cannot reach the coordinator".into());
+        let first = live.snapshot();
+        let since = first.cut_off_since.clone().expect("cut off");
+        assert!(humantime::parse_rfc3339(&since).is_ok(), "{since}");
+        assert_eq!(first.cut_off_secs, Some(0));
+        assert_eq!(first.state, AgentState::Degraded);
+
+        // Backdate the start: a later failure keeps it, and the length
+        // counts from it.
+        let start = SystemTime::now() - Duration::from_secs(90);
+        live.lock().cut_off = Some((start, Instant::now() - Duration::from_secs(90)));
+        live.unreachable("cannot reach the coordinator".into());
+        let later = live.snapshot();
+        assert_eq!(
+            later.cut_off_since.as_deref(),
+            Some(
+                humantime::format_rfc3339_seconds(start)
+                    .to_string()
+                    .as_str()
+            )
+        );
+        assert!(later.cut_off_secs >= Some(90), "{:?}", later.cut_off_secs);
+
+        live.refused("the coordinator refused the register".into());
+        let status = live.snapshot();
+        assert_eq!((&status.cut_off_since, status.cut_off_secs), (&None, None));
+        assert_eq!(status.state, AgentState::Degraded);
+
+        live.unreachable("cannot reach the coordinator".into());
+        assert!(live.snapshot().cut_off_since.is_some());
+        live.contact(NodeState::Deployed);
+        let status = live.snapshot();
+        assert_eq!((&status.cut_off_since, status.cut_off_secs), (&None, None));
+        assert!(status.is_healthy());
+    }
+
     /// The document's JSON has the field names scripts rely on.
     #[test]
     fn document_field_names() {
@@ -564,6 +661,8 @@ mod tests {
             "public_ipv4",
             "coordinator_url",
             "last_contact_at",
+            "cut_off_since",
+            "cut_off_secs",
             "last_error",
             "dns_resolves",
             "dns_answer",
@@ -573,6 +672,8 @@ mod tests {
         assert_eq!(json["state"], "deployed");
         assert_eq!(json["node_state"], "deployed");
         assert_eq!(json["private_ipv4"], "10.0.0.5");
+        assert_eq!(json["cut_off_since"], serde_json::Value::Null);
+        assert_eq!(json["cut_off_secs"], serde_json::Value::Null);
     }
 
     /// The socket is owner-only, answers with one document, replaces a stale

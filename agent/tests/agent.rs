@@ -2,9 +2,17 @@
 //! coordinator and a small DNS server, all on loopback. Each test is a short
 //! story: start the fakes, start the agent, watch what it does through
 //! `muster-agent status` and what the fakes saw, stop it.
+//!
+//! Where a story needs addresses to come and go, the fakes and the agent
+//! run in a network namespace of the test's own (see `netns`); without
+//! root such a test says it skips.
+
+mod netns;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -21,6 +29,7 @@ use muster_proto::{
     ErrorBody, ErrorDetail, HeartbeatRequest, HeartbeatResponse, NodeState, NodeView,
     RegisterRequest, RegisterResponse,
 };
+use netns::Netns;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_muster-agent");
@@ -60,7 +69,33 @@ async fn imds_read(
     }
 }
 
-async fn start_imds() -> (Imds, String) {
+/// A TCP listener on loopback, in `ns` if given.
+fn bind_tcp(ns: Option<&Netns>) -> std::net::TcpListener {
+    let bind = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        listener
+    };
+    match ns {
+        Some(ns) => ns.enter(bind),
+        None => bind(),
+    }
+}
+
+/// A UDP socket on loopback, in `ns` if given.
+fn bind_udp(ns: Option<&Netns>) -> std::net::UdpSocket {
+    let bind = || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        socket
+    };
+    match ns {
+        Some(ns) => ns.enter(bind),
+        None => bind(),
+    }
+}
+
+async fn start_imds(ns: Option<&Netns>) -> (Imds, String) {
     let items: Imds = Arc::new(Mutex::new(
         [
             ("meta-data/instance-id", INSTANCE_ID),
@@ -76,7 +111,7 @@ async fn start_imds() -> (Imds, String) {
         .route("/latest/api/token", put(imds_token))
         .route("/latest/{*path}", get(imds_read))
         .with_state(items.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::from_std(bind_tcp(ns)).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (items, format!("http://{addr}"))
@@ -94,6 +129,9 @@ struct Coordinator {
     credentials: Vec<String>,
     /// Credentials issued so far.
     issued: u32,
+    /// While set, every request is answered 503, as by a proxy in front of
+    /// a coordinator that is down.
+    down: bool,
 }
 
 type Shared = Arc<Mutex<Coordinator>>;
@@ -120,12 +158,19 @@ fn unauthorized() -> (StatusCode, Json<Value>) {
     )
 }
 
+fn unavailable() -> (StatusCode, Json<Value>) {
+    (StatusCode::SERVICE_UNAVAILABLE, Json(Value::Null))
+}
+
 async fn register(
     State(coord): State<Shared>,
     headers: HeaderMap,
     Json(request): Json<RegisterRequest>,
 ) -> (StatusCode, Json<Value>) {
     let mut coord = coord.lock().unwrap();
+    if coord.down {
+        return unavailable();
+    }
     let bearer = bearer(&headers);
     coord.register_bearers.push(bearer.clone());
     if request.validate().is_err() {
@@ -172,6 +217,9 @@ async fn heartbeat(
     Json(request): Json<HeartbeatRequest>,
 ) -> (StatusCode, Json<Value>) {
     let mut coord = coord.lock().unwrap();
+    if coord.down {
+        return unavailable();
+    }
     if !coord.credentials.contains(&bearer(&headers)) {
         return unauthorized();
     }
@@ -190,7 +238,7 @@ async fn heartbeat(
 
 /// Starts the coordinator on HTTPS with a fresh CA; returns its state, URL
 /// and the CA's PEM.
-async fn start_coordinator() -> (Shared, String, String) {
+async fn start_coordinator(ns: Option<&Netns>) -> (Shared, String, String) {
     muster_agent::install_crypto_provider();
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -213,7 +261,7 @@ async fn start_coordinator() -> (Shared, String, String) {
         .route(muster_proto::paths::AGENT_REGISTER, post(register))
         .route(muster_proto::paths::AGENT_HEARTBEAT, post(heartbeat))
         .with_state(coord.clone());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = bind_tcp(ns);
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         axum_server::from_tcp_rustls(listener, tls)
@@ -227,9 +275,9 @@ async fn start_coordinator() -> (Shared, String, String) {
 // ----------------------------------------------------------------- DNS
 
 /// Answers every A question with the address held in the returned cell.
-async fn start_dns() -> (Arc<Mutex<Ipv4Addr>>, SocketAddr) {
+async fn start_dns(ns: Option<&Netns>) -> (Arc<Mutex<Ipv4Addr>>, SocketAddr) {
     let answer = Arc::new(Mutex::new(Ipv4Addr::new(10, 0, 0, 5)));
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let socket = tokio::net::UdpSocket::from_std(bind_udp(ns)).unwrap();
     let addr = socket.local_addr().unwrap();
     let cell = answer.clone();
     tokio::spawn(async move {
@@ -275,12 +323,17 @@ struct World {
 
 impl World {
     async fn start() -> World {
+        World::start_in(None).await
+    }
+
+    /// Starts the fakes listening in `ns` (on its loopback), if given.
+    async fn start_in(ns: Option<&Netns>) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let (imds, imds_url) = start_imds().await;
-        let (coord, coord_url, ca_pem) = start_coordinator().await;
+        let (imds, imds_url) = start_imds(ns).await;
+        let (coord, coord_url, ca_pem) = start_coordinator(ns).await;
         std::fs::write(dir.path().join("ca.pem"), ca_pem).unwrap();
         std::fs::write(dir.path().join("agent.toml"), "").unwrap();
-        let (dns, dns_addr) = start_dns().await;
+        let (dns, dns_addr) = start_dns(ns).await;
         World {
             dir,
             imds,
@@ -301,32 +354,106 @@ impl World {
     }
 
     fn start_agent_with(&self, coord_url: &str) -> Agent {
-        let log = self.path("agent.log");
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(self.path("agent.toml"))
-            .args(["--coordinator-url", coord_url, "--ca-file"])
-            .arg(self.path("ca.pem"))
-            .args([
+        let mut command = Command::new(BIN);
+        command.args(self.run_args(coord_url, "100ms"));
+        self.spawn(command)
+    }
+
+    /// The arguments of `muster-agent run` against this world.
+    fn run_args(&self, coord_url: &str, imds_poll_interval: &str) -> Vec<OsString> {
+        let mut args: Vec<OsString> = ["run", "--config"].map(OsString::from).to_vec();
+        args.push(self.path("agent.toml").into());
+        args.extend(["--coordinator-url", coord_url, "--ca-file"].map(OsString::from));
+        args.push(self.path("ca.pem").into());
+        args.extend(
+            [
                 "--cluster",
                 "web",
                 "--join-token",
                 JOIN_TOKEN,
                 "--state-dir",
-            ])
-            .arg(self.path("state"))
-            .arg("--socket")
-            .arg(self.path("agent.sock"))
-            .args(["--dns-server", &self.dns_addr.to_string()])
-            .args(["--imds-poll-interval", "100ms"])
+            ]
+            .map(OsString::from),
+        );
+        args.push(self.path("state").into());
+        args.push("--socket".into());
+        args.push(self.path("agent.sock").into());
+        args.extend(["--dns-server".into(), self.dns_addr.to_string().into()]);
+        args.extend(["--imds-poll-interval", imds_poll_interval].map(OsString::from));
+        args
+    }
+
+    /// Starts `command` (the agent, perhaps wrapped) with the environment
+    /// of an agent against this world, outside systemd unless `command`
+    /// says otherwise, logging to `agent.log`.
+    fn spawn(&self, mut command: Command) -> Agent {
+        let log = self.path("agent.log");
+        // Whatever the test runner runs under, the agent is not under
+        // systemd unless the test says so.
+        for name in [
+            "JOURNAL_STREAM",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+        ] {
+            if command.get_envs().all(|(key, _)| key != name) {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds_url)
             .env("RUST_LOG", "muster_agent=debug")
-            .env_remove("JOURNAL_STREAM")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         Agent { child, log }
+    }
+
+    /// Starts the agent as systemd would with `WatchdogSec=`: a notify
+    /// socket, `WATCHDOG_USEC`, and `WATCHDOG_PID` set to the agent's own
+    /// pid unless `watchdog_pid` names another.
+    fn start_agent_under_systemd(
+        &self,
+        notify_socket: &Path,
+        watchdog_usec: u64,
+        watchdog_pid: Option<u32>,
+    ) -> Agent {
+        // The shell learns its pid and execs the agent, which keeps it.
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(r#"WATCHDOG_PID="${WATCHDOG_PID:-$$}"; export WATCHDOG_PID; exec "$0" "$@""#)
+            .arg(BIN)
+            .args(self.run_args(&self.coord_url, "100ms"))
+            .env("NOTIFY_SOCKET", notify_socket)
+            .env("WATCHDOG_USEC", watchdog_usec.to_string());
+        if let Some(pid) = watchdog_pid {
+            command.env("WATCHDOG_PID", pid.to_string());
+        }
+        self.spawn(command)
+    }
+
+    /// `muster-agent status` (the table): exit code and text.
+    async fn status_table(&self) -> (i32, String) {
+        let socket = self.path("agent.sock");
+        let state = self.path("state");
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(BIN)
+                .arg("status")
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--state-dir")
+                .arg(&state)
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        })
+        .await
+        .unwrap()
     }
 
     /// `muster-agent status --json`: exit code and document.
@@ -408,6 +535,15 @@ async fn wait_until(what: &str, agent: &Agent, ok: impl Fn() -> bool) {
     }
 }
 
+/// Waits until `ok` holds, for things that outlive the agent.
+async fn wait_for(what: &str, ok: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < DEADLINE, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn state_file(dir: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap()
 }
@@ -434,6 +570,8 @@ async fn joins_reports_and_follows_an_address_change() {
     assert_eq!(json["dns_resolves"], true, "{json:#}");
     assert_eq!(json["dns_answer"], serde_json::json!(["10.0.0.5"]));
     assert!(json["last_contact_at"].is_string());
+    assert_eq!(json["cut_off_since"], Value::Null);
+    assert_eq!(json["cut_off_secs"], Value::Null);
     assert_eq!(world.coord.lock().unwrap().register_bearers, [JOIN_TOKEN]);
 
     let stored = state_file(&world.path("state"));
@@ -554,7 +692,8 @@ async fn discards_state_from_another_instance() {
 }
 
 /// With the coordinator unreachable the agent keeps trying and reports
-/// itself degraded (exit 1), saying why.
+/// itself degraded (exit 1), saying why and since when it has been cut off,
+/// in the JSON and in the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unreachable_coordinator_is_degraded() {
     let world = World::start().await;
@@ -571,6 +710,248 @@ async fn unreachable_coordinator_is_degraded() {
     assert!(error.contains("cannot reach the coordinator"), "{error}");
     assert_eq!(json["last_contact_at"], Value::Null);
     assert_eq!(json["instance_id"], INSTANCE_ID);
+    let since = json["cut_off_since"].as_str().expect("cut_off_since");
+    assert!(humantime::parse_rfc3339(since).is_ok(), "{since}");
+    assert!(json["cut_off_secs"].is_u64(), "{json:#}");
+
+    // The clock keeps its start and counts on while the agent retries.
+    let json = world
+        .wait_for_status(&agent, "the cut-off time never grew", |code, json| {
+            code == 1 && json["cut_off_secs"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(json["cut_off_since"], since);
+    let (code, table) = world.status_table().await;
+    assert_eq!(code, 1);
+    let row = table
+        .lines()
+        .find(|line| line.trim_start().starts_with("cut off"))
+        .unwrap_or_else(|| panic!("no cut off row:\n{table}"));
+    assert!(row.contains(&format!("since {since} (")), "{row}");
+    assert_eq!(agent.stop().await, 0);
+}
+
+/// Through a coordinator outage (every answer a 503) the agent keeps
+/// running and says it is cut off; when the coordinator is back, the
+/// change made meanwhile gets through and the cut-off clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rides_out_a_coordinator_outage() {
+    let world = World::start().await;
+    let mut agent = world.start_agent();
+    world
+        .wait_for_status(&agent, "never deployed", |code, _| code == 0)
+        .await;
+
+    world.coord.lock().unwrap().down = true;
+    world
+        .imds
+        .lock()
+        .unwrap()
+        .insert("meta-data/public-ipv4".into(), "54.1.2.3".into());
+    let json = world
+        .wait_for_status(&agent, "never said it was cut off", |code, json| {
+            code == 1 && json["cut_off_since"].is_string()
+        })
+        .await;
+    assert_eq!(json["state"], "degraded");
+    assert!(
+        json["last_contact_at"].is_string(),
+        "the last contact stays"
+    );
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent exited"
+    );
+
+    world.coord.lock().unwrap().down = false;
+    let json = world
+        .wait_for_status(&agent, "never recovered", |code, json| {
+            code == 0 && json["cut_off_since"].is_null()
+        })
+        .await;
+    assert_eq!(json["cut_off_secs"], Value::Null);
+    assert_eq!(json["public_ipv4"], "54.1.2.3");
+    let public = Ipv4Addr::new(54, 1, 2, 3);
+    assert!(world
+        .coord
+        .lock()
+        .unwrap()
+        .heartbeats
+        .iter()
+        .any(|h| h.public_ipv4 == Some(public)));
+    assert_eq!(agent.stop().await, 0);
+}
+
+/// A notify socket as systemd hands one out: every line the agent sends is
+/// kept, in order.
+struct NotifySocket {
+    path: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl NotifySocket {
+    /// Listens at `path`; reading stops when the value is dropped.
+    fn bind(path: PathBuf) -> NotifySocket {
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::downgrade(&lines);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                let received = socket.recv(&mut buf);
+                let Some(lines) = sink.upgrade() else {
+                    return;
+                };
+                match received {
+                    Ok(n) => lines.lock().unwrap().extend(
+                        String::from_utf8_lossy(&buf[..n])
+                            .lines()
+                            .map(str::to_owned),
+                    ),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => panic!("cannot read the notify socket: {e}"),
+                }
+            }
+        });
+        NotifySocket { path, lines }
+    }
+
+    /// How many times `line` was sent.
+    fn count(&self, line: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| *l == line)
+            .count()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+/// Under systemd the agent says READY=1 once registered, pings the
+/// watchdog (WATCHDOG=1) again and again while it runs, and says
+/// STOPPING=1 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tells_systemd_ready_watchdog_and_stopping() {
+    let world = World::start().await;
+    let notify = NotifySocket::bind(world.path("notify.sock"));
+    // A watchdog of 2 s: a ping every second.
+    let agent = world.start_agent_under_systemd(&notify.path, 2_000_000, None);
+
+    wait_until("READY=1 never came", &agent, || {
+        notify.count("READY=1") == 1
+    })
+    .await;
+    assert_eq!(
+        world.coord.lock().unwrap().register_bearers,
+        [JOIN_TOKEN],
+        "READY before the first register"
+    );
+    wait_until("WATCHDOG=1 never came twice", &agent, || {
+        notify.count("WATCHDOG=1") >= 2
+    })
+    .await;
+    assert!(
+        agent.log().contains("the systemd watchdog is on"),
+        "{}",
+        agent.log()
+    );
+
+    assert_eq!(agent.stop().await, 0);
+    wait_for("STOPPING=1 never came", || notify.count("STOPPING=1") == 1).await;
+    assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.lines());
+}
+
+/// A watchdog meant for another process (WATCHDOG_PID is not the agent's)
+/// is left alone: no WATCHDOG=1, though READY=1 and STOPPING=1 still come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leaves_the_watchdog_of_another_process_alone() {
+    let world = World::start().await;
+    let notify = NotifySocket::bind(world.path("notify.sock"));
+    let agent = world.start_agent_under_systemd(&notify.path, 200_000, Some(1));
+    wait_until("READY=1 never came", &agent, || {
+        notify.count("READY=1") == 1
+    })
+    .await;
+
+    // Make the main loop go round (wait, push a change, wait again): it
+    // would have pinged by then.
+    world
+        .imds
+        .lock()
+        .unwrap()
+        .insert("meta-data/public-ipv4".into(), "54.1.2.3".into());
+    let public = Ipv4Addr::new(54, 1, 2, 3);
+    wait_until("the new address was never pushed", &agent, || {
+        world
+            .coord
+            .lock()
+            .unwrap()
+            .heartbeats
+            .iter()
+            .any(|h| h.public_ipv4 == Some(public))
+    })
+    .await;
+    assert_eq!(agent.stop().await, 0);
+    wait_for("STOPPING=1 never came", || notify.count("STOPPING=1") == 1).await;
+    assert_eq!(notify.count("WATCHDOG=1"), 0, "{:?}", notify.lines());
+}
+
+/// In a network namespace of its own, with IMDS polled only once a
+/// minute, an address added on the node makes the agent read IMDS at once
+/// and push the Elastic IP it finds there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_address_event_reads_imds_at_once() {
+    let Some(ns) = Netns::create("local_address_event_reads_imds_at_once") else {
+        return;
+    };
+    let world = World::start_in(Some(&ns)).await;
+    let mut command = ns.command(BIN);
+    command.args(world.run_args(&world.coord_url, "60s"));
+    let agent = world.spawn(command);
+    world
+        .wait_for_status(&agent, "never deployed", |code, _| code == 0)
+        .await;
+    assert!(
+        agent.log().contains("listening for local address events"),
+        "{}",
+        agent.log()
+    );
+
+    // The Elastic IP shows in IMDS; the next poll is a minute away.
+    world
+        .imds
+        .lock()
+        .unwrap()
+        .insert("meta-data/public-ipv4".into(), "54.1.2.3".into());
+    ns.ip(&["addr", "add", "192.0.2.10/32", "dev", "lo"]);
+    let public = Ipv4Addr::new(54, 1, 2, 3);
+    wait_until("the new address was never pushed", &agent, || {
+        world
+            .coord
+            .lock()
+            .unwrap()
+            .heartbeats
+            .iter()
+            .any(|h| h.public_ipv4 == Some(public))
+    })
+    .await;
+    let log = agent.log();
+    assert!(
+        log.contains("a local IPv4 address was added; reading IMDS now")
+            && log.contains("192.0.2.10"),
+        "{log}"
+    );
     assert_eq!(agent.stop().await, 0);
 }
 
