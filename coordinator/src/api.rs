@@ -152,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::CLUSTER, get(show_cluster))
         .route(paths::NODES, get(list_nodes))
         .route(paths::NODE, get(show_node).delete(remove_node))
+        .route(paths::NODE_EVENTS, get(node_events))
         .route(paths::HEALTHZ, get(|| async { "ok\n" }))
         .route(paths::METRICS, get(metrics))
         .fallback(|| async {
@@ -246,6 +247,42 @@ async fn show_node(
 ) -> Result<Json<muster_proto::NodeDetail>, ApiError> {
     require_admin(&state, &headers)?;
     Ok(Json(state.registry.node(&cluster, &name)?))
+}
+
+async fn node_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((cluster, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<muster_proto::EventPage>, ApiError> {
+    require_admin(&state, &headers)?;
+    let mut after = 0i64;
+    let mut limit = 100usize;
+    for (key, value) in &query {
+        let bad = |why: &str| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("{key}={value:?} is not valid: {why}"),
+            )
+        };
+        match key.as_str() {
+            "after" => {
+                after = value
+                    .parse()
+                    .map_err(|_| bad("must be a sequence number"))?
+            }
+            "limit" => limit = value.parse().map_err(|_| bad("must be a number"))?,
+            _ => {
+                return Err(bad(
+                    "unknown query parameter; \"after\" and \"limit\" are known",
+                ))
+            }
+        }
+    }
+    Ok(Json(
+        state.registry.node_events(&cluster, &name, after, limit)?,
+    ))
 }
 
 async fn remove_node(

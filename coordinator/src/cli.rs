@@ -375,7 +375,16 @@ pub fn node_text(detail: &NodeDetail) -> String {
             humantime::format_duration(std::time::Duration::from_secs(f.uptime_secs)).to_string(),
         );
     }
-    out.push_str("\nEvents:\n");
+    if detail.events_total > detail.events.len() as u64 {
+        let _ = writeln!(
+            out,
+            "\nEvents (the latest {} of {}; the events API pages through all):",
+            detail.events.len(),
+            detail.events_total
+        );
+    } else {
+        out.push_str("\nEvents:\n");
+    }
     let rows: Vec<Vec<String>> = detail
         .events
         .iter()

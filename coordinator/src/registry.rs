@@ -23,9 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use muster_proto::token::{format_secret, TokenKind, SECRET_BYTES};
 use muster_proto::{
-    validate, ClusterView, CreateClusterRequest, EventSource, HeartbeatRequest, HeartbeatResponse,
-    HostFacts, NodeDetail, NodeEvent, NodeState, NodeView, RegisterRequest, RegisterResponse,
-    ValidationError,
+    validate, ClusterView, CreateClusterRequest, EventPage, EventSource, HeartbeatRequest,
+    HeartbeatResponse, HostFacts, NodeDetail, NodeEvent, NodeState, NodeView, RegisterRequest,
+    RegisterResponse, ValidationError,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -320,6 +320,17 @@ fn address_change_reason(
     format!("address changed: {}", parts.join(", "))
 }
 
+fn event_view(e: crate::store::Event) -> NodeEvent {
+    NodeEvent {
+        seq: e.seq,
+        at: rfc3339_ms(e.at),
+        from: e.from,
+        to: e.to,
+        reason: e.reason,
+        source: e.source,
+    }
+}
+
 fn rfc3339_ms(ms: i64) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(at).to_string()
@@ -468,26 +479,62 @@ impl Registry {
 
     /// One node with its events.
     pub fn node(&self, cluster: &str, name: &str) -> Result<NodeDetail, RegistryError> {
-        validate::dns_label("cluster", cluster)?;
-        validate::dns_label("node", name)?;
-        let node = self.store.node(cluster, name)?.ok_or_else(|| {
-            RegistryError::NotFound(format!("no node {name:?} in cluster {cluster:?}"))
-        })?;
+        let node = self.stored_node(cluster, name)?;
         let events = self
             .store
-            .events(node.id)?
+            .latest_events(node.id, muster_proto::EVENTS_IN_DETAIL)?
             .into_iter()
-            .map(|e| NodeEvent {
-                at: rfc3339_ms(e.at),
-                from: e.from,
-                to: e.to,
-                reason: e.reason,
-                source: e.source,
-            })
+            .map(event_view)
             .collect();
         Ok(NodeDetail {
             node: self.node_view(&node),
             events,
+            events_total: self.store.events_total(node.id)?,
+        })
+    }
+
+    /// One page of a node's events: up to `limit` after sequence `after`.
+    pub fn node_events(
+        &self,
+        cluster: &str,
+        name: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<EventPage, RegistryError> {
+        if after < 0 {
+            return Err(
+                ValidationError::new("after", &after.to_string(), "must not be negative").into(),
+            );
+        }
+        if !(1..=muster_proto::MAX_EVENTS_PER_PAGE).contains(&limit) {
+            return Err(ValidationError::new(
+                "limit",
+                &limit.to_string(),
+                "must be between 1 and 1000",
+            )
+            .into());
+        }
+        let node = self.stored_node(cluster, name)?;
+        // One more than asked tells whether another page follows.
+        let mut events = self.store.events_after(node.id, after, limit + 1)?;
+        let more = events.len() > limit;
+        events.truncate(limit);
+        let next_after = if more {
+            events.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(EventPage {
+            events: events.into_iter().map(event_view).collect(),
+            next_after,
+        })
+    }
+
+    fn stored_node(&self, cluster: &str, name: &str) -> Result<Node, RegistryError> {
+        validate::dns_label("cluster", cluster)?;
+        validate::dns_label("node", name)?;
+        self.store.node(cluster, name)?.ok_or_else(|| {
+            RegistryError::NotFound(format!("no node {name:?} in cluster {cluster:?}"))
         })
     }
 
@@ -1342,6 +1389,30 @@ mod tests {
         assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
         let err = registry.remove_node("web", ID).await.unwrap_err();
         assert_eq!(err.code(), "node_terminated");
+    }
+
+    /// Event pages chain through `next_after` and bad bounds are refused.
+    #[tokio::test]
+    async fn events_are_paged() {
+        let (registry, _, token) = setup();
+        let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+        for _ in 0..5 {
+            registry.register(&token, register_req(ip)).await.unwrap();
+        }
+        let first = registry.node_events("web", ID, 0, 2).unwrap();
+        assert_eq!(first.events.len(), 2);
+        let second = registry
+            .node_events("web", ID, first.next_after.unwrap(), 2)
+            .unwrap();
+        let third = registry
+            .node_events("web", ID, second.next_after.unwrap(), 2)
+            .unwrap();
+        assert_eq!(third.events.len(), 1);
+        assert_eq!(third.next_after, None);
+        assert_eq!(registry.node("web", ID).unwrap().events_total, 5);
+        assert!(registry.node_events("web", ID, 0, 0).is_err());
+        assert!(registry.node_events("web", ID, -1, 5).is_err());
+        assert!(registry.node_events("web", ID, 0, 1001).is_err());
     }
 
     /// Reserved and over-long cluster names are refused.

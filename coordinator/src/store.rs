@@ -153,6 +153,8 @@ pub struct Node {
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// Row id: increases with time.
+    pub seq: i64,
     /// Unix milliseconds.
     pub at: i64,
     /// State before.
@@ -376,30 +378,74 @@ impl Store {
             .transpose()
     }
 
-    /// A node's events, oldest first.
+    /// Every event of a node, oldest first.
     pub fn events(&self, node_id: i64) -> Result<Vec<Event>, StoreError> {
+        self.events_after(node_id, 0, usize::MAX)
+    }
+
+    /// How many events a node has.
+    pub fn events_total(&self, node_id: i64) -> Result<u64, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT COUNT(*) FROM node_events WHERE node_id = ?1",
+                params![node_id],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(query("counting events"))
+    }
+
+    /// The latest `limit` events of a node, oldest first.
+    pub fn latest_events(&self, node_id: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let total = self.events_total(node_id)? as usize;
+        let skip = total.saturating_sub(limit);
+        let after: i64 = if skip == 0 {
+            0
+        } else {
+            self.lock()
+                .query_row(
+                    "SELECT id FROM node_events WHERE node_id = ?1 ORDER BY id LIMIT 1 OFFSET ?2",
+                    params![node_id, (skip - 1) as i64],
+                    |row| row.get(0),
+                )
+                .map_err(query("finding the latest events"))?
+        };
+        self.events_after(node_id, after, limit)
+    }
+
+    /// Up to `limit` events of a node with a sequence number above `after`,
+    /// oldest first.
+    pub fn events_after(
+        &self,
+        node_id: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
-                "SELECT at, from_state, to_state, reason, source FROM node_events \
-                 WHERE node_id = ?1 ORDER BY id",
+                "SELECT id, at, from_state, to_state, reason, source FROM node_events \
+                 WHERE node_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             )
             .map_err(query("listing events"))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt
-            .query_map(params![node_id], |row| {
+            .query_map(params![node_id, after, limit], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
-                    row.get::<_, Option<String>>(1)?,
-                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<String>>(2)?,
                     row.get::<_, String>(3)?,
                     row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
                 ))
             })
             .map_err(query("listing events"))?;
         let mut events = Vec::new();
         for row in rows {
-            let (at, from, to, reason, source) = row.map_err(query("listing events"))?;
+            let (seq, at, from, to, reason, source) = row.map_err(query("listing events"))?;
             events.push(Event {
+                seq,
                 at,
                 from: from.as_deref().map(parse_state).transpose()?,
                 to: parse_state(&to)?,
@@ -776,6 +822,38 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].source, EventSource::Liveness);
         assert_eq!(events[1].to, NodeState::Unreachable);
+    }
+
+    /// Events page by sequence number, and the latest ones come oldest first.
+    #[test]
+    fn events_page() {
+        let store = Store::open_in_memory().unwrap();
+        let cluster = store.create_cluster("web", "h").unwrap();
+        let node = store
+            .register_node(&registration(cluster.id, "c1"), "registered")
+            .unwrap();
+        for i in 0..9 {
+            store
+                .update_addresses(
+                    node.id,
+                    NodeState::Deployed,
+                    Ipv4Addr::new(10, 0, 0, 5),
+                    Some(Ipv4Addr::new(3, 3, 3, i)),
+                    &format!("change {i}"),
+                    EventSource::Agent,
+                )
+                .unwrap();
+        }
+        assert_eq!(store.events_total(node.id).unwrap(), 10);
+        let first = store.events_after(node.id, 0, 4).unwrap();
+        assert_eq!(first.len(), 4);
+        let second = store.events_after(node.id, first[3].seq, 4).unwrap();
+        assert_eq!(second[0].reason, "change 3");
+        assert!(second.iter().all(|e| e.seq > first[3].seq));
+        let latest = store.latest_events(node.id, 3).unwrap();
+        let reasons: Vec<_> = latest.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, vec!["change 6", "change 7", "change 8"]);
+        assert_eq!(store.latest_events(node.id, 100).unwrap().len(), 10);
     }
 
     /// Address changes are stored and leave an event.

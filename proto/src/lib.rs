@@ -374,6 +374,8 @@ impl FromStr for EventSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeEvent {
+    /// Sequence number, increasing with time; pages start after one.
+    pub seq: i64,
     /// When, RFC 3339.
     pub at: String,
     /// State before, if any.
@@ -386,14 +388,34 @@ pub struct NodeEvent {
     pub source: EventSource,
 }
 
+/// Most events one page holds.
+pub const MAX_EVENTS_PER_PAGE: usize = 1000;
+
+/// Events `GET /v1/nodes/{cluster}/{name}` shows: the latest ones.
+pub const EVENTS_IN_DETAIL: usize = 100;
+
+/// `GET /v1/nodes/{cluster}/{name}/events?after=SEQ&limit=N`: one page of a
+/// node's events, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventPage {
+    /// The events, oldest first.
+    pub events: Vec<NodeEvent>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<i64>,
+}
+
 /// `GET /v1/nodes/{cluster}/{name}`: a node with its history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeDetail {
     /// The node.
     pub node: NodeView,
-    /// Its events, oldest first.
+    /// Its latest events (at most [`EVENTS_IN_DETAIL`]), oldest first; the
+    /// events path pages through all of them.
     pub events: Vec<NodeEvent>,
+    /// How many events the node has in all.
+    pub events_total: u64,
 }
 
 /// A cluster as the admin API shows it.

@@ -14,6 +14,8 @@ pub const CLUSTER: &str = "/v1/clusters/{name}";
 pub const NODES: &str = "/v1/nodes";
 /// Admin: one node, by cluster and node name.
 pub const NODE: &str = "/v1/nodes/{cluster}/{name}";
+/// Admin: one node's events, paged (`?after=SEQ&limit=N`).
+pub const NODE_EVENTS: &str = "/v1/nodes/{cluster}/{name}/events";
 /// Liveness: 200 while the coordinator serves.
 pub const HEALTHZ: &str = "/healthz";
 /// Prometheus text metrics.
