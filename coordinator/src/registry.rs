@@ -817,15 +817,22 @@ impl Registry {
             self.set_addresses(id, req.private_ipv4, req.public_ipv4, EventSource::Agent)
                 .await?;
         }
-        {
+        // Read the state after last_heard moves: a liveness check that comes
+        // later sees the fresh time and leaves the node alone.
+        let current = {
             let mut live = self.live();
-            if let Some(entry) = live.nodes.get_mut(&id) {
+            live.nodes.get_mut(&id).map(|entry| {
                 entry.last_seen = Some(SystemTime::now());
                 entry.last_heard = Instant::now();
                 entry.facts = Some(req.facts);
-            }
-        }
-        let state = self.apply(id, Input::Heard, EventSource::Agent).await?;
+                entry.state
+            })
+        };
+        // The common case, a deployed node, takes no write lock.
+        let state = match current {
+            Some(NodeState::Deployed) => NodeState::Deployed,
+            _ => self.apply(id, Input::Heard, EventSource::Agent).await?,
+        };
         self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
         Ok(HeartbeatResponse {
             state,
