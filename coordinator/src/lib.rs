@@ -15,6 +15,9 @@
 //!   heartbeats, the store for transitions; the liveness check and the EC2
 //!   sweep.
 //! - [`dns`]: the embedded authoritative DNS server and the record model.
+//! - [`network`]: the VPC, gateway, route table and subnets launched nodes
+//!   use, found or created.
+//! - [`placement`]: which subnet each launched node goes to.
 //! - [`api`]: the axum routes, JSON errors, `/healthz`, `/metrics`.
 //! - [`cli`]: the admin client behind `cluster …` and `node …`.
 //! - [`serve`]: wires it all together and runs until told to stop.
@@ -27,7 +30,9 @@ pub mod config;
 pub mod dns;
 pub mod ec2;
 pub mod lifecycle;
+pub mod network;
 pub mod pki;
+pub mod placement;
 pub mod registry;
 pub mod store;
 

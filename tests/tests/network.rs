@@ -1,0 +1,744 @@
+//! The launch network on moto: what `ensure_network` leaves in EC2, read
+//! back with the SDK rather than taken from its answer. A fresh region gets
+//! one tagged VPC, gateway, route table and a subnet per AZ; a second call
+//! creates nothing; given subnets and VPCs are used as they are; a subnet
+//! whose dry run EC2 refuses is left out.
+//!
+//! moto accepts every dry run, so the refusal story puts a small proxy in
+//! front of it that answers dry runs in one subnet the way EC2 does when an
+//! AZ does not offer the instance type.
+
+use std::collections::BTreeSet;
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::Client;
+use muster_coordinator::network::{ensure_network, Network, NetworkError, NetworkRequest};
+use muster_tests::{ec2, Moto};
+
+/// The request a cluster of t3.micro nodes from the test AMI makes.
+fn request() -> NetworkRequest {
+    NetworkRequest {
+        vpc_id: None,
+        subnet_ids: Vec::new(),
+        instance_type: "t3.micro".to_owned(),
+        image_id: ec2::TEST_AMI.to_owned(),
+    }
+}
+
+async fn ensure(client: &Client, request: &NetworkRequest) -> Network {
+    ensure_network(client, request)
+        .await
+        .unwrap_or_else(|e| panic!("ensure_network: {e}"))
+}
+
+/// Every id of the kinds of resources `ensure_network` may create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inventory {
+    vpcs: BTreeSet<String>,
+    gateways: BTreeSet<String>,
+    route_tables: BTreeSet<String>,
+    subnets: BTreeSet<String>,
+    associations: BTreeSet<String>,
+}
+
+impl Inventory {
+    async fn read(client: &Client) -> Inventory {
+        let vpcs = client.describe_vpcs().send().await.expect("DescribeVpcs");
+        let gateways = client
+            .describe_internet_gateways()
+            .send()
+            .await
+            .expect("DescribeInternetGateways");
+        let tables = client
+            .describe_route_tables()
+            .send()
+            .await
+            .expect("DescribeRouteTables");
+        let subnets = client
+            .describe_subnets()
+            .send()
+            .await
+            .expect("DescribeSubnets");
+        Inventory {
+            vpcs: ids(vpcs.vpcs().iter().map(|v| v.vpc_id())),
+            gateways: ids(gateways
+                .internet_gateways()
+                .iter()
+                .map(|g| g.internet_gateway_id())),
+            route_tables: ids(tables.route_tables().iter().map(|t| t.route_table_id())),
+            subnets: ids(subnets.subnets().iter().map(|s| s.subnet_id())),
+            associations: ids(tables
+                .route_tables()
+                .iter()
+                .flat_map(|t| t.associations())
+                .map(|a| a.route_table_association_id())),
+        }
+    }
+
+    /// Every id here that `before` does not have.
+    fn new_since(&self, before: &Inventory) -> BTreeSet<String> {
+        let pairs = [
+            (&self.vpcs, &before.vpcs),
+            (&self.gateways, &before.gateways),
+            (&self.route_tables, &before.route_tables),
+            (&self.subnets, &before.subnets),
+            (&self.associations, &before.associations),
+        ];
+        pairs
+            .into_iter()
+            .flat_map(|(now, then)| now.difference(then).cloned())
+            .collect()
+    }
+}
+
+fn ids<'a>(ids: impl Iterator<Item = Option<&'a str>>) -> BTreeSet<String> {
+    ids.map(|id| id.expect("EC2 listed a resource without an id").to_owned())
+        .collect()
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn named(tags: &[Tag], name: &str) -> bool {
+    tags.iter()
+        .any(|t| t.key() == Some("Name") && t.value() == Some(name))
+}
+
+fn name_tag(resource: ResourceType, name: &str) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(resource)
+        .tags(Tag::builder().key("Name").value(name).build())
+        .build()
+}
+
+/// An IPv4 CIDR as its first address and its size, parsed here rather than
+/// by the code under test.
+fn range(cidr: &str) -> (u64, u64) {
+    let (address, prefix) = cidr.split_once('/').expect("a CIDR has a /");
+    let address: std::net::Ipv4Addr = address.parse().expect("an IPv4 address");
+    let prefix: u32 = prefix.parse().expect("a prefix length");
+    let size = 1u64 << (32 - prefix);
+    let start = u64::from(u32::from(address));
+    assert_eq!(start % size, 0, "{cidr} has host bits set");
+    (start, size)
+}
+
+fn inside(inner: &str, outer: &str) -> bool {
+    let (a, a_size) = range(inner);
+    let (b, b_size) = range(outer);
+    a >= b && a + a_size <= b + b_size
+}
+
+fn disjoint(cidrs: &[String]) -> bool {
+    cidrs.iter().enumerate().all(|(i, a)| {
+        cidrs[i + 1..].iter().all(|b| {
+            let (a, a_size) = range(a);
+            let (b, b_size) = range(b);
+            a + a_size <= b || b + b_size <= a
+        })
+    })
+}
+
+/// The region's available AZ names, sorted.
+async fn zones(client: &Client) -> Vec<String> {
+    let answer = client
+        .describe_availability_zones()
+        .filters(filter("state", "available"))
+        .send()
+        .await
+        .expect("DescribeAvailabilityZones");
+    let mut names: Vec<String> = answer
+        .availability_zones()
+        .iter()
+        .filter_map(|z| z.zone_name().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+async fn subnets_of(client: &Client, vpc_id: &str) -> Vec<aws_sdk_ec2::types::Subnet> {
+    let mut subnets = client
+        .describe_subnets()
+        .filters(filter("vpc-id", vpc_id))
+        .send()
+        .await
+        .expect("DescribeSubnets")
+        .subnets()
+        .to_vec();
+    subnets.sort_by(|a, b| a.availability_zone().cmp(&b.availability_zone()));
+    subnets
+}
+
+async fn vpcs_named(client: &Client, name: &str) -> Vec<aws_sdk_ec2::types::Vpc> {
+    client
+        .describe_vpcs()
+        .filters(filter("tag:Name", name))
+        .send()
+        .await
+        .expect("DescribeVpcs")
+        .vpcs()
+        .to_vec()
+}
+
+async fn create_vpc(client: &Client, cidr: &str, name: Option<&str>) -> String {
+    client
+        .create_vpc()
+        .cidr_block(cidr)
+        .set_tag_specifications(name.map(|n| vec![name_tag(ResourceType::Vpc, n)]))
+        .send()
+        .await
+        .expect("CreateVpc")
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("CreateVpc answered an id")
+        .to_owned()
+}
+
+/// Checks that `vpc_id` holds one `muster-subnet` per available AZ, each
+/// mapping public IPv4s, inside `vpc_cidr`, disjoint, of the size the
+/// split gives; returns their ids by AZ.
+async fn assert_subnet_per_zone(client: &Client, vpc_id: &str, vpc_cidr: &str) -> Vec<String> {
+    let zones = zones(client).await;
+    assert!(!zones.is_empty(), "moto lists AZs");
+    let subnets = subnets_of(client, vpc_id).await;
+    let subnet_zones: Vec<&str> = subnets
+        .iter()
+        .map(|s| s.availability_zone().unwrap_or_default())
+        .collect();
+    assert_eq!(subnet_zones, zones, "one subnet per AZ");
+    let cidrs: Vec<String> = subnets
+        .iter()
+        .map(|s| s.cidr_block().expect("a subnet has a CIDR").to_owned())
+        .collect();
+    // The fewest power-of-two blocks that number at least #AZs + 1.
+    let blocks = (zones.len() as u64 + 1).next_power_of_two();
+    let (_, vpc_size) = range(vpc_cidr);
+    for (subnet, cidr) in subnets.iter().zip(&cidrs) {
+        let id = subnet.subnet_id().unwrap_or_default();
+        assert!(named(subnet.tags(), "muster-subnet"), "{id} is not tagged");
+        assert_eq!(subnet.map_public_ip_on_launch(), Some(true), "{id}");
+        assert!(inside(cidr, vpc_cidr), "{cidr} is outside {vpc_cidr}");
+        assert_eq!(
+            range(cidr).1,
+            vpc_size / blocks,
+            "{cidr} is not 1/{blocks} of the VPC"
+        );
+    }
+    assert!(disjoint(&cidrs), "{cidrs:?} overlap");
+    subnets
+        .iter()
+        .map(|s| s.subnet_id().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A fresh region gets exactly one VPC, gateway and route table, tagged and
+/// wired, and a public subnet per AZ associated with the route table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_region_gets_one_tagged_network() {
+    let moto = Moto::start().await;
+    let client = ec2::client(&moto.endpoint()).await;
+    let before = Inventory::read(&client).await;
+    assert!(vpcs_named(&client, "muster-vpc").await.is_empty());
+
+    let network = ensure(&client, &request()).await;
+    let after = Inventory::read(&client).await;
+
+    let vpcs = vpcs_named(&client, "muster-vpc").await;
+    assert_eq!(vpcs.len(), 1, "{vpcs:?}");
+    let vpc_id = vpcs[0].vpc_id().unwrap_or_default().to_owned();
+    assert_eq!(vpcs[0].cidr_block(), Some("10.77.0.0/16"));
+    assert_eq!(network.vpc_id, vpc_id);
+    assert_eq!(after.vpcs.difference(&before.vpcs).count(), 1);
+
+    let gateways = client
+        .describe_internet_gateways()
+        .filters(filter("tag:Name", "muster-gateway"))
+        .send()
+        .await
+        .expect("DescribeInternetGateways")
+        .internet_gateways()
+        .to_vec();
+    assert_eq!(gateways.len(), 1, "{gateways:?}");
+    let gateway_id = gateways[0].internet_gateway_id().unwrap_or_default();
+    let attached: Vec<_> = gateways[0]
+        .attachments()
+        .iter()
+        .map(|a| a.vpc_id().unwrap_or_default())
+        .collect();
+    assert_eq!(attached, [vpc_id.as_str()]);
+    assert_eq!(after.gateways.difference(&before.gateways).count(), 1);
+
+    let tables = client
+        .describe_route_tables()
+        .filters(filter("tag:Name", "muster-route-table"))
+        .send()
+        .await
+        .expect("DescribeRouteTables")
+        .route_tables()
+        .to_vec();
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    let table = &tables[0];
+    assert_eq!(table.vpc_id(), Some(vpc_id.as_str()));
+    let default_route = table
+        .routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+        .expect("a default route");
+    assert_eq!(default_route.gateway_id(), Some(gateway_id));
+
+    let subnet_ids = assert_subnet_per_zone(&client, &vpc_id, "10.77.0.0/16").await;
+    assert_eq!(subnet_ids.len(), 6, "moto's us-east-1 has six AZs");
+    let associated: BTreeSet<&str> = table
+        .associations()
+        .iter()
+        .filter_map(|a| a.subnet_id())
+        .collect();
+    assert_eq!(
+        associated,
+        subnet_ids
+            .iter()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>(),
+        "every subnet routes through muster-route-table"
+    );
+
+    assert_eq!(network.subnet_ids(), subnet_ids, "all usable, by AZ");
+    assert!(network.excluded.is_empty(), "{:?}", network.excluded);
+    let created: BTreeSet<String> = network.created.iter().cloned().collect();
+    assert_eq!(created.len(), network.created.len(), "no id twice");
+    // CreateVpc makes the VPC's main route table and its association too.
+    let main = client
+        .describe_route_tables()
+        .filters(filter("vpc-id", &vpc_id))
+        .filters(filter("association.main", "true"))
+        .send()
+        .await
+        .expect("DescribeRouteTables")
+        .route_tables()
+        .to_vec();
+    assert_eq!(main.len(), 1, "{main:?}");
+    let mut expected = after.new_since(&before);
+    expected.remove(main[0].route_table_id().unwrap_or_default());
+    for association in main[0].associations() {
+        expected.remove(association.route_table_association_id().unwrap_or_default());
+    }
+    assert_eq!(created, expected, "created lists what is new");
+    assert_eq!(network.created.first(), Some(&vpc_id), "the VPC first");
+}
+
+/// A second call finds everything and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_call_creates_nothing() {
+    let moto = Moto::start().await;
+    let client = ec2::client(&moto.endpoint()).await;
+    let first = ensure(&client, &request()).await;
+    assert!(!first.created.is_empty());
+    let between = Inventory::read(&client).await;
+
+    let second = ensure(&client, &request()).await;
+    assert_eq!(Inventory::read(&client).await, between);
+    assert!(second.created.is_empty(), "{:?}", second.created);
+    assert_eq!(second.vpc_id, first.vpc_id);
+    assert_eq!(second.subnets, first.subnets);
+}
+
+/// Given subnets, exactly those are used, in the order given; subnets that
+/// do not exist or lie elsewhere are refused, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_subnets_are_the_only_ones_used() {
+    let moto = Moto::start().await;
+    let client = ec2::client(&moto.endpoint()).await;
+    let all = ensure(&client, &request()).await.subnet_ids();
+    let chosen = vec![all[4].clone(), all[1].clone()];
+    let before = Inventory::read(&client).await;
+
+    let without_vpc = ensure(
+        &client,
+        &NetworkRequest {
+            subnet_ids: vec![chosen[0].clone(), chosen[1].clone(), chosen[0].clone()],
+            ..request()
+        },
+    )
+    .await;
+    assert_eq!(without_vpc.subnet_ids(), chosen);
+    let vpc_id = without_vpc.vpc_id.clone();
+    assert_eq!(
+        vpcs_named(&client, "muster-vpc").await[0].vpc_id(),
+        Some(vpc_id.as_str())
+    );
+
+    let with_vpc = ensure(
+        &client,
+        &NetworkRequest {
+            vpc_id: Some(vpc_id.clone()),
+            subnet_ids: chosen.clone(),
+            ..request()
+        },
+    )
+    .await;
+    assert_eq!(with_vpc.subnet_ids(), chosen);
+    for network in [&without_vpc, &with_vpc] {
+        assert!(network.created.is_empty(), "{:?}", network.created);
+        for subnet in &network.subnets {
+            let read = subnets_of(&client, &vpc_id).await;
+            let actual = read
+                .iter()
+                .find(|s| s.subnet_id() == Some(subnet.id.as_str()))
+                .expect("the subnet is in the VPC");
+            assert_eq!(
+                actual.availability_zone(),
+                Some(subnet.availability_zone.as_str())
+            );
+            assert_eq!(actual.cidr_block(), Some(subnet.cidr.to_string().as_str()));
+        }
+    }
+
+    let default_vpc = client
+        .describe_vpcs()
+        .filters(filter("is-default", "true"))
+        .send()
+        .await
+        .expect("DescribeVpcs")
+        .vpcs()[0]
+        .vpc_id()
+        .unwrap_or_default()
+        .to_owned();
+    let foreign = subnets_of(&client, &default_vpc).await[0]
+        .subnet_id()
+        .unwrap_or_default()
+        .to_owned();
+
+    let error = ensure_network(
+        &client,
+        &NetworkRequest {
+            vpc_id: Some(vpc_id.clone()),
+            subnet_ids: vec![chosen[0].clone(), foreign.clone()],
+            ..request()
+        },
+    )
+    .await
+    .expect_err("a subnet of another VPC");
+    assert!(
+        matches!(&error, NetworkError::SubnetOutsideVpc { subnet_id, .. } if *subnet_id == foreign),
+        "{error}"
+    );
+
+    let error = ensure_network(
+        &client,
+        &NetworkRequest {
+            subnet_ids: vec![chosen[0].clone(), foreign.clone()],
+            ..request()
+        },
+    )
+    .await
+    .expect_err("subnets of two VPCs");
+    assert!(
+        matches!(error, NetworkError::SubnetsInManyVpcs { ref vpc_ids } if vpc_ids.len() == 2),
+        "{error}"
+    );
+
+    let missing = "subnet-0123456789abcdef0".to_owned();
+    let error = ensure_network(
+        &client,
+        &NetworkRequest {
+            vpc_id: Some(vpc_id.clone()),
+            subnet_ids: vec![chosen[0].clone(), missing.clone()],
+            ..request()
+        },
+    )
+    .await
+    .expect_err("a subnet that does not exist");
+    assert!(
+        matches!(&error, NetworkError::NoSuchSubnets { subnet_ids, .. } if *subnet_ids == [missing.clone()]),
+        "{error}"
+    );
+
+    assert_eq!(Inventory::read(&client).await, before, "nothing created");
+}
+
+/// A user's VPC is used as it is: subnets are added if it has none, but no
+/// `muster-vpc`, gateway or route table; one with only untagged subnets,
+/// or one that does not exist, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_vpc_is_honoured() {
+    let moto = Moto::start().await;
+    let client = ec2::client(&moto.endpoint()).await;
+    let vpc_id = create_vpc(&client, "10.20.0.0/16", None).await;
+    let before = Inventory::read(&client).await;
+
+    let network = ensure(
+        &client,
+        &NetworkRequest {
+            vpc_id: Some(vpc_id.clone()),
+            ..request()
+        },
+    )
+    .await;
+    let after = Inventory::read(&client).await;
+    assert_eq!(network.vpc_id, vpc_id);
+    assert!(vpcs_named(&client, "muster-vpc").await.is_empty());
+    assert_eq!(after.vpcs, before.vpcs);
+    assert_eq!(after.gateways, before.gateways, "no gateway added");
+    assert_eq!(
+        after.route_tables, before.route_tables,
+        "no route table added"
+    );
+    assert_eq!(after.associations, before.associations);
+
+    let subnet_ids = assert_subnet_per_zone(&client, &vpc_id, "10.20.0.0/16").await;
+    assert_eq!(network.subnet_ids(), subnet_ids);
+    assert_eq!(
+        network.created.iter().cloned().collect::<BTreeSet<_>>(),
+        subnet_ids.iter().cloned().collect::<BTreeSet<_>>(),
+        "only the subnets are new"
+    );
+
+    let again = ensure(
+        &client,
+        &NetworkRequest {
+            vpc_id: Some(vpc_id.clone()),
+            ..request()
+        },
+    )
+    .await;
+    assert!(again.created.is_empty(), "{:?}", again.created);
+    assert_eq!(Inventory::read(&client).await, after);
+
+    let crowded = create_vpc(&client, "10.30.0.0/16", None).await;
+    client
+        .create_subnet()
+        .vpc_id(&crowded)
+        .cidr_block("10.30.0.0/24")
+        .availability_zone("us-east-1a")
+        .send()
+        .await
+        .expect("CreateSubnet");
+    let before = Inventory::read(&client).await;
+    let error = ensure_network(
+        &client,
+        &NetworkRequest {
+            vpc_id: Some(crowded.clone()),
+            ..request()
+        },
+    )
+    .await
+    .expect_err("a VPC with only untagged subnets");
+    assert!(
+        matches!(&error, NetworkError::UnnamedSubnets { vpc_id } if *vpc_id == crowded),
+        "{error}"
+    );
+
+    let error = ensure_network(
+        &client,
+        &NetworkRequest {
+            vpc_id: Some("vpc-0123456789abcdef0".to_owned()),
+            ..request()
+        },
+    )
+    .await
+    .expect_err("a VPC that does not exist");
+    assert!(matches!(error, NetworkError::NoSuchVpc { .. }), "{error}");
+    assert_eq!(Inventory::read(&client).await, before, "nothing created");
+}
+
+/// A VPC the user tagged `muster-vpc` is adopted with its own CIDR, and a
+/// detached `muster-gateway` left by an interrupted call is attached
+/// rather than a second one made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_vpc_and_spare_gateway_are_adopted() {
+    let moto = Moto::start().await;
+    let client = ec2::client(&moto.endpoint()).await;
+    let vpc_id = create_vpc(&client, "10.50.0.0/16", Some("muster-vpc")).await;
+    let gateway_id = client
+        .create_internet_gateway()
+        .tag_specifications(name_tag(ResourceType::InternetGateway, "muster-gateway"))
+        .send()
+        .await
+        .expect("CreateInternetGateway")
+        .internet_gateway()
+        .and_then(|g| g.internet_gateway_id())
+        .expect("an id")
+        .to_owned();
+    let before = Inventory::read(&client).await;
+
+    let network = ensure(&client, &request()).await;
+    let after = Inventory::read(&client).await;
+    assert_eq!(network.vpc_id, vpc_id);
+    assert_eq!(after.vpcs, before.vpcs, "no second VPC");
+    assert_eq!(after.gateways, before.gateways, "no second gateway");
+    let attached = client
+        .describe_internet_gateways()
+        .filters(filter("attachment.vpc-id", &vpc_id))
+        .send()
+        .await
+        .expect("DescribeInternetGateways");
+    assert_eq!(
+        ids(attached
+            .internet_gateways()
+            .iter()
+            .map(|g| g.internet_gateway_id())),
+        BTreeSet::from([gateway_id])
+    );
+    assert_subnet_per_zone(&client, &vpc_id, "10.50.0.0/16").await;
+    assert!(!network.created.contains(&vpc_id));
+    assert_eq!(
+        network.created.iter().cloned().collect::<BTreeSet<_>>(),
+        after.new_since(&before)
+    );
+}
+
+/// A subnet whose dry run EC2 refuses is left out, with EC2's reason; the
+/// others stay usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_dry_run_excludes_the_subnet() {
+    let moto = Moto::start().await;
+    let direct = ec2::client(&moto.endpoint()).await;
+    let all = ensure(&direct, &request()).await.subnets;
+    let refused = all
+        .iter()
+        .find(|s| s.availability_zone == "us-east-1c")
+        .expect("a subnet in us-east-1c")
+        .id
+        .clone();
+
+    let proxy = refusing::Proxy::start(moto.endpoint(), refused.clone()).await;
+    let through = ec2::client(&proxy.endpoint()).await;
+    let network = ensure(&through, &request()).await;
+
+    assert_eq!(network.excluded.len(), 1, "{:?}", network.excluded);
+    let (id, reason) = &network.excluded[0];
+    assert_eq!(id, &refused);
+    assert!(reason.starts_with("Unsupported: "), "{reason}");
+    assert!(reason.contains("us-east-1c"), "{reason}");
+    let expected: Vec<String> = all
+        .iter()
+        .map(|s| s.id.clone())
+        .filter(|id| *id != refused)
+        .collect();
+    assert_eq!(network.subnet_ids(), expected);
+    assert!(proxy.refusals() >= 1, "the proxy saw the dry run");
+    assert!(network.created.is_empty());
+}
+
+/// An EC2 endpoint in front of moto that answers dry runs in one subnet
+/// the way EC2 does when the AZ does not offer the instance type, and
+/// passes everything else through.
+mod refusing {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{header, HeaderMap, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    use axum::Router;
+
+    #[derive(Clone)]
+    struct Shared {
+        moto: String,
+        subnet_id: String,
+        http: reqwest::Client,
+        refusals: Arc<AtomicUsize>,
+    }
+
+    pub struct Proxy {
+        port: u16,
+        refusals: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Proxy {
+        pub async fn start(moto: String, subnet_id: String) -> Proxy {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("binding the proxy");
+            let port = listener.local_addr().expect("the proxy's address").port();
+            let refusals = Arc::new(AtomicUsize::new(0));
+            let shared = Shared {
+                moto,
+                subnet_id,
+                http: reqwest::Client::new(),
+                refusals: refusals.clone(),
+            };
+            let router = Router::new().fallback(forward).with_state(shared);
+            let task = tokio::spawn(async move {
+                axum::serve(listener, router).await.expect("the proxy runs");
+            });
+            Proxy {
+                port,
+                refusals,
+                task,
+            }
+        }
+
+        pub fn endpoint(&self) -> String {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+
+        pub fn refusals(&self) -> usize {
+            self.refusals.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn forward(
+        State(shared): State<Shared>,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let form = String::from_utf8_lossy(&body);
+        let param = |name: &str| {
+            form.split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_owned())
+        };
+        if param("Action").as_deref() == Some("RunInstances")
+            && param("DryRun").as_deref() == Some("true")
+            && param("SubnetId").as_deref() == Some(shared.subnet_id.as_str())
+        {
+            shared.refusals.fetch_add(1, Ordering::SeqCst);
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+                <Code>Unsupported</Code><Message>Your requested instance type (t3.micro) is not \
+                supported in your requested Availability Zone (us-east-1c). Please retry your \
+                request by not specifying an Availability Zone or choosing us-east-1a, \
+                us-east-1b, us-east-1d, us-east-1e, us-east-1f.</Message></Error></Errors>\
+                <RequestID>d1c1e5c3-0000-0000-0000-000000000000</RequestID></Response>";
+            return (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")],
+                xml,
+            )
+                .into_response();
+        }
+
+        let mut request = shared.http.post(format!("{}{}", shared.moto, uri));
+        for (name, value) in &headers {
+            if name != header::HOST && name != header::CONTENT_LENGTH {
+                request = request.header(name, value);
+            }
+        }
+        match request.body(body).send().await {
+            Ok(answer) => {
+                let status = answer.status();
+                let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+                let body = answer.bytes().await.unwrap_or_default();
+                let mut response = (status, body).into_response();
+                if let Some(content_type) = content_type {
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_TYPE, content_type);
+                }
+                response
+            }
+            Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
+        }
+    }
+}
