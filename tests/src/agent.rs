@@ -27,12 +27,25 @@ pub struct Agent {
     imds_endpoint: String,
     cluster: String,
     join_token: String,
+    imds_poll_interval: String,
 }
 
 impl Agent {
     /// Starts an agent that joins `cluster` of `coordinator` with
     /// `join_token`, reading instance metadata from `imds`.
     pub fn start(coordinator: &Coordinator, imds: &Imds, cluster: &str, join_token: &str) -> Agent {
+        Agent::start_with_poll(coordinator, imds, cluster, join_token, IMDS_POLL_INTERVAL)
+    }
+
+    /// Like [`Agent::start`], polling IMDS every `imds_poll_interval`
+    /// (benchmarks use the agent's default, `1s`).
+    pub fn start_with_poll(
+        coordinator: &Coordinator,
+        imds: &Imds,
+        cluster: &str,
+        join_token: &str,
+        imds_poll_interval: &str,
+    ) -> Agent {
         let state_dir = tempfile::Builder::new()
             .prefix("muster-agent-state-")
             .tempdir()
@@ -47,6 +60,7 @@ impl Agent {
             imds_endpoint: imds.endpoint(),
             cluster: cluster.to_owned(),
             join_token: join_token.to_owned(),
+            imds_poll_interval: imds_poll_interval.to_owned(),
         };
         agent.spawn();
         agent
@@ -156,7 +170,7 @@ impl Agent {
             .arg("--socket")
             .arg(self.state_dir.path().join("agent.sock"))
             .args(["--dns-server", &self.dns_server])
-            .args(["--imds-poll-interval", IMDS_POLL_INTERVAL])
+            .args(["--imds-poll-interval", &self.imds_poll_interval])
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds_endpoint)
             .env("RUST_LOG", "info");
         self.process = Some(Process::spawn("muster-agent", command));

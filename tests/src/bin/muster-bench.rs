@@ -1,0 +1,199 @@
+//! `muster-bench`: the measures of BENCHMARKS.md that the features built so
+//! far allow, on the emulators, with the agent at its default settings.
+//!
+//! - P2: an Elastic IP associated in moto → the coordinator's DNS answers it
+//!   (our own resolver, asking every 10 ms), over `--trials` trials.
+//! - P3: agent process start → registered and its DNS name answering.
+//! - P5: agent steady RSS and CPU over an idle window, and the size of the
+//!   stripped release binary (given with `--agent-release`).
+//!
+//! Figures are medians and percentiles; the machine is shared and noisy, so
+//! read them with the coordinator's CPU use printed beside them. It prints
+//! Markdown rows for BENCHMARKS.md; `scripts/bench` runs it.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use muster_tests::{ec2, wait_until, Agent, Coordinator, Imds, Moto, POLL};
+
+const CLUSTER: &str = "bench";
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The agent's default IMDS poll interval: P2 is measured at defaults.
+const DEFAULT_POLL: &str = "1s";
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// User + system CPU time of a process, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which sits in parentheses.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    // Linux reports in USER_HZ, 100 on every architecture we run on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Resident set size in KiB, from /proc/PID/status.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Args {
+    trials: usize,
+    idle: Duration,
+    agent_release: Option<PathBuf>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut parsed = Args {
+        trials: 30,
+        idle: Duration::from_secs(60),
+        agent_release: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--trials" => {
+                parsed.trials = value.parse()?;
+                anyhow::ensure!(
+                    (1..=1000).contains(&parsed.trials),
+                    "--trials must be 1..=1000"
+                );
+            }
+            "--idle-secs" => parsed.idle = Duration::from_secs(value.parse()?),
+            "--agent-release" => parsed.agent_release = Some(PathBuf::from(value)),
+            other => {
+                anyhow::bail!("unknown flag {other}; known: --trials, --idle-secs, --agent-release")
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let moto = Moto::start().await;
+    let coordinator = Coordinator::start(&moto).await;
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    let client = ec2::client(&moto.endpoint()).await;
+    let resolver = coordinator.resolver();
+
+    // P3: agent start → registered and DNS answering.
+    let id = ec2::launch_instance(&client).await;
+    let public = ec2::describe(&client, &id).await.public_ipv4;
+    let imds = Imds::start(client.clone(), &id).await;
+    let started = Instant::now();
+    let agent = Agent::start_with_poll(&coordinator, &imds, CLUSTER, &token, DEFAULT_POLL);
+    let name = muster_proto::node_dns_name(&id, CLUSTER, muster_tests::ZONE);
+    let answer = wait_until(
+        PATIENCE,
+        Duration::from_millis(5),
+        || resolver.a(&name),
+        |a| {
+            a.as_ref()
+                .is_ok_and(|a| public.is_some_and(|ip| a.a == vec![ip]))
+        },
+    )
+    .await?;
+    let p3 = started.elapsed();
+    anyhow::ensure!(
+        public.is_some_and(|ip| answer.a == vec![ip]),
+        "the agent never registered:\n{}",
+        agent.logs()
+    );
+
+    // P2: Elastic IP → DNS, agent at defaults, nothing restarted.
+    let coordinator_cpu_before = cpu_time(coordinator.pid());
+    let wall_before = Instant::now();
+    let mut trials = Vec::with_capacity(args.trials);
+    for _ in 0..args.trials {
+        // A random phase against the agent's poll: associating right after
+        // the last change was seen would always land at the same point of
+        // the poll cycle and skew every trial the same way.
+        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 1000)).await;
+        let eip = ec2::associate_new_eip(&client, &id).await;
+        let t0 = Instant::now();
+        let answer = wait_until(
+            PATIENCE,
+            Duration::from_millis(10),
+            || resolver.a(&name),
+            |a| a.as_ref().is_ok_and(|a| a.a == vec![eip]),
+        )
+        .await?;
+        anyhow::ensure!(
+            answer.a == vec![eip],
+            "DNS never answered {eip}:\n{}",
+            agent.logs()
+        );
+        trials.push(t0.elapsed());
+    }
+    let coordinator_cpu = (cpu_time(coordinator.pid()) - coordinator_cpu_before).as_secs_f64()
+        / wall_before.elapsed().as_secs_f64()
+        * 100.0;
+    trials.sort();
+
+    // P5: the agent idle (heartbeats and IMDS polls only).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu0 = cpu_time(agent.pid());
+    let t0 = Instant::now();
+    let mut rss = Vec::new();
+    while t0.elapsed() < args.idle {
+        rss.push(rss_kib(agent.pid()));
+        tokio::time::sleep(POLL * 10).await;
+    }
+    let agent_cpu =
+        (cpu_time(agent.pid()) - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
+    rss.sort_unstable();
+    let rss_median = rss.get(rss.len() / 2).copied().unwrap_or(0);
+
+    println!(
+        "| P2 | Elastic IP associated in moto → embedded DNS answers it ({} trials at random phases, agent defaults: 1 s IMDS poll) | p50 {} ms, p99 {} ms, max {} ms; coordinator CPU {:.1} % of a core during the trials |",
+        trials.len(),
+        percentile(&trials, 50.0).as_millis(),
+        percentile(&trials, 99.0).as_millis(),
+        trials.last().copied().unwrap_or_default().as_millis(),
+        coordinator_cpu
+    );
+    println!(
+        "| P3 | agent process start → registered and its DNS name answering (one run) | {} ms |",
+        p3.as_millis()
+    );
+    let size = args
+        .agent_release
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| {
+            format!(
+                "{:.1} MiB stripped release binary",
+                m.len() as f64 / 1048576.0
+            )
+        })
+        .unwrap_or_else(|| "binary size not measured (no --agent-release)".into());
+    println!(
+        "| P5 | agent idle over {} s (the binary under test; heartbeats every 10 s, IMDS polled every 1 s) | RSS median {:.1} MiB, CPU {:.2} % of a core; {size} |",
+        args.idle.as_secs(),
+        rss_median as f64 / 1024.0,
+        agent_cpu
+    );
+    drop(agent);
+    drop(imds);
+    drop(coordinator);
+    drop(moto);
+    Ok(())
+}
