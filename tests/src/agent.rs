@@ -66,6 +66,12 @@ impl Agent {
         agent
     }
 
+    /// Points the next (re)start at another IMDS: the same state dir on
+    /// another instance, as an image baked with state would be.
+    pub fn move_to(&mut self, imds: &Imds) {
+        self.imds_endpoint = imds.endpoint();
+    }
+
     /// Stops the agent (SIGTERM by pid, then SIGKILL). The state dir stays.
     pub fn stop(&mut self) {
         if let Some(process) = self.process.take() {

@@ -591,3 +591,67 @@ async fn coordinator_restart_keeps_nodes_and_dns() {
     );
     assert_eq!(agent.pid(), agent_pid, "the agent was not restarted");
 }
+
+/// A state dir baked into an image and booted on another instance: the
+/// agent sees the instance id differ, starts fresh with the join token, and
+/// the new instance becomes its own node; the first node is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_from_another_instance_starts_a_fresh_node() {
+    let scene = Scene::new().await;
+    let (first, first_imds) = scene.launch().await;
+    let mut agent = scene.agent(&first_imds, &scene.join_token);
+    scene
+        .wait_for_node(|n| n.instance_id == first && n.state == NodeState::Deployed)
+        .await;
+    let first_credential = wait_until(
+        EVENTUALLY,
+        POLL,
+        || async { agent.node_credential() },
+        Option::is_some,
+    )
+    .await
+    .expect("the first agent kept a credential");
+
+    agent.stop();
+    let (second, second_imds) = scene.launch().await;
+    agent.move_to(&second_imds);
+    agent.restart();
+
+    let nodes = wait_until(
+        EVENTUALLY,
+        POLL,
+        || scene.coordinator.nodes(CLUSTER),
+        |nodes| {
+            nodes.len() == 2
+                && nodes
+                    .iter()
+                    .any(|n| n.instance_id == second && n.state == NodeState::Deployed)
+        },
+    )
+    .await;
+    assert_eq!(
+        nodes.len(),
+        2,
+        "two instances, two nodes: {nodes:#?}\n{}",
+        agent.logs()
+    );
+    let second_node = nodes.iter().find(|n| n.instance_id == second).unwrap();
+    assert_eq!(second_node.state, NodeState::Deployed);
+    assert_eq!(second_node.name, second, "named after its own instance");
+    let new_credential = agent
+        .node_credential()
+        .expect("a credential for the new node");
+    assert_ne!(
+        new_credential, first_credential,
+        "the baked credential was not reused"
+    );
+    // The first node's credential is still its own, bound to the first instance.
+    let (status, text) = scene.post_heartbeat(&first_credential, &first).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let name = node_dns_name(&second, CLUSTER, ZONE);
+    let public = scene.describe(&second).await.public_ipv4;
+    let answer = scene
+        .resolve_until(&name, |a| public.is_some_and(|ip| a.a == vec![ip]))
+        .await;
+    assert_eq!(Some(answer.a), public.map(|ip| vec![ip]));
+}
