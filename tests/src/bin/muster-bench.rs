@@ -6,6 +6,9 @@
 //! - P3: agent process start → registered and its DNS name answering.
 //! - P5: agent steady RSS and CPU over an idle window, and the size of the
 //!   stripped release binary (given with `--agent-release`).
+//! - P4: agent killed → its node `unreachable` at the default grace, and
+//!   the false `unreachable`s a 5 s coordinator stall (SIGSTOP, SIGCONT)
+//!   causes.
 //!
 //! Figures are medians and percentiles; the machine is shared and noisy, so
 //! read them with the coordinator's CPU use printed beside them. It prints
@@ -190,6 +193,47 @@ async fn main() -> anyhow::Result<()> {
         args.idle.as_secs(),
         rss_median as f64 / 1024.0,
         agent_cpu
+    );
+    // P4: with the default 10 s heartbeat and 30 s grace. The stall first,
+    // while the agent runs; then the agent killed.
+    let mut agent = agent;
+    let unreachable_events = || async {
+        coordinator
+            .node(CLUSTER, &id)
+            .await
+            .events
+            .iter()
+            .filter(|e| e.to == muster_proto::NodeState::Unreachable)
+            .count()
+    };
+    let before = unreachable_events().await;
+    let pid = nix::unistd::Pid::from_raw(coordinator.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let false_unreachable = unreachable_events().await - before;
+    agent.stop();
+    let stopped = Instant::now();
+    let node = wait_until(
+        Duration::from_secs(90),
+        Duration::from_millis(100),
+        || coordinator.nodes(CLUSTER),
+        |nodes| {
+            nodes
+                .iter()
+                .any(|n| n.instance_id == id && n.state == muster_proto::NodeState::Unreachable)
+        },
+    )
+    .await;
+    anyhow::ensure!(
+        node.iter()
+            .any(|n| n.instance_id == id && n.state == muster_proto::NodeState::Unreachable),
+        "the node never became unreachable"
+    );
+    println!(
+        "| P4 | agent killed → node unreachable (defaults: 10 s heartbeats, 30 s grace; the last heartbeat came up to 10 s before the kill), and false unreachable during a 5 s coordinator stall | {:.1} s after the kill; {false_unreachable} false |",
+        stopped.elapsed().as_secs_f64()
     );
     drop(agent);
     drop(imds);
