@@ -521,12 +521,15 @@ impl Store {
                 (tx.last_insert_rowid(), None)
             }
         };
-        tx.execute(
-            "INSERT INTO node_events (node_id, at, from_state, to_state, reason) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![node_id, now, from, deployed, reason],
-        )
-        .map_err(query("recording a register event"))?;
+        record_event(
+            &tx,
+            node_id,
+            now,
+            from.as_deref(),
+            deployed,
+            reason,
+            EventSource::Agent,
+        )?;
         tx.commit().map_err(query("committing a register"))?;
         drop(conn);
         self.node_by_instance(reg.instance_id)?
@@ -561,12 +564,15 @@ impl Store {
             ],
         )
         .map_err(query("updating node addresses"))?;
-        tx.execute(
-            "INSERT INTO node_events (node_id, at, from_state, to_state, reason, source) \
-             VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
-            params![node_id, now, state.as_str(), reason, source.as_str()],
-        )
-        .map_err(query("recording an address event"))?;
+        record_event(
+            &tx,
+            node_id,
+            now,
+            Some(state.as_str()),
+            state.as_str(),
+            reason,
+            source,
+        )?;
         tx.commit().map_err(query("committing an address change"))
     }
 
@@ -593,22 +599,37 @@ impl Store {
         if changed == 0 {
             return Ok(false);
         }
-        tx.execute(
-            "INSERT INTO node_events (node_id, at, from_state, to_state, reason, source) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                node_id,
-                now,
-                from.as_str(),
-                to.as_str(),
-                reason,
-                source.as_str()
-            ],
-        )
-        .map_err(query("recording a transition"))?;
+        record_event(
+            &tx,
+            node_id,
+            now,
+            Some(from.as_str()),
+            to.as_str(),
+            reason,
+            source,
+        )?;
         tx.commit().map_err(query("committing a transition"))?;
         Ok(true)
     }
+}
+
+/// Appends one event inside the caller's transaction.
+fn record_event(
+    tx: &rusqlite::Transaction<'_>,
+    node_id: i64,
+    at: i64,
+    from: Option<&str>,
+    to: &str,
+    reason: &str,
+    source: EventSource,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO node_events (node_id, at, from_state, to_state, reason, source) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![node_id, at, from, to, reason, source.as_str()],
+    )
+    .map(|_| ())
+    .map_err(query("recording an event"))
 }
 
 fn cluster_from_row(row: &Row<'_>) -> rusqlite::Result<Cluster> {
