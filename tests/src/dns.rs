@@ -57,6 +57,25 @@ impl Resolver {
         self.query(name, RecordType::A).await
     }
 
+    /// Asks for `name`'s A records, every [`crate::POLL`], until `accept`
+    /// likes the answer or `timeout` passes; returns the last answer either
+    /// way, for the caller to assert on. Panics if the name cannot be asked.
+    pub async fn a_until(
+        &self,
+        name: &str,
+        timeout: std::time::Duration,
+        accept: impl Fn(&DnsAnswer) -> bool,
+    ) -> DnsAnswer {
+        crate::wait_until(
+            timeout,
+            crate::POLL,
+            || self.a(name),
+            |answer| answer.as_ref().is_ok_and(&accept),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("resolving {name}: {e:#}"))
+    }
+
     /// Asks one question and returns the answer.
     pub async fn query(&self, name: &str, record_type: RecordType) -> anyhow::Result<DnsAnswer> {
         let name = Name::from_str(name).with_context(|| format!("{name:?} is not a DNS name"))?;

@@ -84,15 +84,10 @@ impl Scene {
     /// Asks the coordinator's DNS for `name`'s A records until `accept`
     /// likes the answer; returns the last answer either way.
     async fn resolve_until(&self, name: &str, accept: impl Fn(&DnsAnswer) -> bool) -> DnsAnswer {
-        let resolver = self.coordinator.resolver();
-        wait_until(
-            EVENTUALLY,
-            POLL,
-            || resolver.a(name),
-            |answer| answer.as_ref().is_ok_and(&accept),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("resolving {name}: {e:#}"))
+        self.coordinator
+            .resolver()
+            .a_until(name, EVENTUALLY, accept)
+            .await
     }
 
     /// A register body for instance `id` claiming `public`.

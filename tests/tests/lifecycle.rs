@@ -90,15 +90,10 @@ impl Scene {
 
     /// Asks DNS for `name` until `accept` likes the answer; returns it.
     async fn resolve_until(&self, name: &str, accept: impl Fn(&DnsAnswer) -> bool) -> DnsAnswer {
-        let resolver = self.coordinator.resolver();
-        wait_until(
-            PATIENCE,
-            POLL,
-            || resolver.a(name),
-            |a| a.as_ref().is_ok_and(&accept),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("resolving {name}: {e:#}"))
+        self.coordinator
+            .resolver()
+            .a_until(name, PATIENCE, accept)
+            .await
     }
 }
 
