@@ -75,7 +75,10 @@ impl From<RegistryError> for ApiError {
             | RegistryError::AddressMismatch { .. }
             | RegistryError::InstanceInOtherCluster { .. }
             | RegistryError::NodeTerminated { .. }
-            | RegistryError::ClusterExists(_) => StatusCode::CONFLICT,
+            | RegistryError::ClusterExists(_)
+            | RegistryError::ClusterNotActive { .. } => StatusCode::CONFLICT,
+            RegistryError::Launch(e) if e.is_bad_request() => StatusCode::UNPROCESSABLE_ENTITY,
+            RegistryError::Launch(_) => StatusCode::BAD_GATEWAY,
             RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
             RegistryError::Ec2(_) => StatusCode::SERVICE_UNAVAILABLE,
             RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -149,7 +152,8 @@ pub fn router(state: AppState) -> Router {
         .route(paths::AGENT_REGISTER, post(register))
         .route(paths::AGENT_HEARTBEAT, post(heartbeat))
         .route(paths::CLUSTERS, get(list_clusters).post(create_cluster))
-        .route(paths::CLUSTER, get(show_cluster))
+        .route(paths::CLUSTER, get(show_cluster).delete(remove_cluster))
+        .route(paths::CLUSTER_SCALE, post(scale_cluster))
         .route(paths::NODES, get(list_nodes))
         .route(paths::NODE, get(show_node).delete(remove_node))
         .route(paths::NODE_EVENTS, get(node_events))
@@ -201,14 +205,35 @@ async fn create_cluster(
     Body(req): Body<CreateClusterRequest>,
 ) -> Result<(StatusCode, Json<CreateClusterResponse>), ApiError> {
     require_admin(&state, &headers)?;
-    let (cluster, join_token) = state.registry.create_cluster(&req)?;
+    let (cluster, join_token, launch) = state.registry.create_cluster(&req).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreateClusterResponse {
             cluster,
             join_token,
+            launch,
         }),
     ))
+}
+
+async fn scale_cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Body(req): Body<muster_proto::launch::ScaleClusterRequest>,
+) -> Result<Json<muster_proto::launch::ScaleClusterResponse>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.registry.scale_cluster(&name, &req).await?))
+}
+
+async fn remove_cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<muster_proto::ClusterView>), ApiError> {
+    require_admin(&state, &headers)?;
+    let cluster = state.registry.remove_cluster(&name).await?;
+    Ok((StatusCode::ACCEPTED, Json(cluster)))
 }
 
 async fn show_cluster(

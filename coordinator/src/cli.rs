@@ -8,9 +8,12 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
+use muster_proto::launch::{LaunchReport, ScaleClusterRequest, ScaleClusterResponse};
 use muster_proto::{
-    paths, ClusterView, CreateClusterRequest, CreateClusterResponse, ErrorBody, NodeDetail,
-    NodeView,
+    paths, ClusterState, ClusterView, CreateClusterRequest, CreateClusterResponse, ErrorBody,
+    NodeDetail, NodeState, NodeView,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -55,6 +58,14 @@ pub enum CliError {
         status: reqwest::StatusCode,
         /// The error body.
         body: ErrorBody,
+    },
+    /// Something waited for did not happen in time.
+    #[error("gave up waiting for {what} after {}", humantime::format_duration(*after))]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        after: Duration,
     },
     /// The answer was not what the API promises.
     #[error("{method} {url}: unexpected answer ({status}): {text}")]
@@ -182,11 +193,122 @@ impl AdminClient {
     }
 
     /// `POST /v1/clusters`.
-    pub async fn create_cluster(&self, name: &str) -> Result<CreateClusterResponse, CliError> {
-        let body = CreateClusterRequest {
-            name: name.to_owned(),
-        };
-        self.send("POST", paths::CLUSTERS, Some(&body)).await
+    pub async fn create_cluster(
+        &self,
+        req: &CreateClusterRequest,
+    ) -> Result<CreateClusterResponse, CliError> {
+        req.validate().map_err(|e| {
+            setting(
+                "argument",
+                e.value.clone(),
+                format!("{}: {}", e.field, e.reason),
+            )
+        })?;
+        self.send("POST", paths::CLUSTERS, Some(req)).await
+    }
+
+    /// `POST /v1/clusters/{name}/scale`.
+    pub async fn scale_cluster(
+        &self,
+        name: &str,
+        count: u32,
+    ) -> Result<ScaleClusterResponse, CliError> {
+        check_cluster_arg(name)?;
+        let req = ScaleClusterRequest { count };
+        req.validate()
+            .map_err(|e| setting("argument", e.value.clone(), format!("COUNT {}", e.reason)))?;
+        self.send("POST", &paths::cluster_scale(name), Some(&req))
+            .await
+    }
+
+    /// `DELETE /v1/clusters/{name}`.
+    pub async fn remove_cluster(&self, name: &str) -> Result<ClusterView, CliError> {
+        check_cluster_arg(name)?;
+        self.send("DELETE", &paths::cluster(name), None::<&()>)
+            .await
+    }
+
+    /// Polls until every launched node of `cluster` that is not on its way
+    /// out is `deployed` or `failed`, drawing a progress bar on stderr.
+    /// Returns the nodes as they ended.
+    pub async fn wait_deployed(
+        &self,
+        cluster: &str,
+        timeout: Duration,
+    ) -> Result<Vec<NodeView>, CliError> {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} settled {msg} ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("#>-"),
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let nodes: Vec<NodeView> = self
+                .nodes(Some(cluster))
+                .await?
+                .into_iter()
+                .filter(|n| !matches!(n.state, NodeState::Terminating | NodeState::Terminated))
+                .collect();
+            let count = |state: NodeState| nodes.iter().filter(|n| n.state == state).count();
+            let (deployed, failed) = (count(NodeState::Deployed), count(NodeState::Failed));
+            bar.set_length(nodes.len() as u64);
+            bar.set_position((deployed + failed) as u64);
+            bar.set_message(format!("{deployed} deployed, {failed} failed"));
+            if nodes
+                .iter()
+                .all(|n| matches!(n.state, NodeState::Deployed | NodeState::Failed))
+            {
+                bar.finish();
+                return Ok(nodes);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bar.abandon();
+                return Err(CliError::Timeout {
+                    what: format!("nodes of cluster {cluster} to settle"),
+                    after: timeout,
+                });
+            }
+            bar.tick();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Polls until cluster `name` is `removed`.
+    pub async fn wait_removed(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<ClusterView, CliError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let spinner = indicatif::ProgressBar::new_spinner();
+        loop {
+            let cluster = self.cluster(name).await?;
+            let nodes = self.nodes(Some(name)).await?;
+            let left = nodes
+                .iter()
+                .filter(|n| n.state != NodeState::Terminated)
+                .count();
+            spinner.set_message(format!(
+                "{}: {left} instances not terminated yet",
+                cluster.state
+            ));
+            if cluster.state == ClusterState::Removed {
+                spinner.finish_and_clear();
+                return Ok(cluster);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                spinner.abandon();
+                return Err(CliError::Timeout {
+                    what: format!("cluster {name} to be removed"),
+                    after: timeout,
+                });
+            }
+            spinner.tick();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// `GET /v1/clusters`.
@@ -225,6 +347,11 @@ impl AdminClient {
         self.send("GET", &paths::node(cluster, name), None::<&()>)
             .await
     }
+}
+
+fn check_cluster_arg(name: &str) -> Result<(), CliError> {
+    muster_proto::validate::dns_label("CLUSTER", name)
+        .map_err(|e| setting("argument", name, format!("CLUSTER {}", e.reason)))
 }
 
 fn check_node_args(cluster: &str, name: &str) -> Result<(), CliError> {
@@ -274,14 +401,73 @@ pub fn clusters_table(clusters: &[ClusterView]) -> String {
         .map(|c| {
             vec![
                 c.name.clone(),
+                c.state.to_string(),
                 c.deployed.to_string(),
                 c.nodes.to_string(),
+                c.launch
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |l| l.count.to_string()),
                 c.dns_name.clone(),
                 c.created_at.clone(),
             ]
         })
         .collect();
-    table(&["NAME", "DEPLOYED", "NODES", "DNS", "CREATED"], &rows)
+    table(
+        &[
+            "NAME", "STATE", "DEPLOYED", "NODES", "TARGET", "DNS", "CREATED",
+        ],
+        &rows,
+    )
+}
+
+/// `cluster show` as text: the table line, then how nodes are launched.
+pub fn cluster_text(cluster: &ClusterView) -> String {
+    let mut out = clusters_table(std::slice::from_ref(cluster));
+    let Some(l) = &cluster.launch else {
+        out.push_str("\nnodes join on their own (no launch)\n");
+        return out;
+    };
+    let none = || "-".to_owned();
+    let _ = writeln!(out);
+    for (key, value) in [
+        ("region", l.region.clone()),
+        ("instance type", l.instance_type.clone()),
+        ("target count", l.count.to_string()),
+        ("data volume", format!("{} GiB gp2", l.disk_gb)),
+        ("image", l.ami.clone()),
+        ("vpc", l.vpc_id.clone()),
+        ("subnets", l.subnets.join(", ")),
+        ("security groups", l.security_groups.join(", ")),
+        (
+            "instance profile",
+            l.instance_profile.clone().unwrap_or_else(none),
+        ),
+        ("key pair", l.key_name.clone()),
+        ("private key", l.key_path.clone().unwrap_or_else(none)),
+    ] {
+        let _ = writeln!(out, "{key:<17} {value}");
+    }
+    for problem in &l.excluded_subnets {
+        let _ = writeln!(
+            out,
+            "{:<17} {}: {}",
+            "left out", problem.subnet, problem.reason
+        );
+    }
+    out
+}
+
+/// What a launch did, in words.
+pub fn launch_text(report: &LaunchReport) -> String {
+    let mut out = format!("launched {} instances", report.launched.len());
+    if report.short > 0 {
+        let _ = write!(out, "; {} could not be launched anywhere", report.short);
+    }
+    out.push('\n');
+    for refused in &report.refused {
+        let _ = writeln!(out, "  {} refused: {}", refused.subnet, refused.reason);
+    }
+    out
 }
 
 /// `node ls` as a table.

@@ -29,6 +29,8 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Default sweeps in a row an instance must be unknown before it counts as terminated.
 pub const DEFAULT_UNKNOWN_SWEEPS: u32 = 3;
+/// Default time a launched node's agent has to register.
+pub const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Flags of `serve`. Every one may also come from the environment or the file.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -72,6 +74,9 @@ pub struct ServeArgs {
     /// Sweeps in a row EC2 must not know an instance before its node is terminated [default: 3]
     #[arg(long, env = "MUSTER_UNKNOWN_SWEEPS")]
     pub unknown_sweeps: Option<String>,
+    /// Time a launched node's agent has to register before the node is failed [default: 10m]
+    #[arg(long, env = "MUSTER_LAUNCH_TIMEOUT")]
+    pub launch_timeout: Option<String>,
 }
 
 /// The `[serve]` table of the config file.
@@ -90,6 +95,7 @@ struct FileServe {
     grace: Option<String>,
     sweep_interval: Option<String>,
     unknown_sweeps: Option<toml::Value>,
+    launch_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +152,8 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Sweeps in a row an instance must be unknown before it counts as terminated.
     pub unknown_sweeps: u32,
+    /// Time a launched node's agent has to register before the node fails.
+    pub launch_timeout: Duration,
 }
 
 impl Settings {
@@ -271,6 +279,13 @@ impl Settings {
             ));
         }
 
+        let launch_timeout = duration(
+            "launch_timeout",
+            args.launch_timeout.clone().or(file.launch_timeout),
+            DEFAULT_LAUNCH_TIMEOUT,
+            (Duration::from_secs(1), Duration::from_secs(24 * 3600)),
+        )?;
+
         let ttl_text = args
             .dns_ttl
             .clone()
@@ -298,6 +313,7 @@ impl Settings {
             grace,
             sweep_interval,
             unknown_sweeps,
+            launch_timeout,
         })
     }
 
@@ -471,6 +487,8 @@ mod tests {
             ("grace", |a| a.grace = Some("2h".into())),
             ("sweep_interval", |a| a.sweep_interval = Some("0s".into())),
             ("unknown_sweeps", |a| a.unknown_sweeps = Some("0".into())),
+            ("launch_timeout", |a| a.launch_timeout = Some("0s".into())),
+            ("launch_timeout", |a| a.launch_timeout = Some("2d".into())),
             ("tls_key", |a| a.tls_cert = Some("/etc/hostname".into())),
             ("config", |a| a.config = Some("/nonexistent/c.toml".into())),
         ];

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::Client;
@@ -88,27 +88,47 @@ pub trait InstanceLookup: Send + Sync + std::fmt::Debug {
 
     /// Asks EC2 to terminate the instance.
     async fn terminate(&self, region: &str, instance_id: &str) -> Result<(), Ec2Error>;
+
+    /// Asks EC2 to terminate many instances of one region; ids EC2 no
+    /// longer knows are skipped.
+    async fn terminate_many(&self, region: &str, instance_ids: &[String]) -> Result<(), Ec2Error> {
+        for id in instance_ids {
+            self.terminate(region, id).await?;
+        }
+        Ok(())
+    }
 }
 
-/// The real lookup, through aws-sdk-ec2.
-#[derive(Debug)]
-pub struct Ec2Instances {
+/// Instance ids one TerminateInstances takes.
+const TERMINATE_BATCH: usize = 1000;
+
+fn unknown_instance<E: ProvideErrorMetadata>(error: &E) -> bool {
+    error
+        .code()
+        .is_some_and(|code| code.starts_with("InvalidInstanceID"))
+}
+
+/// EC2 clients, one per region, made on first use from one AWS
+/// configuration (credential chain, endpoint overrides). Cheap to clone:
+/// clones share the clients.
+#[derive(Debug, Clone)]
+pub struct Ec2Clients {
     base: aws_config::SdkConfig,
-    clients: Mutex<HashMap<String, Client>>,
+    clients: Arc<Mutex<HashMap<String, Client>>>,
 }
 
-impl Ec2Instances {
-    /// Loads the standard AWS configuration (credential chain, region,
-    /// endpoint overrides) once.
-    pub async fn from_env() -> Ec2Instances {
+impl Ec2Clients {
+    /// Loads the standard AWS configuration once.
+    pub async fn from_env() -> Ec2Clients {
         let base = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Ec2Instances {
+        Ec2Clients {
             base,
-            clients: Mutex::new(HashMap::new()),
+            clients: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    fn client(&self, region: &str) -> Client {
+    /// The client for `region`.
+    pub fn client(&self, region: &str) -> Client {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients
             .entry(region.to_owned())
@@ -119,6 +139,23 @@ impl Ec2Instances {
                 Client::from_conf(config)
             })
             .clone()
+    }
+}
+
+/// The real lookup, through aws-sdk-ec2.
+#[derive(Debug)]
+pub struct Ec2Instances {
+    clients: Ec2Clients,
+}
+
+impl Ec2Instances {
+    /// Asks EC2 through `clients`.
+    pub fn new(clients: Ec2Clients) -> Ec2Instances {
+        Ec2Instances { clients }
+    }
+
+    fn client(&self, region: &str) -> Client {
+        self.clients.client(region)
     }
 }
 
@@ -139,10 +176,7 @@ impl InstanceLookup for Ec2Instances {
             Ok(output) => output,
             Err(error) => {
                 // EC2 answers an unknown id with an error, not an empty list.
-                if error
-                    .code()
-                    .is_some_and(|code| code.starts_with("InvalidInstanceID"))
-                {
+                if unknown_instance(&error) {
                     return Ok(None);
                 }
                 return Err(Ec2Error::Describe {
@@ -207,6 +241,39 @@ impl InstanceLookup for Ec2Instances {
                 region: region.to_owned(),
                 message: DisplayErrorContext(&error).to_string(),
             })
+    }
+
+    async fn terminate_many(&self, region: &str, instance_ids: &[String]) -> Result<(), Ec2Error> {
+        let client = self.client(region);
+        for chunk in instance_ids.chunks(TERMINATE_BATCH) {
+            match client
+                .terminate_instances()
+                .set_instance_ids(Some(chunk.to_vec()))
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                // One unknown id fails the whole call: go one by one.
+                Err(error) if unknown_instance(&error) => {
+                    for id in chunk {
+                        match self.terminate(region, id).await {
+                            Ok(()) => {}
+                            Err(Ec2Error::Terminate { message, .. })
+                                if message.contains("InvalidInstanceID") => {}
+                            Err(error) => return Err(error),
+                        }
+                    }
+                }
+                Err(error) => {
+                    return Err(Ec2Error::Terminate {
+                        instance_id: format!("{} and {} more", chunk[0], chunk.len() - 1),
+                        region: region.to_owned(),
+                        message: DisplayErrorContext(&error).to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -10,10 +10,13 @@
 //! - [`pki`]: the self-made CA, the server certificate and the admin token.
 //! - [`store`]: SQLite (WAL) with migrations: clusters, nodes, node events.
 //! - [`ec2`]: what EC2 says about an instance (aws-sdk-ec2).
+//! - [`launcher`]: security group, key pair and RunInstances for launched
+//!   clusters, and releasing them; `check-credentials`.
+//! - [`userdata`]: the `#cloud-config` launched nodes boot with.
 //! - [`lifecycle`]: the node state machine, one pure function.
 //! - [`registry`]: register and heartbeat, checked against EC2; memory for
 //!   heartbeats, the store for transitions; the liveness check and the EC2
-//!   sweep.
+//!   sweep; cluster create, scale and remove (`registry::clusters`).
 //! - [`dns`]: the embedded authoritative DNS server and the record model.
 //! - [`network`]: the VPC, gateway, route table and subnets launched nodes
 //!   use, found or created.
@@ -29,12 +32,14 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod ec2;
+pub mod launcher;
 pub mod lifecycle;
 pub mod network;
 pub mod pki;
 pub mod placement;
 pub mod registry;
 pub mod store;
+pub mod userdata;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -42,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::registry::{Registry, Timing};
+use crate::registry::{LaunchContext, Registry, Timing};
 
 /// How long in-flight requests get to finish on shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -54,6 +59,14 @@ pub enum ServeError {
     #[error("creating the data dir {path}: {source}")]
     DataDir {
         /// The dir.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The CA for launched nodes' user data could not be read.
+    #[error("reading the CA {path}: {source}")]
+    Ca {
+        /// The file.
         path: String,
         /// The cause.
         source: std::io::Error,
@@ -120,20 +133,38 @@ pub async fn serve(
     let store = store::Store::open(&store_path)?;
     tracing::info!(path = %store_path.display(), "store open");
 
-    let ec2 = Arc::new(ec2::Ec2Instances::from_env().await);
+    let clients = ec2::Ec2Clients::from_env().await;
+    let ec2 = Arc::new(ec2::Ec2Instances::new(clients.clone()));
+    let ca_pem = userdata::read_ca(files.ca.as_deref()).map_err(|source| ServeError::Ca {
+        path: files
+            .ca
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        source,
+    })?;
     let zone = Arc::new(dns::Zone::new(&settings.zone, settings.dns_ttl)?);
-    let registry = Arc::new(Registry::new(
-        store,
-        ec2,
-        zone.clone(),
-        settings.zone.clone(),
-        Timing {
-            heartbeat_interval: settings.heartbeat_interval,
-            heartbeat_jitter: settings.heartbeat_interval / 10,
-            grace: settings.grace,
-            unknown_sweeps: settings.unknown_sweeps,
-        },
-    )?);
+    let registry = Arc::new(
+        Registry::new(
+            store,
+            ec2,
+            zone.clone(),
+            settings.zone.clone(),
+            Timing {
+                heartbeat_interval: settings.heartbeat_interval,
+                heartbeat_jitter: settings.heartbeat_interval / 10,
+                grace: settings.grace,
+                unknown_sweeps: settings.unknown_sweeps,
+                launch_timeout: settings.launch_timeout,
+            },
+        )?
+        .with_launcher(LaunchContext {
+            launcher: launcher::Launcher::new(clients, data_dir),
+            coordinator_url: settings.public_url.clone(),
+            ca_pem,
+        }),
+    );
+    registry.resume_removals()?;
     let loops = [
         tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
         tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),

@@ -34,8 +34,15 @@ pub enum Input {
         /// Consecutive sweeps that did not find it, this one included.
         sweeps: u32,
     },
-    /// An operator asked to remove the node (`node rm`).
+    /// An operator asked to remove the node (`node rm`, `cluster rm`,
+    /// `cluster scale` down).
     OperatorRemove,
+    /// A launched node's agent has not registered within the launch
+    /// timeout, `after_secs` seconds.
+    LaunchTimedOut {
+        /// The timeout.
+        after_secs: u64,
+    },
 }
 
 /// The state `state` moves to on `input`, with the reason to record, or
@@ -65,6 +72,11 @@ pub fn next(state: NodeState, input: Input, unknown_limit: u32) -> Option<(NodeS
             format!("EC2 has not known the instance for {sweeps} sweeps in a row"),
         ),
         (Input::Ec2Unknown { .. }, _) => return None,
+        (Input::LaunchTimedOut { after_secs }, Launching) => (
+            Failed,
+            format!("the agent did not register within the launch timeout of {after_secs}s"),
+        ),
+        (Input::LaunchTimedOut { .. }, _) => return None,
         (Input::OperatorRemove, Terminating) => return None,
         (Input::OperatorRemove, _) => (Terminating, "operator asked to remove the node".to_owned()),
     };
@@ -103,6 +115,18 @@ mod tests {
         assert_eq!(next(s, Input::Heard, LIMIT).unwrap().0, NodeState::Deployed);
     }
 
+    /// A launch that never registers fails, and registering later heals it.
+    #[test]
+    fn launch_timeout() {
+        let timeout = Input::LaunchTimedOut { after_secs: 600 };
+        let (s, reason) = next(NodeState::Launching, timeout, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Failed);
+        assert!(reason.contains("600s"), "{reason}");
+        assert_eq!(next(NodeState::Deployed, timeout, LIMIT), None);
+        assert_eq!(next(s, timeout, LIMIT), None);
+        assert_eq!(next(s, Input::Heard, LIMIT).unwrap().0, NodeState::Deployed);
+    }
+
     /// A removal waits for EC2; agents cannot undo it.
     #[test]
     fn removal_waits_for_ec2() {
@@ -125,6 +149,7 @@ mod tests {
             Just(Input::Ec2Gone),
             (0u32..6).prop_map(|sweeps| Input::Ec2Unknown { sweeps }),
             Just(Input::OperatorRemove),
+            Just(Input::LaunchTimedOut { after_secs: 600 }),
         ]
     }
 

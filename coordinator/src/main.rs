@@ -2,9 +2,16 @@
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 use muster_coordinator::cli::{self, AdminClient};
 use muster_coordinator::config::{ServeArgs, Settings};
+use muster_coordinator::launcher::{
+    check_credentials as check_credentials_in, DEFAULT_CHECK_REGIONS,
+};
+use muster_proto::launch::{IamOptions, LaunchSpec, ProviderOptions, VpcOptions};
+use muster_proto::CreateClusterRequest;
 
 /// Keeps EC2 nodes answerable by name: node state, DNS, and the API agents
 /// and operators talk to.
@@ -21,18 +28,148 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Manage clusters (talks to a running coordinator: MUSTER_ADDR, MUSTER_TOKEN, MUSTER_CACERT).
     #[command(subcommand)]
-    Cluster(ClusterCommand),
+    Cluster(Box<ClusterCommand>),
     /// Inspect nodes (talks to a running coordinator: MUSTER_ADDR, MUSTER_TOKEN, MUSTER_CACERT).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Dry-run an instance launch in every region with the AWS credentials
+    /// this process finds (the chain `serve` uses); valid if one region
+    /// succeeds.
+    CheckCredentials {
+        /// Regions to try, comma-separated [default: the commercial regions]
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
+        /// Image to dry-run with [default: any x86_64 image Amazon owns in the region]
+        #[arg(long)]
+        ami: Option<String>,
+        /// Instance type to dry-run with.
+        #[arg(long, default_value = "t3.micro")]
+        instance_type: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What `cluster create` launches; give all five to launch nodes, none for
+/// a cluster agents join on their own.
+#[derive(Debug, clap::Args)]
+struct LaunchArgs {
+    /// Region to launch in, e.g. us-east-1.
+    #[arg(long, requires_all = ["instance_type", "count", "disk_gb", "ami"])]
+    region: Option<String>,
+    /// Instance type, e.g. t3.micro.
+    #[arg(long, requires = "region")]
+    instance_type: Option<String>,
+    /// Nodes to launch.
+    #[arg(long, requires = "region")]
+    count: Option<u32>,
+    /// Size of each node's gp2 data volume, GiB.
+    #[arg(long, requires = "region")]
+    disk_gb: Option<u32>,
+    /// Image (AMI) with the agent installed.
+    #[arg(long, requires = "region")]
+    ami: Option<String>,
+    /// Use this VPC instead of the muster-vpc.
+    #[arg(long, requires = "region")]
+    vpc_id: Option<String>,
+    /// Use only this subnet (repeat for several, in order of preference).
+    #[arg(long = "subnet", requires = "region")]
+    subnets: Vec<String>,
+    /// Launch with this security group instead of making muster-NAME (repeatable).
+    #[arg(long = "security-group", requires = "region")]
+    security_groups: Vec<String>,
+    /// IAM instance profile nodes run with.
+    #[arg(long, requires = "region")]
+    instance_profile: Option<String>,
+    /// Use this existing key pair instead of making one.
+    #[arg(long, requires = "region")]
+    key_name: Option<String>,
+    /// Who may reach port 22 (CIDR); no SSH rule without it.
+    #[arg(long, requires = "region")]
+    admin_cidr: Option<String>,
+    /// Allow --admin-cidr 0.0.0.0/0.
+    #[arg(long, requires = "admin_cidr")]
+    allow_ssh_from_anywhere: bool,
+}
+
+impl LaunchArgs {
+    fn spec(self) -> Option<LaunchSpec> {
+        let region = self.region?;
+        let vpc =
+            (self.vpc_id.is_some() || !self.subnets.is_empty() || !self.security_groups.is_empty())
+                .then_some(VpcOptions {
+                    id: self.vpc_id,
+                    subnets: self.subnets,
+                    security_groups: self.security_groups,
+                });
+        Some(LaunchSpec {
+            region,
+            instance_type: self.instance_type.unwrap_or_default(),
+            count: self.count.unwrap_or_default(),
+            disk_gb: self.disk_gb.unwrap_or_default(),
+            ami: self.ami.unwrap_or_default(),
+            provider_options: ProviderOptions {
+                vpc,
+                iam: self.instance_profile.map(|name| IamOptions {
+                    instance_profile_name: name,
+                }),
+            },
+            key_name: self.key_name,
+            admin_cidr: self.admin_cidr,
+            allow_ssh_from_anywhere: self.allow_ssh_from_anywhere,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// Record a cluster and print its join token (shown only this once).
+    /// Create a cluster and print its join token (shown only this once);
+    /// with --region and the rest, launch its nodes on EC2.
     Create {
         /// Cluster name: a lowercase DNS label.
         name: String,
+        #[command(flatten)]
+        launch: Box<LaunchArgs>,
+        /// Wait, with a progress bar, until every node is deployed or failed;
+        /// with --json, print {"created": …, "nodes": […]}.
+        #[arg(long, requires = "region")]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        wait_timeout: Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grow or shrink a launched cluster to COUNT nodes.
+    Scale {
+        /// Cluster name.
+        name: String,
+        /// Nodes the cluster should hold.
+        count: u32,
+        /// Wait, with a progress bar, until every node is deployed or failed;
+        /// with --json, print {"scaled": …, "nodes": […]}.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        wait_timeout: Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a cluster: terminate its instances, wait until EC2 says they
+    /// are terminated, delete the security group and key pair muster made.
+    Rm {
+        /// Cluster name.
+        name: String,
+        /// Return once the removal has started.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        wait_timeout: Duration,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -129,22 +266,161 @@ async fn shutdown_signal() {
     }
 }
 
-async fn admin(command: Command) -> Result<(), cli::CliError> {
-    let client = AdminClient::from_env()?;
+/// What `check-credentials` says when no region accepted the dry run.
+const INVALID_CREDENTIALS: &str = "invalid AWS credentials or insufficient EC2 permissions";
+
+async fn check_credentials(
+    regions: Vec<String>,
+    ami: Option<String>,
+    instance_type: String,
+    json: bool,
+) -> Result<bool, cli::CliError> {
+    let regions = if regions.is_empty() {
+        DEFAULT_CHECK_REGIONS
+            .iter()
+            .map(|r| (*r).to_owned())
+            .collect()
+    } else {
+        regions
+    };
+    for region in &regions {
+        muster_proto::validate::region(region).map_err(|e| cli::CliError::Setting {
+            name: "--regions",
+            value: region.clone(),
+            reason: e.reason,
+        })?;
+    }
+    if let Some(ami) = &ami {
+        muster_proto::validate::resource_id("ami", "ami", ami).map_err(|e| {
+            cli::CliError::Setting {
+                name: "--ami",
+                value: ami.clone(),
+                reason: e.reason,
+            }
+        })?;
+    }
+    muster_proto::validate::instance_type(&instance_type).map_err(|e| cli::CliError::Setting {
+        name: "--instance-type",
+        value: instance_type.clone(),
+        reason: e.reason,
+    })?;
+    let clients = muster_coordinator::ec2::Ec2Clients::from_env().await;
+    let checks = check_credentials_in(&clients, &regions, ami.as_deref(), &instance_type).await;
+    let valid = checks.iter().any(|c| c.ok);
+    if json {
+        print_json(&serde_json::json!({ "valid": valid, "regions": checks }));
+    } else {
+        let rows: Vec<Vec<String>> = checks
+            .iter()
+            .map(|c| {
+                vec![
+                    c.region.clone(),
+                    if c.ok { "ok" } else { "failed" }.to_owned(),
+                    c.detail.clone(),
+                ]
+            })
+            .collect();
+        print!("{}", cli::table(&["REGION", "RESULT", "DETAIL"], &rows));
+        if valid {
+            println!("credentials are valid");
+        }
+    }
+    if !valid {
+        eprintln!("error: {INVALID_CREDENTIALS}");
+        for check in &checks {
+            eprintln!("  {}: {}", check.region, check.detail);
+        }
+    }
+    Ok(valid)
+}
+
+async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<(), cli::CliError> {
     match command {
-        Command::Cluster(ClusterCommand::Create { name, json }) => {
-            let created = client.create_cluster(&name).await?;
-            if json {
-                print_json(&created);
-            } else {
+        ClusterCommand::Create {
+            name,
+            launch,
+            wait,
+            wait_timeout,
+            json,
+        } => {
+            let req = CreateClusterRequest {
+                name: name.clone(),
+                launch: launch.spec(),
+            };
+            let created = client.create_cluster(&req).await?;
+            if !json {
                 print!(
                     "{}",
                     cli::clusters_table(std::slice::from_ref(&created.cluster))
                 );
+                if let Some(report) = &created.launch {
+                    print!("{}", cli::launch_text(report));
+                }
                 println!("\njoin token (shown once): {}", created.join_token);
             }
+            let nodes = if wait {
+                Some(client.wait_deployed(&name, wait_timeout).await?)
+            } else {
+                None
+            };
+            if json {
+                match nodes {
+                    None => print_json(&created),
+                    Some(nodes) => {
+                        print_json(&serde_json::json!({ "created": created, "nodes": nodes }))
+                    }
+                }
+            } else if let Some(nodes) = nodes {
+                print!("{}", cli::nodes_table(&nodes));
+            }
         }
-        Command::Cluster(ClusterCommand::Ls { json }) => {
+        ClusterCommand::Scale {
+            name,
+            count,
+            wait,
+            wait_timeout,
+            json,
+        } => {
+            let scaled = client.scale_cluster(&name, count).await?;
+            if !json {
+                print!("{}", cli::launch_text(&scaled.launch));
+                if !scaled.removing.is_empty() {
+                    println!("removing: {}", scaled.removing.join(", "));
+                }
+            }
+            let nodes = if wait {
+                Some(client.wait_deployed(&name, wait_timeout).await?)
+            } else {
+                None
+            };
+            if json {
+                match nodes {
+                    None => print_json(&scaled),
+                    Some(nodes) => {
+                        print_json(&serde_json::json!({ "scaled": scaled, "nodes": nodes }))
+                    }
+                }
+            } else if let Some(nodes) = nodes {
+                print!("{}", cli::nodes_table(&nodes));
+            }
+        }
+        ClusterCommand::Rm {
+            name,
+            no_wait,
+            wait_timeout,
+            json,
+        } => {
+            let mut cluster = client.remove_cluster(&name).await?;
+            if !no_wait {
+                cluster = client.wait_removed(&name, wait_timeout).await?;
+            }
+            if json {
+                print_json(&cluster);
+            } else {
+                print!("{}", cli::clusters_table(std::slice::from_ref(&cluster)));
+            }
+        }
+        ClusterCommand::Ls { json } => {
             let clusters = client.clusters().await?;
             if json {
                 print_json(&clusters);
@@ -152,14 +428,22 @@ async fn admin(command: Command) -> Result<(), cli::CliError> {
                 print!("{}", cli::clusters_table(&clusters));
             }
         }
-        Command::Cluster(ClusterCommand::Show { name, json }) => {
+        ClusterCommand::Show { name, json } => {
             let cluster = client.cluster(&name).await?;
             if json {
                 print_json(&cluster);
             } else {
-                print!("{}", cli::clusters_table(std::slice::from_ref(&cluster)));
+                print!("{}", cli::cluster_text(&cluster));
             }
         }
+    }
+    Ok(())
+}
+
+async fn admin(command: Command) -> Result<(), cli::CliError> {
+    let client = AdminClient::from_env()?;
+    match command {
+        Command::Cluster(command) => cluster_admin(&client, *command).await?,
         Command::Node(NodeCommand::Ls { cluster, json }) => {
             let nodes = client.nodes(cluster.as_deref()).await?;
             if json {
@@ -192,7 +476,9 @@ async fn admin(command: Command) -> Result<(), cli::CliError> {
                 print!("{}", cli::node_text(&detail));
             }
         }
-        Command::Serve(_) => unreachable!("serve is handled in main"),
+        Command::Serve(_) | Command::CheckCredentials { .. } => {
+            unreachable!("handled in main")
+        }
     }
     Ok(())
 }
@@ -216,6 +502,22 @@ async fn main() -> ExitCode {
                     tracing::error!(error = %e, "coordinator failed");
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckCredentials {
+            regions,
+            ami,
+            instance_type,
+            json,
+        } => {
+            muster_coordinator::install_crypto_provider();
+            match check_credentials(regions, ami, instance_type, json).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
                 }
             }
         }

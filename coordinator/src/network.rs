@@ -104,6 +104,7 @@ const NOT_YET_VISIBLE: &[&str] = &[
     "InvalidInternetGatewayID.NotFound",
     "InvalidRouteTableID.NotFound",
     "InvalidGatewayID.NotFound",
+    "InvalidGroup.NotFound",
 ];
 
 /// Waits between tries in [`settled`]: 0.25 s, 0.5 s, 1 s, 2 s, 4 s, each
@@ -609,7 +610,7 @@ fn has_name(tags: &[Tag], name: &str) -> bool {
 }
 
 /// A filter on one value.
-fn filter(name: &str, value: &str) -> Filter {
+pub(crate) fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
@@ -626,13 +627,14 @@ fn name_tag(resource: ResourceType, name: &str) -> TagSpecification {
         .build()
 }
 
-fn sdk_message(error: &impl std::error::Error) -> String {
+/// An SDK error with all its causes, on one line.
+pub(crate) fn sdk_message(error: &impl std::error::Error) -> String {
     DisplayErrorContext(error).to_string()
 }
 
 /// Runs `call`, and runs it again after a short wait while EC2 answers
 /// that a resource it names does not exist yet (see [`SETTLE_DELAYS_MS`]).
-async fn settled<T, E, F, Fut>(call: F) -> Result<T, E>
+pub(crate) async fn settled<T, E, F, Fut>(call: F) -> Result<T, E>
 where
     E: ProvideErrorMetadata,
     F: FnMut() -> Fut,

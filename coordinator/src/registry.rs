@@ -23,18 +23,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use muster_proto::token::{format_secret, TokenKind, SECRET_BYTES};
 use muster_proto::{
-    validate, ClusterView, CreateClusterRequest, EventPage, EventSource, HeartbeatRequest,
-    HeartbeatResponse, HostFacts, NodeDetail, NodeEvent, NodeState, NodeView, RegisterRequest,
-    RegisterResponse, ValidationError,
+    validate, ClusterView, EventPage, EventSource, HeartbeatRequest, HeartbeatResponse, HostFacts,
+    NodeDetail, NodeEvent, NodeState, NodeView, RegisterRequest, RegisterResponse, ValidationError,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::dns::{NodeRecordSource, Zone, INTERNAL_LABEL};
+use crate::dns::{NodeRecordSource, Zone};
 use crate::ec2::{Ec2Error, InstanceFacts, InstanceLookup};
+use crate::launcher::{ClusterLaunch, LaunchError, Launcher};
 use crate::lifecycle::{self, Input};
-use crate::store::{Cluster, Node, NodeRegistration, Store, StoreError};
+use crate::store::{Cluster, Node, NodeRegistration, Store, StoreError, TokenPurpose};
+
+mod clusters;
 
 /// Why a request was refused. Each variant maps to one HTTP status and one
 /// stable error code in [`crate::api`].
@@ -105,6 +107,17 @@ pub enum RegistryError {
     /// A cluster of that name exists.
     #[error("cluster {0:?} exists already")]
     ClusterExists(String),
+    /// The cluster is being removed, or was.
+    #[error("cluster {name:?} is {state}")]
+    ClusterNotActive {
+        /// The cluster.
+        name: String,
+        /// Its state.
+        state: muster_proto::ClusterState,
+    },
+    /// Launching, scaling or releasing failed.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
     /// No such cluster or node.
     #[error("{0}")]
     NotFound(String),
@@ -138,6 +151,9 @@ impl RegistryError {
             RegistryError::InstanceInOtherCluster { .. } => "instance_in_other_cluster",
             RegistryError::NodeTerminated { .. } => "node_terminated",
             RegistryError::ClusterExists(_) => "cluster_exists",
+            RegistryError::ClusterNotActive { .. } => "cluster_not_active",
+            RegistryError::Launch(error) if error.is_bad_request() => "launch_refused",
+            RegistryError::Launch(_) => "launch_failed",
             RegistryError::NotFound(_) => "not_found",
             RegistryError::Ec2(_) => "ec2_unavailable",
             RegistryError::Store(_) => "internal",
@@ -157,6 +173,20 @@ pub struct Timing {
     /// Sweeps in a row EC2 must not know an instance before its node is
     /// terminated.
     pub unknown_sweeps: u32,
+    /// How long a launched node's agent has to register before the node
+    /// is `failed`.
+    pub launch_timeout: Duration,
+}
+
+/// What launching nodes needs beyond looking instances up.
+#[derive(Debug, Clone)]
+pub struct LaunchContext {
+    /// Launches and releases on EC2.
+    pub launcher: Launcher,
+    /// The coordinator's URL as agents reach it, for the user data.
+    pub coordinator_url: String,
+    /// The CA agents pin, PEM; `None` with an operator certificate.
+    pub ca_pem: Option<String>,
 }
 
 /// A node as kept in memory: the stored fields the hot paths need, plus
@@ -275,6 +305,11 @@ pub struct Registry {
     live: Mutex<Live>,
     /// Serialises writes so that the store, memory and DNS move together.
     write: tokio::sync::Mutex<()>,
+    /// Launching, for a coordinator that launches nodes.
+    launch: Option<LaunchContext>,
+    /// Serialises cluster creates, scales and removals: each reads the
+    /// cluster's nodes, asks EC2, and writes what came of it.
+    clusters: tokio::sync::Mutex<()>,
     /// Counters for `/metrics`.
     pub counters: Counters,
 }
@@ -320,6 +355,20 @@ fn address_change_reason(
     format!("address changed: {}", parts.join(", "))
 }
 
+/// The launch a cluster was stored with, if it launches nodes.
+fn cluster_launch(cluster: &Cluster) -> Result<Option<ClusterLaunch>, StoreError> {
+    cluster
+        .launch
+        .as_deref()
+        .map(|json| {
+            serde_json::from_str(json).map_err(|_| StoreError::Corrupt {
+                field: "clusters.launch",
+                value: json.chars().take(64).collect(),
+            })
+        })
+        .transpose()
+}
+
 fn event_view(e: crate::store::Event) -> NodeEvent {
     NodeEvent {
         seq: e.seq,
@@ -358,47 +407,20 @@ impl Registry {
             timing,
             live: Mutex::new(live),
             write: tokio::sync::Mutex::new(()),
+            launch: None,
+            clusters: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
         })
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    /// Lets this registry launch nodes.
+    pub fn with_launcher(mut self, launch: LaunchContext) -> Registry {
+        self.launch = Some(launch);
+        self
     }
 
-    /// Records a new cluster and returns it with its join token.
-    pub fn create_cluster(
-        &self,
-        req: &CreateClusterRequest,
-    ) -> Result<(ClusterView, String), RegistryError> {
-        req.validate()?;
-        if req.name == INTERNAL_LABEL {
-            return Err(ValidationError::new(
-                "name",
-                &req.name,
-                "is reserved: internal names live under it",
-            )
-            .into());
-        }
-        validate::dns_name(
-            "name",
-            &muster_proto::node_internal_dns_name(
-                &"n".repeat(validate::MAX_LABEL_LEN),
-                &req.name,
-                &self.zone_name,
-            ),
-        )
-        .map_err(|_| {
-            ValidationError::new(
-                "name",
-                &req.name,
-                "is too long: node names under it would pass 253 characters",
-            )
-        })?;
-        let token = new_secret(TokenKind::Join);
-        let cluster = self.store.create_cluster(&req.name, &hash_secret(&token))?;
-        tracing::info!(cluster = %cluster.name, "cluster created");
-        Ok((self.cluster_view(&cluster, &[]), token))
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn cluster_view(&self, cluster: &Cluster, nodes: &[Node]) -> ClusterView {
@@ -409,6 +431,14 @@ impl Registry {
             created_at: rfc3339_ms(cluster.created_at),
             nodes: mine().count() as u64,
             deployed: mine().filter(|n| n.state == NodeState::Deployed).count() as u64,
+            state: cluster.state,
+            launch: match cluster_launch(cluster) {
+                Ok(launch) => launch.map(|l| l.view()),
+                Err(error) => {
+                    tracing::error!(cluster = %cluster.name, %error, "stored launch unreadable");
+                    None
+                }
+            },
         }
     }
 
@@ -626,16 +656,44 @@ impl Registry {
         let cluster = self.store.cluster(&req.cluster)?;
         let how = match TokenKind::of(bearer) {
             Some(TokenKind::Join) => {
-                let cluster = cluster
-                    .as_ref()
-                    .filter(|c| secret_matches(bearer, &c.join_token_hash));
-                if cluster.is_none() {
-                    return Err(RegistryError::Unauthorized(format!(
-                        "the join token is not the one of cluster {:?}",
+                let refused = || {
+                    RegistryError::Unauthorized(format!(
+                        "the join token is not one of cluster {:?}",
                         req.cluster
-                    )));
+                    ))
+                };
+                let Some(c) = cluster.as_ref() else {
+                    return Err(refused());
+                };
+                if c.state != muster_proto::ClusterState::Active {
+                    return Err(RegistryError::ClusterNotActive {
+                        name: c.name.clone(),
+                        state: c.state,
+                    });
                 }
-                "registered with the join token"
+                if secret_matches(bearer, &c.join_token_hash) {
+                    "registered with the join token"
+                } else {
+                    match self.store.cluster_token(&hash_secret(bearer))? {
+                        Some((cluster_id, TokenPurpose::Launch)) if cluster_id == c.id => {
+                            // A launch token speaks only for instances muster
+                            // launched into this cluster.
+                            let launched = self
+                                .store
+                                .node_by_instance(&req.instance_id)?
+                                .is_some_and(|n| n.cluster == c.name && n.subnet_id.is_some());
+                            if !launched {
+                                return Err(RegistryError::Unauthorized(format!(
+                                    "a launch token registers only instances launched into \
+                                     cluster {:?}, and {} is not one",
+                                    c.name, req.instance_id
+                                )));
+                            }
+                            "registered with its launch token"
+                        }
+                        _ => return Err(refused()),
+                    }
+                }
             }
             Some(TokenKind::Node) => {
                 let live = self.live();
@@ -896,6 +954,11 @@ impl Registry {
         if input == Input::Silent && node.last_heard.elapsed() <= self.timing.grace {
             return Ok(node.state);
         }
+        if matches!(input, Input::LaunchTimedOut { .. })
+            && node.last_heard.elapsed() <= self.timing.launch_timeout
+        {
+            return Ok(node.state);
+        }
         let Some((to, reason)) = lifecycle::next(node.state, input, self.timing.unknown_sweeps)
         else {
             return Ok(node.state);
@@ -932,13 +995,34 @@ impl Registry {
     /// `unreachable`. Returns how many it marked.
     pub async fn check_liveness(&self) -> usize {
         let grace = self.timing.grace;
-        let silent: Vec<i64> = self
-            .live()
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.state == NodeState::Deployed && n.last_heard.elapsed() > grace)
-            .map(|(id, _)| *id)
-            .collect();
+        let launch_timeout = self.timing.launch_timeout;
+        let (silent, overdue): (Vec<i64>, Vec<i64>) = {
+            let live = self.live();
+            (
+                live.nodes
+                    .iter()
+                    .filter(|(_, n)| {
+                        n.state == NodeState::Deployed && n.last_heard.elapsed() > grace
+                    })
+                    .map(|(id, _)| *id)
+                    .collect(),
+                live.nodes
+                    .iter()
+                    .filter(|(_, n)| {
+                        n.state == NodeState::Launching && n.last_heard.elapsed() > launch_timeout
+                    })
+                    .map(|(id, _)| *id)
+                    .collect(),
+            )
+        };
+        let timed_out = Input::LaunchTimedOut {
+            after_secs: launch_timeout.as_secs(),
+        };
+        for id in overdue {
+            if let Err(error) = self.apply(id, timed_out, EventSource::Liveness).await {
+                tracing::error!(%error, "liveness check could not fail a launch");
+            }
+        }
         let mut marked = 0;
         for id in silent {
             match self.apply(id, Input::Silent, EventSource::Liveness).await {
@@ -1070,6 +1154,7 @@ mod tests {
     use super::*;
     use crate::ec2::InstanceFacts;
     use hickory_proto::rr::{LowerName, RecordType};
+    use muster_proto::CreateClusterRequest;
     use std::str::FromStr;
 
     const ID: &str = "i-0123456789abcdef0";
@@ -1121,8 +1206,13 @@ mod tests {
             .unwrap()
             .insert(ID.into(), running(Some(Ipv4Addr::new(54, 0, 0, 1))));
         let zone = Arc::new(Zone::new("muster.test", 30).unwrap());
+        let store = Store::open_in_memory().unwrap();
+        let token = new_secret(TokenKind::Join);
+        store
+            .create_cluster("web", &hash_secret(&token), None)
+            .unwrap();
         let registry = Registry::new(
-            Store::open_in_memory().unwrap(),
+            store,
             table.clone(),
             zone,
             "muster.test".into(),
@@ -1131,12 +1221,10 @@ mod tests {
                 heartbeat_jitter: Duration::from_secs(1),
                 grace: Duration::from_secs(30),
                 unknown_sweeps: 3,
+                launch_timeout: Duration::from_secs(600),
             },
         )
         .unwrap();
-        let (_, token) = registry
-            .create_cluster(&CreateClusterRequest { name: "web".into() })
-            .unwrap();
         (registry, table, token)
     }
 
@@ -1426,17 +1514,45 @@ mod tests {
     }
 
     /// Reserved and over-long cluster names are refused.
-    #[test]
-    fn cluster_names_are_checked() {
+    #[tokio::test]
+    async fn cluster_names_are_checked() {
         let (registry, _, _) = setup();
         for bad in ["internal", "Web", "", &"a".repeat(64)] {
-            assert!(registry
-                .create_cluster(&CreateClusterRequest { name: bad.into() })
-                .is_err());
+            let req = CreateClusterRequest {
+                name: bad.into(),
+                launch: None,
+            };
+            assert!(registry.create_cluster(&req).await.is_err());
         }
-        let err = registry
-            .create_cluster(&CreateClusterRequest { name: "web".into() })
-            .unwrap_err();
+        let req = CreateClusterRequest {
+            name: "web".into(),
+            launch: None,
+        };
+        let err = registry.create_cluster(&req).await.unwrap_err();
         assert_eq!(err.code(), "cluster_exists");
+        let (view, token, report) = registry
+            .create_cluster(&CreateClusterRequest {
+                name: "db".into(),
+                launch: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(view.state, muster_proto::ClusterState::Active);
+        assert!(view.launch.is_none() && report.is_none());
+        assert_eq!(TokenKind::of(&token), Some(TokenKind::Join));
+    }
+
+    /// Without a launcher, a launch is refused and nothing is stored.
+    #[tokio::test]
+    async fn launch_needs_a_launcher() {
+        let (registry, _, _) = setup();
+        let req: CreateClusterRequest = serde_json::from_str(
+            r#"{"name": "api", "launch": {"region": "us-east-1", "instance_type": "t3.micro",
+                "count": 1, "disk_gb": 30, "ami": "ami-0123abcd"}}"#,
+        )
+        .unwrap();
+        let err = registry.create_cluster(&req).await.unwrap_err();
+        assert_eq!(err.code(), "invalid_request", "{err}");
+        assert!(registry.cluster("api").is_err());
     }
 }

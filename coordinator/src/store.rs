@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use muster_proto::{EventSource, NodeState};
+use muster_proto::{ClusterState, EventSource, NodeState};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 /// Schema steps, applied in order. Step `i` brings `user_version` to `i + 1`.
@@ -54,6 +54,18 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX node_events_by_node ON node_events(node_id, id);",
     // 2: who or what caused each event.
     "ALTER TABLE node_events ADD COLUMN source TEXT NOT NULL DEFAULT 'agent';",
+    // 3: launched clusters: their state, launch spec and resources (JSON),
+    // the subnet of each launched node, and further join tokens (hashed).
+    "ALTER TABLE clusters ADD COLUMN state TEXT NOT NULL DEFAULT 'active';
+    ALTER TABLE clusters ADD COLUMN launch TEXT;
+    ALTER TABLE nodes ADD COLUMN subnet_id TEXT;
+    CREATE TABLE cluster_tokens (
+        id INTEGER PRIMARY KEY,
+        cluster_id INTEGER NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 /// Errors of the store, named after the operation that failed.
@@ -119,6 +131,40 @@ pub struct Cluster {
     pub join_token_hash: String,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// Active, removing or removed.
+    pub state: ClusterState,
+    /// What its nodes are launched as and with, as JSON
+    /// ([`crate::launcher::ClusterLaunch`]); `None` if muster launches none.
+    pub launch: Option<String>,
+}
+
+/// A join token beyond the cluster's own, by what it is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPurpose {
+    /// Carried in the user data of one launch: it registers only instances
+    /// muster launched into the cluster.
+    Launch,
+}
+
+impl TokenPurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenPurpose::Launch => "launch",
+        }
+    }
+}
+
+/// An instance just launched, about to be stored as a `launching` node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchedInstance {
+    /// `i-…`.
+    pub instance_id: String,
+    /// The subnet it went to.
+    pub subnet_id: String,
+    /// Its availability zone.
+    pub availability_zone: String,
+    /// Its private IPv4, if EC2 gave it already.
+    pub private_ipv4: Option<Ipv4Addr>,
 }
 
 /// A stored node.
@@ -148,6 +194,9 @@ pub struct Node {
     pub created_at: i64,
     /// Unix milliseconds.
     pub updated_at: i64,
+    /// The subnet muster launched it into; `None` for a node that joined on
+    /// its own.
+    pub subnet_id: Option<String>,
 }
 
 /// A stored event.
@@ -203,7 +252,8 @@ pub fn now_ms() -> i64 {
 }
 
 const NODE_COLUMNS: &str = "n.id, c.name, n.name, n.instance_id, n.state, n.availability_zone, \
-     n.region, n.private_ipv4, n.public_ipv4, n.credential_hash, n.created_at, n.updated_at";
+     n.region, n.private_ipv4, n.public_ipv4, n.credential_hash, n.created_at, n.updated_at, \
+     n.subnet_id";
 
 impl Store {
     /// Opens (creating if needed) the store at `path` and migrates it.
@@ -281,38 +331,209 @@ impl Store {
             .map_err(query("reading the schema version"))
     }
 
-    /// Records a new cluster.
-    pub fn create_cluster(&self, name: &str, join_token_hash: &str) -> Result<Cluster, StoreError> {
-        let conn = self.lock();
+    /// Records a new cluster, with its launch spec and resources as JSON
+    /// for a launched one. A cluster of that name that was removed is
+    /// forgotten first, nodes, events and all, in the same transaction.
+    pub fn create_cluster(
+        &self,
+        name: &str,
+        join_token_hash: &str,
+        launch: Option<&str>,
+    ) -> Result<Cluster, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(query("starting a cluster create"))?;
         let created_at = now_ms();
-        let inserted = conn.execute(
-            "INSERT INTO clusters (name, join_token_hash, created_at) VALUES (?1, ?2, ?3)",
-            params![name, join_token_hash, created_at],
+        let removed: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM clusters WHERE name = ?1 AND state = ?2",
+                params![name, ClusterState::Removed.as_str()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("reading a removed cluster"))?;
+        if let Some(id) = removed {
+            tx.execute("DELETE FROM nodes WHERE cluster_id = ?1", params![id])
+                .map_err(query("forgetting the nodes of a removed cluster"))?;
+            tx.execute("DELETE FROM clusters WHERE id = ?1", params![id])
+                .map_err(query("forgetting a removed cluster"))?;
+        }
+        let inserted = tx.execute(
+            "INSERT INTO clusters (name, join_token_hash, created_at, state, launch) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                name,
+                join_token_hash,
+                created_at,
+                ClusterState::Active.as_str(),
+                launch
+            ],
         );
         match inserted {
-            Ok(_) => Ok(Cluster {
-                id: conn.last_insert_rowid(),
-                name: name.to_owned(),
-                join_token_hash: join_token_hash.to_owned(),
-                created_at,
-            }),
+            Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(StoreError::ClusterExists(name.to_owned()))
+                return Err(StoreError::ClusterExists(name.to_owned()))
             }
-            Err(source) => Err(StoreError::Query {
-                operation: "inserting a cluster",
-                source,
-            }),
+            Err(source) => {
+                return Err(StoreError::Query {
+                    operation: "inserting a cluster",
+                    source,
+                })
+            }
         }
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(query("committing a cluster create"))?;
+        Ok(Cluster {
+            id,
+            name: name.to_owned(),
+            join_token_hash: join_token_hash.to_owned(),
+            created_at,
+            state: ClusterState::Active,
+            launch: launch.map(str::to_owned),
+        })
+    }
+
+    /// Deletes a cluster that has no nodes: undoes a create whose launch
+    /// failed. Returns whether it was deleted.
+    pub fn delete_empty_cluster(&self, id: i64) -> Result<bool, StoreError> {
+        self.lock()
+            .execute(
+                "DELETE FROM clusters WHERE id = ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM nodes WHERE cluster_id = ?1)",
+                params![id],
+            )
+            .map(|n| n > 0)
+            .map_err(query("deleting an empty cluster"))
+    }
+
+    /// Replaces a cluster's launch JSON.
+    pub fn set_cluster_launch(&self, id: i64, launch: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE clusters SET launch = ?2 WHERE id = ?1",
+                params![id, launch],
+            )
+            .map(|_| ())
+            .map_err(query("updating a cluster's launch"))
+    }
+
+    /// Moves a cluster to `state`.
+    pub fn set_cluster_state(&self, id: i64, state: ClusterState) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE clusters SET state = ?2 WHERE id = ?1",
+                params![id, state.as_str()],
+            )
+            .map(|_| ())
+            .map_err(query("updating a cluster's state"))
+    }
+
+    /// Keeps the hash of a further join token of a cluster.
+    pub fn add_cluster_token(
+        &self,
+        cluster_id: i64,
+        purpose: TokenPurpose,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO cluster_tokens (cluster_id, kind, token_hash, created_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![cluster_id, purpose.as_str(), token_hash, now_ms()],
+            )
+            .map(|_| ())
+            .map_err(query("storing a cluster token"))
+    }
+
+    /// What a further join token with this hash is for, and the id of its
+    /// cluster.
+    pub fn cluster_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(i64, TokenPurpose)>, StoreError> {
+        let found: Option<(i64, String)> = self
+            .lock()
+            .query_row(
+                "SELECT cluster_id, kind FROM cluster_tokens WHERE token_hash = ?1",
+                params![token_hash],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(query("reading a cluster token"))?;
+        found
+            .map(|(id, kind)| match kind.as_str() {
+                "launch" => Ok((id, TokenPurpose::Launch)),
+                _ => Err(StoreError::Corrupt {
+                    field: "cluster_tokens.kind",
+                    value: kind,
+                }),
+            })
+            .transpose()
+    }
+
+    /// Stores freshly launched instances as `launching` nodes named after
+    /// their instance ids, each with its event, in one transaction.
+    pub fn insert_launched(
+        &self,
+        cluster_id: i64,
+        region: &str,
+        instances: &[LaunchedInstance],
+        reason: &str,
+    ) -> Result<Vec<Node>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(query("starting a launch"))?;
+        let now = now_ms();
+        let launching = NodeState::Launching.as_str();
+        for instance in instances {
+            tx.execute(
+                "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
+                 region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
+                 subnet_id) VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?7, ?8)",
+                params![
+                    cluster_id,
+                    instance.instance_id,
+                    launching,
+                    instance.availability_zone,
+                    region,
+                    instance.private_ipv4.map(|ip| ip.to_string()),
+                    now,
+                    instance.subnet_id
+                ],
+            )
+            .map_err(query("inserting a launched node"))?;
+            let node_id = tx.last_insert_rowid();
+            record_event(
+                &tx,
+                node_id,
+                now,
+                None,
+                launching,
+                reason,
+                EventSource::Operator,
+            )?;
+        }
+        tx.commit().map_err(query("committing a launch"))?;
+        drop(conn);
+        instances
+            .iter()
+            .map(|i| {
+                self.node_by_instance(&i.instance_id)?
+                    .ok_or(StoreError::Corrupt {
+                        field: "nodes.instance_id",
+                        value: i.instance_id.clone(),
+                    })
+            })
+            .collect()
     }
 
     /// One cluster by name.
     pub fn cluster(&self, name: &str) -> Result<Option<Cluster>, StoreError> {
         self.lock()
             .query_row(
-                "SELECT id, name, join_token_hash, created_at FROM clusters WHERE name = ?1",
+                &format!("SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = ?1"),
                 params![name],
                 cluster_from_row,
             )
@@ -324,7 +545,9 @@ impl Store {
     pub fn clusters(&self) -> Result<Vec<Cluster>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare("SELECT id, name, join_token_hash, created_at FROM clusters ORDER BY name")
+            .prepare(&format!(
+                "SELECT {CLUSTER_COLUMNS} FROM clusters ORDER BY name"
+            ))
             .map_err(query("listing clusters"))?;
         let rows = stmt
             .query_map([], cluster_from_row)
@@ -632,12 +855,19 @@ fn record_event(
     .map_err(query("recording an event"))
 }
 
+const CLUSTER_COLUMNS: &str = "id, name, join_token_hash, created_at, state, launch";
+
 fn cluster_from_row(row: &Row<'_>) -> rusqlite::Result<Cluster> {
+    let state: String = row.get(4)?;
     Ok(Cluster {
         id: row.get(0)?,
         name: row.get(1)?,
         join_token_hash: row.get(2)?,
         created_at: row.get(3)?,
+        state: state.parse().map_err(|e: muster_proto::ValidationError| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        launch: row.get(5)?,
     })
 }
 
@@ -655,6 +885,7 @@ struct RawNode {
     credential_hash: Option<String>,
     created_at: i64,
     updated_at: i64,
+    subnet_id: Option<String>,
 }
 
 fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -671,6 +902,7 @@ fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
         credential_hash: row.get(9)?,
         created_at: row.get(10)?,
         updated_at: row.get(11)?,
+        subnet_id: row.get(12)?,
     })
 }
 
@@ -689,6 +921,7 @@ impl RawNode {
             credential_hash: self.credential_hash,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            subnet_id: self.subnet_id,
         })
     }
 }
@@ -735,7 +968,7 @@ mod tests {
         let path = dir.path().join("muster.db");
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
-        store.create_cluster("web", "h").unwrap();
+        store.create_cluster("web", "h", None).unwrap();
         drop(store);
         let store = Store::open(&path).unwrap();
         assert_eq!(store.clusters().unwrap().len(), 1);
@@ -760,9 +993,9 @@ mod tests {
     #[test]
     fn duplicate_cluster_is_refused() {
         let store = Store::open_in_memory().unwrap();
-        store.create_cluster("web", "h").unwrap();
+        store.create_cluster("web", "h", None).unwrap();
         assert!(matches!(
-            store.create_cluster("web", "h2"),
+            store.create_cluster("web", "h2", None),
             Err(StoreError::ClusterExists(_))
         ));
         assert_eq!(store.clusters().unwrap().len(), 1);
@@ -773,7 +1006,7 @@ mod tests {
     #[test]
     fn register_twice_is_one_node() {
         let store = Store::open_in_memory().unwrap();
-        let cluster = store.create_cluster("web", "h").unwrap();
+        let cluster = store.create_cluster("web", "h", None).unwrap();
         let first = store
             .register_node(&registration(cluster.id, "c1"), "registered")
             .unwrap();
@@ -794,7 +1027,7 @@ mod tests {
     #[test]
     fn failed_register_writes_nothing() {
         let store = Store::open_in_memory().unwrap();
-        let cluster = store.create_cluster("web", "h").unwrap();
+        let cluster = store.create_cluster("web", "h", None).unwrap();
         store
             .register_node(&registration(cluster.id, "c1"), "registered")
             .unwrap();
@@ -815,7 +1048,7 @@ mod tests {
     #[test]
     fn transitions_are_conditional() {
         let store = Store::open_in_memory().unwrap();
-        let cluster = store.create_cluster("web", "h").unwrap();
+        let cluster = store.create_cluster("web", "h", None).unwrap();
         let node = store
             .register_node(&registration(cluster.id, "c1"), "registered")
             .unwrap();
@@ -849,7 +1082,7 @@ mod tests {
     #[test]
     fn events_page() {
         let store = Store::open_in_memory().unwrap();
-        let cluster = store.create_cluster("web", "h").unwrap();
+        let cluster = store.create_cluster("web", "h", None).unwrap();
         let node = store
             .register_node(&registration(cluster.id, "c1"), "registered")
             .unwrap();
@@ -881,7 +1114,7 @@ mod tests {
     #[test]
     fn address_change_is_recorded() {
         let store = Store::open_in_memory().unwrap();
-        let cluster = store.create_cluster("web", "h").unwrap();
+        let cluster = store.create_cluster("web", "h", None).unwrap();
         let node = store
             .register_node(&registration(cluster.id, "c1"), "registered")
             .unwrap();

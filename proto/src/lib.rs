@@ -10,11 +10,14 @@
 //! - [`paths`]: the HTTP API paths and the protocol version.
 //! - [`validate`]: instance ids, IPv4 addresses, DNS labels (RFC 1123), sizes.
 //! - [`token`]: the prefixed secrets (join token, node credential, admin token).
+//! - [`launch`]: launching nodes on EC2: the launch spec, provider options,
+//!   scale and launch reports.
 //! - the wire types at the crate root: register, heartbeat, node and cluster
 //!   views, and the JSON error body.
 
 #![forbid(unsafe_code)]
 
+pub mod launch;
 pub mod paths;
 pub mod token;
 pub mod validate;
@@ -432,6 +435,57 @@ pub struct ClusterView {
     pub nodes: u64,
     /// Nodes in `deployed`.
     pub deployed: u64,
+    /// `active`, or on its way out.
+    pub state: ClusterState,
+    /// How its nodes are launched; absent for a cluster agents join on
+    /// their own.
+    pub launch: Option<launch::LaunchView>,
+}
+
+/// The life of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// In use.
+    Active,
+    /// `cluster rm` is terminating its instances and releasing what was
+    /// made for it.
+    Removing,
+    /// Everything made for it is gone; its nodes are `terminated`. The name
+    /// may be used again.
+    Removed,
+}
+
+impl ClusterState {
+    /// The lowercase name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Active => "active",
+            ClusterState::Removing => "removing",
+            ClusterState::Removed => "removed",
+        }
+    }
+}
+
+impl fmt::Display for ClusterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ClusterState {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            ClusterState::Active,
+            ClusterState::Removing,
+            ClusterState::Removed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+        .ok_or_else(|| ValidationError::new("state", s, "is not a cluster state"))
+    }
 }
 
 /// `POST /v1/clusters`.
@@ -440,12 +494,20 @@ pub struct ClusterView {
 pub struct CreateClusterRequest {
     /// Cluster name: a DNS label (RFC 1123), lowercase.
     pub name: String,
+    /// Nodes for muster to launch; absent for a cluster agents join on
+    /// their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<launch::LaunchSpec>,
 }
 
 impl CreateClusterRequest {
-    /// Checks the name.
+    /// Checks the name and the launch spec.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        validate::dns_label("name", &self.name)
+        validate::dns_label("name", &self.name)?;
+        if let Some(spec) = &self.launch {
+            spec.validate()?;
+        }
+        Ok(())
     }
 }
 
@@ -458,6 +520,9 @@ pub struct CreateClusterResponse {
     pub cluster: ClusterView,
     /// The join token agents present to register.
     pub join_token: String,
+    /// What was launched, for a launched cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<launch::LaunchReport>,
 }
 
 /// The body of every error answer: `{"error": {"code", "message"}}`.

@@ -8,8 +8,10 @@ pub const AGENT_REGISTER: &str = "/v1/agent/register";
 pub const AGENT_HEARTBEAT: &str = "/v1/agent/heartbeat";
 /// Admin: list clusters (GET), create one (POST).
 pub const CLUSTERS: &str = "/v1/clusters";
-/// Admin: one cluster, `{name}`.
+/// Admin: one cluster, `{name}`: read it (GET), remove it (DELETE).
 pub const CLUSTER: &str = "/v1/clusters/{name}";
+/// Admin: grow or shrink a launched cluster (POST).
+pub const CLUSTER_SCALE: &str = "/v1/clusters/{name}/scale";
 /// Admin: list nodes; `?cluster=NAME` narrows to one cluster.
 pub const NODES: &str = "/v1/nodes";
 /// Admin: one node, by cluster and node name.
@@ -29,4 +31,9 @@ pub fn cluster(name: &str) -> String {
 /// The path of one node.
 pub fn node(cluster: &str, name: &str) -> String {
     format!("{NODES}/{cluster}/{name}")
+}
+
+/// The scale path of one cluster.
+pub fn cluster_scale(name: &str) -> String {
+    format!("{CLUSTERS}/{name}/scale")
 }

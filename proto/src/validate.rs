@@ -193,6 +193,112 @@ pub fn text(field: &str, value: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// An EC2 resource id: `prefix-` and 8 or 17 lowercase hex digits, e.g.
+/// `vpc-0123abcd`, `subnet-…`, `sg-…`, `ami-…`.
+pub fn resource_id(field: &str, prefix: &str, value: &str) -> Result<(), ValidationError> {
+    let ok = value
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|hex| {
+            (hex.len() == 8 || hex.len() == 17)
+                && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            value,
+            &format!("must be \"{prefix}-\" followed by 8 or 17 lowercase hex digits"),
+        ))
+    }
+}
+
+/// An EC2 instance type: family and size joined by a dot, lowercase
+/// letters, digits and `-`, e.g. `t3.micro` or `m7g.2xlarge`.
+pub fn instance_type(value: &str) -> Result<(), ValidationError> {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+    };
+    let ok = value.len() <= 32
+        && value
+            .split_once('.')
+            .is_some_and(|(family, size)| part(family) && part(size) && !size.contains('.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "instance_type",
+            value,
+            "must look like an EC2 instance type, e.g. t3.micro",
+        ))
+    }
+}
+
+/// An EC2 key pair name: 1 to 255 printable ASCII characters, not starting
+/// or ending with a space.
+pub fn key_name(value: &str) -> Result<(), ValidationError> {
+    let ok = !value.is_empty()
+        && value.len() <= 255
+        && value.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !value.starts_with(' ')
+        && !value.ends_with(' ');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "key_name",
+            value,
+            "must be 1 to 255 printable ASCII characters",
+        ))
+    }
+}
+
+/// An IAM instance profile name: 1 to 128 of letters, digits and `+=,.@_-`.
+pub fn instance_profile_name(value: &str) -> Result<(), ValidationError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "instance_profile_name",
+            value,
+            "must be 1 to 128 letters, digits or any of +=,.@_-",
+        ))
+    }
+}
+
+/// An IPv4 CIDR block `a.b.c.d/n` with no host bits set. Returns the
+/// network and the prefix length.
+pub fn ipv4_cidr(field: &str, value: &str) -> Result<(Ipv4Addr, u8), ValidationError> {
+    let (addr, prefix) = value
+        .split_once('/')
+        .ok_or_else(|| ValidationError::new(field, value, "must be a CIDR block a.b.c.d/n"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| ValidationError::new(field, value, "must be a CIDR block a.b.c.d/n"))?;
+    let prefix: u8 =
+        prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| {
+            ValidationError::new(field, value, "has a prefix length beyond 0..=32")
+        })?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    let network = Ipv4Addr::from_bits(addr.to_bits() & mask);
+    if network != addr {
+        return Err(ValidationError::new(
+            field,
+            value,
+            &format!("has host bits set; the block is {network}/{prefix}"),
+        ));
+    }
+    Ok((network, prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +396,37 @@ mod tests {
             err.to_string(),
             "cluster=\"Bad\" is not valid: may hold only lowercase letters, digits and '-'"
         );
+    }
+
+    #[test]
+    fn launch_values() {
+        assert!(resource_id("vpc_id", "vpc", "vpc-0123abcd").is_ok());
+        assert!(resource_id("vpc_id", "vpc", "vpc-0123456789abcdef0").is_ok());
+        assert!(resource_id("vpc_id", "vpc", "subnet-0123abcd").is_err());
+        assert!(resource_id("vpc_id", "vpc", "vpc-0123ABCD").is_err());
+        assert!(resource_id("vpc_id", "vpc", "vpc-0123abc").is_err());
+        assert!(instance_type("t3.micro").is_ok());
+        assert!(instance_type("m7g.2xlarge").is_ok());
+        assert!(instance_type("t3").is_err());
+        assert!(instance_type("t3.micro.x").is_err());
+        assert!(instance_type("T3.micro").is_err());
+        assert!(key_name("my key").is_ok());
+        assert!(key_name("").is_err());
+        assert!(key_name("tab\there").is_err());
+        assert!(instance_profile_name("muster-nodes@x").is_ok());
+        assert!(instance_profile_name("no spaces").is_err());
+        assert_eq!(
+            ipv4_cidr("admin_cidr", "203.0.113.0/24").unwrap(),
+            (Ipv4Addr::new(203, 0, 113, 0), 24)
+        );
+        assert_eq!(
+            ipv4_cidr("admin_cidr", "0.0.0.0/0").unwrap(),
+            (Ipv4Addr::UNSPECIFIED, 0)
+        );
+        let e = ipv4_cidr("admin_cidr", "203.0.113.7/24").unwrap_err();
+        assert!(e.reason.contains("203.0.113.0/24"), "{e}");
+        assert!(ipv4_cidr("admin_cidr", "203.0.113.7").is_err());
+        assert!(ipv4_cidr("admin_cidr", "203.0.113.7/33").is_err());
     }
 
     proptest! {

@@ -1,0 +1,944 @@
+//! Launching and removing a cluster's instances on EC2.
+//!
+//! [`Launcher::prepare`] gets a cluster ready to launch into:
+//! 1. the network, found or created by [`crate::network::ensure_network`]
+//!    (and dry-run per subnet);
+//! 2. a security group `muster-NAME` in that VPC, unless security groups
+//!    were given: all TCP between its members, and 22/tcp from the
+//!    `admin_cidr` if one was given (no SSH rule otherwise). One left
+//!    behind by an earlier create that failed, tagged for this cluster, is
+//!    used again; one of that name not tagged so is an error;
+//! 3. a key pair `muster-NAME-<8 hex>`, unless `key_name` was given, whose
+//!    private key is written 0600 to `<data dir>/keys/<key name>.pem`.
+//!
+//! If a step fails, what the earlier steps of this call made for the
+//! cluster (security group, key pair) is deleted again; the shared network
+//! stays.
+//!
+//! [`Launcher::launch`] places nodes with [`crate::placement::place`] and
+//! makes one RunInstances per subnet per wave, MinCount 1 and MaxCount the
+//! subnet's share, each instance with a gp2 data volume at `/dev/sdf`
+//! (DeleteOnTermination), the cluster's security groups, key pair and
+//! instance profile, and the user data. Instance and volume are tagged
+//! `Name=muster-NAME`, `muster:cluster=NAME` and `muster:managed=true` as
+//! they are created. A subnet that answers `InsufficientInstanceCapacity`,
+//! `Unsupported` or `InsufficientFreeAddressesInSubnet`, or launches fewer
+//! than asked, is dropped and the rest are placed again over the others.
+//! Any other error ends the launch: if nothing was launched it is the
+//! answer, otherwise what was launched is kept and the error reported.
+//!
+//! A node's name is its instance id, known only once the instance exists,
+//! so `muster:node` (and a `Name` naming the node) cannot ride on
+//! RunInstances, whose tags are the same for every instance of a call.
+//! After each call one DescribeVolumes finds the new instances' volumes,
+//! and one CreateTags per instance tags it and its volumes. EC2 may not
+//! list the volume of a pending instance yet; such a volume keeps only the
+//! cluster tags.
+//!
+//! Every RunInstances carries a fresh ClientToken, so a retry of a call
+//! whose answer was lost launches nothing twice.
+//!
+//! [`Launcher::release`] undoes `prepare` once the instances are gone: it
+//! deletes the security group (retrying while EC2 says it is still in use,
+//! as it does until the instances' network interfaces are gone) and the key
+//! pair muster made, with its key file.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, IamInstanceProfileSpecification, InstanceType,
+    IpPermission, IpRange, ResourceType, Tag, TagSpecification, UserIdGroupPair, VolumeType,
+};
+use aws_sdk_ec2::Client;
+use base64::Engine as _;
+use muster_proto::launch::{LaunchSpec, LaunchView, SubnetProblem};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::ec2::Ec2Clients;
+use crate::network::{self, ensure_network, filter, sdk_message, settled, NetworkRequest};
+use crate::placement::place;
+use crate::store::LaunchedInstance;
+
+/// The device name of every node's data volume.
+pub const DATA_DEVICE: &str = "/dev/sdf";
+
+/// Tag keys on everything muster launches.
+pub const TAG_CLUSTER: &str = "muster:cluster";
+/// The node an instance or volume is.
+pub const TAG_NODE: &str = "muster:node";
+/// `true` on everything muster made.
+pub const TAG_MANAGED: &str = "muster:managed";
+
+/// EC2 answers that say a subnet cannot take (more) instances now; the
+/// launch moves on to the other subnets.
+const SUBNET_REFUSALS: &[&str] = &[
+    "InsufficientInstanceCapacity",
+    "Unsupported",
+    "InsufficientFreeAddressesInSubnet",
+];
+
+/// How long [`Launcher::release`] keeps trying to delete a security group
+/// EC2 says is still in use.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// What a launched cluster launches with: the spec it was created with
+/// (its count kept up to date by scaling) and what `prepare` found or
+/// made. Stored as JSON with the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLaunch {
+    /// The spec; `count` is the size the cluster is meant to have.
+    pub spec: LaunchSpec,
+    /// The VPC.
+    pub vpc_id: String,
+    /// The subnets to launch in, in order of preference.
+    pub subnets: Vec<String>,
+    /// Subnets left out by the dry run, with EC2's answer.
+    pub excluded: Vec<SubnetProblem>,
+    /// The security groups instances launch with.
+    pub security_groups: Vec<String>,
+    /// The security group muster made, to delete with the cluster.
+    pub created_security_group: Option<String>,
+    /// The key pair instances launch with.
+    pub key_name: String,
+    /// Whether muster made the key pair (and so deletes it).
+    pub created_key_pair: bool,
+    /// Where the private key of a key pair muster made is.
+    pub key_path: Option<PathBuf>,
+}
+
+impl ClusterLaunch {
+    /// What `cluster show` shows of it.
+    pub fn view(&self) -> LaunchView {
+        LaunchView {
+            region: self.spec.region.clone(),
+            instance_type: self.spec.instance_type.clone(),
+            count: self.spec.count,
+            disk_gb: self.spec.disk_gb,
+            ami: self.spec.ami.clone(),
+            vpc_id: self.vpc_id.clone(),
+            subnets: self.subnets.clone(),
+            excluded_subnets: self.excluded.clone(),
+            security_groups: self.security_groups.clone(),
+            instance_profile: self.spec.instance_profile().map(str::to_owned),
+            key_name: self.key_name.clone(),
+            key_path: self.key_path.as_ref().map(|p| p.display().to_string()),
+        }
+    }
+}
+
+/// What one launch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wave {
+    /// The instances launched.
+    pub launched: Vec<LaunchedInstance>,
+    /// Subnets that refused part of it, and why.
+    pub refused: Vec<SubnetProblem>,
+    /// Nodes that could not be launched anywhere.
+    pub short: u32,
+}
+
+/// Errors launching or releasing.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The network could not be found or made.
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    /// Every subnet failed its dry run.
+    #[error("no subnet in {region} can launch {instance_type} from {ami}: {reasons}")]
+    NoUsableSubnet {
+        /// The region.
+        region: String,
+        /// The instance type.
+        instance_type: String,
+        /// The image.
+        ami: String,
+        /// Each subnet with EC2's answer.
+        reasons: String,
+    },
+    /// A security group of our name exists but is not ours.
+    #[error(
+        "security group {name} exists in {vpc_id} but is not tagged {TAG_CLUSTER}={cluster}; \
+         remove it or name security groups to use"
+    )]
+    SecurityGroupTaken {
+        /// Its name.
+        name: String,
+        /// The VPC.
+        vpc_id: String,
+        /// The cluster.
+        cluster: String,
+    },
+    /// An EC2 call failed.
+    #[error("{operation} in {region}: {message}")]
+    Ec2 {
+        /// The call, with what it was about.
+        operation: String,
+        /// The region.
+        region: String,
+        /// EC2's error code, if it answered with one.
+        code: Option<String>,
+        /// The SDK error with its causes.
+        message: String,
+    },
+    /// The private key could not be written.
+    #[error("writing the private key to {path}: {message}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        message: String,
+    },
+}
+
+impl LaunchError {
+    /// Whether the request, not EC2 or muster, is at fault: EC2 found
+    /// something in it invalid (an image or profile that does not exist, a
+    /// VPC of the wrong shape), so asking again unchanged will not help.
+    pub fn is_bad_request(&self) -> bool {
+        use network::NetworkError as N;
+        match self {
+            LaunchError::Network(error) => matches!(
+                error,
+                N::NoSuchVpc { .. }
+                    | N::NoSuchSubnets { .. }
+                    | N::SubnetOutsideVpc { .. }
+                    | N::SubnetsInManyVpcs { .. }
+                    | N::UnnamedSubnets { .. }
+            ),
+            LaunchError::NoUsableSubnet { .. } | LaunchError::SecurityGroupTaken { .. } => true,
+            LaunchError::Ec2 { code, .. } => code.as_deref().is_some_and(|c| {
+                c.starts_with("Invalid") || c.starts_with("Missing") || c == "Unsupported"
+            }),
+            LaunchError::KeyFile { .. } => false,
+        }
+    }
+}
+
+/// Launches and removes instances; one per coordinator.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    clients: Ec2Clients,
+    keys_dir: PathBuf,
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+fn cluster_tags(resource: ResourceType, name: &str, cluster: &str) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(resource)
+        .tags(tag("Name", name))
+        .tags(tag(TAG_CLUSTER, cluster))
+        .tags(tag(TAG_MANAGED, "true"))
+        .build()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut random = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    hex::encode(random)
+}
+
+impl Launcher {
+    /// A launcher asking EC2 through `clients`, keeping private keys under
+    /// `data_dir/keys`.
+    pub fn new(clients: Ec2Clients, data_dir: &Path) -> Launcher {
+        Launcher {
+            clients,
+            keys_dir: data_dir.join("keys"),
+        }
+    }
+
+    fn ec2_error(
+        operation: impl Into<String>,
+        region: &str,
+        error: &(impl std::error::Error + ProvideErrorMetadata),
+    ) -> LaunchError {
+        LaunchError::Ec2 {
+            operation: operation.into(),
+            region: region.to_owned(),
+            code: error.code().map(str::to_owned),
+            message: sdk_message(error),
+        }
+    }
+
+    /// Finds or makes the network, the security group and the key pair of
+    /// cluster `cluster`, as the module doc says.
+    pub async fn prepare(
+        &self,
+        cluster: &str,
+        spec: &LaunchSpec,
+    ) -> Result<ClusterLaunch, LaunchError> {
+        let region = spec.region.as_str();
+        let client = self.clients.client(region);
+        let network = ensure_network(
+            &client,
+            &NetworkRequest {
+                vpc_id: spec.vpc_id().map(str::to_owned),
+                subnet_ids: spec.subnets().to_vec(),
+                instance_type: spec.instance_type.clone(),
+                image_id: spec.ami.clone(),
+            },
+        )
+        .await?;
+        let excluded: Vec<SubnetProblem> = network
+            .excluded
+            .iter()
+            .map(|(subnet, reason)| SubnetProblem {
+                subnet: subnet.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+        if network.subnets.is_empty() {
+            return Err(LaunchError::NoUsableSubnet {
+                region: region.to_owned(),
+                instance_type: spec.instance_type.clone(),
+                ami: spec.ami.clone(),
+                reasons: if excluded.is_empty() {
+                    "the VPC has no subnet to use".to_owned()
+                } else {
+                    excluded
+                        .iter()
+                        .map(|p| format!("{}: {}", p.subnet, p.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
+            });
+        }
+
+        let (security_groups, created_security_group) = if spec.security_groups().is_empty() {
+            let id = self
+                .ensure_security_group(&client, region, &network.vpc_id, cluster, spec)
+                .await?;
+            (vec![id.clone()], Some(id))
+        } else {
+            (spec.security_groups().to_vec(), None)
+        };
+
+        let mut launch = ClusterLaunch {
+            spec: spec.clone(),
+            vpc_id: network.vpc_id.clone(),
+            subnets: network.subnet_ids(),
+            excluded,
+            security_groups,
+            created_security_group,
+            key_name: String::new(),
+            created_key_pair: false,
+            key_path: None,
+        };
+        match &spec.key_name {
+            Some(name) => launch.key_name = name.clone(),
+            None => match self.create_key_pair(&client, region, cluster).await {
+                Ok((name, path)) => {
+                    launch.key_name = name;
+                    launch.created_key_pair = true;
+                    launch.key_path = Some(path);
+                }
+                Err(error) => {
+                    self.release(&launch).await.ok();
+                    return Err(error);
+                }
+            },
+        }
+        Ok(launch)
+    }
+
+    async fn ensure_security_group(
+        &self,
+        client: &Client,
+        region: &str,
+        vpc_id: &str,
+        cluster: &str,
+        spec: &LaunchSpec,
+    ) -> Result<String, LaunchError> {
+        let name = format!("muster-{cluster}");
+        let found = client
+            .describe_security_groups()
+            .filters(filter("vpc-id", vpc_id))
+            .filters(filter("group-name", &name))
+            .send()
+            .await
+            .map_err(|e| {
+                Self::ec2_error(format!("describing security group {name}"), region, &e)
+            })?;
+        let id = match found.security_groups().first() {
+            Some(group) => {
+                let ours = group
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == Some(TAG_CLUSTER) && t.value() == Some(cluster));
+                if !ours {
+                    return Err(LaunchError::SecurityGroupTaken {
+                        name,
+                        vpc_id: vpc_id.to_owned(),
+                        cluster: cluster.to_owned(),
+                    });
+                }
+                group.group_id().unwrap_or_default().to_owned()
+            }
+            None => client
+                .create_security_group()
+                .group_name(&name)
+                .description(format!("muster cluster {cluster}"))
+                .vpc_id(vpc_id)
+                .tag_specifications(cluster_tags(ResourceType::SecurityGroup, &name, cluster))
+                .send()
+                .await
+                .map_err(|e| {
+                    Self::ec2_error(format!("creating security group {name}"), region, &e)
+                })?
+                .group_id()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        let mut rules = vec![IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(0)
+            .to_port(65535)
+            .user_id_group_pairs(
+                UserIdGroupPair::builder()
+                    .group_id(&id)
+                    .description("muster: nodes of the cluster")
+                    .build(),
+            )
+            .build()];
+        if let Some(cidr) = &spec.admin_cidr {
+            rules.push(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(22)
+                    .to_port(22)
+                    .ip_ranges(
+                        IpRange::builder()
+                            .cidr_ip(cidr)
+                            .description("muster: admin SSH")
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        for rule in rules {
+            let answer = settled(|| {
+                client
+                    .authorize_security_group_ingress()
+                    .group_id(&id)
+                    .ip_permissions(rule.clone())
+                    .send()
+            })
+            .await;
+            match answer {
+                Ok(_) => {}
+                // Set by an earlier create of this cluster.
+                Err(e) if e.code() == Some("InvalidPermission.Duplicate") => {}
+                Err(e) => {
+                    let error =
+                        Self::ec2_error(format!("adding rules to security group {id}"), region, &e);
+                    self.delete_security_group(region, &id, Duration::ZERO)
+                        .await
+                        .ok();
+                    return Err(error);
+                }
+            }
+        }
+        tracing::info!(%region, %vpc_id, security_group = %id, %name, "security group ready");
+        Ok(id)
+    }
+
+    async fn create_key_pair(
+        &self,
+        client: &Client,
+        region: &str,
+        cluster: &str,
+    ) -> Result<(String, PathBuf), LaunchError> {
+        let name = format!("muster-{cluster}-{}", random_hex(4));
+        let created = client
+            .create_key_pair()
+            .key_name(&name)
+            .tag_specifications(cluster_tags(ResourceType::KeyPair, &name, cluster))
+            .send()
+            .await
+            .map_err(|e| Self::ec2_error(format!("creating key pair {name}"), region, &e))?;
+        let path = self.keys_dir.join(format!("{name}.pem"));
+        let written = std::fs::create_dir_all(&self.keys_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                crate::pki::write_file(
+                    &path,
+                    created.key_material().unwrap_or_default().as_bytes(),
+                    0o600,
+                )
+                .map_err(|e| e.to_string())
+            });
+        if let Err(message) = written {
+            client.delete_key_pair().key_name(&name).send().await.ok();
+            return Err(LaunchError::KeyFile {
+                path: path.display().to_string(),
+                message,
+            });
+        }
+        tracing::info!(%region, key_pair = %name, path = %path.display(), "key pair made");
+        Ok((name, path))
+    }
+
+    /// Launches `count` instances of `cluster` over its subnets, given how
+    /// many it has in each already, with `user_data`; `node_name` gives the
+    /// `Name` tag of an instance from its id. See the module doc.
+    pub async fn launch(
+        &self,
+        cluster: &str,
+        launch: &ClusterLaunch,
+        existing: &BTreeMap<String, usize>,
+        count: u32,
+        user_data: &str,
+        node_name: &(dyn Fn(&str) -> String + Sync),
+    ) -> Result<Wave, LaunchError> {
+        let region = launch.spec.region.as_str();
+        let client = self.clients.client(region);
+        let user_data = base64::engine::general_purpose::STANDARD.encode(user_data);
+        let mut existing = existing.clone();
+        let mut usable = launch.subnets.clone();
+        let mut wave = Wave::default();
+        let mut remaining = count as usize;
+        while remaining > 0 && !usable.is_empty() {
+            let share = place(&existing, &usable, remaining);
+            let mut refused = Vec::new();
+            for subnet in usable.clone() {
+                let Some(&asked) = share.get(&subnet) else {
+                    continue;
+                };
+                match self
+                    .run(&client, cluster, launch, &subnet, asked, &user_data)
+                    .await
+                {
+                    Ok(instances) => {
+                        let got = instances.len();
+                        self.tag_nodes(&client, region, cluster, &instances, node_name)
+                            .await;
+                        *existing.entry(subnet.clone()).or_default() += got;
+                        remaining = remaining.saturating_sub(got);
+                        wave.launched.extend(instances);
+                        if got < asked {
+                            refused.push(SubnetProblem {
+                                subnet,
+                                reason: format!("EC2 launched {got} of {asked}"),
+                            });
+                        }
+                    }
+                    Err(error)
+                        if error
+                            .code()
+                            .is_some_and(|code| SUBNET_REFUSALS.contains(&code)) =>
+                    {
+                        let reason = format!(
+                            "{}: {}",
+                            error.code().unwrap_or_default(),
+                            error.message().unwrap_or("no message")
+                        );
+                        tracing::warn!(%region, %subnet, %reason, "subnet refused the launch; placing elsewhere");
+                        refused.push(SubnetProblem { subnet, reason });
+                    }
+                    Err(error) => {
+                        let error =
+                            Self::ec2_error(format!("launching in {subnet}"), region, &error);
+                        if wave.launched.is_empty() {
+                            return Err(error);
+                        }
+                        tracing::error!(%error, "launch stopped partway");
+                        wave.refused.push(SubnetProblem {
+                            subnet,
+                            reason: error.to_string(),
+                        });
+                        wave.short = remaining as u32;
+                        return Ok(wave);
+                    }
+                }
+            }
+            usable.retain(|s| !refused.iter().any(|r| &r.subnet == s));
+            wave.refused.extend(refused);
+        }
+        wave.short = remaining as u32;
+        Ok(wave)
+    }
+
+    /// One RunInstances: up to `count` instances in `subnet`.
+    async fn run(
+        &self,
+        client: &Client,
+        cluster: &str,
+        launch: &ClusterLaunch,
+        subnet: &str,
+        count: usize,
+        user_data: &str,
+    ) -> Result<
+        Vec<LaunchedInstance>,
+        aws_sdk_ec2::error::SdkError<aws_sdk_ec2::operation::run_instances::RunInstancesError>,
+    > {
+        let spec = &launch.spec;
+        let name = format!("muster-{cluster}");
+        let mut call = client
+            .run_instances()
+            .image_id(&spec.ami)
+            .instance_type(InstanceType::from(spec.instance_type.as_str()))
+            .min_count(1)
+            .max_count(i32::try_from(count).unwrap_or(i32::MAX))
+            .subnet_id(subnet)
+            .set_security_group_ids(Some(launch.security_groups.clone()))
+            .key_name(&launch.key_name)
+            .user_data(user_data)
+            .client_token(random_hex(16))
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(DATA_DEVICE)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(i32::try_from(spec.disk_gb).unwrap_or(i32::MAX))
+                            .volume_type(VolumeType::Gp2)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(cluster_tags(ResourceType::Instance, &name, cluster))
+            .tag_specifications(cluster_tags(ResourceType::Volume, &name, cluster));
+        if let Some(profile) = spec.instance_profile() {
+            call = call.iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .name(profile)
+                    .build(),
+            );
+        }
+        let output = call.send().await?;
+        let launched: Vec<LaunchedInstance> = output
+            .instances()
+            .iter()
+            .filter_map(|i| {
+                Some(LaunchedInstance {
+                    instance_id: i.instance_id()?.to_owned(),
+                    subnet_id: i.subnet_id().unwrap_or(subnet).to_owned(),
+                    availability_zone: i
+                        .placement()
+                        .and_then(|p| p.availability_zone())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    private_ipv4: i
+                        .private_ip_address()
+                        .and_then(|ip| ip.parse::<Ipv4Addr>().ok()),
+                })
+            })
+            .collect();
+        tracing::info!(
+            region = %spec.region,
+            %subnet,
+            asked = count,
+            launched = launched.len(),
+            "instances launched"
+        );
+        Ok(launched)
+    }
+
+    /// Tags each new instance, and the volumes EC2 already lists for it,
+    /// with `muster:node` and its `Name`. A failure is logged: the
+    /// instance carries the cluster tags anyway.
+    async fn tag_nodes(
+        &self,
+        client: &Client,
+        region: &str,
+        cluster: &str,
+        instances: &[LaunchedInstance],
+        node_name: &(dyn Fn(&str) -> String + Sync),
+    ) {
+        if instances.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+        let mut volumes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        match client
+            .describe_volumes()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("attachment.instance-id")
+                    .set_values(Some(ids.clone()))
+                    .build(),
+            )
+            .send()
+            .await
+        {
+            Ok(found) => {
+                for volume in found.volumes() {
+                    for attachment in volume.attachments() {
+                        if let (Some(instance), Some(id)) =
+                            (attachment.instance_id(), volume.volume_id())
+                        {
+                            volumes
+                                .entry(instance.to_owned())
+                                .or_default()
+                                .push(id.to_owned());
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%region, error = %sdk_message(&error), "could not list the new volumes; they keep the cluster tags only")
+            }
+        }
+        for id in ids {
+            let mut resources = vec![id.clone()];
+            resources.extend(volumes.remove(&id).unwrap_or_default());
+            let tagged = settled(|| {
+                client
+                    .create_tags()
+                    .set_resources(Some(resources.clone()))
+                    .tags(tag("Name", &node_name(&id)))
+                    .tags(tag(TAG_NODE, &id))
+                    .tags(tag(TAG_CLUSTER, cluster))
+                    .send()
+            })
+            .await;
+            if let Err(error) = tagged {
+                tracing::warn!(%region, instance_id = %id, error = %sdk_message(&error), "could not tag the node");
+            }
+        }
+    }
+
+    /// Deletes what [`Launcher::prepare`] made: the security group and the
+    /// key pair with its file. Keeps trying the security group for a while
+    /// as long as EC2 says something still uses it.
+    pub async fn release(&self, launch: &ClusterLaunch) -> Result<(), LaunchError> {
+        let region = launch.spec.region.as_str();
+        if let Some(group) = &launch.created_security_group {
+            self.delete_security_group(region, group, RELEASE_PATIENCE)
+                .await?;
+        }
+        if launch.created_key_pair {
+            self.clients
+                .client(region)
+                .delete_key_pair()
+                .key_name(&launch.key_name)
+                .send()
+                .await
+                .map_err(|e| {
+                    Self::ec2_error(format!("deleting key pair {}", launch.key_name), region, &e)
+                })?;
+            if let Some(path) = &launch.key_path {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "could not delete the key file")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_security_group(
+        &self,
+        region: &str,
+        group_id: &str,
+        patience: Duration,
+    ) -> Result<(), LaunchError> {
+        let client = self.clients.client(region);
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match client
+                .delete_security_group()
+                .group_id(group_id)
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code() == Some("InvalidGroup.NotFound") => return Ok(()),
+                Err(e)
+                    if e.code() == Some("DependencyViolation")
+                        && tokio::time::Instant::now() + wait < deadline =>
+                {
+                    tracing::debug!(%region, %group_id, "security group still in use; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(15));
+                }
+                Err(e) => {
+                    return Err(Self::ec2_error(
+                        format!("deleting security group {group_id}"),
+                        region,
+                        &e,
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Regions `check-credentials` tries when none are named.
+pub const DEFAULT_CHECK_REGIONS: &[&str] = &[
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "ca-central-1",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-central-1",
+    "eu-north-1",
+    "ap-south-1",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-northeast-1",
+    "sa-east-1",
+];
+
+/// How long one region's check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One region's answer to `check-credentials`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionCheck {
+    /// The region.
+    pub region: String,
+    /// Whether a launch would have been allowed.
+    pub ok: bool,
+    /// EC2's answer, in words.
+    pub detail: String,
+}
+
+/// Dry-runs an instance launch in every region, as Tutum did: the image
+/// is `ami` if given, else any available x86_64 image Amazon owns in that
+/// region.
+pub async fn check_credentials(
+    clients: &Ec2Clients,
+    regions: &[String],
+    ami: Option<&str>,
+    instance_type: &str,
+) -> Vec<RegionCheck> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, region) in regions.iter().enumerate() {
+        let client = clients.client(region);
+        let region = region.clone();
+        let ami = ami.map(str::to_owned);
+        let instance_type = instance_type.to_owned();
+        tasks.spawn(async move {
+            let check = tokio::time::timeout(
+                CHECK_TIMEOUT,
+                check_region(&client, ami.as_deref(), &instance_type),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())));
+            let (ok, detail) = match check {
+                Ok(detail) => (true, detail),
+                Err(detail) => (false, detail),
+            };
+            (index, RegionCheck { region, ok, detail })
+        });
+    }
+    let mut checks = Vec::with_capacity(regions.len());
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(check) = joined {
+            checks.push(check);
+        }
+    }
+    checks.sort_by_key(|(index, _)| *index);
+    checks.into_iter().map(|(_, check)| check).collect()
+}
+
+async fn check_region(
+    client: &Client,
+    ami: Option<&str>,
+    instance_type: &str,
+) -> Result<String, String> {
+    let image = match ami {
+        Some(ami) => ami.to_owned(),
+        None => {
+            let images = client
+                .describe_images()
+                .owners("amazon")
+                .filters(filter("architecture", "x86_64"))
+                .filters(filter("state", "available"))
+                .max_results(5)
+                .send()
+                .await
+                .map_err(|e| describe_error(&e))?;
+            images
+                .images()
+                .iter()
+                .find_map(|i| i.image_id())
+                .ok_or(
+                    "no x86_64 image owned by Amazon found to dry-run with; name one with --ami",
+                )?
+                .to_owned()
+        }
+    };
+    let answer = client
+        .run_instances()
+        .dry_run(true)
+        .image_id(&image)
+        .instance_type(InstanceType::from(instance_type))
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await;
+    match answer {
+        Err(e) if e.code() == Some("DryRunOperation") => Ok(format!(
+            "a launch of {instance_type} from {image} would succeed"
+        )),
+        Err(e) => Err(describe_error(&e)),
+        Ok(_) => Err("EC2 launched an instance on a dry run".to_owned()),
+    }
+}
+
+fn describe_error<E>(error: &aws_sdk_ec2::error::SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error.code() {
+        Some(code) => format!("{code}: {}", error.message().unwrap_or("no message")),
+        None => sdk_message(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_round_trips_as_json() {
+        let launch = ClusterLaunch {
+            spec: LaunchSpec {
+                region: "us-east-1".into(),
+                instance_type: "t3.micro".into(),
+                count: 2,
+                disk_gb: 30,
+                ami: "ami-0123abcd".into(),
+                provider_options: Default::default(),
+                key_name: None,
+                admin_cidr: Some("198.51.100.0/24".into()),
+                allow_ssh_from_anywhere: false,
+            },
+            vpc_id: "vpc-0123abcd".into(),
+            subnets: vec!["subnet-0123abcd".into()],
+            excluded: vec![],
+            security_groups: vec!["sg-0123abcd".into()],
+            created_security_group: Some("sg-0123abcd".into()),
+            key_name: "muster-web-0a1b2c3d".into(),
+            created_key_pair: true,
+            key_path: Some("/var/lib/muster/keys/muster-web-0a1b2c3d.pem".into()),
+        };
+        let json = serde_json::to_string(&launch).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ClusterLaunch>(&json).unwrap(),
+            launch
+        );
+        let view = launch.view();
+        assert_eq!(
+            view.key_path.as_deref(),
+            Some("/var/lib/muster/keys/muster-web-0a1b2c3d.pem")
+        );
+        assert_eq!(view.count, 2);
+    }
+}

@@ -1,0 +1,507 @@
+//! Clusters: create (launching nodes when asked), scale and remove.
+//!
+//! - **Create** validates everything first, so a bad request changes
+//!   nothing. A launched cluster then gets its network, security group and
+//!   key pair ([`crate::launcher::Launcher::prepare`]), is stored with them,
+//!   and launches its nodes; each instance is stored as a `launching` node
+//!   before the call returns, so its agent's register finds it. If nothing
+//!   could be launched at all, the cluster, its security group and key pair
+//!   are undone and the error is the answer.
+//! - Each launch mints a fresh **launch token** for its user data. Only its
+//!   hash is stored, and it registers only instances muster launched into
+//!   that cluster.
+//! - **Scale** compares the target with the nodes not on their way out
+//!   (`terminating`, `terminated`): it launches the difference, or removes
+//!   nodes as [`crate::placement::scale_down`] picks them (terminating
+//!   their instances). Scaling never replaces nodes by itself: an
+//!   unreachable node is not a dead one.
+//! - **Remove** marks the cluster `removing` and returns; a task then
+//!   terminates every instance, waits until EC2 says each is terminated
+//!   (their nodes become `terminated` and leave DNS), deletes the security
+//!   group and key pair muster made, and marks the cluster `removed`. The
+//!   shared VPC stays. A coordinator that restarts picks unfinished
+//!   removals up again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_proto::launch::{LaunchReport, ScaleClusterRequest, ScaleClusterResponse};
+use muster_proto::token::TokenKind;
+use muster_proto::{validate, ClusterState, ClusterView, CreateClusterRequest, NodeState};
+
+use super::{cluster_launch, hash_secret, new_secret, Registry, RegistryError};
+use crate::dns::INTERNAL_LABEL;
+use crate::launcher::{ClusterLaunch, Wave};
+use crate::lifecycle::Input;
+use crate::store::{Cluster, TokenPurpose};
+use crate::userdata::{self, AgentBootstrap};
+use muster_proto::{EventSource, ValidationError};
+
+/// How long a removal waits for EC2 to say every instance is terminated
+/// before it gives up until the next coordinator start.
+const REMOVAL_PATIENCE: Duration = Duration::from_secs(30 * 60);
+
+/// Waits between EC2 reads while a removal waits: 1 s, doubling to 10 s.
+const REMOVAL_POLL_MAX: Duration = Duration::from_secs(10);
+
+impl Registry {
+    /// Records a new cluster and returns it with its join token and, for a
+    /// launched cluster, what was launched.
+    pub async fn create_cluster(
+        &self,
+        req: &CreateClusterRequest,
+    ) -> Result<(ClusterView, String, Option<LaunchReport>), RegistryError> {
+        req.validate()?;
+        if req.name == INTERNAL_LABEL {
+            return Err(ValidationError::new(
+                "name",
+                &req.name,
+                "is reserved: internal names live under it",
+            )
+            .into());
+        }
+        validate::dns_name(
+            "name",
+            &muster_proto::node_internal_dns_name(
+                &"n".repeat(validate::MAX_LABEL_LEN),
+                &req.name,
+                &self.zone_name,
+            ),
+        )
+        .map_err(|_| {
+            ValidationError::new(
+                "name",
+                &req.name,
+                "is too long: node names under it would pass 253 characters",
+            )
+        })?;
+        let _clusters = self.clusters.lock().await;
+        if let Some(existing) = self.store.cluster(&req.name)? {
+            if existing.state != ClusterState::Removed {
+                return Err(RegistryError::ClusterExists(req.name.clone()));
+            }
+        }
+        let token = new_secret(TokenKind::Join);
+        let Some(spec) = &req.launch else {
+            let cluster = self
+                .store
+                .create_cluster(&req.name, &hash_secret(&token), None)?;
+            self.forget_removed(&req.name);
+            tracing::info!(cluster = %cluster.name, "cluster created");
+            return Ok((self.cluster_view(&cluster, &[]), token, None));
+        };
+        let context = self.launch.as_ref().ok_or_else(|| {
+            ValidationError::new(
+                "launch",
+                &req.name,
+                "this coordinator launches no nodes: it has no EC2 launcher",
+            )
+        })?;
+        let launch = context.launcher.prepare(&req.name, spec).await?;
+        let json = serde_json::to_string(&launch).map_err(|e| {
+            RegistryError::Store(crate::store::StoreError::Corrupt {
+                field: "clusters.launch",
+                value: e.to_string(),
+            })
+        })?;
+        let cluster = match self
+            .store
+            .create_cluster(&req.name, &hash_secret(&token), Some(&json))
+        {
+            Ok(cluster) => cluster,
+            Err(error) => {
+                context.launcher.release(&launch).await.ok();
+                return Err(error.into());
+            }
+        };
+        self.forget_removed(&req.name);
+        let report = match self.launch_nodes(&cluster, &launch, spec.count).await {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::error!(cluster = %cluster.name, %error, "launch failed; undoing the cluster");
+                self.store.delete_empty_cluster(cluster.id)?;
+                if let Err(release) = context.launcher.release(&launch).await {
+                    tracing::error!(cluster = %cluster.name, error = %release, "could not release what was made for the cluster");
+                }
+                return Err(error);
+            }
+        };
+        tracing::info!(
+            cluster = %cluster.name,
+            launched = report.launched.len(),
+            short = report.short,
+            "cluster created"
+        );
+        let nodes = self.store.nodes(Some(&cluster.name))?;
+        Ok((self.cluster_view(&cluster, &nodes), token, Some(report)))
+    }
+
+    /// Drops from memory the nodes of a removed cluster whose name was just
+    /// taken again (the store forgot them in the same transaction).
+    fn forget_removed(&self, cluster: &str) {
+        let mut live = self.live();
+        let gone: Vec<i64> = live
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.cluster == cluster)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(node) = live.nodes.remove(&id) {
+                if let Some(hash) = node.credential_hash {
+                    live.by_credential.remove(&hash);
+                }
+            }
+        }
+    }
+
+    /// Launches `count` more nodes into `cluster` and stores them as
+    /// `launching`. Fails only if nothing at all was launched when some
+    /// were asked for.
+    async fn launch_nodes(
+        &self,
+        cluster: &Cluster,
+        launch: &ClusterLaunch,
+        count: u32,
+    ) -> Result<LaunchReport, RegistryError> {
+        if count == 0 {
+            return Ok(LaunchReport::default());
+        }
+        let context = self.launch.as_ref().ok_or_else(|| {
+            ValidationError::new(
+                "launch",
+                &cluster.name,
+                "this coordinator launches no nodes",
+            )
+        })?;
+        let mut existing: BTreeMap<String, usize> = BTreeMap::new();
+        for node in self.store.nodes(Some(&cluster.name))? {
+            if let (Some(subnet), false) = (
+                node.subnet_id,
+                matches!(node.state, NodeState::Terminating | NodeState::Terminated),
+            ) {
+                *existing.entry(subnet).or_default() += 1;
+            }
+        }
+        let token = new_secret(TokenKind::Join);
+        self.store
+            .add_cluster_token(cluster.id, TokenPurpose::Launch, &hash_secret(&token))?;
+        let user_data = userdata::render(&AgentBootstrap {
+            coordinator_url: &context.coordinator_url,
+            ca_pem: context.ca_pem.as_deref(),
+            cluster: &cluster.name,
+            join_token: &token,
+        })
+        .map_err(|e| ValidationError::new("launch", &cluster.name, &e.to_string()))?;
+        let zone = self.zone_name.clone();
+        let name = cluster.name.clone();
+        let node_name = move |id: &str| muster_proto::node_dns_name(id, &name, &zone);
+        let wave: Wave = context
+            .launcher
+            .launch(
+                &cluster.name,
+                launch,
+                &existing,
+                count,
+                &user_data,
+                &node_name,
+            )
+            .await?;
+        if wave.launched.is_empty() {
+            let reasons: Vec<String> = wave
+                .refused
+                .iter()
+                .map(|r| format!("{}: {}", r.subnet, r.reason))
+                .collect();
+            return Err(crate::launcher::LaunchError::NoUsableSubnet {
+                region: launch.spec.region.clone(),
+                instance_type: launch.spec.instance_type.clone(),
+                ami: launch.spec.ami.clone(),
+                reasons: reasons.join("; "),
+            }
+            .into());
+        }
+        let reason = format!(
+            "launched as {} from {} with a {} GiB gp2 data volume",
+            launch.spec.instance_type, launch.spec.ami, launch.spec.disk_gb
+        );
+        let stored = {
+            let _write = self.write.lock().await;
+            match self.store.insert_launched(
+                cluster.id,
+                &launch.spec.region,
+                &wave.launched,
+                &reason,
+            ) {
+                Ok(nodes) => {
+                    let mut live = self.live();
+                    for node in &nodes {
+                        live.upsert(node);
+                    }
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            }
+        };
+        let ids: Vec<String> = wave
+            .launched
+            .iter()
+            .map(|i| i.instance_id.clone())
+            .collect();
+        if let Err(error) = stored {
+            // Instances nobody tracks would run forever: stop them.
+            tracing::error!(%error, "could not store launched instances; terminating them");
+            self.ec2
+                .terminate_many(&launch.spec.region, &ids)
+                .await
+                .ok();
+            return Err(error.into());
+        }
+        Ok(LaunchReport {
+            launched: ids,
+            refused: wave.refused,
+            short: wave.short,
+        })
+    }
+
+    /// Grows or shrinks a launched cluster to `req.count` nodes.
+    pub async fn scale_cluster(
+        &self,
+        name: &str,
+        req: &ScaleClusterRequest,
+    ) -> Result<ScaleClusterResponse, RegistryError> {
+        validate::dns_label("cluster", name)?;
+        req.validate()?;
+        let _clusters = self.clusters.lock().await;
+        let cluster = self.active_cluster(name)?;
+        let mut launch = cluster_launch(&cluster)?.ok_or_else(|| {
+            ValidationError::new(
+                "cluster",
+                name,
+                "launches no nodes: its agents join on their own",
+            )
+        })?;
+        let nodes: Vec<_> = self
+            .store
+            .nodes(Some(name))?
+            .into_iter()
+            .filter(|n| !matches!(n.state, NodeState::Terminating | NodeState::Terminated))
+            .collect();
+        let current = nodes.len() as u32;
+        let mut report = LaunchReport::default();
+        let mut removing = Vec::new();
+        if req.count > current {
+            report = self
+                .launch_nodes(&cluster, &launch, req.count - current)
+                .await?;
+        } else if req.count < current {
+            let candidates: Vec<(String, String, i64)> = nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.subnet_id.clone().unwrap_or_default(),
+                        n.name.clone(),
+                        n.created_at,
+                    )
+                })
+                .collect();
+            removing = crate::placement::scale_down(&candidates, (current - req.count) as usize);
+            let ids: Vec<String> = nodes
+                .iter()
+                .filter(|n| removing.contains(&n.name))
+                .map(|n| n.instance_id.clone())
+                .collect();
+            self.ec2.terminate_many(&launch.spec.region, &ids).await?;
+            for node in nodes.iter().filter(|n| removing.contains(&n.name)) {
+                self.apply(node.id, Input::OperatorRemove, EventSource::Operator)
+                    .await?;
+            }
+        }
+        launch.spec.count = req.count;
+        let json = serde_json::to_string(&launch).map_err(|e| {
+            RegistryError::Store(crate::store::StoreError::Corrupt {
+                field: "clusters.launch",
+                value: e.to_string(),
+            })
+        })?;
+        self.store.set_cluster_launch(cluster.id, &json)?;
+        tracing::info!(
+            cluster = %name,
+            from = current,
+            to = req.count,
+            launched = report.launched.len(),
+            removing = removing.len(),
+            "cluster scaled"
+        );
+        let cluster = self.active_cluster(name)?;
+        let nodes = self.store.nodes(Some(name))?;
+        Ok(ScaleClusterResponse {
+            cluster: self.cluster_view(&cluster, &nodes),
+            launch: report,
+            removing,
+        })
+    }
+
+    fn active_cluster(&self, name: &str) -> Result<Cluster, RegistryError> {
+        let cluster = self
+            .store
+            .cluster(name)?
+            .ok_or_else(|| RegistryError::NotFound(format!("no cluster {name:?}")))?;
+        if cluster.state != ClusterState::Active {
+            return Err(RegistryError::ClusterNotActive {
+                name: cluster.name,
+                state: cluster.state,
+            });
+        }
+        Ok(cluster)
+    }
+
+    /// `cluster rm`: marks the cluster `removing` and starts the removal
+    /// (see the module doc). Asking again while it runs changes nothing.
+    pub async fn remove_cluster(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<ClusterView, RegistryError> {
+        validate::dns_label("cluster", name)?;
+        let _clusters = self.clusters.lock().await;
+        let cluster = self
+            .store
+            .cluster(name)?
+            .ok_or_else(|| RegistryError::NotFound(format!("no cluster {name:?}")))?;
+        match cluster.state {
+            ClusterState::Removed => {
+                return Err(RegistryError::ClusterNotActive {
+                    name: cluster.name,
+                    state: cluster.state,
+                })
+            }
+            ClusterState::Removing => {}
+            ClusterState::Active => {
+                self.store
+                    .set_cluster_state(cluster.id, ClusterState::Removing)?;
+                tracing::info!(cluster = %name, "cluster removal started");
+                self.spawn_removal(name.to_owned());
+            }
+        }
+        let cluster = self
+            .store
+            .cluster(name)?
+            .ok_or_else(|| RegistryError::NotFound(format!("no cluster {name:?}")))?;
+        let nodes = self.store.nodes(Some(name))?;
+        Ok(self.cluster_view(&cluster, &nodes))
+    }
+
+    /// Starts the removal of every cluster left `removing` by an earlier
+    /// run.
+    pub fn resume_removals(self: &Arc<Self>) -> Result<(), RegistryError> {
+        for cluster in self.store.clusters()? {
+            if cluster.state == ClusterState::Removing {
+                tracing::info!(cluster = %cluster.name, "resuming cluster removal");
+                self.spawn_removal(cluster.name);
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_removal(self: &Arc<Self>, name: String) {
+        let registry = Arc::clone(self);
+        tokio::spawn(async move {
+            match tokio::time::timeout(REMOVAL_PATIENCE, registry.finish_removal(&name)).await {
+                Ok(Ok(())) => tracing::info!(cluster = %name, "cluster removed"),
+                Ok(Err(error)) => {
+                    tracing::error!(cluster = %name, %error, "cluster removal failed; it resumes at the next start")
+                }
+                Err(_) => tracing::error!(
+                    cluster = %name,
+                    "EC2 has not terminated every instance in time; the removal resumes at the next start"
+                ),
+            }
+        });
+    }
+
+    async fn finish_removal(&self, name: &str) -> Result<(), RegistryError> {
+        let Some(cluster) = self.store.cluster(name)? else {
+            return Ok(());
+        };
+        let nodes: Vec<_> = self
+            .store
+            .nodes(Some(name))?
+            .into_iter()
+            .filter(|n| n.state != NodeState::Terminated)
+            .collect();
+        let mut by_region: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+        for node in &nodes {
+            by_region
+                .entry(node.region.clone())
+                .or_default()
+                .push((node.id, node.instance_id.clone()));
+        }
+        for (region, ids) in &by_region {
+            let instance_ids: Vec<String> = ids.iter().map(|(_, i)| i.clone()).collect();
+            self.ec2.terminate_many(region, &instance_ids).await?;
+        }
+        for node in &nodes {
+            self.apply(node.id, Input::OperatorRemove, EventSource::Operator)
+                .await?;
+        }
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let mut left = 0;
+            for (region, ids) in &by_region {
+                let pending: Vec<(i64, String)> = ids
+                    .iter()
+                    .filter(|(id, _)| {
+                        self.live()
+                            .nodes
+                            .get(id)
+                            .is_some_and(|n| n.state != NodeState::Terminated)
+                    })
+                    .cloned()
+                    .collect();
+                if pending.is_empty() {
+                    continue;
+                }
+                let instance_ids: Vec<String> = pending.iter().map(|(_, i)| i.clone()).collect();
+                match self.ec2.describe_many(region, &instance_ids).await {
+                    Ok(found) => {
+                        for (id, instance_id) in &pending {
+                            self.sweep_one(*id, found.get(instance_id)).await?;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, %region, "removal could not read EC2; trying again")
+                    }
+                }
+                left += pending
+                    .iter()
+                    .filter(|(id, _)| {
+                        self.live()
+                            .nodes
+                            .get(id)
+                            .is_some_and(|n| n.state != NodeState::Terminated)
+                    })
+                    .count();
+            }
+            if left == 0 {
+                break;
+            }
+            tracing::debug!(cluster = %name, left, "waiting for EC2 to terminate instances");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(REMOVAL_POLL_MAX);
+        }
+        if let Some(launch) = cluster_launch(&cluster)? {
+            let context = self.launch.as_ref().ok_or_else(|| {
+                ValidationError::new(
+                    "cluster",
+                    name,
+                    "was launched, but this coordinator has no EC2 launcher to release it",
+                )
+            })?;
+            context.launcher.release(&launch).await?;
+        }
+        self.store
+            .set_cluster_state(cluster.id, ClusterState::Removed)?;
+        Ok(())
+    }
+}
