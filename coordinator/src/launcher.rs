@@ -16,8 +16,9 @@
 //! stays.
 //!
 //! [`Launcher::launch`] places nodes with [`crate::placement::place`] and
-//! makes one RunInstances per subnet per wave, MinCount 1 and MaxCount the
-//! subnet's share, each instance with a gp2 data volume at `/dev/sdf`
+//! makes one RunInstances per subnet per wave, MinCount = MaxCount = the
+//! subnet's share (all or nothing: EC2 refuses the call rather than launch
+//! part of it), each instance with a gp2 data volume at `/dev/sdf`
 //! (DeleteOnTermination), the cluster's security groups, key pair and
 //! instance profile, and the user data. Instance and volume are tagged
 //! `Name=muster-NAME`, `muster:cluster=NAME` and `muster:managed=true` as
@@ -585,7 +586,7 @@ impl Launcher {
             .run_instances()
             .image_id(&spec.ami)
             .instance_type(InstanceType::from(spec.instance_type.as_str()))
-            .min_count(1)
+            .min_count(i32::try_from(count).unwrap_or(i32::MAX))
             .max_count(i32::try_from(count).unwrap_or(i32::MAX))
             .subnet_id(subnet)
             .set_security_group_ids(Some(launch.security_groups.clone()))

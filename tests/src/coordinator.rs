@@ -69,6 +69,12 @@ impl Coordinator {
     /// Like [`Coordinator::start`], with extra `serve` flags (e.g. short
     /// `--grace` and `--sweep-interval` for lifecycle stories).
     pub async fn start_with(moto: &Moto, extra_args: &[&str]) -> Coordinator {
+        Coordinator::start_at(&moto.endpoint(), extra_args).await
+    }
+
+    /// Like [`Coordinator::start_with`], asking EC2 at `endpoint` (e.g. an
+    /// [`crate::Ec2Proxy`] in front of moto).
+    pub async fn start_at(endpoint: &str, extra_args: &[&str]) -> Coordinator {
         let data_dir = tempfile::Builder::new()
             .prefix("muster-coordinator-data-")
             .tempdir()
@@ -79,7 +85,7 @@ impl Coordinator {
             api_port: 0,
             dns_port: 0,
             data_dir,
-            moto_endpoint: moto.endpoint(),
+            moto_endpoint: endpoint.to_owned(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for attempt in 1..=PORT_ATTEMPTS {

@@ -257,3 +257,66 @@ async fn wait_for_state(client: &Client, instance_id: &str, state: &str) -> Inst
     assert_eq!(view.state, state, "{instance_id} never became {state}");
     view
 }
+
+/// Every instance tagged `muster:cluster=cluster`, in any state, read with
+/// DescribeInstances (all pages).
+pub async fn instances_of_cluster(
+    client: &Client,
+    cluster: &str,
+) -> Vec<aws_sdk_ec2::types::Instance> {
+    let mut pages = client
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:muster:cluster")
+                .values(cluster)
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    let mut instances = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page =
+            page.unwrap_or_else(|e| panic!("DescribeInstances: {}", DisplayErrorContext(&e)));
+        instances.extend(
+            page.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .cloned(),
+        );
+    }
+    instances
+}
+
+/// The value of tag `key` on a resource's tags.
+pub fn tag<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+/// Creates an IAM instance profile in moto, which RunInstances insists
+/// exists. A plain query-protocol call: moto reads the service from the
+/// credential scope and checks no signature.
+pub async fn create_instance_profile(endpoint: &str, name: &str) {
+    let answer = reqwest::Client::new()
+        .post(format!("{endpoint}/"))
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )
+        .form(&[
+            ("Action", "CreateInstanceProfile"),
+            ("InstanceProfileName", name),
+            ("Version", "2010-05-08"),
+        ])
+        .send()
+        .await
+        .expect("CreateInstanceProfile reaches moto");
+    assert!(
+        answer.status().is_success(),
+        "CreateInstanceProfile {name}: {}",
+        answer.text().await.unwrap_or_default()
+    );
+}

@@ -19,6 +19,8 @@
 //! - [`moto`]: one moto server per test ([`moto::Moto`]).
 //! - [`ec2`]: the SDK client and the EC2 calls the stories need; what moto
 //!   does with public addresses.
+//! - [`ec2proxy`]: a proxy in front of moto that counts EC2 calls and
+//!   refuses chosen ones the way EC2 does (capacity, unsupported types).
 //! - [`imds`]: a strict IMDSv2 emulator serving one instance's live data.
 //! - [`coordinator`]: `muster-coordinator serve`, its admin CLI, an HTTPS
 //!   client pinned to its CA.
@@ -32,6 +34,7 @@ pub mod agent;
 pub mod coordinator;
 pub mod dns;
 pub mod ec2;
+pub mod ec2proxy;
 pub mod imds;
 pub mod moto;
 pub mod procs;
@@ -42,6 +45,7 @@ use std::time::{Duration, Instant};
 pub use agent::Agent;
 pub use coordinator::{Coordinator, ZONE};
 pub use dns::{DnsAnswer, Resolver};
+pub use ec2proxy::{Ec2Proxy, Refusal};
 pub use imds::Imds;
 pub use moto::Moto;
 

@@ -4,15 +4,16 @@
 //! creates nothing; given subnets and VPCs are used as they are; a subnet
 //! whose dry run EC2 refuses is left out.
 //!
-//! moto accepts every dry run, so the refusal story puts a small proxy in
-//! front of it that answers dry runs in one subnet the way EC2 does when an
-//! AZ does not offer the instance type.
+//! moto accepts every dry run, so the refusal story puts the harness's
+//! [`Ec2Proxy`] in front of it, answering dry runs in one subnet the way EC2
+//! does when an AZ does not offer the instance type.
 
 use std::collections::BTreeSet;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 use muster_coordinator::network::{ensure_network, Network, NetworkError, NetworkRequest};
+use muster_tests::ec2proxy::{Ec2Proxy, Refusal};
 use muster_tests::{ec2, Moto};
 
 /// The request a cluster of t3.micro nodes from the test AMI makes.
@@ -602,7 +603,21 @@ async fn refused_dry_run_excludes_the_subnet() {
         .id
         .clone();
 
-    let proxy = refusing::Proxy::start(moto.endpoint(), refused.clone()).await;
+    let proxy = Ec2Proxy::start(
+        moto.endpoint(),
+        vec![Refusal {
+            action: "RunInstances".to_owned(),
+            subnet_id: Some(refused.clone()),
+            dry_run: true,
+            code: "Unsupported".to_owned(),
+            message: "Your requested instance type (t3.micro) is not supported in your \
+                      requested Availability Zone (us-east-1c). Please retry your request by \
+                      not specifying an Availability Zone or choosing us-east-1a, us-east-1b, \
+                      us-east-1d, us-east-1e, us-east-1f."
+                .to_owned(),
+        }],
+    )
+    .await;
     let through = ec2::client(&proxy.endpoint()).await;
     let network = ensure(&through, &request()).await;
 
@@ -617,128 +632,9 @@ async fn refused_dry_run_excludes_the_subnet() {
         .filter(|id| *id != refused)
         .collect();
     assert_eq!(network.subnet_ids(), expected);
-    assert!(proxy.refusals() >= 1, "the proxy saw the dry run");
+    assert!(
+        proxy.refused().get(&refused).is_some_and(|n| *n >= 1),
+        "the proxy refused the dry run"
+    );
     assert!(network.created.is_empty());
-}
-
-/// An EC2 endpoint in front of moto that answers dry runs in one subnet
-/// the way EC2 does when the AZ does not offer the instance type, and
-/// passes everything else through.
-mod refusing {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    use axum::body::Bytes;
-    use axum::extract::State;
-    use axum::http::{header, HeaderMap, StatusCode, Uri};
-    use axum::response::{IntoResponse, Response};
-    use axum::Router;
-
-    #[derive(Clone)]
-    struct Shared {
-        moto: String,
-        subnet_id: String,
-        http: reqwest::Client,
-        refusals: Arc<AtomicUsize>,
-    }
-
-    pub struct Proxy {
-        port: u16,
-        refusals: Arc<AtomicUsize>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Proxy {
-        pub async fn start(moto: String, subnet_id: String) -> Proxy {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("binding the proxy");
-            let port = listener.local_addr().expect("the proxy's address").port();
-            let refusals = Arc::new(AtomicUsize::new(0));
-            let shared = Shared {
-                moto,
-                subnet_id,
-                http: reqwest::Client::new(),
-                refusals: refusals.clone(),
-            };
-            let router = Router::new().fallback(forward).with_state(shared);
-            let task = tokio::spawn(async move {
-                axum::serve(listener, router).await.expect("the proxy runs");
-            });
-            Proxy {
-                port,
-                refusals,
-                task,
-            }
-        }
-
-        pub fn endpoint(&self) -> String {
-            format!("http://127.0.0.1:{}", self.port)
-        }
-
-        pub fn refusals(&self) -> usize {
-            self.refusals.load(Ordering::SeqCst)
-        }
-    }
-
-    impl Drop for Proxy {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    async fn forward(
-        State(shared): State<Shared>,
-        uri: Uri,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> Response {
-        let form = String::from_utf8_lossy(&body);
-        let param = |name: &str| {
-            form.split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(key, _)| *key == name)
-                .map(|(_, value)| value.to_owned())
-        };
-        if param("Action").as_deref() == Some("RunInstances")
-            && param("DryRun").as_deref() == Some("true")
-            && param("SubnetId").as_deref() == Some(shared.subnet_id.as_str())
-        {
-            shared.refusals.fetch_add(1, Ordering::SeqCst);
-            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
-                <Code>Unsupported</Code><Message>Your requested instance type (t3.micro) is not \
-                supported in your requested Availability Zone (us-east-1c). Please retry your \
-                request by not specifying an Availability Zone or choosing us-east-1a, \
-                us-east-1b, us-east-1d, us-east-1e, us-east-1f.</Message></Error></Errors>\
-                <RequestID>d1c1e5c3-0000-0000-0000-000000000000</RequestID></Response>";
-            return (
-                StatusCode::BAD_REQUEST,
-                [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")],
-                xml,
-            )
-                .into_response();
-        }
-
-        let mut request = shared.http.post(format!("{}{}", shared.moto, uri));
-        for (name, value) in &headers {
-            if name != header::HOST && name != header::CONTENT_LENGTH {
-                request = request.header(name, value);
-            }
-        }
-        match request.body(body).send().await {
-            Ok(answer) => {
-                let status = answer.status();
-                let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-                let body = answer.bytes().await.unwrap_or_default();
-                let mut response = (status, body).into_response();
-                if let Some(content_type) = content_type {
-                    response
-                        .headers_mut()
-                        .insert(header::CONTENT_TYPE, content_type);
-                }
-                response
-            }
-            Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
-        }
-    }
 }

@@ -1,0 +1,226 @@
+//! An EC2 endpoint in front of moto: it passes every call through, counts
+//! the calls by `Action`, and answers the calls a [`Refusal`] matches with
+//! EC2's error XML instead, the way EC2 answers when an AZ lacks capacity
+//! or does not offer an instance type. moto never refuses for those
+//! reasons, so this is how stories reach those paths, and how the
+//! benchmark counts the calls a launch makes.
+//!
+//! Point a client (or the coordinator's `AWS_ENDPOINT_URL`) at
+//! [`Ec2Proxy::endpoint`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+/// Calls to refuse: `Action=action`, in `subnet_id` if given, dry runs or
+/// real calls as `dry_run` says, answered with `code` and `message`.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The EC2 action, e.g. `RunInstances`.
+    pub action: String,
+    /// Only calls with this `SubnetId`.
+    pub subnet_id: Option<String>,
+    /// Only dry runs (`true`) or only real calls (`false`).
+    pub dry_run: bool,
+    /// EC2's error code, e.g. `InsufficientInstanceCapacity`.
+    pub code: String,
+    /// EC2's message.
+    pub message: String,
+}
+
+#[derive(Clone)]
+struct Shared {
+    moto: String,
+    http: reqwest::Client,
+    refusals: Arc<Vec<Refusal>>,
+    calls: Arc<Mutex<BTreeMap<String, usize>>>,
+    refused: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+/// The running proxy; stops when dropped.
+#[derive(Debug)]
+pub struct Ec2Proxy {
+    port: u16,
+    calls: Arc<Mutex<BTreeMap<String, usize>>>,
+    refused: Arc<Mutex<BTreeMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Ec2Proxy {
+    /// Starts a proxy to the moto server at `moto` on a free loopback port.
+    pub async fn start(moto: String, refusals: Vec<Refusal>) -> Ec2Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the EC2 proxy");
+        let port = listener
+            .local_addr()
+            .expect("the EC2 proxy's address")
+            .port();
+        let calls = Arc::new(Mutex::new(BTreeMap::new()));
+        let refused = Arc::new(Mutex::new(BTreeMap::new()));
+        let shared = Shared {
+            moto,
+            http: reqwest::Client::new(),
+            refusals: Arc::new(refusals),
+            calls: calls.clone(),
+            refused: refused.clone(),
+        };
+        let router = Router::new().fallback(forward).with_state(shared);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .await
+                .expect("the EC2 proxy runs");
+        });
+        Ec2Proxy {
+            port,
+            calls,
+            refused,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Calls seen so far, by action (refused ones included).
+    pub fn calls(&self) -> BTreeMap<String, usize> {
+        self.calls.lock().expect("calls lock").clone()
+    }
+
+    /// Calls refused so far, by subnet (`-` for none).
+    pub fn refused(&self) -> BTreeMap<String, usize> {
+        self.refused.lock().expect("refused lock").clone()
+    }
+
+    /// Forgets the counts.
+    pub fn reset_counts(&self) {
+        self.calls.lock().expect("calls lock").clear();
+        self.refused.lock().expect("refused lock").clear();
+    }
+}
+
+impl Drop for Ec2Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The form parameters of an EC2 query-protocol body.
+fn params(body: &[u8]) -> BTreeMap<String, String> {
+    let form = String::from_utf8_lossy(body);
+    form.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+/// Percent-decodes one form value (`+` is a space).
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn forward(
+    State(shared): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = params(&body);
+    let action = params.get("Action").cloned().unwrap_or_default();
+    *shared
+        .calls
+        .lock()
+        .expect("calls lock")
+        .entry(action.clone())
+        .or_default() += 1;
+    let dry_run = params.get("DryRun").map(String::as_str) == Some("true");
+    let subnet = params.get("SubnetId");
+    if let Some(refusal) = shared.refusals.iter().find(|r| {
+        r.action == action
+            && r.dry_run == dry_run
+            && r.subnet_id.as_ref().is_none_or(|s| Some(s) == subnet)
+    }) {
+        *shared
+            .refused
+            .lock()
+            .expect("refused lock")
+            .entry(subnet.cloned().unwrap_or_else(|| "-".to_owned()))
+            .or_default() += 1;
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+             <Code>{}</Code><Message>{}</Message></Error></Errors>\
+             <RequestID>d1c1e5c3-0000-0000-0000-000000000000</RequestID></Response>",
+            refusal.code, refusal.message
+        );
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")],
+            xml,
+        )
+            .into_response();
+    }
+
+    let mut request = shared.http.post(format!("{}{}", shared.moto, uri));
+    for (name, value) in &headers {
+        if name != header::HOST && name != header::CONTENT_LENGTH {
+            request = request.header(name, value);
+        }
+    }
+    match request.body(body).send().await {
+        Ok(answer) => {
+            let status = answer.status();
+            let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+            let body = answer.bytes().await.unwrap_or_default();
+            let mut response = (status, body).into_response();
+            if let Some(content_type) = content_type {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, content_type);
+            }
+            response
+        }
+        Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_params_decode() {
+        let p =
+            params(b"Action=RunInstances&SubnetId=subnet-1&TagSpecification.1.Tag.1.Value=a%3Ab+c");
+        assert_eq!(p["Action"], "RunInstances");
+        assert_eq!(p["SubnetId"], "subnet-1");
+        assert_eq!(p["TagSpecification.1.Tag.1.Value"], "a:b c");
+        assert_eq!(decode("100%"), "100%");
+    }
+}
