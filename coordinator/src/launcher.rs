@@ -31,10 +31,11 @@
 //! A node's name is its instance id, known only once the instance exists,
 //! so `muster:node` (and a `Name` naming the node) cannot ride on
 //! RunInstances, whose tags are the same for every instance of a call.
-//! After each call one DescribeVolumes finds the new instances' volumes,
-//! and one CreateTags per instance tags it and its volumes. EC2 may not
-//! list the volume of a pending instance yet; such a volume keeps only the
-//! cluster tags.
+//! After each call one CreateTags per instance tags it and its volumes
+//! (eight at a time), the volumes taken from RunInstances' answer or, where
+//! it names none, from one DescribeVolumes. EC2 may not list the volume of
+//! a pending instance yet; such a volume keeps only the cluster tags. These
+//! per-node calls are most of a launch's EC2 calls (BENCHMARKS.md, P6).
 //!
 //! Every RunInstances carries a fresh ClientToken, so a retry of a call
 //! whose answer was lost launches nothing twice.
@@ -47,6 +48,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -82,6 +84,9 @@ const SUBNET_REFUSALS: &[&str] = &[
     "Unsupported",
     "InsufficientFreeAddressesInSubnet",
 ];
+
+/// CreateTags calls in flight at once while tagging new nodes.
+const TAG_CONCURRENCY: usize = 8;
 
 /// How long [`Launcher::release`] keeps trying to delete a security group
 /// EC2 says is still in use.
@@ -517,9 +522,9 @@ impl Launcher {
                     .run(&client, cluster, launch, &subnet, asked, &user_data)
                     .await
                 {
-                    Ok(instances) => {
+                    Ok((instances, volumes)) => {
                         let got = instances.len();
-                        self.tag_nodes(&client, region, cluster, &instances, node_name)
+                        self.tag_nodes(&client, region, cluster, &instances, volumes, node_name)
                             .await;
                         *existing.entry(subnet.clone()).or_default() += got;
                         remaining = remaining.saturating_sub(got);
@@ -567,7 +572,8 @@ impl Launcher {
         Ok(wave)
     }
 
-    /// One RunInstances: up to `count` instances in `subnet`.
+    /// One RunInstances: `count` instances in `subnet`. Returns them, with
+    /// the volume ids EC2's answer already names, by instance.
     async fn run(
         &self,
         client: &Client,
@@ -577,7 +583,7 @@ impl Launcher {
         count: usize,
         user_data: &str,
     ) -> Result<
-        Vec<LaunchedInstance>,
+        (Vec<LaunchedInstance>, BTreeMap<String, Vec<String>>),
         aws_sdk_ec2::error::SdkError<aws_sdk_ec2::operation::run_instances::RunInstancesError>,
     > {
         let spec = &launch.spec;
@@ -615,6 +621,19 @@ impl Launcher {
             );
         }
         let output = call.send().await?;
+        let volumes: BTreeMap<String, Vec<String>> = output
+            .instances()
+            .iter()
+            .filter_map(|i| {
+                let ids: Vec<String> = i
+                    .block_device_mappings()
+                    .iter()
+                    .filter_map(|m| m.ebs().and_then(|e| e.volume_id()))
+                    .map(str::to_owned)
+                    .collect();
+                Some((i.instance_id()?.to_owned(), ids)).filter(|(_, ids)| !ids.is_empty())
+            })
+            .collect();
         let launched: Vec<LaunchedInstance> = output
             .instances()
             .iter()
@@ -640,71 +659,91 @@ impl Launcher {
             launched = launched.len(),
             "instances launched"
         );
-        Ok(launched)
+        Ok((launched, volumes))
     }
 
-    /// Tags each new instance, and the volumes EC2 already lists for it,
-    /// with `muster:node` and its `Name`. A failure is logged: the
-    /// instance carries the cluster tags anyway.
+    /// Tags each new instance and its volumes with `muster:node` and its
+    /// `Name`, [`TAG_CONCURRENCY`] calls at a time. Volumes RunInstances did
+    /// not name are looked up with one DescribeVolumes; EC2 may not list
+    /// the volume of a pending instance yet, and such a volume keeps only
+    /// the cluster tags. A failure is logged: the instance carries the
+    /// cluster tags anyway.
     async fn tag_nodes(
         &self,
         client: &Client,
         region: &str,
         cluster: &str,
         instances: &[LaunchedInstance],
+        mut volumes: BTreeMap<String, Vec<String>>,
         node_name: &(dyn Fn(&str) -> String + Sync),
     ) {
-        if instances.is_empty() {
-            return;
-        }
-        let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
-        let mut volumes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        match client
-            .describe_volumes()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("attachment.instance-id")
-                    .set_values(Some(ids.clone()))
-                    .build(),
-            )
-            .send()
-            .await
-        {
-            Ok(found) => {
-                for volume in found.volumes() {
-                    for attachment in volume.attachments() {
-                        if let (Some(instance), Some(id)) =
-                            (attachment.instance_id(), volume.volume_id())
-                        {
-                            volumes
-                                .entry(instance.to_owned())
-                                .or_default()
-                                .push(id.to_owned());
+        let unknown: Vec<String> = instances
+            .iter()
+            .map(|i| i.instance_id.clone())
+            .filter(|id| !volumes.contains_key(id))
+            .collect();
+        if !unknown.is_empty() {
+            match client
+                .describe_volumes()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("attachment.instance-id")
+                        .set_values(Some(unknown))
+                        .build(),
+                )
+                .send()
+                .await
+            {
+                Ok(found) => {
+                    for volume in found.volumes() {
+                        for attachment in volume.attachments() {
+                            if let (Some(instance), Some(id)) =
+                                (attachment.instance_id(), volume.volume_id())
+                            {
+                                volumes
+                                    .entry(instance.to_owned())
+                                    .or_default()
+                                    .push(id.to_owned());
+                            }
                         }
                     }
                 }
-            }
-            Err(error) => {
-                tracing::warn!(%region, error = %sdk_message(&error), "could not list the new volumes; they keep the cluster tags only")
+                Err(error) => {
+                    tracing::warn!(%region, error = %sdk_message(&error), "could not list the new volumes; they keep the cluster tags only")
+                }
             }
         }
-        for id in ids {
+        let limit = Arc::new(tokio::sync::Semaphore::new(TAG_CONCURRENCY));
+        let mut calls = tokio::task::JoinSet::new();
+        for instance in instances {
+            let id = instance.instance_id.clone();
             let mut resources = vec![id.clone()];
             resources.extend(volumes.remove(&id).unwrap_or_default());
-            let tagged = settled(|| {
-                client
-                    .create_tags()
-                    .set_resources(Some(resources.clone()))
-                    .tags(tag("Name", &node_name(&id)))
-                    .tags(tag(TAG_NODE, &id))
-                    .tags(tag(TAG_CLUSTER, cluster))
-                    .send()
-            })
-            .await;
-            if let Err(error) = tagged {
-                tracing::warn!(%region, instance_id = %id, error = %sdk_message(&error), "could not tag the node");
-            }
+            let name = node_name(&id);
+            let (client, cluster, region, limit) = (
+                client.clone(),
+                cluster.to_owned(),
+                region.to_owned(),
+                limit.clone(),
+            );
+            calls.spawn(async move {
+                let _permit = limit.acquire().await;
+                let tagged = settled(|| {
+                    client
+                        .create_tags()
+                        .set_resources(Some(resources.clone()))
+                        .tags(tag("Name", &name))
+                        .tags(tag(TAG_NODE, &id))
+                        .tags(tag(TAG_CLUSTER, &cluster))
+                        .send()
+                })
+                .await;
+                if let Err(error) = tagged {
+                    tracing::warn!(%region, instance_id = %id, error = %sdk_message(&error), "could not tag the node");
+                }
+            });
         }
+        while calls.join_next().await.is_some() {}
     }
 
     /// Deletes what [`Launcher::prepare`] made: the security group and the

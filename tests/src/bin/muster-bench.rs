@@ -6,6 +6,8 @@
 //! - P3: agent process start → registered and its DNS name answering.
 //! - P5: agent steady RSS and CPU over an idle window, and the size of the
 //!   stripped release binary (given with `--agent-release`).
+//! - P6: the EC2 calls `cluster create --count N` makes in a fresh region
+//!   (N = 60 and 100), counted by a proxy in front of moto, by action.
 //! - P4: agent killed → its node `unreachable` at the default grace, and
 //!   the false `unreachable`s a 5 s coordinator stall (SIGSTOP, SIGCONT)
 //!   causes.
@@ -19,7 +21,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use muster_tests::{ec2, wait_until, Agent, Coordinator, Imds, Moto, POLL};
+use muster_tests::{ec2, wait_until, Agent, Coordinator, Ec2Proxy, Imds, Moto, POLL};
 
 const CLUSTER: &str = "bench";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -88,10 +90,59 @@ fn args() -> anyhow::Result<Args> {
     Ok(parsed)
 }
 
+/// P6: counts the EC2 calls of `cluster create --count n` in `region`,
+/// fresh, through a counting proxy. Returns the total and the calls by
+/// action.
+async fn launch_calls(
+    moto: &Moto,
+    region: &str,
+    n: u32,
+) -> anyhow::Result<(usize, std::collections::BTreeMap<String, usize>)> {
+    let proxy = Ec2Proxy::start(moto.endpoint(), Vec::new()).await;
+    let coordinator = Coordinator::start_at(&proxy.endpoint(), &[]).await;
+    proxy.reset_counts();
+    let count = n.to_string();
+    let name = format!("p6-{n}");
+    let created: muster_proto::CreateClusterResponse = coordinator
+        .admin_json(&[
+            "cluster",
+            "create",
+            &name,
+            "--region",
+            region,
+            "--instance-type",
+            "t3.micro",
+            "--count",
+            &count,
+            "--disk-gb",
+            "30",
+            "--ami",
+            ec2::TEST_AMI,
+        ])
+        .await;
+    let launched = created.launch.map_or(0, |l| l.launched.len());
+    anyhow::ensure!(launched == n as usize, "launched {launched} of {n}");
+    let calls = proxy.calls();
+    Ok((calls.values().sum(), calls))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
     let moto = Moto::start().await;
+
+    for (region, n) in [("us-west-2", 60), ("eu-west-1", 100)] {
+        let (total, by_action) = launch_calls(&moto, region, n).await?;
+        let breakdown: Vec<String> = by_action
+            .iter()
+            .map(|(action, calls)| format!("{action} {calls}"))
+            .collect();
+        println!(
+            "| P6 | EC2 calls of `cluster create --count {n}` in a fresh region (counted by a proxy in front of moto) | {total} calls: {} |",
+            breakdown.join(", ")
+        );
+    }
+
     let coordinator = Coordinator::start(&moto).await;
     let token = coordinator.create_cluster(CLUSTER).await.join_token;
     let client = ec2::client(&moto.endpoint()).await;
