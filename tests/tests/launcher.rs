@@ -760,3 +760,35 @@ async fn launched_nodes_deploy_from_their_user_data() {
     );
     outsider.stop();
 }
+
+/// `--wait` returns once every node has settled: here no agent comes, so
+/// both launches fail at the (short) launch timeout, and the JSON carries
+/// the nodes as they ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_returns_when_every_node_settles() {
+    let moto = Moto::start().await;
+    let coordinator = Coordinator::start_with(&moto, &["--launch-timeout", "2s"]).await;
+    let mut args: Vec<String> = vec!["cluster".into(), "create".into(), "web".into()];
+    args.extend(launch_flags(2));
+    args.extend(["--wait".into(), "--wait-timeout".into(), "60s".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let answer: serde_json::Value = coordinator.admin_json(&args).await;
+    let launched = answer["created"]["launch"]["launched"].as_array().unwrap();
+    assert_eq!(launched.len(), 2, "{answer}");
+    let nodes: Vec<NodeView> = serde_json::from_value(answer["nodes"].clone()).unwrap();
+    assert_eq!(nodes.len(), 2, "{answer}");
+    assert!(
+        nodes.iter().all(|n| n.state == NodeState::Failed),
+        "{nodes:?}"
+    );
+
+    // Scaling a cluster that launches nothing is refused, and so is a
+    // cluster that does not exist.
+    coordinator.create_cluster("byo").await;
+    let output = coordinator.admin(&["cluster", "scale", "byo", "3"]).await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("launches no nodes"));
+    let output = coordinator.admin(&["cluster", "scale", "nope", "3"]).await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no cluster"));
+}
