@@ -391,6 +391,7 @@ impl<'a> Agent<'a> {
                 private_ipv4: current.private_ipv4,
                 public_ipv4: current.public_ipv4,
                 agent_version: crate::AGENT_VERSION.to_owned(),
+                byon: None,
             };
             self.live.registering();
             let using = match presented {

@@ -187,6 +187,7 @@ async fn register(
             name: "web-1".into(),
             cluster: request.cluster.clone(),
             instance_id: request.instance_id.clone(),
+            byon: request.byon.is_some(),
             state: NodeState::Deployed,
             availability_zone: request.availability_zone.clone(),
             region: request.region.clone(),

@@ -154,6 +154,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::CLUSTERS, get(list_clusters).post(create_cluster))
         .route(paths::CLUSTER, get(show_cluster).delete(remove_cluster))
         .route(paths::CLUSTER_SCALE, post(scale_cluster))
+        .route(paths::CLUSTER_BYON_TOKEN, post(byon_token))
         .route(paths::NODES, get(list_nodes))
         .route(paths::NODE, get(show_node).delete(remove_node))
         .route(paths::NODE_EVENTS, get(node_events))
@@ -205,13 +206,22 @@ async fn create_cluster(
     Body(req): Body<CreateClusterRequest>,
 ) -> Result<(StatusCode, Json<CreateClusterResponse>), ApiError> {
     require_admin(&state, &headers)?;
-    let (cluster, join_token, launch) = state.registry.create_cluster(&req).await?;
+    let created = state.registry.create_cluster(&req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn byon_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<muster_proto::ByonTokenResponse>), ApiError> {
+    require_admin(&state, &headers)?;
+    let byon_token = state.registry.byon_token(&name).await?;
     Ok((
         StatusCode::CREATED,
-        Json(CreateClusterResponse {
-            cluster,
-            join_token,
-            launch,
+        Json(muster_proto::ByonTokenResponse {
+            cluster: name,
+            byon_token,
         }),
     ))
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use muster_proto::launch::{LaunchReport, ScaleClusterRequest, ScaleClusterResponse};
 use muster_proto::{
-    paths, ClusterState, ClusterView, CreateClusterRequest, CreateClusterResponse, ErrorBody,
-    NodeDetail, NodeState, NodeView,
+    paths, ByonTokenResponse, ClusterState, ClusterView, CreateClusterRequest,
+    CreateClusterResponse, ErrorBody, NodeDetail, NodeState, NodeView,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -205,6 +205,13 @@ impl AdminClient {
             )
         })?;
         self.send("POST", paths::CLUSTERS, Some(req)).await
+    }
+
+    /// `POST /v1/clusters/{name}/byon-token`.
+    pub async fn byon_token(&self, name: &str) -> Result<ByonTokenResponse, CliError> {
+        check_cluster_arg(name)?;
+        self.send("POST", &paths::cluster_byon_token(name), None::<&()>)
+            .await
     }
 
     /// `POST /v1/clusters/{name}/scale`.

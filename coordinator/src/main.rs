@@ -131,6 +131,9 @@ enum ClusterCommand {
         name: String,
         #[command(flatten)]
         launch: Box<LaunchArgs>,
+        /// Also mint a bring-your-own token, for machines without IMDS.
+        #[arg(long)]
+        byon: bool,
         /// Wait, with a progress bar, until every node is deployed or failed;
         /// with --json, print {"created": …, "nodes": […]}.
         #[arg(long, requires = "region")]
@@ -138,6 +141,15 @@ enum ClusterCommand {
         /// Give up waiting after this long.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         wait_timeout: Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mint a bring-your-own token (shown only this once): machines without
+    /// IMDS join with it and name themselves; earlier tokens stay valid.
+    ByonToken {
+        /// Cluster name.
+        name: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -339,6 +351,7 @@ async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<
         ClusterCommand::Create {
             name,
             launch,
+            byon,
             wait,
             wait_timeout,
             json,
@@ -346,6 +359,7 @@ async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<
             let req = CreateClusterRequest {
                 name: name.clone(),
                 launch: launch.spec(),
+                byon,
             };
             let created = client.create_cluster(&req).await?;
             if !json {
@@ -357,6 +371,9 @@ async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<
                     print!("{}", cli::launch_text(report));
                 }
                 println!("\njoin token (shown once): {}", created.join_token);
+                if let Some(token) = &created.byon_token {
+                    println!("bring-your-own token (shown once): {token}");
+                }
             }
             let nodes = if wait {
                 Some(client.wait_deployed(&name, wait_timeout).await?)
@@ -372,6 +389,17 @@ async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<
                 }
             } else if let Some(nodes) = nodes {
                 print!("{}", cli::nodes_table(&nodes));
+            }
+        }
+        ClusterCommand::ByonToken { name, json } => {
+            let minted = client.byon_token(&name).await?;
+            if json {
+                print_json(&minted);
+            } else {
+                println!(
+                    "bring-your-own token for {} (shown once): {}",
+                    minted.cluster, minted.byon_token
+                );
             }
         }
         ClusterCommand::Scale {

@@ -471,6 +471,7 @@ impl Registry {
             name: node.name.clone(),
             cluster: node.cluster.clone(),
             instance_id: node.instance_id.clone(),
+            byon: node.byon,
             state: node.state,
             availability_zone: node.availability_zone.clone(),
             region: node.region.clone(),
@@ -776,6 +777,7 @@ impl Registry {
                 private_ipv4: req.private_ipv4,
                 public_ipv4: req.public_ipv4,
                 credential_hash: &credential_hash,
+                byon: req.byon.is_some(),
             },
             &reason,
         )?;
@@ -1238,6 +1240,7 @@ mod tests {
             private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
             public_ipv4: public,
             agent_version: "test".into(),
+            byon: None,
         }
     }
 
@@ -1521,25 +1524,31 @@ mod tests {
             let req = CreateClusterRequest {
                 name: bad.into(),
                 launch: None,
+                byon: false,
             };
             assert!(registry.create_cluster(&req).await.is_err());
         }
         let req = CreateClusterRequest {
             name: "web".into(),
             launch: None,
+            byon: false,
         };
         let err = registry.create_cluster(&req).await.unwrap_err();
         assert_eq!(err.code(), "cluster_exists");
-        let (view, token, report) = registry
+        let created = registry
             .create_cluster(&CreateClusterRequest {
                 name: "db".into(),
                 launch: None,
+                byon: true,
             })
             .await
             .unwrap();
-        assert_eq!(view.state, muster_proto::ClusterState::Active);
-        assert!(view.launch.is_none() && report.is_none());
-        assert_eq!(TokenKind::of(&token), Some(TokenKind::Join));
+        assert_eq!(created.cluster.state, muster_proto::ClusterState::Active);
+        assert!(created.cluster.launch.is_none() && created.launch.is_none());
+        assert_eq!(TokenKind::of(&created.join_token), Some(TokenKind::Join));
+        let byon = created.byon_token.expect("a bring-your-own token");
+        assert_eq!(TokenKind::of(&byon), Some(TokenKind::Join));
+        assert_ne!(byon, created.join_token);
     }
 
     /// Without a launcher, a launch is refused and nothing is stored.

@@ -66,6 +66,8 @@ pub const MIGRATIONS: &[&str] = &[
         token_hash TEXT NOT NULL UNIQUE,
         created_at INTEGER NOT NULL
     );",
+    // 4: bring-your-own nodes, which EC2 is never asked about.
+    "ALTER TABLE nodes ADD COLUMN byon INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Errors of the store, named after the operation that failed.
@@ -144,12 +146,15 @@ pub enum TokenPurpose {
     /// Carried in the user data of one launch: it registers only instances
     /// muster launched into the cluster.
     Launch,
+    /// Given to machines without IMDS, which name themselves: no EC2 check.
+    Byon,
 }
 
 impl TokenPurpose {
     fn as_str(self) -> &'static str {
         match self {
             TokenPurpose::Launch => "launch",
+            TokenPurpose::Byon => "byon",
         }
     }
 }
@@ -197,6 +202,8 @@ pub struct Node {
     /// The subnet muster launched it into; `None` for a node that joined on
     /// its own.
     pub subnet_id: Option<String>,
+    /// A bring-your-own node: EC2 is never asked about it.
+    pub byon: bool,
 }
 
 /// A stored event.
@@ -235,6 +242,8 @@ pub struct NodeRegistration<'a> {
     pub public_ipv4: Option<Ipv4Addr>,
     /// Hash of the fresh credential.
     pub credential_hash: &'a str,
+    /// A bring-your-own node.
+    pub byon: bool,
 }
 
 /// The SQLite store.
@@ -253,7 +262,7 @@ pub fn now_ms() -> i64 {
 
 const NODE_COLUMNS: &str = "n.id, c.name, n.name, n.instance_id, n.state, n.availability_zone, \
      n.region, n.private_ipv4, n.public_ipv4, n.credential_hash, n.created_at, n.updated_at, \
-     n.subnet_id";
+     n.subnet_id, n.byon";
 
 impl Store {
     /// Opens (creating if needed) the store at `path` and migrates it.
@@ -466,6 +475,7 @@ impl Store {
         found
             .map(|(id, kind)| match kind.as_str() {
                 "launch" => Ok((id, TokenPurpose::Launch)),
+                "byon" => Ok((id, TokenPurpose::Byon)),
                 _ => Err(StoreError::Corrupt {
                     field: "cluster_tokens.kind",
                     value: kind,
@@ -725,8 +735,8 @@ impl Store {
             None => {
                 tx.execute(
                     "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
-                     region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                     region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
+                     byon) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
                     params![
                         reg.cluster_id,
                         reg.name,
@@ -737,7 +747,8 @@ impl Store {
                         reg.private_ipv4.to_string(),
                         reg.public_ipv4.map(|ip| ip.to_string()),
                         reg.credential_hash,
-                        now
+                        now,
+                        reg.byon
                     ],
                 )
                 .map_err(query("inserting a node"))?;
@@ -760,6 +771,15 @@ impl Store {
                 field: "nodes.instance_id",
                 value: reg.instance_id.to_owned(),
             })
+    }
+
+    /// Forgets a node, its events with it: `node rm` of a bring-your-own
+    /// node. Returns whether it existed.
+    pub fn delete_node(&self, node_id: i64) -> Result<bool, StoreError> {
+        self.lock()
+            .execute("DELETE FROM nodes WHERE id = ?1", params![node_id])
+            .map(|n| n > 0)
+            .map_err(query("deleting a node"))
     }
 
     /// Records an address change of a node, with its event.
@@ -886,6 +906,7 @@ struct RawNode {
     created_at: i64,
     updated_at: i64,
     subnet_id: Option<String>,
+    byon: bool,
 }
 
 fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -903,6 +924,7 @@ fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
         created_at: row.get(10)?,
         updated_at: row.get(11)?,
         subnet_id: row.get(12)?,
+        byon: row.get(13)?,
     })
 }
 
@@ -922,6 +944,7 @@ impl RawNode {
             created_at: self.created_at,
             updated_at: self.updated_at,
             subnet_id: self.subnet_id,
+            byon: self.byon,
         })
     }
 }
@@ -958,6 +981,7 @@ mod tests {
             private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
             public_ipv4: Some(Ipv4Addr::new(54, 0, 0, 5)),
             credential_hash,
+            byon: false,
         }
     }
 

@@ -115,11 +115,12 @@ pub struct RegisterRequest {
     pub protocol: u32,
     /// The cluster the agent was told to join.
     pub cluster: String,
-    /// EC2 instance id from IMDS.
+    /// EC2 instance id from IMDS; for a bring-your-own node, `m-` and its
+    /// machine id ([`byon_node_id`]).
     pub instance_id: String,
-    /// Availability zone from IMDS.
+    /// Availability zone from IMDS; empty for a bring-your-own node.
     pub availability_zone: String,
-    /// Region from IMDS.
+    /// Region from IMDS; empty for a bring-your-own node.
     pub region: String,
     /// Primary private IPv4 from IMDS.
     pub private_ipv4: Ipv4Addr,
@@ -127,6 +128,25 @@ pub struct RegisterRequest {
     pub public_ipv4: Option<Ipv4Addr>,
     /// Agent build version, for the operator's eyes.
     pub agent_version: String,
+    /// Present when the agent runs where there is no IMDS: a machine that
+    /// joins with a bring-your-own token and names itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byon: Option<ByonIdentity>,
+}
+
+/// How a bring-your-own node names itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByonIdentity {
+    /// The node name: the first label of the machine's hostname, lowercase.
+    pub hostname: String,
+    /// `/etc/machine-id`: what makes it the same node across restarts.
+    pub machine_id: String,
+}
+
+/// The node id of a bring-your-own node with `machine_id`.
+pub fn byon_node_id(machine_id: &str) -> String {
+    format!("{}{machine_id}", validate::BYON_ID_PREFIX)
 }
 
 impl RegisterRequest {
@@ -140,9 +160,36 @@ impl RegisterRequest {
             ));
         }
         validate::dns_label("cluster", &self.cluster)?;
-        validate::instance_id(&self.instance_id)?;
-        validate::availability_zone(&self.availability_zone)?;
-        validate::region(&self.region)?;
+        match &self.byon {
+            None => {
+                validate::instance_id(&self.instance_id)?;
+                validate::availability_zone(&self.availability_zone)?;
+                validate::region(&self.region)?;
+            }
+            Some(byon) => {
+                validate::dns_label("hostname", &byon.hostname)?;
+                validate::machine_id(&byon.machine_id)?;
+                if self.instance_id != byon_node_id(&byon.machine_id) {
+                    return Err(ValidationError::new(
+                        "instance_id",
+                        &self.instance_id,
+                        "must be \"m-\" and the machine id for a bring-your-own node",
+                    ));
+                }
+                for (field, value) in [
+                    ("availability_zone", &self.availability_zone),
+                    ("region", &self.region),
+                ] {
+                    if !value.is_empty() {
+                        return Err(ValidationError::new(
+                            field,
+                            value,
+                            "must be empty for a bring-your-own node",
+                        ));
+                    }
+                }
+            }
+        }
         validate::host_ipv4("private_ipv4", self.private_ipv4)?;
         if let Some(public) = self.public_ipv4 {
             validate::host_ipv4("public_ipv4", public)?;
@@ -171,7 +218,8 @@ pub struct RegisterResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
-    /// EC2 instance id; must be the one the credential is bound to.
+    /// EC2 instance id (or a bring-your-own node's `m-…` id); must be the
+    /// one the credential is bound to.
     pub instance_id: String,
     /// Current primary private IPv4.
     pub private_ipv4: Ipv4Addr,
@@ -184,7 +232,7 @@ pub struct HeartbeatRequest {
 impl HeartbeatRequest {
     /// Checks every field as the coordinator will.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        validate::instance_id(&self.instance_id)?;
+        validate::node_id(&self.instance_id)?;
         validate::host_ipv4("private_ipv4", self.private_ipv4)?;
         if let Some(public) = self.public_ipv4 {
             validate::host_ipv4("public_ipv4", public)?;
@@ -296,8 +344,13 @@ pub struct NodeView {
     pub name: String,
     /// Cluster the node belongs to.
     pub cluster: String,
-    /// EC2 instance id; one instance is one node.
+    /// EC2 instance id, one instance being one node; `m-<machine id>` for
+    /// a bring-your-own node.
     pub instance_id: String,
+    /// Whether it joined with a bring-your-own token: no EC2 checks, no
+    /// sweep; `node rm` deletes it.
+    #[serde(default)]
+    pub byon: bool,
     /// Current state.
     pub state: NodeState,
     /// Availability zone.
@@ -498,6 +551,9 @@ pub struct CreateClusterRequest {
     /// their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<launch::LaunchSpec>,
+    /// Also mint a bring-your-own token.
+    #[serde(default)]
+    pub byon: bool,
 }
 
 impl CreateClusterRequest {
@@ -523,6 +579,20 @@ pub struct CreateClusterResponse {
     /// What was launched, for a launched cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<launch::LaunchReport>,
+    /// The bring-your-own token, when asked for (shown this once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byon_token: Option<String>,
+}
+
+/// What `POST /v1/clusters/{name}/byon-token` answers: a fresh
+/// bring-your-own token (shown this once; earlier ones stay valid).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByonTokenResponse {
+    /// The cluster.
+    pub cluster: String,
+    /// The token a machine without IMDS joins with.
+    pub byon_token: String,
 }
 
 /// The body of every error answer: `{"error": {"code", "message"}}`.
@@ -578,6 +648,7 @@ mod tests {
             private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
             public_ipv4: Some(Ipv4Addr::new(54, 1, 2, 3)),
             agent_version: "0.1.0".into(),
+            byon: None,
         }
     }
 

@@ -12,6 +12,8 @@ pub const CLUSTERS: &str = "/v1/clusters";
 pub const CLUSTER: &str = "/v1/clusters/{name}";
 /// Admin: grow or shrink a launched cluster (POST).
 pub const CLUSTER_SCALE: &str = "/v1/clusters/{name}/scale";
+/// Admin: mint a bring-your-own token for a cluster (POST).
+pub const CLUSTER_BYON_TOKEN: &str = "/v1/clusters/{name}/byon-token";
 /// Admin: list nodes; `?cluster=NAME` narrows to one cluster.
 pub const NODES: &str = "/v1/nodes";
 /// Admin: one node, by cluster and node name.
@@ -36,4 +38,9 @@ pub fn node(cluster: &str, name: &str) -> String {
 /// The scale path of one cluster.
 pub fn cluster_scale(name: &str) -> String {
     format!("{CLUSTERS}/{name}/scale")
+}
+
+/// The bring-your-own token path of one cluster.
+pub fn cluster_byon_token(name: &str) -> String {
+    format!("{CLUSTERS}/{name}/byon-token")
 }

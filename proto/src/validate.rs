@@ -66,6 +66,39 @@ pub fn instance_id(value: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// The prefix of a bring-your-own node's id: `m-` and its machine id.
+pub const BYON_ID_PREFIX: &str = "m-";
+
+/// A machine id as systemd writes `/etc/machine-id`: 32 lowercase hex
+/// digits, not all zero.
+pub fn machine_id(value: &str) -> Result<(), ValidationError> {
+    let ok = value.len() == 32
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && value.bytes().any(|b| b != b'0');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "machine_id",
+            value,
+            "must be 32 lowercase hex digits, not all zero (/etc/machine-id)",
+        ))
+    }
+}
+
+/// A node's id: an EC2 instance id, or [`BYON_ID_PREFIX`] and a machine id
+/// for a bring-your-own node.
+pub fn node_id(value: &str) -> Result<(), ValidationError> {
+    match value.strip_prefix(BYON_ID_PREFIX) {
+        Some(machine) => machine_id(machine).map_err(|e| {
+            ValidationError::new("instance_id", value, &format!("after \"m-\" {}", e.reason))
+        }),
+        None => instance_id(value),
+    }
+}
+
 /// One DNS label per RFC 1123, lowercase: 1 to 63 of `a-z`, `0-9` and `-`,
 /// neither starting nor ending with `-`.
 pub fn dns_label(field: &str, value: &str) -> Result<(), ValidationError> {
@@ -396,6 +429,16 @@ mod tests {
             err.to_string(),
             "cluster=\"Bad\" is not valid: may hold only lowercase letters, digits and '-'"
         );
+    }
+
+    #[test]
+    fn node_ids() {
+        assert!(node_id("i-0123456789abcdef0").is_ok());
+        assert!(node_id("m-0123456789abcdef0123456789abcdef").is_ok());
+        assert!(node_id("m-00000000000000000000000000000000").is_err());
+        assert!(node_id("m-0123456789ABCDEF0123456789abcdef").is_err());
+        assert!(node_id("m-0123").is_err());
+        assert!(node_id("x-0123456789abcdef0").is_err());
     }
 
     #[test]

@@ -102,6 +102,7 @@ impl Scene {
             private_ipv4: view.private_ipv4.expect("moto gives a private address"),
             public_ipv4: public,
             agent_version: "0.0.0-test".to_owned(),
+            byon: None,
         }
     }
 

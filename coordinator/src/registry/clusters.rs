@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use muster_proto::launch::{LaunchReport, ScaleClusterRequest, ScaleClusterResponse};
 use muster_proto::token::TokenKind;
-use muster_proto::{validate, ClusterState, ClusterView, CreateClusterRequest, NodeState};
+use muster_proto::{
+    validate, ClusterState, ClusterView, CreateClusterRequest, CreateClusterResponse, NodeState,
+};
 
 use super::{cluster_launch, hash_secret, new_secret, Registry, RegistryError};
 use crate::dns::INTERNAL_LABEL;
@@ -46,9 +48,45 @@ const REMOVAL_PATIENCE: Duration = Duration::from_secs(30 * 60);
 const REMOVAL_POLL_MAX: Duration = Duration::from_secs(10);
 
 impl Registry {
-    /// Records a new cluster and returns it with its join token and, for a
-    /// launched cluster, what was launched.
+    /// Records a new cluster and returns it with its join token, its
+    /// bring-your-own token if asked for, and, for a launched cluster, what
+    /// was launched.
     pub async fn create_cluster(
+        &self,
+        req: &CreateClusterRequest,
+    ) -> Result<CreateClusterResponse, RegistryError> {
+        let (cluster, join_token, launch) = self.create_cluster_inner(req).await?;
+        let byon_token = if req.byon {
+            Some(self.mint_byon_token(&cluster.name)?)
+        } else {
+            None
+        };
+        Ok(CreateClusterResponse {
+            cluster,
+            join_token,
+            launch,
+            byon_token,
+        })
+    }
+
+    /// `cluster byon-token NAME`: a fresh bring-your-own token for an
+    /// active cluster; earlier ones stay valid.
+    pub async fn byon_token(&self, name: &str) -> Result<String, RegistryError> {
+        validate::dns_label("cluster", name)?;
+        let _clusters = self.clusters.lock().await;
+        self.mint_byon_token(name)
+    }
+
+    fn mint_byon_token(&self, name: &str) -> Result<String, RegistryError> {
+        let cluster = self.active_cluster(name)?;
+        let token = new_secret(TokenKind::Join);
+        self.store
+            .add_cluster_token(cluster.id, TokenPurpose::Byon, &hash_secret(&token))?;
+        tracing::info!(cluster = %name, "bring-your-own token minted");
+        Ok(token)
+    }
+
+    async fn create_cluster_inner(
         &self,
         req: &CreateClusterRequest,
     ) -> Result<(ClusterView, String, Option<LaunchReport>), RegistryError> {
