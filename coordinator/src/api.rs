@@ -76,6 +76,7 @@ impl From<RegistryError> for ApiError {
             | RegistryError::InstanceInOtherCluster { .. }
             | RegistryError::NodeTerminated { .. }
             | RegistryError::ClusterExists(_)
+            | RegistryError::NameTaken { .. }
             | RegistryError::ClusterNotActive { .. } => StatusCode::CONFLICT,
             RegistryError::Launch(e) if e.is_bad_request() => StatusCode::UNPROCESSABLE_ENTITY,
             RegistryError::Launch(_) => StatusCode::BAD_GATEWAY,

@@ -107,6 +107,16 @@ pub enum RegistryError {
     /// A cluster of that name exists.
     #[error("cluster {0:?} exists already")]
     ClusterExists(String),
+    /// A bring-your-own machine names itself as another node is named.
+    #[error("cluster {cluster} has a node {name} already, on another machine ({instance_id})")]
+    NameTaken {
+        /// The cluster.
+        cluster: String,
+        /// The name.
+        name: String,
+        /// The node that has it.
+        instance_id: String,
+    },
     /// The cluster is being removed, or was.
     #[error("cluster {name:?} is {state}")]
     ClusterNotActive {
@@ -152,6 +162,7 @@ impl RegistryError {
             RegistryError::NodeTerminated { .. } => "node_terminated",
             RegistryError::ClusterExists(_) => "cluster_exists",
             RegistryError::ClusterNotActive { .. } => "cluster_not_active",
+            RegistryError::NameTaken { .. } => "name_taken",
             RegistryError::Launch(error) if error.is_bad_request() => "launch_refused",
             RegistryError::Launch(_) => "launch_failed",
             RegistryError::NotFound(_) => "not_found",
@@ -197,6 +208,8 @@ struct LiveNode {
     name: String,
     instance_id: String,
     region: String,
+    /// A bring-your-own node: EC2 is never asked about it.
+    byon: bool,
     state: NodeState,
     private_ipv4: Option<Ipv4Addr>,
     public_ipv4: Option<Ipv4Addr>,
@@ -233,6 +246,7 @@ impl Live {
                 name: node.name.clone(),
                 instance_id: node.instance_id.clone(),
                 region: node.region.clone(),
+                byon: node.byon,
                 state: node.state,
                 private_ipv4: node.private_ipv4,
                 public_ipv4: node.public_ipv4,
@@ -673,9 +687,27 @@ impl Registry {
                     });
                 }
                 if secret_matches(bearer, &c.join_token_hash) {
+                    if req.byon.is_some() {
+                        return Err(RegistryError::Unauthorized(format!(
+                            "a machine without IMDS joins cluster {:?} with a bring-your-own \
+                             token (cluster byon-token), not the join token",
+                            c.name
+                        )));
+                    }
                     "registered with the join token"
                 } else {
                     match self.store.cluster_token(&hash_secret(bearer))? {
+                        Some((cluster_id, TokenPurpose::Byon)) if cluster_id == c.id => {
+                            if req.byon.is_none() {
+                                return Err(RegistryError::Unauthorized(
+                                    "a bring-your-own token is for machines that name \
+                                     themselves (muster-agent run --byon); EC2 instances join \
+                                     with the join token"
+                                        .into(),
+                                ));
+                            }
+                            "registered with a bring-your-own token"
+                        }
                         Some((cluster_id, TokenPurpose::Launch)) if cluster_id == c.id => {
                             // A launch token speaks only for instances muster
                             // launched into this cluster.
@@ -717,6 +749,13 @@ impl Registry {
                         node.cluster, req.cluster
                     )));
                 }
+                if node.byon != req.byon.is_some() {
+                    return Err(RegistryError::Unauthorized(
+                        "the node credential belongs to a node of the other kind \
+                         (bring-your-own or EC2)"
+                            .into(),
+                    ));
+                }
                 "re-registered with its node credential"
             }
             Some(TokenKind::Admin) => {
@@ -750,14 +789,35 @@ impl Registry {
                 });
             }
         }
-        self.check_claim(
-            &req.region,
-            &req.instance_id,
-            Some(&req.availability_zone),
-            req.private_ipv4,
-            req.public_ipv4,
-        )
-        .await?;
+        let name = match &req.byon {
+            // EC2 knows nothing of a machine that names itself; its token
+            // is the only check.
+            Some(byon) => {
+                if let Some(holder) = self.store.node(&cluster.name, &byon.hostname)? {
+                    if holder.instance_id != req.instance_id
+                        && holder.state != NodeState::Terminated
+                    {
+                        return Err(RegistryError::NameTaken {
+                            cluster: cluster.name.clone(),
+                            name: byon.hostname.clone(),
+                            instance_id: holder.instance_id,
+                        });
+                    }
+                }
+                byon.hostname.clone()
+            }
+            None => {
+                self.check_claim(
+                    &req.region,
+                    &req.instance_id,
+                    Some(&req.availability_zone),
+                    req.private_ipv4,
+                    req.public_ipv4,
+                )
+                .await?;
+                req.instance_id.clone()
+            }
+        };
 
         let credential = new_secret(TokenKind::Node);
         let credential_hash = hash_secret(&credential);
@@ -770,7 +830,7 @@ impl Registry {
         let node = self.store.register_node(
             &NodeRegistration {
                 cluster_id: cluster.id,
-                name: &req.instance_id,
+                name: &name,
                 instance_id: &req.instance_id,
                 availability_zone: &req.availability_zone,
                 region: &req.region,
@@ -863,7 +923,7 @@ impl Registry {
         // A node EC2 last saw stopped (or that never ran) counts as deployed
         // again only once EC2 confirms the instance runs with these addresses.
         let confirm = !matches!(node.state, NodeState::Deployed | NodeState::Unreachable);
-        if moved || confirm {
+        if (moved || confirm) && !node.byon {
             self.check_claim(
                 &node.region,
                 &node.instance_id,
@@ -1042,7 +1102,7 @@ impl Registry {
     pub async fn sweep(&self) -> SweepReport {
         let mut by_region: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
         for (id, node) in self.live().nodes.iter() {
-            if node.state != NodeState::Terminated {
+            if node.state != NodeState::Terminated && !node.byon {
                 by_region
                     .entry(node.region.clone())
                     .or_default()
@@ -1127,6 +1187,12 @@ impl Registry {
                 state: node.state,
             });
         }
+        if node.byon {
+            let view = self.node_view(&node);
+            self.forget_node(node.id).await?;
+            tracing::info!(cluster = %node.cluster, node = %node.name, "bring-your-own node removed");
+            return Ok(view);
+        }
         self.ec2.terminate(&node.region, &node.instance_id).await?;
         self.apply(node.id, Input::OperatorRemove, EventSource::Operator)
             .await?;
@@ -1134,6 +1200,24 @@ impl Registry {
             RegistryError::NotFound(format!("no node {name:?} in cluster {cluster:?}"))
         })?;
         Ok(self.node_view(&node))
+    }
+
+    /// Deletes a bring-your-own node from the store and memory; its DNS
+    /// records go with it.
+    async fn forget_node(&self, id: i64) -> Result<(), RegistryError> {
+        let _write = self.write.lock().await;
+        self.store.delete_node(id)?;
+        let sources = {
+            let mut live = self.live();
+            if let Some(node) = live.nodes.remove(&id) {
+                if let Some(hash) = node.credential_hash {
+                    live.by_credential.remove(&hash);
+                }
+            }
+            live.record_sources()
+        };
+        self.zone.publish(&sources);
+        Ok(())
     }
 
     /// Node counts by state, for `/metrics`.
@@ -1433,6 +1517,105 @@ mod tests {
                 (NodeState::Deployed, EventSource::Agent),
             ]
         );
+    }
+
+    fn byon_req(hostname: &str, machine_id: &str) -> RegisterRequest {
+        RegisterRequest {
+            instance_id: muster_proto::byon_node_id(machine_id),
+            availability_zone: String::new(),
+            region: String::new(),
+            private_ipv4: Ipv4Addr::new(192, 168, 7, 10),
+            public_ipv4: None,
+            byon: Some(muster_proto::ByonIdentity {
+                hostname: hostname.into(),
+                machine_id: machine_id.into(),
+            }),
+            ..register_req(None)
+        }
+    }
+
+    /// A machine without IMDS joins with a bring-your-own token and no EC2
+    /// check, under its hostname; it goes unreachable when silent and stays
+    /// so through sweeps; `node rm` deletes it and its names.
+    #[tokio::test]
+    async fn bring_your_own_nodes() {
+        let (registry, _, join_token) = setup();
+        let byon_token = registry.byon_token("web").await.unwrap();
+        let machine = "0123456789abcdef0123456789abcdef";
+
+        // Each token is for its own kind of machine.
+        let err = registry
+            .register(&join_token, byon_req("rack1", machine))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "unauthorized", "{err}");
+        let err = registry
+            .register(&byon_token, register_req(None))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "unauthorized", "{err}");
+
+        let resp = registry
+            .register(&byon_token, byon_req("rack1", machine))
+            .await
+            .unwrap();
+        assert_eq!(resp.node.name, "rack1");
+        assert!(resp.node.byon);
+        assert_eq!(resp.node.state, NodeState::Deployed);
+        assert_eq!(
+            answer(&registry, "rack1.web.muster.test."),
+            vec![Ipv4Addr::new(192, 168, 7, 10)]
+        );
+
+        // Another machine may not take the name.
+        let err = registry
+            .register(
+                &byon_token,
+                byon_req("rack1", "fedcba9876543210fedcba9876543210"),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "name_taken", "{err}");
+
+        // Its own address change needs no EC2 word.
+        let moved = HeartbeatRequest {
+            instance_id: muster_proto::byon_node_id(machine),
+            private_ipv4: Ipv4Addr::new(192, 168, 7, 11),
+            public_ipv4: None,
+            facts: HostFacts::default(),
+        };
+        registry.heartbeat(&resp.credential, moved).await.unwrap();
+        assert_eq!(
+            answer(&registry, "rack1.web.muster.test."),
+            vec![Ipv4Addr::new(192, 168, 7, 11)]
+        );
+
+        // Silent: unreachable, and sweeps (EC2 knows nothing of it) leave it.
+        for node in registry.live().nodes.values_mut() {
+            node.last_heard = Instant::now() - Duration::from_secs(31);
+        }
+        assert_eq!(registry.check_liveness().await, 1);
+        for _ in 0..5 {
+            registry.sweep().await;
+        }
+        let node = registry.node("web", "rack1").unwrap().node;
+        assert_eq!(node.state, NodeState::Unreachable);
+
+        registry.remove_node("web", "rack1").await.unwrap();
+        assert!(registry.node("web", "rack1").is_err());
+        assert!(answer(&registry, "rack1.web.muster.test.").is_empty());
+        assert!(registry
+            .heartbeat(
+                &resp.credential,
+                HeartbeatRequest {
+                    instance_id: muster_proto::byon_node_id(machine),
+                    private_ipv4: Ipv4Addr::new(192, 168, 7, 11),
+                    public_ipv4: None,
+                    facts: HostFacts::default(),
+                }
+            )
+            .await
+            .is_err());
     }
 
     /// The sweep follows EC2: stopped, an address moved while the agent is

@@ -324,7 +324,9 @@ impl Registry {
             .store
             .nodes(Some(name))?
             .into_iter()
-            .filter(|n| !matches!(n.state, NodeState::Terminating | NodeState::Terminated))
+            .filter(|n| {
+                !n.byon && !matches!(n.state, NodeState::Terminating | NodeState::Terminated)
+            })
             .collect();
         let current = nodes.len() as u32;
         let mut report = LaunchReport::default();
@@ -462,12 +464,15 @@ impl Registry {
         let Some(cluster) = self.store.cluster(name)? else {
             return Ok(());
         };
-        let nodes: Vec<_> = self
+        let (byon, nodes): (Vec<_>, Vec<_>) = self
             .store
             .nodes(Some(name))?
             .into_iter()
             .filter(|n| n.state != NodeState::Terminated)
-            .collect();
+            .partition(|n| n.byon);
+        for node in &byon {
+            self.forget_node(node.id).await?;
+        }
         let mut by_region: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
         for node in &nodes {
             by_region
