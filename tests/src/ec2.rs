@@ -320,3 +320,35 @@ pub async fn create_instance_profile(endpoint: &str, name: &str) {
         answer.text().await.unwrap_or_default()
     );
 }
+
+/// What a launched instance's user data tells its agent: the `#cloud-config`
+/// body (JSON, which is YAML) and the `/etc/muster/agent.toml` it writes.
+/// Panics if the user data is missing or not what the launcher writes.
+pub async fn cloud_config(client: &Client, instance_id: &str) -> (serde_json::Value, toml::Table) {
+    let bytes = try_user_data(client, instance_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .unwrap_or_else(|| panic!("{instance_id} has no user data"));
+    let text = String::from_utf8(bytes).expect("user data is UTF-8");
+    let body = text
+        .strip_prefix("#cloud-config\n")
+        .unwrap_or_else(|| panic!("user data is not a #cloud-config:\n{text}"));
+    // JSON is YAML; reading it as JSON is the strictest YAML read there is.
+    let doc: serde_json::Value = serde_json::from_str(body).expect("the cloud-config parses");
+    let agent = doc["write_files"]
+        .as_array()
+        .expect("write_files")
+        .iter()
+        .find(|f| f["path"] == "/etc/muster/agent.toml")
+        .expect("the agent settings are written");
+    assert_eq!(
+        agent["permissions"], "0600",
+        "the join token file is private"
+    );
+    let settings: toml::Table = agent["content"]
+        .as_str()
+        .expect("content")
+        .parse()
+        .expect("agent.toml parses");
+    (doc, settings)
+}

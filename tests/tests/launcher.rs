@@ -128,37 +128,6 @@ async fn muster_vpcs(client: &Client) -> Vec<String> {
         .collect()
 }
 
-/// The user data of an instance, parsed: (`#cloud-config` body as JSON
-/// value, the agent.toml it writes).
-async fn cloud_config(client: &Client, instance_id: &str) -> (serde_json::Value, toml::Table) {
-    let bytes = ec2::try_user_data(client, instance_id)
-        .await
-        .expect("DescribeInstanceAttribute")
-        .expect("launched instances carry user data");
-    let text = String::from_utf8(bytes).expect("user data is UTF-8");
-    let body = text
-        .strip_prefix("#cloud-config\n")
-        .unwrap_or_else(|| panic!("user data is not a #cloud-config:\n{text}"));
-    // JSON is YAML; reading it as JSON is the strictest YAML read there is.
-    let doc: serde_json::Value = serde_json::from_str(body).expect("the cloud-config parses");
-    let agent = doc["write_files"]
-        .as_array()
-        .expect("write_files")
-        .iter()
-        .find(|f| f["path"] == "/etc/muster/agent.toml")
-        .expect("the agent settings are written");
-    assert_eq!(
-        agent["permissions"], "0600",
-        "the join token file is private"
-    );
-    let settings: toml::Table = agent["content"]
-        .as_str()
-        .expect("content")
-        .parse()
-        .expect("agent.toml parses");
-    (doc, settings)
-}
-
 /// A fresh region: seven nodes over six AZs land 2/1/1/1/1/1, each with a
 /// 30 GiB gp2 volume at /dev/sdf deleted on termination and the four tags on
 /// instance and volume; a security group and key pair are made; the user
@@ -285,7 +254,7 @@ async fn create_scale_and_remove_a_cluster() {
 
     // The user data names this coordinator, the cluster and a join token.
     let first = instances[0].instance_id().unwrap();
-    let (doc, settings) = cloud_config(&sdk, first).await;
+    let (doc, settings) = ec2::cloud_config(&sdk, first).await;
     assert_eq!(
         settings["coordinator_url"].as_str(),
         Some(coordinator.url().as_str())
@@ -654,7 +623,7 @@ async fn launched_nodes_deploy_from_their_user_data() {
     let mut imds = Vec::new();
     let mut agents = Vec::new();
     for id in &ids[..2] {
-        let (_, settings) = cloud_config(&sdk, id).await;
+        let (_, settings) = ec2::cloud_config(&sdk, id).await;
         assert_eq!(
             settings["coordinator_url"].as_str(),
             Some(coordinator.url().as_str())
@@ -716,7 +685,7 @@ async fn launched_nodes_deploy_from_their_user_data() {
     assert!(event.reason.contains("launch timeout"), "{event:?}");
 
     // Its agent turns up late: deployed after all.
-    let (_, settings) = cloud_config(&sdk, third).await;
+    let (_, settings) = ec2::cloud_config(&sdk, third).await;
     let server = Imds::start(sdk.clone(), third).await;
     let _late = Agent::start(
         &coordinator,

@@ -1,12 +1,15 @@
 //! `muster-demo`: the whole loop on the emulators, told step by step.
 //!
-//! It starts moto's EC2 emulator, a real `muster-coordinator serve`, three
-//! instances in moto each with its own IMDSv2 emulator and a real
-//! `muster-agent run`, and shows the nodes and what the coordinator's DNS
-//! answers (asked with our own resolver, not the coordinator's word). Then
-//! it associates an Elastic IP with one instance in moto and shows DNS
-//! follow while every process keeps running. Every process is stopped by
-//! pid at the end. `scripts/demo` builds and runs it.
+//! It starts moto's EC2 emulator and a real `muster-coordinator serve`,
+//! which launches a cluster of three nodes in moto (network, security
+//! group, key pair, gp2 volumes, user data). Each instance gets its own
+//! IMDSv2 emulator and a real `muster-agent run` configured from what its
+//! user data says, as cloud-init would. It shows the nodes and what the
+//! coordinator's DNS answers (asked with our own resolver, not the
+//! coordinator's word). Then it associates an Elastic IP with one instance
+//! in moto and shows DNS follow while every process keeps running, and
+//! finally removes the cluster. Every process is stopped by pid at the end.
+//! `scripts/demo` builds and runs it.
 
 #![forbid(unsafe_code)]
 
@@ -34,27 +37,55 @@ async fn main() -> anyhow::Result<()> {
         coordinator.dns_addr()
     );
 
-    step(&format!("muster-coordinator cluster create {CLUSTER}"));
-    let out = coordinator.admin(&["cluster", "create", CLUSTER]).await;
+    let count = NODES.to_string();
+    let create = [
+        "cluster",
+        "create",
+        CLUSTER,
+        "--region",
+        ec2::TEST_REGION,
+        "--instance-type",
+        "t3.micro",
+        "--count",
+        &count,
+        "--disk-gb",
+        "30",
+        "--ami",
+        ec2::TEST_AMI,
+        "--admin-cidr",
+        "198.51.100.0/24",
+    ];
+    step(&format!("muster-coordinator {}", create.join(" ")));
+    let out = coordinator.admin(&create).await;
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    let token = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("join token (shown once): ")
-                .map(str::to_owned)
-        })
-        .ok_or_else(|| anyhow::anyhow!("no join token in the output of cluster create"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = coordinator.admin(&["cluster", "show", CLUSTER]).await;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let out = coordinator.admin(&["node", "ls"]).await;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
 
-    step(&format!(
-        "launching {NODES} instances in moto, each with an IMDSv2 emulator and a muster-agent"
-    ));
+    step("booting each instance as cloud-init would: its user data configures a muster-agent, and an IMDSv2 emulator serves its metadata");
     let client = ec2::client(&moto.endpoint()).await;
     let mut fleet = Vec::new();
-    for _ in 0..NODES {
-        let id = ec2::launch_instance(&client).await;
+    for node in coordinator.nodes(CLUSTER).await {
+        let id = node.instance_id;
+        let (_, settings) = ec2::cloud_config(&client, &id).await;
+        let token = settings["join_token"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no join token in the user data of {id}"))?;
         let imds = Imds::start(client.clone(), &id).await;
-        let agent = Agent::start(&coordinator, &imds, CLUSTER, &token);
-        println!("    {id}: agent pid {}", agent.pid());
+        let agent = Agent::start(&coordinator, &imds, CLUSTER, token);
+        println!(
+            "    {id}: user data names {} and cluster {}; agent pid {}",
+            settings["coordinator_url"],
+            settings["cluster"],
+            agent.pid()
+        );
         fleet.push((id, imds, agent));
     }
 
@@ -135,6 +166,16 @@ async fn main() -> anyhow::Result<()> {
     step(&format!("muster-coordinator node show {CLUSTER} {id}"));
     let out = coordinator.admin(&["node", "show", CLUSTER, id]).await;
     print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    step(&format!("muster-coordinator cluster rm {CLUSTER}"));
+    let out = coordinator.admin(&["cluster", "rm", CLUSTER]).await;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let running = ec2::instances_of_cluster(&client, CLUSTER)
+        .await
+        .iter()
+        .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) == Some("running"))
+        .count();
+    println!("    instances of {CLUSTER} still running in EC2: {running}");
 
     step("cleaning up: every process is stopped by pid");
     drop(fleet);
