@@ -15,6 +15,9 @@
 //!   heartbeats, the store for transitions; the liveness check and the EC2
 //!   sweep.
 //! - [`dns`]: the embedded authoritative DNS server and the record model.
+//! - [`dns_reconcile`]: the `DnsProvider` trait and the loop that keeps an
+//!   external DNS server at the desired records.
+//! - [`rfc2136`]: the RFC 2136 provider (dynamic updates signed with TSIG).
 //! - [`network`]: the VPC, gateway, route table and subnets launched nodes
 //!   use, found or created.
 //! - [`placement`]: which subnet each launched node goes to.
@@ -28,12 +31,14 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod dns_reconcile;
 pub mod ec2;
 pub mod lifecycle;
 pub mod network;
 pub mod pki;
 pub mod placement;
 pub mod registry;
+pub mod rfc2136;
 pub mod store;
 
 use std::future::Future;
@@ -70,6 +75,12 @@ pub enum ServeError {
     /// DNS could not start.
     #[error(transparent)]
     Dns(#[from] dns::DnsError),
+    /// The DNS reconciler could not start.
+    #[error(transparent)]
+    DnsReconcile(#[from] dns_reconcile::ReconcileError),
+    /// The RFC 2136 provider could not be set up.
+    #[error(transparent)]
+    Rfc2136(#[from] rfc2136::Rfc2136Error),
     /// The API could not bind or failed.
     #[error("serving the API on {addr}: {source}")]
     Api {
@@ -134,10 +145,29 @@ pub async fn serve(
             unknown_sweeps: settings.unknown_sweeps,
         },
     )?);
-    let loops = [
+    let mut loops = vec![
         tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
         tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
     ];
+    if let config::DnsProvider::Rfc2136(rfc2136) = &settings.dns_provider {
+        let owner = dns_reconcile::ensure_owner_id(data_dir)?;
+        let provider = Arc::new(rfc2136::Rfc2136::new(rfc2136, &owner, settings.dns_ttl)?);
+        tracing::info!(
+            server = %rfc2136.server,
+            zone = %rfc2136.zone,
+            key = %rfc2136.key_name,
+            %owner,
+            "dns updates go to an rfc2136 server"
+        );
+        let reconciler = dns_reconcile::Reconciler::new(
+            zone.clone(),
+            provider,
+            owner,
+            data_dir,
+            settings.dns_reconcile_interval,
+        );
+        loops.push(tokio::spawn(reconciler.run()));
+    }
 
     let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen).await?;
     tracing::info!(addr = %dns_addr, zone = %settings.zone, "dns listening (udp, tcp)");
