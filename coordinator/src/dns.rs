@@ -611,6 +611,43 @@ mod tests {
         assert_eq!(deep.answers.len(), 1);
     }
 
+    /// The shared model spells the wildcard out as a CNAME to the node, and
+    /// gives a private-only node its private address everywhere.
+    #[test]
+    fn desired_records_spell_out_the_wildcard() {
+        let zone = Name::from_str("muster.test.").unwrap();
+        let records = desired_records(
+            &zone,
+            &[
+                node("web", "n1", NodeState::Deployed, Some([54, 0, 0, 1])),
+                node("web", "gone", NodeState::Terminated, Some([54, 0, 0, 3])),
+            ],
+        )
+        .unwrap();
+        let get = |name: &str| records.get(&Name::from_str(name).unwrap()).cloned();
+        assert_eq!(
+            get("*.n1.web.muster.test."),
+            Some(RecordData::Cname("n1.web.muster.test.".into()))
+        );
+        assert_eq!(
+            get("n1.web.muster.test."),
+            Some(RecordData::A(vec![Ipv4Addr::new(54, 0, 0, 1)]))
+        );
+        assert_eq!(
+            get("n1.web.internal.muster.test."),
+            Some(RecordData::A(vec![Ipv4Addr::new(10, 0, 0, 2)]))
+        );
+        assert_eq!(
+            get("web.muster.test."),
+            Some(RecordData::A(vec![Ipv4Addr::new(54, 0, 0, 1)]))
+        );
+        assert_eq!(
+            records.len(),
+            4,
+            "nothing for the terminated node: {records:?}"
+        );
+    }
+
     /// Unknown names are NXDOMAIN with the SOA; parents of names are NODATA;
     /// names outside the zone are refused; the apex has SOA and NS.
     #[test]
