@@ -145,10 +145,11 @@ pub async fn serve(
             unknown_sweeps: settings.unknown_sweeps,
         },
     )?);
-    let mut loops = vec![
+    let loops = [
         tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
         tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
     ];
+    let mut dns_loop = None;
     if let config::DnsProvider::Rfc2136(rfc2136) = &settings.dns_provider {
         let owner = dns_reconcile::ensure_owner_id(data_dir)?;
         let provider = Arc::new(rfc2136::Rfc2136::new(rfc2136, &owner, settings.dns_ttl)?);
@@ -166,7 +167,7 @@ pub async fn serve(
             data_dir,
             settings.dns_reconcile_interval,
         );
-        loops.push(tokio::spawn(reconciler.run()));
+        dns_loop = Some(tokio::spawn(reconciler.run()));
     }
 
     let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen).await?;
@@ -211,7 +212,7 @@ pub async fn serve(
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    for task in loops {
+    for task in loops.into_iter().chain(dns_loop) {
         task.abort();
     }
     handle.graceful_shutdown(Some(DRAIN_DEADLINE));
