@@ -161,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::NODE_EVENTS, get(node_events))
         .route(paths::HEALTHZ, get(|| async { "ok\n" }))
         .route(paths::METRICS, get(metrics))
+        .route(DNS_STATUS, get(dns_status))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API path")
         })
@@ -330,6 +331,20 @@ async fn remove_node(
     Ok(Json(state.registry.remove_node(&cluster, &name).await?))
 }
 
+/// `GET /v1/dns/status` (admin): how far the DNS provider has got.
+pub const DNS_STATUS: &str = "/v1/dns/status";
+
+async fn dns_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(match state.registry.zone().provider_status() {
+        Some(status) => serde_json::json!(status),
+        None => serde_json::json!({ "provider": "embedded", "pending_changes": 0 }),
+    }))
+}
+
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let registry = &state.registry;
     let counters = &registry.counters;
@@ -400,6 +415,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             registry.zone().queries()
         )],
     );
+    if let Some(dns) = registry.zone().provider_status() {
+        crate::dns_reconcile::write_metrics(&dns, &mut section);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -31,6 +31,12 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_UNKNOWN_SWEEPS: u32 = 3;
 /// Default time a launched node's agent has to register.
 pub const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default DNS provider.
+pub const DEFAULT_DNS_PROVIDER: &str = "embedded";
+/// Default TSIG algorithm.
+pub const DEFAULT_TSIG_ALGORITHM: &str = "hmac-sha256";
+/// Default time between full DNS reconciles.
+pub const DEFAULT_DNS_RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Flags of `serve`. Every one may also come from the environment or the file.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -77,6 +83,27 @@ pub struct ServeArgs {
     /// Time a launched node's agent has to register before the node is failed [default: 10m]
     #[arg(long, env = "MUSTER_LAUNCH_TIMEOUT")]
     pub launch_timeout: Option<String>,
+    /// Where the records go: embedded or rfc2136 [default: embedded]
+    #[arg(long, env = "MUSTER_DNS_PROVIDER")]
+    pub dns_provider: Option<String>,
+    /// RFC 2136: the primary server taking updates, HOST:PORT
+    #[arg(long = "rfc2136-server", env = "MUSTER_RFC2136_SERVER")]
+    pub rfc2136_server: Option<String>,
+    /// RFC 2136: the zone updated on that server [default: --zone]
+    #[arg(long = "rfc2136-zone", env = "MUSTER_RFC2136_ZONE")]
+    pub rfc2136_zone: Option<String>,
+    /// RFC 2136: the TSIG key's name, as the server knows it
+    #[arg(long, env = "MUSTER_TSIG_KEY_NAME")]
+    pub tsig_key_name: Option<String>,
+    /// RFC 2136: hmac-sha256, hmac-sha384 or hmac-sha512 [default: hmac-sha256]
+    #[arg(long, env = "MUSTER_TSIG_ALGORITHM")]
+    pub tsig_algorithm: Option<String>,
+    /// RFC 2136: file holding the base64 TSIG secret (or a BIND key file); mode 0600
+    #[arg(long, env = "MUSTER_TSIG_SECRET_FILE")]
+    pub tsig_secret_file: Option<PathBuf>,
+    /// Time between full DNS reconciles, which repair drift [default: 5m]
+    #[arg(long, env = "MUSTER_DNS_RECONCILE_INTERVAL")]
+    pub dns_reconcile_interval: Option<String>,
 }
 
 /// The `[serve]` table of the config file.
@@ -96,6 +123,13 @@ struct FileServe {
     sweep_interval: Option<String>,
     unknown_sweeps: Option<toml::Value>,
     launch_timeout: Option<String>,
+    dns_provider: Option<String>,
+    rfc2136_server: Option<String>,
+    rfc2136_zone: Option<String>,
+    tsig_key_name: Option<String>,
+    tsig_algorithm: Option<String>,
+    tsig_secret_file: Option<PathBuf>,
+    dns_reconcile_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +188,82 @@ pub struct Settings {
     pub unknown_sweeps: u32,
     /// Time a launched node's agent has to register before the node fails.
     pub launch_timeout: Duration,
+    /// Where the records go.
+    pub dns_provider: DnsProvider,
+    /// Time between full reconciles with an external DNS provider.
+    pub dns_reconcile_interval: Duration,
+}
+
+/// Which server holds the zone's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsProvider {
+    /// The coordinator's own authoritative server.
+    Embedded,
+    /// RFC 2136 updates, signed with TSIG, to an existing primary.
+    Rfc2136(Rfc2136Settings),
+}
+
+/// Settings of the RFC 2136 provider.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Rfc2136Settings {
+    /// `HOST:PORT` of the primary.
+    pub server: String,
+    /// The zone on that server, lowercase, no trailing dot; the
+    /// coordinator's zone is this one or beneath it.
+    pub zone: String,
+    /// The TSIG key's name.
+    pub key_name: String,
+    /// The TSIG algorithm.
+    pub algorithm: TsigAlgorithm,
+    /// The TSIG secret, decoded.
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Rfc2136Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rfc2136Settings")
+            .field("server", &self.server)
+            .field("zone", &self.zone)
+            .field("key_name", &self.key_name)
+            .field("algorithm", &self.algorithm)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The TSIG algorithms muster signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    /// hmac-sha256
+    HmacSha256,
+    /// hmac-sha384
+    HmacSha384,
+    /// hmac-sha512
+    HmacSha512,
+}
+
+impl TsigAlgorithm {
+    /// The name BIND and `--tsig-algorithm` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TsigAlgorithm::HmacSha256 => "hmac-sha256",
+            TsigAlgorithm::HmacSha384 => "hmac-sha384",
+            TsigAlgorithm::HmacSha512 => "hmac-sha512",
+        }
+    }
+}
+
+impl std::str::FromStr for TsigAlgorithm {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "hmac-sha256" => Ok(TsigAlgorithm::HmacSha256),
+            "hmac-sha384" => Ok(TsigAlgorithm::HmacSha384),
+            "hmac-sha512" => Ok(TsigAlgorithm::HmacSha512),
+            _ => Err("must be hmac-sha256, hmac-sha384 or hmac-sha512"),
+        }
+    }
 }
 
 impl Settings {
@@ -300,6 +410,39 @@ impl Settings {
             ));
         }
 
+        let rfc2136 = Rfc2136Args {
+            server: args.rfc2136_server.clone().or(file.rfc2136_server),
+            zone: args.rfc2136_zone.clone().or(file.rfc2136_zone),
+            key_name: args.tsig_key_name.clone().or(file.tsig_key_name),
+            algorithm: args.tsig_algorithm.clone().or(file.tsig_algorithm),
+            secret_file: args.tsig_secret_file.clone().or(file.tsig_secret_file),
+        };
+        let provider_text = pick(&args.dns_provider, file.dns_provider, DEFAULT_DNS_PROVIDER);
+        let dns_provider = match provider_text.as_str() {
+            "embedded" => {
+                if let Some((name, value)) = rfc2136.first_set() {
+                    return Err(bad(name, value, "is only used with dns_provider=rfc2136"));
+                }
+                DnsProvider::Embedded
+            }
+            "rfc2136" => DnsProvider::Rfc2136(rfc2136.validate(&zone)?),
+            _ => {
+                return Err(bad(
+                    "dns_provider",
+                    &provider_text,
+                    "must be embedded or rfc2136",
+                ))
+            }
+        };
+        let dns_reconcile_interval = duration(
+            "dns_reconcile_interval",
+            args.dns_reconcile_interval
+                .clone()
+                .or(file.dns_reconcile_interval),
+            DEFAULT_DNS_RECONCILE_INTERVAL,
+            (Duration::from_secs(1), Duration::from_secs(86_400)),
+        )?;
+
         Ok(Settings {
             listen,
             dns_listen,
@@ -314,6 +457,8 @@ impl Settings {
             sweep_interval,
             unknown_sweeps,
             launch_timeout,
+            dns_provider,
+            dns_reconcile_interval,
         })
     }
 
@@ -332,6 +477,130 @@ impl Settings {
         names.dedup();
         names
     }
+}
+
+/// The RFC 2136 settings as given, before validation.
+struct Rfc2136Args {
+    server: Option<String>,
+    zone: Option<String>,
+    key_name: Option<String>,
+    algorithm: Option<String>,
+    secret_file: Option<PathBuf>,
+}
+
+impl Rfc2136Args {
+    /// The first one that is set, for refusing them with another provider.
+    fn first_set(&self) -> Option<(&'static str, String)> {
+        [
+            ("rfc2136_server", self.server.clone()),
+            ("rfc2136_zone", self.zone.clone()),
+            ("tsig_key_name", self.key_name.clone()),
+            ("tsig_algorithm", self.algorithm.clone()),
+            (
+                "tsig_secret_file",
+                self.secret_file.as_ref().map(|p| p.display().to_string()),
+            ),
+        ]
+        .into_iter()
+        .find_map(|(name, value)| value.map(|v| (name, v)))
+    }
+
+    /// Validates against the coordinator's `zone`. A TSIG key is required:
+    /// muster does not send unsigned updates.
+    fn validate(self, zone: &str) -> Result<Rfc2136Settings, ConfigError> {
+        let needed = |name: &'static str| bad(name, "", "is needed with dns_provider=rfc2136");
+        let server = self.server.ok_or_else(|| needed("rfc2136_server"))?;
+        host_port(&server).map_err(|reason| bad("rfc2136_server", &server, reason))?;
+
+        let zone_text = self.zone.unwrap_or_else(|| zone.to_owned());
+        let update_zone = zone_text.trim_end_matches('.').to_ascii_lowercase();
+        muster_proto::validate::dns_name("rfc2136_zone", &update_zone)
+            .map_err(|e| bad("rfc2136_zone", &zone_text, e.reason))?;
+        if zone != update_zone && !zone.ends_with(&format!(".{update_zone}")) {
+            return Err(bad(
+                "rfc2136_zone",
+                &zone_text,
+                format!("must be the coordinator's zone ({zone}) or a parent of it"),
+            ));
+        }
+
+        let key_text = self.key_name.ok_or_else(|| needed("tsig_key_name"))?;
+        let key_name = key_text.trim_end_matches('.').to_ascii_lowercase();
+        muster_proto::validate::dns_name("tsig_key_name", &key_name)
+            .map_err(|e| bad("tsig_key_name", &key_text, e.reason))?;
+
+        let algorithm_text = self
+            .algorithm
+            .unwrap_or_else(|| DEFAULT_TSIG_ALGORITHM.to_owned());
+        let algorithm: TsigAlgorithm = algorithm_text
+            .parse()
+            .map_err(|reason| bad("tsig_algorithm", &algorithm_text, reason))?;
+
+        let path = self.secret_file.ok_or_else(|| needed("tsig_secret_file"))?;
+        let secret = read_secret(&path)
+            .map_err(|reason| bad("tsig_secret_file", path.display().to_string(), reason))?;
+        Ok(Rfc2136Settings {
+            server,
+            zone: update_zone,
+            key_name,
+            algorithm,
+            secret,
+        })
+    }
+}
+
+/// Checks `HOST:PORT` (`[v6]:PORT` for IPv6), port above zero.
+fn host_port(text: &str) -> Result<(), &'static str> {
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or("must be HOST:PORT, e.g. 192.0.2.53:53")?;
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err("has a port that is not between 1 and 65535"),
+        Ok(_) => {}
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_err()
+        && muster_proto::validate::dns_name("host", &host.to_ascii_lowercase()).is_err()
+    {
+        return Err("has a host that is neither an IP address nor a DNS name");
+    }
+    Ok(())
+}
+
+/// Reads a TSIG secret: the file must not be readable by group or others,
+/// and holds either the bare base64 secret or a BIND key file (as
+/// `tsig-keygen` writes) whose `secret "…";` is taken.
+fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt;
+
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("is not a file".into());
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "is readable by group or others (mode {mode:o}); chmod 600 it"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let encoded = match text.find("secret") {
+        Some(at) => text[at + "secret".len()..]
+            .split('"')
+            .nth(1)
+            .ok_or("has a `secret` without a quoted value")?,
+        None => text.trim(),
+    };
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| format!("does not hold a base64 secret: {e}"))?;
+    if secret.is_empty() {
+        return Err("holds an empty secret".into());
+    }
+    Ok(secret)
 }
 
 /// A number in the file may be written bare or quoted.
@@ -512,6 +781,166 @@ mod tests {
         let err = Settings::load(&a).unwrap_err();
         assert_eq!(err.name, "config");
         assert!(err.reason.contains("unknown field"), "{err}");
+    }
+
+    /// A secret file with mode 0600 holding `text`.
+    fn secret_file(dir: &Path, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("tsig.key");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    fn rfc2136_args(secret: PathBuf) -> ServeArgs {
+        ServeArgs {
+            dns_provider: Some("rfc2136".into()),
+            rfc2136_server: Some("127.0.0.1:5353".into()),
+            tsig_key_name: Some("Muster-Key.".into()),
+            tsig_secret_file: Some(secret),
+            zone: Some("nodes.example.com".into()),
+            ..args()
+        }
+    }
+
+    /// The RFC 2136 settings load with their defaults; a BIND key file and
+    /// a bare base64 secret both work.
+    #[test]
+    fn rfc2136_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load(&rfc2136_args(secret_file(dir.path(), "c2VjcmV0\n"))).unwrap();
+        assert_eq!(s.dns_reconcile_interval, Duration::from_secs(300));
+        let DnsProvider::Rfc2136(r) = s.dns_provider else {
+            panic!("rfc2136 expected");
+        };
+        assert_eq!(r.server, "127.0.0.1:5353");
+        assert_eq!(r.zone, "nodes.example.com");
+        assert_eq!(r.key_name, "muster-key");
+        assert_eq!(r.algorithm, TsigAlgorithm::HmacSha256);
+        assert_eq!(r.secret, b"secret");
+        assert!(
+            !format!("{r:?}").contains("secret: ["),
+            "the secret is not logged"
+        );
+
+        let bind_file = secret_file(
+            dir.path(),
+            "key \"muster-key\" {\n\talgorithm hmac-sha512;\n\tsecret \"c2VjcmV0\";\n};\n",
+        );
+        let mut a = rfc2136_args(bind_file);
+        a.tsig_algorithm = Some("HMAC-SHA512".into());
+        a.rfc2136_zone = Some("example.com".into());
+        a.dns_reconcile_interval = Some("30s".into());
+        let s = Settings::load(&a).unwrap();
+        assert_eq!(s.dns_reconcile_interval, Duration::from_secs(30));
+        let DnsProvider::Rfc2136(r) = s.dns_provider else {
+            panic!("rfc2136 expected");
+        };
+        assert_eq!(r.zone, "example.com");
+        assert_eq!(r.algorithm, TsigAlgorithm::HmacSha512);
+        assert_eq!(r.secret, b"secret");
+        assert_eq!(
+            Settings::load(&args()).unwrap().dns_provider,
+            DnsProvider::Embedded
+        );
+    }
+
+    /// Each bad RFC 2136 value names itself.
+    #[test]
+    fn rfc2136_bad_values_name_themselves() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let good = secret_file(dir.path(), "c2VjcmV0");
+        let open = dir.path().join("open.key");
+        std::fs::write(&open, "c2VjcmV0").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let not_base64 = dir.path().join("junk.key");
+        std::fs::write(&not_base64, "not base64!").unwrap();
+        std::fs::set_permissions(&not_base64, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        type Case = (&'static str, &'static str, Box<dyn Fn(&mut ServeArgs)>);
+        let cases: Vec<Case> = vec![
+            (
+                "dns_provider",
+                "must be",
+                Box::new(|a| a.dns_provider = Some("route66".into())),
+            ),
+            (
+                "rfc2136_server",
+                "is needed",
+                Box::new(|a| a.rfc2136_server = None),
+            ),
+            (
+                "rfc2136_server",
+                "HOST:PORT",
+                Box::new(|a| a.rfc2136_server = Some("ns1".into())),
+            ),
+            (
+                "rfc2136_server",
+                "port",
+                Box::new(|a| a.rfc2136_server = Some("ns1:0".into())),
+            ),
+            (
+                "rfc2136_server",
+                "host",
+                Box::new(|a| a.rfc2136_server = Some("bad_host:53".into())),
+            ),
+            (
+                "rfc2136_zone",
+                "parent",
+                Box::new(|a| a.rfc2136_zone = Some("other.example".into())),
+            ),
+            (
+                "rfc2136_zone",
+                "label",
+                Box::new(|a| a.rfc2136_zone = Some("bad_zone".into())),
+            ),
+            (
+                "tsig_key_name",
+                "is needed",
+                Box::new(|a| a.tsig_key_name = None),
+            ),
+            (
+                "tsig_algorithm",
+                "hmac-sha256",
+                Box::new(|a| a.tsig_algorithm = Some("hmac-md5".into())),
+            ),
+            (
+                "tsig_secret_file",
+                "is needed",
+                Box::new(|a| a.tsig_secret_file = None),
+            ),
+            ("tsig_secret_file", "chmod 600", {
+                let open = open.clone();
+                Box::new(move |a| a.tsig_secret_file = Some(open.clone()))
+            }),
+            ("tsig_secret_file", "base64", {
+                let junk = not_base64.clone();
+                Box::new(move |a| a.tsig_secret_file = Some(junk.clone()))
+            }),
+            (
+                "tsig_secret_file",
+                "No such file",
+                Box::new(|a| a.tsig_secret_file = Some("/nonexistent/k".into())),
+            ),
+            (
+                "dns_reconcile_interval",
+                "between",
+                Box::new(|a| a.dns_reconcile_interval = Some("0s".into())),
+            ),
+            (
+                "rfc2136_server",
+                "only used with",
+                Box::new(|a| a.dns_provider = None),
+            ),
+        ];
+        for (name, reason, mutate) in cases {
+            let mut a = rfc2136_args(good.clone());
+            mutate(&mut a);
+            let err = Settings::load(&a).unwrap_err();
+            assert_eq!(err.name, name, "{err}");
+            assert!(err.to_string().contains(reason), "{err}");
+        }
     }
 
     /// URL hosts are extracted for the certificate.

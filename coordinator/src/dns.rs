@@ -14,12 +14,18 @@
 //! The answers come from a [`ZoneData`] snapshot that [`Zone::publish`]
 //! swaps in whole each time the store changes, so a query never sees half an
 //! update and answers change as soon as the store does.
+//!
+//! The record model is one pure function, [`desired_records`]: the embedded
+//! server builds its snapshot from it, and [`Zone::subscribe`] hands the same
+//! set to the providers that write to another server
+//! ([`crate::dns_reconcile`]). There the wildcard is an explicit
+//! `*.n.c.z` CNAME record; here it is synthesised by [`ZoneData::lookup`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
@@ -29,7 +35,11 @@ use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::ServerFuture;
 use muster_proto::NodeState;
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+
+use crate::dns_reconcile::ProviderStatus;
 
 /// Label under which internal (private address) names live.
 pub const INTERNAL_LABEL: &str = "internal";
@@ -90,6 +100,57 @@ impl NodeRecordSource {
     }
 }
 
+/// The data of one name muster writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordData {
+    /// A records, sorted, without duplicates.
+    A(Vec<Ipv4Addr>),
+    /// One CNAME to this name (fully qualified, trailing dot).
+    Cname(String),
+}
+
+/// Every record muster wants in the zone, by owner name.
+pub type DesiredRecords = BTreeMap<Name, RecordData>;
+
+/// The records of DESIGN.md §4 for `nodes` under `zone`: the one definition
+/// both the embedded server and the update providers use. The wildcard
+/// `*.n.c.zone` appears as an explicit CNAME to `n.c.zone`.
+pub fn desired_records(
+    zone: &Name,
+    nodes: &[NodeRecordSource],
+) -> Result<DesiredRecords, hickory_proto::ProtoError> {
+    let mut records = DesiredRecords::new();
+    let mut clusters: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+    for node in nodes.iter().filter(|n| n.has_own_names()) {
+        let cluster = zone.prepend_label(node.cluster.as_str())?;
+        let public_name = cluster.prepend_label(node.name.as_str())?;
+        if let Some(ip) = node.reachable_ipv4() {
+            records.insert(
+                public_name.prepend_label("*")?,
+                RecordData::Cname(public_name.to_ascii()),
+            );
+            records.insert(public_name, RecordData::A(vec![ip]));
+            if node.state == NodeState::Deployed {
+                clusters.entry(node.cluster.as_str()).or_default().push(ip);
+            }
+        }
+        if let Some(ip) = node.private_ipv4 {
+            let internal = zone
+                .prepend_label(INTERNAL_LABEL)?
+                .prepend_label(node.cluster.as_str())?
+                .prepend_label(node.name.as_str())?;
+            records.insert(internal, RecordData::A(vec![ip]));
+        }
+    }
+    for (cluster, mut ips) in clusters {
+        ips.sort();
+        ips.dedup();
+        records.insert(zone.prepend_label(cluster)?, RecordData::A(ips));
+    }
+    Ok(records)
+}
+
 /// One immutable view of the zone's records.
 #[derive(Debug)]
 pub struct ZoneData {
@@ -125,6 +186,16 @@ impl ZoneData {
         ttl: u32,
         nodes: &[NodeRecordSource],
     ) -> Result<ZoneData, hickory_proto::ProtoError> {
+        ZoneData::from_desired(zone, serial, ttl, &desired_records(zone, nodes)?)
+    }
+
+    /// Builds the snapshot that answers `records` under `zone`.
+    pub fn from_desired(
+        zone: &Name,
+        serial: u32,
+        ttl: u32,
+        records: &DesiredRecords,
+    ) -> Result<ZoneData, hickory_proto::ProtoError> {
         let origin = zone.clone();
         let soa_rdata = SOA::new(
             origin.prepend_label("ns")?,
@@ -143,30 +214,18 @@ impl ZoneData {
         );
         let mut a: HashMap<LowerName, Vec<Ipv4Addr>> = HashMap::new();
         let mut wildcard_targets = HashSet::new();
-        let mut clusters: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
-        for node in nodes.iter().filter(|n| n.has_own_names()) {
-            let cluster = origin.prepend_label(node.cluster.as_str())?;
-            let public_name = cluster.prepend_label(node.name.as_str())?;
-            if let Some(ip) = node.reachable_ipv4() {
-                let name = LowerName::from(&public_name);
-                a.insert(name.clone(), vec![ip]);
-                wildcard_targets.insert(name);
-                if node.state == NodeState::Deployed {
-                    clusters.entry(node.cluster.as_str()).or_default().push(ip);
+        for (name, data) in records {
+            match data {
+                RecordData::A(ips) => {
+                    a.insert(LowerName::from(name), ips.clone());
                 }
+                // The wildcard is synthesised in `lookup`: what matters here
+                // is the name it points at.
+                RecordData::Cname(_) if name.is_wildcard() => {
+                    wildcard_targets.insert(LowerName::from(&name.base_name()));
+                }
+                RecordData::Cname(_) => {}
             }
-            if let Some(ip) = node.private_ipv4 {
-                let internal = origin
-                    .prepend_label(INTERNAL_LABEL)?
-                    .prepend_label(node.cluster.as_str())?
-                    .prepend_label(node.name.as_str())?;
-                a.insert(LowerName::from(&internal), vec![ip]);
-            }
-        }
-        for (cluster, mut ips) in clusters {
-            ips.sort();
-            ips.dedup();
-            a.insert(LowerName::from(&origin.prepend_label(cluster)?), ips);
         }
         let origin = LowerName::from(&origin);
         let mut names = HashSet::new();
@@ -285,6 +344,8 @@ pub struct Zone {
     serial: AtomicU32,
     current: RwLock<Arc<ZoneData>>,
     queries: AtomicU64,
+    desired: watch::Sender<Arc<DesiredRecords>>,
+    provider_status: Mutex<Option<ProviderStatus>>,
 }
 
 impl Zone {
@@ -315,16 +376,24 @@ impl Zone {
             serial: AtomicU32::new(serial),
             current: RwLock::new(Arc::new(data)),
             queries: AtomicU64::new(0),
+            desired: watch::Sender::new(Arc::new(DesiredRecords::new())),
+            provider_status: Mutex::new(None),
         })
     }
 
-    /// Replaces the records with those of `nodes`.
+    /// Replaces the records with those of `nodes`, and hands the new set
+    /// to every [`Zone::subscribe`]r.
     pub fn publish(&self, nodes: &[NodeRecordSource]) {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        match ZoneData::build(&self.name, serial, self.ttl, nodes) {
-            Ok(data) => {
+        let built = desired_records(&self.name, nodes).and_then(|desired| {
+            ZoneData::from_desired(&self.name, serial, self.ttl, &desired)
+                .map(|data| (desired, data))
+        });
+        match built {
+            Ok((desired, data)) => {
                 let records = data.a.len();
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(data);
+                self.desired.send_replace(Arc::new(desired));
                 tracing::debug!(serial, records, "dns zone published");
             }
             // Every label was validated on the way in; a failure here is a bug,
@@ -346,6 +415,40 @@ impl Zone {
     /// Queries answered since start.
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)
+    }
+
+    /// The zone's name, fully qualified.
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+
+    /// The TTL of every record.
+    pub fn ttl(&self) -> u32 {
+        self.ttl
+    }
+
+    /// The latest desired record set, now and after every publish. The
+    /// receiver sees only the newest set: sets published while it was busy
+    /// are skipped, which is what a reconciler wants (the last one wins).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<DesiredRecords>> {
+        self.desired.subscribe()
+    }
+
+    /// How far an external provider has got with the desired records;
+    /// `None` with the embedded server alone, which is always current.
+    pub fn provider_status(&self) -> Option<ProviderStatus> {
+        self.provider_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the provider's progress, for the API and metrics.
+    pub fn set_provider_status(&self, status: ProviderStatus) {
+        *self
+            .provider_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
 }
 
@@ -506,6 +609,43 @@ mod tests {
         assert_eq!(a_of(&wildcard), vec![Ipv4Addr::new(54, 0, 0, 1)]);
         let deep = data.lookup(&q("a.b.n1.web.muster.test."), RecordType::CNAME);
         assert_eq!(deep.answers.len(), 1);
+    }
+
+    /// The shared model spells the wildcard out as a CNAME to the node, and
+    /// gives a private-only node its private address everywhere.
+    #[test]
+    fn desired_records_spell_out_the_wildcard() {
+        let zone = Name::from_str("muster.test.").unwrap();
+        let records = desired_records(
+            &zone,
+            &[
+                node("web", "n1", NodeState::Deployed, Some([54, 0, 0, 1])),
+                node("web", "gone", NodeState::Terminated, Some([54, 0, 0, 3])),
+            ],
+        )
+        .unwrap();
+        let get = |name: &str| records.get(&Name::from_str(name).unwrap()).cloned();
+        assert_eq!(
+            get("*.n1.web.muster.test."),
+            Some(RecordData::Cname("n1.web.muster.test.".into()))
+        );
+        assert_eq!(
+            get("n1.web.muster.test."),
+            Some(RecordData::A(vec![Ipv4Addr::new(54, 0, 0, 1)]))
+        );
+        assert_eq!(
+            get("n1.web.internal.muster.test."),
+            Some(RecordData::A(vec![Ipv4Addr::new(10, 0, 0, 2)]))
+        );
+        assert_eq!(
+            get("web.muster.test."),
+            Some(RecordData::A(vec![Ipv4Addr::new(54, 0, 0, 1)]))
+        );
+        assert_eq!(
+            records.len(),
+            4,
+            "nothing for the terminated node: {records:?}"
+        );
     }
 
     /// Unknown names are NXDOMAIN with the SOA; parents of names are NODATA;

@@ -18,6 +18,9 @@
 //!   heartbeats, the store for transitions; the liveness check and the EC2
 //!   sweep; cluster create, scale and remove (`registry::clusters`).
 //! - [`dns`]: the embedded authoritative DNS server and the record model.
+//! - [`dns_reconcile`]: the `DnsProvider` trait and the loop that keeps an
+//!   external DNS server at the desired records.
+//! - [`rfc2136`]: the RFC 2136 provider (dynamic updates signed with TSIG).
 //! - [`network`]: the VPC, gateway, route table and subnets launched nodes
 //!   use, found or created.
 //! - [`placement`]: which subnet each launched node goes to.
@@ -31,6 +34,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod dns_reconcile;
 pub mod ec2;
 pub mod launcher;
 pub mod lifecycle;
@@ -38,6 +42,7 @@ pub mod network;
 pub mod pki;
 pub mod placement;
 pub mod registry;
+pub mod rfc2136;
 pub mod store;
 pub mod userdata;
 
@@ -83,6 +88,12 @@ pub enum ServeError {
     /// DNS could not start.
     #[error(transparent)]
     Dns(#[from] dns::DnsError),
+    /// The DNS reconciler could not start.
+    #[error(transparent)]
+    DnsReconcile(#[from] dns_reconcile::ReconcileError),
+    /// The RFC 2136 provider could not be set up.
+    #[error(transparent)]
+    Rfc2136(#[from] rfc2136::Rfc2136Error),
     /// The API could not bind or failed.
     #[error("serving the API on {addr}: {source}")]
     Api {
@@ -169,6 +180,26 @@ pub async fn serve(
         tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
         tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
     ];
+    let mut dns_loop = None;
+    if let config::DnsProvider::Rfc2136(rfc2136) = &settings.dns_provider {
+        let owner = dns_reconcile::ensure_owner_id(data_dir)?;
+        let provider = Arc::new(rfc2136::Rfc2136::new(rfc2136, &owner, settings.dns_ttl)?);
+        tracing::info!(
+            server = %rfc2136.server,
+            zone = %rfc2136.zone,
+            key = %rfc2136.key_name,
+            %owner,
+            "dns updates go to an rfc2136 server"
+        );
+        let reconciler = dns_reconcile::Reconciler::new(
+            zone.clone(),
+            provider,
+            owner,
+            data_dir,
+            settings.dns_reconcile_interval,
+        );
+        dns_loop = Some(tokio::spawn(reconciler.run()));
+    }
 
     let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen).await?;
     tracing::info!(addr = %dns_addr, zone = %settings.zone, "dns listening (udp, tcp)");
@@ -212,7 +243,7 @@ pub async fn serve(
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    for task in loops {
+    for task in loops.into_iter().chain(dns_loop) {
         task.abort();
     }
     handle.graceful_shutdown(Some(DRAIN_DEADLINE));

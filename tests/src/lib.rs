@@ -11,7 +11,7 @@
 //! parallel, and is stopped by pid when its guard drops. When a test fails,
 //! the guards print the processes' logs.
 //!
-//! Prerequisites: `scripts/setup` (moto in `$MUSTER_VENV`) and
+//! Prerequisites: `scripts/setup` (moto in `$MUSTER_VENV`, BIND) and
 //! `cargo build --workspace --bins` (`scripts/test` does both).
 //!
 //! # Layout
@@ -25,12 +25,15 @@
 //! - [`coordinator`]: `muster-coordinator serve`, its admin CLI, an HTTPS
 //!   client pinned to its CA.
 //! - [`agent`]: `muster-agent run` and `muster-agent status`.
-//! - [`dns`]: a resolver that asks only the coordinator's DNS.
+//! - [`dns`]: a resolver that asks only one DNS server (the coordinator's,
+//!   or BIND).
+//! - [`bind`]: a real BIND taking TSIG-signed RFC 2136 updates for one zone.
 //! - [`wait_until`]: polling for eventual conditions.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod bind;
 pub mod coordinator;
 pub mod dns;
 pub mod ec2;
@@ -43,6 +46,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use agent::Agent;
+pub use bind::Bind;
 pub use coordinator::{Coordinator, ZONE};
 pub use dns::{DnsAnswer, Resolver};
 pub use ec2proxy::{Ec2Proxy, Refusal};

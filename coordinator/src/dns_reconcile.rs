@@ -1,0 +1,751 @@
+//! Keeps an external DNS server at the desired records: the
+//! [`DnsProvider`] trait, and the reconcile loop that drives one.
+//!
+//! # Providers
+//! `embedded` (the default) is the coordinator's own server
+//! ([`crate::dns`]): it answers straight from the desired records, so it is
+//! current by construction and needs no loop. `rfc2136`
+//! ([`crate::rfc2136`]) writes to another server and is driven from here.
+//! With `rfc2136` the embedded server keeps answering on `--dns-listen`
+//! too: it is harmless, and handy to compare with.
+//!
+//! # The loop
+//! Desired records come from [`crate::dns::Zone::subscribe`], which always
+//! holds the latest set, so the last address wins and nothing is applied out
+//! of order: every pass works from the newest set, never from a queue of
+//! events.
+//! - After a change the loop waits [`COALESCE`] and then applies the
+//!   difference between the desired records and the applied ones, so a storm
+//!   of changes becomes a few batches.
+//! - Every `--dns-reconcile-interval` (default 5 min) a full pass rewrites
+//!   every desired name (batched, guarded by ownership), which repairs drift
+//!   such as a record deleted by hand, and retries names in conflict.
+//! - What was applied is kept in `D/dns-applied.json`, written atomically
+//!   after every pass that changed it, so a restart resumes with the
+//!   difference instead of rewriting everything. The file names the provider
+//!   and owner; if either changed, it is ignored and everything is written.
+//! - When the server fails, the changes stay pending and the pass is retried
+//!   with bounded exponential backoff with full jitter: ceilings of 0.25 s,
+//!   0.5 s, 1 s, 2 s, 4 s, 8 s, then 10 s for ever; each wait drawn between
+//!   zero and its ceiling. Changes arriving meanwhile join the next try.
+//!
+//! # Ownership
+//! The records carry an ownership TXT naming this coordinator's owner id,
+//! made at random on first start and kept in `D/dns-owner-id` (copy it with
+//! the data dir to keep ownership). Names muster does not own are conflicts:
+//! logged, listed on `GET /v1/dns/status` and counted in `/metrics`, and
+//! never changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hickory_proto::rr::Name;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::dns::{DesiredRecords, RecordData, Zone};
+
+/// How long the loop waits after a change before applying it, so changes
+/// arriving together go out together.
+pub const COALESCE: Duration = Duration::from_millis(200);
+
+/// The file holding what was applied, in the data dir.
+pub const APPLIED_FILE: &str = "dns-applied.json";
+
+/// The file holding the owner id, in the data dir.
+pub const OWNER_ID_FILE: &str = "dns-owner-id";
+
+/// Most pending names listed on the status page.
+const STATUS_NAMES: usize = 100;
+
+/// The first retry ceiling.
+const RETRY_BASE: Duration = Duration::from_millis(250);
+
+/// The last retry ceiling.
+const RETRY_CAP: Duration = Duration::from_secs(10);
+
+/// Errors of a provider that stop a batch; the rest stays pending.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// RFC 2136.
+    #[error(transparent)]
+    Rfc2136(#[from] crate::rfc2136::Rfc2136Error),
+}
+
+/// Errors setting the loop up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The owner id could not be read or written.
+    #[error("owner id file {path}: {source}")]
+    OwnerId {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// One change to one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Make `name` hold `data`.
+    Upsert {
+        /// The name.
+        name: Name,
+        /// Its records.
+        data: RecordData,
+        /// Whether muster believes it owns the name already.
+        owned: bool,
+    },
+    /// Remove `name`, if muster owns it.
+    Delete {
+        /// The name.
+        name: Name,
+    },
+}
+
+/// What became of one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (or, for a delete, nothing of ours is left).
+    Applied,
+    /// The name belongs to someone else and was left alone; why.
+    Conflict(String),
+}
+
+/// What a provider did with a batch.
+#[derive(Debug)]
+pub struct Applied {
+    /// One outcome for each of the first changes, in order; changes past
+    /// them were not decided.
+    pub outcomes: Vec<Outcome>,
+    /// What stopped the batch, if anything did.
+    pub error: Option<ProviderError>,
+}
+
+/// A DNS server muster writes its records to.
+#[async_trait::async_trait]
+pub trait DnsProvider: Send + Sync + std::fmt::Debug {
+    /// `rfc2136`, later `route53`.
+    fn kind(&self) -> &'static str;
+    /// Where the records go, for humans (server and zone).
+    fn target(&self) -> String;
+    /// Applies `changes` in order, each guarded by ownership.
+    async fn apply(&self, changes: &[Change]) -> Applied;
+}
+
+/// Progress of a provider, for `GET /v1/dns/status` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderStatus {
+    /// The provider kind.
+    pub provider: String,
+    /// Where the records go.
+    pub target: String,
+    /// This coordinator's owner id.
+    pub owner: String,
+    /// Names whose change is not applied yet.
+    pub pending_changes: usize,
+    /// The first of those names.
+    pub pending: Vec<String>,
+    /// Names muster wants but does not own, with why.
+    pub conflicts: BTreeMap<String, String>,
+    /// Names applied.
+    pub applied_names: usize,
+    /// Unix time of the last pass that reached the server without error.
+    pub last_success_unix: Option<u64>,
+    /// Unix time of the last full pass that succeeded.
+    pub last_full_reconcile_unix: Option<u64>,
+    /// The last error, until a pass succeeds.
+    pub last_error: Option<String>,
+    /// Passes that failed since start.
+    pub failures_total: u64,
+    /// Changes applied since start.
+    pub applied_total: u64,
+}
+
+/// The owner id kept in `data_dir`, made (16 random hex digits) on first use.
+pub fn ensure_owner_id(data_dir: &Path) -> Result<String, ReconcileError> {
+    let path = data_dir.join(OWNER_ID_FILE);
+    let error = |source| ReconcileError::OwnerId {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error(e)),
+    }
+    let id = hex::encode(rand::random::<[u8; 8]>());
+    write_atomically(&path, format!("{id}\n").as_bytes()).map_err(error)?;
+    Ok(id)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The applied records on disk.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AppliedFile {
+    provider: String,
+    owner: String,
+    records: BTreeMap<String, RecordData>,
+}
+
+/// What was applied, by name.
+type AppliedRecords = BTreeMap<Name, RecordData>;
+
+/// The changes that bring `applied` to `desired`. An incremental pass
+/// (`full == false`) skips names that are applied already, and names in
+/// conflict whose desired records have not changed since; a full pass
+/// rewrites every desired name. Deletes come last.
+pub fn changes(
+    desired: &DesiredRecords,
+    applied: &AppliedRecords,
+    conflicts: &BTreeMap<Name, (RecordData, String)>,
+    full: bool,
+) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (name, data) in desired {
+        let current = applied.get(name) == Some(data);
+        let stuck = conflicts.get(name).is_some_and(|(d, _)| d == data);
+        if full || (!current && !stuck) {
+            out.push(Change::Upsert {
+                name: name.clone(),
+                data: data.clone(),
+                owned: applied.contains_key(name),
+            });
+        }
+    }
+    for name in applied.keys() {
+        if !desired.contains_key(name) {
+            out.push(Change::Delete { name: name.clone() });
+        }
+    }
+    out
+}
+
+/// The wait before retry number `failures` (from 1): a random time up to
+/// `min(RETRY_CAP, RETRY_BASE * 2^(failures-1))`.
+fn retry_delay(failures: u32) -> Duration {
+    let ceiling = RETRY_BASE
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(RETRY_CAP);
+    rand::thread_rng().gen_range(Duration::ZERO..=ceiling)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Drives one provider from the zone's desired records.
+#[derive(Debug)]
+pub struct Reconciler {
+    zone: Arc<Zone>,
+    provider: Arc<dyn DnsProvider>,
+    owner: String,
+    state_path: PathBuf,
+    interval: Duration,
+    applied: AppliedRecords,
+    conflicts: BTreeMap<Name, (RecordData, String)>,
+    status: ProviderStatus,
+}
+
+impl Reconciler {
+    /// A reconciler writing `zone`'s records through `provider` as `owner`,
+    /// with its applied state in `data_dir` and a full pass every
+    /// `interval`. Loads what an earlier run applied.
+    pub fn new(
+        zone: Arc<Zone>,
+        provider: Arc<dyn DnsProvider>,
+        owner: String,
+        data_dir: &Path,
+        interval: Duration,
+    ) -> Reconciler {
+        let state_path = data_dir.join(APPLIED_FILE);
+        let target = format!("{} {}", provider.kind(), provider.target());
+        let applied = load_applied(&state_path, &target, &owner);
+        let status = ProviderStatus {
+            provider: provider.kind().to_owned(),
+            target: provider.target(),
+            owner: owner.clone(),
+            applied_names: applied.len(),
+            ..ProviderStatus::default()
+        };
+        Reconciler {
+            zone,
+            provider,
+            owner,
+            state_path,
+            interval,
+            applied,
+            conflicts: BTreeMap::new(),
+            status,
+        }
+    }
+
+    /// Runs until the zone is dropped.
+    pub async fn run(mut self) {
+        let mut desired = self.zone.subscribe();
+        let mut next_full = Instant::now() + self.interval;
+        let mut failures: u32 = 0;
+        // One pass at start: the difference since the last run.
+        let mut dirty = true;
+        let mut full = false;
+        loop {
+            self.publish_status(&desired.borrow());
+            if failures > 0 {
+                tokio::time::sleep(retry_delay(failures)).await;
+                full |= Instant::now() >= next_full;
+            } else if !dirty && !full {
+                tokio::select! {
+                    changed = desired.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(COALESCE).await;
+                    }
+                    () = tokio::time::sleep_until(next_full) => full = true,
+                }
+            }
+            let wanted = desired.borrow_and_update().clone();
+            match self.pass(&wanted, full).await {
+                Ok(()) => {
+                    failures = 0;
+                    dirty = false;
+                    if full {
+                        full = false;
+                        next_full = Instant::now() + self.interval;
+                        self.status.last_full_reconcile_unix = Some(unix_now());
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    dirty = true;
+                    self.status.failures_total += 1;
+                    tracing::warn!(
+                        provider = self.provider.kind(),
+                        %error,
+                        failures,
+                        "dns update failed; changes stay pending"
+                    );
+                    self.status.last_error = Some(error.to_string());
+                }
+            }
+        }
+    }
+
+    /// One pass: applies the changes and records what became of them.
+    async fn pass(&mut self, desired: &DesiredRecords, full: bool) -> Result<(), ProviderError> {
+        let changes = changes(desired, &self.applied, &self.conflicts, full);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(changes = changes.len(), full, "dns reconcile pass");
+        let result = self.provider.apply(&changes).await;
+        let mut touched = false;
+        for (change, outcome) in changes.iter().zip(&result.outcomes) {
+            match (change, outcome) {
+                (Change::Upsert { name, data, .. }, Outcome::Applied) => {
+                    self.conflicts.remove(name);
+                    touched |=
+                        self.applied.insert(name.clone(), data.clone()).as_ref() != Some(data);
+                }
+                (Change::Delete { name }, Outcome::Applied) => {
+                    self.conflicts.remove(name);
+                    touched |= self.applied.remove(name).is_some();
+                }
+                (Change::Upsert { name, data, .. }, Outcome::Conflict(why)) => {
+                    if self.conflicts.get(name).is_none_or(|(d, _)| d != data) {
+                        tracing::warn!(name = %name, why, "dns name not owned by muster; left alone");
+                    }
+                    self.conflicts
+                        .insert(name.clone(), (data.clone(), why.clone()));
+                    touched |= self.applied.remove(name).is_some();
+                }
+                (Change::Delete { name }, Outcome::Conflict(_)) => {
+                    touched |= self.applied.remove(name).is_some();
+                }
+            }
+        }
+        self.status.applied_total += result
+            .outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Applied)
+            .count() as u64;
+        // Names no longer desired are no longer conflicts.
+        self.conflicts.retain(|name, _| desired.contains_key(name));
+        if touched {
+            self.save();
+        }
+        match result.error {
+            Some(error) => Err(error),
+            None => {
+                self.status.last_success_unix = Some(unix_now());
+                self.status.last_error = None;
+                Ok(())
+            }
+        }
+    }
+
+    fn save(&self) {
+        let file = AppliedFile {
+            provider: format!("{} {}", self.provider.kind(), self.provider.target()),
+            owner: self.owner.clone(),
+            records: self
+                .applied
+                .iter()
+                .map(|(name, data)| (name.to_ascii(), data.clone()))
+                .collect(),
+        };
+        let written = serde_json::to_vec_pretty(&file)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_atomically(&self.state_path, &bytes));
+        if let Err(error) = written {
+            // The next pass writes it again; until then a restart rewrites
+            // a little more than needed, which is harmless.
+            tracing::warn!(path = %self.state_path.display(), %error, "could not record the applied dns records");
+        }
+    }
+
+    fn publish_status(&mut self, desired: &DesiredRecords) {
+        let pending = changes(desired, &self.applied, &self.conflicts, false);
+        self.status.pending_changes = pending.len();
+        self.status.pending = pending
+            .iter()
+            .take(STATUS_NAMES)
+            .map(|c| match c {
+                Change::Upsert { name, .. } | Change::Delete { name } => name.to_ascii(),
+            })
+            .collect();
+        self.status.conflicts = self
+            .conflicts
+            .iter()
+            .map(|(name, (_, why))| (name.to_ascii(), why.clone()))
+            .collect();
+        self.status.applied_names = self.applied.len();
+        self.zone.set_provider_status(self.status.clone());
+    }
+}
+
+/// Writes the provider's metrics through `section(name, kind, help, lines)`.
+pub fn write_metrics(
+    status: &ProviderStatus,
+    section: &mut impl FnMut(&str, &str, &str, Vec<String>),
+) {
+    let label = format!("provider=\"{}\"", status.provider);
+    let mut gauge = |name: &str, kind: &str, help: &str, value: String| {
+        section(name, kind, help, vec![format!("{name}{{{label}}} {value}")]);
+    };
+    gauge(
+        "muster_dns_pending_changes",
+        "gauge",
+        "DNS names whose change is not applied at the provider yet.",
+        status.pending_changes.to_string(),
+    );
+    gauge(
+        "muster_dns_conflicts",
+        "gauge",
+        "DNS names muster wants but does not own, left alone.",
+        status.conflicts.len().to_string(),
+    );
+    gauge(
+        "muster_dns_applied_names",
+        "gauge",
+        "DNS names applied at the provider.",
+        status.applied_names.to_string(),
+    );
+    gauge(
+        "muster_dns_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last DNS pass that reached the provider without error (0: never).",
+        status.last_success_unix.unwrap_or_default().to_string(),
+    );
+    gauge(
+        "muster_dns_update_failures_total",
+        "counter",
+        "DNS passes that failed.",
+        status.failures_total.to_string(),
+    );
+    gauge(
+        "muster_dns_changes_applied_total",
+        "counter",
+        "DNS changes applied at the provider.",
+        status.applied_total.to_string(),
+    );
+}
+
+/// What an earlier run applied to `target` as `owner`; empty if there is no
+/// file, it cannot be read, or it was written for another target or owner.
+fn load_applied(path: &Path, target: &str, owner: &str) -> AppliedRecords {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return AppliedRecords::new(),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "could not read the applied dns records; writing everything");
+            return AppliedRecords::new();
+        }
+    };
+    let file: AppliedFile = match serde_json::from_slice(&bytes) {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "the applied dns records are not valid; writing everything");
+            return AppliedRecords::new();
+        }
+    };
+    if file.provider != target || file.owner != owner {
+        tracing::info!(was = %file.provider, now = %target, "dns provider changed; writing everything");
+        return AppliedRecords::new();
+    }
+    file.records
+        .into_iter()
+        .filter_map(|(name, data)| Name::from_ascii(&name).ok().map(|n| (n, data)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use std::str::FromStr;
+    use std::sync::Mutex;
+
+    use muster_proto::NodeState;
+
+    use crate::dns::NodeRecordSource;
+
+    fn name(s: &str) -> Name {
+        Name::from_str(s).unwrap()
+    }
+
+    fn a(last: u8) -> RecordData {
+        RecordData::A(vec![Ipv4Addr::new(192, 0, 2, last)])
+    }
+
+    /// Only differences go out in an incremental pass; a full pass rewrites
+    /// every desired name; names no longer desired are deleted.
+    #[test]
+    fn changes_are_the_difference() {
+        let desired: DesiredRecords = [(name("a.z."), a(1)), (name("b.z."), a(2))].into();
+        let applied: AppliedRecords = [(name("a.z."), a(1)), (name("gone.z."), a(9))].into();
+        let incremental = changes(&desired, &applied, &BTreeMap::new(), false);
+        assert_eq!(
+            incremental,
+            vec![
+                Change::Upsert {
+                    name: name("b.z."),
+                    data: a(2),
+                    owned: false
+                },
+                Change::Delete {
+                    name: name("gone.z.")
+                },
+            ]
+        );
+        let full = changes(&desired, &applied, &BTreeMap::new(), true);
+        assert_eq!(full.len(), 3);
+        assert!(full.contains(&Change::Upsert {
+            name: name("a.z."),
+            data: a(1),
+            owned: true
+        }));
+    }
+
+    /// A conflict is not retried until its desired records change, or a
+    /// full pass comes.
+    #[test]
+    fn conflicts_wait_for_a_change() {
+        let desired: DesiredRecords = [(name("a.z."), a(1))].into();
+        let conflicts = [(name("a.z."), (a(1), "theirs".to_owned()))].into();
+        assert!(changes(&desired, &BTreeMap::new(), &conflicts, false).is_empty());
+        assert_eq!(
+            changes(&desired, &BTreeMap::new(), &conflicts, true).len(),
+            1
+        );
+        let moved: DesiredRecords = [(name("a.z."), a(2))].into();
+        assert_eq!(
+            changes(&moved, &BTreeMap::new(), &conflicts, false).len(),
+            1
+        );
+    }
+
+    /// Retry waits stay under their ceilings and the cap.
+    #[test]
+    fn retry_delays_are_bounded() {
+        for failures in 1..40 {
+            let ceiling = RETRY_BASE
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(RETRY_CAP);
+            assert!(retry_delay(failures) <= ceiling);
+            assert!(retry_delay(failures) <= RETRY_CAP);
+        }
+    }
+
+    /// A provider that records batches and fails while `down`.
+    #[derive(Debug, Default)]
+    struct Fake {
+        down: std::sync::atomic::AtomicBool,
+        batches: Mutex<Vec<Vec<Change>>>,
+        theirs: Vec<Name>,
+    }
+
+    #[async_trait::async_trait]
+    impl DnsProvider for Fake {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn target(&self) -> String {
+            "memory".into()
+        }
+        async fn apply(&self, changes: &[Change]) -> Applied {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Applied {
+                    outcomes: Vec::new(),
+                    error: Some(ProviderError::Rfc2136(
+                        crate::rfc2136::Rfc2136Error::Timeout {
+                            server: "fake".into(),
+                        },
+                    )),
+                };
+            }
+            self.batches.lock().unwrap().push(changes.to_vec());
+            let outcomes = changes
+                .iter()
+                .map(|c| match c {
+                    Change::Upsert { name, .. } if self.theirs.contains(name) => {
+                        Outcome::Conflict("theirs".into())
+                    }
+                    _ => Outcome::Applied,
+                })
+                .collect();
+            Applied {
+                outcomes,
+                error: None,
+            }
+        }
+    }
+
+    fn node(name: &str, ip: u8) -> NodeRecordSource {
+        NodeRecordSource {
+            cluster: "web".into(),
+            name: name.into(),
+            state: NodeState::Deployed,
+            private_ipv4: Some(Ipv4Addr::new(10, 0, 0, ip)),
+            public_ipv4: None,
+        }
+    }
+
+    async fn status_until(zone: &Zone, ok: impl Fn(&ProviderStatus) -> bool) -> ProviderStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = zone.provider_status().unwrap_or_default();
+            if ok(&status) || std::time::Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// While the provider is down changes stay pending; when it is back the
+    /// newest records win; a restart on the same data dir sends nothing.
+    #[tokio::test]
+    async fn outage_keeps_changes_and_restart_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let zone = Arc::new(Zone::new("z", 30).unwrap());
+        let fake = Arc::new(Fake::default());
+        fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let task = tokio::spawn(
+            Reconciler::new(
+                zone.clone(),
+                fake.clone(),
+                "me".into(),
+                dir.path(),
+                Duration::from_secs(3600),
+            )
+            .run(),
+        );
+        zone.publish(&[node("n1", 1)]);
+        zone.publish(&[node("n1", 2)]);
+        let status = status_until(&zone, |s| s.pending_changes > 0 && s.last_error.is_some()).await;
+        assert_eq!(status.pending_changes, 4, "{status:?}");
+        assert!(fake.batches.lock().unwrap().is_empty());
+        fake.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        let status = status_until(&zone, |s| s.pending_changes == 0 && s.applied_names == 4).await;
+        assert_eq!(status.pending_changes, 0, "{status:?}");
+        assert_eq!(status.last_error, None);
+        let sent: Vec<Change> = fake.batches.lock().unwrap().concat();
+        assert!(sent.contains(&Change::Upsert {
+            name: name("n1.web.z."),
+            data: RecordData::A(vec![Ipv4Addr::new(10, 0, 0, 2)]),
+            owned: false
+        }));
+        assert!(!sent.iter().any(|c| matches!(c, Change::Upsert { data, .. } if *data == RecordData::A(vec![Ipv4Addr::new(10, 0, 0, 1)]))));
+        task.abort();
+
+        let again = Arc::new(Zone::new("z", 30).unwrap());
+        again.publish(&[node("n1", 2)]);
+        let fresh = Arc::new(Fake::default());
+        let task = tokio::spawn(
+            Reconciler::new(
+                again.clone(),
+                fresh.clone(),
+                "me".into(),
+                dir.path(),
+                Duration::from_secs(3600),
+            )
+            .run(),
+        );
+        let status = status_until(&again, |s| s.applied_names == 4).await;
+        assert_eq!(status.pending_changes, 0);
+        assert!(fresh.batches.lock().unwrap().is_empty());
+        task.abort();
+    }
+
+    /// A name owned by someone else is reported, not applied.
+    #[tokio::test]
+    async fn conflicts_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let zone = Arc::new(Zone::new("z", 30).unwrap());
+        let fake = Arc::new(Fake {
+            theirs: vec![name("web.z.")],
+            ..Fake::default()
+        });
+        let task = tokio::spawn(
+            Reconciler::new(
+                zone.clone(),
+                fake.clone(),
+                "me".into(),
+                dir.path(),
+                Duration::from_secs(3600),
+            )
+            .run(),
+        );
+        zone.publish(&[node("n1", 1)]);
+        let status = status_until(&zone, |s| !s.conflicts.is_empty()).await;
+        assert_eq!(status.conflicts.keys().collect::<Vec<_>>(), vec!["web.z."]);
+        assert_eq!(status.pending_changes, 0);
+        task.abort();
+    }
+
+    /// The owner id is made once and kept.
+    #[test]
+    fn owner_id_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_owner_id(dir.path()).unwrap();
+        assert_eq!(first.len(), 16);
+        assert_eq!(ensure_owner_id(dir.path()).unwrap(), first);
+    }
+}
