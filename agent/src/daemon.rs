@@ -2,18 +2,24 @@
 //!
 //! 1. Listen on the status socket, so `muster-agent status` answers from
 //!    the first moment.
-//! 2. Read who the instance is from IMDS (retried until it answers), and
-//!    the state file; a state file from another instance is discarded.
+//! 2. Read who the node is (retried until it answers), and the state file;
+//!    a state file bound to another node id is discarded. On EC2 the node
+//!    is the instance IMDS describes; a bring-your-own node (`--byon`) is
+//!    named from the machine instead and IMDS is never asked
+//!    ([`crate::identity::Source`] hides which, so both share every loop
+//!    below).
 //! 3. Register: with the stored node credential if there is one, else (or
 //!    if the coordinator no longer knows it) with the join token. The
 //!    credential the coordinator returns is stored at once. systemd hears
 //!    READY after the first successful register.
 //! 4. Heartbeat every `heartbeat_interval_ms` plus up to
-//!    `heartbeat_jitter_ms`, counted from the last answer; meanwhile IMDS is
-//!    polled for the addresses, and read again at once when the kernel
+//!    `heartbeat_jitter_ms`, counted from the last answer; meanwhile the
+//!    addresses are polled (from IMDS, or for a bring-your-own node from
+//!    the machine's own routing), and read again at once when the kernel
 //!    reports a local IPv4 address added or removed ([`crate::netwatch`]).
-//!    A change is sent at once in an extra heartbeat. A heartbeat refused
-//!    with 401 goes back to 3.
+//!    A change is sent at once in an extra heartbeat; addresses given with
+//!    `--private-ipv4` are fixed and not watched. A heartbeat refused with
+//!    401 goes back to 3.
 //! 5. On SIGTERM or SIGINT: tell systemd STOPPING, remove the socket, exit 0.
 //!
 //! Every retry is bounded exponential backoff with full jitter
@@ -36,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_proto::token::TokenKind;
-use muster_proto::{HeartbeatRequest, RegisterRequest, RegisterResponse, PROTOCOL_VERSION};
+use muster_proto::{HeartbeatRequest, RegisterResponse};
 use reqwest::StatusCode;
 use sd_notify::NotifyState;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -48,7 +54,8 @@ use crate::backoff::{self, Backoff};
 use crate::coordinator::{CoordinatorClient, CoordinatorError};
 use crate::error_chain;
 use crate::facts::FactsCollector;
-use crate::imds::{Addresses, Identity, ImdsClient, ImdsError};
+use crate::identity::{Identity, Source};
+use crate::imds::{Addresses, ImdsClient, ImdsError};
 use crate::netwatch::{AddressEvent, AddressWatch};
 use crate::settings::{Secret, Settings};
 use crate::state::{self, StateError, StoredState};
@@ -72,7 +79,7 @@ pub enum RunError {
     #[error("cannot set up the coordinator client")]
     Coordinator(#[source] CoordinatorError),
     /// The stale state file could not be removed.
-    #[error("cannot discard the state of another instance")]
+    #[error("cannot discard the state of another node")]
     DiscardState(#[source] StateError),
     /// Nothing left to register with.
     #[error(
@@ -204,7 +211,8 @@ enum Presented {
 struct Agent<'a> {
     settings: &'a Settings,
     live: Live,
-    imds: Arc<ImdsClient>,
+    /// Where the identity and the addresses come from.
+    source: Arc<Source>,
     api: CoordinatorClient,
     facts: FactsCollector,
     /// The node credential in use, if any.
@@ -232,7 +240,10 @@ impl Drop for AbortOnDrop {
 
 impl<'a> Agent<'a> {
     fn new(settings: &'a Settings, live: Live, watchdog: Watchdog) -> Result<Self, RunError> {
-        let imds = Arc::new(ImdsClient::new(&settings.imds_endpoint).map_err(RunError::Imds)?);
+        let source = Arc::new(match &settings.byon {
+            Some(node) => Source::Byon(node.clone()),
+            None => Source::Imds(ImdsClient::new(&settings.imds_endpoint).map_err(RunError::Imds)?),
+        });
         let api = CoordinatorClient::new(
             &settings.coordinator_url,
             &settings.ca_pem,
@@ -242,7 +253,7 @@ impl<'a> Agent<'a> {
         Ok(Agent {
             settings,
             live,
-            imds,
+            source,
             api,
             facts: FactsCollector::new(),
             credential: None,
@@ -255,56 +266,82 @@ impl<'a> Agent<'a> {
 
     async fn run(mut self) -> Result<(), RunError> {
         let identity = self.read_identity().await;
-        info!(
-            instance_id = %identity.instance_id,
-            availability_zone = %identity.availability_zone,
-            region = %identity.region,
-            private_ipv4 = %identity.addresses.private_ipv4,
-            public_ipv4 = %show(identity.addresses.public_ipv4),
-            "instance identified"
+        match &identity.byon {
+            None => info!(
+                instance_id = %identity.node_id,
+                availability_zone = %identity.availability_zone,
+                region = %identity.region,
+                private_ipv4 = %identity.addresses.private_ipv4,
+                public_ipv4 = %show(identity.addresses.public_ipv4),
+                "instance identified"
+            ),
+            Some(byon) => info!(
+                node_id = %identity.node_id,
+                hostname = %byon.hostname,
+                private_ipv4 = %identity.addresses.private_ipv4,
+                public_ipv4 = %show(identity.addresses.public_ipv4),
+                fixed = self.source.fixed(),
+                "bring-your-own node identified"
+            ),
+        }
+        self.live.set_identity(
+            &identity.node_id,
+            identity.byon.is_some(),
+            identity.addresses,
         );
-        self.live
-            .set_identity(&identity.instance_id, identity.addresses);
         self.load_state(&identity)?;
 
         let (tx, mut addresses) = watch::channel(identity.addresses);
-        // One pending nudge stands for any number of address events.
-        let (nudge, nudges) = mpsc::channel(1);
-        let _events = match AddressWatch::open() {
-            Ok(events) => {
-                debug!("listening for local address events");
-                Some(AbortOnDrop(tokio::spawn(forward_address_events(
-                    events, nudge,
-                ))))
-            }
-            Err(e) => {
-                info!(error = %e, "cannot listen for local address events; relying on the IMDS poll");
-                None
-            }
+        let (_events, _watcher) = if self.source.fixed() {
+            debug!("the addresses are given; not watching them");
+            (None, None)
+        } else {
+            self.watch(tx)
         };
-        let _watcher = AbortOnDrop(tokio::spawn(watch_addresses(
-            self.imds.clone(),
-            self.settings.imds_poll_interval,
-            tx,
-            self.live.clone(),
-            nudges,
-        )));
         loop {
             let registered = self.register(&identity, &mut addresses).await?;
             self.heartbeat(&identity, registered, &mut addresses).await;
         }
     }
 
-    /// Reads the identity from IMDS, retrying until it answers.
+    /// Starts following the addresses: a poll, and local address events
+    /// from the kernel to read them again at once. Both stop when dropped.
+    fn watch(&self, tx: watch::Sender<Addresses>) -> (Option<AbortOnDrop>, Option<AbortOnDrop>) {
+        let what = self.source.what();
+        // One pending nudge stands for any number of address events.
+        let (nudge, nudges) = mpsc::channel(1);
+        let events = match AddressWatch::open() {
+            Ok(events) => {
+                debug!("listening for local address events");
+                Some(AbortOnDrop(tokio::spawn(forward_address_events(
+                    events, nudge, what,
+                ))))
+            }
+            Err(e) => {
+                info!(error = %e, "cannot listen for local address events; relying on the poll of {what}");
+                None
+            }
+        };
+        let watcher = AbortOnDrop(tokio::spawn(watch_addresses(
+            self.source.clone(),
+            self.settings.imds_poll_interval,
+            tx,
+            self.live.clone(),
+            nudges,
+        )));
+        (events, Some(watcher))
+    }
+
+    /// Reads who the node is, retrying until it can be told.
     async fn read_identity(&mut self) -> Identity {
         let mut backoff = Backoff::coordinator();
         loop {
-            match self.imds.identity().await {
+            match self.source.identity().await {
                 Ok(identity) => return identity,
                 Err(e) => {
                     let error = error_chain(&e);
                     let wait = backoff.next_delay();
-                    warn!(%error, ?wait, "cannot read the instance identity from IMDS; retrying");
+                    warn!(%error, ?wait, "cannot tell who this node is; retrying");
                     self.live.failed(error);
                     self.watchdog.idle(sleep(wait)).await;
                 }
@@ -313,7 +350,9 @@ impl<'a> Agent<'a> {
     }
 
     /// Takes the node credential from the state file, unless the file is
-    /// from another instance or names another coordinator.
+    /// bound to another node id (another instance, or a bring-your-own
+    /// node's state copied from another machine) or names another
+    /// coordinator.
     fn load_state(&mut self, identity: &Identity) -> Result<(), RunError> {
         let dir = &self.settings.state_dir;
         let stored = match state::load(dir) {
@@ -324,11 +363,11 @@ impl<'a> Agent<'a> {
             }
         };
         if let Some(stored) = stored {
-            if stored.instance_id != identity.instance_id {
+            if stored.instance_id != identity.node_id {
                 warn!(
                     stored = %stored.instance_id,
-                    imds = %identity.instance_id,
-                    "the state file belongs to another instance (an image baked with state?); discarding it"
+                    current = %identity.node_id,
+                    "the state file belongs to another node (an image baked with state, or a state dir copied from another machine?); discarding it"
                 );
                 state::discard(dir).map_err(RunError::DiscardState)?;
             } else if stored.coordinator_url != self.settings.coordinator_url {
@@ -382,17 +421,7 @@ impl<'a> Agent<'a> {
                 });
             };
             let current = *addresses.borrow_and_update();
-            let request = RegisterRequest {
-                protocol: PROTOCOL_VERSION,
-                cluster: self.settings.cluster.clone(),
-                instance_id: identity.instance_id.clone(),
-                availability_zone: identity.availability_zone.clone(),
-                region: identity.region.clone(),
-                private_ipv4: current.private_ipv4,
-                public_ipv4: current.public_ipv4,
-                agent_version: crate::AGENT_VERSION.to_owned(),
-                byon: None,
-            };
+            let request = identity.register_request(&self.settings.cluster, current);
             self.live.registering();
             let using = match presented {
                 Presented::Credential => "node credential",
@@ -486,7 +515,7 @@ impl<'a> Agent<'a> {
         self.credential = Some(Secret::new(response.credential.clone()));
         self.credential_refused = false;
         self.save(&StoredState {
-            instance_id: identity.instance_id.clone(),
+            instance_id: identity.node_id.clone(),
             cluster: node.cluster.clone(),
             node: node.name.clone(),
             dns_name: node.dns_name.clone(),
@@ -569,7 +598,7 @@ impl<'a> Agent<'a> {
 
             let current = *addresses.borrow_and_update();
             let request = HeartbeatRequest {
-                instance_id: identity.instance_id.clone(),
+                instance_id: identity.node_id.clone(),
                 private_ipv4: current.private_ipv4,
                 public_ipv4: current.public_ipv4,
                 facts: self.facts.collect().await,
@@ -663,8 +692,13 @@ fn show(addr: Option<Ipv4Addr>) -> String {
 
 /// Forwards local address events to [`watch_addresses`] as nudges. A nudge
 /// already waiting covers the events after it. Ends, leaving the poll on
-/// its own, if the socket fails.
-async fn forward_address_events(mut events: AddressWatch, nudge: mpsc::Sender<()>) {
+/// its own, if the socket fails. `what` names what a nudge makes the
+/// watcher read, for the log.
+async fn forward_address_events(
+    mut events: AddressWatch,
+    nudge: mpsc::Sender<()>,
+    what: &'static str,
+) {
     loop {
         match events.next().await {
             Ok(event) => {
@@ -674,17 +708,17 @@ async fn forward_address_events(mut events: AddressWatch, nudge: mpsc::Sender<()
                         prefix_len = a.prefix_len,
                         interface = a.label.as_deref().unwrap_or_default(),
                         interface_index = a.interface_index,
-                        "a local IPv4 address was added; reading IMDS now"
+                        "a local IPv4 address was added; reading {what} now"
                     ),
                     AddressEvent::Removed(a) => info!(
                         address = %a.address,
                         prefix_len = a.prefix_len,
                         interface = a.label.as_deref().unwrap_or_default(),
                         interface_index = a.interface_index,
-                        "a local IPv4 address was removed; reading IMDS now"
+                        "a local IPv4 address was removed; reading {what} now"
                     ),
                     AddressEvent::Missed => {
-                        debug!("local address events were missed; reading IMDS now")
+                        debug!("local address events were missed; reading {what} now")
                     }
                 }
                 match nudge.try_send(()) {
@@ -693,20 +727,20 @@ async fn forward_address_events(mut events: AddressWatch, nudge: mpsc::Sender<()
                 }
             }
             Err(e) => {
-                warn!(error = %e, "cannot read local address events any more; relying on the IMDS poll");
+                warn!(error = %e, "cannot read local address events any more; relying on the poll of {what}");
                 return;
             }
         }
     }
 }
 
-/// Polls IMDS for the addresses every `every`, and at once on a nudge (a
+/// Asks `source` for the addresses every `every`, and at once on a nudge (a
 /// local address event), and publishes changes.
 ///
 /// A failed poll keeps the last known addresses; it is logged once when it
 /// starts failing and once when it recovers, not every tick.
 async fn watch_addresses(
-    imds: Arc<ImdsClient>,
+    source: Arc<Source>,
     every: Duration,
     tx: watch::Sender<Addresses>,
     live: Live,
@@ -730,17 +764,18 @@ async fn watch_addresses(
                 ticker.reset();
             }
         }
-        match imds.addresses().await {
+        let what = source.what();
+        match source.addresses().await {
             Ok(addresses) => {
                 if failing {
-                    info!("IMDS answers again");
+                    info!("{what} can be read again");
                     failing = false;
                 }
                 if *tx.borrow() != addresses {
                     debug!(
                         private_ipv4 = %addresses.private_ipv4,
                         public_ipv4 = %show(addresses.public_ipv4),
-                        "IMDS reports new addresses"
+                        "{what} show new addresses"
                     );
                     live.set_addresses(addresses);
                     tx.send_replace(addresses);
@@ -748,7 +783,7 @@ async fn watch_addresses(
             }
             Err(e) => {
                 if !failing {
-                    warn!(error = %error_chain(&e), "cannot read the addresses from IMDS; keeping the last known");
+                    warn!(error = %error_chain(&e), "cannot read {what}; keeping the last known addresses");
                     failing = true;
                 }
             }
@@ -849,7 +884,7 @@ mod tests {
         ));
         let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let endpoint = fake_imds(items.clone(), reads.clone()).await;
-        let imds = Arc::new(ImdsClient::new(&endpoint).unwrap());
+        let imds = Arc::new(Source::Imds(ImdsClient::new(&endpoint).unwrap()));
         let first = imds.addresses().await.unwrap();
         let (tx, mut rx) = watch::channel(first);
         let (nudge, nudges) = mpsc::channel(1);

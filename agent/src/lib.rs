@@ -11,19 +11,31 @@
 //! when the agent has been cut off from the coordinator. Under systemd it
 //! reports READY and STOPPING, and pings the watchdog.
 //!
+//! A bring-your-own node (`--byon`), a machine muster did not launch, may
+//! have no IMDS: the agent never asks it, names the node `m-<machine id>`
+//! with the machine's hostname, and reports its own addresses (the given
+//! ones, or the source address of its default route, read again on local
+//! address events). Registering, heartbeats and the state file work the
+//! same for both kinds of node.
+//!
 //! # Layout
 //! - [`settings`]: the TOML file, `MUSTER_AGENT_*` variables and flags,
 //!   validated once at start into [`settings::Settings`].
+//! - [`identity`]: where the node's identity and addresses come from, IMDS
+//!   or the machine itself, behind one [`identity::Source`] the daemon uses.
 //! - [`imds`]: the IMDSv2 client (token cached, refreshed on 401, 404 means
 //!   absent).
+//! - [`byon`]: a bring-your-own node from the machine: the machine id, the
+//!   hostname, the primary IPv4 from the default route.
 //! - [`coordinator`]: the HTTPS client for the coordinator's agent API,
 //!   pinned to the configured CA.
 //! - [`state`]: `state.json` in the state dir: the node credential and who
-//!   this node is, written atomically, 0600.
+//!   this node is (bound to its node id), written atomically, 0600.
 //! - [`facts`]: host facts (CPUs, load, memory, disks, uptime, OS) from
 //!   sysinfo.
 //! - [`netwatch`]: local IPv4 address events from the kernel (rtnetlink),
-//!   so that IMDS is read again at once rather than at the next poll.
+//!   so that IMDS (or the machine's own addresses) is read again at once
+//!   rather than at the next poll.
 //! - [`backoff`]: bounded exponential backoff with full jitter, capped at
 //!   60 s, used by every retry.
 //! - [`daemon`]: `muster-agent run`: register, heartbeat, push address
@@ -38,9 +50,11 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod byon;
 pub mod coordinator;
 pub mod daemon;
 pub mod facts;
+pub mod identity;
 pub mod imds;
 pub mod logging;
 pub mod netwatch;
@@ -72,7 +86,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: register with the coordinator, heartbeat, and push
     /// address changes as they happen.
-    Run(settings::RunArgs),
+    Run(Box<settings::RunArgs>),
     /// Ask the running agent how it is.
     ///
     /// Exit codes: 0 healthy (deployed, last contact with the coordinator

@@ -47,7 +47,8 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         coordinator = %settings.coordinator_url,
         cluster = %settings.cluster,
         state_dir = %settings.state_dir.display(),
-        imds = %settings.imds_endpoint,
+        identity = settings.byon.as_ref().map_or("imds", |_| "bring-your-own"),
+        imds = %settings.byon.as_ref().map_or(settings.imds_endpoint.as_str(), |_| "not asked"),
         config = ?settings.config_file,
         "muster-agent starting"
     );

@@ -138,8 +138,11 @@ pub struct NotRunning {
     pub node: Option<String>,
     /// The cluster, as remembered.
     pub cluster: Option<String>,
-    /// The instance id, as remembered.
+    /// The node id (EC2 instance id, or `m-…` for a bring-your-own node),
+    /// as remembered.
     pub instance_id: Option<String>,
+    /// Whether the remembered node is a bring-your-own node.
+    pub byon: bool,
     /// The node's public DNS name, as remembered.
     pub dns_name: Option<String>,
     /// The node's internal DNS name, as remembered.
@@ -160,6 +163,7 @@ impl NotRunning {
             node: None,
             cluster: None,
             instance_id: None,
+            byon: false,
             dns_name: None,
             internal_dns_name: None,
             coordinator_url: None,
@@ -169,6 +173,7 @@ impl NotRunning {
             Ok(Some(stored)) => {
                 out.node = Some(stored.node);
                 out.cluster = Some(stored.cluster);
+                out.byon = is_byon_id(&stored.instance_id);
                 out.instance_id = Some(stored.instance_id);
                 out.dns_name = Some(stored.dns_name);
                 out.internal_dns_name = Some(stored.internal_dns_name);
@@ -178,6 +183,20 @@ impl NotRunning {
             Err(e) => out.state_error = Some(crate::error_chain(&e)),
         }
         out
+    }
+}
+
+/// Whether `node_id` names a bring-your-own node (`m-…`).
+fn is_byon_id(node_id: &str) -> bool {
+    node_id.starts_with(muster_proto::validate::BYON_ID_PREFIX)
+}
+
+/// The row naming the node: `instance id` on EC2; `node id`, marked
+/// bring-your-own, for a machine that named itself.
+fn id_row(node_id: Option<&str>, byon: bool) -> (&'static str, String) {
+    match (node_id, byon) {
+        (Some(id), true) => ("node id", format!("{id} (bring-your-own)")),
+        (id, _) => ("instance id", or_dash(id)),
     }
 }
 
@@ -300,7 +319,7 @@ pub fn render_status(status: &AgentStatus) -> String {
     let rows = [
         ("node", node),
         ("cluster", status.cluster.clone()),
-        ("instance id", or_dash(status.instance_id.as_deref())),
+        id_row(status.instance_id.as_deref(), status.byon),
         ("dns name", or_dash(status.dns_name.as_deref())),
         (
             "internal dns name",
@@ -347,7 +366,7 @@ pub fn render_not_running(remembered: &NotRunning) -> String {
         out.push_str(&table(&[
             ("node", or_dash(remembered.node.as_deref())),
             ("cluster", or_dash(remembered.cluster.as_deref())),
-            ("instance id", or_dash(remembered.instance_id.as_deref())),
+            id_row(remembered.instance_id.as_deref(), remembered.byon),
             ("dns name", or_dash(remembered.dns_name.as_deref())),
             (
                 "internal dns name",
@@ -443,6 +462,55 @@ mod tests {
         assert_eq!(json["running"], false);
         assert_eq!(json["node"], "web-1");
         assert!(!text.contains(&credential));
+    }
+
+    /// A bring-your-own node is shown by its `m-…` id and said to be one,
+    /// running or not.
+    #[test]
+    fn byon_node_is_named_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let state_dir = dir.path().join("state");
+        let id = format!("m-{}", "0123456789abcdef".repeat(2));
+        state::save(
+            &state_dir,
+            &StoredState {
+                instance_id: id.clone(),
+                cluster: "web".into(),
+                node: "build-7".into(),
+                dns_name: "build-7.web.muster.internal".into(),
+                internal_dns_name: "build-7.web.internal.muster.internal".into(),
+                credential: format!("mnode_{}", "ab".repeat(32)),
+                coordinator_url: "https://127.0.0.1:7443".into(),
+            },
+        )
+        .unwrap();
+        let (code, text) = run(&args(&socket, &state_dir, false));
+        assert_eq!(code, EXIT_NOT_RUNNING);
+        let row = |text: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with("node id"))
+                .map(|l| l.trim_start()["node id".len()..].trim().to_owned())
+        };
+        assert_eq!(row(&text), Some(format!("{id} (bring-your-own)")), "{text}");
+        let (_, text) = run(&args(&socket, &state_dir, true));
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["byon"], true);
+        assert_eq!(json["instance_id"], id.as_str());
+
+        let live = Live::new("web", "https://c.example.com");
+        live.set_identity(
+            &id,
+            true,
+            crate::imds::Addresses {
+                private_ipv4: std::net::Ipv4Addr::new(10, 1, 2, 3),
+                public_ipv4: None,
+            },
+        );
+        let status = live.snapshot();
+        assert!(status.byon);
+        let text = render_status(&status);
+        assert_eq!(row(&text), Some(format!("{id} (bring-your-own)")), "{text}");
     }
 
     /// A stale socket file with nobody behind it also means not running.

@@ -22,9 +22,25 @@
 //!
 //! The IMDS endpoint follows the AWS convention instead:
 //! `AWS_EC2_METADATA_SERVICE_ENDPOINT`, default `http://169.254.169.254`.
+//!
+//! A bring-your-own node, where there is no IMDS, sets `--byon`
+//! (`MUSTER_AGENT_BYON=true`, `byon = true`); IMDS is then never asked, and
+//! the node is named from the machine ([`crate::byon`]):
+//!
+//! ```toml
+//! byon = true
+//! machine_id_file = "/etc/machine-id"   # the default
+//! hostname = "build-7"                  # default: the system hostname's first label
+//! private_ipv4 = "192.168.1.20"         # default: the primary address, watched
+//! public_ipv4 = "203.0.113.7"           # default: none
+//! ```
+//!
+//! The machine id and the hostname are read and checked here, so a machine
+//! that cannot name itself stops at once with exit 64. The IMDS poll
+//! interval is then the interval at which the local addresses are read.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,6 +48,8 @@ use clap::parser::ValueSource;
 use clap::ArgMatches;
 use muster_proto::token::TokenKind;
 use serde::Deserialize;
+
+use crate::byon::{self, ByonError, ByonNode};
 
 /// Where the settings file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/muster/agent.toml";
@@ -49,6 +67,8 @@ pub const MAX_IMDS_POLL_INTERVAL: Duration = Duration::from_secs(60);
 pub const IMDS_ENDPOINT_ENV: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
 /// The IMDS endpoint on EC2.
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
+/// Where the machine id of a bring-your-own node is read by default.
+pub const DEFAULT_MACHINE_ID_FILE: &str = "/etc/machine-id";
 /// Longest path a unix socket may have (108 bytes with the final NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -101,13 +121,40 @@ pub struct RunArgs {
     /// The local status socket. [default: /run/muster-agent/agent.sock]
     #[arg(long, env = "MUSTER_AGENT_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// How often to ask IMDS for the addresses, 100ms to 60s. [default: 1s]
+    /// How often to ask IMDS (with --byon: the machine) for the addresses,
+    /// 100ms to 60s. [default: 1s]
     #[arg(long, env = "MUSTER_AGENT_IMDS_POLL_INTERVAL", value_name = "DURATION")]
     pub imds_poll_interval: Option<String>,
     /// DNS server (IP:PORT) the status check asks instead of the system
     /// resolver.
     #[arg(long, env = "MUSTER_AGENT_DNS_SERVER", value_name = "IP:PORT")]
     pub dns_server: Option<String>,
+    /// Run as a bring-your-own node, where there is no IMDS: never ask it,
+    /// and name the node from the machine (machine id, hostname, own
+    /// addresses). The --join-token is then the cluster's bring-your-own
+    /// token. The variable takes true/false, yes/no, on/off or 1/0.
+    #[arg(
+        long,
+        env = "MUSTER_AGENT_BYON",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub byon: bool,
+    /// With --byon: the file holding the machine id, which makes the node
+    /// the same across restarts. [default: /etc/machine-id]
+    #[arg(long, env = "MUSTER_AGENT_MACHINE_ID_FILE", value_name = "FILE")]
+    pub machine_id_file: Option<PathBuf>,
+    /// With --byon: the node name, a DNS label.
+    /// [default: the system hostname's first label, lowercased]
+    #[arg(long, env = "MUSTER_AGENT_HOSTNAME", value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// With --byon: the private IPv4 to register, fixed.
+    /// [default: the address the default route leaves from, watched]
+    #[arg(long, env = "MUSTER_AGENT_PRIVATE_IPV4", value_name = "IPV4")]
+    pub private_ipv4: Option<String>,
+    /// With --byon: the public IPv4 to register. [default: none]
+    #[arg(long, env = "MUSTER_AGENT_PUBLIC_IPV4", value_name = "IPV4")]
+    pub public_ipv4: Option<String>,
 }
 
 /// The settings file, as written.
@@ -130,6 +177,16 @@ pub struct FileSettings {
     pub imds_poll_interval: Option<String>,
     /// See [`RunArgs::dns_server`].
     pub dns_server: Option<String>,
+    /// See [`RunArgs::byon`].
+    pub byon: Option<bool>,
+    /// See [`RunArgs::machine_id_file`].
+    pub machine_id_file: Option<PathBuf>,
+    /// See [`RunArgs::hostname`].
+    pub hostname: Option<String>,
+    /// See [`RunArgs::private_ipv4`].
+    pub private_ipv4: Option<String>,
+    /// See [`RunArgs::public_ipv4`].
+    pub public_ipv4: Option<String>,
 }
 
 impl FileSettings {
@@ -206,12 +263,17 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// The status socket.
     pub socket: PathBuf,
-    /// How often IMDS is polled for address changes.
+    /// How often IMDS (or, for a bring-your-own node, the machine) is
+    /// asked for the addresses.
     pub imds_poll_interval: Duration,
     /// The DNS server the status check asks, if not the system resolver.
     pub dns_server: Option<SocketAddr>,
-    /// The IMDS base URL, without a trailing `/`.
+    /// The IMDS base URL, without a trailing `/`; not used by a
+    /// bring-your-own node.
     pub imds_endpoint: String,
+    /// Set for a bring-your-own node: who it is, from the machine. IMDS is
+    /// then never asked.
+    pub byon: Option<ByonNode>,
     /// The settings file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -273,6 +335,31 @@ const DNS_SERVER: Key = Key {
     id: "dns_server",
     flag: "--dns-server",
     env: "MUSTER_AGENT_DNS_SERVER",
+};
+const BYON: Key = Key {
+    id: "byon",
+    flag: "--byon",
+    env: "MUSTER_AGENT_BYON",
+};
+const MACHINE_ID_FILE: Key = Key {
+    id: "machine_id_file",
+    flag: "--machine-id-file",
+    env: "MUSTER_AGENT_MACHINE_ID_FILE",
+};
+const HOSTNAME: Key = Key {
+    id: "hostname",
+    flag: "--hostname",
+    env: "MUSTER_AGENT_HOSTNAME",
+};
+const PRIVATE_IPV4: Key = Key {
+    id: "private_ipv4",
+    flag: "--private-ipv4",
+    env: "MUSTER_AGENT_PRIVATE_IPV4",
+};
+const PUBLIC_IPV4: Key = Key {
+    id: "public_ipv4",
+    flag: "--public-ipv4",
+    env: "MUSTER_AGENT_PUBLIC_IPV4",
 };
 const CONFIG: Key = Key {
     id: "config",
@@ -516,9 +603,81 @@ impl Settings {
             None => None,
         };
 
+        // A flag or variable that says true or false wins over the file.
+        let byon_given = match matches.and_then(|m| m.value_source(BYON.id)) {
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable) => true,
+            Some(_) => false,
+            None => args.byon,
+        };
+        let byon_on = if byon_given {
+            args.byon
+        } else {
+            file.byon.unwrap_or(false)
+        };
+        let machine_id_file = pick(
+            &args.machine_id_file,
+            arg_origin(&MACHINE_ID_FILE),
+            &file.machine_id_file,
+            file_origin,
+        );
+        let hostname = pick(
+            &args.hostname,
+            arg_origin(&HOSTNAME),
+            &file.hostname,
+            file_origin,
+        );
+        let private_ipv4 = pick(
+            &args.private_ipv4,
+            arg_origin(&PRIVATE_IPV4),
+            &file.private_ipv4,
+            file_origin,
+        );
+        let public_ipv4 = pick(
+            &args.public_ipv4,
+            arg_origin(&PUBLIC_IPV4),
+            &file.public_ipv4,
+            file_origin,
+        );
+        let byon = if byon_on {
+            Some(ByonNode {
+                machine_id: machine_id(machine_id_file)?,
+                hostname: node_hostname(hostname, byon::system_hostname)?,
+                private_ipv4: private_ipv4
+                    .map(|(text, origin)| parse_ipv4(&PRIVATE_IPV4, origin, &text))
+                    .transpose()?,
+                public_ipv4: public_ipv4
+                    .map(|(text, origin)| parse_ipv4(&PUBLIC_IPV4, origin, &text))
+                    .transpose()?,
+            })
+        } else {
+            // Naming the machine means nothing on EC2, where IMDS names it:
+            // say so rather than ignore it.
+            let stray = [
+                machine_id_file.map(|(p, o)| (MACHINE_ID_FILE, o, p.display().to_string())),
+                hostname.map(|(v, o)| (HOSTNAME, o, v)),
+                private_ipv4.map(|(v, o)| (PRIVATE_IPV4, o, v)),
+                public_ipv4.map(|(v, o)| (PUBLIC_IPV4, o, v)),
+            ];
+            if let Some((key, origin, value)) = stray.into_iter().flatten().next() {
+                return Err(key.invalid(
+                    origin,
+                    &value,
+                    format!(
+                        "applies only to a bring-your-own node; set {}, {} or {} = true in the settings file",
+                        BYON.flag, BYON.env, BYON.id
+                    ),
+                ));
+            }
+            None
+        };
+
+        // A bring-your-own node never asks IMDS, so the variable is not
+        // its business.
         let imds_endpoint = match imds_env {
-            Some(text) if !text.trim().is_empty() => parse_base_url(&text, &["http", "https"])
-                .map_err(|why| invalid(IMDS_ENDPOINT_ENV, &text, why))?,
+            Some(text) if byon.is_none() && !text.trim().is_empty() => {
+                parse_base_url(&text, &["http", "https"])
+                    .map_err(|why| invalid(IMDS_ENDPOINT_ENV, &text, why))?
+            }
             _ => DEFAULT_IMDS_ENDPOINT.to_owned(),
         };
 
@@ -533,9 +692,80 @@ impl Settings {
             imds_poll_interval,
             dns_server,
             imds_endpoint,
+            byon,
             config_file,
         })
     }
+}
+
+/// Reads and checks the machine id of a bring-your-own node from the file
+/// given, or from [`DEFAULT_MACHINE_ID_FILE`].
+fn machine_id(given: Option<(PathBuf, Origin<'_>)>) -> Result<String, SettingsError> {
+    let (path, origin) =
+        given.unwrap_or_else(|| (PathBuf::from(DEFAULT_MACHINE_ID_FILE), Origin::Default));
+    let shown = path.display().to_string();
+    byon::read_machine_id(&path).map_err(|e| {
+        let why = match &e {
+            ByonError::ReadMachineId { source, .. } => format!("cannot read it: {source}"),
+            ByonError::InvalidMachineId { source, .. } => {
+                format!("holds {:?}, which {}", source.value, source.reason)
+            }
+            other => crate::error_chain(other),
+        };
+        MACHINE_ID_FILE.invalid(origin, &shown, why)
+    })
+}
+
+/// The node name of a bring-your-own node: the one given, which must be a
+/// DNS label as it is, else the first label of the system hostname
+/// (`system`), lowercased, which must then be one.
+fn node_hostname(
+    given: Option<(String, Origin<'_>)>,
+    system: impl FnOnce() -> Result<String, ByonError>,
+) -> Result<String, SettingsError> {
+    if let Some((name, origin)) = given {
+        let name = name.trim().to_owned();
+        muster_proto::validate::dns_label(HOSTNAME.id, &name)
+            .map_err(|e| HOSTNAME.invalid(origin, &name, e.reason))?;
+        return Ok(name);
+    }
+    let fix = format!(
+        "; set {}, {} or {} in the settings file",
+        HOSTNAME.flag, HOSTNAME.env, HOSTNAME.id
+    );
+    let full = system()
+        .map_err(|e| HOSTNAME.invalid(Origin::Default, "", crate::error_chain(&e) + &fix))?;
+    let name = byon::node_name(&full);
+    muster_proto::validate::dns_label(HOSTNAME.id, &name).map_err(|e| {
+        HOSTNAME.invalid(
+            Origin::Default,
+            &name,
+            format!(
+                "is the system hostname {full:?} made a node name, which {}{fix}",
+                e.reason
+            ),
+        )
+    })?;
+    Ok(name)
+}
+
+/// Parses an IPv4 a node can be reached at (not loopback, unspecified,
+/// broadcast or multicast).
+fn parse_ipv4(key: &Key, origin: Origin<'_>, text: &str) -> Result<Ipv4Addr, SettingsError> {
+    let addr: Ipv4Addr = text
+        .trim()
+        .parse()
+        .map_err(|_| key.invalid(origin, text, "is not an IPv4 address, e.g. 192.168.1.20"))?;
+    if addr.is_loopback() {
+        return Err(key.invalid(
+            origin,
+            text,
+            "is a loopback address, which neighbours cannot reach",
+        ));
+    }
+    muster_proto::validate::host_ipv4(key.id, addr)
+        .map_err(|e| key.invalid(origin, text, e.reason))?;
+    Ok(addr)
 }
 
 /// Checks a base URL and returns it without a trailing `/`.
@@ -822,6 +1052,237 @@ mod tests {
         std::fs::write(&config, "coordinator = \"https://x\"\n").unwrap();
         let text = error_text(load(&["x", "--config", config.to_str().unwrap()]));
         assert!(text.contains("unknown field"), "{text}");
+    }
+
+    const MACHINE_ID: &str = "0123456789abcdef0123456789abcdef";
+
+    /// Flags for a complete bring-your-own agent in `dir` (with a good
+    /// machine-id file unless `extra` names one), then `extra`.
+    fn byon_argv(dir: &Path, extra: &[&str]) -> Vec<String> {
+        let ca = ca_file(dir);
+        let config = dir.join("empty.toml");
+        std::fs::write(&config, "").unwrap();
+        let machine_id = dir.join("machine-id");
+        if !machine_id.exists() {
+            std::fs::write(&machine_id, format!("{MACHINE_ID}\n")).unwrap();
+        }
+        let mut argv: Vec<String> = [
+            "x",
+            "--config",
+            config.to_str().unwrap(),
+            "--coordinator-url",
+            "https://c.example.com",
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--cluster",
+            "web",
+            "--join-token",
+            JOIN,
+            "--byon",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !extra.contains(&"--machine-id-file") {
+            argv.extend([
+                "--machine-id-file".to_owned(),
+                machine_id.display().to_string(),
+            ]);
+        }
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv
+    }
+
+    fn load_byon(dir: &Path, extra: &[&str]) -> Result<Settings, SettingsError> {
+        let argv = byon_argv(dir, extra);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        load(&argv)
+    }
+
+    /// `--byon` reads the machine id (trimmed) and takes the given hostname
+    /// and addresses; a bad IMDS variable is none of its business.
+    #[test]
+    fn byon_flags_make_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = byon_argv(
+            dir.path(),
+            &[
+                "--hostname",
+                "build-7",
+                "--private-ipv4",
+                "192.168.1.20",
+                "--public-ipv4",
+                "203.0.113.7",
+            ],
+        );
+        let matches = Wrapper::command().try_get_matches_from(&argv).unwrap();
+        let wrapper = Wrapper::from_arg_matches(&matches).unwrap();
+        let settings =
+            Settings::load_with(&wrapper.args, Some(&matches), Some("not a url".into())).unwrap();
+        let node = settings.byon.expect("bring-your-own");
+        assert_eq!(node.machine_id, MACHINE_ID);
+        assert_eq!(node.node_id(), format!("m-{MACHINE_ID}"));
+        assert_eq!(node.hostname, "build-7");
+        assert_eq!(node.private_ipv4, Some(Ipv4Addr::new(192, 168, 1, 20)));
+        assert_eq!(node.public_ipv4, Some(Ipv4Addr::new(203, 0, 113, 7)));
+
+        // Without --private-ipv4 the address is read from the machine as
+        // the agent runs.
+        let settings = load_byon(dir.path(), &["--hostname", "build-7"]).unwrap();
+        assert_eq!(settings.byon.unwrap().private_ipv4, None);
+    }
+
+    /// `byon = true` in the file turns the mode on, with its keys; without
+    /// it the agent is an EC2 agent.
+    #[test]
+    fn byon_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_file(dir.path());
+        let machine_id = dir.path().join("machine-id");
+        std::fs::write(&machine_id, MACHINE_ID).unwrap();
+        let config = dir.path().join("agent.toml");
+        let common = format!(
+            "coordinator_url = \"https://c.example.com\"\nca_file = {:?}\ncluster = \"web\"\n\
+             join_token = \"{JOIN}\"\nmachine_id_file = {:?}\nhostname = \"db-2\"\n",
+            ca.to_str().unwrap(),
+            machine_id.to_str().unwrap()
+        );
+        std::fs::write(&config, format!("{common}byon = true\n")).unwrap();
+        let settings = load(&["x", "--config", config.to_str().unwrap()]).unwrap();
+        assert_eq!(settings.byon.unwrap().hostname, "db-2");
+
+        // The keys alone, without byon = true, are refused by name.
+        std::fs::write(&config, &common).unwrap();
+        let text = error_text(load(&["x", "--config", config.to_str().unwrap()]));
+        assert!(
+            text.starts_with("machine_id_file=") && text.contains("only to a bring-your-own node"),
+            "{text}"
+        );
+        assert!(text.contains(config.to_str().unwrap()), "{text}");
+    }
+
+    /// Every bring-your-own value is checked and named: an unreadable or
+    /// malformed machine-id file, a hostname that is not a DNS label,
+    /// addresses that are not usable IPv4s.
+    #[test]
+    fn bad_byon_values_name_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let text = error_text(load_byon(
+            dir.path(),
+            &[
+                "--hostname",
+                "h",
+                "--machine-id-file",
+                missing.to_str().unwrap(),
+            ],
+        ));
+        assert!(
+            text.starts_with(&format!(
+                "--machine-id-file={:?} is not valid: cannot read it:",
+                missing.to_str().unwrap()
+            )),
+            "{text}"
+        );
+
+        let bad = dir.path().join("bad-id");
+        std::fs::write(&bad, "not-a-machine-id\n").unwrap();
+        let text = error_text(load_byon(
+            dir.path(),
+            &[
+                "--hostname",
+                "h",
+                "--machine-id-file",
+                bad.to_str().unwrap(),
+            ],
+        ));
+        assert_eq!(
+            text,
+            format!(
+                "--machine-id-file={:?} is not valid: holds \"not-a-machine-id\", which must be \
+                 32 lowercase hex digits, not all zero (/etc/machine-id)",
+                bad.to_str().unwrap()
+            )
+        );
+
+        let cases: [(&[&str], &str); 5] = [
+            (
+                &["--hostname", "Build_7"],
+                "--hostname=\"Build_7\" is not valid: may hold only lowercase letters, digits and '-'",
+            ),
+            (
+                &["--hostname", "a.b"],
+                "--hostname=\"a.b\" is not valid: may hold only lowercase letters, digits and '-'",
+            ),
+            (
+                &["--hostname", "h", "--private-ipv4", "10.0.0"],
+                "--private-ipv4=\"10.0.0\" is not valid: is not an IPv4 address, e.g. 192.168.1.20",
+            ),
+            (
+                &["--hostname", "h", "--private-ipv4", "127.0.0.1"],
+                "--private-ipv4=\"127.0.0.1\" is not valid: is a loopback address, which neighbours cannot reach",
+            ),
+            (
+                &["--hostname", "h", "--public-ipv4", "0.0.0.0"],
+                "--public-ipv4=\"0.0.0.0\" is not valid: must not be the unspecified address",
+            ),
+        ];
+        for (extra, want) in cases {
+            assert_eq!(error_text(load_byon(dir.path(), extra)), want, "{extra:?}");
+        }
+    }
+
+    /// Without `--byon`, a flag that only a bring-your-own node uses is
+    /// refused rather than ignored.
+    #[test]
+    fn byon_flags_need_byon() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_file(dir.path());
+        let config = dir.path().join("empty.toml");
+        std::fs::write(&config, "").unwrap();
+        let text = error_text(load(&[
+            "x",
+            "--config",
+            config.to_str().unwrap(),
+            "--coordinator-url",
+            "https://c.example.com",
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--cluster",
+            "web",
+            "--join-token",
+            JOIN,
+            "--private-ipv4",
+            "10.1.2.3",
+        ]));
+        assert_eq!(
+            text,
+            "--private-ipv4=\"10.1.2.3\" is not valid: applies only to a bring-your-own node; \
+             set --byon, MUSTER_AGENT_BYON or byon = true in the settings file"
+        );
+    }
+
+    /// The default node name is the system hostname's first label,
+    /// lowercased; one that cannot be a DNS label is refused, asking for
+    /// --hostname.
+    #[test]
+    fn hostname_defaults_to_the_system_one() {
+        let name = node_hostname(None, || Ok("Build-7.corp.example.com".into())).unwrap();
+        assert_eq!(name, "build-7");
+        let text = node_hostname(None, || Ok("my_box.lan".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.starts_with(
+                "hostname=\"my_box\" is not valid: is the system hostname \"my_box.lan\""
+            ),
+            "{text}"
+        );
+        assert!(text.contains("set --hostname"), "{text}");
+        let text = node_hostname(None, || Ok(String::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("must not be empty"), "{text}");
     }
 
     /// The IMDS endpoint variable is checked like any other setting.

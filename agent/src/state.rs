@@ -4,11 +4,13 @@
 //! atomically (a temporary file in the same directory, fsync, rename, fsync
 //! of the directory), readable by its owner only (file 0600; a directory the
 //! agent creates is 0700). It is only a cache of the coordinator's view: the
-//! coordinator keys nodes by instance id, so losing the file never makes a
-//! second node.
+//! coordinator keys nodes by node id (the instance id, or `m-` and the
+//! machine id for a bring-your-own node), so losing the file never makes a
+//! second node: the agent joins again with the join token as the same node.
 //!
-//! A state file whose instance id is not the one IMDS reports was copied from
-//! another instance (an image baked with state) and is discarded.
+//! A state file bound to another node id than the one the agent finds (from
+//! IMDS, or from the machine id) was copied from elsewhere (an image baked
+//! with state, a state dir copied to another machine) and is discarded.
 
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
@@ -75,7 +77,8 @@ pub enum StateError {
 /// The contents of `state.json`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredState {
-    /// The EC2 instance this state belongs to.
+    /// The node this state belongs to: the EC2 instance id, or `m-` and
+    /// the machine id for a bring-your-own node.
     pub instance_id: String,
     /// The cluster the node is in.
     pub cluster: String,

@@ -90,8 +90,13 @@ pub struct AgentStatus {
     pub dns_name: Option<String>,
     /// The node's internal DNS name.
     pub internal_dns_name: Option<String>,
-    /// The EC2 instance id.
+    /// The node id: the EC2 instance id, or `m-` and the machine id for a
+    /// bring-your-own node.
     pub instance_id: Option<String>,
+    /// Whether this is a bring-your-own node (named from the machine, not
+    /// from IMDS).
+    #[serde(default)]
+    pub byon: bool,
     /// The current private IPv4.
     pub private_ipv4: Option<Ipv4Addr>,
     /// The current public IPv4.
@@ -147,6 +152,7 @@ struct LiveInner {
     dns_name: Option<String>,
     internal_dns_name: Option<String>,
     instance_id: Option<String>,
+    byon: bool,
     addresses: Option<Addresses>,
     coordinator_url: String,
     last_contact: Option<SystemTime>,
@@ -170,6 +176,7 @@ impl Live {
                 dns_name: None,
                 internal_dns_name: None,
                 instance_id: None,
+                byon: false,
                 addresses: None,
                 coordinator_url: coordinator_url.to_owned(),
                 last_contact: None,
@@ -184,10 +191,12 @@ impl Live {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// IMDS said who the instance is.
-    pub fn set_identity(&self, instance_id: &str, addresses: Addresses) {
+    /// The node is known: its id, whether it is a bring-your-own node, and
+    /// its addresses.
+    pub fn set_identity(&self, node_id: &str, byon: bool, addresses: Addresses) {
         let mut inner = self.lock();
-        inner.instance_id = Some(instance_id.to_owned());
+        inner.instance_id = Some(node_id.to_owned());
+        inner.byon = byon;
         inner.addresses = Some(addresses);
     }
 
@@ -288,6 +297,7 @@ impl Live {
             dns_name: inner.dns_name.clone(),
             internal_dns_name: inner.internal_dns_name.clone(),
             instance_id: inner.instance_id.clone(),
+            byon: inner.byon,
             private_ipv4: inner.addresses.map(|a| a.private_ipv4),
             public_ipv4: inner.addresses.and_then(|a| a.public_ipv4),
             coordinator_url: inner.coordinator_url.clone(),
@@ -575,7 +585,7 @@ mod tests {
     fn live_states() {
         let live = Live::new("web", "https://c.example.com");
         assert_eq!(live.snapshot().state, AgentState::Starting);
-        live.set_identity("i-0123456789abcdef0", addresses());
+        live.set_identity("i-0123456789abcdef0", false, addresses());
         live.registering();
         assert_eq!(live.snapshot().state, AgentState::Registering);
         live.failed("cannot reach the coordinator".into());
@@ -645,7 +655,7 @@ mod tests {
     #[test]
     fn document_field_names() {
         let live = Live::new("web", "https://c.example.com");
-        live.set_identity("i-0123456789abcdef0", addresses());
+        live.set_identity("i-0123456789abcdef0", false, addresses());
         live.contact(NodeState::Deployed);
         let json = serde_json::to_value(live.snapshot()).unwrap();
         for field in [

@@ -6,6 +6,9 @@
 //! Where a story needs addresses to come and go, the fakes and the agent
 //! run in a network namespace of the test's own (see `netns`); without
 //! root such a test says it skips.
+//!
+//! A bring-your-own node (`--byon`) is told as the same kind of story, with
+//! IMDS pointed at a port where nothing listens.
 
 mod netns;
 
@@ -123,6 +126,10 @@ async fn start_imds(ns: Option<&Netns>) -> (Imds, String) {
 struct Coordinator {
     /// Bearer secrets presented to register, in order.
     register_bearers: Vec<String>,
+    /// Register requests received, in order.
+    registers: Vec<RegisterRequest>,
+    /// The heartbeat interval it asks for, if not ten minutes.
+    heartbeat_interval_ms: Option<u64>,
     /// Heartbeats received.
     heartbeats: Vec<HeartbeatRequest>,
     /// Node credentials it accepts.
@@ -173,6 +180,7 @@ async fn register(
     }
     let bearer = bearer(&headers);
     coord.register_bearers.push(bearer.clone());
+    coord.registers.push(request.clone());
     if request.validate().is_err() {
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(Value::Null));
     }
@@ -202,8 +210,8 @@ async fn register(
         },
         credential,
         // Long enough that any heartbeat seen in a test was pushed by a
-        // change, not by the timer.
-        heartbeat_interval_ms: 600_000,
+        // change, not by the timer, unless the test asks otherwise.
+        heartbeat_interval_ms: coord.heartbeat_interval_ms.unwrap_or(600_000),
         heartbeat_jitter_ms: 0,
     };
     (
@@ -228,7 +236,7 @@ async fn heartbeat(
     coord.heartbeats.push(request);
     let response = HeartbeatResponse {
         state: NodeState::Deployed,
-        heartbeat_interval_ms: 600_000,
+        heartbeat_interval_ms: coord.heartbeat_interval_ms.unwrap_or(600_000),
         heartbeat_jitter_ms: 0,
     };
     (
@@ -401,8 +409,14 @@ impl World {
                 command.env_remove(name);
             }
         }
+        // A test may point IMDS elsewhere (where nothing answers).
+        if command
+            .get_envs()
+            .all(|(key, _)| key != "AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        {
+            command.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds_url);
+        }
         let child = command
-            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds_url)
             .env("RUST_LOG", "muster_agent=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -976,4 +990,258 @@ fn bad_setting_exits_64() {
         ),
         "{stderr}"
     );
+}
+
+// ------------------------------------------------------ bring-your-own
+
+const MACHINE_ID: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// A URL where nothing listens: an IMDS that is not there.
+fn nowhere() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    url
+}
+
+impl World {
+    /// `muster-agent run --byon` with the machine id in `machine-id`, the
+    /// given extra flags, and IMDS pointed where nothing listens.
+    fn byon_command(&self, ns: Option<&Netns>, poll: &str, extra: &[&str]) -> Command {
+        let mut command = match ns {
+            Some(ns) => ns.command(BIN),
+            None => Command::new(BIN),
+        };
+        command
+            .args(self.run_args(&self.coord_url, poll))
+            .arg("--byon")
+            .arg("--machine-id-file")
+            .arg(self.path("machine-id"))
+            .args(extra)
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", nowhere());
+        command
+    }
+
+    fn start_byon_agent(&self, extra: &[&str]) -> Agent {
+        self.spawn(self.byon_command(None, "100ms", extra))
+    }
+}
+
+/// A bring-your-own node with no IMDS registers as `m-<machine id>`, named
+/// by its hostname, with no zone or region and the address it was given,
+/// then heartbeats with the same id. Its state is bound to that id: copied
+/// to a machine with another machine id it is discarded, and once wiped the
+/// node joins again with the join token as the same node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn byon_node_registers_without_imds() {
+    let world = World::start().await;
+    world.coord.lock().unwrap().heartbeat_interval_ms = Some(1_000);
+    std::fs::write(world.path("machine-id"), format!("{MACHINE_ID}\n")).unwrap();
+    let node_id = format!("m-{MACHINE_ID}");
+    let flags = ["--hostname", "build-7", "--private-ipv4", "192.168.1.20"];
+    let agent = world.start_byon_agent(&flags);
+
+    let json = world
+        .wait_for_status(&agent, "the BYON agent never deployed", |code, json| {
+            code == 0 && json["state"] == "deployed"
+        })
+        .await;
+    assert_eq!(json["instance_id"], node_id.as_str());
+    assert_eq!(json["byon"], true);
+    assert_eq!(json["private_ipv4"], "192.168.1.20");
+    assert_eq!(json["public_ipv4"], Value::Null);
+    {
+        let coord = world.coord.lock().unwrap();
+        assert_eq!(coord.register_bearers, [JOIN_TOKEN]);
+        let request = &coord.registers[0];
+        request.validate().expect("the register passes validation");
+        let byon = request.byon.as_ref().expect("the register carries byon");
+        assert_eq!(byon.hostname, "build-7");
+        assert_eq!(byon.machine_id, MACHINE_ID);
+        assert_eq!(request.instance_id, node_id);
+        assert_eq!(request.availability_zone, "");
+        assert_eq!(request.region, "");
+        assert_eq!(request.private_ipv4, Ipv4Addr::new(192, 168, 1, 20));
+        assert_eq!(request.public_ipv4, None);
+    }
+    wait_until("the BYON agent never heartbeat", &agent, || {
+        !world.coord.lock().unwrap().heartbeats.is_empty()
+    })
+    .await;
+    {
+        let coord = world.coord.lock().unwrap();
+        let beat = &coord.heartbeats[0];
+        assert_eq!(beat.instance_id, node_id);
+        assert_eq!(beat.private_ipv4, Ipv4Addr::new(192, 168, 1, 20));
+    }
+    assert!(
+        !agent.log().contains("IMDS"),
+        "IMDS was mentioned:\n{}",
+        agent.log()
+    );
+    assert_eq!(agent.stop().await, 0);
+    assert_eq!(
+        state_file(&world.path("state"))["instance_id"],
+        node_id.as_str()
+    );
+    let (code, table) = world.status_table().await;
+    assert_eq!(code, 3);
+    assert!(table.contains("(bring-your-own)"), "{table}");
+
+    // The state dir is copied to another machine: its credential is not
+    // presented; the other machine joins as its own node.
+    let other = "1f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    std::fs::write(world.path("machine-id"), other).unwrap();
+    let agent = world.start_byon_agent(&flags);
+    world
+        .wait_for_status(&agent, "the copied agent never deployed", |code, _| {
+            code == 0
+        })
+        .await;
+    assert!(
+        agent
+            .log()
+            .contains("the state file belongs to another node"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.stop().await, 0);
+    {
+        let coord = world.coord.lock().unwrap();
+        assert_eq!(coord.register_bearers, [JOIN_TOKEN, JOIN_TOKEN]);
+        assert_eq!(coord.registers[1].instance_id, format!("m-{other}"));
+    }
+    assert_eq!(
+        state_file(&world.path("state"))["instance_id"],
+        format!("m-{other}").as_str()
+    );
+
+    // Back on the first machine with the state wiped: it joins again with
+    // the join token, as the same node.
+    std::fs::write(world.path("machine-id"), MACHINE_ID).unwrap();
+    std::fs::remove_dir_all(world.path("state")).unwrap();
+    let agent = world.start_byon_agent(&flags);
+    world
+        .wait_for_status(&agent, "the wiped agent never deployed", |code, _| {
+            code == 0
+        })
+        .await;
+    assert_eq!(agent.stop().await, 0);
+    let coord = world.coord.lock().unwrap();
+    assert_eq!(coord.register_bearers[2], JOIN_TOKEN);
+    assert_eq!(coord.registers[2].instance_id, node_id);
+    assert_eq!(coord.registers[2].byon, coord.registers[0].byon);
+}
+
+/// A BYON agent that cannot name itself (a machine-id file that is not a
+/// machine id, a hostname that is not a DNS label) stops at once with 64
+/// and says which setting and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn byon_bad_identity_exits_64() {
+    let world = World::start().await;
+    std::fs::write(world.path("machine-id"), "uninitialized\n").unwrap();
+    let run = |extra: &[&str]| {
+        let out = world
+            .byon_command(None, "100ms", extra)
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&["--hostname", "build-7"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--machine-id-file={:?} is not valid: holds \"uninitialized\", which must be 32 lowercase hex digits",
+            world.path("machine-id").to_str().unwrap()
+        )),
+        "{stderr}"
+    );
+
+    std::fs::write(world.path("machine-id"), MACHINE_ID).unwrap();
+    let (code, stderr) = run(&["--hostname", "Build_7"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--hostname=\"Build_7\" is not valid: may hold only lowercase letters, digits and '-'"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        world.coord.lock().unwrap().registers.is_empty(),
+        "a bad agent registered"
+    );
+}
+
+/// In a network namespace of its own, a BYON agent without
+/// `--private-ipv4` finds its address from the default route: with none it
+/// says to pass `--private-ipv4` and keeps trying; once the machine has a
+/// route it registers from that address, and when the route's source
+/// address changes, the next local address event pushes the new one at
+/// once (the poll is a minute away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn byon_follows_the_primary_address() {
+    let Some(ns) = Netns::create("byon_follows_the_primary_address") else {
+        return;
+    };
+    let world = World::start_in(Some(&ns)).await;
+    std::fs::write(world.path("machine-id"), MACHINE_ID).unwrap();
+    let agent = world.spawn(world.byon_command(Some(&ns), "60s", &["--hostname", "build-7"]));
+    let json = world
+        .wait_for_status(&agent, "never said it has no address", |code, json| {
+            code == 1
+                && json["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("pass --private-ipv4"))
+        })
+        .await;
+    assert_eq!(json["state"], "degraded");
+    assert!(world.coord.lock().unwrap().registers.is_empty());
+
+    // (On the namespace's loopback: the addresses need no device of their
+    // own; only the route's source address matters.)
+    ns.ip(&["addr", "add", "10.9.0.5/24", "dev", "lo"]);
+    ns.ip(&["addr", "add", "10.9.0.6/24", "dev", "lo"]);
+    ns.ip(&["route", "add", "default", "dev", "lo", "src", "10.9.0.5"]);
+    let json = world
+        .wait_for_status(&agent, "never deployed once routed", |code, _| code == 0)
+        .await;
+    assert_eq!(json["private_ipv4"], "10.9.0.5");
+    assert_eq!(
+        world.coord.lock().unwrap().registers[0].private_ipv4,
+        Ipv4Addr::new(10, 9, 0, 5)
+    );
+
+    // The default route now leaves from .6; a local address event follows.
+    ns.ip(&[
+        "route", "replace", "default", "dev", "lo", "src", "10.9.0.6",
+    ]);
+    ns.ip(&["addr", "add", "192.0.2.10/32", "dev", "lo"]);
+    let moved = Ipv4Addr::new(10, 9, 0, 6);
+    wait_until("the new address was never pushed", &agent, || {
+        world
+            .coord
+            .lock()
+            .unwrap()
+            .heartbeats
+            .iter()
+            .any(|h| h.private_ipv4 == moved && h.instance_id == format!("m-{MACHINE_ID}"))
+    })
+    .await;
+    assert!(
+        agent
+            .log()
+            .contains("a local IPv4 address was added; reading the local addresses now"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        world.coord.lock().unwrap().registers.len(),
+        1,
+        "no re-register"
+    );
+    assert_eq!(agent.stop().await, 0);
 }
