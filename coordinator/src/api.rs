@@ -383,6 +383,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             load(&counters.address_changes)
         )],
     );
+    section(
+        "muster_sweeps_total",
+        "counter",
+        "EC2 sweeps completed (every region read or given up on).",
+        vec![format!("muster_sweeps_total {}", load(&counters.sweeps))],
+    );
     let refusals = counters
         .refusals
         .lock()

@@ -284,6 +284,8 @@ pub struct Counters {
     pub heartbeats: AtomicU64,
     /// Address changes accepted.
     pub address_changes: AtomicU64,
+    /// Sweeps completed.
+    pub sweeps: AtomicU64,
     /// Refusals by error code.
     pub refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -1128,6 +1130,7 @@ impl Registry {
                 }
             }
         }
+        self.counters.sweeps.fetch_add(1, Ordering::Relaxed);
         report
     }
 

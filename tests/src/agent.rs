@@ -28,6 +28,8 @@ pub struct Agent {
     cluster: String,
     join_token: String,
     imds_poll_interval: String,
+    /// More `run` flags (bring-your-own mode).
+    extra_args: Vec<String>,
 }
 
 impl Agent {
@@ -61,6 +63,50 @@ impl Agent {
             cluster: cluster.to_owned(),
             join_token: join_token.to_owned(),
             imds_poll_interval: imds_poll_interval.to_owned(),
+            extra_args: Vec::new(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts an agent in bring-your-own mode: no IMDS (its endpoint points
+    /// at a port nobody listens on), the machine id `machine_id` written to
+    /// a file in its state dir, named `hostname`, at `private_ipv4`.
+    pub fn start_byon(
+        coordinator: &Coordinator,
+        cluster: &str,
+        byon_token: &str,
+        machine_id: &str,
+        hostname: &str,
+        private_ipv4: std::net::Ipv4Addr,
+    ) -> Agent {
+        let state_dir = tempfile::Builder::new()
+            .prefix("muster-agent-state-")
+            .tempdir()
+            .expect("creating a state dir");
+        let machine_id_file = state_dir.path().join("machine-id");
+        std::fs::write(&machine_id_file, format!("{machine_id}\n"))
+            .expect("writing the machine id");
+        let mut agent = Agent {
+            process: None,
+            earlier_logs: String::new(),
+            state_dir,
+            coordinator_url: coordinator.url(),
+            ca_file: coordinator.ca_file(),
+            dns_server: coordinator.dns_addr().to_string(),
+            imds_endpoint: format!("http://127.0.0.1:{}", crate::procs::free_tcp_port()),
+            cluster: cluster.to_owned(),
+            join_token: byon_token.to_owned(),
+            imds_poll_interval: IMDS_POLL_INTERVAL.to_owned(),
+            extra_args: vec![
+                "--byon".into(),
+                "--machine-id-file".into(),
+                machine_id_file.display().to_string(),
+                "--hostname".into(),
+                hostname.into(),
+                "--private-ipv4".into(),
+                private_ipv4.to_string(),
+            ],
         };
         agent.spawn();
         agent
@@ -177,6 +223,7 @@ impl Agent {
             .arg(self.state_dir.path().join("agent.sock"))
             .args(["--dns-server", &self.dns_server])
             .args(["--imds-poll-interval", &self.imds_poll_interval])
+            .args(&self.extra_args)
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds_endpoint)
             .env("RUST_LOG", "info");
         self.process = Some(Process::spawn("muster-agent", command));

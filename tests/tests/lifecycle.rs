@@ -266,3 +266,136 @@ async fn node_rm_terminates_through_ec2() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// A bring-your-own machine joins without IMDS under its hostname and with
+/// no EC2 check, goes unreachable when its agent stops and stays so through
+/// many sweeps (EC2 knows nothing of it), and `node rm` deletes it and its
+/// DNS names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bring_your_own_node() {
+    let scene = Scene::new(FAST).await;
+    let minted: muster_proto::ByonTokenResponse = scene
+        .coordinator
+        .admin_json(&["cluster", "byon-token", CLUSTER])
+        .await;
+    let address = Ipv4Addr::new(198, 51, 100, 20);
+    let mut agent = Agent::start_byon(
+        &scene.coordinator,
+        CLUSTER,
+        &minted.byon_token,
+        "0123456789abcdef0123456789abcdef",
+        "rack7",
+        address,
+    );
+    let nodes = wait_until(
+        PATIENCE,
+        POLL,
+        || scene.coordinator.nodes(CLUSTER),
+        |nodes: &Vec<NodeView>| {
+            nodes
+                .iter()
+                .any(|n| n.name == "rack7" && n.state == NodeState::Deployed)
+        },
+    )
+    .await;
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.name == "rack7" && n.state == NodeState::Deployed),
+        "{nodes:?}\n{}",
+        agent.logs()
+    );
+    let node = scene.coordinator.node(CLUSTER, "rack7").await;
+    assert!(node.node.byon);
+    assert_eq!(node.node.instance_id, "m-0123456789abcdef0123456789abcdef");
+    let resolver = scene.coordinator.resolver();
+    let name = node_dns_name("rack7", CLUSTER, ZONE);
+    let answer = resolver
+        .a_until(&name, PATIENCE, |a| a.a == [address])
+        .await;
+    assert_eq!(answer.a, [address]);
+
+    // The join token meant for EC2 instances does not let it in.
+    let mut stranger = Agent::start_byon(
+        &scene.coordinator,
+        CLUSTER,
+        &scene.join_token,
+        "fedcba9876543210fedcba9876543210",
+        "rack8",
+        Ipv4Addr::new(198, 51, 100, 21),
+    );
+    let logs = wait_until(
+        PATIENCE,
+        POLL,
+        || std::future::ready(stranger.logs()),
+        |l| l.contains("bring-your-own token"),
+    )
+    .await;
+    assert!(logs.contains("bring-your-own token"), "{logs}");
+    stranger.stop();
+
+    // Silent: unreachable, and still so after many sweeps.
+    agent.stop();
+    let node = wait_until(
+        PATIENCE,
+        POLL,
+        || scene.coordinator.node(CLUSTER, "rack7"),
+        |d| d.node.state == NodeState::Unreachable,
+    )
+    .await;
+    assert_eq!(node.node.state, NodeState::Unreachable);
+    let sweeps_before = sweep_count(&scene.coordinator).await;
+    wait_until(
+        PATIENCE,
+        POLL,
+        || sweep_count(&scene.coordinator),
+        |n| *n >= sweeps_before + 4,
+    )
+    .await;
+    let node = scene.coordinator.node(CLUSTER, "rack7").await;
+    assert_eq!(node.node.state, NodeState::Unreachable, "{:?}", node.events);
+    assert!(node
+        .events
+        .iter()
+        .all(|e| e.source != muster_proto::EventSource::Sweep));
+    // It keeps its own name while unreachable.
+    assert_eq!(resolver.a(&name).await.unwrap().a, [address]);
+
+    // node rm deletes it, and its names go.
+    let output = scene
+        .coordinator
+        .admin(&["node", "rm", CLUSTER, "rack7"])
+        .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(scene
+        .coordinator
+        .nodes(CLUSTER)
+        .await
+        .iter()
+        .all(|n| n.name != "rack7"));
+    let gone = resolver
+        .a_until(&name, PATIENCE, DnsAnswer::is_nxdomain)
+        .await;
+    assert!(gone.is_nxdomain(), "{gone:?}");
+}
+
+/// How many sweeps the coordinator has run, from `/metrics`.
+async fn sweep_count(coordinator: &Coordinator) -> u64 {
+    let text = coordinator
+        .https_client()
+        .get(format!("{}/metrics", coordinator.url()))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("muster_sweeps_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no muster_sweeps_total in /metrics:\n{text}"))
+}
