@@ -346,6 +346,30 @@ async fn check_credentials(
     Ok(valid)
 }
 
+/// After a create or scale: waits for the nodes to settle if asked
+/// (`wait`), then prints. With --json that is `answer` alone, or, having
+/// waited, `{key: answer, "nodes": [...]}`; otherwise the nodes' table.
+async fn finish_launch(
+    client: &AdminClient,
+    cluster: &str,
+    wait: Option<Duration>,
+    json: bool,
+    key: &str,
+    answer: &impl serde::Serialize,
+) -> Result<(), cli::CliError> {
+    let nodes = match wait {
+        Some(timeout) => Some(client.wait_deployed(cluster, timeout).await?),
+        None => None,
+    };
+    match (json, nodes) {
+        (true, None) => print_json(answer),
+        (true, Some(nodes)) => print_json(&serde_json::json!({ key: answer, "nodes": nodes })),
+        (false, Some(nodes)) => print!("{}", cli::nodes_table(&nodes)),
+        (false, None) => {}
+    }
+    Ok(())
+}
+
 async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<(), cli::CliError> {
     match command {
         ClusterCommand::Create {
@@ -375,21 +399,15 @@ async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<
                     println!("bring-your-own token (shown once): {token}");
                 }
             }
-            let nodes = if wait {
-                Some(client.wait_deployed(&name, wait_timeout).await?)
-            } else {
-                None
-            };
-            if json {
-                match nodes {
-                    None => print_json(&created),
-                    Some(nodes) => {
-                        print_json(&serde_json::json!({ "created": created, "nodes": nodes }))
-                    }
-                }
-            } else if let Some(nodes) = nodes {
-                print!("{}", cli::nodes_table(&nodes));
-            }
+            finish_launch(
+                client,
+                &name,
+                wait.then_some(wait_timeout),
+                json,
+                "created",
+                &created,
+            )
+            .await?;
         }
         ClusterCommand::ByonToken { name, json } => {
             let minted = client.byon_token(&name).await?;
@@ -416,21 +434,15 @@ async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<
                     println!("removing: {}", scaled.removing.join(", "));
                 }
             }
-            let nodes = if wait {
-                Some(client.wait_deployed(&name, wait_timeout).await?)
-            } else {
-                None
-            };
-            if json {
-                match nodes {
-                    None => print_json(&scaled),
-                    Some(nodes) => {
-                        print_json(&serde_json::json!({ "scaled": scaled, "nodes": nodes }))
-                    }
-                }
-            } else if let Some(nodes) = nodes {
-                print!("{}", cli::nodes_table(&nodes));
-            }
+            finish_launch(
+                client,
+                &name,
+                wait.then_some(wait_timeout),
+                json,
+                "scaled",
+                &scaled,
+            )
+            .await?;
         }
         ClusterCommand::Rm {
             name,

@@ -48,23 +48,8 @@ impl Agent {
         join_token: &str,
         imds_poll_interval: &str,
     ) -> Agent {
-        let state_dir = tempfile::Builder::new()
-            .prefix("muster-agent-state-")
-            .tempdir()
-            .expect("creating a state dir");
-        let mut agent = Agent {
-            process: None,
-            earlier_logs: String::new(),
-            state_dir,
-            coordinator_url: coordinator.url(),
-            ca_file: coordinator.ca_file(),
-            dns_server: coordinator.dns_addr().to_string(),
-            imds_endpoint: imds.endpoint(),
-            cluster: cluster.to_owned(),
-            join_token: join_token.to_owned(),
-            imds_poll_interval: imds_poll_interval.to_owned(),
-            extra_args: Vec::new(),
-        };
+        let mut agent = Agent::new(coordinator, imds.endpoint(), cluster, join_token);
+        agent.imds_poll_interval = imds_poll_interval.to_owned();
         agent.spawn();
         agent
     }
@@ -80,36 +65,43 @@ impl Agent {
         hostname: &str,
         private_ipv4: std::net::Ipv4Addr,
     ) -> Agent {
+        let nobody = format!("http://127.0.0.1:{}", crate::procs::free_tcp_port());
+        let mut agent = Agent::new(coordinator, nobody, cluster, byon_token);
+        let machine_id_file = agent.state_dir.path().join("machine-id");
+        std::fs::write(&machine_id_file, format!("{machine_id}\n"))
+            .expect("writing the machine id");
+        agent.extra_args = vec![
+            "--byon".into(),
+            "--machine-id-file".into(),
+            machine_id_file.display().to_string(),
+            "--hostname".into(),
+            hostname.into(),
+            "--private-ipv4".into(),
+            private_ipv4.to_string(),
+        ];
+        agent.spawn();
+        agent
+    }
+
+    /// An agent not started yet, with a fresh state dir.
+    fn new(coordinator: &Coordinator, imds_endpoint: String, cluster: &str, token: &str) -> Agent {
         let state_dir = tempfile::Builder::new()
             .prefix("muster-agent-state-")
             .tempdir()
             .expect("creating a state dir");
-        let machine_id_file = state_dir.path().join("machine-id");
-        std::fs::write(&machine_id_file, format!("{machine_id}\n"))
-            .expect("writing the machine id");
-        let mut agent = Agent {
+        Agent {
             process: None,
             earlier_logs: String::new(),
             state_dir,
             coordinator_url: coordinator.url(),
             ca_file: coordinator.ca_file(),
             dns_server: coordinator.dns_addr().to_string(),
-            imds_endpoint: format!("http://127.0.0.1:{}", crate::procs::free_tcp_port()),
+            imds_endpoint,
             cluster: cluster.to_owned(),
-            join_token: byon_token.to_owned(),
+            join_token: token.to_owned(),
             imds_poll_interval: IMDS_POLL_INTERVAL.to_owned(),
-            extra_args: vec![
-                "--byon".into(),
-                "--machine-id-file".into(),
-                machine_id_file.display().to_string(),
-                "--hostname".into(),
-                hostname.into(),
-                "--private-ipv4".into(),
-                private_ipv4.to_string(),
-            ],
-        };
-        agent.spawn();
-        agent
+            extra_args: Vec::new(),
+        }
     }
 
     /// Points the next (re)start at another IMDS: the same state dir on

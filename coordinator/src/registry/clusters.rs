@@ -488,18 +488,19 @@ impl Registry {
             self.apply(node.id, Input::OperatorRemove, EventSource::Operator)
                 .await?;
         }
+        let not_yet_terminated = |id: &i64| {
+            self.live()
+                .nodes
+                .get(id)
+                .is_some_and(|n| n.state != NodeState::Terminated)
+        };
         let mut wait = Duration::from_secs(1);
         loop {
             let mut left = 0;
             for (region, ids) in &by_region {
                 let pending: Vec<(i64, String)> = ids
                     .iter()
-                    .filter(|(id, _)| {
-                        self.live()
-                            .nodes
-                            .get(id)
-                            .is_some_and(|n| n.state != NodeState::Terminated)
-                    })
+                    .filter(|(id, _)| not_yet_terminated(id))
                     .cloned()
                     .collect();
                 if pending.is_empty() {
@@ -518,12 +519,7 @@ impl Registry {
                 }
                 left += pending
                     .iter()
-                    .filter(|(id, _)| {
-                        self.live()
-                            .nodes
-                            .get(id)
-                            .is_some_and(|n| n.state != NodeState::Terminated)
-                    })
+                    .filter(|(id, _)| not_yet_terminated(id))
                     .count();
             }
             if left == 0 {
