@@ -21,39 +21,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use muster_tests::procs::{cpu_time, percentile, rss_kib};
 use muster_tests::{ec2, wait_until, Agent, Coordinator, Ec2Proxy, Imds, Moto, POLL};
 
 const CLUSTER: &str = "bench";
 const PATIENCE: Duration = Duration::from_secs(30);
 /// The agent's default IMDS poll interval: P2 is measured at defaults.
 const DEFAULT_POLL: &str = "1s";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-/// User + system CPU time of a process, from /proc/PID/stat.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which sits in parentheses.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    // Linux reports in USER_HZ, 100 on every architecture we run on.
-    Duration::from_millis(ticks * 10)
-}
-
-/// Resident set size in KiB, from /proc/PID/status.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 struct Args {
     trials: usize,
