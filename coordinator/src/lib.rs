@@ -177,6 +177,7 @@ pub async fn serve(
     );
     registry.resume_removals()?;
     let loops = [
+        tokio::spawn(registry.clone().run_publisher()),
         tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
         tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
     ];

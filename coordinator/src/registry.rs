@@ -326,6 +326,11 @@ pub struct Registry {
     /// Serialises cluster creates, scales and removals: each reads the
     /// cluster's nodes, asks EC2, and writes what came of it.
     clusters: tokio::sync::Mutex<()>,
+    /// Wakes [`Registry::run_publisher`] when the records changed.
+    publish_wanted: tokio::sync::Notify,
+    /// Whether a publisher runs; until one does, every write publishes
+    /// before it returns.
+    coalesce: std::sync::atomic::AtomicBool,
     /// Counters for `/metrics`.
     pub counters: Counters,
 }
@@ -425,6 +430,8 @@ impl Registry {
             write: tokio::sync::Mutex::new(()),
             launch: None,
             clusters: tokio::sync::Mutex::new(()),
+            publish_wanted: tokio::sync::Notify::new(),
+            coalesce: std::sync::atomic::AtomicBool::new(false),
             counters: Counters::default(),
         })
     }
@@ -433,6 +440,42 @@ impl Registry {
     pub fn with_launcher(mut self, launch: LaunchContext) -> Registry {
         self.launch = Some(launch);
         self
+    }
+
+    /// Publishes the records after a write: at once, or, with a publisher
+    /// running, by waking it (see [`Registry::run_publisher`]).
+    fn publish(&self) {
+        if self.coalesce.load(Ordering::Acquire) {
+            self.publish_wanted.notify_one();
+        } else {
+            self.publish_now();
+        }
+    }
+
+    /// Rebuilds the zone from memory and swaps it in.
+    pub fn publish_now(&self) {
+        let sources = self.live().record_sources();
+        self.zone.publish(&sources);
+    }
+
+    /// Publishes the records whenever a write asks, coalescing the asks that
+    /// come while a rebuild runs into one more rebuild. A rebuild reads
+    /// every node, so publishing after each of a thousand registers in a
+    /// row would cost a thousand full rebuilds; this costs a handful, and
+    /// the last write is always published. Runs until the task is dropped.
+    pub async fn run_publisher(self: Arc<Self>) {
+        self.coalesce.store(true, Ordering::Release);
+        // A write that came before the flag was set published inline.
+        loop {
+            self.publish_wanted.notified().await;
+            let registry = Arc::clone(&self);
+            if tokio::task::spawn_blocking(move || registry.publish_now())
+                .await
+                .is_err()
+            {
+                tracing::error!("publishing the zone failed; trying at the next change");
+            }
+        }
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {
@@ -843,7 +886,7 @@ impl Registry {
             },
             &reason,
         )?;
-        let sources = {
+        {
             let mut live = self.live();
             live.upsert(&node);
             if let Some(entry) = live.nodes.get_mut(&node.id) {
@@ -851,9 +894,8 @@ impl Registry {
                 entry.last_heard = Instant::now();
                 entry.unknown_sweeps = 0;
             }
-            live.record_sources()
-        };
-        self.zone.publish(&sources);
+        }
+        self.publish();
         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             cluster = %node.cluster,
@@ -985,15 +1027,14 @@ impl Registry {
         );
         self.store
             .update_addresses(id, node.state, private_ipv4, public_ipv4, &reason, source)?;
-        let sources = {
+        {
             let mut live = self.live();
             if let Some(entry) = live.nodes.get_mut(&id) {
                 entry.private_ipv4 = Some(private_ipv4);
                 entry.public_ipv4 = public_ipv4;
             }
-            live.record_sources()
-        };
-        self.zone.publish(&sources);
+        }
+        self.publish();
         self.counters
             .address_changes
             .fetch_add(1, Ordering::Relaxed);
@@ -1035,14 +1076,13 @@ impl Registry {
             }
             return Ok(node.state);
         }
-        let sources = {
+        {
             let mut live = self.live();
             if let Some(entry) = live.nodes.get_mut(&id) {
                 entry.state = to;
             }
-            live.record_sources()
-        };
-        self.zone.publish(&sources);
+        }
+        self.publish();
         tracing::info!(
             cluster = %node.cluster,
             node = %node.name,
@@ -1210,16 +1250,15 @@ impl Registry {
     async fn forget_node(&self, id: i64) -> Result<(), RegistryError> {
         let _write = self.write.lock().await;
         self.store.delete_node(id)?;
-        let sources = {
+        {
             let mut live = self.live();
             if let Some(node) = live.nodes.remove(&id) {
                 if let Some(hash) = node.credential_hash {
                     live.by_credential.remove(&hash);
                 }
             }
-            live.record_sources()
-        };
-        self.zone.publish(&sources);
+        }
+        self.publish();
         Ok(())
     }
 
