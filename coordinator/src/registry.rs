@@ -4,13 +4,18 @@
 //! - Every claim is checked against EC2 before anything is written: the
 //!   instance exists, is `pending` or `running`, sits in the claimed zone and
 //!   really has the claimed addresses. A refused claim changes nothing.
+//!   Bring-your-own nodes (a register carrying `byon`, admitted only by a
+//!   cluster's bring-your-own token) are the exception: EC2 knows nothing of
+//!   them, so it is never asked, and the sweep leaves them alone.
 //! - One instance id is one node, for its whole life: a second register of
 //!   the same instance reuses the node and rotates its credential (the old one
 //!   stops working at once).
 //! - Heartbeats update memory only ([`Live`]); the store is written on
 //!   registers and address changes, each with its event.
 //! - After every write the DNS zone is rebuilt from the in-memory view, which
-//!   mirrors the store.
+//!   mirrors the store: at once, or, once [`Registry::run_publisher`] runs
+//!   (it does under `serve`), by that task, which folds the writes that land
+//!   during a rebuild into one more.
 //!
 //! Secrets are 256-bit random values ([`muster_proto::token`]); only their
 //! SHA-256 is kept, and join tokens are compared in constant time.
