@@ -202,6 +202,24 @@ pub enum LaunchError {
 }
 
 impl LaunchError {
+    /// No subnet could take `spec`'s instances, each for its reason.
+    pub fn no_usable_subnet(spec: &LaunchSpec, problems: &[SubnetProblem]) -> LaunchError {
+        LaunchError::NoUsableSubnet {
+            region: spec.region.clone(),
+            instance_type: spec.instance_type.clone(),
+            ami: spec.ami.clone(),
+            reasons: if problems.is_empty() {
+                "the VPC has no subnet to use".to_owned()
+            } else {
+                problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.subnet, p.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+        }
+    }
+
     /// Whether the request, not EC2 or muster, is at fault: EC2 found
     /// something in it invalid (an image or profile that does not exist, a
     /// VPC of the wrong shape), so asking again unchanged will not help.
@@ -302,20 +320,7 @@ impl Launcher {
             })
             .collect();
         if network.subnets.is_empty() {
-            return Err(LaunchError::NoUsableSubnet {
-                region: region.to_owned(),
-                instance_type: spec.instance_type.clone(),
-                ami: spec.ami.clone(),
-                reasons: if excluded.is_empty() {
-                    "the VPC has no subnet to use".to_owned()
-                } else {
-                    excluded
-                        .iter()
-                        .map(|p| format!("{}: {}", p.subnet, p.reason))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                },
-            });
+            return Err(LaunchError::no_usable_subnet(spec, &excluded));
         }
 
         let (security_groups, created_security_group) = if spec.security_groups().is_empty() {
@@ -541,11 +546,7 @@ impl Launcher {
                             .code()
                             .is_some_and(|code| SUBNET_REFUSALS.contains(&code)) =>
                     {
-                        let reason = format!(
-                            "{}: {}",
-                            error.code().unwrap_or_default(),
-                            error.message().unwrap_or("no message")
-                        );
+                        let reason = describe_error(&error);
                         tracing::warn!(%region, %subnet, %reason, "subnet refused the launch; placing elsewhere");
                         refused.push(SubnetProblem { subnet, reason });
                     }

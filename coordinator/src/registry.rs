@@ -266,6 +266,15 @@ impl Live {
         );
     }
 
+    /// Forgets node `id` and its credential.
+    fn remove(&mut self, id: i64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            if let Some(hash) = node.credential_hash {
+                self.by_credential.remove(&hash);
+            }
+        }
+    }
+
     fn record_sources(&self) -> Vec<NodeRecordSource> {
         self.nodes
             .values()
@@ -393,6 +402,17 @@ fn cluster_launch(cluster: &Cluster) -> Result<Option<ClusterLaunch>, StoreError
             })
         })
         .transpose()
+}
+
+/// A cluster's launch as the store keeps it: the inverse of
+/// [`cluster_launch`].
+fn launch_json(launch: &ClusterLaunch) -> Result<String, RegistryError> {
+    serde_json::to_string(launch).map_err(|e| {
+        RegistryError::Store(StoreError::Corrupt {
+            field: "clusters.launch",
+            value: e.to_string(),
+        })
+    })
 }
 
 fn event_view(e: crate::store::Event) -> NodeEvent {
@@ -1256,12 +1276,7 @@ impl Registry {
         let _write = self.write.lock().await;
         self.store.delete_node(id)?;
         {
-            let mut live = self.live();
-            if let Some(node) = live.nodes.remove(&id) {
-                if let Some(hash) = node.credential_hash {
-                    live.by_credential.remove(&hash);
-                }
-            }
+            self.live().remove(id);
         }
         self.publish();
         Ok(())

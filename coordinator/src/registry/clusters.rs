@@ -32,9 +32,9 @@ use muster_proto::{
     validate, ClusterState, ClusterView, CreateClusterRequest, CreateClusterResponse, NodeState,
 };
 
-use super::{cluster_launch, hash_secret, new_secret, Registry, RegistryError};
+use super::{cluster_launch, hash_secret, launch_json, new_secret, Registry, RegistryError};
 use crate::dns::INTERNAL_LABEL;
-use crate::launcher::{ClusterLaunch, Wave};
+use crate::launcher::{ClusterLaunch, LaunchError, Wave};
 use crate::lifecycle::Input;
 use crate::store::{Cluster, TokenPurpose};
 use crate::userdata::{self, AgentBootstrap};
@@ -137,12 +137,7 @@ impl Registry {
             )
         })?;
         let launch = context.launcher.prepare(&req.name, spec).await?;
-        let json = serde_json::to_string(&launch).map_err(|e| {
-            RegistryError::Store(crate::store::StoreError::Corrupt {
-                field: "clusters.launch",
-                value: e.to_string(),
-            })
-        })?;
+        let json = launch_json(&launch)?;
         let cluster = match self
             .store
             .create_cluster(&req.name, &hash_secret(&token), Some(&json))
@@ -186,11 +181,7 @@ impl Registry {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            if let Some(node) = live.nodes.remove(&id) {
-                if let Some(hash) = node.credential_hash {
-                    live.by_credential.remove(&hash);
-                }
-            }
+            live.remove(id);
         }
     }
 
@@ -247,18 +238,7 @@ impl Registry {
             )
             .await?;
         if wave.launched.is_empty() {
-            let reasons: Vec<String> = wave
-                .refused
-                .iter()
-                .map(|r| format!("{}: {}", r.subnet, r.reason))
-                .collect();
-            return Err(crate::launcher::LaunchError::NoUsableSubnet {
-                region: launch.spec.region.clone(),
-                instance_type: launch.spec.instance_type.clone(),
-                ami: launch.spec.ami.clone(),
-                reasons: reasons.join("; "),
-            }
-            .into());
+            return Err(LaunchError::no_usable_subnet(&launch.spec, &wave.refused).into());
         }
         let reason = format!(
             "launched as {} from {} with a {} GiB gp2 data volume",
@@ -359,12 +339,7 @@ impl Registry {
             }
         }
         launch.spec.count = req.count;
-        let json = serde_json::to_string(&launch).map_err(|e| {
-            RegistryError::Store(crate::store::StoreError::Corrupt {
-                field: "clusters.launch",
-                value: e.to_string(),
-            })
-        })?;
+        let json = launch_json(&launch)?;
         self.store.set_cluster_launch(cluster.id, &json)?;
         tracing::info!(
             cluster = %name,
