@@ -82,6 +82,7 @@ fn heartbeat(c: &mut Criterion) {
                 private_ipv4: Some(private),
                 public_ipv4: Some(public),
                 availability_zone: Some("us-east-1a".into()),
+                cluster_tag: Some("web".into()),
             };
             (id, facts)
         })

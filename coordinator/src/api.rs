@@ -6,23 +6,46 @@
 //! - Admin endpoints need `Authorization: Bearer <admin token>`.
 //! - Every error is JSON `{"error": {"code", "message"}}`. Bad input is a 4xx;
 //!   a 5xx means our own fault or EC2 being unavailable.
-//! - Bodies are capped at [`muster_proto::MAX_BODY_BYTES`]; unknown JSON
-//!   fields are refused.
+//! - Bodies are capped at [`muster_proto::MAX_BODY_BYTES`] and must arrive
+//!   within [`BODY_TIMEOUT`]; unknown JSON fields are refused. (Headers must
+//!   arrive within [`HEADER_TIMEOUT`] and the TLS handshake within 10 s: the
+//!   server enforces those, see [`crate::serve`].)
+//! - The agent endpoints are rate limited per source address
+//!   (`--agent-rate-limit` requests per second, bursts of twice that);
+//!   beyond it the answer is 429 `rate_limited` with `Retry-After`.
+//! - The source address is the TCP peer, or, when the peer is one of
+//!   `--trusted-proxies`, the last address in `X-Forwarded-For` that is not
+//!   a trusted proxy. `--verify-source` checks it against the node's
+//!   addresses.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use muster_proto::{paths, CreateClusterRequest, CreateClusterResponse, ErrorBody, ErrorDetail};
 use serde::de::DeserializeOwned;
 
+use crate::config::Trust;
 use crate::registry::{secret_matches, Registry, RegistryError};
+
+/// How long a request body may take to arrive.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request's headers may take to arrive.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Agent requests per source address, over time.
+pub type SourceLimiter = governor::DefaultKeyedRateLimiter<IpAddr>;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -31,6 +54,85 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// SHA-256 of the admin token.
     pub admin_token_hash: Arc<String>,
+    /// Proxies to believe, and whether sources are checked.
+    pub trust: Arc<Trust>,
+    /// The per-source limit on agent requests, if there is one.
+    pub limiter: Option<Arc<SourceLimiter>>,
+}
+
+/// The limiter for `per_second` agent requests from one source (bursts of
+/// twice that), or none for 0.
+pub fn source_limiter(per_second: u32) -> Option<Arc<SourceLimiter>> {
+    let rate = NonZeroU32::new(per_second)?;
+    let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+    Some(Arc::new(governor::RateLimiter::keyed(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    )))
+}
+
+/// The client's address: the TCP peer, or, behind trusted proxies, the
+/// last `X-Forwarded-For` hop that is not one of them.
+pub fn client_addr(trust: &Trust, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let trusted = |ip: IpAddr| match ip.to_canonical() {
+        IpAddr::V4(v4) => trust
+            .trusted_proxies
+            .iter()
+            .any(|&net| muster_proto::validate::in_cidr(v4, net)),
+        IpAddr::V6(_) => false,
+    };
+    let mut addr = peer.to_canonical();
+    if !trusted(addr) {
+        return addr;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                addr = ip.to_canonical();
+                if !trusted(addr) {
+                    return addr;
+                }
+            }
+            // A hop that is no address: stop at the last one believed.
+            Err(_) => return addr,
+        }
+    }
+    addr
+}
+
+/// The rate limit on agent requests, keyed by client address.
+async fn limit_agents(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(limiter) = &state.limiter {
+        let source = client_addr(&state.trust, peer.ip(), req.headers());
+        if let Err(not_until) = limiter.check_key(&source) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many agent requests from {source}; try again shortly"),
+            )
+            .into_response();
+            let secs = wait.as_secs().max(1).to_string();
+            if let Ok(value) = header::HeaderValue::from_str(&secs) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+    }
+    next.run(req).await
 }
 
 /// An error answer.
@@ -68,9 +170,10 @@ impl From<RegistryError> for ApiError {
         let status = match &error {
             RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
             RegistryError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            RegistryError::CredentialMismatch { .. } | RegistryError::InstanceNotFound { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            RegistryError::CredentialMismatch { .. }
+            | RegistryError::InstanceNotFound { .. }
+            | RegistryError::ClusterTagMismatch { .. } => StatusCode::FORBIDDEN,
+            RegistryError::SourceMismatch { .. } => StatusCode::FORBIDDEN,
             RegistryError::InstanceNotRunning { .. }
             | RegistryError::AddressMismatch { .. }
             | RegistryError::InstanceInOtherCluster { .. }
@@ -93,9 +196,11 @@ impl From<RegistryError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        let status = match rejection {
+        let status = match &rejection {
             JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            JsonRejection::BytesRejection(b) if b.body_text().contains("length limit") => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, "invalid_json", rejection.body_text())
@@ -114,7 +219,16 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
+        let read = Json::<T>::from_request(req, state);
+        let Json(value) = tokio::time::timeout(BODY_TIMEOUT, read)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+                )
+            })??;
         Ok(Body(value))
     }
 }
@@ -149,9 +263,15 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let agent = Router::new()
         .route(paths::AGENT_REGISTER, post(register))
         .route(paths::AGENT_HEARTBEAT, post(heartbeat))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_agents,
+        ));
+    Router::new()
+        .merge(agent)
         .route(paths::CLUSTERS, get(list_clusters).post(create_cluster))
         .route(paths::CLUSTER, get(show_cluster).delete(remove_cluster))
         .route(paths::CLUSTER_SCALE, post(scale_cluster))
@@ -178,20 +298,34 @@ pub fn router(state: AppState) -> Router {
 
 async fn register(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Body(req): Body<muster_proto::RegisterRequest>,
 ) -> Result<Json<muster_proto::RegisterResponse>, ApiError> {
     let token = bearer(&headers)?;
-    Ok(Json(state.registry.register(token, req).await?))
+    let source = client_addr(&state.trust, peer.ip(), &headers);
+    Ok(Json(
+        state
+            .registry
+            .register_from(token, req, Some(source))
+            .await?,
+    ))
 }
 
 async fn heartbeat(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Body(req): Body<muster_proto::HeartbeatRequest>,
 ) -> Result<Json<muster_proto::HeartbeatResponse>, ApiError> {
     let token = bearer(&headers)?;
-    Ok(Json(state.registry.heartbeat(token, req).await?))
+    let source = client_addr(&state.trust, peer.ip(), &headers);
+    Ok(Json(
+        state
+            .registry
+            .heartbeat_from(token, req, Some(source))
+            .await?,
+    ))
 }
 
 async fn list_clusters(
@@ -389,18 +523,24 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "EC2 sweeps completed (every region read or given up on).",
         vec![format!("muster_sweeps_total {}", load(&counters.sweeps))],
     );
-    let refusals = counters
-        .refusals
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(code, n)| format!("muster_agent_refusals_total{{code=\"{code}\"}} {n}"))
-        .collect();
+    let by_code = |name: &str, map: &std::sync::Mutex<std::collections::BTreeMap<&str, u64>>| {
+        map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(code, n)| format!("{name}{{code=\"{code}\"}} {n}"))
+            .collect::<Vec<_>>()
+    };
     section(
         "muster_agent_refusals_total",
         "counter",
         "Agent requests refused, by error code.",
-        refusals,
+        by_code("muster_agent_refusals_total", &counters.refusals),
+    );
+    section(
+        "muster_security_events_total",
+        "counter",
+        "Agent requests refused as someone speaking for a node they may not be, by error code.",
+        by_code("muster_security_events_total", &counters.security_events),
     );
     section(
         "muster_nodes",
@@ -431,4 +571,72 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(hops: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for hop in hops {
+            headers.append("x-forwarded-for", hop.parse().unwrap());
+        }
+        headers
+    }
+
+    /// X-Forwarded-For is believed only from trusted proxies, and only up
+    /// to the first hop that is not one.
+    #[test]
+    fn client_address_behind_trusted_proxies() {
+        let trust = Trust {
+            trusted_proxies: vec![("10.9.0.0".parse().unwrap(), 16)],
+            ..Trust::default()
+        };
+        let proxy: IpAddr = "10.9.0.5".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        let client: IpAddr = "54.1.2.3".parse().unwrap();
+        // A stranger's header is ignored.
+        assert_eq!(
+            client_addr(&trust, stranger, &forwarded(&["54.1.2.3"])),
+            stranger
+        );
+        // Through the proxy: the last hop that is not a proxy, whatever
+        // the client itself wrote in front of it.
+        assert_eq!(
+            client_addr(&trust, proxy, &forwarded(&["6.6.6.6, 54.1.2.3, 10.9.0.7"])),
+            client
+        );
+        assert_eq!(
+            client_addr(&trust, proxy, &forwarded(&["6.6.6.6", "54.1.2.3"])),
+            client
+        );
+        // No header, or garbage: the proxy itself, which matches no node.
+        assert_eq!(client_addr(&trust, proxy, &HeaderMap::new()), proxy);
+        assert_eq!(
+            client_addr(&trust, proxy, &forwarded(&["not-an-ip"])),
+            proxy
+        );
+        // IPv4-mapped IPv6 peers are their IPv4 selves.
+        let mapped: IpAddr = "::ffff:10.9.0.5".parse().unwrap();
+        assert_eq!(
+            client_addr(&trust, mapped, &forwarded(&["54.1.2.3"])),
+            client
+        );
+    }
+
+    /// The limiter lets a burst of twice the rate through, then refuses.
+    #[test]
+    fn source_limiter_bursts_then_refuses() {
+        assert!(source_limiter(0).is_none());
+        let limiter = source_limiter(3).unwrap();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let allowed = (0..20).filter(|_| limiter.check_key(&a).is_ok()).count();
+        assert_eq!(allowed, 6);
+        assert!(
+            limiter.check_key(&b).is_ok(),
+            "another source has its own bucket"
+        );
+    }
 }

@@ -35,6 +35,8 @@ pub const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_DNS_PROVIDER: &str = "embedded";
 /// Default TSIG algorithm.
 pub const DEFAULT_TSIG_ALGORITHM: &str = "hmac-sha256";
+/// Default agent requests per second from one source address.
+pub const DEFAULT_AGENT_RATE_LIMIT: u32 = 20;
 /// Default time between full DNS reconciles.
 pub const DEFAULT_DNS_RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -104,6 +106,18 @@ pub struct ServeArgs {
     /// Time between full DNS reconciles, which repair drift [default: 5m]
     #[arg(long, env = "MUSTER_DNS_RECONCILE_INTERVAL")]
     pub dns_reconcile_interval: Option<String>,
+    /// Refuse agent requests whose source address is not one of the node's [default: false]
+    #[arg(long, env = "MUSTER_VERIFY_SOURCE", num_args = 0..=1, default_missing_value = "true")]
+    pub verify_source: Option<String>,
+    /// Proxies (IPv4 CIDRs, comma separated) whose X-Forwarded-For is believed [default: none]
+    #[arg(long, env = "MUSTER_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    /// Reserved ranges (IPv4 CIDRs, comma separated) accepted as public addresses anyway [default: none]
+    #[arg(long = "public-ipv4-allow", env = "MUSTER_PUBLIC_IPV4_ALLOW")]
+    pub public_ipv4_allow: Option<String>,
+    /// Agent requests per second allowed from one source address, 0 for no limit [default: 20]
+    #[arg(long, env = "MUSTER_AGENT_RATE_LIMIT")]
+    pub agent_rate_limit: Option<String>,
 }
 
 /// The `[serve]` table of the config file.
@@ -130,6 +144,10 @@ struct FileServe {
     tsig_algorithm: Option<String>,
     tsig_secret_file: Option<PathBuf>,
     dns_reconcile_interval: Option<String>,
+    verify_source: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
+    public_ipv4_allow: Option<Vec<String>>,
+    agent_rate_limit: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +210,25 @@ pub struct Settings {
     pub dns_provider: DnsProvider,
     /// Time between full reconciles with an external DNS provider.
     pub dns_reconcile_interval: Duration,
+    /// Who may speak for a node.
+    pub trust: Trust,
+}
+
+/// An IPv4 block, `(network, prefix length)`.
+pub type Cidr = (std::net::Ipv4Addr, u8);
+
+/// Who may speak for a node, beyond its credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// Refuse agent requests from a source address that is not one of the
+    /// node's (after [`Trust::trusted_proxies`]).
+    pub verify_source: bool,
+    /// Peers whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Reserved ranges accepted as public addresses anyway.
+    pub public_ipv4_allow: Vec<Cidr>,
+    /// Agent requests per second from one source; 0 is no limit.
+    pub agent_rate_limit: u32,
 }
 
 /// Which server holds the zone's records.
@@ -443,6 +480,44 @@ impl Settings {
             (Duration::from_secs(1), Duration::from_secs(86_400)),
         )?;
 
+        let verify_text = args
+            .verify_source
+            .clone()
+            .or(file.verify_source.map(|b| b.to_string()))
+            .unwrap_or_else(|| "false".into());
+        let verify_source = match verify_text.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" => true,
+            "false" | "no" | "0" => false,
+            _ => return Err(bad("verify_source", &verify_text, "must be true or false")),
+        };
+        let trusted_proxies = cidrs(
+            "trusted_proxies",
+            args.trusted_proxies
+                .clone()
+                .or(file.trusted_proxies.map(|v| v.join(","))),
+        )?;
+        let public_ipv4_allow = cidrs(
+            "public_ipv4_allow",
+            args.public_ipv4_allow
+                .clone()
+                .or(file.public_ipv4_allow.map(|v| v.join(","))),
+        )?;
+        let rate_text = args
+            .agent_rate_limit
+            .clone()
+            .or(file.agent_rate_limit.map(toml_text))
+            .unwrap_or_else(|| DEFAULT_AGENT_RATE_LIMIT.to_string());
+        let agent_rate_limit: u32 = rate_text
+            .parse()
+            .map_err(|e| bad("agent_rate_limit", &rate_text, e))?;
+        if agent_rate_limit > 1_000_000 {
+            return Err(bad(
+                "agent_rate_limit",
+                &rate_text,
+                "must be between 0 (no limit) and 1000000 requests per second",
+            ));
+        }
+
         Ok(Settings {
             listen,
             dns_listen,
@@ -459,6 +534,12 @@ impl Settings {
             launch_timeout,
             dns_provider,
             dns_reconcile_interval,
+            trust: Trust {
+                verify_source,
+                trusted_proxies,
+                public_ipv4_allow,
+                agent_rate_limit,
+            },
         })
     }
 
@@ -604,6 +685,20 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// A number in the file may be written bare or quoted.
+/// A comma-separated list of IPv4 CIDRs; empty when not set.
+fn cidrs(name: &'static str, text: Option<String>) -> Result<Vec<Cidr>, ConfigError> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            muster_proto::validate::ipv4_cidr(name, part).map_err(|e| bad(name, &text, e.reason))
+        })
+        .collect()
+}
+
 fn toml_text(value: toml::Value) -> String {
     match value {
         toml::Value::String(s) => s,
@@ -760,6 +855,19 @@ mod tests {
             ("launch_timeout", |a| a.launch_timeout = Some("2d".into())),
             ("tls_key", |a| a.tls_cert = Some("/etc/hostname".into())),
             ("config", |a| a.config = Some("/nonexistent/c.toml".into())),
+            ("verify_source", |a| a.verify_source = Some("maybe".into())),
+            ("trusted_proxies", |a| {
+                a.trusted_proxies = Some("10.0.0.0/8,10.0.0.1/8".into())
+            }),
+            ("public_ipv4_allow", |a| {
+                a.public_ipv4_allow = Some("127.0.0.0/33".into())
+            }),
+            ("agent_rate_limit", |a| {
+                a.agent_rate_limit = Some("-1".into())
+            }),
+            ("agent_rate_limit", |a| {
+                a.agent_rate_limit = Some("2000000".into())
+            }),
         ];
         for (name, mutate) in cases {
             let mut a = args();
@@ -768,6 +876,46 @@ mod tests {
             assert_eq!(err.name, name, "{err}");
             assert!(err.to_string().starts_with(&format!("{name}=")), "{err}");
         }
+    }
+
+    /// The trust settings: off by default; lists from flags or the file.
+    #[test]
+    fn trust_settings() {
+        let s = Settings::load(&args()).unwrap();
+        assert_eq!(
+            s.trust,
+            Trust {
+                agent_rate_limit: DEFAULT_AGENT_RATE_LIMIT,
+                ..Trust::default()
+            }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[serve]\nverify_source = true\ntrusted_proxies = [\"10.1.0.0/16\", \"192.168.0.10/32\"]\n\
+             agent_rate_limit = 0\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        a.public_ipv4_allow = Some("127.0.0.0/8".into());
+        let s = Settings::load(&a).unwrap();
+        assert!(s.trust.verify_source);
+        assert_eq!(
+            s.trust.trusted_proxies,
+            vec![
+                (std::net::Ipv4Addr::new(10, 1, 0, 0), 16),
+                (std::net::Ipv4Addr::new(192, 168, 0, 10), 32)
+            ]
+        );
+        assert_eq!(
+            s.trust.public_ipv4_allow,
+            vec![(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)]
+        );
+        assert_eq!(s.trust.agent_rate_limit, 0);
+        a.verify_source = Some("false".into());
+        assert!(!Settings::load(&a).unwrap().trust.verify_source);
     }
 
     /// Unknown keys in the file are refused, not ignored.

@@ -25,6 +25,8 @@ pub struct InstanceFacts {
     pub public_ipv4: Option<Ipv4Addr>,
     /// Availability zone.
     pub availability_zone: Option<String>,
+    /// The value of its `muster:cluster` tag: the cluster it may join.
+    pub cluster_tag: Option<String>,
 }
 
 /// Errors asking EC2.
@@ -289,6 +291,12 @@ fn facts_of(i: &aws_sdk_ec2::types::Instance) -> InstanceFacts {
         availability_zone: i
             .placement()
             .and_then(|p| p.availability_zone())
+            .map(str::to_owned),
+        cluster_tag: i
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(crate::launcher::TAG_CLUSTER))
+            .and_then(|t| t.value())
             .map(str::to_owned),
     }
 }

@@ -169,6 +169,7 @@ pub async fn serve(
                 launch_timeout: settings.launch_timeout,
             },
         )?
+        .with_trust(settings.trust.clone())
         .with_launcher(LaunchContext {
             launcher: launcher::Launcher::new(clients, data_dir),
             coordinator_url: settings.public_url.clone(),
@@ -205,18 +206,39 @@ pub async fn serve(
     let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen).await?;
     tracing::info!(addr = %dns_addr, zone = %settings.zone, "dns listening (udp, tcp)");
 
+    let limiter = api::source_limiter(settings.trust.agent_rate_limit);
+    if let Some(limiter) = limiter.clone() {
+        // Forget sources not heard from lately, so the table stays small.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        });
+    }
     let app = api::router(api::AppState {
         registry,
         admin_token_hash: Arc::new(registry::hash_secret(&admin_token)),
+        trust: Arc::new(settings.trust.clone()),
+        limiter,
     });
     let handle = axum_server::Handle::new();
     let listen = settings.listen;
-    let server = axum_server::bind_rustls(
+    let mut server = axum_server::bind_rustls(
         listen,
         axum_server::tls_rustls::RustlsConfig::from_config(tls),
     )
-    .handle(handle.clone())
-    .serve(app.into_make_service());
+    .handle(handle.clone());
+    // A client that dribbles its headers is cut off (the TLS handshake has
+    // its own 10 s limit, and bodies have theirs in the API).
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(api::HEADER_TIMEOUT);
+    let server = server.serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>());
     let mut api_task = tokio::spawn(server);
     let api_addr = tokio::select! {
         addr = handle.listening() => addr,

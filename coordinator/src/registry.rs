@@ -21,7 +21,7 @@
 //! SHA-256 is kept, and join tokens are compared in constant time.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,6 +35,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::Trust;
 use crate::dns::{NodeRecordSource, Zone};
 use crate::ec2::{Ec2Error, InstanceFacts, InstanceLookup};
 use crate::launcher::{ClusterLaunch, LaunchError, Launcher};
@@ -69,6 +70,20 @@ pub enum RegistryError {
         /// The region asked.
         region: String,
     },
+    /// The instance does not carry the `muster:cluster` tag of the cluster
+    /// it claims to join.
+    #[error(
+        "instance {instance_id} is tagged muster:cluster={}, so it may not join cluster {cluster}",
+        tag.as_deref().unwrap_or("(no tag)")
+    )]
+    ClusterTagMismatch {
+        /// The instance.
+        instance_id: String,
+        /// The cluster claimed.
+        cluster: String,
+        /// Its tag's value, if it has the tag.
+        tag: Option<String>,
+    },
     /// The instance is not pending or running.
     #[error("instance {instance_id} is {state} in EC2, not running")]
     InstanceNotRunning {
@@ -76,6 +91,19 @@ pub enum RegistryError {
         instance_id: String,
         /// Its EC2 state.
         state: String,
+    },
+    /// With `verify_source`, the request came from an address that is not
+    /// one of the node's.
+    #[error(
+        "the request came from {source_addr}, which is not an address of {instance_id} ({claimed})"
+    )]
+    SourceMismatch {
+        /// The instance.
+        instance_id: String,
+        /// Where the request came from.
+        source_addr: IpAddr,
+        /// The node's addresses.
+        claimed: String,
     },
     /// A claimed address or zone is not what EC2 reports.
     #[error("{field} claimed {claimed} but EC2 reports {actual} for instance {instance_id}")]
@@ -154,6 +182,25 @@ impl From<StoreError> for RegistryError {
 }
 
 impl RegistryError {
+    /// Whether this refusal may be someone speaking for a node they are
+    /// not: logged as a security event (target `muster::security`) with
+    /// the claimed and actual values, and counted.
+    pub fn is_security_event(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Unauthorized(_)
+                | RegistryError::CredentialMismatch { .. }
+                | RegistryError::InstanceNotFound { .. }
+                | RegistryError::InstanceNotRunning { .. }
+                | RegistryError::ClusterTagMismatch { .. }
+                | RegistryError::SourceMismatch { .. }
+                | RegistryError::AddressMismatch { .. }
+                | RegistryError::InstanceInOtherCluster { .. }
+                | RegistryError::NodeTerminated { .. }
+                | RegistryError::NameTaken { .. }
+        )
+    }
+
     /// The stable, snake_case code scripts may match on.
     pub fn code(&self) -> &'static str {
         match self {
@@ -162,6 +209,8 @@ impl RegistryError {
             RegistryError::CredentialMismatch { .. } => "credential_mismatch",
             RegistryError::InstanceNotFound { .. } => "instance_not_found",
             RegistryError::InstanceNotRunning { .. } => "instance_not_running",
+            RegistryError::ClusterTagMismatch { .. } => "cluster_tag_mismatch",
+            RegistryError::SourceMismatch { .. } => "source_mismatch",
             RegistryError::AddressMismatch { .. } => "address_mismatch",
             RegistryError::InstanceInOtherCluster { .. } => "instance_in_other_cluster",
             RegistryError::NodeTerminated { .. } => "node_terminated",
@@ -302,16 +351,22 @@ pub struct Counters {
     pub sweeps: AtomicU64,
     /// Refusals by error code.
     pub refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Security events by error code.
+    pub security_events: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Counters {
-    fn refused(&self, code: &'static str) {
-        *self
-            .refusals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(code)
-            .or_default() += 1;
+    fn refused(&self, error: &RegistryError) {
+        let count = |map: &Mutex<BTreeMap<&'static str, u64>>| {
+            *map.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(error.code())
+                .or_default() += 1;
+        };
+        count(&self.refusals);
+        if error.is_security_event() {
+            count(&self.security_events);
+        }
     }
 }
 
@@ -345,6 +400,8 @@ pub struct Registry {
     /// Whether a publisher runs; until one does, every write publishes
     /// before it returns.
     coalesce: std::sync::atomic::AtomicBool,
+    /// Source checks and address rules.
+    trust: Trust,
     /// Counters for `/metrics`.
     pub counters: Counters,
 }
@@ -457,7 +514,48 @@ impl Registry {
             clusters: tokio::sync::Mutex::new(()),
             publish_wanted: tokio::sync::Notify::new(),
             coalesce: std::sync::atomic::AtomicBool::new(false),
+            trust: Trust::default(),
             counters: Counters::default(),
+        })
+    }
+
+    /// Sets the source checks and address rules (default: none).
+    pub fn with_trust(mut self, trust: Trust) -> Registry {
+        self.trust = trust;
+        self
+    }
+
+    /// Refuses addresses that cannot be the node's: a public address in a
+    /// reserved range the operator did not allow, and, with
+    /// `verify_source`, a request from an address that is none of them.
+    fn check_addresses(
+        &self,
+        instance_id: &str,
+        source: Option<IpAddr>,
+        private_ipv4: Ipv4Addr,
+        public_ipv4: Option<Ipv4Addr>,
+    ) -> Result<(), RegistryError> {
+        if let Some(public) = public_ipv4 {
+            muster_proto::validate::public_ipv4(
+                "public_ipv4",
+                public,
+                &self.trust.public_ipv4_allow,
+            )?;
+        }
+        if !self.trust.verify_source {
+            return Ok(());
+        }
+        let ok = match source.map(|s| s.to_canonical()) {
+            Some(IpAddr::V4(from)) => from == private_ipv4 || Some(from) == public_ipv4,
+            _ => false,
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(RegistryError::SourceMismatch {
+            instance_id: instance_id.to_owned(),
+            source_addr: source.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            claimed: format!("private {private_ipv4}, public {}", show_ip(public_ipv4)),
         })
     }
 
@@ -653,9 +751,12 @@ impl Registry {
         })
     }
 
-    /// Checks a claim against EC2.
+    /// Checks a claim against EC2: the instance exists, runs, carries the
+    /// cluster's `muster:cluster` tag, and has the claimed zone and
+    /// addresses.
     async fn check_claim(
         &self,
+        cluster: &str,
         region: &str,
         instance_id: &str,
         availability_zone: Option<&str>,
@@ -674,6 +775,13 @@ impl Registry {
             return Err(RegistryError::InstanceNotRunning {
                 instance_id: instance_id.to_owned(),
                 state: facts.state,
+            });
+        }
+        if facts.cluster_tag.as_deref() != Some(cluster) {
+            return Err(RegistryError::ClusterTagMismatch {
+                instance_id: instance_id.to_owned(),
+                cluster: cluster.to_owned(),
+                tag: facts.cluster_tag,
             });
         }
         let mismatch = |field, claimed: String, actual: String| RegistryError::AddressMismatch {
@@ -714,9 +822,23 @@ impl Registry {
         operation: &'static str,
         instance_id: &str,
         error: RegistryError,
+        source: Option<IpAddr>,
     ) -> RegistryError {
-        self.counters.refused(error.code());
-        tracing::warn!(operation, instance_id, code = error.code(), %error, "agent request refused");
+        self.counters.refused(&error);
+        let source = source.map(|s| s.to_string()).unwrap_or_default();
+        if error.is_security_event() {
+            tracing::warn!(
+                target: "muster::security",
+                operation,
+                instance_id,
+                %source,
+                code = error.code(),
+                %error,
+                "security event: agent request refused"
+            );
+        } else {
+            tracing::warn!(operation, instance_id, %source, code = error.code(), %error, "agent request refused");
+        }
         error
     }
 
@@ -726,18 +848,31 @@ impl Registry {
         bearer: &str,
         req: RegisterRequest,
     ) -> Result<RegisterResponse, RegistryError> {
+        self.register_from(bearer, req, None).await
+    }
+
+    /// [`Registry::register`] from `source`, the client's address, which
+    /// `verify_source` checks.
+    pub async fn register_from(
+        &self,
+        bearer: &str,
+        req: RegisterRequest,
+        source: Option<IpAddr>,
+    ) -> Result<RegisterResponse, RegistryError> {
         let instance_id = req.instance_id.clone();
-        self.register_checked(bearer, req)
+        self.register_checked(bearer, req, source)
             .await
-            .map_err(|e| self.refuse("register", &instance_id, e))
+            .map_err(|e| self.refuse("register", &instance_id, e, source))
     }
 
     async fn register_checked(
         &self,
         bearer: &str,
         req: RegisterRequest,
+        source: Option<IpAddr>,
     ) -> Result<RegisterResponse, RegistryError> {
         req.validate()?;
+        self.check_addresses(&req.instance_id, source, req.private_ipv4, req.public_ipv4)?;
         let cluster = self.store.cluster(&req.cluster)?;
         let how = match TokenKind::of(bearer) {
             Some(TokenKind::Join) => {
@@ -878,6 +1013,7 @@ impl Registry {
             }
             None => {
                 self.check_claim(
+                    &cluster.name,
                     &req.region,
                     &req.instance_id,
                     Some(&req.availability_zone),
@@ -946,18 +1082,31 @@ impl Registry {
         bearer: &str,
         req: HeartbeatRequest,
     ) -> Result<HeartbeatResponse, RegistryError> {
+        self.heartbeat_from(bearer, req, None).await
+    }
+
+    /// [`Registry::heartbeat`] from `source`, the client's address, which
+    /// `verify_source` checks.
+    pub async fn heartbeat_from(
+        &self,
+        bearer: &str,
+        req: HeartbeatRequest,
+        source: Option<IpAddr>,
+    ) -> Result<HeartbeatResponse, RegistryError> {
         let instance_id = req.instance_id.clone();
-        self.heartbeat_checked(bearer, req)
+        self.heartbeat_checked(bearer, req, source)
             .await
-            .map_err(|e| self.refuse("heartbeat", &instance_id, e))
+            .map_err(|e| self.refuse("heartbeat", &instance_id, e, source))
     }
 
     async fn heartbeat_checked(
         &self,
         bearer: &str,
         req: HeartbeatRequest,
+        source: Option<IpAddr>,
     ) -> Result<HeartbeatResponse, RegistryError> {
         req.validate()?;
+        self.check_addresses(&req.instance_id, source, req.private_ipv4, req.public_ipv4)?;
         if TokenKind::of(bearer) != Some(TokenKind::Node) {
             return Err(RegistryError::Unauthorized(
                 "a heartbeat needs \"Authorization: Bearer <node credential>\"".into(),
@@ -994,6 +1143,7 @@ impl Registry {
         let confirm = !matches!(node.state, NodeState::Deployed | NodeState::Unreachable);
         if (moved || confirm) && !node.byon {
             self.check_claim(
+                &node.cluster,
                 &node.region,
                 &node.instance_id,
                 None,
@@ -1343,6 +1493,7 @@ mod tests {
             private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
             public_ipv4: public,
             availability_zone: Some("us-east-1a".into()),
+            cluster_tag: Some("web".into()),
         }
     }
 
@@ -1462,6 +1613,15 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), "instance_not_running");
+        table.0.lock().unwrap().get_mut(ID).unwrap().state = "running".into();
+        for tag in [None, Some("api")] {
+            table.0.lock().unwrap().get_mut(ID).unwrap().cluster_tag = tag.map(Into::into);
+            let err = registry
+                .register(&token, register_req(good))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), "cluster_tag_mismatch", "{tag:?}");
+        }
         assert!(registry.nodes(None).unwrap().is_empty());
         assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
     }

@@ -190,7 +190,7 @@ impl RegisterRequest {
                 }
             }
         }
-        validate::host_ipv4("private_ipv4", self.private_ipv4)?;
+        validate::private_ipv4("private_ipv4", self.private_ipv4)?;
         if let Some(public) = self.public_ipv4 {
             validate::host_ipv4("public_ipv4", public)?;
         }
@@ -233,7 +233,7 @@ impl HeartbeatRequest {
     /// Checks every field as the coordinator will.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate::node_id(&self.instance_id)?;
-        validate::host_ipv4("private_ipv4", self.private_ipv4)?;
+        validate::private_ipv4("private_ipv4", self.private_ipv4)?;
         if let Some(public) = self.public_ipv4 {
             validate::host_ipv4("public_ipv4", public)?;
         }

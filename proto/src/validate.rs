@@ -158,6 +158,63 @@ pub fn host_ipv4(field: &str, addr: Ipv4Addr) -> Result<(), ValidationError> {
     }
 }
 
+/// A node's private address: a unicast host address ([`host_ipv4`]) that
+/// is not loopback, since no other machine can reach a node there.
+pub fn private_ipv4(field: &str, addr: Ipv4Addr) -> Result<(), ValidationError> {
+    host_ipv4(field, addr)?;
+    if addr.is_loopback() {
+        return Err(ValidationError::new(
+            field,
+            &addr.to_string(),
+            "must not be a loopback address",
+        ));
+    }
+    Ok(())
+}
+
+/// The ranges that are never a public address on the Internet: RFC 1918
+/// private, RFC 6598 shared (carrier-grade NAT), link-local, loopback,
+/// "this network", the IETF protocol block, and the multicast and reserved
+/// blocks.
+pub const NOT_PUBLIC: [(Ipv4Addr, u8); 9] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8),
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    (Ipv4Addr::new(100, 64, 0, 0), 10),
+    (Ipv4Addr::new(127, 0, 0, 0), 8),
+    (Ipv4Addr::new(169, 254, 0, 0), 16),
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    (Ipv4Addr::new(192, 0, 0, 0), 24),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+    (Ipv4Addr::new(224, 0, 0, 0), 3),
+];
+
+/// Whether `addr` lies in `net/prefix`.
+pub fn in_cidr(addr: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    u32::from(addr) & mask == u32::from(net) & mask
+}
+
+/// A public IPv4 address: not in any of [`NOT_PUBLIC`], unless it lies in
+/// one of `allowed` (an operator's exception, e.g. an emulator that hands
+/// out Elastic IPs from 127/8).
+pub fn public_ipv4(
+    field: &str,
+    addr: Ipv4Addr,
+    allowed: &[(Ipv4Addr, u8)],
+) -> Result<(), ValidationError> {
+    if allowed.iter().any(|&net| in_cidr(addr, net)) {
+        return Ok(());
+    }
+    match NOT_PUBLIC.iter().find(|&&net| in_cidr(addr, net)) {
+        Some((net, prefix)) => Err(ValidationError::new(
+            field,
+            &addr.to_string(),
+            &format!("is in {net}/{prefix}, which is not a public range"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// An AWS region name such as `us-east-1` or `us-gov-west-1`.
 pub fn region(value: &str) -> Result<(), ValidationError> {
     if looks_like_region(value) {
@@ -397,6 +454,43 @@ mod tests {
         ] {
             assert!(host_ipv4("ip", bad).is_err(), "{bad}");
         }
+        private_ipv4("ip", Ipv4Addr::new(10, 0, 0, 1)).unwrap();
+        assert!(private_ipv4("ip", Ipv4Addr::LOCALHOST).is_err());
+    }
+
+    /// Public means outside every private, shared, link-local, loopback and
+    /// reserved range, unless the operator allowed the range.
+    #[test]
+    fn public_addresses() {
+        for good in [
+            [54, 0, 0, 1],
+            [3, 5, 7, 9],
+            [172, 32, 0, 1],
+            [100, 128, 0, 1],
+        ] {
+            public_ipv4("ip", Ipv4Addr::from(good), &[]).unwrap();
+        }
+        for bad in [
+            [10, 1, 2, 3],
+            [172, 16, 0, 1],
+            [172, 31, 255, 255],
+            [192, 168, 1, 1],
+            [100, 64, 0, 1],
+            [169, 254, 169, 254],
+            [127, 0, 0, 1],
+            [0, 1, 2, 3],
+            [240, 0, 0, 1],
+        ] {
+            let err = public_ipv4("public_ipv4", Ipv4Addr::from(bad), &[]).unwrap_err();
+            assert!(err.to_string().contains("not a public range"), "{err}");
+        }
+        let loopback = (Ipv4Addr::new(127, 0, 0, 0), 8);
+        public_ipv4("ip", Ipv4Addr::new(127, 9, 8, 7), &[loopback]).unwrap();
+        assert!(public_ipv4("ip", Ipv4Addr::new(10, 9, 8, 7), &[loopback]).is_err());
+        assert!(in_cidr(
+            Ipv4Addr::new(1, 2, 3, 4),
+            (Ipv4Addr::UNSPECIFIED, 0)
+        ));
     }
 
     /// Regions and zones as AWS names them.

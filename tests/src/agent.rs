@@ -30,6 +30,8 @@ pub struct Agent {
     imds_poll_interval: String,
     /// More `run` flags (bring-your-own mode).
     extra_args: Vec<String>,
+    /// The network namespace it runs in, if not the host's.
+    netns: Option<String>,
 }
 
 impl Agent {
@@ -101,6 +103,7 @@ impl Agent {
             join_token: token.to_owned(),
             imds_poll_interval: IMDS_POLL_INTERVAL.to_owned(),
             extra_args: Vec::new(),
+            netns: None,
         }
     }
 
@@ -200,8 +203,34 @@ impl Agent {
         (output.status.code().unwrap_or(-1), value)
     }
 
+    /// Runs the agent inside network namespace `name` (`ip netns exec`),
+    /// from its next start on, so its requests come from the namespace's
+    /// addresses.
+    pub fn in_netns(&mut self, name: &str) {
+        self.netns = Some(name.to_owned());
+    }
+
+    /// An agent for `imds` that is not started yet: set it up, then
+    /// [`Agent::restart`] starts it.
+    pub fn prepared(
+        coordinator: &Coordinator,
+        imds: &Imds,
+        cluster: &str,
+        join_token: &str,
+    ) -> Agent {
+        Agent::new(coordinator, imds.endpoint(), cluster, join_token)
+    }
+
     fn spawn(&mut self) {
-        let mut command = Command::new(bin_path("muster-agent"));
+        let binary = bin_path("muster-agent");
+        let mut command = match &self.netns {
+            Some(name) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", name]).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .arg("run")
             .args(["--coordinator-url", &self.coordinator_url])

@@ -2,7 +2,7 @@
 //! moto server, plus its admin CLI and a raw HTTPS client pinned to the CA
 //! the coordinator made on first start.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -52,6 +52,7 @@ pub fn install_crypto_provider() {
 pub struct Coordinator {
     process: Option<Process>,
     earlier_logs: String,
+    api_ip: Ipv4Addr,
     api_port: u16,
     dns_port: u16,
     data_dir: TempDir,
@@ -75,6 +76,13 @@ impl Coordinator {
     /// Like [`Coordinator::start_with`], asking EC2 at `endpoint` (e.g. an
     /// [`crate::Ec2Proxy`] in front of moto).
     pub async fn start_at(endpoint: &str, extra_args: &[&str]) -> Coordinator {
+        Coordinator::start_on(endpoint, Ipv4Addr::LOCALHOST, extra_args).await
+    }
+
+    /// Like [`Coordinator::start_at`], with the API on `api_ip` (an address
+    /// of a network namespace's veth, so agents inside reach it) and that
+    /// address in its public URL and certificate.
+    pub async fn start_on(endpoint: &str, api_ip: Ipv4Addr, extra_args: &[&str]) -> Coordinator {
         let data_dir = tempfile::Builder::new()
             .prefix("muster-coordinator-data-")
             .tempdir()
@@ -82,6 +90,7 @@ impl Coordinator {
         let mut coordinator = Coordinator {
             process: None,
             earlier_logs: String::new(),
+            api_ip,
             api_port: 0,
             dns_port: 0,
             data_dir,
@@ -134,9 +143,10 @@ impl Coordinator {
         format!("{}{current}", self.earlier_logs)
     }
 
-    /// `https://127.0.0.1:P1`.
+    /// `https://127.0.0.1:P1` (or the address given to
+    /// [`Coordinator::start_on`]).
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.api_port)
+        format!("https://{}:{}", self.api_ip, self.api_port)
     }
 
     /// The embedded DNS server's address.
@@ -157,6 +167,32 @@ impl Coordinator {
     /// `D/ca.pem`, written on first start.
     pub fn ca_file(&self) -> PathBuf {
         self.data_dir().join("ca.pem")
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.https_client()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics are text")
+    }
+
+    /// The value of one sample in `/metrics` (`name` with its labels, e.g.
+    /// `muster_sweeps_total` or `x_total{code="y"}`), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> u64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{sample} is {v:?}: {e}"))
+            })
+            .unwrap_or(0)
     }
 
     /// The admin token from `D/admin-token`, trimmed.
@@ -232,12 +268,15 @@ impl Coordinator {
         let mut command = Command::new(bin_path("muster-coordinator"));
         command
             .arg("serve")
-            .args(["--listen", &loopback(self.api_port).to_string()])
+            .args(["--listen", &format!("{}:{}", self.api_ip, self.api_port)])
             .args(["--dns-listen", &loopback(self.dns_port).to_string()])
             .args(["--zone", ZONE])
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(["--public-url", &self.url()])
+            // moto hands out Elastic IPs from 127/8, a range the coordinator
+            // otherwise refuses as a public address.
+            .args(["--public-ipv4-allow", "127.0.0.0/8"])
             .args(&self.extra_args);
         for var in [
             "AWS_PROFILE",

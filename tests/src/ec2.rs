@@ -25,7 +25,9 @@ use anyhow::{anyhow, Context};
 use aws_config::BehaviorVersion;
 use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::error::DisplayErrorContext;
-use aws_sdk_ec2::types::{DomainType, InstanceAttributeName, InstanceType};
+use aws_sdk_ec2::types::{
+    DomainType, InstanceAttributeName, InstanceType, ResourceType, Tag, TagSpecification,
+};
 use aws_sdk_ec2::Client;
 use base64::Engine;
 
@@ -72,20 +74,36 @@ pub struct InstanceView {
     pub image_id: String,
 }
 
-/// Launches one t3.micro from [`TEST_AMI`] with no user data; returns its id.
-pub async fn launch_instance(client: &Client) -> String {
-    launch_instance_with_user_data(client, None).await
+/// The tags an operator puts on an instance that joins `cluster`:
+/// `muster:cluster=cluster`, which the coordinator checks on every register.
+pub fn member_tags(cluster: &str) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(ResourceType::Instance)
+        .tags(Tag::builder().key("muster:cluster").value(cluster).build())
+        .build()
 }
 
-/// Launches one t3.micro from [`TEST_AMI`], with `user_data` if given
-/// (plain text; base64 encoded here as RunInstances wants).
-pub async fn launch_instance_with_user_data(client: &Client, user_data: Option<&str>) -> String {
+/// Launches one t3.micro from [`TEST_AMI`] tagged as a member of `cluster`,
+/// with no user data; returns its id.
+pub async fn launch_instance(client: &Client, cluster: &str) -> String {
+    launch_instance_with_user_data(client, Some(cluster), None).await
+}
+
+/// Launches one t3.micro from [`TEST_AMI`], tagged as a member of `cluster`
+/// if given, with `user_data` if given (plain text; base64 encoded here as
+/// RunInstances wants).
+pub async fn launch_instance_with_user_data(
+    client: &Client,
+    cluster: Option<&str>,
+    user_data: Option<&str>,
+) -> String {
     let answer = client
         .run_instances()
         .image_id(TEST_AMI)
         .instance_type(InstanceType::T3Micro)
         .min_count(1)
         .max_count(1)
+        .set_tag_specifications(cluster.map(|c| vec![member_tags(c)]))
         .set_user_data(user_data.map(|text| base64::engine::general_purpose::STANDARD.encode(text)))
         .send()
         .await

@@ -62,9 +62,15 @@ struct Shared {
 impl Imds {
     /// Serves instance `instance_id` of the emulator `ec2` talks to.
     pub async fn start(ec2: Client, instance_id: &str) -> Imds {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        Imds::start_on(ec2, instance_id, Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Like [`Imds::start`], listening on `ip` (an address of a network
+    /// namespace's veth, so an agent inside the namespace reaches it).
+    pub async fn start_on(ec2: Client, instance_id: &str, ip: Ipv4Addr) -> Imds {
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
-            .expect("binding the IMDS emulator to 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("binding the IMDS emulator to {ip}:0: {e}"));
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
@@ -92,7 +98,7 @@ impl Imds {
         }
     }
 
-    /// `http://127.0.0.1:PORT`, for `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
+    /// `http://IP:PORT`, for `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }

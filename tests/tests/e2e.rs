@@ -56,7 +56,7 @@ impl Scene {
 
     /// Launches an instance in moto and serves its metadata.
     async fn launch(&self) -> (String, Imds) {
-        let id = ec2::launch_instance(&self.ec2).await;
+        let id = ec2::launch_instance(&self.ec2, CLUSTER).await;
         let imds = Imds::start(self.ec2.clone(), &id).await;
         (id, imds)
     }

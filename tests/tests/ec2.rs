@@ -9,7 +9,7 @@ use muster_tests::{ec2, Moto};
 async fn public_addresses_follow_launch_eip_stop_start() {
     let moto = Moto::start().await;
     let client = ec2::client(&moto.endpoint()).await;
-    let id = ec2::launch_instance(&client).await;
+    let id = ec2::launch_instance(&client, "web").await;
 
     let launched = ec2::describe(&client, &id).await;
     assert_eq!(launched.state, "running");

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 async fn emulator(user_data: Option<&str>) -> (Moto, aws_sdk_ec2::Client, String, Imds) {
     let moto = Moto::start().await;
     let client = ec2::client(&moto.endpoint()).await;
-    let instance_id = ec2::launch_instance_with_user_data(&client, user_data).await;
+    let instance_id = ec2::launch_instance_with_user_data(&client, None, user_data).await;
     let imds = Imds::start(client.clone(), &instance_id).await;
     (moto, client, instance_id, imds)
 }

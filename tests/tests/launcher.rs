@@ -703,7 +703,7 @@ async fn launched_nodes_deploy_from_their_user_data() {
     assert_eq!(healed.node.state, NodeState::Deployed);
 
     // A launch token speaks only for instances launched into the cluster.
-    let stranger = ec2::launch_instance(&sdk).await;
+    let stranger = ec2::launch_instance(&sdk, "web").await;
     let stranger_imds = Imds::start(sdk.clone(), &stranger).await;
     let mut outsider = Agent::start(
         &coordinator,

@@ -55,7 +55,7 @@ impl Scene {
     /// Launches an instance with its IMDS and agent, and waits until it is
     /// deployed; returns the instance id, IMDS, agent and EC2's public IPv4.
     async fn deployed_node(&self) -> (String, Imds, Agent, Ipv4Addr) {
-        let id = ec2::launch_instance(&self.ec2).await;
+        let id = ec2::launch_instance(&self.ec2, CLUSTER).await;
         let imds = Imds::start(self.ec2.clone(), &id).await;
         let agent = Agent::start(&self.coordinator, &imds, CLUSTER, &self.join_token);
         let public = ec2::describe(&self.ec2, &id)
@@ -385,17 +385,5 @@ async fn bring_your_own_node() {
 
 /// How many sweeps the coordinator has run, from `/metrics`.
 async fn sweep_count(coordinator: &Coordinator) -> u64 {
-    let text = coordinator
-        .https_client()
-        .get(format!("{}/metrics", coordinator.url()))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix("muster_sweeps_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no muster_sweeps_total in /metrics:\n{text}"))
+    coordinator.metric("muster_sweeps_total").await
 }

@@ -64,7 +64,7 @@ impl Scene {
     /// Launches an instance, serves its metadata and starts its agent;
     /// returns the instance id.
     async fn add_node(&mut self) -> String {
-        let id = ec2::launch_instance(&self.ec2).await;
+        let id = ec2::launch_instance(&self.ec2, CLUSTER).await;
         let imds = Imds::start(self.ec2.clone(), &id).await;
         let agent = Agent::start(&self.coordinator, &imds, CLUSTER, &self.join_token);
         self.agents.push((agent, imds));
@@ -95,15 +95,7 @@ impl Scene {
 
     /// `GET /metrics`.
     async fn metrics(&self) -> String {
-        self.coordinator
-            .https_client()
-            .get(format!("{}/metrics", self.coordinator.url()))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics are text")
+        self.coordinator.metrics().await
     }
 }
 
@@ -299,7 +291,7 @@ async fn unsigned_or_wrong_key_fails_clearly() {
     let coordinator = Coordinator::start_with(&moto, &args).await;
     let created = coordinator.create_cluster(CLUSTER).await;
     let ec2 = ec2::client(&moto.endpoint()).await;
-    let id = ec2::launch_instance(&ec2).await;
+    let id = ec2::launch_instance(&ec2, CLUSTER).await;
     let imds = Imds::start(ec2.clone(), &id).await;
     let _agent = Agent::start(&coordinator, &imds, CLUSTER, &created.join_token);
     let nodes = wait_until(

@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     let resolver = coordinator.resolver();
 
     // P3: agent start → registered and DNS answering.
-    let id = ec2::launch_instance(&client).await;
+    let id = ec2::launch_instance(&client, CLUSTER).await;
     let public = ec2::describe(&client, &id).await.public_ipv4;
     let imds = Imds::start(client.clone(), &id).await;
     let started = Instant::now();

@@ -107,6 +107,7 @@ async fn launch(
             .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
             .min_count(batch)
             .max_count(batch)
+            .tag_specifications(ec2::member_tags(CLUSTER))
             .send()
             .await
             .map_err(|e| {
@@ -156,7 +157,20 @@ async fn main() -> anyhow::Result<()> {
     // Heartbeats come from the generator, not on a schedule: a long
     // interval and grace keep liveness out of the measure.
     let coordinator =
-        Coordinator::start_with(&moto, &["--heartbeat-interval", "300s", "--grace", "1h"]).await;
+        // Every simulated agent speaks from 127.0.0.1, so the per-source
+        // limit, meant for one node per address, is off.
+        Coordinator::start_with(
+            &moto,
+            &[
+                "--heartbeat-interval",
+                "300s",
+                "--grace",
+                "1h",
+                "--agent-rate-limit",
+                "0",
+            ],
+        )
+        .await;
     let token = coordinator.create_cluster(CLUSTER).await.join_token;
     let client = ec2::client(&moto.endpoint()).await;
     let instances = launch(&client, args.nodes).await?;

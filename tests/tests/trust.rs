@@ -1,0 +1,665 @@
+//! Trust stories: only a real instance speaks for itself, and hostile input
+//! changes nothing.
+//!
+//! - Spoofed claims (another instance's id, another cluster's instance, a
+//!   terminated one, an address it does not have, a stolen credential) are
+//!   refused with their own code, each is a security event in the logs and
+//!   in `/metrics`, and the store and DNS are as they were.
+//! - With `--verify-source`, agents run in network namespaces of the test's
+//!   own, so that source addresses are real: the true instance joins, and a
+//!   join token replayed for it from another address is refused.
+//! - Hostile HTTP gets a 4xx or a closed connection, never a 5xx, and the
+//!   coordinator keeps serving others meanwhile.
+
+#[path = "../../agent/tests/netns/mod.rs"]
+mod netns;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_proto::{
+    node_dns_name, node_internal_dns_name, paths, ErrorBody, HeartbeatRequest, HostFacts,
+    NodeState, NodeView, RegisterRequest, MAX_BODY_BYTES, PROTOCOL_VERSION,
+};
+use muster_tests::ec2;
+use muster_tests::{wait_until, Agent, Coordinator, Imds, Moto, EVENTUALLY, POLL, ZONE};
+use reqwest::StatusCode;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+const CLUSTER: &str = "web";
+
+/// An address from TEST-NET-3 (RFC 5737) that EC2 never gives out.
+const NOT_OURS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+
+/// A register body for `id` as EC2 describes it, with `public` claimed.
+async fn register_body(
+    sdk: &aws_sdk_ec2::Client,
+    id: &str,
+    private: Option<Ipv4Addr>,
+    public: Option<Ipv4Addr>,
+) -> RegisterRequest {
+    let view = ec2::describe(sdk, id).await;
+    RegisterRequest {
+        protocol: PROTOCOL_VERSION,
+        cluster: CLUSTER.to_owned(),
+        instance_id: id.to_owned(),
+        availability_zone: view.availability_zone,
+        region: ec2::TEST_REGION.to_owned(),
+        private_ipv4: private
+            .or(view.private_ipv4)
+            .expect("moto gives a private address"),
+        public_ipv4: public,
+        agent_version: "0.0.0-test".to_owned(),
+        byon: None,
+    }
+}
+
+fn heartbeat_body(id: &str, private: Ipv4Addr, public: Option<Ipv4Addr>) -> HeartbeatRequest {
+    HeartbeatRequest {
+        instance_id: id.to_owned(),
+        private_ipv4: private,
+        public_ipv4: public,
+        facts: HostFacts {
+            cpus: 2,
+            load_average: [0.1, 0.1, 0.1],
+            memory_total_bytes: 1 << 30,
+            memory_used_bytes: 1 << 29,
+            disks: Vec::new(),
+            uptime_secs: 60,
+            os: "Debian GNU/Linux 12".to_owned(),
+            kernel: "6.1.0".to_owned(),
+        },
+    }
+}
+
+/// POSTs `body` (raw bytes) to `path` with `bearer`; status and body text.
+async fn post_raw(
+    coordinator: &Coordinator,
+    path: &str,
+    bearer: &str,
+    body: Vec<u8>,
+) -> (StatusCode, String) {
+    let url = format!("{}{path}", coordinator.url());
+    let response = coordinator
+        .https_client()
+        .post(&url)
+        .bearer_auth(bearer)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status();
+    (status, response.text().await.unwrap_or_default())
+}
+
+async fn post_json(
+    coordinator: &Coordinator,
+    path: &str,
+    bearer: &str,
+    body: &impl serde::Serialize,
+) -> (StatusCode, String) {
+    post_raw(coordinator, path, bearer, serde_json::to_vec(body).unwrap()).await
+}
+
+fn json(value: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).expect("a request body is JSON")
+}
+
+/// The error code of an answer, insisting on the JSON error shape.
+fn code_of(body: &str) -> String {
+    let parsed: ErrorBody =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not an error body ({e}): {body}"));
+    parsed.error.code
+}
+
+/// What must not move: every node's identity, state and addresses (not
+/// its last-heard time), and DNS's answers for the names involved.
+async fn snapshot(coordinator: &Coordinator, names: &[String]) -> String {
+    let nodes: Vec<NodeView> = coordinator.admin_json(&["node", "ls"]).await;
+    let mut out: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {} {} {} {:?} {:?}",
+                n.cluster, n.name, n.instance_id, n.state, n.private_ipv4, n.public_ipv4
+            )
+        })
+        .collect();
+    let resolver = coordinator.resolver();
+    for name in names {
+        let answer = resolver
+            .a(name)
+            .await
+            .expect("the coordinator's DNS answers");
+        out.push(format!("{name} {answer:?}"));
+    }
+    out.join("\n")
+}
+
+/// Spoofed claims are refused with their own code, counted and logged as
+/// security events with the claimed and actual values, and change neither
+/// the store nor DNS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_claims_are_refused_and_change_nothing() {
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let coordinator = Coordinator::start(&moto).await;
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    coordinator.create_cluster("api").await;
+
+    // A: a member registered by its own agent.
+    let a = ec2::launch_instance(&sdk, CLUSTER).await;
+    let imds = Imds::start(sdk.clone(), &a).await;
+    let mut agent = Agent::start(&coordinator, &imds, CLUSTER, &token);
+    let nodes = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.nodes(CLUSTER),
+        |n| n.len() == 1 && n[0].state == NodeState::Deployed,
+    )
+    .await;
+    assert_eq!(nodes[0].state, NodeState::Deployed, "{nodes:#?}");
+    let credential = agent
+        .node_credential()
+        .expect("the agent kept a credential");
+    // Its agent stops, so that nothing but the attacks talks to the
+    // coordinator from here on.
+    agent.stop();
+    let a_view = ec2::describe(&sdk, &a).await;
+    let a_private = a_view.private_ipv4.unwrap();
+    let a_public = a_view.public_ipv4.expect("moto maps a public address");
+
+    // B: a member that has not joined; C: another cluster's; D: terminated.
+    let b = ec2::launch_instance(&sdk, CLUSTER).await;
+    let c = ec2::launch_instance(&sdk, "api").await;
+    let d = ec2::launch_instance(&sdk, CLUSTER).await;
+    ec2::terminate(&sdk, &d).await;
+    let b_view = ec2::describe(&sdk, &b).await;
+
+    let mut names = Vec::new();
+    for id in [&a, &b, &c, &d] {
+        names.push(node_dns_name(id, CLUSTER, ZONE));
+        names.push(node_internal_dns_name(id, CLUSTER, ZONE));
+    }
+    let before = snapshot(&coordinator, &names).await;
+    assert!(before.contains(&a_public.to_string()), "{before}");
+
+    struct Case {
+        what: &'static str,
+        path: &'static str,
+        bearer: String,
+        body: serde_json::Value,
+        code: &'static str,
+        /// What the security event must name: claimed and actual values.
+        logged: Vec<String>,
+    }
+    let cases = vec![
+        Case {
+            what: "another member's id, claiming this machine's addresses",
+            path: paths::AGENT_REGISTER,
+            bearer: token.clone(),
+            body: json(&register_body(&sdk, &b, Some(a_private), Some(a_public)).await),
+            code: "address_mismatch",
+            logged: vec![
+                a_private.to_string(),
+                b_view.private_ipv4.unwrap().to_string(),
+            ],
+        },
+        Case {
+            what: "an instance of another cluster",
+            path: paths::AGENT_REGISTER,
+            bearer: token.clone(),
+            body: json(
+                &register_body(&sdk, &c, None, ec2::describe(&sdk, &c).await.public_ipv4).await,
+            ),
+            code: "cluster_tag_mismatch",
+            logged: vec![c.clone(), "muster:cluster=api".into()],
+        },
+        Case {
+            what: "a terminated instance",
+            path: paths::AGENT_REGISTER,
+            bearer: token.clone(),
+            body: json(&register_body(&sdk, &d, None, None).await),
+            code: "instance_not_running",
+            logged: vec![d.clone(), "terminated".into()],
+        },
+        Case {
+            what: "an address the instance does not have",
+            path: paths::AGENT_REGISTER,
+            bearer: token.clone(),
+            body: json(&register_body(&sdk, &a, None, Some(NOT_OURS)).await),
+            code: "address_mismatch",
+            logged: vec![NOT_OURS.to_string(), a_public.to_string()],
+        },
+        Case {
+            what: "an instance EC2 does not know",
+            path: paths::AGENT_REGISTER,
+            bearer: token.clone(),
+            body: json(&{
+                let mut body = register_body(&sdk, &a, None, Some(a_public)).await;
+                body.instance_id = "i-0fedcba9876543210".into();
+                body
+            }),
+            code: "instance_not_found",
+            logged: vec!["i-0fedcba9876543210".into()],
+        },
+        Case {
+            what: "a stolen node credential registering another instance",
+            path: paths::AGENT_REGISTER,
+            bearer: credential.clone(),
+            body: json(&register_body(&sdk, &b, None, b_view.public_ipv4).await),
+            code: "credential_mismatch",
+            logged: vec![a.clone(), b.clone()],
+        },
+        Case {
+            what: "a stolen node credential heartbeating for another instance",
+            path: paths::AGENT_HEARTBEAT,
+            bearer: credential.clone(),
+            body: json(&heartbeat_body(
+                &b,
+                b_view.private_ipv4.unwrap(),
+                b_view.public_ipv4,
+            )),
+            code: "credential_mismatch",
+            logged: vec![a.clone(), b.clone()],
+        },
+    ];
+
+    let events_before = coordinator.metrics().await;
+    for case in &cases {
+        let (status, body) = post_json(&coordinator, case.path, &case.bearer, &case.body).await;
+        assert!(
+            status.is_client_error(),
+            "{}: {status} is not a 4xx: {body}",
+            case.what
+        );
+        assert_eq!(code_of(&body), case.code, "{}: {body}", case.what);
+    }
+    // A private range claimed as public is bad input, not a lie EC2 must
+    // judge: refused before EC2 is asked.
+    let private_as_public =
+        register_body(&sdk, &a, None, Some(Ipv4Addr::new(10, 20, 30, 40))).await;
+    let (status, body) = post_json(
+        &coordinator,
+        paths::AGENT_REGISTER,
+        &token,
+        &private_as_public,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("not a public range"), "{body}");
+
+    // Every spoof is a security event: counted by code, and logged with
+    // what was claimed and what is true.
+    let mut expected = std::collections::BTreeMap::<&str, u64>::new();
+    for case in &cases {
+        *expected.entry(case.code).or_default() += 1;
+    }
+    for (code, n) in expected {
+        let sample = format!("muster_security_events_total{{code=\"{code}\"}}");
+        let was = events_before
+            .lines()
+            .find_map(|l| l.strip_prefix(sample.as_str())?.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        assert_eq!(coordinator.metric(&sample).await, was + n, "{sample}");
+    }
+    let logs = coordinator.logs();
+    let events: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("security event"))
+        .collect();
+    for case in &cases {
+        assert!(
+            events.iter().any(|line| line.contains(case.code)
+                && case.logged.iter().all(|v| line.contains(v.as_str()))),
+            "{}: no security event naming {:?} with {}:\n{}",
+            case.what,
+            case.logged,
+            case.code,
+            events.join("\n")
+        );
+    }
+
+    // Nothing moved.
+    let after = snapshot(&coordinator, &names).await;
+    assert_eq!(before, after);
+}
+
+/// The host side of the namespaces' links: one address, on every veth.
+const HOST_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 77, 1);
+
+/// Links `ns` to the host with a veth pair: the namespace's end holds
+/// `address` (the instance's private address, so its requests really come
+/// from there), the host's end [`HOST_SIDE`]; each side routes to the
+/// other.
+fn link(ns: &netns::Netns, index: usize, address: Ipv4Addr) -> HostLink {
+    let host_end = format!("mtv{}h{index}", std::process::id() % 100_000);
+    let ns_end = format!("mtv{}n{index}", std::process::id() % 100_000);
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&[
+        "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
+    ]);
+    let link = HostLink {
+        name: host_end.clone(),
+    };
+    ip(&["link", "set", &ns_end, "netns", ns.name()]);
+    ip(&["addr", "add", &format!("{HOST_SIDE}/32"), "dev", &host_end]);
+    ip(&["link", "set", &host_end, "up"]);
+    ip(&["route", "add", &format!("{address}/32"), "dev", &host_end]);
+    ns.ip(&["addr", "add", &format!("{address}/32"), "dev", &ns_end]);
+    ns.ip(&["link", "set", &ns_end, "up"]);
+    ns.ip(&["route", "add", &format!("{HOST_SIDE}/32"), "dev", &ns_end]);
+    link
+}
+
+/// The host's end of a veth pair; deleting it deletes both ends and the
+/// routes through it.
+struct HostLink {
+    name: String,
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
+/// With `--verify-source`, an agent in a namespace holding its instance's
+/// address joins; the same join token replayed for that instance from
+/// another instance's address is refused as `source_mismatch`, and the node
+/// keeps its credential and addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_source_refuses_a_replayed_join_token() {
+    let Some(ns_a) = netns::Netns::create("verify_source_refuses_a_replayed_join_token") else {
+        return;
+    };
+    let Some(ns_b) = netns::Netns::create("verify_source_refuses_a_replayed_join_token") else {
+        return;
+    };
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let a = ec2::launch_instance(&sdk, CLUSTER).await;
+    let b = ec2::launch_instance(&sdk, CLUSTER).await;
+    let a_private = ec2::describe(&sdk, &a).await.private_ipv4.unwrap();
+    let b_private = ec2::describe(&sdk, &b).await.private_ipv4.unwrap();
+    let _link_a = link(&ns_a, 0, a_private);
+    let _link_b = link(&ns_b, 1, b_private);
+
+    let coordinator =
+        Coordinator::start_on(&moto.endpoint(), HOST_SIDE, &["--verify-source"]).await;
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+
+    // The true instance, from its own address.
+    let imds_a = Imds::start_on(sdk.clone(), &a, HOST_SIDE).await;
+    let mut agent_a = Agent::prepared(&coordinator, &imds_a, CLUSTER, &token);
+    agent_a.in_netns(ns_a.name());
+    agent_a.restart();
+    let nodes = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.nodes(CLUSTER),
+        |n| n.len() == 1 && n[0].state == NodeState::Deployed,
+    )
+    .await;
+    assert_eq!(nodes[0].state, NodeState::Deployed, "{}", agent_a.logs());
+    assert_eq!(nodes[0].instance_id, a);
+    let credential = agent_a.node_credential().expect("a credential");
+
+    // B's machine replays the join token for A: its metadata (served to
+    // it as A's) is all true, but its requests come from B's address.
+    let imds_replay = Imds::start_on(sdk.clone(), &a, HOST_SIDE).await;
+    let mut replay = Agent::prepared(&coordinator, &imds_replay, CLUSTER, &token);
+    replay.in_netns(ns_b.name());
+    replay.restart();
+    let sample = "muster_security_events_total{code=\"source_mismatch\"}";
+    let refused = wait_until(EVENTUALLY, POLL, || coordinator.metric(sample), |n| *n >= 1).await;
+    assert!(refused >= 1, "{}", replay.logs());
+    replay.stop();
+    let logs = coordinator.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("security event")
+            && l.contains("source_mismatch")
+            && l.contains(&b_private.to_string())
+            && l.contains(&a)),
+        "{logs}"
+    );
+
+    // A is still A: same credential (the replay revoked nothing), same
+    // addresses, and its agent keeps heartbeating.
+    assert_eq!(agent_a.node_credential(), Some(credential.clone()));
+    let beats = coordinator.metric("muster_heartbeats_total").await;
+    let after = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.metric("muster_heartbeats_total"),
+        |n| *n > beats,
+    )
+    .await;
+    assert!(after > beats, "{}", agent_a.logs());
+    let node = coordinator.node(CLUSTER, &a).await;
+    assert_eq!(node.node.state, NodeState::Deployed);
+    assert_eq!(node.node.private_ipv4, Some(a_private));
+}
+
+/// A TLS connection to the coordinator made by hand, for what no HTTP
+/// client will do: dribble bytes.
+fn raw_tls(coordinator: &Coordinator) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(coordinator.ca_file()).expect("reading the CA") {
+        roots.add(cert.expect("a CA certificate")).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let host = coordinator.url();
+    let authority = host.trim_start_matches("https://");
+    let tcp = TcpStream::connect(authority).expect("connecting to the API");
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
+            .unwrap();
+    rustls::StreamOwned::new(connection, tcp)
+}
+
+/// Hostile HTTP: oversized, malformed, truncated, unknown fields, wrong
+/// types, huge numbers and bad labels get a 4xx JSON error; a client that
+/// dribbles its headers or its body is cut off; too many agent requests
+/// from one source get 429. Never a 5xx, and others are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_http_gets_4xx_and_others_are_served() {
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let coordinator = Coordinator::start(&moto).await;
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    let a = ec2::launch_instance(&sdk, CLUSTER).await;
+    let good = serde_json::to_value(register_body(&sdk, &a, None, None).await).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut body = good.clone();
+        body[key] = value;
+        serde_json::to_vec(&body).unwrap()
+    };
+    let admin = coordinator.admin_token();
+
+    let cases: Vec<(&str, &str, &str, Vec<u8>)> = vec![
+        (
+            "oversized",
+            paths::AGENT_REGISTER,
+            &token,
+            vec![b' '; MAX_BODY_BYTES + 1],
+        ),
+        ("malformed", paths::AGENT_REGISTER, &token, b"{\"protocol\": }".to_vec()),
+        ("truncated", paths::AGENT_REGISTER, &token, {
+            let full = serde_json::to_vec(&good).unwrap();
+            full[..full.len() / 2].to_vec()
+        }),
+        ("unknown field", paths::AGENT_REGISTER, &token, with("extra", 1.into())),
+        ("wrong type", paths::AGENT_REGISTER, &token, with("protocol", "one".into())),
+        (
+            "huge number",
+            paths::AGENT_REGISTER,
+            &token,
+            br#"{"protocol": 1e400}"#.to_vec(),
+        ),
+        (
+            "huge integer",
+            paths::AGENT_REGISTER,
+            &token,
+            with("protocol", serde_json::json!(u64::MAX)),
+        ),
+        ("cluster with a dot", paths::AGENT_REGISTER, &token, with("cluster", "a.b".into())),
+        ("cluster star", paths::AGENT_REGISTER, &token, with("cluster", "*".into())),
+        ("cluster unicode", paths::AGENT_REGISTER, &token, with("cluster", "wéb".into())),
+        (
+            "instance id with a dot",
+            paths::AGENT_REGISTER,
+            &token,
+            with("instance_id", "i-0123.example.com".into()),
+        ),
+        (
+            "loopback private address",
+            paths::AGENT_REGISTER,
+            &token,
+            with("private_ipv4", "127.0.0.1".into()),
+        ),
+        (
+            "multicast public address",
+            paths::AGENT_REGISTER,
+            &token,
+            with("public_ipv4", "224.0.0.1".into()),
+        ),
+        (
+            "new cluster with a dot",
+            paths::CLUSTERS,
+            &admin,
+            br#"{"name": "evil.example.com"}"#.to_vec(),
+        ),
+        ("new cluster star", paths::CLUSTERS, &admin, br#"{"name": "*"}"#.to_vec()),
+        ("new cluster unicode", paths::CLUSTERS, &admin, "{\"name\": \"ünï\"}".into()),
+        (
+            "new cluster huge count",
+            paths::CLUSTERS,
+            &admin,
+            br#"{"name": "big", "launch": {"region": "us-east-1", "instance_type": "t3.micro", "count": 99999999999, "disk_gb": 30, "ami": "ami-12c6146b"}}"#.to_vec(),
+        ),
+    ];
+    for (what, path, bearer, body) in cases {
+        let (status, text) = post_raw(&coordinator, path, bearer, body).await;
+        assert!(status.is_client_error(), "{what}: {status}: {text}");
+        code_of(&text);
+    }
+    // None of it became a node or a cluster.
+    assert!(coordinator.nodes(CLUSTER).await.is_empty());
+    let clusters = coordinator.clusters().await;
+    assert_eq!(clusters.len(), 1, "{clusters:#?}");
+
+    // A slow client dribbles its headers; others are served meanwhile, and
+    // the slow one is cut off.
+    let mut slow = raw_tls(&coordinator);
+    let dribbler = std::thread::spawn(move || {
+        let request =
+            b"POST /v1/agent/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+        for byte in request.iter().cycle() {
+            if slow
+                .write_all(&[*byte])
+                .and_then(|()| slow.flush())
+                .is_err()
+            {
+                return "cut off while writing";
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            // A closed connection shows on read too; poll it without
+            // blocking for long.
+            slow.sock
+                .set_read_timeout(Some(Duration::from_millis(1)))
+                .unwrap();
+            let mut buf = [0u8; 512];
+            match slow.read(&mut buf) {
+                Ok(0) => return "closed by the server",
+                Ok(_) => return "answered",
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return "cut off while reading",
+            }
+        }
+        unreachable!("the request is cycled for ever")
+    });
+    for _ in 0..3 {
+        let healthy = coordinator
+            .https_client()
+            .get(format!("{}{}", coordinator.url(), paths::HEALTHZ))
+            .send()
+            .await
+            .expect("healthz while a slow client dribbles");
+        assert_eq!(healthy.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let ending = tokio::task::spawn_blocking(move || dribbler.join().unwrap())
+        .await
+        .unwrap();
+    assert_ne!(ending, "answered", "a dribbling client got an answer");
+
+    // A body promised but dribbled: 408, not a hung handler.
+    let mut slow_body = raw_tls(&coordinator);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{{",
+        paths::AGENT_REGISTER
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        slow_body.write_all(head.as_bytes()).unwrap();
+        slow_body.flush().unwrap();
+        let mut answer = String::new();
+        let _ = slow_body.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    // Too many agent requests from one source (the default limit: 20 a
+    // second, bursts of 40): 429 with Retry-After, never a 5xx; the admin
+    // API is not limited.
+    let mut limited = None;
+    for _ in 0..200 {
+        let response = coordinator
+            .https_client()
+            .post(format!("{}{}", coordinator.url(), paths::AGENT_HEARTBEAT))
+            .bearer_auth(&token)
+            .json(&good)
+            .send()
+            .await
+            .expect("POST heartbeat");
+        let status = response.status();
+        assert!(status.is_client_error(), "{status}");
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("200 agent requests at once were never limited");
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(code_of(&limited.text().await.unwrap()), "rate_limited");
+    assert!(coordinator.metrics().await.contains("muster_nodes"));
+}
