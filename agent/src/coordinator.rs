@@ -1,8 +1,11 @@
 //! The HTTPS client for the coordinator's agent API.
 //!
-//! TLS is rustls, and only the configured CA is trusted: the built-in roots
-//! are off, so a certificate from anywhere else is refused even if a public
-//! CA signed it. Errors come back as `{"error": {"code", "message"}}`
+//! TLS is rustls (TLS 1.2 and 1.3). With a CA file, only that CA is
+//! trusted: the built-in roots are off, so a certificate from anywhere else
+//! is refused even if a public CA signed it. Without one (a coordinator
+//! serving an operator's certificate), the system's roots are trusted
+//! (`rustls-native-certs`, which honours `SSL_CERT_FILE` and
+//! `SSL_CERT_DIR`). Errors come back as `{"error": {"code", "message"}}`
 //! ([`ErrorBody`]); they are kept as [`CoordinatorError::Refused`] with the
 //! status, code and message so that callers can act on the code and log it.
 
@@ -114,17 +117,21 @@ pub struct CoordinatorClient {
 
 impl CoordinatorClient {
     /// A client for the coordinator at `base` (https, no trailing `/`),
-    /// trusting only the certificates in `ca_pem` (read from `ca_path`).
-    pub fn new(base: &str, ca_pem: &[u8], ca_path: &str) -> Result<Self, CoordinatorError> {
-        let certs = reqwest::Certificate::from_pem_bundle(ca_pem).map_err(|source| {
-            CoordinatorError::LoadCa {
-                path: ca_path.to_owned(),
-                source,
-            }
-        })?;
+    /// trusting only the certificates in `ca` (PEM, and the file it was
+    /// read from), or the system's roots without one.
+    pub fn new(base: &str, ca: Option<(&[u8], &str)>) -> Result<Self, CoordinatorError> {
+        let certs = match ca {
+            Some((pem, path)) => reqwest::Certificate::from_pem_bundle(pem).map_err(|source| {
+                CoordinatorError::LoadCa {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?,
+            None => Vec::new(),
+        };
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
-            .tls_built_in_root_certs(false)
+            .tls_built_in_root_certs(ca.is_none())
             .https_only(true)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
@@ -248,7 +255,8 @@ mod tests {
         let url = format!("https://{}", closed.local_addr().unwrap());
         drop(closed);
         let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-        let client = CoordinatorClient::new(&url, ca.cert.pem().as_bytes(), "ca.pem").unwrap();
+        let client =
+            CoordinatorClient::new(&url, Some((ca.cert.pem().as_bytes(), "ca.pem"))).unwrap();
         let request = HeartbeatRequest {
             instance_id: "i-0123456789abcdef0".into(),
             private_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 5),

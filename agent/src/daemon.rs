@@ -81,6 +81,9 @@ pub enum RunError {
     /// The stale state file could not be removed.
     #[error("cannot discard the state of another node")]
     DiscardState(#[source] StateError),
+    /// The state file is open to others.
+    #[error("refusing to start")]
+    StateExposed(#[source] StateError),
     /// Nothing left to register with.
     #[error(
         "no join token is configured and no usable node credential is stored in {state_dir}; \
@@ -244,10 +247,13 @@ impl<'a> Agent<'a> {
             Some(node) => Source::Byon(node.clone()),
             None => Source::Imds(ImdsClient::new(&settings.imds_endpoint).map_err(RunError::Imds)?),
         });
+        let ca = settings
+            .ca
+            .as_ref()
+            .map(|(path, pem)| (pem.as_slice(), path.display().to_string()));
         let api = CoordinatorClient::new(
             &settings.coordinator_url,
-            &settings.ca_pem,
-            &settings.ca_file.display().to_string(),
+            ca.as_ref().map(|(pem, path)| (*pem, path.as_str())),
         )
         .map_err(RunError::Coordinator)?;
         Ok(Agent {
@@ -357,6 +363,7 @@ impl<'a> Agent<'a> {
         let dir = &self.settings.state_dir;
         let stored = match state::load(dir) {
             Ok(stored) => stored,
+            Err(e @ state::StateError::Exposed { .. }) => return Err(RunError::StateExposed(e)),
             Err(e) => {
                 warn!(error = %error_chain(&e), "ignoring the state file; joining afresh");
                 None

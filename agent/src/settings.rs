@@ -98,8 +98,9 @@ pub struct RunArgs {
     /// The coordinator's base URL (https).
     #[arg(long, env = "MUSTER_AGENT_COORDINATOR_URL", value_name = "URL")]
     pub coordinator_url: Option<String>,
-    /// PEM file with the CA the coordinator's certificate must chain to.
-    /// Nothing else is trusted.
+    /// PEM file with the CA the coordinator's certificate must chain to;
+    /// nothing else is then trusted. Without it, the system's roots are
+    /// (for a coordinator serving an operator's certificate).
     #[arg(long, env = "MUSTER_AGENT_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// The cluster to join (a DNS label).
@@ -251,10 +252,9 @@ impl fmt::Debug for Secret {
 pub struct Settings {
     /// The coordinator's base URL, https, without a trailing `/`.
     pub coordinator_url: String,
-    /// The CA file the coordinator is pinned to.
-    pub ca_file: PathBuf,
-    /// Its PEM contents, holding at least one certificate.
-    pub ca_pem: Vec<u8>,
+    /// The CA file the coordinator is pinned to, and its PEM contents
+    /// (at least one certificate); `None` trusts the system's roots.
+    pub ca: Option<(PathBuf, Vec<u8>)>,
     /// The cluster to join.
     pub cluster: String,
     /// The join token, if one is configured.
@@ -470,15 +470,19 @@ impl Settings {
         let coordinator_url = parse_base_url(&url, &["https"])
             .map_err(|why| COORDINATOR_URL.invalid(origin, &url, why))?;
 
-        let (ca_file, origin) = pick(
+        let ca = match pick(
             &args.ca_file,
             arg_origin(&CA_FILE),
             &file.ca_file,
             file_origin,
-        )
-        .ok_or_else(|| CA_FILE.missing("is required: the coordinator's CA is pinned"))?;
-        let ca_pem = read_ca(&ca_file)
-            .map_err(|why| CA_FILE.invalid(origin, &ca_file.display().to_string(), why))?;
+        ) {
+            Some((ca_file, origin)) => {
+                let pem = read_ca(&ca_file)
+                    .map_err(|why| CA_FILE.invalid(origin, &ca_file.display().to_string(), why))?;
+                Some((ca_file, pem))
+            }
+            None => None,
+        };
 
         let (cluster, origin) = pick(
             &args.cluster,
@@ -683,8 +687,7 @@ impl Settings {
 
         Ok(Settings {
             coordinator_url,
-            ca_file,
-            ca_pem,
+            ca,
             cluster,
             join_token,
             state_dir,

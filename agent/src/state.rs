@@ -8,6 +8,10 @@
 //! machine id for a bring-your-own node), so losing the file never makes a
 //! second node: the agent joins again with the join token as the same node.
 //!
+//! A state file that its group or others may read or write is refused: the
+//! agent will not start on a credential others may have seen (or planted);
+//! `chmod 600` it, or remove it to join afresh.
+//!
 //! A state file bound to another node id than the one the agent finds (from
 //! IMDS, or from the machine id) was copied from elsewhere (an image baked
 //! with state, a state dir copied to another machine) and is discarded.
@@ -44,6 +48,17 @@ pub enum StateError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// The state file is open to its group or to others.
+    #[error(
+        "{path} has mode {mode:04o}: its group or others may read or write the node credential; \
+         `chmod 600` it (or remove it to join afresh)"
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The state file is not what this agent writes.
     #[error("cannot parse {path}")]
@@ -122,6 +137,17 @@ pub fn load(dir: &Path) -> Result<Option<StoredState>, StateError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StateError::Read { path, source }),
     };
+    let mode = fs::metadata(&path)
+        .map_err(|source| StateError::Read {
+            path: path.clone(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(StateError::Exposed { path, mode });
+    }
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|source| StateError::Parse { path, source })
@@ -208,6 +234,23 @@ mod tests {
         }
     }
 
+    /// A state file others may read is refused, not used.
+    #[test]
+    fn exposed_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().join("state");
+        save(&dir, &sample()).unwrap();
+        fs::set_permissions(state_file(&dir), Permissions::from_mode(0o644)).unwrap();
+        let err = load(&dir).unwrap_err();
+        assert!(
+            matches!(err, StateError::Exposed { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        fs::set_permissions(state_file(&dir), Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(sample()));
+    }
+
     /// A saved state loads back unchanged, with owner-only permissions on
     /// the file and the directory, and no temporary file left behind.
     #[test]
@@ -246,6 +289,7 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap(), None);
         assert!(!has_credential(dir.path()));
         fs::write(state_file(dir.path()), "{not json").unwrap();
+        fs::set_permissions(state_file(dir.path()), Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(load(dir.path()), Err(StateError::Parse { .. })));
         assert!(!has_credential(dir.path()));
         discard(dir.path()).unwrap();

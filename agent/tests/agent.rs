@@ -550,6 +550,49 @@ async fn wait_until(what: &str, agent: &Agent, ok: impl Fn() -> bool) {
     }
 }
 
+/// Writes a state file of another instance into the world's state dir,
+/// with permission bits `mode`.
+fn write_foreign_state(world: &World, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let foreign = format!("mnode_{}", "ee".repeat(32));
+    std::fs::create_dir(world.path("state")).unwrap();
+    let file = world.path("state").join("state.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({
+            "instance_id": "i-0fedcba9876543210",
+            "cluster": "web",
+            "node": "web-9",
+            "dns_name": "web-9.web.muster.test",
+            "internal_dns_name": "web-9.web.internal.muster.test",
+            "credential": foreign,
+            "coordinator_url": world.coord_url,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A state file others may read: the agent refuses to start, says why,
+/// and sends nothing to the coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refuses_to_start_on_a_state_file_others_may_read() {
+    let world = World::start().await;
+    write_foreign_state(&world, 0o644);
+    let mut agent = world.start_agent();
+    let code = tokio::task::spawn_blocking(move || {
+        let code = agent.child.wait().unwrap().code();
+        (code, agent)
+    })
+    .await
+    .unwrap();
+    let (code, agent) = code;
+    assert_ne!(code, Some(0), "{}", agent.log());
+    assert!(agent.log().contains("chmod 600"), "{}", agent.log());
+    assert!(world.coord.lock().unwrap().register_bearers.is_empty());
+}
+
 /// Waits until `ok` holds, for things that outlive the agent.
 async fn wait_for(what: &str, ok: impl Fn() -> bool) {
     let start = Instant::now();
@@ -681,22 +724,7 @@ async fn restarts_with_the_stored_credential_and_falls_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn discards_state_from_another_instance() {
     let world = World::start().await;
-    let foreign = format!("mnode_{}", "ee".repeat(32));
-    std::fs::create_dir(world.path("state")).unwrap();
-    std::fs::write(
-        world.path("state").join("state.json"),
-        serde_json::json!({
-            "instance_id": "i-0fedcba9876543210",
-            "cluster": "web",
-            "node": "web-9",
-            "dns_name": "web-9.web.muster.test",
-            "internal_dns_name": "web-9.web.internal.muster.test",
-            "credential": foreign,
-            "coordinator_url": world.coord_url,
-        })
-        .to_string(),
-    )
-    .unwrap();
+    write_foreign_state(&world, 0o600);
     let agent = world.start_agent();
     world
         .wait_for_status(&agent, "never deployed", |code, _| code == 0)

@@ -22,7 +22,7 @@ pub struct Agent {
     earlier_logs: String,
     state_dir: TempDir,
     coordinator_url: String,
-    ca_file: PathBuf,
+    ca_file: Option<PathBuf>,
     dns_server: String,
     imds_endpoint: String,
     cluster: String,
@@ -32,6 +32,8 @@ pub struct Agent {
     extra_args: Vec<String>,
     /// The network namespace it runs in, if not the host's.
     netns: Option<String>,
+    /// More environment (`SSL_CERT_FILE`, say).
+    extra_env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -96,7 +98,7 @@ impl Agent {
             earlier_logs: String::new(),
             state_dir,
             coordinator_url: coordinator.url(),
-            ca_file: coordinator.ca_file(),
+            ca_file: Some(coordinator.ca_file()),
             dns_server: coordinator.dns_addr().to_string(),
             imds_endpoint,
             cluster: cluster.to_owned(),
@@ -104,6 +106,7 @@ impl Agent {
             imds_poll_interval: IMDS_POLL_INTERVAL.to_owned(),
             extra_args: Vec::new(),
             netns: None,
+            extra_env: Vec::new(),
         }
     }
 
@@ -203,6 +206,17 @@ impl Agent {
         (output.status.code().unwrap_or(-1), value)
     }
 
+    /// Pins `ca_file` from the next start on, or, with `None`, gives no
+    /// `--ca-file` (the agent then trusts the system's roots).
+    pub fn set_ca_file(&mut self, ca_file: Option<PathBuf>) {
+        self.ca_file = ca_file;
+    }
+
+    /// Sets an environment variable for the next start.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.extra_env.push((name.to_owned(), value.to_owned()));
+    }
+
     /// Runs the agent inside network namespace `name` (`ip netns exec`),
     /// from its next start on, so its requests come from the namespace's
     /// addresses.
@@ -234,8 +248,6 @@ impl Agent {
         command
             .arg("run")
             .args(["--coordinator-url", &self.coordinator_url])
-            .arg("--ca-file")
-            .arg(&self.ca_file)
             .args(["--cluster", &self.cluster])
             .args(["--join-token", &self.join_token])
             .arg("--state-dir")
@@ -246,7 +258,11 @@ impl Agent {
             .args(["--imds-poll-interval", &self.imds_poll_interval])
             .args(&self.extra_args)
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds_endpoint)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
+        if let Some(ca) = &self.ca_file {
+            command.arg("--ca-file").arg(ca);
+        }
         self.process = Some(Process::spawn("muster-agent", command));
     }
 }

@@ -58,6 +58,8 @@ pub struct Coordinator {
     data_dir: TempDir,
     moto_endpoint: String,
     extra_args: Vec<String>,
+    /// The CA its certificate chains to, when not its own `D/ca.pem`.
+    operator_ca: Option<PathBuf>,
 }
 
 impl Coordinator {
@@ -83,6 +85,35 @@ impl Coordinator {
     /// of a network namespace's veth, so agents inside reach it) and that
     /// address in its public URL and certificate.
     pub async fn start_on(endpoint: &str, api_ip: Ipv4Addr, extra_args: &[&str]) -> Coordinator {
+        Coordinator::start_full(endpoint, api_ip, extra_args, None).await
+    }
+
+    /// Like [`Coordinator::start`], serving an operator's certificate
+    /// (`--tls-cert`, `--tls-key`) that chains to `ca`, which the test's own
+    /// clients then trust.
+    pub async fn start_with_certificate(
+        moto: &Moto,
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+    ) -> Coordinator {
+        let cert = cert.display().to_string();
+        let key = key.display().to_string();
+        Coordinator::start_full(
+            &moto.endpoint(),
+            Ipv4Addr::LOCALHOST,
+            &["--tls-cert", &cert, "--tls-key", &key],
+            Some(ca.to_owned()),
+        )
+        .await
+    }
+
+    async fn start_full(
+        endpoint: &str,
+        api_ip: Ipv4Addr,
+        extra_args: &[&str],
+        operator_ca: Option<PathBuf>,
+    ) -> Coordinator {
         let data_dir = tempfile::Builder::new()
             .prefix("muster-coordinator-data-")
             .tempdir()
@@ -96,6 +127,7 @@ impl Coordinator {
             data_dir,
             moto_endpoint: endpoint.to_owned(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            operator_ca,
         };
         for attempt in 1..=PORT_ATTEMPTS {
             coordinator.api_port = free_tcp_port();
@@ -164,9 +196,13 @@ impl Coordinator {
         self.data_dir.path()
     }
 
-    /// `D/ca.pem`, written on first start.
+    /// The CA its certificate chains to: `D/ca.pem`, written on first
+    /// start, or the operator's CA it was started with.
     pub fn ca_file(&self) -> PathBuf {
-        self.data_dir().join("ca.pem")
+        match &self.operator_ca {
+            Some(ca) => ca.clone(),
+            None => self.data_dir().join("ca.pem"),
+        }
     }
 
     /// `GET /metrics`: the Prometheus text.

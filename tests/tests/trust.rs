@@ -8,6 +8,9 @@
 //! - With `--verify-source`, agents run in network namespaces of the test's
 //!   own, so that source addresses are real: the true instance joins, and a
 //!   join token replayed for it from another address is refused.
+//! - The agent pins the coordinator's CA and fails closed on another; a
+//!   coordinator serving an operator's certificate works with an agent on
+//!   the system's roots.
 //! - Hostile HTTP gets a 4xx or a closed connection, never a 5xx, and the
 //!   coordinator keeps serving others meanwhile.
 
@@ -662,4 +665,119 @@ async fn hostile_http_gets_4xx_and_others_are_served() {
     assert!(limited.headers().contains_key("retry-after"));
     assert_eq!(code_of(&limited.text().await.unwrap()), "rate_limited");
     assert!(coordinator.metrics().await.contains("muster_nodes"));
+}
+
+/// A CA of the test's own, and a server certificate it signs for
+/// 127.0.0.1, written as `ca.pem`, `cert.pem`, `key.pem` under `dir`.
+fn operator_pki(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "operator test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+/// Waits until `agent`'s status mentions `needle`; returns the last status.
+async fn status_until(agent: &Agent, needle: &str) -> String {
+    wait_until(
+        EVENTUALLY,
+        POLL,
+        || async { agent.status_json().await.1.to_string() },
+        |status| status.contains(needle),
+    )
+    .await
+}
+
+/// An agent pinned to another CA never talks to the coordinator: the
+/// connection is refused, nothing registers, and `status` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_pinned_to_another_ca_fails_closed() {
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let coordinator = Coordinator::start(&moto).await;
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    let a = ec2::launch_instance(&sdk, CLUSTER).await;
+    let imds = Imds::start(sdk.clone(), &a).await;
+    let pki = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = operator_pki(pki.path());
+    let mut agent = Agent::prepared(&coordinator, &imds, CLUSTER, &token);
+    agent.set_ca_file(Some(other_ca));
+    agent.restart();
+    let status = status_until(&agent, "UnknownIssuer").await;
+    assert!(
+        status.contains("UnknownIssuer"),
+        "{status}\n{}",
+        agent.logs()
+    );
+    assert_eq!(coordinator.metric("muster_registrations_total").await, 0);
+    assert!(coordinator.nodes(CLUSTER).await.is_empty());
+}
+
+/// A coordinator serving an operator's certificate: an agent given no CA
+/// file trusts the system's roots and registers (`SSL_CERT_FILE` names the
+/// operator's CA as the system's store); with the real system roots, which
+/// do not know that CA, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_certificate_with_system_roots() {
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = operator_pki(pki.path());
+    let coordinator = Coordinator::start_with_certificate(&moto, &cert, &key, &ca).await;
+    assert!(
+        !coordinator.data_dir().join("ca.pem").exists(),
+        "a coordinator with an operator certificate makes no CA"
+    );
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+
+    let stranger = ec2::launch_instance(&sdk, CLUSTER).await;
+    let stranger_imds = Imds::start(sdk.clone(), &stranger).await;
+    let mut untrusting = Agent::prepared(&coordinator, &stranger_imds, CLUSTER, &token);
+    untrusting.set_ca_file(None);
+    untrusting.set_env("SSL_CERT_FILE", "/nonexistent/no-roots.pem");
+    untrusting.set_env("SSL_CERT_DIR", "/nonexistent");
+    untrusting.restart();
+    let status = status_until(&untrusting, "certificate").await;
+    assert!(
+        status.contains("certificate"),
+        "{status}\n{}",
+        untrusting.logs()
+    );
+    untrusting.stop();
+
+    let a = ec2::launch_instance(&sdk, CLUSTER).await;
+    let imds = Imds::start(sdk.clone(), &a).await;
+    let mut agent = Agent::prepared(&coordinator, &imds, CLUSTER, &token);
+    agent.set_ca_file(None);
+    agent.set_env("SSL_CERT_FILE", &ca.display().to_string());
+    agent.restart();
+    let nodes = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.nodes(CLUSTER),
+        |n| n.len() == 1 && n[0].state == NodeState::Deployed,
+    )
+    .await;
+    assert_eq!(nodes.len(), 1, "{}", agent.logs());
+    assert_eq!(nodes[0].instance_id, a);
+    assert_eq!(nodes[0].state, NodeState::Deployed);
 }
