@@ -52,8 +52,10 @@ pub type SourceLimiter = governor::DefaultKeyedRateLimiter<IpAddr>;
 pub struct AppState {
     /// The registry.
     pub registry: Arc<Registry>,
-    /// SHA-256 of the admin token.
-    pub admin_token_hash: Arc<String>,
+    /// SHA-256 of the admin token; replaced when it is rotated.
+    pub admin_token_hash: Arc<std::sync::RwLock<String>>,
+    /// Where the admin token file lives.
+    pub data_dir: Arc<std::path::PathBuf>,
     /// Proxies to believe, and whether sources are checked.
     pub trust: Arc<Trust>,
     /// The per-source limit on agent requests, if there is one.
@@ -250,7 +252,12 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 
 fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = bearer(headers)?;
-    if secret_matches(token, &state.admin_token_hash) {
+    let hash = state
+        .admin_token_hash
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if secret_matches(token, &hash) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -276,6 +283,8 @@ pub fn router(state: AppState) -> Router {
         .route(paths::CLUSTER, get(show_cluster).delete(remove_cluster))
         .route(paths::CLUSTER_SCALE, post(scale_cluster))
         .route(paths::CLUSTER_BYON_TOKEN, post(byon_token))
+        .route(paths::CLUSTER_ROTATE_TOKEN, post(rotate_token))
+        .route(paths::ADMIN_ROTATE_TOKEN, post(rotate_admin_token))
         .route(paths::NODES, get(list_nodes))
         .route(paths::NODE, get(show_node).delete(remove_node))
         .route(paths::NODE_EVENTS, get(node_events))
@@ -360,6 +369,41 @@ async fn byon_token(
             byon_token,
         }),
     ))
+}
+
+async fn rotate_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Body(req): Body<muster_proto::RotateTokenRequest>,
+) -> Result<Json<muster_proto::RotateTokenResponse>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.registry.rotate_token(&name, &req).await?))
+}
+
+async fn rotate_admin_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<muster_proto::AdminTokenResponse>, ApiError> {
+    require_admin(&state, &headers)?;
+    // The file first: if it cannot be written, the old token stays valid
+    // everywhere.
+    let mut hash = state
+        .admin_token_hash
+        .write()
+        .unwrap_or_else(|p| p.into_inner());
+    let token = crate::pki::rotate_admin_token(&state.data_dir).map_err(|e| {
+        tracing::error!(error = %e, "could not write the new admin token");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("could not write the new admin token: {e}"),
+        )
+    })?;
+    *hash = crate::registry::hash_secret(&token);
+    Ok(Json(muster_proto::AdminTokenResponse {
+        admin_token: token,
+    }))
 }
 
 async fn scale_cluster(

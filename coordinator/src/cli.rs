@@ -207,6 +207,28 @@ impl AdminClient {
         self.send("POST", paths::CLUSTERS, Some(req)).await
     }
 
+    /// `POST /v1/clusters/{name}/rotate-token`.
+    pub async fn rotate_token(
+        &self,
+        name: &str,
+        expires_in: Option<std::time::Duration>,
+    ) -> Result<muster_proto::RotateTokenResponse, CliError> {
+        check_cluster_arg(name)?;
+        let req = muster_proto::RotateTokenRequest {
+            expires_in_secs: expires_in.map(|d| d.as_secs()),
+        };
+        req.validate()
+            .map_err(|e| setting("--expires-in", &e.value, e.reason))?;
+        self.send("POST", &paths::cluster_rotate_token(name), Some(&req))
+            .await
+    }
+
+    /// `POST /v1/admin/rotate-token`.
+    pub async fn rotate_admin_token(&self) -> Result<muster_proto::AdminTokenResponse, CliError> {
+        self.send("POST", paths::ADMIN_ROTATE_TOKEN, None::<&()>)
+            .await
+    }
+
     /// `POST /v1/clusters/{name}/byon-token`.
     pub async fn byon_token(&self, name: &str) -> Result<ByonTokenResponse, CliError> {
         check_cluster_arg(name)?;

@@ -220,7 +220,8 @@ pub async fn serve(
     }
     let app = api::router(api::AppState {
         registry,
-        admin_token_hash: Arc::new(registry::hash_secret(&admin_token)),
+        admin_token_hash: Arc::new(std::sync::RwLock::new(registry::hash_secret(&admin_token))),
+        data_dir: Arc::new(settings.data_dir.clone()),
         trust: Arc::new(settings.trust.clone()),
         limiter,
     });

@@ -32,6 +32,9 @@ enum Command {
     /// Inspect nodes (talks to a running coordinator: MUSTER_ADDR, MUSTER_TOKEN, MUSTER_CACERT).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The coordinator's own secrets (talks to a running coordinator).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Dry-run an instance launch in every region with the AWS credentials
     /// this process finds (the chain `serve` uses); valid if one region
     /// succeeds.
@@ -186,6 +189,19 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replace a cluster's join token (shown only this once); the old one
+    /// stops working at once. Nodes keep their credentials.
+    RotateToken {
+        /// Cluster name.
+        name: String,
+        /// The new token stops working after this long, e.g. "24h"
+        /// [default: never]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List clusters.
     Ls {
         /// Print JSON.
@@ -196,6 +212,18 @@ enum ClusterCommand {
     Show {
         /// Cluster name.
         name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Replace the admin token: the new one is printed (shown only this
+    /// once) and written to the coordinator's data dir; the old one stops
+    /// working at once.
+    RotateToken {
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -409,6 +437,24 @@ async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<
             )
             .await?;
         }
+        ClusterCommand::RotateToken {
+            name,
+            expires_in,
+            json,
+        } => {
+            let rotated = client.rotate_token(&name, expires_in).await?;
+            if json {
+                print_json(&rotated);
+            } else {
+                println!(
+                    "new join token for {} (shown once): {}",
+                    rotated.cluster, rotated.join_token
+                );
+                if let Some(at) = &rotated.expires_at {
+                    println!("it expires at {at}");
+                }
+            }
+        }
         ClusterCommand::ByonToken { name, json } => {
             let minted = client.byon_token(&name).await?;
             if json {
@@ -484,6 +530,17 @@ async fn admin(command: Command) -> Result<(), cli::CliError> {
     let client = AdminClient::from_env()?;
     match command {
         Command::Cluster(command) => cluster_admin(&client, *command).await?,
+        Command::Admin(AdminCommand::RotateToken { json }) => {
+            let rotated = client.rotate_admin_token().await?;
+            if json {
+                print_json(&rotated);
+            } else {
+                println!(
+                    "new admin token (shown once; also written to the coordinator's data dir): {}",
+                    rotated.admin_token
+                );
+            }
+        }
         Command::Node(NodeCommand::Ls { cluster, json }) => {
             let nodes = client.nodes(cluster.as_deref()).await?;
             if json {

@@ -254,6 +254,19 @@ pub fn ensure_admin_token(data_dir: &Path) -> Result<String, PkiError> {
     Ok(token)
 }
 
+/// Replaces the admin token in `data_dir` with a fresh one (written
+/// atomically, 0600) and returns it.
+pub fn rotate_admin_token(data_dir: &Path) -> Result<String, PkiError> {
+    let token = new_secret(TokenKind::Admin);
+    write_file(
+        &data_dir.join(ADMIN_TOKEN_FILE),
+        format!("{token}\n").as_bytes(),
+        0o600,
+    )?;
+    tracing::info!("admin token rotated");
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

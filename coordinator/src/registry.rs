@@ -892,6 +892,17 @@ impl Registry {
                     });
                 }
                 if secret_matches(bearer, &c.join_token_hash) {
+                    if let Some(expired) = c
+                        .join_token_expires_at
+                        .filter(|at| *at <= crate::store::now_ms())
+                    {
+                        return Err(RegistryError::Unauthorized(format!(
+                            "the join token of cluster {:?} expired at {}; rotate it \
+                             (cluster rotate-token)",
+                            c.name,
+                            rfc3339_ms(expired)
+                        )));
+                    }
                     if req.byon.is_some() {
                         return Err(RegistryError::Unauthorized(format!(
                             "a machine without IMDS joins cluster {:?} with a bring-your-own \

@@ -68,6 +68,8 @@ pub const MIGRATIONS: &[&str] = &[
     );",
     // 4: bring-your-own nodes, which EC2 is never asked about.
     "ALTER TABLE nodes ADD COLUMN byon INTEGER NOT NULL DEFAULT 0;",
+    // 5: join tokens that expire (unix ms; NULL never).
+    "ALTER TABLE clusters ADD COLUMN join_token_expires_at INTEGER;",
 ];
 
 /// Errors of the store, named after the operation that failed.
@@ -138,6 +140,8 @@ pub struct Cluster {
     /// What its nodes are launched as and with, as JSON
     /// ([`crate::launcher::ClusterLaunch`]); `None` if muster launches none.
     pub launch: Option<String>,
+    /// When the join token stops working (unix ms); `None` never.
+    pub join_token_expires_at: Option<i64>,
 }
 
 /// A join token beyond the cluster's own, by what it is for.
@@ -402,7 +406,24 @@ impl Store {
             created_at,
             state: ClusterState::Active,
             launch: launch.map(str::to_owned),
+            join_token_expires_at: None,
         })
+    }
+
+    /// Replaces a cluster's join token (its hash) and expiry.
+    pub fn rotate_join_token(
+        &self,
+        cluster_id: i64,
+        join_token_hash: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE clusters SET join_token_hash = ?2, join_token_expires_at = ?3 WHERE id = ?1",
+                params![cluster_id, join_token_hash, expires_at],
+            )
+            .map_err(query("rotating a join token"))?;
+        Ok(())
     }
 
     /// Deletes a cluster that has no nodes: undoes a create whose launch
@@ -875,7 +896,8 @@ fn record_event(
     .map_err(query("recording an event"))
 }
 
-const CLUSTER_COLUMNS: &str = "id, name, join_token_hash, created_at, state, launch";
+const CLUSTER_COLUMNS: &str =
+    "id, name, join_token_hash, created_at, state, launch, join_token_expires_at";
 
 fn cluster_from_row(row: &Row<'_>) -> rusqlite::Result<Cluster> {
     let state: String = row.get(4)?;
@@ -888,6 +910,7 @@ fn cluster_from_row(row: &Row<'_>) -> rusqlite::Result<Cluster> {
             rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
         })?,
         launch: row.get(5)?,
+        join_token_expires_at: row.get(6)?,
     })
 }
 

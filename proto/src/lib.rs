@@ -595,6 +595,60 @@ pub struct ByonTokenResponse {
     pub byon_token: String,
 }
 
+/// The longest a join token may be given to live: ten years.
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// What `POST /v1/clusters/{name}/rotate-token` takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateTokenRequest {
+    /// Seconds the new join token is valid for (1 to ten years); absent,
+    /// it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+impl RotateTokenRequest {
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self.expires_in_secs {
+            Some(secs) if !(1..=MAX_TOKEN_LIFETIME_SECS).contains(&secs) => {
+                Err(ValidationError::new(
+                    "expires_in_secs",
+                    &secs.to_string(),
+                    "must be between 1 second and ten years",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What `POST /v1/clusters/{name}/rotate-token` answers: the cluster's new
+/// join token (shown this once). The old one stops working at once;
+/// launch and bring-your-own tokens are not touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateTokenResponse {
+    /// The cluster.
+    pub cluster: String,
+    /// The new join token.
+    pub join_token: String,
+    /// When it stops working (RFC 3339), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// What `POST /v1/admin/rotate-token` answers: the new admin token (also
+/// written to the coordinator's `D/admin-token`); the old one stops
+/// working at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenResponse {
+    /// The new admin token.
+    pub admin_token: String,
+}
+
 /// The body of every error answer: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

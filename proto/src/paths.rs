@@ -14,6 +14,10 @@ pub const CLUSTER: &str = "/v1/clusters/{name}";
 pub const CLUSTER_SCALE: &str = "/v1/clusters/{name}/scale";
 /// Admin: mint a bring-your-own token for a cluster (POST).
 pub const CLUSTER_BYON_TOKEN: &str = "/v1/clusters/{name}/byon-token";
+/// Admin: replace a cluster's join token, optionally with an expiry (POST).
+pub const CLUSTER_ROTATE_TOKEN: &str = "/v1/clusters/{name}/rotate-token";
+/// Admin: replace the admin token (POST).
+pub const ADMIN_ROTATE_TOKEN: &str = "/v1/admin/rotate-token";
 /// Admin: list nodes; `?cluster=NAME` narrows to one cluster.
 pub const NODES: &str = "/v1/nodes";
 /// Admin: one node, by cluster and node name.
@@ -43,4 +47,9 @@ pub fn cluster_scale(name: &str) -> String {
 /// The bring-your-own token path of one cluster.
 pub fn cluster_byon_token(name: &str) -> String {
     format!("{CLUSTERS}/{name}/byon-token")
+}
+
+/// The join-token rotation path of one cluster.
+pub fn cluster_rotate_token(name: &str) -> String {
+    format!("{CLUSTERS}/{name}/rotate-token")
 }

@@ -781,3 +781,116 @@ async fn operator_certificate_with_system_roots() {
     assert_eq!(nodes[0].instance_id, a);
     assert_eq!(nodes[0].state, NodeState::Deployed);
 }
+
+/// `cluster rotate-token`: the old join token stops working at once, the
+/// new one works, and one given an expiry stops working after it; nodes
+/// keep their credentials. `admin rotate-token`: the old admin token is
+/// refused, the new one works and is what the data dir holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rotate_and_expire() {
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let coordinator = Coordinator::start(&moto).await;
+    let first = coordinator.create_cluster(CLUSTER).await.join_token;
+    let a = ec2::launch_instance(&sdk, CLUSTER).await;
+    let a_public = ec2::describe(&sdk, &a).await.public_ipv4;
+    let body = register_body(&sdk, &a, None, a_public).await;
+    let (status, text) = post_json(&coordinator, paths::AGENT_REGISTER, &first, &body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let credential = serde_json::from_str::<serde_json::Value>(&text).unwrap()["credential"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let rotated: muster_proto::RotateTokenResponse = coordinator
+        .admin_json(&["cluster", "rotate-token", CLUSTER])
+        .await;
+    assert_ne!(rotated.join_token, first);
+    assert_eq!(rotated.expires_at, None);
+    let (status, text) = post_json(&coordinator, paths::AGENT_REGISTER, &first, &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    let (status, text) = post_json(
+        &coordinator,
+        paths::AGENT_REGISTER,
+        &rotated.join_token,
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    // The node credential handed out before the rotation was replaced by
+    // that register (one instance, one credential); the new one heartbeats.
+    let fresh = serde_json::from_str::<serde_json::Value>(&text).unwrap()["credential"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(fresh, credential);
+    let view = ec2::describe(&sdk, &a).await;
+    let beat = heartbeat_body(&a, view.private_ipv4.unwrap(), view.public_ipv4);
+    let (status, text) = post_json(&coordinator, paths::AGENT_HEARTBEAT, &fresh, &beat).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+
+    // A token with an expiry works until it, and not after.
+    let brief: muster_proto::RotateTokenResponse = coordinator
+        .admin_json(&["cluster", "rotate-token", CLUSTER, "--expires-in", "2s"])
+        .await;
+    assert!(brief.expires_at.is_some());
+    let expired = wait_until(
+        EVENTUALLY,
+        POLL,
+        || {
+            post_json(
+                &coordinator,
+                paths::AGENT_REGISTER,
+                &brief.join_token,
+                &body,
+            )
+        },
+        |(status, _)| *status == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(expired.0, StatusCode::UNAUTHORIZED, "{}", expired.1);
+    assert!(expired.1.contains("expired"), "{}", expired.1);
+    // Bad expiries change nothing: the expired token stays the cluster's.
+    for bad in ["0s", "11000d", "soon"] {
+        let out = coordinator
+            .admin(&["cluster", "rotate-token", CLUSTER, "--expires-in", bad])
+            .await;
+        assert!(!out.status.success(), "--expires-in {bad}");
+    }
+    let (status, _) = post_json(
+        &coordinator,
+        paths::AGENT_REGISTER,
+        &brief.join_token,
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // The admin token.
+    let old_admin = coordinator.admin_token();
+    let rotated: muster_proto::AdminTokenResponse =
+        coordinator.admin_json(&["admin", "rotate-token"]).await;
+    assert_ne!(rotated.admin_token, old_admin);
+    assert_eq!(coordinator.admin_token(), rotated.admin_token);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(coordinator.data_dir().join("admin-token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let list = |token: String| {
+        let client = coordinator.https_client();
+        let url = format!("{}{}", coordinator.url(), paths::CLUSTERS);
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(list(old_admin).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(list(rotated.admin_token).await, StatusCode::OK);
+}

@@ -77,6 +77,33 @@ impl Registry {
         self.mint_byon_token(name)
     }
 
+    /// `cluster rotate-token`: a new join token replaces the cluster's,
+    /// valid for `expires_in` if given. The old one stops working at once;
+    /// nodes keep their credentials, and launch and bring-your-own tokens
+    /// are untouched.
+    pub async fn rotate_token(
+        &self,
+        name: &str,
+        req: &muster_proto::RotateTokenRequest,
+    ) -> Result<muster_proto::RotateTokenResponse, RegistryError> {
+        validate::dns_label("cluster", name)?;
+        req.validate()?;
+        let _clusters = self.clusters.lock().await;
+        let cluster = self.active_cluster(name)?;
+        let token = new_secret(TokenKind::Join);
+        let expires_at = req
+            .expires_in_secs
+            .map(|secs| crate::store::now_ms().saturating_add((secs as i64).saturating_mul(1000)));
+        self.store
+            .rotate_join_token(cluster.id, &hash_secret(&token), expires_at)?;
+        tracing::info!(cluster = %name, ?expires_at, "join token rotated");
+        Ok(muster_proto::RotateTokenResponse {
+            cluster: cluster.name,
+            join_token: token,
+            expires_at: expires_at.map(super::rfc3339_ms),
+        })
+    }
+
     fn mint_byon_token(&self, name: &str) -> Result<String, RegistryError> {
         let cluster = self.active_cluster(name)?;
         let token = new_secret(TokenKind::Join);
