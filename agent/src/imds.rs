@@ -299,23 +299,20 @@ impl ImdsClient {
 
     /// Reads who and where the instance is.
     pub async fn identity(&self) -> Result<Identity, ImdsError> {
-        let (instance_id, availability_zone, region, addresses) = tokio::try_join!(
+        let (instance_id, availability_zone, region, private, public) = tokio::try_join!(
             self.require(paths::INSTANCE_ID),
             self.require(paths::AVAILABILITY_ZONE),
             self.require(paths::REGION),
-            self.addresses(),
+            self.require(paths::LOCAL_IPV4),
+            self.get(paths::PUBLIC_IPV4),
         )?;
-        let invalid = |path| move |source| ImdsError::Invalid { path, source };
-        validate::instance_id(&instance_id).map_err(invalid(paths::INSTANCE_ID))?;
-        validate::availability_zone(&availability_zone)
-            .map_err(invalid(paths::AVAILABILITY_ZONE))?;
-        validate::region(&region).map_err(invalid(paths::REGION))?;
-        Ok(Identity {
+        parse_identity(
             instance_id,
             availability_zone,
             region,
-            addresses,
-        })
+            &private,
+            public.as_deref(),
+        )
     }
 
     /// Reads the current addresses.
@@ -324,17 +321,47 @@ impl ImdsClient {
             self.require(paths::LOCAL_IPV4),
             self.get(paths::PUBLIC_IPV4)
         )?;
-        let private_ipv4 = parse_ipv4(paths::LOCAL_IPV4, "private_ipv4", &private)?;
-        let public_ipv4 = match public.as_deref() {
-            // An empty answer is how some IMDS emulations say "none".
-            None | Some("") => None,
-            Some(text) => Some(parse_ipv4(paths::PUBLIC_IPV4, "public_ipv4", text)?),
-        };
-        Ok(Addresses {
-            private_ipv4,
-            public_ipv4,
-        })
+        parse_addresses(&private, public.as_deref())
     }
+}
+
+/// Checks IMDS's answers for the identity: instance id, zone, region and
+/// addresses ([`parse_addresses`]). Every byte of them is untrusted.
+pub fn parse_identity(
+    instance_id: String,
+    availability_zone: String,
+    region: String,
+    local_ipv4: &str,
+    public_ipv4: Option<&str>,
+) -> Result<Identity, ImdsError> {
+    let invalid = |path| move |source| ImdsError::Invalid { path, source };
+    validate::instance_id(&instance_id).map_err(invalid(paths::INSTANCE_ID))?;
+    validate::availability_zone(&availability_zone).map_err(invalid(paths::AVAILABILITY_ZONE))?;
+    validate::region(&region).map_err(invalid(paths::REGION))?;
+    Ok(Identity {
+        instance_id,
+        availability_zone,
+        region,
+        addresses: parse_addresses(local_ipv4, public_ipv4)?,
+    })
+}
+
+/// Checks IMDS's answers for the addresses: `local-ipv4` must be a host
+/// address; `public-ipv4` absent or empty means none.
+pub fn parse_addresses(
+    local_ipv4: &str,
+    public_ipv4: Option<&str>,
+) -> Result<Addresses, ImdsError> {
+    let private_ipv4 = parse_ipv4(paths::LOCAL_IPV4, "private_ipv4", local_ipv4)?;
+    let public_ipv4 = match public_ipv4 {
+        // An empty answer is how some IMDS emulations say "none".
+        None | Some("") => None,
+        Some(text) => Some(parse_ipv4(paths::PUBLIC_IPV4, "public_ipv4", text)?),
+    };
+    Ok(Addresses {
+        private_ipv4,
+        public_ipv4,
+    })
 }
 
 fn parse_ipv4(path: &'static str, field: &str, text: &str) -> Result<Ipv4Addr, ImdsError> {

@@ -214,14 +214,19 @@ impl FileSettings {
                 ))
             }
         };
-        let file: FileSettings = toml::from_str(&text).map_err(|e| {
+        let file = FileSettings::parse(&text).map_err(|why| {
             invalid(
                 name,
                 &path.display().to_string(),
-                format!("is not a valid settings file: {}", e.message()),
+                format!("is not a valid settings file: {why}"),
             )
         })?;
         Ok((file, Some(path)))
+    }
+
+    /// Parses the text of a settings file (unknown keys are refused).
+    pub fn parse(text: &str) -> Result<FileSettings, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
     }
 }
 

@@ -1,0 +1,19 @@
+//! IMDS's answers as the agent parses them: the input is split at NUL
+//! bytes into instance id, zone, region, local-ipv4 and public-ipv4 (absent
+//! when there are fewer parts). Nothing may panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use muster_agent::imds::{parse_addresses, parse_identity};
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.split('\0');
+    let id = parts.next().unwrap_or_default().to_owned();
+    let zone = parts.next().unwrap_or_default().to_owned();
+    let region = parts.next().unwrap_or_default().to_owned();
+    let local = parts.next().unwrap_or_default();
+    let public = parts.next();
+    let _ = parse_addresses(local, public);
+    let _ = parse_identity(id, zone, region, local, public);
+});
