@@ -17,11 +17,14 @@
 //! - anything else (records without our TXT, or a TXT naming another
 //!   owner): a conflict, reported and never changed, deletes included.
 //!
-//! The listing is kept and updated with every change muster makes, and
-//! read again on the first pass, after any refused request, and once it is
-//! older than the full reconcile interval; so an incremental pass costs
-//! only its ChangeResourceRecordSets requests. A hand edit between two
-//! listings is seen at the next one (a CREATE over it is refused at once).
+//! A pass of a few changes (up to 25, e.g. a node that moved or went) reads
+//! each name and its ownership name fresh, two requests a name. A larger
+//! pass (a full reconcile, a storm) decides from a listing of the whole
+//! zone, kept and updated with every change muster makes, and read again
+//! after any refused request and once older than the full reconcile
+//! interval; so a storm costs only its ChangeResourceRecordSets requests.
+//! A hand edit made after that listing is seen at the next one (and a
+//! CREATE over it is refused by Route53 at once).
 //!
 //! # Route53's limits
 //! - One request holds at most 1000 `ResourceRecord` elements and 32,000
@@ -86,6 +89,13 @@ pub const BURST: u32 = 5;
 
 /// Record sets asked for per ListResourceRecordSets page (Route53's most).
 const LIST_PAGE: i32 = 300;
+
+/// Record sets asked for when reading one name.
+const NAME_PAGE: i32 = 10;
+
+/// Passes with at most this many changes read each name (two requests a
+/// name) instead of the whole zone.
+const FRESH_READ_CHANGES: usize = 25;
 
 /// Attempts of one call when Route53 asks to slow down.
 const ATTEMPTS: u32 = 8;
@@ -557,7 +567,23 @@ impl Route53 {
     async fn list(&self, zone_id: &str) -> Result<Listing, Route53Error> {
         let taken = Instant::now();
         let mut sets = Sets::new();
-        let mut next: Option<(String, RrType, Option<String>)> = None;
+        self.read(zone_id, None, &mut sets).await?;
+        tracing::debug!(zone_id, names = sets.len(), "route53 hosted zone listed");
+        Ok(Listing { taken, sets })
+    }
+
+    /// Reads record sets into `sets`, page by page: the whole zone, or with
+    /// `only` the sets of that one name (starting there, stopping at the
+    /// first other name).
+    async fn read(
+        &self,
+        zone_id: &str,
+        only: Option<&Name>,
+        sets: &mut Sets,
+    ) -> Result<(), Route53Error> {
+        let mut next: Option<(String, Option<RrType>, Option<String>)> =
+            only.map(|name| (name.to_ascii().trim_end_matches('.').to_owned(), None, None));
+        let page_size = if only.is_some() { NAME_PAGE } else { LIST_PAGE };
         loop {
             let start = next.clone();
             let page = self
@@ -566,11 +592,11 @@ impl Route53 {
                         .client
                         .list_resource_record_sets()
                         .hosted_zone_id(zone_id)
-                        .max_items(LIST_PAGE);
+                        .max_items(page_size);
                     if let Some((name, kind, identifier)) = &start {
                         request = request
                             .start_record_name(name)
-                            .start_record_type(kind.clone())
+                            .set_start_record_type(kind.clone())
                             .set_start_record_identifier(identifier.clone());
                     }
                     request.send()
@@ -584,6 +610,9 @@ impl Route53 {
                 let Ok(name) = Name::from_ascii(decode_name(set.name())) else {
                     continue;
                 };
+                if only.is_some_and(|wanted| *wanted != name) {
+                    return Ok(());
+                }
                 let mut kind = set.r#type().as_str().to_owned();
                 if let Some(identifier) = set.set_identifier() {
                     kind = format!("{kind}/{identifier}");
@@ -612,15 +641,13 @@ impl Route53 {
                 (true, Some(name), Some(kind)) => {
                     next = Some((
                         name.to_owned(),
-                        kind.clone(),
+                        Some(kind.clone()),
                         page.next_record_identifier().map(str::to_owned),
                     ));
                 }
-                _ => break,
+                _ => return Ok(()),
             }
         }
-        tracing::debug!(zone_id, names = sets.len(), "route53 hosted zone listed");
-        Ok(Listing { taken, sets })
     }
 
     fn holder(&self, sets: &Sets, owner: &Name) -> Holder {
@@ -815,18 +842,57 @@ impl Route53 {
     ) -> Result<(), Route53Error> {
         let zone_id = self.resolve_zone().await?;
         let mut listing = self.listing.lock().await;
-        if listing
-            .as_ref()
-            .is_none_or(|l| l.taken.elapsed() > self.listing_max_age)
-        {
-            *listing = Some(self.list(&zone_id).await?);
-        }
-        let Some(current) = listing.as_mut() else {
-            return Ok(());
+        let mut scratch = Sets::new();
+        let sets = if changes.len() <= FRESH_READ_CHANGES {
+            // A few names: each one and its ownership name are read now.
+            let sets = match listing.as_mut() {
+                Some(listing) => &mut listing.sets,
+                None => &mut scratch,
+            };
+            for change in changes {
+                let (Change::Upsert { name, .. } | Change::Delete { name }) = change;
+                let owner = ownership_name(name).map_err(|e| Route53Error::Build {
+                    name: name.to_ascii(),
+                    reason: e.to_string(),
+                })?;
+                for name in [name, &owner] {
+                    sets.remove(name);
+                    self.read(&zone_id, Some(name), sets).await?;
+                }
+            }
+            sets
+        } else {
+            if listing
+                .as_ref()
+                .is_none_or(|l| l.taken.elapsed() > self.listing_max_age)
+            {
+                *listing = Some(self.list(&zone_id).await?);
+            }
+            match listing.as_mut() {
+                Some(listing) => &mut listing.sets,
+                None => &mut scratch,
+            }
         };
+        let result = self.write(&zone_id, sets, changes, outcomes).await;
+        if result.is_err() {
+            // Someone may have changed the zone: read all of it next time.
+            *listing = None;
+        }
+        result
+    }
+
+    /// Plans every change from `sets`, sends the requests in order and
+    /// keeps `sets` up to date with what they did.
+    async fn write(
+        &self,
+        zone_id: &str,
+        sets: &mut Sets,
+        changes: &[Change],
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<(), Route53Error> {
         let mut plans = Vec::with_capacity(changes.len());
         for change in changes {
-            plans.push(self.plan(&current.sets, change)?);
+            plans.push(self.plan(sets, change)?);
         }
         // Requests hold whole groups; outcomes are handed out in order as
         // the requests holding them succeed.
@@ -859,21 +925,17 @@ impl Route53 {
                     Plan::Conflict(why) => decided.push(Outcome::Conflict(why)),
                 }
             }
-            if let Err(error) = self.send(&zone_id, batch).await {
-                // Someone may have changed the zone: read it again next time.
-                *listing = None;
-                return Err(error);
-            }
+            self.send(zone_id, batch).await?;
             for effect in effects {
                 match effect {
                     Effect::Put(name, kind, set) => {
-                        current.sets.entry(name).or_default().insert(kind, set);
+                        sets.entry(name).or_default().insert(kind, set);
                     }
                     Effect::Remove(name, kind) => {
-                        if let Some(types) = current.sets.get_mut(&name) {
+                        if let Some(types) = sets.get_mut(&name) {
                             types.remove(&kind);
                             if types.is_empty() {
-                                current.sets.remove(&name);
+                                sets.remove(&name);
                             }
                         }
                     }
