@@ -65,13 +65,22 @@ pub struct RecordSet {
 /// Every record set of the zone, by (name, type); names lower case with a
 /// trailing dot and `\052` read as `*`.
 pub async fn records(client: &Client, zone_id: &str) -> BTreeMap<(String, String), RecordSet> {
+    records_paged(client, zone_id, PAGE).await
+}
+
+/// Like [`records`], `page` record sets a request (300 at most).
+pub async fn records_paged(
+    client: &Client,
+    zone_id: &str,
+    page: i32,
+) -> BTreeMap<(String, String), RecordSet> {
     let mut out = BTreeMap::new();
     let mut next: Option<(String, RrType)> = None;
     loop {
         let mut request = client
             .list_resource_record_sets()
             .hosted_zone_id(zone_id)
-            .max_items(PAGE);
+            .max_items(page);
         if let Some((name, kind)) = &next {
             request = request
                 .start_record_name(name)
