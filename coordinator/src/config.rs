@@ -85,9 +85,15 @@ pub struct ServeArgs {
     /// Time a launched node's agent has to register before the node is failed [default: 10m]
     #[arg(long, env = "MUSTER_LAUNCH_TIMEOUT")]
     pub launch_timeout: Option<String>,
-    /// Where the records go: embedded or rfc2136 [default: embedded]
+    /// Where the records go: embedded, rfc2136 or route53 [default: embedded]
     #[arg(long, env = "MUSTER_DNS_PROVIDER")]
     pub dns_provider: Option<String>,
+    /// rfc2136, route53: the id written into ownership records [default: the random id in <data dir>/dns-owner-id]
+    #[arg(long, env = "MUSTER_DNS_OWNER_ID")]
+    pub dns_owner_id: Option<String>,
+    /// Route53: the hosted zone, by id (Z…) or by name [default: --zone]
+    #[arg(long = "route53-zone", env = "MUSTER_ROUTE53_ZONE")]
+    pub route53_zone: Option<String>,
     /// RFC 2136: the primary server taking updates, HOST:PORT
     #[arg(long = "rfc2136-server", env = "MUSTER_RFC2136_SERVER")]
     pub rfc2136_server: Option<String>,
@@ -138,6 +144,8 @@ struct FileServe {
     unknown_sweeps: Option<toml::Value>,
     launch_timeout: Option<String>,
     dns_provider: Option<String>,
+    dns_owner_id: Option<String>,
+    route53_zone: Option<String>,
     rfc2136_server: Option<String>,
     rfc2136_zone: Option<String>,
     tsig_key_name: Option<String>,
@@ -210,6 +218,9 @@ pub struct Settings {
     pub dns_provider: DnsProvider,
     /// Time between full reconciles with an external DNS provider.
     pub dns_reconcile_interval: Duration,
+    /// The owner id given with `--dns-owner-id`; `None` means the one kept
+    /// in the data dir.
+    pub dns_owner_id: Option<String>,
     /// Who may speak for a node.
     pub trust: Trust,
 }
@@ -238,6 +249,97 @@ pub enum DnsProvider {
     Embedded,
     /// RFC 2136 updates, signed with TSIG, to an existing primary.
     Rfc2136(Rfc2136Settings),
+    /// An Amazon Route53 hosted zone.
+    Route53(Route53Settings),
+}
+
+impl DnsProvider {
+    /// `embedded`, `rfc2136` or `route53`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DnsProvider::Embedded => "embedded",
+            DnsProvider::Rfc2136(_) => "rfc2136",
+            DnsProvider::Route53(_) => "route53",
+        }
+    }
+}
+
+/// Settings of the Route53 provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route53Settings {
+    /// The hosted zone.
+    pub zone: Route53Zone,
+}
+
+/// A hosted zone as the operator named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route53Zone {
+    /// By id (`Z…`, without `/hostedzone/`); its name is checked at start.
+    Id(String),
+    /// By name (lowercase, no trailing dot): the coordinator's zone or a
+    /// parent of it; it must name exactly one hosted zone.
+    Name(String),
+}
+
+impl std::fmt::Display for Route53Zone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route53Zone::Id(id) => write!(f, "hosted zone {id}"),
+            Route53Zone::Name(name) => write!(f, "hosted zone {name}"),
+        }
+    }
+}
+
+impl Route53Zone {
+    /// Reads `--route53-zone`: an id (upper-case letters and digits, with or
+    /// without `/hostedzone/`), else a DNS name that must be `zone` or a
+    /// parent of it.
+    fn parse(text: &str, zone: &str) -> Result<Route53Zone, ConfigError> {
+        let trimmed = text.trim();
+        let id = trimmed.strip_prefix("/hostedzone/").unwrap_or(trimmed);
+        if !id.is_empty()
+            && id.len() <= 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        {
+            return Ok(Route53Zone::Id(id.to_owned()));
+        }
+        let name = trimmed.trim_end_matches('.').to_ascii_lowercase();
+        muster_proto::validate::dns_name("route53_zone", &name).map_err(|e| {
+            bad(
+                "route53_zone",
+                text,
+                format!(
+                    "is neither a hosted zone id (Z…) nor a DNS name: {}",
+                    e.reason
+                ),
+            )
+        })?;
+        if zone != name && !zone.ends_with(&format!(".{name}")) {
+            return Err(bad(
+                "route53_zone",
+                text,
+                format!("must be the coordinator's zone ({zone}) or a parent of it"),
+            ));
+        }
+        Ok(Route53Zone::Name(name))
+    }
+}
+
+/// Checks an owner id: 1 to 64 of `a-z A-Z 0-9 - _ .`, so that it reads the
+/// same inside the ownership TXT (`heritage=muster,muster/owner=<id>`).
+pub fn validate_owner_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > 64 {
+        return Err("must be 1 to 64 characters long");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("may hold only letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
 }
 
 /// Settings of the RFC 2136 provider.
@@ -454,23 +556,49 @@ impl Settings {
             algorithm: args.tsig_algorithm.clone().or(file.tsig_algorithm),
             secret_file: args.tsig_secret_file.clone().or(file.tsig_secret_file),
         };
+        let route53_zone = args.route53_zone.clone().or(file.route53_zone);
+        let rfc2136_given = rfc2136.first_set();
         let provider_text = pick(&args.dns_provider, file.dns_provider, DEFAULT_DNS_PROVIDER);
         let dns_provider = match provider_text.as_str() {
-            "embedded" => {
-                if let Some((name, value)) = rfc2136.first_set() {
-                    return Err(bad(name, value, "is only used with dns_provider=rfc2136"));
-                }
-                DnsProvider::Embedded
-            }
+            "embedded" => DnsProvider::Embedded,
             "rfc2136" => DnsProvider::Rfc2136(rfc2136.validate(&zone)?),
+            "route53" => DnsProvider::Route53(Route53Settings {
+                zone: Route53Zone::parse(route53_zone.as_deref().unwrap_or(&zone), &zone)?,
+            }),
             _ => {
                 return Err(bad(
                     "dns_provider",
                     &provider_text,
-                    "must be embedded or rfc2136",
+                    "must be embedded, rfc2136 or route53",
                 ))
             }
         };
+        if !matches!(dns_provider, DnsProvider::Rfc2136(_)) {
+            if let Some((name, value)) = rfc2136_given {
+                return Err(bad(name, value, "is only used with dns_provider=rfc2136"));
+            }
+        }
+        if let (Some(value), false) = (
+            &route53_zone,
+            matches!(dns_provider, DnsProvider::Route53(_)),
+        ) {
+            return Err(bad(
+                "route53_zone",
+                value,
+                "is only used with dns_provider=route53",
+            ));
+        }
+        let dns_owner_id = args.dns_owner_id.clone().or(file.dns_owner_id);
+        if let Some(id) = &dns_owner_id {
+            if dns_provider == DnsProvider::Embedded {
+                return Err(bad(
+                    "dns_owner_id",
+                    id,
+                    "is only used with dns_provider=rfc2136 or route53",
+                ));
+            }
+            validate_owner_id(id).map_err(|reason| bad("dns_owner_id", id, reason))?;
+        }
         let dns_reconcile_interval = duration(
             "dns_reconcile_interval",
             args.dns_reconcile_interval
@@ -534,6 +662,7 @@ impl Settings {
             launch_timeout,
             dns_provider,
             dns_reconcile_interval,
+            dns_owner_id,
             trust: Trust {
                 verify_source,
                 trusted_proxies,
@@ -1084,6 +1213,99 @@ mod tests {
         ];
         for (name, reason, mutate) in cases {
             let mut a = rfc2136_args(good.clone());
+            mutate(&mut a);
+            let err = Settings::load(&a).unwrap_err();
+            assert_eq!(err.name, name, "{err}");
+            assert!(err.to_string().contains(reason), "{err}");
+        }
+    }
+
+    /// Route53 takes a hosted zone by id or by name (default: `--zone`), and
+    /// an owner id override with any external provider.
+    #[test]
+    fn route53_settings() {
+        let route53 = |zone: Option<&str>| {
+            let mut a = args();
+            a.zone = Some("nodes.example.com".into());
+            a.dns_provider = Some("route53".into());
+            a.route53_zone = zone.map(str::to_owned);
+            Settings::load(&a)
+        };
+        let zone_of = |s: Settings| match s.dns_provider {
+            DnsProvider::Route53(r) => r.zone,
+            other => panic!("route53 expected, got {other:?}"),
+        };
+        assert_eq!(
+            zone_of(route53(None).unwrap()),
+            Route53Zone::Name("nodes.example.com".into())
+        );
+        assert_eq!(
+            zone_of(route53(Some("Example.COM.")).unwrap()),
+            Route53Zone::Name("example.com".into())
+        );
+        assert_eq!(
+            zone_of(route53(Some("/hostedzone/Z0123456789ABC")).unwrap()),
+            Route53Zone::Id("Z0123456789ABC".into())
+        );
+        assert_eq!(
+            zone_of(route53(Some("Z0123456789ABC")).unwrap()),
+            Route53Zone::Id("Z0123456789ABC".into())
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[serve]\nzone = \"nodes.example.com\"\ndns_provider = \"route53\"\n\
+             route53_zone = \"example.com\"\ndns_owner_id = \"coord-a\"\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        let s = Settings::load(&a).unwrap();
+        assert_eq!(s.dns_owner_id.as_deref(), Some("coord-a"));
+        assert_eq!(s.dns_provider.kind(), "route53");
+        assert_eq!(zone_of(s), Route53Zone::Name("example.com".into()));
+    }
+
+    /// Each bad Route53 or owner id value names itself.
+    #[test]
+    fn route53_bad_values_name_themselves() {
+        type Case = (&'static str, &'static str, fn(&mut ServeArgs));
+        let cases: Vec<Case> = vec![
+            ("route53_zone", "parent", |a| {
+                a.route53_zone = Some("other.example".into())
+            }),
+            ("route53_zone", "neither", |a| {
+                a.route53_zone = Some("bad_zone".into())
+            }),
+            ("route53_zone", "only used with", |a| a.dns_provider = None),
+            ("dns_owner_id", "only letters", |a| {
+                a.dns_owner_id = Some("a,b=c".into())
+            }),
+            ("dns_owner_id", "1 to 64", |a| {
+                a.dns_owner_id = Some(String::new())
+            }),
+            ("dns_owner_id", "1 to 64", |a| {
+                a.dns_owner_id = Some("x".repeat(65))
+            }),
+            ("dns_owner_id", "only used with", |a| {
+                a.dns_provider = Some("embedded".into());
+                a.route53_zone = None;
+                a.dns_owner_id = Some("ok".into());
+            }),
+            ("rfc2136_server", "only used with", |a| {
+                a.rfc2136_server = Some("127.0.0.1:53".into())
+            }),
+            ("dns_provider", "route53", |a| {
+                a.dns_provider = Some("route66".into())
+            }),
+        ];
+        for (name, reason, mutate) in cases {
+            let mut a = args();
+            a.zone = Some("nodes.example.com".into());
+            a.dns_provider = Some("route53".into());
+            a.route53_zone = Some("example.com".into());
             mutate(&mut a);
             let err = Settings::load(&a).unwrap_err();
             assert_eq!(err.name, name, "{err}");

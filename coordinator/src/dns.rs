@@ -450,6 +450,18 @@ impl Zone {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
+
+    /// Changes the provider's recorded progress in place, if there is any.
+    pub fn update_provider_status(&self, change: impl FnOnce(&mut ProviderStatus)) {
+        if let Some(status) = self
+            .provider_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            change(status);
+        }
+    }
 }
 
 /// Answers DNS requests from a [`Zone`].

@@ -5,9 +5,10 @@
 //! `embedded` (the default) is the coordinator's own server
 //! ([`crate::dns`]): it answers straight from the desired records, so it is
 //! current by construction and needs no loop. `rfc2136`
-//! ([`crate::rfc2136`]) writes to another server and is driven from here.
-//! With `rfc2136` the embedded server keeps answering on `--dns-listen`
-//! too: it is harmless, and handy to compare with.
+//! ([`crate::rfc2136`]) writes to another server and `route53`
+//! ([`crate::route53`]) to a Route53 hosted zone; both are driven from here.
+//! With either, the embedded server keeps answering on `--dns-listen` too:
+//! it is harmless, and handy to compare with.
 //!
 //! # The loop
 //! Desired records come from [`crate::dns::Zone::subscribe`], which always
@@ -32,9 +33,17 @@
 //! # Ownership
 //! The records carry an ownership TXT naming this coordinator's owner id,
 //! made at random on first start and kept in `D/dns-owner-id` (copy it with
-//! the data dir to keep ownership). Names muster does not own are conflicts:
-//! logged, listed on `GET /v1/dns/status` and counted in `/metrics`, and
-//! never changed.
+//! the data dir to keep ownership), or given with `--dns-owner-id`. Names
+//! muster does not own are conflicts: logged, listed on `GET
+//! /v1/dns/status` and counted in `/metrics`, and never changed. That holds
+//! for deletes too: a name muster wrote that has lost its ownership record
+//! is not deleted, and stays listed as a conflict until it is desired again.
+//!
+//! # Changes in flight
+//! A provider whose server applies changes later (Route53: `PENDING`, then
+//! `INSYNC`) reports its last change through [`DnsProvider::last_change`];
+//! [`watch_last_change`] asks the server about it every
+//! [`CHANGE_POLL`] while it is pending, beside the loop, never blocking it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +67,9 @@ pub const APPLIED_FILE: &str = "dns-applied.json";
 /// The file holding the owner id, in the data dir.
 pub const OWNER_ID_FILE: &str = "dns-owner-id";
 
+/// How often a pending change is asked about.
+pub const CHANGE_POLL: Duration = Duration::from_secs(2);
+
 /// Most pending names listed on the status page.
 const STATUS_NAMES: usize = 100;
 
@@ -73,6 +85,9 @@ pub enum ProviderError {
     /// RFC 2136.
     #[error(transparent)]
     Rfc2136(#[from] crate::rfc2136::Rfc2136Error),
+    /// Route53.
+    #[error(transparent)]
+    Route53(#[from] crate::route53::Route53Error),
 }
 
 /// Errors setting the loop up.
@@ -126,15 +141,45 @@ pub struct Applied {
     pub error: Option<ProviderError>,
 }
 
+/// A change submitted to a server that applies it later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastChange {
+    /// The server's id of the change.
+    pub id: String,
+    /// `PENDING` or `INSYNC`, as last heard.
+    pub status: String,
+    /// When it was submitted (RFC 3339).
+    pub submitted_at: String,
+}
+
+impl LastChange {
+    /// Whether the server has not applied it everywhere yet.
+    pub fn is_pending(&self) -> bool {
+        self.status == "PENDING"
+    }
+}
+
 /// A DNS server muster writes its records to.
 #[async_trait::async_trait]
 pub trait DnsProvider: Send + Sync + std::fmt::Debug {
-    /// `rfc2136`, later `route53`.
+    /// `rfc2136` or `route53`.
     fn kind(&self) -> &'static str;
     /// Where the records go, for humans (server and zone).
     fn target(&self) -> String;
     /// Applies `changes` in order, each guarded by ownership.
     async fn apply(&self, changes: &[Change]) -> Applied;
+    /// The last change submitted, for servers that apply changes later.
+    fn last_change(&self) -> Option<LastChange> {
+        None
+    }
+    /// Asks the server how far the last change has got.
+    async fn refresh_last_change(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// Answers that told muster to slow down (throttling), since start.
+    fn throttled_total(&self) -> u64 {
+        0
+    }
 }
 
 /// Progress of a provider, for `GET /v1/dns/status` and `/metrics`.
@@ -164,6 +209,11 @@ pub struct ProviderStatus {
     pub failures_total: u64,
     /// Changes applied since start.
     pub applied_total: u64,
+    /// Answers that told muster to slow down, since start (each retried).
+    pub throttled_total: u64,
+    /// The last change submitted, where the server applies changes later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<LastChange>,
 }
 
 /// The owner id kept in `data_dir`, made (16 random hex digits) on first use.
@@ -205,6 +255,10 @@ struct AppliedFile {
 /// What was applied, by name.
 type AppliedRecords = BTreeMap<Name, RecordData>;
 
+/// Names muster wants but does not own, with the records it wanted (`None`
+/// for a delete it refused) and why.
+pub type Conflicts = BTreeMap<Name, (Option<RecordData>, String)>;
+
 /// The changes that bring `applied` to `desired`. An incremental pass
 /// (`full == false`) skips names that are applied already, and names in
 /// conflict whose desired records have not changed since; a full pass
@@ -212,13 +266,15 @@ type AppliedRecords = BTreeMap<Name, RecordData>;
 pub fn changes(
     desired: &DesiredRecords,
     applied: &AppliedRecords,
-    conflicts: &BTreeMap<Name, (RecordData, String)>,
+    conflicts: &Conflicts,
     full: bool,
 ) -> Vec<Change> {
     let mut out = Vec::new();
     for (name, data) in desired {
         let current = applied.get(name) == Some(data);
-        let stuck = conflicts.get(name).is_some_and(|(d, _)| d == data);
+        let stuck = conflicts
+            .get(name)
+            .is_some_and(|(d, _)| d.as_ref() == Some(data));
         if full || (!current && !stuck) {
             out.push(Change::Upsert {
                 name: name.clone(),
@@ -260,7 +316,7 @@ pub struct Reconciler {
     state_path: PathBuf,
     interval: Duration,
     applied: AppliedRecords,
-    conflicts: BTreeMap<Name, (RecordData, String)>,
+    conflicts: Conflicts,
     status: ProviderStatus,
 }
 
@@ -369,14 +425,20 @@ impl Reconciler {
                     touched |= self.applied.remove(name).is_some();
                 }
                 (Change::Upsert { name, data, .. }, Outcome::Conflict(why)) => {
-                    if self.conflicts.get(name).is_none_or(|(d, _)| d != data) {
+                    if self
+                        .conflicts
+                        .get(name)
+                        .is_none_or(|(d, _)| d.as_ref() != Some(data))
+                    {
                         tracing::warn!(name = %name, why, "dns name not owned by muster; left alone");
                     }
                     self.conflicts
-                        .insert(name.clone(), (data.clone(), why.clone()));
+                        .insert(name.clone(), (Some(data.clone()), why.clone()));
                     touched |= self.applied.remove(name).is_some();
                 }
-                (Change::Delete { name }, Outcome::Conflict(_)) => {
+                (Change::Delete { name }, Outcome::Conflict(why)) => {
+                    tracing::warn!(name = %name, why, "dns name to delete is not owned by muster; left alone");
+                    self.conflicts.insert(name.clone(), (None, why.clone()));
                     touched |= self.applied.remove(name).is_some();
                 }
             }
@@ -386,8 +448,10 @@ impl Reconciler {
             .iter()
             .filter(|o| **o == Outcome::Applied)
             .count() as u64;
-        // Names no longer desired are no longer conflicts.
-        self.conflicts.retain(|name, _| desired.contains_key(name));
+        // Names no longer desired are no longer conflicts, except refused
+        // deletes: those stay reported until the name is desired again.
+        self.conflicts
+            .retain(|name, (data, _)| data.is_none() || desired.contains_key(name));
         if touched {
             self.save();
         }
@@ -437,7 +501,27 @@ impl Reconciler {
             .map(|(name, (_, why))| (name.to_ascii(), why.clone()))
             .collect();
         self.status.applied_names = self.applied.len();
+        self.status.throttled_total = self.provider.throttled_total();
+        self.status.last_change = self.provider.last_change();
         self.zone.set_provider_status(self.status.clone());
+    }
+}
+
+/// Asks `provider` about its last change every [`CHANGE_POLL`] while that
+/// change is pending, and puts the answer on the zone's provider status.
+/// Runs until aborted.
+pub async fn watch_last_change(zone: Arc<Zone>, provider: Arc<dyn DnsProvider>) {
+    loop {
+        tokio::time::sleep(CHANGE_POLL).await;
+        if !provider.last_change().is_some_and(|c| c.is_pending()) {
+            continue;
+        }
+        if let Err(error) = provider.refresh_last_change().await {
+            tracing::debug!(%error, "could not ask about the last dns change");
+            continue;
+        }
+        let last_change = provider.last_change();
+        zone.update_provider_status(|status| status.last_change = last_change);
     }
 }
 
@@ -479,6 +563,12 @@ pub fn write_metrics(
         "counter",
         "DNS passes that failed.",
         status.failures_total.to_string(),
+    );
+    gauge(
+        "muster_dns_throttled_total",
+        "counter",
+        "Answers from the DNS provider that told muster to slow down (each retried).",
+        status.throttled_total.to_string(),
     );
     gauge(
         "muster_dns_changes_applied_total",
@@ -569,7 +659,7 @@ mod tests {
     #[test]
     fn conflicts_wait_for_a_change() {
         let desired: DesiredRecords = [(name("a.z."), a(1))].into();
-        let conflicts = [(name("a.z."), (a(1), "theirs".to_owned()))].into();
+        let conflicts = [(name("a.z."), (Some(a(1)), "theirs".to_owned()))].into();
         assert!(changes(&desired, &BTreeMap::new(), &conflicts, false).is_empty());
         assert_eq!(
             changes(&desired, &BTreeMap::new(), &conflicts, true).len(),

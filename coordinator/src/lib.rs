@@ -21,6 +21,8 @@
 //! - [`dns_reconcile`]: the `DnsProvider` trait and the loop that keeps an
 //!   external DNS server at the desired records.
 //! - [`rfc2136`]: the RFC 2136 provider (dynamic updates signed with TSIG).
+//! - [`route53`]: the Route53 provider (ChangeResourceRecordSets, paced and
+//!   batched within Route53's limits).
 //! - [`network`]: the VPC, gateway, route table and subnets launched nodes
 //!   use, found or created.
 //! - [`placement`]: which subnet each launched node goes to.
@@ -43,6 +45,7 @@ pub mod pki;
 pub mod placement;
 pub mod registry;
 pub mod rfc2136;
+pub mod route53;
 pub mod store;
 pub mod userdata;
 
@@ -94,6 +97,9 @@ pub enum ServeError {
     /// The RFC 2136 provider could not be set up.
     #[error(transparent)]
     Rfc2136(#[from] rfc2136::Rfc2136Error),
+    /// The Route53 provider could not be set up.
+    #[error(transparent)]
+    Route53(#[from] route53::Route53Error),
     /// The API could not bind or failed.
     #[error("serving the API on {addr}: {source}")]
     Api {
@@ -182,25 +188,59 @@ pub async fn serve(
         tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
         tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
     ];
-    let mut dns_loop = None;
-    if let config::DnsProvider::Rfc2136(rfc2136) = &settings.dns_provider {
-        let owner = dns_reconcile::ensure_owner_id(data_dir)?;
-        let provider = Arc::new(rfc2136::Rfc2136::new(rfc2136, &owner, settings.dns_ttl)?);
-        tracing::info!(
-            server = %rfc2136.server,
-            zone = %rfc2136.zone,
-            key = %rfc2136.key_name,
-            %owner,
-            "dns updates go to an rfc2136 server"
-        );
+    let mut dns_loops = Vec::new();
+    let owner = || match &settings.dns_owner_id {
+        Some(id) => Ok(id.clone()),
+        None => dns_reconcile::ensure_owner_id(data_dir),
+    };
+    let provider: Option<(Arc<dyn dns_reconcile::DnsProvider>, String)> =
+        match &settings.dns_provider {
+            config::DnsProvider::Embedded => None,
+            config::DnsProvider::Rfc2136(rfc2136) => {
+                let owner = owner()?;
+                tracing::info!(
+                    server = %rfc2136.server,
+                    zone = %rfc2136.zone,
+                    key = %rfc2136.key_name,
+                    %owner,
+                    "dns updates go to an rfc2136 server"
+                );
+                let provider = rfc2136::Rfc2136::new(rfc2136, &owner, settings.dns_ttl)?;
+                Some((Arc::new(provider), owner))
+            }
+            config::DnsProvider::Route53(route53) => {
+                let owner = owner()?;
+                let provider = route53::Route53::new(
+                    route53::Route53::client_from_env().await,
+                    route53.zone.clone(),
+                    &settings.zone,
+                    &owner,
+                    settings.dns_ttl,
+                    settings.dns_reconcile_interval,
+                )?;
+                // A zone that does not exist is a setup error; Route53 out
+                // of reach is not: the loop keeps trying.
+                match provider.resolve_zone().await {
+                    Ok(id) => tracing::info!(zone_id = %id, %owner, "dns updates go to route53"),
+                    Err(error) if error.is_definitive() => return Err(error.into()),
+                    Err(error) => tracing::warn!(%error, "route53 not reachable yet; will retry"),
+                }
+                Some((Arc::new(provider), owner))
+            }
+        };
+    if let Some((provider, owner)) = provider {
         let reconciler = dns_reconcile::Reconciler::new(
             zone.clone(),
-            provider,
+            provider.clone(),
             owner,
             data_dir,
             settings.dns_reconcile_interval,
         );
-        dns_loop = Some(tokio::spawn(reconciler.run()));
+        dns_loops.push(tokio::spawn(reconciler.run()));
+        dns_loops.push(tokio::spawn(dns_reconcile::watch_last_change(
+            zone.clone(),
+            provider,
+        )));
     }
 
     let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen).await?;
@@ -267,7 +307,7 @@ pub async fn serve(
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    for task in loops.into_iter().chain(dns_loop) {
+    for task in loops.into_iter().chain(dns_loops) {
         task.abort();
     }
     handle.graceful_shutdown(Some(DRAIN_DEADLINE));

@@ -17,7 +17,9 @@
 //! - create: "the name is not in use" and "its ownership name is not in
 //!   use", then add both;
 //! - delete: "the ownership TXT RRset is exactly ours", then delete the
-//!   name's records and the ownership TXT.
+//!   name's records and the ownership TXT. If that prerequisite fails, a
+//!   message with only "the name is not in use" tells whether the name is
+//!   gone (done) or someone else's (a conflict, left alone).
 //!
 //! A name whose owned update fails (no ownership record) and whose create
 //! fails (the name is in use) belongs to someone else: that is a conflict,
@@ -330,6 +332,14 @@ impl Rfc2136 {
         Ok(message)
     }
 
+    /// A message that changes nothing and holds only if `name` is not in
+    /// use: asks whether a name is free.
+    fn free(&self, name: &Name) -> Message {
+        let mut message = self.update();
+        message.add_pre_requisite(Self::not_in_use(name.clone()));
+        message
+    }
+
     /// A message "delete `name` and its ownership record, if ours".
     fn owned_delete(&self, name: &Name) -> Result<Message, Rfc2136Error> {
         let owner = ownership_name(name).map_err(|e| self.message_error(e))?;
@@ -521,13 +531,20 @@ impl Rfc2136 {
                     Change::Delete { name } => {
                         match self.exchange(stream, self.owned_delete(name)?).await? {
                             Reply::Done => Outcome::Applied,
+                            // Not ours (any more): gone already, or someone
+                            // else's now.
                             Reply::Prerequisite(rcode) => {
-                                tracing::warn!(
-                                    name = %name,
-                                    %rcode,
-                                    "dns name to delete no longer carries our ownership record; left alone"
-                                );
-                                Outcome::Applied
+                                match self.exchange(stream, self.free(name)).await? {
+                                    Reply::Done => Outcome::Applied,
+                                    Reply::Prerequisite(_) => Outcome::Conflict(format!(
+                                        "{} is to be deleted but carries no ownership record of \
+                                         muster's at {} ({rcode}); it is left alone",
+                                        name.to_ascii(),
+                                        ownership_name(name)
+                                            .map(|n| n.to_ascii())
+                                            .unwrap_or_default(),
+                                    )),
+                                }
                             }
                         }
                     }

@@ -28,6 +28,10 @@
 //! - [`dns`]: a resolver that asks only one DNS server (the coordinator's,
 //!   or BIND).
 //! - [`bind`]: a real BIND taking TSIG-signed RFC 2136 updates for one zone.
+//! - [`route53`]: a hosted zone in moto's Route53, read and edited by hand
+//!   through the SDK.
+//! - [`route53proxy`]: a proxy in front of moto that counts Route53 calls,
+//!   keeps every change batch, and throttles chosen ones.
 //! - [`wait_until`]: polling for eventual conditions.
 
 #![forbid(unsafe_code)]
@@ -41,6 +45,8 @@ pub mod ec2proxy;
 pub mod imds;
 pub mod moto;
 pub mod procs;
+pub mod route53;
+pub mod route53proxy;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -52,6 +58,7 @@ pub use dns::{DnsAnswer, Resolver};
 pub use ec2proxy::{Ec2Proxy, Refusal};
 pub use imds::Imds;
 pub use moto::Moto;
+pub use route53proxy::Route53Proxy;
 
 /// How long a test waits for something that should happen "soon". Generous:
 /// tests check outcomes, not timings.

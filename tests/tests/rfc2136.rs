@@ -3,6 +3,7 @@
 //! itself with the harness's resolver, never from the coordinator; edits
 //! "by hand" are made with nsupdate, as an operator would.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -418,4 +419,142 @@ async fn outage_loses_nothing() {
         .dns_status_until(|s| s["pending_changes"] == 0 && s["last_error"].is_null())
         .await;
     assert_eq!(status["pending_changes"], 0, "{status}");
+}
+
+/// How many operations BIND's log says each name's updates carried out
+/// (`updating zone '…': adding an RR at 'NAME' …`, `deleting rrset at …`).
+fn bind_updates(logs: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in logs.lines().filter(|l| l.contains("updating zone")) {
+        if let Some(name) = line
+            .split(" at '")
+            .nth(1)
+            .and_then(|r| r.split('\'').next())
+        {
+            *counts.entry(name.to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// A coordinator stopped and started again on the same data dir sends BIND
+/// only the difference: a node that moved while it was down gets its new
+/// address (found by the EC2 sweep), and BIND's own log shows that no other
+/// name was touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_applies_only_the_difference() {
+    let mut scene = Scene::new(&["--sweep-interval", "1s"], async |_| {}).await;
+    let moving = scene.add_node().await;
+    let staying = scene.add_node().await;
+    let bind = scene.bind.resolver();
+    let mut publics = Vec::new();
+    for id in [&moving, &staying] {
+        let public = ec2::describe(&scene.ec2, id)
+            .await
+            .public_ipv4
+            .expect("moto maps a public address");
+        publics.push(public);
+        let name = node_dns_name(id, CLUSTER, ZONE);
+        let answer = bind.a_until(&name, EVENTUALLY, |a| a.a == [public]).await;
+        assert_eq!(answer.a, [public], "{name}");
+    }
+    let round_robin = cluster_dns_name(CLUSTER, ZONE);
+    publics.sort();
+    let answer = bind
+        .a_until(&round_robin, EVENTUALLY, |a| a.a == publics)
+        .await;
+    assert_eq!(answer.a, publics, "{round_robin}");
+    let status = scene
+        .dns_status_until(|s| s["pending_changes"] == 0 && s["applied_names"] == 7)
+        .await;
+    assert_eq!(status["applied_names"], 7, "{status}");
+
+    scene.coordinator.stop();
+    let before = bind_updates(&scene.bind.logs());
+    let eip = ec2::associate_new_eip(&scene.ec2, &moving).await;
+    scene.coordinator.restart().await;
+
+    let name = node_dns_name(&moving, CLUSTER, ZONE);
+    let answer = bind.a_until(&name, EVENTUALLY, |a| a.a == [eip]).await;
+    assert_eq!(answer.a, [eip], "{name} follows the move made while down");
+    let staying_public = ec2::describe(&scene.ec2, &staying).await.public_ipv4;
+    let mut expected: Vec<Ipv4Addr> = [Some(eip), staying_public].into_iter().flatten().collect();
+    expected.sort();
+    let answer = bind
+        .a_until(&round_robin, EVENTUALLY, |a| a.a == expected)
+        .await;
+    assert_eq!(answer.a, expected, "{round_robin}");
+    let status = scene
+        .dns_status_until(|s| s["pending_changes"] == 0 && s["applied_total"] == 2)
+        .await;
+    assert_eq!(
+        status["applied_total"], 2,
+        "the restarted coordinator applied two changes: {status}"
+    );
+
+    let after = bind_updates(&scene.bind.logs());
+    let touched: Vec<&String> = after
+        .iter()
+        .filter(|(name, count)| before.get(*name) != Some(count))
+        .map(|(name, _)| name)
+        .collect();
+    let mut expected = vec![&round_robin, &name];
+    expected.sort();
+    assert_eq!(
+        touched, expected,
+        "BIND updated only the moved name and the round robin after the restart"
+    );
+}
+
+/// A node's name whose ownership record was deleted by hand is not deleted
+/// when the node goes: it is reported as a conflict, and the node's other
+/// names go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_of_unowned_name_is_a_conflict() {
+    let mut scene = Scene::new(&["--sweep-interval", "1s"], async |_| {}).await;
+    let id = scene.add_node().await;
+    let public = ec2::describe(&scene.ec2, &id)
+        .await
+        .public_ipv4
+        .expect("moto maps a public address");
+    let bind = scene.bind.resolver();
+    let name = node_dns_name(&id, CLUSTER, ZONE);
+    let internal = node_internal_dns_name(&id, CLUSTER, ZONE);
+    let answer = bind.a_until(&name, EVENTUALLY, |a| a.a == [public]).await;
+    assert_eq!(answer.a, [public], "{name}");
+    let answer = bind
+        .a_until(&internal, EVENTUALLY, |a| !a.a.is_empty())
+        .await;
+    assert!(!answer.a.is_empty(), "{internal}");
+
+    // An operator takes the name over: its ownership record goes.
+    scene
+        .bind
+        .nsupdate(&[&format!("update delete _muster.{name}. TXT")])
+        .await;
+    let output = scene.coordinator.admin(&["node", "rm", CLUSTER, &id]).await;
+    assert!(
+        output.status.success(),
+        "node rm: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status = scene
+        .dns_status_until(|s| s["conflicts"].get(format!("{name}.")).is_some())
+        .await;
+    let why = status["conflicts"][format!("{name}.")]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("deleted") && why.contains("ownership"),
+        "the refused delete is a conflict: {status}"
+    );
+    let answer = bind
+        .a_until(&internal, EVENTUALLY, |a| a.is_nxdomain())
+        .await;
+    assert!(
+        answer.is_nxdomain(),
+        "the node's other names go: {answer:?}"
+    );
+    let answer = bind.a(&name).await.expect("asking BIND");
+    assert_eq!(answer.a, [public], "{name} is left as the operator has it");
 }

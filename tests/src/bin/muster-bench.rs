@@ -11,6 +11,13 @@
 //! - P4: agent killed → its node `unreachable` at the default grace, and
 //!   the false `unreachable`s a 5 s coordinator stall (SIGSTOP, SIGCONT)
 //!   causes.
+//! - P7: Route53 convergence when 10,000 A records change at once (5,000
+//!   nodes' public and internal names move), written by the real
+//!   reconcile loop and Route53 provider in this process into moto's
+//!   Route53 behind a counting proxy; timed until every record reads back
+//!   through the SDK; once as moto answers (it never throttles), once with
+//!   `Throttling` injected by the proxy. `--only p7` runs just this one,
+//!   `--p7-nodes N` changes its size.
 //!
 //! Figures are medians and percentiles; the machine is shared and noisy, so
 //! read them with the coordinator's CPU use printed beside them. It prints
@@ -18,11 +25,19 @@
 
 #![forbid(unsafe_code)]
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use muster_coordinator::config::Route53Zone;
+use muster_coordinator::dns::{NodeRecordSource, Zone};
+use muster_coordinator::dns_reconcile::{DnsProvider, ProviderStatus, Reconciler};
+use muster_coordinator::route53::Route53;
 use muster_tests::procs::{cpu_time, percentile, rss_kib};
-use muster_tests::{ec2, wait_until, Agent, Coordinator, Ec2Proxy, Imds, Moto, POLL};
+use muster_tests::{
+    ec2, route53, wait_until, Agent, Coordinator, Ec2Proxy, Imds, Moto, Route53Proxy, POLL,
+};
 
 const CLUSTER: &str = "bench";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -33,6 +48,8 @@ struct Args {
     trials: usize,
     idle: Duration,
     agent_release: Option<PathBuf>,
+    only_p7: bool,
+    p7_nodes: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -40,6 +57,8 @@ fn args() -> anyhow::Result<Args> {
         trials: 30,
         idle: Duration::from_secs(60),
         agent_release: None,
+        only_p7: false,
+        p7_nodes: 5000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,8 +75,21 @@ fn args() -> anyhow::Result<Args> {
             }
             "--idle-secs" => parsed.idle = Duration::from_secs(value.parse()?),
             "--agent-release" => parsed.agent_release = Some(PathBuf::from(value)),
+            "--only" => {
+                anyhow::ensure!(value.eq_ignore_ascii_case("p7"), "--only takes p7");
+                parsed.only_p7 = true;
+            }
+            "--p7-nodes" => {
+                parsed.p7_nodes = value.parse()?;
+                anyhow::ensure!(
+                    (1..=50_000).contains(&parsed.p7_nodes),
+                    "--p7-nodes must be 1..=50000"
+                );
+            }
             other => {
-                anyhow::bail!("unknown flag {other}; known: --trials, --idle-secs, --agent-release")
+                anyhow::bail!(
+                    "unknown flag {other}; known: --trials, --idle-secs, --agent-release, --only, --p7-nodes"
+                )
             }
         }
     }
@@ -100,9 +132,207 @@ async fn launch_calls(
     Ok((calls.values().sum(), calls))
 }
 
+/// Nodes per cluster in P7 (each cluster has a round-robin name).
+const P7_CLUSTER_SIZE: usize = 100;
+
+/// How long P7 waits for any one step.
+const P7_PATIENCE: Duration = Duration::from_secs(900);
+
+/// P7's node `i` in round `round`: public and private addresses that
+/// differ from round to round.
+fn p7_node(i: usize, round: u8) -> NodeRecordSource {
+    let (hi, lo) = ((i / 250) as u8, (i % 250 + 1) as u8);
+    NodeRecordSource {
+        cluster: format!("c{}", i / P7_CLUSTER_SIZE),
+        name: format!("n{i}"),
+        state: muster_proto::NodeState::Deployed,
+        private_ipv4: Some(Ipv4Addr::new(10, round, hi, lo)),
+        public_ipv4: Some(Ipv4Addr::new(100, 64 + round, hi, lo)),
+    }
+}
+
+/// The provider's status once `done` holds.
+async fn p7_status(
+    zone: &Zone,
+    done: impl Fn(&ProviderStatus) -> bool,
+) -> anyhow::Result<ProviderStatus> {
+    let status = wait_until(
+        P7_PATIENCE,
+        Duration::from_millis(20),
+        || std::future::ready(zone.provider_status().unwrap_or_default()),
+        |s| done(s),
+    )
+    .await;
+    anyhow::ensure!(
+        done(&status),
+        "the reconciler did not get there: {status:?}"
+    );
+    Ok(status)
+}
+
+/// Reads the zone through the SDK until every node's public and internal
+/// names hold round `round`'s addresses; returns when that first held.
+async fn p7_read_back(
+    client: &aws_sdk_route53::Client,
+    zone_id: &str,
+    nodes: usize,
+    round: u8,
+) -> anyhow::Result<Instant> {
+    let zone = muster_tests::ZONE;
+    let deadline = Instant::now() + P7_PATIENCE;
+    loop {
+        let records = route53::records_paged(client, zone_id, 300).await;
+        let wrong = (0..nodes)
+            .filter(|&i| {
+                let node = p7_node(i, round);
+                let value = |name: String| {
+                    records
+                        .get(&(name, "A".to_owned()))
+                        .map(|set| set.values.clone())
+                        .unwrap_or_default()
+                };
+                value(format!("n{i}.{}.{zone}.", node.cluster))
+                    != [node
+                        .public_ipv4
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+                        .to_string()]
+                    || value(format!("n{i}.{}.internal.{zone}.", node.cluster))
+                        != [node
+                            .private_ipv4
+                            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+                            .to_string()]
+            })
+            .count();
+        if wrong == 0 {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{wrong} nodes never read back with their round {round} addresses"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// P7: one storm of `2 × nodes` A records changing at once (plus the round
+/// robins); returns its Markdown rows.
+async fn p7(nodes: usize) -> anyhow::Result<Vec<String>> {
+    let moto = Moto::start().await;
+    let proxy = Route53Proxy::start(moto.endpoint(), 0).await;
+    let client = route53::client(&moto.endpoint()).await;
+    let zone_id = route53::create_zone(&client, muster_tests::ZONE).await;
+    let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_route53::config::Region::new(ec2::TEST_REGION))
+        .credentials_provider(aws_sdk_route53::config::Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "muster-bench",
+        ))
+        .endpoint_url(proxy.endpoint())
+        .load()
+        .await;
+    let provider = Arc::new(Route53::new(
+        Route53::client_from(&base),
+        Route53Zone::Id(zone_id.clone()),
+        muster_tests::ZONE,
+        "bench",
+        30,
+        Duration::from_secs(3600),
+    )?);
+    let zone = Arc::new(Zone::new(muster_tests::ZONE, 30)?);
+    let dir = tempfile::tempdir()?;
+    let task = tokio::spawn(
+        Reconciler::new(
+            zone.clone(),
+            provider.clone(),
+            "bench".into(),
+            dir.path(),
+            Duration::from_secs(3600),
+        )
+        .run(),
+    );
+    let clusters = nodes.div_ceil(P7_CLUSTER_SIZE);
+    let names = 3 * nodes + clusters;
+
+    // Every name written once: the set-up, timed for the record.
+    let started = Instant::now();
+    zone.publish(&(0..nodes).map(|i| p7_node(i, 0)).collect::<Vec<_>>());
+    p7_status(&zone, |s| {
+        s.applied_names == names && s.pending_changes == 0
+    })
+    .await?;
+    let setup = started.elapsed();
+
+    let mut rows = Vec::new();
+    for (round, throttle) in [(1u8, 0usize), (2, 5)] {
+        proxy.reset();
+        proxy.throttle_next(throttle);
+        let before = zone.provider_status().unwrap_or_default();
+        let throttled_before = provider.throttled_total();
+        let requests_before = provider.requests_total();
+        let changed = 2 * nodes + clusters;
+        let t0 = Instant::now();
+        zone.publish(&(0..nodes).map(|i| p7_node(i, round)).collect::<Vec<_>>());
+        let status = p7_status(&zone, |s| {
+            s.applied_total >= before.applied_total + changed as u64 && s.pending_changes == 0
+        })
+        .await?;
+        let accepted = t0.elapsed();
+        let read = p7_read_back(&client, &zone_id, nodes, round).await? - t0;
+        let calls = proxy.calls();
+        let changes = calls.get("ChangeResourceRecordSets").copied().unwrap_or(0);
+        let moto_time = proxy
+            .upstream_time()
+            .get("ChangeResourceRecordSets")
+            .copied()
+            .unwrap_or_default();
+        let largest = proxy
+            .change_costs()
+            .iter()
+            .map(|c| c.records)
+            .max()
+            .unwrap_or(0);
+        let retries = provider.throttled_total() - throttled_before;
+        let other_calls = provider.requests_total() - requests_before - changes as u64;
+        let what = if throttle == 0 {
+            "as moto answers".to_owned()
+        } else {
+            format!("with the first {throttle} ChangeResourceRecordSets answered `Throttling` by the proxy")
+        };
+        rows.push(format!(
+            "| P7 | Route53 convergence: {changed} A records ({} nodes' public and internal names, {clusters} round robins) changing at once, {what}; real reconcile loop and provider, moto {} record sets, 10 requests/s | every record read back through the SDK {:.1} s after the change (all accepted by Route53 after {:.1} s: {changes} ChangeResourceRecordSets of at most {largest} counted records, moto's own processing {:.1} s; {other_calls} other Route53 calls); {retries} throttling answers seen and retried; last change {} |",
+            nodes,
+            2 * names,
+            read.as_secs_f64(),
+            accepted.as_secs_f64(),
+            moto_time.as_secs_f64(),
+            status
+                .last_change
+                .as_ref()
+                .map(|c| c.status.as_str())
+                .unwrap_or("none"),
+        ));
+    }
+    rows.push(format!(
+        "| P7 | Route53 set-up for the above: {names} names and their ownership TXTs written into an empty hosted zone | {:.1} s |",
+        setup.as_secs_f64()
+    ));
+    task.abort();
+    Ok(rows)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
+    let p7_rows = p7(args.p7_nodes).await?;
+    if args.only_p7 {
+        for row in p7_rows {
+            println!("{row}");
+        }
+        return Ok(());
+    }
     let moto = Moto::start().await;
 
     for (region, n) in [("us-west-2", 60), ("eu-west-1", 100)] {
@@ -260,6 +490,9 @@ async fn main() -> anyhow::Result<()> {
         "| P4 | agent killed → node unreachable (defaults: 10 s heartbeats, 30 s grace; the last heartbeat came up to 10 s before the kill), and false unreachable during a 5 s coordinator stall | {:.1} s after the kill; {false_unreachable} false |",
         stopped.elapsed().as_secs_f64()
     );
+    for row in p7_rows {
+        println!("{row}");
+    }
     drop(agent);
     drop(imds);
     drop(coordinator);
