@@ -104,6 +104,13 @@ pub struct ServeArgs {
     /// Time between full DNS reconciles, which repair drift [default: 5m]
     #[arg(long, env = "MUSTER_DNS_RECONCILE_INTERVAL")]
     pub dns_reconcile_interval: Option<String>,
+    /// The muster-agent binary served to booting nodes and installed by
+    /// their user data [default: muster-agent next to this executable, if there]
+    #[arg(long, env = "MUSTER_AGENT_BINARY")]
+    pub agent_binary: Option<PathBuf>,
+    /// The agent's Debian package, served beside the binary (needs an agent binary)
+    #[arg(long, env = "MUSTER_AGENT_DEB")]
+    pub agent_deb: Option<PathBuf>,
 }
 
 /// The `[serve]` table of the config file.
@@ -130,6 +137,8 @@ struct FileServe {
     tsig_algorithm: Option<String>,
     tsig_secret_file: Option<PathBuf>,
     dns_reconcile_interval: Option<String>,
+    agent_binary: Option<PathBuf>,
+    agent_deb: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +201,9 @@ pub struct Settings {
     pub dns_provider: DnsProvider,
     /// Time between full reconciles with an external DNS provider.
     pub dns_reconcile_interval: Duration,
+    /// The agent served to booting nodes: binary, and package if any;
+    /// `None` when there is none (the image must carry it).
+    pub agent: Option<(PathBuf, Option<PathBuf>)>,
 }
 
 /// Which server holds the zone's records.
@@ -443,6 +455,11 @@ impl Settings {
             (Duration::from_secs(1), Duration::from_secs(86_400)),
         )?;
 
+        let agent = agent_files(
+            args.agent_binary.clone().or(file.agent_binary),
+            args.agent_deb.clone().or(file.agent_deb),
+        )?;
+
         Ok(Settings {
             listen,
             dns_listen,
@@ -459,6 +476,7 @@ impl Settings {
             launch_timeout,
             dns_provider,
             dns_reconcile_interval,
+            agent,
         })
     }
 
@@ -546,6 +564,44 @@ impl Rfc2136Args {
             algorithm,
             secret,
         })
+    }
+}
+
+/// The agent files to serve: the binary given (an ELF executable of an EC2
+/// architecture), else `muster-agent` next to this executable if it is
+/// one; the package only beside a binary.
+fn agent_files(
+    binary: Option<PathBuf>,
+    deb: Option<PathBuf>,
+) -> Result<Option<(PathBuf, Option<PathBuf>)>, ConfigError> {
+    let binary = match binary {
+        Some(path) => {
+            crate::agent_dist::elf_arch(&path)
+                .map_err(|e| bad("agent_binary", path.display().to_string(), reason_of(&e)))?;
+            Some(path)
+        }
+        None => crate::agent_dist::beside_this_executable()
+            .filter(|path| crate::agent_dist::elf_arch(path).is_ok()),
+    };
+    if let Some(deb) = &deb {
+        if binary.is_none() {
+            return Err(bad(
+                "agent_deb",
+                deb.display().to_string(),
+                "is served only beside an agent binary: set agent_binary too",
+            ));
+        }
+        crate::agent_dist::check_deb(deb)
+            .map_err(|e| bad("agent_deb", deb.display().to_string(), reason_of(&e)))?;
+    }
+    Ok(binary.map(|b| (b, deb)))
+}
+
+/// What is wrong with an agent file, without repeating its path.
+fn reason_of(error: &crate::agent_dist::AgentDistError) -> String {
+    match error {
+        crate::agent_dist::AgentDistError::Read { source, .. } => source.to_string(),
+        crate::agent_dist::AgentDistError::NotAgent { reason, .. } => (*reason).to_owned(),
     }
 }
 
@@ -760,6 +816,16 @@ mod tests {
             ("launch_timeout", |a| a.launch_timeout = Some("2d".into())),
             ("tls_key", |a| a.tls_cert = Some("/etc/hostname".into())),
             ("config", |a| a.config = Some("/nonexistent/c.toml".into())),
+            ("agent_binary", |a| {
+                a.agent_binary = Some("/nonexistent/muster-agent".into())
+            }),
+            ("agent_binary", |a| {
+                a.agent_binary = Some("/etc/hostname".into())
+            }),
+            ("agent_deb", |a| {
+                a.agent_binary = Some(std::env::current_exe().unwrap());
+                a.agent_deb = Some("/etc/hostname".into())
+            }),
         ];
         for (name, mutate) in cases {
             let mut a = args();
@@ -767,6 +833,24 @@ mod tests {
             let err = Settings::load(&a).unwrap_err();
             assert_eq!(err.name, name, "{err}");
             assert!(err.to_string().starts_with(&format!("{name}=")), "{err}");
+        }
+    }
+
+    /// An agent binary given is served; a package is only served beside a
+    /// binary.
+    #[test]
+    fn agent_files_are_checked() {
+        let exe = std::env::current_exe().unwrap();
+        let mut a = args();
+        a.agent_binary = Some(exe.clone());
+        assert_eq!(Settings::load(&a).unwrap().agent, Some((exe, None)));
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dir.path().join("muster-agent.deb");
+        std::fs::write(&deb, b"!<arch>\ndebian-binary   1\n").unwrap();
+        let mut a = args();
+        a.agent_deb = Some(deb);
+        if crate::agent_dist::beside_this_executable().is_none() {
+            assert_eq!(Settings::load(&a).unwrap_err().name, "agent_deb");
         }
     }
 
