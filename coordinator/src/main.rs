@@ -83,7 +83,8 @@ struct LaunchArgs {
     /// Size of each node's gp2 data volume, GiB.
     #[arg(long, requires = "region")]
     disk_gb: Option<u32>,
-    /// Image (AMI) with the agent installed.
+    /// Image (AMI) to launch; nodes fetch the agent from this coordinator
+    /// when it serves one, else the image must carry it.
     #[arg(long, requires = "region")]
     ami: Option<String>,
     /// Use this VPC instead of the muster-vpc.
