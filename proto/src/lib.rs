@@ -13,7 +13,8 @@
 //! - [`launch`]: launching nodes on EC2: the launch spec, provider options,
 //!   scale and launch reports.
 //! - the wire types at the crate root: register, heartbeat, node and cluster
-//!   views, and the JSON error body.
+//!   views, the rendered user data and the agent download it pins, and the
+//!   JSON error body.
 
 #![forbid(unsafe_code)]
 

@@ -103,10 +103,18 @@ impl Volume {
             .any(|l| l.split(' ').nth(4) == Some(wanted.to_str().unwrap()))
     }
 
+    /// Unmounts the mount point, retrying while it is busy for a moment
+    /// (a process forked by a parallel test may hold a file of it until
+    /// its exec).
     fn unmount(&self) {
+        let mut attempts = 0;
         while self.is_mounted() {
             let output = run("umount", &[self.mount_point().to_str().unwrap()]);
-            assert!(output.status.success(), "umount: {output:?}");
+            attempts += 1;
+            if !output.status.success() {
+                assert!(attempts < 50, "umount: {output:?}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
     }
 
@@ -123,13 +131,19 @@ impl Volume {
 
 impl Drop for Volume {
     fn drop(&mut self) {
+        let mut attempts = 0;
         while self.is_mounted() {
             if !run("umount", &[self.mount_point().to_str().unwrap()])
                 .status
                 .success()
             {
-                run("umount", &["-l", self.mount_point().to_str().unwrap()]);
-                break;
+                attempts += 1;
+                if attempts >= 50 {
+                    // Detach it at least; the kernel frees it once unused.
+                    run("umount", &["-l", self.mount_point().to_str().unwrap()]);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
         if let Some(device) = &self.loop_device {
