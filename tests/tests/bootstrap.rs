@@ -14,7 +14,7 @@ use muster_proto::{AgentDownload, NodeState, UserDataResponse};
 use muster_tests::cloudinit::{self, under};
 use muster_tests::ec2::{self, TEST_AMI};
 use muster_tests::procs::{bin_path, tail, Process};
-use muster_tests::{wait_until, Coordinator, Imds, Moto, EVENTUALLY, POLL};
+use muster_tests::{wait_until, Agent, Coordinator, Imds, Moto, EVENTUALLY, POLL};
 
 const CA: &str =
     "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUZ3l0ZXN0\n-----END CERTIFICATE-----\n";
@@ -80,8 +80,9 @@ fn rendered_user_data_passes_the_cloud_init_schema() {
 
 /// `userdata CLUSTER` prints what the launcher would pass, with a fresh
 /// join token: valid for cloud-init, naming this coordinator, and
-/// installing the very binary the coordinator serves. A cluster that does
-/// not exist is refused and mints nothing.
+/// installing the very binary the coordinator serves; its token admits an
+/// instance launched by other means. A cluster that does not exist is
+/// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_userdata_command_prints_what_a_launch_gets() {
     let moto = Moto::start().await;
@@ -157,6 +158,29 @@ async fn the_userdata_command_prints_what_a_launch_gets() {
     assert_eq!(mode, 0o600);
     cloudinit::assert_schema_valid(&std::fs::read_to_string(&out).unwrap());
     assert!(String::from_utf8_lossy(&output.stderr).contains("join token"));
+
+    // Its token admits an instance muster did not launch, as a join token
+    // does (a launch token would not).
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let outside = ec2::launch_instance(&sdk).await;
+    let imds = Imds::start(sdk.clone(), &outside).await;
+    let _agent = Agent::start(&coordinator, &imds, "web", &rendered.join_token);
+    let node = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.nodes("web"),
+        |nodes: &Vec<muster_proto::NodeView>| {
+            nodes
+                .iter()
+                .any(|n| n.instance_id == outside && n.state == NodeState::Deployed)
+        },
+    )
+    .await;
+    assert!(
+        node.iter()
+            .any(|n| n.instance_id == outside && n.state == NodeState::Deployed),
+        "{node:?}"
+    );
 
     let output = coordinator.admin(&["userdata", "nope"]).await;
     assert!(!output.status.success());

@@ -273,9 +273,10 @@ impl Registry {
             }
         }
         let token = new_secret(TokenKind::Join);
+        // Rendered first: user data that cannot be made stores no token.
+        let user_data = self.render_user_data(&cluster.name, &token).await?;
         self.store
             .add_cluster_token(cluster.id, TokenPurpose::Launch, &hash_secret(&token))?;
-        let user_data = self.render_user_data(&cluster.name, &token).await?;
         let zone = self.zone_name.clone();
         let name = cluster.name.clone();
         let node_name = move |id: &str| muster_proto::node_dns_name(id, &name, &zone);
