@@ -46,6 +46,8 @@
 //! - [`query`]: `muster-agent status`: asks the socket, prints a table or
 //!   JSON, and picks the exit code.
 //! - [`logging`]: tracing to stderr, without timestamps under journald.
+//! - [`volume`]: `muster-agent prepare-volume`: finds the data volume,
+//!   makes a filesystem only on a blank one, mounts it, adds it to fstab.
 
 #![forbid(unsafe_code)]
 
@@ -62,6 +64,7 @@ pub mod query;
 pub mod settings;
 pub mod state;
 pub mod status;
+pub mod volume;
 
 use std::error::Error;
 
@@ -94,6 +97,12 @@ pub enum Command {
     /// unreachable), 3 not running, 4 could not ask (e.g. permission denied
     /// on the socket). Whether DNS resolves is shown, not counted.
     Status(query::StatusArgs),
+    /// Prepare the data volume, once, from cloud-init: find it, make a
+    /// filesystem if (and only if) it holds none, mount it, add it to
+    /// fstab with nofail. Running it again changes nothing.
+    ///
+    /// Exit codes: 0 ready, 1 failed or refused, 64 bad flags.
+    PrepareVolume(volume::PrepareArgs),
 }
 
 /// Formats an error and its causes on one line, cause by cause:
@@ -194,7 +203,7 @@ mod tests {
                     Some(std::path::Path::new("/tmp/a.sock"))
                 );
             }
-            Command::Run(_) => panic!("parsed as run"),
+            Command::Run(_) | Command::PrepareVolume(_) => panic!("parsed as another command"),
         }
     }
 }

@@ -33,6 +33,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::PrepareVolume(args) => {
+            logging::init("info");
+            match muster_agent::volume::command(&args, &mut std::io::stdout()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(if e.is_usage() { EXIT_BAD_SETTINGS } else { 1 })
+                }
+            }
+        }
         Command::Status(args) => {
             logging::init("warn");
             let code = query::status_command(&args, &mut std::io::stdout(), &mut std::io::stderr());

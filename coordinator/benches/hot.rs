@@ -194,6 +194,11 @@ fn user_data(c: &mut Criterion) {
         + &"MIIBszCCAVmgAwIBAgIUZ3l0ZXN0Y2VydGlmaWNhdGU=\n".repeat(12)
         + "-----END CERTIFICATE-----\n";
     let token = new_secret(TokenKind::Join);
+    let agent = muster_proto::AgentDownload {
+        url: "https://muster.example.com:7443/v1/agent/linux/x86_64/muster-agent".into(),
+        arch: "x86_64".into(),
+        sha256: "ab".repeat(32),
+    };
     c.bench_function("user data rendering", |b| {
         b.iter(|| {
             render(&AgentBootstrap {
@@ -201,6 +206,7 @@ fn user_data(c: &mut Criterion) {
                 ca_pem: Some(&ca),
                 cluster: "web",
                 join_token: &token,
+                agent: Some(&agent),
             })
             .expect("user data")
         })

@@ -4,6 +4,9 @@
 //! - Agent endpoints authenticate with the bearer secret in the body's stead
 //!   (join token or node credential); the registry checks it.
 //! - Admin endpoints need `Authorization: Bearer <admin token>`.
+//! - The agent download (`/v1/agent/linux/{arch}/muster-agent`, `…/.deb`)
+//!   needs nothing: see [`crate::agent_dist`] for why. It is streamed from
+//!   the file, never held in memory.
 //! - Every error is JSON `{"error": {"code", "message"}}`. Bad input is a 4xx;
 //!   a 5xx means our own fault or EC2 being unavailable.
 //! - Bodies are capped at [`muster_proto::MAX_BODY_BYTES`] and must arrive
@@ -60,6 +63,8 @@ pub struct AppState {
     pub trust: Arc<Trust>,
     /// The per-source limit on agent requests, if there is one.
     pub limiter: Option<Arc<SourceLimiter>>,
+    /// The agent served to booting nodes, if any.
+    pub agent: Option<Arc<crate::agent_dist::AgentDist>>,
 }
 
 /// The limiter for `per_second` agent requests from one source (bursts of
@@ -188,6 +193,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
             RegistryError::Ec2(_) => StatusCode::SERVICE_UNAVAILABLE,
             RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RegistryError::Agent(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {
             tracing::error!(%error, "request failed on our side");
@@ -285,6 +291,8 @@ pub fn router(state: AppState) -> Router {
         .route(paths::CLUSTER_BYON_TOKEN, post(byon_token))
         .route(paths::CLUSTER_ROTATE_TOKEN, post(rotate_token))
         .route(paths::ADMIN_ROTATE_TOKEN, post(rotate_admin_token))
+        .route(paths::CLUSTER_USERDATA, post(user_data))
+        .route(paths::AGENT_DOWNLOAD, get(agent_download))
         .route(paths::NODES, get(list_nodes))
         .route(paths::NODE, get(show_node).delete(remove_node))
         .route(paths::NODE_EVENTS, get(node_events))
@@ -404,6 +412,53 @@ async fn rotate_admin_token(
     Ok(Json(muster_proto::AdminTokenResponse {
         admin_token: token,
     }))
+}
+
+async fn user_data(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<muster_proto::UserDataResponse>), ApiError> {
+    require_admin(&state, &headers)?;
+    let rendered = state.registry.user_data(&name).await?;
+    Ok((StatusCode::CREATED, Json(rendered)))
+}
+
+async fn agent_download(
+    State(state): State<AppState>,
+    Path((os, arch, file)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let Some(dist) = &state.agent else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this coordinator serves no agent (--agent-binary)",
+        ));
+    };
+    let agent_file = dist
+        .file(&os, &arch, &file)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", dist.describe()))?;
+    let unavailable = |e: std::io::Error| {
+        tracing::error!(path = %agent_file.path().display(), error = %e, "cannot serve the agent");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "agent_unavailable",
+            format!("the agent file cannot be read: {e}"),
+        )
+    };
+    let opened = tokio::fs::File::open(agent_file.path())
+        .await
+        .map_err(unavailable)?;
+    let len = opened.metadata().await.map_err(unavailable)?.len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(opened));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn scale_cluster(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use muster_proto::launch::{LaunchReport, ScaleClusterRequest, ScaleClusterResponse};
 use muster_proto::{
     paths, ByonTokenResponse, ClusterState, ClusterView, CreateClusterRequest,
-    CreateClusterResponse, ErrorBody, NodeDetail, NodeState, NodeView,
+    CreateClusterResponse, ErrorBody, NodeDetail, NodeState, NodeView, UserDataResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -233,6 +233,13 @@ impl AdminClient {
     pub async fn byon_token(&self, name: &str) -> Result<ByonTokenResponse, CliError> {
         check_cluster_arg(name)?;
         self.send("POST", &paths::cluster_byon_token(name), None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/clusters/{name}/userdata`.
+    pub async fn user_data(&self, name: &str) -> Result<UserDataResponse, CliError> {
+        check_cluster_arg(name)?;
+        self.send("POST", &paths::cluster_userdata(name), None::<&()>)
             .await
     }
 

@@ -124,6 +124,13 @@ pub struct ServeArgs {
     /// Agent requests per second allowed from one source address, 0 for no limit [default: 20]
     #[arg(long, env = "MUSTER_AGENT_RATE_LIMIT")]
     pub agent_rate_limit: Option<String>,
+    /// The muster-agent binary served to booting nodes and installed by
+    /// their user data [default: muster-agent next to this executable, if there]
+    #[arg(long, env = "MUSTER_AGENT_BINARY")]
+    pub agent_binary: Option<PathBuf>,
+    /// The agent's Debian package, served beside the binary (needs an agent binary)
+    #[arg(long, env = "MUSTER_AGENT_DEB")]
+    pub agent_deb: Option<PathBuf>,
 }
 
 /// The `[serve]` table of the config file.
@@ -156,6 +163,8 @@ struct FileServe {
     trusted_proxies: Option<Vec<String>>,
     public_ipv4_allow: Option<Vec<String>>,
     agent_rate_limit: Option<toml::Value>,
+    agent_binary: Option<PathBuf>,
+    agent_deb: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +232,9 @@ pub struct Settings {
     pub dns_owner_id: Option<String>,
     /// Who may speak for a node.
     pub trust: Trust,
+    /// The agent served to booting nodes: binary, and package if any;
+    /// `None` when there is none (the image must carry it).
+    pub agent: Option<(PathBuf, Option<PathBuf>)>,
 }
 
 /// An IPv4 block, `(network, prefix length)`.
@@ -645,6 +657,10 @@ impl Settings {
                 "must be between 0 (no limit) and 1000000 requests per second",
             ));
         }
+        let agent = agent_files(
+            args.agent_binary.clone().or(file.agent_binary),
+            args.agent_deb.clone().or(file.agent_deb),
+        )?;
 
         Ok(Settings {
             listen,
@@ -669,6 +685,7 @@ impl Settings {
                 public_ipv4_allow,
                 agent_rate_limit,
             },
+            agent,
         })
     }
 
@@ -756,6 +773,44 @@ impl Rfc2136Args {
             algorithm,
             secret,
         })
+    }
+}
+
+/// The agent files to serve: the binary given (an ELF executable of an EC2
+/// architecture), else `muster-agent` next to this executable if it is
+/// one; the package only beside a binary.
+fn agent_files(
+    binary: Option<PathBuf>,
+    deb: Option<PathBuf>,
+) -> Result<Option<(PathBuf, Option<PathBuf>)>, ConfigError> {
+    let binary = match binary {
+        Some(path) => {
+            crate::agent_dist::elf_arch(&path)
+                .map_err(|e| bad("agent_binary", path.display().to_string(), reason_of(&e)))?;
+            Some(path)
+        }
+        None => crate::agent_dist::beside_this_executable()
+            .filter(|path| crate::agent_dist::elf_arch(path).is_ok()),
+    };
+    if let Some(deb) = &deb {
+        if binary.is_none() {
+            return Err(bad(
+                "agent_deb",
+                deb.display().to_string(),
+                "is served only beside an agent binary: set agent_binary too",
+            ));
+        }
+        crate::agent_dist::check_deb(deb)
+            .map_err(|e| bad("agent_deb", deb.display().to_string(), reason_of(&e)))?;
+    }
+    Ok(binary.map(|b| (b, deb)))
+}
+
+/// What is wrong with an agent file, without repeating its path.
+fn reason_of(error: &crate::agent_dist::AgentDistError) -> String {
+    match error {
+        crate::agent_dist::AgentDistError::Read { source, .. } => source.to_string(),
+        crate::agent_dist::AgentDistError::NotAgent { reason, .. } => (*reason).to_owned(),
     }
 }
 
@@ -997,6 +1052,16 @@ mod tests {
             ("agent_rate_limit", |a| {
                 a.agent_rate_limit = Some("2000000".into())
             }),
+            ("agent_binary", |a| {
+                a.agent_binary = Some("/nonexistent/muster-agent".into())
+            }),
+            ("agent_binary", |a| {
+                a.agent_binary = Some("/etc/hostname".into())
+            }),
+            ("agent_deb", |a| {
+                a.agent_binary = Some(std::env::current_exe().unwrap());
+                a.agent_deb = Some("/etc/hostname".into())
+            }),
         ];
         for (name, mutate) in cases {
             let mut a = args();
@@ -1045,6 +1110,24 @@ mod tests {
         assert_eq!(s.trust.agent_rate_limit, 0);
         a.verify_source = Some("false".into());
         assert!(!Settings::load(&a).unwrap().trust.verify_source);
+    }
+
+    /// An agent binary given is served; a package is only served beside a
+    /// binary.
+    #[test]
+    fn agent_files_are_checked() {
+        let exe = std::env::current_exe().unwrap();
+        let mut a = args();
+        a.agent_binary = Some(exe.clone());
+        assert_eq!(Settings::load(&a).unwrap().agent, Some((exe, None)));
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dir.path().join("muster-agent.deb");
+        std::fs::write(&deb, b"!<arch>\ndebian-binary   1\n").unwrap();
+        let mut a = args();
+        a.agent_deb = Some(deb);
+        if crate::agent_dist::beside_this_executable().is_none() {
+            assert_eq!(Settings::load(&a).unwrap_err().name, "agent_deb");
+        }
     }
 
     /// Unknown keys in the file are refused, not ignored.

@@ -506,7 +506,7 @@ impl Launcher {
         launch: &ClusterLaunch,
         existing: &BTreeMap<String, usize>,
         count: u32,
-        user_data: &str,
+        user_data: &[u8],
         node_name: &(dyn Fn(&str) -> String + Sync),
     ) -> Result<Wave, LaunchError> {
         let region = launch.spec.region.as_str();

@@ -12,7 +12,10 @@
 //! - [`ec2`]: what EC2 says about an instance (aws-sdk-ec2).
 //! - [`launcher`]: security group, key pair and RunInstances for launched
 //!   clusters, and releasing them; `check-credentials`.
-//! - [`userdata`]: the `#cloud-config` launched nodes boot with.
+//! - [`userdata`]: the `#cloud-config` launched nodes boot with (install
+//!   the agent, prepare the data volume, start the agent), gzipped when big.
+//! - [`agent_dist`]: the agent binary (and package) served to booting nodes
+//!   at `/v1/agent/linux/{arch}/…`, and its SHA-256 for their user data.
 //! - [`lifecycle`]: the node state machine, one pure function.
 //! - [`registry`]: register and heartbeat, checked against EC2; memory for
 //!   heartbeats, the store for transitions; the liveness check and the EC2
@@ -32,6 +35,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent_dist;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -79,6 +83,9 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The agent binary to serve could not be read.
+    #[error(transparent)]
+    AgentDist(#[from] agent_dist::AgentDistError),
     /// TLS or the admin token could not be set up.
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
@@ -160,6 +167,25 @@ pub async fn serve(
             .unwrap_or_default(),
         source,
     })?;
+    let agent = match &settings.agent {
+        Some((binary, deb)) => {
+            let dist = agent_dist::AgentDist::new(binary, deb.as_deref())?;
+            tracing::info!(
+                binary = %binary.display(),
+                deb = ?deb.as_ref().map(|d| d.display().to_string()),
+                arch = dist.arch(),
+                "serving the agent to booting nodes"
+            );
+            Some(Arc::new(dist))
+        }
+        None => {
+            tracing::warn!(
+                "no muster-agent binary to serve (--agent-binary); launched nodes must \
+                 carry the agent on their image"
+            );
+            None
+        }
+    };
     let zone = Arc::new(dns::Zone::new(&settings.zone, settings.dns_ttl)?);
     let registry = Arc::new(
         Registry::new(
@@ -180,6 +206,7 @@ pub async fn serve(
             launcher: launcher::Launcher::new(clients, data_dir),
             coordinator_url: settings.public_url.clone(),
             ca_pem,
+            agent: agent.clone(),
         }),
     );
     registry.resume_removals()?;
@@ -264,6 +291,7 @@ pub async fn serve(
         data_dir: Arc::new(settings.data_dir.clone()),
         trust: Arc::new(settings.trust.clone()),
         limiter,
+        agent,
     });
     let handle = axum_server::Handle::new();
     let listen = settings.listen;

@@ -35,6 +35,22 @@ enum Command {
     /// The coordinator's own secrets (talks to a running coordinator).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Print the cloud-init user data the launcher passes to RunInstances
+    /// for CLUSTER, for instances launched by other means. It carries a
+    /// join token minted for it (shown once on stderr, stored hashed) that
+    /// registers any instance EC2 confirms. The user data goes to stdout
+    /// (gzipped bytes when it is over 16 KiB as text), or to --output.
+    Userdata {
+        /// Cluster name.
+        cluster: String,
+        /// Write the user data to this file (0600) instead of stdout.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+        /// Print JSON: the token, the user data (base64, and as text when
+        /// not gzipped) and the agent it installs.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dry-run an instance launch in every region with the AWS credentials
     /// this process finds (the chain `serve` uses); valid if one region
     /// succeeds.
@@ -70,7 +86,8 @@ struct LaunchArgs {
     /// Size of each node's gp2 data volume, GiB.
     #[arg(long, requires = "region")]
     disk_gb: Option<u32>,
-    /// Image (AMI) with the agent installed.
+    /// Image (AMI) to launch; nodes fetch the agent from this coordinator
+    /// when it serves one, else the image must carry it.
     #[arg(long, requires = "region")]
     ami: Option<String>,
     /// Use this VPC instead of the muster-vpc.
@@ -526,6 +543,67 @@ async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<
     Ok(())
 }
 
+/// Prints what `userdata` got: JSON, or the bytes to stdout or `output`
+/// with a note on stderr.
+fn write_user_data(
+    rendered: &muster_proto::UserDataResponse,
+    output: Option<&std::path::Path>,
+    json: bool,
+) -> Result<(), cli::CliError> {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    if json && output.is_none() {
+        print_json(rendered);
+        return Ok(());
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&rendered.user_data_base64)
+        .map_err(|e| cli::CliError::Setting {
+            name: "user_data_base64",
+            value: String::new(),
+            reason: format!("the coordinator sent what is not base64: {e}"),
+        })?;
+    let failed = |name: &'static str, value: String, e: std::io::Error| cli::CliError::Setting {
+        name,
+        value,
+        reason: e.to_string(),
+    };
+    match output {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut f| f.write_all(&bytes))
+                .map_err(|e| failed("--output", path.display().to_string(), e))?;
+            if json {
+                print_json(rendered);
+                return Ok(());
+            }
+        }
+        None => std::io::stdout()
+            .write_all(&bytes)
+            .map_err(|e| failed("stdout", String::new(), e))?,
+    }
+    eprintln!(
+        "user data for cluster {}: {} bytes{}; join token (shown once): {}",
+        rendered.cluster,
+        rendered.size_bytes,
+        if rendered.gzip { ", gzipped" } else { "" },
+        rendered.join_token
+    );
+    if let Some(agent) = &rendered.agent {
+        eprintln!(
+            "it installs {} ({}, sha256 {})",
+            agent.url, agent.arch, agent.sha256
+        );
+    }
+    Ok(())
+}
+
 async fn admin(command: Command) -> Result<(), cli::CliError> {
     let client = AdminClient::from_env()?;
     match command {
@@ -572,6 +650,14 @@ async fn admin(command: Command) -> Result<(), cli::CliError> {
             } else {
                 print!("{}", cli::node_text(&detail));
             }
+        }
+        Command::Userdata {
+            cluster,
+            output,
+            json,
+        } => {
+            let rendered = client.user_data(&cluster).await?;
+            write_user_data(&rendered, output.as_deref(), json)?;
         }
         Command::Serve(_) | Command::CheckCredentials { .. } => {
             unreachable!("handled in main")

@@ -170,6 +170,9 @@ pub enum RegistryError {
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The agent binary to install could not be read.
+    #[error(transparent)]
+    Agent(#[from] crate::agent_dist::AgentDistError),
 }
 
 impl From<StoreError> for RegistryError {
@@ -222,6 +225,7 @@ impl RegistryError {
             RegistryError::NotFound(_) => "not_found",
             RegistryError::Ec2(_) => "ec2_unavailable",
             RegistryError::Store(_) => "internal",
+            RegistryError::Agent(_) => "agent_unavailable",
         }
     }
 }
@@ -252,6 +256,8 @@ pub struct LaunchContext {
     pub coordinator_url: String,
     /// The CA agents pin, PEM; `None` with an operator certificate.
     pub ca_pem: Option<String>,
+    /// The agent served to booting nodes; `None` when images carry it.
+    pub agent: Option<Arc<crate::agent_dist::AgentDist>>,
 }
 
 /// A node as kept in memory: the stored fields the hot paths need, plus
@@ -923,6 +929,16 @@ impl Registry {
                                 ));
                             }
                             "registered with a bring-your-own token"
+                        }
+                        Some((cluster_id, TokenPurpose::Join)) if cluster_id == c.id => {
+                            if req.byon.is_some() {
+                                return Err(RegistryError::Unauthorized(format!(
+                                    "a machine without IMDS joins cluster {:?} with a \
+                                     bring-your-own token (cluster byon-token), not a join token",
+                                    c.name
+                                )));
+                            }
+                            "registered with a join token minted for user data"
                         }
                         Some((cluster_id, TokenPurpose::Launch)) if cluster_id == c.id => {
                             // A launch token speaks only for instances muster

@@ -152,6 +152,9 @@ pub enum TokenPurpose {
     Launch,
     /// Given to machines without IMDS, which name themselves: no EC2 check.
     Byon,
+    /// Carried in user data rendered on request (`userdata CLUSTER`): like
+    /// the cluster's join token, it registers any instance EC2 confirms.
+    Join,
 }
 
 impl TokenPurpose {
@@ -159,6 +162,7 @@ impl TokenPurpose {
         match self {
             TokenPurpose::Launch => "launch",
             TokenPurpose::Byon => "byon",
+            TokenPurpose::Join => "join",
         }
     }
 }
@@ -497,6 +501,7 @@ impl Store {
             .map(|(id, kind)| match kind.as_str() {
                 "launch" => Ok((id, TokenPurpose::Launch)),
                 "byon" => Ok((id, TokenPurpose::Byon)),
+                "join" => Ok((id, TokenPurpose::Join)),
                 _ => Err(StoreError::Corrupt {
                     field: "cluster_tokens.kind",
                     value: kind,

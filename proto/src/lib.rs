@@ -13,7 +13,8 @@
 //! - [`launch`]: launching nodes on EC2: the launch spec, provider options,
 //!   scale and launch reports.
 //! - the wire types at the crate root: register, heartbeat, node and cluster
-//!   views, and the JSON error body.
+//!   views, the rendered user data and the agent download it pins, and the
+//!   JSON error body.
 
 #![forbid(unsafe_code)]
 
@@ -647,6 +648,41 @@ pub struct RotateTokenResponse {
 pub struct AdminTokenResponse {
     /// The new admin token.
     pub admin_token: String,
+}
+
+/// `POST /v1/clusters/{name}/userdata`: the `#cloud-config` the launcher
+/// would pass to RunInstances, with a join token minted for it (shown this
+/// once; it registers any instance EC2 confirms, like the cluster's join
+/// token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserDataResponse {
+    /// The cluster.
+    pub cluster: String,
+    /// The join token the user data carries.
+    pub join_token: String,
+    /// Whether the user data is gzipped (it did not fit EC2's 16 KiB as text).
+    pub gzip: bool,
+    /// Its size in bytes, as EC2 counts it (before base64).
+    pub size_bytes: usize,
+    /// The user data, base64: what RunInstances takes.
+    pub user_data_base64: String,
+    /// The user data as text, when it is not gzipped.
+    pub user_data: Option<String>,
+    /// The agent the user data installs, if the coordinator serves one.
+    pub agent: Option<AgentDownload>,
+}
+
+/// An agent binary the coordinator serves to booting nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDownload {
+    /// Where nodes fetch it.
+    pub url: String,
+    /// Its architecture, as `uname -m` prints it.
+    pub arch: String,
+    /// Its SHA-256, hex; nodes install it only if this matches.
+    pub sha256: String,
 }
 
 /// The body of every error answer: `{"error": {"code", "message"}}`.

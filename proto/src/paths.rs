@@ -18,6 +18,13 @@ pub const CLUSTER_BYON_TOKEN: &str = "/v1/clusters/{name}/byon-token";
 pub const CLUSTER_ROTATE_TOKEN: &str = "/v1/clusters/{name}/rotate-token";
 /// Admin: replace the admin token (POST).
 pub const ADMIN_ROTATE_TOKEN: &str = "/v1/admin/rotate-token";
+/// Admin: render the user data launched nodes boot with, minting a fresh
+/// join token for it (POST).
+pub const CLUSTER_USERDATA: &str = "/v1/clusters/{name}/userdata";
+/// Node bootstrap, unauthenticated: the agent binary (`muster-agent`) or
+/// its Debian package (`muster-agent.deb`) for one OS and architecture,
+/// e.g. `/v1/agent/linux/x86_64/muster-agent`.
+pub const AGENT_DOWNLOAD: &str = "/v1/agent/{os}/{arch}/{file}";
 /// Admin: list nodes; `?cluster=NAME` narrows to one cluster.
 pub const NODES: &str = "/v1/nodes";
 /// Admin: one node, by cluster and node name.
@@ -52,4 +59,15 @@ pub fn cluster_byon_token(name: &str) -> String {
 /// The join-token rotation path of one cluster.
 pub fn cluster_rotate_token(name: &str) -> String {
     format!("{CLUSTERS}/{name}/rotate-token")
+}
+
+/// The user data path of one cluster.
+pub fn cluster_userdata(name: &str) -> String {
+    format!("{CLUSTERS}/{name}/userdata")
+}
+
+/// The download path of an agent file (`muster-agent`, `muster-agent.deb`)
+/// for Linux on `arch` (`x86_64`, `aarch64`, as `uname -m` prints it).
+pub fn agent_download(arch: &str, file: &str) -> String {
+    format!("/v1/agent/linux/{arch}/{file}")
 }

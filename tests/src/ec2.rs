@@ -339,7 +339,7 @@ pub async fn create_instance_profile(endpoint: &str, name: &str) {
     );
 }
 
-/// What a launched instance's user data tells its agent: the `#cloud-config`
+/// What a launched instance's user data tells its agent (gzipped or not): the `#cloud-config`
 /// body (JSON, which is YAML) and the `/etc/muster/agent.toml` it writes.
 /// Panics if the user data is missing or not what the launcher writes.
 pub async fn cloud_config(client: &Client, instance_id: &str) -> (serde_json::Value, toml::Table) {
@@ -347,12 +347,8 @@ pub async fn cloud_config(client: &Client, instance_id: &str) -> (serde_json::Va
         .await
         .unwrap_or_else(|e| panic!("{e:#}"))
         .unwrap_or_else(|| panic!("{instance_id} has no user data"));
-    let text = String::from_utf8(bytes).expect("user data is UTF-8");
-    let body = text
-        .strip_prefix("#cloud-config\n")
-        .unwrap_or_else(|| panic!("user data is not a #cloud-config:\n{text}"));
-    // JSON is YAML; reading it as JSON is the strictest YAML read there is.
-    let doc: serde_json::Value = serde_json::from_str(body).expect("the cloud-config parses");
+    // cloud-init unpacks gzipped user data; so do we.
+    let doc = crate::cloudinit::document(&crate::cloudinit::unpack(&bytes));
     let agent = doc["write_files"]
         .as_array()
         .expect("write_files")

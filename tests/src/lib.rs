@@ -27,6 +27,8 @@
 //! - [`agent`]: `muster-agent run` and `muster-agent status`.
 //! - [`dns`]: a resolver that asks only one DNS server (the coordinator's,
 //!   or BIND).
+//! - [`cloudinit`]: user data unpacked, checked with `cloud-init schema`,
+//!   and applied to a temporary root as cloud-init would apply it.
 //! - [`bind`]: a real BIND taking TSIG-signed RFC 2136 updates for one zone.
 //! - [`route53`]: a hosted zone in moto's Route53, read and edited by hand
 //!   through the SDK.
@@ -38,6 +40,7 @@
 
 pub mod agent;
 pub mod bind;
+pub mod cloudinit;
 pub mod coordinator;
 pub mod dns;
 pub mod ec2;

@@ -38,7 +38,7 @@ use crate::launcher::{ClusterLaunch, LaunchError, Wave};
 use crate::lifecycle::Input;
 use crate::store::{Cluster, TokenPurpose};
 use crate::userdata::{self, AgentBootstrap};
-use muster_proto::{EventSource, ValidationError};
+use muster_proto::{AgentDownload, EventSource, UserDataResponse, ValidationError};
 
 /// How long a removal waits for EC2 to say every instance is terminated
 /// before it gives up until the next coordinator start.
@@ -102,6 +102,65 @@ impl Registry {
             join_token: token,
             expires_at: expires_at.map(super::rfc3339_ms),
         })
+    }
+
+    /// `userdata CLUSTER`: the user data the launcher would pass to
+    /// RunInstances for an active cluster, carrying a join token minted
+    /// for it (stored hashed, shown this once). Unlike a launch's token,
+    /// it registers any instance EC2 confirms, as the cluster's join
+    /// token does: it is for instances launched by other means.
+    pub async fn user_data(&self, name: &str) -> Result<UserDataResponse, RegistryError> {
+        use base64::Engine as _;
+        validate::dns_label("cluster", name)?;
+        let _clusters = self.clusters.lock().await;
+        let cluster = self.active_cluster(name)?;
+        let token = new_secret(TokenKind::Join);
+        let (user_data, agent) = self.render_user_data_with(&cluster.name, &token).await?;
+        self.store
+            .add_cluster_token(cluster.id, TokenPurpose::Join, &hash_secret(&token))?;
+        tracing::info!(cluster = %name, gzip = user_data.gzip, bytes = user_data.bytes.len(), "user data rendered with a fresh join token");
+        Ok(UserDataResponse {
+            cluster: cluster.name,
+            join_token: token,
+            gzip: user_data.gzip,
+            size_bytes: user_data.bytes.len(),
+            user_data_base64: base64::engine::general_purpose::STANDARD.encode(&user_data.bytes),
+            user_data: user_data.text().map(str::to_owned),
+            agent,
+        })
+    }
+
+    /// The user data for a node of `cluster` joining with `token`.
+    async fn render_user_data(
+        &self,
+        cluster: &str,
+        token: &str,
+    ) -> Result<userdata::UserData, RegistryError> {
+        Ok(self.render_user_data_with(cluster, token).await?.0)
+    }
+
+    /// [`Registry::render_user_data`], with the agent download it carries.
+    async fn render_user_data_with(
+        &self,
+        cluster: &str,
+        token: &str,
+    ) -> Result<(userdata::UserData, Option<AgentDownload>), RegistryError> {
+        let context = self.launch.as_ref().ok_or_else(|| {
+            ValidationError::new("cluster", cluster, "this coordinator launches no nodes")
+        })?;
+        let agent = match &context.agent {
+            Some(dist) => Some(dist.download(&context.coordinator_url).await?),
+            None => None,
+        };
+        let user_data = userdata::render(&AgentBootstrap {
+            coordinator_url: &context.coordinator_url,
+            ca_pem: context.ca_pem.as_deref(),
+            cluster,
+            join_token: token,
+            agent: agent.as_ref(),
+        })
+        .map_err(|e| ValidationError::new("cluster", cluster, &e.to_string()))?;
+        Ok((user_data, agent))
     }
 
     fn mint_byon_token(&self, name: &str) -> Result<String, RegistryError> {
@@ -241,15 +300,10 @@ impl Registry {
             }
         }
         let token = new_secret(TokenKind::Join);
+        // Rendered first: user data that cannot be made stores no token.
+        let user_data = self.render_user_data(&cluster.name, &token).await?;
         self.store
             .add_cluster_token(cluster.id, TokenPurpose::Launch, &hash_secret(&token))?;
-        let user_data = userdata::render(&AgentBootstrap {
-            coordinator_url: &context.coordinator_url,
-            ca_pem: context.ca_pem.as_deref(),
-            cluster: &cluster.name,
-            join_token: &token,
-        })
-        .map_err(|e| ValidationError::new("launch", &cluster.name, &e.to_string()))?;
         let zone = self.zone_name.clone();
         let name = cluster.name.clone();
         let node_name = move |id: &str| muster_proto::node_dns_name(id, &name, &zone);
@@ -260,7 +314,7 @@ impl Registry {
                 launch,
                 &existing,
                 count,
-                &user_data,
+                &user_data.bytes,
                 &node_name,
             )
             .await?;
