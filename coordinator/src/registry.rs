@@ -2,8 +2,14 @@
 //! what the admin API reads back.
 //!
 //! - Every claim is checked against EC2 before anything is written: the
-//!   instance exists, is `pending` or `running`, sits in the claimed zone and
-//!   really has the claimed addresses. A refused claim changes nothing.
+//!   instance exists, is `pending` or `running`, carries the `muster:cluster`
+//!   tag of the cluster it joins, sits in the claimed zone and really has
+//!   the claimed addresses. Before EC2 is asked, a public address in a
+//!   range that is never public is refused (unless the operator allowed
+//!   the range), and, with `verify_source`, so is a request whose source is
+//!   none of the claimed addresses. A refused claim changes nothing; one
+//!   that may be someone speaking for a node it is not is a security event
+//!   ([`RegistryError::is_security_event`]).
 //!   Bring-your-own nodes (a register carrying `byon`, admitted only by a
 //!   cluster's bring-your-own token) are the exception: EC2 knows nothing of
 //!   them, so it is never asked, and the sweep leaves them alone.
@@ -18,7 +24,9 @@
 //!   during a rebuild into one more.
 //!
 //! Secrets are 256-bit random values ([`muster_proto::token`]); only their
-//! SHA-256 is kept, and join tokens are compared in constant time.
+//! SHA-256 is kept, and join tokens are compared in constant time. A
+//! cluster's join token can be rotated and given an expiry
+//! ([`Registry::rotate_token`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
