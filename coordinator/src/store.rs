@@ -414,20 +414,32 @@ impl Store {
         })
     }
 
-    /// Replaces a cluster's join token (its hash) and expiry.
+    /// Replaces a cluster's join token (its hash) and expiry, and retires
+    /// the further join tokens minted for user data (`userdata CLUSTER`),
+    /// which admit any instance as the join token does; launch and
+    /// bring-your-own tokens stay. One transaction.
     pub fn rotate_join_token(
         &self,
         cluster_id: i64,
         join_token_hash: &str,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "UPDATE clusters SET join_token_hash = ?2, join_token_expires_at = ?3 WHERE id = ?1",
-                params![cluster_id, join_token_hash, expires_at],
-            )
-            .map_err(query("rotating a join token"))?;
-        Ok(())
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(query("starting a join token rotation"))?;
+        tx.execute(
+            "UPDATE clusters SET join_token_hash = ?2, join_token_expires_at = ?3 WHERE id = ?1",
+            params![cluster_id, join_token_hash, expires_at],
+        )
+        .map_err(query("rotating a join token"))?;
+        tx.execute(
+            "DELETE FROM cluster_tokens WHERE cluster_id = ?1 AND kind = ?2",
+            params![cluster_id, TokenPurpose::Join.as_str()],
+        )
+        .map_err(query("retiring user data join tokens"))?;
+        tx.commit()
+            .map_err(query("committing a join token rotation"))
     }
 
     /// Deletes a cluster that has no nodes: undoes a create whose launch
@@ -998,6 +1010,36 @@ fn parse_ip(field: &'static str, value: Option<String>) -> Result<Option<Ipv4Add
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rotating the join token sets its hash and expiry and retires the
+    /// user data join tokens, keeping launch and bring-your-own ones.
+    #[test]
+    fn rotation_retires_user_data_tokens() {
+        let store = Store::open_in_memory().unwrap();
+        let cluster = store.create_cluster("web", "old", None).unwrap();
+        for (purpose, hash) in [
+            (TokenPurpose::Join, "j"),
+            (TokenPurpose::Launch, "l"),
+            (TokenPurpose::Byon, "b"),
+        ] {
+            store.add_cluster_token(cluster.id, purpose, hash).unwrap();
+        }
+        store
+            .rotate_join_token(cluster.id, "new", Some(42))
+            .unwrap();
+        let rotated = store.cluster("web").unwrap().unwrap();
+        assert_eq!(rotated.join_token_hash, "new");
+        assert_eq!(rotated.join_token_expires_at, Some(42));
+        assert_eq!(store.cluster_token("j").unwrap(), None);
+        assert_eq!(
+            store.cluster_token("l").unwrap(),
+            Some((cluster.id, TokenPurpose::Launch))
+        );
+        assert_eq!(
+            store.cluster_token("b").unwrap(),
+            Some((cluster.id, TokenPurpose::Byon))
+        );
+    }
 
     fn registration<'a>(cluster_id: i64, credential_hash: &'a str) -> NodeRegistration<'a> {
         NodeRegistration {

@@ -626,8 +626,9 @@ impl RotateTokenRequest {
 }
 
 /// What `POST /v1/clusters/{name}/rotate-token` answers: the cluster's new
-/// join token (shown this once). The old one stops working at once;
-/// launch and bring-your-own tokens are not touched.
+/// join token (shown this once). The old one stops working at once, and
+/// so do join tokens minted for user data; launch and bring-your-own
+/// tokens are not touched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateTokenResponse {

@@ -78,7 +78,8 @@ impl Registry {
     }
 
     /// `cluster rotate-token`: a new join token replaces the cluster's,
-    /// valid for `expires_in` if given. The old one stops working at once;
+    /// valid for `expires_in` if given. The old one stops working at once,
+    /// and so do the join tokens minted for user data (`userdata CLUSTER`);
     /// nodes keep their credentials, and launch and bring-your-own tokens
     /// are untouched.
     pub async fn rotate_token(
