@@ -39,10 +39,10 @@ pub const TEST_AMI: &str = "ami-12c6146b";
 /// The region every test uses.
 pub const TEST_REGION: &str = "us-east-1";
 
-/// An SDK client for the EC2 emulator at `endpoint`, with static test
-/// credentials and region `us-east-1`.
-pub async fn client(endpoint: &str) -> Client {
-    let config = aws_config::defaults(BehaviorVersion::latest())
+/// The SDK configuration every test client uses: the emulator at
+/// `endpoint`, static test credentials and region `us-east-1`.
+pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(TEST_REGION))
         .credentials_provider(Credentials::new(
             "testing",
@@ -53,8 +53,12 @@ pub async fn client(endpoint: &str) -> Client {
         ))
         .endpoint_url(endpoint)
         .load()
-        .await;
-    Client::new(&config)
+        .await
+}
+
+/// An SDK client for the EC2 emulator at `endpoint` ([`sdk_config`]).
+pub async fn client(endpoint: &str) -> Client {
+    Client::new(&sdk_config(endpoint).await)
 }
 
 /// What DescribeInstances says about one instance.

@@ -6,35 +6,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_sdk_route53::config::{Credentials, Region};
 use aws_sdk_route53::error::DisplayErrorContext;
 use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 use aws_sdk_route53::Client;
 
-use crate::ec2::TEST_REGION;
-
 /// Records per page when the test lists a zone: small, so listings of
 /// more than a handful of names take several pages.
 const PAGE: i32 = 100;
 
-/// A Route53 client for the emulator at `endpoint`.
+/// A Route53 client for the emulator at `endpoint`
+/// ([`crate::ec2::sdk_config`]).
 pub async fn client(endpoint: &str) -> Client {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(TEST_REGION))
-        .credentials_provider(Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "muster-tests",
-        ))
-        .endpoint_url(endpoint)
-        .load()
-        .await;
-    Client::new(&config)
+    Client::new(&crate::ec2::sdk_config(endpoint).await)
 }
 
 /// Creates a public hosted zone named `name`; returns its id (without

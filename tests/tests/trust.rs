@@ -37,6 +37,32 @@ const CLUSTER: &str = "web";
 /// An address from TEST-NET-3 (RFC 5737) that EC2 never gives out.
 const NOT_OURS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 
+/// `node ls` of the cluster, polled until it shows one deployed node;
+/// the last listing either way.
+async fn one_deployed(coordinator: &Coordinator) -> Vec<NodeView> {
+    wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.nodes(CLUSTER),
+        |n| n.len() == 1 && n[0].state == NodeState::Deployed,
+    )
+    .await
+}
+
+/// The node credential `agent` keeps, once it has written it (the node
+/// shows as deployed as soon as the coordinator stored it, a moment
+/// before the agent has saved the answer).
+async fn kept_credential(agent: &Agent) -> String {
+    wait_until(
+        EVENTUALLY,
+        POLL,
+        || async { agent.node_credential() },
+        Option::is_some,
+    )
+    .await
+    .unwrap_or_else(|| panic!("the agent kept no credential:\n{}", agent.logs()))
+}
+
 /// A register body for `id` as EC2 describes it, with `public` claimed.
 async fn register_body(
     sdk: &aws_sdk_ec2::Client,
@@ -158,17 +184,9 @@ async fn spoofed_claims_are_refused_and_change_nothing() {
     let a = ec2::launch_instance(&sdk, CLUSTER).await;
     let imds = Imds::start(sdk.clone(), &a).await;
     let mut agent = Agent::start(&coordinator, &imds, CLUSTER, &token);
-    let nodes = wait_until(
-        EVENTUALLY,
-        POLL,
-        || coordinator.nodes(CLUSTER),
-        |n| n.len() == 1 && n[0].state == NodeState::Deployed,
-    )
-    .await;
+    let nodes = one_deployed(&coordinator).await;
     assert_eq!(nodes[0].state, NodeState::Deployed, "{nodes:#?}");
-    let credential = agent
-        .node_credential()
-        .expect("the agent kept a credential");
+    let credential = kept_credential(&agent).await;
     // Its agent stops, so that nothing but the attacks talks to the
     // coordinator from here on.
     agent.stop();
@@ -414,16 +432,10 @@ async fn verify_source_refuses_a_replayed_join_token() {
     let mut agent_a = Agent::prepared(&coordinator, &imds_a, CLUSTER, &token);
     agent_a.in_netns(ns_a.name());
     agent_a.restart();
-    let nodes = wait_until(
-        EVENTUALLY,
-        POLL,
-        || coordinator.nodes(CLUSTER),
-        |n| n.len() == 1 && n[0].state == NodeState::Deployed,
-    )
-    .await;
+    let nodes = one_deployed(&coordinator).await;
     assert_eq!(nodes[0].state, NodeState::Deployed, "{}", agent_a.logs());
     assert_eq!(nodes[0].instance_id, a);
-    let credential = agent_a.node_credential().expect("a credential");
+    let credential = kept_credential(&agent_a).await;
 
     // B's machine replays the join token for A: its metadata (served to
     // it as A's) is all true, but its requests come from B's address.
@@ -772,13 +784,7 @@ async fn operator_certificate_with_system_roots() {
     agent.set_ca_file(None);
     agent.set_env("SSL_CERT_FILE", &ca.display().to_string());
     agent.restart();
-    let nodes = wait_until(
-        EVENTUALLY,
-        POLL,
-        || coordinator.nodes(CLUSTER),
-        |n| n.len() == 1 && n[0].state == NodeState::Deployed,
-    )
-    .await;
+    let nodes = one_deployed(&coordinator).await;
     assert_eq!(nodes.len(), 1, "{}", agent.logs());
     assert_eq!(nodes[0].instance_id, a);
     assert_eq!(nodes[0].state, NodeState::Deployed);
