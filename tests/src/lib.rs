@@ -70,6 +70,20 @@ pub const EVENTUALLY: Duration = Duration::from_secs(20);
 /// How often an eventual condition is probed.
 pub const POLL: Duration = Duration::from_millis(100);
 
+/// Plausible host facts for a heartbeat a test sends by hand.
+pub fn host_facts() -> muster_proto::HostFacts {
+    muster_proto::HostFacts {
+        cpus: 2,
+        load_average: [0.1, 0.1, 0.1],
+        memory_total_bytes: 1 << 30,
+        memory_used_bytes: 1 << 29,
+        disks: Vec::new(),
+        uptime_secs: 60,
+        os: "Debian GNU/Linux 12".to_owned(),
+        kernel: "6.1.0".to_owned(),
+    }
+}
+
 /// Probes until `done` accepts the value or `timeout` passes, sleeping `poll`
 /// between probes, and returns the last value probed either way, so the
 /// caller asserts on it and a failure shows what was seen.

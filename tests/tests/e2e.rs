@@ -11,7 +11,7 @@ use hickory_proto::rr::RecordType;
 use muster_proto::token::{format_secret, TokenKind, SECRET_BYTES};
 use muster_proto::{
     cluster_dns_name, node_dns_name, node_internal_dns_name, paths, ErrorBody, HeartbeatRequest,
-    HostFacts, NodeState, NodeView, RegisterRequest, RegisterResponse, PROTOCOL_VERSION,
+    NodeState, NodeView, RegisterRequest, RegisterResponse, PROTOCOL_VERSION,
 };
 use muster_tests::ec2::{self, InstanceView};
 use muster_tests::{wait_until, Agent, Coordinator, DnsAnswer, Imds, Moto, EVENTUALLY, POLL, ZONE};
@@ -119,16 +119,7 @@ impl Scene {
             instance_id: id.to_owned(),
             private_ipv4: view.private_ipv4.expect("moto gives a private address"),
             public_ipv4: view.public_ipv4,
-            facts: HostFacts {
-                cpus: 2,
-                load_average: [0.1, 0.1, 0.1],
-                memory_total_bytes: 1 << 30,
-                memory_used_bytes: 1 << 29,
-                disks: Vec::new(),
-                uptime_secs: 60,
-                os: "Debian GNU/Linux 12".to_owned(),
-                kernel: "6.1.0".to_owned(),
-            },
+            facts: muster_tests::host_facts(),
         };
         self.post(paths::AGENT_HEARTBEAT, bearer, &body).await
     }

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_proto::{
-    node_dns_name, node_internal_dns_name, paths, ErrorBody, HeartbeatRequest, HostFacts,
-    NodeState, NodeView, RegisterRequest, MAX_BODY_BYTES, PROTOCOL_VERSION,
+    node_dns_name, node_internal_dns_name, paths, ErrorBody, HeartbeatRequest, NodeState, NodeView,
+    RegisterRequest, MAX_BODY_BYTES, PROTOCOL_VERSION,
 };
 use muster_tests::ec2;
 use muster_tests::{wait_until, Agent, Coordinator, Imds, Moto, EVENTUALLY, POLL, ZONE};
@@ -91,16 +91,7 @@ fn heartbeat_body(id: &str, private: Ipv4Addr, public: Option<Ipv4Addr>) -> Hear
         instance_id: id.to_owned(),
         private_ipv4: private,
         public_ipv4: public,
-        facts: HostFacts {
-            cpus: 2,
-            load_average: [0.1, 0.1, 0.1],
-            memory_total_bytes: 1 << 30,
-            memory_used_bytes: 1 << 29,
-            disks: Vec::new(),
-            uptime_secs: 60,
-            os: "Debian GNU/Linux 12".to_owned(),
-            kernel: "6.1.0".to_owned(),
-        },
+        facts: muster_tests::host_facts(),
     }
 }
 

@@ -22,9 +22,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use muster_proto::{
-    paths, HeartbeatRequest, HostFacts, RegisterRequest, RegisterResponse, PROTOCOL_VERSION,
-};
+use muster_proto::{paths, HeartbeatRequest, RegisterRequest, RegisterResponse, PROTOCOL_VERSION};
 use muster_tests::procs::{cpu_time, percentile, rss_kib};
 use muster_tests::{ec2, Coordinator, Moto};
 
@@ -77,19 +75,6 @@ struct Node {
     private: Ipv4Addr,
     public: Option<Ipv4Addr>,
     credential: String,
-}
-
-fn facts() -> HostFacts {
-    HostFacts {
-        cpus: 2,
-        load_average: [0.1, 0.2, 0.3],
-        memory_total_bytes: 4 << 30,
-        memory_used_bytes: 1 << 30,
-        disks: Vec::new(),
-        uptime_secs: 3600,
-        os: "Debian GNU/Linux 12".to_owned(),
-        kernel: "6.1.0".to_owned(),
-    }
 }
 
 /// Launches `n` instances in moto, 500 per call; returns (id, private,
@@ -244,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
                     instance_id: node.id.clone(),
                     private_ipv4: node.private,
                     public_ipv4: node.public,
-                    facts: facts(),
+                    facts: muster_tests::host_facts(),
                 };
                 let sent = Instant::now();
                 let answer = http
