@@ -271,7 +271,7 @@ impl<'a> Agent<'a> {
     }
 
     async fn run(mut self) -> Result<(), RunError> {
-        let identity = self.read_identity().await;
+        let mut identity = self.read_identity().await;
         match &identity.byon {
             None => info!(
                 instance_id = %identity.node_id,
@@ -305,7 +305,7 @@ impl<'a> Agent<'a> {
             self.watch(tx)
         };
         loop {
-            let registered = self.register(&identity, &mut addresses).await?;
+            let registered = self.register(&mut identity, &mut addresses).await?;
             self.heartbeat(&identity, registered, &mut addresses).await;
         }
     }
@@ -417,7 +417,7 @@ impl<'a> Agent<'a> {
     /// Registers, retrying until the coordinator accepts.
     async fn register(
         &mut self,
-        identity: &Identity,
+        identity: &mut Identity,
         addresses: &mut watch::Receiver<Addresses>,
     ) -> Result<RegisterResponse, RunError> {
         let mut backoff = Backoff::coordinator();
@@ -480,6 +480,15 @@ impl<'a> Agent<'a> {
                         }
                     }
                     self.exchange_failed(&e);
+                    if e.code() == Some("identity_unproven") {
+                        // IMDS may serve the signed document by the next try.
+                        match self.source.signed_identity().await {
+                            Ok(signed) => identity.signed = signed,
+                            Err(e) => {
+                                warn!(error = %error_chain(&e), "cannot read the identity document")
+                            }
+                        }
+                    }
                 }
             }
             let wait = backoff.next_delay();

@@ -6,7 +6,7 @@
 //! [`Identity`] once at start and the current [`Addresses`] whenever the
 //! daemon looks again (on its poll, and at once on a local address event).
 
-use muster_proto::{ByonIdentity, RegisterRequest, PROTOCOL_VERSION};
+use muster_proto::{ByonIdentity, RegisterRequest, SignedIdentity, PROTOCOL_VERSION};
 
 use crate::byon::{ByonError, ByonNode};
 use crate::imds::{Addresses, ImdsClient, ImdsError};
@@ -25,6 +25,9 @@ pub struct Identity {
     pub byon: Option<ByonIdentity>,
     /// The current addresses.
     pub addresses: Addresses,
+    /// EC2's signed identity document, sent on every register when IMDS
+    /// serves it; `None` for a bring-your-own node.
+    pub signed: Option<SignedIdentity>,
 }
 
 impl Identity {
@@ -40,6 +43,7 @@ impl Identity {
             public_ipv4: addresses.public_ipv4,
             agent_version: crate::AGENT_VERSION.to_owned(),
             byon: self.byon.clone(),
+            signed_identity: self.signed.clone(),
         }
     }
 }
@@ -93,6 +97,7 @@ impl Source {
                     region: identity.region,
                     byon: None,
                     addresses: identity.addresses,
+                    signed: identity.signed,
                 })
             }
             Source::Byon(node) => Ok(Identity {
@@ -101,7 +106,17 @@ impl Source {
                 region: String::new(),
                 byon: Some(node.identity()),
                 addresses: node.addresses().await.map_err(SourceError::Byon)?,
+                signed: None,
             }),
+        }
+    }
+
+    /// Reads EC2's signed identity document again (IMDS may not have
+    /// served it before); `None` for a bring-your-own node.
+    pub async fn signed_identity(&self) -> Result<Option<SignedIdentity>, SourceError> {
+        match self {
+            Source::Imds(imds) => imds.signed_identity().await.map_err(SourceError::Imds),
+            Source::Byon(_) => Ok(None),
         }
     }
 

@@ -14,7 +14,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use muster_proto::validate;
+use muster_proto::{validate, SignedIdentity};
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
 use tracing::debug;
@@ -47,6 +47,10 @@ pub mod paths {
     pub const LOCAL_IPV4: &str = "meta-data/local-ipv4";
     /// The public IPv4 (404 when there is none).
     pub const PUBLIC_IPV4: &str = "meta-data/public-ipv4";
+    /// The instance identity document (JSON).
+    pub const IDENTITY_DOCUMENT: &str = "dynamic/instance-identity/document";
+    /// The identity document's PKCS7 signature (base64).
+    pub const IDENTITY_PKCS7: &str = "dynamic/instance-identity/pkcs7";
 }
 
 /// Failures talking to IMDS.
@@ -140,6 +144,8 @@ pub struct Identity {
     pub region: String,
     /// The current addresses.
     pub addresses: Addresses,
+    /// The identity document and its signature, when IMDS serves both.
+    pub signed: Option<SignedIdentity>,
 }
 
 struct Token {
@@ -180,13 +186,19 @@ impl ImdsClient {
         })
     }
 
-    /// Reads `/latest/<path>`: `Ok(None)` if IMDS says it is absent (404).
+    /// Reads `/latest/<path>`, trimmed: `Ok(None)` if IMDS says it is absent (404).
     ///
     /// Transient failures (no answer, 5xx, 429) are retried: up to four
     /// tries, with backoff ceilings of 0.1 s, 0.2 s, then 0.4 s between them
     /// (each wait drawn between zero and its ceiling), so a read gives up
     /// after about ten seconds at worst with the 2 s request timeout.
     pub async fn get(&self, path: &str) -> Result<Option<String>, ImdsError> {
+        Ok(self.get_exact(path).await?.map(|v| v.trim().to_owned()))
+    }
+
+    /// Like [`ImdsClient::get`], without trimming: for what is signed
+    /// byte for byte, like the identity document.
+    pub async fn get_exact(&self, path: &str) -> Result<Option<String>, ImdsError> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400))
             .expect("constant bounds are valid");
         let mut attempt = 1;
@@ -227,7 +239,7 @@ impl ImdsClient {
                             url: url.clone(),
                             source,
                         })?;
-                    return Ok(Some(String::from_utf8_lossy(&body).trim().to_owned()));
+                    return Ok(Some(String::from_utf8_lossy(&body).into_owned()));
                 }
                 StatusCode::NOT_FOUND => return Ok(None),
                 StatusCode::UNAUTHORIZED if !refreshed => {
@@ -299,20 +311,33 @@ impl ImdsClient {
 
     /// Reads who and where the instance is.
     pub async fn identity(&self) -> Result<Identity, ImdsError> {
-        let (instance_id, availability_zone, region, private, public) = tokio::try_join!(
+        let (instance_id, availability_zone, region, private, public, signed) = tokio::try_join!(
             self.require(paths::INSTANCE_ID),
             self.require(paths::AVAILABILITY_ZONE),
             self.require(paths::REGION),
             self.require(paths::LOCAL_IPV4),
             self.get(paths::PUBLIC_IPV4),
+            self.signed_identity(),
         )?;
-        parse_identity(
+        let mut identity = parse_identity(
             instance_id,
             availability_zone,
             region,
             &private,
             public.as_deref(),
-        )
+        )?;
+        identity.signed = signed;
+        Ok(identity)
+    }
+
+    /// Reads the identity document and its signature
+    /// ([`parse_signed_identity`]).
+    pub async fn signed_identity(&self) -> Result<Option<SignedIdentity>, ImdsError> {
+        let (document, pkcs7) = tokio::try_join!(
+            self.get_exact(paths::IDENTITY_DOCUMENT),
+            self.get(paths::IDENTITY_PKCS7),
+        )?;
+        parse_signed_identity(document, pkcs7)
     }
 
     /// Reads the current addresses.
@@ -343,7 +368,27 @@ pub fn parse_identity(
         availability_zone,
         region,
         addresses: parse_addresses(local_ipv4, public_ipv4)?,
+        signed: None,
     })
+}
+
+/// Checks IMDS's identity document and signature: both or neither (an
+/// IMDS that serves one without the other gives neither to send), each
+/// within [`SignedIdentity::validate`]'s bounds. The agent only carries
+/// them; the coordinator checks the signature.
+pub fn parse_signed_identity(
+    document: Option<String>,
+    pkcs7: Option<String>,
+) -> Result<Option<SignedIdentity>, ImdsError> {
+    let (Some(document), Some(pkcs7)) = (document, pkcs7) else {
+        return Ok(None);
+    };
+    let signed = SignedIdentity { document, pkcs7 };
+    signed.validate().map_err(|source| ImdsError::Invalid {
+        path: paths::IDENTITY_PKCS7,
+        source,
+    })?;
+    Ok(Some(signed))
 }
 
 /// Checks IMDS's answers for the addresses: `local-ipv4` must be a host

@@ -123,6 +123,7 @@ fn heartbeat(c: &mut Criterion) {
                         public_ipv4: Some(public),
                         agent_version: "bench".into(),
                         byon: None,
+                        signed_identity: None,
                     },
                 )
                 .await

@@ -179,7 +179,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             RegistryError::CredentialMismatch { .. }
             | RegistryError::InstanceNotFound { .. }
-            | RegistryError::ClusterTagMismatch { .. } => StatusCode::FORBIDDEN,
+            | RegistryError::ClusterTagMismatch { .. }
+            | RegistryError::IdentityUnproven { .. } => StatusCode::FORBIDDEN,
             RegistryError::SourceMismatch { .. } => StatusCode::FORBIDDEN,
             RegistryError::InstanceNotRunning { .. }
             | RegistryError::AddressMismatch { .. }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::identity_document::IdentityCerts;
+
 /// Default config file.
 pub const DEFAULT_CONFIG: &str = "/etc/muster/coordinator.toml";
 /// Default API address.
@@ -124,6 +126,10 @@ pub struct ServeArgs {
     /// Agent requests per second allowed from one source address, 0 for no limit [default: 20]
     #[arg(long, env = "MUSTER_AGENT_RATE_LIMIT")]
     pub agent_rate_limit: Option<String>,
+    /// AWS's certificates for instance identity signatures (PEM); when set, every EC2 register
+    /// must carry its identity document signed by one of them [default: none]
+    #[arg(long, env = "MUSTER_IDENTITY_CERTS")]
+    pub identity_certs: Option<PathBuf>,
     /// The muster-agent binary served to booting nodes and installed by
     /// their user data [default: muster-agent next to this executable, if there]
     #[arg(long, env = "MUSTER_AGENT_BINARY")]
@@ -163,6 +169,7 @@ struct FileServe {
     trusted_proxies: Option<Vec<String>>,
     public_ipv4_allow: Option<Vec<String>>,
     agent_rate_limit: Option<toml::Value>,
+    identity_certs: Option<PathBuf>,
     agent_binary: Option<PathBuf>,
     agent_deb: Option<PathBuf>,
 }
@@ -252,6 +259,9 @@ pub struct Trust {
     pub public_ipv4_allow: Vec<Cidr>,
     /// Agent requests per second from one source; 0 is no limit.
     pub agent_rate_limit: u32,
+    /// Signers of instance identity documents; when set, every EC2
+    /// register must carry one they signed.
+    pub identity_certs: Option<IdentityCerts>,
 }
 
 /// Which server holds the zone's records.
@@ -657,6 +667,13 @@ impl Settings {
                 "must be between 0 (no limit) and 1000000 requests per second",
             ));
         }
+        let identity_certs = match args.identity_certs.clone().or(file.identity_certs) {
+            Some(path) => Some(
+                IdentityCerts::load(&path)
+                    .map_err(|reason| bad("identity_certs", path.display().to_string(), reason))?,
+            ),
+            None => None,
+        };
         let agent = agent_files(
             args.agent_binary.clone().or(file.agent_binary),
             args.agent_deb.clone().or(file.agent_deb),
@@ -684,6 +701,7 @@ impl Settings {
                 trusted_proxies,
                 public_ipv4_allow,
                 agent_rate_limit,
+                identity_certs,
             },
             agent,
         })
@@ -1051,6 +1069,12 @@ mod tests {
             }),
             ("agent_rate_limit", |a| {
                 a.agent_rate_limit = Some("2000000".into())
+            }),
+            ("identity_certs", |a| {
+                a.identity_certs = Some("/etc/hostname".into())
+            }),
+            ("identity_certs", |a| {
+                a.identity_certs = Some("/nonexistent/aws.pem".into())
             }),
             ("agent_binary", |a| {
                 a.agent_binary = Some("/nonexistent/muster-agent".into())

@@ -42,6 +42,7 @@ pub mod config;
 pub mod dns;
 pub mod dns_reconcile;
 pub mod ec2;
+pub mod identity_document;
 pub mod launcher;
 pub mod lifecycle;
 pub mod network;

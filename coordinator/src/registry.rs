@@ -92,6 +92,15 @@ pub enum RegistryError {
         /// Its tag's value, if it has the tag.
         tag: Option<String>,
     },
+    /// The signed identity document is missing, not signed by a configured
+    /// certificate, or names something else than the register.
+    #[error("instance {instance_id}: {source}")]
+    IdentityUnproven {
+        /// The instance claimed.
+        instance_id: String,
+        /// What is wrong.
+        source: crate::identity_document::IdentityError,
+    },
     /// The instance is not pending or running.
     #[error("instance {instance_id} is {state} in EC2, not running")]
     InstanceNotRunning {
@@ -204,6 +213,7 @@ impl RegistryError {
                 | RegistryError::InstanceNotFound { .. }
                 | RegistryError::InstanceNotRunning { .. }
                 | RegistryError::ClusterTagMismatch { .. }
+                | RegistryError::IdentityUnproven { .. }
                 | RegistryError::SourceMismatch { .. }
                 | RegistryError::AddressMismatch { .. }
                 | RegistryError::InstanceInOtherCluster { .. }
@@ -221,6 +231,7 @@ impl RegistryError {
             RegistryError::InstanceNotFound { .. } => "instance_not_found",
             RegistryError::InstanceNotRunning { .. } => "instance_not_running",
             RegistryError::ClusterTagMismatch { .. } => "cluster_tag_mismatch",
+            RegistryError::IdentityUnproven { .. } => "identity_unproven",
             RegistryError::SourceMismatch { .. } => "source_mismatch",
             RegistryError::AddressMismatch { .. } => "address_mismatch",
             RegistryError::InstanceInOtherCluster { .. } => "instance_in_other_cluster",
@@ -1047,6 +1058,22 @@ impl Registry {
                 byon.hostname.clone()
             }
             None => {
+                if let Some(certs) = &self.trust.identity_certs {
+                    certs
+                        .check(
+                            req.signed_identity.as_ref(),
+                            crate::identity_document::Claim {
+                                instance_id: &req.instance_id,
+                                region: &req.region,
+                                availability_zone: &req.availability_zone,
+                                private_ipv4: req.private_ipv4,
+                            },
+                        )
+                        .map_err(|source| RegistryError::IdentityUnproven {
+                            instance_id: req.instance_id.clone(),
+                            source,
+                        })?;
+                }
                 self.check_claim(
                     &cluster.name,
                     &req.region,
@@ -1573,6 +1600,7 @@ mod tests {
             public_ipv4: public,
             agent_version: "test".into(),
             byon: None,
+            signed_identity: None,
         }
     }
 

@@ -133,6 +133,54 @@ pub struct RegisterRequest {
     /// joins with a bring-your-own token and names itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub byon: Option<ByonIdentity>,
+    /// The instance identity document and its PKCS7 signature, as IMDS
+    /// gives them; absent on a bring-your-own node. A coordinator
+    /// configured with AWS's certificates requires and checks them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_identity: Option<SignedIdentity>,
+}
+
+/// Largest instance identity document or PKCS7 signature accepted, in
+/// bytes (EC2's are under 2 KiB).
+pub const MAX_IDENTITY_BYTES: usize = 4096;
+
+/// EC2's instance identity document, as IMDS serves it at
+/// `dynamic/instance-identity/document`, with the signature it serves at
+/// `dynamic/instance-identity/pkcs7`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedIdentity {
+    /// The JSON document, byte for byte as IMDS gave it: the signature
+    /// covers these bytes.
+    pub document: String,
+    /// The PKCS7 signature: base64 of its DER, without PEM armour.
+    pub pkcs7: String,
+}
+
+impl SignedIdentity {
+    /// Checks sizes and that the signature is base64 text.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.document.is_empty() || self.document.len() > MAX_IDENTITY_BYTES {
+            return Err(ValidationError::new(
+                "signed_identity.document",
+                &self.document,
+                "must be 1 to 4096 bytes",
+            ));
+        }
+        let base64 =
+            |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\n' | b'\r');
+        if self.pkcs7.is_empty()
+            || self.pkcs7.len() > MAX_IDENTITY_BYTES
+            || !self.pkcs7.bytes().all(base64)
+        {
+            return Err(ValidationError::new(
+                "signed_identity.pkcs7",
+                &self.pkcs7,
+                "must be 1 to 4096 bytes of base64",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How a bring-your-own node names itself.
@@ -166,8 +214,18 @@ impl RegisterRequest {
                 validate::instance_id(&self.instance_id)?;
                 validate::availability_zone(&self.availability_zone)?;
                 validate::region(&self.region)?;
+                if let Some(signed) = &self.signed_identity {
+                    signed.validate()?;
+                }
             }
             Some(byon) => {
+                if self.signed_identity.is_some() {
+                    return Err(ValidationError::new(
+                        "signed_identity",
+                        "present",
+                        "must be absent for a bring-your-own node",
+                    ));
+                }
                 validate::dns_label("hostname", &byon.hostname)?;
                 validate::machine_id(&byon.machine_id)?;
                 if self.instance_id != byon_node_id(&byon.machine_id) {
@@ -740,6 +798,7 @@ mod tests {
             public_ipv4: Some(Ipv4Addr::new(54, 1, 2, 3)),
             agent_version: "0.1.0".into(),
             byon: None,
+            signed_identity: None,
         }
     }
 

@@ -14,14 +14,23 @@
 //! - a value the instance does not have (public IPv4, user data) and any
 //!   unknown path is 404.
 //!
+//! The identity document (`dynamic/instance-identity/document`) is built
+//! from the live instance and signed (`…/pkcs7`, PKCS7 over its exact
+//! bytes, base64 without armour, as EC2 serves it) by
+//! [`IdentitySigner::shared`]: a key and self-signed certificate made once
+//! per test process, standing in for AWS's. A coordinator given
+//! [`IdentitySigner::certificate_pem`] as `--identity-certs` accepts it.
+//!
 //! Knobs for tests: [`Imds::set_public_ipv4_override`] makes it lie about the
-//! public address, [`Imds::expire_tokens`] kills every token, and
-//! [`Imds::requests`] counts what it was asked.
+//! public address, [`Imds::set_identity_signer`] and
+//! [`Imds::set_identity_of`] about the identity document,
+//! [`Imds::expire_tokens`] kills every token, and [`Imds::requests`] counts
+//! what it was asked.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::Client;
@@ -30,6 +39,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
+use base64::Engine as _;
+use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
+use openssl::pkey::{PKey, Private};
+use openssl::stack::Stack;
+use openssl::x509::X509;
 
 use crate::ec2::{try_describe, try_user_data, InstanceView};
 
@@ -56,7 +70,77 @@ struct Shared {
     instance_id: String,
     tokens: Mutex<HashMap<String, Instant>>,
     public_ipv4_override: Mutex<Option<Ipv4Addr>>,
+    /// Who signs the identity document; `None` serves neither it nor a
+    /// signature.
+    signer: Mutex<Option<Arc<IdentitySigner>>>,
+    /// Whose identity document to serve, if not this instance's.
+    identity_of: Mutex<Option<String>>,
     requests: AtomicU64,
+}
+
+/// A key and self-signed certificate that sign identity documents, as
+/// AWS's do for real instances.
+pub struct IdentitySigner {
+    cert: X509,
+    key: PKey<Private>,
+}
+
+impl std::fmt::Debug for IdentitySigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentitySigner")
+            .field("subject", &self.cert.subject_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentitySigner {
+    /// A fresh key and certificate.
+    pub fn generate() -> IdentitySigner {
+        let key = rcgen::KeyPair::generate().expect("a key pair");
+        let params = rcgen::CertificateParams::new(vec!["ec2.amazonaws.com".to_owned()])
+            .expect("valid certificate parameters");
+        let cert = params.self_signed(&key).expect("a self-signed certificate");
+        IdentitySigner {
+            cert: X509::from_pem(cert.pem().as_bytes()).expect("rcgen writes PEM"),
+            key: PKey::private_key_from_pem(key.serialize_pem().as_bytes())
+                .expect("rcgen writes PEM"),
+        }
+    }
+
+    /// The signer every emulator uses unless told otherwise: one per
+    /// test process.
+    pub fn shared() -> Arc<IdentitySigner> {
+        static SHARED: OnceLock<Arc<IdentitySigner>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Arc::new(IdentitySigner::generate()))
+            .clone()
+    }
+
+    /// The certificate, PEM: what `--identity-certs` names.
+    pub fn certificate_pem(&self) -> String {
+        String::from_utf8(self.cert.to_pem().expect("a certificate writes as PEM"))
+            .expect("PEM is ASCII")
+    }
+
+    /// The PKCS7 signature of `document`'s exact bytes, carrying the
+    /// document and no certificate, base64 in lines of 64 as EC2 serves it.
+    pub fn sign(&self, document: &str) -> String {
+        let pkcs7 = Pkcs7::sign(
+            &self.cert,
+            &self.key,
+            &Stack::new().expect("an empty stack"),
+            document.as_bytes(),
+            Pkcs7Flags::BINARY | Pkcs7Flags::NOCERTS,
+        )
+        .expect("signing with a matching key and certificate");
+        let text = base64::engine::general_purpose::STANDARD
+            .encode(pkcs7.to_der().expect("a signature writes as DER"));
+        text.as_bytes()
+            .chunks(64)
+            .map(|line| std::str::from_utf8(line).expect("base64 is ASCII"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 impl Imds {
@@ -79,6 +163,8 @@ impl Imds {
             instance_id: instance_id.to_owned(),
             tokens: Mutex::new(HashMap::new()),
             public_ipv4_override: Mutex::new(None),
+            signer: Mutex::new(Some(IdentitySigner::shared())),
+            identity_of: Mutex::new(None),
             requests: AtomicU64::new(0),
         });
         let router = Router::new()
@@ -112,6 +198,18 @@ impl Imds {
     /// says; `None` goes back to the truth.
     pub fn set_public_ipv4_override(&self, address: Option<Ipv4Addr>) {
         *lock(&self.shared.public_ipv4_override) = address;
+    }
+
+    /// Signs identity documents with `signer` from now on; `None` serves
+    /// no document and no signature.
+    pub fn set_identity_signer(&self, signer: Option<Arc<IdentitySigner>>) {
+        *lock(&self.shared.signer) = signer;
+    }
+
+    /// Serves the identity document of `instance_id` (really signed) in
+    /// place of this instance's; `None` goes back to the truth.
+    pub fn set_identity_of(&self, instance_id: Option<&str>) {
+        *lock(&self.shared.identity_of) = instance_id.map(str::to_owned);
     }
 
     /// Forgets every token issued so far, as if they had all expired.
@@ -219,8 +317,19 @@ async fn answer(shared: &Shared, path: &str) -> anyhow::Result<Option<Response>>
         "user-data" => try_user_data(&shared.ec2, &shared.instance_id)
             .await?
             .map(IntoResponse::into_response),
-        "dynamic/instance-identity/document" => {
-            Some(identity_document(&shared.instance_id, &view().await?).into_response())
+        "dynamic/instance-identity/document" | "dynamic/instance-identity/pkcs7" => {
+            let Some(signer) = lock(&shared.signer).clone() else {
+                return Ok(None);
+            };
+            let whose = lock(&shared.identity_of)
+                .clone()
+                .unwrap_or_else(|| shared.instance_id.clone());
+            let document = identity_document(&whose, &try_describe(&shared.ec2, &whose).await?);
+            if path.ends_with("pkcs7") {
+                text(signer.sign(&document))
+            } else {
+                text(document)
+            }
         }
         _ => None,
     })

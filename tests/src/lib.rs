@@ -59,7 +59,7 @@ pub use bind::Bind;
 pub use coordinator::{Coordinator, ZONE};
 pub use dns::{DnsAnswer, Resolver};
 pub use ec2proxy::{Ec2Proxy, Refusal};
-pub use imds::Imds;
+pub use imds::{IdentitySigner, Imds};
 pub use moto::Moto;
 pub use route53proxy::Route53Proxy;
 

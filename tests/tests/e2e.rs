@@ -103,6 +103,7 @@ impl Scene {
             public_ipv4: public,
             agent_version: "0.0.0-test".to_owned(),
             byon: None,
+            signed_identity: None,
         }
     }
 

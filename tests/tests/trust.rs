@@ -8,6 +8,10 @@
 //! - With `--verify-source`, agents run in network namespaces of the test's
 //!   own, so that source addresses are real: the true instance joins, and a
 //!   join token replayed for it from another address is refused.
+//! - With `--identity-certs`, a register must carry its instance identity
+//!   document signed by a configured certificate: one signed by another
+//!   key, one naming another instance, a tampered one and none at all are
+//!   refused.
 //! - The agent pins the coordinator's CA and fails closed on another; a
 //!   coordinator serving an operator's certificate works with an agent on
 //!   the system's roots.
@@ -27,7 +31,9 @@ use muster_proto::{
     RegisterRequest, MAX_BODY_BYTES, PROTOCOL_VERSION,
 };
 use muster_tests::ec2;
-use muster_tests::{wait_until, Agent, Coordinator, Imds, Moto, EVENTUALLY, POLL, ZONE};
+use muster_tests::{
+    wait_until, Agent, Coordinator, IdentitySigner, Imds, Moto, EVENTUALLY, POLL, ZONE,
+};
 use reqwest::StatusCode;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -83,6 +89,7 @@ async fn register_body(
         public_ipv4: public,
         agent_version: "0.0.0-test".to_owned(),
         byon: None,
+        signed_identity: None,
     }
 }
 
@@ -339,6 +346,143 @@ async fn spoofed_claims_are_refused_and_change_nothing() {
     // Nothing moved.
     let after = snapshot(&coordinator, &names).await;
     assert_eq!(before, after);
+}
+
+/// With `--identity-certs`, only a register carrying its own identity
+/// document, signed by a configured certificate, gets in. Agents whose IMDS
+/// signs with another key, serves another instance's document or serves
+/// none are refused with `identity_unproven`, each a security event naming
+/// what was claimed and what was signed; so is a document edited after
+/// signing. None of it changes the store or DNS, and an agent whose IMDS
+/// starts serving the signed document joins on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_documents_are_required_and_checked() {
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let certs = tempfile::tempdir().unwrap();
+    let certs_file = certs.path().join("aws-identity.pem");
+    std::fs::write(&certs_file, IdentitySigner::shared().certificate_pem()).unwrap();
+    let coordinator = Coordinator::start_with(
+        &moto,
+        &["--identity-certs", &certs_file.display().to_string()],
+    )
+    .await;
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+
+    // A: an honest member, whose IMDS signs as AWS does here.
+    let a = ec2::launch_instance(&sdk, CLUSTER).await;
+    let a_imds = Imds::start(sdk.clone(), &a).await;
+    let mut a_agent = Agent::start(&coordinator, &a_imds, CLUSTER, &token);
+    let nodes = one_deployed(&coordinator).await;
+    assert_eq!(nodes[0].instance_id, a, "{}", a_agent.logs());
+    kept_credential(&a_agent).await;
+    a_agent.stop();
+
+    // B signs with a key of its own, C serves A's (really signed)
+    // document, D serves none.
+    let [b, c, d] = [(); 3].map(|()| ec2::launch_instance(&sdk, CLUSTER));
+    let (b, c, d) = (b.await, c.await, d.await);
+    let mut names = Vec::new();
+    for id in [&a, &b, &c, &d] {
+        names.push(node_dns_name(id, CLUSTER, ZONE));
+        names.push(node_internal_dns_name(id, CLUSTER, ZONE));
+    }
+    let before = snapshot(&coordinator, &names).await;
+    let b_imds = Imds::start(sdk.clone(), &b).await;
+    b_imds.set_identity_signer(Some(Arc::new(IdentitySigner::generate())));
+    let c_imds = Imds::start(sdk.clone(), &c).await;
+    c_imds.set_identity_of(Some(&a));
+    let d_imds = Imds::start(sdk.clone(), &d).await;
+    d_imds.set_identity_signer(None);
+    let attackers = [
+        ("signed by another key", &b, &b_imds, "does not verify"),
+        ("another instance's document", &c, &c_imds, "instanceId"),
+        ("no document", &d, &d_imds, "no signed identity document"),
+    ];
+    let mut agents = Vec::new();
+    for (what, id, imds, reason) in attackers {
+        let agent = Agent::start(&coordinator, imds, CLUSTER, &token);
+        let status = status_until(&agent, "identity_unproven").await;
+        assert!(
+            status.contains("identity_unproven") && status.contains(reason),
+            "{what}: {status}\n{}",
+            agent.logs()
+        );
+        agents.push((what, id, agent));
+    }
+
+    // A's document, edited after signing to name B's address.
+    let b_private = ec2::describe(&sdk, &b).await.private_ipv4.unwrap();
+    let a_private = ec2::describe(&sdk, &a).await.private_ipv4.unwrap();
+    let signer = IdentitySigner::shared();
+    let a_document = {
+        let body = register_body(&sdk, &a, None, None).await;
+        serde_json::to_string_pretty(&serde_json::json!({
+            "availabilityZone": body.availability_zone,
+            "instanceId": a,
+            "privateIp": a_private.to_string(),
+            "region": body.region,
+        }))
+        .unwrap()
+    };
+    let mut tampered = register_body(&sdk, &b, None, None).await;
+    tampered.signed_identity = Some(muster_proto::SignedIdentity {
+        pkcs7: signer.sign(&a_document),
+        document: a_document
+            .replace(&a, &b)
+            .replace(&a_private.to_string(), &b_private.to_string()),
+    });
+    let (status, body) = post_json(&coordinator, paths::AGENT_REGISTER, &token, &tampered).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(code_of(&body), "identity_unproven", "{body}");
+    assert!(body.contains("does not verify"), "{body}");
+
+    // Each is a security event naming what was claimed and what was signed.
+    assert!(
+        coordinator
+            .metric("muster_security_events_total{code=\"identity_unproven\"}")
+            .await
+            >= 4
+    );
+    let logs = coordinator.logs();
+    let events: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("security event") && l.contains("identity_unproven"))
+        .collect();
+    for (what, id, _) in &agents {
+        assert!(
+            events.iter().any(|l| l.contains(id.as_str())),
+            "{what}: no security event names {id}:\n{}",
+            events.join("\n")
+        );
+    }
+    assert!(
+        events.iter().any(|l| l.contains(&c) && l.contains(&a)),
+        "the event for C names the instance it claimed and the one signed:\n{}",
+        events.join("\n")
+    );
+    assert_eq!(before, snapshot(&coordinator, &names).await);
+
+    // D's IMDS starts serving its signed document: D joins on its own.
+    d_imds.set_identity_signer(Some(IdentitySigner::shared()));
+    let joined = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.nodes(CLUSTER),
+        |n| {
+            n.iter()
+                .any(|n| n.instance_id == d && n.state == NodeState::Deployed)
+        },
+    )
+    .await;
+    assert!(
+        joined.iter().any(|n| n.instance_id == d),
+        "{joined:#?}\n{}",
+        agents[2].2.logs()
+    );
+    assert!(!joined
+        .iter()
+        .any(|n| n.instance_id == b || n.instance_id == c));
 }
 
 /// The host side of the namespaces' links: one address, on every veth.

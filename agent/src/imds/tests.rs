@@ -204,3 +204,47 @@ async fn bad_values_are_refused() {
     let err = imds.addresses().await.unwrap_err();
     assert!(matches!(err, ImdsError::Invalid { path, .. } if path == paths::PUBLIC_IPV4));
 }
+
+/// The identity document is passed on byte for byte (the signature covers
+/// its bytes, trailing newline included) with its signature; with either
+/// missing, neither is sent; a signature that is not base64 is refused.
+#[tokio::test]
+async fn signed_identity_is_read_exactly() {
+    let document = "{\n  \"instanceId\" : \"i-0123456789abcdef0\"\n}\n";
+    let mut items = INSTANCE.to_vec();
+    items.push((paths::IDENTITY_DOCUMENT, document));
+    let (_fake, endpoint) = start(&items).await;
+    let identity = ImdsClient::new(&endpoint)
+        .unwrap()
+        .identity()
+        .await
+        .unwrap();
+    assert_eq!(identity.signed, None, "a document without a signature");
+
+    items.push((
+        paths::IDENTITY_PKCS7,
+        "MIAGCSqGSIb3DQEHAqCAMIACAQEx\nDzANBglghkgBZQMEAgEFADCABgkq\n",
+    ));
+    let (_fake, endpoint) = start(&items).await;
+    let identity = ImdsClient::new(&endpoint)
+        .unwrap()
+        .identity()
+        .await
+        .unwrap();
+    let signed = identity.signed.expect("both are served");
+    assert_eq!(signed.document, document);
+    assert_eq!(
+        signed.pkcs7,
+        "MIAGCSqGSIb3DQEHAqCAMIACAQEx\nDzANBglghkgBZQMEAgEFADCABgkq"
+    );
+
+    items.pop();
+    items.push((paths::IDENTITY_PKCS7, "-----BEGIN PKCS7-----"));
+    let (_fake, endpoint) = start(&items).await;
+    let err = ImdsClient::new(&endpoint)
+        .unwrap()
+        .identity()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImdsError::Invalid { path, .. } if path == paths::IDENTITY_PKCS7));
+}

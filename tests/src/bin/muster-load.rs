@@ -183,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
                 public_ipv4: public,
                 agent_version: "load".to_owned(),
                 byon: None,
+                signed_identity: None,
             };
             let answer = http
                 .post(format!("{url}{}", paths::AGENT_REGISTER))

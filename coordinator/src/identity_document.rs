@@ -1,0 +1,363 @@
+//! EC2 instance identity documents and their PKCS7 signatures: the
+//! optional proof, beyond the join token and the EC2 lookup, that a
+//! register was built on the instance it names.
+//!
+//! With `--identity-certs FILE` (AWS's public certificates for the
+//! instance identity signature, PEM, one or more), every EC2 register must
+//! carry the document IMDS serves at `dynamic/instance-identity/document`
+//! and the signature at `dynamic/instance-identity/pkcs7`. The check is
+//! the one AWS documents (`openssl smime -verify -noverify -certfile …
+//! -content document`), done with OpenSSL's `PKCS7_verify`:
+//! - `NOINTERN`: the signer must be one of the configured certificates; a
+//!   certificate carried inside the signature is never believed, or anyone
+//!   could sign a document with a key of their own.
+//! - `NOVERIFY`: no chain is built for the signer; the configured
+//!   certificates are the trust anchors themselves (AWS's are self-signed).
+//! - The signature covers exactly the document's bytes as the agent sent
+//!   them, not a copy carried inside the signature.
+//!
+//! Then the signed document must name the instance, region, availability
+//! zone and primary private address the register claims; EC2 checks the
+//! claim itself as before ([`crate::registry`]). A document is the same
+//! for the instance's whole run, so one copied off an instance proves
+//! nothing more than that instance's existence: it never replaces the
+//! join token or the node credential, it is checked beside them.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use muster_proto::SignedIdentity;
+use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
+use openssl::stack::Stack;
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::X509;
+use serde::Deserialize;
+
+/// The certificates identity document signatures are checked against.
+#[derive(Clone)]
+pub struct IdentityCerts {
+    path: PathBuf,
+    certs: Vec<X509>,
+    /// The certificates' DER, for equality.
+    der: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for IdentityCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityCerts")
+            .field("path", &self.path)
+            .field("certificates", &self.certs.len())
+            .finish()
+    }
+}
+
+impl PartialEq for IdentityCerts {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.der == other.der
+    }
+}
+
+impl Eq for IdentityCerts {}
+
+/// Why a signed identity document was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The register carries none.
+    #[error(
+        "the register carries no signed identity document, and this coordinator requires one \
+         (IMDS serves it at dynamic/instance-identity/document and /pkcs7)"
+    )]
+    Missing,
+    /// The signature is not PKCS7, or does not verify against the
+    /// configured certificates.
+    #[error("the identity document's signature does not verify: {0}")]
+    BadSignature(String),
+    /// The signed document is not the JSON EC2 writes.
+    #[error("the signed identity document is not an EC2 one: {0}")]
+    BadDocument(String),
+    /// The signed document names something else than the register.
+    #[error("the signed identity document says {field}={signed:?}, the register {claimed:?}")]
+    Mismatch {
+        /// The document's field.
+        field: &'static str,
+        /// What the register claims.
+        claimed: String,
+        /// What the signed document says.
+        signed: String,
+    },
+}
+
+/// What the coordinator reads of a signed document (EC2 writes more).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityDocument {
+    /// The instance.
+    pub instance_id: String,
+    /// Its region.
+    pub region: String,
+    /// Its availability zone.
+    pub availability_zone: String,
+    /// Its primary private address.
+    pub private_ip: Option<Ipv4Addr>,
+    /// The account that owns it.
+    #[serde(default)]
+    pub account_id: Option<String>,
+}
+
+/// What a register claims, to be matched against the signed document.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// The instance id.
+    pub instance_id: &'a str,
+    /// The region.
+    pub region: &'a str,
+    /// The availability zone.
+    pub availability_zone: &'a str,
+    /// The primary private address.
+    pub private_ipv4: Ipv4Addr,
+}
+
+impl IdentityCerts {
+    /// Reads the PEM certificates at `path`; at least one must be there.
+    pub fn load(path: &Path) -> Result<IdentityCerts, String> {
+        let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+        let certs = X509::stack_from_pem(&pem).map_err(|e| format!("is not PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err("holds no PEM certificate".into());
+        }
+        let der = certs
+            .iter()
+            .map(|c| c.to_der().map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        Ok(IdentityCerts {
+            path: path.to_owned(),
+            certs,
+            der,
+        })
+    }
+
+    /// The file the certificates came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks `signed` and that it names what `claim` claims.
+    pub fn check(
+        &self,
+        signed: Option<&SignedIdentity>,
+        claim: Claim<'_>,
+    ) -> Result<IdentityDocument, IdentityError> {
+        let signed = signed.ok_or(IdentityError::Missing)?;
+        let document = self.verify(signed)?;
+        let mismatch = |field, claimed: &str, signed: &str| {
+            (claimed != signed).then(|| IdentityError::Mismatch {
+                field,
+                claimed: claimed.to_owned(),
+                signed: signed.to_owned(),
+            })
+        };
+        let private = document
+            .private_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let wrong = mismatch("instanceId", claim.instance_id, &document.instance_id)
+            .or_else(|| mismatch("region", claim.region, &document.region))
+            .or_else(|| {
+                mismatch(
+                    "availabilityZone",
+                    claim.availability_zone,
+                    &document.availability_zone,
+                )
+            })
+            .or_else(|| mismatch("privateIp", &claim.private_ipv4.to_string(), &private));
+        match wrong {
+            Some(error) => Err(error),
+            None => Ok(document),
+        }
+    }
+
+    /// Verifies the signature over the document's bytes and decodes it.
+    pub fn verify(&self, signed: &SignedIdentity) -> Result<IdentityDocument, IdentityError> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            IdentityError::BadSignature(format!("{what}: {e}"))
+        };
+        let text: String = signed
+            .pkcs7
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| bad("not base64", &e))?;
+        let pkcs7 = Pkcs7::from_der(&der).map_err(|e| bad("not PKCS7", &e))?;
+        let mut signers = Stack::new().map_err(|e| bad("OpenSSL", &e))?;
+        for cert in &self.certs {
+            signers.push(cert.clone()).map_err(|e| bad("OpenSSL", &e))?;
+        }
+        // Empty: NOVERIFY builds no chain, and NOINTERN keeps the
+        // signature's own certificates out.
+        let store = X509StoreBuilder::new()
+            .map_err(|e| bad("OpenSSL", &e))?
+            .build();
+        pkcs7
+            .verify(
+                &signers,
+                &store,
+                Some(signed.document.as_bytes()),
+                None,
+                Pkcs7Flags::NOINTERN | Pkcs7Flags::NOVERIFY,
+            )
+            .map_err(|e| bad("not signed by a configured certificate", &e))?;
+        serde_json::from_str(&signed.document)
+            .map_err(|e| IdentityError::BadDocument(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::pkey::PKey;
+
+    /// A self-signed certificate and its key, as `openssl req -x509` makes.
+    fn signer(name: &str) -> (X509, PKey<openssl::pkey::Private>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (
+            X509::from_pem(cert.pem().as_bytes()).unwrap(),
+            PKey::private_key_from_pem(key.serialize_pem().as_bytes()).unwrap(),
+        )
+    }
+
+    fn sign(
+        (cert, key): &(X509, PKey<openssl::pkey::Private>),
+        document: &str,
+        flags: Pkcs7Flags,
+    ) -> String {
+        let none = Stack::new().unwrap();
+        let pkcs7 = Pkcs7::sign(
+            cert,
+            key,
+            &none,
+            document.as_bytes(),
+            flags | Pkcs7Flags::BINARY,
+        )
+        .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(pkcs7.to_der().unwrap())
+    }
+
+    const DOCUMENT: &str = "{\n  \"accountId\" : \"123456789012\",\n  \"availabilityZone\" : \
+        \"us-east-1a\",\n  \"instanceId\" : \"i-0123456789abcdef0\",\n  \"privateIp\" : \
+        \"10.0.0.5\",\n  \"region\" : \"us-east-1\",\n  \"version\" : \"2017-09-30\"\n}";
+
+    fn claim() -> Claim<'static> {
+        Claim {
+            instance_id: "i-0123456789abcdef0",
+            region: "us-east-1",
+            availability_zone: "us-east-1a",
+            private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+        }
+    }
+
+    fn certs_of(dir: &Path, certs: &[&X509]) -> IdentityCerts {
+        let path = dir.join("aws.pem");
+        let pem: Vec<u8> = certs.iter().flat_map(|c| c.to_pem().unwrap()).collect();
+        std::fs::write(&path, pem).unwrap();
+        IdentityCerts::load(&path).unwrap()
+    }
+
+    /// A document signed by a configured certificate passes, whether or
+    /// not the signature carries the certificate; one signed by anyone
+    /// else fails, even when it carries its own certificate; a changed
+    /// byte fails; a document naming another instance is a mismatch.
+    #[test]
+    fn only_configured_signers_and_exact_bytes_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let aws = signer("aws");
+        let other = signer("aws");
+        let unrelated = signer("unrelated");
+        let certs = certs_of(dir.path(), &[&unrelated.0, &aws.0]);
+        let signed = |by, flags, document: &str| SignedIdentity {
+            document: document.to_owned(),
+            pkcs7: sign(by, document, flags),
+        };
+
+        for flags in [
+            Pkcs7Flags::NOCERTS,
+            Pkcs7Flags::empty(),
+            Pkcs7Flags::DETACHED,
+        ] {
+            let good = signed(&aws, flags, DOCUMENT);
+            let document = certs.check(Some(&good), claim()).unwrap();
+            assert_eq!(document.instance_id, "i-0123456789abcdef0");
+            assert_eq!(document.account_id.as_deref(), Some("123456789012"));
+        }
+
+        // The attacker's own certificate rides inside the signature.
+        let forged = signed(&other, Pkcs7Flags::empty(), DOCUMENT);
+        let error = certs.check(Some(&forged), claim()).unwrap_err();
+        assert!(matches!(error, IdentityError::BadSignature(_)), "{error}");
+
+        let mut tampered = signed(&aws, Pkcs7Flags::empty(), DOCUMENT);
+        tampered.document = DOCUMENT.replace("10.0.0.5", "10.0.0.6");
+        let error = certs.check(Some(&tampered), claim()).unwrap_err();
+        assert!(matches!(error, IdentityError::BadSignature(_)), "{error}");
+
+        let elsewhere = DOCUMENT.replace("i-0123456789abcdef0", "i-0fedcba9876543210");
+        let error = certs
+            .check(
+                Some(&signed(&aws, Pkcs7Flags::NOCERTS, &elsewhere)),
+                claim(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            error,
+            IdentityError::Mismatch {
+                field: "instanceId",
+                claimed: "i-0123456789abcdef0".into(),
+                signed: "i-0fedcba9876543210".into(),
+            }
+        );
+        let moved = Claim {
+            private_ipv4: Ipv4Addr::new(10, 0, 0, 9),
+            ..claim()
+        };
+        let good = signed(&aws, Pkcs7Flags::NOCERTS, DOCUMENT);
+        let error = certs.check(Some(&good), moved).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                IdentityError::Mismatch {
+                    field: "privateIp",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+
+        assert_eq!(
+            certs.check(None, claim()).unwrap_err(),
+            IdentityError::Missing
+        );
+        let garbage = SignedIdentity {
+            document: DOCUMENT.into(),
+            pkcs7: "bm90IGEgc2lnbmF0dXJl".into(),
+        };
+        let error = certs.check(Some(&garbage), claim()).unwrap_err();
+        assert!(error.to_string().contains("not PKCS7"), "{error}");
+        let unsigned_json = signed(&aws, Pkcs7Flags::NOCERTS, "not json");
+        let error = certs.check(Some(&unsigned_json), claim()).unwrap_err();
+        assert!(matches!(error, IdentityError::BadDocument(_)), "{error}");
+    }
+
+    /// A file with no certificate, or none at all, is refused with a reason.
+    #[test]
+    fn loading_needs_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").unwrap();
+        assert!(IdentityCerts::load(&empty).is_err());
+        assert!(IdentityCerts::load(&dir.path().join("absent.pem")).is_err());
+    }
+}
