@@ -419,9 +419,10 @@ async fn user_data(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
+    Body(req): Body<muster_proto::UserDataRequest>,
 ) -> Result<(StatusCode, Json<muster_proto::UserDataResponse>), ApiError> {
     require_admin(&state, &headers)?;
-    let rendered = state.registry.user_data(&name).await?;
+    let rendered = state.registry.user_data(&name, &req).await?;
     Ok((StatusCode::CREATED, Json(rendered)))
 }
 

@@ -237,9 +237,18 @@ impl AdminClient {
     }
 
     /// `POST /v1/clusters/{name}/userdata`.
-    pub async fn user_data(&self, name: &str) -> Result<UserDataResponse, CliError> {
+    pub async fn user_data(
+        &self,
+        name: &str,
+        expires_in: Option<std::time::Duration>,
+    ) -> Result<UserDataResponse, CliError> {
         check_cluster_arg(name)?;
-        self.send("POST", &paths::cluster_userdata(name), None::<&()>)
+        let req = muster_proto::UserDataRequest {
+            expires_in_secs: expires_in.map(|d| d.as_secs()),
+        };
+        req.validate()
+            .map_err(|e| setting("--expires-in", &e.value, e.reason))?;
+        self.send("POST", &paths::cluster_userdata(name), Some(&req))
             .await
     }
 

@@ -46,6 +46,10 @@ enum Command {
         /// Write the user data to this file (0600) instead of stdout.
         #[arg(long, short)]
         output: Option<std::path::PathBuf>,
+        /// The join token in it stops working after this long, e.g. "7d"
+        /// [default: never]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
         /// Print JSON: the token, the user data (base64, and as text when
         /// not gzipped) and the agent it installs.
         #[arg(long)]
@@ -654,9 +658,10 @@ async fn admin(command: Command) -> Result<(), cli::CliError> {
         Command::Userdata {
             cluster,
             output,
+            expires_in,
             json,
         } => {
-            let rendered = client.user_data(&cluster).await?;
+            let rendered = client.user_data(&cluster, expires_in).await?;
             write_user_data(&rendered, output.as_deref(), json)?;
         }
         Command::Serve(_) | Command::CheckCredentials { .. } => {

@@ -916,18 +916,22 @@ impl Registry {
                         state: c.state,
                     });
                 }
+                let expired = |expires_at: Option<i64>, what: &str, renew: &str| match expires_at
+                    .filter(|at| *at <= crate::store::now_ms())
+                {
+                    Some(at) => Err(RegistryError::Unauthorized(format!(
+                        "the {what} of cluster {:?} expired at {}; {renew}",
+                        c.name,
+                        rfc3339_ms(at)
+                    ))),
+                    None => Ok(()),
+                };
                 if secret_matches(bearer, &c.join_token_hash) {
-                    if let Some(expired) = c
-                        .join_token_expires_at
-                        .filter(|at| *at <= crate::store::now_ms())
-                    {
-                        return Err(RegistryError::Unauthorized(format!(
-                            "the join token of cluster {:?} expired at {}; rotate it \
-                             (cluster rotate-token)",
-                            c.name,
-                            rfc3339_ms(expired)
-                        )));
-                    }
+                    expired(
+                        c.join_token_expires_at,
+                        "join token",
+                        "rotate it (cluster rotate-token)",
+                    )?;
                     if req.byon.is_some() {
                         return Err(RegistryError::Unauthorized(format!(
                             "a machine without IMDS joins cluster {:?} with a bring-your-own \
@@ -937,8 +941,12 @@ impl Registry {
                     }
                     "registered with the join token"
                 } else {
-                    match self.store.cluster_token(&hash_secret(bearer))? {
-                        Some((cluster_id, TokenPurpose::Byon)) if cluster_id == c.id => {
+                    let token = self
+                        .store
+                        .cluster_token(&hash_secret(bearer))?
+                        .filter(|t| t.cluster_id == c.id);
+                    match token.map(|t| (t.purpose, t.expires_at)) {
+                        Some((TokenPurpose::Byon, _)) => {
                             if req.byon.is_none() {
                                 return Err(RegistryError::Unauthorized(
                                     "a bring-your-own token is for machines that name \
@@ -949,7 +957,12 @@ impl Registry {
                             }
                             "registered with a bring-your-own token"
                         }
-                        Some((cluster_id, TokenPurpose::Join)) if cluster_id == c.id => {
+                        Some((TokenPurpose::Join, expires_at)) => {
+                            expired(
+                                expires_at,
+                                "join token minted for user data",
+                                "render new user data (userdata CLUSTER)",
+                            )?;
                             if req.byon.is_some() {
                                 return Err(RegistryError::Unauthorized(format!(
                                     "a machine without IMDS joins cluster {:?} with a \
@@ -959,7 +972,7 @@ impl Registry {
                             }
                             "registered with a join token minted for user data"
                         }
-                        Some((cluster_id, TokenPurpose::Launch)) if cluster_id == c.id => {
+                        Some((TokenPurpose::Launch, _)) => {
                             // A launch token speaks only for instances muster
                             // launched into this cluster.
                             let launched = self

@@ -70,6 +70,8 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE nodes ADD COLUMN byon INTEGER NOT NULL DEFAULT 0;",
     // 5: join tokens that expire (unix ms; NULL never).
     "ALTER TABLE clusters ADD COLUMN join_token_expires_at INTEGER;",
+    // 6: further join tokens that expire too (unix ms; NULL never).
+    "ALTER TABLE cluster_tokens ADD COLUMN expires_at INTEGER;",
 ];
 
 /// Errors of the store, named after the operation that failed.
@@ -155,6 +157,17 @@ pub enum TokenPurpose {
     /// Carried in user data rendered on request (`userdata CLUSTER`): like
     /// the cluster's join token, it registers any instance EC2 confirms.
     Join,
+}
+
+/// A join token beyond the cluster's own, as stored (by its hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterToken {
+    /// The cluster it joins.
+    pub cluster_id: i64,
+    /// What it is for.
+    pub purpose: TokenPurpose,
+    /// When it stops working (unix ms); `None` never.
+    pub expires_at: Option<i64>,
 }
 
 impl TokenPurpose {
@@ -477,47 +490,54 @@ impl Store {
             .map_err(query("updating a cluster's state"))
     }
 
-    /// Keeps the hash of a further join token of a cluster.
+    /// Keeps the hash of a further join token of a cluster, valid until
+    /// `expires_at` (unix ms) if given.
     pub fn add_cluster_token(
         &self,
         cluster_id: i64,
         purpose: TokenPurpose,
         token_hash: &str,
+        expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
         self.lock()
             .execute(
-                "INSERT INTO cluster_tokens (cluster_id, kind, token_hash, created_at) \
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![cluster_id, purpose.as_str(), token_hash, now_ms()],
+                "INSERT INTO cluster_tokens (cluster_id, kind, token_hash, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![cluster_id, purpose.as_str(), token_hash, now_ms(), expires_at],
             )
             .map(|_| ())
             .map_err(query("storing a cluster token"))
     }
 
-    /// What a further join token with this hash is for, and the id of its
-    /// cluster.
-    pub fn cluster_token(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<(i64, TokenPurpose)>, StoreError> {
-        let found: Option<(i64, String)> = self
+    /// The further join token with this hash, if there is one.
+    pub fn cluster_token(&self, token_hash: &str) -> Result<Option<ClusterToken>, StoreError> {
+        let found: Option<(i64, String, Option<i64>)> = self
             .lock()
             .query_row(
-                "SELECT cluster_id, kind FROM cluster_tokens WHERE token_hash = ?1",
+                "SELECT cluster_id, kind, expires_at FROM cluster_tokens WHERE token_hash = ?1",
                 params![token_hash],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()
             .map_err(query("reading a cluster token"))?;
         found
-            .map(|(id, kind)| match kind.as_str() {
-                "launch" => Ok((id, TokenPurpose::Launch)),
-                "byon" => Ok((id, TokenPurpose::Byon)),
-                "join" => Ok((id, TokenPurpose::Join)),
-                _ => Err(StoreError::Corrupt {
-                    field: "cluster_tokens.kind",
-                    value: kind,
-                }),
+            .map(|(cluster_id, kind, expires_at)| {
+                let purpose = match kind.as_str() {
+                    "launch" => TokenPurpose::Launch,
+                    "byon" => TokenPurpose::Byon,
+                    "join" => TokenPurpose::Join,
+                    _ => {
+                        return Err(StoreError::Corrupt {
+                            field: "cluster_tokens.kind",
+                            value: kind,
+                        })
+                    }
+                };
+                Ok(ClusterToken {
+                    cluster_id,
+                    purpose,
+                    expires_at,
+                })
             })
             .transpose()
     }
@@ -1022,7 +1042,9 @@ mod tests {
             (TokenPurpose::Launch, "l"),
             (TokenPurpose::Byon, "b"),
         ] {
-            store.add_cluster_token(cluster.id, purpose, hash).unwrap();
+            store
+                .add_cluster_token(cluster.id, purpose, hash, Some(7))
+                .unwrap();
         }
         store
             .rotate_join_token(cluster.id, "new", Some(42))
@@ -1033,11 +1055,15 @@ mod tests {
         assert_eq!(store.cluster_token("j").unwrap(), None);
         assert_eq!(
             store.cluster_token("l").unwrap(),
-            Some((cluster.id, TokenPurpose::Launch))
+            Some(ClusterToken {
+                cluster_id: cluster.id,
+                purpose: TokenPurpose::Launch,
+                expires_at: Some(7)
+            })
         );
         assert_eq!(
-            store.cluster_token("b").unwrap(),
-            Some((cluster.id, TokenPurpose::Byon))
+            store.cluster_token("b").unwrap().map(|t| t.purpose),
+            Some(TokenPurpose::Byon)
         );
     }
 

@@ -670,16 +670,36 @@ pub struct RotateTokenRequest {
 impl RotateTokenRequest {
     /// Checks the bounds.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        match self.expires_in_secs {
-            Some(secs) if !(1..=MAX_TOKEN_LIFETIME_SECS).contains(&secs) => {
-                Err(ValidationError::new(
-                    "expires_in_secs",
-                    &secs.to_string(),
-                    "must be between 1 second and ten years",
-                ))
-            }
-            _ => Ok(()),
-        }
+        token_lifetime(self.expires_in_secs)
+    }
+}
+
+/// Checks a join token's lifetime: absent, or 1 second to ten years.
+fn token_lifetime(expires_in_secs: Option<u64>) -> Result<(), ValidationError> {
+    match expires_in_secs {
+        Some(secs) if !(1..=MAX_TOKEN_LIFETIME_SECS).contains(&secs) => Err(ValidationError::new(
+            "expires_in_secs",
+            &secs.to_string(),
+            "must be between 1 second and ten years",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What `POST /v1/clusters/{name}/userdata` takes (`{}` for the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserDataRequest {
+    /// Seconds the join token minted for the user data is valid for (1 to
+    /// ten years); absent, it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+impl UserDataRequest {
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        token_lifetime(self.expires_in_secs)
     }
 }
 
@@ -720,6 +740,9 @@ pub struct UserDataResponse {
     pub cluster: String,
     /// The join token the user data carries.
     pub join_token: String,
+    /// When that token stops working (RFC 3339), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
     /// Whether the user data is gzipped (it did not fit EC2's 16 KiB as text).
     pub gzip: bool,
     /// Its size in bytes, as EC2 counts it (before base64).

@@ -927,7 +927,8 @@ async fn operator_certificate_with_system_roots() {
 
 /// `cluster rotate-token`: the old join token stops working at once, the
 /// new one works, and one given an expiry stops working after it; nodes
-/// keep their credentials. `admin rotate-token`: the old admin token is
+/// keep their credentials. `userdata --expires-in` does the same for the
+/// join token it mints. `admin rotate-token`: the old admin token is
 /// refused, the new one works and is what the data dir holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_rotate_and_expire() {
@@ -1008,6 +1009,50 @@ async fn tokens_rotate_and_expire() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Join tokens minted for user data expire the same way; one without an
+    // expiry keeps working, and bad expiries mint nothing.
+    let lasting: muster_proto::UserDataResponse =
+        coordinator.admin_json(&["userdata", CLUSTER]).await;
+    assert_eq!(lasting.expires_at, None);
+    let brief: muster_proto::UserDataResponse = coordinator
+        .admin_json(&["userdata", CLUSTER, "--expires-in", "2s"])
+        .await;
+    assert!(brief.expires_at.is_some());
+    let expired = wait_until(
+        EVENTUALLY,
+        POLL,
+        || {
+            post_json(
+                &coordinator,
+                paths::AGENT_REGISTER,
+                &brief.join_token,
+                &body,
+            )
+        },
+        |(status, _)| *status == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(expired.0, StatusCode::UNAUTHORIZED, "{}", expired.1);
+    assert!(
+        expired.1.contains("expired") && expired.1.contains("userdata"),
+        "{}",
+        expired.1
+    );
+    let (status, text) = post_json(
+        &coordinator,
+        paths::AGENT_REGISTER,
+        &lasting.join_token,
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    for bad in ["0s", "11000d", "soon"] {
+        let out = coordinator
+            .admin(&["userdata", CLUSTER, "--expires-in", bad])
+            .await;
+        assert!(!out.status.success(), "--expires-in {bad}");
+    }
 
     // The admin token.
     let old_admin = coordinator.admin_token();

@@ -92,9 +92,7 @@ impl Registry {
         let _clusters = self.clusters.lock().await;
         let cluster = self.active_cluster(name)?;
         let token = new_secret(TokenKind::Join);
-        let expires_at = req
-            .expires_in_secs
-            .map(|secs| crate::store::now_ms().saturating_add((secs as i64).saturating_mul(1000)));
+        let expires_at = expiry(req.expires_in_secs);
         self.store
             .rotate_join_token(cluster.id, &hash_secret(&token), expires_at)?;
         tracing::info!(cluster = %name, ?expires_at, "join token rotated");
@@ -110,19 +108,30 @@ impl Registry {
     /// for it (stored hashed, shown this once). Unlike a launch's token,
     /// it registers any instance EC2 confirms, as the cluster's join
     /// token does: it is for instances launched by other means.
-    pub async fn user_data(&self, name: &str) -> Result<UserDataResponse, RegistryError> {
+    pub async fn user_data(
+        &self,
+        name: &str,
+        req: &muster_proto::UserDataRequest,
+    ) -> Result<UserDataResponse, RegistryError> {
         use base64::Engine as _;
         validate::dns_label("cluster", name)?;
+        req.validate()?;
         let _clusters = self.clusters.lock().await;
         let cluster = self.active_cluster(name)?;
         let token = new_secret(TokenKind::Join);
         let (user_data, agent) = self.render_user_data_with(&cluster.name, &token).await?;
-        self.store
-            .add_cluster_token(cluster.id, TokenPurpose::Join, &hash_secret(&token))?;
-        tracing::info!(cluster = %name, gzip = user_data.gzip, bytes = user_data.bytes.len(), "user data rendered with a fresh join token");
+        let expires_at = expiry(req.expires_in_secs);
+        self.store.add_cluster_token(
+            cluster.id,
+            TokenPurpose::Join,
+            &hash_secret(&token),
+            expires_at,
+        )?;
+        tracing::info!(cluster = %name, gzip = user_data.gzip, bytes = user_data.bytes.len(), ?expires_at, "user data rendered with a fresh join token");
         Ok(UserDataResponse {
             cluster: cluster.name,
             join_token: token,
+            expires_at: expires_at.map(super::rfc3339_ms),
             gzip: user_data.gzip,
             size_bytes: user_data.bytes.len(),
             user_data_base64: base64::engine::general_purpose::STANDARD.encode(&user_data.bytes),
@@ -168,7 +177,7 @@ impl Registry {
         let cluster = self.active_cluster(name)?;
         let token = new_secret(TokenKind::Join);
         self.store
-            .add_cluster_token(cluster.id, TokenPurpose::Byon, &hash_secret(&token))?;
+            .add_cluster_token(cluster.id, TokenPurpose::Byon, &hash_secret(&token), None)?;
         tracing::info!(cluster = %name, "bring-your-own token minted");
         Ok(token)
     }
@@ -303,8 +312,12 @@ impl Registry {
         let token = new_secret(TokenKind::Join);
         // Rendered first: user data that cannot be made stores no token.
         let user_data = self.render_user_data(&cluster.name, &token).await?;
-        self.store
-            .add_cluster_token(cluster.id, TokenPurpose::Launch, &hash_secret(&token))?;
+        self.store.add_cluster_token(
+            cluster.id,
+            TokenPurpose::Launch,
+            &hash_secret(&token),
+            None,
+        )?;
         let zone = self.zone_name.clone();
         let name = cluster.name.clone();
         let node_name = move |id: &str| muster_proto::node_dns_name(id, &name, &zone);
@@ -600,4 +613,13 @@ impl Registry {
             .set_cluster_state(cluster.id, ClusterState::Removed)?;
         Ok(())
     }
+}
+
+/// When a join token living `expires_in_secs` from now stops working
+/// (unix ms); `None` never.
+fn expiry(expires_in_secs: Option<u64>) -> Option<i64> {
+    expires_in_secs.map(|secs| {
+        crate::store::now_ms()
+            .saturating_add(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000))
+    })
 }
