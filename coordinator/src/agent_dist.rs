@@ -26,31 +26,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-/// The binary's file name, on disk and in the download URL.
-pub const BINARY_NAME: &str = "muster-agent";
-/// The package's file name in the download URL.
-pub const DEB_NAME: &str = "muster-agent.deb";
-
-/// Errors finding, reading or hashing the agent's files.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentDistError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file is not what it should be.
-    #[error("{path} {reason}")]
-    NotAgent {
-        /// The file.
-        path: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-}
+pub use muster_coordinator_config::agent_files::{
+    beside_this_executable, check_deb, elf_arch, AgentFileError as AgentDistError, BINARY_NAME,
+    DEB_NAME,
+};
 
 /// What was hashed: the file as it was then, and its SHA-256.
 #[derive(Debug, Clone)]
@@ -209,77 +188,9 @@ impl AgentDist {
     }
 }
 
-/// Where the coordinator looks for the agent when `--agent-binary` is not
-/// given: next to its own executable.
-pub fn beside_this_executable() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.join(BINARY_NAME);
-    path.is_file().then_some(path)
-}
-
-/// The architecture of the ELF executable at `path`, as `uname -m` names
-/// it: `x86_64` or `aarch64` (the EC2 ones).
-pub fn elf_arch(path: &Path) -> Result<&'static str, AgentDistError> {
-    let mut header = [0u8; 20];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .map_err(|source| AgentDistError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-    let not = |reason| AgentDistError::NotAgent {
-        path: path.display().to_string(),
-        reason,
-    };
-    if &header[..4] != b"\x7fELF" {
-        return Err(not("is not an ELF executable"));
-    }
-    // 64-bit, little-endian; e_machine is the u16 at offset 18.
-    if header[4] != 2 || header[5] != 1 {
-        return Err(not("is not a 64-bit little-endian ELF executable"));
-    }
-    match u16::from_le_bytes([header[18], header[19]]) {
-        62 => Ok("x86_64"),
-        183 => Ok("aarch64"),
-        _ => Err(not("is built for neither x86_64 nor aarch64")),
-    }
-}
-
-/// Checks that `path` is a Debian package (an `ar` archive starting with
-/// `debian-binary`).
-pub fn check_deb(path: &Path) -> Result<(), AgentDistError> {
-    let mut header = [0u8; 21];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .map_err(|source| AgentDistError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-    if &header[..8] != b"!<arch>\n" || &header[8..21] != b"debian-binary" {
-        return Err(AgentDistError::NotAgent {
-            path: path.display().to_string(),
-            reason: "is not a Debian package",
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The test executable itself is an ELF binary of this machine.
-    #[test]
-    fn reads_the_architecture_of_an_elf_binary() {
-        let exe = std::env::current_exe().unwrap();
-        assert_eq!(elf_arch(&exe).unwrap(), std::env::consts::ARCH);
-        let dir = tempfile::tempdir().unwrap();
-        let text = dir.path().join("script");
-        std::fs::write(&text, "#!/bin/sh\necho hello world\n").unwrap();
-        let error = elf_arch(&text).unwrap_err();
-        assert!(error.to_string().contains("not an ELF"), "{error}");
-        assert!(check_deb(&text).is_err());
-    }
 
     /// The hash is that of the file, and follows the file when it changes.
     #[test]

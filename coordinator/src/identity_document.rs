@@ -24,41 +24,15 @@
 //! join token or the node credential, it is checked beside them.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use muster_proto::SignedIdentity;
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::X509;
 use serde::Deserialize;
 
-/// The certificates identity document signatures are checked against.
-#[derive(Clone)]
-pub struct IdentityCerts {
-    path: PathBuf,
-    certs: Vec<X509>,
-    /// The certificates' DER, for equality.
-    der: Vec<Vec<u8>>,
-}
-
-impl std::fmt::Debug for IdentityCerts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentityCerts")
-            .field("path", &self.path)
-            .field("certificates", &self.certs.len())
-            .finish()
-    }
-}
-
-impl PartialEq for IdentityCerts {
-    fn eq(&self, other: &Self) -> bool {
-        self.path == other.path && self.der == other.der
-    }
-}
-
-impl Eq for IdentityCerts {}
+pub use crate::config::IdentityCerts;
 
 /// Why a signed identity document was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,106 +92,86 @@ pub struct Claim<'a> {
     pub private_ipv4: Ipv4Addr,
 }
 
-impl IdentityCerts {
-    /// Reads the PEM certificates at `path`; at least one must be there.
-    pub fn load(path: &Path) -> Result<IdentityCerts, String> {
-        let pem = std::fs::read(path).map_err(|e| e.to_string())?;
-        let certs = X509::stack_from_pem(&pem).map_err(|e| format!("is not PEM: {e}"))?;
-        if certs.is_empty() {
-            return Err("holds no PEM certificate".into());
-        }
-        let der = certs
-            .iter()
-            .map(|c| c.to_der().map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
-        Ok(IdentityCerts {
-            path: path.to_owned(),
-            certs,
-            der,
+/// Checks `signed` against `certs`, and that it names what `claim` claims.
+pub fn check(
+    certs: &IdentityCerts,
+    signed: Option<&SignedIdentity>,
+    claim: Claim<'_>,
+) -> Result<IdentityDocument, IdentityError> {
+    let signed = signed.ok_or(IdentityError::Missing)?;
+    let document = verify(certs, signed)?;
+    let mismatch = |field, claimed: &str, signed: &str| {
+        (claimed != signed).then(|| IdentityError::Mismatch {
+            field,
+            claimed: claimed.to_owned(),
+            signed: signed.to_owned(),
         })
-    }
-
-    /// The file the certificates came from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Checks `signed` and that it names what `claim` claims.
-    pub fn check(
-        &self,
-        signed: Option<&SignedIdentity>,
-        claim: Claim<'_>,
-    ) -> Result<IdentityDocument, IdentityError> {
-        let signed = signed.ok_or(IdentityError::Missing)?;
-        let document = self.verify(signed)?;
-        let mismatch = |field, claimed: &str, signed: &str| {
-            (claimed != signed).then(|| IdentityError::Mismatch {
-                field,
-                claimed: claimed.to_owned(),
-                signed: signed.to_owned(),
-            })
-        };
-        let private = document
-            .private_ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        let wrong = mismatch("instanceId", claim.instance_id, &document.instance_id)
-            .or_else(|| mismatch("region", claim.region, &document.region))
-            .or_else(|| {
-                mismatch(
-                    "availabilityZone",
-                    claim.availability_zone,
-                    &document.availability_zone,
-                )
-            })
-            .or_else(|| mismatch("privateIp", &claim.private_ipv4.to_string(), &private));
-        match wrong {
-            Some(error) => Err(error),
-            None => Ok(document),
-        }
-    }
-
-    /// Verifies the signature over the document's bytes and decodes it.
-    pub fn verify(&self, signed: &SignedIdentity) -> Result<IdentityDocument, IdentityError> {
-        let bad = |what: &str, e: &dyn std::fmt::Display| {
-            IdentityError::BadSignature(format!("{what}: {e}"))
-        };
-        let text: String = signed
-            .pkcs7
-            .chars()
-            .filter(|c| !c.is_ascii_whitespace())
-            .collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|e| bad("not base64", &e))?;
-        let pkcs7 = Pkcs7::from_der(&der).map_err(|e| bad("not PKCS7", &e))?;
-        let mut signers = Stack::new().map_err(|e| bad("OpenSSL", &e))?;
-        for cert in &self.certs {
-            signers.push(cert.clone()).map_err(|e| bad("OpenSSL", &e))?;
-        }
-        // Empty: NOVERIFY builds no chain, and NOINTERN keeps the
-        // signature's own certificates out.
-        let store = X509StoreBuilder::new()
-            .map_err(|e| bad("OpenSSL", &e))?
-            .build();
-        pkcs7
-            .verify(
-                &signers,
-                &store,
-                Some(signed.document.as_bytes()),
-                None,
-                Pkcs7Flags::NOINTERN | Pkcs7Flags::NOVERIFY,
+    };
+    let private = document
+        .private_ip
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    let wrong = mismatch("instanceId", claim.instance_id, &document.instance_id)
+        .or_else(|| mismatch("region", claim.region, &document.region))
+        .or_else(|| {
+            mismatch(
+                "availabilityZone",
+                claim.availability_zone,
+                &document.availability_zone,
             )
-            .map_err(|e| bad("not signed by a configured certificate", &e))?;
-        serde_json::from_str(&signed.document)
-            .map_err(|e| IdentityError::BadDocument(e.to_string()))
+        })
+        .or_else(|| mismatch("privateIp", &claim.private_ipv4.to_string(), &private));
+    match wrong {
+        Some(error) => Err(error),
+        None => Ok(document),
     }
+}
+
+/// Verifies that one of `certs` signed the document's bytes, and
+/// decodes it.
+pub fn verify(
+    certs: &IdentityCerts,
+    signed: &SignedIdentity,
+) -> Result<IdentityDocument, IdentityError> {
+    let bad =
+        |what: &str, e: &dyn std::fmt::Display| IdentityError::BadSignature(format!("{what}: {e}"));
+    let text: String = signed
+        .pkcs7
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| bad("not base64", &e))?;
+    let pkcs7 = Pkcs7::from_der(&der).map_err(|e| bad("not PKCS7", &e))?;
+    let mut signers = Stack::new().map_err(|e| bad("OpenSSL", &e))?;
+    for cert in certs.certificates() {
+        signers.push(cert.clone()).map_err(|e| bad("OpenSSL", &e))?;
+    }
+    // Empty: NOVERIFY builds no chain, and NOINTERN keeps the
+    // signature's own certificates out.
+    let store = X509StoreBuilder::new()
+        .map_err(|e| bad("OpenSSL", &e))?
+        .build();
+    pkcs7
+        .verify(
+            &signers,
+            &store,
+            Some(signed.document.as_bytes()),
+            None,
+            Pkcs7Flags::NOINTERN | Pkcs7Flags::NOVERIFY,
+        )
+        .map_err(|e| bad("not signed by a configured certificate", &e))?;
+    serde_json::from_str(&signed.document).map_err(|e| IdentityError::BadDocument(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
     use openssl::pkey::PKey;
+    use openssl::x509::X509;
 
     /// A self-signed certificate and its key, as `openssl req -x509` makes.
     fn signer(name: &str) -> (X509, PKey<openssl::pkey::Private>) {
@@ -289,28 +243,24 @@ mod tests {
             Pkcs7Flags::DETACHED,
         ] {
             let good = signed(&aws, flags, DOCUMENT);
-            let document = certs.check(Some(&good), claim()).unwrap();
+            let document = check(&certs, Some(&good), claim()).unwrap();
             assert_eq!(document.instance_id, "i-0123456789abcdef0");
             assert_eq!(document.account_id.as_deref(), Some("123456789012"));
         }
 
         // The attacker's own certificate rides inside the signature.
         let forged = signed(&other, Pkcs7Flags::empty(), DOCUMENT);
-        let error = certs.check(Some(&forged), claim()).unwrap_err();
+        let error = check(&certs, Some(&forged), claim()).unwrap_err();
         assert!(matches!(error, IdentityError::BadSignature(_)), "{error}");
 
         let mut tampered = signed(&aws, Pkcs7Flags::empty(), DOCUMENT);
         tampered.document = DOCUMENT.replace("10.0.0.5", "10.0.0.6");
-        let error = certs.check(Some(&tampered), claim()).unwrap_err();
+        let error = check(&certs, Some(&tampered), claim()).unwrap_err();
         assert!(matches!(error, IdentityError::BadSignature(_)), "{error}");
 
         let elsewhere = DOCUMENT.replace("i-0123456789abcdef0", "i-0fedcba9876543210");
-        let error = certs
-            .check(
-                Some(&signed(&aws, Pkcs7Flags::NOCERTS, &elsewhere)),
-                claim(),
-            )
-            .unwrap_err();
+        let elsewhere = signed(&aws, Pkcs7Flags::NOCERTS, &elsewhere);
+        let error = check(&certs, Some(&elsewhere), claim()).unwrap_err();
         assert_eq!(
             error,
             IdentityError::Mismatch {
@@ -324,7 +274,7 @@ mod tests {
             ..claim()
         };
         let good = signed(&aws, Pkcs7Flags::NOCERTS, DOCUMENT);
-        let error = certs.check(Some(&good), moved).unwrap_err();
+        let error = check(&certs, Some(&good), moved).unwrap_err();
         assert!(
             matches!(
                 error,
@@ -337,27 +287,17 @@ mod tests {
         );
 
         assert_eq!(
-            certs.check(None, claim()).unwrap_err(),
+            check(&certs, None, claim()).unwrap_err(),
             IdentityError::Missing
         );
         let garbage = SignedIdentity {
             document: DOCUMENT.into(),
             pkcs7: "bm90IGEgc2lnbmF0dXJl".into(),
         };
-        let error = certs.check(Some(&garbage), claim()).unwrap_err();
+        let error = check(&certs, Some(&garbage), claim()).unwrap_err();
         assert!(error.to_string().contains("not PKCS7"), "{error}");
         let unsigned_json = signed(&aws, Pkcs7Flags::NOCERTS, "not json");
-        let error = certs.check(Some(&unsigned_json), claim()).unwrap_err();
+        let error = check(&certs, Some(&unsigned_json), claim()).unwrap_err();
         assert!(matches!(error, IdentityError::BadDocument(_)), "{error}");
-    }
-
-    /// A file with no certificate, or none at all, is refused with a reason.
-    #[test]
-    fn loading_needs_a_certificate() {
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "no certificates here\n").unwrap();
-        assert!(IdentityCerts::load(&empty).is_err());
-        assert!(IdentityCerts::load(&dir.path().join("absent.pem")).is_err());
     }
 }

@@ -38,7 +38,7 @@
 pub mod agent_dist;
 pub mod api;
 pub mod cli;
-pub mod config;
+pub use muster_coordinator_config as config;
 pub mod dns;
 pub mod dns_reconcile;
 pub mod ec2;

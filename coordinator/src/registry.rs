@@ -1072,20 +1072,20 @@ impl Registry {
             }
             None => {
                 if let Some(certs) = &self.trust.identity_certs {
-                    certs
-                        .check(
-                            req.signed_identity.as_ref(),
-                            crate::identity_document::Claim {
-                                instance_id: &req.instance_id,
-                                region: &req.region,
-                                availability_zone: &req.availability_zone,
-                                private_ipv4: req.private_ipv4,
-                            },
-                        )
-                        .map_err(|source| RegistryError::IdentityUnproven {
-                            instance_id: req.instance_id.clone(),
-                            source,
-                        })?;
+                    crate::identity_document::check(
+                        certs,
+                        req.signed_identity.as_ref(),
+                        crate::identity_document::Claim {
+                            instance_id: &req.instance_id,
+                            region: &req.region,
+                            availability_zone: &req.availability_zone,
+                            private_ipv4: req.private_ipv4,
+                        },
+                    )
+                    .map_err(|source| RegistryError::IdentityUnproven {
+                        instance_id: req.instance_id.clone(),
+                        source,
+                    })?;
                 }
                 self.check_claim(
                     &cluster.name,

@@ -2,6 +2,12 @@
 //! variables (clap) over the `[serve]` table of the TOML file over defaults,
 //! validated once into [`Settings`]. A bad value is reported as
 //! `NAME="value" is not valid: why` and the process exits 64.
+//!
+//! A crate of its own, re-exported as `muster_coordinator::config`, so that
+//! the decoding of the config file builds without the AWS SDK: the fuzz
+//! target `coordinator_config` feeds [`Settings::from_toml`] arbitrary
+//! bytes. Files the settings name are read with a size cap, so naming
+//! `/dev/zero` is an error, not a hang.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +15,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::identity_document::IdentityCerts;
+pub mod agent_files;
+mod identity_certs;
+
+pub use identity_certs::IdentityCerts;
 
 /// Default config file.
 pub const DEFAULT_CONFIG: &str = "/etc/muster/coordinator.toml";
@@ -433,8 +442,18 @@ impl Settings {
         let file = match &args.config {
             Some(path) => read_file(path, true)?,
             None => read_file(Path::new(DEFAULT_CONFIG), false)?,
-        }
-        .serve;
+        };
+        Settings::resolve(args, file.serve)
+    }
+
+    /// The settings from `args` over the config file's text `toml` (as if
+    /// `--config` named a file holding it).
+    pub fn from_toml(args: &ServeArgs, toml: &str) -> Result<Settings, ConfigError> {
+        let file: File = toml::from_str(toml).map_err(|e| bad("config", "(text)", e.message()))?;
+        Settings::resolve(args, file.serve)
+    }
+
+    fn resolve(args: &ServeArgs, file: FileServe) -> Result<Settings, ConfigError> {
         let pick = |flag: &Option<String>, file: Option<String>, default: &str| {
             flag.clone().or(file).unwrap_or_else(|| default.to_owned())
         };
@@ -803,12 +822,13 @@ fn agent_files(
 ) -> Result<Option<(PathBuf, Option<PathBuf>)>, ConfigError> {
     let binary = match binary {
         Some(path) => {
-            crate::agent_dist::elf_arch(&path)
+            agent_files::elf_arch(&path)
                 .map_err(|e| bad("agent_binary", path.display().to_string(), reason_of(&e)))?;
             Some(path)
         }
-        None => crate::agent_dist::beside_this_executable()
-            .filter(|path| crate::agent_dist::elf_arch(path).is_ok()),
+        None => {
+            agent_files::beside_this_executable().filter(|path| agent_files::elf_arch(path).is_ok())
+        }
     };
     if let Some(deb) = &deb {
         if binary.is_none() {
@@ -818,17 +838,17 @@ fn agent_files(
                 "is served only beside an agent binary: set agent_binary too",
             ));
         }
-        crate::agent_dist::check_deb(deb)
+        agent_files::check_deb(deb)
             .map_err(|e| bad("agent_deb", deb.display().to_string(), reason_of(&e)))?;
     }
     Ok(binary.map(|b| (b, deb)))
 }
 
 /// What is wrong with an agent file, without repeating its path.
-fn reason_of(error: &crate::agent_dist::AgentDistError) -> String {
+fn reason_of(error: &agent_files::AgentFileError) -> String {
     match error {
-        crate::agent_dist::AgentDistError::Read { source, .. } => source.to_string(),
-        crate::agent_dist::AgentDistError::NotAgent { reason, .. } => (*reason).to_owned(),
+        agent_files::AgentFileError::Read { source, .. } => source.to_string(),
+        agent_files::AgentFileError::NotAgent { reason, .. } => (*reason).to_owned(),
     }
 }
 
@@ -869,7 +889,7 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
             "is readable by group or others (mode {mode:o}); chmod 600 it"
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let text = read_text(path)?;
     let encoded = match text.find("secret") {
         Some(at) => text[at + "secret".len()..]
             .split('"')
@@ -933,12 +953,31 @@ fn duration(
     Ok(value)
 }
 
+/// Largest config or secret file read, in bytes.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads `path`, refusing one over `max` bytes.
+fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("is larger than {max} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`] for text.
+fn read_text(path: &Path) -> Result<String, String> {
+    String::from_utf8(read_capped(path, MAX_FILE_BYTES)?).map_err(|_| "is not UTF-8".into())
+}
+
 fn read_file(path: &Path, required: bool) -> Result<File, ConfigError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_text(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-            return Ok(File::default())
-        }
+        Err(_) if !path.exists() && !required => return Ok(File::default()),
         Err(e) => return Err(bad("config", path.display().to_string(), e)),
     };
     toml::from_str(&text).map_err(|e| bad("config", path.display().to_string(), e.message()))
@@ -1149,7 +1188,7 @@ mod tests {
         std::fs::write(&deb, b"!<arch>\ndebian-binary   1\n").unwrap();
         let mut a = args();
         a.agent_deb = Some(deb);
-        if crate::agent_dist::beside_this_executable().is_none() {
+        if agent_files::beside_this_executable().is_none() {
             assert_eq!(Settings::load(&a).unwrap_err().name, "agent_deb");
         }
     }
