@@ -2,15 +2,26 @@
 //!
 //! It starts moto and a real coordinator, launches `--nodes` instances in
 //! moto, registers every one of them through the agent API (each register
-//! checked against moto, as in production), then floods the coordinator
-//! with heartbeats from `--concurrency` workers for `--seconds`, each
-//! heartbeat a real HTTPS request with host facts and unchanged addresses,
-//! the steady state of a fleet. It prints Markdown rows:
+//! checked against moto, as in production), then runs two phases of
+//! `--seconds` each, every heartbeat a real HTTPS request with host facts
+//! and unchanged addresses, the steady state of a fleet:
 //!
-//! - P1: heartbeats per second the coordinator answered with 200, their
-//!   latency p50/p99, errors, and the coordinator's CPU during the flood.
+//! 1. The flood: `--concurrency` workers send heartbeats back to back,
+//!    walking the nodes round and round: what one coordinator sustains.
+//! 2. The fleet: every node is a simulated agent with its own HTTPS
+//!    connection, heartbeating on the interval the register answered
+//!    (`--interval`, handed to the coordinator) plus a random jitter up to
+//!    the answered jitter, from a random start, as real agents do. With the
+//!    defaults, 2000 nodes every 4 s offer 500/s: Kubernetes' 5,000 nodes
+//!    at 10 s.
+//!
+//! It prints Markdown rows:
+//!
+//! - P1: for each phase, heartbeats per second the coordinator answered
+//!   with 200, their latency p50/p99, errors, and the coordinator's CPU.
 //! - P8: the coordinator's RSS growth per node, from before the registers
-//!   to after the flood (every node then holds its facts in memory).
+//!   to after the flood (every node then holds its facts in memory), before
+//!   the fleet's thousands of connections add theirs.
 //!
 //! The generator runs on the same machine as the coordinator, sharing its
 //! cores: the figures are a floor for what one coordinator sustains.
@@ -32,6 +43,7 @@ struct Args {
     nodes: usize,
     seconds: u64,
     concurrency: usize,
+    interval: u64,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -39,6 +51,7 @@ fn args() -> anyhow::Result<Args> {
         nodes: 2000,
         seconds: 20,
         concurrency: 64,
+        interval: 4,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,8 +62,11 @@ fn args() -> anyhow::Result<Args> {
             "--nodes" => parsed.nodes = value.parse()?,
             "--seconds" => parsed.seconds = value.parse()?,
             "--concurrency" => parsed.concurrency = value.parse()?,
+            "--interval" => parsed.interval = value.parse()?,
             other => {
-                anyhow::bail!("unknown flag {other}; known: --nodes, --seconds, --concurrency")
+                anyhow::bail!(
+                    "unknown flag {other}; known: --nodes, --seconds, --concurrency, --interval"
+                )
             }
         }
     }
@@ -66,6 +82,10 @@ fn args() -> anyhow::Result<Args> {
         (1..=1024).contains(&parsed.concurrency),
         "--concurrency must be 1..=1024"
     );
+    anyhow::ensure!(
+        (1..=300).contains(&parsed.interval),
+        "--interval must be 1..=300 seconds"
+    );
     Ok(parsed)
 }
 
@@ -75,6 +95,87 @@ struct Node {
     private: Ipv4Addr,
     public: Option<Ipv4Addr>,
     credential: String,
+    /// The pacing the register answered.
+    interval: Duration,
+    jitter: Duration,
+}
+
+/// One heartbeat for `node` over `http`: its latency if answered 200.
+async fn beat(http: &reqwest::Client, url: &str, node: &Node) -> Option<Duration> {
+    let body = HeartbeatRequest {
+        instance_id: node.id.clone(),
+        private_ipv4: node.private,
+        public_ipv4: node.public,
+        facts: muster_tests::host_facts(),
+    };
+    let sent = Instant::now();
+    let answer = http
+        .post(format!("{url}{}", paths::AGENT_HEARTBEAT))
+        .bearer_auth(&node.credential)
+        .json(&body)
+        .send()
+        .await;
+    match answer {
+        Ok(r) if r.status().is_success() => {
+            let _ = r.bytes().await;
+            Some(sent.elapsed())
+        }
+        _ => None,
+    }
+}
+
+/// What one worker or agent of a phase saw: latencies of the steady
+/// state, and counts of heartbeats answered (all of them) and failed.
+type Tally = (Vec<Duration>, u64, u64);
+
+/// What a phase measured.
+struct Phase {
+    latencies: Vec<Duration>,
+    answered: u64,
+    errors: u64,
+    wall: f64,
+    cpu: f64,
+}
+
+impl Phase {
+    /// Runs `workers` (each giving its latencies and errors) while timing
+    /// the coordinator's CPU.
+    async fn measure(
+        coordinator: &Coordinator,
+        mut workers: tokio::task::JoinSet<Tally>,
+    ) -> anyhow::Result<Phase> {
+        let cpu_before = cpu_time(coordinator.pid());
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        let (mut answered, mut errors) = (0, 0);
+        while let Some(joined) = workers.join_next().await {
+            let (l, a, e) = joined?;
+            latencies.extend(l);
+            answered += a;
+            errors += e;
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = (cpu_time(coordinator.pid()) - cpu_before).as_secs_f64() / wall * 100.0;
+        latencies.sort();
+        Ok(Phase {
+            latencies,
+            answered,
+            errors,
+            wall,
+            cpu,
+        })
+    }
+
+    fn figures(&self) -> String {
+        format!(
+            "{:.0}/s, p50 {:.1} ms, p99 {:.1} ms, {} errors; coordinator CPU {:.0} % of a core",
+            self.answered as f64 / self.wall,
+            percentile(&self.latencies, 50.0).as_secs_f64() * 1000.0,
+            percentile(&self.latencies, 99.0).as_secs_f64() * 1000.0,
+            self.errors,
+            self.cpu,
+        )
+    }
 }
 
 /// Launches `n` instances in moto, 500 per call; returns (id, private,
@@ -139,8 +240,9 @@ async fn launch(
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
     let moto = Moto::start().await;
-    // Heartbeats come from the generator, not on a schedule: a long
-    // interval and grace keep liveness out of the measure.
+    // A long grace keeps liveness out of the measure: registering takes
+    // a while, and nodes registered first wait silent for the rest.
+    let interval = format!("{}s", args.interval);
     let coordinator =
         // Every simulated agent speaks from 127.0.0.1, so the per-source
         // limit, meant for one node per address, is off.
@@ -148,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
             &moto,
             &[
                 "--heartbeat-interval",
-                "300s",
+                &interval,
                 "--grace",
                 "1h",
                 "--agent-rate-limit",
@@ -202,6 +304,8 @@ async fn main() -> anyhow::Result<()> {
                 private,
                 public,
                 credential: registered.credential,
+                interval: Duration::from_millis(registered.heartbeat_interval_ms),
+                jitter: Duration::from_millis(registered.heartbeat_jitter_ms),
             })
         });
     }
@@ -210,11 +314,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let register_rate = registered.len() as f64 / started.elapsed().as_secs_f64();
 
-    // The flood: each worker walks its share of the nodes round and round.
     let nodes = Arc::new(registered);
+
+    // The flood: each worker walks its share of the nodes round and round.
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let cpu_before = cpu_time(coordinator.pid());
-    let flood_started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..args.concurrency {
         let (http, url, nodes) = (http.clone(), url.clone(), nodes.clone());
@@ -226,50 +329,66 @@ async fn main() -> anyhow::Result<()> {
             while Instant::now() < deadline {
                 let node = &nodes[index % nodes.len()];
                 index += step;
-                let body = HeartbeatRequest {
-                    instance_id: node.id.clone(),
-                    private_ipv4: node.private,
-                    public_ipv4: node.public,
-                    facts: muster_tests::host_facts(),
-                };
-                let sent = Instant::now();
-                let answer = http
-                    .post(format!("{url}{}", paths::AGENT_HEARTBEAT))
-                    .bearer_auth(&node.credential)
-                    .json(&body)
-                    .send()
-                    .await;
-                match answer {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        latencies.push(sent.elapsed());
-                    }
-                    _ => errors += 1,
+                match beat(&http, &url, node).await {
+                    Some(latency) => latencies.push(latency),
+                    None => errors += 1,
                 }
             }
-            (latencies, errors)
+            let answered = latencies.len() as u64;
+            (latencies, answered, errors)
         });
     }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    while let Some(joined) = workers.join_next().await {
-        let (l, e) = joined?;
-        latencies.extend(l);
-        errors += e;
-    }
-    let wall = flood_started.elapsed().as_secs_f64();
-    let cpu = (cpu_time(coordinator.pid()) - cpu_before).as_secs_f64() / wall * 100.0;
-    latencies.sort();
+    let flood = Phase::measure(&coordinator, workers).await?;
+    // Every node now holds its facts; no connection but the shared pool's.
     let rss_after = rss_kib(coordinator.pid());
 
+    // The fleet: one simulated agent per node, on its own connection.
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut agents = tokio::task::JoinSet::new();
+    for index in 0..nodes.len() {
+        let (http, url, nodes) = (coordinator.https_client(), url.clone(), nodes.clone());
+        agents.spawn(async move {
+            let node = &nodes[index];
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            // Agents started at different times: a random phase.
+            let mut next = Instant::now() + node.interval.mul_f64(rand::random::<f64>());
+            let mut answered = 0u64;
+            while next < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                match beat(&http, &url, node).await {
+                    // The first opens the connection (TLS handshake); the
+                    // latencies are those of the steady state after it.
+                    Some(latency) => {
+                        if answered > 0 {
+                            latencies.push(latency);
+                        }
+                        answered += 1;
+                    }
+                    None => errors += 1,
+                }
+                next += node.interval + node.jitter.mul_f64(rand::random::<f64>());
+            }
+            (latencies, answered, errors)
+        });
+    }
+    let fleet = Phase::measure(&coordinator, agents).await?;
+
+    let offered = nodes.len() as f64 / (nodes[0].interval + nodes[0].jitter / 2).as_secs_f64();
     println!(
-        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers for {} s, generator on the same 2 cores | {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, {errors} errors; coordinator CPU {cpu:.0} % of a core (registers beforehand: {register_rate:.0}/s, each checked against moto) |",
+        "| P1 | heartbeats/s of a paced fleet: {} simulated agents, each on its own HTTPS connection, every {} s plus up to {} ms of jitter (about {offered:.0}/s offered) for {} s, generator on the same 2 cores; latencies after each agent's first heartbeat, which opens its connection | {} |",
+        nodes.len(),
+        nodes[0].interval.as_secs_f64(),
+        nodes[0].jitter.as_millis(),
+        args.seconds,
+        fleet.figures(),
+    );
+    println!(
+        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers back to back for {} s, generator on the same 2 cores | {} (registers beforehand: {register_rate:.0}/s, each checked against moto) |",
         nodes.len(),
         args.concurrency,
         args.seconds,
-        latencies.len() as f64 / wall,
-        percentile(&latencies, 50.0).as_secs_f64() * 1000.0,
-        percentile(&latencies, 99.0).as_secs_f64() * 1000.0,
+        flood.figures(),
     );
     println!(
         "| P8 | coordinator RSS per node ({} nodes registered, each with host facts in memory) | {:.2} KiB per node ({:.1} MiB before the registers, {:.1} MiB after the flood) |",
