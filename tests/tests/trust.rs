@@ -925,6 +925,25 @@ async fn operator_certificate_with_system_roots() {
     assert_eq!(nodes[0].state, NodeState::Deployed);
 }
 
+/// Registers `body` with `token` until the coordinator answers 401 because
+/// the token expired; the answer's text.
+async fn refused_once_expired(
+    coordinator: &Coordinator,
+    token: &str,
+    body: &RegisterRequest,
+) -> String {
+    let (status, text) = wait_until(
+        EVENTUALLY,
+        POLL,
+        || post_json(coordinator, paths::AGENT_REGISTER, token, body),
+        |(status, _)| *status == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    assert!(text.contains("expired"), "{text}");
+    text
+}
+
 /// `cluster rotate-token`: the old join token stops working at once, the
 /// new one works, and one given an expiry stops working after it; nodes
 /// keep their credentials. `userdata --expires-in` does the same for the
@@ -978,22 +997,8 @@ async fn tokens_rotate_and_expire() {
         .admin_json(&["cluster", "rotate-token", CLUSTER, "--expires-in", "2s"])
         .await;
     assert!(brief.expires_at.is_some());
-    let expired = wait_until(
-        EVENTUALLY,
-        POLL,
-        || {
-            post_json(
-                &coordinator,
-                paths::AGENT_REGISTER,
-                &brief.join_token,
-                &body,
-            )
-        },
-        |(status, _)| *status == StatusCode::UNAUTHORIZED,
-    )
-    .await;
-    assert_eq!(expired.0, StatusCode::UNAUTHORIZED, "{}", expired.1);
-    assert!(expired.1.contains("expired"), "{}", expired.1);
+    let expired = refused_once_expired(&coordinator, &brief.join_token, &body).await;
+    assert!(expired.contains("rotate-token"), "{expired}");
     // Bad expiries change nothing: the expired token stays the cluster's.
     for bad in ["0s", "11000d", "soon"] {
         let out = coordinator
@@ -1019,26 +1024,8 @@ async fn tokens_rotate_and_expire() {
         .admin_json(&["userdata", CLUSTER, "--expires-in", "2s"])
         .await;
     assert!(brief.expires_at.is_some());
-    let expired = wait_until(
-        EVENTUALLY,
-        POLL,
-        || {
-            post_json(
-                &coordinator,
-                paths::AGENT_REGISTER,
-                &brief.join_token,
-                &body,
-            )
-        },
-        |(status, _)| *status == StatusCode::UNAUTHORIZED,
-    )
-    .await;
-    assert_eq!(expired.0, StatusCode::UNAUTHORIZED, "{}", expired.1);
-    assert!(
-        expired.1.contains("expired") && expired.1.contains("userdata"),
-        "{}",
-        expired.1
-    );
+    let expired = refused_once_expired(&coordinator, &brief.join_token, &body).await;
+    assert!(expired.contains("userdata"), "{expired}");
     let (status, text) = post_json(
         &coordinator,
         paths::AGENT_REGISTER,

@@ -210,41 +210,29 @@ async fn bad_values_are_refused() {
 /// missing, neither is sent; a signature that is not base64 is refused.
 #[tokio::test]
 async fn signed_identity_is_read_exactly() {
+    async fn identity(items: &[(&str, &str)]) -> Result<Identity, ImdsError> {
+        let (_fake, endpoint) = start(items).await;
+        ImdsClient::new(&endpoint).unwrap().identity().await
+    }
     let document = "{\n  \"instanceId\" : \"i-0123456789abcdef0\"\n}\n";
+    let signature = "MIAGCSqGSIb3DQEHAqCAMIACAQEx\nDzANBglghkgBZQMEAgEFADCABgkq";
     let mut items = INSTANCE.to_vec();
     items.push((paths::IDENTITY_DOCUMENT, document));
-    let (_fake, endpoint) = start(&items).await;
-    let identity = ImdsClient::new(&endpoint)
-        .unwrap()
-        .identity()
-        .await
-        .unwrap();
-    assert_eq!(identity.signed, None, "a document without a signature");
+    let read = identity(&items).await.unwrap();
+    assert_eq!(read.signed, None, "a document without a signature");
 
-    items.push((
-        paths::IDENTITY_PKCS7,
-        "MIAGCSqGSIb3DQEHAqCAMIACAQEx\nDzANBglghkgBZQMEAgEFADCABgkq\n",
-    ));
-    let (_fake, endpoint) = start(&items).await;
-    let identity = ImdsClient::new(&endpoint)
-        .unwrap()
-        .identity()
+    let served = format!("{signature}\n");
+    items.push((paths::IDENTITY_PKCS7, &served));
+    let signed = identity(&items)
         .await
-        .unwrap();
-    let signed = identity.signed.expect("both are served");
+        .unwrap()
+        .signed
+        .expect("both are served");
     assert_eq!(signed.document, document);
-    assert_eq!(
-        signed.pkcs7,
-        "MIAGCSqGSIb3DQEHAqCAMIACAQEx\nDzANBglghkgBZQMEAgEFADCABgkq"
-    );
+    assert_eq!(signed.pkcs7, signature);
 
     items.pop();
     items.push((paths::IDENTITY_PKCS7, "-----BEGIN PKCS7-----"));
-    let (_fake, endpoint) = start(&items).await;
-    let err = ImdsClient::new(&endpoint)
-        .unwrap()
-        .identity()
-        .await
-        .unwrap_err();
+    let err = identity(&items).await.unwrap_err();
     assert!(matches!(err, ImdsError::Invalid { path, .. } if path == paths::IDENTITY_PKCS7));
 }
