@@ -23,6 +23,7 @@
 //! zone, kept and updated with every change muster makes, and read again
 //! after any refused request and once older than the full reconcile
 //! interval; so a storm costs only its ChangeResourceRecordSets requests.
+//! The listing is kept by [`name_key`], like the reconciler's maps.
 //! A hand edit made after that listing is seen at the next one (and a
 //! CREATE over it is refused by Route53 at once).
 //!
@@ -69,7 +70,9 @@ use tokio::time::Instant;
 
 use crate::config::Route53Zone;
 use crate::dns::RecordData;
-use crate::dns_reconcile::{Applied, Change, DnsProvider, LastChange, Outcome, ProviderError};
+use crate::dns_reconcile::{
+    name_key, Applied, Change, DnsProvider, LastChange, Outcome, ProviderError,
+};
 use crate::rfc2136::{owner_value, ownership_name};
 
 /// Most `ResourceRecord` elements in one request, an UPSERT's counted twice.
@@ -325,9 +328,9 @@ struct RrSet {
     simple: bool,
 }
 
-/// The hosted zone's record sets by name, then type (with the set
+/// The hosted zone's record sets by [`name_key`], then type (with the set
 /// identifier, if any).
-type Sets = BTreeMap<Name, BTreeMap<String, RrSet>>;
+type Sets = BTreeMap<String, BTreeMap<String, RrSet>>;
 
 #[derive(Debug)]
 struct Listing {
@@ -348,10 +351,11 @@ enum Holder {
     Other(String),
 }
 
-/// One record set to put or take away once a request succeeded.
+/// One record set to put or take away once a request succeeded, by
+/// [`name_key`] and type.
 enum Effect {
-    Put(Name, String, RrSet),
-    Remove(Name, String),
+    Put(String, String, RrSet),
+    Remove(String, String),
 }
 
 /// The Route53 changes one muster change needs.
@@ -583,6 +587,7 @@ impl Route53 {
     ) -> Result<(), Route53Error> {
         let mut next: Option<(String, Option<RrType>, Option<String>)> =
             only.map(|name| (name.to_ascii().trim_end_matches('.').to_owned(), None, None));
+        let only = only.map(name_key);
         let page_size = if only.is_some() { NAME_PAGE } else { LIST_PAGE };
         loop {
             let start = next.clone();
@@ -610,7 +615,8 @@ impl Route53 {
                 let Ok(name) = Name::from_ascii(decode_name(set.name())) else {
                     continue;
                 };
-                if only.is_some_and(|wanted| *wanted != name) {
+                let key = name_key(&name);
+                if only.as_ref().is_some_and(|wanted| *wanted != key) {
                     return Ok(());
                 }
                 let mut kind = set.r#type().as_str().to_owned();
@@ -620,7 +626,7 @@ impl Route53 {
                 let simple = set.set_identifier().is_none()
                     && set.alias_target().is_none()
                     && set.traffic_policy_instance_id().is_none();
-                sets.entry(name).or_default().insert(
+                sets.entry(key).or_default().insert(
                     kind,
                     RrSet {
                         ttl: set.ttl(),
@@ -650,7 +656,7 @@ impl Route53 {
         }
     }
 
-    fn holder(&self, sets: &Sets, owner: &Name) -> Holder {
+    fn holder(&self, sets: &Sets, owner: &str) -> Holder {
         match sets.get(owner).and_then(|types| types.get("TXT")) {
             None => Holder::Nobody,
             Some(txt) if txt.values.len() == 1 && txt.values[0] == self.owner_txt => Holder::Us,
@@ -682,10 +688,11 @@ impl Route53 {
             name: name.to_ascii(),
             reason: e.to_string(),
         })?;
-        let here = sets.get(name);
+        let owner_key = name_key(&owner);
+        let here = sets.get(&name_key(name));
         let in_use = here.is_some_and(|types| !types.is_empty());
         let mut group = Group::default();
-        match (change, self.holder(sets, &owner)) {
+        match (change, self.holder(sets, &owner_key)) {
             (_, Holder::Other(value)) => Ok(Plan::Conflict(format!(
                 "the ownership record {} names another owner ({value}); {} is left alone",
                 owner.to_ascii(),
@@ -729,7 +736,7 @@ impl Route53 {
                         self.add(&mut group, ChangeAction::Delete, name, kind, old.clone())?;
                     }
                 }
-                if let Some(txt) = sets.get(&owner).and_then(|types| types.get("TXT")) {
+                if let Some(txt) = sets.get(&owner_key).and_then(|types| types.get("TXT")) {
                     self.add(&mut group, ChangeAction::Delete, &owner, "TXT", txt.clone())?;
                 }
                 Ok(Plan::Write(group))
@@ -758,6 +765,8 @@ impl Route53 {
             reason: e.to_string(),
         };
         let plain = name.to_ascii();
+        // `name_key(name)`, from the text made already.
+        let key = plain.to_ascii_lowercase();
         let records = set
             .values
             .iter()
@@ -774,8 +783,8 @@ impl Route53 {
         group.records += records;
         group.chars += chars;
         group.effects.push(match action {
-            ChangeAction::Delete => Effect::Remove(name.clone(), kind.to_owned()),
-            _ => Effect::Put(name.clone(), kind.to_owned(), set),
+            ChangeAction::Delete => Effect::Remove(key, kind.to_owned()),
+            _ => Effect::Put(key, kind.to_owned(), set),
         });
         group.changes.push(
             Route53Change::builder()
@@ -856,7 +865,7 @@ impl Route53 {
                     reason: e.to_string(),
                 })?;
                 for name in [name, &owner] {
-                    sets.remove(name);
+                    sets.remove(&name_key(name));
                     self.read(&zone_id, Some(name), sets).await?;
                 }
             }
@@ -928,14 +937,14 @@ impl Route53 {
             self.send(zone_id, batch).await?;
             for effect in effects {
                 match effect {
-                    Effect::Put(name, kind, set) => {
-                        sets.entry(name).or_default().insert(kind, set);
+                    Effect::Put(key, kind, set) => {
+                        sets.entry(key).or_default().insert(kind, set);
                     }
-                    Effect::Remove(name, kind) => {
-                        if let Some(types) = sets.get_mut(&name) {
+                    Effect::Remove(key, kind) => {
+                        if let Some(types) = sets.get_mut(&key) {
                             types.remove(&kind);
                             if types.is_empty() {
-                                sets.remove(&name);
+                                sets.remove(&key);
                             }
                         }
                     }
