@@ -6,10 +6,14 @@
 //! binary is a thin `main.rs`.
 //!
 //! # Layout
-//! - [`config`]: `serve` settings from flags, environment and TOML, validated.
+//! - [`config`]: `serve` settings from flags, environment and TOML, validated
+//!   (the `muster-coordinator-config` crate, kept apart so the config
+//!   decoder builds without the AWS SDK).
 //! - [`pki`]: the self-made CA, the server certificate and the admin token.
 //! - [`store`]: SQLite (WAL) with migrations: clusters, nodes, node events.
 //! - [`ec2`]: what EC2 says about an instance (aws-sdk-ec2).
+//! - [`identity_document`]: the optional check of an instance's PKCS7-signed
+//!   identity document against the operator's AWS certificates.
 //! - [`launcher`]: security group, key pair and RunInstances for launched
 //!   clusters, and releasing them; `check-credentials`.
 //! - [`userdata`]: the `#cloud-config` launched nodes boot with (install
