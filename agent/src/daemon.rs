@@ -480,7 +480,7 @@ impl<'a> Agent<'a> {
                         }
                     }
                     self.exchange_failed(&e);
-                    if e.code() == Some("identity_unproven") {
+                    if e.code() == Some(muster_proto::IDENTITY_UNPROVEN) {
                         // IMDS may serve the signed document by the next try.
                         match self.source.signed_identity().await {
                             Ok(signed) => identity.signed = signed,

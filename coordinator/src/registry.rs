@@ -231,7 +231,7 @@ impl RegistryError {
             RegistryError::InstanceNotFound { .. } => "instance_not_found",
             RegistryError::InstanceNotRunning { .. } => "instance_not_running",
             RegistryError::ClusterTagMismatch { .. } => "cluster_tag_mismatch",
-            RegistryError::IdentityUnproven { .. } => "identity_unproven",
+            RegistryError::IdentityUnproven { .. } => muster_proto::IDENTITY_UNPROVEN,
             RegistryError::SourceMismatch { .. } => "source_mismatch",
             RegistryError::AddressMismatch { .. } => "address_mismatch",
             RegistryError::InstanceInOtherCluster { .. } => "instance_in_other_cluster",

@@ -35,6 +35,11 @@ pub use validate::ValidationError;
 /// coordinator refuses versions it does not know.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The error code of a register refused for its signed identity document
+/// (missing, badly signed, or naming another instance): the agent reads
+/// the document from IMDS again before its next try.
+pub const IDENTITY_UNPROVEN: &str = "identity_unproven";
+
 /// Largest request body either API accepts, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 

@@ -380,8 +380,9 @@ async fn identity_documents_are_required_and_checked() {
 
     // B signs with a key of its own, C serves A's (really signed)
     // document, D serves none.
-    let [b, c, d] = [(); 3].map(|()| ec2::launch_instance(&sdk, CLUSTER));
-    let (b, c, d) = (b.await, c.await, d.await);
+    let b = ec2::launch_instance(&sdk, CLUSTER).await;
+    let c = ec2::launch_instance(&sdk, CLUSTER).await;
+    let d = ec2::launch_instance(&sdk, CLUSTER).await;
     let mut names = Vec::new();
     for id in [&a, &b, &c, &d] {
         names.push(node_dns_name(id, CLUSTER, ZONE));
