@@ -133,6 +133,11 @@ impl CoordinatorClient {
             .use_rustls_tls()
             .tls_built_in_root_certs(ca.is_none())
             .https_only(true)
+            // One small request every few seconds gains nothing from
+            // HTTP/2's streams, and each HTTP/2 connection costs the
+            // coordinator more CPU per request and tens of KiB of codec
+            // buffers; BENCHMARKS.md has the figures.
+            .http1_only()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
@@ -245,6 +250,41 @@ mod tests {
             source: serde_json::from_str::<u8>("x").unwrap_err(),
         };
         assert!(!decode.is_outage());
+    }
+
+    /// The agent offers HTTP/1.1 alone in its TLS handshake: the
+    /// coordinator never speaks HTTP/2 to it.
+    #[tokio::test]
+    async fn offers_only_http1() {
+        crate::install_crypto_provider();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let hello = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut acceptor = rustls::server::Acceptor::default();
+            loop {
+                acceptor.read_tls(&mut socket).unwrap();
+                if let Some(accepted) = acceptor.accept().map_err(|(e, _)| e).unwrap() {
+                    let alpn: Option<Vec<Vec<u8>>> = accepted
+                        .client_hello()
+                        .alpn()
+                        .map(|protocols| protocols.map(<[u8]>::to_vec).collect());
+                    return alpn;
+                }
+            }
+        });
+        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let client =
+            CoordinatorClient::new(&url, Some((ca.cert.pem().as_bytes(), "ca.pem"))).unwrap();
+        let request = HeartbeatRequest {
+            instance_id: "i-0123456789abcdef0".into(),
+            private_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 5),
+            public_ipv4: None,
+            facts: Default::default(),
+        };
+        // The listener hangs up after the hello: the heartbeat fails.
+        assert!(client.heartbeat("x", &request).await.is_err());
+        assert_eq!(hello.join().unwrap(), Some(vec![b"http/1.1".to_vec()]));
     }
 
     /// A coordinator nobody listens for is an outage.
