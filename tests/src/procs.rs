@@ -221,10 +221,21 @@ pub fn cpu_time(pid: u32) -> Duration {
 
 /// Resident set size of a process in KiB, from `/proc/PID/status`.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The anonymous part of `pid`'s resident memory in KiB (heap, stacks;
+/// not the pages of its executable and libraries), or 0 once it is gone.
+pub fn rss_anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+/// The KiB figure of `field` in `/proc/<pid>/status`, or 0.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }

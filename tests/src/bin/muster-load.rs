@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use muster_proto::{paths, HeartbeatRequest, RegisterRequest, RegisterResponse, PROTOCOL_VERSION};
-use muster_tests::procs::{cpu_time, percentile, rss_kib};
+use muster_tests::procs::{cpu_time, percentile, rss_anon_kib, rss_kib};
 use muster_tests::{ec2, Coordinator, Moto};
 
 const CLUSTER: &str = "load";
@@ -101,6 +101,20 @@ struct Node {
     jitter: Duration,
 }
 
+/// An HTTPS client that speaks to `coordinator` as the agent does:
+/// HTTP/1.1 only, trusting the coordinator's CA.
+fn agent_client(coordinator: &Coordinator) -> anyhow::Result<reqwest::Client> {
+    muster_tests::coordinator::install_crypto_provider();
+    let ca = std::fs::read(coordinator.ca_file())?;
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .http1_only()
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
 /// One heartbeat for `node` over `http`: its latency if answered 200.
 async fn beat(http: &reqwest::Client, url: &str, node: &Node) -> Option<Duration> {
     let body = HeartbeatRequest {
@@ -136,6 +150,8 @@ struct Phase {
     errors: u64,
     wall: f64,
     cpu: f64,
+    /// The coordinator's largest anonymous RSS seen during the phase, KiB.
+    peak_anon_kib: u64,
 }
 
 impl Phase {
@@ -149,11 +165,21 @@ impl Phase {
         let started = Instant::now();
         let mut latencies = Vec::new();
         let (mut answered, mut errors) = (0, 0);
-        while let Some(joined) = workers.join_next().await {
-            let (l, a, e) = joined?;
-            latencies.extend(l);
-            answered += a;
-            errors += e;
+        let mut sample = tokio::time::interval(Duration::from_millis(250));
+        let mut peak_anon_kib = 0;
+        loop {
+            tokio::select! {
+                joined = workers.join_next() => {
+                    let Some(joined) = joined else { break };
+                    let (l, a, e) = joined?;
+                    latencies.extend(l);
+                    answered += a;
+                    errors += e;
+                }
+                _ = sample.tick() => {
+                    peak_anon_kib = peak_anon_kib.max(rss_anon_kib(coordinator.pid()));
+                }
+            }
         }
         let wall = started.elapsed().as_secs_f64();
         let cpu = (cpu_time(coordinator.pid()) - cpu_before).as_secs_f64() / wall * 100.0;
@@ -164,6 +190,7 @@ impl Phase {
             errors,
             wall,
             cpu,
+            peak_anon_kib,
         })
     }
 
@@ -263,9 +290,10 @@ async fn main() -> anyhow::Result<()> {
     let client = ec2::client(&moto.endpoint()).await;
     let instances = launch(&client, args.nodes).await?;
 
-    let http = coordinator.https_client();
+    let http = agent_client(&coordinator)?;
     let url = coordinator.url();
     let rss_before = rss_kib(coordinator.pid());
+    let anon_before = rss_anon_kib(coordinator.pid());
 
     // Registers, 16 at a time (each waits on moto's DescribeInstances).
     let started = Instant::now();
@@ -342,12 +370,14 @@ async fn main() -> anyhow::Result<()> {
     let flood = Phase::measure(&coordinator, workers).await?;
     // Every node now holds its facts; no connection but the shared pool's.
     let rss_after = rss_kib(coordinator.pid());
+    let anon_after = rss_anon_kib(coordinator.pid());
 
     // The fleet: one simulated agent per node, on its own connection.
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut agents = tokio::task::JoinSet::new();
     for index in 0..nodes.len() {
-        let (http, url, nodes) = (coordinator.https_client(), url.clone(), nodes.clone());
+        let http = agent_client(&coordinator)?;
+        let (url, nodes) = (url.clone(), nodes.clone());
         agents.spawn(async move {
             let node = &nodes[index];
             let mut latencies = Vec::new();
@@ -394,12 +424,22 @@ async fn main() -> anyhow::Result<()> {
         args.seconds,
         flood.figures(),
     );
+    let per_node =
+        |after: u64, before: u64| after.saturating_sub(before) as f64 / nodes.len() as f64;
     println!(
-        "| P8 | coordinator RSS per node ({} nodes registered, each with host facts in memory) | {:.2} KiB per node ({:.1} MiB before the registers, {:.1} MiB after the flood) |",
+        "| P8 | coordinator memory per node ({} nodes registered, each with host facts in memory; after the flood, {} connections open) | {:.2} KiB anonymous RSS per node ({:.1} MiB before the registers, {:.1} MiB after the flood); all RSS, with the executable's pages: {:.2} KiB per node |",
         nodes.len(),
-        rss_after.saturating_sub(rss_before) as f64 / nodes.len() as f64,
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0,
+        args.concurrency,
+        per_node(anon_after, anon_before),
+        anon_before as f64 / 1024.0,
+        anon_after as f64 / 1024.0,
+        per_node(rss_after, rss_before),
+    );
+    println!(
+        "| P8 | coordinator memory per node with every node's agent connected ({} nodes, each on its own HTTPS connection: the fleet phase's peak) | {:.2} KiB anonymous RSS per node ({:.1} MiB at the peak) |",
+        nodes.len(),
+        per_node(fleet.peak_anon_kib, anon_before),
+        fleet.peak_anon_kib as f64 / 1024.0,
     );
     drop(coordinator);
     drop(moto);
