@@ -193,7 +193,9 @@ pub struct ZoneData {
     a: HashMap<LowerName, Vec<Ipv4Addr>>,
     /// Public node names: anything beneath one is a CNAME to it.
     wildcard_targets: HashSet<LowerName>,
-    /// Every name that exists, including empty non-terminals.
+    /// The names that exist without records of their own (the apex and
+    /// empty non-terminals): a name exists if it is here or in `a`. Kept
+    /// apart so that no node's name is held twice.
     names: HashSet<LowerName>,
 }
 
@@ -262,8 +264,10 @@ impl ZoneData {
         let origin = LowerName::from(&origin);
         let mut names = HashSet::new();
         for name in a.keys() {
-            let mut name = name.clone();
-            while origin.zone_of(&name) && names.insert(name.clone()) {
+            // A parent with records is a key of `a` itself, and adds its
+            // own parents in its turn.
+            let mut name = name.base_name();
+            while origin.zone_of(&name) && !a.contains_key(&name) && names.insert(name.clone()) {
                 if name == origin {
                     break;
                 }
@@ -332,7 +336,7 @@ impl ZoneData {
                     ..Answer::default()
                 };
             }
-            if self.names.contains(&ancestor) {
+            if self.names.contains(&ancestor) || self.a.contains_key(&ancestor) {
                 break;
             }
             ancestor = ancestor.base_name();

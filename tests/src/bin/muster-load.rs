@@ -46,6 +46,9 @@ use muster_tests::{ec2, Coordinator, Moto};
 
 const CLUSTER: &str = "load";
 
+/// How long the coordinator is left alone before its memory is read.
+const SETTLE: Duration = Duration::from_secs(2);
+
 struct Args {
     nodes: usize,
     seconds: u64,
@@ -386,11 +389,15 @@ async fn main() -> anyhow::Result<()> {
     let mut registered = register(&http, &url, &token, first).await?;
     let mut registering = started.elapsed();
     beat_each(&http, &url, &registered).await?;
+    // The zone is rebuilt after the last register: let that settle, so
+    // that neither sample catches two zones alive at once.
+    tokio::time::sleep(SETTLE).await;
     let anon_half = rss_anon_kib(coordinator.pid());
     let started = Instant::now();
     let added = register(&http, &url, &token, second).await?;
     registering += started.elapsed();
     beat_each(&http, &url, &added).await?;
+    tokio::time::sleep(SETTLE).await;
     let anon_full = rss_anon_kib(coordinator.pid());
     let marginal = anon_full.saturating_sub(anon_half) as f64 / added.len() as f64;
     registered.extend(added);
