@@ -252,6 +252,20 @@ mod tests {
         assert!(!decode.is_outage());
     }
 
+    /// One heartbeat to `url`, trusting a CA of its own.
+    async fn heartbeat_to(url: &str) -> Result<HeartbeatResponse, CoordinatorError> {
+        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let client =
+            CoordinatorClient::new(url, Some((ca.cert.pem().as_bytes(), "ca.pem"))).unwrap();
+        let request = HeartbeatRequest {
+            instance_id: "i-0123456789abcdef0".into(),
+            private_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 5),
+            public_ipv4: None,
+            facts: Default::default(),
+        };
+        client.heartbeat("x", &request).await
+    }
+
     /// The agent offers HTTP/1.1 alone in its TLS handshake: the
     /// coordinator never speaks HTTP/2 to it.
     #[tokio::test]
@@ -273,17 +287,8 @@ mod tests {
                 }
             }
         });
-        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-        let client =
-            CoordinatorClient::new(&url, Some((ca.cert.pem().as_bytes(), "ca.pem"))).unwrap();
-        let request = HeartbeatRequest {
-            instance_id: "i-0123456789abcdef0".into(),
-            private_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 5),
-            public_ipv4: None,
-            facts: Default::default(),
-        };
         // The listener hangs up after the hello: the heartbeat fails.
-        assert!(client.heartbeat("x", &request).await.is_err());
+        assert!(heartbeat_to(&url).await.is_err());
         assert_eq!(hello.join().unwrap(), Some(vec![b"http/1.1".to_vec()]));
     }
 
@@ -294,16 +299,7 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("https://{}", closed.local_addr().unwrap());
         drop(closed);
-        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-        let client =
-            CoordinatorClient::new(&url, Some((ca.cert.pem().as_bytes(), "ca.pem"))).unwrap();
-        let request = HeartbeatRequest {
-            instance_id: "i-0123456789abcdef0".into(),
-            private_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 5),
-            public_ipv4: None,
-            facts: Default::default(),
-        };
-        let e = client.heartbeat("x", &request).await.unwrap_err();
+        let e = heartbeat_to(&url).await.unwrap_err();
         assert!(e.is_unreachable() && e.is_outage(), "{e}");
     }
 }

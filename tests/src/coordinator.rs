@@ -27,6 +27,14 @@ const PORT_ATTEMPTS: usize = 3;
 /// Builds HTTPS clients that trust only `ca_pem`. Installs the ring crypto
 /// provider for the process first (once).
 pub fn https_client_trusting(ca_pem: &[u8]) -> reqwest::Client {
+    https_client_builder(ca_pem)
+        .build()
+        .expect("building an HTTPS client")
+}
+
+/// What [`https_client_trusting`] builds, before it is built: for a client
+/// that differs, such as one that speaks only HTTP/1.1 as the agent does.
+pub fn https_client_builder(ca_pem: &[u8]) -> reqwest::ClientBuilder {
     install_crypto_provider();
     let ca = reqwest::Certificate::from_pem(ca_pem).expect("the coordinator's CA is PEM");
     reqwest::Client::builder()
@@ -34,8 +42,6 @@ pub fn https_client_trusting(ca_pem: &[u8]) -> reqwest::Client {
         .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
         .timeout(Duration::from_secs(10))
-        .build()
-        .expect("building an HTTPS client")
 }
 
 /// Makes ring the process-wide rustls provider, once.

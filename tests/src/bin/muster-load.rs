@@ -113,14 +113,9 @@ struct Node {
 /// An HTTPS client that speaks to `coordinator` as the agent does:
 /// HTTP/1.1 only, trusting the coordinator's CA.
 fn agent_client(coordinator: &Coordinator) -> anyhow::Result<reqwest::Client> {
-    muster_tests::coordinator::install_crypto_provider();
     let ca = std::fs::read(coordinator.ca_file())?;
-    Ok(reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+    Ok(muster_tests::coordinator::https_client_builder(&ca)
         .http1_only()
-        .timeout(Duration::from_secs(10))
         .build()?)
 }
 
