@@ -277,7 +277,8 @@ mod tests {
             let (mut socket, _) = listener.accept().unwrap();
             let mut acceptor = rustls::server::Acceptor::default();
             loop {
-                acceptor.read_tls(&mut socket).unwrap();
+                let read = acceptor.read_tls(&mut socket).unwrap();
+                assert_ne!(read, 0, "the agent hung up before its hello");
                 if let Some(accepted) = acceptor.accept().map_err(|(e, _)| e).unwrap() {
                     let alpn: Option<Vec<Vec<u8>>> = accepted
                         .client_hello()

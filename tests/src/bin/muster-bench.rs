@@ -378,12 +378,13 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .await?;
-        starts.push(started.elapsed());
+        let elapsed = started.elapsed();
         anyhow::ensure!(
             public.is_some_and(|ip| answer.a == vec![ip]),
             "the agent never registered:\n{}",
             agent.logs()
         );
+        starts.push(elapsed);
         last = Some((id, name, agent, imds));
     }
     starts.sort();
