@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Time between EC2 sweeps [default: 30s]
     #[arg(long, env = "MUSTER_SWEEP_INTERVAL")]
     pub sweep_interval: Option<String>,
+    /// List the cluster members of each region this often and accept the claims that
+    /// listing confirms without asking EC2 (see the README), e.g. "60s" [default: off]
+    #[arg(long, env = "MUSTER_EC2_CACHE_REFRESH")]
+    pub ec2_cache_refresh: Option<String>,
     /// Sweeps in a row EC2 must not know an instance before its node is terminated [default: 3]
     #[arg(long, env = "MUSTER_UNKNOWN_SWEEPS")]
     pub unknown_sweeps: Option<String>,
@@ -163,6 +167,7 @@ struct FileServe {
     dns_ttl: Option<toml::Value>,
     grace: Option<String>,
     sweep_interval: Option<String>,
+    ec2_cache_refresh: Option<String>,
     unknown_sweeps: Option<toml::Value>,
     launch_timeout: Option<String>,
     dns_provider: Option<String>,
@@ -235,6 +240,9 @@ pub struct Settings {
     pub grace: Duration,
     /// Time between EC2 sweeps.
     pub sweep_interval: Duration,
+    /// Time between listings of the EC2 cache; `None`: no cache, every
+    /// claim asks EC2.
+    pub ec2_cache_refresh: Option<Duration>,
     /// Sweeps in a row an instance must be unknown before it counts as terminated.
     pub unknown_sweeps: u32,
     /// Time a launched node's agent has to register before the node fails.
@@ -553,6 +561,16 @@ impl Settings {
             DEFAULT_SWEEP_INTERVAL,
             (Duration::from_secs(1), Duration::from_secs(3600)),
         )?;
+        let ec2_cache_refresh = match args.ec2_cache_refresh.clone().or(file.ec2_cache_refresh) {
+            Some(text) if text == "off" => None,
+            text @ Some(_) => Some(duration(
+                "ec2_cache_refresh",
+                text,
+                Duration::ZERO,
+                (Duration::from_secs(5), Duration::from_secs(3600)),
+            )?),
+            None => None,
+        };
         let unknown_text = args
             .unknown_sweeps
             .clone()
@@ -710,6 +728,7 @@ impl Settings {
             dns_ttl,
             grace,
             sweep_interval,
+            ec2_cache_refresh,
             unknown_sweeps,
             launch_timeout,
             dns_provider,
@@ -1046,8 +1065,23 @@ mod tests {
         assert_eq!(s.dns_ttl, 30);
         assert_eq!(s.grace, Duration::from_secs(30));
         assert_eq!(s.sweep_interval, Duration::from_secs(30));
+        assert_eq!(s.ec2_cache_refresh, None);
         assert_eq!(s.unknown_sweeps, 3);
         assert!(s.public_url.ends_with(":7443"));
+    }
+
+    /// The EC2 cache is off unless asked for; `off` turns a file's cache off.
+    #[test]
+    fn ec2_cache_refresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[serve]\nec2_cache_refresh = \"2m\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        let s = Settings::load(&a).unwrap();
+        assert_eq!(s.ec2_cache_refresh, Some(Duration::from_secs(120)));
+        a.ec2_cache_refresh = Some("off".into());
+        assert_eq!(Settings::load(&a).unwrap().ec2_cache_refresh, None);
     }
 
     /// Flags win over the file; the file wins over defaults.
@@ -1091,6 +1125,12 @@ mod tests {
             ("grace", |a| a.grace = Some("10s".into())),
             ("grace", |a| a.grace = Some("2h".into())),
             ("sweep_interval", |a| a.sweep_interval = Some("0s".into())),
+            ("ec2_cache_refresh", |a| {
+                a.ec2_cache_refresh = Some("1s".into())
+            }),
+            ("ec2_cache_refresh", |a| {
+                a.ec2_cache_refresh = Some("on".into())
+            }),
             ("unknown_sweeps", |a| a.unknown_sweeps = Some("0".into())),
             ("launch_timeout", |a| a.launch_timeout = Some("0s".into())),
             ("launch_timeout", |a| a.launch_timeout = Some("2d".into())),

@@ -662,6 +662,54 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             registry.zone().queries()
         )],
     );
+    let caches = registry.ec2_cache_status();
+    if !caches.is_empty() {
+        section(
+            "muster_ec2_cache_instances",
+            "gauge",
+            "Cluster members the EC2 cache's last listing of a region held.",
+            caches
+                .iter()
+                .map(|c| {
+                    format!(
+                        "muster_ec2_cache_instances{{region=\"{}\"}} {}",
+                        c.region, c.instances
+                    )
+                })
+                .collect(),
+        );
+        section(
+            "muster_ec2_cache_age_seconds",
+            "gauge",
+            "Age of the EC2 cache's last listing of a region (absent before the first).",
+            caches
+                .iter()
+                .filter_map(|c| {
+                    let age = c.age?.as_secs_f64();
+                    Some(format!(
+                        "muster_ec2_cache_age_seconds{{region=\"{}\"}} {age:.3}",
+                        c.region
+                    ))
+                })
+                .collect(),
+        );
+        section(
+            "muster_ec2_cache_lookups_total",
+            "counter",
+            "Claims looked up in the EC2 cache, by whether the listing held the instance.",
+            caches
+                .iter()
+                .flat_map(|c| {
+                    [("hit", c.hits), ("miss", c.misses)].map(|(result, n)| {
+                        format!(
+                            "muster_ec2_cache_lookups_total{{region=\"{}\",result=\"{result}\"}} {n}",
+                            c.region
+                        )
+                    })
+                })
+                .collect(),
+        );
+    }
     if let Some(dns) = registry.zone().provider_status() {
         crate::dns_reconcile::write_metrics(&dns, &mut section);
     }

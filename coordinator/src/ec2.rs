@@ -5,11 +5,35 @@
 //! aws-config credential chain; `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_EC2`
 //! point it at an emulator. One client is kept per region, made on first use.
 //! The [`InstanceLookup`] trait lets the registry's unit tests describe
-//! instances without a network; the binaries always use [`Ec2Instances`].
+//! instances without a network; the binaries use [`Ec2Instances`], or
+//! [`CachedInstances`] when the operator turns the EC2 cache on.
+//!
+//! ## The EC2 cache (`--ec2-cache-refresh`)
+//!
+//! By default every register and every address change costs one
+//! DescribeInstances. A fleet that boots at once (thousands of nodes after
+//! an outage) turns that into a burst EC2 throttles. With the cache, the
+//! coordinator lists every `pending` or `running` instance carrying a
+//! `muster:cluster` tag, region by region, every refresh interval
+//! (DescribeInstances with filters, 1000 a page), starting with the first
+//! claim made in a region. The cache is only ever allowed to say yes:
+//!
+//! - a claim the listed facts confirm is accepted without a call;
+//! - a claim they do not confirm (an instance launched since the listing,
+//!   an Elastic IP just associated, anything else) is checked against
+//!   EC2 as without the cache, and what EC2 answers replaces the entry;
+//! - a listing older than twice the interval (EC2 unreachable since) is
+//!   not used at all.
+//!
+//! So a refusal always rests on a fresh read, and the cost of the cache is
+//! that an acceptance may rest on facts up to twice the interval old: an
+//! Elastic IP moved to another instance within that window could still be
+//! claimed by its old holder. The sweep and terminations never use it.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::Client;
@@ -47,6 +71,14 @@ pub enum Ec2Error {
     Terminate {
         /// The instance.
         instance_id: String,
+        /// The region.
+        region: String,
+        /// The SDK error with its causes.
+        message: String,
+    },
+    /// The EC2 cache's listing of a region failed.
+    #[error("listing the cluster members of {region}: {message}")]
+    List {
         /// The region.
         region: String,
         /// The SDK error with its causes.
@@ -90,6 +122,19 @@ pub trait InstanceLookup: Send + Sync + std::fmt::Debug {
 
     /// Asks EC2 to terminate the instance.
     async fn terminate(&self, region: &str, instance_id: &str) -> Result<(), Ec2Error>;
+
+    /// EC2's view of `instance_id` from a recent listing, if this lookup
+    /// keeps one and it holds the instance. It may be stale (see the module
+    /// doc): only a claim it confirms may rest on it; anything else must
+    /// ask [`InstanceLookup::describe`].
+    fn cached(&self, _region: &str, _instance_id: &str) -> Option<InstanceFacts> {
+        None
+    }
+
+    /// What the cache holds, by region; empty without one.
+    fn cache_status(&self) -> Vec<CacheStatus> {
+        Vec::new()
+    }
 
     /// Asks EC2 to terminate many instances of one region; ids EC2 no
     /// longer knows are skipped.
@@ -276,6 +321,218 @@ impl InstanceLookup for Ec2Instances {
             }
         }
         Ok(())
+    }
+}
+
+/// The cache of one region, as `/metrics` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheStatus {
+    /// The region.
+    pub region: String,
+    /// Instances the last listing held.
+    pub instances: usize,
+    /// Time since that listing was read; `None` before the first.
+    pub age: Option<Duration>,
+    /// Lookups the listing answered (the claim may still disagree with it).
+    pub hits: u64,
+    /// Lookups it could not: the instance not listed, or the listing too old.
+    pub misses: u64,
+}
+
+/// A listing is used for at most this many refresh intervals after it was
+/// read.
+const CACHE_MAX_AGE_INTERVALS: u32 = 2;
+
+/// One region's listing.
+#[derive(Debug, Default)]
+struct RegionCache {
+    listing: RwLock<Option<(Instant, HashMap<String, InstanceFacts>)>>,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+impl RegionCache {
+    fn listing(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, Option<(Instant, HashMap<String, InstanceFacts>)>> {
+        self.listing.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn listing_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, Option<(Instant, HashMap<String, InstanceFacts>)>> {
+        self.listing.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// [`Ec2Instances`] with the EC2 cache of the module doc in front of it.
+#[derive(Debug)]
+pub struct CachedInstances {
+    inner: Ec2Instances,
+    every: Duration,
+    regions: Mutex<HashMap<String, Arc<RegionCache>>>,
+}
+
+impl CachedInstances {
+    /// Asks EC2 through `clients`, listing each region every `every`.
+    pub fn new(clients: Ec2Clients, every: Duration) -> CachedInstances {
+        CachedInstances {
+            inner: Ec2Instances::new(clients),
+            every,
+            regions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cache of `region`, its refresh started on first use.
+    fn region(&self, region: &str) -> Arc<RegionCache> {
+        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cache) = regions.get(region) {
+            return cache.clone();
+        }
+        let cache = Arc::new(RegionCache::default());
+        regions.insert(region.to_owned(), cache.clone());
+        tokio::spawn(refresh_loop(
+            self.inner.client(region),
+            region.to_owned(),
+            Arc::downgrade(&cache),
+            self.every,
+        ));
+        cache
+    }
+}
+
+/// Lists `region` every `every`, for as long as its cache lives.
+async fn refresh_loop(client: Client, region: String, cache: Weak<RegionCache>, every: Duration) {
+    loop {
+        let started = Instant::now();
+        let listed = list_members(&client, &region).await;
+        let Some(cache) = cache.upgrade() else { return };
+        match listed {
+            Ok(instances) => {
+                tracing::debug!(%region, instances = instances.len(), took = ?started.elapsed(), "ec2 cache refreshed");
+                *cache.listing_mut() = Some((started, instances));
+            }
+            Err(error) => {
+                tracing::warn!(%region, %error, "ec2 cache not refreshed; claims go to EC2")
+            }
+        }
+        drop(cache);
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Every `pending` or `running` instance of `region` that carries a
+/// `muster:cluster` tag, all pages.
+async fn list_members(
+    client: &Client,
+    region: &str,
+) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
+    let mut found = HashMap::new();
+    let mut pages = client
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag-key")
+                .values(crate::launcher::TAG_CLUSTER)
+                .build(),
+        )
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .build(),
+        )
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|error| Ec2Error::List {
+            region: region.to_owned(),
+            message: DisplayErrorContext(&error).to_string(),
+        })?;
+        for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+            if let Some(id) = instance.instance_id() {
+                found.insert(id.to_owned(), facts_of(instance));
+            }
+        }
+    }
+    found.shrink_to_fit();
+    Ok(found)
+}
+
+#[async_trait::async_trait]
+impl InstanceLookup for CachedInstances {
+    /// Always EC2; what it answers replaces the cached entry.
+    async fn describe(
+        &self,
+        region: &str,
+        instance_id: &str,
+    ) -> Result<Option<InstanceFacts>, Ec2Error> {
+        let facts = self.inner.describe(region, instance_id).await?;
+        let cache = self.region(region);
+        if let Some((_, instances)) = cache.listing_mut().as_mut() {
+            match &facts {
+                Some(f) if f.state == "pending" || f.state == "running" => {
+                    instances.insert(instance_id.to_owned(), f.clone());
+                }
+                _ => {
+                    instances.remove(instance_id);
+                }
+            }
+        }
+        Ok(facts)
+    }
+
+    async fn describe_many(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
+        self.inner.describe_many(region, instance_ids).await
+    }
+
+    async fn terminate(&self, region: &str, instance_id: &str) -> Result<(), Ec2Error> {
+        self.inner.terminate(region, instance_id).await
+    }
+
+    async fn terminate_many(&self, region: &str, instance_ids: &[String]) -> Result<(), Ec2Error> {
+        self.inner.terminate_many(region, instance_ids).await
+    }
+
+    fn cached(&self, region: &str, instance_id: &str) -> Option<InstanceFacts> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let cache = self.region(region);
+        let found = cache.listing().as_ref().and_then(|(read, instances)| {
+            (read.elapsed() <= self.every * CACHE_MAX_AGE_INTERVALS)
+                .then(|| instances.get(instance_id).cloned())
+                .flatten()
+        });
+        match found {
+            Some(_) => cache.hits.fetch_add(1, Relaxed),
+            None => cache.misses.fetch_add(1, Relaxed),
+        };
+        found
+    }
+
+    fn cache_status(&self) -> Vec<CacheStatus> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut status: Vec<CacheStatus> = regions
+            .iter()
+            .map(|(region, cache)| {
+                let listing = cache.listing();
+                CacheStatus {
+                    region: region.clone(),
+                    instances: listing.as_ref().map_or(0, |(_, i)| i.len()),
+                    age: listing.as_ref().map(|(read, _)| read.elapsed()),
+                    hits: cache.hits.load(Relaxed),
+                    misses: cache.misses.load(Relaxed),
+                }
+            })
+            .collect();
+        status.sort_by(|a, b| a.region.cmp(&b.region));
+        status
     }
 }
 

@@ -163,7 +163,13 @@ pub async fn serve(
     tracing::info!(path = %store_path.display(), "store open");
 
     let clients = ec2::Ec2Clients::from_env().await;
-    let ec2 = Arc::new(ec2::Ec2Instances::new(clients.clone()));
+    let ec2: Arc<dyn ec2::InstanceLookup> = match settings.ec2_cache_refresh {
+        Some(every) => {
+            tracing::info!(refresh = %humantime::format_duration(every), "ec2 cache on");
+            Arc::new(ec2::CachedInstances::new(clients.clone(), every))
+        }
+        None => Arc::new(ec2::Ec2Instances::new(clients.clone())),
+    };
     let ca_pem = userdata::read_ca(files.ca.as_deref()).map_err(|source| ServeError::Ca {
         path: files
             .ca

@@ -363,6 +363,67 @@ impl Live {
     }
 }
 
+/// What an agent says of its instance, to be checked against EC2.
+#[derive(Debug, Clone, Copy)]
+struct Claim<'a> {
+    cluster: &'a str,
+    region: &'a str,
+    instance_id: &'a str,
+    availability_zone: Option<&'a str>,
+    private_ipv4: Ipv4Addr,
+    public_ipv4: Option<Ipv4Addr>,
+}
+
+impl Claim<'_> {
+    /// Whether EC2's `facts` bear the claim out.
+    fn judge(&self, facts: InstanceFacts) -> Result<(), RegistryError> {
+        let instance_id = self.instance_id;
+        if facts.state != "running" && facts.state != "pending" {
+            return Err(RegistryError::InstanceNotRunning {
+                instance_id: instance_id.to_owned(),
+                state: facts.state,
+            });
+        }
+        if facts.cluster_tag.as_deref() != Some(self.cluster) {
+            return Err(RegistryError::ClusterTagMismatch {
+                instance_id: instance_id.to_owned(),
+                cluster: self.cluster.to_owned(),
+                tag: facts.cluster_tag,
+            });
+        }
+        let mismatch = |field, claimed: String, actual: String| RegistryError::AddressMismatch {
+            instance_id: instance_id.to_owned(),
+            field,
+            claimed,
+            actual,
+        };
+        if let Some(zone) = self.availability_zone {
+            if facts.availability_zone.as_deref() != Some(zone) {
+                return Err(mismatch(
+                    "availability_zone",
+                    zone.to_owned(),
+                    facts.availability_zone.unwrap_or_else(|| "none".into()),
+                ));
+            }
+        }
+        if facts.private_ipv4 != Some(self.private_ipv4) {
+            return Err(mismatch(
+                "private_ipv4",
+                self.private_ipv4.to_string(),
+                show_ip(facts.private_ipv4),
+            ));
+        }
+        if facts.public_ipv4 != self.public_ipv4 {
+            return Err(mismatch(
+                "public_ipv4",
+                show_ip(self.public_ipv4),
+                show_ip(facts.public_ipv4),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -782,67 +843,23 @@ impl Registry {
 
     /// Checks a claim against EC2: the instance exists, runs, carries the
     /// cluster's `muster:cluster` tag, and has the claimed zone and
-    /// addresses.
-    async fn check_claim(
-        &self,
-        cluster: &str,
-        region: &str,
-        instance_id: &str,
-        availability_zone: Option<&str>,
-        private_ipv4: Ipv4Addr,
-        public_ipv4: Option<Ipv4Addr>,
-    ) -> Result<(), RegistryError> {
-        let facts = self
-            .ec2
-            .describe(region, instance_id)
-            .await?
-            .ok_or_else(|| RegistryError::InstanceNotFound {
-                instance_id: instance_id.to_owned(),
-                region: region.to_owned(),
-            })?;
-        if facts.state != "running" && facts.state != "pending" {
-            return Err(RegistryError::InstanceNotRunning {
-                instance_id: instance_id.to_owned(),
-                state: facts.state,
-            });
-        }
-        if facts.cluster_tag.as_deref() != Some(cluster) {
-            return Err(RegistryError::ClusterTagMismatch {
-                instance_id: instance_id.to_owned(),
-                cluster: cluster.to_owned(),
-                tag: facts.cluster_tag,
-            });
-        }
-        let mismatch = |field, claimed: String, actual: String| RegistryError::AddressMismatch {
-            instance_id: instance_id.to_owned(),
-            field,
-            claimed,
-            actual,
-        };
-        if let Some(zone) = availability_zone {
-            if facts.availability_zone.as_deref() != Some(zone) {
-                return Err(mismatch(
-                    "availability_zone",
-                    zone.to_owned(),
-                    facts.availability_zone.unwrap_or_else(|| "none".into()),
-                ));
+    /// addresses. A claim the EC2 cache confirms needs no call; anything
+    /// else, a refusal above all, rests on a fresh DescribeInstances.
+    async fn check_claim(&self, claim: Claim<'_>) -> Result<(), RegistryError> {
+        if let Some(facts) = self.ec2.cached(claim.region, claim.instance_id) {
+            if claim.judge(facts).is_ok() {
+                return Ok(());
             }
         }
-        if facts.private_ipv4 != Some(private_ipv4) {
-            return Err(mismatch(
-                "private_ipv4",
-                private_ipv4.to_string(),
-                show_ip(facts.private_ipv4),
-            ));
-        }
-        if facts.public_ipv4 != public_ipv4 {
-            return Err(mismatch(
-                "public_ipv4",
-                show_ip(public_ipv4),
-                show_ip(facts.public_ipv4),
-            ));
-        }
-        Ok(())
+        let facts = self
+            .ec2
+            .describe(claim.region, claim.instance_id)
+            .await?
+            .ok_or_else(|| RegistryError::InstanceNotFound {
+                instance_id: claim.instance_id.to_owned(),
+                region: claim.region.to_owned(),
+            })?;
+        claim.judge(facts)
     }
 
     /// Logs and counts a refusal, then hands it back.
@@ -1091,14 +1108,14 @@ impl Registry {
                         source,
                     })?;
                 }
-                self.check_claim(
-                    &cluster.name,
-                    &req.region,
-                    &req.instance_id,
-                    Some(&req.availability_zone),
-                    req.private_ipv4,
-                    req.public_ipv4,
-                )
+                self.check_claim(Claim {
+                    cluster: &cluster.name,
+                    region: &req.region,
+                    instance_id: &req.instance_id,
+                    availability_zone: Some(&req.availability_zone),
+                    private_ipv4: req.private_ipv4,
+                    public_ipv4: req.public_ipv4,
+                })
                 .await?;
                 req.instance_id.clone()
             }
@@ -1221,14 +1238,14 @@ impl Registry {
         // again only once EC2 confirms the instance runs with these addresses.
         let confirm = !matches!(node.state, NodeState::Deployed | NodeState::Unreachable);
         if (moved || confirm) && !node.byon {
-            self.check_claim(
-                &node.cluster,
-                &node.region,
-                &node.instance_id,
-                None,
-                req.private_ipv4,
-                req.public_ipv4,
-            )
+            self.check_claim(Claim {
+                cluster: &node.cluster,
+                region: &node.region,
+                instance_id: &node.instance_id,
+                availability_zone: None,
+                private_ipv4: req.private_ipv4,
+                public_ipv4: req.public_ipv4,
+            })
             .await?;
         }
         if moved {
@@ -1511,6 +1528,12 @@ impl Registry {
         Ok(())
     }
 
+    /// What the EC2 cache holds, by region, for `/metrics`; empty without
+    /// one.
+    pub fn ec2_cache_status(&self) -> Vec<crate::ec2::CacheStatus> {
+        self.ec2.cache_status()
+    }
+
     /// Node counts by state, for `/metrics`.
     pub fn nodes_by_state(&self) -> BTreeMap<NodeState, u64> {
         let mut counts: BTreeMap<NodeState, u64> = NodeState::ALL.iter().map(|s| (*s, 0)).collect();
@@ -1546,14 +1569,25 @@ mod tests {
         );
     }
 
-    /// Stands in for EC2 in these unit tests only: a fixed table of instances.
+    /// Stands in for EC2 in these unit tests only: a fixed table of
+    /// instances, a cache's listing (empty unless a test fills it), and
+    /// the count of describes.
     #[derive(Debug, Default)]
-    struct Table(Mutex<HashMap<String, InstanceFacts>>);
+    struct Table(
+        Mutex<HashMap<String, InstanceFacts>>,
+        Mutex<HashMap<String, InstanceFacts>>,
+        AtomicU64,
+    );
 
     #[async_trait::async_trait]
     impl InstanceLookup for Table {
         async fn describe(&self, _: &str, id: &str) -> Result<Option<InstanceFacts>, Ec2Error> {
+            self.2.fetch_add(1, Ordering::Relaxed);
             Ok(self.0.lock().unwrap().get(id).cloned())
+        }
+
+        fn cached(&self, _: &str, id: &str) -> Option<InstanceFacts> {
+            self.1.lock().unwrap().get(id).cloned()
         }
 
         async fn describe_many(

@@ -5,6 +5,10 @@
 //! reasons, so this is how stories reach those paths, and how the
 //! benchmark counts the calls a launch makes.
 //!
+//! It also counts, by instance id, the DescribeInstances calls that name
+//! an instance in `InstanceId.N` (a claim's check; the sweep and listings
+//! use filters instead).
+//!
 //! Point a client (or the coordinator's `AWS_ENDPOINT_URL`) at
 //! [`Ec2Proxy::endpoint`].
 
@@ -40,6 +44,7 @@ struct Shared {
     refusals: Arc<Vec<Refusal>>,
     calls: Arc<Mutex<BTreeMap<String, usize>>>,
     refused: Arc<Mutex<BTreeMap<String, usize>>>,
+    described: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 /// The running proxy; stops when dropped.
@@ -48,6 +53,7 @@ pub struct Ec2Proxy {
     port: u16,
     calls: Arc<Mutex<BTreeMap<String, usize>>>,
     refused: Arc<Mutex<BTreeMap<String, usize>>>,
+    described: Arc<Mutex<BTreeMap<String, usize>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -63,12 +69,14 @@ impl Ec2Proxy {
             .port();
         let calls = Arc::new(Mutex::new(BTreeMap::new()));
         let refused = Arc::new(Mutex::new(BTreeMap::new()));
+        let described = Arc::new(Mutex::new(BTreeMap::new()));
         let shared = Shared {
             moto,
             http: reqwest::Client::new(),
             refusals: Arc::new(refusals),
             calls: calls.clone(),
             refused: refused.clone(),
+            described: described.clone(),
         };
         let router = Router::new().fallback(forward).with_state(shared);
         let task = tokio::spawn(async move {
@@ -80,6 +88,7 @@ impl Ec2Proxy {
             port,
             calls,
             refused,
+            described,
             task,
         }
     }
@@ -99,10 +108,22 @@ impl Ec2Proxy {
         self.refused.lock().expect("refused lock").clone()
     }
 
+    /// DescribeInstances calls so far that named `instance_id` in
+    /// `InstanceId.N`.
+    pub fn described(&self, instance_id: &str) -> usize {
+        self.described
+            .lock()
+            .expect("described lock")
+            .get(instance_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Forgets the counts.
     pub fn reset_counts(&self) {
         self.calls.lock().expect("calls lock").clear();
         self.refused.lock().expect("refused lock").clear();
+        self.described.lock().expect("described lock").clear();
     }
 }
 
@@ -160,6 +181,12 @@ async fn forward(
         .expect("calls lock")
         .entry(action.clone())
         .or_default() += 1;
+    if action == "DescribeInstances" {
+        let mut described = shared.described.lock().expect("described lock");
+        for (_, id) in params.iter().filter(|(k, _)| k.starts_with("InstanceId.")) {
+            *described.entry(id.clone()).or_default() += 1;
+        }
+    }
     let dry_run = params.get("DryRun").map(String::as_str) == Some("true");
     let subnet = params.get("SubnetId");
     if let Some(refusal) = shared.refusals.iter().find(|r| {
