@@ -28,14 +28,13 @@
 //! Any other error ends the launch: if nothing was launched it is the
 //! answer, otherwise what was launched is kept and the error reported.
 //!
-//! A node's name is its instance id, known only once the instance exists,
-//! so `muster:node` (and a `Name` naming the node) cannot ride on
-//! RunInstances, whose tags are the same for every instance of a call.
-//! After each call one CreateTags per instance tags it and its volumes
-//! (eight at a time), the volumes taken from RunInstances' answer or, where
-//! it names none, from one DescribeVolumes. EC2 may not list the volume of
-//! a pending instance yet; such a volume keeps only the cluster tags. These
-//! per-node calls are most of a launch's EC2 calls (BENCHMARKS.md, P6).
+//! No call is made per node. A node's name is its instance id, so the
+//! console's instance id column already names it, and its DNS name is
+//! `<instance id>.<cluster>.<zone>`; the `Name` tag names the cluster, as
+//! RunInstances' tags are the same for every instance of a call. Tagging
+//! each instance with its own name would take one CreateTags per node and
+//! make a launch's EC2 calls grow with the count (BENCHMARKS.md, P6) rather
+//! than with the subnets.
 //!
 //! Every RunInstances carries a fresh ClientToken, so a retry of a call
 //! whose answer was lost launches nothing twice.
@@ -48,7 +47,6 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -72,8 +70,6 @@ pub const DATA_DEVICE: &str = "/dev/sdf";
 
 /// Tag keys on everything muster launches.
 pub const TAG_CLUSTER: &str = "muster:cluster";
-/// The node an instance or volume is.
-pub const TAG_NODE: &str = "muster:node";
 /// `true` on everything muster made.
 pub const TAG_MANAGED: &str = "muster:managed";
 
@@ -84,9 +80,6 @@ const SUBNET_REFUSALS: &[&str] = &[
     "Unsupported",
     "InsufficientFreeAddressesInSubnet",
 ];
-
-/// CreateTags calls in flight at once while tagging new nodes.
-const TAG_CONCURRENCY: usize = 8;
 
 /// How long [`Launcher::release`] keeps trying to delete a security group
 /// EC2 says is still in use.
@@ -498,8 +491,7 @@ impl Launcher {
     }
 
     /// Launches `count` instances of `cluster` over its subnets, given how
-    /// many it has in each already, with `user_data`; `node_name` gives the
-    /// `Name` tag of an instance from its id. See the module doc.
+    /// many it has in each already, with `user_data`. See the module doc.
     pub async fn launch(
         &self,
         cluster: &str,
@@ -507,7 +499,6 @@ impl Launcher {
         existing: &BTreeMap<String, usize>,
         count: u32,
         user_data: &[u8],
-        node_name: &(dyn Fn(&str) -> String + Sync),
     ) -> Result<Wave, LaunchError> {
         let region = launch.spec.region.as_str();
         let client = self.clients.client(region);
@@ -527,10 +518,8 @@ impl Launcher {
                     .run(&client, cluster, launch, &subnet, asked, &user_data)
                     .await
                 {
-                    Ok((instances, volumes)) => {
+                    Ok(instances) => {
                         let got = instances.len();
-                        self.tag_nodes(&client, region, cluster, &instances, volumes, node_name)
-                            .await;
                         *existing.entry(subnet.clone()).or_default() += got;
                         remaining = remaining.saturating_sub(got);
                         wave.launched.extend(instances);
@@ -573,8 +562,7 @@ impl Launcher {
         Ok(wave)
     }
 
-    /// One RunInstances: `count` instances in `subnet`. Returns them, with
-    /// the volume ids EC2's answer already names, by instance.
+    /// One RunInstances: `count` instances in `subnet`. Returns them.
     async fn run(
         &self,
         client: &Client,
@@ -584,7 +572,7 @@ impl Launcher {
         count: usize,
         user_data: &str,
     ) -> Result<
-        (Vec<LaunchedInstance>, BTreeMap<String, Vec<String>>),
+        Vec<LaunchedInstance>,
         aws_sdk_ec2::error::SdkError<aws_sdk_ec2::operation::run_instances::RunInstancesError>,
     > {
         let spec = &launch.spec;
@@ -622,19 +610,6 @@ impl Launcher {
             );
         }
         let output = call.send().await?;
-        let volumes: BTreeMap<String, Vec<String>> = output
-            .instances()
-            .iter()
-            .filter_map(|i| {
-                let ids: Vec<String> = i
-                    .block_device_mappings()
-                    .iter()
-                    .filter_map(|m| m.ebs().and_then(|e| e.volume_id()))
-                    .map(str::to_owned)
-                    .collect();
-                Some((i.instance_id()?.to_owned(), ids)).filter(|(_, ids)| !ids.is_empty())
-            })
-            .collect();
         let launched: Vec<LaunchedInstance> = output
             .instances()
             .iter()
@@ -660,91 +635,7 @@ impl Launcher {
             launched = launched.len(),
             "instances launched"
         );
-        Ok((launched, volumes))
-    }
-
-    /// Tags each new instance and its volumes with `muster:node` and its
-    /// `Name`, [`TAG_CONCURRENCY`] calls at a time. Volumes RunInstances did
-    /// not name are looked up with one DescribeVolumes; EC2 may not list
-    /// the volume of a pending instance yet, and such a volume keeps only
-    /// the cluster tags. A failure is logged: the instance carries the
-    /// cluster tags anyway.
-    async fn tag_nodes(
-        &self,
-        client: &Client,
-        region: &str,
-        cluster: &str,
-        instances: &[LaunchedInstance],
-        mut volumes: BTreeMap<String, Vec<String>>,
-        node_name: &(dyn Fn(&str) -> String + Sync),
-    ) {
-        let unknown: Vec<String> = instances
-            .iter()
-            .map(|i| i.instance_id.clone())
-            .filter(|id| !volumes.contains_key(id))
-            .collect();
-        if !unknown.is_empty() {
-            match client
-                .describe_volumes()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("attachment.instance-id")
-                        .set_values(Some(unknown))
-                        .build(),
-                )
-                .send()
-                .await
-            {
-                Ok(found) => {
-                    for volume in found.volumes() {
-                        for attachment in volume.attachments() {
-                            if let (Some(instance), Some(id)) =
-                                (attachment.instance_id(), volume.volume_id())
-                            {
-                                volumes
-                                    .entry(instance.to_owned())
-                                    .or_default()
-                                    .push(id.to_owned());
-                            }
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%region, error = %sdk_message(&error), "could not list the new volumes; they keep the cluster tags only")
-                }
-            }
-        }
-        let limit = Arc::new(tokio::sync::Semaphore::new(TAG_CONCURRENCY));
-        let mut calls = tokio::task::JoinSet::new();
-        for instance in instances {
-            let id = instance.instance_id.clone();
-            let mut resources = vec![id.clone()];
-            resources.extend(volumes.remove(&id).unwrap_or_default());
-            let name = node_name(&id);
-            let (client, cluster, region, limit) = (
-                client.clone(),
-                cluster.to_owned(),
-                region.to_owned(),
-                limit.clone(),
-            );
-            calls.spawn(async move {
-                let _permit = limit.acquire().await;
-                let tagged = settled(|| {
-                    client
-                        .create_tags()
-                        .set_resources(Some(resources.clone()))
-                        .tags(tag("Name", &name))
-                        .tags(tag(TAG_NODE, &id))
-                        .tags(tag(TAG_CLUSTER, &cluster))
-                        .send()
-                })
-                .await;
-                if let Err(error) = tagged {
-                    tracing::warn!(%region, instance_id = %id, error = %sdk_message(&error), "could not tag the node");
-                }
-            });
-        }
-        while calls.join_next().await.is_some() {}
+        Ok(launched)
     }
 
     /// Deletes what [`Launcher::prepare`] made: the security group and the

@@ -318,19 +318,9 @@ impl Registry {
             &hash_secret(&token),
             None,
         )?;
-        let zone = self.zone_name.clone();
-        let name = cluster.name.clone();
-        let node_name = move |id: &str| muster_proto::node_dns_name(id, &name, &zone);
         let wave: Wave = context
             .launcher
-            .launch(
-                &cluster.name,
-                launch,
-                &existing,
-                count,
-                &user_data.bytes,
-                &node_name,
-            )
+            .launch(&cluster.name, launch, &existing, count, &user_data.bytes)
             .await?;
         if wave.launched.is_empty() {
             return Err(LaunchError::no_usable_subnet(&launch.spec, &wave.refused).into());
