@@ -30,6 +30,23 @@
 //!
 //! Every request goes out as the agent's do: HTTP/1.1 over TLS.
 //!
+//! Options for large fleets:
+//!
+//! - `--ec2-cache-refresh D` turns on the coordinator's EC2 cache, the
+//!   operator setting the README describes: the generator registers one
+//!   node, waits until the coordinator's listing holds every instance
+//!   (`/metrics`), then registers the rest, each claim confirmed by that
+//!   listing instead of one DescribeInstances each.
+//! - `--byon yes` registers bring-your-own machines instead of moto's
+//!   instances, with a cluster's bring-your-own token: EC2 is never asked
+//!   about them, by design, and each is the same stored node, in-memory
+//!   node and pair of DNS names as an EC2 node. This is how P8 reaches
+//!   100k nodes: moto takes tens of milliseconds to create each instance,
+//!   more as it holds more, and longer than a minute to list 10k of them.
+//! - `--sweep-interval D` is handed to the coordinator as is; `--fleet no`
+//!   skips the fleet phase (one connection per node is more than one
+//!   machine can open beside the coordinator at 10k nodes and up).
+//!
 //! The generator runs on the same machine as the coordinator, sharing its
 //! cores: the figures are a floor for what one coordinator sustains.
 //! `scripts/bench` runs it.
@@ -49,11 +66,18 @@ const CLUSTER: &str = "load";
 /// How long the coordinator is left alone before its memory is read.
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// How long the EC2 cache may take to list every instance.
+const LISTING_PATIENCE: Duration = Duration::from_secs(1800);
+
 struct Args {
     nodes: usize,
     seconds: u64,
     concurrency: usize,
     interval: u64,
+    ec2_cache_refresh: Option<String>,
+    sweep_interval: Option<String>,
+    fleet: bool,
+    byon: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -62,6 +86,10 @@ fn args() -> anyhow::Result<Args> {
         seconds: 20,
         concurrency: 64,
         interval: 4,
+        ec2_cache_refresh: None,
+        sweep_interval: None,
+        fleet: true,
+        byon: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,9 +101,14 @@ fn args() -> anyhow::Result<Args> {
             "--seconds" => parsed.seconds = value.parse()?,
             "--concurrency" => parsed.concurrency = value.parse()?,
             "--interval" => parsed.interval = value.parse()?,
+            "--ec2-cache-refresh" => parsed.ec2_cache_refresh = Some(value),
+            "--sweep-interval" => parsed.sweep_interval = Some(value),
+            "--fleet" => parsed.fleet = yes_no(&flag, &value)?,
+            "--byon" => parsed.byon = yes_no(&flag, &value)?,
             other => {
                 anyhow::bail!(
-                    "unknown flag {other}; known: --nodes, --seconds, --concurrency, --interval"
+                    "unknown flag {other}; known: --nodes, --seconds, --concurrency, --interval, \
+                     --ec2-cache-refresh, --sweep-interval, --fleet, --byon"
                 )
             }
         }
@@ -96,7 +129,19 @@ fn args() -> anyhow::Result<Args> {
         (1..=300).contains(&parsed.interval),
         "--interval must be 1..=300 seconds"
     );
+    anyhow::ensure!(
+        !(parsed.byon && parsed.ec2_cache_refresh.is_some()),
+        "--byon registers no instance, so --ec2-cache-refresh has nothing to list"
+    );
     Ok(parsed)
+}
+
+fn yes_no(flag: &str, value: &str) -> anyhow::Result<bool> {
+    match value {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => anyhow::bail!("{flag} takes yes or no, not {value:?}"),
+    }
 }
 
 /// One registered node, as the generator keeps it.
@@ -210,12 +255,40 @@ impl Phase {
     }
 }
 
-/// Launches `n` instances in moto, 500 per call; returns (id, private,
-/// public, zone) of each.
-async fn launch(
-    client: &aws_sdk_ec2::Client,
-    n: usize,
-) -> anyhow::Result<Vec<(String, Ipv4Addr, Option<Ipv4Addr>, String)>> {
+/// A machine to register: an instance in moto, or a bring-your-own
+/// machine.
+struct Machine {
+    id: String,
+    private: Ipv4Addr,
+    public: Option<Ipv4Addr>,
+    zone: String,
+    byon: Option<muster_proto::ByonIdentity>,
+}
+
+/// `n` bring-your-own machines: hostnames `load-<i>`, random machine ids,
+/// private addresses in 10/8 and public ones in 52/8, distinct by `i`
+/// (DNS data only: nothing is sent to them).
+fn byon_machines(n: usize) -> Vec<Machine> {
+    (0..n)
+        .map(|i| {
+            let machine_id = format!("{:032x}", rand::random::<u128>());
+            let [_, a, b, c] = (i as u32).to_be_bytes();
+            Machine {
+                id: muster_proto::byon_node_id(&machine_id),
+                private: Ipv4Addr::new(10, a, b, c),
+                public: Some(Ipv4Addr::new(52, a, b, c)),
+                zone: String::new(),
+                byon: Some(muster_proto::ByonIdentity {
+                    hostname: format!("load-{i}"),
+                    machine_id,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Launches `n` instances in moto, 500 per call.
+async fn launch(client: &aws_sdk_ec2::Client, n: usize) -> anyhow::Result<Vec<Machine>> {
     let mut left = n;
     while left > 0 {
         let batch = left.min(500) as i32;
@@ -249,15 +322,17 @@ async fn launch(
             let (Some(id), Some(private)) = (i.instance_id(), i.private_ip_address()) else {
                 continue;
             };
-            found.push((
-                id.to_owned(),
-                private.parse()?,
-                i.public_ip_address().map(str::parse).transpose()?,
-                i.placement()
+            found.push(Machine {
+                id: id.to_owned(),
+                private: private.parse()?,
+                public: i.public_ip_address().map(str::parse).transpose()?,
+                zone: i
+                    .placement()
                     .and_then(|p| p.availability_zone())
                     .unwrap_or_default()
                     .to_owned(),
-            ));
+                byon: None,
+            });
         }
     }
     anyhow::ensure!(
@@ -268,17 +343,17 @@ async fn launch(
     Ok(found)
 }
 
-/// Registers `instances` with `token`, 16 at a time (each waits on moto's
-/// DescribeInstances).
+/// Registers `machines` with `token`, 16 at a time (each may wait on
+/// moto's DescribeInstances).
 async fn register(
     http: &reqwest::Client,
     url: &str,
     token: &str,
-    instances: Vec<(String, Ipv4Addr, Option<Ipv4Addr>, String)>,
+    machines: Vec<Machine>,
 ) -> anyhow::Result<Vec<Node>> {
     let mut pending = tokio::task::JoinSet::new();
     let limit = Arc::new(tokio::sync::Semaphore::new(16));
-    for (id, private, public, zone) in instances {
+    for machine in machines {
         let (http, url, token, limit) = (
             http.clone(),
             url.to_owned(),
@@ -287,16 +362,28 @@ async fn register(
         );
         pending.spawn(async move {
             let _permit = limit.acquire().await?;
+            let Machine {
+                id,
+                private,
+                public,
+                zone,
+                byon,
+            } = machine;
             let body = RegisterRequest {
                 protocol: PROTOCOL_VERSION,
                 cluster: CLUSTER.to_owned(),
                 instance_id: id.clone(),
                 availability_zone: zone,
-                region: ec2::TEST_REGION.to_owned(),
+                // A bring-your-own machine names no region.
+                region: if byon.is_some() {
+                    String::new()
+                } else {
+                    ec2::TEST_REGION.to_owned()
+                },
                 private_ipv4: private,
                 public_ipv4: public,
                 agent_version: "load".to_owned(),
-                byon: None,
+                byon,
                 signed_identity: None,
             };
             let answer = http
@@ -305,11 +392,11 @@ async fn register(
                 .json(&body)
                 .send()
                 .await?;
-            anyhow::ensure!(
-                answer.status().is_success(),
-                "register {id}: {}",
-                answer.status()
-            );
+            let status = answer.status();
+            if !status.is_success() {
+                let text = answer.text().await.unwrap_or_default();
+                anyhow::bail!("register {id}: {status}: {text}");
+            }
             let registered: RegisterResponse = answer.json().await?;
             Ok(Node {
                 id,
@@ -349,40 +436,72 @@ async fn main() -> anyhow::Result<()> {
     let moto = Moto::start().await;
     // A long grace keeps liveness out of the measure: registering takes
     // a while, and nodes registered first wait silent for the rest.
-    let interval = format!("{}s", args.interval);
-    let coordinator =
+    let mut serve = vec![
+        "--heartbeat-interval".to_owned(),
+        format!("{}s", args.interval),
+        "--grace".to_owned(),
+        "1h".to_owned(),
         // Every simulated agent speaks from 127.0.0.1, so the per-source
         // limit, meant for one node per address, is off.
-        Coordinator::start_with(
-            &moto,
-            &[
-                "--heartbeat-interval",
-                &interval,
-                "--grace",
-                "1h",
-                "--agent-rate-limit",
-                "0",
-            ],
-        )
-        .await;
-    let token = coordinator.create_cluster(CLUSTER).await.join_token;
-    let client = ec2::client(&moto.endpoint()).await;
-    let instances = launch(&client, args.nodes).await?;
+        "--agent-rate-limit".to_owned(),
+        "0".to_owned(),
+    ];
+    if let Some(refresh) = &args.ec2_cache_refresh {
+        serve.extend(["--ec2-cache-refresh".to_owned(), refresh.clone()]);
+    }
+    if let Some(sweep) = &args.sweep_interval {
+        serve.extend(["--sweep-interval".to_owned(), sweep.clone()]);
+    }
+    let serve: Vec<&str> = serve.iter().map(String::as_str).collect();
+    let coordinator = Coordinator::start_with(&moto, &serve).await;
+    let created = coordinator.create_cluster(CLUSTER).await;
+    let (token, mut instances) = if args.byon {
+        let minted: muster_proto::ByonTokenResponse = coordinator
+            .admin_json(&["cluster", "byon-token", CLUSTER])
+            .await;
+        (minted.byon_token, byon_machines(args.nodes))
+    } else {
+        let client = ec2::client(&moto.endpoint()).await;
+        (created.join_token, launch(&client, args.nodes).await?)
+    };
 
     let http = agent_client(&coordinator)?;
     let url = coordinator.url();
     let rss_before = rss_kib(coordinator.pid());
     let anon_before = rss_anon_kib(coordinator.pid());
 
+    // With the EC2 cache, the first register starts the region's listing;
+    // the rest wait for it to hold every instance.
+    let mut registered = Vec::new();
+    let mut registering = Duration::ZERO;
+    let mut listing = None;
+    if args.ec2_cache_refresh.is_some() {
+        let rest = instances.split_off(1);
+        let started = Instant::now();
+        registered = register(&http, &url, &token, std::mem::replace(&mut instances, rest)).await?;
+        registering += started.elapsed();
+        let started = Instant::now();
+        let want = args.nodes as u64;
+        let sample = "muster_ec2_cache_instances{region=\"us-east-1\"}";
+        while coordinator.metric(sample).await < want {
+            anyhow::ensure!(
+                started.elapsed() < LISTING_PATIENCE,
+                "the EC2 cache did not list {want} instances in {LISTING_PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tokio::time::sleep(SETTLE).await;
+        listing = Some((started.elapsed(), rss_anon_kib(coordinator.pid())));
+    }
+
     // Registers in two halves, each node then heartbeating once so that
     // it holds its facts: the memory the second half adds is the marginal
     // cost of a node, free of what the first registers load once (the
     // SDK's clients, code paths first taken).
-    let mut first = instances;
-    let second = first.split_off(first.len() / 2);
+    let second = instances.split_off((args.nodes / 2).saturating_sub(registered.len()));
     let started = Instant::now();
-    let mut registered = register(&http, &url, &token, first).await?;
-    let mut registering = started.elapsed();
+    registered.extend(register(&http, &url, &token, instances).await?);
+    registering += started.elapsed();
     beat_each(&http, &url, &registered).await?;
     // The zone is rebuilt after the last register: let that settle, so
     // that neither sample catches two zones alive at once.
@@ -395,6 +514,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(SETTLE).await;
     let anon_full = rss_anon_kib(coordinator.pid());
     let marginal = anon_full.saturating_sub(anon_half) as f64 / added.len() as f64;
+    let added_count = added.len();
     registered.extend(added);
     let register_rate = registered.len() as f64 / registering.as_secs_f64();
 
@@ -427,11 +547,86 @@ async fn main() -> anyhow::Result<()> {
     let rss_after = rss_kib(coordinator.pid());
     let anon_after = rss_anon_kib(coordinator.pid());
 
-    // The fleet: one simulated agent per node, on its own connection.
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let fleet = if args.fleet {
+        Some(fleet(&coordinator, &nodes, args.seconds).await?)
+    } else {
+        None
+    };
+
+    if let Some(fleet) = &fleet {
+        let offered = nodes.len() as f64 / (nodes[0].interval + nodes[0].jitter / 2).as_secs_f64();
+        println!(
+            "| P1 | heartbeats/s of a paced fleet: {} simulated agents, each on its own HTTPS connection, every {} s plus up to {} ms of jitter (about {offered:.0}/s offered) for {} s, generator on the same 2 cores; latencies from the second interval on, once every agent has opened its connection | {} |",
+            nodes.len(),
+            nodes[0].interval.as_secs_f64(),
+            nodes[0].jitter.as_millis(),
+            args.seconds,
+            fleet.figures(),
+        );
+    }
+    let checked = match (&args.ec2_cache_refresh, args.byon) {
+        (_, true) => "bring-your-own machines, which EC2 is never asked about".to_owned(),
+        (Some(refresh), false) => {
+            format!("each confirmed by the EC2 cache's listing, refreshed every {refresh}")
+        }
+        (None, false) => "each checked against moto".to_owned(),
+    };
+    println!(
+        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers back to back for {} s, generator on the same 2 cores | {} (registers beforehand: {register_rate:.0}/s, {checked}) |",
+        nodes.len(),
+        args.concurrency,
+        args.seconds,
+        flood.figures(),
+    );
+    let per_node =
+        |after: u64, before: u64| after.saturating_sub(before) as f64 / nodes.len() as f64;
+    let listed = match listing {
+        Some((took, anon)) => format!(
+            "; the EC2 cache's listing of all {} instances, read {:.0} s after the first register, took {:.1} → {:.1} MiB before the registers",
+            nodes.len(),
+            took.as_secs_f64(),
+            anon_before as f64 / 1024.0,
+            anon as f64 / 1024.0,
+        ),
+        None => String::new(),
+    };
+    println!(
+        "| P8 | coordinator memory per node: {} {}nodes registered, each with host facts in memory (the growth of anonymous RSS, the heap and stacks, not the executable's pages) | marginal {marginal:.2} KiB per node (the second {added_count} registers: {:.1} → {:.1} MiB); on average {:.2} KiB per node from before the first register to after the flood ({:.1} → {:.1} MiB, {} connections open; all RSS, with the executable's pages: {:.2} KiB per node){listed} |",
+        nodes.len(),
+        if args.byon { "bring-your-own " } else { "" },
+        anon_half as f64 / 1024.0,
+        anon_full as f64 / 1024.0,
+        per_node(anon_after, anon_before),
+        anon_before as f64 / 1024.0,
+        anon_after as f64 / 1024.0,
+        args.concurrency,
+        per_node(rss_after, rss_before),
+    );
+    if let Some(fleet) = &fleet {
+        println!(
+            "| P8 | coordinator memory per node with every node's agent connected ({} nodes, each on its own HTTPS connection: the fleet phase's peak) | {:.2} KiB anonymous RSS per node ({:.1} MiB at the peak) |",
+            nodes.len(),
+            per_node(fleet.peak_anon_kib, anon_before),
+            fleet.peak_anon_kib as f64 / 1024.0,
+        );
+    }
+    drop(coordinator);
+    drop(moto);
+    Ok(())
+}
+
+/// The fleet: one simulated agent per node, on its own connection, for
+/// `seconds`.
+async fn fleet(
+    coordinator: &Coordinator,
+    nodes: &Arc<Vec<Node>>,
+    seconds: u64,
+) -> anyhow::Result<Phase> {
+    let url = coordinator.url();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut agents = tokio::task::JoinSet::new();
     for index in 0..nodes.len() {
-        let http = agent_client(&coordinator)?;
+        let http = agent_client(coordinator)?;
         let (url, nodes) = (url.clone(), nodes.clone());
         agents.spawn(async move {
             let node = &nodes[index];
@@ -461,45 +656,5 @@ async fn main() -> anyhow::Result<()> {
             (latencies, answered, errors)
         });
     }
-    let fleet = Phase::measure(&coordinator, agents).await?;
-
-    let offered = nodes.len() as f64 / (nodes[0].interval + nodes[0].jitter / 2).as_secs_f64();
-    println!(
-        "| P1 | heartbeats/s of a paced fleet: {} simulated agents, each on its own HTTPS connection, every {} s plus up to {} ms of jitter (about {offered:.0}/s offered) for {} s, generator on the same 2 cores; latencies from the second interval on, once every agent has opened its connection | {} |",
-        nodes.len(),
-        nodes[0].interval.as_secs_f64(),
-        nodes[0].jitter.as_millis(),
-        args.seconds,
-        fleet.figures(),
-    );
-    println!(
-        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers back to back for {} s, generator on the same 2 cores | {} (registers beforehand: {register_rate:.0}/s, each checked against moto) |",
-        nodes.len(),
-        args.concurrency,
-        args.seconds,
-        flood.figures(),
-    );
-    let per_node =
-        |after: u64, before: u64| after.saturating_sub(before) as f64 / nodes.len() as f64;
-    println!(
-        "| P8 | coordinator memory per node: {} nodes registered, each with host facts in memory (the growth of anonymous RSS, the heap and stacks, not the executable's pages) | marginal {marginal:.2} KiB per node (the second {} registers: {:.1} → {:.1} MiB); on average {:.2} KiB per node from before the first register to after the flood ({:.1} → {:.1} MiB, {} connections open; all RSS, with the executable's pages: {:.2} KiB per node) |",
-        nodes.len(),
-        nodes.len() - nodes.len() / 2,
-        anon_half as f64 / 1024.0,
-        anon_full as f64 / 1024.0,
-        per_node(anon_after, anon_before),
-        anon_before as f64 / 1024.0,
-        anon_after as f64 / 1024.0,
-        args.concurrency,
-        per_node(rss_after, rss_before),
-    );
-    println!(
-        "| P8 | coordinator memory per node with every node's agent connected ({} nodes, each on its own HTTPS connection: the fleet phase's peak) | {:.2} KiB anonymous RSS per node ({:.1} MiB at the peak) |",
-        nodes.len(),
-        per_node(fleet.peak_anon_kib, anon_before),
-        fleet.peak_anon_kib as f64 / 1024.0,
-    );
-    drop(coordinator);
-    drop(moto);
-    Ok(())
+    Phase::measure(coordinator, agents).await
 }
