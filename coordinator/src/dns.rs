@@ -20,11 +20,15 @@
 //! set to the providers that write to another server
 //! ([`crate::dns_reconcile`]). There the wildcard is an explicit
 //! `*.n.c.z` CNAME record; here it is synthesised by [`ZoneData::lookup`].
+//! The set is kept for subscribers only: with the embedded server alone it
+//! would hold every name a second time, so until the first subscriber
+//! comes it is dropped after each build, and the first subscriber gets it
+//! rebuilt from the snapshot ([`ZoneData::desired`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -190,13 +194,23 @@ pub struct ZoneData {
     soa: Record,
     ns: Record,
     ttl: u32,
-    a: HashMap<LowerName, Vec<Ipv4Addr>>,
-    /// Public node names: anything beneath one is a CNAME to it.
-    wildcard_targets: HashSet<LowerName>,
+    /// Every name with A records, with them; a public node name is marked
+    /// as a wildcard target (anything beneath it is a CNAME to it), so
+    /// that its name is held once.
+    a: HashMap<LowerName, Owned>,
     /// The names that exist without records of their own (the apex and
     /// empty non-terminals): a name exists if it is here or in `a`. Kept
     /// apart so that no node's name is held twice.
     names: HashSet<LowerName>,
+}
+
+/// What one name of the snapshot holds.
+#[derive(Debug)]
+struct Owned {
+    /// Its A records; empty only for a wildcard target without any.
+    ips: Box<[Ipv4Addr]>,
+    /// Whether `*.name` is a CNAME to the name.
+    wildcard_target: bool,
 }
 
 /// The answer to one question.
@@ -246,17 +260,26 @@ impl ZoneData {
             ttl,
             RData::NS(NS(origin.prepend_label("ns")?)),
         );
-        let mut a: HashMap<LowerName, Vec<Ipv4Addr>> = HashMap::new();
-        let mut wildcard_targets = HashSet::new();
+        let with_a = records
+            .values()
+            .filter(|r| matches!(r, RecordData::A(_)))
+            .count();
+        let mut a: HashMap<LowerName, Owned> = HashMap::with_capacity(with_a);
+        fn owned(a: &mut HashMap<LowerName, Owned>, name: LowerName) -> &mut Owned {
+            a.entry(name).or_insert_with(|| Owned {
+                ips: Box::default(),
+                wildcard_target: false,
+            })
+        }
         for (name, data) in records {
             match data {
                 RecordData::A(ips) => {
-                    a.insert(LowerName::from(name), ips.clone());
+                    owned(&mut a, LowerName::from(name)).ips = ips.as_slice().into()
                 }
                 // The wildcard is synthesised in `lookup`: what matters here
                 // is the name it points at.
                 RecordData::Cname(_) if name.is_wildcard() => {
-                    wildcard_targets.insert(LowerName::from(&name.base_name()));
+                    owned(&mut a, LowerName::from(&name.base_name())).wildcard_target = true;
                 }
                 RecordData::Cname(_) => {}
             }
@@ -281,7 +304,6 @@ impl ZoneData {
             ns,
             ttl,
             a,
-            wildcard_targets,
             names,
         })
     }
@@ -303,9 +325,9 @@ impl ZoneData {
             };
             return self.positive_or_nodata(answers);
         }
-        if let Some(ips) = self.a.get(qname) {
+        if let Some(owned) = self.a.get(qname) {
             let answers = if matches!(qtype, RecordType::A | RecordType::ANY) {
-                self.a_records(&Name::from(qname), ips)
+                self.a_records(&Name::from(qname), &owned.ips)
             } else {
                 Vec::new()
             };
@@ -318,7 +340,8 @@ impl ZoneData {
         // node name, the answer is a CNAME to it (RFC 4592 synthesis).
         let mut ancestor = qname.base_name();
         while self.origin.zone_of(&ancestor) {
-            if self.wildcard_targets.contains(&ancestor) {
+            let owned = self.a.get(&ancestor);
+            if owned.is_some_and(|o| o.wildcard_target) {
                 let target = Name::from(&ancestor);
                 let mut answers = vec![Record::from_rdata(
                     Name::from(qname),
@@ -326,8 +349,8 @@ impl ZoneData {
                     RData::CNAME(CNAME(target.clone())),
                 )];
                 if matches!(qtype, RecordType::A | RecordType::ANY) {
-                    if let Some(ips) = self.a.get(&ancestor) {
-                        answers.extend(self.a_records(&target, ips));
+                    if let Some(owned) = owned {
+                        answers.extend(self.a_records(&target, &owned.ips));
                     }
                 }
                 return Answer {
@@ -336,7 +359,7 @@ impl ZoneData {
                     ..Answer::default()
                 };
             }
-            if self.names.contains(&ancestor) || self.a.contains_key(&ancestor) {
+            if owned.is_some() || self.names.contains(&ancestor) {
                 break;
             }
             ancestor = ancestor.base_name();
@@ -346,6 +369,27 @@ impl ZoneData {
             soa: vec![self.soa.clone()],
             ..Answer::default()
         }
+    }
+
+    /// The records this snapshot answers, as [`desired_records`] gave
+    /// them: every A record, and the wildcard CNAME of every public node
+    /// name. Names are kept in lower case, as the model makes them.
+    pub fn desired(&self) -> DesiredRecords {
+        let mut records: Vec<(Name, RecordData)> = Vec::with_capacity(2 * self.a.len());
+        for (name, owned) in &self.a {
+            let name = Name::from(name);
+            if owned.wildcard_target {
+                match name.prepend_label("*") {
+                    Ok(wildcard) => records.push((wildcard, RecordData::Cname(name.to_ascii()))),
+                    // It was built by prepending "*" to this very name.
+                    Err(error) => tracing::error!(%name, %error, "wildcard name lost"),
+                }
+            }
+            if !owned.ips.is_empty() {
+                records.push((name, RecordData::A(owned.ips.to_vec())));
+            }
+        }
+        collect_records(records)
     }
 
     fn a_records(&self, name: &Name, ips: &[Ipv4Addr]) -> Vec<Record> {
@@ -381,6 +425,9 @@ pub struct Zone {
     current: RwLock<Arc<ZoneData>>,
     queries: AtomicU64,
     desired: watch::Sender<Arc<DesiredRecords>>,
+    /// Whether anyone subscribed to `desired`; until then it stays empty.
+    /// Changed only under `current`'s write lock.
+    desired_wanted: AtomicBool,
     provider_status: Mutex<Option<ProviderStatus>>,
 }
 
@@ -413,6 +460,7 @@ impl Zone {
             current: RwLock::new(Arc::new(data)),
             queries: AtomicU64::new(0),
             desired: watch::Sender::new(Arc::new(DesiredRecords::new())),
+            desired_wanted: AtomicBool::new(false),
             provider_status: Mutex::new(None),
         })
     }
@@ -428,8 +476,12 @@ impl Zone {
         match built {
             Ok((desired, data)) => {
                 let records = data.a.len();
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(data);
-                self.desired.send_replace(Arc::new(desired));
+                let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+                *current = Arc::new(data);
+                if self.desired_wanted.load(Ordering::Relaxed) {
+                    self.desired.send_replace(Arc::new(desired));
+                }
+                drop(current);
                 tracing::debug!(serial, records, "dns zone published");
             }
             // Every label was validated on the way in; a failure here is a bug,
@@ -467,7 +519,15 @@ impl Zone {
     /// receiver sees only the newest set: sets published while it was busy
     /// are skipped, which is what a reconciler wants (the last one wins).
     pub fn subscribe(&self) -> watch::Receiver<Arc<DesiredRecords>> {
-        self.desired.subscribe()
+        // Under the write lock, so that no publish slips between the
+        // snapshot read here and the set sent.
+        let current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if !self.desired_wanted.swap(true, Ordering::Relaxed) {
+            self.desired.send_replace(Arc::new(current.desired()));
+        }
+        let receiver = self.desired.subscribe();
+        drop(current);
+        receiver
     }
 
     /// How far an external provider has got with the desired records;
@@ -783,6 +843,33 @@ mod tests {
         assert_eq!(a_of(&down), vec![Ipv4Addr::new(54, 0, 0, 2)]);
         let gone = data.lookup(&q("gone.web.muster.test."), RecordType::A);
         assert_eq!(gone.code, ResponseCode::NXDomain);
+    }
+
+    /// Without a subscriber the desired set is not kept; the first
+    /// subscriber gets it rebuilt from the snapshot, equal to the model's,
+    /// and every publish after that.
+    #[test]
+    fn desired_set_is_kept_for_subscribers_only() {
+        let zone = Zone::new("muster.test", 30).unwrap();
+        let first = [
+            node("web", "n1", NodeState::Deployed, Some([54, 0, 0, 1])),
+            node("web", "n22", NodeState::Deployed, None),
+            node("db", "d1", NodeState::Unreachable, Some([54, 0, 0, 9])),
+        ];
+        zone.publish(&first);
+        assert!(zone.desired.borrow().is_empty(), "not kept unasked");
+        let mut subscriber = zone.subscribe();
+        assert_eq!(
+            **subscriber.borrow_and_update(),
+            desired_records(zone.name(), &first).unwrap()
+        );
+        let second = [node("web", "n1", NodeState::Deployed, Some([54, 0, 0, 2]))];
+        zone.publish(&second);
+        assert!(subscriber.has_changed().unwrap());
+        assert_eq!(
+            **subscriber.borrow_and_update(),
+            desired_records(zone.name(), &second).unwrap()
+        );
     }
 
     /// Publishing swaps the answers at once and raises the serial.

@@ -282,16 +282,19 @@ pub struct LaunchContext {
 /// what heartbeats bring (never written to disk).
 #[derive(Debug, Clone)]
 struct LiveNode {
-    cluster: String,
+    /// Shared by every node of the cluster ([`Live::intern`]).
+    cluster: Arc<str>,
     name: String,
     instance_id: String,
-    region: String,
+    /// Shared by every node of the region.
+    region: Arc<str>,
     /// A bring-your-own node: EC2 is never asked about it.
     byon: bool,
     state: NodeState,
     private_ipv4: Option<Ipv4Addr>,
     public_ipv4: Option<Ipv4Addr>,
-    credential_hash: Option<String>,
+    /// The credential's SHA-256, as the index keys it.
+    credential_hash: Option<SecretDigest>,
     last_seen: Option<SystemTime>,
     /// When the agent was last heard, or when this coordinator started:
     /// every node gets one full grace after a restart.
@@ -306,30 +309,44 @@ struct LiveNode {
 #[derive(Debug, Default)]
 struct Live {
     nodes: HashMap<i64, LiveNode>,
-    by_credential: HashMap<String, i64>,
+    by_credential: HashMap<SecretDigest, i64>,
+    /// Cluster and region names, each held once.
+    interned: std::collections::HashSet<Arc<str>>,
 }
 
 impl Live {
+    /// `text`, shared with every other holder of the same text.
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.interned.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.interned.insert(shared.clone());
+        shared
+    }
+
     fn upsert(&mut self, node: &Node) {
         let previous = self.nodes.remove(&node.id);
         if let Some(old_hash) = previous.as_ref().and_then(|p| p.credential_hash.as_ref()) {
             self.by_credential.remove(old_hash);
         }
-        if let Some(hash) = &node.credential_hash {
-            self.by_credential.insert(hash.clone(), node.id);
+        let credential_hash = node.credential_hash.as_deref().and_then(stored_digest);
+        if let Some(hash) = credential_hash {
+            self.by_credential.insert(hash, node.id);
         }
+        let (cluster, region) = (self.intern(&node.cluster), self.intern(&node.region));
         self.nodes.insert(
             node.id,
             LiveNode {
-                cluster: node.cluster.clone(),
+                cluster,
                 name: node.name.clone(),
                 instance_id: node.instance_id.clone(),
-                region: node.region.clone(),
+                region,
                 byon: node.byon,
                 state: node.state,
                 private_ipv4: node.private_ipv4,
                 public_ipv4: node.public_ipv4,
-                credential_hash: node.credential_hash.clone(),
+                credential_hash,
                 last_seen: previous.as_ref().and_then(|p| p.last_seen),
                 last_heard: previous
                     .as_ref()
@@ -353,7 +370,7 @@ impl Live {
         self.nodes
             .values()
             .map(|n| NodeRecordSource {
-                cluster: n.cluster.clone(),
+                cluster: n.cluster.to_string(),
                 name: n.name.clone(),
                 state: n.state,
                 private_ipv4: n.private_ipv4,
@@ -492,13 +509,29 @@ pub struct Registry {
     pub counters: Counters,
 }
 
-/// SHA-256 of a secret, hex encoded: what the store keeps. Every
-/// heartbeat hashes its credential: ring's assembly keeps that cheap.
+/// The SHA-256 of a secret.
+type SecretDigest = [u8; 32];
+
+/// SHA-256 of a secret. Every heartbeat hashes its credential: ring's
+/// assembly keeps that cheap.
+fn digest_secret(secret: &str) -> SecretDigest {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// SHA-256 of a secret, hex encoded: what the store keeps. Memory keeps
+/// the 32 bytes ([`stored_digest`]).
 pub fn hash_secret(secret: &str) -> String {
-    hex::encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        secret.as_bytes(),
-    ))
+    hex::encode(digest_secret(secret))
+}
+
+/// The digest a stored hex hash names; `None` if it is not one.
+fn stored_digest(hex_hash: &str) -> Option<SecretDigest> {
+    let mut out = [0; 32];
+    hex::decode_to_slice(hex_hash, &mut out).ok()?;
+    Some(out)
 }
 
 /// A fresh random secret of `kind`.
@@ -1017,7 +1050,7 @@ impl Registry {
                 let live = self.live();
                 let node = live
                     .by_credential
-                    .get(&hash_secret(bearer))
+                    .get(&digest_secret(bearer))
                     .and_then(|id| live.nodes.get(id))
                     .ok_or_else(|| {
                         RegistryError::Unauthorized("the node credential is not valid".into())
@@ -1028,7 +1061,7 @@ impl Registry {
                         claimed: req.instance_id.clone(),
                     });
                 }
-                if node.cluster != req.cluster {
+                if *node.cluster != *req.cluster {
                     return Err(RegistryError::Unauthorized(format!(
                         "the node credential belongs to cluster {:?}, not {:?}",
                         node.cluster, req.cluster
@@ -1208,7 +1241,7 @@ impl Registry {
                 "a heartbeat needs \"Authorization: Bearer <node credential>\"".into(),
             ));
         }
-        let hash = hash_secret(bearer);
+        let hash = digest_secret(bearer);
         let lookup = |live: &Live| -> Result<(i64, LiveNode), RegistryError> {
             let id = *live.by_credential.get(&hash).ok_or_else(|| {
                 RegistryError::Unauthorized("the node credential is not valid".into())
@@ -1227,7 +1260,7 @@ impl Registry {
         let (id, node) = lookup(&self.live())?;
         if matches!(node.state, NodeState::Terminating | NodeState::Terminated) {
             return Err(RegistryError::NodeTerminated {
-                cluster: node.cluster,
+                cluster: node.cluster.to_string(),
                 node: node.name,
                 state: node.state,
             });
@@ -1417,7 +1450,7 @@ impl Registry {
         for (id, node) in self.live().nodes.iter() {
             if node.state != NodeState::Terminated && !node.byon {
                 by_region
-                    .entry(node.region.clone())
+                    .entry(node.region.to_string())
                     .or_default()
                     .push((*id, node.instance_id.clone()));
             }
@@ -1567,6 +1600,11 @@ mod tests {
             hash_secret("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        assert_eq!(
+            stored_digest(&hash_secret("abc")),
+            Some(digest_secret("abc"))
+        );
+        assert_eq!(stored_digest("ba78"), None);
     }
 
     /// Stands in for EC2 in these unit tests only: a fixed table of
@@ -1704,6 +1742,49 @@ mod tests {
             vec![ip]
         );
         assert_eq!(registry.node("web", ID).unwrap().events.len(), 1);
+    }
+
+    /// A claim the cache confirms asks EC2 nothing; one it does not confirm
+    /// is decided by EC2 alone, whether EC2 then agrees or refuses.
+    #[tokio::test]
+    async fn the_cache_confirms_and_ec2_decides_the_rest() {
+        let (registry, table, token) = setup();
+        let old = Some(Ipv4Addr::new(54, 0, 0, 1));
+        let eip = Ipv4Addr::new(54, 0, 0, 2);
+        let new = Some(eip);
+        let describes = || table.2.load(Ordering::Relaxed);
+        table.1.lock().unwrap().insert(ID.into(), running(old));
+        let credential = registry
+            .register(&token, register_req(old))
+            .await
+            .unwrap()
+            .credential;
+        assert_eq!(describes(), 0, "the listing confirmed the register");
+
+        // An Elastic IP the listing does not know yet: EC2 confirms it.
+        table.0.lock().unwrap().insert(ID.into(), running(new));
+        registry
+            .heartbeat(&credential, heartbeat_req(new))
+            .await
+            .unwrap();
+        assert_eq!(describes(), 1);
+        assert_eq!(
+            answer(&registry, &format!("{ID}.web.muster.test.")),
+            vec![eip]
+        );
+
+        // The listing does not bear the claim out (the instance carries
+        // another cluster's tag): EC2 is asked, and its refusal stands.
+        let mut other = running(new);
+        other.cluster_tag = Some("db".into());
+        table.1.lock().unwrap().insert(ID.into(), other.clone());
+        table.0.lock().unwrap().insert(ID.into(), other);
+        let err = registry
+            .register(&token, register_req(new))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "cluster_tag_mismatch");
+        assert_eq!(describes(), 2);
     }
 
     /// Every kind of bad claim is refused with its own code and stores nothing.

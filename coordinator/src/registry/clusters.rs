@@ -273,7 +273,7 @@ impl Registry {
         let gone: Vec<i64> = live
             .nodes
             .iter()
-            .filter(|(_, n)| n.cluster == cluster)
+            .filter(|(_, n)| *n.cluster == *cluster)
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
