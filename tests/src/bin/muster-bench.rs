@@ -16,9 +16,18 @@
 //!   nodes' public and internal names move), written by the real
 //!   reconcile loop and Route53 provider in this process into moto's
 //!   Route53 behind a counting proxy; timed until every record reads back
-//!   through the SDK; once as moto answers (it never throttles), once with
-//!   `Throttling` injected by the proxy. `--only p7` runs just this one,
-//!   `--p7-nodes N` changes its size.
+//!   through the SDK, as moto answers (it never throttles); then a zone of
+//!   500 nodes once more, with `Throttling` injected by the proxy, to show
+//!   the retries. `--only p7` runs just this one, `--p7-nodes N` changes
+//!   the big zone's size.
+//!
+//! The big zone's set-up is minutes of moto's work on one core. It starts
+//! first and runs beside P6, P5 and P4, whose figures are call counts,
+//! timers and the agent's own CPU time, and beside the agent's release
+//! build: `scripts/bench` builds the agent meanwhile and puts it in
+//! `MUSTER_BIN_DIR` when done, and the agent phases wait for it. P7's
+//! rounds, P3 and P2 run alone. This keeps `scripts/bench` within 15
+//! minutes on a slow machine.
 //!
 //! Figures are medians and percentiles; the machine is shared and noisy, so
 //! read them with the coordinator's CPU use printed beside them. It prints
@@ -219,7 +228,33 @@ async fn p7_read_back(
 
 /// P7: one storm of `2 × nodes` A records changing at once (plus the round
 /// robins); returns its Markdown rows.
-async fn p7(nodes: usize) -> anyhow::Result<Vec<String>> {
+/// A Route53 zone in moto, written by the real reconcile loop and
+/// provider, every name of `nodes` nodes in it (round 0).
+struct P7Scene {
+    nodes: usize,
+    clusters: usize,
+    names: usize,
+    client: aws_sdk_route53::Client,
+    zone_id: String,
+    zone: Arc<Zone>,
+    provider: Arc<Route53>,
+    task: tokio::task::JoinHandle<()>,
+    setup: Duration,
+    // Dropped last: the proxy and moto the rest talk to.
+    _dir: tempfile::TempDir,
+    proxy: Route53Proxy,
+    _moto: Moto,
+}
+
+impl Drop for P7Scene {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts moto, the proxy, the provider and the reconcile loop, and
+/// writes every name of `nodes` nodes: the set-up, timed.
+async fn p7_setup(nodes: usize) -> anyhow::Result<P7Scene> {
     let moto = Moto::start().await;
     let proxy = Route53Proxy::start(moto.endpoint(), 0).await;
     let client = route53::client(&moto.endpoint()).await;
@@ -258,84 +293,201 @@ async fn p7(nodes: usize) -> anyhow::Result<Vec<String>> {
     );
     let clusters = nodes.div_ceil(P7_CLUSTER_SIZE);
     let names = 3 * nodes + clusters;
-
-    // Every name written once: the set-up, timed for the record.
     let started = Instant::now();
     zone.publish(&(0..nodes).map(|i| p7_node(i, 0)).collect::<Vec<_>>());
     p7_status(&zone, |s| {
         s.applied_names == names && s.pending_changes == 0
     })
     .await?;
-    let setup = started.elapsed();
+    Ok(P7Scene {
+        nodes,
+        clusters,
+        names,
+        client,
+        zone_id,
+        zone,
+        provider,
+        task,
+        setup: started.elapsed(),
+        _dir: dir,
+        proxy,
+        _moto: moto,
+    })
+}
 
-    let mut rows = Vec::new();
-    for (round, throttle) in [(1u8, 0usize), (2, 5)] {
-        proxy.reset();
-        proxy.throttle_next(throttle);
-        let before = zone.provider_status().unwrap_or_default();
-        let throttled_before = provider.throttled_total();
-        let requests_before = provider.requests_total();
-        let changed = 2 * nodes + clusters;
-        let t0 = Instant::now();
-        zone.publish(&(0..nodes).map(|i| p7_node(i, round)).collect::<Vec<_>>());
-        let status = p7_status(&zone, |s| {
-            s.applied_total >= before.applied_total + changed as u64 && s.pending_changes == 0
-        })
-        .await?;
-        let accepted = t0.elapsed();
-        let read = p7_read_back(&client, &zone_id, nodes, round).await? - t0;
-        let calls = proxy.calls();
-        let changes = calls.get("ChangeResourceRecordSets").copied().unwrap_or(0);
-        let moto_time = proxy
-            .upstream_time()
-            .get("ChangeResourceRecordSets")
-            .copied()
-            .unwrap_or_default();
-        let largest = proxy
-            .change_costs()
-            .iter()
-            .map(|c| c.records)
-            .max()
-            .unwrap_or(0);
-        let retries = provider.throttled_total() - throttled_before;
-        let other_calls = provider.requests_total() - requests_before - changes as u64;
-        let what = if throttle == 0 {
-            "as moto answers".to_owned()
-        } else {
-            format!("with the first {throttle} ChangeResourceRecordSets answered `Throttling` by the proxy")
-        };
-        rows.push(format!(
-            "| P7 | Route53 convergence: {changed} A records ({} nodes' public and internal names, {clusters} round robins) changing at once, {what}; real reconcile loop and provider, moto {} record sets, 10 requests/s | every record read back through the SDK {:.1} s after the change (all accepted by Route53 after {:.1} s: {changes} ChangeResourceRecordSets of at most {largest} counted records, moto's own processing {:.1} s; {other_calls} other Route53 calls); {retries} throttling answers seen and retried; last change {} |",
-            nodes,
-            2 * names,
-            read.as_secs_f64(),
-            accepted.as_secs_f64(),
-            moto_time.as_secs_f64(),
-            status
-                .last_change
-                .as_ref()
-                .map(|c| c.status.as_str())
-                .unwrap_or("none"),
-        ));
-    }
+/// Moves every address of `scene` at once (round `round`), the first
+/// `throttle` ChangeResourceRecordSets answered `Throttling`, and times
+/// the convergence: a Markdown row.
+async fn p7_round(scene: &P7Scene, round: u8, throttle: usize) -> anyhow::Result<String> {
+    let (nodes, clusters, proxy, provider) =
+        (scene.nodes, scene.clusters, &scene.proxy, &scene.provider);
+    proxy.reset();
+    proxy.throttle_next(throttle);
+    let before = scene.zone.provider_status().unwrap_or_default();
+    let throttled_before = provider.throttled_total();
+    let requests_before = provider.requests_total();
+    let changed = 2 * nodes + clusters;
+    let t0 = Instant::now();
+    scene
+        .zone
+        .publish(&(0..nodes).map(|i| p7_node(i, round)).collect::<Vec<_>>());
+    let status = p7_status(&scene.zone, |s| {
+        s.applied_total >= before.applied_total + changed as u64 && s.pending_changes == 0
+    })
+    .await?;
+    let accepted = t0.elapsed();
+    let read = p7_read_back(&scene.client, &scene.zone_id, nodes, round).await? - t0;
+    let calls = proxy.calls();
+    let changes = calls.get("ChangeResourceRecordSets").copied().unwrap_or(0);
+    let moto_time = proxy
+        .upstream_time()
+        .get("ChangeResourceRecordSets")
+        .copied()
+        .unwrap_or_default();
+    let largest = proxy
+        .change_costs()
+        .iter()
+        .map(|c| c.records)
+        .max()
+        .unwrap_or(0);
+    let retries = provider.throttled_total() - throttled_before;
+    let other_calls = provider.requests_total() - requests_before - changes as u64;
+    let what = if throttle == 0 {
+        "as moto answers".to_owned()
+    } else {
+        format!(
+            "with the first {throttle} ChangeResourceRecordSets answered `Throttling` by the proxy"
+        )
+    };
+    Ok(format!(
+        "| P7 | Route53 convergence: {changed} A records ({} nodes' public and internal names, {clusters} round robins) changing at once, {what}; real reconcile loop and provider, moto {} record sets, 10 requests/s | every record read back through the SDK {:.1} s after the change (all accepted by Route53 after {:.1} s: {changes} ChangeResourceRecordSets of at most {largest} counted records, moto's own processing {:.1} s; {other_calls} other Route53 calls); {retries} throttling answers seen and retried; last change {} |",
+        nodes,
+        2 * scene.names,
+        read.as_secs_f64(),
+        accepted.as_secs_f64(),
+        moto_time.as_secs_f64(),
+        status
+            .last_change
+            .as_ref()
+            .map(|c| c.status.as_str())
+            .unwrap_or("none"),
+    ))
+}
+
+/// P7: the big zone's set-up (already started, perhaps beside other
+/// phases: `beside` says which), its round as moto answers, then a small
+/// zone's round with throttling injected. The rows.
+async fn p7(
+    big: tokio::task::JoinHandle<anyhow::Result<P7Scene>>,
+    beside: &str,
+) -> anyhow::Result<Vec<String>> {
+    let scene = big.await??;
+    let mut rows = vec![p7_round(&scene, 1, 0).await?];
     rows.push(format!(
-        "| P7 | Route53 set-up for the above: {names} names and their ownership TXTs written into an empty hosted zone | {:.1} s |",
-        setup.as_secs_f64()
+        "| P7 | Route53 set-up for the above: {} names and their ownership TXTs written into an empty hosted zone{beside} | {:.1} s |",
+        scene.names,
+        scene.setup.as_secs_f64()
     ));
-    task.abort();
+    drop(scene);
+    // The retries need no big zone: a small one keeps the run short.
+    let small = p7_setup(P7_THROTTLED_NODES).await?;
+    rows.push(p7_round(&small, 1, P7_THROTTLED).await?);
     Ok(rows)
+}
+
+/// Nodes in P7's throttled round, and the calls answered `Throttling`.
+const P7_THROTTLED_NODES: usize = 500;
+const P7_THROTTLED: usize = 5;
+
+/// Waits for the agent under test: `scripts/bench` builds the release
+/// agent while the first phases run, and puts it at its path when done
+/// (or `<path>.failed` if the build failed).
+async fn wait_for_agent() -> anyhow::Result<()> {
+    let path = muster_tests::procs::bin_path("muster-agent");
+    let failed = path.with_extension("failed");
+    let started = Instant::now();
+    while !path.exists() {
+        anyhow::ensure!(
+            !failed.exists(),
+            "the agent's build failed ({})",
+            failed.display()
+        );
+        anyhow::ensure!(
+            started.elapsed() < AGENT_PATIENCE,
+            "no agent at {} after {AGENT_PATIENCE:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+/// How long [`wait_for_agent`] waits.
+const AGENT_PATIENCE: Duration = Duration::from_secs(1800);
+
+/// One fresh instance with its IMDS and an agent at defaults, timed from
+/// the agent's start until its DNS name answers its public address.
+struct Started {
+    id: String,
+    name: String,
+    agent: Agent,
+    imds: Imds,
+    took: Duration,
+}
+
+async fn start_agent(
+    client: &aws_sdk_ec2::Client,
+    coordinator: &Coordinator,
+    resolver: &muster_tests::Resolver,
+    token: &str,
+) -> anyhow::Result<Started> {
+    let id = ec2::launch_instance(client, CLUSTER).await;
+    let public = ec2::describe(client, &id).await.public_ipv4;
+    let imds = Imds::start(client.clone(), &id).await;
+    let started = Instant::now();
+    let agent = Agent::start_with_poll(coordinator, &imds, CLUSTER, token, DEFAULT_POLL);
+    let name = muster_proto::node_dns_name(&id, CLUSTER, muster_tests::ZONE);
+    let answer = wait_until(
+        PATIENCE,
+        Duration::from_millis(5),
+        || resolver.a(&name),
+        |a| {
+            a.as_ref()
+                .is_ok_and(|a| public.is_some_and(|ip| a.a == vec![ip]))
+        },
+    )
+    .await?;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        public.is_some_and(|ip| answer.a == vec![ip]),
+        "the agent never registered:\n{}",
+        agent.logs()
+    );
+    Ok(Started {
+        id,
+        name,
+        agent,
+        imds,
+        took,
+    })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
-    let p7_rows = p7(args.p7_nodes).await?;
+    // P7's set-up is minutes of moto's work on one core. It starts first
+    // and runs beside the phases whose figures are counts, timers or the
+    // agent's own CPU time (P6, P5, P4), and beside the agent's release
+    // build, which `scripts/bench` runs meanwhile. P7's rounds, P3 and P2
+    // run alone.
+    let p7_big = tokio::spawn(p7_setup(args.p7_nodes));
     if args.only_p7 {
-        for row in p7_rows {
+        for row in p7(p7_big, "").await? {
             println!("{row}");
         }
         return Ok(());
     }
+    let mut rows = Vec::new();
     let moto = Moto::start().await;
 
     for (region, n) in [("us-west-2", 60), ("eu-west-1", 100)] {
@@ -344,83 +496,22 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .map(|(action, calls)| format!("{action} {calls}"))
             .collect();
-        println!(
+        rows.push(format!(
             "| P6 | EC2 calls of `cluster create --count {n}` in a fresh region (counted by a proxy in front of moto) | {total} calls: {} |",
             breakdown.join(", ")
-        );
+        ));
     }
 
+    wait_for_agent().await?;
     let coordinator = Coordinator::start(&moto).await;
     let token = coordinator.create_cluster(CLUSTER).await.join_token;
     let client = ec2::client(&moto.endpoint()).await;
     let resolver = coordinator.resolver();
 
-    // P3: agent start → registered and DNS answering, each run a fresh
-    // instance; the last run's agent goes on for P2 and P5.
-    let mut starts = Vec::with_capacity(P3_RUNS);
-    let mut last = None;
-    for _ in 0..P3_RUNS {
-        // The run before stops first: its agent, then its IMDS.
-        drop(last.take());
-        let id = ec2::launch_instance(&client, CLUSTER).await;
-        let public = ec2::describe(&client, &id).await.public_ipv4;
-        let imds = Imds::start(client.clone(), &id).await;
-        let started = Instant::now();
-        let agent = Agent::start_with_poll(&coordinator, &imds, CLUSTER, &token, DEFAULT_POLL);
-        let name = muster_proto::node_dns_name(&id, CLUSTER, muster_tests::ZONE);
-        let answer = wait_until(
-            PATIENCE,
-            Duration::from_millis(5),
-            || resolver.a(&name),
-            |a| {
-                a.as_ref()
-                    .is_ok_and(|a| public.is_some_and(|ip| a.a == vec![ip]))
-            },
-        )
-        .await?;
-        let elapsed = started.elapsed();
-        anyhow::ensure!(
-            public.is_some_and(|ip| answer.a == vec![ip]),
-            "the agent never registered:\n{}",
-            agent.logs()
-        );
-        starts.push(elapsed);
-        last = Some((id, name, agent, imds));
-    }
-    starts.sort();
-    let (id, name, agent, imds) = last.expect("P3_RUNS is at least 1");
-
-    // P2: Elastic IP → DNS, agent at defaults, nothing restarted.
-    let coordinator_cpu_before = cpu_time(coordinator.pid());
-    let wall_before = Instant::now();
-    let mut trials = Vec::with_capacity(args.trials);
-    for _ in 0..args.trials {
-        // A random phase against the agent's poll: associating right after
-        // the last change was seen would always land at the same point of
-        // the poll cycle and skew every trial the same way.
-        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 1000)).await;
-        let eip = ec2::associate_new_eip(&client, &id).await;
-        let t0 = Instant::now();
-        let answer = wait_until(
-            PATIENCE,
-            Duration::from_millis(10),
-            || resolver.a(&name),
-            |a| a.as_ref().is_ok_and(|a| a.a == vec![eip]),
-        )
-        .await?;
-        anyhow::ensure!(
-            answer.a == vec![eip],
-            "DNS never answered {eip}:\n{}",
-            agent.logs()
-        );
-        trials.push(t0.elapsed());
-    }
-    let coordinator_cpu = (cpu_time(coordinator.pid()) - coordinator_cpu_before).as_secs_f64()
-        / wall_before.elapsed().as_secs_f64()
-        * 100.0;
-    trials.sort();
-
-    // P5: the agent idle (heartbeats and IMDS polls only).
+    // P5: an agent idle (heartbeats and IMDS polls only).
+    let Started {
+        id, agent, imds, ..
+    } = start_agent(&client, &coordinator, &resolver, &token).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu0 = cpu_time(agent.pid());
     let t0 = Instant::now();
@@ -433,22 +524,6 @@ async fn main() -> anyhow::Result<()> {
         (cpu_time(agent.pid()) - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
     rss.sort_unstable();
     let rss_median = rss.get(rss.len() / 2).copied().unwrap_or(0);
-
-    println!(
-        "| P2 | Elastic IP associated in moto → embedded DNS answers it ({} trials at random phases, agent defaults: 1 s IMDS poll) | p50 {} ms, p99 {} ms, max {} ms; coordinator CPU {:.1} % of a core during the trials |",
-        trials.len(),
-        percentile(&trials, 50.0).as_millis(),
-        percentile(&trials, 99.0).as_millis(),
-        trials.last().copied().unwrap_or_default().as_millis(),
-        coordinator_cpu
-    );
-    println!(
-        "| P3 | agent process start → registered and its DNS name answering ({} runs, each a fresh instance) | median {} ms (min {} ms, max {} ms) |",
-        starts.len(),
-        percentile(&starts, 50.0).as_millis(),
-        starts.first().copied().unwrap_or_default().as_millis(),
-        starts.last().copied().unwrap_or_default().as_millis(),
-    );
     let size = args
         .agent_release
         .as_ref()
@@ -460,12 +535,12 @@ async fn main() -> anyhow::Result<()> {
             )
         })
         .unwrap_or_else(|| "binary size not measured (no --agent-release)".into());
-    println!(
+    rows.push(format!(
         "| P5 | agent idle over {} s (the binary under test; heartbeats every 10 s, IMDS polled every 1 s) | RSS median {:.1} MiB, CPU {:.2} % of a core; {size} |",
         args.idle.as_secs(),
         rss_median as f64 / 1024.0,
         agent_cpu
-    );
+    ));
     // P4: with the default 10 s heartbeat and 30 s grace. The stall first,
     // while the agent runs; then the agent killed.
     let mut agent = agent;
@@ -503,11 +578,87 @@ async fn main() -> anyhow::Result<()> {
             .any(|n| n.instance_id == id && n.state == muster_proto::NodeState::Unreachable),
         "the node never became unreachable"
     );
-    println!(
+    rows.push(format!(
         "| P4 | agent killed → node unreachable (defaults: 10 s heartbeats, 30 s grace; the last heartbeat came up to 10 s before the kill), and false unreachable during a 5 s coordinator stall | {:.1} s after the kill; {false_unreachable} false |",
         stopped.elapsed().as_secs_f64()
+    ));
+    drop(agent);
+    drop(imds);
+
+    rows.extend(
+        p7(
+            p7_big,
+            " (beside P6, P5 and P4 and the agent's release build)",
+        )
+        .await?,
     );
-    for row in p7_rows {
+
+    // P3: agent start → registered and DNS answering, each run a fresh
+    // instance; the last run's agent goes on for P2.
+    let mut starts = Vec::with_capacity(P3_RUNS);
+    let mut last = None;
+    for _ in 0..P3_RUNS {
+        // The run before stops first: its agent, then its IMDS.
+        drop(last.take());
+        let started = start_agent(&client, &coordinator, &resolver, &token).await?;
+        starts.push(started.took);
+        last = Some(started);
+    }
+    starts.sort();
+    let Started {
+        id,
+        name,
+        agent,
+        imds,
+        ..
+    } = last.expect("P3_RUNS is at least 1");
+
+    // P2: Elastic IP → DNS, agent at defaults, nothing restarted.
+    let coordinator_cpu_before = cpu_time(coordinator.pid());
+    let wall_before = Instant::now();
+    let mut trials = Vec::with_capacity(args.trials);
+    for _ in 0..args.trials {
+        // A random phase against the agent's poll: associating right after
+        // the last change was seen would always land at the same point of
+        // the poll cycle and skew every trial the same way.
+        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 1000)).await;
+        let eip = ec2::associate_new_eip(&client, &id).await;
+        let t0 = Instant::now();
+        let answer = wait_until(
+            PATIENCE,
+            Duration::from_millis(10),
+            || resolver.a(&name),
+            |a| a.as_ref().is_ok_and(|a| a.a == vec![eip]),
+        )
+        .await?;
+        anyhow::ensure!(
+            answer.a == vec![eip],
+            "DNS never answered {eip}:\n{}",
+            agent.logs()
+        );
+        trials.push(t0.elapsed());
+    }
+    let coordinator_cpu = (cpu_time(coordinator.pid()) - coordinator_cpu_before).as_secs_f64()
+        / wall_before.elapsed().as_secs_f64()
+        * 100.0;
+    trials.sort();
+
+    rows.push(format!(
+        "| P2 | Elastic IP associated in moto → embedded DNS answers it ({} trials at random phases, agent defaults: 1 s IMDS poll) | p50 {} ms, p99 {} ms, max {} ms; coordinator CPU {:.1} % of a core during the trials |",
+        trials.len(),
+        percentile(&trials, 50.0).as_millis(),
+        percentile(&trials, 99.0).as_millis(),
+        trials.last().copied().unwrap_or_default().as_millis(),
+        coordinator_cpu
+    ));
+    rows.push(format!(
+        "| P3 | agent process start → registered and its DNS name answering ({} runs, each a fresh instance) | median {} ms (min {} ms, max {} ms) |",
+        starts.len(),
+        percentile(&starts, 50.0).as_millis(),
+        starts.first().copied().unwrap_or_default().as_millis(),
+        starts.last().copied().unwrap_or_default().as_millis(),
+    ));
+    for row in rows {
         println!("{row}");
     }
     drop(agent);
