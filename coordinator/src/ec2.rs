@@ -15,8 +15,9 @@
 //! an outage) turns that into a burst EC2 throttles. With the cache, the
 //! coordinator lists every `pending` or `running` instance carrying a
 //! `muster:cluster` tag, region by region, every refresh interval
-//! (DescribeInstances with filters, 1000 a page), starting with the first
-//! claim made in a region. The cache is only ever allowed to say yes:
+//! (DescribeInstances with filters, 1000 a page), starting once EC2 has
+//! confirmed an instance there (so a made-up region starts nothing). The
+//! cache is only ever allowed to say yes:
 //!
 //! - a claim the listed facts confirm is accepted without a call;
 //! - a claim they do not confirm (an instance launched since the listing,
@@ -383,6 +384,12 @@ impl CachedInstances {
         }
     }
 
+    /// The cache of `region`, if its listing was started.
+    fn existing(&self, region: &str) -> Option<Arc<RegionCache>> {
+        let regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        regions.get(region).cloned()
+    }
+
     /// The cache of `region`, its refresh started on first use.
     fn region(&self, region: &str) -> Arc<RegionCache> {
         let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
@@ -463,14 +470,22 @@ async fn list_members(
 
 #[async_trait::async_trait]
 impl InstanceLookup for CachedInstances {
-    /// Always EC2; what it answers replaces the cached entry.
+    /// Always EC2; what it answers replaces the cached entry. A region's
+    /// listing starts with the first instance EC2 knows there, so a claim
+    /// naming a made-up region starts nothing.
     async fn describe(
         &self,
         region: &str,
         instance_id: &str,
     ) -> Result<Option<InstanceFacts>, Ec2Error> {
         let facts = self.inner.describe(region, instance_id).await?;
-        let cache = self.region(region);
+        let cache = match facts {
+            Some(_) => Some(self.region(region)),
+            None => self.existing(region),
+        };
+        let Some(cache) = cache else {
+            return Ok(facts);
+        };
         if let Some((_, instances)) = cache.listing_mut().as_mut() {
             match &facts {
                 Some(f) if f.state == "pending" || f.state == "running" => {
@@ -502,7 +517,7 @@ impl InstanceLookup for CachedInstances {
 
     fn cached(&self, region: &str, instance_id: &str) -> Option<InstanceFacts> {
         use std::sync::atomic::Ordering::Relaxed;
-        let cache = self.region(region);
+        let cache = self.existing(region)?;
         let found = cache.listing().as_ref().and_then(|(read, instances)| {
             (read.elapsed() <= self.every * CACHE_MAX_AGE_INTERVALS)
                 .then(|| instances.get(instance_id).cloned())
@@ -555,5 +570,24 @@ fn facts_of(i: &aws_sdk_ec2::types::Instance) -> InstanceFacts {
             .find(|t| t.key() == Some(crate::launcher::TAG_CLUSTER))
             .and_then(|t| t.value())
             .map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A claim in a region whose listing never started (a made-up region
+    /// above all) finds nothing in the cache and starts no listing: only
+    /// an instance EC2 confirms does.
+    #[tokio::test]
+    async fn a_region_no_instance_confirmed_starts_no_listing() {
+        let clients = Ec2Clients {
+            base: aws_config::SdkConfig::builder().build(),
+            clients: Arc::default(),
+        };
+        let cache = CachedInstances::new(clients, Duration::from_secs(60));
+        assert_eq!(cache.cached("xx-nowhere-1", "i-0123456789abcdef0"), None);
+        assert!(cache.cache_status().is_empty());
     }
 }

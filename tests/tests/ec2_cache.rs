@@ -33,8 +33,8 @@ async fn cache_spares_ec2_yet_never_refuses_on_old_facts() {
         Coordinator::start_at(&proxy.endpoint(), &["--ec2-cache-refresh", "5s"]).await;
     let token = coordinator.create_cluster(CLUSTER).await.join_token;
 
-    // The first claim of the region starts its listing; it is checked
-    // against EC2 itself.
+    // The first claim of the region is checked against EC2 itself, and
+    // the instance EC2 confirms starts the region's listing.
     let first = ec2::launch_instance(&sdk, CLUSTER).await;
     let first_imds = Imds::start(sdk.clone(), &first).await;
     let _first_agent = Agent::start(&coordinator, &first_imds, CLUSTER, &token);
