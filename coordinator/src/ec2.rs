@@ -254,25 +254,14 @@ impl InstanceLookup for Ec2Instances {
                 .name("instance-id")
                 .set_values(Some(chunk.to_vec()))
                 .build();
-            // Real EC2 pages at MaxResults; every page is read.
-            let mut pages = client
-                .describe_instances()
-                .filters(filter)
-                .max_results(1000)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|error| Ec2Error::DescribeMany {
+            describe_pages(&client, vec![filter], &mut found, |message| {
+                Ec2Error::DescribeMany {
                     count: chunk.len(),
                     region: region.to_owned(),
-                    message: DisplayErrorContext(&error).to_string(),
-                })?;
-                for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-                    if let Some(id) = instance.instance_id() {
-                        found.insert(id.to_owned(), facts_of(instance));
-                    }
+                    message,
                 }
-            }
+            })
+            .await?;
         }
         Ok(found)
     }
@@ -435,35 +424,22 @@ async fn list_members(
     region: &str,
 ) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
     let mut found = HashMap::new();
-    let mut pages = client
-        .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag-key")
-                .values(crate::launcher::TAG_CLUSTER)
-                .build(),
-        )
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .build(),
-        )
-        .max_results(1000)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|error| Ec2Error::List {
-            region: region.to_owned(),
-            message: DisplayErrorContext(&error).to_string(),
-        })?;
-        for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-            if let Some(id) = instance.instance_id() {
-                found.insert(id.to_owned(), facts_of(instance));
-            }
-        }
-    }
+    let filters = vec![
+        aws_sdk_ec2::types::Filter::builder()
+            .name("tag-key")
+            .values(crate::launcher::TAG_CLUSTER)
+            .build(),
+        aws_sdk_ec2::types::Filter::builder()
+            .name("instance-state-name")
+            .values("pending")
+            .values("running")
+            .build(),
+    ];
+    describe_pages(client, filters, &mut found, |message| Ec2Error::List {
+        region: region.to_owned(),
+        message,
+    })
+    .await?;
     found.shrink_to_fit();
     Ok(found)
 }
@@ -549,6 +525,32 @@ impl InstanceLookup for CachedInstances {
         status.sort_by(|a, b| a.region.cmp(&b.region));
         status
     }
+}
+
+/// Reads every page of a DescribeInstances with `filters` into `found`, by
+/// instance id (real EC2 pages at MaxResults); `error` makes the error of
+/// a failed page from the SDK's message.
+async fn describe_pages(
+    client: &Client,
+    filters: Vec<aws_sdk_ec2::types::Filter>,
+    found: &mut HashMap<String, InstanceFacts>,
+    error: impl Fn(String) -> Ec2Error,
+) -> Result<(), Ec2Error> {
+    let mut pages = client
+        .describe_instances()
+        .set_filters(Some(filters))
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| error(DisplayErrorContext(&e).to_string()))?;
+        for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+            if let Some(id) = instance.instance_id() {
+                found.insert(id.to_owned(), facts_of(instance));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn facts_of(i: &aws_sdk_ec2::types::Instance) -> InstanceFacts {
