@@ -9,15 +9,20 @@ use muster_tests::ec2;
 use muster_tests::{wait_until, Agent, Coordinator, Ec2Proxy, Imds, Moto, EVENTUALLY, POLL, ZONE};
 
 const CLUSTER: &str = "web";
-const LISTED: &str = "muster_ec2_cache_instances{region=\"us-east-1\"}";
+
+/// A sample of the cache's metrics for the test region.
+fn sample(name: &str, labels: &str) -> String {
+    format!("{name}{{region=\"{}\"{labels}}}", ec2::TEST_REGION)
+}
 
 /// Waits until the coordinator's listing of the test region holds `n`
 /// instances.
 async fn wait_listed(coordinator: &Coordinator, n: u64) {
+    let listed = sample("muster_ec2_cache_instances", "");
     let listed = wait_until(
         EVENTUALLY,
         POLL,
-        || coordinator.metric(LISTED),
+        || coordinator.metric(&listed),
         |&listed| listed >= n,
     )
     .await;
@@ -65,7 +70,7 @@ async fn cache_spares_ec2_yet_never_refuses_on_old_facts() {
         "{second} registered without a DescribeInstances of its own"
     );
     let hits = coordinator
-        .metric("muster_ec2_cache_lookups_total{region=\"us-east-1\",result=\"hit\"}")
+        .metric(&sample("muster_ec2_cache_lookups_total", ",result=\"hit\""))
         .await;
     assert!(hits >= 1, "the cache answered at least one lookup");
 

@@ -482,16 +482,20 @@ async fn main() -> anyhow::Result<()> {
         registering += started.elapsed();
         let started = Instant::now();
         let want = args.nodes as u64;
-        let sample = "muster_ec2_cache_instances{region=\"us-east-1\"}";
-        while coordinator.metric(sample).await < want {
+        let sample = format!(
+            "muster_ec2_cache_instances{{region=\"{}\"}}",
+            ec2::TEST_REGION
+        );
+        while coordinator.metric(&sample).await < want {
             anyhow::ensure!(
                 started.elapsed() < LISTING_PATIENCE,
                 "the EC2 cache did not list {want} instances in {LISTING_PATIENCE:?}"
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        let took = started.elapsed();
         tokio::time::sleep(SETTLE).await;
-        listing = Some((started.elapsed(), rss_anon_kib(coordinator.pid())));
+        listing = Some((took, rss_anon_kib(coordinator.pid())));
     }
 
     // Registers in two halves, each node then heartbeating once so that
