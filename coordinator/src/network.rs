@@ -799,12 +799,14 @@ impl<'a> Ec2<'a> {
         created: &mut Vec<String>,
     ) -> Result<String, NetworkError> {
         // A VPC has at most one internet gateway; whatever its name, it is
-        // the one to route through.
-        let attached = self
-            .describe_gateways(vpc_id, filter("attachment.vpc-id", vpc_id))
-            .await?;
-        if let Some(id) = attached.first().and_then(|g| g.internet_gateway_id()) {
-            return Ok(id.to_owned());
+        // the one to route through. A VPC created just now has none.
+        if !made_here(created, vpc_id) {
+            let attached = self
+                .describe_gateways(vpc_id, filter("attachment.vpc-id", vpc_id))
+                .await?;
+            if let Some(id) = attached.first().and_then(|g| g.internet_gateway_id()) {
+                return Ok(id.to_owned());
+            }
         }
 
         let named = self
@@ -888,12 +890,16 @@ impl<'a> Ec2<'a> {
         gateway_id: &str,
         created: &mut Vec<String>,
     ) -> Result<String, NetworkError> {
-        let tables = self
-            .describe_route_tables(
+        // A VPC created just now has only its main table.
+        let tables = if made_here(created, vpc_id) {
+            Vec::new()
+        } else {
+            self.describe_route_tables(
                 vpc_id,
                 vec![filter("vpc-id", vpc_id), name_filter(ROUTE_TABLE_NAME)],
             )
-            .await?;
+            .await?
+        };
         let table = match tables.into_iter().next() {
             Some(table) => table,
             None => {
@@ -1054,9 +1060,13 @@ impl<'a> Ec2<'a> {
         created: &mut Vec<String>,
     ) -> Result<Vec<Subnet>, NetworkError> {
         let vpc_id = vpc.vpc_id().unwrap_or_default();
-        let all = self
-            .describe_subnets(&format!("of {vpc_id}"), filter("vpc-id", vpc_id))
-            .await?;
+        // A VPC created just now has no subnets.
+        let all = if made_here(created, vpc_id) {
+            Vec::new()
+        } else {
+            self.describe_subnets(&format!("of {vpc_id}"), filter("vpc-id", vpc_id))
+                .await?
+        };
         let mut subnets: Vec<_> = all
             .iter()
             .filter(|s| has_name(s.tags(), SUBNET_NAME))
@@ -1074,7 +1084,7 @@ impl<'a> Ec2<'a> {
         let managed = route_table_id.is_some();
         for subnet in &subnets {
             let id = subnet.subnet_id().unwrap_or_default();
-            let ours = created.iter().any(|c| c == id);
+            let ours = made_here(created, id);
             if (ours || managed) && subnet.map_public_ip_on_launch() != Some(true) {
                 settled(|| {
                     self.client
@@ -1097,15 +1107,22 @@ impl<'a> Ec2<'a> {
 
         if let Some(route_table_id) = route_table_id {
             // A subnet has at most one explicit association; one the user
-            // made to another table is theirs to keep.
-            let associated: BTreeSet<String> = self
-                .describe_route_tables(vpc_id, vec![filter("vpc-id", vpc_id)])
-                .await?
+            // made to another table is theirs to keep. Subnets created just
+            // now have none yet, so only found ones need the look.
+            let all_new = subnets
                 .iter()
-                .flat_map(|t| t.associations())
-                .filter_map(|a| a.subnet_id())
-                .map(str::to_owned)
-                .collect();
+                .all(|s| made_here(created, s.subnet_id().unwrap_or_default()));
+            let associated: BTreeSet<String> = if all_new {
+                BTreeSet::new()
+            } else {
+                self.describe_route_tables(vpc_id, vec![filter("vpc-id", vpc_id)])
+                    .await?
+                    .iter()
+                    .flat_map(|t| t.associations())
+                    .filter_map(|a| a.subnet_id())
+                    .map(str::to_owned)
+                    .collect()
+            };
             for subnet in &subnets {
                 let id = subnet.subnet_id().unwrap_or_default();
                 if associated.contains(id) {
@@ -1289,6 +1306,15 @@ impl<'a> Ec2<'a> {
         }
         Ok((usable, excluded))
     }
+}
+
+/// Whether `id` names a resource this call created. Such a resource is
+/// known without a look: a VPC created just now has no gateway, no table
+/// but its main one, no subnets; a new subnet has no table association.
+/// Skipping those looks keeps a launch in a fresh region to a few calls
+/// per AZ.
+fn made_here(created: &[String], id: &str) -> bool {
+    !id.is_empty() && created.iter().any(|c| c == id)
 }
 
 #[cfg(test)]

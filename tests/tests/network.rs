@@ -1,7 +1,7 @@
 //! The launch network on moto: what `ensure_network` leaves in EC2, read
 //! back with the SDK rather than taken from its answer. A fresh region gets
-//! one tagged VPC, gateway, route table and a subnet per AZ; a second call
-//! creates nothing; given subnets and VPCs are used as they are; a subnet
+//! one tagged VPC, gateway, route table and a subnet per AZ, and looks up
+//! nothing it has just made; a second call creates nothing; given subnets and VPCs are used as they are; a subnet
 //! whose dry run EC2 refuses is left out.
 //!
 //! moto accepts every dry run, so the refusal story puts the harness's
@@ -242,8 +242,30 @@ async fn fresh_region_gets_one_tagged_network() {
     let before = Inventory::read(&client).await;
     assert!(vpcs_named(&client, "muster-vpc").await.is_empty());
 
-    let network = ensure(&client, &request()).await;
+    // Through the counting proxy: what a fresh region costs in calls.
+    let proxy = Ec2Proxy::start(moto.endpoint(), Vec::new()).await;
+    let counted = ec2::client(&proxy.endpoint()).await;
+    let network = ensure(&counted, &request()).await;
     let after = Inventory::read(&client).await;
+    let calls = proxy.calls();
+    // Nothing made just now is looked up again: one look for the tagged
+    // VPC, one for the spare gateway, one for the AZs, none for the new
+    // VPC's gateway, route tables or subnets.
+    for (action, expected) in [
+        ("DescribeVpcs", 1),
+        ("DescribeInternetGateways", 1),
+        ("DescribeRouteTables", 0),
+        ("DescribeSubnets", 0),
+        ("DescribeAvailabilityZones", 1),
+        ("CreateSubnet", 6),
+        ("AssociateRouteTable", 6),
+    ] {
+        assert_eq!(
+            calls.get(action).copied().unwrap_or(0),
+            expected,
+            "{action}: {calls:?}"
+        );
+    }
 
     let vpcs = vpcs_named(&client, "muster-vpc").await;
     assert_eq!(vpcs.len(), 1, "{vpcs:?}");
