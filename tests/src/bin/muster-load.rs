@@ -145,6 +145,7 @@ fn yes_no(flag: &str, value: &str) -> anyhow::Result<bool> {
 }
 
 /// One registered node, as the generator keeps it.
+#[derive(Clone)]
 struct Node {
     id: String,
     private: Ipv4Addr,
@@ -415,12 +416,28 @@ async fn register(
     Ok(registered)
 }
 
-/// One heartbeat from each of `nodes`, in turn; fails unless all are
-/// answered.
-async fn beat_each(http: &reqwest::Client, url: &str, nodes: &[Node]) -> anyhow::Result<()> {
+/// One heartbeat from each of `nodes`, `concurrency` at a time; fails
+/// unless all are answered.
+async fn beat_each(
+    http: &reqwest::Client,
+    url: &str,
+    nodes: &[Node],
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let mut workers = tokio::task::JoinSet::new();
+    for share in nodes.chunks(nodes.len().div_ceil(concurrency).max(1)) {
+        let (http, url, share) = (http.clone(), url.to_owned(), share.to_vec());
+        workers.spawn(async move {
+            let mut answered = 0;
+            for node in &share {
+                answered += usize::from(beat(&http, &url, node).await.is_some());
+            }
+            answered
+        });
+    }
     let mut answered = 0;
-    for node in nodes {
-        answered += usize::from(beat(http, url, node).await.is_some());
+    while let Some(joined) = workers.join_next().await {
+        answered += joined?;
     }
     anyhow::ensure!(
         answered == nodes.len(),
@@ -506,7 +523,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     registered.extend(register(&http, &url, &token, instances).await?);
     registering += started.elapsed();
-    beat_each(&http, &url, &registered).await?;
+    beat_each(&http, &url, &registered, args.concurrency).await?;
     // The zone is rebuilt after the last register: let that settle, so
     // that neither sample catches two zones alive at once.
     tokio::time::sleep(SETTLE).await;
@@ -514,7 +531,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let added = register(&http, &url, &token, second).await?;
     registering += started.elapsed();
-    beat_each(&http, &url, &added).await?;
+    beat_each(&http, &url, &added, args.concurrency).await?;
     tokio::time::sleep(SETTLE).await;
     let anon_full = rss_anon_kib(coordinator.pid());
     let marginal = anon_full.saturating_sub(anon_half) as f64 / added.len() as f64;
