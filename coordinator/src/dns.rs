@@ -240,24 +240,29 @@ impl ZoneData {
         nodes: &[NodeRecordSource],
     ) -> Result<ZoneData, hickory_proto::ProtoError> {
         let internal = zone.prepend_label(INTERNAL_LABEL)?;
-        // Each cluster's public and internal parent names, made once.
-        let mut parents: HashMap<&str, (Name, Name)> = HashMap::new();
+        // Each cluster's public and internal parent names, made once, and
+        // whether a name was put under each.
+        let mut parents: HashMap<&str, (Name, Name, bool, bool)> = HashMap::new();
         let mut clusters: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
         let mut a: HashMap<LowerName, Owned> = HashMap::with_capacity(2 * nodes.len());
         for node in nodes.iter().filter(|n| n.has_own_names()) {
-            let (public, private) = match parents.get(node.cluster.as_str()) {
-                Some(names) => names,
-                None => {
-                    let names = (
-                        zone.prepend_label(node.cluster.as_str())?,
-                        internal.prepend_label(node.cluster.as_str())?,
-                    );
-                    parents.entry(node.cluster.as_str()).or_insert(names)
-                }
-            };
+            let (public, private, public_used, private_used) =
+                match parents.get_mut(node.cluster.as_str()) {
+                    Some(names) => names,
+                    None => {
+                        let names = (
+                            zone.prepend_label(node.cluster.as_str())?,
+                            internal.prepend_label(node.cluster.as_str())?,
+                            false,
+                            false,
+                        );
+                        parents.entry(node.cluster.as_str()).or_insert(names)
+                    }
+                };
             // As in the model, a later record of a name replaces an
             // earlier one.
             if let Some(ip) = node.reachable_ipv4() {
+                *public_used = true;
                 let name = public.prepend_label(node.name.as_str())?;
                 a.insert(
                     LowerName::from(name),
@@ -271,6 +276,7 @@ impl ZoneData {
                 }
             }
             if let Some(ip) = node.private_ipv4 {
+                *private_used = true;
                 let name = private.prepend_label(node.name.as_str())?;
                 a.insert(
                     LowerName::from(name),
@@ -292,7 +298,15 @@ impl ZoneData {
                 },
             );
         }
-        ZoneData::assemble(zone, serial, ttl, a)
+        // The parent of a node's name is its cluster's; of a cluster's
+        // name, the zone.
+        let used = parents.into_values().flat_map(|(public, private, p, i)| {
+            [(public, p), (private, i)]
+                .into_iter()
+                .filter_map(|(name, used)| used.then(|| LowerName::from(name)))
+        });
+        let parents: Vec<LowerName> = used.chain([LowerName::from(zone)]).collect();
+        ZoneData::assemble(zone, serial, ttl, a, parents)
     }
 
     /// Builds the snapshot that answers `records` under `zone`.
@@ -326,16 +340,20 @@ impl ZoneData {
                 RecordData::Cname(_) => {}
             }
         }
-        ZoneData::assemble(zone, serial, ttl, a)
+        let parents: HashSet<LowerName> = a.keys().map(LowerName::base_name).collect();
+        ZoneData::assemble(zone, serial, ttl, a, parents)
     }
 
     /// The snapshot of the names `a` under `zone`: its apex records and
-    /// the names that exist without records of their own.
+    /// the names that exist without records of their own, found by
+    /// walking up from `parents`, which must hold the parent of every
+    /// name in `a` (once is enough: most names share theirs).
     fn assemble(
         zone: &Name,
         serial: u32,
         ttl: u32,
         a: HashMap<LowerName, Owned>,
+        parents: impl IntoIterator<Item = LowerName>,
     ) -> Result<ZoneData, hickory_proto::ProtoError> {
         let origin = zone.clone();
         let soa_rdata = SOA::new(
@@ -355,10 +373,9 @@ impl ZoneData {
         );
         let origin = LowerName::from(&origin);
         let mut names = HashSet::new();
-        for name in a.keys() {
+        for mut name in parents {
             // A parent with records is a key of `a` itself, and adds its
             // own parents in its turn.
-            let mut name = name.base_name();
             while origin.zone_of(&name) && !a.contains_key(&name) && names.insert(name.clone()) {
                 if name == origin {
                     break;
@@ -867,6 +884,11 @@ mod tests {
         nodes.push(NodeRecordSource {
             private_ipv4: None,
             ..node("db", "d55555", NodeState::Deployed, None)
+        });
+        // A cluster whose only node has no address has no names at all.
+        nodes.push(NodeRecordSource {
+            private_ipv4: None,
+            ..node("bare", "b1", NodeState::Deployed, None)
         });
         let direct = ZoneData::build(&zone, 7, 30, &nodes).unwrap();
         let model = desired_records(&zone, &nodes).unwrap();
