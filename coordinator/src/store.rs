@@ -662,8 +662,8 @@ impl Store {
              WHERE n.instance_id = ?1"
         );
         self.lock()
-            .query_row(&sql, params![instance_id], node_row)
-            .optional()
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| stmt.query_row(params![instance_id], node_row).optional())
             .map_err(query("reading a node by instance"))?
             .map(RawNode::parse)
             .transpose()
@@ -761,22 +761,27 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(query("starting a register"))?;
         let now = now_ms();
+        // Registers come in thousands at a fleet's start: their statements
+        // are prepared once and kept in the connection's cache.
         let existing: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT id, state FROM nodes WHERE instance_id = ?1",
-                params![reg.instance_id],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
+            .prepare_cached("SELECT id, state FROM nodes WHERE instance_id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![reg.instance_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+            })
             .map_err(query("reading the node of an instance"))?;
         let deployed = NodeState::Deployed.as_str();
         let (node_id, from) = match existing {
             Some((id, state)) => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE nodes SET state = ?2, availability_zone = ?3, region = ?4, \
                      private_ipv4 = ?5, public_ipv4 = ?6, credential_hash = ?7, updated_at = ?8 \
                      WHERE id = ?1",
-                    params![
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
                         id,
                         deployed,
                         reg.availability_zone,
@@ -785,17 +790,19 @@ impl Store {
                         reg.public_ipv4.map(|ip| ip.to_string()),
                         reg.credential_hash,
                         now
-                    ],
-                )
+                    ])
+                })
                 .map_err(query("updating a registered node"))?;
                 (id, Some(state))
             }
             None => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
                      region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
                      byon) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
-                    params![
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
                         reg.cluster_id,
                         reg.name,
                         reg.instance_id,
@@ -807,8 +814,8 @@ impl Store {
                         reg.credential_hash,
                         now,
                         reg.byon
-                    ],
-                )
+                    ])
+                })
                 .map_err(query("inserting a node"))?;
                 (tx.last_insert_rowid(), None)
             }
@@ -924,11 +931,11 @@ fn record_event(
     reason: &str,
     source: EventSource,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO node_events (node_id, at, from_state, to_state, reason, source) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![node_id, at, from, to, reason, source.as_str()],
     )
+    .and_then(|mut stmt| stmt.execute(params![node_id, at, from, to, reason, source.as_str()]))
     .map(|_| ())
     .map_err(query("recording an event"))
 }
