@@ -554,6 +554,7 @@ impl Zone {
     /// Replaces the records with those of `nodes`, and hands the new set
     /// to every [`Zone::subscribe`]r.
     pub fn publish(&self, nodes: &[NodeRecordSource]) {
+        let started = std::time::Instant::now();
         let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         // Without a subscriber, no record set is made at all.
         let built = if self.desired_wanted.load(Ordering::Relaxed) {
@@ -575,7 +576,12 @@ impl Zone {
                 }
                 *current = Arc::new(data);
                 drop(current);
-                tracing::debug!(serial, records, "dns zone published");
+                tracing::debug!(
+                    serial,
+                    records,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "dns zone published"
+                );
             }
             // Every label was validated on the way in; a failure here is a bug,
             // and keeping the previous answers is the safest reaction.
