@@ -21,10 +21,14 @@
 //!   the retries. `--only p7` runs just this one, `--p7-nodes N` changes
 //!   the big zone's size.
 //!
+//! - P8 at 10k and 100k nodes: `muster-load` with bring-your-own nodes,
+//!   its memory rows (P1 and P8 at 2000 nodes are `scripts/bench`'s own
+//!   `muster-load` run, alone).
+//!
 //! The big zone's set-up is minutes of moto's work on one core. It starts
-//! first and runs beside P6, P5 and P4, whose figures are call counts,
-//! timers and the agent's own CPU time, and beside the agent's release
-//! build: `scripts/bench` builds the agent meanwhile and puts it in
+//! first and runs beside P6, P5, P4 and P8's big runs, whose figures are
+//! call counts, timers, the agent's own CPU time and memory, and beside the
+//! agent's release build: `scripts/bench` builds the agent meanwhile and puts it in
 //! `MUSTER_BIN_DIR` when done, and the agent phases wait for it. P7's
 //! rounds, P3 and P2 run alone. This keeps `scripts/bench` within 15
 //! minutes on a slow machine.
@@ -427,6 +431,70 @@ async fn wait_for_agent() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Node counts of P8's big runs.
+const P8_NODES: [usize; 2] = [10_000, 100_000];
+
+/// P8 at [`P8_NODES`]: one `muster-load` run each, with bring-your-own
+/// nodes (moto cannot hold 100k instances; see its module doc), its own
+/// moto and coordinator, and a short flood; their P8 rows, each with its
+/// command. The flood's rate is not reported: it shares the machine.
+async fn p8_big() -> anyhow::Result<Vec<String>> {
+    use tokio::io::AsyncReadExt;
+    let mut rows = Vec::new();
+    for nodes in P8_NODES {
+        let nodes = nodes.to_string();
+        let args = [
+            "--nodes",
+            nodes.as_str(),
+            "--seconds",
+            "5",
+            "--concurrency",
+            "64",
+            "--byon",
+            "yes",
+            "--fleet",
+            "no",
+        ];
+        let mut run = LoadRun(
+            tokio::process::Command::new(muster_tests::procs::bin_path("muster-load"))
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .spawn()?,
+        );
+        let mut out = String::new();
+        if let Some(mut stdout) = run.0.stdout.take() {
+            stdout.read_to_string(&mut out).await?;
+        }
+        let status = run.0.wait().await?;
+        anyhow::ensure!(status.success(), "muster-load {}: {status}", args.join(" "));
+        let command = format!(
+            "; `muster-load {}`, run by `muster-bench` beside P7's set-up |",
+            args.join(" ")
+        );
+        let found = out
+            .lines()
+            .filter(|l| l.starts_with("| P8 |"))
+            .map(|l| format!("{}{command}", l.trim_end().trim_end_matches('|').trim_end()))
+            .collect::<Vec<_>>();
+        anyhow::ensure!(!found.is_empty(), "no P8 row from muster-load:\n{out}");
+        rows.extend(found);
+    }
+    Ok(rows)
+}
+
+/// A `muster-load` run, sent SIGTERM if dropped while it runs: it then
+/// stops its moto and coordinator.
+struct LoadRun(tokio::process::Child);
+
+impl Drop for LoadRun {
+    fn drop(&mut self) {
+        if let (Ok(None), Some(pid)) = (self.0.try_wait(), self.0.id()) {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
 /// How long [`wait_for_agent`] waits.
 const AGENT_PATIENCE: Duration = Duration::from_secs(1800);
 
@@ -481,10 +549,10 @@ async fn start_agent(
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
     // P7's set-up is minutes of moto's work on one core. It starts first
-    // and runs beside the phases whose figures are counts, timers or the
-    // agent's own CPU time (P6, P5, P4), and beside the agent's release
-    // build, which `scripts/bench` runs meanwhile. P7's rounds, P3 and P2
-    // run alone.
+    // and runs beside the phases whose figures are counts, timers, the
+    // agent's own CPU time or memory (P6, P5, P4, P8's big runs), and
+    // beside the agent's release build, which `scripts/bench` runs
+    // meanwhile. P7's rounds, P3 and P2 run alone.
     let p7_big = tokio::spawn(p7_setup(args.p7_nodes));
     if args.only_p7 {
         for row in p7(p7_big, "").await? {
@@ -506,6 +574,10 @@ async fn main() -> anyhow::Result<()> {
             breakdown.join(", ")
         ));
     }
+
+    // P8 at 10k and 100k nodes: the memory of a coordinator, whatever
+    // else runs beside it.
+    let p8 = tokio::spawn(p8_big());
 
     wait_for_agent().await?;
     let coordinator = Coordinator::start(&moto).await;
@@ -590,10 +662,11 @@ async fn main() -> anyhow::Result<()> {
     drop(agent);
     drop(imds);
 
+    rows.extend(p8.await??);
     rows.extend(
         p7(
             p7_big,
-            " (beside P6, P5 and P4 and the agent's release build)",
+            " (beside P6, P5, P4 and P8 at 10k and 100k nodes, and the agent's release build)",
         )
         .await?,
     );

@@ -49,7 +49,8 @@
 //!
 //! The generator runs on the same machine as the coordinator, sharing its
 //! cores: the figures are a floor for what one coordinator sustains.
-//! `scripts/bench` runs it.
+//! `scripts/bench` runs it, and `muster-bench` runs it for P8 at 10k and
+//! 100k nodes. SIGTERM stops a run, and moto and the coordinator with it.
 
 #![forbid(unsafe_code)]
 
@@ -450,6 +451,16 @@ async fn beat_each(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
+    // SIGTERM (`muster-bench` stopping a run it no longer needs) drops the
+    // run, and with it moto and the coordinator, each stopped by its pid.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        done = run(args) => done,
+        _ = terminate.recv() => anyhow::bail!("terminated"),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let moto = Moto::start().await;
     // A long grace keeps liveness out of the measure: registering takes
     // a while, and nodes registered first wait silent for the rest.
