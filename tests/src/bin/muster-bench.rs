@@ -20,19 +20,17 @@
 //!   500 nodes once more, with `Throttling` injected by the proxy, to show
 //!   the retries. `--only p7` runs just this one, `--p7-nodes N` changes
 //!   the big zone's size.
+//!
 //! - P8 at 10k and 100k nodes: `muster-load` with bring-your-own nodes,
-//!   its memory rows.
-//! - P1 and P8 at 2000 nodes: `muster-load` with moto's instances, set up
-//!   (instances launched, nodes registered) beside P7's set-up, its timed
-//!   phases run last, alone (`--go-on-stdin`).
+//!   its memory rows (P1 and P8 at 2000 nodes are `scripts/bench`'s own
+//!   `muster-load` run, alone).
 //!
 //! The big zone's set-up is minutes of moto's work on one core. It starts
-//! first and runs beside P6, P5, P4, P8's big runs and P1's set-up, whose
-//! figures are call counts, timers, the agent's own CPU time and memory,
-//! and beside the agent's release build: `scripts/bench` builds the agent
-//! meanwhile and puts it in `MUSTER_BIN_DIR` when done, and the agent
-//! phases wait for it. P7's rounds, P3, P2 and P1's timed phases run
-//! alone. This keeps `scripts/bench` within 15
+//! first and runs beside P6, P5, P4 and P8's big runs, whose figures are
+//! call counts, timers, the agent's own CPU time and memory, and beside the
+//! agent's release build: `scripts/bench` builds the agent meanwhile and puts it in
+//! `MUSTER_BIN_DIR` when done, and the agent phases wait for it. P7's
+//! rounds, P3 and P2 run alone. This keeps `scripts/bench` within 15
 //! minutes on a slow machine.
 //!
 //! Figures are medians and percentiles; the machine is shared and noisy, so
@@ -441,10 +439,11 @@ const P8_NODES: [usize; 2] = [10_000, 100_000];
 /// moto and coordinator, and a short flood; their P8 rows, each with its
 /// command. The flood's rate is not reported: it shares the machine.
 async fn p8_big() -> anyhow::Result<Vec<String>> {
+    use tokio::io::AsyncReadExt;
     let mut rows = Vec::new();
     for nodes in P8_NODES {
         let nodes = nodes.to_string();
-        let run = LoadRun::start(&[
+        let args = [
             "--nodes",
             nodes.as_str(),
             "--seconds",
@@ -455,16 +454,27 @@ async fn p8_big() -> anyhow::Result<Vec<String>> {
             "yes",
             "--fleet",
             "no",
-        ])?;
-        let note = format!(
-            "; `muster-load {}`, run by `muster-bench` beside P7's set-up |",
-            run.args
+        ];
+        let mut run = LoadRun(
+            tokio::process::Command::new(muster_tests::procs::bin_path("muster-load"))
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .spawn()?,
         );
-        let out = run.finish().await?;
+        let mut out = String::new();
+        if let Some(mut stdout) = run.0.stdout.take() {
+            stdout.read_to_string(&mut out).await?;
+        }
+        let status = run.0.wait().await?;
+        anyhow::ensure!(status.success(), "muster-load {}: {status}", args.join(" "));
+        let command = format!(
+            "; `muster-load {}`, run by `muster-bench` beside P7's set-up |",
+            args.join(" ")
+        );
         let found = out
             .lines()
             .filter(|l| l.starts_with("| P8 |"))
-            .map(|l| format!("{}{note}", l.trim_end().trim_end_matches('|').trim_end()))
+            .map(|l| format!("{}{command}", l.trim_end().trim_end_matches('|').trim_end()))
             .collect::<Vec<_>>();
         anyhow::ensure!(!found.is_empty(), "no P8 row from muster-load:\n{out}");
         rows.extend(found);
@@ -472,77 +482,13 @@ async fn p8_big() -> anyhow::Result<Vec<String>> {
     Ok(rows)
 }
 
-/// A `muster-load` run, its rows read from its stdout; sent SIGTERM if
-/// dropped while it runs, which stops its moto and coordinator too.
-struct LoadRun {
-    child: tokio::process::Child,
-    stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
-    /// Its arguments, as one would type them.
-    args: String,
-}
-
-impl LoadRun {
-    fn start(args: &[&str]) -> anyhow::Result<LoadRun> {
-        let mut child = tokio::process::Command::new(muster_tests::procs::bin_path("muster-load"))
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("muster-load has no stdout"))?;
-        Ok(LoadRun {
-            child,
-            stdout: tokio::io::BufReader::new(stdout),
-            args: args.join(" "),
-        })
-    }
-
-    /// Waits until a run started with `--go-on-stdin yes` is set up.
-    async fn ready(&mut self) -> anyhow::Result<()> {
-        use tokio::io::AsyncBufReadExt;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            anyhow::ensure!(
-                self.stdout.read_line(&mut line).await? > 0,
-                "muster-load {} ended before it was set up",
-                self.args
-            );
-            if line.trim() == "ready" {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Lets a set-up run go on to its timed phases.
-    async fn go(&mut self) -> anyhow::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        let stdin = self
-            .child
-            .stdin
-            .as_mut()
-            .ok_or_else(|| anyhow::anyhow!("muster-load has no stdin"))?;
-        stdin.write_all(b"go\n").await?;
-        stdin.flush().await?;
-        Ok(())
-    }
-
-    /// The rest of its output, once it ended well.
-    async fn finish(mut self) -> anyhow::Result<String> {
-        use tokio::io::AsyncReadExt;
-        let mut out = String::new();
-        self.stdout.read_to_string(&mut out).await?;
-        let status = self.child.wait().await?;
-        anyhow::ensure!(status.success(), "muster-load {}: {status}", self.args);
-        Ok(out)
-    }
-}
+/// A `muster-load` run, sent SIGTERM if dropped while it runs: it then
+/// stops its moto and coordinator.
+struct LoadRun(tokio::process::Child);
 
 impl Drop for LoadRun {
     fn drop(&mut self) {
-        if let (Ok(None), Some(pid)) = (self.child.try_wait(), self.child.id()) {
+        if let (Ok(None), Some(pid)) = (self.0.try_wait(), self.0.id()) {
             let pid = nix::unistd::Pid::from_raw(pid as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
@@ -615,19 +561,6 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut rows = Vec::new();
-    // P1 and P8 at 2000 nodes: `muster-load` launches its instances and
-    // registers them now, beside P7's set-up, and runs its timed phases
-    // once the machine is quiet, after P2.
-    let mut p1 = LoadRun::start(&[
-        "--nodes",
-        "2000",
-        "--seconds",
-        "20",
-        "--concurrency",
-        "64",
-        "--go-on-stdin",
-        "yes",
-    ])?;
     let moto = Moto::start().await;
 
     for (region, n) in [("us-west-2", 60), ("eu-west-1", 100)] {
@@ -730,11 +663,10 @@ async fn main() -> anyhow::Result<()> {
     drop(imds);
 
     rows.extend(p8.await??);
-    p1.ready().await?;
     rows.extend(
         p7(
             p7_big,
-            " (beside P6, P5, P4, P8 at 10k and 100k nodes, P1's set-up and the agent's release build)",
+            " (beside P6, P5, P4 and P8 at 10k and 100k nodes, and the agent's release build)",
         )
         .await?,
     );
@@ -804,19 +736,12 @@ async fn main() -> anyhow::Result<()> {
         starts.first().copied().unwrap_or_default().as_millis(),
         starts.last().copied().unwrap_or_default().as_millis(),
     ));
+    for row in rows {
+        println!("{row}");
+    }
     drop(agent);
     drop(imds);
     drop(coordinator);
     drop(moto);
-
-    // P1 and P8 at 2000 nodes, alone on the machine.
-    p1.go().await?;
-    let out = p1.finish().await?;
-    let found: Vec<&str> = out.lines().filter(|l| l.starts_with("| P")).collect();
-    anyhow::ensure!(!found.is_empty(), "no rows from muster-load:\n{out}");
-    rows.extend(found.into_iter().map(str::to_owned));
-    for row in rows {
-        println!("{row}");
-    }
     Ok(())
 }

@@ -46,10 +46,6 @@
 //! - `--sweep-interval D` is handed to the coordinator as is; `--fleet no`
 //!   skips the fleet phase (one connection per node is more than one
 //!   machine can open beside the coordinator at 10k nodes and up).
-//! - `--go-on-stdin yes` does the set-up (moto's instances, the registers,
-//!   the memory samples), prints `ready`, and waits for a line `go` on
-//!   stdin before the timed phases: `muster-bench` sets it up while other
-//!   work shares the machine and lets it go once the machine is quiet.
 //!
 //! The generator runs on the same machine as the coordinator, sharing its
 //! cores: the figures are a floor for what one coordinator sustains.
@@ -71,9 +67,6 @@ const CLUSTER: &str = "load";
 /// How long the coordinator is left alone before its memory is read.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// What `--go-on-stdin yes` prints once set up, before it waits for `go`.
-const READY: &str = "ready";
-
 /// How long the EC2 cache may take to list every instance.
 const LISTING_PATIENCE: Duration = Duration::from_secs(1800);
 
@@ -86,7 +79,6 @@ struct Args {
     sweep_interval: Option<String>,
     fleet: bool,
     byon: bool,
-    go_on_stdin: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -99,7 +91,6 @@ fn args() -> anyhow::Result<Args> {
         sweep_interval: None,
         fleet: true,
         byon: false,
-        go_on_stdin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -115,11 +106,10 @@ fn args() -> anyhow::Result<Args> {
             "--sweep-interval" => parsed.sweep_interval = Some(value),
             "--fleet" => parsed.fleet = yes_no(&flag, &value)?,
             "--byon" => parsed.byon = yes_no(&flag, &value)?,
-            "--go-on-stdin" => parsed.go_on_stdin = yes_no(&flag, &value)?,
             other => {
                 anyhow::bail!(
                     "unknown flag {other}; known: --nodes, --seconds, --concurrency, --interval, \
-                     --ec2-cache-refresh, --sweep-interval, --fleet, --byon, --go-on-stdin"
+                     --ec2-cache-refresh, --sweep-interval, --fleet, --byon"
                 )
             }
         }
@@ -559,16 +549,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let added_count = added.len();
     registered.extend(added);
     let register_rate = registered.len() as f64 / registering.as_secs_f64();
-    if args.go_on_stdin {
-        // Set up; the timed phases wait for the word.
-        println!("{READY}");
-        let line = tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map(|_| line)
-        })
-        .await??;
-        anyhow::ensure!(line.trim() == "go", "stdin said {line:?}, not go");
-    }
 
     let nodes = Arc::new(registered);
 
@@ -624,16 +604,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (None, false) => "each checked against moto".to_owned(),
     };
     println!(
-        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers back to back for {} s, generator on the same 2 cores | {} (registers beforehand{}: {register_rate:.0}/s, {checked}) |",
+        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers back to back for {} s, generator on the same 2 cores | {} (registers beforehand: {register_rate:.0}/s, {checked}) |",
         nodes.len(),
         args.concurrency,
         args.seconds,
         flood.figures(),
-        if args.go_on_stdin {
-            ", while other work shared the machine"
-        } else {
-            ""
-        },
     );
     let per_node =
         |after: u64, before: u64| after.saturating_sub(before) as f64 / nodes.len() as f64;
