@@ -15,14 +15,16 @@
 //! swaps in whole each time the store changes, so a query never sees half an
 //! update and answers change as soon as the store does.
 //!
-//! The record model is one pure function, [`desired_records`]: the embedded
-//! server builds its snapshot from it, and [`Zone::subscribe`] hands the same
-//! set to the providers that write to another server
-//! ([`crate::dns_reconcile`]). There the wildcard is an explicit
-//! `*.n.c.z` CNAME record; here it is synthesised by [`ZoneData::lookup`].
-//! The set is kept for subscribers only: with the embedded server alone it
-//! would hold every name a second time, so until the first subscriber
-//! comes it is dropped after each build, and the first subscriber gets it
+//! The record model is one pure function, [`desired_records`]:
+//! [`Zone::subscribe`] hands its set to the providers that write to another
+//! server ([`crate::dns_reconcile`]), and the embedded server's snapshot is
+//! built from that set. There the wildcard is an explicit `*.n.c.z` CNAME
+//! record; here it is synthesised by [`ZoneData::lookup`]. The set is made
+//! for subscribers only: with the embedded server alone it would be made
+//! and dropped at every rebuild (millions of small allocations at 100k
+//! nodes), so until the first subscriber comes [`ZoneData::build`] makes
+//! the same snapshot straight from the nodes (a unit test holds the two
+//! ways to the same answers), and the first subscriber gets the set
 //! rebuilt from the snapshot ([`ZoneData::desired`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};

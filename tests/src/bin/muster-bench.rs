@@ -447,7 +447,7 @@ async fn p8_big() -> anyhow::Result<Vec<String>> {
             "--nodes",
             nodes.as_str(),
             "--seconds",
-            "5",
+            "1",
             "--concurrency",
             "64",
             "--byon",
