@@ -20,7 +20,6 @@
 //!   500 nodes once more, with `Throttling` injected by the proxy, to show
 //!   the retries. `--only p7` runs just this one, `--p7-nodes N` changes
 //!   the big zone's size.
-//!
 //! - P8 at 10k and 100k nodes: `muster-load` with bring-your-own nodes,
 //!   its memory rows (P1 and P8 at 2000 nodes are `scripts/bench`'s own
 //!   `muster-load` run, alone).
@@ -28,10 +27,11 @@
 //! The big zone's set-up is minutes of moto's work on one core. It starts
 //! first and runs beside P6, P5, P4 and P8's big runs, whose figures are
 //! call counts, timers, the agent's own CPU time and memory, and beside the
-//! agent's release build: `scripts/bench` builds the agent meanwhile and puts it in
-//! `MUSTER_BIN_DIR` when done, and the agent phases wait for it. P7's
-//! rounds, P3 and P2 run alone. This keeps `scripts/bench` within 15
-//! minutes on a slow machine.
+//! agent's release build: `scripts/bench` builds the agent meanwhile and
+//! puts it in `MUSTER_BIN_DIR` when done, and the agent phases wait for
+//! it. P7's rounds, P3 and P2 run alone. The stretch beside the set-up is
+//! bound by the two cores' total work; stderr says when P4 and P8's big
+//! runs are done, to compare with the set-up's time.
 //!
 //! Figures are medians and percentiles; the machine is shared and noisy, so
 //! read them with the coordinator's CPU use printed beside them. It prints
