@@ -715,7 +715,8 @@ impl Registry {
     /// rebuilding takes at most half of one core: with 100k nodes, writes
     /// coming without pause would otherwise keep one core rebuilding and
     /// starve the registers that cause them. A change then reaches the
-    /// zone within two rebuilds' time.
+    /// zone within three rebuilds' time: the one running when it came,
+    /// the rest after it, and its own.
     pub async fn run_publisher(self: Arc<Self>) {
         self.coalesce.store(true, Ordering::Release);
         // A write that came before the flag was set published inline.
