@@ -490,3 +490,83 @@ async fn throttling_is_retried() {
         );
     }
 }
+
+/// A zone that already holds muster's records (put there beforehand
+/// through a CloudFormation stack, as the benchmark seeds its big zone) is
+/// taken over by a fresh provider with the same owner id without a write:
+/// 60 names (A records, ownership TXTs, a wildcard CNAME) read as its own,
+/// and only the one name whose address differs is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_holding_its_records_is_taken_over_without_a_write() {
+    let moto = Moto::start().await;
+    let proxy = Route53Proxy::start(moto.endpoint(), 0).await;
+    let client = r53::client(&moto.endpoint()).await;
+    let zone_id = r53::create_zone(&client, ZONE).await;
+    let names: Vec<String> = (0..60).map(|i| format!("h{i}.bulk.{ZONE}.")).collect();
+    let wildcard = format!("*.{}", names[0]);
+    let mut sets: Vec<(String, String, Vec<String>)> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        sets.push((
+            format!("_muster.{name}"),
+            "TXT".into(),
+            vec![owner_txt("bulk")],
+        ));
+        sets.push((
+            name.clone(),
+            "A".into(),
+            vec![address([10, 1], i).to_string()],
+        ));
+    }
+    sets.push((
+        format!("_muster-wildcard.{}", names[0]),
+        "TXT".into(),
+        vec![owner_txt("bulk")],
+    ));
+    sets.push((wildcard.clone(), "CNAME".into(), vec![names[0].clone()]));
+    r53::seed(&moto.endpoint(), &zone_id, 30, &sets).await;
+
+    // The seed itself, read back independently.
+    let records = r53::records(&client, &zone_id).await;
+    for (name, kind, values) in &sets {
+        assert_eq!(
+            records.get(&key(name, kind)),
+            Some(&RecordSet {
+                ttl: Some(30),
+                values: values.clone()
+            }),
+            "{name} {kind}"
+        );
+    }
+
+    let provider = provider(&proxy.endpoint(), &zone_id).await;
+    let moved = address([10, 2], 7);
+    let mut changes: Vec<Change> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let ip = if i == 7 { moved } else { address([10, 1], i) };
+            upsert(n.trim_end_matches('.'), RecordData::A(vec![ip]))
+        })
+        .collect();
+    changes.push(upsert(
+        wildcard.trim_end_matches('.'),
+        RecordData::Cname(names[0].clone()),
+    ));
+    proxy.reset();
+    let applied = provider.apply(&changes).await;
+    assert!(applied.error.is_none(), "{:?}", applied.error);
+    assert!(
+        applied.outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{:?}",
+        applied.outcomes
+    );
+    let costs = proxy.change_costs();
+    assert_eq!(costs.len(), 1, "one request, for the moved name: {costs:?}");
+    assert_eq!(costs[0].changes, 1, "{costs:?}");
+    let records = r53::records(&client, &zone_id).await;
+    assert_eq!(values(&records, &names[7], "A"), [moved.to_string()]);
+    assert_eq!(
+        values(&records, &names[8], "A"),
+        [address([10, 1], 8).to_string()]
+    );
+}
