@@ -11,7 +11,8 @@
 //!   (N = 60 and 100), counted by a proxy in front of moto, by action.
 //! - P4: agent killed at a random phase of its heartbeat → its node
 //!   `unreachable` at the default grace, and the false `unreachable`s a 5 s
-//!   coordinator stall (SIGSTOP, SIGCONT) causes; the median of three runs.
+//!   coordinator stall (SIGSTOP, SIGCONT) causes; the median of three runs
+//!   at once, each on a coordinator of its own (the stall stops it).
 //! - P7: Route53 convergence when 10,000 A records change at once (5,000
 //!   nodes' public and internal names move), written by the real
 //!   reconcile loop and Route53 provider in this process into moto's
@@ -24,14 +25,21 @@
 //!   its memory rows (P1 and P8 at 2000 nodes are `scripts/bench`'s own
 //!   `muster-load` run, alone).
 //!
-//! The big zone's set-up is minutes of moto's work on one core. It starts
-//! first and runs beside P6, P5, P4 and P8's big runs, whose figures are
-//! call counts, timers, the agent's own CPU time and memory, and beside the
-//! agent's release build: `scripts/bench` builds the agent meanwhile and
-//! puts it in `MUSTER_BIN_DIR` when done, and the agent phases wait for
-//! it. P7's rounds, P3 and P2 run alone. The stretch beside the set-up is
-//! bound by the two cores' total work; stderr says when P4 and P8's big
-//! runs are done, to compare with the set-up's time.
+//! The big zone starts with its records already in place: they are
+//! seeded through a CloudFormation stack, in the order the provider writes
+//! them, and the provider takes the zone over (it lists the zone and
+//! finds every name its own; the set-up fails if it writes anything). The
+//! provider writing them itself took moto 344 s of one core alone, and
+//! 550–660 s beside the other phases: moto checks every CREATE against
+//! the zone's whole change journal. The small zone's set-up still goes
+//! through the provider's CREATEs.
+//!
+//! The set-up and P8's big runs start first and run beside P6, P5 and P4,
+//! whose figures are call counts, timers and the agent's own CPU time and
+//! memory, and beside the agent's release build: `scripts/bench` builds
+//! the agent meanwhile and puts it in `MUSTER_BIN_DIR` when done, and the
+//! agent phases wait for it. P7's rounds, P3 and P2 run alone. stderr says
+//! when P4 and P8's big runs are done.
 //!
 //! Figures are medians and percentiles; the machine is shared and noisy, so
 //! read them with the coordinator's CPU use printed beside them. It prints
@@ -246,6 +254,10 @@ struct P7Scene {
     provider: Arc<Route53>,
     task: tokio::task::JoinHandle<()>,
     setup: Duration,
+    /// How long seeding the zone took, if it was seeded.
+    seeding: Option<Duration>,
+    /// From the provider's start until it had every name.
+    taking_over: Duration,
     // Dropped last: the proxy and moto the rest talk to.
     _dir: tempfile::TempDir,
     proxy: Route53Proxy,
@@ -258,13 +270,66 @@ impl Drop for P7Scene {
     }
 }
 
-/// Starts moto, the proxy, the provider and the reconcile loop, and
-/// writes every name of `nodes` nodes: the set-up, timed.
-async fn p7_setup(nodes: usize) -> anyhow::Result<P7Scene> {
+/// How P7's zone gets its first records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum P7Start {
+    /// The provider writes them (CREATE, with ownership TXTs), as on a
+    /// coordinator's first start.
+    Written,
+    /// They are put in the zone beforehand, in the order the provider
+    /// writes them, through a CloudFormation stack ([`route53::seed`]);
+    /// the provider then takes the zone over: it lists it and finds every
+    /// name its own, as on a restart with a fresh data dir.
+    Seeded,
+}
+
+/// The record sets the provider writes for `nodes` (round 0), in its
+/// order: each name's ownership TXT, then the name.
+fn p7_seed(nodes: &[NodeRecordSource]) -> anyhow::Result<Vec<(String, String, Vec<String>)>> {
+    use muster_coordinator::dns::RecordData;
+    use muster_coordinator::rfc2136::{owner_value, ownership_name};
+    // Fully qualified, as the embedded zone's own names are.
+    let mut zone = hickory_proto::rr::Name::from_ascii(muster_tests::ZONE)?;
+    zone.set_fqdn(true);
+    let owner = vec![format!("\"{}\"", owner_value(P7_OWNER))];
+    let mut sets = Vec::new();
+    for (name, data) in muster_coordinator::dns::desired_records(&zone, nodes)? {
+        sets.push((
+            ownership_name(&name)?.to_ascii(),
+            "TXT".into(),
+            owner.clone(),
+        ));
+        let (kind, values) = match data {
+            RecordData::A(ips) => ("A", ips.iter().map(Ipv4Addr::to_string).collect()),
+            RecordData::Cname(target) => ("CNAME", vec![target]),
+        };
+        sets.push((name.to_ascii(), kind.into(), values));
+    }
+    Ok(sets)
+}
+
+/// The owner id of P7's provider.
+const P7_OWNER: &str = "bench";
+
+/// P7's record TTL, seconds.
+const P7_TTL: u32 = 30;
+
+/// Starts moto, the proxy, the provider and the reconcile loop, and has
+/// every name of `nodes` nodes in the zone (as `start` says): the set-up,
+/// timed.
+async fn p7_setup(nodes: usize, start: P7Start) -> anyhow::Result<P7Scene> {
     let moto = Moto::start().await;
     let proxy = Route53Proxy::start(moto.endpoint(), 0).await;
     let client = route53::client(&moto.endpoint()).await;
     let zone_id = route53::create_zone(&client, muster_tests::ZONE).await;
+    let sources: Vec<_> = (0..nodes).map(|i| p7_node(i, 0)).collect();
+    let started = Instant::now();
+    let mut seeding = None;
+    if start == P7Start::Seeded {
+        let sets = p7_seed(&sources)?;
+        route53::seed(&moto.endpoint(), &zone_id, P7_TTL, &sets).await;
+        seeding = Some(started.elapsed());
+    }
     let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_sdk_route53::config::Region::new(ec2::TEST_REGION))
         .credentials_provider(aws_sdk_route53::config::Credentials::new(
@@ -281,17 +346,17 @@ async fn p7_setup(nodes: usize) -> anyhow::Result<P7Scene> {
         Route53::client_from(&base),
         Route53Zone::Id(zone_id.clone()),
         muster_tests::ZONE,
-        "bench",
-        30,
+        P7_OWNER,
+        P7_TTL,
         Duration::from_secs(3600),
     )?);
-    let zone = Arc::new(Zone::new(muster_tests::ZONE, 30)?);
+    let zone = Arc::new(Zone::new(muster_tests::ZONE, P7_TTL)?);
     let dir = tempfile::tempdir()?;
     let task = tokio::spawn(
         Reconciler::new(
             zone.clone(),
             provider.clone(),
-            "bench".into(),
+            P7_OWNER.into(),
             dir.path(),
             Duration::from_secs(3600),
         )
@@ -299,12 +364,19 @@ async fn p7_setup(nodes: usize) -> anyhow::Result<P7Scene> {
     );
     let clusters = nodes.div_ceil(P7_CLUSTER_SIZE);
     let names = 3 * nodes + clusters;
-    let started = Instant::now();
-    zone.publish(&(0..nodes).map(|i| p7_node(i, 0)).collect::<Vec<_>>());
-    p7_status(&zone, |s| {
+    let taking_over = Instant::now();
+    zone.publish(&sources);
+    let status = p7_status(&zone, |s| {
         s.applied_names == names && s.pending_changes == 0
     })
     .await?;
+    if start == P7Start::Seeded {
+        // Taking the zone over writes nothing.
+        anyhow::ensure!(
+            status.last_change.is_none() && !proxy.calls().contains_key("ChangeResourceRecordSets"),
+            "the provider changed the seeded zone: {status:?}"
+        );
+    }
     Ok(P7Scene {
         nodes,
         clusters,
@@ -315,6 +387,8 @@ async fn p7_setup(nodes: usize) -> anyhow::Result<P7Scene> {
         provider,
         task,
         setup: started.elapsed(),
+        seeding,
+        taking_over: taking_over.elapsed(),
         _dir: dir,
         proxy,
         _moto: moto,
@@ -389,16 +463,31 @@ async fn p7(
 ) -> anyhow::Result<Vec<String>> {
     let scene = big.await??;
     let mut rows = vec![p7_round(&scene, 1, 0).await?];
-    rows.push(format!(
-        "| P7 | Route53 set-up for the above: {} names and their ownership TXTs written into an empty hosted zone{beside} | {:.1} s |",
-        scene.names,
-        scene.setup.as_secs_f64()
-    ));
+    rows.push(p7_setup_row(&scene, beside));
     drop(scene);
-    // The retries need no big zone: a small one keeps the run short.
-    let small = p7_setup(P7_THROTTLED_NODES).await?;
+    // The retries need no big zone: a small one keeps the run short. Its
+    // set-up goes through the provider's CREATE path.
+    let small = p7_setup(P7_THROTTLED_NODES, P7Start::Written).await?;
     rows.push(p7_round(&small, 1, P7_THROTTLED).await?);
     Ok(rows)
+}
+
+/// The Markdown row of `scene`'s set-up, which ran `beside` other phases
+/// (or with `beside` empty, alone).
+fn p7_setup_row(scene: &P7Scene, beside: &str) -> String {
+    let what = match scene.seeding {
+        Some(seeding) => format!(
+            "seeded through a CloudFormation stack in {:.1} s, then taken over by the provider (it listed the zone and found every name its own, writing nothing) in {:.1} s",
+            seeding.as_secs_f64(),
+            scene.taking_over.as_secs_f64()
+        ),
+        None => "written into an empty hosted zone by the provider".to_owned(),
+    };
+    format!(
+        "| P7 | Route53 set-up for the above: {} names and their ownership TXTs, {what}{beside} | {:.1} s in all |",
+        scene.names,
+        scene.setup.as_secs_f64()
+    )
 }
 
 /// Nodes in P7's throttled round, and the calls answered `Throttling`.
@@ -470,7 +559,7 @@ async fn p8_big() -> anyhow::Result<Vec<String>> {
         let status = run.0.wait().await?;
         anyhow::ensure!(status.success(), "muster-load {}: {status}", args.join(" "));
         let command = format!(
-            "; `muster-load {}`, run by `muster-bench` beside P7's set-up |",
+            "; `muster-load {}`, run by `muster-bench` beside its first phases (P7's set-up, P6, P5, P4) and the agent's release build |",
             args.join(" ")
         );
         let found = out
@@ -495,6 +584,63 @@ impl Drop for LoadRun {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
     }
+}
+
+/// One run of P4 on a coordinator of its own, which it stalls, with the
+/// default 10 s heartbeat and 30 s grace: a 5 s coordinator stall while a
+/// fresh agent runs, then the agent killed at a random phase of its
+/// heartbeat (a fixed one would land every run at the same point of the
+/// cycle). Returns the time from the kill to `unreachable`, and the
+/// `unreachable`s the stall caused.
+async fn p4_run(
+    endpoint: String,
+    client: aws_sdk_ec2::Client,
+) -> anyhow::Result<(Duration, usize)> {
+    let coordinator = Coordinator::start_at(&endpoint, &[]).await;
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    let resolver = coordinator.resolver();
+    let Started {
+        id,
+        mut agent,
+        imds,
+        ..
+    } = start_agent(&client, &coordinator, &resolver, &token).await?;
+    let unreachable_events = || async {
+        coordinator
+            .node(CLUSTER, &id)
+            .await
+            .events
+            .iter()
+            .filter(|e| e.to == muster_proto::NodeState::Unreachable)
+            .count()
+    };
+    let before = unreachable_events().await;
+    let pid = nix::unistd::Pid::from_raw(coordinator.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let false_unreachable = unreachable_events().await - before;
+    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 10_000)).await;
+    agent.stop();
+    let stopped = Instant::now();
+    let unreachable = |nodes: &Vec<muster_proto::NodeView>| {
+        nodes
+            .iter()
+            .any(|n| n.instance_id == id && n.state == muster_proto::NodeState::Unreachable)
+    };
+    let nodes = wait_until(
+        Duration::from_secs(90),
+        Duration::from_millis(100),
+        || coordinator.nodes(CLUSTER),
+        unreachable,
+    )
+    .await;
+    let kill = stopped.elapsed();
+    anyhow::ensure!(unreachable(&nodes), "the node never became unreachable");
+    drop(agent);
+    drop(imds);
+    Ok((kill, false_unreachable))
 }
 
 /// How long [`wait_for_agent`] waits.
@@ -551,18 +697,20 @@ async fn start_agent(
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
     let began = Instant::now();
-    // P7's set-up is minutes of moto's work on one core. It starts first
-    // and runs beside the phases whose figures are counts, timers, the
-    // agent's own CPU time or memory (P6, P5, P4, P8's big runs), and
-    // beside the agent's release build, which `scripts/bench` runs
-    // meanwhile. P7's rounds, P3 and P2 run alone.
-    let p7_big = tokio::spawn(p7_setup(args.p7_nodes));
+    // P7's set-up and P8's big runs start first and run beside the phases
+    // whose figures are counts, timers, the agent's own CPU time or memory
+    // (P6, P5, P4), and beside the agent's release build, which
+    // `scripts/bench` runs meanwhile. P7's rounds, P3 and P2 run alone.
+    let p7_big = tokio::spawn(p7_setup(args.p7_nodes, P7Start::Seeded));
     if args.only_p7 {
         for row in p7(p7_big, "").await? {
             println!("{row}");
         }
         return Ok(());
     }
+    // P8 at 10k and 100k nodes: the memory of a coordinator, whatever
+    // else runs beside it.
+    let p8 = tokio::spawn(p8_big());
     let mut rows = Vec::new();
     let moto = Moto::start().await;
 
@@ -578,20 +726,21 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    // P8 at 10k and 100k nodes: the memory of a coordinator, whatever
-    // else runs beside it.
-    let p8 = tokio::spawn(p8_big());
-
     wait_for_agent().await?;
     let coordinator = Coordinator::start(&moto).await;
     let token = coordinator.create_cluster(CLUSTER).await.join_token;
     let client = ec2::client(&moto.endpoint()).await;
     let resolver = coordinator.resolver();
 
+    // P4's runs, at once and beside P5: each stalls a coordinator of its
+    // own.
+    let mut p4 = tokio::task::JoinSet::new();
+    for _ in 0..P4_RUNS {
+        p4.spawn(p4_run(moto.endpoint(), client.clone()));
+    }
+
     // P5: an agent idle (heartbeats and IMDS polls only).
-    let Started {
-        id, agent, imds, ..
-    } = start_agent(&client, &coordinator, &resolver, &token).await?;
+    let Started { agent, imds, .. } = start_agent(&client, &coordinator, &resolver, &token).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu0 = cpu_time(agent.pid());
     let t0 = Instant::now();
@@ -621,66 +770,21 @@ async fn main() -> anyhow::Result<()> {
         rss_median as f64 / 1024.0,
         agent_cpu
     ));
-    // P4, over P4_RUNS runs with the default 10 s heartbeat and 30 s
-    // grace: a 5 s coordinator stall while the agent runs, then the agent
-    // killed at a random phase of its heartbeat (a fixed one would land
-    // every run at the same point of the cycle). The first run goes on
-    // with P5's agent; each other is a fresh instance.
-    let mut kills = Vec::with_capacity(P4_RUNS);
-    let mut false_unreachable = 0;
-    let mut next = Some((id, agent, imds));
-    for _ in 0..P4_RUNS {
-        let (id, mut agent, imds) = match next.take() {
-            Some(run) => run,
-            None => {
-                let Started {
-                    id, agent, imds, ..
-                } = start_agent(&client, &coordinator, &resolver, &token).await?;
-                (id, agent, imds)
-            }
-        };
-        let unreachable_events = || async {
-            coordinator
-                .node(CLUSTER, &id)
-                .await
-                .events
-                .iter()
-                .filter(|e| e.to == muster_proto::NodeState::Unreachable)
-                .count()
-        };
-        let before = unreachable_events().await;
-        let pid = nix::unistd::Pid::from_raw(coordinator.pid() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
-        tokio::time::sleep(Duration::from_secs(15)).await;
-        false_unreachable += unreachable_events().await - before;
-        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 10_000)).await;
-        agent.stop();
-        let stopped = Instant::now();
-        let node = wait_until(
-            Duration::from_secs(90),
-            Duration::from_millis(100),
-            || coordinator.nodes(CLUSTER),
-            |nodes| {
-                nodes
-                    .iter()
-                    .any(|n| n.instance_id == id && n.state == muster_proto::NodeState::Unreachable)
-            },
-        )
-        .await;
-        anyhow::ensure!(
-            node.iter()
-                .any(|n| n.instance_id == id && n.state == muster_proto::NodeState::Unreachable),
-            "the node never became unreachable"
-        );
-        kills.push(stopped.elapsed());
-        drop(agent);
-        drop(imds);
-    }
+    drop(agent);
+    drop(imds);
+    let p4_runs = p4
+        .join_all()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let false_unreachable: usize = p4_runs
+        .iter()
+        .map(|(_, false_unreachable)| false_unreachable)
+        .sum();
+    let mut kills: Vec<Duration> = p4_runs.iter().map(|(kill, _)| *kill).collect();
     kills.sort();
     rows.push(format!(
-        "| P4 | agent killed at a random phase of its heartbeat → node unreachable (defaults: 10 s heartbeats, 30 s grace), and false unreachable during a 5 s coordinator stall ({} runs, each a fresh instance but the first) | median {:.1} s after the kill (min {:.1} s, max {:.1} s); {false_unreachable} false in {} stalls |",
+        "| P4 | agent killed at a random phase of its heartbeat → node unreachable (defaults: 10 s heartbeats, 30 s grace), and false unreachable during a 5 s coordinator stall ({} runs at once, each a fresh instance on a coordinator of its own) | median {:.1} s after the kill (min {:.1} s, max {:.1} s); {false_unreachable} false in {} stalls |",
         kills.len(),
         percentile(&kills, 50.0).as_secs_f64(),
         kills.first().copied().unwrap_or_default().as_secs_f64(),
