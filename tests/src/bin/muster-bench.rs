@@ -43,7 +43,8 @@
 //!
 //! Figures are medians and percentiles; the machine is shared and noisy, so
 //! read them with the coordinator's CPU use printed beside them. It prints
-//! Markdown rows for BENCHMARKS.md; `scripts/bench` runs it.
+//! Markdown rows for BENCHMARKS.md (measure, figure, the command that made
+//! it); `scripts/bench` runs it.
 
 #![forbid(unsafe_code)]
 
@@ -84,7 +85,7 @@ fn args() -> anyhow::Result<Args> {
         idle: Duration::from_secs(60),
         agent_release: None,
         only_p7: false,
-        p7_nodes: 5000,
+        p7_nodes: P7_NODES,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -157,6 +158,9 @@ async fn launch_calls(
     let calls = proxy.calls();
     Ok((calls.values().sum(), calls))
 }
+
+/// Nodes of P7's big zone, unless `--p7-nodes` says otherwise.
+const P7_NODES: usize = 5000;
 
 /// Nodes per cluster in P7 (each cluster has a round-robin name).
 const P7_CLUSTER_SIZE: usize = 100;
@@ -398,7 +402,12 @@ async fn p7_setup(nodes: usize, start: P7Start) -> anyhow::Result<P7Scene> {
 /// Moves every address of `scene` at once (round `round`), the first
 /// `throttle` ChangeResourceRecordSets answered `Throttling`, and times
 /// the convergence: a Markdown row.
-async fn p7_round(scene: &P7Scene, round: u8, throttle: usize) -> anyhow::Result<String> {
+async fn p7_round(
+    scene: &P7Scene,
+    round: u8,
+    throttle: usize,
+    command: &str,
+) -> anyhow::Result<String> {
     let (nodes, clusters, proxy, provider) =
         (scene.nodes, scene.clusters, &scene.proxy, &scene.provider);
     proxy.reset();
@@ -440,7 +449,7 @@ async fn p7_round(scene: &P7Scene, round: u8, throttle: usize) -> anyhow::Result
         )
     };
     Ok(format!(
-        "| P7 | Route53 convergence: {changed} A records ({} nodes' public and internal names, {clusters} round robins) changing at once, {what}; real reconcile loop and provider, moto {} record sets, 10 requests/s | every record read back through the SDK {:.1} s after the change (all accepted by Route53 after {:.1} s: {changes} ChangeResourceRecordSets of at most {largest} counted records, moto's own processing {:.1} s; {other_calls} other Route53 calls); {retries} throttling answers seen and retried; last change {} |",
+        "| P7 | Route53 convergence: {changed} A records ({} nodes' public and internal names, {clusters} round robins) changing at once, {what}; real reconcile loop and provider, moto {} record sets, 10 requests/s | every record read back through the SDK {:.1} s after the change (all accepted by Route53 after {:.1} s: {changes} ChangeResourceRecordSets of at most {largest} counted records, moto's own processing {:.1} s; {other_calls} other Route53 calls); {retries} throttling answers seen and retried; last change {} | {command} |",
         nodes,
         2 * scene.names,
         read.as_secs_f64(),
@@ -462,19 +471,24 @@ async fn p7(
     beside: &str,
 ) -> anyhow::Result<Vec<String>> {
     let scene = big.await??;
-    let mut rows = vec![p7_round(&scene, 1, 0).await?];
-    rows.push(p7_setup_row(&scene, beside));
+    let command = if scene.nodes == P7_NODES {
+        "`muster-bench --only p7`".to_owned()
+    } else {
+        format!("`muster-bench --only p7 --p7-nodes {}`", scene.nodes)
+    };
+    let mut rows = vec![p7_round(&scene, 1, 0, &command).await?];
+    rows.push(p7_setup_row(&scene, beside, &command));
     drop(scene);
     // The retries need no big zone: a small one keeps the run short. Its
     // set-up goes through the provider's CREATE path.
     let small = p7_setup(P7_THROTTLED_NODES, P7Start::Written).await?;
-    rows.push(p7_round(&small, 1, P7_THROTTLED).await?);
+    rows.push(p7_round(&small, 1, P7_THROTTLED, &command).await?);
     Ok(rows)
 }
 
 /// The Markdown row of `scene`'s set-up, which ran `beside` other phases
 /// (or with `beside` empty, alone).
-fn p7_setup_row(scene: &P7Scene, beside: &str) -> String {
+fn p7_setup_row(scene: &P7Scene, beside: &str, command: &str) -> String {
     let what = match scene.seeding {
         Some(seeding) => format!(
             "seeded through a CloudFormation stack in {:.1} s, then taken over by the provider (it listed the zone and found every name its own, writing nothing) in {:.1} s",
@@ -484,7 +498,7 @@ fn p7_setup_row(scene: &P7Scene, beside: &str) -> String {
         None => "written into an empty hosted zone by the provider".to_owned(),
     };
     format!(
-        "| P7 | Route53 set-up for the above: {} names and their ownership TXTs, {what}{beside} | {:.1} s in all |",
+        "| P7 | Route53 set-up for the above: {} names and their ownership TXTs, {what}{beside} | {:.1} s in all | {command} |",
         scene.names,
         scene.setup.as_secs_f64()
     )
@@ -558,14 +572,16 @@ async fn p8_big() -> anyhow::Result<Vec<String>> {
         }
         let status = run.0.wait().await?;
         anyhow::ensure!(status.success(), "muster-load {}: {status}", args.join(" "));
-        let command = format!(
-            "; `muster-load {}`, run by `muster-bench` beside its first phases (P7's set-up, P6, P5, P4) and the agent's release build |",
-            args.join(" ")
-        );
+        // muster-load's rows end with its command; where it ran follows.
         let found = out
             .lines()
             .filter(|l| l.starts_with("| P8 |"))
-            .map(|l| format!("{}{command}", l.trim_end().trim_end_matches('|').trim_end()))
+            .map(|l| {
+                format!(
+                    "{} (run by `muster-bench`, beside its first phases and the agent's release build) |",
+                    l.trim_end().trim_end_matches('|').trim_end()
+                )
+            })
             .collect::<Vec<_>>();
         anyhow::ensure!(!found.is_empty(), "no P8 row from muster-load:\n{out}");
         rows.extend(found);
@@ -712,6 +728,12 @@ async fn main() -> anyhow::Result<()> {
     // else runs beside it.
     let p8 = tokio::spawn(p8_big());
     let mut rows = Vec::new();
+    // The last cell of this program's own rows.
+    let command = format!(
+        "`muster-bench --trials {} --idle-secs {}`",
+        args.trials,
+        args.idle.as_secs()
+    );
     let moto = Moto::start().await;
 
     for (region, n) in [("us-west-2", 60), ("eu-west-1", 100)] {
@@ -721,7 +743,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|(action, calls)| format!("{action} {calls}"))
             .collect();
         rows.push(format!(
-            "| P6 | EC2 calls of `cluster create --count {n}` in a fresh region (counted by a proxy in front of moto) | {total} calls: {} |",
+            "| P6 | EC2 calls of `cluster create --count {n}` in a fresh region (counted by a proxy in front of moto) | {total} calls: {} | {command} |",
             breakdown.join(", ")
         ));
     }
@@ -765,7 +787,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "binary size not measured (no --agent-release)".into());
     rows.push(format!(
-        "| P5 | agent idle over {} s (the binary under test; heartbeats every 10 s, IMDS polled every 1 s) | RSS median {:.1} MiB, CPU {:.2} % of a core; {size} |",
+        "| P5 | agent idle over {} s (the binary under test; heartbeats every 10 s, IMDS polled every 1 s) | RSS median {:.1} MiB, CPU {:.2} % of a core; {size} | {command} |",
         args.idle.as_secs(),
         rss_median as f64 / 1024.0,
         agent_cpu
@@ -784,7 +806,7 @@ async fn main() -> anyhow::Result<()> {
     let mut kills: Vec<Duration> = p4_runs.iter().map(|(kill, _)| *kill).collect();
     kills.sort();
     rows.push(format!(
-        "| P4 | agent killed at a random phase of its heartbeat → node unreachable (defaults: 10 s heartbeats, 30 s grace), and false unreachable during a 5 s coordinator stall ({} runs at once, each a fresh instance on a coordinator of its own) | median {:.1} s after the kill (min {:.1} s, max {:.1} s); {false_unreachable} false in {} stalls |",
+        "| P4 | agent killed at a random phase of its heartbeat → node unreachable (defaults: 10 s heartbeats, 30 s grace), and false unreachable during a 5 s coordinator stall ({} runs at once, each a fresh instance on a coordinator of its own) | median {:.1} s after the kill (min {:.1} s, max {:.1} s); {false_unreachable} false in {} stalls | {command} |",
         kills.len(),
         percentile(&kills, 50.0).as_secs_f64(),
         kills.first().copied().unwrap_or_default().as_secs_f64(),
@@ -860,7 +882,7 @@ async fn main() -> anyhow::Result<()> {
     trials.sort();
 
     rows.push(format!(
-        "| P2 | Elastic IP associated in moto → embedded DNS answers it ({} trials at random phases, agent defaults: 1 s IMDS poll) | p50 {} ms, p99 {} ms, max {} ms; coordinator CPU {:.1} % of a core during the trials |",
+        "| P2 | Elastic IP associated in moto → embedded DNS answers it ({} trials at random phases, agent defaults: 1 s IMDS poll) | p50 {} ms, p99 {} ms, max {} ms; coordinator CPU {:.1} % of a core during the trials | {command} |",
         trials.len(),
         percentile(&trials, 50.0).as_millis(),
         percentile(&trials, 99.0).as_millis(),
@@ -868,7 +890,7 @@ async fn main() -> anyhow::Result<()> {
         coordinator_cpu
     ));
     rows.push(format!(
-        "| P3 | agent process start → registered and its DNS name answering ({} runs, each a fresh instance) | median {} ms (min {} ms, max {} ms) |",
+        "| P3 | agent process start → registered and its DNS name answering ({} runs, each a fresh instance) | median {} ms (min {} ms, max {} ms) | {command} |",
         starts.len(),
         percentile(&starts, 50.0).as_millis(),
         starts.first().copied().unwrap_or_default().as_millis(),

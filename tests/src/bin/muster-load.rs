@@ -16,10 +16,14 @@
 //!    at 10 s. The first interval, in which every agent opens its
 //!    connection, is left out of the latencies.
 //!
-//! It prints Markdown rows:
+//! It prints Markdown rows (measure, figure, and the command that made
+//! them):
 //!
 //! - P1: for each phase, heartbeats per second the coordinator answered
 //!   with 200, their latency p50/p99, errors, and the coordinator's CPU.
+//!   With `--runs N` each phase runs N times in turn (floods, then
+//!   fleets, each fleet opening its connections anew), and each figure is
+//!   the median of the runs, the lowest and highest beside it.
 //! - P8: the coordinator's anonymous RSS (heap and stacks; not the
 //!   executable's pages, which the first registers touch once) per node:
 //!   the marginal cost, the growth over the second half of the registers
@@ -79,6 +83,7 @@ struct Args {
     sweep_interval: Option<String>,
     fleet: bool,
     byon: bool,
+    runs: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -91,6 +96,7 @@ fn args() -> anyhow::Result<Args> {
         sweep_interval: None,
         fleet: true,
         byon: false,
+        runs: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -98,18 +104,19 @@ fn args() -> anyhow::Result<Args> {
             .next()
             .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--nodes" => parsed.nodes = value.parse()?,
-            "--seconds" => parsed.seconds = value.parse()?,
-            "--concurrency" => parsed.concurrency = value.parse()?,
-            "--interval" => parsed.interval = value.parse()?,
+            "--nodes" => parsed.nodes = number(&flag, &value)?,
+            "--seconds" => parsed.seconds = number(&flag, &value)?,
+            "--concurrency" => parsed.concurrency = number(&flag, &value)?,
+            "--interval" => parsed.interval = number(&flag, &value)?,
             "--ec2-cache-refresh" => parsed.ec2_cache_refresh = Some(value),
             "--sweep-interval" => parsed.sweep_interval = Some(value),
             "--fleet" => parsed.fleet = yes_no(&flag, &value)?,
             "--byon" => parsed.byon = yes_no(&flag, &value)?,
+            "--runs" => parsed.runs = number(&flag, &value)?,
             other => {
                 anyhow::bail!(
                     "unknown flag {other}; known: --nodes, --seconds, --concurrency, --interval, \
-                     --ec2-cache-refresh, --sweep-interval, --fleet, --byon"
+                     --ec2-cache-refresh, --sweep-interval, --fleet, --byon, --runs"
                 )
             }
         }
@@ -122,6 +129,7 @@ fn args() -> anyhow::Result<Args> {
         (1..=3600).contains(&parsed.seconds),
         "--seconds must be 1..=3600"
     );
+    anyhow::ensure!((1..=9).contains(&parsed.runs), "--runs must be 1..=9");
     anyhow::ensure!(
         (1..=1024).contains(&parsed.concurrency),
         "--concurrency must be 1..=1024"
@@ -135,6 +143,12 @@ fn args() -> anyhow::Result<Args> {
         "--byon registers no instance, so --ec2-cache-refresh has nothing to list"
     );
     Ok(parsed)
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> anyhow::Result<T> {
+    value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{flag} takes a whole number, not {value:?}"))
 }
 
 fn yes_no(flag: &str, value: &str) -> anyhow::Result<bool> {
@@ -245,16 +259,45 @@ impl Phase {
         })
     }
 
-    fn figures(&self) -> String {
-        format!(
-            "{:.0}/s, p50 {:.1} ms, p99 {:.1} ms, {} errors; coordinator CPU {:.0} % of a core",
-            self.answered as f64 / self.wall,
-            percentile(&self.latencies, 50.0).as_secs_f64() * 1000.0,
-            percentile(&self.latencies, 99.0).as_secs_f64() * 1000.0,
-            self.errors,
-            self.cpu,
-        )
+    /// Answered heartbeats per second.
+    fn rate(&self) -> f64 {
+        self.answered as f64 / self.wall
     }
+
+    /// Latency at percentile `p`, milliseconds.
+    fn ms(&self, p: f64) -> f64 {
+        percentile(&self.latencies, p).as_secs_f64() * 1000.0
+    }
+}
+
+/// The figures of one phase's `runs`: each figure the median of the runs
+/// (the upper one of an even count), with the lowest and highest beside
+/// it when there is more than one run; errors summed.
+fn figures(runs: &[Phase]) -> String {
+    let median = |figure: &dyn Fn(&Phase) -> f64, digits: usize, unit: &str| {
+        let mut values: Vec<f64> = runs.iter().map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        let mid = values.get(values.len() / 2).copied().unwrap_or_default();
+        match (values.first(), values.last()) {
+            (Some(low), Some(high)) if values.len() > 1 => {
+                format!("{mid:.digits$}{unit} ({low:.digits$}–{high:.digits$})")
+            }
+            _ => format!("{mid:.digits$}{unit}"),
+        }
+    };
+    let what = if runs.len() > 1 {
+        format!("median of {} runs (lowest–highest): ", runs.len())
+    } else {
+        String::new()
+    };
+    format!(
+        "{what}{}, p50 {}, p99 {}, {} errors; coordinator CPU {} of a core",
+        median(&Phase::rate, 0, "/s"),
+        median(&|p| p.ms(50.0), 1, " ms"),
+        median(&|p| p.ms(99.0), 1, " ms"),
+        runs.iter().map(|p| p.errors).sum::<u64>(),
+        median(&|p| p.cpu, 0, " %"),
+    )
 }
 
 /// A machine to register: an instance in moto, or a bring-your-own
@@ -461,6 +504,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Each row's last cell: the command that made it.
+    let command = format!(
+        "`muster-load {}`",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
     let moto = Moto::start().await;
     // A long grace keeps liveness out of the measure: registering takes
     // a while, and nodes registered first wait silent for the rest.
@@ -552,7 +600,92 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let nodes = Arc::new(registered);
 
-    // The flood: each worker walks its share of the nodes round and round.
+    let mut floods = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs {
+        floods.push(flood(&coordinator, &http, &nodes, &args).await?);
+    }
+    // Every node now holds its facts; no connection but the shared pool's.
+    let rss_after = rss_kib(coordinator.pid());
+    let anon_after = rss_anon_kib(coordinator.pid());
+
+    let mut fleets = Vec::new();
+    if args.fleet {
+        for _ in 0..args.runs {
+            fleets.push(fleet(&coordinator, &nodes, args.seconds).await?);
+        }
+    }
+
+    if !fleets.is_empty() {
+        let offered = nodes.len() as f64 / (nodes[0].interval + nodes[0].jitter / 2).as_secs_f64();
+        println!(
+            "| P1 | heartbeats/s of a paced fleet: {} simulated agents, each on its own HTTPS connection, every {} s plus up to {} ms of jitter (about {offered:.0}/s offered) for {} s, generator on the same 2 cores; latencies from the second interval on, once every agent has opened its connection | {} | {command} |",
+            nodes.len(),
+            nodes[0].interval.as_secs_f64(),
+            nodes[0].jitter.as_millis(),
+            args.seconds,
+            figures(&fleets),
+        );
+    }
+    let checked = match (&args.ec2_cache_refresh, args.byon) {
+        (_, true) => "bring-your-own machines, which EC2 is never asked about".to_owned(),
+        (Some(refresh), false) => {
+            format!("each confirmed by the EC2 cache's listing, refreshed every {refresh}")
+        }
+        (None, false) => "each checked against moto".to_owned(),
+    };
+    println!(
+        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers back to back for {} s, generator on the same 2 cores | {} (registers beforehand: {register_rate:.0}/s, {checked}) | {command} |",
+        nodes.len(),
+        args.concurrency,
+        args.seconds,
+        figures(&floods),
+    );
+    let per_node =
+        |after: u64, before: u64| after.saturating_sub(before) as f64 / nodes.len() as f64;
+    let listed = match listing {
+        Some((took, anon)) => format!(
+            "; the EC2 cache's listing of all {} instances, read {:.0} s after the first register, took {:.1} → {:.1} MiB before the registers",
+            nodes.len(),
+            took.as_secs_f64(),
+            anon_before as f64 / 1024.0,
+            anon as f64 / 1024.0,
+        ),
+        None => String::new(),
+    };
+    println!(
+        "| P8 | coordinator memory per node: {} {}nodes registered, each with host facts in memory (the growth of anonymous RSS, the heap and stacks, not the executable's pages) | marginal {marginal:.2} KiB per node (the second {added_count} registers: {:.1} → {:.1} MiB); on average {:.2} KiB per node from before the first register to after the flood ({:.1} → {:.1} MiB, {} connections open; all RSS, with the executable's pages: {:.2} KiB per node){listed} | {command} |",
+        nodes.len(),
+        if args.byon { "bring-your-own " } else { "" },
+        anon_half as f64 / 1024.0,
+        anon_full as f64 / 1024.0,
+        per_node(anon_after, anon_before),
+        anon_before as f64 / 1024.0,
+        anon_after as f64 / 1024.0,
+        args.concurrency,
+        per_node(rss_after, rss_before),
+    );
+    if let Some(peak) = fleets.iter().map(|f| f.peak_anon_kib).max() {
+        println!(
+            "| P8 | coordinator memory per node with every node's agent connected ({} nodes, each on its own HTTPS connection: the fleet phases' peak) | {:.2} KiB anonymous RSS per node ({:.1} MiB at the peak) | {command} |",
+            nodes.len(),
+            per_node(peak, anon_before),
+            peak as f64 / 1024.0,
+        );
+    }
+    drop(coordinator);
+    drop(moto);
+    Ok(())
+}
+
+/// The flood: `--concurrency` workers, each walking its share of the
+/// nodes round and round, for `--seconds`.
+async fn flood(
+    coordinator: &Coordinator,
+    http: &reqwest::Client,
+    nodes: &Arc<Vec<Node>>,
+    args: &Args,
+) -> anyhow::Result<Phase> {
+    let url = coordinator.url();
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..args.concurrency {
@@ -574,77 +707,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             (latencies, answered, errors)
         });
     }
-    let flood = Phase::measure(&coordinator, workers).await?;
-    // Every node now holds its facts; no connection but the shared pool's.
-    let rss_after = rss_kib(coordinator.pid());
-    let anon_after = rss_anon_kib(coordinator.pid());
-
-    let fleet = if args.fleet {
-        Some(fleet(&coordinator, &nodes, args.seconds).await?)
-    } else {
-        None
-    };
-
-    if let Some(fleet) = &fleet {
-        let offered = nodes.len() as f64 / (nodes[0].interval + nodes[0].jitter / 2).as_secs_f64();
-        println!(
-            "| P1 | heartbeats/s of a paced fleet: {} simulated agents, each on its own HTTPS connection, every {} s plus up to {} ms of jitter (about {offered:.0}/s offered) for {} s, generator on the same 2 cores; latencies from the second interval on, once every agent has opened its connection | {} |",
-            nodes.len(),
-            nodes[0].interval.as_secs_f64(),
-            nodes[0].jitter.as_millis(),
-            args.seconds,
-            fleet.figures(),
-        );
-    }
-    let checked = match (&args.ec2_cache_refresh, args.byon) {
-        (_, true) => "bring-your-own machines, which EC2 is never asked about".to_owned(),
-        (Some(refresh), false) => {
-            format!("each confirmed by the EC2 cache's listing, refreshed every {refresh}")
-        }
-        (None, false) => "each checked against moto".to_owned(),
-    };
-    println!(
-        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers back to back for {} s, generator on the same 2 cores | {} (registers beforehand: {register_rate:.0}/s, {checked}) |",
-        nodes.len(),
-        args.concurrency,
-        args.seconds,
-        flood.figures(),
-    );
-    let per_node =
-        |after: u64, before: u64| after.saturating_sub(before) as f64 / nodes.len() as f64;
-    let listed = match listing {
-        Some((took, anon)) => format!(
-            "; the EC2 cache's listing of all {} instances, read {:.0} s after the first register, took {:.1} → {:.1} MiB before the registers",
-            nodes.len(),
-            took.as_secs_f64(),
-            anon_before as f64 / 1024.0,
-            anon as f64 / 1024.0,
-        ),
-        None => String::new(),
-    };
-    println!(
-        "| P8 | coordinator memory per node: {} {}nodes registered, each with host facts in memory (the growth of anonymous RSS, the heap and stacks, not the executable's pages) | marginal {marginal:.2} KiB per node (the second {added_count} registers: {:.1} → {:.1} MiB); on average {:.2} KiB per node from before the first register to after the flood ({:.1} → {:.1} MiB, {} connections open; all RSS, with the executable's pages: {:.2} KiB per node){listed} |",
-        nodes.len(),
-        if args.byon { "bring-your-own " } else { "" },
-        anon_half as f64 / 1024.0,
-        anon_full as f64 / 1024.0,
-        per_node(anon_after, anon_before),
-        anon_before as f64 / 1024.0,
-        anon_after as f64 / 1024.0,
-        args.concurrency,
-        per_node(rss_after, rss_before),
-    );
-    if let Some(fleet) = &fleet {
-        println!(
-            "| P8 | coordinator memory per node with every node's agent connected ({} nodes, each on its own HTTPS connection: the fleet phase's peak) | {:.2} KiB anonymous RSS per node ({:.1} MiB at the peak) |",
-            nodes.len(),
-            per_node(fleet.peak_anon_kib, anon_before),
-            fleet.peak_anon_kib as f64 / 1024.0,
-        );
-    }
-    drop(coordinator);
-    drop(moto);
-    Ok(())
+    Phase::measure(coordinator, workers).await
 }
 
 /// The fleet: one simulated agent per node, on its own connection, for
