@@ -28,7 +28,7 @@
 //!   executable's pages, which the first registers touch once) per node:
 //!   the marginal cost, the growth over the second half of the registers
 //!   (each node heartbeats once after its register, to hold its facts);
-//!   the average, from before the registers to after the flood; and the
+//!   the average, from before the registers to after the flood(s); and the
 //!   peak of the fleet phase, with every node on its own connection, as
 //!   in a real fleet.
 //!
@@ -640,6 +640,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.seconds,
         figures(&floods),
     );
+    let floods = match args.runs {
+        1 => "flood".to_owned(),
+        n => format!("{n} floods"),
+    };
     let per_node =
         |after: u64, before: u64| after.saturating_sub(before) as f64 / nodes.len() as f64;
     let listed = match listing {
@@ -653,7 +657,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => String::new(),
     };
     println!(
-        "| P8 | coordinator memory per node: {} {}nodes registered, each with host facts in memory (the growth of anonymous RSS, the heap and stacks, not the executable's pages) | marginal {marginal:.2} KiB per node (the second {added_count} registers: {:.1} → {:.1} MiB); on average {:.2} KiB per node from before the first register to after the flood ({:.1} → {:.1} MiB, {} connections open; all RSS, with the executable's pages: {:.2} KiB per node){listed} | {command} |",
+        "| P8 | coordinator memory per node: {} {}nodes registered, each with host facts in memory (the growth of anonymous RSS, the heap and stacks, not the executable's pages) | marginal {marginal:.2} KiB per node (the second {added_count} registers: {:.1} → {:.1} MiB); on average {:.2} KiB per node from before the first register to after the {floods} ({:.1} → {:.1} MiB, {} connections open; all RSS, with the executable's pages: {:.2} KiB per node){listed} | {command} |",
         nodes.len(),
         if args.byon { "bring-your-own " } else { "" },
         anon_half as f64 / 1024.0,
