@@ -287,17 +287,17 @@ enum P7Start {
     Seeded,
 }
 
-/// The record sets the provider writes for `nodes` (round 0), in its
-/// order: each name's ownership TXT, then the name.
-fn p7_seed(nodes: &[NodeRecordSource]) -> anyhow::Result<Vec<(String, String, Vec<String>)>> {
+/// The record sets the provider writes for `nodes` (round 0) under
+/// `zone`, in its order: each name's ownership TXT, then the name.
+fn p7_seed(
+    zone: &hickory_proto::rr::Name,
+    nodes: &[NodeRecordSource],
+) -> anyhow::Result<Vec<(String, String, Vec<String>)>> {
     use muster_coordinator::dns::RecordData;
     use muster_coordinator::rfc2136::{owner_value, ownership_name};
-    // Fully qualified, as the embedded zone's own names are.
-    let mut zone = hickory_proto::rr::Name::from_ascii(muster_tests::ZONE)?;
-    zone.set_fqdn(true);
     let owner = vec![format!("\"{}\"", owner_value(P7_OWNER))];
     let mut sets = Vec::new();
-    for (name, data) in muster_coordinator::dns::desired_records(&zone, nodes)? {
+    for (name, data) in muster_coordinator::dns::desired_records(zone, nodes)? {
         sets.push((
             ownership_name(&name)?.to_ascii(),
             "TXT".into(),
@@ -326,11 +326,12 @@ async fn p7_setup(nodes: usize, start: P7Start) -> anyhow::Result<P7Scene> {
     let proxy = Route53Proxy::start(moto.endpoint(), 0).await;
     let client = route53::client(&moto.endpoint()).await;
     let zone_id = route53::create_zone(&client, muster_tests::ZONE).await;
+    let zone = Arc::new(Zone::new(muster_tests::ZONE, P7_TTL)?);
     let sources: Vec<_> = (0..nodes).map(|i| p7_node(i, 0)).collect();
     let started = Instant::now();
     let mut seeding = None;
     if start == P7Start::Seeded {
-        let sets = p7_seed(&sources)?;
+        let sets = p7_seed(zone.name(), &sources)?;
         route53::seed(&moto.endpoint(), &zone_id, P7_TTL, &sets).await;
         seeding = Some(started.elapsed());
     }
@@ -354,7 +355,6 @@ async fn p7_setup(nodes: usize, start: P7Start) -> anyhow::Result<P7Scene> {
         P7_TTL,
         Duration::from_secs(3600),
     )?);
-    let zone = Arc::new(Zone::new(muster_tests::ZONE, P7_TTL)?);
     let dir = tempfile::tempdir()?;
     let task = tokio::spawn(
         Reconciler::new(
