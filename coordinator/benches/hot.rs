@@ -15,9 +15,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use muster_coordinator::dns::{NodeRecordSource, Zone, ZoneData};
 use muster_coordinator::ec2::{Ec2Error, InstanceFacts, InstanceLookup};
-use muster_coordinator::registry::{hash_secret, new_secret, Registry, Timing};
+use muster_coordinator::launcher::userdata::{render, AgentBootstrap};
+use muster_coordinator::registry::{Registry, Timing};
+use muster_coordinator::secrets::{hash_secret, new_secret};
 use muster_coordinator::store::Store;
-use muster_coordinator::userdata::{render, AgentBootstrap};
 use muster_proto::token::TokenKind;
 use muster_proto::{HeartbeatRequest, HostFacts, NodeState, RegisterRequest, PROTOCOL_VERSION};
 

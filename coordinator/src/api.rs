@@ -39,7 +39,8 @@ use muster_proto::{paths, CreateClusterRequest, CreateClusterResponse, ErrorBody
 use serde::de::DeserializeOwned;
 
 use crate::config::Trust;
-use crate::registry::{secret_matches, Registry, RegistryError};
+use crate::registry::{Registry, RegistryError};
+use crate::secrets::secret_matches;
 
 /// How long a request body may take to arrive.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,7 +65,7 @@ pub struct AppState {
     /// The per-source limit on agent requests, if there is one.
     pub limiter: Option<Arc<SourceLimiter>>,
     /// The agent served to booting nodes, if any.
-    pub agent: Option<Arc<crate::agent_dist::AgentDist>>,
+    pub agent: Option<Arc<crate::launcher::agent_dist::AgentDist>>,
 }
 
 /// The limiter for `per_second` agent requests from one source (bursts of
@@ -409,7 +410,7 @@ async fn rotate_admin_token(
             format!("could not write the new admin token: {e}"),
         )
     })?;
-    *hash = crate::registry::hash_secret(&token);
+    *hash = crate::secrets::hash_secret(&token);
     Ok(Json(muster_proto::AdminTokenResponse {
         admin_token: token,
     }))

@@ -1,7 +1,7 @@
 //! Launching and removing a cluster's instances on EC2.
 //!
 //! [`Launcher::prepare`] gets a cluster ready to launch into:
-//! 1. the network, found or created by [`crate::network::ensure_network`]
+//! 1. the network, found or created by [`crate::launcher::network::ensure_network`]
 //!    (and dry-run per subnet);
 //! 2. a security group `muster-NAME` in that VPC, unless security groups
 //!    were given: all TCP between its members, and 22/tcp from the
@@ -15,7 +15,7 @@
 //! cluster (security group, key pair) is deleted again; the shared network
 //! stays.
 //!
-//! [`Launcher::launch`] places nodes with [`crate::placement::place`] and
+//! [`Launcher::launch`] places nodes with [`crate::launcher::placement::place`] and
 //! makes one RunInstances per subnet per wave, MinCount = MaxCount = the
 //! subnet's share (all or nothing: EC2 refuses the call rather than launch
 //! part of it), each instance with a gp2 data volume at `/dev/sdf`
@@ -44,6 +44,11 @@
 //! as it does until the instances' network interfaces are gone) and the key
 //! pair muster made, with its key file.
 
+pub mod agent_dist;
+pub mod network;
+pub mod placement;
+pub mod userdata;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -60,18 +65,13 @@ use muster_proto::launch::{LaunchSpec, LaunchView, SubnetProblem};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::ec2::Ec2Clients;
-use crate::network::{self, ensure_network, filter, sdk_message, settled, NetworkRequest};
-use crate::placement::place;
+use crate::ec2::{filter, sdk_message, settled, Ec2Clients, TAG_CLUSTER, TAG_MANAGED};
 use crate::store::LaunchedInstance;
+use network::{ensure_network, NetworkRequest};
+use placement::place;
 
 /// The device name of every node's data volume.
 pub const DATA_DEVICE: &str = "/dev/sdf";
-
-/// Tag keys on everything muster launches.
-pub const TAG_CLUSTER: &str = "muster:cluster";
-/// `true` on everything muster made.
-pub const TAG_MANAGED: &str = "muster:managed";
 
 /// EC2 answers that say a subnet cannot take (more) instances now; the
 /// launch moves on to the other subnets.

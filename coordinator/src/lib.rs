@@ -39,7 +39,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod agent_dist;
 pub mod api;
 pub mod cli;
 pub use muster_coordinator_config as config;
@@ -49,14 +48,12 @@ pub mod ec2;
 pub mod identity_document;
 pub mod launcher;
 pub mod lifecycle;
-pub mod network;
 pub mod pki;
-pub mod placement;
 pub mod registry;
 pub mod rfc2136;
 pub mod route53;
+pub mod secrets;
 pub mod store;
-pub mod userdata;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -90,7 +87,7 @@ pub enum ServeError {
     },
     /// The agent binary to serve could not be read.
     #[error(transparent)]
-    AgentDist(#[from] agent_dist::AgentDistError),
+    AgentDist(#[from] launcher::agent_dist::AgentDistError),
     /// TLS or the admin token could not be set up.
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
@@ -170,17 +167,18 @@ pub async fn serve(
         }
         None => Arc::new(ec2::Ec2Instances::new(clients.clone())),
     };
-    let ca_pem = userdata::read_ca(files.ca.as_deref()).map_err(|source| ServeError::Ca {
-        path: files
-            .ca
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        source,
-    })?;
+    let ca_pem =
+        launcher::userdata::read_ca(files.ca.as_deref()).map_err(|source| ServeError::Ca {
+            path: files
+                .ca
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            source,
+        })?;
     let agent = match &settings.agent {
         Some((binary, deb)) => {
-            let dist = agent_dist::AgentDist::new(binary, deb.as_deref())?;
+            let dist = launcher::agent_dist::AgentDist::new(binary, deb.as_deref())?;
             tracing::info!(
                 binary = %binary.display(),
                 deb = ?deb.as_ref().map(|d| d.display().to_string()),
@@ -298,7 +296,7 @@ pub async fn serve(
     }
     let app = api::router(api::AppState {
         registry,
-        admin_token_hash: Arc::new(std::sync::RwLock::new(registry::hash_secret(&admin_token))),
+        admin_token_hash: Arc::new(std::sync::RwLock::new(secrets::hash_secret(&admin_token))),
         data_dir: Arc::new(settings.data_dir.clone()),
         trust: Arc::new(settings.trust.clone()),
         limiter,

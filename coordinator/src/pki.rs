@@ -24,7 +24,7 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-use crate::registry::new_secret;
+use crate::secrets::new_secret;
 
 /// CA certificate file name.
 pub const CA_FILE: &str = "ca.pem";

@@ -35,19 +35,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use muster_proto::token::{format_secret, TokenKind, SECRET_BYTES};
+use muster_proto::token::TokenKind;
 use muster_proto::{
     validate, ClusterView, EventPage, EventSource, HeartbeatRequest, HeartbeatResponse, HostFacts,
     NodeDetail, NodeEvent, NodeState, NodeView, RegisterRequest, RegisterResponse, ValidationError,
 };
-use rand::RngCore;
-use subtle::ConstantTimeEq;
 
 use crate::config::Trust;
 use crate::dns::{NodeRecordSource, Zone};
 use crate::ec2::{Ec2Error, InstanceFacts, InstanceLookup};
 use crate::launcher::{ClusterLaunch, LaunchError, Launcher};
 use crate::lifecycle::{self, Input};
+use crate::secrets::{
+    digest_secret, hash_secret, new_secret, secret_matches, stored_digest, SecretDigest,
+};
 use crate::store::{Cluster, Node, NodeRegistration, Store, StoreError, TokenPurpose};
 
 mod clusters;
@@ -189,7 +190,7 @@ pub enum RegistryError {
     Store(StoreError),
     /// The agent binary to install could not be read.
     #[error(transparent)]
-    Agent(#[from] crate::agent_dist::AgentDistError),
+    Agent(#[from] crate::launcher::agent_dist::AgentDistError),
 }
 
 impl From<StoreError> for RegistryError {
@@ -276,7 +277,7 @@ pub struct LaunchContext {
     /// The CA agents pin, PEM; `None` with an operator certificate.
     pub ca_pem: Option<String>,
     /// The agent served to booting nodes; `None` when images carry it.
-    pub agent: Option<Arc<crate::agent_dist::AgentDist>>,
+    pub agent: Option<Arc<crate::launcher::agent_dist::AgentDist>>,
 }
 
 /// A node as kept in memory: the stored fields the hot paths need, plus
@@ -508,46 +509,6 @@ pub struct Registry {
     trust: Trust,
     /// Counters for `/metrics`.
     pub counters: Counters,
-}
-
-/// The SHA-256 of a secret.
-type SecretDigest = [u8; 32];
-
-/// SHA-256 of a secret. Every heartbeat hashes its credential: ring's
-/// assembly keeps that cheap.
-fn digest_secret(secret: &str) -> SecretDigest {
-    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    let mut out = [0; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
-/// SHA-256 of a secret, hex encoded: what the store keeps. Memory keeps
-/// the 32 bytes ([`stored_digest`]).
-pub fn hash_secret(secret: &str) -> String {
-    hex::encode(digest_secret(secret))
-}
-
-/// The digest a stored hex hash names; `None` if it is not one.
-fn stored_digest(hex_hash: &str) -> Option<SecretDigest> {
-    let mut out = [0; 32];
-    hex::decode_to_slice(hex_hash, &mut out).ok()?;
-    Some(out)
-}
-
-/// A fresh random secret of `kind`.
-pub fn new_secret(kind: TokenKind) -> String {
-    let mut random = [0u8; SECRET_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut random);
-    format_secret(kind, &random)
-}
-
-/// Whether `secret` hashes to `stored_hash`, in constant time.
-pub fn secret_matches(secret: &str, stored_hash: &str) -> bool {
-    hash_secret(secret)
-        .as_bytes()
-        .ct_eq(stored_hash.as_bytes())
-        .into()
 }
 
 fn show_ip(ip: Option<Ipv4Addr>) -> String {
@@ -1601,21 +1562,6 @@ mod tests {
     use std::str::FromStr;
 
     const ID: &str = "i-0123456789abcdef0";
-
-    /// Stored hashes are SHA-256 in lower-case hex: the FIPS 180-2 "abc"
-    /// vector, so a store written before keeps matching its credentials.
-    #[test]
-    fn secrets_hash_to_sha256_hex() {
-        assert_eq!(
-            hash_secret("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(
-            stored_digest(&hash_secret("abc")),
-            Some(digest_secret("abc"))
-        );
-        assert_eq!(stored_digest("ba78"), None);
-    }
 
     /// Stands in for EC2 in these unit tests only: a fixed table of
     /// instances, a cache's listing (empty unless a test fills it), and

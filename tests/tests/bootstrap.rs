@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use muster_coordinator::userdata::{self, AgentBootstrap, MAX_USER_DATA_BYTES};
+use muster_coordinator::launcher::userdata::{self, AgentBootstrap, MAX_USER_DATA_BYTES};
 use muster_proto::{AgentDownload, NodeState, UserDataResponse};
 use muster_tests::cloudinit::{self, under};
 use muster_tests::ec2::{self, TEST_AMI};

@@ -470,9 +470,9 @@ async fn a_full_subnet_is_skipped() {
     let moto = Moto::start().await;
     let sdk = ec2::client(&moto.endpoint()).await;
     // Make the network first so the full subnet's id is known.
-    let network = muster_coordinator::network::ensure_network(
+    let network = muster_coordinator::launcher::network::ensure_network(
         &sdk,
-        &muster_coordinator::network::NetworkRequest {
+        &muster_coordinator::launcher::network::NetworkRequest {
             vpc_id: None,
             subnet_ids: vec![],
             instance_type: "t3.micro".into(),

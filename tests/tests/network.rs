@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
-use muster_coordinator::network::{ensure_network, Network, NetworkError, NetworkRequest};
+use muster_coordinator::launcher::network::{
+    ensure_network, Network, NetworkError, NetworkRequest,
+};
 use muster_tests::ec2proxy::{Ec2Proxy, Refusal};
 use muster_tests::{ec2, Moto};
 

@@ -12,7 +12,7 @@
 //!   that cluster.
 //! - **Scale** compares the target with the nodes not on their way out
 //!   (`terminating`, `terminated`): it launches the difference, or removes
-//!   nodes as [`crate::placement::scale_down`] picks them (terminating
+//!   nodes as [`crate::launcher::placement::scale_down`] picks them (terminating
 //!   their instances). Scaling never replaces nodes by itself: an
 //!   unreachable node is not a dead one.
 //! - **Remove** marks the cluster `removing` and returns; a task then
@@ -32,12 +32,13 @@ use muster_proto::{
     validate, ClusterState, ClusterView, CreateClusterRequest, CreateClusterResponse, NodeState,
 };
 
-use super::{cluster_launch, hash_secret, launch_json, new_secret, Registry, RegistryError};
+use super::{cluster_launch, launch_json, Registry, RegistryError};
 use crate::dns::INTERNAL_LABEL;
+use crate::launcher::userdata::{self, AgentBootstrap};
 use crate::launcher::{ClusterLaunch, LaunchError, Wave};
 use crate::lifecycle::Input;
+use crate::secrets::{hash_secret, new_secret};
 use crate::store::{Cluster, TokenPurpose};
-use crate::userdata::{self, AgentBootstrap};
 use muster_proto::{AgentDownload, EventSource, UserDataResponse, ValidationError};
 
 /// How long a removal waits for EC2 to say every instance is terminated
@@ -411,7 +412,8 @@ impl Registry {
                     )
                 })
                 .collect();
-            removing = crate::placement::scale_down(&candidates, (current - req.count) as usize);
+            removing =
+                crate::launcher::placement::scale_down(&candidates, (current - req.count) as usize);
             let ids: Vec<String> = nodes
                 .iter()
                 .filter(|n| removing.contains(&n.name))

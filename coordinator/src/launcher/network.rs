@@ -59,18 +59,17 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::future::Future;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
-use std::time::Duration;
 
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
     AttachmentStatus, AttributeBooleanValue, Filter, InstanceType, ResourceType, Tag,
     TagSpecification,
 };
 use aws_sdk_ec2::Client;
-use rand::Rng;
+
+use crate::ec2::{filter, sdk_message, settled};
 
 /// The `Name` tag of the VPC muster creates and looks for.
 pub const VPC_NAME: &str = "muster-vpc";
@@ -95,22 +94,6 @@ const DEFAULT_ROUTE: &str = "0.0.0.0/0";
 
 /// Most values one EC2 filter takes.
 const VALUES_PER_FILTER: usize = 200;
-
-/// What EC2 answers, for a little while, about a resource created moments
-/// ago: the answers [`settled`] retries on.
-const NOT_YET_VISIBLE: &[&str] = &[
-    "InvalidVpcID.NotFound",
-    "InvalidSubnetID.NotFound",
-    "InvalidInternetGatewayID.NotFound",
-    "InvalidRouteTableID.NotFound",
-    "InvalidGatewayID.NotFound",
-    "InvalidGroup.NotFound",
-];
-
-/// Waits between tries in [`settled`]: 0.25 s, 0.5 s, 1 s, 2 s, 4 s, each
-/// cut by up to half at random (jitter); at most 7.75 s in all, then the
-/// sixth answer stands.
-const SETTLE_DELAYS_MS: [u64; 5] = [250, 500, 1000, 2000, 4000];
 
 /// What a cluster launch needs of the network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -609,11 +592,6 @@ fn has_name(tags: &[Tag], name: &str) -> bool {
         .any(|t| t.key() == Some("Name") && t.value() == Some(name))
 }
 
-/// A filter on one value.
-pub(crate) fn filter(name: &str, value: &str) -> Filter {
-    Filter::builder().name(name).values(value).build()
-}
-
 /// The filter for resources tagged `Name=name`.
 fn name_filter(name: &str) -> Filter {
     filter("tag:Name", name)
@@ -625,46 +603,6 @@ fn name_tag(resource: ResourceType, name: &str) -> TagSpecification {
         .resource_type(resource)
         .tags(Tag::builder().key("Name").value(name).build())
         .build()
-}
-
-/// An SDK error with all its causes, on one line.
-pub(crate) fn sdk_message(error: &impl std::error::Error) -> String {
-    DisplayErrorContext(error).to_string()
-}
-
-/// Runs `call`, and runs it again after a short wait while EC2 answers
-/// that a resource it names does not exist yet (see [`SETTLE_DELAYS_MS`]).
-pub(crate) async fn settled<T, E, F, Fut>(call: F) -> Result<T, E>
-where
-    E: ProvideErrorMetadata,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    retry_not_yet_visible(&SETTLE_DELAYS_MS, call).await
-}
-
-/// [`settled`] with its waits (in milliseconds, before jitter) given.
-async fn retry_not_yet_visible<T, E, F, Fut>(delays_ms: &[u64], mut call: F) -> Result<T, E>
-where
-    E: ProvideErrorMetadata,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    for &delay_ms in delays_ms {
-        match call().await {
-            Err(error) if error.code().is_some_and(|c| NOT_YET_VISIBLE.contains(&c)) => {
-                let wait = rand::thread_rng().gen_range(delay_ms / 2..=delay_ms);
-                tracing::debug!(
-                    code = error.code().unwrap_or_default(),
-                    wait_ms = wait,
-                    "EC2 does not see a new resource yet; trying again"
-                );
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
-            answer => return answer,
-        }
-    }
-    call().await
 }
 
 /// One region's EC2, for the steps of [`ensure_network`].
@@ -939,7 +877,7 @@ impl<'a> Ec2<'a> {
             route_table_id: route_table_id.clone(),
             gateway_id: gateway_id.to_owned(),
             region: self.region.clone(),
-            message: DisplayErrorContext(error).to_string(),
+            message: sdk_message(error),
         };
         match route {
             Some(r) if r.gateway_id() == Some(gateway_id) => {}
@@ -1450,45 +1388,6 @@ mod tests {
         ));
         assert!(!has_name(&[tag("Name", "muster-vpc-2")], VPC_NAME));
         assert!(!has_name(&[tag("name", "muster-vpc")], VPC_NAME));
-    }
-
-    /// A retried call stops at the first answer that is not "not found yet".
-    #[tokio::test]
-    async fn settled_retries_only_not_yet_visible() {
-        const DELAYS: [u64; 3] = [1, 1, 1];
-        use aws_sdk_ec2::error::ErrorMetadata;
-        let not_found = || {
-            ErrorMetadata::builder()
-                .code("InvalidSubnetID.NotFound")
-                .build()
-        };
-        let mut calls = 0;
-        let answer: Result<u8, ErrorMetadata> = retry_not_yet_visible(&DELAYS, || {
-            calls += 1;
-            let answer = if calls < 3 { Err(not_found()) } else { Ok(7) };
-            std::future::ready(answer)
-        })
-        .await;
-        assert_eq!(answer.unwrap(), 7);
-        assert_eq!(calls, 3);
-
-        let mut calls = 0;
-        let answer: Result<u8, ErrorMetadata> = retry_not_yet_visible(&DELAYS, || {
-            calls += 1;
-            std::future::ready(Err(ErrorMetadata::builder().code("Unsupported").build()))
-        })
-        .await;
-        assert_eq!(answer.unwrap_err().code(), Some("Unsupported"));
-        assert_eq!(calls, 1);
-
-        let mut calls = 0;
-        let answer: Result<u8, ErrorMetadata> = retry_not_yet_visible(&DELAYS, || {
-            calls += 1;
-            std::future::ready(Err(not_found()))
-        })
-        .await;
-        assert!(answer.is_err());
-        assert_eq!(calls, DELAYS.len() + 1, "bounded");
     }
 
     proptest! {

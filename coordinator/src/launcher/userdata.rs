@@ -55,7 +55,7 @@ pub const AGENT_UNIT_PATH: &str = "/etc/systemd/system/muster-agent.service";
 pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
 
 /// The agent's systemd unit, as shipped in `systemd/`.
-pub const AGENT_UNIT: &str = include_str!("../../systemd/muster-agent.service");
+pub const AGENT_UNIT: &str = include_str!("../../../systemd/muster-agent.service");
 
 /// The install step: download, check, install. Its arguments, in order:
 /// URL, SHA-256, architecture, destination, CA file (empty for the system

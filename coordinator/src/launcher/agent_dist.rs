@@ -146,7 +146,7 @@ impl AgentDist {
 
     /// What is served, in words, for a 404.
     pub fn describe(&self) -> String {
-        let mut files = vec![crate::agent_dist::BINARY_NAME];
+        let mut files = vec![BINARY_NAME];
         if self.deb.is_some() {
             files.push(DEB_NAME);
         }
