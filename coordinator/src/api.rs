@@ -66,6 +66,8 @@ pub struct AppState {
     pub limiter: Option<Arc<SourceLimiter>>,
     /// The agent served to booting nodes, if any.
     pub agent: Option<Arc<crate::launcher::agent_dist::AgentDist>>,
+    /// How far the external DNS provider has got.
+    pub dns_status: Arc<crate::dns::status::StatusBoard>,
 }
 
 /// The limiter for `per_second` agent requests from one source (bursts of
@@ -575,7 +577,7 @@ async fn dns_status(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&state, &headers)?;
-    Ok(Json(match state.registry.zone().provider_status() {
+    Ok(Json(match state.dns_status.get() {
         Some(status) => serde_json::json!(status),
         None => serde_json::json!({ "provider": "embedded", "pending_changes": 0 }),
     }))
@@ -711,8 +713,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 .collect(),
         );
     }
-    if let Some(dns) = registry.zone().provider_status() {
-        crate::dns_reconcile::write_metrics(&dns, &mut section);
+    if let Some(dns) = state.dns_status.get() {
+        write_dns_metrics(&dns, &mut section);
     }
     (
         [(
@@ -721,6 +723,59 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+/// Writes the provider's metrics through `section(name, kind, help, lines)`.
+fn write_dns_metrics(
+    status: &crate::dns::status::ProviderStatus,
+    section: &mut impl FnMut(&str, &str, &str, Vec<String>),
+) {
+    let label = format!("provider=\"{}\"", status.provider);
+    let mut gauge = |name: &str, kind: &str, help: &str, value: String| {
+        section(name, kind, help, vec![format!("{name}{{{label}}} {value}")]);
+    };
+    gauge(
+        "muster_dns_pending_changes",
+        "gauge",
+        "DNS names whose change is not applied at the provider yet.",
+        status.pending_changes.to_string(),
+    );
+    gauge(
+        "muster_dns_conflicts",
+        "gauge",
+        "DNS names muster wants but does not own, left alone.",
+        status.conflicts.len().to_string(),
+    );
+    gauge(
+        "muster_dns_applied_names",
+        "gauge",
+        "DNS names applied at the provider.",
+        status.applied_names.to_string(),
+    );
+    gauge(
+        "muster_dns_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last DNS pass that reached the provider without error (0: never).",
+        status.last_success_unix.unwrap_or_default().to_string(),
+    );
+    gauge(
+        "muster_dns_update_failures_total",
+        "counter",
+        "DNS passes that failed.",
+        status.failures_total.to_string(),
+    );
+    gauge(
+        "muster_dns_throttled_total",
+        "counter",
+        "Answers from the DNS provider that told muster to slow down (each retried).",
+        status.throttled_total.to_string(),
+    );
+    gauge(
+        "muster_dns_changes_applied_total",
+        "counter",
+        "DNS changes applied at the provider.",
+        status.applied_total.to_string(),
+    );
 }
 
 #[cfg(test)]

@@ -684,7 +684,7 @@ async fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            match muster_coordinator::serve(settings, shutdown_signal()).await {
+            match muster_coordinator::serve::serve(settings, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "coordinator failed");
@@ -699,7 +699,7 @@ async fn main() -> ExitCode {
             instance_type,
             json,
         } => {
-            muster_coordinator::install_crypto_provider();
+            muster_coordinator::serve::install_crypto_provider();
             match check_credentials(regions, ami, instance_type, json).await {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -710,7 +710,7 @@ async fn main() -> ExitCode {
             }
         }
         command => {
-            muster_coordinator::install_crypto_provider();
+            muster_coordinator::serve::install_crypto_provider();
             match admin(command).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ cli::CliError::Setting { .. }) => {

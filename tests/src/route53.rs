@@ -77,7 +77,7 @@ pub async fn records_paged(
         for set in page.resource_record_sets() {
             out.insert(
                 (
-                    muster_coordinator::route53::decode_name(set.name()),
+                    muster_coordinator::dns::route53::decode_name(set.name()),
                     set.r#type().as_str().to_owned(),
                 ),
                 RecordSet {

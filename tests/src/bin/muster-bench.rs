@@ -54,9 +54,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use muster_coordinator::config::Route53Zone;
+use muster_coordinator::dns::provider::DnsProvider;
+use muster_coordinator::dns::reconcile::Reconciler;
+use muster_coordinator::dns::route53::Route53;
+use muster_coordinator::dns::status::{ProviderStatus, StatusBoard};
 use muster_coordinator::dns::{NodeRecordSource, Zone};
-use muster_coordinator::dns_reconcile::{DnsProvider, ProviderStatus, Reconciler};
-use muster_coordinator::route53::Route53;
 use muster_tests::procs::{cpu_time, percentile, rss_kib};
 use muster_tests::{
     ec2, route53, wait_until, Agent, Coordinator, Ec2Proxy, Imds, Moto, Route53Proxy, POLL,
@@ -183,13 +185,13 @@ fn p7_node(i: usize, round: u8) -> NodeRecordSource {
 
 /// The provider's status once `done` holds.
 async fn p7_status(
-    zone: &Zone,
+    board: &StatusBoard,
     done: impl Fn(&ProviderStatus) -> bool,
 ) -> anyhow::Result<ProviderStatus> {
     let status = wait_until(
         P7_PATIENCE,
         Duration::from_millis(20),
-        || std::future::ready(zone.provider_status().unwrap_or_default()),
+        || std::future::ready(board.get().unwrap_or_default()),
         |s| done(s),
     )
     .await;
@@ -255,6 +257,7 @@ struct P7Scene {
     client: aws_sdk_route53::Client,
     zone_id: String,
     zone: Arc<Zone>,
+    board: Arc<StatusBoard>,
     provider: Arc<Route53>,
     task: tokio::task::JoinHandle<()>,
     setup: Duration,
@@ -293,8 +296,8 @@ fn p7_seed(
     zone: &hickory_proto::rr::Name,
     nodes: &[NodeRecordSource],
 ) -> anyhow::Result<Vec<(String, String, Vec<String>)>> {
+    use muster_coordinator::dns::ownership::{owner_value, ownership_name};
     use muster_coordinator::dns::RecordData;
-    use muster_coordinator::rfc2136::{owner_value, ownership_name};
     let owner = vec![format!("\"{}\"", owner_value(P7_OWNER))];
     let mut sets = Vec::new();
     for (name, data) in muster_coordinator::dns::desired_records(zone, nodes)? {
@@ -356,10 +359,12 @@ async fn p7_setup(nodes: usize, start: P7Start) -> anyhow::Result<P7Scene> {
         Duration::from_secs(3600),
     )?);
     let dir = tempfile::tempdir()?;
+    let board = Arc::new(StatusBoard::default());
     let task = tokio::spawn(
         Reconciler::new(
             zone.clone(),
             provider.clone(),
+            board.clone(),
             P7_OWNER.into(),
             dir.path(),
             Duration::from_secs(3600),
@@ -370,7 +375,7 @@ async fn p7_setup(nodes: usize, start: P7Start) -> anyhow::Result<P7Scene> {
     let names = 3 * nodes + clusters;
     let taking_over = Instant::now();
     zone.publish(&sources);
-    let status = p7_status(&zone, |s| {
+    let status = p7_status(&board, |s| {
         s.applied_names == names && s.pending_changes == 0
     })
     .await?;
@@ -388,6 +393,7 @@ async fn p7_setup(nodes: usize, start: P7Start) -> anyhow::Result<P7Scene> {
         client,
         zone_id,
         zone,
+        board,
         provider,
         task,
         setup: started.elapsed(),
@@ -412,7 +418,7 @@ async fn p7_round(
         (scene.nodes, scene.clusters, &scene.proxy, &scene.provider);
     proxy.reset();
     proxy.throttle_next(throttle);
-    let before = scene.zone.provider_status().unwrap_or_default();
+    let before = scene.board.get().unwrap_or_default();
     let throttled_before = provider.throttled_total();
     let requests_before = provider.requests_total();
     let changed = 2 * nodes + clusters;
@@ -420,7 +426,7 @@ async fn p7_round(
     scene
         .zone
         .publish(&(0..nodes).map(|i| p7_node(i, round)).collect::<Vec<_>>());
-    let status = p7_status(&scene.zone, |s| {
+    let status = p7_status(&scene.board, |s| {
         s.applied_total >= before.applied_total + changed as u64 && s.pending_changes == 0
     })
     .await?;

@@ -1,17 +1,17 @@
-//! Keeps an external DNS server at the desired records: the
-//! [`DnsProvider`] trait, and the reconcile loop that drives one.
+//! The reconcile loop: keeps an external DNS server (a [`DnsProvider`])
+//! at the zone's desired records, and posts its progress on the
+//! [`StatusBoard`].
 //!
 //! # Providers
 //! `embedded` (the default) is the coordinator's own server
-//! ([`crate::dns`]): it answers straight from the desired records, so it is
-//! current by construction and needs no loop. `rfc2136`
-//! ([`crate::rfc2136`]) writes to another server and `route53`
-//! ([`crate::route53`]) to a Route53 hosted zone; both are driven from here.
-//! With either, the embedded server keeps answering on `--dns-listen` too:
-//! it is harmless, and handy to compare with.
+//! ([`super::server`]): it answers straight from the desired records, so it
+//! is current by construction and needs no loop. `rfc2136` writes to
+//! another server and `route53` to a Route53 hosted zone; both are driven
+//! from here. With either, the embedded server keeps answering on
+//! `--dns-listen` too: it is harmless, and handy to compare with.
 //!
 //! # The loop
-//! Desired records come from [`crate::dns::Zone::subscribe`], which always
+//! Desired records come from [`Zone::subscribe`], which always
 //! holds the latest set, so the last address wins and nothing is applied out
 //! of order: every pass works from the newest set, never from a queue of
 //! events.
@@ -35,13 +35,8 @@
 //!   zero and its ceiling. Changes arriving meanwhile join the next try.
 //!
 //! # Ownership
-//! The records carry an ownership TXT naming this coordinator's owner id,
-//! made at random on first start and kept in `D/dns-owner-id` (copy it with
-//! the data dir to keep ownership), or given with `--dns-owner-id`. Names
-//! muster does not own are conflicts: logged, listed on `GET
-//! /v1/dns/status` and counted in `/metrics`, and never changed. That holds
-//! for deletes too: a name muster wrote that has lost its ownership record
-//! is not deleted, and stays listed as a conflict until it is desired again.
+//! Every change is guarded by ownership ([`super::ownership`]): names
+//! muster does not own are conflicts, reported and never changed.
 //!
 //! # Changes in flight
 //! A provider whose server applies changes later (Route53: `PENDING`, then
@@ -59,7 +54,10 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::dns::{DesiredRecords, RecordData, Zone};
+use super::ownership::write_atomically;
+use super::provider::{Change, DnsProvider, Outcome, ProviderError};
+use super::status::{ProviderStatus, StatusBoard};
+use super::{name_key, DesiredRecords, RecordData, Zone};
 
 /// How long the loop waits after a change before applying it, so changes
 /// arriving together go out together.
@@ -67,9 +65,6 @@ pub const COALESCE: Duration = Duration::from_millis(200);
 
 /// The file holding what was applied, in the data dir.
 pub const APPLIED_FILE: &str = "dns-applied.json";
-
-/// The file holding the owner id, in the data dir.
-pub const OWNER_ID_FILE: &str = "dns-owner-id";
 
 /// How often a pending change is asked about.
 pub const CHANGE_POLL: Duration = Duration::from_secs(2);
@@ -83,187 +78,12 @@ const RETRY_BASE: Duration = Duration::from_millis(250);
 /// The last retry ceiling.
 const RETRY_CAP: Duration = Duration::from_secs(10);
 
-/// Errors of a provider that stop a batch; the rest stays pending.
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    /// RFC 2136.
-    #[error(transparent)]
-    Rfc2136(#[from] crate::rfc2136::Rfc2136Error),
-    /// Route53.
-    #[error(transparent)]
-    Route53(#[from] crate::route53::Route53Error),
-}
-
-/// Errors setting the loop up.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    /// The owner id could not be read or written.
-    #[error("owner id file {path}: {source}")]
-    OwnerId {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-/// One change to one name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// Make `name` hold `data`.
-    Upsert {
-        /// The name.
-        name: Name,
-        /// Its records.
-        data: RecordData,
-        /// Whether muster believes it owns the name already.
-        owned: bool,
-    },
-    /// Remove `name`, if muster owns it.
-    Delete {
-        /// The name.
-        name: Name,
-    },
-}
-
-/// What became of one change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Done (or, for a delete, nothing of ours is left).
-    Applied,
-    /// The name belongs to someone else and was left alone; why.
-    Conflict(String),
-}
-
-/// What a provider did with a batch.
-#[derive(Debug)]
-pub struct Applied {
-    /// One outcome for each of the first changes, in order; changes past
-    /// them were not decided.
-    pub outcomes: Vec<Outcome>,
-    /// What stopped the batch, if anything did.
-    pub error: Option<ProviderError>,
-}
-
-/// A change submitted to a server that applies it later.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastChange {
-    /// The server's id of the change.
-    pub id: String,
-    /// `PENDING` or `INSYNC`, as last heard.
-    pub status: String,
-    /// When it was submitted (RFC 3339).
-    pub submitted_at: String,
-}
-
-impl LastChange {
-    /// Whether the server has not applied it everywhere yet.
-    pub fn is_pending(&self) -> bool {
-        self.status == "PENDING"
-    }
-}
-
-/// A DNS server muster writes its records to.
-#[async_trait::async_trait]
-pub trait DnsProvider: Send + Sync + std::fmt::Debug {
-    /// `rfc2136` or `route53`.
-    fn kind(&self) -> &'static str;
-    /// Where the records go, for humans (server and zone).
-    fn target(&self) -> String;
-    /// Applies `changes` in order, each guarded by ownership.
-    async fn apply(&self, changes: &[Change]) -> Applied;
-    /// The last change submitted, for servers that apply changes later.
-    fn last_change(&self) -> Option<LastChange> {
-        None
-    }
-    /// Asks the server how far the last change has got.
-    async fn refresh_last_change(&self) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    /// Answers that told muster to slow down (throttling), since start.
-    fn throttled_total(&self) -> u64 {
-        0
-    }
-}
-
-/// Progress of a provider, for `GET /v1/dns/status` and `/metrics`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProviderStatus {
-    /// The provider kind.
-    pub provider: String,
-    /// Where the records go.
-    pub target: String,
-    /// This coordinator's owner id.
-    pub owner: String,
-    /// Names whose change is not applied yet.
-    pub pending_changes: usize,
-    /// The first of those names.
-    pub pending: Vec<String>,
-    /// Names muster wants but does not own, with why.
-    pub conflicts: BTreeMap<String, String>,
-    /// Names applied.
-    pub applied_names: usize,
-    /// Unix time of the last pass that reached the server without error.
-    pub last_success_unix: Option<u64>,
-    /// Unix time of the last full pass that succeeded.
-    pub last_full_reconcile_unix: Option<u64>,
-    /// The last error, until a pass succeeds.
-    pub last_error: Option<String>,
-    /// Passes that failed since start.
-    pub failures_total: u64,
-    /// Changes applied since start.
-    pub applied_total: u64,
-    /// Answers that told muster to slow down, since start (each retried).
-    pub throttled_total: u64,
-    /// The last change submitted, where the server applies changes later.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_change: Option<LastChange>,
-}
-
-/// The owner id kept in `data_dir`, made (16 random hex digits) on first use.
-pub fn ensure_owner_id(data_dir: &Path) -> Result<String, ReconcileError> {
-    let path = data_dir.join(OWNER_ID_FILE);
-    let error = |source| ReconcileError::OwnerId {
-        path: path.display().to_string(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(error(e)),
-    }
-    let id = hex::encode(rand::random::<[u8; 8]>());
-    write_atomically(&path, format!("{id}\n").as_bytes()).map_err(error)?;
-    Ok(id)
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// The applied records on disk.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct AppliedFile {
     provider: String,
     owner: String,
     records: BTreeMap<String, RecordData>,
-}
-
-/// A name as the key of the maps kept by name: its text in lower case,
-/// with the trailing dot of a fully qualified name (`n1.web.example.com.`).
-/// Two names are equal (ignoring case, as `Name`'s own comparison does)
-/// exactly when their keys are, and the key parses back to the name.
-pub fn name_key(name: &Name) -> String {
-    let mut key = name.to_ascii();
-    key.make_ascii_lowercase();
-    key
 }
 
 /// What was applied, by [`name_key`].
@@ -333,6 +153,7 @@ fn unix_now() -> u64 {
 pub struct Reconciler {
     zone: Arc<Zone>,
     provider: Arc<dyn DnsProvider>,
+    board: Arc<StatusBoard>,
     owner: String,
     state_path: PathBuf,
     interval: Duration,
@@ -343,11 +164,13 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// A reconciler writing `zone`'s records through `provider` as `owner`,
-    /// with its applied state in `data_dir` and a full pass every
-    /// `interval`. Loads what an earlier run applied.
+    /// posting its progress on `board`, with its applied state in
+    /// `data_dir` and a full pass every `interval`. Loads what an earlier
+    /// run applied.
     pub fn new(
         zone: Arc<Zone>,
         provider: Arc<dyn DnsProvider>,
+        board: Arc<StatusBoard>,
         owner: String,
         data_dir: &Path,
         interval: Duration,
@@ -365,6 +188,7 @@ impl Reconciler {
         Reconciler {
             zone,
             provider,
+            board,
             owner,
             state_path,
             interval,
@@ -524,14 +348,13 @@ impl Reconciler {
         self.status.applied_names = self.applied.len();
         self.status.throttled_total = self.provider.throttled_total();
         self.status.last_change = self.provider.last_change();
-        self.zone.set_provider_status(self.status.clone());
+        self.board.set(self.status.clone());
     }
 }
 
 /// Asks `provider` about its last change every [`CHANGE_POLL`] while that
-/// change is pending, and puts the answer on the zone's provider status.
-/// Runs until aborted.
-pub async fn watch_last_change(zone: Arc<Zone>, provider: Arc<dyn DnsProvider>) {
+/// change is pending, and posts the answer on `board`. Runs until aborted.
+pub async fn watch_last_change(board: Arc<StatusBoard>, provider: Arc<dyn DnsProvider>) {
     loop {
         tokio::time::sleep(CHANGE_POLL).await;
         if !provider.last_change().is_some_and(|c| c.is_pending()) {
@@ -542,61 +365,8 @@ pub async fn watch_last_change(zone: Arc<Zone>, provider: Arc<dyn DnsProvider>) 
             continue;
         }
         let last_change = provider.last_change();
-        zone.update_provider_status(|status| status.last_change = last_change);
+        board.update(|status| status.last_change = last_change);
     }
-}
-
-/// Writes the provider's metrics through `section(name, kind, help, lines)`.
-pub fn write_metrics(
-    status: &ProviderStatus,
-    section: &mut impl FnMut(&str, &str, &str, Vec<String>),
-) {
-    let label = format!("provider=\"{}\"", status.provider);
-    let mut gauge = |name: &str, kind: &str, help: &str, value: String| {
-        section(name, kind, help, vec![format!("{name}{{{label}}} {value}")]);
-    };
-    gauge(
-        "muster_dns_pending_changes",
-        "gauge",
-        "DNS names whose change is not applied at the provider yet.",
-        status.pending_changes.to_string(),
-    );
-    gauge(
-        "muster_dns_conflicts",
-        "gauge",
-        "DNS names muster wants but does not own, left alone.",
-        status.conflicts.len().to_string(),
-    );
-    gauge(
-        "muster_dns_applied_names",
-        "gauge",
-        "DNS names applied at the provider.",
-        status.applied_names.to_string(),
-    );
-    gauge(
-        "muster_dns_last_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the last DNS pass that reached the provider without error (0: never).",
-        status.last_success_unix.unwrap_or_default().to_string(),
-    );
-    gauge(
-        "muster_dns_update_failures_total",
-        "counter",
-        "DNS passes that failed.",
-        status.failures_total.to_string(),
-    );
-    gauge(
-        "muster_dns_throttled_total",
-        "counter",
-        "Answers from the DNS provider that told muster to slow down (each retried).",
-        status.throttled_total.to_string(),
-    );
-    gauge(
-        "muster_dns_changes_applied_total",
-        "counter",
-        "DNS changes applied at the provider.",
-        status.applied_total.to_string(),
-    );
 }
 
 /// What an earlier run applied to `target` as `owner`; empty if there is no
@@ -636,6 +406,7 @@ mod tests {
 
     use muster_proto::NodeState;
 
+    use crate::dns::provider::Applied;
     use crate::dns::NodeRecordSource;
 
     fn name(s: &str) -> Name {
@@ -740,11 +511,7 @@ mod tests {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Applied {
                     outcomes: Vec::new(),
-                    error: Some(ProviderError::Rfc2136(
-                        crate::rfc2136::Rfc2136Error::Timeout {
-                            server: "fake".into(),
-                        },
-                    )),
+                    error: Some("the fake server timed out".into()),
                 };
             }
             self.batches.lock().unwrap().push(changes.to_vec());
@@ -774,10 +541,13 @@ mod tests {
         }
     }
 
-    async fn status_until(zone: &Zone, ok: impl Fn(&ProviderStatus) -> bool) -> ProviderStatus {
+    async fn status_until(
+        board: &StatusBoard,
+        ok: impl Fn(&ProviderStatus) -> bool,
+    ) -> ProviderStatus {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let status = zone.provider_status().unwrap_or_default();
+            let status = board.get().unwrap_or_default();
             if ok(&status) || std::time::Instant::now() > deadline {
                 return status;
             }
@@ -791,12 +561,14 @@ mod tests {
     async fn outage_keeps_changes_and_restart_resumes() {
         let dir = tempfile::tempdir().unwrap();
         let zone = Arc::new(Zone::new("z", 30).unwrap());
+        let board = Arc::new(StatusBoard::default());
         let fake = Arc::new(Fake::default());
         fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
         let task = tokio::spawn(
             Reconciler::new(
                 zone.clone(),
                 fake.clone(),
+                board.clone(),
                 "me".into(),
                 dir.path(),
                 Duration::from_secs(3600),
@@ -805,11 +577,12 @@ mod tests {
         );
         zone.publish(&[node("n1", 1)]);
         zone.publish(&[node("n1", 2)]);
-        let status = status_until(&zone, |s| s.pending_changes > 0 && s.last_error.is_some()).await;
+        let status =
+            status_until(&board, |s| s.pending_changes > 0 && s.last_error.is_some()).await;
         assert_eq!(status.pending_changes, 4, "{status:?}");
         assert!(fake.batches.lock().unwrap().is_empty());
         fake.down.store(false, std::sync::atomic::Ordering::SeqCst);
-        let status = status_until(&zone, |s| s.pending_changes == 0 && s.applied_names == 4).await;
+        let status = status_until(&board, |s| s.pending_changes == 0 && s.applied_names == 4).await;
         assert_eq!(status.pending_changes, 0, "{status:?}");
         assert_eq!(status.last_error, None);
         let sent: Vec<Change> = fake.batches.lock().unwrap().concat();
@@ -822,19 +595,21 @@ mod tests {
         task.abort();
 
         let again = Arc::new(Zone::new("z", 30).unwrap());
+        let board = Arc::new(StatusBoard::default());
         again.publish(&[node("n1", 2)]);
         let fresh = Arc::new(Fake::default());
         let task = tokio::spawn(
             Reconciler::new(
                 again.clone(),
                 fresh.clone(),
+                board.clone(),
                 "me".into(),
                 dir.path(),
                 Duration::from_secs(3600),
             )
             .run(),
         );
-        let status = status_until(&again, |s| s.applied_names == 4).await;
+        let status = status_until(&board, |s| s.applied_names == 4).await;
         assert_eq!(status.pending_changes, 0);
         assert!(fresh.batches.lock().unwrap().is_empty());
         task.abort();
@@ -845,6 +620,7 @@ mod tests {
     async fn conflicts_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let zone = Arc::new(Zone::new("z", 30).unwrap());
+        let board = Arc::new(StatusBoard::default());
         let fake = Arc::new(Fake {
             theirs: vec![name("web.z.")],
             ..Fake::default()
@@ -853,6 +629,7 @@ mod tests {
             Reconciler::new(
                 zone.clone(),
                 fake.clone(),
+                board.clone(),
                 "me".into(),
                 dir.path(),
                 Duration::from_secs(3600),
@@ -860,18 +637,9 @@ mod tests {
             .run(),
         );
         zone.publish(&[node("n1", 1)]);
-        let status = status_until(&zone, |s| !s.conflicts.is_empty()).await;
+        let status = status_until(&board, |s| !s.conflicts.is_empty()).await;
         assert_eq!(status.conflicts.keys().collect::<Vec<_>>(), vec!["web.z."]);
         assert_eq!(status.pending_changes, 0);
         task.abort();
-    }
-
-    /// The owner id is made once and kept.
-    #[test]
-    fn owner_id_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = ensure_owner_id(dir.path()).unwrap();
-        assert_eq!(first.len(), 16);
-        assert_eq!(ensure_owner_id(dir.path()).unwrap(), first);
     }
 }

@@ -4,7 +4,7 @@
 //! `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_ROUTE_53` point it elsewhere).
 //!
 //! # Ownership
-//! The same ownership TXT records as [`crate::rfc2136`], at the same names
+//! The same ownership TXT records as RFC 2136 ([`super::ownership`]), at the same names
 //! (`_muster.X`, `_muster-wildcard.Y` for `*.Y`), with the value quoted as
 //! Route53 wants TXT values: `"heritage=muster,muster/owner=<id>"`.
 //! Route53 has no prerequisites, so ownership is decided from a listing of
@@ -48,7 +48,7 @@
 //! Every ChangeResourceRecordSets answers with a change id, `PENDING` until
 //! Route53's servers all have it (`INSYNC`). The last one is kept and
 //! shown on `GET /v1/dns/status` as `last_change`; GetChange refreshes it
-//! beside the loop ([`crate::dns_reconcile::watch_last_change`]).
+//! beside the loop ([`super::reconcile::watch_last_change`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -68,12 +68,10 @@ use hickory_proto::rr::Name;
 use rand::Rng;
 use tokio::time::Instant;
 
+use super::ownership::{owner_value, ownership_name};
+use super::provider::{Applied, Change, DnsProvider, LastChange, Outcome, ProviderError};
+use super::{name_key, RecordData};
 use crate::config::Route53Zone;
-use crate::dns::RecordData;
-use crate::dns_reconcile::{
-    name_key, Applied, Change, DnsProvider, LastChange, Outcome, ProviderError,
-};
-use crate::rfc2136::{owner_value, ownership_name};
 
 /// Most `ResourceRecord` elements in one request, an UPSERT's counted twice.
 pub const MAX_RECORDS: usize = 1000;

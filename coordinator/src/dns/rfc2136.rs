@@ -1,15 +1,9 @@
 //! The RFC 2136 provider: dynamic updates, signed with TSIG (RFC 8945), to
 //! an existing primary server (BIND, Knot, PowerDNS).
 //!
-//! # Ownership
-//! Every name muster writes has an ownership TXT record
-//! `"heritage=muster,muster/owner=<owner id>"` beside it, like external-dns.
-//! It cannot sit on the name itself, because a CNAME (the node wildcard)
-//! admits no other data, so it lives one label down:
-//! - `X` → `_muster.X`;
-//! - `*.Y` (the wildcard) → `_muster-wildcard.Y`.
-//!
-//! Every update carries prerequisites (RFC 2136 §2.4), so the server itself
+//! # Guarded updates
+//! Every name muster writes has an ownership record beside it
+//! ([`super::ownership`]). Every update carries prerequisites (RFC 2136 §2.4), so the server itself
 //! refuses to let muster touch what it does not own, with no race between a
 //! read and a write:
 //! - owned update: "the ownership TXT RRset is exactly ours", then delete the
@@ -48,9 +42,10 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::ownership::{owner_value, ownership_name};
+use super::provider::{Applied, Change, DnsProvider, Outcome, ProviderError};
+use super::RecordData;
 use crate::config::{Rfc2136Settings, TsigAlgorithm};
-use crate::dns::RecordData;
-use crate::dns_reconcile::{Applied, Change, DnsProvider, Outcome, ProviderError};
 
 /// How long one connect or one exchange may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,12 +56,6 @@ const TSIG_FUDGE: u16 = 300;
 
 /// Most names in one batched update message.
 const BATCH_NAMES: usize = 32;
-
-/// First label of the ownership name of an ordinary name.
-const OWNER_LABEL: &str = "_muster";
-
-/// First label of the ownership name of a wildcard.
-const WILDCARD_OWNER_LABEL: &str = "_muster-wildcard";
 
 /// Errors talking to the primary.
 #[derive(Debug, thiserror::Error)]
@@ -186,20 +175,6 @@ impl std::fmt::Debug for Rfc2136 {
             .field("key_name", &self.key_name)
             .field("algorithm", &self.algorithm)
             .finish_non_exhaustive()
-    }
-}
-
-/// The ownership TXT value of coordinator `owner`.
-pub fn owner_value(owner: &str) -> String {
-    format!("heritage=muster,muster/owner={owner}")
-}
-
-/// Where the ownership record of `name` lives.
-pub fn ownership_name(name: &Name) -> Result<Name, hickory_proto::ProtoError> {
-    if name.is_wildcard() {
-        name.base_name().prepend_label(WILDCARD_OWNER_LABEL)
-    } else {
-        name.prepend_label(OWNER_LABEL)
     }
 }
 
@@ -598,22 +573,6 @@ mod tests {
             30,
         )
         .unwrap()
-    }
-
-    /// Ownership records sit one label below the name; a wildcard's beside it.
-    #[test]
-    fn ownership_names() {
-        let plain = Name::from_str("n1.web.muster.test.").unwrap();
-        assert_eq!(
-            ownership_name(&plain).unwrap().to_ascii(),
-            "_muster.n1.web.muster.test."
-        );
-        let wildcard = Name::from_str("*.n1.web.muster.test.").unwrap();
-        assert_eq!(
-            ownership_name(&wildcard).unwrap().to_ascii(),
-            "_muster-wildcard.n1.web.muster.test."
-        );
-        assert_eq!(owner_value("ab"), "heritage=muster,muster/owner=ab");
     }
 
     /// An owned update is guarded by the exact ownership TXT and replaces

@@ -1,0 +1,389 @@
+//! `muster-coordinator serve`: the wiring. It opens what the coordinator
+//! keeps, starts its loops and servers, and stops them on shutdown; the
+//! work itself lives in the modules it wires.
+//!
+//! Start-up goes: the data dir; TLS and the admin token ([`crate::pki`]);
+//! the store; EC2 ([`crate::ec2`]); the agent to serve and the launcher;
+//! the registry and its loops (publisher, liveness, sweep); the DNS
+//! provider and its loops, if one is configured; the embedded DNS server;
+//! the HTTPS API. systemd hears READY once the API listens, and STOPPING
+//! when shutdown begins; in-flight requests then get [`DRAIN_DEADLINE`].
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{self, Settings};
+use crate::dns::provider::DnsProvider;
+use crate::dns::reconcile::{watch_last_change, Reconciler};
+use crate::dns::rfc2136::{Rfc2136, Rfc2136Error};
+use crate::dns::route53::{Route53, Route53Error};
+use crate::dns::status::StatusBoard;
+use crate::dns::{self, DnsError, Zone};
+use crate::ec2::{CachedInstances, Ec2Clients, Ec2Instances, InstanceLookup};
+use crate::launcher::agent_dist::{AgentDist, AgentDistError};
+use crate::launcher::{userdata, Launcher};
+use crate::pki::{self, PkiError};
+use crate::registry::{LaunchContext, Registry, RegistryError, Timing};
+use crate::store::{Store, StoreError};
+use crate::{api, secrets};
+
+/// How long in-flight requests get to finish on shutdown.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Errors starting or running the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data dir could not be made.
+    #[error("creating the data dir {path}: {source}")]
+    DataDir {
+        /// The dir.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The CA for launched nodes' user data could not be read.
+    #[error("reading the CA {path}: {source}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The agent binary to serve could not be read.
+    #[error(transparent)]
+    AgentDist(#[from] AgentDistError),
+    /// TLS or the admin token could not be set up.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The registry could not load.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// DNS could not start.
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    /// The DNS owner id could not be read or made.
+    #[error(transparent)]
+    DnsOwner(#[from] dns::ownership::OwnerIdError),
+    /// The RFC 2136 provider could not be set up.
+    #[error(transparent)]
+    Rfc2136(#[from] Rfc2136Error),
+    /// The Route53 provider could not be set up.
+    #[error(transparent)]
+    Route53(#[from] Route53Error),
+    /// The API could not bind or failed.
+    #[error("serving the API on {addr}: {source}")]
+    Api {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Installs ring as the process-wide rustls provider. Both binaries and the
+/// tests call this once at start; a second call is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs the coordinator until `shutdown` completes, then drains.
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    install_crypto_provider();
+    make_data_dir(&settings.data_dir)?;
+    let (files, tls) = tls_files(&settings)?;
+    let admin_token = pki::ensure_admin_token(&settings.data_dir)?;
+    tracing::info!(
+        admin_token = %settings.data_dir.join(pki::ADMIN_TOKEN_FILE).display(),
+        ca = ?files.ca.as_ref().map(|p| p.display().to_string()),
+        "credentials ready"
+    );
+    let agent = agent_dist(&settings)?;
+    let zone = Arc::new(Zone::new(&settings.zone, settings.dns_ttl)?);
+    let registry = open_registry(&settings, &files, agent.clone(), zone.clone()).await?;
+    let loops = [
+        tokio::spawn(registry.clone().run_publisher()),
+        tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
+        tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
+    ];
+    let dns_status = Arc::new(StatusBoard::default());
+    let dns_loops = start_dns_provider(&settings, &zone, &dns_status).await?;
+    let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen).await?;
+    tracing::info!(addr = %dns_addr, zone = %settings.zone, "dns listening (udp, tcp)");
+
+    let app = api::router(api::AppState {
+        registry,
+        admin_token_hash: Arc::new(std::sync::RwLock::new(secrets::hash_secret(&admin_token))),
+        data_dir: Arc::new(settings.data_dir.clone()),
+        trust: Arc::new(settings.trust.clone()),
+        limiter: source_limiter(settings.trust.agent_rate_limit),
+        agent,
+        dns_status,
+    });
+    let handle = axum_server::Handle::new();
+    let mut api_task = start_api(settings.listen, tls, app, handle.clone());
+    let api_addr = tokio::select! {
+        addr = handle.listening() => addr,
+        result = &mut api_task => return Err(api_stopped(settings.listen, result, "at once")),
+    };
+    tracing::info!(addr = ?api_addr, public_url = %settings.public_url, "api listening (https)");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        result = &mut api_task => return Err(api_stopped(settings.listen, result, "")),
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    for task in loops.into_iter().chain(dns_loops) {
+        task.abort();
+    }
+    handle.graceful_shutdown(Some(DRAIN_DEADLINE));
+    let _ = tokio::time::timeout(DRAIN_DEADLINE + Duration::from_secs(1), api_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), dns_server.shutdown_gracefully()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Makes the data dir, readable by its owner only.
+fn make_data_dir(data_dir: &Path) -> Result<(), ServeError> {
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|source| ServeError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })
+}
+
+/// The operator's certificate, or the coordinator's own CA and server
+/// certificate (made on first start), and the TLS config serving it.
+fn tls_files(
+    settings: &Settings,
+) -> Result<(pki::TlsFiles, Arc<rustls::ServerConfig>), ServeError> {
+    let files = match &settings.tls {
+        Some((cert, key)) => pki::TlsFiles {
+            ca: None,
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        None => pki::ensure_self_signed(&settings.data_dir, &settings.certificate_names())?,
+    };
+    let tls = pki::server_config(&files)?;
+    Ok((files, tls))
+}
+
+/// The agent binary (and package) served to booting nodes, if one is given.
+fn agent_dist(settings: &Settings) -> Result<Option<Arc<AgentDist>>, ServeError> {
+    let Some((binary, deb)) = &settings.agent else {
+        tracing::warn!(
+            "no muster-agent binary to serve (--agent-binary); launched nodes must \
+             carry the agent on their image"
+        );
+        return Ok(None);
+    };
+    let dist = AgentDist::new(binary, deb.as_deref())?;
+    tracing::info!(
+        binary = %binary.display(),
+        deb = ?deb.as_ref().map(|d| d.display().to_string()),
+        arch = dist.arch(),
+        "serving the agent to booting nodes"
+    );
+    Ok(Some(Arc::new(dist)))
+}
+
+/// Opens the store and EC2, and loads the registry from them; removals a
+/// previous run left unfinished resume.
+async fn open_registry(
+    settings: &Settings,
+    files: &pki::TlsFiles,
+    agent: Option<Arc<AgentDist>>,
+    zone: Arc<Zone>,
+) -> Result<Arc<Registry>, ServeError> {
+    let store_path = settings.data_dir.join("muster.db");
+    let store = Store::open(&store_path)?;
+    tracing::info!(path = %store_path.display(), "store open");
+
+    let clients = Ec2Clients::from_env().await;
+    let ec2: Arc<dyn InstanceLookup> = match settings.ec2_cache_refresh {
+        Some(every) => {
+            tracing::info!(refresh = %humantime::format_duration(every), "ec2 cache on");
+            Arc::new(CachedInstances::new(clients.clone(), every))
+        }
+        None => Arc::new(Ec2Instances::new(clients.clone())),
+    };
+    let ca_pem = userdata::read_ca(files.ca.as_deref()).map_err(|source| ServeError::Ca {
+        path: files
+            .ca
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        source,
+    })?;
+    let timing = Timing {
+        heartbeat_interval: settings.heartbeat_interval,
+        heartbeat_jitter: settings.heartbeat_interval / 10,
+        grace: settings.grace,
+        unknown_sweeps: settings.unknown_sweeps,
+        launch_timeout: settings.launch_timeout,
+    };
+    let registry = Arc::new(
+        Registry::new(store, ec2, zone, settings.zone.clone(), timing)?
+            .with_trust(settings.trust.clone())
+            .with_launcher(LaunchContext {
+                launcher: Launcher::new(clients, &settings.data_dir),
+                coordinator_url: settings.public_url.clone(),
+                ca_pem,
+                agent,
+            }),
+    );
+    registry.resume_removals()?;
+    Ok(registry)
+}
+
+/// Starts the reconcile loop of the configured external DNS provider, if
+/// there is one: the one place that knows every provider and picks one.
+async fn start_dns_provider(
+    settings: &Settings,
+    zone: &Arc<Zone>,
+    board: &Arc<StatusBoard>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ServeError> {
+    let owner = || match &settings.dns_owner_id {
+        Some(id) => Ok(id.clone()),
+        None => dns::ownership::ensure_owner_id(&settings.data_dir),
+    };
+    let (provider, owner): (Arc<dyn DnsProvider>, String) = match &settings.dns_provider {
+        config::DnsProvider::Embedded => return Ok(Vec::new()),
+        config::DnsProvider::Rfc2136(rfc2136) => {
+            let owner = owner()?;
+            tracing::info!(
+                server = %rfc2136.server,
+                zone = %rfc2136.zone,
+                key = %rfc2136.key_name,
+                %owner,
+                "dns updates go to an rfc2136 server"
+            );
+            let provider = Rfc2136::new(rfc2136, &owner, settings.dns_ttl)?;
+            (Arc::new(provider), owner)
+        }
+        config::DnsProvider::Route53(route53) => {
+            let owner = owner()?;
+            let provider = Route53::new(
+                Route53::client_from_env().await,
+                route53.zone.clone(),
+                &settings.zone,
+                &owner,
+                settings.dns_ttl,
+                settings.dns_reconcile_interval,
+            )?;
+            // A zone that does not exist is a setup error; Route53 out
+            // of reach is not: the loop keeps trying.
+            match provider.resolve_zone().await {
+                Ok(id) => tracing::info!(zone_id = %id, %owner, "dns updates go to route53"),
+                Err(error) if error.is_definitive() => return Err(error.into()),
+                Err(error) => tracing::warn!(%error, "route53 not reachable yet; will retry"),
+            }
+            (Arc::new(provider), owner)
+        }
+    };
+    let reconciler = Reconciler::new(
+        zone.clone(),
+        provider.clone(),
+        board.clone(),
+        owner,
+        &settings.data_dir,
+        settings.dns_reconcile_interval,
+    );
+    Ok(vec![
+        tokio::spawn(reconciler.run()),
+        tokio::spawn(watch_last_change(board.clone(), provider)),
+    ])
+}
+
+/// The per-source limit on agent requests, with a task that forgets
+/// sources not heard from lately so the table stays small.
+fn source_limiter(per_second: u32) -> Option<Arc<api::SourceLimiter>> {
+    let limiter = api::source_limiter(per_second)?;
+    let kept = limiter.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            kept.retain_recent();
+            kept.shrink_to_fit();
+        }
+    });
+    Some(limiter)
+}
+
+/// Serves `app` over HTTPS on `listen` until `handle` shuts it down.
+fn start_api(
+    listen: std::net::SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+    handle: axum_server::Handle,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let mut server = axum_server::bind_rustls(
+        listen,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )
+    .handle(handle);
+    // A client that dribbles its headers is cut off (the TLS handshake has
+    // its own 10 s limit, and bodies have theirs in the API).
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(api::HEADER_TIMEOUT);
+    let server = server.serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>());
+    tokio::spawn(server)
+}
+
+/// The error of an API server task that ended (`when`: "at once" before it
+/// listened).
+fn api_stopped(
+    addr: std::net::SocketAddr,
+    result: Result<std::io::Result<()>, tokio::task::JoinError>,
+    when: &str,
+) -> ServeError {
+    let source = match result {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) if when.is_empty() => std::io::Error::other("the API server stopped"),
+        Ok(Ok(())) => std::io::Error::other(format!("the API server stopped {when}")),
+        Err(e) => std::io::Error::other(e),
+    };
+    ServeError::Api { addr, source }
+}
+
+/// Marks silent nodes unreachable, checking often enough that a node is
+/// marked within a tenth of the grace after it runs out.
+async fn liveness_loop(registry: Arc<Registry>, grace: Duration) {
+    let period = (grace / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        registry.check_liveness().await;
+    }
+}
+
+/// Reads EC2's view of every tracked instance every `period`.
+async fn sweep_loop(registry: Arc<Registry>, period: Duration) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let report = registry.sweep().await;
+        tracing::debug!(
+            seen = report.seen,
+            failed_regions = report.failed_regions,
+            "sweep done"
+        );
+    }
+}
