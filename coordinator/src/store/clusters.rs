@@ -1,0 +1,290 @@
+//! Clusters and their tokens: create, rotate the join token, mark removing,
+//! delete once empty; the extra tokens minted for user data, launches and
+//! bring-your-own machines.
+
+use muster_proto::ClusterState;
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{now_ms, query, Store, StoreError};
+
+/// A stored cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Row id.
+    pub id: i64,
+    /// Name (a DNS label).
+    pub name: String,
+    /// Hex SHA-256 of the join token.
+    pub join_token_hash: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Active, removing or removed.
+    pub state: ClusterState,
+    /// What its nodes are launched as and with, as JSON
+    /// ([`crate::launcher::ClusterLaunch`]); `None` if muster launches none.
+    pub launch: Option<String>,
+    /// When the join token stops working (unix ms); `None` never.
+    pub join_token_expires_at: Option<i64>,
+}
+
+/// A join token beyond the cluster's own, by what it is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPurpose {
+    /// Carried in the user data of one launch: it registers only instances
+    /// muster launched into the cluster.
+    Launch,
+    /// Given to machines without IMDS, which name themselves: no EC2 check.
+    Byon,
+    /// Carried in user data rendered on request (`userdata CLUSTER`): like
+    /// the cluster's join token, it registers any instance EC2 confirms.
+    Join,
+}
+
+/// A join token beyond the cluster's own, as stored (by its hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterToken {
+    /// The cluster it joins.
+    pub cluster_id: i64,
+    /// What it is for.
+    pub purpose: TokenPurpose,
+    /// When it stops working (unix ms); `None` never.
+    pub expires_at: Option<i64>,
+}
+
+impl TokenPurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenPurpose::Launch => "launch",
+            TokenPurpose::Byon => "byon",
+            TokenPurpose::Join => "join",
+        }
+    }
+}
+
+const CLUSTER_COLUMNS: &str =
+    "id, name, join_token_hash, created_at, state, launch, join_token_expires_at";
+
+fn cluster_from_row(row: &Row<'_>) -> rusqlite::Result<Cluster> {
+    let state: String = row.get(4)?;
+    Ok(Cluster {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        join_token_hash: row.get(2)?,
+        created_at: row.get(3)?,
+        state: state.parse().map_err(|e: muster_proto::ValidationError| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        launch: row.get(5)?,
+        join_token_expires_at: row.get(6)?,
+    })
+}
+
+impl Store {
+    /// Records a new cluster, with its launch spec and resources as JSON
+    /// for a launched one. A cluster of that name that was removed is
+    /// forgotten first, nodes, events and all, in the same transaction.
+    pub fn create_cluster(
+        &self,
+        name: &str,
+        join_token_hash: &str,
+        launch: Option<&str>,
+    ) -> Result<Cluster, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(query("starting a cluster create"))?;
+        let created_at = now_ms();
+        let removed: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM clusters WHERE name = ?1 AND state = ?2",
+                params![name, ClusterState::Removed.as_str()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("reading a removed cluster"))?;
+        if let Some(id) = removed {
+            tx.execute("DELETE FROM nodes WHERE cluster_id = ?1", params![id])
+                .map_err(query("forgetting the nodes of a removed cluster"))?;
+            tx.execute("DELETE FROM clusters WHERE id = ?1", params![id])
+                .map_err(query("forgetting a removed cluster"))?;
+        }
+        let inserted = tx.execute(
+            "INSERT INTO clusters (name, join_token_hash, created_at, state, launch) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                name,
+                join_token_hash,
+                created_at,
+                ClusterState::Active.as_str(),
+                launch
+            ],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::ClusterExists(name.to_owned()))
+            }
+            Err(source) => {
+                return Err(StoreError::Query {
+                    operation: "inserting a cluster",
+                    source,
+                })
+            }
+        }
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(query("committing a cluster create"))?;
+        Ok(Cluster {
+            id,
+            name: name.to_owned(),
+            join_token_hash: join_token_hash.to_owned(),
+            created_at,
+            state: ClusterState::Active,
+            launch: launch.map(str::to_owned),
+            join_token_expires_at: None,
+        })
+    }
+
+    /// Replaces a cluster's join token (its hash) and expiry, and retires
+    /// the further join tokens minted for user data (`userdata CLUSTER`),
+    /// which admit any instance as the join token does; launch and
+    /// bring-your-own tokens stay. One transaction.
+    pub fn rotate_join_token(
+        &self,
+        cluster_id: i64,
+        join_token_hash: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(query("starting a join token rotation"))?;
+        tx.execute(
+            "UPDATE clusters SET join_token_hash = ?2, join_token_expires_at = ?3 WHERE id = ?1",
+            params![cluster_id, join_token_hash, expires_at],
+        )
+        .map_err(query("rotating a join token"))?;
+        tx.execute(
+            "DELETE FROM cluster_tokens WHERE cluster_id = ?1 AND kind = ?2",
+            params![cluster_id, TokenPurpose::Join.as_str()],
+        )
+        .map_err(query("retiring user data join tokens"))?;
+        tx.commit()
+            .map_err(query("committing a join token rotation"))
+    }
+
+    /// Deletes a cluster that has no nodes: undoes a create whose launch
+    /// failed. Returns whether it was deleted.
+    pub fn delete_empty_cluster(&self, id: i64) -> Result<bool, StoreError> {
+        self.lock()
+            .execute(
+                "DELETE FROM clusters WHERE id = ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM nodes WHERE cluster_id = ?1)",
+                params![id],
+            )
+            .map(|n| n > 0)
+            .map_err(query("deleting an empty cluster"))
+    }
+
+    /// Replaces a cluster's launch JSON.
+    pub fn set_cluster_launch(&self, id: i64, launch: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE clusters SET launch = ?2 WHERE id = ?1",
+                params![id, launch],
+            )
+            .map(|_| ())
+            .map_err(query("updating a cluster's launch"))
+    }
+
+    /// Moves a cluster to `state`.
+    pub fn set_cluster_state(&self, id: i64, state: ClusterState) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE clusters SET state = ?2 WHERE id = ?1",
+                params![id, state.as_str()],
+            )
+            .map(|_| ())
+            .map_err(query("updating a cluster's state"))
+    }
+
+    /// Keeps the hash of a further join token of a cluster, valid until
+    /// `expires_at` (unix ms) if given.
+    pub fn add_cluster_token(
+        &self,
+        cluster_id: i64,
+        purpose: TokenPurpose,
+        token_hash: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO cluster_tokens (cluster_id, kind, token_hash, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![cluster_id, purpose.as_str(), token_hash, now_ms(), expires_at],
+            )
+            .map(|_| ())
+            .map_err(query("storing a cluster token"))
+    }
+
+    /// The further join token with this hash, if there is one.
+    pub fn cluster_token(&self, token_hash: &str) -> Result<Option<ClusterToken>, StoreError> {
+        let found: Option<(i64, String, Option<i64>)> = self
+            .lock()
+            .query_row(
+                "SELECT cluster_id, kind, expires_at FROM cluster_tokens WHERE token_hash = ?1",
+                params![token_hash],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(query("reading a cluster token"))?;
+        found
+            .map(|(cluster_id, kind, expires_at)| {
+                let purpose = match kind.as_str() {
+                    "launch" => TokenPurpose::Launch,
+                    "byon" => TokenPurpose::Byon,
+                    "join" => TokenPurpose::Join,
+                    _ => {
+                        return Err(StoreError::Corrupt {
+                            field: "cluster_tokens.kind",
+                            value: kind,
+                        })
+                    }
+                };
+                Ok(ClusterToken {
+                    cluster_id,
+                    purpose,
+                    expires_at,
+                })
+            })
+            .transpose()
+    }
+
+    /// One cluster by name.
+    pub fn cluster(&self, name: &str) -> Result<Option<Cluster>, StoreError> {
+        self.lock()
+            .query_row(
+                &format!("SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = ?1"),
+                params![name],
+                cluster_from_row,
+            )
+            .optional()
+            .map_err(query("reading a cluster"))
+    }
+
+    /// Every cluster, by name.
+    pub fn clusters(&self) -> Result<Vec<Cluster>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {CLUSTER_COLUMNS} FROM clusters ORDER BY name"
+            ))
+            .map_err(query("listing clusters"))?;
+        let rows = stmt
+            .query_map([], cluster_from_row)
+            .map_err(query("listing clusters"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(query("listing clusters"))
+    }
+}

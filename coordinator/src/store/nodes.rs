@@ -1,0 +1,434 @@
+//! Nodes: launched and registered, read back, moved between states and
+//! addresses, deleted. Every write records its event in the same
+//! transaction, and every transition is conditional on the state it was
+//! decided from.
+
+use std::net::Ipv4Addr;
+
+use muster_proto::{EventSource, NodeState};
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::events::record_event;
+use super::{now_ms, query, Store, StoreError};
+
+/// An instance just launched, about to be stored as a `launching` node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchedInstance {
+    /// `i-…`.
+    pub instance_id: String,
+    /// The subnet it went to.
+    pub subnet_id: String,
+    /// Its availability zone.
+    pub availability_zone: String,
+    /// Its private IPv4, if EC2 gave it already.
+    pub private_ipv4: Option<Ipv4Addr>,
+}
+
+/// A stored node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Row id.
+    pub id: i64,
+    /// Cluster name.
+    pub cluster: String,
+    /// Node name (a DNS label).
+    pub name: String,
+    /// EC2 instance id.
+    pub instance_id: String,
+    /// Current state.
+    pub state: NodeState,
+    /// Availability zone.
+    pub availability_zone: String,
+    /// Region.
+    pub region: String,
+    /// Primary private IPv4.
+    pub private_ipv4: Option<Ipv4Addr>,
+    /// Public IPv4.
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// Hex SHA-256 of the current node credential.
+    pub credential_hash: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+    /// The subnet muster launched it into; `None` for a node that joined on
+    /// its own.
+    pub subnet_id: Option<String>,
+    /// A bring-your-own node: EC2 is never asked about it.
+    pub byon: bool,
+}
+
+/// What a register writes: the node as it should be afterwards.
+#[derive(Debug, Clone)]
+pub struct NodeRegistration<'a> {
+    /// Cluster row id.
+    pub cluster_id: i64,
+    /// Node name for a new node.
+    pub name: &'a str,
+    /// EC2 instance id.
+    pub instance_id: &'a str,
+    /// Availability zone.
+    pub availability_zone: &'a str,
+    /// Region.
+    pub region: &'a str,
+    /// Private IPv4.
+    pub private_ipv4: Ipv4Addr,
+    /// Public IPv4.
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// Hash of the fresh credential.
+    pub credential_hash: &'a str,
+    /// A bring-your-own node.
+    pub byon: bool,
+}
+
+const NODE_COLUMNS: &str = "n.id, c.name, n.name, n.instance_id, n.state, n.availability_zone, \
+     n.region, n.private_ipv4, n.public_ipv4, n.credential_hash, n.created_at, n.updated_at, \
+     n.subnet_id, n.byon";
+
+/// A node row before its text columns are parsed.
+struct RawNode {
+    id: i64,
+    cluster: String,
+    name: String,
+    instance_id: String,
+    state: String,
+    availability_zone: String,
+    region: String,
+    private_ipv4: Option<String>,
+    public_ipv4: Option<String>,
+    credential_hash: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    subnet_id: Option<String>,
+    byon: bool,
+}
+
+fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
+    Ok(RawNode {
+        id: row.get(0)?,
+        cluster: row.get(1)?,
+        name: row.get(2)?,
+        instance_id: row.get(3)?,
+        state: row.get(4)?,
+        availability_zone: row.get(5)?,
+        region: row.get(6)?,
+        private_ipv4: row.get(7)?,
+        public_ipv4: row.get(8)?,
+        credential_hash: row.get(9)?,
+        created_at: row.get(10)?,
+        updated_at: row.get(11)?,
+        subnet_id: row.get(12)?,
+        byon: row.get(13)?,
+    })
+}
+
+impl RawNode {
+    fn parse(self) -> Result<Node, StoreError> {
+        Ok(Node {
+            id: self.id,
+            cluster: self.cluster,
+            name: self.name,
+            instance_id: self.instance_id,
+            state: parse_state(&self.state)?,
+            availability_zone: self.availability_zone,
+            region: self.region,
+            private_ipv4: parse_ip("nodes.private_ipv4", self.private_ipv4)?,
+            public_ipv4: parse_ip("nodes.public_ipv4", self.public_ipv4)?,
+            credential_hash: self.credential_hash,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            subnet_id: self.subnet_id,
+            byon: self.byon,
+        })
+    }
+}
+
+pub(super) fn parse_state(value: &str) -> Result<NodeState, StoreError> {
+    value.parse().map_err(|_| StoreError::Corrupt {
+        field: "state",
+        value: value.to_owned(),
+    })
+}
+
+fn parse_ip(field: &'static str, value: Option<String>) -> Result<Option<Ipv4Addr>, StoreError> {
+    value
+        .map(|text| {
+            text.parse().map_err(|_| StoreError::Corrupt {
+                field,
+                value: text.clone(),
+            })
+        })
+        .transpose()
+}
+
+impl Store {
+    /// Stores freshly launched instances as `launching` nodes named after
+    /// their instance ids, each with its event, in one transaction.
+    pub fn insert_launched(
+        &self,
+        cluster_id: i64,
+        region: &str,
+        instances: &[LaunchedInstance],
+        reason: &str,
+    ) -> Result<Vec<Node>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(query("starting a launch"))?;
+        let now = now_ms();
+        let launching = NodeState::Launching.as_str();
+        for instance in instances {
+            tx.execute(
+                "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
+                 region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
+                 subnet_id) VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?7, ?8)",
+                params![
+                    cluster_id,
+                    instance.instance_id,
+                    launching,
+                    instance.availability_zone,
+                    region,
+                    instance.private_ipv4.map(|ip| ip.to_string()),
+                    now,
+                    instance.subnet_id
+                ],
+            )
+            .map_err(query("inserting a launched node"))?;
+            let node_id = tx.last_insert_rowid();
+            record_event(
+                &tx,
+                node_id,
+                now,
+                None,
+                launching,
+                reason,
+                EventSource::Operator,
+            )?;
+        }
+        tx.commit().map_err(query("committing a launch"))?;
+        drop(conn);
+        instances
+            .iter()
+            .map(|i| {
+                self.node_by_instance(&i.instance_id)?
+                    .ok_or(StoreError::Corrupt {
+                        field: "nodes.instance_id",
+                        value: i.instance_id.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Every node, optionally of one cluster, by cluster and name.
+    pub fn nodes(&self, cluster: Option<&str>) -> Result<Vec<Node>, StoreError> {
+        let conn = self.lock();
+        let sql = format!(
+            "SELECT {NODE_COLUMNS} FROM nodes n JOIN clusters c ON c.id = n.cluster_id \
+             WHERE (?1 IS NULL OR c.name = ?1) ORDER BY c.name, n.name"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(query("listing nodes"))?;
+        let rows = stmt
+            .query_map(params![cluster], node_row)
+            .map_err(query("listing nodes"))?;
+        let raw: Vec<RawNode> = rows
+            .collect::<Result<_, _>>()
+            .map_err(query("listing nodes"))?;
+        raw.into_iter().map(RawNode::parse).collect()
+    }
+
+    /// One node by cluster and name.
+    pub fn node(&self, cluster: &str, name: &str) -> Result<Option<Node>, StoreError> {
+        let sql = format!(
+            "SELECT {NODE_COLUMNS} FROM nodes n JOIN clusters c ON c.id = n.cluster_id \
+             WHERE c.name = ?1 AND n.name = ?2"
+        );
+        self.lock()
+            .query_row(&sql, params![cluster, name], node_row)
+            .optional()
+            .map_err(query("reading a node"))?
+            .map(RawNode::parse)
+            .transpose()
+    }
+
+    /// One node by instance id.
+    pub fn node_by_instance(&self, instance_id: &str) -> Result<Option<Node>, StoreError> {
+        let sql = format!(
+            "SELECT {NODE_COLUMNS} FROM nodes n JOIN clusters c ON c.id = n.cluster_id \
+             WHERE n.instance_id = ?1"
+        );
+        self.lock()
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| stmt.query_row(params![instance_id], node_row).optional())
+            .map_err(query("reading a node by instance"))?
+            .map(RawNode::parse)
+            .transpose()
+    }
+
+    /// Records a register: creates the node for this instance, or brings the
+    /// existing one to `deployed` with the new addresses and credential. One
+    /// transaction: the node row and its event land together or not at all.
+    pub fn register_node(
+        &self,
+        reg: &NodeRegistration<'_>,
+        reason: &str,
+    ) -> Result<Node, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(query("starting a register"))?;
+        let now = now_ms();
+        // Registers come in thousands at a fleet's start: their statements
+        // are prepared once and kept in the connection's cache.
+        let existing: Option<(i64, String)> = tx
+            .prepare_cached("SELECT id, state FROM nodes WHERE instance_id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![reg.instance_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+            })
+            .map_err(query("reading the node of an instance"))?;
+        let deployed = NodeState::Deployed.as_str();
+        let (node_id, from) = match existing {
+            Some((id, state)) => {
+                tx.prepare_cached(
+                    "UPDATE nodes SET state = ?2, availability_zone = ?3, region = ?4, \
+                     private_ipv4 = ?5, public_ipv4 = ?6, credential_hash = ?7, updated_at = ?8 \
+                     WHERE id = ?1",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        id,
+                        deployed,
+                        reg.availability_zone,
+                        reg.region,
+                        reg.private_ipv4.to_string(),
+                        reg.public_ipv4.map(|ip| ip.to_string()),
+                        reg.credential_hash,
+                        now
+                    ])
+                })
+                .map_err(query("updating a registered node"))?;
+                (id, Some(state))
+            }
+            None => {
+                tx.prepare_cached(
+                    "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
+                     region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
+                     byon) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        reg.cluster_id,
+                        reg.name,
+                        reg.instance_id,
+                        deployed,
+                        reg.availability_zone,
+                        reg.region,
+                        reg.private_ipv4.to_string(),
+                        reg.public_ipv4.map(|ip| ip.to_string()),
+                        reg.credential_hash,
+                        now,
+                        reg.byon
+                    ])
+                })
+                .map_err(query("inserting a node"))?;
+                (tx.last_insert_rowid(), None)
+            }
+        };
+        record_event(
+            &tx,
+            node_id,
+            now,
+            from.as_deref(),
+            deployed,
+            reason,
+            EventSource::Agent,
+        )?;
+        tx.commit().map_err(query("committing a register"))?;
+        drop(conn);
+        self.node_by_instance(reg.instance_id)?
+            .ok_or(StoreError::Corrupt {
+                field: "nodes.instance_id",
+                value: reg.instance_id.to_owned(),
+            })
+    }
+
+    /// Forgets a node, its events with it: `node rm` of a bring-your-own
+    /// node. Returns whether it existed.
+    pub fn delete_node(&self, node_id: i64) -> Result<bool, StoreError> {
+        self.lock()
+            .execute("DELETE FROM nodes WHERE id = ?1", params![node_id])
+            .map(|n| n > 0)
+            .map_err(query("deleting a node"))
+    }
+
+    /// Records an address change of a node, with its event.
+    pub fn update_addresses(
+        &self,
+        node_id: i64,
+        state: NodeState,
+        private_ipv4: Ipv4Addr,
+        public_ipv4: Option<Ipv4Addr>,
+        reason: &str,
+        source: EventSource,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(query("starting an address change"))?;
+        let now = now_ms();
+        tx.execute(
+            "UPDATE nodes SET private_ipv4 = ?2, public_ipv4 = ?3, updated_at = ?4 WHERE id = ?1",
+            params![
+                node_id,
+                private_ipv4.to_string(),
+                public_ipv4.map(|ip| ip.to_string()),
+                now
+            ],
+        )
+        .map_err(query("updating node addresses"))?;
+        record_event(
+            &tx,
+            node_id,
+            now,
+            Some(state.as_str()),
+            state.as_str(),
+            reason,
+            source,
+        )?;
+        tx.commit().map_err(query("committing an address change"))
+    }
+
+    /// Moves a node from `from` to `to` and records the event, in one
+    /// transaction. Returns false, writing nothing, if the node is no longer
+    /// in `from` (someone else moved it first).
+    pub fn transition(
+        &self,
+        node_id: i64,
+        from: NodeState,
+        to: NodeState,
+        reason: &str,
+        source: EventSource,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(query("starting a transition"))?;
+        let now = now_ms();
+        let changed = tx
+            .execute(
+                "UPDATE nodes SET state = ?3, updated_at = ?4 WHERE id = ?1 AND state = ?2",
+                params![node_id, from.as_str(), to.as_str(), now],
+            )
+            .map_err(query("updating a node's state"))?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        record_event(
+            &tx,
+            node_id,
+            now,
+            Some(from.as_str()),
+            to.as_str(),
+            reason,
+            source,
+        )?;
+        tx.commit().map_err(query("committing a transition"))?;
+        Ok(true)
+    }
+}

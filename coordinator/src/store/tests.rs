@@ -1,0 +1,230 @@
+//! The store's schema, writes and reads, on an in-memory database.
+
+use std::net::Ipv4Addr;
+
+use muster_proto::{EventSource, NodeState};
+
+use super::*;
+
+/// Rotating the join token sets its hash and expiry and retires the
+/// user data join tokens, keeping launch and bring-your-own ones.
+#[test]
+fn rotation_retires_user_data_tokens() {
+    let store = Store::open_in_memory().unwrap();
+    let cluster = store.create_cluster("web", "old", None).unwrap();
+    for (purpose, hash) in [
+        (TokenPurpose::Join, "j"),
+        (TokenPurpose::Launch, "l"),
+        (TokenPurpose::Byon, "b"),
+    ] {
+        store
+            .add_cluster_token(cluster.id, purpose, hash, Some(7))
+            .unwrap();
+    }
+    store
+        .rotate_join_token(cluster.id, "new", Some(42))
+        .unwrap();
+    let rotated = store.cluster("web").unwrap().unwrap();
+    assert_eq!(rotated.join_token_hash, "new");
+    assert_eq!(rotated.join_token_expires_at, Some(42));
+    assert_eq!(store.cluster_token("j").unwrap(), None);
+    assert_eq!(
+        store.cluster_token("l").unwrap(),
+        Some(ClusterToken {
+            cluster_id: cluster.id,
+            purpose: TokenPurpose::Launch,
+            expires_at: Some(7)
+        })
+    );
+    assert_eq!(
+        store.cluster_token("b").unwrap().map(|t| t.purpose),
+        Some(TokenPurpose::Byon)
+    );
+}
+
+fn registration<'a>(cluster_id: i64, credential_hash: &'a str) -> NodeRegistration<'a> {
+    NodeRegistration {
+        cluster_id,
+        name: "i-0123456789abcdef0",
+        instance_id: "i-0123456789abcdef0",
+        availability_zone: "us-east-1a",
+        region: "us-east-1",
+        private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+        public_ipv4: Some(Ipv4Addr::new(54, 0, 0, 5)),
+        credential_hash,
+        byon: false,
+    }
+}
+
+/// A fresh file is migrated to the newest schema, and reopening it is a no-op.
+#[test]
+fn migrations_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("muster.db");
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    store.create_cluster("web", "h", None).unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.clusters().unwrap().len(), 1);
+}
+
+/// A file from a newer build is refused rather than misread.
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("muster.db");
+    drop(Store::open(&path).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::TooNew { found: 99, .. })
+    ));
+}
+
+/// Cluster names are unique.
+#[test]
+fn duplicate_cluster_is_refused() {
+    let store = Store::open_in_memory().unwrap();
+    store.create_cluster("web", "h", None).unwrap();
+    assert!(matches!(
+        store.create_cluster("web", "h2", None),
+        Err(StoreError::ClusterExists(_))
+    ));
+    assert_eq!(store.clusters().unwrap().len(), 1);
+}
+
+/// A second register of the same instance updates the same node and
+/// rotates its credential; both registers are recorded as events.
+#[test]
+fn register_twice_is_one_node() {
+    let store = Store::open_in_memory().unwrap();
+    let cluster = store.create_cluster("web", "h", None).unwrap();
+    let first = store
+        .register_node(&registration(cluster.id, "c1"), "registered")
+        .unwrap();
+    let mut again = registration(cluster.id, "c2");
+    again.public_ipv4 = Some(Ipv4Addr::new(54, 0, 0, 6));
+    let second = store.register_node(&again, "re-registered").unwrap();
+    assert_eq!(first.id, second.id);
+    assert_eq!(second.credential_hash.as_deref(), Some("c2"));
+    assert_eq!(second.public_ipv4, Some(Ipv4Addr::new(54, 0, 0, 6)));
+    assert_eq!(store.nodes(None).unwrap().len(), 1);
+    let events = store.events(first.id).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].from, None);
+    assert_eq!(events[1].from, Some(NodeState::Deployed));
+}
+
+/// A register that breaks a constraint leaves no node and no event behind.
+#[test]
+fn failed_register_writes_nothing() {
+    let store = Store::open_in_memory().unwrap();
+    let cluster = store.create_cluster("web", "h", None).unwrap();
+    store
+        .register_node(&registration(cluster.id, "c1"), "registered")
+        .unwrap();
+    // Another instance with the same credential hash violates UNIQUE.
+    let mut other = registration(cluster.id, "c1");
+    other.instance_id = "i-0123456789abcdef1";
+    other.name = "i-0123456789abcdef1";
+    assert!(store.register_node(&other, "registered").is_err());
+    assert_eq!(store.nodes(None).unwrap().len(), 1);
+    assert!(store
+        .node_by_instance("i-0123456789abcdef1")
+        .unwrap()
+        .is_none());
+}
+
+/// A transition from the state the node is in lands with its event; one
+/// from a state it has left already writes nothing.
+#[test]
+fn transitions_are_conditional() {
+    let store = Store::open_in_memory().unwrap();
+    let cluster = store.create_cluster("web", "h", None).unwrap();
+    let node = store
+        .register_node(&registration(cluster.id, "c1"), "registered")
+        .unwrap();
+    assert!(store
+        .transition(
+            node.id,
+            NodeState::Deployed,
+            NodeState::Unreachable,
+            "silent",
+            EventSource::Liveness
+        )
+        .unwrap());
+    assert!(!store
+        .transition(
+            node.id,
+            NodeState::Deployed,
+            NodeState::Stopped,
+            "stale",
+            EventSource::Sweep
+        )
+        .unwrap());
+    let node = store.node("web", &node.name).unwrap().unwrap();
+    assert_eq!(node.state, NodeState::Unreachable);
+    let events = store.events(node.id).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].source, EventSource::Liveness);
+    assert_eq!(events[1].to, NodeState::Unreachable);
+}
+
+/// Events page by sequence number, and the latest ones come oldest first.
+#[test]
+fn events_page() {
+    let store = Store::open_in_memory().unwrap();
+    let cluster = store.create_cluster("web", "h", None).unwrap();
+    let node = store
+        .register_node(&registration(cluster.id, "c1"), "registered")
+        .unwrap();
+    for i in 0..9 {
+        store
+            .update_addresses(
+                node.id,
+                NodeState::Deployed,
+                Ipv4Addr::new(10, 0, 0, 5),
+                Some(Ipv4Addr::new(3, 3, 3, i)),
+                &format!("change {i}"),
+                EventSource::Agent,
+            )
+            .unwrap();
+    }
+    assert_eq!(store.events_total(node.id).unwrap(), 10);
+    let first = store.events_after(node.id, 0, 4).unwrap();
+    assert_eq!(first.len(), 4);
+    let second = store.events_after(node.id, first[3].seq, 4).unwrap();
+    assert_eq!(second[0].reason, "change 3");
+    assert!(second.iter().all(|e| e.seq > first[3].seq));
+    let latest = store.latest_events(node.id, 3).unwrap();
+    let reasons: Vec<_> = latest.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(reasons, vec!["change 6", "change 7", "change 8"]);
+    assert_eq!(store.latest_events(node.id, 100).unwrap().len(), 10);
+}
+
+/// Address changes are stored and leave an event.
+#[test]
+fn address_change_is_recorded() {
+    let store = Store::open_in_memory().unwrap();
+    let cluster = store.create_cluster("web", "h", None).unwrap();
+    let node = store
+        .register_node(&registration(cluster.id, "c1"), "registered")
+        .unwrap();
+    store
+        .update_addresses(
+            node.id,
+            NodeState::Deployed,
+            Ipv4Addr::new(10, 0, 0, 5),
+            Some(Ipv4Addr::new(3, 3, 3, 3)),
+            "public address changed",
+            EventSource::Agent,
+        )
+        .unwrap();
+    let node = store.node("web", &node.name).unwrap().unwrap();
+    assert_eq!(node.public_ipv4, Some(Ipv4Addr::new(3, 3, 3, 3)));
+    assert_eq!(store.events(node.id).unwrap().len(), 2);
+    assert_eq!(store.nodes(Some("other")).unwrap().len(), 0);
+}
