@@ -1,7 +1,9 @@
-//! The node state machine of DESIGN.md §3, as one pure function.
+//! The node state machine of DESIGN.md §3: one pure function, and the one
+//! place that applies its answers.
 //!
 //! [`next`] says what a node in some state becomes when something is
-//! observed, and why; the registry applies the answer (store, event, DNS).
+//! observed, and why; [`Registry::apply`] applies the answer (store,
+//! event, memory, DNS together): the one writer of transitions.
 //! Keeping it pure lets a property test walk every sequence of inputs.
 //!
 //! The rules that users of earlier systems were burned by:
@@ -14,7 +16,9 @@
 //! - `terminating` and `terminated` are final as far as agents go: only
 //!   EC2's word moves `terminating` on.
 
-use muster_proto::NodeState;
+use muster_proto::{EventSource, NodeState};
+
+use super::{Registry, RegistryError};
 
 /// What was observed about a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +87,60 @@ pub fn next(state: NodeState, input: Input, unknown_limit: u32) -> Option<(NodeS
     Some(to)
 }
 
+impl Registry {
+    /// Applies `input` to node `id` through the state machine: on a
+    /// transition the store, the event, memory and DNS move together.
+    /// Returns the node's state afterwards.
+    pub(super) async fn apply(
+        &self,
+        id: i64,
+        input: Input,
+        source: EventSource,
+    ) -> Result<NodeState, RegistryError> {
+        let _write = self.write.lock().await;
+        let Some(node) = self.live().nodes.get(&id).cloned() else {
+            return Err(RegistryError::NotFound(format!("no node with id {id}")));
+        };
+        // A heartbeat may have landed since the liveness check looked.
+        if input == Input::Silent && node.last_heard.elapsed() <= self.timing.grace {
+            return Ok(node.state);
+        }
+        if matches!(input, Input::LaunchTimedOut { .. })
+            && node.last_heard.elapsed() <= self.timing.launch_timeout
+        {
+            return Ok(node.state);
+        }
+        let Some((to, reason)) = next(node.state, input, self.timing.unknown_sweeps) else {
+            return Ok(node.state);
+        };
+        if !self.store.transition(id, node.state, to, &reason, source)? {
+            // The store disagrees with memory: reload this node from it.
+            if let Some(stored) = self.store.node(&node.cluster, &node.name)? {
+                self.live().upsert(&stored);
+                return Ok(stored.state);
+            }
+            return Ok(node.state);
+        }
+        {
+            let mut live = self.live();
+            if let Some(entry) = live.nodes.get_mut(&id) {
+                entry.state = to;
+            }
+        }
+        self.publish();
+        tracing::info!(
+            cluster = %node.cluster,
+            node = %node.name,
+            from = %node.state,
+            to = %to,
+            %source,
+            %reason,
+            "node state changed"
+        );
+        Ok(to)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,7 +151,7 @@ mod tests {
     /// The three burns: silence makes `unreachable`, not dead; hearing the
     /// agent again brings it back; only EC2 terminates.
     #[test]
-    fn silence_is_not_death() {
+    pub(super) fn silence_is_not_death() {
         let (s, _) = next(NodeState::Deployed, Input::Silent, LIMIT).unwrap();
         assert_eq!(s, NodeState::Unreachable);
         assert_eq!(next(s, Input::Silent, LIMIT), None);
@@ -107,7 +165,7 @@ mod tests {
 
     /// Stop and start: stopped, then unreachable until the agent speaks.
     #[test]
-    fn stop_and_start() {
+    pub(super) fn stop_and_start() {
         let (s, _) = next(NodeState::Deployed, Input::Ec2Stopped, LIMIT).unwrap();
         assert_eq!(s, NodeState::Stopped);
         let (s, _) = next(s, Input::Ec2Running, LIMIT).unwrap();
@@ -117,7 +175,7 @@ mod tests {
 
     /// A launch that never registers fails, and registering later heals it.
     #[test]
-    fn launch_timeout() {
+    pub(super) fn launch_timeout() {
         let timeout = Input::LaunchTimedOut { after_secs: 600 };
         let (s, reason) = next(NodeState::Launching, timeout, LIMIT).unwrap();
         assert_eq!(s, NodeState::Failed);
@@ -129,7 +187,7 @@ mod tests {
 
     /// A removal waits for EC2; agents cannot undo it.
     #[test]
-    fn removal_waits_for_ec2() {
+    pub(super) fn removal_waits_for_ec2() {
         let (s, _) = next(NodeState::Deployed, Input::OperatorRemove, LIMIT).unwrap();
         assert_eq!(s, NodeState::Terminating);
         assert_eq!(next(s, Input::Heard, LIMIT), None);
@@ -140,7 +198,7 @@ mod tests {
         );
     }
 
-    fn input() -> impl Strategy<Value = Input> {
+    pub(super) fn input() -> impl Strategy<Value = Input> {
         prop_oneof![
             Just(Input::Heard),
             Just(Input::Silent),
@@ -153,7 +211,7 @@ mod tests {
         ]
     }
 
-    fn state() -> impl Strategy<Value = NodeState> {
+    pub(super) fn state() -> impl Strategy<Value = NodeState> {
         prop::sample::select(
             NodeState::ALL
                 .into_iter()

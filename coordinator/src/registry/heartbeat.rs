@@ -1,0 +1,179 @@
+//! The heartbeat flow: an agent with its node credential says it is alive
+//! and where it can be reached; new addresses are checked and stored,
+//! everything else stays in memory.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use muster_proto::token::TokenKind;
+use muster_proto::{EventSource, HeartbeatRequest, HeartbeatResponse, NodeState};
+
+use super::claim::Claim;
+use super::lifecycle::Input;
+use super::live::{Live, LiveNode};
+use super::{show_ip, Registry, RegistryError};
+use crate::secrets::digest_secret;
+
+/// "address changed: public 1.2.3.4 -> 5.6.7.8", naming only what changed.
+fn address_change_reason(
+    before: (Option<Ipv4Addr>, Option<Ipv4Addr>),
+    after: (Option<Ipv4Addr>, Option<Ipv4Addr>),
+) -> String {
+    let mut parts = Vec::new();
+    for (label, old, new) in [
+        ("private", before.0, after.0),
+        ("public", before.1, after.1),
+    ] {
+        if old != new {
+            parts.push(format!("{label} {} -> {}", show_ip(old), show_ip(new)));
+        }
+    }
+    format!("address changed: {}", parts.join(", "))
+}
+
+impl Registry {
+    /// An agent heartbeats with its node credential. New addresses are
+    /// checked against EC2, stored and published; everything else stays in
+    /// memory.
+    pub async fn heartbeat(
+        &self,
+        bearer: &str,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, RegistryError> {
+        self.heartbeat_from(bearer, req, None).await
+    }
+
+    /// [`Registry::heartbeat`] from `source`, the client's address, which
+    /// `verify_source` checks.
+    pub async fn heartbeat_from(
+        &self,
+        bearer: &str,
+        req: HeartbeatRequest,
+        source: Option<IpAddr>,
+    ) -> Result<HeartbeatResponse, RegistryError> {
+        let instance_id = req.instance_id.clone();
+        self.heartbeat_checked(bearer, req, source)
+            .await
+            .map_err(|e| self.refuse("heartbeat", &instance_id, e, source))
+    }
+
+    pub(super) async fn heartbeat_checked(
+        &self,
+        bearer: &str,
+        req: HeartbeatRequest,
+        source: Option<IpAddr>,
+    ) -> Result<HeartbeatResponse, RegistryError> {
+        req.validate()?;
+        self.check_addresses(&req.instance_id, source, req.private_ipv4, req.public_ipv4)?;
+        if TokenKind::of(bearer) != Some(TokenKind::Node) {
+            return Err(RegistryError::Unauthorized(
+                "a heartbeat needs \"Authorization: Bearer <node credential>\"".into(),
+            ));
+        }
+        let hash = digest_secret(bearer);
+        let lookup = |live: &Live| -> Result<(i64, LiveNode), RegistryError> {
+            let id = *live.by_credential.get(&hash).ok_or_else(|| {
+                RegistryError::Unauthorized("the node credential is not valid".into())
+            })?;
+            let node = live.nodes.get(&id).ok_or_else(|| {
+                RegistryError::Unauthorized("the node credential is not valid".into())
+            })?;
+            if node.instance_id != req.instance_id {
+                return Err(RegistryError::CredentialMismatch {
+                    bound: node.instance_id.clone(),
+                    claimed: req.instance_id.clone(),
+                });
+            }
+            Ok((id, node.clone()))
+        };
+        let (id, node) = lookup(&self.live())?;
+        if matches!(node.state, NodeState::Terminating | NodeState::Terminated) {
+            return Err(RegistryError::NodeTerminated {
+                cluster: node.cluster.to_string(),
+                node: node.name,
+                state: node.state,
+            });
+        }
+        let moved =
+            node.private_ipv4 != Some(req.private_ipv4) || node.public_ipv4 != req.public_ipv4;
+        // A node EC2 last saw stopped (or that never ran) counts as deployed
+        // again only once EC2 confirms the instance runs with these addresses.
+        let confirm = !matches!(node.state, NodeState::Deployed | NodeState::Unreachable);
+        if (moved || confirm) && !node.byon {
+            self.check_claim(Claim {
+                cluster: &node.cluster,
+                region: &node.region,
+                instance_id: &node.instance_id,
+                availability_zone: None,
+                private_ipv4: req.private_ipv4,
+                public_ipv4: req.public_ipv4,
+            })
+            .await?;
+        }
+        if moved {
+            self.set_addresses(id, req.private_ipv4, req.public_ipv4, EventSource::Agent)
+                .await?;
+        }
+        // Read the state after last_heard moves: a liveness check that comes
+        // later sees the fresh time and leaves the node alone.
+        let current = {
+            let mut live = self.live();
+            live.nodes.get_mut(&id).map(|entry| {
+                entry.last_seen = Some(SystemTime::now());
+                entry.last_heard = Instant::now();
+                entry.facts = Some(Arc::new(req.facts));
+                entry.state
+            })
+        };
+        // The common case, a deployed node, takes no write lock.
+        let state = match current {
+            Some(NodeState::Deployed) => NodeState::Deployed,
+            _ => self.apply(id, Input::Heard, EventSource::Agent).await?,
+        };
+        self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+        Ok(HeartbeatResponse {
+            state,
+            heartbeat_interval_ms: self.timing.heartbeat_interval.as_millis() as u64,
+            heartbeat_jitter_ms: self.timing.heartbeat_jitter.as_millis() as u64,
+        })
+    }
+
+    /// Stores and publishes new addresses of node `id`, already checked
+    /// against EC2, with an event naming what changed.
+    pub(super) async fn set_addresses(
+        &self,
+        id: i64,
+        private_ipv4: Ipv4Addr,
+        public_ipv4: Option<Ipv4Addr>,
+        source: EventSource,
+    ) -> Result<(), RegistryError> {
+        let _write = self.write.lock().await;
+        let Some(node) = self.live().nodes.get(&id).cloned() else {
+            return Ok(());
+        };
+        if node.private_ipv4 == Some(private_ipv4) && node.public_ipv4 == public_ipv4 {
+            return Ok(());
+        }
+        let reason = address_change_reason(
+            (node.private_ipv4, node.public_ipv4),
+            (Some(private_ipv4), public_ipv4),
+        );
+        self.store
+            .update_addresses(id, node.state, private_ipv4, public_ipv4, &reason, source)?;
+        {
+            let mut live = self.live();
+            if let Some(entry) = live.nodes.get_mut(&id) {
+                entry.private_ipv4 = Some(private_ipv4);
+                entry.public_ipv4 = public_ipv4;
+            }
+        }
+        self.publish();
+        self.counters
+            .address_changes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(cluster = %node.cluster, node = %node.name, %source, %reason, "node address changed");
+        Ok(())
+    }
+}

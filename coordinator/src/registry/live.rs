@@ -1,0 +1,118 @@
+//! The live view: every node in memory, with what heartbeats bring that is
+//! never written to disk, and the index from credential to node.
+//!
+//! It mirrors the store: every write to the store is followed by the same
+//! change here, under the registry's write lock.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use muster_proto::{HostFacts, NodeState};
+
+use crate::dns::NodeRecordSource;
+use crate::secrets::{stored_digest, SecretDigest};
+use crate::store::Node;
+
+/// A node as kept in memory: the stored fields the hot paths need, plus
+/// what heartbeats bring (never written to disk).
+#[derive(Debug, Clone)]
+pub(super) struct LiveNode {
+    /// Shared by every node of the cluster ([`Live::intern`]).
+    pub(super) cluster: Arc<str>,
+    pub(super) name: String,
+    pub(super) instance_id: String,
+    /// Shared by every node of the region.
+    pub(super) region: Arc<str>,
+    /// A bring-your-own node: EC2 is never asked about it.
+    pub(super) byon: bool,
+    pub(super) state: NodeState,
+    pub(super) private_ipv4: Option<Ipv4Addr>,
+    pub(super) public_ipv4: Option<Ipv4Addr>,
+    /// The credential's SHA-256, as the index keys it.
+    pub(super) credential_hash: Option<SecretDigest>,
+    pub(super) last_seen: Option<SystemTime>,
+    /// When the agent was last heard, or when this coordinator started:
+    /// every node gets one full grace after a restart.
+    pub(super) last_heard: Instant,
+    /// Sweeps in a row that EC2 did not know the instance.
+    pub(super) unknown_sweeps: u32,
+    /// Shared, so that a heartbeat's copy of the node does not copy them.
+    pub(super) facts: Option<Arc<HostFacts>>,
+}
+
+/// The in-memory view: every node by row id, and the credential index.
+#[derive(Debug, Default)]
+pub(super) struct Live {
+    pub(super) nodes: HashMap<i64, LiveNode>,
+    pub(super) by_credential: HashMap<SecretDigest, i64>,
+    /// Cluster and region names, each held once.
+    pub(super) interned: HashSet<Arc<str>>,
+}
+
+impl Live {
+    /// `text`, shared with every other holder of the same text.
+    pub(super) fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.interned.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.interned.insert(shared.clone());
+        shared
+    }
+
+    pub(super) fn upsert(&mut self, node: &Node) {
+        let previous = self.nodes.remove(&node.id);
+        if let Some(old_hash) = previous.as_ref().and_then(|p| p.credential_hash.as_ref()) {
+            self.by_credential.remove(old_hash);
+        }
+        let credential_hash = node.credential_hash.as_deref().and_then(stored_digest);
+        if let Some(hash) = credential_hash {
+            self.by_credential.insert(hash, node.id);
+        }
+        let (cluster, region) = (self.intern(&node.cluster), self.intern(&node.region));
+        self.nodes.insert(
+            node.id,
+            LiveNode {
+                cluster,
+                name: node.name.clone(),
+                instance_id: node.instance_id.clone(),
+                region,
+                byon: node.byon,
+                state: node.state,
+                private_ipv4: node.private_ipv4,
+                public_ipv4: node.public_ipv4,
+                credential_hash,
+                last_seen: previous.as_ref().and_then(|p| p.last_seen),
+                last_heard: previous
+                    .as_ref()
+                    .map_or_else(Instant::now, |p| p.last_heard),
+                unknown_sweeps: previous.as_ref().map_or(0, |p| p.unknown_sweeps),
+                facts: previous.and_then(|p| p.facts),
+            },
+        );
+    }
+
+    /// Forgets node `id` and its credential.
+    pub(super) fn remove(&mut self, id: i64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            if let Some(hash) = node.credential_hash {
+                self.by_credential.remove(&hash);
+            }
+        }
+    }
+
+    pub(super) fn record_sources(&self) -> Vec<NodeRecordSource> {
+        self.nodes
+            .values()
+            .map(|n| NodeRecordSource {
+                cluster: n.cluster.to_string(),
+                name: n.name.clone(),
+                state: n.state,
+                private_ipv4: n.private_ipv4,
+                public_ipv4: n.public_ipv4,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,138 @@
+//! Liveness and the sweep: silent nodes become `unreachable`, launches
+//! that never registered `failed`, and EC2's view of every tracked
+//! instance is read and applied.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use muster_proto::{EventSource, NodeState};
+
+use super::lifecycle::Input;
+use super::{Registry, RegistryError, SweepReport};
+use crate::ec2::InstanceFacts;
+
+impl Registry {
+    /// Marks every deployed node silent for longer than the grace period
+    /// `unreachable`. Returns how many it marked.
+    pub async fn check_liveness(&self) -> usize {
+        let grace = self.timing.grace;
+        let launch_timeout = self.timing.launch_timeout;
+        let (silent, overdue): (Vec<i64>, Vec<i64>) = {
+            let live = self.live();
+            (
+                live.nodes
+                    .iter()
+                    .filter(|(_, n)| {
+                        n.state == NodeState::Deployed && n.last_heard.elapsed() > grace
+                    })
+                    .map(|(id, _)| *id)
+                    .collect(),
+                live.nodes
+                    .iter()
+                    .filter(|(_, n)| {
+                        n.state == NodeState::Launching && n.last_heard.elapsed() > launch_timeout
+                    })
+                    .map(|(id, _)| *id)
+                    .collect(),
+            )
+        };
+        let timed_out = Input::LaunchTimedOut {
+            after_secs: launch_timeout.as_secs(),
+        };
+        for id in overdue {
+            if let Err(error) = self.apply(id, timed_out, EventSource::Liveness).await {
+                tracing::error!(%error, "liveness check could not fail a launch");
+            }
+        }
+        let mut marked = 0;
+        for id in silent {
+            match self.apply(id, Input::Silent, EventSource::Liveness).await {
+                Ok(NodeState::Unreachable) => marked += 1,
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "liveness check could not mark a node"),
+            }
+        }
+        marked
+    }
+
+    /// Reads every tracked instance from EC2 and applies what EC2 says:
+    /// stopped, terminated, unknown for too long, or running at another
+    /// address than stored (DNS follows even if the agent is silent).
+    pub async fn sweep(&self) -> SweepReport {
+        let mut by_region: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+        for (id, node) in self.live().nodes.iter() {
+            if node.state != NodeState::Terminated && !node.byon {
+                by_region
+                    .entry(node.region.to_string())
+                    .or_default()
+                    .push((*id, node.instance_id.clone()));
+            }
+        }
+        let mut report = SweepReport::default();
+        for (region, nodes) in by_region {
+            let ids: Vec<String> = nodes.iter().map(|(_, i)| i.clone()).collect();
+            let found = match self.ec2.describe_many(&region, &ids).await {
+                Ok(found) => found,
+                Err(error) => {
+                    // Nothing is concluded from a failed read.
+                    tracing::warn!(%error, %region, "sweep could not read EC2; trying again next time");
+                    report.failed_regions += 1;
+                    continue;
+                }
+            };
+            report.seen += found.len();
+            for (id, instance_id) in nodes {
+                if let Err(error) = self.sweep_one(id, found.get(&instance_id)).await {
+                    tracing::error!(%error, %instance_id, "sweep could not apply EC2's view");
+                }
+            }
+        }
+        self.counters.sweeps.fetch_add(1, Ordering::Relaxed);
+        report
+    }
+
+    pub(super) async fn sweep_one(
+        &self,
+        id: i64,
+        facts: Option<&InstanceFacts>,
+    ) -> Result<(), RegistryError> {
+        let Some(facts) = facts else {
+            let sweeps = {
+                let mut live = self.live();
+                let Some(entry) = live.nodes.get_mut(&id) else {
+                    return Ok(());
+                };
+                entry.unknown_sweeps += 1;
+                entry.unknown_sweeps
+            };
+            self.apply(id, Input::Ec2Unknown { sweeps }, EventSource::Sweep)
+                .await?;
+            return Ok(());
+        };
+        let state = {
+            let mut live = self.live();
+            let Some(entry) = live.nodes.get_mut(&id) else {
+                return Ok(());
+            };
+            entry.unknown_sweeps = 0;
+            entry.state
+        };
+        let input = match facts.state.as_str() {
+            "pending" | "running" => Input::Ec2Running,
+            "stopped" => Input::Ec2Stopped,
+            "shutting-down" | "terminated" => Input::Ec2Gone,
+            // "stopping": wait for where it lands.
+            _ => return Ok(()),
+        };
+        if input == Input::Ec2Running
+            && matches!(state, NodeState::Deployed | NodeState::Unreachable)
+        {
+            if let Some(private) = facts.private_ipv4 {
+                self.set_addresses(id, private, facts.public_ipv4, EventSource::Sweep)
+                    .await?;
+            }
+        }
+        self.apply(id, input, EventSource::Sweep).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,585 @@
+//! The registry's flows against a table of instances standing in for EC2.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Instant;
+
+use hickory_proto::rr::{LowerName, RecordType};
+use muster_proto::token::TokenKind;
+use muster_proto::{
+    CreateClusterRequest, EventSource, HeartbeatRequest, HostFacts, RegisterRequest,
+};
+
+use super::*;
+use crate::ec2::InstanceFacts;
+use crate::secrets::{hash_secret, new_secret};
+
+const ID: &str = "i-0123456789abcdef0";
+
+/// Stands in for EC2 in these unit tests only: a fixed table of
+/// instances, a cache's listing (empty unless a test fills it), and
+/// the count of describes.
+#[derive(Debug, Default)]
+struct Table(
+    Mutex<HashMap<String, InstanceFacts>>,
+    Mutex<HashMap<String, InstanceFacts>>,
+    AtomicU64,
+);
+
+#[async_trait::async_trait]
+impl InstanceLookup for Table {
+    async fn describe(&self, _: &str, id: &str) -> Result<Option<InstanceFacts>, Ec2Error> {
+        self.2.fetch_add(1, Ordering::Relaxed);
+        Ok(self.0.lock().unwrap().get(id).cloned())
+    }
+
+    fn cached(&self, _: &str, id: &str) -> Option<InstanceFacts> {
+        self.1.lock().unwrap().get(id).cloned()
+    }
+
+    async fn describe_many(
+        &self,
+        _: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
+        let table = self.0.lock().unwrap();
+        Ok(ids
+            .iter()
+            .filter_map(|id| table.get(id).map(|f| (id.clone(), f.clone())))
+            .collect())
+    }
+
+    async fn terminate(&self, _: &str, id: &str) -> Result<(), Ec2Error> {
+        if let Some(facts) = self.0.lock().unwrap().get_mut(id) {
+            facts.state = "shutting-down".into();
+        }
+        Ok(())
+    }
+}
+
+fn running(public: Option<Ipv4Addr>) -> InstanceFacts {
+    InstanceFacts {
+        state: "running".into(),
+        private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
+        public_ipv4: public,
+        availability_zone: Some("us-east-1a".into()),
+        cluster_tag: Some("web".into()),
+    }
+}
+
+fn setup() -> (Registry, Arc<Table>, String) {
+    let table = Arc::new(Table::default());
+    table
+        .0
+        .lock()
+        .unwrap()
+        .insert(ID.into(), running(Some(Ipv4Addr::new(54, 0, 0, 1))));
+    let zone = Arc::new(Zone::new("muster.test", 30).unwrap());
+    let store = Store::open_in_memory().unwrap();
+    let token = new_secret(TokenKind::Join);
+    store
+        .create_cluster("web", &hash_secret(&token), None)
+        .unwrap();
+    let registry = Registry::new(
+        store,
+        table.clone(),
+        zone,
+        "muster.test".into(),
+        Timing {
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_jitter: Duration::from_secs(1),
+            grace: Duration::from_secs(30),
+            unknown_sweeps: 3,
+            launch_timeout: Duration::from_secs(600),
+        },
+    )
+    .unwrap();
+    (registry, table, token)
+}
+
+fn register_req(public: Option<Ipv4Addr>) -> RegisterRequest {
+    RegisterRequest {
+        protocol: muster_proto::PROTOCOL_VERSION,
+        cluster: "web".into(),
+        instance_id: ID.into(),
+        availability_zone: "us-east-1a".into(),
+        region: "us-east-1".into(),
+        private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+        public_ipv4: public,
+        agent_version: "test".into(),
+        byon: None,
+        signed_identity: None,
+    }
+}
+
+fn heartbeat_req(public: Option<Ipv4Addr>) -> HeartbeatRequest {
+    HeartbeatRequest {
+        instance_id: ID.into(),
+        private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+        public_ipv4: public,
+        facts: HostFacts::default(),
+    }
+}
+
+fn answer(registry: &Registry, name: &str) -> Vec<Ipv4Addr> {
+    registry
+        .zone()
+        .snapshot()
+        .lookup(&LowerName::from_str(name).unwrap(), RecordType::A)
+        .answers
+        .iter()
+        .filter_map(|r| match r.data() {
+            hickory_proto::rr::RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A good register stores a deployed node, records an event and answers in DNS.
+#[tokio::test]
+async fn register_deploys_and_publishes() {
+    let (registry, _, token) = setup();
+    let ip = Ipv4Addr::new(54, 0, 0, 1);
+    let resp = registry
+        .register(&token, register_req(Some(ip)))
+        .await
+        .unwrap();
+    assert_eq!(resp.node.state, NodeState::Deployed);
+    assert_eq!(TokenKind::of(&resp.credential), Some(TokenKind::Node));
+    assert_eq!(
+        answer(&registry, &format!("{ID}.web.muster.test.")),
+        vec![ip]
+    );
+    assert_eq!(registry.node("web", ID).unwrap().events.len(), 1);
+}
+
+/// A claim the cache confirms asks EC2 nothing; one it does not confirm
+/// is decided by EC2 alone, whether EC2 then agrees or refuses.
+#[tokio::test]
+async fn the_cache_confirms_and_ec2_decides_the_rest() {
+    let (registry, table, token) = setup();
+    let old = Some(Ipv4Addr::new(54, 0, 0, 1));
+    let eip = Ipv4Addr::new(54, 0, 0, 2);
+    let new = Some(eip);
+    let describes = || table.2.load(Ordering::Relaxed);
+    table.1.lock().unwrap().insert(ID.into(), running(old));
+    let credential = registry
+        .register(&token, register_req(old))
+        .await
+        .unwrap()
+        .credential;
+    assert_eq!(describes(), 0, "the listing confirmed the register");
+
+    // An Elastic IP the listing does not know yet: EC2 confirms it.
+    table.0.lock().unwrap().insert(ID.into(), running(new));
+    registry
+        .heartbeat(&credential, heartbeat_req(new))
+        .await
+        .unwrap();
+    assert_eq!(describes(), 1);
+    assert_eq!(
+        answer(&registry, &format!("{ID}.web.muster.test.")),
+        vec![eip]
+    );
+
+    // The listing does not bear the claim out (the instance carries
+    // another cluster's tag): EC2 is asked, and its refusal stands.
+    let mut other = running(new);
+    other.cluster_tag = Some("db".into());
+    table.1.lock().unwrap().insert(ID.into(), other.clone());
+    table.0.lock().unwrap().insert(ID.into(), other);
+    let err = registry
+        .register(&token, register_req(new))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "cluster_tag_mismatch");
+    assert_eq!(describes(), 2);
+}
+
+/// Every kind of bad claim is refused with its own code and stores nothing.
+#[tokio::test]
+async fn bad_claims_change_nothing() {
+    let (registry, table, token) = setup();
+    let wrong_token = new_secret(TokenKind::Join);
+    let good = Some(Ipv4Addr::new(54, 0, 0, 1));
+    let err = registry
+        .register(&wrong_token, register_req(good))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unauthorized");
+    let err = registry
+        .register(&token, register_req(Some(Ipv4Addr::new(54, 9, 9, 9))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "address_mismatch");
+    assert!(err.to_string().contains("54.9.9.9"), "{err}");
+    let mut other_zone = register_req(good);
+    other_zone.availability_zone = "us-east-1b".into();
+    let err = registry.register(&token, other_zone).await.unwrap_err();
+    assert_eq!(err.code(), "address_mismatch");
+    let mut unknown = register_req(good);
+    unknown.instance_id = "i-00000000".into();
+    let err = registry.register(&token, unknown).await.unwrap_err();
+    assert_eq!(err.code(), "instance_not_found");
+    table.0.lock().unwrap().get_mut(ID).unwrap().state = "stopped".into();
+    let err = registry
+        .register(&token, register_req(good))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "instance_not_running");
+    table.0.lock().unwrap().get_mut(ID).unwrap().state = "running".into();
+    for tag in [None, Some("api")] {
+        table.0.lock().unwrap().get_mut(ID).unwrap().cluster_tag = tag.map(Into::into);
+        let err = registry
+            .register(&token, register_req(good))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "cluster_tag_mismatch", "{tag:?}");
+    }
+    assert!(registry.nodes(None).unwrap().is_empty());
+    assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
+}
+
+/// Registering twice keeps one node and revokes the first credential.
+#[tokio::test]
+async fn second_register_rotates_the_credential() {
+    let (registry, _, token) = setup();
+    let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+    let first = registry.register(&token, register_req(ip)).await.unwrap();
+    let second = registry.register(&token, register_req(ip)).await.unwrap();
+    assert_ne!(first.credential, second.credential);
+    assert_eq!(registry.nodes(None).unwrap().len(), 1);
+    let err = registry
+        .heartbeat(&first.credential, heartbeat_req(ip))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unauthorized");
+    registry
+        .heartbeat(&second.credential, heartbeat_req(ip))
+        .await
+        .unwrap();
+    // Re-register with the credential itself rotates it again.
+    let third = registry
+        .register(&second.credential, register_req(ip))
+        .await
+        .unwrap();
+    assert!(registry
+        .heartbeat(&second.credential, heartbeat_req(ip))
+        .await
+        .is_err());
+    registry
+        .heartbeat(&third.credential, heartbeat_req(ip))
+        .await
+        .unwrap();
+}
+
+/// A heartbeat with a new address moves DNS only once EC2 agrees.
+#[tokio::test]
+async fn heartbeat_moves_dns_after_ec2_agrees() {
+    let (registry, table, token) = setup();
+    let old = Ipv4Addr::new(54, 0, 0, 1);
+    let new = Ipv4Addr::new(54, 0, 0, 2);
+    let resp = registry
+        .register(&token, register_req(Some(old)))
+        .await
+        .unwrap();
+    let err = registry
+        .heartbeat(&resp.credential, heartbeat_req(Some(new)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "address_mismatch");
+    assert_eq!(
+        answer(&registry, &format!("{ID}.web.muster.test.")),
+        vec![old]
+    );
+    table
+        .0
+        .lock()
+        .unwrap()
+        .insert(ID.into(), running(Some(new)));
+    registry
+        .heartbeat(&resp.credential, heartbeat_req(Some(new)))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(&registry, &format!("{ID}.web.muster.test.")),
+        vec![new]
+    );
+    let events = registry.node("web", ID).unwrap().events;
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        events[1].reason,
+        "address changed: public 54.0.0.1 -> 54.0.0.2"
+    );
+}
+
+fn state_of(registry: &Registry) -> NodeState {
+    registry.node("web", ID).unwrap().node.state
+}
+
+/// Silence past the grace makes a node unreachable and drops it from the
+/// round robin but not from its own name; a heartbeat brings it back.
+#[tokio::test]
+async fn silence_makes_unreachable_and_a_heartbeat_heals() {
+    let (registry, _, token) = setup();
+    let public = Ipv4Addr::new(54, 0, 0, 1);
+    let ip = Some(public);
+    let resp = registry.register(&token, register_req(ip)).await.unwrap();
+    assert_eq!(registry.check_liveness().await, 0, "fresh nodes are alive");
+    // Silence past the grace, without sleeping through it.
+    for node in registry.live().nodes.values_mut() {
+        node.last_heard = Instant::now() - Duration::from_secs(31);
+    }
+    assert_eq!(registry.check_liveness().await, 1);
+    assert_eq!(state_of(&registry), NodeState::Unreachable);
+    assert!(answer(&registry, "web.muster.test.").is_empty());
+    assert_eq!(
+        answer(&registry, &format!("{ID}.web.muster.test.")),
+        vec![public]
+    );
+    let beat = registry
+        .heartbeat(&resp.credential, heartbeat_req(ip))
+        .await
+        .unwrap();
+    assert_eq!(beat.state, NodeState::Deployed);
+    assert_eq!(answer(&registry, "web.muster.test."), vec![public]);
+    let events = registry.node("web", ID).unwrap().events;
+    let sources: Vec<_> = events.iter().map(|e| (e.to, e.source)).collect();
+    assert_eq!(
+        sources,
+        vec![
+            (NodeState::Deployed, EventSource::Agent),
+            (NodeState::Unreachable, EventSource::Liveness),
+            (NodeState::Deployed, EventSource::Agent),
+        ]
+    );
+}
+
+fn byon_req(hostname: &str, machine_id: &str) -> RegisterRequest {
+    RegisterRequest {
+        instance_id: muster_proto::byon_node_id(machine_id),
+        availability_zone: String::new(),
+        region: String::new(),
+        private_ipv4: Ipv4Addr::new(192, 168, 7, 10),
+        public_ipv4: None,
+        byon: Some(muster_proto::ByonIdentity {
+            hostname: hostname.into(),
+            machine_id: machine_id.into(),
+        }),
+        ..register_req(None)
+    }
+}
+
+/// A machine without IMDS joins with a bring-your-own token and no EC2
+/// check, under its hostname; it goes unreachable when silent and stays
+/// so through sweeps; `node rm` deletes it and its names.
+#[tokio::test]
+async fn bring_your_own_nodes() {
+    let (registry, _, join_token) = setup();
+    let byon_token = registry.byon_token("web").await.unwrap();
+    let machine = "0123456789abcdef0123456789abcdef";
+
+    // Each token is for its own kind of machine.
+    let err = registry
+        .register(&join_token, byon_req("rack1", machine))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unauthorized", "{err}");
+    let err = registry
+        .register(&byon_token, register_req(None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unauthorized", "{err}");
+
+    let resp = registry
+        .register(&byon_token, byon_req("rack1", machine))
+        .await
+        .unwrap();
+    assert_eq!(resp.node.name, "rack1");
+    assert!(resp.node.byon);
+    assert_eq!(resp.node.state, NodeState::Deployed);
+    assert_eq!(
+        answer(&registry, "rack1.web.muster.test."),
+        vec![Ipv4Addr::new(192, 168, 7, 10)]
+    );
+
+    // Another machine may not take the name.
+    let err = registry
+        .register(
+            &byon_token,
+            byon_req("rack1", "fedcba9876543210fedcba9876543210"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "name_taken", "{err}");
+
+    // Its own address change needs no EC2 word.
+    let moved = HeartbeatRequest {
+        instance_id: muster_proto::byon_node_id(machine),
+        private_ipv4: Ipv4Addr::new(192, 168, 7, 11),
+        public_ipv4: None,
+        facts: HostFacts::default(),
+    };
+    registry.heartbeat(&resp.credential, moved).await.unwrap();
+    assert_eq!(
+        answer(&registry, "rack1.web.muster.test."),
+        vec![Ipv4Addr::new(192, 168, 7, 11)]
+    );
+
+    // Silent: unreachable, and sweeps (EC2 knows nothing of it) leave it.
+    for node in registry.live().nodes.values_mut() {
+        node.last_heard = Instant::now() - Duration::from_secs(31);
+    }
+    assert_eq!(registry.check_liveness().await, 1);
+    for _ in 0..5 {
+        registry.sweep().await;
+    }
+    let node = registry.node("web", "rack1").unwrap().node;
+    assert_eq!(node.state, NodeState::Unreachable);
+
+    registry.remove_node("web", "rack1").await.unwrap();
+    assert!(registry.node("web", "rack1").is_err());
+    assert!(answer(&registry, "rack1.web.muster.test.").is_empty());
+    assert!(registry
+        .heartbeat(
+            &resp.credential,
+            HeartbeatRequest {
+                instance_id: muster_proto::byon_node_id(machine),
+                private_ipv4: Ipv4Addr::new(192, 168, 7, 11),
+                public_ipv4: None,
+                facts: HostFacts::default(),
+            }
+        )
+        .await
+        .is_err());
+}
+
+/// The sweep follows EC2: stopped, an address moved while the agent is
+/// silent, unknown for too long, and terminated; DNS follows each.
+#[tokio::test]
+async fn sweep_follows_ec2() {
+    let (registry, table, token) = setup();
+    let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+    registry.register(&token, register_req(ip)).await.unwrap();
+    let moved = Ipv4Addr::new(54, 0, 0, 9);
+    table
+        .0
+        .lock()
+        .unwrap()
+        .insert(ID.into(), running(Some(moved)));
+    registry.sweep().await;
+    assert_eq!(
+        answer(&registry, &format!("{ID}.web.muster.test.")),
+        vec![moved]
+    );
+    table.0.lock().unwrap().get_mut(ID).unwrap().state = "stopped".into();
+    registry.sweep().await;
+    assert_eq!(state_of(&registry), NodeState::Stopped);
+    assert!(answer(&registry, "web.muster.test.").is_empty());
+    table.0.lock().unwrap().remove(ID);
+    registry.sweep().await;
+    registry.sweep().await;
+    assert_eq!(
+        state_of(&registry),
+        NodeState::Stopped,
+        "two unknown sweeps are not enough"
+    );
+    registry.sweep().await;
+    assert_eq!(state_of(&registry), NodeState::Terminated);
+    assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
+    assert!(answer(&registry, &format!("{ID}.web.internal.muster.test.")).is_empty());
+}
+
+/// `node rm` terminates through EC2: terminating at once, terminated
+/// after the sweep sees it, and the agent can no longer revive it.
+#[tokio::test]
+async fn remove_terminates_through_ec2() {
+    let (registry, _, token) = setup();
+    let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+    let resp = registry.register(&token, register_req(ip)).await.unwrap();
+    let view = registry.remove_node("web", ID).await.unwrap();
+    assert_eq!(view.state, NodeState::Terminating);
+    let err = registry
+        .heartbeat(&resp.credential, heartbeat_req(ip))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "node_terminated");
+    registry.sweep().await;
+    assert_eq!(state_of(&registry), NodeState::Terminated);
+    assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
+    let err = registry.remove_node("web", ID).await.unwrap_err();
+    assert_eq!(err.code(), "node_terminated");
+}
+
+/// Event pages chain through `next_after` and bad bounds are refused.
+#[tokio::test]
+async fn events_are_paged() {
+    let (registry, _, token) = setup();
+    let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+    for _ in 0..5 {
+        registry.register(&token, register_req(ip)).await.unwrap();
+    }
+    let first = registry.node_events("web", ID, 0, 2).unwrap();
+    assert_eq!(first.events.len(), 2);
+    let second = registry
+        .node_events("web", ID, first.next_after.unwrap(), 2)
+        .unwrap();
+    let third = registry
+        .node_events("web", ID, second.next_after.unwrap(), 2)
+        .unwrap();
+    assert_eq!(third.events.len(), 1);
+    assert_eq!(third.next_after, None);
+    assert_eq!(registry.node("web", ID).unwrap().events_total, 5);
+    assert!(registry.node_events("web", ID, 0, 0).is_err());
+    assert!(registry.node_events("web", ID, -1, 5).is_err());
+    assert!(registry.node_events("web", ID, 0, 1001).is_err());
+}
+
+/// Reserved and over-long cluster names are refused.
+#[tokio::test]
+async fn cluster_names_are_checked() {
+    let (registry, _, _) = setup();
+    for bad in ["internal", "Web", "", &"a".repeat(64)] {
+        let req = CreateClusterRequest {
+            name: bad.into(),
+            launch: None,
+            byon: false,
+        };
+        assert!(registry.create_cluster(&req).await.is_err());
+    }
+    let req = CreateClusterRequest {
+        name: "web".into(),
+        launch: None,
+        byon: false,
+    };
+    let err = registry.create_cluster(&req).await.unwrap_err();
+    assert_eq!(err.code(), "cluster_exists");
+    let created = registry
+        .create_cluster(&CreateClusterRequest {
+            name: "db".into(),
+            launch: None,
+            byon: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.cluster.state, muster_proto::ClusterState::Active);
+    assert!(created.cluster.launch.is_none() && created.launch.is_none());
+    assert_eq!(TokenKind::of(&created.join_token), Some(TokenKind::Join));
+    let byon = created.byon_token.expect("a bring-your-own token");
+    assert_eq!(TokenKind::of(&byon), Some(TokenKind::Join));
+    assert_ne!(byon, created.join_token);
+}
+
+/// Without a launcher, a launch is refused and nothing is stored.
+#[tokio::test]
+async fn launch_needs_a_launcher() {
+    let (registry, _, _) = setup();
+    let req: CreateClusterRequest = serde_json::from_str(
+        r#"{"name": "api", "launch": {"region": "us-east-1", "instance_type": "t3.micro",
+            "count": 1, "disk_gb": 30, "ami": "ami-0123abcd"}}"#,
+    )
+    .unwrap();
+    let err = registry.create_cluster(&req).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_request", "{err}");
+    assert!(registry.cluster("api").is_err());
+}
