@@ -1,0 +1,206 @@
+//! The admin endpoints: clusters, nodes, tokens, user data and the DNS
+//! provider's status. Each needs the admin token.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use muster_proto::{CreateClusterRequest, CreateClusterResponse};
+
+use super::guards::{require_admin, Body};
+use super::{ApiError, AppState};
+
+pub(super) async fn list_clusters(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<muster_proto::ClusterView>>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.registry.clusters()?))
+}
+
+pub(super) async fn create_cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(req): Body<CreateClusterRequest>,
+) -> Result<(StatusCode, Json<CreateClusterResponse>), ApiError> {
+    require_admin(&state, &headers)?;
+    let created = state.registry.create_cluster(&req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+pub(super) async fn byon_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<muster_proto::ByonTokenResponse>), ApiError> {
+    require_admin(&state, &headers)?;
+    let byon_token = state.registry.byon_token(&name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(muster_proto::ByonTokenResponse {
+            cluster: name,
+            byon_token,
+        }),
+    ))
+}
+
+pub(super) async fn rotate_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Body(req): Body<muster_proto::RotateTokenRequest>,
+) -> Result<Json<muster_proto::RotateTokenResponse>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.registry.rotate_token(&name, &req).await?))
+}
+
+pub(super) async fn rotate_admin_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<muster_proto::AdminTokenResponse>, ApiError> {
+    require_admin(&state, &headers)?;
+    // The file first: if it cannot be written, the old token stays valid
+    // everywhere.
+    let mut hash = state
+        .admin_token_hash
+        .write()
+        .unwrap_or_else(|p| p.into_inner());
+    let token = crate::pki::rotate_admin_token(&state.data_dir).map_err(|e| {
+        tracing::error!(error = %e, "could not write the new admin token");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("could not write the new admin token: {e}"),
+        )
+    })?;
+    *hash = crate::secrets::hash_secret(&token);
+    Ok(Json(muster_proto::AdminTokenResponse {
+        admin_token: token,
+    }))
+}
+
+pub(super) async fn user_data(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Body(req): Body<muster_proto::UserDataRequest>,
+) -> Result<(StatusCode, Json<muster_proto::UserDataResponse>), ApiError> {
+    require_admin(&state, &headers)?;
+    let rendered = state.registry.user_data(&name, &req).await?;
+    Ok((StatusCode::CREATED, Json(rendered)))
+}
+
+pub(super) async fn scale_cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Body(req): Body<muster_proto::launch::ScaleClusterRequest>,
+) -> Result<Json<muster_proto::launch::ScaleClusterResponse>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.registry.scale_cluster(&name, &req).await?))
+}
+
+pub(super) async fn remove_cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<muster_proto::ClusterView>), ApiError> {
+    require_admin(&state, &headers)?;
+    let cluster = state.registry.remove_cluster(&name).await?;
+    Ok((StatusCode::ACCEPTED, Json(cluster)))
+}
+
+pub(super) async fn show_cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<muster_proto::ClusterView>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.registry.cluster(&name)?))
+}
+
+pub(super) async fn list_nodes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<muster_proto::NodeView>>, ApiError> {
+    require_admin(&state, &headers)?;
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "cluster") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("unknown query parameter {unknown:?}; only \"cluster\" is known"),
+        ));
+    }
+    Ok(Json(
+        state
+            .registry
+            .nodes(query.get("cluster").map(String::as_str))?,
+    ))
+}
+
+pub(super) async fn show_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((cluster, name)): Path<(String, String)>,
+) -> Result<Json<muster_proto::NodeDetail>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.registry.node(&cluster, &name)?))
+}
+
+pub(super) async fn node_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((cluster, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<muster_proto::EventPage>, ApiError> {
+    require_admin(&state, &headers)?;
+    let mut after = 0i64;
+    let mut limit = 100usize;
+    for (key, value) in &query {
+        let bad = |why: &str| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("{key}={value:?} is not valid: {why}"),
+            )
+        };
+        match key.as_str() {
+            "after" => {
+                after = value
+                    .parse()
+                    .map_err(|_| bad("must be a sequence number"))?
+            }
+            "limit" => limit = value.parse().map_err(|_| bad("must be a number"))?,
+            _ => {
+                return Err(bad(
+                    "unknown query parameter; \"after\" and \"limit\" are known",
+                ))
+            }
+        }
+    }
+    Ok(Json(
+        state.registry.node_events(&cluster, &name, after, limit)?,
+    ))
+}
+
+pub(super) async fn remove_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((cluster, name)): Path<(String, String)>,
+) -> Result<Json<muster_proto::NodeView>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.registry.remove_node(&cluster, &name).await?))
+}
+
+pub(super) async fn dns_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(match state.dns_status.get() {
+        Some(status) => serde_json::json!(status),
+        None => serde_json::json!({ "provider": "embedded", "pending_changes": 0 }),
+    }))
+}

@@ -1,0 +1,230 @@
+//! The guards in front of the handlers: the admin bearer token, the
+//! per-source rate limit on agent requests, the client's address behind
+//! trusted proxies, and JSON bodies that are bounded in size and time.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, AppState};
+use crate::config::Trust;
+use crate::secrets::secret_matches;
+
+/// How long a request body may take to arrive.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request's headers may take to arrive.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Agent requests per source address, over time.
+pub type SourceLimiter = governor::DefaultKeyedRateLimiter<IpAddr>;
+
+/// The limiter for `per_second` agent requests from one source (bursts of
+/// twice that), or none for 0.
+pub fn source_limiter(per_second: u32) -> Option<Arc<SourceLimiter>> {
+    let rate = NonZeroU32::new(per_second)?;
+    let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+    Some(Arc::new(governor::RateLimiter::keyed(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    )))
+}
+
+/// The client's address: the TCP peer, or, behind trusted proxies, the
+/// last `X-Forwarded-For` hop that is not one of them.
+pub fn client_addr(trust: &Trust, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let trusted = |ip: IpAddr| match ip.to_canonical() {
+        IpAddr::V4(v4) => trust
+            .trusted_proxies
+            .iter()
+            .any(|&net| muster_proto::validate::in_cidr(v4, net)),
+        IpAddr::V6(_) => false,
+    };
+    let mut addr = peer.to_canonical();
+    if !trusted(addr) {
+        return addr;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                addr = ip.to_canonical();
+                if !trusted(addr) {
+                    return addr;
+                }
+            }
+            // A hop that is no address: stop at the last one believed.
+            Err(_) => return addr,
+        }
+    }
+    addr
+}
+
+/// The rate limit on agent requests, keyed by client address.
+pub(super) async fn limit_agents(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(limiter) = &state.limiter {
+        let source = client_addr(&state.trust, peer.ip(), req.headers());
+        if let Err(not_until) = limiter.check_key(&source) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many agent requests from {source}; try again shortly"),
+            )
+            .into_response();
+            let secs = wait.as_secs().max(1).to_string();
+            if let Ok(value) = header::HeaderValue::from_str(&secs) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+    }
+    next.run(req).await
+}
+
+/// `Json` whose rejections are our JSON errors.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let read = Json::<T>::from_request(req, state);
+        let Json(value) = tokio::time::timeout(BODY_TIMEOUT, read)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+                )
+            })??;
+        Ok(Body(value))
+    }
+}
+
+pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing \"Authorization: Bearer <token>\" header",
+            )
+        })
+}
+
+pub(super) fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = bearer(headers)?;
+    let hash = state
+        .admin_token_hash
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if secret_matches(token, &hash) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin token is not valid",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(hops: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for hop in hops {
+            headers.append("x-forwarded-for", hop.parse().unwrap());
+        }
+        headers
+    }
+
+    /// X-Forwarded-For is believed only from trusted proxies, and only up
+    /// to the first hop that is not one.
+    #[test]
+    fn client_address_behind_trusted_proxies() {
+        let trust = Trust {
+            trusted_proxies: vec![("10.9.0.0".parse().unwrap(), 16)],
+            ..Trust::default()
+        };
+        let proxy: IpAddr = "10.9.0.5".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        let client: IpAddr = "54.1.2.3".parse().unwrap();
+        // A stranger's header is ignored.
+        assert_eq!(
+            client_addr(&trust, stranger, &forwarded(&["54.1.2.3"])),
+            stranger
+        );
+        // Through the proxy: the last hop that is not a proxy, whatever
+        // the client itself wrote in front of it.
+        assert_eq!(
+            client_addr(&trust, proxy, &forwarded(&["6.6.6.6, 54.1.2.3, 10.9.0.7"])),
+            client
+        );
+        assert_eq!(
+            client_addr(&trust, proxy, &forwarded(&["6.6.6.6", "54.1.2.3"])),
+            client
+        );
+        // No header, or garbage: the proxy itself, which matches no node.
+        assert_eq!(client_addr(&trust, proxy, &HeaderMap::new()), proxy);
+        assert_eq!(
+            client_addr(&trust, proxy, &forwarded(&["not-an-ip"])),
+            proxy
+        );
+        // IPv4-mapped IPv6 peers are their IPv4 selves.
+        let mapped: IpAddr = "::ffff:10.9.0.5".parse().unwrap();
+        assert_eq!(
+            client_addr(&trust, mapped, &forwarded(&["54.1.2.3"])),
+            client
+        );
+    }
+
+    /// The limiter lets a burst of twice the rate through, then refuses.
+    #[test]
+    fn source_limiter_bursts_then_refuses() {
+        assert!(source_limiter(0).is_none());
+        let limiter = source_limiter(3).unwrap();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let allowed = (0..20).filter(|_| limiter.check_key(&a).is_ok()).count();
+        assert_eq!(allowed, 6);
+        assert!(
+            limiter.check_key(&b).is_ok(),
+            "another source has its own bucket"
+        );
+    }
+}
