@@ -60,6 +60,18 @@ pub fn sdk_message(error: &(impl std::error::Error + ?Sized)) -> String {
     DisplayErrorContext(error).to_string()
 }
 
+/// An SDK error as EC2's code and message (`Code: message`), or with all
+/// its causes when EC2 sent no code.
+pub fn describe_error<E>(error: &aws_sdk_ec2::error::SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error.code() {
+        Some(code) => format!("{code}: {}", error.message().unwrap_or("no message")),
+        None => sdk_message(error),
+    }
+}
+
 /// Runs `call`, and runs it again after a short wait while EC2 answers
 /// that a resource it names does not exist yet (see [`SETTLE_DELAYS_MS`]).
 pub async fn settled<T, E, F, Fut>(call: F) -> Result<T, E>

@@ -1,15 +1,14 @@
-//! `muster-coordinator`: see the library docs.
+//! `muster-coordinator`: the command line. This file is the clap tree and
+//! the dispatch to the library: `serve` runs the coordinator
+//! ([`muster_coordinator::serve`]); every other command is a client of a
+//! running one ([`muster_coordinator::cli::commands`]).
 
 use std::process::ExitCode;
-
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use muster_coordinator::cli::{self, AdminClient};
+use muster_coordinator::cli::{commands, AdminClient, CliError};
 use muster_coordinator::config::{ServeArgs, Settings};
-use muster_coordinator::launcher::{
-    check_credentials as check_credentials_in, DEFAULT_CHECK_REGIONS,
-};
 use muster_proto::launch::{IamOptions, LaunchSpec, ProviderOptions, VpcOptions};
 use muster_proto::CreateClusterRequest;
 
@@ -304,13 +303,6 @@ fn init_tracing() {
     }
 }
 
-fn print_json(value: &impl serde::Serialize) {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
-        Err(e) => eprintln!("error: encoding JSON: {e}"),
-    }
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -327,99 +319,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// What `check-credentials` says when no region accepted the dry run.
-const INVALID_CREDENTIALS: &str = "invalid AWS credentials or insufficient EC2 permissions";
-
-async fn check_credentials(
-    regions: Vec<String>,
-    ami: Option<String>,
-    instance_type: String,
-    json: bool,
-) -> Result<bool, cli::CliError> {
-    let regions = if regions.is_empty() {
-        DEFAULT_CHECK_REGIONS
-            .iter()
-            .map(|r| (*r).to_owned())
-            .collect()
-    } else {
-        regions
-    };
-    for region in &regions {
-        muster_proto::validate::region(region).map_err(|e| cli::CliError::Setting {
-            name: "--regions",
-            value: region.clone(),
-            reason: e.reason,
-        })?;
-    }
-    if let Some(ami) = &ami {
-        muster_proto::validate::resource_id("ami", "ami", ami).map_err(|e| {
-            cli::CliError::Setting {
-                name: "--ami",
-                value: ami.clone(),
-                reason: e.reason,
-            }
-        })?;
-    }
-    muster_proto::validate::instance_type(&instance_type).map_err(|e| cli::CliError::Setting {
-        name: "--instance-type",
-        value: instance_type.clone(),
-        reason: e.reason,
-    })?;
-    let clients = muster_coordinator::ec2::Ec2Clients::from_env().await;
-    let checks = check_credentials_in(&clients, &regions, ami.as_deref(), &instance_type).await;
-    let valid = checks.iter().any(|c| c.ok);
-    if json {
-        print_json(&serde_json::json!({ "valid": valid, "regions": checks }));
-    } else {
-        let rows: Vec<Vec<String>> = checks
-            .iter()
-            .map(|c| {
-                vec![
-                    c.region.clone(),
-                    if c.ok { "ok" } else { "failed" }.to_owned(),
-                    c.detail.clone(),
-                ]
-            })
-            .collect();
-        print!("{}", cli::table(&["REGION", "RESULT", "DETAIL"], &rows));
-        if valid {
-            println!("credentials are valid");
-        }
-    }
-    if !valid {
-        eprintln!("error: {INVALID_CREDENTIALS}");
-        for check in &checks {
-            eprintln!("  {}: {}", check.region, check.detail);
-        }
-    }
-    Ok(valid)
-}
-
-/// After a create or scale: waits for the nodes to settle if asked
-/// (`wait`), then prints. With --json that is `answer` alone, or, having
-/// waited, `{key: answer, "nodes": [...]}`; otherwise the nodes' table.
-async fn finish_launch(
-    client: &AdminClient,
-    cluster: &str,
-    wait: Option<Duration>,
-    json: bool,
-    key: &str,
-    answer: &impl serde::Serialize,
-) -> Result<(), cli::CliError> {
-    let nodes = match wait {
-        Some(timeout) => Some(client.wait_deployed(cluster, timeout).await?),
-        None => None,
-    };
-    match (json, nodes) {
-        (true, None) => print_json(answer),
-        (true, Some(nodes)) => print_json(&serde_json::json!({ key: answer, "nodes": nodes })),
-        (false, Some(nodes)) => print!("{}", cli::nodes_table(&nodes)),
-        (false, None) => {}
-    }
-    Ok(())
-}
-
-async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<(), cli::CliError> {
+/// Runs a `cluster` command.
+async fn cluster(client: &AdminClient, command: ClusterCommand) -> Result<(), CliError> {
     match command {
         ClusterCommand::Create {
             name,
@@ -430,62 +331,19 @@ async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<
             json,
         } => {
             let req = CreateClusterRequest {
-                name: name.clone(),
+                name,
                 launch: launch.spec(),
                 byon,
             };
-            let created = client.create_cluster(&req).await?;
-            if !json {
-                print!(
-                    "{}",
-                    cli::clusters_table(std::slice::from_ref(&created.cluster))
-                );
-                if let Some(report) = &created.launch {
-                    print!("{}", cli::launch_text(report));
-                }
-                println!("\njoin token (shown once): {}", created.join_token);
-                if let Some(token) = &created.byon_token {
-                    println!("bring-your-own token (shown once): {token}");
-                }
-            }
-            finish_launch(
-                client,
-                &name,
-                wait.then_some(wait_timeout),
-                json,
-                "created",
-                &created,
-            )
-            .await?;
+            commands::cluster_create(client, &req, wait.then_some(wait_timeout), json).await
         }
         ClusterCommand::RotateToken {
             name,
             expires_in,
             json,
-        } => {
-            let rotated = client.rotate_token(&name, expires_in).await?;
-            if json {
-                print_json(&rotated);
-            } else {
-                println!(
-                    "new join token for {} (shown once): {}",
-                    rotated.cluster, rotated.join_token
-                );
-                if let Some(at) = &rotated.expires_at {
-                    println!("it expires at {at}");
-                }
-            }
-        }
+        } => commands::cluster_rotate_token(client, &name, expires_in, json).await,
         ClusterCommand::ByonToken { name, json } => {
-            let minted = client.byon_token(&name).await?;
-            if json {
-                print_json(&minted);
-            } else {
-                println!(
-                    "bring-your-own token for {} (shown once): {}",
-                    minted.cluster, minted.byon_token
-                );
-            }
+            commands::cluster_byon_token(client, &name, json).await
         }
         ClusterCommand::Scale {
             name,
@@ -494,181 +352,50 @@ async fn cluster_admin(client: &AdminClient, command: ClusterCommand) -> Result<
             wait_timeout,
             json,
         } => {
-            let scaled = client.scale_cluster(&name, count).await?;
-            if !json {
-                print!("{}", cli::launch_text(&scaled.launch));
-                if !scaled.removing.is_empty() {
-                    println!("removing: {}", scaled.removing.join(", "));
-                }
-            }
-            finish_launch(
-                client,
-                &name,
-                wait.then_some(wait_timeout),
-                json,
-                "scaled",
-                &scaled,
-            )
-            .await?;
+            commands::cluster_scale(client, &name, count, wait.then_some(wait_timeout), json).await
         }
         ClusterCommand::Rm {
             name,
             no_wait,
             wait_timeout,
             json,
-        } => {
-            let mut cluster = client.remove_cluster(&name).await?;
-            if !no_wait {
-                cluster = client.wait_removed(&name, wait_timeout).await?;
-            }
-            if json {
-                print_json(&cluster);
-            } else {
-                print!("{}", cli::clusters_table(std::slice::from_ref(&cluster)));
-            }
-        }
-        ClusterCommand::Ls { json } => {
-            let clusters = client.clusters().await?;
-            if json {
-                print_json(&clusters);
-            } else {
-                print!("{}", cli::clusters_table(&clusters));
-            }
-        }
-        ClusterCommand::Show { name, json } => {
-            let cluster = client.cluster(&name).await?;
-            if json {
-                print_json(&cluster);
-            } else {
-                print!("{}", cli::cluster_text(&cluster));
-            }
-        }
+        } => commands::cluster_rm(client, &name, (!no_wait).then_some(wait_timeout), json).await,
+        ClusterCommand::Ls { json } => commands::cluster_ls(client, json).await,
+        ClusterCommand::Show { name, json } => commands::cluster_show(client, &name, json).await,
     }
-    Ok(())
 }
 
-/// Prints what `userdata` got: JSON, or the bytes to stdout or `output`
-/// with a note on stderr.
-fn write_user_data(
-    rendered: &muster_proto::UserDataResponse,
-    output: Option<&std::path::Path>,
-    json: bool,
-) -> Result<(), cli::CliError> {
-    use base64::Engine as _;
-    use std::io::Write as _;
-    if json && output.is_none() {
-        print_json(rendered);
-        return Ok(());
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&rendered.user_data_base64)
-        .map_err(|e| cli::CliError::Setting {
-            name: "user_data_base64",
-            value: String::new(),
-            reason: format!("the coordinator sent what is not base64: {e}"),
-        })?;
-    let failed = |name: &'static str, value: String, e: std::io::Error| cli::CliError::Setting {
-        name,
-        value,
-        reason: e.to_string(),
-    };
-    match output {
-        Some(path) => {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .and_then(|mut f| f.write_all(&bytes))
-                .map_err(|e| failed("--output", path.display().to_string(), e))?;
-            if json {
-                print_json(rendered);
-                return Ok(());
-            }
-        }
-        None => std::io::stdout()
-            .write_all(&bytes)
-            .map_err(|e| failed("stdout", String::new(), e))?,
-    }
-    eprintln!(
-        "user data for cluster {}: {} bytes{}; join token (shown once): {}",
-        rendered.cluster,
-        rendered.size_bytes,
-        if rendered.gzip { ", gzipped" } else { "" },
-        rendered.join_token
-    );
-    if let Some(agent) = &rendered.agent {
-        eprintln!(
-            "it installs {} ({}, sha256 {})",
-            agent.url, agent.arch, agent.sha256
-        );
-    }
-    Ok(())
-}
-
-async fn admin(command: Command) -> Result<(), cli::CliError> {
+/// Runs a command that talks to a running coordinator.
+async fn admin(command: Command) -> Result<(), CliError> {
     let client = AdminClient::from_env()?;
     match command {
-        Command::Cluster(command) => cluster_admin(&client, *command).await?,
+        Command::Cluster(command) => cluster(&client, *command).await,
         Command::Admin(AdminCommand::RotateToken { json }) => {
-            let rotated = client.rotate_admin_token().await?;
-            if json {
-                print_json(&rotated);
-            } else {
-                println!(
-                    "new admin token (shown once; also written to the coordinator's data dir): {}",
-                    rotated.admin_token
-                );
-            }
+            commands::admin_rotate_token(&client, json).await
         }
         Command::Node(NodeCommand::Ls { cluster, json }) => {
-            let nodes = client.nodes(cluster.as_deref()).await?;
-            if json {
-                print_json(&nodes);
-            } else {
-                print!("{}", cli::nodes_table(&nodes));
-            }
+            commands::node_ls(&client, cluster.as_deref(), json).await
         }
         Command::Node(NodeCommand::Rm {
             cluster,
             name,
             json,
-        }) => {
-            let node = client.remove_node(&cluster, &name).await?;
-            if json {
-                print_json(&node);
-            } else {
-                print!("{}", cli::nodes_table(std::slice::from_ref(&node)));
-            }
-        }
+        }) => commands::node_rm(&client, &cluster, &name, json).await,
         Command::Node(NodeCommand::Show {
             cluster,
             name,
             json,
-        }) => {
-            let detail = client.node(&cluster, &name).await?;
-            if json {
-                print_json(&detail);
-            } else {
-                print!("{}", cli::node_text(&detail));
-            }
-        }
+        }) => commands::node_show(&client, &cluster, &name, json).await,
         Command::Userdata {
             cluster,
             output,
             expires_in,
             json,
-        } => {
-            let rendered = client.user_data(&cluster, expires_in).await?;
-            write_user_data(&rendered, output.as_deref(), json)?;
-        }
+        } => commands::userdata(&client, &cluster, output.as_deref(), expires_in, json).await,
         Command::Serve(_) | Command::CheckCredentials { .. } => {
             unreachable!("handled in main")
         }
     }
-    Ok(())
 }
 
 #[tokio::main]
@@ -700,7 +427,7 @@ async fn main() -> ExitCode {
             json,
         } => {
             muster_coordinator::serve::install_crypto_provider();
-            match check_credentials(regions, ami, instance_type, json).await {
+            match commands::credentials(regions, ami, instance_type, json).await {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -713,7 +440,7 @@ async fn main() -> ExitCode {
             muster_coordinator::serve::install_crypto_provider();
             match admin(command).await {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e @ cli::CliError::Setting { .. }) => {
+                Err(e @ CliError::Setting { .. }) => {
                     eprintln!("error: {e}");
                     ExitCode::from(EXIT_BAD_CONFIG)
                 }
