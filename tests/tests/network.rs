@@ -7,6 +7,20 @@
 //! moto accepts every dry run, so the refusal story puts the harness's
 //! [`Ec2Proxy`] in front of it, answering dry runs in one subnet the way EC2
 //! does when an AZ does not offer the instance type.
+//!
+//! # What moto does (moto 5.2)
+//! - RunInstances with `DryRun=true` always answers `DryRunOperation`,
+//!   whatever the subnet (even one that does not exist), instance type or
+//!   image, so under moto no subnet is ever excluded.
+//! - DescribeAvailabilityZones answers a fixed list: us-east-1 has six AZs,
+//!   `us-east-1a` to `us-east-1f`, all `available`, of zone type
+//!   `availability-zone`. A fresh `muster-vpc` there gets six `/19`
+//!   subnets, leaving two `/19` blocks free.
+//! - A new subnet has MapPublicIpOnLaunch `false`; ModifySubnetAttribute
+//!   sets it and DescribeSubnets then answers `true`, as EC2 does.
+//! - Every region starts with a default VPC (`172.31.0.0/16`, one default
+//!   subnet per AZ, a main route table) but, unlike EC2's, no internet
+//!   gateway.
 
 use std::collections::BTreeSet;
 
