@@ -50,7 +50,6 @@
 //! shown on `GET /v1/dns/status` as `last_change`; GetChange refreshes it
 //! beside the loop ([`super::reconcile::watch_last_change`]).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -59,34 +58,26 @@ use std::time::Duration;
 use aws_sdk_route53::config::http::HttpResponse;
 use aws_sdk_route53::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_route53::primitives::DateTimeFormat;
-use aws_sdk_route53::types::{
-    Change as Route53Change, ChangeAction, ChangeBatch, ChangeInfo, ResourceRecord,
-    ResourceRecordSet, RrType,
-};
+use aws_sdk_route53::types::{Change as Route53Change, ChangeBatch, ChangeInfo, RrType};
 use aws_sdk_route53::Client;
 use hickory_proto::rr::Name;
 use rand::Rng;
 use tokio::time::Instant;
 
+use super::name_key;
 use super::ownership::{owner_value, ownership_name};
 use super::provider::{Applied, Change, DnsProvider, LastChange, Outcome, ProviderError};
-use super::{name_key, RecordData};
 use crate::config::Route53Zone;
 
-/// Most `ResourceRecord` elements in one request, an UPSERT's counted twice.
-pub const MAX_RECORDS: usize = 1000;
+mod limits;
+mod plan;
 
-/// Most characters of values in one request, an UPSERT's counted twice.
-pub const MAX_VALUE_CHARS: usize = 32_000;
-
-/// Most changes in one request.
-pub const MAX_CHANGES: usize = 1000;
-
-/// Route53 calls per second, steadily.
-pub const REQUESTS_PER_SECOND: f64 = 10.0;
-
-/// Route53 calls that may go at once after a quiet spell.
-pub const BURST: u32 = 5;
+use limits::slow_down;
+pub use limits::{
+    change_cost, pack, TokenBucket, BURST, MAX_CHANGES, MAX_RECORDS, MAX_VALUE_CHARS,
+    REQUESTS_PER_SECOND,
+};
+use plan::{Effect, Listing, Plan, RrSet, Sets};
 
 /// Record sets asked for per ListResourceRecordSets page (Route53's most).
 const LIST_PAGE: i32 = 300;
@@ -203,54 +194,6 @@ impl Route53Error {
     }
 }
 
-/// Keeps calls to `rate` per second with bursts of `burst`. Callers take a
-/// token each; when none is left they are told how long to wait, in the
-/// order they asked (the tokens may go below zero: those are waits
-/// promised).
-#[derive(Debug)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(rate: f64, burst: u32) -> TokenBucket {
-        TokenBucket {
-            rate,
-            burst: f64::from(burst),
-            state: Mutex::new((f64::from(burst), Instant::now())),
-        }
-    }
-
-    /// Takes a token at `now`; returns how long to wait before using it.
-    pub fn reserve(&self, now: Instant) -> Duration {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = *state;
-        let refilled = if now > last {
-            (tokens + (now - last).as_secs_f64() * self.rate).min(self.burst)
-        } else {
-            tokens
-        };
-        let left = refilled - 1.0;
-        *state = (left, now.max(last));
-        if left >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-left / self.rate)
-        }
-    }
-
-    /// Waits for a token.
-    pub async fn acquire(&self) {
-        let wait = self.reserve(Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 /// A name as Route53 writes it (`\052.n1.web.example.com.`) made plain:
 /// octal escapes decoded, lower case, one trailing dot.
 pub fn decode_name(text: &str) -> String {
@@ -278,101 +221,10 @@ pub fn decode_name(text: &str) -> String {
     out
 }
 
-/// What Route53 counts of one change: `ResourceRecord` elements and
-/// characters of values, an UPSERT's twice.
-pub fn change_cost(action: &ChangeAction, values: &[String]) -> (usize, usize) {
-    let times = if *action == ChangeAction::Upsert {
-        2
-    } else {
-        1
-    };
-    (
-        values.len() * times,
-        values.iter().map(String::len).sum::<usize>() * times,
-    )
-}
-
-/// Splits groups of changes, each with its cost, into requests within
-/// Route53's limits, keeping each group whole and the order unchanged.
-/// Returns, per request, the indices of its groups. A group that alone
-/// exceeds a limit goes alone, for Route53 to judge.
-pub fn pack(groups: &[(usize, usize, usize)]) -> Vec<Vec<usize>> {
-    let mut requests: Vec<Vec<usize>> = Vec::new();
-    let (mut changes, mut records, mut chars) = (0, 0, 0);
-    for (index, &(c, r, v)) in groups.iter().enumerate() {
-        let fits = changes + c <= MAX_CHANGES
-            && records + r <= MAX_RECORDS
-            && chars + v <= MAX_VALUE_CHARS;
-        match requests.last_mut() {
-            Some(request) if fits => request.push(index),
-            _ => {
-                requests.push(vec![index]);
-                (changes, records, chars) = (0, 0, 0);
-            }
-        }
-        changes += c;
-        records += r;
-        chars += v;
-    }
-    requests
-}
-
-/// One record set as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RrSet {
-    ttl: Option<i64>,
-    values: Vec<String>,
-    /// Plain (no alias, weight or other routing): one muster could write.
-    simple: bool,
-}
-
-/// The hosted zone's record sets by [`name_key`], then type (with the set
-/// identifier, if any).
-type Sets = BTreeMap<String, BTreeMap<String, RrSet>>;
-
-#[derive(Debug)]
-struct Listing {
-    taken: Instant,
-    sets: Sets,
-}
-
 /// The resolved hosted zone.
 #[derive(Debug, Clone)]
 struct HostedZone {
     id: String,
-}
-
-/// Who holds a name.
-enum Holder {
-    Us,
-    Nobody,
-    Other(String),
-}
-
-/// One record set to put or take away once a request succeeded, by
-/// [`name_key`] and type.
-enum Effect {
-    Put(String, String, RrSet),
-    Remove(String, String),
-}
-
-/// The Route53 changes one muster change needs.
-#[derive(Default)]
-struct Group {
-    changes: Vec<Route53Change>,
-    effects: Vec<Effect>,
-    records: usize,
-    chars: usize,
-}
-
-/// What one muster change comes to.
-enum Plan {
-    /// Nothing to send: done already, or nothing of ours there.
-    Done,
-    /// Left alone, with why.
-    Conflict(String),
-    /// Send these.
-    Write(Group),
 }
 
 /// Writes the zone's records to one Route53 hosted zone.
@@ -654,146 +506,6 @@ impl Route53 {
         }
     }
 
-    fn holder(&self, sets: &Sets, owner: &str) -> Holder {
-        match sets.get(owner).and_then(|types| types.get("TXT")) {
-            None => Holder::Nobody,
-            Some(txt) if txt.values.len() == 1 && txt.values[0] == self.owner_txt => Holder::Us,
-            Some(txt) => Holder::Other(txt.values.join(" ")),
-        }
-    }
-
-    fn wanted(&self, data: &RecordData) -> (String, RrSet) {
-        let (kind, values) = match data {
-            RecordData::A(ips) => ("A", ips.iter().map(|ip| ip.to_string()).collect()),
-            RecordData::Cname(target) => ("CNAME", vec![target.clone()]),
-        };
-        (
-            kind.to_owned(),
-            RrSet {
-                ttl: Some(i64::from(self.ttl)),
-                values,
-                simple: true,
-            },
-        )
-    }
-
-    /// Decides what one change needs, from the listing.
-    fn plan(&self, sets: &Sets, change: &Change) -> Result<Plan, Route53Error> {
-        let name = match change {
-            Change::Upsert { name, .. } | Change::Delete { name } => name,
-        };
-        let owner = ownership_name(name).map_err(|e| Route53Error::Build {
-            name: name.to_ascii(),
-            reason: e.to_string(),
-        })?;
-        let owner_key = name_key(&owner);
-        let here = sets.get(&name_key(name));
-        let in_use = here.is_some_and(|types| !types.is_empty());
-        let mut group = Group::default();
-        match (change, self.holder(sets, &owner_key)) {
-            (_, Holder::Other(value)) => Ok(Plan::Conflict(format!(
-                "the ownership record {} names another owner ({value}); {} is left alone",
-                owner.to_ascii(),
-                name.to_ascii()
-            ))),
-            (Change::Upsert { data, .. }, Holder::Us) => {
-                let (kind, set) = self.wanted(data);
-                let other = if kind == "A" { "CNAME" } else { "A" };
-                if let Some(old) = here.and_then(|types| types.get(other)) {
-                    self.add(&mut group, ChangeAction::Delete, name, other, old.clone())?;
-                }
-                if here.and_then(|types| types.get(&kind)) == Some(&set) && group.changes.is_empty()
-                {
-                    return Ok(Plan::Done);
-                }
-                self.add(&mut group, ChangeAction::Upsert, name, &kind, set)?;
-                Ok(Plan::Write(group))
-            }
-            (Change::Upsert { data, .. }, Holder::Nobody) => {
-                if in_use {
-                    return Ok(Plan::Conflict(format!(
-                        "{} exists in the hosted zone without muster's ownership record at {}; \
-                         it is left alone",
-                        name.to_ascii(),
-                        owner.to_ascii()
-                    )));
-                }
-                let (kind, set) = self.wanted(data);
-                let txt = RrSet {
-                    ttl: Some(i64::from(self.ttl)),
-                    values: vec![self.owner_txt.clone()],
-                    simple: true,
-                };
-                self.add(&mut group, ChangeAction::Create, &owner, "TXT", txt)?;
-                self.add(&mut group, ChangeAction::Create, name, &kind, set)?;
-                Ok(Plan::Write(group))
-            }
-            (Change::Delete { .. }, Holder::Us) => {
-                for kind in ["A", "CNAME"] {
-                    if let Some(old) = here.and_then(|types| types.get(kind)) {
-                        self.add(&mut group, ChangeAction::Delete, name, kind, old.clone())?;
-                    }
-                }
-                if let Some(txt) = sets.get(&owner_key).and_then(|types| types.get("TXT")) {
-                    self.add(&mut group, ChangeAction::Delete, &owner, "TXT", txt.clone())?;
-                }
-                Ok(Plan::Write(group))
-            }
-            (Change::Delete { .. }, Holder::Nobody) if in_use => Ok(Plan::Conflict(format!(
-                "{} is to be deleted but carries no ownership record of muster's at {}; \
-                 it is left alone",
-                name.to_ascii(),
-                owner.to_ascii()
-            ))),
-            (Change::Delete { .. }, Holder::Nobody) => Ok(Plan::Done),
-        }
-    }
-
-    /// Adds one Route53 change to `group`.
-    fn add(
-        &self,
-        group: &mut Group,
-        action: ChangeAction,
-        name: &Name,
-        kind: &str,
-        set: RrSet,
-    ) -> Result<(), Route53Error> {
-        let build = |e: aws_sdk_route53::error::BuildError| Route53Error::Build {
-            name: name.to_ascii(),
-            reason: e.to_string(),
-        };
-        let plain = name.to_ascii();
-        // `name_key(name)`, from the text made already.
-        let key = plain.to_ascii_lowercase();
-        let records = set
-            .values
-            .iter()
-            .map(|v| ResourceRecord::builder().value(v).build().map_err(build))
-            .collect::<Result<Vec<_>, _>>()?;
-        let record_set = ResourceRecordSet::builder()
-            .name(plain.trim_end_matches('.'))
-            .r#type(RrType::from(kind))
-            .set_ttl(set.ttl)
-            .set_resource_records(Some(records))
-            .build()
-            .map_err(build)?;
-        let (records, chars) = change_cost(&action, &set.values);
-        group.records += records;
-        group.chars += chars;
-        group.effects.push(match action {
-            ChangeAction::Delete => Effect::Remove(key, kind.to_owned()),
-            _ => Effect::Put(key, kind.to_owned(), set),
-        });
-        group.changes.push(
-            Route53Change::builder()
-                .action(action)
-                .resource_record_set(record_set)
-                .build()
-                .map_err(build)?,
-        );
-        Ok(())
-    }
-
     /// Sends one request; records its change id.
     async fn send(&self, zone_id: &str, changes: Vec<Route53Change>) -> Result<(), Route53Error> {
         let count = changes.len();
@@ -961,31 +673,6 @@ impl Route53 {
     }
 }
 
-/// Whether Route53 asked to slow down or was briefly unavailable.
-fn slow_down<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
-    slow_down_answer(
-        error.code(),
-        error.raw_response().map(|r| r.status().as_u16()),
-    )
-}
-
-/// Whether an answer with error `code` and HTTP `status` asks to slow down
-/// (or says the service is briefly unavailable).
-fn slow_down_answer(code: Option<&str>, status: Option<u16>) -> bool {
-    matches!(
-        code,
-        Some(
-            "Throttling"
-                | "ThrottlingException"
-                | "ThrottledException"
-                | "RequestLimitExceeded"
-                | "TooManyRequestsException"
-                | "PriorRequestNotComplete"
-                | "ServiceUnavailable"
-        )
-    ) || matches!(status, Some(429 | 503))
-}
-
 #[async_trait::async_trait]
 impl DnsProvider for Route53 {
     fn kind(&self) -> &'static str {
@@ -1042,117 +729,4 @@ impl DnsProvider for Route53 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Route53's escapes and trailing dots are undone before comparing.
-    #[test]
-    fn names_are_decoded() {
-        assert_eq!(
-            decode_name("\\052.n1.web.Example.com."),
-            "*.n1.web.example.com."
-        );
-        assert_eq!(decode_name("n1.web.example.com"), "n1.web.example.com.");
-        assert_eq!(decode_name("a\\100b.example.com."), "a@b.example.com.");
-        // Not an escape: kept as it is.
-        assert_eq!(decode_name("a\\9.example.com."), "a\\9.example.com.");
-        let wildcard = Name::from_ascii(decode_name("\\052.n1.web.example.com.")).unwrap();
-        assert!(wildcard.is_wildcard());
-    }
-
-    /// An UPSERT counts twice, by records and by characters.
-    #[test]
-    fn costs_follow_aws() {
-        let values = vec!["192.0.2.1".to_owned(), "192.0.2.22".to_owned()];
-        assert_eq!(change_cost(&ChangeAction::Create, &values), (2, 19));
-        assert_eq!(change_cost(&ChangeAction::Delete, &values), (2, 19));
-        assert_eq!(change_cost(&ChangeAction::Upsert, &values), (4, 38));
-    }
-
-    /// Requests stop at 1000 counted records.
-    #[test]
-    fn packing_by_records() {
-        // 1500 UPSERTs of one A record: 2 counted records each.
-        let groups = vec![(1, 2, 22); 1500];
-        let requests = pack(&groups);
-        assert_eq!(
-            requests.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![500, 500, 500]
-        );
-        let flat: Vec<usize> = requests.concat();
-        assert_eq!(flat, (0..1500).collect::<Vec<_>>(), "order is kept");
-    }
-
-    /// Requests stop at 32,000 counted characters, before 1000 records.
-    #[test]
-    fn packing_by_characters() {
-        // A CNAME to a long name: 1 record, 200 characters, UPSERT.
-        let groups = vec![(1, 2, 400); 200];
-        let requests = pack(&groups);
-        assert_eq!(
-            requests.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![80, 80, 40]
-        );
-        for request in &requests {
-            let chars: usize = request.iter().map(|&i| groups[i].2).sum();
-            assert!(chars <= MAX_VALUE_CHARS);
-        }
-    }
-
-    /// Groups are never split, and one too large for any request goes
-    /// alone.
-    #[test]
-    fn packing_keeps_groups_whole() {
-        let groups = vec![(2, 600, 100), (2, 600, 100), (1, 1500, 100), (1, 1, 1)];
-        assert_eq!(pack(&groups), vec![vec![0], vec![1], vec![2], vec![3]]);
-        assert!(pack(&[]).is_empty());
-        // 1000 changes at most, whatever they cost.
-        let tiny = vec![(1, 0, 0); 1001];
-        assert_eq!(
-            pack(&tiny).iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![1000, 1]
-        );
-    }
-
-    /// A burst of 5 goes at once; the sixth waits a tenth of a second; a
-    /// quiet second refills to 5, not 10.
-    #[test]
-    fn token_bucket_paces_calls() {
-        let bucket = TokenBucket::new(10.0, 5);
-        let t0 = Instant::now();
-        for _ in 0..5 {
-            assert_eq!(bucket.reserve(t0), Duration::ZERO);
-        }
-        let wait = bucket.reserve(t0);
-        assert!(
-            (wait.as_secs_f64() - 0.1).abs() < 1e-6,
-            "the sixth waits 100 ms: {wait:?}"
-        );
-        let wait = bucket.reserve(t0);
-        assert!(
-            (wait.as_secs_f64() - 0.2).abs() < 1e-6,
-            "then 200 ms: {wait:?}"
-        );
-        // Two seconds later the bucket is full again, at 5.
-        let later = t0 + Duration::from_secs(2);
-        for _ in 0..5 {
-            assert_eq!(bucket.reserve(later), Duration::ZERO);
-        }
-        assert!(bucket.reserve(later) > Duration::ZERO);
-        // Over a long run the rate holds: 100 calls need about 10 s.
-        let bucket = TokenBucket::new(10.0, 5);
-        let start = Instant::now();
-        let last = (0..100).map(|_| bucket.reserve(start)).max().unwrap();
-        assert!((last.as_secs_f64() - 9.5).abs() < 1e-6, "{last:?}");
-    }
-
-    /// Throttling answers and 503 are retried; other errors are not.
-    #[test]
-    fn throttling_is_recognised() {
-        assert!(slow_down_answer(Some("Throttling"), Some(400)));
-        assert!(slow_down_answer(Some("PriorRequestNotComplete"), Some(400)));
-        assert!(slow_down_answer(None, Some(503)));
-        assert!(!slow_down_answer(Some("InvalidChangeBatch"), Some(400)));
-        assert!(!slow_down_answer(None, None));
-    }
-}
+mod tests;
