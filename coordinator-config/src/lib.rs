@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use muster_proto::cidr::{InvalidCidr, Ipv4Cidr};
 use serde::Deserialize;
 
 pub mod agent_files;
@@ -261,9 +262,6 @@ pub struct Settings {
     pub agent: Option<(PathBuf, Option<PathBuf>)>,
 }
 
-/// An IPv4 block, `(network, prefix length)`.
-pub type Cidr = (std::net::Ipv4Addr, u8);
-
 /// Who may speak for a node, beyond its credentials.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trust {
@@ -271,9 +269,9 @@ pub struct Trust {
     /// node's (after [`Trust::trusted_proxies`]).
     pub verify_source: bool,
     /// Peers whose `X-Forwarded-For` names the real client.
-    pub trusted_proxies: Vec<Cidr>,
+    pub trusted_proxies: Vec<Ipv4Cidr>,
     /// Reserved ranges accepted as public addresses anyway.
-    pub public_ipv4_allow: Vec<Cidr>,
+    pub public_ipv4_allow: Vec<Ipv4Cidr>,
     /// Agent requests per second from one source; 0 is no limit.
     pub agent_rate_limit: u32,
     /// Signers of instance identity documents; when set, every EC2
@@ -925,9 +923,8 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
     Ok(secret)
 }
 
-/// A number in the file may be written bare or quoted.
 /// A comma-separated list of IPv4 CIDRs; empty when not set.
-fn cidrs(name: &'static str, text: Option<String>) -> Result<Vec<Cidr>, ConfigError> {
+fn cidrs(name: &'static str, text: Option<String>) -> Result<Vec<Ipv4Cidr>, ConfigError> {
     let Some(text) = text else {
         return Ok(Vec::new());
     };
@@ -935,11 +932,13 @@ fn cidrs(name: &'static str, text: Option<String>) -> Result<Vec<Cidr>, ConfigEr
         .map(str::trim)
         .filter(|part| !part.is_empty())
         .map(|part| {
-            muster_proto::validate::ipv4_cidr(name, part).map_err(|e| bad(name, &text, e.reason))
+            part.parse()
+                .map_err(|e: InvalidCidr| bad(name, &text, e.reason()))
         })
         .collect()
 }
 
+/// A number in the file may be written bare or quoted.
 fn toml_text(value: toml::Value) -> String {
     match value {
         toml::Value::String(s) => s,
@@ -1199,17 +1198,14 @@ mod tests {
         a.public_ipv4_allow = Some("127.0.0.0/8".into());
         let s = Settings::load(&a).unwrap();
         assert!(s.trust.verify_source);
+        let block = |a, b, c, d, prefix| {
+            Ipv4Cidr::new(std::net::Ipv4Addr::new(a, b, c, d), prefix).unwrap()
+        };
         assert_eq!(
             s.trust.trusted_proxies,
-            vec![
-                (std::net::Ipv4Addr::new(10, 1, 0, 0), 16),
-                (std::net::Ipv4Addr::new(192, 168, 0, 10), 32)
-            ]
+            vec![block(10, 1, 0, 0, 16), block(192, 168, 0, 10, 32)]
         );
-        assert_eq!(
-            s.trust.public_ipv4_allow,
-            vec![(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)]
-        );
+        assert_eq!(s.trust.public_ipv4_allow, vec![block(127, 0, 0, 0, 8)]);
         assert_eq!(s.trust.agent_rate_limit, 0);
         a.verify_source = Some("false".into());
         assert!(!Settings::load(&a).unwrap().trust.verify_source);

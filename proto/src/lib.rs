@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`paths`]: the HTTP API paths and the protocol version.
 //! - [`validate`]: instance ids, IPv4 addresses, DNS labels (RFC 1123), sizes.
+//! - [`cidr`]: IPv4 CIDR blocks ([`cidr::Ipv4Cidr`]), the one type for them.
 //! - [`token`]: the prefixed secrets (join token, node credential, admin token).
 //! - [`launch`]: launching nodes on EC2: the launch spec, provider options,
 //!   scale and launch reports.
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cidr;
 pub mod launch;
 pub mod paths;
 pub mod token;
