@@ -23,8 +23,9 @@
 //!    already; something else mounted there is refused.
 //! 4. **fstab**: a line `UUID=… <mount point> <type> defaults,nofail 0 2`
 //!    is added unless there is one; `nofail` so a missing volume never
-//!    stops a boot. The file is replaced atomically. A line mounting
-//!    something else at the mount point is refused, not overwritten.
+//!    stops a boot. The file is replaced atomically, mode 0644
+//!    ([`write_durably`]). A line mounting something else at the mount
+//!    point is refused, not overwritten.
 //!
 //! `--root DIR` puts every path above (devices, sysfs, the mount point,
 //! fstab) under DIR, as `DESTDIR` does, while the fstab line names the
@@ -35,10 +36,10 @@
 //! as an administrator would; no AWS SDK.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use muster_proto::fsutil::write_durably;
 use serde::Serialize;
 
 /// The default mount point: where the heartbeat looks for the data volume.
@@ -495,20 +496,7 @@ fn add_to_fstab(
     let _ = writeln!(new, "{source} {point} {fs_type} defaults,nofail 0 2");
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let temp = dir.join(".fstab.muster-new");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&temp)
-            .map_err(io)?;
-        file.write_all(new.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&temp, &path).map_err(io)?;
+    write_durably(&path, new.as_bytes(), 0o644).map_err(io)?;
     Ok(true)
 }
 

@@ -1,15 +1,20 @@
 //! The muster wire protocol: what the agent and the coordinator say to each
 //! other, and what the admin CLI reads back.
 //!
-//! This is the only crate both sides link. It holds no I/O and no runtime:
-//! plain serde types, the API paths and protocol version as constants, and the
-//! validation of everything that comes off the wire, so that both ends refuse
-//! the same inputs for the same reasons.
+//! This is the only crate both sides link. It does no network I/O and has
+//! no runtime (no tokio): plain serde types, the API paths and protocol
+//! version as constants, and the validation of everything that comes off the
+//! wire, so that both ends refuse the same inputs for the same reasons.
+//!
+//! One helper touches the file system, on purpose: [`fsutil::write_durably`],
+//! plain `std`, because both binaries write files that must survive a crash
+//! whole and this is the one crate they share.
 //!
 //! # Layout
 //! - [`paths`]: the HTTP API paths and the protocol version.
 //! - [`validate`]: instance ids, IPv4 addresses, DNS labels (RFC 1123), sizes.
 //! - [`cidr`]: IPv4 CIDR blocks ([`cidr::Ipv4Cidr`]), the one type for them.
+//! - [`fsutil`]: [`fsutil::write_durably`], the one durable file write.
 //! - [`token`]: the prefixed secrets (join token, node credential, admin token).
 //! - [`launch`]: launching nodes on EC2: the launch spec, provider options,
 //!   scale and launch reports.
@@ -20,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cidr;
+pub mod fsutil;
 pub mod launch;
 pub mod paths;
 pub mod token;
