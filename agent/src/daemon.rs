@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_proto::token::TokenKind;
-use muster_proto::{HeartbeatRequest, RegisterResponse};
+use muster_proto::{ErrorCode, HeartbeatRequest, RegisterResponse};
 use reqwest::StatusCode;
 use sd_notify::NotifyState;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -452,7 +452,7 @@ impl<'a> Agent<'a> {
                         && self.settings.join_token.is_some() =>
                 {
                     warn!(
-                        code = e.code().unwrap_or_default(),
+                        code = e.code().map_or("", ErrorCode::as_str),
                         "the coordinator refused the stored node credential; registering with the join token"
                     );
                     self.credential_refused = true;
@@ -470,7 +470,7 @@ impl<'a> Agent<'a> {
                             error!(
                                 using,
                                 status = status.as_u16(),
-                                code,
+                                code = code.as_str(),
                                 message,
                                 "register refused"
                             );
@@ -480,7 +480,7 @@ impl<'a> Agent<'a> {
                         }
                     }
                     self.exchange_failed(&e);
-                    if e.code() == Some(muster_proto::IDENTITY_UNPROVEN) {
+                    if e.code() == Some(&ErrorCode::IdentityUnproven) {
                         // IMDS may serve the signed document by the next try.
                         match self.source.signed_identity().await {
                             Ok(signed) => identity.signed = signed,
@@ -641,7 +641,7 @@ impl<'a> Agent<'a> {
                 }
                 Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => {
                     warn!(
-                        code = e.code().unwrap_or_default(),
+                        code = e.code().map_or("", ErrorCode::as_str),
                         "the coordinator no longer accepts the node credential; registering again"
                     );
                     self.live.refused(error_chain(&e));
@@ -658,7 +658,7 @@ impl<'a> Agent<'a> {
                             ..
                         } if *status == StatusCode::CONFLICT => {
                             warn!(
-                                code,
+                                code = code.as_str(),
                                 message,
                                 ?wait,
                                 "the coordinator does not agree with the addresses yet; retrying"
@@ -672,7 +672,7 @@ impl<'a> Agent<'a> {
                         } => {
                             error!(
                                 status = status.as_u16(),
-                                code,
+                                code = code.as_str(),
                                 message,
                                 ?wait,
                                 "heartbeat refused"
