@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::ArgMatches;
+use muster_proto::settings::{duration_within, DurationError, Invalid};
 use muster_proto::token::TokenKind;
 use serde::Deserialize;
 
@@ -71,21 +72,6 @@ pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_MACHINE_ID_FILE: &str = "/etc/machine-id";
 /// Longest path a unix socket may have (108 bytes with the final NUL).
 const MAX_SOCKET_PATH: usize = 107;
-
-/// A setting that failed validation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SettingsError {
-    /// A value, named after where it came from, is not acceptable.
-    #[error("{name}={value:?} is not valid: {reason}")]
-    Invalid {
-        /// The flag, variable or file key.
-        name: String,
-        /// The value, cut short, secrets hidden.
-        value: String,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// The flags of `muster-agent run`. Every one can also be set by its
 /// variable or in the file.
@@ -196,7 +182,7 @@ impl FileSettings {
     pub fn read(
         explicit: Option<&Path>,
         name: &str,
-    ) -> Result<(FileSettings, Option<PathBuf>), SettingsError> {
+    ) -> Result<(FileSettings, Option<PathBuf>), Invalid> {
         let (path, must_exist) = match explicit {
             Some(path) => (path.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_CONFIG), false),
@@ -207,7 +193,7 @@ impl FileSettings {
                 return Ok((FileSettings::default(), None));
             }
             Err(e) => {
-                return Err(invalid(
+                return Err(Invalid::new(
                     name,
                     &path.display().to_string(),
                     format!("cannot read it: {e}"),
@@ -215,7 +201,7 @@ impl FileSettings {
             }
         };
         let file = FileSettings::parse(&text).map_err(|why| {
-            invalid(
+            Invalid::new(
                 name,
                 &path.display().to_string(),
                 format!("is not a valid settings file: {why}"),
@@ -382,17 +368,17 @@ impl Key {
     }
 
     /// The error for a value of this setting.
-    fn invalid(&self, origin: Origin<'_>, value: &str, reason: impl Into<String>) -> SettingsError {
+    fn invalid(&self, origin: Origin<'_>, value: &str, reason: impl Into<String>) -> Invalid {
         let mut reason = reason.into();
         if let Origin::File(path) = origin {
             reason.push_str(&format!(" (set in {})", path.display()));
         }
-        invalid(&self.name(origin), value, reason)
+        Invalid::new(self.name(origin), value, reason)
     }
 
     /// The error for a required setting that nobody set.
-    fn missing(&self, why: &str) -> SettingsError {
-        invalid(
+    fn missing(&self, why: &str) -> Invalid {
+        Invalid::new(
             self.id,
             "",
             format!(
@@ -400,18 +386,6 @@ impl Key {
                 self.flag, self.env, self.id
             ),
         )
-    }
-}
-
-fn invalid(name: &str, value: &str, reason: impl Into<String>) -> SettingsError {
-    let mut cut: String = value.chars().take(64).collect();
-    if cut.len() < value.len() {
-        cut.push('…');
-    }
-    SettingsError::Invalid {
-        name: name.to_owned(),
-        value: cut,
-        reason: reason.into(),
     }
 }
 
@@ -429,7 +403,7 @@ impl Settings {
     /// Validates the settings of `muster-agent run` from its flags (with
     /// `matches`, to tell flags from variables), the settings file and the
     /// environment.
-    pub fn load(args: &RunArgs, matches: Option<&ArgMatches>) -> Result<Settings, SettingsError> {
+    pub fn load(args: &RunArgs, matches: Option<&ArgMatches>) -> Result<Settings, Invalid> {
         let imds_env = std::env::var(IMDS_ENDPOINT_ENV).ok();
         Settings::load_with(args, matches, imds_env)
     }
@@ -439,7 +413,7 @@ impl Settings {
         args: &RunArgs,
         matches: Option<&ArgMatches>,
         imds_env: Option<String>,
-    ) -> Result<Settings, SettingsError> {
+    ) -> Result<Settings, Invalid> {
         let arg_origin = |key: &Key| match matches.and_then(|m| m.value_source(key.id)) {
             Some(ValueSource::EnvVariable) => Origin::Env,
             Some(ValueSource::DefaultValue) => Origin::Default,
@@ -577,21 +551,18 @@ impl Settings {
             file_origin,
         ) {
             Some((text, origin)) => {
-                let interval = humantime::parse_duration(text.trim()).map_err(|e| {
-                    IMDS_POLL_INTERVAL.invalid(
-                        origin,
-                        &text,
-                        format!("is not a duration such as \"1s\" or \"500ms\": {e}"),
-                    )
-                })?;
-                if !(MIN_IMDS_POLL_INTERVAL..=MAX_IMDS_POLL_INTERVAL).contains(&interval) {
-                    return Err(IMDS_POLL_INTERVAL.invalid(
-                        origin,
-                        &text,
-                        "must be between 100ms and 60s",
-                    ));
-                }
-                interval
+                duration_within(text.trim(), MIN_IMDS_POLL_INTERVAL, MAX_IMDS_POLL_INTERVAL)
+                    .map_err(|e| {
+                        let why = match e {
+                            DurationError::NotADuration(why) => {
+                                format!("is not a duration such as \"1s\" or \"500ms\": {why}")
+                            }
+                            DurationError::OutOfRange { .. } => {
+                                "must be between 100ms and 60s".to_owned()
+                            }
+                        };
+                        IMDS_POLL_INTERVAL.invalid(origin, &text, why)
+                    })?
             }
             None => DEFAULT_IMDS_POLL_INTERVAL,
         };
@@ -685,7 +656,7 @@ impl Settings {
         let imds_endpoint = match imds_env {
             Some(text) if byon.is_none() && !text.trim().is_empty() => {
                 parse_base_url(&text, &["http", "https"])
-                    .map_err(|why| invalid(IMDS_ENDPOINT_ENV, &text, why))?
+                    .map_err(|why| Invalid::new(IMDS_ENDPOINT_ENV, &text, why))?
             }
             _ => DEFAULT_IMDS_ENDPOINT.to_owned(),
         };
@@ -708,7 +679,7 @@ impl Settings {
 
 /// Reads and checks the machine id of a bring-your-own node from the file
 /// given, or from [`DEFAULT_MACHINE_ID_FILE`].
-fn machine_id(given: Option<(PathBuf, Origin<'_>)>) -> Result<String, SettingsError> {
+fn machine_id(given: Option<(PathBuf, Origin<'_>)>) -> Result<String, Invalid> {
     let (path, origin) =
         given.unwrap_or_else(|| (PathBuf::from(DEFAULT_MACHINE_ID_FILE), Origin::Default));
     let shown = path.display().to_string();
@@ -730,7 +701,7 @@ fn machine_id(given: Option<(PathBuf, Origin<'_>)>) -> Result<String, SettingsEr
 fn node_hostname(
     given: Option<(String, Origin<'_>)>,
     system: impl FnOnce() -> Result<String, ByonError>,
-) -> Result<String, SettingsError> {
+) -> Result<String, Invalid> {
     if let Some((name, origin)) = given {
         let name = name.trim().to_owned();
         muster_proto::validate::dns_label(HOSTNAME.id, &name)
@@ -759,7 +730,7 @@ fn node_hostname(
 
 /// Parses an IPv4 a node can be reached at (not loopback, unspecified,
 /// broadcast or multicast).
-fn parse_ipv4(key: &Key, origin: Origin<'_>, text: &str) -> Result<Ipv4Addr, SettingsError> {
+fn parse_ipv4(key: &Key, origin: Origin<'_>, text: &str) -> Result<Ipv4Addr, Invalid> {
     let addr: Ipv4Addr = text
         .trim()
         .parse()
@@ -830,13 +801,13 @@ mod tests {
         path
     }
 
-    fn load(argv: &[&str]) -> Result<Settings, SettingsError> {
+    fn load(argv: &[&str]) -> Result<Settings, Invalid> {
         let matches = Wrapper::command().try_get_matches_from(argv).unwrap();
         let wrapper = Wrapper::from_arg_matches(&matches).unwrap();
         Settings::load_with(&wrapper.args, Some(&matches), None)
     }
 
-    fn error_text(result: Result<Settings, SettingsError>) -> String {
+    fn error_text(result: Result<Settings, Invalid>) -> String {
         result.unwrap_err().to_string()
     }
 
@@ -1101,7 +1072,7 @@ mod tests {
         argv
     }
 
-    fn load_byon(dir: &Path, extra: &[&str]) -> Result<Settings, SettingsError> {
+    fn load_byon(dir: &Path, extra: &[&str]) -> Result<Settings, Invalid> {
         let argv = byon_argv(dir, extra);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         load(&argv)

@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use muster_proto::fsutil::write_durably;
+use muster_proto::settings::Invalid;
 use serde::Serialize;
 
 /// The default mount point: where the heartbeat looks for the data volume.
@@ -108,15 +109,8 @@ pub struct Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     /// A flag is not valid.
-    #[error("{name}={value:?} is not valid: {reason}")]
-    Invalid {
-        /// The flag.
-        name: &'static str,
-        /// Its value.
-        value: String,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
     /// The volume could not be found, or not told apart from others.
     #[error("finding the data volume: {0}")]
     Find(String),
@@ -151,7 +145,7 @@ pub enum VolumeError {
 impl VolumeError {
     /// Whether this is a bad flag (exit 64) rather than a failure (exit 1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, VolumeError::Invalid { .. })
+        matches!(self, VolumeError::Invalid(_))
     }
 }
 
@@ -200,11 +194,8 @@ pub fn command(args: &PrepareArgs, out: &mut dyn std::io::Write) -> Result<Outco
 
 /// Finds, formats if blank, mounts, and records the data volume.
 pub fn prepare(args: &PrepareArgs) -> Result<Outcome, VolumeError> {
-    let invalid = |name, value: &str, reason: &str| VolumeError::Invalid {
-        name,
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let invalid =
+        |name, value: &str, reason| VolumeError::from(Invalid::whole(name, value, reason));
     if !matches!(args.fs_type.as_str(), "ext4" | "xfs") {
         return Err(invalid("--fs-type", &args.fs_type, "must be ext4 or xfs"));
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use muster_proto::cidr::{InvalidCidr, Ipv4Cidr};
+use muster_proto::settings::{self, Invalid};
 use serde::Deserialize;
 
 pub mod agent_files;
@@ -196,26 +197,6 @@ struct File {
     serve: FileServe,
 }
 
-/// A setting that is not valid.
-#[derive(Debug, thiserror::Error)]
-#[error("{name}={value:?} is not valid: {reason}")]
-pub struct ConfigError {
-    /// The setting.
-    pub name: &'static str,
-    /// Its value.
-    pub value: String,
-    /// Why.
-    pub reason: String,
-}
-
-fn bad(name: &'static str, value: impl Into<String>, reason: impl ToString) -> ConfigError {
-    ConfigError {
-        name,
-        value: value.into(),
-        reason: reason.to_string(),
-    }
-}
-
 /// Validated settings of `serve`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -331,7 +312,7 @@ impl Route53Zone {
     /// Reads `--route53-zone`: an id (upper-case letters and digits, with or
     /// without `/hostedzone/`), else a DNS name that must be `zone` or a
     /// parent of it.
-    fn parse(text: &str, zone: &str) -> Result<Route53Zone, ConfigError> {
+    fn parse(text: &str, zone: &str) -> Result<Route53Zone, Invalid> {
         let trimmed = text.trim();
         let id = trimmed.strip_prefix("/hostedzone/").unwrap_or(trimmed);
         if !id.is_empty()
@@ -344,7 +325,7 @@ impl Route53Zone {
         }
         let name = trimmed.trim_end_matches('.').to_ascii_lowercase();
         muster_proto::validate::dns_name("route53_zone", &name).map_err(|e| {
-            bad(
+            Invalid::whole(
                 "route53_zone",
                 text,
                 format!(
@@ -354,7 +335,7 @@ impl Route53Zone {
             )
         })?;
         if zone != name && !zone.ends_with(&format!(".{name}")) {
-            return Err(bad(
+            return Err(Invalid::whole(
                 "route53_zone",
                 text,
                 format!("must be the coordinator's zone ({zone}) or a parent of it"),
@@ -444,7 +425,7 @@ impl std::str::FromStr for TsigAlgorithm {
 
 impl Settings {
     /// Merges flags, environment and the file, then validates.
-    pub fn load(args: &ServeArgs) -> Result<Settings, ConfigError> {
+    pub fn load(args: &ServeArgs) -> Result<Settings, Invalid> {
         let file = match &args.config {
             Some(path) => read_file(path, true)?,
             None => read_file(Path::new(DEFAULT_CONFIG), false)?,
@@ -454,12 +435,13 @@ impl Settings {
 
     /// The settings from `args` over the config file's text `toml` (as if
     /// `--config` named a file holding it).
-    pub fn from_toml(args: &ServeArgs, toml: &str) -> Result<Settings, ConfigError> {
-        let file: File = toml::from_str(toml).map_err(|e| bad("config", "(text)", e.message()))?;
+    pub fn from_toml(args: &ServeArgs, toml: &str) -> Result<Settings, Invalid> {
+        let file: File =
+            toml::from_str(toml).map_err(|e| Invalid::whole("config", "(text)", e.message()))?;
         Settings::resolve(args, file.serve)
     }
 
-    fn resolve(args: &ServeArgs, file: FileServe) -> Result<Settings, ConfigError> {
+    fn resolve(args: &ServeArgs, file: FileServe) -> Result<Settings, Invalid> {
         let pick = |flag: &Option<String>, file: Option<String>, default: &str| {
             flag.clone().or(file).unwrap_or_else(|| default.to_owned())
         };
@@ -467,16 +449,16 @@ impl Settings {
         let listen_text = pick(&args.listen, file.listen, DEFAULT_LISTEN);
         let listen: SocketAddr = listen_text
             .parse()
-            .map_err(|e| bad("listen", &listen_text, e))?;
+            .map_err(|e| Invalid::whole("listen", &listen_text, e))?;
         let dns_text = pick(&args.dns_listen, file.dns_listen, DEFAULT_DNS_LISTEN);
         let dns_listen: SocketAddr = dns_text
             .parse()
-            .map_err(|e| bad("dns_listen", &dns_text, e))?;
+            .map_err(|e| Invalid::whole("dns_listen", &dns_text, e))?;
 
         let zone_text = pick(&args.zone, file.zone, DEFAULT_ZONE);
         let zone = zone_text.trim_end_matches('.').to_ascii_lowercase();
         muster_proto::validate::dns_name("zone", &zone)
-            .map_err(|e| bad("zone", &zone_text, e.reason))?;
+            .map_err(|e| Invalid::whole("zone", &zone_text, e.reason))?;
 
         let data_dir = args
             .data_dir
@@ -484,7 +466,7 @@ impl Settings {
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if data_dir.as_os_str().is_empty() {
-            return Err(bad("data_dir", "", "must not be empty"));
+            return Err(Invalid::whole("data_dir", "", "must not be empty"));
         }
 
         let public_url = args
@@ -492,8 +474,8 @@ impl Settings {
             .clone()
             .or(file.public_url)
             .unwrap_or_else(|| format!("https://{}:{}", hostname(), listen.port()));
-        let public_host =
-            url_host(&public_url).map_err(|reason| bad("public_url", &public_url, reason))?;
+        let public_host = url_host(&public_url)
+            .map_err(|reason| Invalid::whole("public_url", &public_url, reason))?;
 
         let tls = match (
             args.tls_cert.clone().or(file.tls_cert),
@@ -503,7 +485,7 @@ impl Settings {
             (Some(cert), Some(key)) => {
                 for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
                     if !path.is_file() {
-                        return Err(bad(
+                        return Err(Invalid::whole(
                             name,
                             path.display().to_string(),
                             "is not a readable file",
@@ -513,14 +495,14 @@ impl Settings {
                 Some((cert, key))
             }
             (Some(cert), None) => {
-                return Err(bad(
+                return Err(Invalid::whole(
                     "tls_key",
                     "",
                     format!("is needed with tls_cert={}", cert.display()),
                 ))
             }
             (None, Some(key)) => {
-                return Err(bad(
+                return Err(Invalid::whole(
                     "tls_cert",
                     "",
                     format!("is needed with tls_key={}", key.display()),
@@ -544,7 +526,7 @@ impl Settings {
         // Agents wait up to interval + 10 % jitter between heartbeats.
         let longest_wait = heartbeat_interval + heartbeat_interval / 10;
         if grace <= longest_wait {
-            return Err(bad(
+            return Err(Invalid::whole(
                 "grace",
                 grace_text.unwrap_or_else(|| humantime::format_duration(grace).to_string()),
                 format!(
@@ -576,9 +558,9 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_UNKNOWN_SWEEPS.to_string());
         let unknown_sweeps: u32 = unknown_text
             .parse()
-            .map_err(|e| bad("unknown_sweeps", &unknown_text, e))?;
+            .map_err(|e| Invalid::whole("unknown_sweeps", &unknown_text, e))?;
         if !(1..=100).contains(&unknown_sweeps) {
-            return Err(bad(
+            return Err(Invalid::whole(
                 "unknown_sweeps",
                 &unknown_text,
                 "must be between 1 and 100",
@@ -597,9 +579,11 @@ impl Settings {
             .clone()
             .or(file.dns_ttl.map(toml_text))
             .unwrap_or_else(|| DEFAULT_DNS_TTL.to_string());
-        let dns_ttl: u32 = ttl_text.parse().map_err(|e| bad("dns_ttl", &ttl_text, e))?;
+        let dns_ttl: u32 = ttl_text
+            .parse()
+            .map_err(|e| Invalid::whole("dns_ttl", &ttl_text, e))?;
         if !(1..=86_400).contains(&dns_ttl) {
-            return Err(bad(
+            return Err(Invalid::whole(
                 "dns_ttl",
                 &ttl_text,
                 "must be between 1 and 86400 seconds",
@@ -623,7 +607,7 @@ impl Settings {
                 zone: Route53Zone::parse(route53_zone.as_deref().unwrap_or(&zone), &zone)?,
             }),
             _ => {
-                return Err(bad(
+                return Err(Invalid::whole(
                     "dns_provider",
                     &provider_text,
                     "must be embedded, rfc2136 or route53",
@@ -632,14 +616,18 @@ impl Settings {
         };
         if !matches!(dns_provider, DnsProvider::Rfc2136(_)) {
             if let Some((name, value)) = rfc2136_given {
-                return Err(bad(name, value, "is only used with dns_provider=rfc2136"));
+                return Err(Invalid::whole(
+                    name,
+                    value,
+                    "is only used with dns_provider=rfc2136",
+                ));
             }
         }
         if let (Some(value), false) = (
             &route53_zone,
             matches!(dns_provider, DnsProvider::Route53(_)),
         ) {
-            return Err(bad(
+            return Err(Invalid::whole(
                 "route53_zone",
                 value,
                 "is only used with dns_provider=route53",
@@ -648,13 +636,13 @@ impl Settings {
         let dns_owner_id = args.dns_owner_id.clone().or(file.dns_owner_id);
         if let Some(id) = &dns_owner_id {
             if dns_provider == DnsProvider::Embedded {
-                return Err(bad(
+                return Err(Invalid::whole(
                     "dns_owner_id",
                     id,
                     "is only used with dns_provider=rfc2136 or route53",
                 ));
             }
-            validate_owner_id(id).map_err(|reason| bad("dns_owner_id", id, reason))?;
+            validate_owner_id(id).map_err(|reason| Invalid::whole("dns_owner_id", id, reason))?;
         }
         let dns_reconcile_interval = duration(
             "dns_reconcile_interval",
@@ -673,7 +661,13 @@ impl Settings {
         let verify_source = match verify_text.to_ascii_lowercase().as_str() {
             "true" | "yes" | "1" => true,
             "false" | "no" | "0" => false,
-            _ => return Err(bad("verify_source", &verify_text, "must be true or false")),
+            _ => {
+                return Err(Invalid::whole(
+                    "verify_source",
+                    &verify_text,
+                    "must be true or false",
+                ))
+            }
         };
         let trusted_proxies = cidrs(
             "trusted_proxies",
@@ -694,19 +688,18 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_AGENT_RATE_LIMIT.to_string());
         let agent_rate_limit: u32 = rate_text
             .parse()
-            .map_err(|e| bad("agent_rate_limit", &rate_text, e))?;
+            .map_err(|e| Invalid::whole("agent_rate_limit", &rate_text, e))?;
         if agent_rate_limit > 1_000_000 {
-            return Err(bad(
+            return Err(Invalid::whole(
                 "agent_rate_limit",
                 &rate_text,
                 "must be between 0 (no limit) and 1000000 requests per second",
             ));
         }
         let identity_certs = match args.identity_certs.clone().or(file.identity_certs) {
-            Some(path) => Some(
-                IdentityCerts::load(&path)
-                    .map_err(|reason| bad("identity_certs", path.display().to_string(), reason))?,
-            ),
+            Some(path) => Some(IdentityCerts::load(&path).map_err(|reason| {
+                Invalid::whole("identity_certs", path.display().to_string(), reason)
+            })?),
             None => None,
         };
         let agent = agent_files(
@@ -788,17 +781,18 @@ impl Rfc2136Args {
 
     /// Validates against the coordinator's `zone`. A TSIG key is required:
     /// muster does not send unsigned updates.
-    fn validate(self, zone: &str) -> Result<Rfc2136Settings, ConfigError> {
-        let needed = |name: &'static str| bad(name, "", "is needed with dns_provider=rfc2136");
+    fn validate(self, zone: &str) -> Result<Rfc2136Settings, Invalid> {
+        let needed =
+            |name: &'static str| Invalid::whole(name, "", "is needed with dns_provider=rfc2136");
         let server = self.server.ok_or_else(|| needed("rfc2136_server"))?;
-        host_port(&server).map_err(|reason| bad("rfc2136_server", &server, reason))?;
+        host_port(&server).map_err(|reason| Invalid::whole("rfc2136_server", &server, reason))?;
 
         let zone_text = self.zone.unwrap_or_else(|| zone.to_owned());
         let update_zone = zone_text.trim_end_matches('.').to_ascii_lowercase();
         muster_proto::validate::dns_name("rfc2136_zone", &update_zone)
-            .map_err(|e| bad("rfc2136_zone", &zone_text, e.reason))?;
+            .map_err(|e| Invalid::whole("rfc2136_zone", &zone_text, e.reason))?;
         if zone != update_zone && !zone.ends_with(&format!(".{update_zone}")) {
-            return Err(bad(
+            return Err(Invalid::whole(
                 "rfc2136_zone",
                 &zone_text,
                 format!("must be the coordinator's zone ({zone}) or a parent of it"),
@@ -808,18 +802,19 @@ impl Rfc2136Args {
         let key_text = self.key_name.ok_or_else(|| needed("tsig_key_name"))?;
         let key_name = key_text.trim_end_matches('.').to_ascii_lowercase();
         muster_proto::validate::dns_name("tsig_key_name", &key_name)
-            .map_err(|e| bad("tsig_key_name", &key_text, e.reason))?;
+            .map_err(|e| Invalid::whole("tsig_key_name", &key_text, e.reason))?;
 
         let algorithm_text = self
             .algorithm
             .unwrap_or_else(|| DEFAULT_TSIG_ALGORITHM.to_owned());
         let algorithm: TsigAlgorithm = algorithm_text
             .parse()
-            .map_err(|reason| bad("tsig_algorithm", &algorithm_text, reason))?;
+            .map_err(|reason| Invalid::whole("tsig_algorithm", &algorithm_text, reason))?;
 
         let path = self.secret_file.ok_or_else(|| needed("tsig_secret_file"))?;
-        let secret = read_secret(&path)
-            .map_err(|reason| bad("tsig_secret_file", path.display().to_string(), reason))?;
+        let secret = read_secret(&path).map_err(|reason| {
+            Invalid::whole("tsig_secret_file", path.display().to_string(), reason)
+        })?;
         Ok(Rfc2136Settings {
             server,
             zone: update_zone,
@@ -836,11 +831,12 @@ impl Rfc2136Args {
 fn agent_files(
     binary: Option<PathBuf>,
     deb: Option<PathBuf>,
-) -> Result<Option<(PathBuf, Option<PathBuf>)>, ConfigError> {
+) -> Result<Option<(PathBuf, Option<PathBuf>)>, Invalid> {
     let binary = match binary {
         Some(path) => {
-            agent_files::elf_arch(&path)
-                .map_err(|e| bad("agent_binary", path.display().to_string(), reason_of(&e)))?;
+            agent_files::elf_arch(&path).map_err(|e| {
+                Invalid::whole("agent_binary", path.display().to_string(), reason_of(&e))
+            })?;
             Some(path)
         }
         None => {
@@ -849,14 +845,14 @@ fn agent_files(
     };
     if let Some(deb) = &deb {
         if binary.is_none() {
-            return Err(bad(
+            return Err(Invalid::whole(
                 "agent_deb",
                 deb.display().to_string(),
                 "is served only beside an agent binary: set agent_binary too",
             ));
         }
         agent_files::check_deb(deb)
-            .map_err(|e| bad("agent_deb", deb.display().to_string(), reason_of(&e)))?;
+            .map_err(|e| Invalid::whole("agent_deb", deb.display().to_string(), reason_of(&e)))?;
     }
     Ok(binary.map(|b| (b, deb)))
 }
@@ -924,7 +920,7 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// A comma-separated list of IPv4 CIDRs; empty when not set.
-fn cidrs(name: &'static str, text: Option<String>) -> Result<Vec<Ipv4Cidr>, ConfigError> {
+fn cidrs(name: &'static str, text: Option<String>) -> Result<Vec<Ipv4Cidr>, Invalid> {
     let Some(text) = text else {
         return Ok(Vec::new());
     };
@@ -933,7 +929,7 @@ fn cidrs(name: &'static str, text: Option<String>) -> Result<Vec<Ipv4Cidr>, Conf
         .filter(|part| !part.is_empty())
         .map(|part| {
             part.parse()
-                .map_err(|e: InvalidCidr| bad(name, &text, e.reason()))
+                .map_err(|e: InvalidCidr| Invalid::whole(name, &text, e.reason()))
         })
         .collect()
 }
@@ -952,23 +948,11 @@ fn duration(
     text: Option<String>,
     default: Duration,
     bounds: (Duration, Duration),
-) -> Result<Duration, ConfigError> {
+) -> Result<Duration, Invalid> {
     let Some(text) = text else {
         return Ok(default);
     };
-    let value = humantime::parse_duration(&text).map_err(|e| bad(name, &text, e))?;
-    if !(bounds.0..=bounds.1).contains(&value) {
-        return Err(bad(
-            name,
-            &text,
-            format!(
-                "must be between {} and {}",
-                humantime::format_duration(bounds.0),
-                humantime::format_duration(bounds.1)
-            ),
-        ));
-    }
-    Ok(value)
+    settings::duration_within(&text, bounds.0, bounds.1).map_err(|e| Invalid::whole(name, &text, e))
 }
 
 /// Largest config or secret file read, in bytes.
@@ -992,13 +976,14 @@ fn read_text(path: &Path) -> Result<String, String> {
     String::from_utf8(read_capped(path, MAX_FILE_BYTES)?).map_err(|_| "is not UTF-8".into())
 }
 
-fn read_file(path: &Path, required: bool) -> Result<File, ConfigError> {
+fn read_file(path: &Path, required: bool) -> Result<File, Invalid> {
     let text = match read_text(path) {
         Ok(text) => text,
         Err(_) if !path.exists() && !required => return Ok(File::default()),
-        Err(e) => return Err(bad("config", path.display().to_string(), e)),
+        Err(e) => return Err(Invalid::whole("config", path.display().to_string(), e)),
     };
-    toml::from_str(&text).map_err(|e| bad("config", path.display().to_string(), e.message()))
+    toml::from_str(&text)
+        .map_err(|e| Invalid::whole("config", path.display().to_string(), e.message()))
 }
 
 fn hostname() -> String {

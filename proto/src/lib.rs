@@ -15,6 +15,8 @@
 //! - [`validate`]: instance ids, IPv4 addresses, DNS labels (RFC 1123), sizes.
 //! - [`cidr`]: IPv4 CIDR blocks ([`cidr::Ipv4Cidr`]), the one type for them.
 //! - [`fsutil`]: [`fsutil::write_durably`], the one durable file write.
+//! - [`settings`]: what both binaries' settings share: the
+//!   `NAME="value" is not valid: why` error, its exit code, durations.
 //! - [`token`]: the prefixed secrets (join token, node credential, admin token).
 //! - [`launch`]: launching nodes on EC2: the launch spec, provider options,
 //!   scale and launch reports.
@@ -30,6 +32,7 @@ mod error;
 pub mod fsutil;
 pub mod launch;
 pub mod paths;
+pub mod settings;
 pub mod token;
 pub mod validate;
 

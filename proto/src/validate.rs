@@ -1,4 +1,4 @@
-//! Validation of what comes off the wire. Each check names the field it
+//! Validation of what comes off the wire: each check names the field it
 //! failed on, shows the value (cut short) and says why, in the form
 //! `field="value" is not valid: why`.
 
@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::cidr::Ipv4Cidr;
+use crate::settings;
 
 /// Longest DNS label (RFC 1035 §2.3.4).
 pub const MAX_LABEL_LEN: usize = 63;
@@ -13,7 +14,9 @@ pub const MAX_LABEL_LEN: usize = 63;
 /// Longest DNS name in text form, without the trailing dot.
 pub const MAX_NAME_LEN: usize = 253;
 
-/// A value that failed validation.
+/// A value off the wire that failed validation, shown as
+/// `field="value" is not valid: why` like a bad setting
+/// ([`crate::settings::Invalid`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
     /// The field, as named on the wire or in the config.
@@ -27,13 +30,9 @@ pub struct ValidationError {
 impl ValidationError {
     /// Builds an error for `field` holding `value`.
     pub fn new(field: &str, value: &str, reason: &str) -> Self {
-        let mut cut: String = value.chars().take(64).collect();
-        if cut.len() < value.len() {
-            cut.push('…');
-        }
         ValidationError {
             field: field.to_owned(),
-            value: cut,
+            value: settings::cut(value),
             reason: reason.to_owned(),
         }
     }
@@ -41,11 +40,7 @@ impl ValidationError {
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}={:?} is not valid: {}",
-            self.field, self.value, self.reason
-        )
+        settings::write_invalid(f, &self.field, &self.value, &self.reason)
     }
 }
 
