@@ -194,37 +194,7 @@ pub fn command(args: &PrepareArgs, out: &mut dyn std::io::Write) -> Result<Outco
 
 /// Finds, formats if blank, mounts, and records the data volume.
 pub fn prepare(args: &PrepareArgs) -> Result<Outcome, VolumeError> {
-    let invalid =
-        |name, value: &str, reason| VolumeError::from(Invalid::whole(name, value, reason));
-    if !matches!(args.fs_type.as_str(), "ext4" | "xfs") {
-        return Err(invalid("--fs-type", &args.fs_type, "must be ext4 or xfs"));
-    }
-    let mount_text = args.mount_point.display().to_string();
-    if !args.mount_point.is_absolute() || mount_text.chars().any(char::is_whitespace) {
-        return Err(invalid(
-            "--mount-point",
-            &mount_text,
-            "must be an absolute path without spaces",
-        ));
-    }
-    if let Some(id) = &args.volume_id {
-        let hex = id.strip_prefix("vol-").unwrap_or_default();
-        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid(
-                "--volume-id",
-                id,
-                "must be an EBS volume id, vol- and hex digits",
-            ));
-        }
-    }
-    if !args.root.is_dir() {
-        return Err(invalid(
-            "--root",
-            &args.root.display().to_string(),
-            "is not a directory",
-        ));
-    }
-
+    check_flags(args)?;
     let device = match (&args.device, &args.volume_id) {
         (Some(device), _) => device.clone(),
         (None, Some(id)) => find_by_volume_id(&args.root, id)?,
@@ -277,6 +247,43 @@ pub fn prepare(args: &PrepareArgs) -> Result<Outcome, VolumeError> {
         mounted,
         fstab_added,
     })
+}
+
+/// Checks the flags before anything is touched.
+fn check_flags(args: &PrepareArgs) -> Result<(), Invalid> {
+    if !matches!(args.fs_type.as_str(), "ext4" | "xfs") {
+        return Err(Invalid::whole(
+            "--fs-type",
+            &args.fs_type,
+            "must be ext4 or xfs",
+        ));
+    }
+    let mount_text = args.mount_point.display().to_string();
+    if !args.mount_point.is_absolute() || mount_text.chars().any(char::is_whitespace) {
+        return Err(Invalid::whole(
+            "--mount-point",
+            &mount_text,
+            "must be an absolute path without spaces",
+        ));
+    }
+    if let Some(id) = &args.volume_id {
+        let hex = id.strip_prefix("vol-").unwrap_or_default();
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Invalid::whole(
+                "--volume-id",
+                id,
+                "must be an EBS volume id, vol- and hex digits",
+            ));
+        }
+    }
+    if !args.root.is_dir() {
+        return Err(Invalid::whole(
+            "--root",
+            args.root.display().to_string(),
+            "is not a directory",
+        ));
+    }
+    Ok(())
 }
 
 /// What `blkid -p` says a device holds.
