@@ -21,9 +21,9 @@
 //! - `identity_certs.rs`: [`IdentityCerts`], AWS's certificates for
 //!   instance identity signatures.
 //!
-//! Each setting is checked where its concern lives, in the order the
-//! fields of [`Settings`] list them, so the first bad value is the one
-//! reported.
+//! Each setting is checked where its concern lives, one concern after the
+//! other (endpoints, timing, DNS, trust, agent files), always in the same
+//! order, so the first bad value is the one reported.
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
