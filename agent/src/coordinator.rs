@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use muster_proto::{
-    paths, ErrorBody, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
-    MAX_BODY_BYTES,
+    paths, ErrorBody, ErrorCode, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
+    RegisterResponse, MAX_BODY_BYTES,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -57,8 +57,9 @@ pub enum CoordinatorError {
         url: String,
         /// The HTTP status.
         status: StatusCode,
-        /// The error code (`unauthorized`, `address_mismatch`, …).
-        code: String,
+        /// The error code (`unauthorized`, `address_mismatch`, …); for an
+        /// answer not in the error shape, `http_<status>`.
+        code: ErrorCode,
         /// What went wrong, in words, cut short.
         message: String,
     },
@@ -83,7 +84,7 @@ impl CoordinatorError {
     }
 
     /// The error code, if the coordinator answered with an error.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<&ErrorCode> {
         match self {
             CoordinatorError::Refused { code, .. } => Some(code),
             _ => None,
@@ -206,12 +207,12 @@ impl CoordinatorClient {
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => (
-                crate::cut_text(&body.error.code, 64),
+                ErrorCode::from(crate::cut_text(&body.error.code, 64).as_str()),
                 crate::cut_text(&body.error.message, MAX_LOGGED_BODY),
             ),
             // Not our error shape (a proxy in the way?): keep what it said.
             Err(_) => (
-                format!("http_{}", status.as_u16()),
+                ErrorCode::Other(format!("http_{}", status.as_u16())),
                 crate::cut_text(&String::from_utf8_lossy(&bytes), MAX_LOGGED_BODY),
             ),
         };
@@ -232,7 +233,7 @@ mod tests {
         CoordinatorError::Refused {
             url: "https://c.example.com/v1/agent/heartbeat".into(),
             status,
-            code: "x".into(),
+            code: ErrorCode::Other("x".into()),
             message: "x".into(),
         }
     }

@@ -35,6 +35,12 @@
 //! stops pinging and systemd restarts the agent. The slowest step is a
 //! coordinator request (at most 15 s), so `WatchdogSec=` should be well above
 //! that.
+//!
+//! `daemon/addresses.rs` follows the addresses (step 4's poll and events);
+//! `daemon/watchdog.rs` pings systemd's watchdog.
+
+mod addresses;
+mod watchdog;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -42,12 +48,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_proto::token::TokenKind;
-use muster_proto::{HeartbeatRequest, RegisterResponse};
+use muster_proto::{ErrorCode, HeartbeatRequest, RegisterResponse};
 use reqwest::StatusCode;
 use sd_notify::NotifyState;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 use tokio::sync::watch;
-use tokio::time::{sleep, sleep_until, Instant, Interval, MissedTickBehavior};
+use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{self, Backoff};
@@ -56,10 +62,12 @@ use crate::error_chain;
 use crate::facts::FactsCollector;
 use crate::identity::{Identity, Source};
 use crate::imds::{Addresses, ImdsClient, ImdsError};
-use crate::netwatch::{AddressEvent, AddressWatch};
+use crate::netwatch::AddressWatch;
 use crate::settings::{Secret, Settings};
 use crate::state::{self, StateError, StoredState};
 use crate::status::{self, Live, StatusError};
+use addresses::{forward_address_events, watch_addresses};
+use watchdog::Watchdog;
 
 /// Heartbeat intervals from the coordinator are kept within these bounds, so
 /// a zero cannot make the agent spin and a typo cannot silence it.
@@ -145,62 +153,6 @@ fn notify(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(false, states) {
         debug!(error = %e, "cannot notify systemd");
     }
-}
-
-/// Pings the systemd watchdog, if systemd asked for it, at most every half
-/// interval. Only the main loop holds it, and pings only while it waits.
-#[derive(Debug)]
-struct Watchdog {
-    pings: Option<Interval>,
-}
-
-impl Watchdog {
-    /// The watchdog systemd asked for with `WATCHDOG_USEC` and
-    /// `WATCHDOG_PID` (this process), or one that never pings.
-    fn from_env() -> Self {
-        let mut usec = 0;
-        let every = if sd_notify::watchdog_enabled(false, &mut usec) {
-            ping_interval(usec)
-        } else {
-            None
-        };
-        if let Some(every) = every {
-            info!(?every, "the systemd watchdog is on; pinging it");
-        }
-        Watchdog::every(every)
-    }
-
-    /// A watchdog that pings every `every` (at once the first time), or
-    /// never.
-    fn every(every: Option<Duration>) -> Self {
-        let pings = every.map(|every| {
-            let mut pings = tokio::time::interval(every);
-            pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            pings
-        });
-        Watchdog { pings }
-    }
-
-    /// Waits for `wait`, pinging systemd whenever a ping is due meanwhile.
-    async fn idle<F: Future>(&mut self, wait: F) -> F::Output {
-        let Some(pings) = self.pings.as_mut() else {
-            return wait.await;
-        };
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                biased;
-                _ = pings.tick() => notify(&[NotifyState::Watchdog]),
-                output = &mut wait => return output,
-            }
-        }
-    }
-}
-
-/// How often to ping a watchdog of `usec` microseconds: half of it, as
-/// sd_watchdog_enabled(3) advises; never for zero.
-fn ping_interval(usec: u64) -> Option<Duration> {
-    (usec > 0).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
 }
 
 /// The secret a register presents.
@@ -452,44 +404,13 @@ impl<'a> Agent<'a> {
                         && self.settings.join_token.is_some() =>
                 {
                     warn!(
-                        code = e.code().unwrap_or_default(),
+                        code = e.code().map_or("", ErrorCode::as_str),
                         "the coordinator refused the stored node credential; registering with the join token"
                     );
                     self.credential_refused = true;
                     continue;
                 }
-                Err(e) => {
-                    let text = error_chain(&e);
-                    match &e {
-                        CoordinatorError::Refused {
-                            status,
-                            code,
-                            message,
-                            ..
-                        } => {
-                            error!(
-                                using,
-                                status = status.as_u16(),
-                                code,
-                                message,
-                                "register refused"
-                            );
-                        }
-                        _ => {
-                            warn!(error = %text, "register failed; the coordinator is unreachable")
-                        }
-                    }
-                    self.exchange_failed(&e);
-                    if e.code() == Some(muster_proto::IDENTITY_UNPROVEN) {
-                        // IMDS may serve the signed document by the next try.
-                        match self.source.signed_identity().await {
-                            Ok(signed) => identity.signed = signed,
-                            Err(e) => {
-                                warn!(error = %error_chain(&e), "cannot read the identity document")
-                            }
-                        }
-                    }
-                }
+                Err(e) => self.register_failed(&e, using, identity).await,
             }
             let wait = backoff.next_delay();
             debug!(?wait, "registering again after a pause");
@@ -503,6 +424,45 @@ impl<'a> Agent<'a> {
                     }
                 })
                 .await;
+        }
+    }
+
+    /// Logs and records a register that failed; one refused for its
+    /// identity document reads the document again for the next try.
+    async fn register_failed(
+        &mut self,
+        e: &CoordinatorError,
+        using: &str,
+        identity: &mut Identity,
+    ) {
+        match e {
+            CoordinatorError::Refused {
+                status,
+                code,
+                message,
+                ..
+            } => {
+                error!(
+                    using,
+                    status = status.as_u16(),
+                    code = code.as_str(),
+                    message,
+                    "register refused"
+                );
+            }
+            _ => {
+                warn!(error = %error_chain(e), "register failed; the coordinator is unreachable")
+            }
+        }
+        self.exchange_failed(e);
+        if e.code() == Some(&ErrorCode::IdentityUnproven) {
+            // IMDS may serve the signed document by the next try.
+            match self.source.signed_identity().await {
+                Ok(signed) => identity.signed = signed,
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "cannot read the identity document")
+                }
+            }
         }
     }
 
@@ -589,29 +549,9 @@ impl<'a> Agent<'a> {
         // What the coordinator last accepted; a change is sent at once.
         let mut sent = *addresses.borrow_and_update();
         loop {
-            let changed = self
-                .watchdog
-                .idle(async {
-                    tokio::select! {
-                        () = sleep_until(next) => false,
-                        // (If the watcher is gone, only the timer is left.)
-                        Ok(()) = addresses.changed() => true,
-                    }
-                })
-                .await;
-            if changed {
-                let now = *addresses.borrow_and_update();
-                if now == sent {
-                    continue;
-                }
-                info!(
-                    private_ipv4 = %now.private_ipv4,
-                    public_ipv4 = %show(now.public_ipv4),
-                    "addresses changed; telling the coordinator now"
-                );
+            if self.next_beat(next, sent, addresses).await {
                 backoff.reset();
             }
-
             let current = *addresses.borrow_and_update();
             let request = HeartbeatRequest {
                 instance_id: identity.node_id.clone(),
@@ -641,7 +581,7 @@ impl<'a> Agent<'a> {
                 }
                 Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => {
                     warn!(
-                        code = e.code().unwrap_or_default(),
+                        code = e.code().map_or("", ErrorCode::as_str),
                         "the coordinator no longer accepts the node credential; registering again"
                     );
                     self.live.refused(error_chain(&e));
@@ -650,45 +590,85 @@ impl<'a> Agent<'a> {
                 }
                 Err(e) => {
                     let wait = backoff.next_delay();
-                    match &e {
-                        CoordinatorError::Refused {
-                            status,
-                            code,
-                            message,
-                            ..
-                        } if *status == StatusCode::CONFLICT => {
-                            warn!(
-                                code,
-                                message,
-                                ?wait,
-                                "the coordinator does not agree with the addresses yet; retrying"
-                            );
-                        }
-                        CoordinatorError::Refused {
-                            status,
-                            code,
-                            message,
-                            ..
-                        } => {
-                            error!(
-                                status = status.as_u16(),
-                                code,
-                                message,
-                                ?wait,
-                                "heartbeat refused"
-                            );
-                        }
-                        _ => warn!(
-                            error = %error_chain(&e),
-                            ?wait,
-                            "heartbeat failed; the coordinator is unreachable"
-                        ),
-                    }
-                    self.exchange_failed(&e);
+                    self.heartbeat_failed(&e, wait);
                     next = Instant::now() + wait;
                 }
             }
         }
+    }
+
+    /// Waits until `next`, or until the addresses differ from `sent`: then
+    /// says so and returns true, for a heartbeat at once.
+    async fn next_beat(
+        &mut self,
+        next: Instant,
+        sent: Addresses,
+        addresses: &mut watch::Receiver<Addresses>,
+    ) -> bool {
+        loop {
+            let changed = self
+                .watchdog
+                .idle(async {
+                    tokio::select! {
+                        () = sleep_until(next) => false,
+                        // (If the watcher is gone, only the timer is left.)
+                        Ok(()) = addresses.changed() => true,
+                    }
+                })
+                .await;
+            if !changed {
+                return false;
+            }
+            let now = *addresses.borrow_and_update();
+            if now != sent {
+                info!(
+                    private_ipv4 = %now.private_ipv4,
+                    public_ipv4 = %show(now.public_ipv4),
+                    "addresses changed; telling the coordinator now"
+                );
+                return true;
+            }
+        }
+    }
+
+    /// Logs and records a heartbeat that failed; the next try is `wait`
+    /// away.
+    fn heartbeat_failed(&self, e: &CoordinatorError, wait: Duration) {
+        match e {
+            CoordinatorError::Refused {
+                status,
+                code,
+                message,
+                ..
+            } if *status == StatusCode::CONFLICT => {
+                warn!(
+                    code = code.as_str(),
+                    message,
+                    ?wait,
+                    "the coordinator does not agree with the addresses yet; retrying"
+                );
+            }
+            CoordinatorError::Refused {
+                status,
+                code,
+                message,
+                ..
+            } => {
+                error!(
+                    status = status.as_u16(),
+                    code = code.as_str(),
+                    message,
+                    ?wait,
+                    "heartbeat refused"
+                );
+            }
+            _ => warn!(
+                error = %error_chain(e),
+                ?wait,
+                "heartbeat failed; the coordinator is unreachable"
+            ),
+        }
+        self.exchange_failed(e);
     }
 }
 
@@ -704,107 +684,6 @@ fn heartbeat_interval(interval_ms: u64, jitter_ms: u64) -> (Duration, Duration) 
 /// An optional address for a log line: the address, or `none`.
 fn show(addr: Option<Ipv4Addr>) -> String {
     addr.map_or_else(|| "none".to_owned(), |a| a.to_string())
-}
-
-/// Forwards local address events to [`watch_addresses`] as nudges. A nudge
-/// already waiting covers the events after it. Ends, leaving the poll on
-/// its own, if the socket fails. `what` names what a nudge makes the
-/// watcher read, for the log.
-async fn forward_address_events(
-    mut events: AddressWatch,
-    nudge: mpsc::Sender<()>,
-    what: &'static str,
-) {
-    loop {
-        match events.next().await {
-            Ok(event) => {
-                match &event {
-                    AddressEvent::Added(a) => info!(
-                        address = %a.address,
-                        prefix_len = a.prefix_len,
-                        interface = a.label.as_deref().unwrap_or_default(),
-                        interface_index = a.interface_index,
-                        "a local IPv4 address was added; reading {what} now"
-                    ),
-                    AddressEvent::Removed(a) => info!(
-                        address = %a.address,
-                        prefix_len = a.prefix_len,
-                        interface = a.label.as_deref().unwrap_or_default(),
-                        interface_index = a.interface_index,
-                        "a local IPv4 address was removed; reading {what} now"
-                    ),
-                    AddressEvent::Missed => {
-                        debug!("local address events were missed; reading {what} now")
-                    }
-                }
-                match nudge.try_send(()) {
-                    Ok(()) | Err(TrySendError::Full(())) => {}
-                    Err(TrySendError::Closed(())) => return,
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot read local address events any more; relying on the poll of {what}");
-                return;
-            }
-        }
-    }
-}
-
-/// Asks `source` for the addresses every `every`, and at once on a nudge (a
-/// local address event), and publishes changes.
-///
-/// A failed poll keeps the last known addresses; it is logged once when it
-/// starts failing and once when it recovers, not every tick.
-async fn watch_addresses(
-    source: Arc<Source>,
-    every: Duration,
-    tx: watch::Sender<Addresses>,
-    live: Live,
-    mut nudges: mpsc::Receiver<()>,
-) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ticker.tick().await;
-    let mut failing = false;
-    // Whether nudges may still come.
-    let mut listening = true;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            nudge = nudges.recv(), if listening => {
-                if nudge.is_none() {
-                    listening = false;
-                    continue;
-                }
-                // The next poll counts from this read.
-                ticker.reset();
-            }
-        }
-        let what = source.what();
-        match source.addresses().await {
-            Ok(addresses) => {
-                if failing {
-                    info!("{what} can be read again");
-                    failing = false;
-                }
-                if *tx.borrow() != addresses {
-                    debug!(
-                        private_ipv4 = %addresses.private_ipv4,
-                        public_ipv4 = %show(addresses.public_ipv4),
-                        "{what} show new addresses"
-                    );
-                    live.set_addresses(addresses);
-                    tx.send_replace(addresses);
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    warn!(error = %error_chain(&e), "cannot read {what}; keeping the last known addresses");
-                    failing = true;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -823,114 +702,5 @@ mod tests {
             (Duration::from_secs(10), Duration::from_secs(2))
         );
         assert_eq!(heartbeat_interval(u64::MAX, 0).0, MAX_HEARTBEAT_INTERVAL);
-    }
-
-    /// The watchdog is pinged at half its interval, never for zero, and
-    /// never in a busy loop for a tiny one.
-    #[test]
-    fn watchdog_pings_at_half_the_interval() {
-        assert_eq!(ping_interval(0), None);
-        assert_eq!(ping_interval(30_000_000), Some(Duration::from_secs(15)));
-        assert_eq!(ping_interval(1), Some(Duration::from_millis(1)));
-    }
-
-    /// Without a watchdog, waiting is just waiting.
-    #[tokio::test]
-    async fn idle_without_watchdog_passes_the_output() {
-        let mut watchdog = Watchdog::every(None);
-        assert_eq!(watchdog.idle(async { 7 }).await, 7);
-        let mut watchdog = Watchdog::every(Some(Duration::from_millis(1)));
-        assert_eq!(
-            watchdog
-                .idle(async {
-                    sleep(Duration::from_millis(5)).await;
-                    8
-                })
-                .await,
-            8
-        );
-    }
-
-    /// A small IMDSv2 on loopback that serves `items` and counts reads of
-    /// the private IPv4.
-    async fn fake_imds(
-        items: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
-        reads: Arc<std::sync::atomic::AtomicUsize>,
-    ) -> String {
-        use axum::extract::{Path, State};
-        use axum::routing::{get, put};
-        type Fake = (
-            Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
-            Arc<std::sync::atomic::AtomicUsize>,
-        );
-        async fn read(
-            State((items, reads)): State<Fake>,
-            Path(path): Path<String>,
-        ) -> (StatusCode, String) {
-            if path == crate::imds::paths::LOCAL_IPV4 {
-                reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            match items.lock().unwrap().get(&path) {
-                Some(value) => (StatusCode::OK, value.clone()),
-                None => (StatusCode::NOT_FOUND, String::new()),
-            }
-        }
-        let app = axum::Router::new()
-            .route("/latest/api/token", put(|| async { "token" }))
-            .route("/latest/{*path}", get(read))
-            .with_state((items, reads));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        format!("http://{addr}")
-    }
-
-    /// A nudge (a local address event) makes the watcher read IMDS at once,
-    /// not at the next poll a minute later, and publish what changed; when
-    /// the nudges end, the poll goes on.
-    #[tokio::test]
-    async fn a_nudge_reads_imds_at_once() {
-        let items = Arc::new(std::sync::Mutex::new(
-            [(
-                crate::imds::paths::LOCAL_IPV4.to_owned(),
-                "10.0.0.5".to_owned(),
-            )]
-            .into_iter()
-            .collect(),
-        ));
-        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let endpoint = fake_imds(items.clone(), reads.clone()).await;
-        let imds = Arc::new(Source::Imds(ImdsClient::new(&endpoint).unwrap()));
-        let first = imds.addresses().await.unwrap();
-        let (tx, mut rx) = watch::channel(first);
-        let (nudge, nudges) = mpsc::channel(1);
-        let live = Live::new("web", "https://c.example.com");
-        let watcher = AbortOnDrop(tokio::spawn(watch_addresses(
-            imds,
-            Duration::from_secs(60),
-            tx,
-            live.clone(),
-            nudges,
-        )));
-
-        items.lock().unwrap().insert(
-            crate::imds::paths::PUBLIC_IPV4.to_owned(),
-            "54.1.2.3".to_owned(),
-        );
-        nudge.send(()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(20), rx.changed())
-            .await
-            .expect("no IMDS read after the nudge")
-            .unwrap();
-        assert_eq!(rx.borrow().public_ipv4, Some(Ipv4Addr::new(54, 1, 2, 3)));
-        assert_eq!(
-            live.snapshot().public_ipv4,
-            Some(Ipv4Addr::new(54, 1, 2, 3))
-        );
-        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
-
-        drop(nudge);
-        tokio::task::yield_now().await;
-        assert!(!watcher.0.is_finished(), "the poll goes on without nudges");
     }
 }

@@ -7,10 +7,8 @@ use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches};
 use muster_agent::settings::Settings;
 use muster_agent::{logging, query, Cli, Command};
+use muster_proto::settings::EXIT_INVALID;
 use tracing::{error, info};
-
-/// Exit code for settings that are not valid (EX_USAGE).
-const EXIT_BAD_SETTINGS: u8 = 64;
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
@@ -22,7 +20,7 @@ fn main() -> ExitCode {
                 Ok(settings) => settings,
                 Err(e) => {
                     eprintln!("{e}");
-                    return ExitCode::from(EXIT_BAD_SETTINGS);
+                    return ExitCode::from(EXIT_INVALID);
                 }
             };
             match run(settings) {
@@ -39,7 +37,7 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    ExitCode::from(if e.is_usage() { EXIT_BAD_SETTINGS } else { 1 })
+                    ExitCode::from(if e.is_usage() { EXIT_INVALID } else { 1 })
                 }
             }
         }

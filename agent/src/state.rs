@@ -1,9 +1,9 @@
 //! What the agent remembers between runs: `state.json` in the state dir.
 //!
 //! It holds the node credential and who this node is. It is written
-//! atomically (a temporary file in the same directory, fsync, rename, fsync
-//! of the directory), readable by its owner only (file 0600; a directory the
-//! agent creates is 0700). It is only a cache of the coordinator's view: the
+//! atomically ([`write_durably`]: a temporary file in the same directory,
+//! fsync, rename, fsync of the directory), readable by its owner only (file
+//! 0600; a directory the agent creates is 0700). It is only a cache of the coordinator's view: the
 //! coordinator keys nodes by node id (the instance id, or `m-` and the
 //! machine id for a bring-your-own node), so losing the file never makes a
 //! second node: the agent joins again with the join token as the same node.
@@ -17,11 +17,12 @@
 //! with state, a state dir copied to another machine) and is discarded.
 
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use muster_proto::fsutil::write_durably;
 use muster_proto::token::TokenKind;
 use serde::{Deserialize, Serialize};
 
@@ -165,17 +166,8 @@ pub fn has_credential(dir: &Path) -> bool {
 pub fn save(dir: &Path, state: &StoredState) -> Result<(), StateError> {
     prepare_dir(dir)?;
     let path = state_file(dir);
-    let tmp = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
     let json = serde_json::to_vec_pretty(state).expect("the state serialises");
-    let written = write_synced(&tmp, &json).and_then(|()| fs::rename(&tmp, &path));
-    if let Err(source) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(StateError::Write { path, source });
-    }
-    // The rename is durable only once the directory is synced too.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| StateError::Write { path, source })
+    write_durably(&path, &json, 0o600).map_err(|source| StateError::Write { path, source })
 }
 
 /// Removes the state file, if there is one.
@@ -205,22 +197,10 @@ fn prepare_dir(dir: &Path) -> Result<(), StateError> {
         .map_err(fail)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // The mode above only applies to a new file; make sure of it anyway.
-    file.set_permissions(Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
 
     fn sample() -> StoredState {
         StoredState {

@@ -23,8 +23,9 @@
 //!    already; something else mounted there is refused.
 //! 4. **fstab**: a line `UUID=… <mount point> <type> defaults,nofail 0 2`
 //!    is added unless there is one; `nofail` so a missing volume never
-//!    stops a boot. The file is replaced atomically. A line mounting
-//!    something else at the mount point is refused, not overwritten.
+//!    stops a boot. The file is replaced atomically, mode 0644
+//!    ([`write_durably`]). A line mounting something else at the mount
+//!    point is refused, not overwritten.
 //!
 //! `--root DIR` puts every path above (devices, sysfs, the mount point,
 //! fstab) under DIR, as `DESTDIR` does, while the fstab line names the
@@ -35,10 +36,11 @@
 //! as an administrator would; no AWS SDK.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use muster_proto::fsutil::write_durably;
+use muster_proto::settings::Invalid;
 use serde::Serialize;
 
 /// The default mount point: where the heartbeat looks for the data volume.
@@ -107,15 +109,8 @@ pub struct Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     /// A flag is not valid.
-    #[error("{name}={value:?} is not valid: {reason}")]
-    Invalid {
-        /// The flag.
-        name: &'static str,
-        /// Its value.
-        value: String,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
     /// The volume could not be found, or not told apart from others.
     #[error("finding the data volume: {0}")]
     Find(String),
@@ -150,7 +145,7 @@ pub enum VolumeError {
 impl VolumeError {
     /// Whether this is a bad flag (exit 64) rather than a failure (exit 1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, VolumeError::Invalid { .. })
+        matches!(self, VolumeError::Invalid(_))
     }
 }
 
@@ -199,40 +194,7 @@ pub fn command(args: &PrepareArgs, out: &mut dyn std::io::Write) -> Result<Outco
 
 /// Finds, formats if blank, mounts, and records the data volume.
 pub fn prepare(args: &PrepareArgs) -> Result<Outcome, VolumeError> {
-    let invalid = |name, value: &str, reason: &str| VolumeError::Invalid {
-        name,
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if !matches!(args.fs_type.as_str(), "ext4" | "xfs") {
-        return Err(invalid("--fs-type", &args.fs_type, "must be ext4 or xfs"));
-    }
-    let mount_text = args.mount_point.display().to_string();
-    if !args.mount_point.is_absolute() || mount_text.chars().any(char::is_whitespace) {
-        return Err(invalid(
-            "--mount-point",
-            &mount_text,
-            "must be an absolute path without spaces",
-        ));
-    }
-    if let Some(id) = &args.volume_id {
-        let hex = id.strip_prefix("vol-").unwrap_or_default();
-        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid(
-                "--volume-id",
-                id,
-                "must be an EBS volume id, vol- and hex digits",
-            ));
-        }
-    }
-    if !args.root.is_dir() {
-        return Err(invalid(
-            "--root",
-            &args.root.display().to_string(),
-            "is not a directory",
-        ));
-    }
-
+    check_flags(args)?;
     let device = match (&args.device, &args.volume_id) {
         (Some(device), _) => device.clone(),
         (None, Some(id)) => find_by_volume_id(&args.root, id)?,
@@ -285,6 +247,43 @@ pub fn prepare(args: &PrepareArgs) -> Result<Outcome, VolumeError> {
         mounted,
         fstab_added,
     })
+}
+
+/// Checks the flags before anything is touched.
+fn check_flags(args: &PrepareArgs) -> Result<(), Invalid> {
+    if !matches!(args.fs_type.as_str(), "ext4" | "xfs") {
+        return Err(Invalid::whole(
+            "--fs-type",
+            &args.fs_type,
+            "must be ext4 or xfs",
+        ));
+    }
+    let mount_text = args.mount_point.display().to_string();
+    if !args.mount_point.is_absolute() || mount_text.chars().any(char::is_whitespace) {
+        return Err(Invalid::whole(
+            "--mount-point",
+            &mount_text,
+            "must be an absolute path without spaces",
+        ));
+    }
+    if let Some(id) = &args.volume_id {
+        let hex = id.strip_prefix("vol-").unwrap_or_default();
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Invalid::whole(
+                "--volume-id",
+                id,
+                "must be an EBS volume id, vol- and hex digits",
+            ));
+        }
+    }
+    if !args.root.is_dir() {
+        return Err(Invalid::whole(
+            "--root",
+            args.root.display().to_string(),
+            "is not a directory",
+        ));
+    }
+    Ok(())
 }
 
 /// What `blkid -p` says a device holds.
@@ -495,20 +494,7 @@ fn add_to_fstab(
     let _ = writeln!(new, "{source} {point} {fs_type} defaults,nofail 0 2");
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let temp = dir.join(".fstab.muster-new");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&temp)
-            .map_err(io)?;
-        file.write_all(new.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&temp, &path).map_err(io)?;
+    write_durably(&path, new.as_bytes(), 0o644).map_err(io)?;
     Ok(true)
 }
 

@@ -1,10 +1,12 @@
 //! What makes a file the agent the coordinator may serve: an ELF
 //! executable of an EC2 architecture, and a Debian package beside it.
-//! Checked when the settings are loaded, and again by
-//! `muster_coordinator::agent_dist` when it serves them.
+//! Checked when the settings are loaded (`agent_binary`, `agent_deb`), and
+//! again by `muster_coordinator::agent_dist` when it serves them.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use muster_proto::settings::Invalid;
 
 /// The binary's file name, on disk and in the download URL.
 pub const BINARY_NAME: &str = "muster-agent";
@@ -71,6 +73,44 @@ pub fn elf_arch(path: &Path) -> Result<&'static str, AgentFileError> {
         62 => Ok("x86_64"),
         183 => Ok("aarch64"),
         _ => Err(not("is built for neither x86_64 nor aarch64")),
+    }
+}
+
+/// The agent files the settings name, checked: the binary given (an ELF
+/// executable of an EC2 architecture), else `muster-agent` next to this
+/// executable if it is one; the package only beside a binary.
+pub(crate) fn resolve(
+    binary: Option<PathBuf>,
+    deb: Option<PathBuf>,
+) -> Result<Option<(PathBuf, Option<PathBuf>)>, Invalid> {
+    let binary = match binary {
+        Some(path) => {
+            elf_arch(&path).map_err(|e| {
+                Invalid::whole("agent_binary", path.display().to_string(), reason_of(&e))
+            })?;
+            Some(path)
+        }
+        None => beside_this_executable().filter(|path| elf_arch(path).is_ok()),
+    };
+    if let Some(deb) = &deb {
+        if binary.is_none() {
+            return Err(Invalid::whole(
+                "agent_deb",
+                deb.display().to_string(),
+                "is served only beside an agent binary: set agent_binary too",
+            ));
+        }
+        check_deb(deb)
+            .map_err(|e| Invalid::whole("agent_deb", deb.display().to_string(), reason_of(&e)))?;
+    }
+    Ok(binary.map(|b| (b, deb)))
+}
+
+/// What is wrong with an agent file, without repeating its path.
+fn reason_of(error: &AgentFileError) -> String {
+    match error {
+        AgentFileError::Read { source, .. } => source.to_string(),
+        AgentFileError::NotAgent { reason, .. } => (*reason).to_owned(),
     }
 }
 

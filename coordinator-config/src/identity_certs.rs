@@ -39,7 +39,7 @@ impl Eq for IdentityCerts {}
 impl IdentityCerts {
     /// Reads the PEM certificates at `path`; at least one must be there.
     pub fn load(path: &Path) -> Result<IdentityCerts, String> {
-        let pem = crate::read_capped(path, MAX_FILE_BYTES)?;
+        let pem = crate::sources::read_capped(path, MAX_FILE_BYTES)?;
         let certs = X509::stack_from_pem(&pem).map_err(|e| format!("is not PEM: {e}"))?;
         if certs.is_empty() {
             return Err("holds no PEM certificate".into());

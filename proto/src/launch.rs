@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cidr::{InvalidCidr, Ipv4Cidr};
 use crate::validate::{self, ValidationError};
 
 /// Most nodes one cluster may be asked to hold.
@@ -143,8 +144,10 @@ impl LaunchSpec {
                      security groups are given",
                 ));
             }
-            let (_, prefix) = validate::ipv4_cidr("admin_cidr", cidr)?;
-            if prefix == 0 && !self.allow_ssh_from_anywhere {
+            let block: Ipv4Cidr = cidr
+                .parse()
+                .map_err(|e: InvalidCidr| ValidationError::new("admin_cidr", cidr, &e.reason()))?;
+            if block.prefix() == 0 && !self.allow_ssh_from_anywhere {
                 return Err(ValidationError::new(
                     "admin_cidr",
                     cidr,

@@ -1,8 +1,10 @@
-//! Secrets on the wire carry a prefix that says what they are, so a token
-//! pasted in the wrong place is refused with a clear message instead of a
-//! bare "unauthorized", and a leaked one is easy to spot in logs and scans.
+//! The bearer secrets on the wire, join token, node credential and admin
+//! token: what kind each is ([`TokenKind`]) and how one is written.
 //!
-//! The random part is 32 bytes (256 bits), hex encoded. Only hashes of these
+//! Each carries a prefix that says what it is, so a token pasted in the
+//! wrong place is refused with a clear message instead of a bare
+//! "unauthorized", and a leaked one is easy to spot in logs and scans. The
+//! random part is 32 bytes (256 bits), hex encoded. Only hashes of these
 //! are ever stored; generating and hashing them is the coordinator's job.
 
 use std::fmt;

@@ -1,9 +1,12 @@
-//! Validation of what comes off the wire. Each check names the field it
+//! Validation of what comes off the wire: each check names the field it
 //! failed on, shows the value (cut short) and says why, in the form
 //! `field="value" is not valid: why`.
 
 use std::fmt;
 use std::net::Ipv4Addr;
+
+use crate::cidr::Ipv4Cidr;
+use crate::settings;
 
 /// Longest DNS label (RFC 1035 §2.3.4).
 pub const MAX_LABEL_LEN: usize = 63;
@@ -11,7 +14,9 @@ pub const MAX_LABEL_LEN: usize = 63;
 /// Longest DNS name in text form, without the trailing dot.
 pub const MAX_NAME_LEN: usize = 253;
 
-/// A value that failed validation.
+/// A value off the wire that failed validation, shown as
+/// `field="value" is not valid: why` like a bad setting
+/// ([`crate::settings::Invalid`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
     /// The field, as named on the wire or in the config.
@@ -25,13 +30,9 @@ pub struct ValidationError {
 impl ValidationError {
     /// Builds an error for `field` holding `value`.
     pub fn new(field: &str, value: &str, reason: &str) -> Self {
-        let mut cut: String = value.chars().take(64).collect();
-        if cut.len() < value.len() {
-            cut.push('…');
-        }
         ValidationError {
             field: field.to_owned(),
-            value: cut,
+            value: settings::cut(value),
             reason: reason.to_owned(),
         }
     }
@@ -39,11 +40,7 @@ impl ValidationError {
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}={:?} is not valid: {}",
-            self.field, self.value, self.reason
-        )
+        settings::write_invalid(f, &self.field, &self.value, &self.reason)
     }
 }
 
@@ -176,40 +173,45 @@ pub fn private_ipv4(field: &str, addr: Ipv4Addr) -> Result<(), ValidationError> 
 /// private, RFC 6598 shared (carrier-grade NAT), link-local, loopback,
 /// "this network", the IETF protocol block, and the multicast and reserved
 /// blocks.
-pub const NOT_PUBLIC: [(Ipv4Addr, u8); 9] = [
-    (Ipv4Addr::new(0, 0, 0, 0), 8),
-    (Ipv4Addr::new(10, 0, 0, 0), 8),
-    (Ipv4Addr::new(100, 64, 0, 0), 10),
-    (Ipv4Addr::new(127, 0, 0, 0), 8),
-    (Ipv4Addr::new(169, 254, 0, 0), 16),
-    (Ipv4Addr::new(172, 16, 0, 0), 12),
-    (Ipv4Addr::new(192, 0, 0, 0), 24),
-    (Ipv4Addr::new(192, 168, 0, 0), 16),
-    (Ipv4Addr::new(224, 0, 0, 0), 3),
+pub const NOT_PUBLIC: [Ipv4Cidr; 9] = [
+    block([0, 0, 0, 0], 8),
+    block([10, 0, 0, 0], 8),
+    block([100, 64, 0, 0], 10),
+    block([127, 0, 0, 0], 8),
+    block([169, 254, 0, 0], 16),
+    block([172, 16, 0, 0], 12),
+    block([192, 0, 0, 0], 24),
+    block([192, 168, 0, 0], 16),
+    block([224, 0, 0, 0], 3),
 ];
 
-/// Whether `addr` lies in `net/prefix`.
-pub fn in_cidr(addr: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    u32::from(addr) & mask == u32::from(net) & mask
+/// A block written out in a constant.
+const fn block([a, b, c, d]: [u8; 4], prefix: u8) -> Ipv4Cidr {
+    Ipv4Cidr::new(Ipv4Addr::new(a, b, c, d), prefix).unwrap()
+}
+
+/// Whether `addr` lies in `net`: [`Ipv4Cidr::contains_addr`], kept under
+/// this name until the coordinator's API calls that.
+pub fn in_cidr(addr: Ipv4Addr, net: Ipv4Cidr) -> bool {
+    net.contains_addr(addr)
 }
 
 /// A public IPv4 address: not in any of [`NOT_PUBLIC`], unless it lies in
-/// one of `allowed` (an operator's exception, e.g. an emulator that hands
-/// out Elastic IPs from 127/8).
+/// one of `allowed` (an operator's exception, e.g. a test network whose
+/// Elastic IPs come from 127/8).
 pub fn public_ipv4(
     field: &str,
     addr: Ipv4Addr,
-    allowed: &[(Ipv4Addr, u8)],
+    allowed: &[Ipv4Cidr],
 ) -> Result<(), ValidationError> {
-    if allowed.iter().any(|&net| in_cidr(addr, net)) {
+    if allowed.iter().any(|net| net.contains_addr(addr)) {
         return Ok(());
     }
-    match NOT_PUBLIC.iter().find(|&&net| in_cidr(addr, net)) {
-        Some((net, prefix)) => Err(ValidationError::new(
+    match NOT_PUBLIC.iter().find(|net| net.contains_addr(addr)) {
+        Some(net) => Err(ValidationError::new(
             field,
             &addr.to_string(),
-            &format!("is in {net}/{prefix}, which is not a public range"),
+            &format!("is in {net}, which is not a public range"),
         )),
         None => Ok(()),
     }
@@ -364,31 +366,6 @@ pub fn instance_profile_name(value: &str) -> Result<(), ValidationError> {
     }
 }
 
-/// An IPv4 CIDR block `a.b.c.d/n` with no host bits set. Returns the
-/// network and the prefix length.
-pub fn ipv4_cidr(field: &str, value: &str) -> Result<(Ipv4Addr, u8), ValidationError> {
-    let (addr, prefix) = value
-        .split_once('/')
-        .ok_or_else(|| ValidationError::new(field, value, "must be a CIDR block a.b.c.d/n"))?;
-    let addr: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| ValidationError::new(field, value, "must be a CIDR block a.b.c.d/n"))?;
-    let prefix: u8 =
-        prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| {
-            ValidationError::new(field, value, "has a prefix length beyond 0..=32")
-        })?;
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    let network = Ipv4Addr::from_bits(addr.to_bits() & mask);
-    if network != addr {
-        return Err(ValidationError::new(
-            field,
-            value,
-            &format!("has host bits set; the block is {network}/{prefix}"),
-        ));
-    }
-    Ok((network, prefix))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,13 +461,10 @@ mod tests {
             let err = public_ipv4("public_ipv4", Ipv4Addr::from(bad), &[]).unwrap_err();
             assert!(err.to_string().contains("not a public range"), "{err}");
         }
-        let loopback = (Ipv4Addr::new(127, 0, 0, 0), 8);
+        let loopback = block([127, 0, 0, 0], 8);
         public_ipv4("ip", Ipv4Addr::new(127, 9, 8, 7), &[loopback]).unwrap();
         assert!(public_ipv4("ip", Ipv4Addr::new(10, 9, 8, 7), &[loopback]).is_err());
-        assert!(in_cidr(
-            Ipv4Addr::new(1, 2, 3, 4),
-            (Ipv4Addr::UNSPECIFIED, 0)
-        ));
+        assert!(in_cidr(Ipv4Addr::new(1, 2, 3, 4), block([0, 0, 0, 0], 0)));
     }
 
     /// Regions and zones as AWS names them.
@@ -552,18 +526,13 @@ mod tests {
         assert!(key_name("tab\there").is_err());
         assert!(instance_profile_name("muster-nodes@x").is_ok());
         assert!(instance_profile_name("no spaces").is_err());
-        assert_eq!(
-            ipv4_cidr("admin_cidr", "203.0.113.0/24").unwrap(),
-            (Ipv4Addr::new(203, 0, 113, 0), 24)
-        );
-        assert_eq!(
-            ipv4_cidr("admin_cidr", "0.0.0.0/0").unwrap(),
-            (Ipv4Addr::UNSPECIFIED, 0)
-        );
-        let e = ipv4_cidr("admin_cidr", "203.0.113.7/24").unwrap_err();
-        assert!(e.reason.contains("203.0.113.0/24"), "{e}");
-        assert!(ipv4_cidr("admin_cidr", "203.0.113.7").is_err());
-        assert!(ipv4_cidr("admin_cidr", "203.0.113.7/33").is_err());
+        let cidr = |text: &str| text.parse::<Ipv4Cidr>();
+        assert_eq!(cidr("203.0.113.0/24").unwrap(), block([203, 0, 113, 0], 24));
+        assert_eq!(cidr("0.0.0.0/0").unwrap(), block([0, 0, 0, 0], 0));
+        let e = cidr("203.0.113.7/24").unwrap_err();
+        assert!(e.reason().contains("203.0.113.0/24"), "{e}");
+        assert!(cidr("203.0.113.7").is_err());
+        assert!(cidr("203.0.113.7/33").is_err());
     }
 
     proptest! {

@@ -1,0 +1,211 @@
+//! Following the node's addresses while the daemon runs: a poll of the
+//! identity source, and local address events from the kernel that make it
+//! read again at once; what changes is published to the heartbeat loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, info, warn};
+
+use super::show;
+use crate::error_chain;
+use crate::identity::Source;
+use crate::imds::Addresses;
+use crate::netwatch::{AddressEvent, AddressWatch};
+use crate::status::Live;
+
+/// Forwards local address events to [`watch_addresses`] as nudges. A nudge
+/// already waiting covers the events after it. Ends, leaving the poll on
+/// its own, if the socket fails. `what` names what a nudge makes the
+/// watcher read, for the log.
+pub(super) async fn forward_address_events(
+    mut events: AddressWatch,
+    nudge: mpsc::Sender<()>,
+    what: &'static str,
+) {
+    loop {
+        match events.next().await {
+            Ok(event) => {
+                match &event {
+                    AddressEvent::Added(a) => info!(
+                        address = %a.address,
+                        prefix_len = a.prefix_len,
+                        interface = a.label.as_deref().unwrap_or_default(),
+                        interface_index = a.interface_index,
+                        "a local IPv4 address was added; reading {what} now"
+                    ),
+                    AddressEvent::Removed(a) => info!(
+                        address = %a.address,
+                        prefix_len = a.prefix_len,
+                        interface = a.label.as_deref().unwrap_or_default(),
+                        interface_index = a.interface_index,
+                        "a local IPv4 address was removed; reading {what} now"
+                    ),
+                    AddressEvent::Missed => {
+                        debug!("local address events were missed; reading {what} now")
+                    }
+                }
+                match nudge.try_send(()) {
+                    Ok(()) | Err(TrySendError::Full(())) => {}
+                    Err(TrySendError::Closed(())) => return,
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read local address events any more; relying on the poll of {what}");
+                return;
+            }
+        }
+    }
+}
+
+/// Asks `source` for the addresses every `every`, and at once on a nudge (a
+/// local address event), and publishes changes.
+///
+/// A failed poll keeps the last known addresses; it is logged once when it
+/// starts failing and once when it recovers, not every tick.
+pub(super) async fn watch_addresses(
+    source: Arc<Source>,
+    every: Duration,
+    tx: watch::Sender<Addresses>,
+    live: Live,
+    mut nudges: mpsc::Receiver<()>,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut failing = false;
+    // Whether nudges may still come.
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            nudge = nudges.recv(), if listening => {
+                if nudge.is_none() {
+                    listening = false;
+                    continue;
+                }
+                // The next poll counts from this read.
+                ticker.reset();
+            }
+        }
+        let what = source.what();
+        match source.addresses().await {
+            Ok(addresses) => {
+                if failing {
+                    info!("{what} can be read again");
+                    failing = false;
+                }
+                if *tx.borrow() != addresses {
+                    debug!(
+                        private_ipv4 = %addresses.private_ipv4,
+                        public_ipv4 = %show(addresses.public_ipv4),
+                        "{what} show new addresses"
+                    );
+                    live.set_addresses(addresses);
+                    tx.send_replace(addresses);
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(error = %error_chain(&e), "cannot read {what}; keeping the last known addresses");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::AbortOnDrop;
+    use crate::imds::ImdsClient;
+    use axum::http::StatusCode;
+    use std::net::Ipv4Addr;
+
+    /// A small IMDSv2 on loopback that serves `items` and counts reads of
+    /// the private IPv4.
+    async fn fake_imds(
+        items: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> String {
+        use axum::extract::{Path, State};
+        use axum::routing::{get, put};
+        type Fake = (
+            Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+            Arc<std::sync::atomic::AtomicUsize>,
+        );
+        async fn read(
+            State((items, reads)): State<Fake>,
+            Path(path): Path<String>,
+        ) -> (StatusCode, String) {
+            if path == crate::imds::paths::LOCAL_IPV4 {
+                reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            match items.lock().unwrap().get(&path) {
+                Some(value) => (StatusCode::OK, value.clone()),
+                None => (StatusCode::NOT_FOUND, String::new()),
+            }
+        }
+        let app = axum::Router::new()
+            .route("/latest/api/token", put(|| async { "token" }))
+            .route("/latest/{*path}", get(read))
+            .with_state((items, reads));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    /// A nudge (a local address event) makes the watcher read IMDS at once,
+    /// not at the next poll a minute later, and publish what changed; when
+    /// the nudges end, the poll goes on.
+    #[tokio::test]
+    async fn a_nudge_reads_imds_at_once() {
+        let items = Arc::new(std::sync::Mutex::new(
+            [(
+                crate::imds::paths::LOCAL_IPV4.to_owned(),
+                "10.0.0.5".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        ));
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let endpoint = fake_imds(items.clone(), reads.clone()).await;
+        let imds = Arc::new(Source::Imds(ImdsClient::new(&endpoint).unwrap()));
+        let first = imds.addresses().await.unwrap();
+        let (tx, mut rx) = watch::channel(first);
+        let (nudge, nudges) = mpsc::channel(1);
+        let live = Live::new("web", "https://c.example.com");
+        let watcher = AbortOnDrop(tokio::spawn(watch_addresses(
+            imds,
+            Duration::from_secs(60),
+            tx,
+            live.clone(),
+            nudges,
+        )));
+
+        items.lock().unwrap().insert(
+            crate::imds::paths::PUBLIC_IPV4.to_owned(),
+            "54.1.2.3".to_owned(),
+        );
+        nudge.send(()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), rx.changed())
+            .await
+            .expect("no IMDS read after the nudge")
+            .unwrap();
+        assert_eq!(rx.borrow().public_ipv4, Some(Ipv4Addr::new(54, 1, 2, 3)));
+        assert_eq!(
+            live.snapshot().public_ipv4,
+            Some(Ipv4Addr::new(54, 1, 2, 3))
+        );
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        drop(nudge);
+        tokio::task::yield_now().await;
+        assert!(!watcher.0.is_finished(), "the poll goes on without nudges");
+    }
+}
