@@ -62,6 +62,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client;
 use base64::Engine as _;
+use muster_proto::fsutil::write_durably;
 use muster_proto::launch::{LaunchSpec, LaunchView, SubnetProblem};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -475,7 +476,7 @@ impl Launcher {
         let written = std::fs::create_dir_all(&self.keys_dir)
             .map_err(|e| e.to_string())
             .and_then(|()| {
-                crate::pki::write_file(
+                write_durably(
                     &path,
                     created.key_material().unwrap_or_default().as_bytes(),
                     0o600,

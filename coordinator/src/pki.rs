@@ -12,12 +12,11 @@
 //! - `admin-token` (0600)
 
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use muster_proto::fsutil::write_durably;
 use muster_proto::token::TokenKind;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -105,25 +104,13 @@ fn read(path: &Path) -> Result<Vec<u8>, PkiError> {
     })
 }
 
-/// Writes `contents` to `path` atomically with `mode`.
-pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    let err = |source| PkiError::Write {
+/// Writes `contents` to `path` with `mode`, durably
+/// ([`muster_proto::fsutil::write_durably`]).
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    write_durably(path, contents, mode).map_err(|source| PkiError::Write {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(err)?;
-    file.write_all(contents).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 fn ca_params() -> Result<CertificateParams, PkiError> {
@@ -271,6 +258,7 @@ pub fn rotate_admin_token(data_dir: &Path) -> Result<String, PkiError> {
 mod tests {
     use super::*;
     use rustls::client::danger::ServerCertVerifier;
+    use std::os::unix::fs::PermissionsExt;
 
     /// The first call creates every file with the right modes; the second
     /// reuses them byte for byte.

@@ -190,12 +190,6 @@ const fn block([a, b, c, d]: [u8; 4], prefix: u8) -> Ipv4Cidr {
     Ipv4Cidr::new(Ipv4Addr::new(a, b, c, d), prefix).unwrap()
 }
 
-/// Whether `addr` lies in `net`: [`Ipv4Cidr::contains_addr`], kept under
-/// this name until the coordinator's API calls that.
-pub fn in_cidr(addr: Ipv4Addr, net: Ipv4Cidr) -> bool {
-    net.contains_addr(addr)
-}
-
 /// A public IPv4 address: not in any of [`NOT_PUBLIC`], unless it lies in
 /// one of `allowed` (an operator's exception, e.g. a test network whose
 /// Elastic IPs come from 127/8).
@@ -464,7 +458,7 @@ mod tests {
         let loopback = block([127, 0, 0, 0], 8);
         public_ipv4("ip", Ipv4Addr::new(127, 9, 8, 7), &[loopback]).unwrap();
         assert!(public_ipv4("ip", Ipv4Addr::new(10, 9, 8, 7), &[loopback]).is_err());
-        assert!(in_cidr(Ipv4Addr::new(1, 2, 3, 4), block([0, 0, 0, 0], 0)));
+        assert!(block([0, 0, 0, 0], 0).contains_addr(Ipv4Addr::new(1, 2, 3, 4)));
     }
 
     /// Regions and zones as AWS names them.

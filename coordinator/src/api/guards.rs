@@ -44,7 +44,7 @@ pub fn client_addr(trust: &Trust, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         IpAddr::V4(v4) => trust
             .trusted_proxies
             .iter()
-            .any(|&net| muster_proto::validate::in_cidr(v4, net)),
+            .any(|net| net.contains_addr(v4)),
         IpAddr::V6(_) => false,
     };
     let mut addr = peer.to_canonical();
@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn client_address_behind_trusted_proxies() {
         let trust = Trust {
-            trusted_proxies: vec![("10.9.0.0".parse().unwrap(), 16)],
+            trusted_proxies: vec!["10.9.0.0/16".parse().unwrap()],
             ..Trust::default()
         };
         let proxy: IpAddr = "10.9.0.5".parse().unwrap();

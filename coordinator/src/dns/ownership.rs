@@ -19,6 +19,7 @@
 use std::path::Path;
 
 use hickory_proto::rr::Name;
+use muster_proto::fsutil::write_durably;
 
 /// The file holding the owner id, in the data dir.
 pub const OWNER_ID_FILE: &str = "dns-owner-id";
@@ -67,18 +68,8 @@ pub fn ensure_owner_id(data_dir: &Path) -> Result<String, OwnerIdError> {
         Err(e) => return Err(error(e)),
     }
     let id = hex::encode(rand::random::<[u8; 8]>());
-    write_atomically(&path, format!("{id}\n").as_bytes()).map_err(error)?;
+    write_durably(&path, format!("{id}\n").as_bytes(), 0o600).map_err(error)?;
     Ok(id)
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -50,11 +50,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hickory_proto::rr::Name;
+use muster_proto::fsutil::write_durably;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::ownership::write_atomically;
 use super::provider::{Change, DnsProvider, Outcome, ProviderError};
 use super::status::{ProviderStatus, StatusBoard};
 use super::{name_key, DesiredRecords, RecordData, Zone};
@@ -322,7 +322,7 @@ impl Reconciler {
         };
         let written = serde_json::to_vec_pretty(&file)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| write_atomically(&self.state_path, &bytes));
+            .and_then(|bytes| write_durably(&self.state_path, &bytes, 0o600));
         if let Err(error) = written {
             // The next pass writes it again; until then a restart rewrites
             // a little more than needed, which is harmless.

@@ -44,12 +44,11 @@
 //! AZs; later calls use those and create no more.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
+use muster_proto::cidr::Ipv4Cidr;
 
 use crate::ec2::{filter, sdk_message};
 
@@ -66,9 +65,9 @@ pub const ROUTE_TABLE_NAME: &str = "muster-route-table";
 pub const SUBNET_NAME: &str = "muster-subnet";
 
 /// The CIDR of a VPC muster creates.
-pub const DEFAULT_VPC_CIDR: Ipv4Cidr = Ipv4Cidr {
-    network: Ipv4Addr::new(10, 77, 0, 0),
-    prefix: 16,
+pub const DEFAULT_VPC_CIDR: Ipv4Cidr = match Ipv4Cidr::new(Ipv4Addr::new(10, 77, 0, 0), 16) {
+    Some(cidr) => cidr,
+    None => panic!("10.77.0.0/16 is a CIDR"),
 };
 
 /// EC2's smallest subnet is a `/28`.
@@ -237,84 +236,6 @@ pub enum NetworkError {
     },
 }
 
-/// An IPv4 block: a network address and a prefix length, host bits zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Ipv4Cidr {
-    network: Ipv4Addr,
-    prefix: u8,
-}
-
-impl Ipv4Cidr {
-    /// The block of `prefix` bits that holds `address`; `None` if `prefix`
-    /// is over 32.
-    pub fn new(address: Ipv4Addr, prefix: u8) -> Option<Ipv4Cidr> {
-        (prefix <= 32).then(|| Ipv4Cidr {
-            network: Ipv4Addr::from_bits(address.to_bits() & mask(prefix)),
-            prefix,
-        })
-    }
-
-    /// The first address.
-    pub fn network(&self) -> Ipv4Addr {
-        self.network
-    }
-
-    /// The prefix length.
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    /// How many addresses the block holds.
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix))
-    }
-
-    /// Whether `other` lies wholly inside this block.
-    pub fn contains(&self, other: &Ipv4Cidr) -> bool {
-        other.prefix >= self.prefix
-            && other.network.to_bits() & mask(self.prefix) == self.network.to_bits()
-    }
-
-    /// Whether the two blocks share an address.
-    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
-        self.contains(other) || other.contains(self)
-    }
-}
-
-fn mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-/// Text that is not `a.b.c.d/n` with host bits zero.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an IPv4 CIDR (a.b.c.d/n, host bits zero)")]
-pub struct InvalidCidr(pub String);
-
-impl FromStr for Ipv4Cidr {
-    type Err = InvalidCidr;
-
-    fn from_str(text: &str) -> Result<Ipv4Cidr, InvalidCidr> {
-        let invalid = || InvalidCidr(text.to_owned());
-        let (address, prefix) = text.split_once('/').ok_or_else(invalid)?;
-        let address: Ipv4Addr = address.parse().map_err(|_| invalid())?;
-        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid());
-        }
-        let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
-        let cidr = Ipv4Cidr::new(address, prefix).ok_or_else(invalid)?;
-        if cidr.network != address {
-            return Err(invalid());
-        }
-        Ok(cidr)
-    }
-}
-
 /// The blocks a VPC's CIDR is split into to give `zones` AZs a subnet
 /// each and leave room for the user's own: the fewest equal power-of-two
 /// blocks that number at least `zones + 1`, all of them, in address order.
@@ -323,13 +244,13 @@ impl FromStr for Ipv4Cidr {
 /// `10.77.0.0/16` for six AZs is eight `/19`s: six subnets, two blocks free.
 pub fn subnet_blocks(vpc: Ipv4Cidr, zones: usize) -> Option<Vec<Ipv4Cidr>> {
     let count = zones.checked_add(1)?.checked_next_power_of_two()?;
-    let prefix = u32::from(vpc.prefix) + count.trailing_zeros();
+    let prefix = u32::from(vpc.prefix()) + count.trailing_zeros();
     if prefix > u32::from(SMALLEST_SUBNET_PREFIX) {
         return None;
     }
     let prefix = u8::try_from(prefix).ok()?;
     let step = 1u64 << (32 - u32::from(prefix));
-    let base = u64::from(vpc.network.to_bits());
+    let base = u64::from(vpc.network().to_bits());
     (0..count as u64)
         .map(|i| {
             let start = u32::try_from(base + i * step).ok()?;
