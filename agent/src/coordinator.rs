@@ -207,7 +207,10 @@ impl CoordinatorClient {
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => (
-                ErrorCode::from(crate::cut_text(&body.error.code, 64).as_str()),
+                match body.error.code {
+                    ErrorCode::Other(code) => ErrorCode::Other(crate::cut_text(&code, 64)),
+                    known => known,
+                },
                 crate::cut_text(&body.error.message, MAX_LOGGED_BODY),
             ),
             // Not our error shape (a proxy in the way?): keep what it said.

@@ -31,10 +31,9 @@
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use muster_proto::paths;
+use muster_proto::{paths, ErrorCode};
 
 use crate::config::Trust;
 use crate::registry::Registry;
@@ -101,13 +100,10 @@ pub fn router(state: AppState) -> Router {
         .route(paths::HEALTHZ, get(|| async { "ok\n" }))
         .route(paths::METRICS, get(metrics))
         .route(DNS_STATUS, get(dns_status))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API path")
-        })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this path does not take that method",
             )
         })

@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use muster_proto::{NodeState, ValidationError};
+use muster_proto::{ErrorCode, NodeState, ValidationError};
 
 use crate::config::Trust;
 use crate::dns::Zone;
@@ -73,8 +73,8 @@ mod views;
 
 use live::Live;
 
-/// Why a request was refused. Each variant maps to one HTTP status and one
-/// stable error code in [`crate::api`].
+/// Why a request was refused. Each variant has one stable error code
+/// ([`RegistryError::code`]), which decides its HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// A field failed validation.
@@ -243,29 +243,29 @@ impl RegistryError {
         )
     }
 
-    /// The stable, snake_case code scripts may match on.
-    pub fn code(&self) -> &'static str {
+    /// The stable code scripts may match on; it decides the HTTP status.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            RegistryError::Invalid(_) => "invalid_request",
-            RegistryError::Unauthorized(_) => "unauthorized",
-            RegistryError::CredentialMismatch { .. } => "credential_mismatch",
-            RegistryError::InstanceNotFound { .. } => "instance_not_found",
-            RegistryError::InstanceNotRunning { .. } => "instance_not_running",
-            RegistryError::ClusterTagMismatch { .. } => "cluster_tag_mismatch",
-            RegistryError::IdentityUnproven { .. } => muster_proto::IDENTITY_UNPROVEN,
-            RegistryError::SourceMismatch { .. } => "source_mismatch",
-            RegistryError::AddressMismatch { .. } => "address_mismatch",
-            RegistryError::InstanceInOtherCluster { .. } => "instance_in_other_cluster",
-            RegistryError::NodeTerminated { .. } => "node_terminated",
-            RegistryError::ClusterExists(_) => "cluster_exists",
-            RegistryError::ClusterNotActive { .. } => "cluster_not_active",
-            RegistryError::NameTaken { .. } => "name_taken",
-            RegistryError::Launch(error) if error.is_bad_request() => "launch_refused",
-            RegistryError::Launch(_) => "launch_failed",
-            RegistryError::NotFound(_) => "not_found",
-            RegistryError::Ec2(_) => "ec2_unavailable",
-            RegistryError::Store(_) => "internal",
-            RegistryError::Agent(_) => "agent_unavailable",
+            RegistryError::Invalid(_) => ErrorCode::InvalidRequest,
+            RegistryError::Unauthorized(_) => ErrorCode::Unauthorized,
+            RegistryError::CredentialMismatch { .. } => ErrorCode::CredentialMismatch,
+            RegistryError::InstanceNotFound { .. } => ErrorCode::InstanceNotFound,
+            RegistryError::InstanceNotRunning { .. } => ErrorCode::InstanceNotRunning,
+            RegistryError::ClusterTagMismatch { .. } => ErrorCode::ClusterTagMismatch,
+            RegistryError::IdentityUnproven { .. } => ErrorCode::IdentityUnproven,
+            RegistryError::SourceMismatch { .. } => ErrorCode::SourceMismatch,
+            RegistryError::AddressMismatch { .. } => ErrorCode::AddressMismatch,
+            RegistryError::InstanceInOtherCluster { .. } => ErrorCode::InstanceInOtherCluster,
+            RegistryError::NodeTerminated { .. } => ErrorCode::NodeTerminated,
+            RegistryError::ClusterExists(_) => ErrorCode::ClusterExists,
+            RegistryError::ClusterNotActive { .. } => ErrorCode::ClusterNotActive,
+            RegistryError::NameTaken { .. } => ErrorCode::NameTaken,
+            RegistryError::Launch(error) if error.is_bad_request() => ErrorCode::LaunchRefused,
+            RegistryError::Launch(_) => ErrorCode::LaunchFailed,
+            RegistryError::NotFound(_) => ErrorCode::NotFound,
+            RegistryError::Ec2(_) => ErrorCode::Ec2Unavailable,
+            RegistryError::Store(_) => ErrorCode::Internal,
+            RegistryError::Agent(_) => ErrorCode::AgentUnavailable,
         }
     }
 }
@@ -312,14 +312,14 @@ pub struct Counters {
     /// Sweeps completed.
     pub sweeps: AtomicU64,
     /// Refusals by error code.
-    pub refusals: Mutex<BTreeMap<&'static str, u64>>,
+    pub refusals: Mutex<BTreeMap<ErrorCode, u64>>,
     /// Security events by error code.
-    pub security_events: Mutex<BTreeMap<&'static str, u64>>,
+    pub security_events: Mutex<BTreeMap<ErrorCode, u64>>,
 }
 
 impl Counters {
     fn refused(&self, error: &RegistryError) {
-        let count = |map: &Mutex<BTreeMap<&'static str, u64>>| {
+        let count = |map: &Mutex<BTreeMap<ErrorCode, u64>>| {
             *map.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(error.code())
@@ -510,12 +510,12 @@ impl Registry {
                 operation,
                 instance_id,
                 %source,
-                code = error.code(),
+                code = %error.code(),
                 %error,
                 "security event: agent request refused"
             );
         } else {
-            tracing::warn!(operation, instance_id, %source, code = error.code(), %error, "agent request refused");
+            tracing::warn!(operation, instance_id, %source, code = %error.code(), %error, "agent request refused");
         }
         error
     }

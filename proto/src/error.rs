@@ -24,26 +24,19 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorDetail {
-    /// Stable, snake_case; scripts may match on it. The name of an
-    /// [`ErrorCode`]; [`ErrorDetail::error_code`] reads it as one.
-    pub code: String,
+    /// Stable, snake_case; scripts may match on it.
+    pub code: ErrorCode,
     /// What went wrong, for a person.
     pub message: String,
 }
 
 impl ErrorDetail {
     /// The detail of an error with `code`.
-    pub fn new(code: &ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ErrorDetail {
-            code: code.as_str().to_owned(),
+            code,
             message: message.into(),
         }
-    }
-
-    /// The code, as an [`ErrorCode`] ([`ErrorCode::Other`] for one this
-    /// build does not know).
-    pub fn error_code(&self) -> ErrorCode {
-        ErrorCode::from(self.code.as_str())
     }
 }
 
@@ -61,7 +54,7 @@ impl fmt::Display for ErrorBody {
 /// body is larger than [`crate::MAX_BODY_BYTES`] and 415 when it is not
 /// sent as JSON; the API picks those two itself, and every other code is
 /// always sent with its usual status.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: a value in the request is not valid (it names itself in the
@@ -309,7 +302,7 @@ mod tests {
         let body: ErrorBody =
             serde_json::from_str(r#"{"error": {"code": "quota_exceeded", "message": "no"}}"#)
                 .unwrap();
-        assert_eq!(body.error.error_code(), code);
+        assert_eq!(body.error.code, code);
     }
 
     /// The error body has exactly the documented shape.
@@ -332,23 +325,14 @@ mod tests {
     #[test]
     fn error_detail_from_a_code() {
         let body = ErrorBody {
-            error: ErrorDetail::new(&ErrorCode::InvalidRequest, "no"),
+            error: ErrorDetail::new(ErrorCode::InvalidRequest, "no"),
         };
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"error": {"code": "invalid_request", "message": "no"}})
         );
-        assert_eq!(body.error.error_code(), ErrorCode::InvalidRequest);
+        assert_eq!(body.error.code, ErrorCode::InvalidRequest);
         assert_eq!(body.to_string(), "no (invalid_request)");
-    }
-
-    /// The old name of the identity code is the enum's.
-    #[test]
-    fn identity_unproven_keeps_its_name() {
-        assert_eq!(
-            crate::IDENTITY_UNPROVEN,
-            ErrorCode::IdentityUnproven.as_str()
-        );
     }
 }

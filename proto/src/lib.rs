@@ -61,10 +61,6 @@ pub use validate::ValidationError;
 /// coordinator refuses versions it does not know.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The name of [`ErrorCode::IdentityUnproven`], kept for the coordinator
-/// until it names the code by the enum.
-pub const IDENTITY_UNPROVEN: &str = "identity_unproven";
-
 /// Largest request body either API accepts, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 

@@ -140,7 +140,7 @@ fn json(value: &impl serde::Serialize) -> serde_json::Value {
 fn code_of(body: &str) -> String {
     let parsed: ErrorBody =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not an error body ({e}): {body}"));
-    parsed.error.code
+    parsed.error.code.to_string()
 }
 
 /// What must not move: every node's identity, state and addresses (not

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use muster_proto::{CreateClusterRequest, CreateClusterResponse};
+use muster_proto::{CreateClusterRequest, CreateClusterResponse, ErrorCode};
 
 use super::guards::{require_admin, Body};
 use super::{ApiError, AppState};
@@ -69,8 +69,7 @@ pub(super) async fn rotate_admin_token(
     let token = crate::pki::rotate_admin_token(&state.data_dir).map_err(|e| {
         tracing::error!(error = %e, "could not write the new admin token");
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             format!("could not write the new admin token: {e}"),
         )
     })?;
@@ -128,8 +127,7 @@ pub(super) async fn list_nodes(
     require_admin(&state, &headers)?;
     if let Some(unknown) = query.keys().find(|k| k.as_str() != "cluster") {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("unknown query parameter {unknown:?}; only \"cluster\" is known"),
         ));
     }
@@ -161,8 +159,7 @@ pub(super) async fn node_events(
     for (key, value) in &query {
         let bad = |why: &str| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("{key}={value:?} is not valid: {why}"),
             )
         };

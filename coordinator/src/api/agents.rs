@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::guards::{bearer, client_addr, Body};
+use muster_proto::ErrorCode;
+
 use super::{ApiError, AppState};
 
 pub(super) async fn register(
@@ -49,19 +51,17 @@ pub(super) async fn agent_download(
 ) -> Result<Response, ApiError> {
     let Some(dist) = &state.agent else {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             "this coordinator serves no agent (--agent-binary)",
         ));
     };
     let agent_file = dist
         .file(&os, &arch, &file)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", dist.describe()))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, dist.describe()))?;
     let unavailable = |e: std::io::Error| {
         tracing::error!(path = %agent_file.path().display(), error = %e, "cannot serve the agent");
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "agent_unavailable",
+            ErrorCode::AgentUnavailable,
             format!("the agent file cannot be read: {e}"),
         )
     };

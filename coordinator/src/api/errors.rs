@@ -6,7 +6,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use muster_proto::{ErrorBody, ErrorDetail};
+use muster_proto::{ErrorBody, ErrorCode, ErrorDetail};
 
 use crate::registry::RegistryError;
 
@@ -14,12 +14,16 @@ use crate::registry::RegistryError;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An answer with `code`, sent with the code's status
+    /// ([`ErrorCode::http_status`]: the one place codes meet statuses).
+    pub(super) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError {
             status,
             code,
@@ -31,10 +35,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
+            error: ErrorDetail::new(self.code, self.message),
         };
         (self.status, Json(body)).into_response()
     }
@@ -42,32 +43,11 @@ impl IntoResponse for ApiError {
 
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
-        let status = match &error {
-            RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
-            RegistryError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            RegistryError::CredentialMismatch { .. }
-            | RegistryError::InstanceNotFound { .. }
-            | RegistryError::ClusterTagMismatch { .. }
-            | RegistryError::IdentityUnproven { .. } => StatusCode::FORBIDDEN,
-            RegistryError::SourceMismatch { .. } => StatusCode::FORBIDDEN,
-            RegistryError::InstanceNotRunning { .. }
-            | RegistryError::AddressMismatch { .. }
-            | RegistryError::InstanceInOtherCluster { .. }
-            | RegistryError::NodeTerminated { .. }
-            | RegistryError::ClusterExists(_)
-            | RegistryError::NameTaken { .. }
-            | RegistryError::ClusterNotActive { .. } => StatusCode::CONFLICT,
-            RegistryError::Launch(e) if e.is_bad_request() => StatusCode::UNPROCESSABLE_ENTITY,
-            RegistryError::Launch(_) => StatusCode::BAD_GATEWAY,
-            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
-            RegistryError::Ec2(_) => StatusCode::SERVICE_UNAVAILABLE,
-            RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            RegistryError::Agent(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        if status.is_server_error() {
+        let answer = ApiError::new(error.code(), error.to_string());
+        if answer.status.is_server_error() {
             tracing::error!(%error, "request failed on our side");
         }
-        ApiError::new(status, error.code(), error.to_string())
+        answer
     }
 }
 
@@ -80,6 +60,12 @@ impl From<JsonRejection> for ApiError {
             }
             _ => StatusCode::BAD_REQUEST,
         };
-        ApiError::new(status, "invalid_json", rejection.body_text())
+        // invalid_json is the one code sent with more than its usual
+        // status (see ErrorCode).
+        ApiError {
+            status,
+            code: ErrorCode::InvalidJson,
+            message: rejection.body_text(),
+        }
     }
 }

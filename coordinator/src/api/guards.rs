@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
+
+use muster_proto::ErrorCode;
 
 use super::{ApiError, AppState};
 use crate::config::Trust;
@@ -87,8 +89,7 @@ pub(super) async fn limit_agents(
                 &governor::clock::DefaultClock::default(),
             ));
             let mut response = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 format!("too many agent requests from {source}; try again shortly"),
             )
             .into_response();
@@ -119,8 +120,7 @@ where
             .await
             .map_err(|_| {
                 ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
+                    ErrorCode::RequestTimeout,
                     format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
                 )
             })??;
@@ -136,8 +136,7 @@ pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .map(str::trim)
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "missing \"Authorization: Bearer <token>\" header",
             )
         })
@@ -154,8 +153,7 @@ pub(super) fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(),
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "the admin token is not valid",
         ))
     }

@@ -53,13 +53,15 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         "EC2 sweeps completed (every region read or given up on).",
         vec![format!("muster_sweeps_total {}", load(&counters.sweeps))],
     );
-    let by_code = |name: &str, map: &std::sync::Mutex<std::collections::BTreeMap<&str, u64>>| {
-        map.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(code, n)| format!("{name}{{code=\"{code}\"}} {n}"))
-            .collect::<Vec<_>>()
-    };
+    let by_code =
+        |name: &str,
+         map: &std::sync::Mutex<std::collections::BTreeMap<muster_proto::ErrorCode, u64>>| {
+            map.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(code, n)| format!("{name}{{code=\"{code}\"}} {n}"))
+                .collect::<Vec<_>>()
+        };
     section(
         "muster_agent_refusals_total",
         "counter",
