@@ -21,6 +21,8 @@ use muster_proto::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use muster_proto::settings::Invalid;
+
 use crate::config::DEFAULT_DATA_DIR;
 use crate::pki::{ADMIN_TOKEN_FILE, CA_FILE};
 
@@ -33,16 +35,9 @@ pub const DEFAULT_ADDR: &str = "https://127.0.0.1:7443";
 /// Errors of the admin client.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// A setting is missing or bad.
-    #[error("{name}={value:?} is not valid: {reason}")]
-    Setting {
-        /// The variable.
-        name: &'static str,
-        /// Its value.
-        value: String,
-        /// Why.
-        reason: String,
-    },
+    /// A setting or an argument is missing or bad.
+    #[error(transparent)]
+    Setting(#[from] Invalid),
     /// The request did not reach the coordinator.
     #[error("{method} {url}: {source}")]
     Request {
@@ -96,11 +91,7 @@ pub struct AdminClient {
 }
 
 fn setting(name: &'static str, value: impl Into<String>, reason: impl ToString) -> CliError {
-    CliError::Setting {
-        name,
-        value: value.into(),
-        reason: reason.to_string(),
-    }
+    CliError::Setting(Invalid::whole(name, value, reason))
 }
 
 impl AdminClient {

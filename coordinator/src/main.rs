@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use muster_coordinator::cli::{commands, AdminClient, CliError};
 use muster_coordinator::config::{ServeArgs, Settings};
 use muster_proto::launch::{IamOptions, LaunchSpec, ProviderOptions, VpcOptions};
+use muster_proto::settings::EXIT_INVALID;
 use muster_proto::CreateClusterRequest;
 
 /// Keeps EC2 nodes answerable by name: node state, DNS, and the API agents
@@ -284,10 +285,6 @@ enum NodeCommand {
     },
 }
 
-/// Exit code for a bad setting (EX_USAGE... sysexits' EX_CONFIG is 78, but
-/// DESIGN.md §7 asks for 64 on any bad value).
-const EXIT_BAD_CONFIG: u8 = 64;
-
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -408,7 +405,7 @@ async fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_BAD_CONFIG);
+                    return ExitCode::from(EXIT_INVALID);
                 }
             };
             match muster_coordinator::serve::serve(settings, shutdown_signal()).await {
@@ -432,7 +429,7 @@ async fn main() -> ExitCode {
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    ExitCode::from(EXIT_BAD_CONFIG)
+                    ExitCode::from(EXIT_INVALID)
                 }
             }
         }
@@ -440,9 +437,9 @@ async fn main() -> ExitCode {
             muster_coordinator::serve::install_crypto_provider();
             match admin(command).await {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e @ CliError::Setting { .. }) => {
+                Err(e @ CliError::Setting(_)) => {
                     eprintln!("error: {e}");
-                    ExitCode::from(EXIT_BAD_CONFIG)
+                    ExitCode::from(EXIT_INVALID)
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
+use muster_proto::settings::Invalid;
 use muster_proto::{CreateClusterRequest, UserDataResponse, ValidationError};
 use serde::Serialize;
 
@@ -260,15 +261,15 @@ fn write_user_data(
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&rendered.user_data_base64)
-        .map_err(|e| CliError::Setting {
-            name: "user_data_base64",
-            value: String::new(),
-            reason: format!("the coordinator sent what is not base64: {e}"),
+        .map_err(|e| {
+            Invalid::whole(
+                "user_data_base64",
+                "",
+                format!("the coordinator sent what is not base64: {e}"),
+            )
         })?;
-    let failed = |name: &'static str, value: String, e: std::io::Error| CliError::Setting {
-        name,
-        value,
-        reason: e.to_string(),
+    let failed = |name: &'static str, value: String, e: std::io::Error| {
+        CliError::Setting(Invalid::whole(name, value, e))
     };
     match output {
         Some(path) => {
@@ -324,11 +325,7 @@ pub async fn credentials(
     };
     fn bad(name: &'static str, value: &str) -> impl FnOnce(ValidationError) -> CliError {
         let value = value.to_owned();
-        move |e| CliError::Setting {
-            name,
-            value,
-            reason: e.reason,
-        }
+        move |e| CliError::Setting(Invalid::whole(name, value, e.reason))
     }
     for region in &regions {
         muster_proto::validate::region(region).map_err(bad("--regions", region))?;
