@@ -160,7 +160,7 @@ pub(super) async fn node_events(
         let bad = |why: &str| {
             ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("{key}={value:?} is not valid: {why}"),
+                muster_proto::ValidationError::new(key, value, why).to_string(),
             )
         };
         match key.as_str() {
