@@ -44,6 +44,7 @@
 //! as it does until the instances' network interfaces are gone) and the key
 //! pair muster made, with its key file.
 
+mod access;
 pub mod agent_dist;
 pub mod credentials;
 pub mod network;
@@ -58,18 +59,15 @@ use std::time::Duration;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, IamInstanceProfileSpecification, InstanceType,
-    IpPermission, IpRange, ResourceType, Tag, TagSpecification, UserIdGroupPair, VolumeType,
+    ResourceType, Tag, TagSpecification, VolumeType,
 };
 use aws_sdk_ec2::Client;
 use base64::Engine as _;
-use muster_proto::fsutil::write_durably;
 use muster_proto::launch::{LaunchSpec, LaunchView, SubnetProblem};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::ec2::{
-    describe_error, filter, sdk_message, settled, Ec2Clients, TAG_CLUSTER, TAG_MANAGED,
-};
+use crate::ec2::{describe_error, sdk_message, Ec2Clients, TAG_CLUSTER, TAG_MANAGED};
 use crate::store::LaunchedInstance;
 use network::{ensure_network, NetworkRequest};
 use placement::place;
@@ -357,143 +355,6 @@ impl Launcher {
         Ok(launch)
     }
 
-    async fn ensure_security_group(
-        &self,
-        client: &Client,
-        region: &str,
-        vpc_id: &str,
-        cluster: &str,
-        spec: &LaunchSpec,
-    ) -> Result<String, LaunchError> {
-        let name = format!("muster-{cluster}");
-        let found = client
-            .describe_security_groups()
-            .filters(filter("vpc-id", vpc_id))
-            .filters(filter("group-name", &name))
-            .send()
-            .await
-            .map_err(|e| {
-                Self::ec2_error(format!("describing security group {name}"), region, &e)
-            })?;
-        let id = match found.security_groups().first() {
-            Some(group) => {
-                let ours = group
-                    .tags()
-                    .iter()
-                    .any(|t| t.key() == Some(TAG_CLUSTER) && t.value() == Some(cluster));
-                if !ours {
-                    return Err(LaunchError::SecurityGroupTaken {
-                        name,
-                        vpc_id: vpc_id.to_owned(),
-                        cluster: cluster.to_owned(),
-                    });
-                }
-                group.group_id().unwrap_or_default().to_owned()
-            }
-            None => client
-                .create_security_group()
-                .group_name(&name)
-                .description(format!("muster cluster {cluster}"))
-                .vpc_id(vpc_id)
-                .tag_specifications(cluster_tags(ResourceType::SecurityGroup, &name, cluster))
-                .send()
-                .await
-                .map_err(|e| {
-                    Self::ec2_error(format!("creating security group {name}"), region, &e)
-                })?
-                .group_id()
-                .unwrap_or_default()
-                .to_owned(),
-        };
-        let mut rules = vec![IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(0)
-            .to_port(65535)
-            .user_id_group_pairs(
-                UserIdGroupPair::builder()
-                    .group_id(&id)
-                    .description("muster: nodes of the cluster")
-                    .build(),
-            )
-            .build()];
-        if let Some(cidr) = &spec.admin_cidr {
-            rules.push(
-                IpPermission::builder()
-                    .ip_protocol("tcp")
-                    .from_port(22)
-                    .to_port(22)
-                    .ip_ranges(
-                        IpRange::builder()
-                            .cidr_ip(cidr)
-                            .description("muster: admin SSH")
-                            .build(),
-                    )
-                    .build(),
-            );
-        }
-        for rule in rules {
-            let answer = settled(|| {
-                client
-                    .authorize_security_group_ingress()
-                    .group_id(&id)
-                    .ip_permissions(rule.clone())
-                    .send()
-            })
-            .await;
-            match answer {
-                Ok(_) => {}
-                // Set by an earlier create of this cluster.
-                Err(e) if e.code() == Some("InvalidPermission.Duplicate") => {}
-                Err(e) => {
-                    let error =
-                        Self::ec2_error(format!("adding rules to security group {id}"), region, &e);
-                    self.delete_security_group(region, &id, Duration::ZERO)
-                        .await
-                        .ok();
-                    return Err(error);
-                }
-            }
-        }
-        tracing::info!(%region, %vpc_id, security_group = %id, %name, "security group ready");
-        Ok(id)
-    }
-
-    async fn create_key_pair(
-        &self,
-        client: &Client,
-        region: &str,
-        cluster: &str,
-    ) -> Result<(String, PathBuf), LaunchError> {
-        let name = format!("muster-{cluster}-{}", random_hex(4));
-        let created = client
-            .create_key_pair()
-            .key_name(&name)
-            .tag_specifications(cluster_tags(ResourceType::KeyPair, &name, cluster))
-            .send()
-            .await
-            .map_err(|e| Self::ec2_error(format!("creating key pair {name}"), region, &e))?;
-        let path = self.keys_dir.join(format!("{name}.pem"));
-        let written = std::fs::create_dir_all(&self.keys_dir)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                write_durably(
-                    &path,
-                    created.key_material().unwrap_or_default().as_bytes(),
-                    0o600,
-                )
-                .map_err(|e| e.to_string())
-            });
-        if let Err(message) = written {
-            client.delete_key_pair().key_name(&name).send().await.ok();
-            return Err(LaunchError::KeyFile {
-                path: path.display().to_string(),
-                message,
-            });
-        }
-        tracing::info!(%region, key_pair = %name, path = %path.display(), "key pair made");
-        Ok((name, path))
-    }
-
     /// Launches `count` instances of `cluster` over its subnets, given how
     /// many it has in each already, with `user_data`. See the module doc.
     pub async fn launch(
@@ -672,43 +533,6 @@ impl Launcher {
             }
         }
         Ok(())
-    }
-
-    async fn delete_security_group(
-        &self,
-        region: &str,
-        group_id: &str,
-        patience: Duration,
-    ) -> Result<(), LaunchError> {
-        let client = self.clients.client(region);
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut wait = Duration::from_secs(1);
-        loop {
-            match client
-                .delete_security_group()
-                .group_id(group_id)
-                .send()
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.code() == Some("InvalidGroup.NotFound") => return Ok(()),
-                Err(e)
-                    if e.code() == Some("DependencyViolation")
-                        && tokio::time::Instant::now() + wait < deadline =>
-                {
-                    tracing::debug!(%region, %group_id, "security group still in use; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(15));
-                }
-                Err(e) => {
-                    return Err(Self::ec2_error(
-                        format!("deleting security group {group_id}"),
-                        region,
-                        &e,
-                    ))
-                }
-            }
-        }
     }
 }
 

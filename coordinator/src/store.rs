@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use muster_proto::NodeState;
 use rusqlite::Connection;
 
 pub mod clusters;
@@ -226,6 +227,14 @@ impl Store {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(query("reading the schema version"))
     }
+}
+
+/// A node state as stored; a value no state has means the file is corrupt.
+fn parse_state(value: &str) -> Result<NodeState, StoreError> {
+    value.parse().map_err(|_| StoreError::Corrupt {
+        field: "state",
+        value: value.to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 use muster_proto::{EventSource, NodeState};
 use rusqlite::params;
 
-use super::nodes::parse_state;
-use super::{query, Store, StoreError};
+use super::{parse_state, query, Store, StoreError};
 
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use muster_proto::{EventSource, NodeState};
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::events::record_event;
-use super::{now_ms, query, Store, StoreError};
+use super::{now_ms, parse_state, query, Store, StoreError};
 
 /// An instance just launched, about to be stored as a `launching` node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,13 +141,6 @@ impl RawNode {
             byon: self.byon,
         })
     }
-}
-
-pub(super) fn parse_state(value: &str) -> Result<NodeState, StoreError> {
-    value.parse().map_err(|_| StoreError::Corrupt {
-        field: "state",
-        value: value.to_owned(),
-    })
 }
 
 fn parse_ip(field: &'static str, value: Option<String>) -> Result<Option<Ipv4Addr>, StoreError> {
