@@ -364,23 +364,7 @@ impl Rfc2136 {
                 "the update message is longer than 65535 bytes",
             ))
         })?;
-        let io = |source| Rfc2136Error::Io {
-            server: self.server.clone(),
-            source,
-        };
-        let answer = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
-            stream.write_all(&length.to_be_bytes()).await?;
-            stream.write_all(&bytes).await?;
-            let length = stream.read_u16().await?;
-            let mut answer = vec![0; usize::from(length)];
-            stream.read_exact(&mut answer).await?;
-            Ok(answer)
-        })
-        .await
-        .map_err(|_| Rfc2136Error::Timeout {
-            server: self.server.clone(),
-        })?
-        .map_err(io)?;
+        let answer = self.round_trip(stream, length, &bytes).await?;
         let response = Message::from_vec(&answer).map_err(|e| self.message_error(e))?;
         if response.id() != message.id() {
             return Err(self.message_error(hickory_proto::ProtoError::from(
@@ -392,7 +376,45 @@ impl Rfc2136 {
             (false, None) => Err("no verifier for a signed request".to_owned()),
             (false, Some(mut verify)) => verify(&answer).map(|_| ()).map_err(|e| e.to_string()),
         };
-        let rcode = response.response_code();
+        self.judge(response.response_code(), verified, first_name)
+    }
+
+    /// Sends one framed message (`length` then `bytes`) and reads the
+    /// framed answer, within [`EXCHANGE_TIMEOUT`].
+    async fn round_trip(
+        &self,
+        stream: &mut TcpStream,
+        length: u16,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, Rfc2136Error> {
+        let io = |source| Rfc2136Error::Io {
+            server: self.server.clone(),
+            source,
+        };
+        tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+            stream.write_all(&length.to_be_bytes()).await?;
+            stream.write_all(bytes).await?;
+            let length = stream.read_u16().await?;
+            let mut answer = vec![0; usize::from(length)];
+            stream.read_exact(&mut answer).await?;
+            Ok(answer)
+        })
+        .await
+        .map_err(|_| Rfc2136Error::Timeout {
+            server: self.server.clone(),
+        })?
+        .map_err(io)
+    }
+
+    /// What an answer with `rcode` means, given whether its signature
+    /// `verified` (and why not); `first_name` names the message's first
+    /// update in an error.
+    fn judge(
+        &self,
+        rcode: ResponseCode,
+        verified: Result<(), String>,
+        first_name: String,
+    ) -> Result<Reply, Rfc2136Error> {
         match (rcode, verified) {
             // A request with a bad key, signature or time gets an answer the
             // server could not sign with our key.

@@ -36,7 +36,7 @@ use crate::dns::INTERNAL_LABEL;
 use crate::launcher::userdata::{self, AgentBootstrap};
 use crate::launcher::{ClusterLaunch, LaunchError, Wave};
 use crate::secrets::{hash_secret, new_secret};
-use crate::store::{Cluster, TokenPurpose};
+use crate::store::{Cluster, StoreError, TokenPurpose};
 use muster_proto::{AgentDownload, EventSource, UserDataResponse, ValidationError};
 
 impl Registry {
@@ -277,15 +277,7 @@ impl Registry {
                 "this coordinator launches no nodes",
             )
         })?;
-        let mut existing: BTreeMap<String, usize> = BTreeMap::new();
-        for node in self.store.nodes(Some(&cluster.name))? {
-            if let (Some(subnet), false) = (
-                node.subnet_id,
-                matches!(node.state, NodeState::Terminating | NodeState::Terminated),
-            ) {
-                *existing.entry(subnet).or_default() += 1;
-            }
-        }
+        let existing = self.nodes_by_subnet(cluster)?;
         let token = new_secret(TokenKind::Join);
         // Rendered first: user data that cannot be made stores no token.
         let user_data = self.render_user_data(&cluster.name, &token).await?;
@@ -306,24 +298,9 @@ impl Registry {
             "launched as {} from {} with a {} GiB gp2 data volume",
             launch.spec.instance_type, launch.spec.ami, launch.spec.disk_gb
         );
-        let stored = {
-            let _write = self.write.lock().await;
-            match self.store.insert_launched(
-                cluster.id,
-                &launch.spec.region,
-                &wave.launched,
-                &reason,
-            ) {
-                Ok(nodes) => {
-                    let mut live = self.live();
-                    for node in &nodes {
-                        live.upsert(node);
-                    }
-                    Ok(())
-                }
-                Err(error) => Err(error),
-            }
-        };
+        let stored = self
+            .store_launched(cluster, &launch.spec.region, &wave, &reason)
+            .await;
         let ids: Vec<String> = wave
             .launched
             .iter()
@@ -343,6 +320,41 @@ impl Registry {
             refused: wave.refused,
             short: wave.short,
         })
+    }
+
+    /// How many of `cluster`'s nodes, not on their way out, each subnet
+    /// holds.
+    fn nodes_by_subnet(&self, cluster: &Cluster) -> Result<BTreeMap<String, usize>, RegistryError> {
+        let mut existing: BTreeMap<String, usize> = BTreeMap::new();
+        for node in self.store.nodes(Some(&cluster.name))? {
+            if let (Some(subnet), false) = (
+                node.subnet_id,
+                matches!(node.state, NodeState::Terminating | NodeState::Terminated),
+            ) {
+                *existing.entry(subnet).or_default() += 1;
+            }
+        }
+        Ok(existing)
+    }
+
+    /// Stores a wave's instances as `launching` nodes and mirrors them in
+    /// memory.
+    async fn store_launched(
+        &self,
+        cluster: &Cluster,
+        region: &str,
+        wave: &Wave,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let _write = self.write.lock().await;
+        let nodes = self
+            .store
+            .insert_launched(cluster.id, region, &wave.launched, reason)?;
+        let mut live = self.live();
+        for node in &nodes {
+            live.upsert(node);
+        }
+        Ok(())
     }
 
     /// Grows or shrinks a launched cluster to `req.count` nodes.

@@ -280,50 +280,10 @@ impl Store {
         let deployed = NodeState::Deployed.as_str();
         let (node_id, from) = match existing {
             Some((id, state)) => {
-                tx.prepare_cached(
-                    "UPDATE nodes SET state = ?2, availability_zone = ?3, region = ?4, \
-                     private_ipv4 = ?5, public_ipv4 = ?6, credential_hash = ?7, updated_at = ?8 \
-                     WHERE id = ?1",
-                )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        id,
-                        deployed,
-                        reg.availability_zone,
-                        reg.region,
-                        reg.private_ipv4.to_string(),
-                        reg.public_ipv4.map(|ip| ip.to_string()),
-                        reg.credential_hash,
-                        now
-                    ])
-                })
-                .map_err(query("updating a registered node"))?;
+                update_registered(&tx, id, reg, now)?;
                 (id, Some(state))
             }
-            None => {
-                tx.prepare_cached(
-                    "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
-                     region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
-                     byon) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
-                )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        reg.cluster_id,
-                        reg.name,
-                        reg.instance_id,
-                        deployed,
-                        reg.availability_zone,
-                        reg.region,
-                        reg.private_ipv4.to_string(),
-                        reg.public_ipv4.map(|ip| ip.to_string()),
-                        reg.credential_hash,
-                        now,
-                        reg.byon
-                    ])
-                })
-                .map_err(query("inserting a node"))?;
-                (tx.last_insert_rowid(), None)
-            }
+            None => (insert_registered(&tx, reg, now)?, None),
         };
         record_event(
             &tx,
@@ -424,4 +384,65 @@ impl Store {
         tx.commit().map_err(query("committing a transition"))?;
         Ok(true)
     }
+}
+
+/// A register of a known instance: the node is `deployed` again with the
+/// claimed zone, addresses and a new credential.
+fn update_registered(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    reg: &NodeRegistration<'_>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let deployed = NodeState::Deployed.as_str();
+    tx.prepare_cached(
+        "UPDATE nodes SET state = ?2, availability_zone = ?3, region = ?4, \
+         private_ipv4 = ?5, public_ipv4 = ?6, credential_hash = ?7, updated_at = ?8 \
+         WHERE id = ?1",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            id,
+            deployed,
+            reg.availability_zone,
+            reg.region,
+            reg.private_ipv4.to_string(),
+            reg.public_ipv4.map(|ip| ip.to_string()),
+            reg.credential_hash,
+            now
+        ])
+    })
+    .map_err(query("updating a registered node"))?;
+    Ok(())
+}
+
+/// A register of a new instance: a `deployed` node. Returns its row id.
+fn insert_registered(
+    tx: &rusqlite::Transaction<'_>,
+    reg: &NodeRegistration<'_>,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let deployed = NodeState::Deployed.as_str();
+    tx.prepare_cached(
+        "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
+         region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
+         byon) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            reg.cluster_id,
+            reg.name,
+            reg.instance_id,
+            deployed,
+            reg.availability_zone,
+            reg.region,
+            reg.private_ipv4.to_string(),
+            reg.public_ipv4.map(|ip| ip.to_string()),
+            reg.credential_hash,
+            now,
+            reg.byon
+        ])
+    })
+    .map_err(query("inserting a node"))?;
+    Ok(tx.last_insert_rowid())
 }

@@ -116,7 +116,29 @@ impl<'a> Ec2<'a> {
         }
 
         let managed = route_table_id.is_some();
-        for subnet in &subnets {
+        self.map_public_ips(&subnets, managed, created).await?;
+        if let Some(route_table_id) = route_table_id {
+            self.associate(&subnets, vpc_id, route_table_id, created)
+                .await?;
+        }
+        let mut subnets = subnets
+            .iter()
+            .map(|s| self.subnet_of(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        subnets.sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
+        Ok(subnets)
+    }
+
+    /// Makes `subnets` map public IPv4s on launch: the ones this call
+    /// created, and every one of a `muster-vpc` (`managed`), which repairs
+    /// a subnet someone changed.
+    async fn map_public_ips(
+        &self,
+        subnets: &[aws_sdk_ec2::types::Subnet],
+        managed: bool,
+        created: &[String],
+    ) -> Result<(), NetworkError> {
+        for subnet in subnets {
             let id = subnet.subnet_id().unwrap_or_default();
             let ours = made_here(created, id);
             if (ours || managed) && subnet.map_public_ip_on_launch() != Some(true) {
@@ -140,59 +162,62 @@ impl<'a> Ec2<'a> {
                 tracing::info!(region = %self.region, subnet_id = %id, "subnet maps public IPv4s on launch");
             }
         }
+        Ok(())
+    }
 
-        if let Some(route_table_id) = route_table_id {
-            // A subnet has at most one explicit association; one the user
-            // made to another table is theirs to keep. Subnets created just
-            // now have none yet, so only found ones need the look.
-            let all_new = subnets
-                .iter()
-                .all(|s| made_here(created, s.subnet_id().unwrap_or_default()));
-            let associated: BTreeSet<String> = if all_new {
-                BTreeSet::new()
-            } else {
-                self.describe_route_tables(vpc_id, vec![filter("vpc-id", vpc_id)])
-                    .await?
-                    .iter()
-                    .flat_map(|t| t.associations())
-                    .filter_map(|a| a.subnet_id())
-                    .map(str::to_owned)
-                    .collect()
-            };
-            for subnet in &subnets {
-                let id = subnet.subnet_id().unwrap_or_default();
-                if associated.contains(id) {
-                    continue;
-                }
-                let association = settled(|| {
-                    self.client
-                        .associate_route_table()
-                        .route_table_id(route_table_id)
-                        .subnet_id(id)
-                        .send()
-                })
-                .await
-                .map_err(|error| {
-                    self.failed(
-                        "AssociateRouteTable",
-                        format!("{route_table_id} with {id}"),
-                        &error,
-                    )
-                })?;
-                let association_id = association
-                    .association_id()
-                    .ok_or_else(|| self.answer("AssociateRouteTable", "AssociationId"))?;
-                tracing::info!(region = %self.region, %route_table_id, subnet_id = %id, "associated route table");
-                created.push(association_id.to_owned());
-            }
-        }
-
-        let mut subnets = subnets
+    /// Associates every one of `subnets` that has no explicit association
+    /// with `route_table_id`.
+    async fn associate(
+        &self,
+        subnets: &[aws_sdk_ec2::types::Subnet],
+        vpc_id: &str,
+        route_table_id: &str,
+        created: &mut Vec<String>,
+    ) -> Result<(), NetworkError> {
+        // A subnet has at most one explicit association; one the user
+        // made to another table is theirs to keep. Subnets created just
+        // now have none yet, so only found ones need the look.
+        let all_new = subnets
             .iter()
-            .map(|s| self.subnet_of(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        subnets.sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
-        Ok(subnets)
+            .all(|s| made_here(created, s.subnet_id().unwrap_or_default()));
+        let associated: BTreeSet<String> = if all_new {
+            BTreeSet::new()
+        } else {
+            self.describe_route_tables(vpc_id, vec![filter("vpc-id", vpc_id)])
+                .await?
+                .iter()
+                .flat_map(|t| t.associations())
+                .filter_map(|a| a.subnet_id())
+                .map(str::to_owned)
+                .collect()
+        };
+        for subnet in subnets {
+            let id = subnet.subnet_id().unwrap_or_default();
+            if associated.contains(id) {
+                continue;
+            }
+            let association = settled(|| {
+                self.client
+                    .associate_route_table()
+                    .route_table_id(route_table_id)
+                    .subnet_id(id)
+                    .send()
+            })
+            .await
+            .map_err(|error| {
+                self.failed(
+                    "AssociateRouteTable",
+                    format!("{route_table_id} with {id}"),
+                    &error,
+                )
+            })?;
+            let association_id = association
+                .association_id()
+                .ok_or_else(|| self.answer("AssociateRouteTable", "AssociationId"))?;
+            tracing::info!(region = %self.region, %route_table_id, subnet_id = %id, "associated route table");
+            created.push(association_id.to_owned());
+        }
+        Ok(())
     }
 
     /// The region's available AZs, by name.

@@ -234,6 +234,19 @@ impl<'a> Ec2<'a> {
             .ok_or_else(|| self.answer("DescribeRouteTables", "RouteTableId"))?
             .to_owned();
 
+        self.ensure_default_route(&table, &route_table_id, gateway_id)
+            .await?;
+        Ok(route_table_id)
+    }
+
+    /// Points `table`'s default route (`0.0.0.0/0`) at `gateway_id`,
+    /// adding it or replacing another target.
+    async fn ensure_default_route(
+        &self,
+        table: &aws_sdk_ec2::types::RouteTable,
+        route_table_id: &str,
+        gateway_id: &str,
+    ) -> Result<(), NetworkError> {
         let route = table
             .routes()
             .iter()
@@ -258,7 +271,7 @@ impl<'a> Ec2<'a> {
                 settled(|| {
                     self.client
                         .replace_route()
-                        .route_table_id(&route_table_id)
+                        .route_table_id(route_table_id)
                         .destination_cidr_block(DEFAULT_ROUTE)
                         .gateway_id(gateway_id)
                         .send()
@@ -270,7 +283,7 @@ impl<'a> Ec2<'a> {
                 settled(|| {
                     self.client
                         .create_route()
-                        .route_table_id(&route_table_id)
+                        .route_table_id(route_table_id)
                         .destination_cidr_block(DEFAULT_ROUTE)
                         .gateway_id(gateway_id)
                         .send()
@@ -280,6 +293,6 @@ impl<'a> Ec2<'a> {
                 tracing::info!(region = %self.region, %route_table_id, %gateway_id, "added the default route");
             }
         }
-        Ok(route_table_id)
+        Ok(())
     }
 }
