@@ -8,6 +8,7 @@
 use muster_proto::token::TokenKind;
 use muster_proto::{ClusterState, RegisterRequest};
 
+use super::live::{Live, LiveNode};
 use super::{rfc3339_ms, Registry, RegistryError};
 use crate::secrets::{digest_secret, hash_secret, secret_matches};
 use crate::store::{now_ms, Cluster, TokenPurpose};
@@ -124,20 +125,7 @@ impl Registry {
         bearer: &str,
         req: &RegisterRequest,
     ) -> Result<&'static str, RegistryError> {
-        let live = self.live();
-        let node = live
-            .by_credential
-            .get(&digest_secret(bearer))
-            .and_then(|id| live.nodes.get(id))
-            .ok_or_else(|| {
-                RegistryError::Unauthorized("the node credential is not valid".into())
-            })?;
-        if node.instance_id != req.instance_id {
-            return Err(RegistryError::CredentialMismatch {
-                bound: node.instance_id.clone(),
-                claimed: req.instance_id.clone(),
-            });
-        }
+        let (_, node) = credential_holder(&self.live(), bearer, &req.instance_id)?;
         if *node.cluster != *req.cluster {
             return Err(RegistryError::Unauthorized(format!(
                 "the node credential belongs to cluster {:?}, not {:?}",
@@ -181,4 +169,27 @@ fn byon_needs_its_token(cluster: &Cluster, which: &str) -> RegistryError {
          (cluster byon-token), not {which}",
         cluster.name
     ))
+}
+
+/// The node (row id and live entry) node credential `bearer` was issued
+/// to, which must be that of `instance_id`: a credential speaks for its
+/// own instance only.
+pub(super) fn credential_holder(
+    live: &Live,
+    bearer: &str,
+    instance_id: &str,
+) -> Result<(i64, LiveNode), RegistryError> {
+    let not_valid = || RegistryError::Unauthorized("the node credential is not valid".into());
+    let id = *live
+        .by_credential
+        .get(&digest_secret(bearer))
+        .ok_or_else(not_valid)?;
+    let node = live.nodes.get(&id).ok_or_else(not_valid)?;
+    if node.instance_id != instance_id {
+        return Err(RegistryError::CredentialMismatch {
+            bound: node.instance_id.clone(),
+            claimed: instance_id.to_owned(),
+        });
+    }
+    Ok((id, node.clone()))
 }

@@ -10,11 +10,10 @@ use std::time::{Instant, SystemTime};
 use muster_proto::token::TokenKind;
 use muster_proto::{EventSource, HeartbeatRequest, HeartbeatResponse, NodeState};
 
+use super::admit::credential_holder;
 use super::claim::Claim;
 use super::lifecycle::Input;
-use super::live::{Live, LiveNode};
 use super::{show_ip, Registry, RegistryError};
-use crate::secrets::digest_secret;
 
 /// "address changed: public 1.2.3.4 -> 5.6.7.8", naming only what changed.
 fn address_change_reason(
@@ -72,23 +71,7 @@ impl Registry {
                 "a heartbeat needs \"Authorization: Bearer <node credential>\"".into(),
             ));
         }
-        let hash = digest_secret(bearer);
-        let lookup = |live: &Live| -> Result<(i64, LiveNode), RegistryError> {
-            let id = *live.by_credential.get(&hash).ok_or_else(|| {
-                RegistryError::Unauthorized("the node credential is not valid".into())
-            })?;
-            let node = live.nodes.get(&id).ok_or_else(|| {
-                RegistryError::Unauthorized("the node credential is not valid".into())
-            })?;
-            if node.instance_id != req.instance_id {
-                return Err(RegistryError::CredentialMismatch {
-                    bound: node.instance_id.clone(),
-                    claimed: req.instance_id.clone(),
-                });
-            }
-            Ok((id, node.clone()))
-        };
-        let (id, node) = lookup(&self.live())?;
+        let (id, node) = credential_holder(&self.live(), bearer, &req.instance_id)?;
         if matches!(node.state, NodeState::Terminating | NodeState::Terminated) {
             return Err(RegistryError::NodeTerminated {
                 cluster: node.cluster.to_string(),

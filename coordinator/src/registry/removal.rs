@@ -52,12 +52,7 @@ impl Registry {
                 self.spawn_removal(name.to_owned());
             }
         }
-        let cluster = self
-            .store
-            .cluster(name)?
-            .ok_or_else(|| RegistryError::NotFound(format!("no cluster {name:?}")))?;
-        let nodes = self.store.nodes(Some(name))?;
-        Ok(self.cluster_view(&cluster, &nodes))
+        self.cluster(name)
     }
 
     /// Starts the removal of every cluster left `removing` by an earlier
