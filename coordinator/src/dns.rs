@@ -2,7 +2,7 @@
 //! and the loop that keeps an external DNS server at the same records.
 //!
 //! # Layout
-//! - [`zone`]: the record model (DESIGN.md §4) and the live snapshot,
+//! - [`zone`]: the record model (docs/dns.md) and the live snapshot,
 //!   rebuilt from the registry's nodes on every change.
 //! - [`server`]: the embedded authoritative server (UDP and TCP), the
 //!   default provider.

@@ -1,7 +1,17 @@
-//! Launching and removing a cluster's instances on EC2.
+//! Launching and removing a cluster's instances on EC2: the network, the
+//! security group and key pair, RunInstances, and the release of what was
+//! made once the instances are gone.
 //!
+//! # Layout
+//! This file prepares, launches and releases. Beneath it: [`network`]
+//! (the VPC, gateway, route table and subnets), [`placement`] (which
+//! subnet each node goes to), `access` (the security group and key pair),
+//! [`userdata`] (the `#cloud-config` nodes boot with), [`agent_dist`] (the
+//! agent served to booting nodes) and [`credentials`] (`check-credentials`).
+//!
+//! # What a launch does
 //! [`Launcher::prepare`] gets a cluster ready to launch into:
-//! 1. the network, found or created by [`crate::launcher::network::ensure_network`]
+//! 1. the network, found or created by [`network::ensure_network`]
 //!    (and dry-run per subnet);
 //! 2. a security group `muster-NAME` in that VPC, unless security groups
 //!    were given: all TCP between its members, and 22/tcp from the
@@ -15,7 +25,7 @@
 //! cluster (security group, key pair) is deleted again; the shared network
 //! stays.
 //!
-//! [`Launcher::launch`] places nodes with [`crate::launcher::placement::place`] and
+//! [`Launcher::launch`] places nodes with [`placement::place`] and
 //! makes one RunInstances per subnet per wave, MinCount = MaxCount = the
 //! subnet's share (all or nothing: EC2 refuses the call rather than launch
 //! part of it), each instance with a gp2 data volume at `/dev/sdf`

@@ -1,4 +1,4 @@
-//! Nodes as the admin API shows them: their states (DESIGN.md §3), the
+//! Nodes as the admin API shows them: their states (docs/architecture.md), the
 //! node view, and the events that record each transition.
 
 use std::fmt;
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{HostFacts, ValidationError};
 
-/// The life of a node, as DESIGN.md §3 draws it.
+/// The life of a node, as docs/architecture.md draws it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {

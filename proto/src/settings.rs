@@ -11,8 +11,8 @@
 use std::fmt;
 use std::time::Duration;
 
-/// The exit code of a process whose settings are not valid: 64, EX_USAGE
-/// (DESIGN.md §7 asks for 64 on any bad value).
+/// The exit code of a process whose settings are not valid: 64, EX_USAGE,
+/// for any bad value, whatever its source.
 pub const EXIT_INVALID: u8 = 64;
 
 /// Values longer than this many characters are cut in messages by

@@ -1,4 +1,4 @@
-//! The zone: the record model of DESIGN.md §4, and the live snapshot the
+//! The zone: the record model of docs/dns.md, and the live snapshot the
 //! embedded server answers from.
 //!
 //! For node `n` in cluster `c` under zone `z`:
@@ -88,7 +88,7 @@ pub enum RecordData {
 /// Every record muster wants in the zone, by owner name.
 pub type DesiredRecords = BTreeMap<Name, RecordData>;
 
-/// The records of DESIGN.md §4 for `nodes` under `zone`: the one definition
+/// The records of docs/dns.md for `nodes` under `zone`: the one definition
 /// both the embedded server and the update providers use. The wildcard
 /// `*.n.c.zone` appears as an explicit CNAME to `n.c.zone`.
 pub fn desired_records(

@@ -1,5 +1,5 @@
-//! The node state machine of DESIGN.md §3: one pure function, and the one
-//! place that applies its answers.
+//! The node state machine (docs/architecture.md, "Node states"): one pure
+//! function, and the one place that applies its answers.
 //!
 //! [`next`] says what a node in some state becomes when something is
 //! observed, and why; [`Registry::apply`] applies the answer (store,

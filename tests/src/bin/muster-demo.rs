@@ -36,7 +36,25 @@ async fn main() -> anyhow::Result<()> {
         coordinator.url(),
         coordinator.dns_addr()
     );
+    create_cluster(&coordinator).await?;
+    let client = ec2::client(&moto.endpoint()).await;
+    let fleet = boot(&coordinator, &client).await?;
+    let nodes = deployed(&coordinator).await?;
+    show_dns(&coordinator, &nodes).await?;
+    let (id, _imds, agent) = &fleet[0];
+    move_elastic_ip(&coordinator, &client, &nodes, id, agent).await?;
+    status_and_removal(&coordinator, &client, id, agent).await;
 
+    step("cleaning up: every process is stopped by pid");
+    drop(fleet);
+    drop(coordinator);
+    drop(moto);
+    println!("    done");
+    Ok(())
+}
+
+/// `cluster create`, then `cluster show` and `node ls`.
+async fn create_cluster(coordinator: &Coordinator) -> anyhow::Result<()> {
     let count = NODES.to_string();
     let create = [
         "cluster",
@@ -68,18 +86,25 @@ async fn main() -> anyhow::Result<()> {
     print!("{}", String::from_utf8_lossy(&out.stdout));
     let out = coordinator.admin(&["node", "ls"]).await;
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
 
+/// Boots each instance as cloud-init would: its user data's agent
+/// settings, an IMDS of its own. Returns each instance's id, IMDS and agent.
+async fn boot(
+    coordinator: &Coordinator,
+    client: &aws_sdk_ec2::Client,
+) -> anyhow::Result<Vec<(String, Imds, Agent)>> {
     step("booting each instance as cloud-init would: its user data configures a muster-agent, and an IMDSv2 emulator serves its metadata");
-    let client = ec2::client(&moto.endpoint()).await;
     let mut fleet = Vec::new();
     for node in coordinator.nodes(CLUSTER).await {
         let id = node.instance_id;
-        let (_, settings) = ec2::cloud_config(&client, &id).await;
+        let (_, settings) = ec2::cloud_config(client, &id).await;
         let token = settings["join_token"]
             .as_str()
             .ok_or_else(|| anyhow::anyhow!("no join token in the user data of {id}"))?;
         let imds = Imds::start(client.clone(), &id).await;
-        let agent = Agent::start(&coordinator, &imds, CLUSTER, token);
+        let agent = Agent::start(coordinator, &imds, CLUSTER, token);
         println!(
             "    {id}: user data names {} and cluster {}; agent pid {}",
             settings["coordinator_url"],
@@ -88,7 +113,11 @@ async fn main() -> anyhow::Result<()> {
         );
         fleet.push((id, imds, agent));
     }
+    Ok(fleet)
+}
 
+/// Waits until every node is deployed; returns them.
+async fn deployed(coordinator: &Coordinator) -> anyhow::Result<Vec<muster_proto::NodeView>> {
     step("waiting until every node is deployed");
     let nodes = wait_until(
         PATIENCE,
@@ -102,10 +131,17 @@ async fn main() -> anyhow::Result<()> {
     }
     let out = coordinator.admin(&["node", "ls"]).await;
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(nodes)
+}
 
+/// What the coordinator's DNS answers for every node and the cluster.
+async fn show_dns(
+    coordinator: &Coordinator,
+    nodes: &[muster_proto::NodeView],
+) -> anyhow::Result<()> {
     step("what the coordinator's DNS answers (asked directly, UDP)");
     let resolver = coordinator.resolver();
-    for node in &nodes {
+    for node in nodes {
         for name in [
             node.dns_name.clone(),
             node.internal_dns_name.clone(),
@@ -125,18 +161,29 @@ async fn main() -> anyhow::Result<()> {
         "    {cluster_name:<60} A {:?}",
         resolver.a(&cluster_name).await?.a
     );
+    Ok(())
+}
 
-    let (id, _imds, agent) = &fleet[0];
+/// A new Elastic IP for instance `id`, and DNS following it with nothing
+/// restarted.
+async fn move_elastic_ip(
+    coordinator: &Coordinator,
+    client: &aws_sdk_ec2::Client,
+    nodes: &[muster_proto::NodeView],
+    id: &str,
+    agent: &Agent,
+) -> anyhow::Result<()> {
+    let resolver = coordinator.resolver();
     let name = nodes
         .iter()
-        .find(|n| &n.instance_id == id)
+        .find(|n| n.instance_id == id)
         .map(|n| n.dns_name.clone())
         .ok_or_else(|| anyhow::anyhow!("node of {id} not listed"))?;
     step(&format!(
         "associating a new Elastic IP with {id} in moto; nothing is restarted"
     ));
     let before = resolver.a(&name).await?.a;
-    let eip = ec2::associate_new_eip(&client, id).await;
+    let eip = ec2::associate_new_eip(client, id).await;
     let started = Instant::now();
     println!("    EC2 now says {id} has {eip}; DNS said {before:?}");
     let answer = wait_until(
@@ -155,7 +202,16 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed(),
         agent.pid()
     );
+    Ok(())
+}
 
+/// `muster-agent status` on the node, `node show`, then `cluster rm`.
+async fn status_and_removal(
+    coordinator: &Coordinator,
+    client: &aws_sdk_ec2::Client,
+    id: &str,
+    agent: &Agent,
+) {
     step("muster-agent status on that node");
     let (code, status) = agent.status_json().await;
     println!(
@@ -170,17 +226,10 @@ async fn main() -> anyhow::Result<()> {
     step(&format!("muster-coordinator cluster rm {CLUSTER}"));
     let out = coordinator.admin(&["cluster", "rm", CLUSTER]).await;
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    let running = ec2::instances_of_cluster(&client, CLUSTER)
+    let running = ec2::instances_of_cluster(client, CLUSTER)
         .await
         .iter()
         .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) == Some("running"))
         .count();
     println!("    instances of {CLUSTER} still running in EC2: {running}");
-
-    step("cleaning up: every process is stopped by pid");
-    drop(fleet);
-    drop(coordinator);
-    drop(moto);
-    println!("    done");
-    Ok(())
 }

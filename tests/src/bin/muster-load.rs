@@ -510,6 +510,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     let moto = Moto::start().await;
+    let (coordinator, token, instances) = start(&moto, &args).await?;
+    let http = agent_client(&coordinator)?;
+    let rss_before = rss_kib(coordinator.pid());
+    let anon_before = rss_anon_kib(coordinator.pid());
+    let mut registered = register_measured(&coordinator, &http, &token, instances, &args).await?;
+    let nodes = Arc::new(std::mem::take(&mut registered.nodes));
+
+    let mut floods = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs {
+        floods.push(flood(&coordinator, &http, &nodes, &args).await?);
+    }
+    // Every node now holds its facts; no connection but the shared pool's.
+    let memory = Memory {
+        rss_before,
+        anon_before,
+        rss_after: rss_kib(coordinator.pid()),
+        anon_after: rss_anon_kib(coordinator.pid()),
+    };
+
+    let mut fleets = Vec::new();
+    if args.fleet {
+        for _ in 0..args.runs {
+            fleets.push(fleet(&coordinator, &nodes, args.seconds).await?);
+        }
+    }
+    print_p1(&args, &nodes, &registered, &floods, &fleets, &command);
+    print_p8(&args, &nodes, &registered, &memory, &fleets, &command);
+    drop(coordinator);
+    drop(moto);
+    Ok(())
+}
+
+/// Starts the coordinator (heartbeats every `--interval`, liveness and the
+/// per-source limit out of the way) and a cluster, and makes the nodes to
+/// register: bring-your-own machines, or instances launched in moto.
+/// Returns the coordinator, the token they register with, and the nodes.
+async fn start(moto: &Moto, args: &Args) -> anyhow::Result<(Coordinator, String, Vec<Machine>)> {
     // A long grace keeps liveness out of the measure: registering takes
     // a while, and nodes registered first wait silent for the rest.
     let mut serve = vec![
@@ -529,23 +566,54 @@ async fn run(args: Args) -> anyhow::Result<()> {
         serve.extend(["--sweep-interval".to_owned(), sweep.clone()]);
     }
     let serve: Vec<&str> = serve.iter().map(String::as_str).collect();
-    let coordinator = Coordinator::start_with(&moto, &serve).await;
+    let coordinator = Coordinator::start_with(moto, &serve).await;
     let created = coordinator.create_cluster(CLUSTER).await;
-    let (token, mut instances) = if args.byon {
+    if args.byon {
         let minted: muster_proto::ByonTokenResponse = coordinator
             .admin_json(&["cluster", "byon-token", CLUSTER])
             .await;
-        (minted.byon_token, byon_machines(args.nodes))
-    } else {
-        let client = ec2::client(&moto.endpoint()).await;
-        (created.join_token, launch(&client, args.nodes).await?)
-    };
+        return Ok((coordinator, minted.byon_token, byon_machines(args.nodes)));
+    }
+    let client = ec2::client(&moto.endpoint()).await;
+    let instances = launch(&client, args.nodes).await?;
+    Ok((coordinator, created.join_token, instances))
+}
 
-    let http = agent_client(&coordinator)?;
+/// What registering every node showed.
+struct Registered {
+    nodes: Vec<Node>,
+    /// Registers per second, over the time spent registering.
+    rate: f64,
+    /// Anonymous RSS (KiB) with half the nodes registered, and with all.
+    anon_half: u64,
+    anon_full: u64,
+    /// KiB per node the second half added, and how many it was.
+    marginal: f64,
+    added: usize,
+    /// With the EC2 cache: how long its listing took, and the anonymous
+    /// RSS once it held every instance.
+    listing: Option<(Duration, u64)>,
+}
+
+/// The coordinator's memory (KiB) before the registers and after the
+/// floods.
+struct Memory {
+    rss_before: u64,
+    anon_before: u64,
+    rss_after: u64,
+    anon_after: u64,
+}
+
+/// Registers every node, each then heartbeating once so that it holds its
+/// facts, and measures the memory the second half adds.
+async fn register_measured(
+    coordinator: &Coordinator,
+    http: &reqwest::Client,
+    token: &str,
+    mut instances: Vec<Machine>,
+    args: &Args,
+) -> anyhow::Result<Registered> {
     let url = coordinator.url();
-    let rss_before = rss_kib(coordinator.pid());
-    let anon_before = rss_anon_kib(coordinator.pid());
-
     // With the EC2 cache, the first register starts the region's listing;
     // the rest wait for it to hold every instance.
     let mut registered = Vec::new();
@@ -554,67 +622,72 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.ec2_cache_refresh.is_some() {
         let rest = instances.split_off(1);
         let started = Instant::now();
-        registered = register(&http, &url, &token, std::mem::replace(&mut instances, rest)).await?;
+        registered = register(http, &url, token, std::mem::replace(&mut instances, rest)).await?;
         registering += started.elapsed();
-        let started = Instant::now();
-        let want = args.nodes as u64;
-        let sample = format!(
-            "muster_ec2_cache_instances{{region=\"{}\"}}",
-            ec2::TEST_REGION
-        );
-        while coordinator.metric(&sample).await < want {
-            anyhow::ensure!(
-                started.elapsed() < LISTING_PATIENCE,
-                "the EC2 cache did not list {want} instances in {LISTING_PATIENCE:?}"
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let took = started.elapsed();
-        tokio::time::sleep(SETTLE).await;
-        listing = Some((took, rss_anon_kib(coordinator.pid())));
+        listing = Some(await_listing(coordinator, args.nodes as u64).await?);
     }
 
-    // Registers in two halves, each node then heartbeating once so that
-    // it holds its facts: the memory the second half adds is the marginal
-    // cost of a node, free of what the first registers load once (the
-    // SDK's clients, code paths first taken).
+    // Registers in two halves: the memory the second half adds is the
+    // marginal cost of a node, free of what the first registers load once
+    // (the SDK's clients, code paths first taken).
     let second = instances.split_off((args.nodes / 2).saturating_sub(registered.len()));
     let started = Instant::now();
-    registered.extend(register(&http, &url, &token, instances).await?);
+    registered.extend(register(http, &url, token, instances).await?);
     registering += started.elapsed();
-    beat_each(&http, &url, &registered, args.concurrency).await?;
+    beat_each(http, &url, &registered, args.concurrency).await?;
     // The zone is rebuilt after the last register: let that settle, so
     // that neither sample catches two zones alive at once.
     tokio::time::sleep(SETTLE).await;
     let anon_half = rss_anon_kib(coordinator.pid());
     let started = Instant::now();
-    let added = register(&http, &url, &token, second).await?;
+    let added = register(http, &url, token, second).await?;
     registering += started.elapsed();
-    beat_each(&http, &url, &added, args.concurrency).await?;
+    beat_each(http, &url, &added, args.concurrency).await?;
     tokio::time::sleep(SETTLE).await;
     let anon_full = rss_anon_kib(coordinator.pid());
     let marginal = anon_full.saturating_sub(anon_half) as f64 / added.len() as f64;
     let added_count = added.len();
     registered.extend(added);
-    let register_rate = registered.len() as f64 / registering.as_secs_f64();
+    Ok(Registered {
+        rate: registered.len() as f64 / registering.as_secs_f64(),
+        nodes: registered,
+        anon_half,
+        anon_full,
+        marginal,
+        added: added_count,
+        listing,
+    })
+}
 
-    let nodes = Arc::new(registered);
-
-    let mut floods = Vec::with_capacity(args.runs);
-    for _ in 0..args.runs {
-        floods.push(flood(&coordinator, &http, &nodes, &args).await?);
+/// Waits until the EC2 cache's listing holds `want` instances. Returns
+/// how long that took, and the anonymous RSS then.
+async fn await_listing(coordinator: &Coordinator, want: u64) -> anyhow::Result<(Duration, u64)> {
+    let started = Instant::now();
+    let sample = format!(
+        "muster_ec2_cache_instances{{region=\"{}\"}}",
+        ec2::TEST_REGION
+    );
+    while coordinator.metric(&sample).await < want {
+        anyhow::ensure!(
+            started.elapsed() < LISTING_PATIENCE,
+            "the EC2 cache did not list {want} instances in {LISTING_PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    // Every node now holds its facts; no connection but the shared pool's.
-    let rss_after = rss_kib(coordinator.pid());
-    let anon_after = rss_anon_kib(coordinator.pid());
+    let took = started.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    Ok((took, rss_anon_kib(coordinator.pid())))
+}
 
-    let mut fleets = Vec::new();
-    if args.fleet {
-        for _ in 0..args.runs {
-            fleets.push(fleet(&coordinator, &nodes, args.seconds).await?);
-        }
-    }
-
+/// P1's rows: the paced fleet's (if it ran) and the flood's.
+fn print_p1(
+    args: &Args,
+    nodes: &[Node],
+    registered: &Registered,
+    floods: &[Phase],
+    fleets: &[Phase],
+    command: &str,
+) {
     if !fleets.is_empty() {
         let offered = nodes.len() as f64 / (nodes[0].interval + nodes[0].jitter / 2).as_secs_f64();
         println!(
@@ -623,7 +696,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             nodes[0].interval.as_secs_f64(),
             nodes[0].jitter.as_millis(),
             args.seconds,
-            figures(&fleets),
+            figures(fleets),
         );
     }
     let checked = match (&args.ec2_cache_refresh, args.byon) {
@@ -634,51 +707,63 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (None, false) => "each checked against moto".to_owned(),
     };
     println!(
-        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers back to back for {} s, generator on the same 2 cores | {} (registers beforehand: {register_rate:.0}/s, {checked}) | {command} |",
+        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers back to back for {} s, generator on the same 2 cores | {} (registers beforehand: {:.0}/s, {checked}) | {command} |",
         nodes.len(),
         args.concurrency,
         args.seconds,
-        figures(&floods),
+        figures(floods),
+        registered.rate,
     );
+}
+
+/// P8's rows: memory per node, and with every agent connected (if the
+/// paced fleet ran).
+fn print_p8(
+    args: &Args,
+    nodes: &[Node],
+    registered: &Registered,
+    memory: &Memory,
+    fleets: &[Phase],
+    command: &str,
+) {
     let floods = match args.runs {
         1 => "flood".to_owned(),
         n => format!("{n} floods"),
     };
     let per_node =
         |after: u64, before: u64| after.saturating_sub(before) as f64 / nodes.len() as f64;
-    let listed = match listing {
+    let listed = match registered.listing {
         Some((took, anon)) => format!(
             "; the EC2 cache's listing of all {} instances, read {:.0} s after the first register, took {:.1} → {:.1} MiB before the registers",
             nodes.len(),
             took.as_secs_f64(),
-            anon_before as f64 / 1024.0,
+            memory.anon_before as f64 / 1024.0,
             anon as f64 / 1024.0,
         ),
         None => String::new(),
     };
     println!(
-        "| P8 | coordinator memory per node: {} {}nodes registered, each with host facts in memory (the growth of anonymous RSS, the heap and stacks, not the executable's pages) | marginal {marginal:.2} KiB per node (the second {added_count} registers: {:.1} → {:.1} MiB); on average {:.2} KiB per node from before the first register to after the {floods} ({:.1} → {:.1} MiB, {} connections open; all RSS, with the executable's pages: {:.2} KiB per node){listed} | {command} |",
+        "| P8 | coordinator memory per node: {} {}nodes registered, each with host facts in memory (the growth of anonymous RSS, the heap and stacks, not the executable's pages) | marginal {:.2} KiB per node (the second {} registers: {:.1} → {:.1} MiB); on average {:.2} KiB per node from before the first register to after the {floods} ({:.1} → {:.1} MiB, {} connections open; all RSS, with the executable's pages: {:.2} KiB per node){listed} | {command} |",
         nodes.len(),
         if args.byon { "bring-your-own " } else { "" },
-        anon_half as f64 / 1024.0,
-        anon_full as f64 / 1024.0,
-        per_node(anon_after, anon_before),
-        anon_before as f64 / 1024.0,
-        anon_after as f64 / 1024.0,
+        registered.marginal,
+        registered.added,
+        registered.anon_half as f64 / 1024.0,
+        registered.anon_full as f64 / 1024.0,
+        per_node(memory.anon_after, memory.anon_before),
+        memory.anon_before as f64 / 1024.0,
+        memory.anon_after as f64 / 1024.0,
         args.concurrency,
-        per_node(rss_after, rss_before),
+        per_node(memory.rss_after, memory.rss_before),
     );
     if let Some(peak) = fleets.iter().map(|f| f.peak_anon_kib).max() {
         println!(
             "| P8 | coordinator memory per node with every node's agent connected ({} nodes, each on its own HTTPS connection: the fleet phases' peak) | {:.2} KiB anonymous RSS per node ({:.1} MiB at the peak) | {command} |",
             nodes.len(),
-            per_node(peak, anon_before),
+            per_node(peak, memory.anon_before),
             peak as f64 / 1024.0,
         );
     }
-    drop(coordinator);
-    drop(moto);
-    Ok(())
 }
 
 /// The flood: `--concurrency` workers, each walking its share of the

@@ -79,7 +79,7 @@ fn records_collect_in_name_order() {
     );
 }
 
-/// The four record kinds of DESIGN.md §4 answer as specified.
+/// The four record kinds of docs/dns.md answer as specified.
 #[test]
 fn node_records() {
     let data = zone(&[
