@@ -66,6 +66,10 @@ use muster_proto::{paths, HeartbeatRequest, RegisterRequest, RegisterResponse, P
 use muster_tests::procs::{cpu_time, percentile, rss_anon_kib, rss_kib};
 use muster_tests::{ec2, Coordinator, Moto};
 
+mod report;
+
+use report::{print_p1, print_p8, Memory};
+
 const CLUSTER: &str = "load";
 
 /// How long the coordinator is left alone before its memory is read.
@@ -268,36 +272,6 @@ impl Phase {
     fn ms(&self, p: f64) -> f64 {
         percentile(&self.latencies, p).as_secs_f64() * 1000.0
     }
-}
-
-/// The figures of one phase's `runs`: each figure the median of the runs
-/// (the upper one of an even count), with the lowest and highest beside
-/// it when there is more than one run; errors summed.
-fn figures(runs: &[Phase]) -> String {
-    let median = |figure: &dyn Fn(&Phase) -> f64, digits: usize, unit: &str| {
-        let mut values: Vec<f64> = runs.iter().map(figure).collect();
-        values.sort_by(f64::total_cmp);
-        let mid = values.get(values.len() / 2).copied().unwrap_or_default();
-        match (values.first(), values.last()) {
-            (Some(low), Some(high)) if values.len() > 1 => {
-                format!("{mid:.digits$}{unit} ({low:.digits$}–{high:.digits$})")
-            }
-            _ => format!("{mid:.digits$}{unit}"),
-        }
-    };
-    let what = if runs.len() > 1 {
-        format!("median of {} runs (lowest–highest): ", runs.len())
-    } else {
-        String::new()
-    };
-    format!(
-        "{what}{}, p50 {}, p99 {}, {} errors; coordinator CPU {} of a core",
-        median(&Phase::rate, 0, "/s"),
-        median(&|p| p.ms(50.0), 1, " ms"),
-        median(&|p| p.ms(99.0), 1, " ms"),
-        runs.iter().map(|p| p.errors).sum::<u64>(),
-        median(&|p| p.cpu, 0, " %"),
-    )
 }
 
 /// A machine to register: an instance in moto, or a bring-your-own
@@ -595,15 +569,6 @@ struct Registered {
     listing: Option<(Duration, u64)>,
 }
 
-/// The coordinator's memory (KiB) before the registers and after the
-/// floods.
-struct Memory {
-    rss_before: u64,
-    anon_before: u64,
-    rss_after: u64,
-    anon_after: u64,
-}
-
 /// Registers every node, each then heartbeating once so that it holds its
 /// facts, and measures the memory the second half adds.
 async fn register_measured(
@@ -677,93 +642,6 @@ async fn await_listing(coordinator: &Coordinator, want: u64) -> anyhow::Result<(
     let took = started.elapsed();
     tokio::time::sleep(SETTLE).await;
     Ok((took, rss_anon_kib(coordinator.pid())))
-}
-
-/// P1's rows: the paced fleet's (if it ran) and the flood's.
-fn print_p1(
-    args: &Args,
-    nodes: &[Node],
-    registered: &Registered,
-    floods: &[Phase],
-    fleets: &[Phase],
-    command: &str,
-) {
-    if !fleets.is_empty() {
-        let offered = nodes.len() as f64 / (nodes[0].interval + nodes[0].jitter / 2).as_secs_f64();
-        println!(
-            "| P1 | heartbeats/s of a paced fleet: {} simulated agents, each on its own HTTPS connection, every {} s plus up to {} ms of jitter (about {offered:.0}/s offered) for {} s, generator on the same 2 cores; latencies from the second interval on, once every agent has opened its connection | {} | {command} |",
-            nodes.len(),
-            nodes[0].interval.as_secs_f64(),
-            nodes[0].jitter.as_millis(),
-            args.seconds,
-            figures(fleets),
-        );
-    }
-    let checked = match (&args.ec2_cache_refresh, args.byon) {
-        (_, true) => "bring-your-own machines, which EC2 is never asked about".to_owned(),
-        (Some(refresh), false) => {
-            format!("each confirmed by the EC2 cache's listing, refreshed every {refresh}")
-        }
-        (None, false) => "each checked against moto".to_owned(),
-    };
-    println!(
-        "| P1 | heartbeats/s one coordinator answers: {} registered nodes, {} HTTPS workers back to back for {} s, generator on the same 2 cores | {} (registers beforehand: {:.0}/s, {checked}) | {command} |",
-        nodes.len(),
-        args.concurrency,
-        args.seconds,
-        figures(floods),
-        registered.rate,
-    );
-}
-
-/// P8's rows: memory per node, and with every agent connected (if the
-/// paced fleet ran).
-fn print_p8(
-    args: &Args,
-    nodes: &[Node],
-    registered: &Registered,
-    memory: &Memory,
-    fleets: &[Phase],
-    command: &str,
-) {
-    let floods = match args.runs {
-        1 => "flood".to_owned(),
-        n => format!("{n} floods"),
-    };
-    let per_node =
-        |after: u64, before: u64| after.saturating_sub(before) as f64 / nodes.len() as f64;
-    let listed = match registered.listing {
-        Some((took, anon)) => format!(
-            "; the EC2 cache's listing of all {} instances, read {:.0} s after the first register, took {:.1} → {:.1} MiB before the registers",
-            nodes.len(),
-            took.as_secs_f64(),
-            memory.anon_before as f64 / 1024.0,
-            anon as f64 / 1024.0,
-        ),
-        None => String::new(),
-    };
-    println!(
-        "| P8 | coordinator memory per node: {} {}nodes registered, each with host facts in memory (the growth of anonymous RSS, the heap and stacks, not the executable's pages) | marginal {:.2} KiB per node (the second {} registers: {:.1} → {:.1} MiB); on average {:.2} KiB per node from before the first register to after the {floods} ({:.1} → {:.1} MiB, {} connections open; all RSS, with the executable's pages: {:.2} KiB per node){listed} | {command} |",
-        nodes.len(),
-        if args.byon { "bring-your-own " } else { "" },
-        registered.marginal,
-        registered.added,
-        registered.anon_half as f64 / 1024.0,
-        registered.anon_full as f64 / 1024.0,
-        per_node(memory.anon_after, memory.anon_before),
-        memory.anon_before as f64 / 1024.0,
-        memory.anon_after as f64 / 1024.0,
-        args.concurrency,
-        per_node(memory.rss_after, memory.rss_before),
-    );
-    if let Some(peak) = fleets.iter().map(|f| f.peak_anon_kib).max() {
-        println!(
-            "| P8 | coordinator memory per node with every node's agent connected ({} nodes, each on its own HTTPS connection: the fleet phases' peak) | {:.2} KiB anonymous RSS per node ({:.1} MiB at the peak) | {command} |",
-            nodes.len(),
-            per_node(peak, memory.anon_before),
-            peak as f64 / 1024.0,
-        );
-    }
 }
 
 /// The flood: `--concurrency` workers, each walking its share of the
