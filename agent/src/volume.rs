@@ -579,7 +579,11 @@ fn find_launched(root: &Path) -> Result<PathBuf, VolumeError> {
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("nvme") {
+        // A hidden disk is one path of a multipath namespace
+        // (`nvme0c0n1`), not a disk of its own: it has no device node.
+        let hidden = std::fs::read_to_string(entry.path().join("hidden"))
+            .is_ok_and(|flag| flag.trim() == "1");
+        if !name.starts_with("nvme") || hidden {
             continue;
         }
         let model = std::fs::read_to_string(entry.path().join("device/model")).unwrap_or_default();
@@ -672,6 +676,11 @@ mod tests {
         std::fs::remove_dir_all(r.join("sys/block/nvme2n1")).unwrap();
         assert!(matches!(find_launched(r), Err(VolumeError::Find(_))));
         std::fs::write(r.join("sys/block/nvme3n1/device/serial"), "vol0abc123  \n").unwrap();
+        assert_eq!(find_launched(r).unwrap(), r.join("dev/nvme3n1"));
+        // The hidden path of a multipath namespace is not a disk.
+        disk("nvme3c3n1", "QEMU NVMe Ctrl", &[]);
+        std::fs::write(r.join("sys/block/nvme3c3n1/device/serial"), "vol0abc123\n").unwrap();
+        std::fs::write(r.join("sys/block/nvme3c3n1/hidden"), "1\n").unwrap();
         assert_eq!(find_launched(r).unwrap(), r.join("dev/nvme3n1"));
         // A Xen name wins over guessing.
         std::fs::write(r.join("dev/xvdf"), b"").unwrap();
