@@ -11,7 +11,8 @@
 //! parallel, and is stopped by pid when its guard drops. When a test fails,
 //! the guards print the processes' logs.
 //!
-//! Prerequisites: `scripts/setup` (moto in `$MUSTER_VENV`, BIND) and
+//! Prerequisites: `scripts/setup` (moto in `$MUSTER_VENV`, BIND; QEMU and
+//! mmdebstrap for the boot stories) and
 //! `cargo build --workspace --bins` (`scripts/test` does both).
 //!
 //! # Layout

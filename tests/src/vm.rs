@@ -206,12 +206,22 @@ impl Hardware {
                     aws_sdk_ec2::error::DisplayErrorContext(&e)
                 )
             });
+        let private_ipv4 = view.private_ipv4.expect("moto gives a private address");
+        let (network, bits) = cidr(&nic.subnet_cidr);
+        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+        assert_eq!(
+            u32::from(private_ipv4) & mask,
+            u32::from(network),
+            "{instance_id}'s private address {private_ipv4} is outside its subnet {} \
+             (moto's default VPC does that): launch it into a subnet of your own",
+            nic.subnet_cidr
+        );
         Hardware {
             instance_id: instance_id.to_owned(),
             instance_type: view.instance_type,
             mac: nic.mac,
             subnet_cidr: nic.subnet_cidr,
-            private_ipv4: view.private_ipv4.expect("moto gives a private address"),
+            private_ipv4,
             volumes: volumes
                 .volumes()
                 .iter()
@@ -583,13 +593,15 @@ impl Drop for Machine {
 
 /// The `n`th address of `cidr` (`10.77.1.0/24`, 1 → `10.77.1.1`).
 pub fn subnet_host(cidr: &str, n: u32) -> Ipv4Addr {
-    let (network, _) = cidr
-        .split_once('/')
-        .unwrap_or_else(|| panic!("{cidr:?} is not a CIDR block"));
-    let network: Ipv4Addr = network
-        .parse()
-        .unwrap_or_else(|e| panic!("{cidr:?} is not a CIDR block: {e}"));
-    Ipv4Addr::from(u32::from(network) + n)
+    Ipv4Addr::from(u32::from(self::cidr(cidr).0) + n)
+}
+
+/// A CIDR block's network address and prefix length.
+fn cidr(text: &str) -> (Ipv4Addr, u32) {
+    text.split_once('/')
+        .and_then(|(ip, bits)| Some((ip.parse().ok()?, bits.parse().ok()?)))
+        .filter(|(_, bits)| *bits <= 32)
+        .unwrap_or_else(|| panic!("{text:?} is not a CIDR block"))
 }
 
 fn qemu_img(args: &[&str]) {
