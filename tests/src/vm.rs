@@ -616,3 +616,41 @@ fn qemu_img(args: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hardware(instance_id: &str) -> Hardware {
+        Hardware {
+            instance_id: instance_id.to_owned(),
+            instance_type: "t3.micro".into(),
+            mac: "02:00:00:00:00:01".into(),
+            subnet_cidr: "10.77.1.0/24".into(),
+            private_ipv4: Ipv4Addr::new(10, 77, 1, 4),
+            volumes: Vec::new(),
+        }
+    }
+
+    /// The SMBIOS UUID starts with `ec2`, is a well-formed UUID, and is the
+    /// same for the same instance.
+    #[test]
+    fn system_uuids_look_like_ec2s() {
+        let uuid = hardware("i-53ada2ff96073d463").system_uuid();
+        assert_eq!(uuid, "ec253ada-2ff9-6073-d463-000000000000");
+        assert!(uuid.split('-').map(str::len).eq([8, 4, 4, 4, 12]));
+        assert_eq!(hardware("i-1").system_uuid(), hardware("i-1").system_uuid());
+    }
+
+    /// EBS serials drop the dash; subnets give their router and resolver.
+    #[test]
+    fn serials_and_subnet_hosts() {
+        assert_eq!(ebs_serial("vol-d805c27e52ca6397f"), "vold805c27e52ca6397f");
+        assert_eq!(subnet_host("10.77.1.0/24", 1), Ipv4Addr::new(10, 77, 1, 1));
+        assert_eq!(
+            subnet_host("172.31.16.0/20", 2),
+            Ipv4Addr::new(172, 31, 16, 2)
+        );
+        assert_eq!(cidr("10.0.0.0/8"), (Ipv4Addr::new(10, 0, 0, 0), 8));
+    }
+}

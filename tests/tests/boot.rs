@@ -12,8 +12,10 @@
 //! Needs root (network namespaces), QEMU, qemu-utils, mmdebstrap and
 //! cargo-deb (`scripts/setup`); the guest image is built on first use by
 //! `tests/vm/build-image` (about a minute and a half, then cached). Under
-//! software emulation (TCG) on two cores a story takes two to four
-//! minutes; each keeps its guest's console, journal and cloud-init logs
+//! software emulation (TCG) on two cores, two stories at a time, a story
+//! takes one and a half to three minutes (a first boot to `deployed`
+//! about 70 s of guest time, a reboot about 60 s) and all seven about
+//! nine; each keeps its guest's console, journal and cloud-init logs
 //! in `$CARGO_TARGET_DIR/boot-logs/<story>/`.
 
 use std::path::Path;
