@@ -170,6 +170,9 @@ fn read_answer(reader: &mut BufReader<UnixStream>) -> anyhow::Result<Value> {
         if read == 0 {
             bail!("the guest agent closed the connection");
         }
+        // A late answer to an earlier connection's sync may still carry
+        // its 0xFF delimiter.
+        line.retain(|b| *b != 0xff);
         let text = String::from_utf8_lossy(&line);
         let text = text.trim();
         if text.is_empty() {
