@@ -8,7 +8,7 @@
 //!    With neither, it is the volume launched at `/dev/sdf`: `/dev/sdf` or
 //!    `/dev/xvdf` where they exist (Xen, or Nitro images with Amazon's udev
 //!    rules), else the one EBS NVMe disk (`/sys/block/nvme*n1`, model
-//!    "Amazon Elastic Block Store") with no partitions and nothing mounted
+//!    "Amazon Elastic Block Store" or serial `vol…`) with no partitions and nothing mounted
 //!    from it, which on a muster node is the data volume (the root disk is
 //!    partitioned and mounted). Anything else is ambiguous and refused.
 //!    IMDS is not asked: its `block-device-mapping` names devices (`sdf`),
@@ -535,6 +535,15 @@ fn find_by_volume_id(root: &Path, id: &str) -> Result<PathBuf, VolumeError> {
     )))
 }
 
+/// Whether an NVMe serial is an EBS volume id without its dash
+/// (`vol0abc…`), as Nitro sets it; the model name is not always
+/// "Amazon Elastic Block Store" (hypervisors that cannot set it).
+fn is_ebs_serial(serial: &str) -> bool {
+    serial
+        .strip_prefix("vol")
+        .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The volume launched at `/dev/sdf`, as Xen or Nitro shows it.
 fn find_launched(root: &Path) -> Result<PathBuf, VolumeError> {
     for name in [
@@ -556,11 +565,17 @@ fn find_launched(root: &Path) -> Result<PathBuf, VolumeError> {
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("nvme") {
+        // A hidden disk is one path of a multipath namespace
+        // (`nvme0c0n1`), not a disk of its own: it has no device node.
+        let hidden = std::fs::read_to_string(entry.path().join("hidden"))
+            .is_ok_and(|flag| flag.trim() == "1");
+        if !name.starts_with("nvme") || hidden {
             continue;
         }
         let model = std::fs::read_to_string(entry.path().join("device/model")).unwrap_or_default();
-        if model.trim() != EBS_MODEL {
+        let serial =
+            std::fs::read_to_string(entry.path().join("device/serial")).unwrap_or_default();
+        if model.trim() != EBS_MODEL && !is_ebs_serial(serial.trim()) {
             continue;
         }
         let partitioned = std::fs::read_dir(entry.path())
@@ -642,6 +657,17 @@ mod tests {
         disk("nvme3n1", EBS_MODEL, &[]);
         let error = find_launched(r).unwrap_err();
         assert!(error.to_string().contains("--volume-id"), "{error}");
+        // A disk whose serial is a volume id is EBS whatever its model.
+        disk("nvme3n1", "QEMU NVMe Ctrl", &[]);
+        std::fs::remove_dir_all(r.join("sys/block/nvme2n1")).unwrap();
+        assert!(matches!(find_launched(r), Err(VolumeError::Find(_))));
+        std::fs::write(r.join("sys/block/nvme3n1/device/serial"), "vol0abc123  \n").unwrap();
+        assert_eq!(find_launched(r).unwrap(), r.join("dev/nvme3n1"));
+        // The hidden path of a multipath namespace is not a disk.
+        disk("nvme3c3n1", "QEMU NVMe Ctrl", &[]);
+        std::fs::write(r.join("sys/block/nvme3c3n1/device/serial"), "vol0abc123\n").unwrap();
+        std::fs::write(r.join("sys/block/nvme3c3n1/hidden"), "1\n").unwrap();
+        assert_eq!(find_launched(r).unwrap(), r.join("dev/nvme3n1"));
         // A Xen name wins over guessing.
         std::fs::write(r.join("dev/xvdf"), b"").unwrap();
         assert_eq!(find_launched(r).unwrap(), r.join("dev/xvdf"));

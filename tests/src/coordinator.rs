@@ -66,6 +66,8 @@ pub struct Coordinator {
     extra_args: Vec<String>,
     /// The CA its certificate chains to, when not its own `D/ca.pem`.
     operator_ca: Option<PathBuf>,
+    /// What `--public-url` says, when not [`Coordinator::url`].
+    public_url: Option<String>,
 }
 
 impl Coordinator {
@@ -114,11 +116,45 @@ impl Coordinator {
         .await
     }
 
+    /// Like [`Coordinator::start_with`], telling agents (in user data and
+    /// its certificate) to reach it at `public_url`, an address that a
+    /// forwarder relays to its loopback port: how guests in a network
+    /// namespace reach it.
+    pub async fn start_for_guests(
+        moto: &Moto,
+        public_url: &str,
+        extra_args: &[&str],
+    ) -> Coordinator {
+        Coordinator::start_inner(
+            &moto.endpoint(),
+            Ipv4Addr::LOCALHOST,
+            extra_args,
+            None,
+            Some(public_url.to_owned()),
+        )
+        .await
+    }
+
+    /// The loopback address its API listens on.
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.api_ip, self.api_port))
+    }
+
     async fn start_full(
         endpoint: &str,
         api_ip: Ipv4Addr,
         extra_args: &[&str],
         operator_ca: Option<PathBuf>,
+    ) -> Coordinator {
+        Coordinator::start_inner(endpoint, api_ip, extra_args, operator_ca, None).await
+    }
+
+    async fn start_inner(
+        endpoint: &str,
+        api_ip: Ipv4Addr,
+        extra_args: &[&str],
+        operator_ca: Option<PathBuf>,
+        public_url: Option<String>,
     ) -> Coordinator {
         let data_dir = tempfile::Builder::new()
             .prefix("muster-coordinator-data-")
@@ -134,6 +170,7 @@ impl Coordinator {
             moto_endpoint: endpoint.to_owned(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             operator_ca,
+            public_url,
         };
         for attempt in 1..=PORT_ATTEMPTS {
             coordinator.api_port = free_tcp_port();
@@ -315,7 +352,8 @@ impl Coordinator {
             .args(["--zone", ZONE])
             .arg("--data-dir")
             .arg(self.data_dir.path())
-            .args(["--public-url", &self.url()])
+            .arg("--public-url")
+            .arg(self.public_url.clone().unwrap_or_else(|| self.url()))
             // moto hands out Elastic IPs from 127/8, a range the coordinator
             // otherwise refuses as a public address.
             .args(["--public-ipv4-allow", "127.0.0.0/8"])

@@ -21,6 +21,12 @@
 //! per test process, standing in for AWS's. A coordinator given
 //! [`IdentitySigner::certificate_pem`] as `--identity-certs` accepts it.
 //!
+//! Every version cloud-init asks for (`/2021-03-23/…`, `/2009-04-04/…`) is
+//! served as `latest` is, and the rest of the metadata tree, with its
+//! directory listings, comes from [`crate::imds_tree`], so cloud-init's
+//! Ec2 datasource can crawl it as it crawls EC2's. [`Imds::log`] keeps
+//! every request with its answer's status.
+//!
 //! Knobs for tests: [`Imds::set_public_ipv4_override`] makes it lie about the
 //! public address, [`Imds::set_identity_signer`] and
 //! [`Imds::set_identity_of`] about the identity document,
@@ -76,6 +82,8 @@ struct Shared {
     /// Whose identity document to serve, if not this instance's.
     identity_of: Mutex<Option<String>>,
     requests: AtomicU64,
+    /// `METHOD /path STATUS` of every request, in order.
+    log: Mutex<Vec<String>>,
 }
 
 /// A key and self-signed certificate that sign identity documents, as
@@ -166,10 +174,11 @@ impl Imds {
             signer: Mutex::new(Some(IdentitySigner::shared())),
             identity_of: Mutex::new(None),
             requests: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
         });
         let router = Router::new()
             .route("/latest/api/token", put(issue_token))
-            .route("/latest/{*path}", get(metadata))
+            .route("/{version}/{*path}", get(metadata))
             .fallback(not_found)
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
@@ -182,6 +191,11 @@ impl Imds {
             shared,
             server,
         }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// `http://IP:PORT`, for `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
@@ -217,6 +231,11 @@ impl Imds {
         lock(&self.shared.tokens).clear();
     }
 
+    /// Every request so far, `METHOD /path STATUS`, in order.
+    pub fn log(&self) -> Vec<String> {
+        lock(&self.shared.log).clone()
+    }
+
     /// How many requests of any kind were answered so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
@@ -236,6 +255,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn issue_token(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let response = token_response(&shared, &headers);
+    record(&shared, "PUT /latest/api/token", &response);
+    response
+}
+
+/// Notes a request and its answer's status in the log.
+fn record(shared: &Shared, request: &str, response: &Response) {
+    lock(&shared.log).push(format!("{request} {}", response.status().as_u16()));
+}
+
+fn token_response(shared: &Shared, headers: &HeaderMap) -> Response {
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let ttl = headers
         .get(TTL_HEADER)
@@ -269,8 +299,32 @@ async fn issue_token(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
 
 async fn metadata(
     State(shared): State<Arc<Shared>>,
-    Path(path): Path<String>,
+    Path((version, path)): Path<(String, String)>,
     headers: HeaderMap,
+) -> Response {
+    let response = metadata_response(&shared, &version, &path, &headers).await;
+    record(&shared, &format!("GET /{version}/{path}"), &response);
+    response
+}
+
+/// `latest`, or a dated version such as `2021-03-23`.
+fn is_version(version: &str) -> bool {
+    version == "latest"
+        || (version.len() == 10
+            && version.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            }))
+}
+
+async fn metadata_response(
+    shared: &Shared,
+    version: &str,
+    path: &str,
+    headers: &HeaderMap,
 ) -> Response {
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let token_ok = headers
@@ -281,7 +335,10 @@ async fn metadata(
     if !token_ok {
         return (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
     }
-    match answer(&shared, &path).await {
+    if !is_version(version) {
+        return not_found_response();
+    }
+    match answer(shared, path).await {
         Ok(Some(body)) => body,
         Ok(None) => not_found_response(),
         Err(error) => (
@@ -331,7 +388,21 @@ async fn answer(shared: &Shared, path: &str) -> anyhow::Result<Option<Response>>
                 text(document)
             }
         }
-        _ => None,
+        "dynamic/instance-identity" | "dynamic/instance-identity/" => lock(&shared.signer)
+            .is_some()
+            .then(|| "document\npkcs7".to_owned().into_response()),
+        _ => match path.strip_prefix("meta-data") {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                let tree = crate::imds_tree::tree(&shared.ec2, &shared.instance_id).await?;
+                crate::imds_tree::lookup(&tree, rest.trim_start_matches('/')).map(|found| {
+                    match found {
+                        crate::imds_tree::Found::Leaf(value)
+                        | crate::imds_tree::Found::Listing(value) => value.into_response(),
+                    }
+                })
+            }
+            _ => None,
+        },
     })
 }
 

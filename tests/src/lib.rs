@@ -11,7 +11,8 @@
 //! parallel, and is stopped by pid when its guard drops. When a test fails,
 //! the guards print the processes' logs.
 //!
-//! Prerequisites: `scripts/setup` (moto in `$MUSTER_VENV`, BIND) and
+//! Prerequisites: `scripts/setup` (moto in `$MUSTER_VENV`, BIND; QEMU and
+//! mmdebstrap for the boot stories) and
 //! `cargo build --workspace --bins` (`scripts/test` does both).
 //!
 //! # Layout
@@ -34,6 +35,10 @@
 //!   through the SDK.
 //! - [`route53proxy`]: a proxy in front of moto that counts Route53 calls,
 //!   keeps every change batch, and throttles chosen ones.
+//! - [`netns`]: network namespaces for guests, and forwarders into them.
+//! - [`imds_tree`]: the metadata tree cloud-init crawls, from moto.
+//! - [`qga`]: commands and files through a guest's `qemu-guest-agent`.
+//! - [`vm`]: a Debian guest under QEMU that believes it is an EC2 instance.
 //! - [`wait_until`]: polling for eventual conditions.
 
 #![forbid(unsafe_code)]
@@ -46,10 +51,14 @@ pub mod dns;
 pub mod ec2;
 pub mod ec2proxy;
 pub mod imds;
+pub mod imds_tree;
 pub mod moto;
+pub mod netns;
 pub mod procs;
+pub mod qga;
 pub mod route53;
 pub mod route53proxy;
+pub mod vm;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -215,3 +215,60 @@ async fn tokens_expire() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// cloud-init's crawl: a dated version answers as `latest` does, an unknown
+/// one is 404, and the listings from `meta-data/` lead to the MAC's network
+/// entries, which agree with EC2; every request is in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tree_can_be_crawled_as_cloud_init_does() {
+    let (_moto, client, instance_id, imds) = emulator(None).await;
+    let token = token(&imds, "60").await;
+    let read = |path: String| {
+        let token = token.clone();
+        let url = format!("{}/{path}", imds.endpoint());
+        async move {
+            let response = http()
+                .get(url)
+                .header(TOKEN_HEADER, token)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    let (status, id) = read("2021-03-23/meta-data/instance-id".into()).await;
+    assert_eq!((status, id), (StatusCode::OK, instance_id.clone()));
+    let (status, _) = read("1999-99-99x/meta-data/instance-id".into()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, top) = read("2021-03-23/meta-data/".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    let top: Vec<&str> = top.lines().collect();
+    for entry in [
+        "instance-id",
+        "local-hostname",
+        "mac",
+        "network/",
+        "placement/",
+    ] {
+        assert!(top.contains(&entry), "{entry} not listed: {top:?}");
+    }
+    let (_, mac) = read("2021-03-23/meta-data/mac".into()).await;
+    let (_, macs) = read("2021-03-23/meta-data/network/interfaces/macs/".into()).await;
+    assert_eq!(macs, format!("{mac}/"));
+    let nic = format!("2021-03-23/meta-data/network/interfaces/macs/{mac}");
+    let (_, ips) = read(format!("{nic}/local-ipv4s")).await;
+    let view = ec2::describe(&client, &instance_id).await;
+    assert_eq!(ips, view.private_ipv4.unwrap().to_string());
+    let (status, cidr) = read(format!("{nic}/subnet-ipv4-cidr-block")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cidr.contains('/'), "{cidr}");
+    let (_, identity) = read("latest/dynamic/instance-identity/".into()).await;
+    assert_eq!(identity, "document\npkcs7");
+    let log = imds.log();
+    assert_eq!(log[0], "PUT /latest/api/token 200");
+    assert!(
+        log.contains(&"GET /1999-99-99x/meta-data/instance-id 404".to_owned()),
+        "{log:?}"
+    );
+}

@@ -112,7 +112,7 @@ pub struct Network {
 
 impl Network {
     /// The ids of [`Network::subnets`], in order: the `usable` list for
-    /// [`crate::placement::place`].
+    /// [`crate::launcher::placement::place`].
     pub fn subnet_ids(&self) -> Vec<String> {
         self.subnets.iter().map(|s| s.id.clone()).collect()
     }
