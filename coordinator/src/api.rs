@@ -97,7 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::NODES, get(list_nodes))
         .route(paths::NODE, get(show_node).delete(remove_node))
         .route(paths::NODE_EVENTS, get(node_events))
-        .route(paths::HEALTHZ, get(|| async { "ok\n" }))
+        .route(paths::HEALTHZ, get(healthz))
         .route(paths::METRICS, get(metrics))
         .route(DNS_STATUS, get(dns_status))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API path") })
@@ -109,6 +109,15 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(muster_proto::MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// `/healthz`: 200 while the API serves. A line says why when EC2 is not
+/// trusted (nothing is swept, launched or removed meanwhile).
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> String {
+    match state.registry.ec2_account().untrusted_because() {
+        None => "ok\n".to_owned(),
+        Some(why) => format!("ok\nec2: not trusted: {why}\n"),
+    }
 }
 
 /// `GET /v1/dns/status` (admin): how far the DNS provider has got.

@@ -29,6 +29,33 @@ pub mod cache;
 
 pub use cache::{CacheStatus, CachedInstances};
 
+/// How long connecting to an AWS endpoint may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one attempt of an AWS call may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an AWS call may take, retries included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts of an AWS call (the SDK's standard retry mode: exponential
+/// backoff with jitter, throttling and transient errors retried).
+pub const CALL_ATTEMPTS: u32 = 3;
+
+/// The standard AWS configuration (credential chain, region, endpoint
+/// overrides), with every call bounded: a hung endpoint costs
+/// [`CALL_TIMEOUT`] at most, never a stuck loop.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(CALL_TIMEOUT)
+                .build(),
+        )
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(CALL_ATTEMPTS))
+        .load()
+        .await
+}
+
 /// Tag keys on everything muster launches.
 pub const TAG_CLUSTER: &str = "muster:cluster";
 /// `true` on everything muster made.
@@ -153,6 +180,12 @@ pub enum Ec2Error {
         /// The SDK error with its causes.
         message: String,
     },
+    /// STS did not say which account the credentials act in.
+    #[error("asking STS which AWS account the credentials act in: {message}")]
+    Account {
+        /// The SDK error with its causes.
+        message: String,
+    },
     /// DescribeInstances failed for another reason than "no such instance".
     #[error("describing instance {instance_id} in {region}: {message}")]
     Describe {
@@ -234,13 +267,27 @@ pub struct Ec2Clients {
 }
 
 impl Ec2Clients {
-    /// Loads the standard AWS configuration once.
+    /// Loads the standard AWS configuration once, with every call bounded
+    /// ([`sdk_config`]).
     pub async fn from_env() -> Ec2Clients {
-        let base = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         Ec2Clients {
-            base,
+            base: sdk_config().await,
             clients: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// The AWS account the credentials act in (STS GetCallerIdentity).
+    pub async fn account(&self) -> Result<String, Ec2Error> {
+        let error = |message| Ec2Error::Account { message };
+        let answer = aws_sdk_sts::Client::new(&self.base)
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| error(sdk_message(&e)))?;
+        answer
+            .account()
+            .map(str::to_owned)
+            .ok_or_else(|| error("the answer named no account".to_owned()))
     }
 
     /// The client for `region`.

@@ -62,6 +62,7 @@ use crate::store::{Cluster, Store, StoreError};
 mod admit;
 mod claim;
 mod clusters;
+pub mod ec2_view;
 mod heartbeat;
 pub mod identity_document;
 pub mod lifecycle;
@@ -71,6 +72,7 @@ mod register;
 mod removal;
 mod views;
 
+use ec2_view::Ec2Account;
 use live::Live;
 
 /// Why a request was refused. Each variant has one stable error code
@@ -211,6 +213,10 @@ pub enum RegistryError {
     /// The agent binary to install could not be read.
     #[error(transparent)]
     Agent(#[from] crate::launcher::agent_dist::AgentDistError),
+    /// EC2 cannot be trusted now (another account, or not known yet), so
+    /// nothing is launched, swept or removed.
+    #[error("{0}")]
+    Ec2Untrusted(String),
 }
 
 impl From<StoreError> for RegistryError {
@@ -266,6 +272,7 @@ impl RegistryError {
             RegistryError::Ec2(_) => ErrorCode::Ec2Unavailable,
             RegistryError::Store(_) => ErrorCode::Internal,
             RegistryError::Agent(_) => ErrorCode::AgentUnavailable,
+            RegistryError::Ec2Untrusted(_) => ErrorCode::Ec2Untrusted,
         }
     }
 }
@@ -311,6 +318,8 @@ pub struct Counters {
     pub address_changes: AtomicU64,
     /// Sweeps completed.
     pub sweeps: AtomicU64,
+    /// Regions' answers a sweep did not believe (see [`ec2_view`]).
+    pub untrusted_reads: AtomicU64,
     /// Refusals by error code.
     pub refusals: Mutex<BTreeMap<ErrorCode, u64>>,
     /// Security events by error code.
@@ -337,7 +346,7 @@ impl Counters {
 pub struct SweepReport {
     /// Instances EC2 returned.
     pub seen: usize,
-    /// Regions whose read failed.
+    /// Regions whose read failed, or was not believed.
     pub failed_regions: usize,
 }
 
@@ -364,6 +373,8 @@ pub struct Registry {
     coalesce: std::sync::atomic::AtomicBool,
     /// Source checks and address rules.
     trust: Trust,
+    /// Whether EC2 answers for the coordinator's account ([`ec2_view`]).
+    account: std::sync::RwLock<Ec2Account>,
     /// Counters for `/metrics`.
     pub counters: Counters,
 }
@@ -429,6 +440,7 @@ impl Registry {
             publish_wanted: tokio::sync::Notify::new(),
             coalesce: std::sync::atomic::AtomicBool::new(false),
             trust: Trust::default(),
+            account: std::sync::RwLock::new(Ec2Account::Unchecked),
             counters: Counters::default(),
         })
     }

@@ -3,8 +3,8 @@
 //! work itself lives in the modules it wires.
 //!
 //! Start-up goes: the data dir; TLS and the admin token ([`crate::pki`]);
-//! the store; EC2 ([`crate::ec2`]); the agent to serve and the launcher;
-//! the registry and its loops (publisher, liveness, sweep); the DNS
+//! the store; EC2 ([`crate::ec2`]) and the account it answers for; the
+//! agent to serve and the launcher; the registry and its loops (publisher, liveness, sweep); the DNS
 //! provider and its loops, if one is configured; the embedded DNS server;
 //! the HTTPS API. systemd hears READY once the API listens, and STOPPING
 //! when shutdown begins; in-flight requests then get [`DRAIN_DEADLINE`].
@@ -26,6 +26,7 @@ use crate::ec2::{CachedInstances, Ec2Clients, Ec2Instances, InstanceLookup};
 use crate::launcher::agent_dist::{AgentDist, AgentDistError};
 use crate::launcher::{userdata, Launcher};
 use crate::pki::{self, PkiError};
+use crate::registry::ec2_view::{ACCOUNT_FIRST_WAIT, ACCOUNT_RETRY};
 use crate::registry::{LaunchContext, Registry, RegistryError, Timing};
 use crate::store::{Store, StoreError};
 use crate::{api, secrets};
@@ -237,13 +238,25 @@ async fn open_registry(
         Registry::new(store, ec2, zone, settings.zone.clone(), timing)?
             .with_trust(settings.trust.clone())
             .with_launcher(LaunchContext {
-                launcher: Launcher::new(clients, &settings.data_dir),
+                launcher: Launcher::new(clients.clone(), &settings.data_dir),
                 coordinator_url: settings.public_url.clone(),
                 ca_pem,
                 agent,
             }),
     );
-    registry.resume_removals()?;
+    // EC2 is not trusted until STS says which account it answers for;
+    // removals left unfinished resume once it does. STS answers at once
+    // when it can: waiting for it here keeps a launch asked for just after
+    // start from being refused. An STS out of reach is asked again later.
+    registry.await_account();
+    let answered = tokio::time::timeout(ACCOUNT_FIRST_WAIT, registry.check_account(&clients))
+        .await
+        .unwrap_or(Ok(false))?;
+    if answered {
+        resume_removals_if_trusted(&registry);
+    } else {
+        tokio::spawn(watch_account(registry.clone(), clients));
+    }
     Ok(registry)
 }
 
@@ -359,6 +372,30 @@ fn api_stopped(
         Err(e) => std::io::Error::other(e),
     };
     ServeError::Api { addr, source }
+}
+
+/// Asks STS which account EC2 answers for every [`ACCOUNT_RETRY`] until
+/// it answers; then resumes the removals an earlier run left unfinished.
+async fn watch_account(registry: Arc<Registry>, clients: Ec2Clients) {
+    loop {
+        tokio::time::sleep(ACCOUNT_RETRY).await;
+        match registry.check_account(&clients).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => tracing::error!(%error, "could not record the AWS account"),
+        }
+    }
+    resume_removals_if_trusted(&registry);
+}
+
+/// In the coordinator's own account, resumes the removals an earlier run
+/// left unfinished (in another, they wait for a start in the right one).
+fn resume_removals_if_trusted(registry: &Arc<Registry>) {
+    if registry.ec2_account().untrusted_because().is_none() {
+        if let Err(error) = registry.resume_removals() {
+            tracing::error!(%error, "could not resume the unfinished removals");
+        }
+    }
 }
 
 /// Marks silent nodes unreachable, checking often enough that a node is

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use muster_proto::NodeState;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 pub mod clusters;
 pub mod events;
@@ -84,6 +84,11 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE clusters ADD COLUMN join_token_expires_at INTEGER;",
     // 6: further join tokens that expire too (unix ms; NULL never).
     "ALTER TABLE cluster_tokens ADD COLUMN expires_at INTEGER;",
+    // 7: what the coordinator knows of itself (the AWS account it acts
+    // in), and nodes terminated only because EC2 did not know them, which
+    // a later register EC2 confirms brings back.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    ALTER TABLE nodes ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Errors of the store, named after the operation that failed.
@@ -226,6 +231,35 @@ impl Store {
         self.lock()
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(query("reading the schema version"))
+    }
+}
+
+/// The key of the AWS account the coordinator acts in, in `meta`.
+pub const META_ACCOUNT: &str = "aws_account";
+
+impl Store {
+    /// A value the coordinator keeps about itself; `None` if never set.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                rusqlite::params![key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("reading the coordinator's own facts"))
+    }
+
+    /// Sets a value the coordinator keeps about itself.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![key, value],
+            )
+            .map(|_| ())
+            .map_err(query("writing the coordinator's own facts"))
     }
 }
 

@@ -107,6 +107,10 @@ pub enum ErrorCode {
     LaunchFailed,
     /// 503: EC2 could not be asked.
     Ec2Unavailable,
+    /// 503: EC2 answers for another AWS account than the coordinator's
+    /// nodes are in (or the account is not known yet), so nothing is
+    /// launched, swept or removed.
+    Ec2Untrusted,
     /// 503: the agent binary the coordinator serves cannot be read.
     AgentUnavailable,
     /// A code this build does not know, as sent (500 as far as this build
@@ -118,7 +122,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build knows, in order of HTTP status.
-    pub const KNOWN: [ErrorCode; 24] = [
+    pub const KNOWN: [ErrorCode; 25] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -142,6 +146,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::LaunchFailed,
         ErrorCode::Ec2Unavailable,
+        ErrorCode::Ec2Untrusted,
         ErrorCode::AgentUnavailable,
     ];
 
@@ -171,6 +176,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::LaunchFailed => "launch_failed",
             ErrorCode::Ec2Unavailable => "ec2_unavailable",
+            ErrorCode::Ec2Untrusted => "ec2_untrusted",
             ErrorCode::AgentUnavailable => "agent_unavailable",
             ErrorCode::Other(code) => code,
         }
@@ -201,7 +207,9 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal | ErrorCode::Other(_) => 500,
             ErrorCode::LaunchFailed => 502,
-            ErrorCode::Ec2Unavailable | ErrorCode::AgentUnavailable => 503,
+            ErrorCode::Ec2Unavailable | ErrorCode::Ec2Untrusted | ErrorCode::AgentUnavailable => {
+                503
+            }
         }
     }
 }

@@ -204,6 +204,14 @@ impl Coordinator {
         }
     }
 
+    /// Stops the coordinator and starts it again on the same data dir and
+    /// ports, asking EC2 (and STS) at `endpoint` from now on: another moto
+    /// stands for a wrong endpoint or account.
+    pub async fn restart_at(&mut self, endpoint: &str) {
+        self.moto_endpoint = endpoint.to_owned();
+        self.restart().await;
+    }
+
     /// The pid of the running process.
     pub fn pid(&self) -> u32 {
         self.process

@@ -25,12 +25,26 @@ impl Moto {
     /// `~/.cache/muster-venv`, made by `scripts/setup`) and waits until it
     /// answers HTTP.
     pub async fn start() -> Moto {
+        Moto::start_as(None).await
+    }
+
+    /// Like [`Moto::start`], answering as AWS account `account` (moto's
+    /// `MOTO_ACCOUNT_ID`) rather than moto's default, 123456789012.
+    pub async fn start_in_account(account: &str) -> Moto {
+        Moto::start_as(Some(account)).await
+    }
+
+    async fn start_as(account: Option<&str>) -> Moto {
         let program = moto_server_path();
         let mut last_logs = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_tcp_port();
             let mut command = Command::new(&program);
             command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            match account {
+                Some(account) => command.env("MOTO_ACCOUNT_ID", account),
+                None => command.env_remove("MOTO_ACCOUNT_ID"),
+            };
             let mut process = Process::spawn("moto", command);
             match wait_ready(&mut process, port).await {
                 Ready::Up => return Moto { process, port },

@@ -431,7 +431,7 @@ async fn a_stop_start_moves_dns_to_the_new_address() {
 }
 
 /// The sandbox: `systemd-analyze security` in the guest rates the running
-/// unit as the README says, and with every syscall outside the filter made
+/// unit as docs/operations.md says, and with every syscall outside the filter made
 /// fatal the agent registers, heartbeats, answers `status` and follows an
 /// Elastic IP without being killed, and nothing in its journal or the
 /// kernel's says something was denied.
@@ -456,7 +456,7 @@ async fn the_sandbox_rates_as_documented_and_denies_the_agent_nothing() {
     let documented = documented_rating();
     assert_eq!(
         exposure, documented,
-        "the README says {documented}:\n{rating}"
+        "docs/operations.md says {documented}:\n{rating}"
     );
     println!("systemd-analyze security muster-agent.service in the guest: {exposure}");
 
@@ -635,9 +635,10 @@ async fn main_pid(scene: &Scene) -> u32 {
         .unwrap_or_else(|| panic!("no main pid: {unit}"))
 }
 
-/// The rating the README gives the agent's unit ("rates it 1.5").
+/// The rating the docs give the agent's unit ("rates it 1.5", in
+/// docs/operations.md).
 fn documented_rating() -> String {
-    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
     let text = std::fs::read_to_string(&readme).unwrap();
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     text.split("`systemd-analyze security` rates it ")

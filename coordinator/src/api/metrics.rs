@@ -115,6 +115,18 @@ fn registry_metrics(out: &mut Exposition, registry: &Registry) {
             .collect(),
     );
     out.single(
+        "muster_ec2_trusted",
+        "gauge",
+        "1 while EC2 answers for the AWS account the coordinator's nodes are in; 0 while it does not, or the account is not known yet (no sweeps, launches or removals then).",
+        u8::from(registry.ec2_account().untrusted_because().is_none()),
+    );
+    out.single(
+        "muster_ec2_untrusted_reads_total",
+        "counter",
+        "Regions' EC2 answers a sweep did not believe: they knew none, or implausibly few, of the tracked instances.",
+        load(&counters.untrusted_reads),
+    );
+    out.single(
         "muster_dns_queries_total",
         "counter",
         "DNS queries answered by the embedded server.",

@@ -259,6 +259,7 @@ impl Route53 {
             .retry_config(aws_sdk_route53::config::retry::RetryConfig::disabled())
             .timeout_config(
                 aws_sdk_route53::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(crate::ec2::CONNECT_TIMEOUT)
                     .operation_attempt_timeout(CALL_TIMEOUT)
                     .build(),
             );

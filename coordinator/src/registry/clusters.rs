@@ -81,6 +81,7 @@ impl Registry {
     ) -> Result<muster_proto::RotateTokenResponse, RegistryError> {
         validate::dns_label("cluster", name)?;
         req.validate()?;
+        self.ec2_trusted()?;
         let _clusters = self.clusters.lock().await;
         let cluster = self.active_cluster(name)?;
         let token = new_secret(TokenKind::Join);
@@ -108,6 +109,7 @@ impl Registry {
         use base64::Engine as _;
         validate::dns_label("cluster", name)?;
         req.validate()?;
+        self.ec2_trusted()?;
         let _clusters = self.clusters.lock().await;
         let cluster = self.active_cluster(name)?;
         let token = new_secret(TokenKind::Join);
@@ -179,6 +181,9 @@ impl Registry {
         req: &CreateClusterRequest,
     ) -> Result<(ClusterView, String, Option<LaunchReport>), RegistryError> {
         req.validate()?;
+        if req.launch.is_some() {
+            self.ec2_trusted()?;
+        }
         if req.name == INTERNAL_LABEL {
             return Err(ValidationError::new(
                 "name",
@@ -270,6 +275,7 @@ impl Registry {
         if count == 0 {
             return Ok(LaunchReport::default());
         }
+        self.ec2_trusted()?;
         let context = self.launch.as_ref().ok_or_else(|| {
             ValidationError::new(
                 "launch",
@@ -365,6 +371,7 @@ impl Registry {
     ) -> Result<ScaleClusterResponse, RegistryError> {
         validate::dns_label("cluster", name)?;
         req.validate()?;
+        self.ec2_trusted()?;
         let _clusters = self.clusters.lock().await;
         let cluster = self.active_cluster(name)?;
         let mut launch = cluster_launch(&cluster)?.ok_or_else(|| {

@@ -72,7 +72,10 @@ impl Registry {
             ));
         }
         let (id, node) = credential_holder(&self.live(), bearer, &req.instance_id)?;
-        if matches!(node.state, NodeState::Terminating | NodeState::Terminated) {
+        // A node terminated only because EC2 did not know it may come
+        // back, once EC2 confirms the instance (ec2_view).
+        let reappearing = node.state == NodeState::Terminated && node.unseen && !node.byon;
+        if matches!(node.state, NodeState::Terminating | NodeState::Terminated) && !reappearing {
             return Err(RegistryError::NodeTerminated {
                 cluster: node.cluster.to_string(),
                 node: node.name,
@@ -111,9 +114,14 @@ impl Registry {
             })
         };
         // The common case, a deployed node, takes no write lock.
+        let heard = if reappearing {
+            Input::Reappeared
+        } else {
+            Input::Heard
+        };
         let state = match current {
             Some(NodeState::Deployed) => NodeState::Deployed,
-            _ => self.apply(id, Input::Heard, EventSource::Agent).await?,
+            _ => self.apply(id, heard, EventSource::Agent).await?,
         };
         self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
         Ok(HeartbeatResponse {

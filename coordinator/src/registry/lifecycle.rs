@@ -14,7 +14,9 @@
 //! - Being heard again (register or heartbeat, both checked against EC2
 //!   where addresses are concerned) brings any live state back to `deployed`.
 //! - `terminating` and `terminated` are final as far as agents go: only
-//!   EC2's word moves `terminating` on.
+//!   EC2's word moves `terminating` on. The one way back from
+//!   `terminated` is for a node terminated only because EC2 did not know
+//!   its instance, once EC2 confirms it runs ([`Input::Reappeared`]).
 
 use muster_proto::{EventSource, NodeState};
 
@@ -41,6 +43,10 @@ pub enum Input {
     /// An operator asked to remove the node (`node rm`, `cluster rm`,
     /// `cluster scale` down).
     OperatorRemove,
+    /// The agent of a node terminated only because EC2 did not know its
+    /// instance is heard again, and EC2 confirms the instance runs with
+    /// the addresses it claims.
+    Reappeared,
     /// A launched node's agent has not registered within the launch
     /// timeout, `after_secs` seconds.
     LaunchTimedOut {
@@ -55,6 +61,13 @@ pub enum Input {
 pub fn next(state: NodeState, input: Input, unknown_limit: u32) -> Option<(NodeState, String)> {
     use NodeState::*;
     let to = match (input, state) {
+        (Input::Reappeared, Terminated) => (
+            Deployed,
+            "back: EC2 reports the instance running again, after it was terminated for \
+             not being found, and its agent is heard"
+                .to_owned(),
+        ),
+        (Input::Reappeared, _) => return None,
         (_, Terminated) => return None,
         (Input::Heard, Deployed | Terminating) => return None,
         (Input::Heard, _) => (Deployed, "agent heard".to_owned()),
@@ -113,7 +126,13 @@ impl Registry {
         let Some((to, reason)) = next(node.state, input, self.timing.unknown_sweeps) else {
             return Ok(node.state);
         };
-        if !self.store.transition(id, node.state, to, &reason, source)? {
+        // A node terminated for not being found may come back
+        // (ec2_view); one EC2 said is terminated may not.
+        let unseen = to == NodeState::Terminated && matches!(input, Input::Ec2Unknown { .. });
+        if !self
+            .store
+            .transition(id, (node.state, to), &reason, source, unseen)?
+        {
             // The store disagrees with memory: reload this node from it.
             if let Some(stored) = self.store.node(&node.cluster, &node.name)? {
                 self.live().upsert(&stored);
@@ -125,6 +144,7 @@ impl Registry {
             let mut live = self.live();
             if let Some(entry) = live.nodes.get_mut(&id) {
                 entry.state = to;
+                entry.unseen = unseen;
             }
         }
         self.publish();
@@ -196,6 +216,19 @@ mod tests {
             next(s, Input::Ec2Gone, LIMIT).unwrap().0,
             NodeState::Terminated
         );
+    }
+
+    /// Only `Reappeared` leads back from `terminated` (the registry sends
+    /// it only for a node terminated for not being found, once EC2
+    /// confirms it); anything else leaves `terminated` alone.
+    #[test]
+    fn absence_is_reversible() {
+        let (s, reason) = next(NodeState::Terminated, Input::Reappeared, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Deployed);
+        assert!(reason.contains("not being found"), "{reason}");
+        assert_eq!(next(NodeState::Terminated, Input::Heard, LIMIT), None);
+        assert_eq!(next(NodeState::Deployed, Input::Reappeared, LIMIT), None);
+        assert_eq!(next(NodeState::Terminating, Input::Reappeared, LIMIT), None);
     }
 
     pub(super) fn input() -> impl Strategy<Value = Input> {

@@ -27,6 +27,8 @@ pub(super) struct LiveNode {
     pub(super) region: Arc<str>,
     /// A bring-your-own node: EC2 is never asked about it.
     pub(super) byon: bool,
+    /// Terminated only because EC2 did not know it ([`Node::unseen`]).
+    pub(super) unseen: bool,
     pub(super) state: NodeState,
     pub(super) private_ipv4: Option<Ipv4Addr>,
     pub(super) public_ipv4: Option<Ipv4Addr>,
@@ -80,6 +82,7 @@ impl Live {
                 instance_id: node.instance_id.clone(),
                 region,
                 byon: node.byon,
+                unseen: node.unseen,
                 state: node.state,
                 private_ipv4: node.private_ipv4,
                 public_ipv4: node.public_ipv4,

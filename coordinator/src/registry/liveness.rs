@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use muster_proto::{EventSource, NodeState};
 
+use super::ec2_view::implausible;
 use super::lifecycle::Input;
 use super::{Registry, RegistryError, SweepReport};
 use crate::ec2::InstanceFacts;
@@ -58,7 +59,15 @@ impl Registry {
     /// Reads every tracked instance from EC2 and applies what EC2 says:
     /// stopped, terminated, unknown for too long, or running at another
     /// address than stored (DNS follows even if the agent is silent).
+    /// Nothing moves while EC2 is not trusted, nor in a region whose answer
+    /// is implausible ([`super::ec2_view`]).
     pub async fn sweep(&self) -> SweepReport {
+        let mut report = SweepReport::default();
+        if let Err(error) = self.ec2_trusted() {
+            tracing::warn!(%error, "no sweep: EC2 is not trusted");
+            report.failed_regions += 1;
+            return report;
+        }
         let mut by_region: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
         for (id, node) in self.live().nodes.iter() {
             if node.state != NodeState::Terminated && !node.byon {
@@ -68,7 +77,6 @@ impl Registry {
                     .push((*id, node.instance_id.clone()));
             }
         }
-        let mut report = SweepReport::default();
         for (region, nodes) in by_region {
             let ids: Vec<String> = nodes.iter().map(|(_, i)| i.clone()).collect();
             let found = match self.ec2.describe_many(&region, &ids).await {
@@ -81,6 +89,22 @@ impl Registry {
                 }
             };
             report.seen += found.len();
+            if implausible(nodes.len(), found.len()) {
+                // A wrong endpoint or account, or an EC2 in trouble: not
+                // a fleet that vanished (see ec2_view).
+                tracing::warn!(
+                    %region,
+                    tracked = nodes.len(),
+                    known = found.len(),
+                    "EC2 knows implausibly few of the region's instances; \
+                     this read is not believed and nothing moves"
+                );
+                self.counters
+                    .untrusted_reads
+                    .fetch_add(1, Ordering::Relaxed);
+                report.failed_regions += 1;
+                continue;
+            }
             for (id, instance_id) in nodes {
                 if let Err(error) = self.sweep_one(id, found.get(&instance_id)).await {
                     tracing::error!(%error, %instance_id, "sweep could not apply EC2's view");

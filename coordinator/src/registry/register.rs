@@ -55,7 +55,7 @@ impl Registry {
         let how = self.admit(bearer, &req, cluster.as_ref())?;
         let cluster =
             cluster.ok_or_else(|| RegistryError::Unauthorized("no such cluster".into()))?;
-        self.check_instance_free(&req, &cluster)?;
+        let reappearing = self.check_instance_free(&req, &cluster)?;
         let name = match &req.byon {
             // EC2 knows nothing of a machine that names itself; its token
             // is the only check.
@@ -73,6 +73,12 @@ impl Registry {
                 .await?;
                 req.instance_id.clone()
             }
+        };
+        let how = if reappearing {
+            "back: EC2 reports the instance running again, after it was terminated for not \
+             being found, and it registered"
+        } else {
+            how
         };
         let (node, credential) = self.store_registration(&cluster, &name, &req, how).await?;
         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
@@ -93,20 +99,25 @@ impl Registry {
     }
 
     /// One instance is one node: an instance whose node is on its way out
-    /// cannot come back, and one that is a node of another cluster cannot
-    /// join this one.
+    /// cannot come back (unless it was terminated only for not being
+    /// found: then EC2's check decides), and one that is a node of
+    /// another cluster cannot join this one. Returns whether the node
+    /// comes back from such a termination.
     pub(super) fn check_instance_free(
         &self,
         req: &RegisterRequest,
         cluster: &Cluster,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<bool, RegistryError> {
         let Some(existing) = self.store.node_by_instance(&req.instance_id)? else {
-            return Ok(());
+            return Ok(false);
         };
+        let reappearing =
+            existing.state == NodeState::Terminated && existing.unseen && req.byon.is_none();
         if matches!(
             existing.state,
             NodeState::Terminating | NodeState::Terminated
-        ) {
+        ) && !reappearing
+        {
             return Err(RegistryError::NodeTerminated {
                 cluster: existing.cluster,
                 node: existing.name,
@@ -120,7 +131,7 @@ impl Registry {
                 node: existing.name,
             });
         }
-        Ok(())
+        Ok(reappearing)
     }
 
     /// The name a bring-your-own machine gives itself, unless another

@@ -96,6 +96,11 @@ impl Registry {
         for node in &byon {
             self.forget_node(node.id).await?;
         }
+        if !nodes.is_empty() || cluster.launch.is_some() {
+            // Terminating, and reading back what EC2 says of it, needs an
+            // EC2 answering for the nodes' account.
+            self.ec2_trusted()?;
+        }
         let mut by_region: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
         for node in &nodes {
             by_region
@@ -203,6 +208,7 @@ impl Registry {
             tracing::info!(cluster = %node.cluster, node = %node.name, "bring-your-own node removed");
             return Ok(view);
         }
+        self.ec2_trusted()?;
         self.ec2.terminate(&node.region, &node.instance_id).await?;
         self.apply(node.id, Input::OperatorRemove, EventSource::Operator)
             .await?;

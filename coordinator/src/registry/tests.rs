@@ -7,7 +7,7 @@ use std::time::Instant;
 use hickory_proto::rr::{LowerName, RecordType};
 use muster_proto::token::TokenKind;
 use muster_proto::{
-    CreateClusterRequest, EventSource, HeartbeatRequest, HostFacts, RegisterRequest,
+    CreateClusterRequest, ErrorCode, EventSource, HeartbeatRequest, HostFacts, RegisterRequest,
 };
 
 use super::*;
@@ -461,6 +461,9 @@ async fn sweep_follows_ec2() {
     let (registry, table, token) = setup();
     let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
     registry.register(&token, register_req(ip)).await.unwrap();
+    // A neighbour EC2 keeps knowing, so that its answers stay plausible
+    // when it no longer knows the first.
+    register_neighbour(&registry, &table, &token).await;
     let moved = Ipv4Addr::new(54, 0, 0, 9);
     table
         .0
@@ -475,7 +478,7 @@ async fn sweep_follows_ec2() {
     table.0.lock().unwrap().get_mut(ID).unwrap().state = "stopped".into();
     registry.sweep().await;
     assert_eq!(state_of(&registry), NodeState::Stopped);
-    assert!(answer(&registry, "web.muster.test.").is_empty());
+    assert!(!answer(&registry, "web.muster.test.").contains(&moved));
     table.0.lock().unwrap().remove(ID);
     registry.sweep().await;
     registry.sweep().await;
@@ -488,6 +491,94 @@ async fn sweep_follows_ec2() {
     assert_eq!(state_of(&registry), NodeState::Terminated);
     assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
     assert!(answer(&registry, &format!("{ID}.web.internal.muster.test.")).is_empty());
+}
+
+/// A second instance of the region, registered and known to EC2.
+async fn register_neighbour(registry: &Registry, table: &Table, token: &str) {
+    const NEIGHBOUR: &str = "i-0fedcba9876543210";
+    let mut facts = running(Some(Ipv4Addr::new(54, 0, 0, 2)));
+    facts.private_ipv4 = Some(Ipv4Addr::new(10, 0, 0, 6));
+    table.0.lock().unwrap().insert(NEIGHBOUR.into(), facts);
+    let mut req = register_req(Some(Ipv4Addr::new(54, 0, 0, 2)));
+    req.instance_id = NEIGHBOUR.into();
+    req.private_ipv4 = Ipv4Addr::new(10, 0, 0, 6);
+    registry.register(token, req).await.unwrap();
+}
+
+/// A region where EC2 knows none of the tracked instances is a read not
+/// believed: however many sweeps, nothing moves, and it is counted.
+#[tokio::test]
+async fn a_sweep_knowing_none_changes_nothing() {
+    let (registry, table, token) = setup();
+    let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+    registry.register(&token, register_req(ip)).await.unwrap();
+    table.0.lock().unwrap().clear();
+    for _ in 0..12 {
+        let report = registry.sweep().await;
+        assert_eq!(report.failed_regions, 1);
+    }
+    assert_eq!(state_of(&registry), NodeState::Deployed);
+    assert_eq!(
+        answer(&registry, &format!("{ID}.web.muster.test.")),
+        vec![Ipv4Addr::new(54, 0, 0, 1)]
+    );
+    assert_eq!(
+        registry.counters.untrusted_reads.load(Ordering::Relaxed),
+        12
+    );
+}
+
+/// A node terminated only because EC2 did not know its instance comes
+/// back when its agent is heard and EC2 confirms it, with an event saying
+/// so; one EC2 said is terminated does not.
+#[tokio::test]
+async fn a_node_terminated_for_absence_comes_back() {
+    let (registry, table, token) = setup();
+    let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+    let registered = registry.register(&token, register_req(ip)).await.unwrap();
+    register_neighbour(&registry, &table, &token).await;
+    let facts = table.0.lock().unwrap().remove(ID).unwrap();
+    for _ in 0..3 {
+        registry.sweep().await;
+    }
+    assert_eq!(state_of(&registry), NodeState::Terminated);
+    assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
+    // While EC2 still does not know it, the agent cannot bring it back.
+    let refused = registry
+        .heartbeat(&registered.credential, heartbeat_req(ip))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::InstanceNotFound);
+    assert_eq!(state_of(&registry), NodeState::Terminated);
+    table.0.lock().unwrap().insert(ID.into(), facts);
+    let back = registry
+        .heartbeat(&registered.credential, heartbeat_req(ip))
+        .await
+        .unwrap();
+    assert_eq!(back.state, NodeState::Deployed);
+    assert_eq!(
+        answer(&registry, &format!("{ID}.web.muster.test.")),
+        vec![Ipv4Addr::new(54, 0, 0, 1)]
+    );
+    let detail = registry.node("web", ID).unwrap();
+    let last = detail.events.last().unwrap();
+    assert_eq!(last.to, NodeState::Deployed);
+    assert!(last.reason.contains("not being found"), "{}", last.reason);
+
+    // EC2's own word that it is terminated is final.
+    table.0.lock().unwrap().get_mut(ID).unwrap().state = "terminated".into();
+    registry.sweep().await;
+    assert_eq!(state_of(&registry), NodeState::Terminated);
+    table.0.lock().unwrap().get_mut(ID).unwrap().state = "running".into();
+    let refused = registry
+        .register(&registered.credential, register_req(ip))
+        .await;
+    assert!(refused.is_err());
+    let refused = registry
+        .heartbeat(&registered.credential, heartbeat_req(ip))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::NodeTerminated);
 }
 
 /// `node rm` terminates through EC2: terminating at once, terminated

@@ -56,6 +56,9 @@ pub struct Node {
     pub subnet_id: Option<String>,
     /// A bring-your-own node: EC2 is never asked about it.
     pub byon: bool,
+    /// Terminated only because EC2 did not know the instance for several
+    /// sweeps: a later register that EC2 confirms brings it back.
+    pub unseen: bool,
 }
 
 /// What a register writes: the node as it should be afterwards.
@@ -83,7 +86,7 @@ pub struct NodeRegistration<'a> {
 
 const NODE_COLUMNS: &str = "n.id, c.name, n.name, n.instance_id, n.state, n.availability_zone, \
      n.region, n.private_ipv4, n.public_ipv4, n.credential_hash, n.created_at, n.updated_at, \
-     n.subnet_id, n.byon";
+     n.subnet_id, n.byon, n.unseen";
 
 /// A node row before its text columns are parsed.
 struct RawNode {
@@ -101,6 +104,7 @@ struct RawNode {
     updated_at: i64,
     subnet_id: Option<String>,
     byon: bool,
+    unseen: bool,
 }
 
 fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -119,6 +123,7 @@ fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
         updated_at: row.get(11)?,
         subnet_id: row.get(12)?,
         byon: row.get(13)?,
+        unseen: row.get(14)?,
     })
 }
 
@@ -139,6 +144,7 @@ impl RawNode {
             updated_at: self.updated_at,
             subnet_id: self.subnet_id,
             byon: self.byon,
+            unseen: self.unseen,
         })
     }
 }
@@ -350,23 +356,25 @@ impl Store {
     }
 
     /// Moves a node from `from` to `to` and records the event, in one
-    /// transaction. Returns false, writing nothing, if the node is no longer
-    /// in `from` (someone else moved it first).
+    /// transaction; `unseen` marks a node terminated only because EC2 did
+    /// not know it (see [`Node::unseen`]). Returns false, writing nothing,
+    /// if the node is no longer in `from` (someone else moved it first).
     pub fn transition(
         &self,
         node_id: i64,
-        from: NodeState,
-        to: NodeState,
+        (from, to): (NodeState, NodeState),
         reason: &str,
         source: EventSource,
+        unseen: bool,
     ) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(query("starting a transition"))?;
         let now = now_ms();
         let changed = tx
             .execute(
-                "UPDATE nodes SET state = ?3, updated_at = ?4 WHERE id = ?1 AND state = ?2",
-                params![node_id, from.as_str(), to.as_str(), now],
+                "UPDATE nodes SET state = ?3, updated_at = ?4, unseen = ?5 \
+                 WHERE id = ?1 AND state = ?2",
+                params![node_id, from.as_str(), to.as_str(), now, unseen],
             )
             .map_err(query("updating a node's state"))?;
         if changed == 0 {
@@ -397,8 +405,8 @@ fn update_registered(
     let deployed = NodeState::Deployed.as_str();
     tx.prepare_cached(
         "UPDATE nodes SET state = ?2, availability_zone = ?3, region = ?4, \
-         private_ipv4 = ?5, public_ipv4 = ?6, credential_hash = ?7, updated_at = ?8 \
-         WHERE id = ?1",
+         private_ipv4 = ?5, public_ipv4 = ?6, credential_hash = ?7, updated_at = ?8, \
+         unseen = 0 WHERE id = ?1",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![

@@ -150,19 +150,19 @@ fn transitions_are_conditional() {
     assert!(store
         .transition(
             node.id,
-            NodeState::Deployed,
-            NodeState::Unreachable,
+            (NodeState::Deployed, NodeState::Unreachable),
             "silent",
-            EventSource::Liveness
+            EventSource::Liveness,
+            false,
         )
         .unwrap());
     assert!(!store
         .transition(
             node.id,
-            NodeState::Deployed,
-            NodeState::Stopped,
+            (NodeState::Deployed, NodeState::Stopped),
             "stale",
-            EventSource::Sweep
+            EventSource::Sweep,
+            false,
         )
         .unwrap());
     let node = store.node("web", &node.name).unwrap().unwrap();
@@ -227,4 +227,39 @@ fn address_change_is_recorded() {
     assert_eq!(node.public_ipv4, Some(Ipv4Addr::new(3, 3, 3, 3)));
     assert_eq!(store.events(node.id).unwrap().len(), 2);
     assert_eq!(store.nodes(Some("other")).unwrap().len(), 0);
+}
+
+/// A node terminated only because EC2 did not know it is marked so, and a
+/// register clears the mark; the coordinator's own facts are kept.
+#[test]
+fn unseen_is_marked_and_cleared() {
+    let store = Store::open_in_memory().unwrap();
+    let cluster = store.create_cluster("web", "h", None).unwrap();
+    let node = store
+        .register_node(&registration(cluster.id, "c1"), "registered")
+        .unwrap();
+    assert!(!node.unseen);
+    assert!(store
+        .transition(
+            node.id,
+            (NodeState::Deployed, NodeState::Terminated),
+            "EC2 has not known the instance for 3 sweeps in a row",
+            EventSource::Sweep,
+            true,
+        )
+        .unwrap());
+    let gone = store.node("web", &node.name).unwrap().unwrap();
+    assert_eq!((gone.state, gone.unseen), (NodeState::Terminated, true));
+    let back = store
+        .register_node(&registration(cluster.id, "c2"), "back")
+        .unwrap();
+    assert_eq!((back.state, back.unseen), (NodeState::Deployed, false));
+
+    assert_eq!(store.meta(META_ACCOUNT).unwrap(), None);
+    store.set_meta(META_ACCOUNT, "111111111111").unwrap();
+    store.set_meta(META_ACCOUNT, "222222222222").unwrap();
+    assert_eq!(
+        store.meta(META_ACCOUNT).unwrap().as_deref(),
+        Some("222222222222")
+    );
 }
