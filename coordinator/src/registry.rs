@@ -217,12 +217,19 @@ pub enum RegistryError {
     /// nothing is launched, swept or removed.
     #[error("{0}")]
     Ec2Untrusted(String),
+    /// Another request changed or took what this one was decided from;
+    /// nothing was written.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<StoreError> for RegistryError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::ClusterExists(name) => RegistryError::ClusterExists(name),
+            error @ (StoreError::Changed { .. } | StoreError::Taken(_)) => {
+                RegistryError::Conflict(error.to_string())
+            }
             other => RegistryError::Store(other),
         }
     }
@@ -273,6 +280,7 @@ impl RegistryError {
             RegistryError::Store(_) => ErrorCode::Internal,
             RegistryError::Agent(_) => ErrorCode::AgentUnavailable,
             RegistryError::Ec2Untrusted(_) => ErrorCode::Ec2Untrusted,
+            RegistryError::Conflict(_) => ErrorCode::Conflict,
         }
     }
 }

@@ -129,6 +129,19 @@ pub enum StoreError {
     /// A cluster with that name exists already.
     #[error("cluster {0:?} exists already")]
     ClusterExists(String),
+    /// A write decided from a state that changed meanwhile (a register
+    /// that met `node rm`, or a cluster being removed): nothing written.
+    #[error("{what} changed while this request was decided: {now}")]
+    Changed {
+        /// What changed.
+        what: String,
+        /// What it is now.
+        now: String,
+    },
+    /// Another write took the same unique name or instance at the same
+    /// time; nothing written.
+    #[error("{0} was taken by another request at the same time; try again")]
+    Taken(String),
     /// A stored value could not be read back.
     #[error("stored {field} {value:?} is not valid")]
     Corrupt {

@@ -89,7 +89,9 @@ pub enum ErrorCode {
     AddressMismatch,
     /// 409: the instance is a node of another cluster.
     InstanceInOtherCluster,
-    /// 409: the node is terminated; it never comes back.
+    /// 409: the node is being or has been terminated; agents cannot bring
+    /// it back (one terminated only for not being found comes back once EC2
+    /// confirms it).
     NodeTerminated,
     /// 409: a cluster of that name exists.
     ClusterExists,
@@ -97,6 +99,10 @@ pub enum ErrorCode {
     ClusterNotActive,
     /// 409: another node of the cluster has that name.
     NameTaken,
+    /// 409: another request changed or took, at the same time, what this
+    /// one was decided from (a register meeting `node rm`, two machines
+    /// taking one name); nothing was written. Try again.
+    Conflict,
     /// 422: EC2 refused the launch as asked (bad AMI, type, subnet, …).
     LaunchRefused,
     /// 429: too many agent requests from one address.
@@ -122,7 +128,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build knows, in order of HTTP status.
-    pub const KNOWN: [ErrorCode; 25] = [
+    pub const KNOWN: [ErrorCode; 26] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -141,6 +147,7 @@ impl ErrorCode {
         ErrorCode::ClusterExists,
         ErrorCode::ClusterNotActive,
         ErrorCode::NameTaken,
+        ErrorCode::Conflict,
         ErrorCode::LaunchRefused,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
@@ -171,6 +178,7 @@ impl ErrorCode {
             ErrorCode::ClusterExists => "cluster_exists",
             ErrorCode::ClusterNotActive => "cluster_not_active",
             ErrorCode::NameTaken => "name_taken",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::LaunchRefused => "launch_refused",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
@@ -202,7 +210,8 @@ impl ErrorCode {
             | ErrorCode::NodeTerminated
             | ErrorCode::ClusterExists
             | ErrorCode::ClusterNotActive
-            | ErrorCode::NameTaken => 409,
+            | ErrorCode::NameTaken
+            | ErrorCode::Conflict => 409,
             ErrorCode::LaunchRefused => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal | ErrorCode::Other(_) => 500,

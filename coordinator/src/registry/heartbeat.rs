@@ -99,8 +99,13 @@ impl Registry {
             .await?;
         }
         if moved {
-            self.set_addresses(id, req.private_ipv4, req.public_ipv4, EventSource::Agent)
-                .await?;
+            self.set_addresses(
+                id,
+                (req.private_ipv4, req.public_ipv4),
+                EventSource::Agent,
+                None,
+            )
+            .await?;
         }
         // Read the state after last_heard moves: a liveness check that comes
         // later sees the fresh time and leaves the node alone.
@@ -132,19 +137,25 @@ impl Registry {
     }
 
     /// Stores and publishes new addresses of node `id`, already checked
-    /// against EC2, with an event naming what changed.
+    /// against EC2, with an event naming what changed. Addresses from an
+    /// EC2 read made at `read_at` (the sweep's) are dropped if the node's
+    /// were written since: the last write is the newest truth.
     pub(super) async fn set_addresses(
         &self,
         id: i64,
-        private_ipv4: Ipv4Addr,
-        public_ipv4: Option<Ipv4Addr>,
+        (private_ipv4, public_ipv4): (Ipv4Addr, Option<Ipv4Addr>),
         source: EventSource,
+        read_at: Option<Instant>,
     ) -> Result<(), RegistryError> {
         let _write = self.write.lock().await;
         let Some(node) = self.live().nodes.get(&id).cloned() else {
             return Ok(());
         };
         if node.private_ipv4 == Some(private_ipv4) && node.public_ipv4 == public_ipv4 {
+            return Ok(());
+        }
+        if read_at.is_some_and(|read| node.addresses_at > read) {
+            tracing::debug!(cluster = %node.cluster, node = %node.name, "an older EC2 read leaves newer addresses alone");
             return Ok(());
         }
         let reason = address_change_reason(
@@ -158,6 +169,7 @@ impl Registry {
             if let Some(entry) = live.nodes.get_mut(&id) {
                 entry.private_ipv4 = Some(private_ipv4);
                 entry.public_ipv4 = public_ipv4;
+                entry.addresses_at = Instant::now();
             }
         }
         self.publish();

@@ -38,6 +38,9 @@ pub(super) struct LiveNode {
     /// When the agent was last heard, or when this coordinator started:
     /// every node gets one full grace after a restart.
     pub(super) last_heard: Instant,
+    /// When its addresses were last written (a register, a heartbeat's
+    /// move, a sweep): a sweep's older EC2 read never overwrites them.
+    pub(super) addresses_at: Instant,
     /// Sweeps in a row that EC2 did not know the instance.
     pub(super) unknown_sweeps: u32,
     /// Shared, so that a heartbeat's copy of the node does not copy them.
@@ -91,6 +94,12 @@ impl Live {
                 last_heard: previous
                     .as_ref()
                     .map_or_else(Instant::now, |p| p.last_heard),
+                addresses_at: previous
+                    .as_ref()
+                    .filter(|p| {
+                        p.private_ipv4 == node.private_ipv4 && p.public_ipv4 == node.public_ipv4
+                    })
+                    .map_or_else(Instant::now, |p| p.addresses_at),
                 unknown_sweeps: previous.as_ref().map_or(0, |p| p.unknown_sweeps),
                 facts: previous.and_then(|p| p.facts),
             },

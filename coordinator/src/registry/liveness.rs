@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use muster_proto::{EventSource, NodeState};
 
@@ -79,6 +80,7 @@ impl Registry {
         }
         for (region, nodes) in by_region {
             let ids: Vec<String> = nodes.iter().map(|(_, i)| i.clone()).collect();
+            let read_at = Instant::now();
             let found = match self.ec2.describe_many(&region, &ids).await {
                 Ok(found) => found,
                 Err(error) => {
@@ -106,7 +108,7 @@ impl Registry {
                 continue;
             }
             for (id, instance_id) in nodes {
-                if let Err(error) = self.sweep_one(id, found.get(&instance_id)).await {
+                if let Err(error) = self.sweep_one(id, found.get(&instance_id), read_at).await {
                     tracing::error!(%error, %instance_id, "sweep could not apply EC2's view");
                 }
             }
@@ -115,10 +117,12 @@ impl Registry {
         report
     }
 
+    /// Applies EC2's view of node `id`'s instance, read at `read_at`.
     pub(super) async fn sweep_one(
         &self,
         id: i64,
         facts: Option<&InstanceFacts>,
+        read_at: Instant,
     ) -> Result<(), RegistryError> {
         let Some(facts) = facts else {
             let sweeps = {
@@ -152,8 +156,13 @@ impl Registry {
             && matches!(state, NodeState::Deployed | NodeState::Unreachable)
         {
             if let Some(private) = facts.private_ipv4 {
-                self.set_addresses(id, private, facts.public_ipv4, EventSource::Sweep)
-                    .await?;
+                self.set_addresses(
+                    id,
+                    (private, facts.public_ipv4),
+                    EventSource::Sweep,
+                    Some(read_at),
+                )
+                .await?;
             }
         }
         self.apply(id, input, EventSource::Sweep).await?;

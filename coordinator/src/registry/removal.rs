@@ -135,10 +135,11 @@ impl Registry {
                     continue;
                 }
                 let instance_ids: Vec<String> = pending.iter().map(|(_, i)| i.clone()).collect();
+                let read_at = std::time::Instant::now();
                 match self.ec2.describe_many(region, &instance_ids).await {
                     Ok(found) => {
                         for (id, instance_id) in &pending {
-                            self.sweep_one(*id, found.get(instance_id)).await?;
+                            self.sweep_one(*id, found.get(instance_id), read_at).await?;
                         }
                     }
                     Err(error) => {

@@ -17,20 +17,67 @@ use crate::secrets::{hash_secret, new_secret};
 const ID: &str = "i-0123456789abcdef0";
 
 /// Stands in for EC2 in these unit tests only: a fixed table of
-/// instances, a cache's listing (empty unless a test fills it), and
-/// the count of describes.
+/// instances, a cache's listing (empty unless a test fills it), the count
+/// of describes, and gates that hold an answer, once read, until a test
+/// opens them (describe, describe_many).
 #[derive(Debug, Default)]
 struct Table(
     Mutex<HashMap<String, InstanceFacts>>,
     Mutex<HashMap<String, InstanceFacts>>,
     AtomicU64,
+    Gate,
+    Gate,
 );
+
+/// Holds answers while closed: each read waits for [`Gate::open`].
+#[derive(Debug, Default)]
+struct Gate(Mutex<Option<Arc<tokio::sync::Semaphore>>>, AtomicU64);
+
+impl Gate {
+    /// From now on, answers wait.
+    fn close(&self) {
+        *self.0.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets every waiting answer (and later ones) through.
+    fn open(&self) {
+        if let Some(gate) = self.0.lock().unwrap().take() {
+            gate.add_permits(1 << 20);
+        }
+    }
+
+    /// Answers that reached the gate since start.
+    fn reached(&self) -> u64 {
+        self.1.load(Ordering::SeqCst)
+    }
+
+    async fn pass(&self) {
+        let gate = self.0.lock().unwrap().clone();
+        self.1.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = gate {
+            let _ = gate.acquire().await;
+        }
+    }
+}
+
+/// Waits until `gate` holds `n` answers in all.
+async fn held(gate: &Gate, n: u64) {
+    for _ in 0..1000 {
+        if gate.reached() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the gate never held {n} answers");
+}
 
 #[async_trait::async_trait]
 impl InstanceLookup for Table {
     async fn describe(&self, _: &str, id: &str) -> Result<Option<InstanceFacts>, Ec2Error> {
         self.2.fetch_add(1, Ordering::Relaxed);
-        Ok(self.0.lock().unwrap().get(id).cloned())
+        let answer = self.0.lock().unwrap().get(id).cloned();
+        self.3.pass().await;
+        Ok(answer)
     }
 
     fn cached(&self, _: &str, id: &str) -> Option<InstanceFacts> {
@@ -42,11 +89,14 @@ impl InstanceLookup for Table {
         _: &str,
         ids: &[String],
     ) -> Result<HashMap<String, InstanceFacts>, Ec2Error> {
-        let table = self.0.lock().unwrap();
-        Ok(ids
-            .iter()
-            .filter_map(|id| table.get(id).map(|f| (id.clone(), f.clone())))
-            .collect())
+        let answer = {
+            let table = self.0.lock().unwrap();
+            ids.iter()
+                .filter_map(|id| table.get(id).map(|f| (id.clone(), f.clone())))
+                .collect()
+        };
+        self.4.pass().await;
+        Ok(answer)
     }
 
     async fn terminate(&self, _: &str, id: &str) -> Result<(), Ec2Error> {
@@ -579,6 +629,100 @@ async fn a_node_terminated_for_absence_comes_back() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), ErrorCode::NodeTerminated);
+}
+
+/// A register whose EC2 check is held while `node rm` runs writes
+/// nothing: the node stays on its way out, and the register is told so.
+#[tokio::test]
+async fn node_rm_wins_over_a_register_in_flight() {
+    let (registry, table, token) = setup();
+    let registry = Arc::new(registry);
+    let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+    let registered = registry.register(&token, register_req(ip)).await.unwrap();
+    table.3.close();
+    let again = {
+        let registry = registry.clone();
+        let credential = registered.credential.clone();
+        tokio::spawn(async move { registry.register(&credential, register_req(ip)).await })
+    };
+    held(&table.3, 2).await;
+    registry.remove_node("web", ID).await.unwrap();
+    table.3.open();
+    let refused = again.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::Conflict, "{refused}");
+    assert_eq!(state_of(&registry), NodeState::Terminating);
+    assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
+}
+
+/// A sweep's EC2 read held past a heartbeat that moved the node to a
+/// newer Elastic IP does not write the older address back.
+#[tokio::test]
+async fn a_stale_sweep_never_writes_an_older_address() {
+    let (registry, table, token) = setup();
+    let registry = Arc::new(registry);
+    let old = Some(Ipv4Addr::new(54, 0, 0, 1));
+    let registered = registry.register(&token, register_req(old)).await.unwrap();
+    register_neighbour(&registry, &table, &token).await;
+    // EC2 says the node moved to `middle`; the sweep reads that, then is
+    // held.
+    let middle = Some(Ipv4Addr::new(54, 0, 0, 7));
+    table.0.lock().unwrap().insert(ID.into(), running(middle));
+    table.4.close();
+    let sweep = {
+        let registry = registry.clone();
+        tokio::spawn(async move { registry.sweep().await })
+    };
+    held(&table.4, 1).await;
+    // Meanwhile the node moves on to `newest`, and its agent says so.
+    let newest_ip = Ipv4Addr::new(54, 0, 0, 9);
+    let newest = Some(newest_ip);
+    table.0.lock().unwrap().insert(ID.into(), running(newest));
+    registry
+        .heartbeat(&registered.credential, heartbeat_req(newest))
+        .await
+        .unwrap();
+    table.4.open();
+    sweep.await.unwrap();
+    assert_eq!(
+        answer(&registry, &format!("{ID}.web.muster.test.")),
+        vec![newest_ip]
+    );
+}
+
+/// Two machines taking one name at the same moment: one node, and the
+/// other told 409 `conflict`, not a 500.
+#[tokio::test]
+async fn two_machines_racing_for_a_name_get_a_conflict() {
+    let (registry, _, _) = setup();
+    let registry = Arc::new(registry);
+    let byon_token = registry.byon_token("web").await.unwrap();
+    // Both pass the name check before either writes.
+    let write = registry.write.lock().await;
+    let racers: Vec<_> = [
+        "0123456789abcdef0123456789abcde1",
+        "0123456789abcdef0123456789abcde2",
+    ]
+    .into_iter()
+    .map(|machine| {
+        let registry = registry.clone();
+        let token = byon_token.clone();
+        tokio::spawn(async move { registry.register(&token, byon_req("db", machine)).await })
+    })
+    .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(write);
+    let mut answers = Vec::new();
+    for racer in racers {
+        answers.push(racer.await.unwrap());
+    }
+    assert_eq!(
+        answers.iter().filter(|a| a.is_ok()).count(),
+        1,
+        "{answers:?}"
+    );
+    let refused = answers.into_iter().find_map(Result::err).unwrap();
+    assert_eq!(refused.code(), ErrorCode::Conflict, "{refused}");
+    assert_eq!(registry.nodes(Some("web")).unwrap().len(), 1);
 }
 
 /// `node rm` terminates through EC2: terminating at once, terminated

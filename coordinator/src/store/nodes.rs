@@ -272,20 +272,42 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(query("starting a register"))?;
         let now = now_ms();
+        // A register is decided from a cluster that was active and a node
+        // that was not on its way out: if either changed since (cluster
+        // rm, node rm), it writes nothing.
+        let cluster_state: String = tx
+            .prepare_cached("SELECT state FROM clusters WHERE id = ?1")
+            .and_then(|mut stmt| stmt.query_row(params![reg.cluster_id], |row| row.get(0)))
+            .map_err(query("reading the cluster of a register"))?;
+        if cluster_state != muster_proto::ClusterState::Active.as_str() {
+            return Err(StoreError::Changed {
+                what: "the cluster".to_owned(),
+                now: cluster_state,
+            });
+        }
         // Registers come in thousands at a fleet's start: their statements
         // are prepared once and kept in the connection's cache.
-        let existing: Option<(i64, String)> = tx
-            .prepare_cached("SELECT id, state FROM nodes WHERE instance_id = ?1")
+        let existing: Option<(i64, String, bool)> = tx
+            .prepare_cached("SELECT id, state, unseen FROM nodes WHERE instance_id = ?1")
             .and_then(|mut stmt| {
                 stmt.query_row(params![reg.instance_id], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                 })
                 .optional()
             })
             .map_err(query("reading the node of an instance"))?;
         let deployed = NodeState::Deployed.as_str();
         let (node_id, from) = match existing {
-            Some((id, state)) => {
+            Some((_, state, unseen))
+                if state == NodeState::Terminating.as_str()
+                    || (state == NodeState::Terminated.as_str() && !unseen) =>
+            {
+                return Err(StoreError::Changed {
+                    what: format!("the node of {}", reg.instance_id),
+                    now: state,
+                });
+            }
+            Some((id, state, _)) => {
                 update_registered(&tx, id, reg, now)?;
                 (id, Some(state))
             }
@@ -451,6 +473,21 @@ fn insert_registered(
             reg.byon
         ])
     })
-    .map_err(query("inserting a node"))?;
+    .map_err(|source| match source {
+        rusqlite::Error::SqliteFailure(e, ref text)
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Taken(match text.as_deref() {
+                Some(t) if t.contains("nodes.name") => {
+                    format!("the name {} in this cluster", reg.name)
+                }
+                _ => format!("instance {}", reg.instance_id),
+            })
+        }
+        source => StoreError::Query {
+            operation: "inserting a node",
+            source,
+        },
+    })?;
     Ok(tx.last_insert_rowid())
 }
