@@ -541,6 +541,27 @@ mod tests {
         }
     }
 
+    /// A reconciler of `zone` through `fake` as owner "me", posting on
+    /// `board`, its state in `dir`; running.
+    fn start(
+        zone: &Arc<Zone>,
+        fake: &Arc<Fake>,
+        board: &Arc<StatusBoard>,
+        dir: &Path,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(
+            Reconciler::new(
+                zone.clone(),
+                fake.clone(),
+                board.clone(),
+                "me".into(),
+                dir,
+                Duration::from_secs(3600),
+            )
+            .run(),
+        )
+    }
+
     async fn status_until(
         board: &StatusBoard,
         ok: impl Fn(&ProviderStatus) -> bool,
@@ -564,17 +585,7 @@ mod tests {
         let board = Arc::new(StatusBoard::default());
         let fake = Arc::new(Fake::default());
         fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
-        let task = tokio::spawn(
-            Reconciler::new(
-                zone.clone(),
-                fake.clone(),
-                board.clone(),
-                "me".into(),
-                dir.path(),
-                Duration::from_secs(3600),
-            )
-            .run(),
-        );
+        let task = start(&zone, &fake, &board, dir.path());
         zone.publish(&[node("n1", 1)]);
         zone.publish(&[node("n1", 2)]);
         let status =
@@ -598,17 +609,7 @@ mod tests {
         let board = Arc::new(StatusBoard::default());
         again.publish(&[node("n1", 2)]);
         let fresh = Arc::new(Fake::default());
-        let task = tokio::spawn(
-            Reconciler::new(
-                again.clone(),
-                fresh.clone(),
-                board.clone(),
-                "me".into(),
-                dir.path(),
-                Duration::from_secs(3600),
-            )
-            .run(),
-        );
+        let task = start(&again, &fresh, &board, dir.path());
         let status = status_until(&board, |s| s.applied_names == 4).await;
         assert_eq!(status.pending_changes, 0);
         assert!(fresh.batches.lock().unwrap().is_empty());
@@ -625,17 +626,7 @@ mod tests {
             theirs: vec![name("web.z.")],
             ..Fake::default()
         });
-        let task = tokio::spawn(
-            Reconciler::new(
-                zone.clone(),
-                fake.clone(),
-                board.clone(),
-                "me".into(),
-                dir.path(),
-                Duration::from_secs(3600),
-            )
-            .run(),
-        );
+        let task = start(&zone, &fake, &board, dir.path());
         zone.publish(&[node("n1", 1)]);
         let status = status_until(&board, |s| !s.conflicts.is_empty()).await;
         assert_eq!(status.conflicts.keys().collect::<Vec<_>>(), vec!["web.z."]);
