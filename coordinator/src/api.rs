@@ -48,9 +48,9 @@ pub use errors::ApiError;
 pub use guards::{client_addr, source_limiter, SourceLimiter, BODY_TIMEOUT, HEADER_TIMEOUT};
 
 use admin::{
-    byon_token, create_cluster, dns_status, list_clusters, list_nodes, node_events, remove_cluster,
-    remove_node, rotate_admin_token, rotate_token, scale_cluster, show_cluster, show_node,
-    user_data,
+    backup, byon_token, create_cluster, dns_status, list_clusters, list_nodes, node_events,
+    remove_cluster, remove_node, rotate_admin_token, rotate_token, scale_cluster, show_cluster,
+    show_node, user_data,
 };
 use agents::{agent_download, heartbeat, register};
 use guards::limit_agents;
@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::HEALTHZ, get(healthz))
         .route(paths::METRICS, get(metrics))
         .route(DNS_STATUS, get(dns_status))
+        .route(paths::BACKUP, post(backup))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

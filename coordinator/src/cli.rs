@@ -148,6 +148,23 @@ impl AdminClient {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, CliError> {
+        let (url, status, bytes) = self.exchange(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|_| CliError::Unexpected {
+            method,
+            url,
+            status,
+            text: String::from_utf8_lossy(&bytes).chars().take(512).collect(),
+        })
+    }
+
+    /// Sends one request; returns the URL, the status and the body of a
+    /// success, or the error the coordinator answered.
+    async fn exchange(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<(String, reqwest::StatusCode, Vec<u8>), CliError> {
         let url = format!("{}{}", self.addr, path);
         let mut request = match method {
             "POST" => self.http.post(&url),
@@ -170,23 +187,29 @@ impl AdminClient {
             source,
         })?;
         if status.is_success() {
-            if let Ok(value) = serde_json::from_slice(&bytes) {
-                return Ok(value);
-            }
-        } else if let Ok(body) = serde_json::from_slice::<ErrorBody>(&bytes) {
-            return Err(CliError::Api {
+            return Ok((url, status, bytes.to_vec()));
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(CliError::Api {
                 method,
                 url,
                 status,
                 body,
-            });
+            }),
+            Err(_) => Err(CliError::Unexpected {
+                method,
+                url,
+                status,
+                text: String::from_utf8_lossy(&bytes).chars().take(512).collect(),
+            }),
         }
-        Err(CliError::Unexpected {
-            method,
-            url,
-            status,
-            text: String::from_utf8_lossy(&bytes).chars().take(512).collect(),
-        })
+    }
+
+    /// `POST /v1/backup`: an online, consistent copy of the store, as a
+    /// SQLite file.
+    pub async fn backup(&self) -> Result<Vec<u8>, CliError> {
+        let (_, _, bytes) = self.exchange("POST", paths::BACKUP, None::<&()>).await?;
+        Ok(bytes)
     }
 
     /// `POST /v1/clusters`.

@@ -55,6 +55,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the running coordinator's store, online and consistent (SQLite's
+    /// backup API), to FILE (0600). The data dir's CA, keys and tokens are
+    /// not in it: copy those once with the filesystem (docs/operations.md).
+    Backup {
+        /// Where to write the copy.
+        file: std::path::PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a backup back as the store of a data dir that has none (the
+    /// coordinator stopped, or a new data dir); `serve` then starts from it.
+    Restore {
+        /// A file `backup` wrote.
+        file: std::path::PathBuf,
+        /// The data dir to restore into.
+        #[arg(long, default_value = muster_coordinator::config::DEFAULT_DATA_DIR)]
+        data_dir: std::path::PathBuf,
+    },
     /// Dry-run an instance launch in every region with the AWS credentials
     /// this process finds (the chain `serve` uses); valid if one region
     /// succeeds.
@@ -389,7 +408,8 @@ async fn admin(command: Command) -> Result<(), CliError> {
             expires_in,
             json,
         } => commands::userdata(&client, &cluster, output.as_deref(), expires_in, json).await,
-        Command::Serve(_) | Command::CheckCredentials { .. } => {
+        Command::Backup { file, json } => commands::backup(&client, &file, json).await,
+        Command::Serve(_) | Command::CheckCredentials { .. } | Command::Restore { .. } => {
             unreachable!("handled in main")
         }
     }
@@ -433,6 +453,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Restore { file, data_dir } => match commands::restore(&file, &data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         command => {
             muster_coordinator::serve::install_crypto_provider();
             match admin(command).await {

@@ -555,6 +555,12 @@ impl Registry {
         counts
     }
 
+    /// Writes an online, consistent copy of the store to `path` (see
+    /// [`Store::backup_to`]).
+    pub fn backup_store(&self, path: &std::path::Path) -> Result<(), RegistryError> {
+        Ok(self.store.backup_to(path)?)
+    }
+
     /// The DNS zone this registry publishes to.
     pub fn zone(&self) -> &Zone {
         &self.zone

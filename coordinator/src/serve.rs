@@ -207,7 +207,7 @@ async fn open_registry(
     agent: Option<Arc<AgentDist>>,
     zone: Arc<Zone>,
 ) -> Result<Arc<Registry>, ServeError> {
-    let store_path = settings.data_dir.join("muster.db");
+    let store_path = settings.data_dir.join(crate::store::STORE_FILE);
     let store = Store::open(&store_path)?;
     tracing::info!(path = %store_path.display(), "store open");
 

@@ -30,6 +30,9 @@ pub use clusters::{Cluster, ClusterToken, TokenPurpose};
 pub use events::Event;
 pub use nodes::{LaunchedInstance, Node, NodeRegistration};
 
+/// The store's file in the data dir.
+pub const STORE_FILE: &str = "muster.db";
+
 /// Schema steps, applied in order. Step `i` brings `user_version` to `i + 1`.
 /// Never edit a step that has shipped; add a new one.
 pub const MIGRATIONS: &[&str] = &[
@@ -142,6 +145,14 @@ pub enum StoreError {
     /// time; nothing written.
     #[error("{0} was taken by another request at the same time; try again")]
     Taken(String),
+    /// A backup could not be restored; nothing was written.
+    #[error("restoring {path}: {why}")]
+    Restore {
+        /// The backup or the store.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A stored value could not be read back.
     #[error("stored {field} {value:?} is not valid")]
     Corrupt {
@@ -244,6 +255,71 @@ impl Store {
         self.lock()
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(query("reading the schema version"))
+    }
+}
+
+impl Store {
+    /// Writes an online, consistent copy of the store to `path` (a new
+    /// file) with SQLite's backup API. Writes wait while it runs: it holds
+    /// the connection.
+    pub fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
+        self.lock()
+            .backup(rusqlite::DatabaseName::Main, path, None)
+            .map_err(query("copying the store"))
+    }
+
+    /// Brings a copy made by [`Store::backup_to`] back as the store at
+    /// `store_path`, which must not exist yet: a restore never overwrites
+    /// a store. The copy must be a store this build can read; it is
+    /// migrated to this build's schema.
+    pub fn restore(backup: &Path, store_path: &Path) -> Result<Store, StoreError> {
+        if store_path.exists() {
+            return Err(StoreError::Restore {
+                path: store_path.display().to_string(),
+                why: "a store is there already; restore into a data dir without one".to_owned(),
+            });
+        }
+        let source =
+            Connection::open_with_flags(backup, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|source| StoreError::Open {
+                    path: backup.display().to_string(),
+                    source,
+                })?;
+        let not_a_store = |why: String| StoreError::Restore {
+            path: backup.display().to_string(),
+            why,
+        };
+        let version: i64 = source
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|e| not_a_store(format!("not a SQLite file: {e}")))?;
+        if version < 1 {
+            return Err(not_a_store("not a muster store (no schema)".to_owned()));
+        }
+        if version as usize > MIGRATIONS.len() {
+            return Err(StoreError::TooNew {
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        source
+            .query_row("SELECT count(*) FROM clusters", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map_err(|e| not_a_store(format!("not a muster store: {e}")))?;
+        drop(source);
+        let mut target = Connection::open(store_path).map_err(|source| StoreError::Open {
+            path: store_path.display().to_string(),
+            source,
+        })?;
+        target
+            .restore(
+                rusqlite::DatabaseName::Main,
+                backup,
+                None::<fn(rusqlite::backup::Progress)>,
+            )
+            .map_err(query("restoring the store"))?;
+        drop(target);
+        Store::open(store_path)
     }
 }
 

@@ -31,6 +31,9 @@ pub const NODES: &str = "/v1/nodes";
 pub const NODE: &str = "/v1/nodes/{cluster}/{name}";
 /// Admin: one node's events, paged (`?after=SEQ&limit=N`).
 pub const NODE_EVENTS: &str = "/v1/nodes/{cluster}/{name}/events";
+/// Admin: an online, consistent copy of the store (POST), as a SQLite
+/// file; `muster-coordinator restore` brings it back.
+pub const BACKUP: &str = "/v1/backup";
 /// Liveness: 200 while the coordinator serves.
 pub const HEALTHZ: &str = "/healthz";
 /// Prometheus text metrics.

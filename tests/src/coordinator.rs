@@ -53,6 +53,14 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// A fresh, empty data dir for a coordinator.
+fn new_data_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("muster-coordinator-data-")
+        .tempdir()
+        .expect("creating a data dir")
+}
+
 /// A running coordinator with its own data dir and ports.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -156,10 +164,69 @@ impl Coordinator {
         operator_ca: Option<PathBuf>,
         public_url: Option<String>,
     ) -> Coordinator {
-        let data_dir = tempfile::Builder::new()
-            .prefix("muster-coordinator-data-")
-            .tempdir()
-            .expect("creating a data dir");
+        Coordinator::start_in(
+            new_data_dir(),
+            endpoint,
+            api_ip,
+            extra_args,
+            operator_ca,
+            public_url,
+        )
+        .await
+    }
+
+    /// A coordinator on `moto` started from `backup` (a file `muster-coordinator
+    /// backup` wrote of `from`), restored by `muster-coordinator restore`
+    /// into a new data dir beside a copy of `from`'s CA, certificate, keys
+    /// and tokens, as docs/operations.md says to.
+    pub async fn start_restored(
+        moto: &Moto,
+        from: &Coordinator,
+        backup: &Path,
+        extra_args: &[&str],
+    ) -> Coordinator {
+        let data_dir = new_data_dir();
+        for file in [
+            "ca.pem",
+            "ca-key.pem",
+            "server.pem",
+            "server-key.pem",
+            "admin-token",
+        ] {
+            std::fs::copy(from.data_dir().join(file), data_dir.path().join(file))
+                .unwrap_or_else(|e| panic!("copying {file}: {e}"));
+        }
+        let restored = std::process::Command::new(bin_path("muster-coordinator"))
+            .arg("restore")
+            .arg(backup)
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .output()
+            .expect("running muster-coordinator restore");
+        assert!(
+            restored.status.success(),
+            "restore failed: {}",
+            String::from_utf8_lossy(&restored.stderr)
+        );
+        Coordinator::start_in(
+            data_dir,
+            &moto.endpoint(),
+            Ipv4Addr::LOCALHOST,
+            extra_args,
+            None,
+            None,
+        )
+        .await
+    }
+
+    async fn start_in(
+        data_dir: TempDir,
+        endpoint: &str,
+        api_ip: Ipv4Addr,
+        extra_args: &[&str],
+        operator_ca: Option<PathBuf>,
+        public_url: Option<String>,
+    ) -> Coordinator {
         let mut coordinator = Coordinator {
             process: None,
             earlier_logs: String::new(),

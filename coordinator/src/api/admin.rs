@@ -201,3 +201,35 @@ pub(super) async fn dns_status(
         None => serde_json::json!({ "provider": "embedded", "pending_changes": 0 }),
     }))
 }
+
+/// `POST /v1/backup` (admin): an online, consistent copy of the store, as
+/// a SQLite file. It is made in the data dir (the store's own filesystem,
+/// readable by the coordinator only) and removed once read.
+pub(super) async fn backup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    require_admin(&state, &headers)?;
+    let path = state
+        .data_dir
+        .join(format!(".backup-{:016x}.db", rand::random::<u64>()));
+    let registry = state.registry.clone();
+    let target = path.clone();
+    let made = tokio::task::spawn_blocking(move || registry.backup_store(&target))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the backup stopped: {e}")));
+    let read = match made {
+        Ok(Ok(())) => tokio::fs::read(&path)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading the backup: {e}"))),
+        Ok(Err(error)) => Err(ApiError::from(error)),
+        Err(error) => Err(error),
+    };
+    let _ = tokio::fs::remove_file(&path).await;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/vnd.sqlite3")],
+        read?,
+    )
+        .into_response())
+}

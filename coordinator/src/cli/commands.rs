@@ -364,3 +364,41 @@ pub async fn credentials(
     }
     Ok(valid)
 }
+
+/// `backup FILE`: an online, consistent copy of the running coordinator's
+/// store, written to `path` (0600).
+pub async fn backup(client: &AdminClient, path: &Path, json: bool) -> Result<(), CliError> {
+    let bytes = client.backup().await?;
+    muster_proto::fsutil::write_durably(path, &bytes, 0o600)
+        .map_err(|e| CliError::Setting(Invalid::whole("FILE", path.display().to_string(), e)))?;
+    if json {
+        print_json(&serde_json::json!({ "file": path, "bytes": bytes.len() }));
+    } else {
+        println!(
+            "store copied to {} ({} bytes); bring it back with \
+             `muster-coordinator restore {} --data-dir DIR`",
+            path.display(),
+            bytes.len(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `restore FILE`: brings a backup back as the store of `data_dir`, which
+/// must have none yet (the coordinator stopped, or a new data dir).
+pub fn restore(backup: &Path, data_dir: &Path) -> Result<(), crate::store::StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| crate::store::StoreError::Restore {
+        path: data_dir.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let store = data_dir.join(crate::store::STORE_FILE);
+    let restored = crate::store::Store::restore(backup, &store)?;
+    let (clusters, nodes) = (restored.clusters()?.len(), restored.nodes(None)?.len());
+    println!(
+        "restored {} into {}: {clusters} clusters, {nodes} nodes",
+        backup.display(),
+        store.display()
+    );
+    Ok(())
+}

@@ -263,3 +263,35 @@ fn unseen_is_marked_and_cleared() {
         Some("222222222222")
     );
 }
+
+/// An online copy restores as the same store; a restore never overwrites
+/// a store, and refuses a file that is not one.
+#[test]
+fn backups_restore_and_never_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("muster.db")).unwrap();
+    let cluster = store.create_cluster("web", "h", None).unwrap();
+    store
+        .register_node(&registration(cluster.id, "c1"), "registered")
+        .unwrap();
+    let copy = dir.path().join("copy.db");
+    store.backup_to(&copy).unwrap();
+
+    let restored_path = dir.path().join("restored.db");
+    let restored = Store::restore(&copy, &restored_path).unwrap();
+    assert_eq!(restored.clusters().unwrap(), store.clusters().unwrap());
+    assert_eq!(restored.nodes(None).unwrap(), store.nodes(None).unwrap());
+
+    let again = Store::restore(&copy, &restored_path);
+    assert!(
+        matches!(again, Err(StoreError::Restore { .. })),
+        "{again:?}"
+    );
+    assert_eq!(restored.nodes(None).unwrap().len(), 1, "untouched");
+
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"not a database").unwrap();
+    let refused = Store::restore(&junk, &dir.path().join("other.db"));
+    assert!(refused.is_err());
+    assert!(!dir.path().join("other.db").exists(), "nothing written");
+}
