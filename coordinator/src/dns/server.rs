@@ -54,21 +54,7 @@ impl RequestHandler for Handler {
         self.zone.count_query();
         let counters = self.zone.server_counters();
         let udp = request.protocol() == Protocol::Udp;
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        let mut limit = if udp { PLAIN_UDP_PAYLOAD } else { u16::MAX };
-        let mut edns = None;
-        if let Some(asked) = request.edns() {
-            let mut ours = Edns::new();
-            let offered = asked
-                .max_payload()
-                .clamp(PLAIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD);
-            ours.set_max_payload(offered);
-            if udp {
-                limit = offered;
-            }
-            builder.edns(ours.clone());
-            edns = Some(ours);
-        }
+        let (builder, edns, limit) = response_builder(request, udp);
         let verdict = match (&self.limiter, udp) {
             (Some(limiter), true) => limiter.check(request.src().ip()),
             _ => Verdict::Answer,
@@ -86,43 +72,10 @@ impl RequestHandler for Handler {
                     .send_response(builder.build_no_records(header))
                     .await
             }
-            Verdict::Answer if !is_query(request) => {
-                response_handle
-                    .send_response(builder.error_msg(request.header(), ResponseCode::NotImp))
+            Verdict::Answer => {
+                self.answer(request, builder, (edns, limit), response_handle)
                     .await
             }
-            Verdict::Answer => match request.request_info() {
-                Err(_) => {
-                    response_handle
-                        .send_response(builder.error_msg(request.header(), ResponseCode::FormErr))
-                        .await
-                }
-                Ok(info) => {
-                    let answer = self
-                        .zone
-                        .snapshot()
-                        .lookup(info.query.name(), info.query.query_type());
-                    header.set_authoritative(answer.code != ResponseCode::Refused);
-                    header.set_response_code(answer.code);
-                    let question = info.query.original().clone();
-                    if !fits(&header, question, &answer, edns, limit) {
-                        counters.truncated.fetch_add(1, Ordering::Relaxed);
-                        header.set_truncated(true);
-                        response_handle
-                            .send_response(builder.build_no_records(header))
-                            .await
-                    } else {
-                        let response = builder.build(
-                            header,
-                            answer.answers.iter(),
-                            answer.name_servers.iter(),
-                            answer.soa.iter(),
-                            std::iter::empty(),
-                        );
-                        response_handle.send_response(response).await
-                    }
-                }
-            },
         };
         result.unwrap_or_else(|error| {
             tracing::debug!(%error, "dns response could not be sent");
@@ -130,6 +83,79 @@ impl RequestHandler for Handler {
             header.set_response_code(ResponseCode::ServFail);
             ResponseInfo::from(header)
         })
+    }
+}
+
+/// The builder of the answer to `request`, with our EDNS record if it
+/// carried one, and the most bytes the answer may take: the client's
+/// buffer within 512 to [`MAX_UDP_PAYLOAD`] over UDP (512 without EDNS),
+/// anything over TCP.
+fn response_builder(
+    request: &Request,
+    udp: bool,
+) -> (MessageResponseBuilder<'_>, Option<Edns>, u16) {
+    let mut builder = MessageResponseBuilder::from_message_request(request);
+    let mut limit = if udp { PLAIN_UDP_PAYLOAD } else { u16::MAX };
+    let mut edns = None;
+    if let Some(asked) = request.edns() {
+        let mut ours = Edns::new();
+        let offered = asked
+            .max_payload()
+            .clamp(PLAIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD);
+        ours.set_max_payload(offered);
+        if udp {
+            limit = offered;
+        }
+        builder.edns(ours.clone());
+        edns = Some(ours);
+    }
+    (builder, edns, limit)
+}
+
+impl Handler {
+    /// Answers `request` from the zone, within `limit` bytes: an answer
+    /// that does not fit is sent with TC set and no records.
+    async fn answer<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        builder: MessageResponseBuilder<'_>,
+        (edns, limit): (Option<Edns>, u16),
+        mut response_handle: R,
+    ) -> std::io::Result<ResponseInfo> {
+        if !is_query(request) {
+            return response_handle
+                .send_response(builder.error_msg(request.header(), ResponseCode::NotImp))
+                .await;
+        }
+        let Ok(info) = request.request_info() else {
+            return response_handle
+                .send_response(builder.error_msg(request.header(), ResponseCode::FormErr))
+                .await;
+        };
+        let answer = self
+            .zone
+            .snapshot()
+            .lookup(info.query.name(), info.query.query_type());
+        let mut header = Header::response_from_request(request.header());
+        header.set_authoritative(answer.code != ResponseCode::Refused);
+        header.set_response_code(answer.code);
+        let question = info.query.original().clone();
+        if !fits(&header, question, &answer, edns, limit) {
+            let counters = self.zone.server_counters();
+            counters.truncated.fetch_add(1, Ordering::Relaxed);
+            header.set_truncated(true);
+            return response_handle
+                .send_response(builder.build_no_records(header))
+                .await;
+        }
+        let response = builder.build(
+            header,
+            answer.answers.iter(),
+            answer.name_servers.iter(),
+            answer.soa.iter(),
+            std::iter::empty(),
+        );
+        response_handle.send_response(response).await
     }
 }
 
