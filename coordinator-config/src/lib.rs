@@ -17,13 +17,15 @@
 //! - `timing.rs`: heartbeat interval, grace, sweeps, launch timeout.
 //! - `dns.rs`: the DNS provider ([`DnsProvider`]) and its settings.
 //! - `trust.rs`: [`Trust`], who may speak for a node beyond its credentials.
+//! - `limits.rs`: [`Limits`], what no single client may exhaust: API
+//!   connections and their timeouts, DNS answers a second.
 //! - [`agent_files`]: the agent binary and package the coordinator serves.
 //! - `identity_certs.rs`: [`IdentityCerts`], AWS's certificates for
 //!   instance identity signatures.
 //!
 //! Each setting is checked where its concern lives, one concern after the
-//! other (endpoints, timing, DNS, trust, agent files), always in the same
-//! order, so the first bad value is the one reported.
+//! other (endpoints, timing, DNS, trust, limits, agent files), always in
+//! the same order, so the first bad value is the one reported.
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -36,6 +38,7 @@ pub mod agent_files;
 mod dns;
 mod endpoints;
 mod identity_certs;
+mod limits;
 mod sources;
 mod timing;
 mod trust;
@@ -44,6 +47,7 @@ pub use dns::{
     validate_owner_id, DnsProvider, Rfc2136Settings, Route53Settings, Route53Zone, TsigAlgorithm,
 };
 pub use identity_certs::IdentityCerts;
+pub use limits::Limits;
 pub use sources::ServeArgs;
 pub use trust::Trust;
 
@@ -79,6 +83,24 @@ pub const DEFAULT_TSIG_ALGORITHM: &str = "hmac-sha256";
 pub const DEFAULT_AGENT_RATE_LIMIT: u32 = 20;
 /// Default time between full DNS reconciles.
 pub const DEFAULT_DNS_RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
+/// Default cap on open API connections. Each holds a file descriptor and a
+/// few tens of KiB; a fleet of agents keeps one each. The cap is lowered
+/// at start to fit the file descriptor limit.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16_384;
+/// Default cap on open API connections from one source address (Consul's
+/// `http_max_conns_per_client`). Agents behind one NAT share one source:
+/// raise it, or 0 turns it off.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: u32 = 200;
+/// Default time a TLS handshake may take (Go's and axum-server's 10 s).
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a request's headers may take to arrive.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a connection may idle between requests: nginx's
+/// `keepalive_timeout`, far above a heartbeat's 10 s plus jitter.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Default DNS answers a second over UDP to one source network (Knot's
+/// `rate-limit`).
+pub const DEFAULT_DNS_RATE_LIMIT: u32 = 20;
 
 /// Validated settings of `serve`.
 #[derive(Debug, Clone)]
@@ -121,6 +143,8 @@ pub struct Settings {
     pub dns_owner_id: Option<String>,
     /// Who may speak for a node.
     pub trust: Trust,
+    /// What no single client may exhaust.
+    pub limits: Limits,
     /// The agent served to booting nodes: binary, and package if any;
     /// `None` when there is none (the image must carry it).
     pub agent: Option<(PathBuf, Option<PathBuf>)>,
@@ -148,6 +172,7 @@ impl Settings {
         let timing = timing::resolve(&given)?;
         let dns = dns::resolve(&given, &endpoints.zone)?;
         let trust = trust::resolve(&given)?;
+        let limits = limits::resolve(&given, timing.heartbeat_interval)?;
         let agent = agent_files::resolve(given.agent_binary, given.agent_deb)?;
         Ok(Settings {
             listen: endpoints.listen,
@@ -168,6 +193,7 @@ impl Settings {
             dns_reconcile_interval: dns.reconcile_interval,
             dns_owner_id: dns.owner_id,
             trust,
+            limits,
             agent,
         })
     }

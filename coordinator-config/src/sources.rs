@@ -100,6 +100,26 @@ pub struct ServeArgs {
     /// Agent requests per second allowed from one source address, 0 for no limit [default: 20]
     #[arg(long, env = "MUSTER_AGENT_RATE_LIMIT")]
     pub agent_rate_limit: Option<String>,
+    /// Open API connections at most; lowered at start to fit the file descriptor limit [default: 16384]
+    #[arg(long, env = "MUSTER_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+    /// Open API connections from one source address at most, 0 for no limit [default: 200]
+    #[arg(long, env = "MUSTER_MAX_CONNECTIONS_PER_SOURCE")]
+    pub max_connections_per_source: Option<String>,
+    /// Time a TLS handshake may take [default: 10s]
+    #[arg(long, env = "MUSTER_TLS_HANDSHAKE_TIMEOUT")]
+    pub tls_handshake_timeout: Option<String>,
+    /// Time a request's headers may take to arrive [default: 10s]
+    #[arg(long, env = "MUSTER_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// Time an API connection may idle between requests; at least twice the heartbeat
+    /// interval [default: 75s, or twice the heartbeat interval if longer]
+    #[arg(long, env = "MUSTER_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// DNS answers per second over UDP to one source network (IPv4 /24, IPv6 /56), 0 for no
+    /// limit [default: 20]
+    #[arg(long, env = "MUSTER_DNS_RATE_LIMIT")]
+    pub dns_rate_limit: Option<String>,
     /// AWS's certificates for instance identity signatures (PEM); when set, every EC2 register
     /// must carry its identity document signed by one of them [default: none]
     #[arg(long, env = "MUSTER_IDENTITY_CERTS")]
@@ -144,6 +164,12 @@ pub(crate) struct FileServe {
     trusted_proxies: Option<Vec<String>>,
     public_ipv4_allow: Option<Vec<String>>,
     agent_rate_limit: Option<toml::Value>,
+    max_connections: Option<toml::Value>,
+    max_connections_per_source: Option<toml::Value>,
+    tls_handshake_timeout: Option<String>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    dns_rate_limit: Option<toml::Value>,
     identity_certs: Option<PathBuf>,
     agent_binary: Option<PathBuf>,
     agent_deb: Option<PathBuf>,
@@ -188,6 +214,12 @@ pub(crate) struct Given {
     pub trusted_proxies: Option<String>,
     pub public_ipv4_allow: Option<String>,
     pub agent_rate_limit: Option<String>,
+    pub max_connections: Option<String>,
+    pub max_connections_per_source: Option<String>,
+    pub tls_handshake_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub dns_rate_limit: Option<String>,
     pub identity_certs: Option<PathBuf>,
     pub agent_binary: Option<PathBuf>,
     pub agent_deb: Option<PathBuf>,
@@ -229,6 +261,14 @@ impl Given {
             trusted_proxies: a.trusted_proxies.or(list(file.trusted_proxies)),
             public_ipv4_allow: a.public_ipv4_allow.or(list(file.public_ipv4_allow)),
             agent_rate_limit: a.agent_rate_limit.or(number(file.agent_rate_limit)),
+            max_connections: a.max_connections.or(number(file.max_connections)),
+            max_connections_per_source: a
+                .max_connections_per_source
+                .or(number(file.max_connections_per_source)),
+            tls_handshake_timeout: a.tls_handshake_timeout.or(file.tls_handshake_timeout),
+            header_timeout: a.header_timeout.or(file.header_timeout),
+            idle_timeout: a.idle_timeout.or(file.idle_timeout),
+            dns_rate_limit: a.dns_rate_limit.or(number(file.dns_rate_limit)),
             identity_certs: a.identity_certs.or(file.identity_certs),
             agent_binary: a.agent_binary.or(file.agent_binary),
             agent_deb: a.agent_deb.or(file.agent_deb),

@@ -465,3 +465,72 @@ fn url_hosts() {
     assert!(url_host("https://").is_err());
     assert!(url_host("https://u@h").is_err());
 }
+
+/// The connection and DNS limits default to their documented values, and
+/// the idle timeout follows a long heartbeat interval.
+#[test]
+fn limits_defaults() {
+    let s = Settings::load(&args()).unwrap();
+    assert_eq!(s.limits, Limits::default());
+    assert_eq!(s.limits.max_connections, 16_384);
+    assert_eq!(s.limits.max_connections_per_source, 200);
+    assert_eq!(s.limits.idle_timeout, Duration::from_secs(75));
+    assert_eq!(s.limits.dns_rate_limit, 20);
+    let mut a = args();
+    a.heartbeat_interval = Some("60s".into());
+    a.grace = Some("3m".into());
+    let slow = Settings::load(&a).unwrap();
+    assert_eq!(slow.limits.idle_timeout, Duration::from_secs(120));
+}
+
+/// Limits come from flags or the file, and a bad one names itself.
+#[test]
+fn limits_set_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[serve]\nmax_connections = 100\nmax_connections_per_source = 0\n\
+         idle_timeout = \"30s\"\ndns_rate_limit = \"0\"\nheader_timeout = \"5s\"\n",
+    )
+    .unwrap();
+    let mut a = args();
+    a.config = Some(path);
+    a.tls_handshake_timeout = Some("3s".into());
+    let s = Settings::load(&a).unwrap();
+    assert_eq!(s.limits.max_connections, 100);
+    assert_eq!(s.limits.max_connections_per_source, 0);
+    assert_eq!(s.limits.idle_timeout, Duration::from_secs(30));
+    assert_eq!(s.limits.dns_rate_limit, 0);
+    assert_eq!(s.limits.header_timeout, Duration::from_secs(5));
+    assert_eq!(s.limits.tls_handshake_timeout, Duration::from_secs(3));
+
+    type Mutate = fn(&mut ServeArgs);
+    let cases: Vec<(&str, &str, Mutate)> = vec![
+        ("max_connections", "between 16", |a| {
+            a.max_connections = Some("3".into())
+        }),
+        ("max_connections_per_source", "between 0", |a| {
+            a.max_connections_per_source = Some("2000000".into())
+        }),
+        ("tls_handshake_timeout", "", |a| {
+            a.tls_handshake_timeout = Some("soon".into())
+        }),
+        ("header_timeout", "", |a| {
+            a.header_timeout = Some("2h".into())
+        }),
+        ("idle_timeout", "twice the heartbeat interval", |a| {
+            a.idle_timeout = Some("15s".into())
+        }),
+        ("dns_rate_limit", "between 0", |a| {
+            a.dns_rate_limit = Some("2000000".into())
+        }),
+    ];
+    for (name, reason, mutate) in cases {
+        let mut a = args();
+        mutate(&mut a);
+        let err = Settings::load(&a).unwrap_err();
+        assert_eq!(err.name, name, "{err}");
+        assert!(err.to_string().contains(reason), "{err}");
+    }
+}

@@ -10,9 +10,9 @@
 //! - Every error is JSON `{"error": {"code", "message"}}`. Bad input is a 4xx;
 //!   a 5xx means our own fault or EC2 being unavailable.
 //! - Bodies are capped at [`muster_proto::MAX_BODY_BYTES`] and must arrive
-//!   within [`BODY_TIMEOUT`]; unknown JSON fields are refused. (Headers must
-//!   arrive within [`HEADER_TIMEOUT`] and the TLS handshake within 10 s: the
-//!   server enforces those, see [`crate::serve`].)
+//!   within [`BODY_TIMEOUT`]; unknown JSON fields are refused. Connections
+//!   are bounded beneath the router ([`connections`]): caps per source and
+//!   in total, and timeouts for the TLS handshake, the headers and idling.
 //! - The agent endpoints are rate limited per source address
 //!   (`--agent-rate-limit` requests per second, bursts of twice that);
 //!   beyond it the answer is 429 `rate_limited` with `Retry-After`.
@@ -27,6 +27,7 @@
 //! - [`errors`]: the JSON error answers and their statuses.
 //! - [`agents`] and [`admin`]: the handlers.
 //! - [`metrics`]: the Prometheus text at `/metrics`.
+//! - [`connections`]: the connection guards under the router.
 
 use std::sync::Arc;
 
@@ -40,12 +41,13 @@ use crate::registry::Registry;
 
 mod admin;
 mod agents;
+pub mod connections;
 mod errors;
 mod guards;
 mod metrics;
 
 pub use errors::ApiError;
-pub use guards::{client_addr, source_limiter, SourceLimiter, BODY_TIMEOUT, HEADER_TIMEOUT};
+pub use guards::{client_addr, source_limiter, SourceLimiter, BODY_TIMEOUT};
 
 use admin::{
     backup, byon_token, create_cluster, dns_status, list_clusters, list_nodes, node_events,
@@ -53,7 +55,7 @@ use admin::{
     show_node, user_data,
 };
 use agents::{agent_download, heartbeat, register};
-use guards::limit_agents;
+use guards::{limit_agents, remember_served};
 use metrics::metrics;
 
 /// What every handler shares.
@@ -73,6 +75,8 @@ pub struct AppState {
     pub agent: Option<Arc<crate::launcher::agent_dist::AgentDist>>,
     /// How far the external DNS provider has got.
     pub dns_status: Arc<crate::dns::status::StatusBoard>,
+    /// The open connections, and the sources known to be agents or admins.
+    pub connections: Arc<connections::Connections>,
 }
 
 /// Builds the router.
@@ -109,6 +113,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(muster_proto::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            remember_served,
+        ))
         .with_state(state)
 }
 

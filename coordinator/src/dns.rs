@@ -5,7 +5,8 @@
 //! - [`zone`]: the record model (docs/dns.md) and the live snapshot,
 //!   rebuilt from the registry's nodes on every change.
 //! - [`server`]: the embedded authoritative server (UDP and TCP), the
-//!   default provider.
+//!   default provider; its UDP answers capped in size and, by [`rrl`],
+//!   in rate per source network.
 //! - [`provider`]: the trait an external server is written through, and
 //!   its change vocabulary (`Change`, `Outcome`, `Applied`).
 //! - [`ownership`]: the TXT records that mark muster's names, and the
@@ -23,6 +24,7 @@ pub mod provider;
 pub mod reconcile;
 pub mod rfc2136;
 pub mod route53;
+pub mod rrl;
 pub mod server;
 pub mod status;
 pub mod zone;

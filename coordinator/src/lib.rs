@@ -11,7 +11,8 @@
 //! - [`serve`]: the wiring: start-up, the loops, shutdown.
 //! - [`cli`]: the admin client, and the admin commands built on it.
 //! - [`api`]: the HTTPS router, its guards and errors, the agent and admin
-//!   handlers, `/metrics`.
+//!   handlers, `/metrics`, and the connection guards under them (caps per
+//!   source and in total, handshake, header and idle timeouts).
 //! - [`registry`]: what happens when an agent registers or heartbeats, and
 //!   what the admin API reads back: admission, claims checked against EC2,
 //!   the live view, liveness and the sweep, the node state machine,
@@ -24,7 +25,8 @@
 //! - [`store`]: the durable state (SQLite): clusters, nodes, events.
 //! - The ground floor: [`ec2`] (clients, tags, instance lookups), [`pki`]
 //!   (CA, server certificate, admin token), [`secrets`] (minting, hashing
-//!   and comparing bearer secrets), and [`config`] (`serve` settings, the
+//!   and comparing bearer secrets), [`fdlimit`] (the open files limit,
+//!   raised at start), and [`config`] (`serve` settings, the
 //!   `muster-coordinator-config` crate, kept apart so the config decoder
 //!   builds without the AWS SDK).
 
@@ -35,6 +37,7 @@ pub mod cli;
 pub use muster_coordinator_config as config;
 pub mod dns;
 pub mod ec2;
+pub mod fdlimit;
 pub mod launcher;
 pub mod pki;
 pub mod registry;

@@ -2,11 +2,14 @@
 //! keeps, starts its loops and servers, and stops them on shutdown; the
 //! work itself lives in the modules it wires.
 //!
-//! Start-up goes: the data dir; TLS and the admin token ([`crate::pki`]);
-//! the store; EC2 ([`crate::ec2`]) and the account it answers for; the
-//! agent to serve and the launcher; the registry and its loops (publisher, liveness, sweep); the DNS
+//! Start-up goes: the open files limit, raised ([`crate::fdlimit`]); the
+//! data dir; TLS and the admin token ([`crate::pki`]); the store; EC2
+//! ([`crate::ec2`]) and the account it answers for; the agent to serve and
+//! the launcher;
+//! the registry and its loops (publisher, liveness, sweep); the DNS
 //! provider and its loops, if one is configured; the embedded DNS server;
-//! the HTTPS API. systemd hears READY once the API listens, and STOPPING
+//! the HTTPS API behind its connection guards
+//! ([`crate::api::connections`]). systemd hears READY once the API listens, and STOPPING
 //! when shutdown begins; in-flight requests then get [`DRAIN_DEADLINE`].
 
 use std::future::Future;
@@ -15,6 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::connections::{ConnectionLimits, Connections};
 use crate::config::{self, Settings};
 use crate::dns::provider::DnsProvider;
 use crate::dns::reconcile::{watch_last_change, Reconciler};
@@ -23,6 +27,7 @@ use crate::dns::route53::{Route53, Route53Error};
 use crate::dns::status::StatusBoard;
 use crate::dns::{self, DnsError, Zone};
 use crate::ec2::{CachedInstances, Ec2Clients, Ec2Instances, InstanceLookup};
+use crate::fdlimit::{self, FdLimit};
 use crate::launcher::agent_dist::{AgentDist, AgentDistError};
 use crate::launcher::{userdata, Launcher};
 use crate::pki::{self, PkiError};
@@ -99,6 +104,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     install_crypto_provider();
+    let fds = fdlimit::raise_nofile();
     make_data_dir(&settings.data_dir)?;
     let (files, tls) = tls_files(&settings)?;
     let admin_token = pki::ensure_admin_token(&settings.data_dir)?;
@@ -110,15 +116,23 @@ pub async fn serve(
     let agent = agent_dist(&settings)?;
     let zone = Arc::new(Zone::new(&settings.zone, settings.dns_ttl)?);
     let registry = open_registry(&settings, &files, agent.clone(), zone.clone()).await?;
+    let connections = Connections::new(connection_limits(&settings, fds));
     let loops = [
         tokio::spawn(registry.clone().run_publisher()),
         tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
         tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
+        tokio::spawn(forget_loop(connections.clone())),
     ];
     let dns_status = Arc::new(StatusBoard::default());
     let dns_loops = start_dns_provider(&settings, &zone, &dns_status).await?;
-    let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen).await?;
-    tracing::info!(addr = %dns_addr, zone = %settings.zone, "dns listening (udp, tcp)");
+    let dns_rate_limit = settings.limits.dns_rate_limit;
+    let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen, dns_rate_limit).await?;
+    tracing::info!(
+        addr = %dns_addr,
+        zone = %settings.zone,
+        rate_limit = dns_rate_limit,
+        "dns listening (udp, tcp)"
+    );
 
     let app = api::router(api::AppState {
         registry,
@@ -128,9 +142,10 @@ pub async fn serve(
         limiter: source_limiter(settings.trust.agent_rate_limit),
         agent,
         dns_status,
+        connections: connections.clone(),
     });
     let handle = axum_server::Handle::new();
-    let mut api_task = start_api(settings.listen, tls, app, handle.clone());
+    let mut api_task = start_api(settings.listen, tls, app, handle.clone(), connections);
     let api_addr = tokio::select! {
         addr = handle.listening() => addr,
         result = &mut api_task => return Err(api_stopped(settings.listen, result, "at once")),
@@ -335,27 +350,74 @@ fn source_limiter(per_second: u32) -> Option<Arc<api::SourceLimiter>> {
     Some(limiter)
 }
 
-/// Serves `app` over HTTPS on `listen` until `handle` shuts it down.
+/// The connection bounds of `settings`, the total lowered to fit the open
+/// files limit `fds`.
+fn connection_limits(settings: &Settings, fds: FdLimit) -> ConnectionLimits {
+    let limits = &settings.limits;
+    let asked = u64::from(limits.max_connections);
+    let max_total = asked.min(fds.connections());
+    if max_total < asked {
+        tracing::warn!(
+            max_connections = asked,
+            allowed = max_total,
+            soft = fds.soft,
+            "the open files limit allows fewer API connections than --max-connections; \
+             raise LimitNOFILE"
+        );
+    }
+    let bounds = ConnectionLimits {
+        max_total: usize::try_from(max_total).unwrap_or(usize::MAX),
+        per_source: limits.max_connections_per_source as usize,
+        tls_handshake_timeout: limits.tls_handshake_timeout,
+        header_timeout: limits.header_timeout,
+        idle_timeout: limits.idle_timeout,
+    };
+    tracing::info!(
+        max_connections = bounds.max_total,
+        reserved_for_known = bounds.reserved(),
+        per_source = bounds.per_source,
+        tls_handshake_timeout = %humantime::format_duration(bounds.tls_handshake_timeout),
+        header_timeout = %humantime::format_duration(bounds.header_timeout),
+        idle_timeout = %humantime::format_duration(bounds.idle_timeout),
+        "api connection limits"
+    );
+    bounds
+}
+
+/// Serves `app` over HTTPS on `listen` until `handle` shuts it down, each
+/// connection admitted and watched by `connections`.
 fn start_api(
     listen: std::net::SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     app: axum::Router,
     handle: axum_server::Handle,
+    connections: Arc<Connections>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let mut server = axum_server::bind_rustls(
-        listen,
-        axum_server::tls_rustls::RustlsConfig::from_config(tls),
-    )
-    .handle(handle);
-    // A client that dribbles its headers is cut off (the TLS handshake has
-    // its own 10 s limit, and bodies have theirs in the API).
+    let acceptor = api::connections::acceptor(tls, connections);
+    let mut server = axum_server::bind(listen).acceptor(acceptor).handle(handle);
+    // hyper's own header timeout would also close an idle keep-alive
+    // connection (it runs while waiting for the next request): the
+    // connection guards time headers and idling apart instead.
     server
         .http_builder()
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(api::HEADER_TIMEOUT);
+        .header_read_timeout(None);
+    server
+        .http_builder()
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new());
     let server = server.serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>());
     tokio::spawn(server)
+}
+
+/// Forgets, every minute, the sources not served lately.
+async fn forget_loop(connections: Arc<Connections>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        connections.forget_stale();
+    }
 }
 
 /// The error of an API server task that ended (`when`: "at once" before it

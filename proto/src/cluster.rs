@@ -95,7 +95,7 @@ pub struct CreateClusterRequest {
 impl CreateClusterRequest {
     /// Checks the name and the launch spec.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        validate::dns_label("name", &self.name)?;
+        validate::cluster_name("name", &self.name)?;
         if let Some(spec) = &self.launch {
             spec.validate()?;
         }

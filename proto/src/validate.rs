@@ -119,6 +119,37 @@ pub fn dns_label(field: &str, value: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// The label of the zone's name server (`ns.<zone>`, the SOA's and NS
+/// record's target).
+pub const NAMESERVER_LABEL: &str = "ns";
+
+/// The label of the zone's contact mailbox in its SOA
+/// (`hostmaster.<zone>`).
+pub const HOSTMASTER_LABEL: &str = "hostmaster";
+
+/// The label under which the private addresses' names live
+/// (`n.c.internal.<zone>`).
+pub const INTERNAL_LABEL: &str = "internal";
+
+/// Names no cluster may take, since `c.<zone>` would shadow the zone's own
+/// names. (The ownership labels `_muster` and `_muster-wildcard` are no
+/// DNS labels a cluster may have anyway.)
+pub const RESERVED_CLUSTER_NAMES: [&str; 3] = [NAMESERVER_LABEL, HOSTMASTER_LABEL, INTERNAL_LABEL];
+
+/// A new cluster's name: one [`dns_label`] that is none of
+/// [`RESERVED_CLUSTER_NAMES`].
+pub fn cluster_name(field: &str, value: &str) -> Result<(), ValidationError> {
+    dns_label(field, value)?;
+    if RESERVED_CLUSTER_NAMES.contains(&value) {
+        return Err(ValidationError::new(
+            field,
+            value,
+            "is reserved for the zone's own names (ns, hostmaster, internal)",
+        ));
+    }
+    Ok(())
+}
+
 /// A DNS name of one or more RFC 1123 labels separated by dots, without a
 /// trailing dot, at most 253 characters.
 pub fn dns_name(field: &str, value: &str) -> Result<(), ValidationError> {
@@ -381,6 +412,21 @@ mod tests {
         ] {
             assert!(instance_id(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A cluster may not take the zone's own names; the ownership labels
+    /// are refused as labels already.
+    #[test]
+    fn reserved_cluster_names() {
+        for reserved in ["ns", "hostmaster", "internal"] {
+            let err = cluster_name("name", reserved).unwrap_err();
+            assert!(err.to_string().contains("reserved"), "{err}");
+        }
+        for ownership in ["_muster", "_muster-wildcard"] {
+            assert!(cluster_name("name", ownership).is_err());
+        }
+        cluster_name("name", "ns1").unwrap();
+        cluster_name("name", "internal-web").unwrap();
     }
 
     /// RFC 1123 labels: the edges of the rules.

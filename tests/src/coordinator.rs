@@ -76,6 +76,9 @@ pub struct Coordinator {
     operator_ca: Option<PathBuf>,
     /// What `--public-url` says, when not [`Coordinator::url`].
     public_url: Option<String>,
+    /// The soft and hard open files limits it runs under (via `prlimit`),
+    /// when not the test's own.
+    nofile: Option<(u64, u64)>,
 }
 
 impl Coordinator {
@@ -143,6 +146,24 @@ impl Coordinator {
         .await
     }
 
+    /// Like [`Coordinator::start_with`], run under the open files limits
+    /// `soft` and `hard` (set by `prlimit`, as a unit's `LimitNOFILE` would).
+    pub async fn start_with_nofile(
+        moto: &Moto,
+        (soft, hard): (u64, u64),
+        extra_args: &[&str],
+    ) -> Coordinator {
+        Coordinator::start_configured(
+            &moto.endpoint(),
+            Ipv4Addr::LOCALHOST,
+            extra_args,
+            None,
+            None,
+            Some((soft, hard)),
+        )
+        .await
+    }
+
     /// The loopback address its API listens on.
     pub fn api_addr(&self) -> SocketAddr {
         SocketAddr::from((self.api_ip, self.api_port))
@@ -164,15 +185,8 @@ impl Coordinator {
         operator_ca: Option<PathBuf>,
         public_url: Option<String>,
     ) -> Coordinator {
-        Coordinator::start_in(
-            new_data_dir(),
-            endpoint,
-            api_ip,
-            extra_args,
-            operator_ca,
-            public_url,
-        )
-        .await
+        Coordinator::start_configured(endpoint, api_ip, extra_args, operator_ca, public_url, None)
+            .await
     }
 
     /// A coordinator on `moto` started from `backup` (a file `muster-coordinator
@@ -208,24 +222,33 @@ impl Coordinator {
             "restore failed: {}",
             String::from_utf8_lossy(&restored.stderr)
         );
-        Coordinator::start_in(
-            data_dir,
-            &moto.endpoint(),
-            Ipv4Addr::LOCALHOST,
-            extra_args,
-            None,
-            None,
-        )
-        .await
+        let endpoint = moto.endpoint();
+        let site = (endpoint.as_str(), Ipv4Addr::LOCALHOST);
+        Coordinator::start_in(data_dir, site, extra_args, None, None, None).await
     }
 
-    async fn start_in(
-        data_dir: TempDir,
+    async fn start_configured(
         endpoint: &str,
         api_ip: Ipv4Addr,
         extra_args: &[&str],
         operator_ca: Option<PathBuf>,
         public_url: Option<String>,
+        nofile: Option<(u64, u64)>,
+    ) -> Coordinator {
+        let site = (endpoint, api_ip);
+        Coordinator::start_in(new_data_dir(), site, extra_args, operator_ca, public_url, nofile)
+            .await
+    }
+
+    /// Starts a coordinator on `data_dir`, asking EC2 at `site.0`, its API
+    /// on `site.1`.
+    async fn start_in(
+        data_dir: TempDir,
+        (endpoint, api_ip): (&str, Ipv4Addr),
+        extra_args: &[&str],
+        operator_ca: Option<PathBuf>,
+        public_url: Option<String>,
+        nofile: Option<(u64, u64)>,
     ) -> Coordinator {
         let mut coordinator = Coordinator {
             process: None,
@@ -238,6 +261,7 @@ impl Coordinator {
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             operator_ca,
             public_url,
+            nofile,
         };
         for attempt in 1..=PORT_ATTEMPTS {
             coordinator.api_port = free_tcp_port();
@@ -325,7 +349,12 @@ impl Coordinator {
 
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> String {
-        self.https_client()
+        self.metrics_with(&self.https_client()).await
+    }
+
+    /// `GET /metrics` with `client` (one that keeps its connection, say).
+    pub async fn metrics_with(&self, client: &reqwest::Client) -> String {
+        client
             .get(format!("{}/metrics", self.url()))
             .send()
             .await
@@ -338,15 +367,12 @@ impl Coordinator {
     /// The value of one sample in `/metrics` (`name` with its labels, e.g.
     /// `muster_sweeps_total` or `x_total{code="y"}`), 0 when absent.
     pub async fn metric(&self, sample: &str) -> u64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .map(|v| {
-                v.trim()
-                    .parse()
-                    .unwrap_or_else(|e| panic!("{sample} is {v:?}: {e}"))
-            })
-            .unwrap_or(0)
+        metric_in(&self.metrics().await, sample)
+    }
+
+    /// [`Coordinator::metric`] read with `client`.
+    pub async fn metric_with(&self, client: &reqwest::Client, sample: &str) -> u64 {
+        metric_in(&self.metrics_with(client).await, sample)
     }
 
     /// The admin token from `D/admin-token`, trimmed.
@@ -419,7 +445,19 @@ impl Coordinator {
     }
 
     fn spawn(&mut self) {
-        let mut command = Command::new(bin_path("muster-coordinator"));
+        let mut command = match self.nofile {
+            // prlimit sets the limits on itself and execs the coordinator,
+            // which keeps its pid.
+            Some((soft, hard)) => {
+                let mut command = Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={soft}:{hard}"))
+                    .arg("--")
+                    .arg(bin_path("muster-coordinator"));
+                command
+            }
+            None => Command::new(bin_path("muster-coordinator")),
+        };
         command
             .arg("serve")
             .args(["--listen", &format!("{}:{}", self.api_ip, self.api_port)])
@@ -485,6 +523,18 @@ impl Coordinator {
             "muster-coordinator was not healthy within {READY_TIMEOUT:?}; last: {last}"
         ))
     }
+}
+
+/// The value of one sample in the Prometheus `text`, 0 when absent.
+fn metric_in(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{sample} is {v:?}: {e}"))
+        })
+        .unwrap_or(0)
 }
 
 impl Drop for Coordinator {

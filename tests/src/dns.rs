@@ -1,16 +1,19 @@
 //! The tests' own DNS client: plain queries over UDP to one server (the
 //! coordinator's embedded DNS), no recursion asked, no cache, so every answer
-//! is what that server says right now. This is the independent read of what
-//! landed in DNS.
+//! is what that server says right now; an answer truncated (TC set) is
+//! asked again over TCP, as a resolver would. This is the independent read
+//! of what landed in DNS. [`exchange_udp`] and [`exchange_tcp`] send one
+//! message as it is, for tests of the server's limits.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 
 /// How long one query waits for its answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -76,8 +79,23 @@ impl Resolver {
         .unwrap_or_else(|e| panic!("resolving {name}: {e:#}"))
     }
 
-    /// Asks one question and returns the answer.
+    /// Asks one question and returns the answer: over UDP, and again over
+    /// TCP if the UDP answer was truncated.
     pub async fn query(&self, name: &str, record_type: RecordType) -> anyhow::Result<DnsAnswer> {
+        let (request, response) = self.query_udp(name, record_type).await?;
+        if !response.truncated() {
+            return Ok(reduce(&response));
+        }
+        let response = exchange_tcp(self.server, &request).await?;
+        Ok(reduce(&response))
+    }
+
+    /// Asks one question over UDP; the query and the answer as they are.
+    async fn query_udp(
+        &self,
+        name: &str,
+        record_type: RecordType,
+    ) -> anyhow::Result<(Message, Message)> {
         let name = Name::from_str(name).with_context(|| format!("{name:?} is not a DNS name"))?;
         let id: u16 = rand::random();
         let mut request = Message::new();
@@ -113,13 +131,57 @@ impl Resolver {
             if response.id() != id || response.message_type() != MessageType::Response {
                 continue;
             }
-            return Ok(reduce(&response));
+            return Ok((request, response));
         }
         bail!(
             "{} did not answer {name} {record_type} in {QUERY_ATTEMPTS} tries",
             self.server
         )
     }
+}
+
+/// Sends `request` over UDP from `from` (any port) to `server`; the answer's
+/// bytes, or `None` if none came within [`QUERY_TIMEOUT`].
+pub async fn exchange_udp(
+    server: SocketAddr,
+    from: IpAddr,
+    request: &Message,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let socket = UdpSocket::bind((from, 0))
+        .await
+        .with_context(|| format!("binding a UDP socket on {from}"))?;
+    socket.send_to(&request.to_vec()?, server).await?;
+    let mut buffer = vec![0u8; 65_535];
+    match tokio::time::timeout(QUERY_TIMEOUT, socket.recv(&mut buffer)).await {
+        Err(_elapsed) => Ok(None),
+        Ok(received) => {
+            let received = received?;
+            buffer.truncate(received);
+            Ok(Some(buffer))
+        }
+    }
+}
+
+/// Sends `request` over TCP to `server` and reads the answer.
+pub async fn exchange_tcp(server: SocketAddr, request: &Message) -> anyhow::Result<Message> {
+    let bytes = request.to_vec()?;
+    let mut stream = tokio::time::timeout(QUERY_TIMEOUT, TcpStream::connect(server))
+        .await
+        .with_context(|| format!("connecting to {server} over TCP"))??;
+    let length = u16::try_from(bytes.len()).context("a query over 64 KiB")?;
+    stream.write_all(&length.to_be_bytes()).await?;
+    stream.write_all(&bytes).await?;
+    let read = async {
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).await?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut answer).await?;
+        anyhow::Ok(answer)
+    };
+    let answer = tokio::time::timeout(QUERY_TIMEOUT * 2, read)
+        .await
+        .with_context(|| format!("no answer from {server} over TCP"))??;
+    Message::from_vec(&answer).with_context(|| format!("decoding the TCP answer from {server}"))
 }
 
 fn reduce(response: &Message) -> DnsAnswer {

@@ -1,6 +1,8 @@
 //! The guards in front of the handlers: the admin bearer token, the
 //! per-source rate limit on agent requests, the client's address behind
-//! trusted proxies, and JSON bodies that are bounded in size and time.
+//! trusted proxies, JSON bodies that are bounded in size and time, and the
+//! note of which sources are agents or admins (they may use the
+//! connections kept in reserve).
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -22,9 +24,6 @@ use crate::secrets::secret_matches;
 
 /// How long a request body may take to arrive.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a request's headers may take to arrive.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Agent requests per source address, over time.
 pub type SourceLimiter = governor::DefaultKeyedRateLimiter<IpAddr>;
@@ -101,6 +100,35 @@ pub(super) async fn limit_agents(
         }
     }
     next.run(req).await
+}
+
+/// Notes the TCP peer of an agent request or an admin call that succeeded
+/// as a known source, which may use the connections kept in reserve.
+pub(super) async fn remember_served(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let agent = matches!(
+        req.uri().path(),
+        muster_proto::paths::AGENT_REGISTER | muster_proto::paths::AGENT_HEARTBEAT
+    );
+    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+    let response = next.run(req).await;
+    if response.status().is_success() {
+        let admin = || {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = authorization {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            require_admin(&state, &headers).is_ok()
+        };
+        if agent || admin() {
+            state.connections.remember(peer.ip());
+        }
+    }
+    response
 }
 
 /// `Json` whose rejections are our JSON errors.

@@ -1,5 +1,6 @@
-//! `/metrics`: the registry's counters, node counts, the EC2 cache and the
-//! DNS provider's progress, in the Prometheus text format.
+//! `/metrics`: the registry's counters, node counts, the API's connections,
+//! the embedded DNS server's limits, the EC2 cache and the DNS provider's
+//! progress, in the Prometheus text format.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,14 +12,18 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use muster_proto::ErrorCode;
 
+use super::connections::Connections;
 use super::AppState;
 use crate::dns::status::ProviderStatus;
+use crate::dns::zone::ServerCounters;
 use crate::ec2::CacheStatus;
 use crate::registry::Registry;
 
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = Exposition::default();
     registry_metrics(&mut out, &state.registry);
+    dns_server_metrics(&mut out, state.registry.zone().server_counters());
+    connection_metrics(&mut out, &state.connections);
     let caches = state.registry.ec2_cache_status();
     if !caches.is_empty() {
         ec2_cache_metrics(&mut out, &caches);
@@ -131,6 +136,105 @@ fn registry_metrics(out: &mut Exposition, registry: &Registry) {
         "counter",
         "DNS queries answered by the embedded server.",
         registry.zone().queries(),
+    );
+}
+
+/// What the embedded DNS server cut short or held back.
+fn dns_server_metrics(out: &mut Exposition, counters: &ServerCounters) {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    out.single(
+        "muster_dns_truncated_total",
+        "counter",
+        "UDP answers too big for the client's buffer (at most 1232 bytes), sent with TC set.",
+        load(&counters.truncated),
+    );
+    out.section(
+        "muster_dns_rate_limited_total",
+        "counter",
+        "UDP answers over the per-network rate limit, by what was done: slip (short, TC set) or drop.",
+        vec![
+            format!(
+                "muster_dns_rate_limited_total{{action=\"slip\"}} {}",
+                load(&counters.slipped)
+            ),
+            format!(
+                "muster_dns_rate_limited_total{{action=\"drop\"}} {}",
+                load(&counters.dropped)
+            ),
+        ],
+    );
+}
+
+/// The API's connections: open, handshakes, refusals and closes.
+fn connection_metrics(out: &mut Exposition, connections: &Connections) {
+    let counters = &connections.counters;
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    out.single(
+        "muster_connections_open",
+        "gauge",
+        "Open API connections, handshaking ones included.",
+        connections.open(),
+    );
+    out.single(
+        "muster_connections_max",
+        "gauge",
+        "Open API connections allowed (--max-connections, lowered to fit the open files limit).",
+        connections.limits().max_total,
+    );
+    out.single(
+        "muster_tls_handshakes_total",
+        "counter",
+        "Completed TLS handshakes on the API.",
+        load(&counters.handshakes),
+    );
+    out.section(
+        "muster_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes on the API that failed, by reason: timeout or error.",
+        vec![
+            format!(
+                "muster_tls_handshake_failures_total{{reason=\"timeout\"}} {}",
+                load(&counters.handshake_timeouts)
+            ),
+            format!(
+                "muster_tls_handshake_failures_total{{reason=\"error\"}} {}",
+                load(&counters.handshake_failures)
+            ),
+        ],
+    );
+    let refused = ["per_source", "reserved", "total"];
+    out.section(
+        "muster_connections_refused_total",
+        "counter",
+        "API connections reset at once, by the cap reached: per_source, reserved (only known \
+         sources may use the rest) or total.",
+        refused
+            .iter()
+            .zip(&counters.refused)
+            .map(|(why, n)| {
+                format!(
+                    "muster_connections_refused_total{{reason=\"{why}\"}} {}",
+                    load(n)
+                )
+            })
+            .collect(),
+    );
+    let closed = ["first_request", "header", "idle", "stalled"];
+    out.section(
+        "muster_connections_closed_total",
+        "counter",
+        "API connections closed by the coordinator, by reason: no first request within the \
+         header timeout, headers too slow, idle, or a client that stopped reading.",
+        closed
+            .iter()
+            .zip(&counters.closed)
+            .map(|(why, n)| {
+                format!(
+                    "muster_connections_closed_total{{reason=\"{why}\"}} {}",
+                    load(n)
+                )
+            })
+            .collect(),
     );
 }
 

@@ -36,14 +36,14 @@ use std::sync::{Arc, RwLock};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, CNAME, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
-use muster_proto::NodeState;
+use muster_proto::{validate, NodeState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::DnsError;
 
 /// Label under which internal (private address) names live.
-pub const INTERNAL_LABEL: &str = "internal";
+pub const INTERNAL_LABEL: &str = muster_proto::validate::INTERNAL_LABEL;
 
 /// What the DNS model needs to know about one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,8 +328,8 @@ impl ZoneData {
     ) -> Result<ZoneData, hickory_proto::ProtoError> {
         let origin = zone.clone();
         let soa_rdata = SOA::new(
-            origin.prepend_label("ns")?,
-            origin.prepend_label("hostmaster")?,
+            origin.prepend_label(validate::NAMESERVER_LABEL)?,
+            origin.prepend_label(validate::HOSTMASTER_LABEL)?,
             serial,
             3600,
             600,
@@ -340,7 +340,7 @@ impl ZoneData {
         let ns = Record::from_rdata(
             origin.clone(),
             ttl,
-            RData::NS(NS(origin.prepend_label("ns")?)),
+            RData::NS(NS(origin.prepend_label(validate::NAMESERVER_LABEL)?)),
         );
         let origin = LowerName::from(&origin);
         let mut names = HashSet::new();
@@ -473,6 +473,17 @@ impl ZoneData {
     }
 }
 
+/// What the embedded server did besides answering in full, counted.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    /// UDP answers too big for the client's buffer, sent with TC set.
+    pub truncated: AtomicU64,
+    /// UDP answers over the rate limit sent short, with TC set.
+    pub slipped: AtomicU64,
+    /// UDP answers over the rate limit dropped.
+    pub dropped: AtomicU64,
+}
+
 /// The live zone: the current snapshot, swapped whole on every change.
 #[derive(Debug)]
 pub struct Zone {
@@ -481,6 +492,7 @@ pub struct Zone {
     serial: AtomicU32,
     current: RwLock<Arc<ZoneData>>,
     queries: AtomicU64,
+    server: ServerCounters,
     desired: watch::Sender<Arc<DesiredRecords>>,
     /// Whether anyone subscribed to `desired`; until then it stays empty.
     /// Changed only under `current`'s write lock.
@@ -515,6 +527,7 @@ impl Zone {
             serial: AtomicU32::new(serial),
             current: RwLock::new(Arc::new(data)),
             queries: AtomicU64::new(0),
+            server: ServerCounters::default(),
             desired: watch::Sender::new(Arc::new(DesiredRecords::new())),
             desired_wanted: AtomicBool::new(false),
         })
@@ -576,6 +589,11 @@ impl Zone {
     /// Counts one query answered.
     pub(super) fn count_query(&self) {
         self.queries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the embedded server truncated, slipped and dropped.
+    pub fn server_counters(&self) -> &ServerCounters {
+        &self.server
     }
 
     /// The zone's name, fully qualified.

@@ -529,8 +529,10 @@ async fn start(moto: &Moto, args: &Args) -> anyhow::Result<(Coordinator, String,
         "--grace".to_owned(),
         "1h".to_owned(),
         // Every simulated agent speaks from 127.0.0.1, so the per-source
-        // limit, meant for one node per address, is off.
+        // limits, meant for one node per address, are off.
         "--agent-rate-limit".to_owned(),
+        "0".to_owned(),
+        "--max-connections-per-source".to_owned(),
         "0".to_owned(),
     ];
     if let Some(refresh) = &args.ec2_cache_refresh {
