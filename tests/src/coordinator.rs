@@ -236,8 +236,15 @@ impl Coordinator {
         nofile: Option<(u64, u64)>,
     ) -> Coordinator {
         let site = (endpoint, api_ip);
-        Coordinator::start_in(new_data_dir(), site, extra_args, operator_ca, public_url, nofile)
-            .await
+        Coordinator::start_in(
+            new_data_dir(),
+            site,
+            extra_args,
+            operator_ca,
+            public_url,
+            nofile,
+        )
+        .await
     }
 
     /// Starts a coordinator on `data_dir`, asking EC2 at `site.0`, its API
