@@ -62,6 +62,9 @@ pub enum CoordinatorError {
         code: ErrorCode,
         /// What went wrong, in words, cut short.
         message: String,
+        /// How long the coordinator asked to be left alone (`Retry-After`,
+        /// in seconds, at most [`MAX_RETRY_AFTER`]).
+        retry_after: Option<Duration>,
     },
     /// The coordinator answered 200 with something this agent cannot read.
     #[error("cannot understand the coordinator's answer to {url}")]
@@ -79,6 +82,15 @@ impl CoordinatorError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             CoordinatorError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// How long the coordinator asked to wait before the next try, if it
+    /// did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CoordinatorError::Refused { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -196,6 +208,7 @@ impl CoordinatorClient {
             .await
             .map_err(unreachable)?;
         let status = response.status();
+        let retry_after = retry_after(response.headers());
         let bytes = crate::read_body_capped(response, MAX_BODY_BYTES + 1)
             .await
             .map_err(unreachable)?;
@@ -224,8 +237,34 @@ impl CoordinatorClient {
             status,
             code,
             message,
+            retry_after,
         })
     }
+}
+
+/// The longest `Retry-After` the agent honours: a coordinator (or a proxy)
+/// asking for more is waited on for this long, then asked again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// A `Retry-After` given in seconds (the form the coordinator sends; an
+/// HTTP date is ignored), capped at [`MAX_RETRY_AFTER`].
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// The pause before the next try: the backoff's, or longer if the
+/// coordinator asked for longer.
+pub fn pause(backoff: Duration, error: &CoordinatorError) -> Duration {
+    error
+        .retry_after()
+        .map_or(backoff, |asked| asked.max(backoff))
 }
 
 #[cfg(test)]
@@ -238,6 +277,7 @@ mod tests {
             status,
             code: ErrorCode::Other("x".into()),
             message: "x".into(),
+            retry_after: None,
         }
     }
 
@@ -254,6 +294,42 @@ mod tests {
             source: serde_json::from_str::<u8>("x").unwrap_err(),
         };
         assert!(!decode.is_outage());
+    }
+
+    /// `Retry-After` in seconds is honoured, capped; a date or garbage is
+    /// ignored; the pause is the longer of the backoff's and the one asked.
+    #[test]
+    fn retry_after_lengthens_the_pause() {
+        let header = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            retry_after(&headers)
+        };
+        assert_eq!(header("7"), Some(Duration::from_secs(7)));
+        assert_eq!(header("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(header("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(header("-1"), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+        let asked = CoordinatorError::Refused {
+            url: "https://c.example.com/v1/agent/heartbeat".into(),
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: ErrorCode::RateLimited,
+            message: "x".into(),
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert_eq!(
+            pause(Duration::from_secs(1), &asked),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            pause(Duration::from_secs(9), &asked),
+            Duration::from_secs(9)
+        );
+        let plain = refused(StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            pause(Duration::from_secs(1), &plain),
+            Duration::from_secs(1)
+        );
     }
 
     /// One heartbeat to `url`, trusting a CA of its own.

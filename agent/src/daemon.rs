@@ -315,6 +315,18 @@ impl<'a> Agent<'a> {
         let dir = &self.settings.state_dir;
         let stored = match state::load(dir) {
             Ok(stored) => stored,
+            // Another node's file (baked into an image, where modes are
+            // often lost) holds nothing of this node's to protect.
+            Err(state::StateError::Exposed { .. })
+                if state::owner(dir).is_some_and(|owner| owner != identity.node_id) =>
+            {
+                warn!(
+                    current = %identity.node_id,
+                    "the state file belongs to another node and others may read it (an image baked with state?); discarding it"
+                );
+                state::discard(dir).map_err(RunError::DiscardState)?;
+                None
+            }
             Err(e @ state::StateError::Exposed { .. }) => return Err(RunError::StateExposed(e)),
             Err(e) => {
                 warn!(error = %error_chain(&e), "ignoring the state file; joining afresh");
@@ -373,6 +385,8 @@ impl<'a> Agent<'a> {
         addresses: &mut watch::Receiver<Addresses>,
     ) -> Result<RegisterResponse, RunError> {
         let mut backoff = Backoff::coordinator();
+        // A pause the coordinator asked for (`Retry-After`).
+        let mut asked = None;
         loop {
             let Some((secret, presented)) = self.secret() else {
                 return Err(RunError::NoSecret {
@@ -410,9 +424,12 @@ impl<'a> Agent<'a> {
                     self.credential_refused = true;
                     continue;
                 }
-                Err(e) => self.register_failed(&e, using, identity).await,
+                Err(e) => {
+                    self.register_failed(&e, using, identity).await;
+                    asked = e.retry_after();
+                }
             }
-            let wait = backoff.next_delay();
+            let wait = backoff.next_delay().max(asked.take().unwrap_or_default());
             debug!(?wait, "registering again after a pause");
             self.watchdog
                 .idle(async {
@@ -589,7 +606,7 @@ impl<'a> Agent<'a> {
                     return;
                 }
                 Err(e) => {
-                    let wait = backoff.next_delay();
+                    let wait = crate::coordinator::pause(backoff.next_delay(), &e);
                     self.heartbeat_failed(&e, wait);
                     next = Instant::now() + wait;
                 }

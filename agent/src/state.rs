@@ -10,7 +10,9 @@
 //!
 //! A state file that its group or others may read or write is refused: the
 //! agent will not start on a credential others may have seen (or planted);
-//! `chmod 600` it, or remove it to join afresh.
+//! `chmod 600` it, or remove it to join afresh. Unless it is another
+//! node's (an image baked with state, where modes are often lost): that
+//! one is discarded, as below, before its mode is held against it.
 //!
 //! A state file bound to another node id than the one the agent finds (from
 //! IMDS, or from the machine id) was copied from elsewhere (an image baked
@@ -154,6 +156,16 @@ pub fn load(dir: &Path) -> Result<Option<StoredState>, StateError> {
         .map_err(|source| StateError::Parse { path, source })
 }
 
+/// The node the state file in `dir` belongs to, whatever its mode; `None`
+/// if there is none or it cannot be read. Only for deciding whether a file
+/// is another node's to discard: its credential is never used unchecked.
+pub fn owner(dir: &Path) -> Option<String> {
+    let bytes = fs::read(state_file(dir)).ok()?;
+    serde_json::from_slice::<StoredState>(&bytes)
+        .ok()
+        .map(|state| state.instance_id)
+}
+
 /// Whether `dir` holds a state file with a usable node credential.
 pub fn has_credential(dir: &Path) -> bool {
     matches!(
@@ -214,13 +226,16 @@ mod tests {
         }
     }
 
-    /// A state file others may read is refused, not used.
+    /// A state file others may read is refused, not used; whose it is can
+    /// still be read, to discard another node's.
     #[test]
     fn exposed_state_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path().join("state");
+        assert_eq!(owner(&dir), None);
         save(&dir, &sample()).unwrap();
         fs::set_permissions(state_file(&dir), Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(owner(&dir).as_deref(), Some("i-0123456789abcdef0"));
         let err = load(&dir).unwrap_err();
         assert!(
             matches!(err, StateError::Exposed { mode: 0o644, .. }),

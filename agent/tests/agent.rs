@@ -553,6 +553,11 @@ async fn wait_until(what: &str, agent: &Agent, ok: impl Fn() -> bool) {
 /// Writes a state file of another instance into the world's state dir,
 /// with permission bits `mode`.
 fn write_foreign_state(world: &World, mode: u32) {
+    write_state_of(world, "i-0fedcba9876543210", mode);
+}
+
+/// A state file of instance `instance_id` with mode `mode`.
+fn write_state_of(world: &World, instance_id: &str, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     let foreign = format!("mnode_{}", "ee".repeat(32));
     std::fs::create_dir(world.path("state")).unwrap();
@@ -560,7 +565,7 @@ fn write_foreign_state(world: &World, mode: u32) {
     std::fs::write(
         &file,
         serde_json::json!({
-            "instance_id": "i-0fedcba9876543210",
+            "instance_id": instance_id,
             "cluster": "web",
             "node": "web-9",
             "dns_name": "web-9.web.muster.test",
@@ -574,12 +579,12 @@ fn write_foreign_state(world: &World, mode: u32) {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// A state file others may read: the agent refuses to start, says why,
-/// and sends nothing to the coordinator.
+/// A state file of its own others may read: the agent refuses to start,
+/// says why, and sends nothing to the coordinator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refuses_to_start_on_a_state_file_others_may_read() {
     let world = World::start().await;
-    write_foreign_state(&world, 0o644);
+    write_state_of(&world, INSTANCE_ID, 0o644);
     let mut agent = world.start_agent();
     let code = tokio::task::spawn_blocking(move || {
         let code = agent.child.wait().unwrap().code();
@@ -719,12 +724,13 @@ async fn restarts_with_the_stored_credential_and_falls_back() {
     assert_eq!(agent.stop().await, 0);
 }
 
-/// A state file from another instance is discarded: the agent joins with
-/// the join token instead of presenting a credential that is not its own.
+/// A state file from another instance is discarded, even one others may
+/// read (baked into an image, modes lost): the agent joins with the join
+/// token instead of presenting a credential that is not its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn discards_state_from_another_instance() {
     let world = World::start().await;
-    write_foreign_state(&world, 0o600);
+    write_foreign_state(&world, 0o644);
     let agent = world.start_agent();
     world
         .wait_for_status(&agent, "never deployed", |code, _| code == 0)
