@@ -75,6 +75,9 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_UNKNOWN_SWEEPS: u32 = 3;
 /// Default time a launched node's agent has to register.
 pub const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default time history is kept: a week (Consul reaps failed nodes after
+/// 72 hours).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default DNS provider.
 pub const DEFAULT_DNS_PROVIDER: &str = "embedded";
 /// Default TSIG algorithm.
@@ -134,6 +137,9 @@ pub struct Settings {
     pub unknown_sweeps: u32,
     /// Time a launched node's agent has to register before the node fails.
     pub launch_timeout: Duration,
+    /// How long terminated nodes, expired tokens and finished launch jobs
+    /// are kept.
+    pub retention: Duration,
     /// Where the records go.
     pub dns_provider: DnsProvider,
     /// Time between full reconciles with an external DNS provider.
@@ -189,6 +195,7 @@ impl Settings {
             ec2_cache_refresh: timing.ec2_cache_refresh,
             unknown_sweeps: timing.unknown_sweeps,
             launch_timeout: timing.launch_timeout,
+            retention: timing.retention,
             dns_provider: dns.provider,
             dns_reconcile_interval: dns.reconcile_interval,
             dns_owner_id: dns.owner_id,

@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Time a launched node's agent has to register before the node is failed [default: 10m]
     #[arg(long, env = "MUSTER_LAUNCH_TIMEOUT")]
     pub launch_timeout: Option<String>,
+    /// How long terminated nodes (with their events), expired tokens and finished launch jobs are kept [default: 7d]
+    #[arg(long, env = "MUSTER_RETENTION")]
+    pub retention: Option<String>,
     /// Where the records go: embedded, rfc2136 or route53 [default: embedded]
     #[arg(long, env = "MUSTER_DNS_PROVIDER")]
     pub dns_provider: Option<String>,
@@ -151,6 +154,7 @@ pub(crate) struct FileServe {
     ec2_cache_refresh: Option<String>,
     unknown_sweeps: Option<toml::Value>,
     launch_timeout: Option<String>,
+    retention: Option<String>,
     dns_provider: Option<String>,
     dns_owner_id: Option<String>,
     route53_zone: Option<String>,
@@ -201,6 +205,7 @@ pub(crate) struct Given {
     pub ec2_cache_refresh: Option<String>,
     pub unknown_sweeps: Option<String>,
     pub launch_timeout: Option<String>,
+    pub retention: Option<String>,
     pub dns_provider: Option<String>,
     pub dns_owner_id: Option<String>,
     pub route53_zone: Option<String>,
@@ -246,6 +251,7 @@ impl Given {
             ec2_cache_refresh: a.ec2_cache_refresh.or(file.ec2_cache_refresh),
             unknown_sweeps: a.unknown_sweeps.or(number(file.unknown_sweeps)),
             launch_timeout: a.launch_timeout.or(file.launch_timeout),
+            retention: a.retention.or(file.retention),
             dns_provider: a.dns_provider.or(file.dns_provider),
             dns_owner_id: a.dns_owner_id.or(file.dns_owner_id),
             route53_zone: a.route53_zone.or(file.route53_zone),

@@ -92,6 +92,8 @@ fn bad_values_name_themselves() {
         ("unknown_sweeps", |a| a.unknown_sweeps = Some("0".into())),
         ("launch_timeout", |a| a.launch_timeout = Some("0s".into())),
         ("launch_timeout", |a| a.launch_timeout = Some("2d".into())),
+        ("retention", |a| a.retention = Some("30s".into())),
+        ("retention", |a| a.retention = Some("forever".into())),
         ("tls_key", |a| a.tls_cert = Some("/etc/hostname".into())),
         ("config", |a| a.config = Some("/nonexistent/c.toml".into())),
         ("verify_source", |a| a.verify_source = Some("maybe".into())),

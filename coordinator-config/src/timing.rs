@@ -1,6 +1,7 @@
 //! How often the coordinator acts and how long it waits: the heartbeat
 //! interval handed to agents, the grace before a silent node is
-//! unreachable, the EC2 sweep and its cache, and the launch timeout.
+//! unreachable, the EC2 sweep and its cache, the launch timeout, and how
+//! long history is kept.
 
 use std::time::Duration;
 
@@ -9,8 +10,8 @@ use muster_proto::settings::Invalid;
 use crate::sources::Given;
 use crate::{duration, number};
 use crate::{
-    DEFAULT_GRACE, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LAUNCH_TIMEOUT, DEFAULT_SWEEP_INTERVAL,
-    DEFAULT_UNKNOWN_SWEEPS,
+    DEFAULT_GRACE, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LAUNCH_TIMEOUT, DEFAULT_RETENTION,
+    DEFAULT_SWEEP_INTERVAL, DEFAULT_UNKNOWN_SWEEPS,
 };
 
 /// The settings of this concern, checked.
@@ -22,6 +23,7 @@ pub(crate) struct Timing {
     pub ec2_cache_refresh: Option<Duration>,
     pub unknown_sweeps: u32,
     pub launch_timeout: Duration,
+    pub retention: Duration,
 }
 
 /// Checks each within its bounds, and that the grace outlasts the
@@ -63,7 +65,17 @@ pub(crate) fn resolve(given: &Given) -> Result<Timing, Invalid> {
         DEFAULT_LAUNCH_TIMEOUT,
         (Duration::from_secs(1), Duration::from_secs(24 * 3600)),
     )?;
+    let retention = duration(
+        "retention",
+        given.retention.clone(),
+        DEFAULT_RETENTION,
+        (
+            Duration::from_secs(60),
+            Duration::from_secs(3650 * 24 * 3600),
+        ),
+    )?;
     Ok(Timing {
+        retention,
         heartbeat_interval,
         grace,
         sweep_interval,

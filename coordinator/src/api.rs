@@ -50,9 +50,9 @@ pub use errors::ApiError;
 pub use guards::{client_addr, source_limiter, SourceLimiter, BODY_TIMEOUT};
 
 use admin::{
-    backup, byon_token, create_cluster, dns_status, list_clusters, list_nodes, node_events,
-    remove_cluster, remove_node, rotate_admin_token, rotate_token, scale_cluster, show_cluster,
-    show_node, user_data,
+    admit_machine, backup, byon_token, create_cluster, dns_status, list_clusters, list_nodes,
+    list_tokens, node_events, remove_cluster, remove_node, revoke_token, rotate_admin_token,
+    rotate_token, scale_cluster, show_cluster, show_node, user_data,
 };
 use agents::{agent_download, heartbeat, register};
 use guards::{limit_agents, remember_served};
@@ -88,23 +88,32 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             limit_agents,
         ));
-    Router::new()
-        .merge(agent)
+    let admin = Router::new()
         .route(paths::CLUSTERS, get(list_clusters).post(create_cluster))
         .route(paths::CLUSTER, get(show_cluster).delete(remove_cluster))
         .route(paths::CLUSTER_SCALE, post(scale_cluster))
         .route(paths::CLUSTER_BYON_TOKEN, post(byon_token))
         .route(paths::CLUSTER_ROTATE_TOKEN, post(rotate_token))
+        .route(paths::CLUSTER_TOKENS, get(list_tokens))
+        .route(paths::CLUSTER_TOKEN, axum::routing::delete(revoke_token))
+        .route(paths::CLUSTER_BAN, axum::routing::delete(admit_machine))
         .route(paths::ADMIN_ROTATE_TOKEN, post(rotate_admin_token))
         .route(paths::CLUSTER_USERDATA, post(user_data))
-        .route(paths::AGENT_DOWNLOAD, get(agent_download))
         .route(paths::NODES, get(list_nodes))
         .route(paths::NODE, get(show_node).delete(remove_node))
         .route(paths::NODE_EVENTS, get(node_events))
-        .route(paths::HEALTHZ, get(healthz))
-        .route(paths::METRICS, get(metrics))
         .route(DNS_STATUS, get(dns_status))
         .route(paths::BACKUP, post(backup))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guards::admin_only,
+        ));
+    Router::new()
+        .merge(agent)
+        .merge(admin)
+        .route(paths::AGENT_DOWNLOAD, get(agent_download))
+        .route(paths::HEALTHZ, get(healthz))
+        .route(paths::METRICS, get(metrics))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -250,10 +250,48 @@ impl AdminClient {
     }
 
     /// `POST /v1/clusters/{name}/byon-token`.
-    pub async fn byon_token(&self, name: &str) -> Result<ByonTokenResponse, CliError> {
+    pub async fn byon_token(
+        &self,
+        name: &str,
+        max_nodes: Option<u32>,
+    ) -> Result<ByonTokenResponse, CliError> {
         check_cluster_arg(name)?;
-        self.send("POST", &paths::cluster_byon_token(name), None::<&()>)
+        let req = muster_proto::ByonTokenRequest { max_nodes };
+        req.validate()
+            .map_err(|e| setting("--max-nodes", &e.value, e.reason))?;
+        self.send("POST", &paths::cluster_byon_token(name), Some(&req))
             .await
+    }
+
+    /// `GET /v1/clusters/{name}/tokens`.
+    pub async fn tokens(&self, name: &str) -> Result<Vec<muster_proto::TokenView>, CliError> {
+        check_cluster_arg(name)?;
+        self.send("GET", &paths::cluster_tokens(name), None::<&()>)
+            .await
+    }
+
+    /// `DELETE /v1/clusters/{name}/tokens/{id}`.
+    pub async fn revoke_token(
+        &self,
+        name: &str,
+        id: &str,
+    ) -> Result<muster_proto::TokenView, CliError> {
+        check_cluster_arg(name)?;
+        muster_proto::validate::dns_label("id", id)
+            .map_err(|e| setting("argument", &e.value, format!("ID {}", e.reason)))?;
+        self.send("DELETE", &paths::cluster_token(name, id), None::<&()>)
+            .await
+    }
+
+    /// `DELETE /v1/clusters/{name}/bans/{machine}`: the machine may join
+    /// again.
+    pub async fn admit_machine(&self, name: &str, machine: &str) -> Result<(), CliError> {
+        check_cluster_arg(name)?;
+        muster_proto::validate::dns_label("machine", machine)
+            .map_err(|e| setting("argument", &e.value, format!("MACHINE {}", e.reason)))?;
+        self.exchange("DELETE", &paths::cluster_ban(name, machine), None::<&()>)
+            .await?;
+        Ok(())
     }
 
     /// `POST /v1/clusters/{name}/userdata`.

@@ -60,6 +60,10 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 pub const TAG_CLUSTER: &str = "muster:cluster";
 /// `true` on everything muster made.
 pub const TAG_MANAGED: &str = "muster:managed";
+/// The id of the coordinator that made it ([`crate::store::META_COORDINATOR`]).
+pub const TAG_COORDINATOR: &str = "muster:coordinator";
+/// On instances: the launch job that launched it.
+pub const TAG_LAUNCH: &str = "muster:launch";
 
 /// What EC2 answers, for a little while, about a resource created moments
 /// ago: the answers [`settled`] retries on.
@@ -438,24 +442,50 @@ async fn describe_pages(
     found: &mut HashMap<String, InstanceFacts>,
     error: impl Fn(String) -> Ec2Error,
 ) -> Result<(), Ec2Error> {
+    for instance in list_instances(client, filters).await.map_err(error)? {
+        if let Some(id) = instance.instance_id() {
+            found.insert(id.to_owned(), facts_of(&instance));
+        }
+    }
+    Ok(())
+}
+
+/// Every instance the filters match, all pages (1000 a page); the error
+/// with its causes.
+pub async fn list_instances(
+    client: &Client,
+    filters: Vec<aws_sdk_ec2::types::Filter>,
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, String> {
     let mut pages = client
         .describe_instances()
         .set_filters(Some(filters))
         .max_results(1000)
         .into_paginator()
         .send();
+    let mut instances = Vec::new();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| error(DisplayErrorContext(&e).to_string()))?;
-        for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-            if let Some(id) = instance.instance_id() {
-                found.insert(id.to_owned(), facts_of(instance));
-            }
-        }
+        let page = page.map_err(|e| DisplayErrorContext(&e).to_string())?;
+        instances.extend(
+            page.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .cloned(),
+        );
     }
-    Ok(())
+    Ok(instances)
 }
 
-fn facts_of(i: &aws_sdk_ec2::types::Instance) -> InstanceFacts {
+/// The value of tag `key` on `instance`.
+pub fn tag_value<'a>(instance: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
+    instance
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+/// What an identity check needs of `i`.
+pub fn facts_of(i: &aws_sdk_ec2::types::Instance) -> InstanceFacts {
     InstanceFacts {
         state: i
             .state()
@@ -468,12 +498,7 @@ fn facts_of(i: &aws_sdk_ec2::types::Instance) -> InstanceFacts {
             .placement()
             .and_then(|p| p.availability_zone())
             .map(str::to_owned),
-        cluster_tag: i
-            .tags()
-            .iter()
-            .find(|t| t.key() == Some(TAG_CLUSTER))
-            .and_then(|t| t.value())
-            .map(str::to_owned),
+        cluster_tag: tag_value(i, TAG_CLUSTER).map(str::to_owned),
     }
 }
 

@@ -7,7 +7,8 @@
 //! (the VPC, gateway, route table and subnets), [`placement`] (which
 //! subnet each node goes to), `access` (the security group and key pair),
 //! [`userdata`] (the `#cloud-config` nodes boot with), [`agent_dist`] (the
-//! agent served to booting nodes) and [`credentials`] (`check-credentials`).
+//! agent served to booting nodes), [`credentials`] (`check-credentials`)
+//! and [`owned`] (what this coordinator made, read back by its tag).
 //!
 //! # What a launch does
 //! [`Launcher::prepare`] gets a cluster ready to launch into:
@@ -58,6 +59,7 @@ mod access;
 pub mod agent_dist;
 pub mod credentials;
 pub mod network;
+pub mod owned;
 pub mod placement;
 pub mod userdata;
 
@@ -77,7 +79,9 @@ use muster_proto::launch::{LaunchSpec, LaunchView, SubnetProblem};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::ec2::{describe_error, sdk_message, Ec2Clients, TAG_CLUSTER, TAG_MANAGED};
+use crate::ec2::{
+    describe_error, sdk_message, Ec2Clients, TAG_CLUSTER, TAG_COORDINATOR, TAG_LAUNCH, TAG_MANAGED,
+};
 use crate::store::LaunchedInstance;
 use network::{ensure_network, NetworkRequest};
 use placement::place;
@@ -253,19 +257,26 @@ impl LaunchError {
 pub struct Launcher {
     clients: Ec2Clients,
     keys_dir: PathBuf,
+    /// This coordinator's id, tagged on all it makes.
+    coordinator: String,
 }
 
 fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
 }
 
-fn cluster_tags(resource: ResourceType, name: &str, cluster: &str) -> TagSpecification {
-    TagSpecification::builder()
-        .resource_type(resource)
-        .tags(tag("Name", name))
-        .tags(tag(TAG_CLUSTER, cluster))
-        .tags(tag(TAG_MANAGED, "true"))
-        .build()
+impl Launcher {
+    /// The tags of everything made for `cluster`: `Name`, the cluster,
+    /// `muster:managed` and this coordinator's id.
+    fn cluster_tags(&self, resource: ResourceType, name: &str, cluster: &str) -> TagSpecification {
+        TagSpecification::builder()
+            .resource_type(resource)
+            .tags(tag("Name", name))
+            .tags(tag(TAG_CLUSTER, cluster))
+            .tags(tag(TAG_MANAGED, "true"))
+            .tags(tag(TAG_COORDINATOR, &self.coordinator))
+            .build()
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -276,11 +287,12 @@ fn random_hex(bytes: usize) -> String {
 
 impl Launcher {
     /// A launcher asking EC2 through `clients`, keeping private keys under
-    /// `data_dir/keys`.
-    pub fn new(clients: Ec2Clients, data_dir: &Path) -> Launcher {
+    /// `data_dir/keys`, tagging what it makes as coordinator `coordinator`'s.
+    pub fn new(clients: Ec2Clients, data_dir: &Path, coordinator: &str) -> Launcher {
         Launcher {
             clients,
             keys_dir: data_dir.join("keys"),
+            coordinator: coordinator.to_owned(),
         }
     }
 
@@ -369,7 +381,7 @@ impl Launcher {
     /// many it has in each already, with `user_data`. See the module doc.
     pub async fn launch(
         &self,
-        cluster: &str,
+        (cluster, job): (&str, &str),
         launch: &ClusterLaunch,
         existing: &BTreeMap<String, usize>,
         count: u32,
@@ -390,7 +402,7 @@ impl Launcher {
                     continue;
                 };
                 match self
-                    .run(&client, cluster, launch, &subnet, asked, &user_data)
+                    .run(&client, (cluster, job), launch, &subnet, asked, &user_data)
                     .await
                 {
                     Ok(instances) => {
@@ -441,7 +453,7 @@ impl Launcher {
     async fn run(
         &self,
         client: &Client,
-        cluster: &str,
+        (cluster, job): (&str, &str),
         launch: &ClusterLaunch,
         subnet: &str,
         count: usize,
@@ -475,8 +487,8 @@ impl Launcher {
                     )
                     .build(),
             )
-            .tag_specifications(cluster_tags(ResourceType::Instance, &name, cluster))
-            .tag_specifications(cluster_tags(ResourceType::Volume, &name, cluster));
+            .tag_specifications(self.instance_tags(&name, (cluster, job)))
+            .tag_specifications(self.cluster_tags(ResourceType::Volume, &name, cluster));
         if let Some(profile) = spec.instance_profile() {
             call = call.iam_instance_profile(
                 IamInstanceProfileSpecification::builder()
@@ -513,6 +525,16 @@ impl Launcher {
         Ok(launched)
     }
 
+    /// An instance's tags: the cluster's, and the launch job's.
+    fn instance_tags(&self, name: &str, (cluster, job): (&str, &str)) -> TagSpecification {
+        let tags = self.cluster_tags(ResourceType::Instance, name, cluster);
+        TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .set_tags(Some(tags.tags().to_vec()))
+            .tags(tag(TAG_LAUNCH, job))
+            .build()
+    }
+
     /// Deletes what [`Launcher::prepare`] made: the security group and the
     /// key pair with its file. Keeps trying the security group for a while
     /// as long as EC2 says something still uses it.
@@ -533,16 +555,21 @@ impl Launcher {
                     Self::ec2_error(format!("deleting key pair {}", launch.key_name), region, &e)
                 })?;
             if let Some(path) = &launch.key_path {
-                match std::fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "could not delete the key file")
-                    }
-                }
+                self.remove_key_file(path);
             }
         }
         Ok(())
+    }
+
+    /// Deletes a private key's file; one already gone is fine.
+    fn remove_key_file(&self, path: &Path) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete the key file")
+            }
+        }
     }
 }
 

@@ -177,6 +177,9 @@ enum ClusterCommand {
         /// Also mint a bring-your-own token, for machines without IMDS.
         #[arg(long)]
         byon: bool,
+        /// The most nodes that bring-your-own token may create [default: 10]
+        #[arg(long, requires = "byon")]
+        byon_max_nodes: Option<u32>,
         /// Wait, with a progress bar, until every node is deployed or failed;
         /// with --json, print {"created": …, "nodes": […]}.
         #[arg(long, requires = "region")]
@@ -193,6 +196,40 @@ enum ClusterCommand {
     ByonToken {
         /// Cluster name.
         name: String,
+        /// The most nodes the token may create [default: 10]
+        #[arg(long)]
+        max_nodes: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a cluster's tokens: kind, id, when minted, expiry, uses (never
+    /// the secrets).
+    Tokens {
+        /// Cluster name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one of a cluster's tokens at once, by the id `tokens` shows
+    /// (`join`, the cluster's own, expires now: `rotate-token` makes a new
+    /// one).
+    RevokeToken {
+        /// Cluster name.
+        name: String,
+        /// Token id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a bring-your-own machine removed by `node rm` join again.
+    Admit {
+        /// Cluster name.
+        name: String,
+        /// The machine's node id (`m-…`, the instance id `node ls` shows).
+        machine: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -342,6 +379,7 @@ async fn cluster(client: &AdminClient, command: ClusterCommand) -> Result<(), Cl
             name,
             launch,
             byon,
+            byon_max_nodes,
             wait,
             wait_timeout,
             json,
@@ -350,6 +388,7 @@ async fn cluster(client: &AdminClient, command: ClusterCommand) -> Result<(), Cl
                 name,
                 launch: launch.spec(),
                 byon,
+                byon_max_nodes,
             };
             commands::cluster_create(client, &req, wait.then_some(wait_timeout), json).await
         }
@@ -358,9 +397,22 @@ async fn cluster(client: &AdminClient, command: ClusterCommand) -> Result<(), Cl
             expires_in,
             json,
         } => commands::cluster_rotate_token(client, &name, expires_in, json).await,
-        ClusterCommand::ByonToken { name, json } => {
-            commands::cluster_byon_token(client, &name, json).await
+        ClusterCommand::ByonToken {
+            name,
+            max_nodes,
+            json,
+        } => commands::cluster_byon_token(client, &name, max_nodes, json).await,
+        ClusterCommand::Tokens { name, json } => {
+            commands::cluster_tokens(client, &name, json).await
         }
+        ClusterCommand::RevokeToken { name, id, json } => {
+            commands::cluster_revoke_token(client, &name, &id, json).await
+        }
+        ClusterCommand::Admit {
+            name,
+            machine,
+            json,
+        } => commands::cluster_admit(client, &name, &machine, json).await,
         ClusterCommand::Scale {
             name,
             count,

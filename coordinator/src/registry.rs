@@ -39,6 +39,11 @@
 //! - [`views`]: what the admin API reads back.
 //! - [`clusters`] and [`removal`]: cluster create, scale and tokens; node
 //!   and cluster removal.
+//! - [`tokens`]: a cluster's tokens listed, capped and revoked, and the
+//!   bring-your-own machines `node rm` banned.
+//! - [`strays`]: what this coordinator launched or made but does not
+//!   track (a launch or removal cut short): adopted, terminated, deleted,
+//!   and unfinished launch jobs resumed.
 //!
 //! Secrets are 256-bit random values ([`crate::secrets`]); only their
 //! SHA-256 is kept, and join tokens are compared in constant time. A
@@ -70,6 +75,8 @@ mod live;
 mod liveness;
 mod register;
 mod removal;
+pub mod strays;
+pub mod tokens;
 mod views;
 
 use ec2_view::Ec2Account;
@@ -190,6 +197,25 @@ pub enum RegistryError {
         /// The node that has it.
         instance_id: String,
     },
+    /// A register for the instance of a live node proves nothing more
+    /// than a join token (see [`Registry::check_not_taken_over`]).
+    #[error(
+        "instance {instance_id} is node {node} of cluster {cluster}, heard {heard_secs_ago}s ago; \
+         a register with a join token is accepted once the node has been silent for {grace_secs}s, \
+         or at once with proof it is that instance (--identity-certs, --verify-source)"
+    )]
+    NodeLive {
+        /// The instance.
+        instance_id: String,
+        /// Its cluster.
+        cluster: String,
+        /// Its node.
+        node: String,
+        /// When its credential was last heard.
+        heard_secs_ago: u64,
+        /// The grace.
+        grace_secs: u64,
+    },
     /// The cluster is being removed, or was.
     #[error("cluster {name:?} is {state}")]
     ClusterNotActive {
@@ -227,6 +253,7 @@ impl From<StoreError> for RegistryError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::ClusterExists(name) => RegistryError::ClusterExists(name),
+            error @ StoreError::TokenSpent(_) => RegistryError::Unauthorized(error.to_string()),
             error @ (StoreError::Changed { .. } | StoreError::Taken(_)) => {
                 RegistryError::Conflict(error.to_string())
             }
@@ -253,6 +280,7 @@ impl RegistryError {
                 | RegistryError::InstanceInOtherCluster { .. }
                 | RegistryError::NodeTerminated { .. }
                 | RegistryError::NameTaken { .. }
+                | RegistryError::NodeLive { .. }
         )
     }
 
@@ -273,6 +301,7 @@ impl RegistryError {
             RegistryError::ClusterExists(_) => ErrorCode::ClusterExists,
             RegistryError::ClusterNotActive { .. } => ErrorCode::ClusterNotActive,
             RegistryError::NameTaken { .. } => ErrorCode::NameTaken,
+            RegistryError::NodeLive { .. } => ErrorCode::NodeLive,
             RegistryError::Launch(error) if error.is_bad_request() => ErrorCode::LaunchRefused,
             RegistryError::Launch(_) => ErrorCode::LaunchFailed,
             RegistryError::NotFound(_) => ErrorCode::NotFound,
@@ -328,6 +357,12 @@ pub struct Counters {
     pub sweeps: AtomicU64,
     /// Regions' answers a sweep did not believe (see [`ec2_view`]).
     pub untrusted_reads: AtomicU64,
+    /// Stray instances adopted as nodes (see [`strays`]).
+    pub strays_adopted: AtomicU64,
+    /// Stray instances terminated.
+    pub strays_terminated: AtomicU64,
+    /// Leftover security groups and key pairs deleted.
+    pub leftovers_deleted: AtomicU64,
     /// Refusals by error code.
     pub refusals: Mutex<BTreeMap<ErrorCode, u64>>,
     /// Security events by error code.
@@ -356,6 +391,8 @@ pub struct SweepReport {
     pub seen: usize,
     /// Regions whose read failed, or was not believed.
     pub failed_regions: usize,
+    /// What was done with the strays.
+    pub strays: strays::StrayReport,
 }
 
 /// The registry. Shared by the API handlers.

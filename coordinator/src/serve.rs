@@ -121,6 +121,7 @@ pub async fn serve(
         tokio::spawn(registry.clone().run_publisher()),
         tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
         tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
+        tokio::spawn(prune_loop(registry.clone(), settings.retention)),
         tokio::spawn(forget_loop(connections.clone())),
     ];
     let dns_status = Arc::new(StatusBoard::default());
@@ -224,7 +225,8 @@ async fn open_registry(
 ) -> Result<Arc<Registry>, ServeError> {
     let store_path = settings.data_dir.join(crate::store::STORE_FILE);
     let store = Store::open(&store_path)?;
-    tracing::info!(path = %store_path.display(), "store open");
+    let coordinator_id = store.coordinator_id(|| hex::encode(rand::random::<[u8; 8]>()))?;
+    tracing::info!(path = %store_path.display(), coordinator = %coordinator_id, "store open");
 
     let clients = Ec2Clients::from_env().await;
     let ec2: Arc<dyn InstanceLookup> = match settings.ec2_cache_refresh {
@@ -253,7 +255,7 @@ async fn open_registry(
         Registry::new(store, ec2, zone, settings.zone.clone(), timing)?
             .with_trust(settings.trust.clone())
             .with_launcher(LaunchContext {
-                launcher: Launcher::new(clients.clone(), &settings.data_dir),
+                launcher: Launcher::new(clients.clone(), &settings.data_dir, &coordinator_id),
                 coordinator_url: settings.public_url.clone(),
                 ca_pem,
                 agent,
@@ -469,6 +471,22 @@ async fn liveness_loop(registry: Arc<Registry>, grace: Duration) {
     loop {
         ticker.tick().await;
         registry.check_liveness().await;
+    }
+}
+
+/// How often history past the retention is pruned (and once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes the history past `retention` at start, then every
+/// [`PRUNE_EVERY`] (or half the retention, if shorter).
+async fn prune_loop(registry: Arc<Registry>, retention: Duration) {
+    let mut ticker = tokio::time::interval(PRUNE_EVERY.min(retention / 2));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(error) = registry.prune_history(retention).await {
+            tracing::error!(%error, "could not prune the history past the retention");
+        }
     }
 }
 

@@ -12,8 +12,9 @@
 //!
 //! # Layout
 //! This file opens the store and migrates it; [`clusters`] (clusters and
-//! their tokens), [`nodes`] and [`events`] hold the statements of each
-//! table.
+//! their tokens), [`nodes`], [`events`] and [`launches`] (launch jobs) hold
+//! the statements of each table; [`history`] prunes what is past the
+//! retention.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -24,11 +25,15 @@ use rusqlite::{Connection, OptionalExtension};
 
 pub mod clusters;
 pub mod events;
+pub mod history;
+pub mod launches;
 pub mod nodes;
 
-pub use clusters::{Cluster, ClusterToken, TokenPurpose};
+pub use clusters::{Cluster, ClusterToken, TokenPurpose, TokenRecord};
 pub use events::Event;
-pub use nodes::{LaunchedInstance, Node, NodeRegistration};
+pub use history::Pruned;
+pub use launches::LaunchJob;
+pub use nodes::{AdmittedBy, LaunchedInstance, Node, NodeRegistration};
 
 /// The store's file in the data dir.
 pub const STORE_FILE: &str = "muster.db";
@@ -92,6 +97,29 @@ pub const MIGRATIONS: &[&str] = &[
     // a later register EC2 confirms brings back.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     ALTER TABLE nodes ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0;",
+    // 8: launches as jobs recorded before their first RunInstances, and
+    // the job that launched each node.
+    "CREATE TABLE launch_jobs (
+        id TEXT PRIMARY KEY,
+        cluster_id INTEGER NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,
+        count INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        touched_at INTEGER NOT NULL,
+        finished_at INTEGER
+    );
+    ALTER TABLE nodes ADD COLUMN launch_job TEXT;",
+    // 9: tokens counted and capped, and bring-your-own machines an
+    // operator removed, which may not join again until admitted.
+    "ALTER TABLE cluster_tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cluster_tokens ADD COLUMN max_nodes INTEGER;
+    ALTER TABLE clusters ADD COLUMN join_token_uses INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN token_id INTEGER;
+    CREATE TABLE banned_machines (
+        cluster_id INTEGER NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,
+        machine TEXT NOT NULL,
+        banned_at INTEGER NOT NULL,
+        PRIMARY KEY (cluster_id, machine)
+    );",
 ];
 
 /// Errors of the store, named after the operation that failed.
@@ -145,6 +173,10 @@ pub enum StoreError {
     /// time; nothing written.
     #[error("{0} was taken by another request at the same time; try again")]
     Taken(String),
+    /// A bring-your-own token has created all the nodes it may; nothing
+    /// written.
+    #[error("the bring-your-own token has created the {0} nodes it may; mint another (cluster byon-token --max-nodes N)")]
+    TokenSpent(u32),
     /// A backup could not be restored; nothing was written.
     #[error("restoring {path}: {why}")]
     Restore {
@@ -326,6 +358,16 @@ impl Store {
 /// The key of the AWS account the coordinator acts in, in `meta`.
 pub const META_ACCOUNT: &str = "aws_account";
 
+/// The key of the coordinator's own id, in `meta`: minted once, tagged on
+/// everything it launches or makes in EC2 (`muster:coordinator`), so that
+/// it only ever adopts or cleans up what is its own, beside other
+/// coordinators in the same account.
+pub const META_COORDINATOR: &str = "coordinator_id";
+
+/// The key of the regions launches were ever prepared in, in `meta`
+/// (a JSON list): where leftovers are looked for.
+pub const META_LAUNCH_REGIONS: &str = "launch_regions";
+
 impl Store {
     /// A value the coordinator keeps about itself; `None` if never set.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -349,6 +391,46 @@ impl Store {
             )
             .map(|_| ())
             .map_err(query("writing the coordinator's own facts"))
+    }
+
+    /// This coordinator's id ([`META_COORDINATOR`]), minted on first use.
+    /// A restored backup keeps it.
+    pub fn coordinator_id(&self, mint: impl FnOnce() -> String) -> Result<String, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            rusqlite::params![META_COORDINATOR, mint()],
+        )
+        .map_err(query("minting the coordinator's id"))?;
+        conn.query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            rusqlite::params![META_COORDINATOR],
+            |row| row.get(0),
+        )
+        .map_err(query("reading the coordinator's id"))
+    }
+
+    /// The regions launches were ever prepared in.
+    pub fn launch_regions(&self) -> Result<Vec<String>, StoreError> {
+        let Some(json) = self.meta(META_LAUNCH_REGIONS)? else {
+            return Ok(Vec::new());
+        };
+        serde_json::from_str(&json).map_err(|_| StoreError::Corrupt {
+            field: "meta.launch_regions",
+            value: json,
+        })
+    }
+
+    /// Adds `region` to [`Store::launch_regions`].
+    pub fn add_launch_region(&self, region: &str) -> Result<(), StoreError> {
+        let mut regions = self.launch_regions()?;
+        if !regions.iter().any(|r| r == region) {
+            regions.push(region.to_owned());
+            regions.sort();
+            let json = serde_json::to_string(&regions).unwrap_or_default();
+            self.set_meta(META_LAUNCH_REGIONS, &json)?;
+        }
+        Ok(())
     }
 }
 

@@ -90,6 +90,10 @@ pub struct CreateClusterRequest {
     /// Also mint a bring-your-own token.
     #[serde(default)]
     pub byon: bool,
+    /// The most nodes that bring-your-own token may create (default
+    /// [`DEFAULT_BYON_MAX_NODES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byon_max_nodes: Option<u32>,
 }
 
 impl CreateClusterRequest {
@@ -99,7 +103,7 @@ impl CreateClusterRequest {
         if let Some(spec) = &self.launch {
             spec.validate()?;
         }
-        Ok(())
+        byon_max_nodes("byon_max_nodes", self.byon_max_nodes)
     }
 }
 
@@ -118,6 +122,70 @@ pub struct CreateClusterResponse {
     /// The bring-your-own token, when asked for (shown this once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub byon_token: Option<String>,
+}
+
+/// The most nodes a bring-your-own token creates unless told otherwise: a
+/// leaked one cannot flood a cluster.
+pub const DEFAULT_BYON_MAX_NODES: u32 = 10;
+
+/// The most nodes one bring-your-own token may be allowed to create.
+pub const MAX_BYON_MAX_NODES: u32 = 100_000;
+
+/// Checks a bring-your-own token's cap: absent, or 1 to
+/// [`MAX_BYON_MAX_NODES`].
+fn byon_max_nodes(field: &str, max_nodes: Option<u32>) -> Result<(), ValidationError> {
+    match max_nodes {
+        Some(n) if !(1..=MAX_BYON_MAX_NODES).contains(&n) => Err(ValidationError::new(
+            field,
+            &n.to_string(),
+            &format!("must be between 1 and {MAX_BYON_MAX_NODES}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What `POST /v1/clusters/{name}/byon-token` takes (`{}` for the
+/// defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByonTokenRequest {
+    /// The most nodes the token may create (default
+    /// [`DEFAULT_BYON_MAX_NODES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes: Option<u32>,
+}
+
+impl ByonTokenRequest {
+    /// Checks the cap.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        byon_max_nodes("max_nodes", self.max_nodes)
+    }
+}
+
+/// One of a cluster's tokens, as `cluster tokens` lists it: never the
+/// secret, which only its holder has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenView {
+    /// What `cluster revoke-token` takes: `join` for the cluster's own
+    /// join token, `t<N>` for the others.
+    pub id: String,
+    /// `join` (the cluster's own), `userdata` (minted by `userdata`),
+    /// `launch` (one launch's) or `byon` (bring-your-own).
+    pub kind: String,
+    /// When it was minted (RFC 3339).
+    pub created_at: String,
+    /// When it stops working (RFC 3339); absent, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Registers it admitted.
+    pub uses: u64,
+    /// Bring-your-own: the nodes it created, and the most it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u64>,
+    /// Bring-your-own: the most nodes it may create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes: Option<u32>,
 }
 
 /// What `POST /v1/clusters/{name}/byon-token` answers: a fresh

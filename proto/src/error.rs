@@ -99,6 +99,11 @@ pub enum ErrorCode {
     ClusterNotActive,
     /// 409: another node of the cluster has that name.
     NameTaken,
+    /// 409: the instance's node is live (heard within the grace) and the
+    /// register proves nothing more than a join token: no signed identity
+    /// document checked, no source checked. It is accepted once the node
+    /// has been silent for the grace; the agent keeps trying.
+    NodeLive,
     /// 409: another request changed or took, at the same time, what this
     /// one was decided from (a register meeting `node rm`, two machines
     /// taking one name); nothing was written. Try again.
@@ -128,7 +133,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build knows, in order of HTTP status.
-    pub const KNOWN: [ErrorCode; 26] = [
+    pub const KNOWN: [ErrorCode; 27] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -147,6 +152,7 @@ impl ErrorCode {
         ErrorCode::ClusterExists,
         ErrorCode::ClusterNotActive,
         ErrorCode::NameTaken,
+        ErrorCode::NodeLive,
         ErrorCode::Conflict,
         ErrorCode::LaunchRefused,
         ErrorCode::RateLimited,
@@ -178,6 +184,7 @@ impl ErrorCode {
             ErrorCode::ClusterExists => "cluster_exists",
             ErrorCode::ClusterNotActive => "cluster_not_active",
             ErrorCode::NameTaken => "name_taken",
+            ErrorCode::NodeLive => "node_live",
             ErrorCode::Conflict => "conflict",
             ErrorCode::LaunchRefused => "launch_refused",
             ErrorCode::RateLimited => "rate_limited",
@@ -211,6 +218,7 @@ impl ErrorCode {
             | ErrorCode::ClusterExists
             | ErrorCode::ClusterNotActive
             | ErrorCode::NameTaken
+            | ErrorCode::NodeLive
             | ErrorCode::Conflict => 409,
             ErrorCode::LaunchRefused => 422,
             ErrorCode::RateLimited => 429,

@@ -46,9 +46,10 @@ pub use agent_api::{
     RegisterRequest, RegisterResponse, SignedIdentity, MAX_IDENTITY_BYTES,
 };
 pub use cluster::{
-    AdminTokenResponse, AgentDownload, ByonTokenResponse, ClusterState, ClusterView,
-    CreateClusterRequest, CreateClusterResponse, RotateTokenRequest, RotateTokenResponse,
-    UserDataRequest, UserDataResponse, MAX_TOKEN_LIFETIME_SECS,
+    AdminTokenResponse, AgentDownload, ByonTokenRequest, ByonTokenResponse, ClusterState,
+    ClusterView, CreateClusterRequest, CreateClusterResponse, RotateTokenRequest,
+    RotateTokenResponse, TokenView, UserDataRequest, UserDataResponse, DEFAULT_BYON_MAX_NODES,
+    MAX_BYON_MAX_NODES, MAX_TOKEN_LIFETIME_SECS,
 };
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use node::{

@@ -16,6 +16,13 @@ pub const CLUSTER_SCALE: &str = "/v1/clusters/{name}/scale";
 pub const CLUSTER_BYON_TOKEN: &str = "/v1/clusters/{name}/byon-token";
 /// Admin: replace a cluster's join token, optionally with an expiry (POST).
 pub const CLUSTER_ROTATE_TOKEN: &str = "/v1/clusters/{name}/rotate-token";
+/// Admin: a cluster's tokens, never their secrets (GET).
+pub const CLUSTER_TOKENS: &str = "/v1/clusters/{name}/tokens";
+/// Admin: revoke one of a cluster's tokens at once (DELETE).
+pub const CLUSTER_TOKEN: &str = "/v1/clusters/{name}/tokens/{id}";
+/// Admin: let a bring-your-own machine removed by `node rm` join again
+/// (DELETE: the ban goes).
+pub const CLUSTER_BAN: &str = "/v1/clusters/{name}/bans/{machine}";
 /// Admin: replace the admin token (POST).
 pub const ADMIN_ROTATE_TOKEN: &str = "/v1/admin/rotate-token";
 /// Admin: render the user data launched nodes boot with, minting a fresh
@@ -57,6 +64,21 @@ pub fn cluster_scale(name: &str) -> String {
 /// The bring-your-own token path of one cluster.
 pub fn cluster_byon_token(name: &str) -> String {
     format!("{CLUSTERS}/{name}/byon-token")
+}
+
+/// The tokens path of one cluster.
+pub fn cluster_tokens(name: &str) -> String {
+    format!("{CLUSTERS}/{name}/tokens")
+}
+
+/// The path of one of a cluster's tokens.
+pub fn cluster_token(name: &str, id: &str) -> String {
+    format!("{CLUSTERS}/{name}/tokens/{id}")
+}
+
+/// The path of a bring-your-own machine's ban from a cluster.
+pub fn cluster_ban(name: &str, machine: &str) -> String {
+    format!("{CLUSTERS}/{name}/bans/{machine}")
 }
 
 /// The join-token rotation path of one cluster.

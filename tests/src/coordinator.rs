@@ -398,6 +398,26 @@ impl Coordinator {
         https_client_trusting(&ca)
     }
 
+    /// POSTs register `req` with `bearer`, as a plain client (no agent);
+    /// the status and the body's text.
+    pub async fn register_raw(
+        &self,
+        bearer: &str,
+        req: &muster_proto::RegisterRequest,
+    ) -> (reqwest::StatusCode, String) {
+        let url = format!("{}{}", self.url(), muster_proto::paths::AGENT_REGISTER);
+        let answer = self
+            .https_client()
+            .post(&url)
+            .bearer_auth(bearer)
+            .json(req)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = answer.status();
+        (status, answer.text().await.unwrap_or_default())
+    }
+
     /// Runs `muster-coordinator <args>` as an admin client of this
     /// coordinator (`MUSTER_ADDR`, `MUSTER_TOKEN`, `MUSTER_CACERT`).
     pub async fn admin(&self, args: &[&str]) -> Output {

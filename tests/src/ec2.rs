@@ -167,6 +167,28 @@ pub async fn try_describe(client: &Client, instance_id: &str) -> anyhow::Result<
     })
 }
 
+/// The register an honest agent on `instance_id` would send to join
+/// `cluster`: its id, zone and addresses as EC2 describes them.
+pub async fn register_request(
+    client: &Client,
+    instance_id: &str,
+    cluster: &str,
+) -> muster_proto::RegisterRequest {
+    let view = describe(client, instance_id).await;
+    muster_proto::RegisterRequest {
+        protocol: muster_proto::PROTOCOL_VERSION,
+        cluster: cluster.to_owned(),
+        instance_id: instance_id.to_owned(),
+        availability_zone: view.availability_zone,
+        region: TEST_REGION.to_owned(),
+        private_ipv4: view.private_ipv4.expect("moto gives a private address"),
+        public_ipv4: view.public_ipv4,
+        agent_version: "0.0.0-test".to_owned(),
+        byon: None,
+        signed_identity: None,
+    }
+}
+
 /// DescribeInstances for one instance; panics on failure.
 pub async fn describe(client: &Client, instance_id: &str) -> InstanceView {
     try_describe(client, instance_id)

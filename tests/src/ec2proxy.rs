@@ -9,6 +9,14 @@
 //! an instance in `InstanceId.N` (a claim's check; the sweep and listings
 //! use filters instead).
 //!
+//! It can fail a burst of calls ([`Ec2Proxy::fail_next`]: the next N
+//! calls of an action answered with an error code, e.g.
+//! `RequestLimitExceeded` or `InvalidInstanceID.NotFound`), and [`Hold`]
+//! calls: let a number of one action through, then
+//! keep every later one waiting for good, either before it reaches moto or
+//! after moto did the work (the answer never comes back). That is how a
+//! story stops a coordinator at one step of a launch, to kill it there.
+//!
 //! Point a client (or the coordinator's `AWS_ENDPOINT_URL`) at
 //! [`Ec2Proxy::endpoint`].
 
@@ -37,8 +45,36 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// Calls to hold: after `after` real calls (dry runs do not count, nor are
+/// they held) of `action` went through since the hold was set, every later
+/// one waits for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The EC2 action, e.g. `RunInstances`.
+    pub action: String,
+    /// How many calls go through first.
+    pub after: usize,
+    /// Whether a held call reaches moto first (the work is done, the
+    /// answer lost) or not at all.
+    pub reaches_ec2: bool,
+}
+
+/// A burst of failures: (action, code, calls left).
+type Bursts = Arc<Mutex<Vec<(String, String, usize)>>>;
+
+/// The hold in force, with the matching calls seen since it was set, and
+/// how many were held in all.
+#[derive(Debug, Default)]
+struct Holding {
+    hold: Option<Hold>,
+    seen: usize,
+    held: usize,
+}
+
 #[derive(Clone)]
 struct Shared {
+    hold: Arc<Mutex<Holding>>,
+    bursts: Bursts,
     moto: String,
     http: reqwest::Client,
     refusals: Arc<Vec<Refusal>>,
@@ -51,6 +87,8 @@ struct Shared {
 #[derive(Debug)]
 pub struct Ec2Proxy {
     port: u16,
+    hold: Arc<Mutex<Holding>>,
+    bursts: Bursts,
     calls: Arc<Mutex<BTreeMap<String, usize>>>,
     refused: Arc<Mutex<BTreeMap<String, usize>>>,
     described: Arc<Mutex<BTreeMap<String, usize>>>,
@@ -70,7 +108,11 @@ impl Ec2Proxy {
         let calls = Arc::new(Mutex::new(BTreeMap::new()));
         let refused = Arc::new(Mutex::new(BTreeMap::new()));
         let described = Arc::new(Mutex::new(BTreeMap::new()));
+        let hold = Arc::new(Mutex::new(Holding::default()));
+        let bursts = Bursts::default();
         let shared = Shared {
+            hold: hold.clone(),
+            bursts: bursts.clone(),
             moto,
             http: reqwest::Client::new(),
             refusals: Arc::new(refusals),
@@ -86,6 +128,8 @@ impl Ec2Proxy {
         });
         Ec2Proxy {
             port,
+            hold,
+            bursts,
             calls,
             refused,
             described,
@@ -103,7 +147,8 @@ impl Ec2Proxy {
         self.calls.lock().expect("calls lock").clone()
     }
 
-    /// Calls refused so far, by subnet (`-` for none).
+    /// Calls refused so far: by subnet (`-` for none) for [`Refusal`]s, by
+    /// error code for bursts ([`Ec2Proxy::fail_next`]).
     pub fn refused(&self) -> BTreeMap<String, usize> {
         self.refused.lock().expect("refused lock").clone()
     }
@@ -117,6 +162,29 @@ impl Ec2Proxy {
             .get(instance_id)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Holds calls from now on as `hold` says; `None` lets every later
+    /// call through (calls held already stay held).
+    pub fn hold(&self, hold: Option<Hold>) {
+        let mut holding = self.hold.lock().expect("hold lock");
+        holding.hold = hold;
+        holding.seen = 0;
+    }
+
+    /// Calls held so far, in all.
+    pub fn held(&self) -> usize {
+        self.hold.lock().expect("hold lock").held
+    }
+
+    /// Answers the next `count` calls of `action` with EC2's error `code`
+    /// (503 for throttling and unavailability, 400 otherwise), counted as
+    /// refused.
+    pub fn fail_next(&self, action: &str, code: &str, count: usize) {
+        self.bursts
+            .lock()
+            .expect("bursts lock")
+            .push((action.to_owned(), code.to_owned(), count));
     }
 
     /// Forgets the counts.
@@ -167,6 +235,31 @@ fn decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The code of the burst `action` is in, if any; one call of it spent.
+fn burst(bursts: &Bursts, action: &str) -> Option<String> {
+    let mut bursts = bursts.lock().expect("bursts lock");
+    let (_, code, left) = bursts
+        .iter_mut()
+        .find(|(a, _, left)| a == action && *left > 0)?;
+    *left -= 1;
+    Some(code.clone())
+}
+
+/// EC2's error answer.
+fn ec2_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+         <Code>{code}</Code><Message>{message}</Message></Error></Errors>\
+         <RequestID>d1c1e5c3-0000-0000-0000-000000000000</RequestID></Response>"
+    );
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")],
+        xml,
+    )
+        .into_response()
+}
+
 async fn forward(
     State(shared): State<Shared>,
     uri: Uri,
@@ -181,13 +274,25 @@ async fn forward(
         .expect("calls lock")
         .entry(action.clone())
         .or_default() += 1;
+    let dry_run = params.get("DryRun").map(String::as_str) == Some("true");
+    let held = {
+        let mut holding = shared.hold.lock().expect("hold lock");
+        match holding.hold.clone() {
+            Some(hold) if hold.action == action && !dry_run => {
+                holding.seen += 1;
+                let held = holding.seen > hold.after;
+                holding.held += usize::from(held);
+                held.then_some(hold)
+            }
+            _ => None,
+        }
+    };
     if action == "DescribeInstances" {
         let mut described = shared.described.lock().expect("described lock");
         for (_, id) in params.iter().filter(|(k, _)| k.starts_with("InstanceId.")) {
             *described.entry(id.clone()).or_default() += 1;
         }
     }
-    let dry_run = params.get("DryRun").map(String::as_str) == Some("true");
     let subnet = params.get("SubnetId");
     if let Some(refusal) = shared.refusals.iter().find(|r| {
         r.action == action
@@ -200,20 +305,26 @@ async fn forward(
             .expect("refused lock")
             .entry(subnet.cloned().unwrap_or_else(|| "-".to_owned()))
             .or_default() += 1;
-        let xml = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
-             <Code>{}</Code><Message>{}</Message></Error></Errors>\
-             <RequestID>d1c1e5c3-0000-0000-0000-000000000000</RequestID></Response>",
-            refusal.code, refusal.message
-        );
-        return (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")],
-            xml,
-        )
-            .into_response();
+        return ec2_error(StatusCode::BAD_REQUEST, &refusal.code, &refusal.message);
     }
 
+    if held.as_ref().is_some_and(|h| !h.reaches_ec2) {
+        return std::future::pending().await;
+    }
+    if let Some(code) = burst(&shared.bursts, &action) {
+        *shared
+            .refused
+            .lock()
+            .expect("refused lock")
+            .entry(code.clone())
+            .or_default() += 1;
+        let status = if code.contains("LimitExceeded") || code.contains("Unavailable") {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return ec2_error(status, &code, "refused by the test proxy");
+    }
     let mut request = shared.http.post(format!("{}{}", shared.moto, uri));
     for (name, value) in &headers {
         if name != header::HOST && name != header::CONTENT_LENGTH {
@@ -221,6 +332,7 @@ async fn forward(
         }
     }
     match request.body(body).send().await {
+        Ok(_) if held.is_some() => std::future::pending().await,
         Ok(answer) => {
             let status = answer.status();
             let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();

@@ -67,7 +67,7 @@ pub use agent::Agent;
 pub use bind::Bind;
 pub use coordinator::{Coordinator, ZONE};
 pub use dns::{DnsAnswer, Resolver};
-pub use ec2proxy::{Ec2Proxy, Refusal};
+pub use ec2proxy::{Ec2Proxy, Hold, Refusal};
 pub use imds::{IdentitySigner, Imds};
 pub use moto::Moto;
 pub use route53proxy::Route53Proxy;

@@ -91,7 +91,14 @@ async fn edns_answers_are_capped_and_truncated_to_tcp() {
     let moto = Moto::start().await;
     let coordinator = Coordinator::start_with(&moto, &["--agent-rate-limit", "0"]).await;
     let created: muster_proto::CreateClusterResponse = coordinator
-        .admin_json(&["cluster", "create", CLUSTER, "--byon"])
+        .admin_json(&[
+            "cluster",
+            "create",
+            CLUSTER,
+            "--byon",
+            "--byon-max-nodes",
+            &NODES.to_string(),
+        ])
         .await;
     let token = created.byon_token.expect("--byon mints a token");
     register_machines(&coordinator, &token).await;

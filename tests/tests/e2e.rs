@@ -4,6 +4,7 @@
 //! the CLI as an operator would use it.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use aws_sdk_ec2::Client;
 use hickory_proto::op::ResponseCode;
@@ -34,9 +35,14 @@ struct Scene {
 
 impl Scene {
     async fn new() -> Scene {
+        Scene::with_flags(&[]).await
+    }
+
+    /// A scene whose coordinator runs with `flags`.
+    async fn with_flags(flags: &[&str]) -> Scene {
         let moto = Moto::start().await;
         let ec2 = ec2::client(&moto.endpoint()).await;
-        let coordinator = Coordinator::start(&moto).await;
+        let coordinator = Coordinator::start_with(&moto, flags).await;
         let created = coordinator.create_cluster(CLUSTER).await;
         assert_eq!(created.cluster.name, CLUSTER);
         assert_eq!(created.cluster.dns_name, cluster_dns_name(CLUSTER, ZONE));
@@ -479,11 +485,13 @@ async fn status_reports_deployed_then_not_running() {
     assert_eq!(code, 3, "a stopped agent is not running: {status}");
 }
 
-/// An instance that joins again after losing its state dir stays one node,
-/// and the credential it held before stops working.
+/// An instance that joins again after losing its state dir gets back in on
+/// its own: refused (`node_live`) while its old credential was heard within
+/// the grace, then admitted as the same node, and the credential it held
+/// before stops working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoin_after_state_loss_keeps_one_node_and_revokes_the_old_credential() {
-    let scene = Scene::new().await;
+    let scene = Scene::with_flags(&["--heartbeat-interval", "1s", "--grace", "10s"]).await;
     let (id, imds) = scene.launch().await;
     let mut agent = scene.agent(&imds, &scene.join_token);
     let nodes = scene
@@ -509,8 +517,18 @@ async fn rejoin_after_state_loss_keeps_one_node_and_revokes_the_old_credential()
     agent.wipe_state();
     agent.restart();
 
-    let new = wait_until(
+    // Within the grace, the join token alone does not take a live node.
+    let live = "muster_security_events_total{code=\"node_live\"}";
+    let refused = wait_until(
         EVENTUALLY,
+        POLL,
+        || scene.coordinator.metric(live),
+        |n| *n >= 1,
+    )
+    .await;
+    assert!(refused >= 1, "no node_live refusal:\n{}", agent.logs());
+    let new = wait_until(
+        Duration::from_secs(90),
         POLL,
         || async { agent.node_credential() },
         |c| c.as_ref().is_some_and(|c| *c != old),
@@ -580,9 +598,11 @@ async fn coordinator_restart_keeps_nodes_and_dns() {
     assert_eq!(agent.pid(), agent_pid, "the agent was not restarted");
 }
 
-/// A state dir baked into an image and booted on another instance: the
-/// agent sees the instance id differ, starts fresh with the join token, and
-/// the new instance becomes its own node; the first node is untouched.
+/// A state dir baked into an image (its file left readable by others, as
+/// image builds often leave it) and booted on another instance: the agent
+/// sees the instance id differ, discards the file rather than refusing its
+/// mode, starts fresh with the join token, and the new instance becomes
+/// its own node; the first node is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_from_another_instance_starts_a_fresh_node() {
     let scene = Scene::new().await;
@@ -601,6 +621,11 @@ async fn state_from_another_instance_starts_a_fresh_node() {
     .expect("the first agent kept a credential");
 
     agent.stop();
+    std::fs::set_permissions(
+        agent.state_dir().join("state.json"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("loosening the baked state file");
     let (second, second_imds) = scene.launch().await;
     agent.move_to(&second_imds);
     agent.restart();

@@ -5,6 +5,9 @@
 //!   terminated one, an address it does not have, a stolen credential) are
 //!   refused with their own code, each is a security event in the logs and
 //!   in `/metrics`, and the store and DNS are as they were.
+//! - With default flags, the join token and a live sibling's true claim do
+//!   not take the sibling over (`node_live`); past the grace of silence
+//!   they do.
 //! - With `--verify-source`, agents run in network namespaces of the test's
 //!   own, so that source addresses are real: the true instance joins, and a
 //!   join token replayed for it from another address is refused.
@@ -17,6 +20,8 @@
 //!   the system's roots.
 //! - Hostile HTTP gets a 4xx or a closed connection, never a 5xx, and the
 //!   coordinator keeps serving others meanwhile.
+//! - Admin requests without the admin token learn nothing: the same 401
+//!   whatever the body, and whether the cluster exists or not.
 
 #[path = "../../agent/tests/netns/mod.rs"]
 mod netns;
@@ -882,6 +887,134 @@ async fn agent_pinned_to_another_ca_fails_closed() {
     assert!(coordinator.nodes(CLUSTER).await.is_empty());
 }
 
+/// No member takes over another, with default flags: a register with the
+/// join token (which every node's user data holds) claiming a live
+/// sibling's instance and its exact addresses is refused with `node_live`,
+/// a security event, and changes nothing: the sibling keeps its credential
+/// and its agent never sees a 401. Once the sibling's agent is gone the
+/// claim is still refused until the grace has passed, then admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_sibling_cannot_be_taken_over() {
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let flags = ["--heartbeat-interval", "1s", "--grace", "5s"];
+    let coordinator = Coordinator::start_with(&moto, &flags).await;
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    let sibling = ec2::launch_instance(&sdk, CLUSTER).await;
+    let imds = Imds::start(sdk.clone(), &sibling).await;
+    let mut agent = Agent::start(&coordinator, &imds, CLUSTER, &token);
+    one_deployed(&coordinator).await;
+    let credential = kept_credential(&agent).await;
+    let name = node_dns_name(&sibling, CLUSTER, ZONE);
+    let before = snapshot(&coordinator, std::slice::from_ref(&name)).await;
+    let public = ec2::describe(&sdk, &sibling).await.public_ipv4;
+    let claim = register_body(&sdk, &sibling, None, public).await;
+
+    let (status, body) = post_json(&coordinator, paths::AGENT_REGISTER, &token, &claim).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(code_of(&body), "node_live", "{body}");
+    assert_eq!(
+        snapshot(&coordinator, std::slice::from_ref(&name)).await,
+        before
+    );
+    let live = "muster_security_events_total{code=\"node_live\"}";
+    assert_eq!(coordinator.metric(live).await, 1);
+    // The sibling heartbeats on with the credential it had.
+    let beats = coordinator.metric("muster_heartbeats_total").await;
+    let later = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.metric("muster_heartbeats_total"),
+        |n| *n >= beats + 3,
+    )
+    .await;
+    assert!(
+        later >= beats + 3,
+        "the sibling stopped heartbeating:\n{}",
+        agent.logs()
+    );
+    assert_eq!(agent.node_credential(), Some(credential));
+    assert!(
+        !agent
+            .logs()
+            .contains("no longer accepts the node credential"),
+        "the sibling's agent saw a 401:\n{}",
+        agent.logs()
+    );
+
+    // Its agent gone, the sibling is still live until the grace passes...
+    agent.stop();
+    let (status, body) = post_json(&coordinator, paths::AGENT_REGISTER, &token, &claim).await;
+    assert_eq!(code_of(&body), "node_live", "{status}: {body}");
+    // ...then it is unreachable, and the claim is admitted as that node.
+    let nodes = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.nodes(CLUSTER),
+        |n| n.len() == 1 && n[0].state == NodeState::Unreachable,
+    )
+    .await;
+    assert_eq!(nodes[0].state, NodeState::Unreachable);
+    let (status, body) = post_json(&coordinator, paths::AGENT_REGISTER, &token, &claim).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let nodes = one_deployed(&coordinator).await;
+    assert_eq!(nodes[0].instance_id, sibling);
+}
+
+/// The admin token is checked before anything else of an admin request:
+/// without it (or with a wrong one), a malformed body, a cluster that
+/// does not exist and one that does all get the same 401, and nothing
+/// changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_show_nothing_without_the_token() {
+    let moto = Moto::start().await;
+    let coordinator = Coordinator::start(&moto).await;
+    coordinator.create_cluster(CLUSTER).await;
+    let client = coordinator.https_client();
+    let wrong = format!("madmin_{}", "00".repeat(32));
+    let requests = [
+        (reqwest::Method::POST, "/v1/clusters/web/scale", "{not json"),
+        (
+            reqwest::Method::POST,
+            "/v1/clusters/nope/scale",
+            "{\"count\": 1}",
+        ),
+        (reqwest::Method::GET, "/v1/clusters/web", ""),
+        (reqwest::Method::GET, "/v1/clusters/nope", ""),
+        (reqwest::Method::GET, "/v1/clusters/web/tokens", ""),
+        (reqwest::Method::DELETE, "/v1/clusters/web/tokens/join", ""),
+        (reqwest::Method::DELETE, "/v1/clusters/nope", ""),
+    ];
+    let mut answers = std::collections::BTreeSet::new();
+    for bearer in [None, Some(wrong.as_str())] {
+        for (method, path, body) in &requests {
+            let mut request = client
+                .request(method.clone(), format!("{}{path}", coordinator.url()))
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            if let Some(token) = bearer {
+                request = request.bearer_auth(token);
+            }
+            let answer = request.send().await.expect("the coordinator answers");
+            let status = answer.status();
+            let text = answer.text().await.unwrap_or_default();
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {text}");
+            assert_eq!(code_of(&text), "unauthorized", "{method} {path}: {text}");
+            answers.insert((bearer.is_some(), text));
+        }
+    }
+    assert_eq!(
+        answers.len(),
+        2,
+        "one answer per kind of bearer: {answers:?}"
+    );
+    let tokens: Vec<muster_proto::TokenView> = coordinator
+        .admin_json(&["cluster", "tokens", CLUSTER])
+        .await;
+    assert_eq!(tokens[0].id, "join");
+    assert_eq!(tokens[0].expires_at, None, "the join token was not revoked");
+}
+
 /// A coordinator serving an operator's certificate: an agent given no CA
 /// file trusts the system's roots and registers (`SSL_CERT_FILE` names the
 /// operator's CA as the system's store); with the real system roots, which
@@ -973,24 +1106,21 @@ async fn tokens_rotate_and_expire() {
     assert_eq!(rotated.expires_at, None);
     let (status, text) = post_json(&coordinator, paths::AGENT_REGISTER, &first, &body).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    // The new token admits a new instance; the node registered before the
+    // rotation keeps its credential.
+    let b = ec2::launch_instance(&sdk, CLUSTER).await;
+    let b_body = register_body(&sdk, &b, None, ec2::describe(&sdk, &b).await.public_ipv4).await;
     let (status, text) = post_json(
         &coordinator,
         paths::AGENT_REGISTER,
         &rotated.join_token,
-        &body,
+        &b_body,
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{text}");
-    // The node credential handed out before the rotation was replaced by
-    // that register (one instance, one credential); the new one heartbeats.
-    let fresh = serde_json::from_str::<serde_json::Value>(&text).unwrap()["credential"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_ne!(fresh, credential);
     let view = ec2::describe(&sdk, &a).await;
     let beat = heartbeat_body(&a, view.private_ipv4.unwrap(), view.public_ipv4);
-    let (status, text) = post_json(&coordinator, paths::AGENT_HEARTBEAT, &fresh, &beat).await;
+    let (status, text) = post_json(&coordinator, paths::AGENT_HEARTBEAT, &credential, &beat).await;
     assert_eq!(status, StatusCode::OK, "{text}");
 
     // A token with an expiry works until it, and not after.
@@ -1027,11 +1157,13 @@ async fn tokens_rotate_and_expire() {
     assert!(brief.expires_at.is_some());
     let expired = refused_once_expired(&coordinator, &brief.join_token, &body).await;
     assert!(expired.contains("userdata"), "{expired}");
+    let c = ec2::launch_instance(&sdk, CLUSTER).await;
+    let c_body = register_body(&sdk, &c, None, ec2::describe(&sdk, &c).await.public_ipv4).await;
     let (status, text) = post_json(
         &coordinator,
         paths::AGENT_REGISTER,
         &lasting.join_token,
-        &body,
+        &c_body,
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{text}");

@@ -1,41 +1,62 @@
-//! The admin endpoints: clusters, nodes, tokens, user data and the DNS
-//! provider's status. Each needs the admin token.
+//! The admin endpoints: clusters, nodes, tokens, user data, backups and
+//! the DNS provider's status. Each needs the admin token, which the router
+//! checks ([`super::guards::admin_only`]) before a handler reads a path,
+//! a query or a body: without it, nothing says whether a cluster exists
+//! or a body is well formed.
+//!
+//! Creates and scales run in a task of their own, which the request awaits:
+//! a client that goes away, or a request cut off by its timeout, leaves the
+//! launch to finish (its nodes are stored, its job finished) rather than
+//! cancelling it half way.
 
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use muster_proto::{CreateClusterRequest, CreateClusterResponse, ErrorCode};
 
-use super::guards::{require_admin, Body};
+use super::guards::Body;
 use super::{ApiError, AppState};
+
+/// Runs `work` in a task of its own, so that dropping the request does not
+/// cancel it; its answer, or a 500 if it panicked.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, crate::registry::RegistryError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(answer) => Ok(answer?),
+        Err(error) => {
+            tracing::error!(%error, "a cluster operation panicked");
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                "the cluster operation failed; see the coordinator's log".to_owned(),
+            ))
+        }
+    }
+}
 
 pub(super) async fn list_clusters(
     State(state): State<AppState>,
-    headers: HeaderMap,
 ) -> Result<Json<Vec<muster_proto::ClusterView>>, ApiError> {
-    require_admin(&state, &headers)?;
     Ok(Json(state.registry.clusters()?))
 }
 
 pub(super) async fn create_cluster(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Body(req): Body<CreateClusterRequest>,
 ) -> Result<(StatusCode, Json<CreateClusterResponse>), ApiError> {
-    require_admin(&state, &headers)?;
-    let created = state.registry.create_cluster(&req).await?;
+    let registry = state.registry.clone();
+    let created = detached(async move { registry.create_cluster(&req).await }).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub(super) async fn byon_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
+    Body(req): Body<muster_proto::ByonTokenRequest>,
 ) -> Result<(StatusCode, Json<muster_proto::ByonTokenResponse>), ApiError> {
-    require_admin(&state, &headers)?;
-    let byon_token = state.registry.byon_token(&name).await?;
+    let byon_token = state.registry.byon_token(&name, &req).await?;
     Ok((
         StatusCode::CREATED,
         Json(muster_proto::ByonTokenResponse {
@@ -45,21 +66,39 @@ pub(super) async fn byon_token(
     ))
 }
 
+pub(super) async fn list_tokens(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<muster_proto::TokenView>>, ApiError> {
+    Ok(Json(state.registry.tokens(&name)?))
+}
+
+pub(super) async fn revoke_token(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<muster_proto::TokenView>, ApiError> {
+    Ok(Json(state.registry.revoke_token(&name, &id).await?))
+}
+
+pub(super) async fn admit_machine(
+    State(state): State<AppState>,
+    Path((name, machine)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.registry.admit_machine(&name, &machine).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub(super) async fn rotate_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Body(req): Body<muster_proto::RotateTokenRequest>,
 ) -> Result<Json<muster_proto::RotateTokenResponse>, ApiError> {
-    require_admin(&state, &headers)?;
     Ok(Json(state.registry.rotate_token(&name, &req).await?))
 }
 
 pub(super) async fn rotate_admin_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
 ) -> Result<Json<muster_proto::AdminTokenResponse>, ApiError> {
-    require_admin(&state, &headers)?;
     // The file first: if it cannot be written, the old token stays valid
     // everywhere.
     let mut hash = state
@@ -81,50 +120,43 @@ pub(super) async fn rotate_admin_token(
 
 pub(super) async fn user_data(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Body(req): Body<muster_proto::UserDataRequest>,
 ) -> Result<(StatusCode, Json<muster_proto::UserDataResponse>), ApiError> {
-    require_admin(&state, &headers)?;
     let rendered = state.registry.user_data(&name, &req).await?;
     Ok((StatusCode::CREATED, Json(rendered)))
 }
 
 pub(super) async fn scale_cluster(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Body(req): Body<muster_proto::launch::ScaleClusterRequest>,
 ) -> Result<Json<muster_proto::launch::ScaleClusterResponse>, ApiError> {
-    require_admin(&state, &headers)?;
-    Ok(Json(state.registry.scale_cluster(&name, &req).await?))
+    let registry = state.registry.clone();
+    Ok(Json(
+        detached(async move { registry.scale_cluster(&name, &req).await }).await?,
+    ))
 }
 
 pub(super) async fn remove_cluster(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<muster_proto::ClusterView>), ApiError> {
-    require_admin(&state, &headers)?;
     let cluster = state.registry.remove_cluster(&name).await?;
     Ok((StatusCode::ACCEPTED, Json(cluster)))
 }
 
 pub(super) async fn show_cluster(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<muster_proto::ClusterView>, ApiError> {
-    require_admin(&state, &headers)?;
     Ok(Json(state.registry.cluster(&name)?))
 }
 
 pub(super) async fn list_nodes(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<muster_proto::NodeView>>, ApiError> {
-    require_admin(&state, &headers)?;
     if let Some(unknown) = query.keys().find(|k| k.as_str() != "cluster") {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
@@ -140,20 +172,16 @@ pub(super) async fn list_nodes(
 
 pub(super) async fn show_node(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((cluster, name)): Path<(String, String)>,
 ) -> Result<Json<muster_proto::NodeDetail>, ApiError> {
-    require_admin(&state, &headers)?;
     Ok(Json(state.registry.node(&cluster, &name)?))
 }
 
 pub(super) async fn node_events(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((cluster, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<muster_proto::EventPage>, ApiError> {
-    require_admin(&state, &headers)?;
     let mut after = 0i64;
     let mut limit = 100usize;
     for (key, value) in &query {
@@ -184,18 +212,14 @@ pub(super) async fn node_events(
 
 pub(super) async fn remove_node(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((cluster, name)): Path<(String, String)>,
 ) -> Result<Json<muster_proto::NodeView>, ApiError> {
-    require_admin(&state, &headers)?;
     Ok(Json(state.registry.remove_node(&cluster, &name).await?))
 }
 
 pub(super) async fn dns_status(
     State(state): State<AppState>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&state, &headers)?;
     Ok(Json(match state.dns_status.get() {
         Some(status) => serde_json::json!(status),
         None => serde_json::json!({ "provider": "embedded", "pending_changes": 0 }),
@@ -207,10 +231,8 @@ pub(super) async fn dns_status(
 /// readable by the coordinator only) and removed once read.
 pub(super) async fn backup(
     State(state): State<AppState>,
-    headers: HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse as _;
-    require_admin(&state, &headers)?;
     let path = state
         .data_dir
         .join(format!(".backup-{:016x}.db", rand::random::<u64>()));

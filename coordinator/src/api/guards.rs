@@ -170,7 +170,20 @@ pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
-pub(super) fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The admin routes' first step: the admin token, before any extractor
+/// reads the path, the query or the body.
+pub(super) async fn admin_only(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match require_admin(&state, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = bearer(headers)?;
     let hash = state
         .admin_token_hash

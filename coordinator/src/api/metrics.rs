@@ -132,6 +132,24 @@ fn registry_metrics(out: &mut Exposition, registry: &Registry) {
         load(&counters.untrusted_reads),
     );
     out.single(
+        "muster_strays_adopted_total",
+        "counter",
+        "Instances this coordinator launched but never recorded (a launch cut short), adopted as nodes.",
+        load(&counters.strays_adopted),
+    );
+    out.single(
+        "muster_strays_terminated_total",
+        "counter",
+        "Instances this coordinator launched for a cluster that is gone or being removed, terminated.",
+        load(&counters.strays_terminated),
+    );
+    out.single(
+        "muster_leftovers_deleted_total",
+        "counter",
+        "Security groups and key pairs of gone clusters deleted.",
+        load(&counters.leftovers_deleted),
+    );
+    out.single(
         "muster_dns_queries_total",
         "counter",
         "DNS queries answered by the embedded server.",

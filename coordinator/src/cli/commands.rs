@@ -12,7 +12,9 @@ use muster_proto::settings::Invalid;
 use muster_proto::{CreateClusterRequest, UserDataResponse, ValidationError};
 use serde::Serialize;
 
-use super::output::{cluster_text, clusters_table, launch_text, node_text, nodes_table, table};
+use super::output::{
+    cluster_text, clusters_table, launch_text, node_text, nodes_table, table, tokens_table,
+};
 use super::{AdminClient, CliError};
 use crate::ec2::Ec2Clients;
 use crate::launcher::credentials::{check_credentials, DEFAULT_CHECK_REGIONS};
@@ -119,9 +121,10 @@ pub async fn cluster_rotate_token(
 pub async fn cluster_byon_token(
     client: &AdminClient,
     name: &str,
+    max_nodes: Option<u32>,
     json: bool,
 ) -> Result<(), CliError> {
-    let minted = client.byon_token(name).await?;
+    let minted = client.byon_token(name, max_nodes).await?;
     if json {
         print_json(&minted);
     } else {
@@ -129,6 +132,49 @@ pub async fn cluster_byon_token(
             "bring-your-own token for {} (shown once): {}",
             minted.cluster, minted.byon_token
         );
+    }
+    Ok(())
+}
+
+/// `cluster tokens`: every token of the cluster, never a secret.
+pub async fn cluster_tokens(client: &AdminClient, name: &str, json: bool) -> Result<(), CliError> {
+    let tokens = client.tokens(name).await?;
+    if json {
+        print_json(&tokens);
+    } else {
+        print!("{}", tokens_table(&tokens));
+    }
+    Ok(())
+}
+
+/// `cluster revoke-token`: one token retired at once.
+pub async fn cluster_revoke_token(
+    client: &AdminClient,
+    name: &str,
+    id: &str,
+    json: bool,
+) -> Result<(), CliError> {
+    let revoked = client.revoke_token(name, id).await?;
+    if json {
+        print_json(&revoked);
+    } else {
+        println!("{} token {} of {name} revoked", revoked.kind, revoked.id);
+    }
+    Ok(())
+}
+
+/// `cluster admit`: a removed bring-your-own machine may join again.
+pub async fn cluster_admit(
+    client: &AdminClient,
+    name: &str,
+    machine: &str,
+    json: bool,
+) -> Result<(), CliError> {
+    client.admit_machine(name, machine).await?;
+    if json {
+        print_json(&serde_json::json!({ "cluster": name, "admitted": machine }));
+    } else {
+        println!("{machine} may join {name} again");
     }
     Ok(())
 }

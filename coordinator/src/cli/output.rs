@@ -115,6 +115,30 @@ pub fn launch_text(report: &LaunchReport) -> String {
 }
 
 /// `node ls` as a table.
+/// `cluster tokens`: one row per token.
+pub fn tokens_table(tokens: &[muster_proto::TokenView]) -> String {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.kind.clone(),
+                t.created_at.clone(),
+                t.expires_at.clone().unwrap_or_else(|| "never".to_owned()),
+                t.uses.to_string(),
+                match (t.nodes, t.max_nodes) {
+                    (Some(n), Some(max)) => format!("{n}/{max}"),
+                    _ => "-".to_owned(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "KIND", "CREATED", "EXPIRES", "USES", "NODES"],
+        &rows,
+    )
+}
+
 pub fn nodes_table(nodes: &[NodeView]) -> String {
     let rows: Vec<Vec<String>> = nodes
         .iter()

@@ -12,7 +12,7 @@ use aws_sdk_ec2::Client;
 use muster_proto::fsutil::write_durably;
 use muster_proto::launch::LaunchSpec;
 
-use super::{cluster_tags, random_hex, LaunchError, Launcher};
+use super::{random_hex, LaunchError, Launcher};
 use crate::ec2::{filter, settled, TAG_CLUSTER};
 
 impl Launcher {
@@ -95,7 +95,7 @@ impl Launcher {
             .group_name(name)
             .description(format!("muster cluster {cluster}"))
             .vpc_id(vpc_id)
-            .tag_specifications(cluster_tags(ResourceType::SecurityGroup, name, cluster))
+            .tag_specifications(self.cluster_tags(ResourceType::SecurityGroup, name, cluster))
             .send()
             .await
             .map_err(|e| Self::ec2_error(format!("creating security group {name}"), region, &e))?
@@ -151,7 +151,7 @@ impl Launcher {
         let created = client
             .create_key_pair()
             .key_name(&name)
-            .tag_specifications(cluster_tags(ResourceType::KeyPair, &name, cluster))
+            .tag_specifications(self.cluster_tags(ResourceType::KeyPair, &name, cluster))
             .send()
             .await
             .map_err(|e| Self::ec2_error(format!("creating key pair {name}"), region, &e))?;

@@ -11,21 +11,24 @@ use muster_proto::{ClusterState, RegisterRequest};
 use super::live::{Live, LiveNode};
 use super::{rfc3339_ms, Registry, RegistryError};
 use crate::secrets::{digest_secret, hash_secret, secret_matches};
-use crate::store::{now_ms, Cluster, TokenPurpose};
+use crate::store::{now_ms, AdmittedBy, Cluster, TokenPurpose};
 
 impl Registry {
     /// Admits the speaker of register `req`, holding `bearer`, into
     /// `cluster` (the cluster `req` names, if it exists). Returns how it was
-    /// admitted, for the node's event.
+    /// admitted, for the node's event, and by which token, for the store
+    /// to count.
     pub(super) fn admit(
         &self,
         bearer: &str,
         req: &RegisterRequest,
         cluster: Option<&Cluster>,
-    ) -> Result<&'static str, RegistryError> {
+    ) -> Result<(&'static str, AdmittedBy), RegistryError> {
         match TokenKind::of(bearer) {
             Some(TokenKind::Join) => self.admit_cluster_token(bearer, req, cluster),
-            Some(TokenKind::Node) => self.admit_node_credential(bearer, req),
+            Some(TokenKind::Node) => self
+                .admit_node_credential(bearer, req)
+                .map(|how| (how, AdmittedBy::Credential)),
             Some(TokenKind::Admin) => Err(RegistryError::Unauthorized(
                 "an admin token cannot register a node".into(),
             )),
@@ -43,7 +46,7 @@ impl Registry {
         bearer: &str,
         req: &RegisterRequest,
         cluster: Option<&Cluster>,
-    ) -> Result<&'static str, RegistryError> {
+    ) -> Result<(&'static str, AdmittedBy), RegistryError> {
         let refused = || {
             RegistryError::Unauthorized(format!(
                 "the join token is not one of cluster {:?}",
@@ -69,14 +72,21 @@ impl Registry {
             if req.byon.is_some() {
                 return Err(byon_needs_its_token(c, "the join token"));
             }
-            return Ok("registered with the join token");
+            return Ok(("registered with the join token", AdmittedBy::ClusterToken));
         }
         let token = self
             .store
             .cluster_token(&hash_secret(bearer))?
             .filter(|t| t.cluster_id == c.id);
-        match token.map(|t| (t.purpose, t.expires_at)) {
-            Some((TokenPurpose::Byon, _)) => {
+        let Some(token) = token else {
+            return Err(refused());
+        };
+        let by = AdmittedBy::Token {
+            id: token.id,
+            max_nodes: token.max_nodes,
+        };
+        match (token.purpose, token.expires_at) {
+            (TokenPurpose::Byon, _) => {
                 if req.byon.is_none() {
                     return Err(RegistryError::Unauthorized(
                         "a bring-your-own token is for machines that name themselves \
@@ -84,9 +94,20 @@ impl Registry {
                             .into(),
                     ));
                 }
-                Ok("registered with a bring-your-own token")
+                if let Some(at) = self.store.machine_banned_at(c.id, &req.instance_id)? {
+                    return Err(RegistryError::Unauthorized(format!(
+                        "machine {} was removed from cluster {:?} by an operator at {} (node rm); \
+                         `cluster admit {} {}` lets it join again",
+                        req.instance_id,
+                        c.name,
+                        rfc3339_ms(at),
+                        c.name,
+                        req.instance_id
+                    )));
+                }
+                Ok(("registered with a bring-your-own token", by))
             }
-            Some((TokenPurpose::Join, expires_at)) => {
+            (TokenPurpose::Join, expires_at) => {
                 unexpired(
                     c,
                     expires_at,
@@ -96,9 +117,9 @@ impl Registry {
                 if req.byon.is_some() {
                     return Err(byon_needs_its_token(c, "a join token"));
                 }
-                Ok("registered with a join token minted for user data")
+                Ok(("registered with a join token minted for user data", by))
             }
-            Some((TokenPurpose::Launch, _)) => {
+            (TokenPurpose::Launch, _) => {
                 // A launch token speaks only for instances muster launched
                 // into this cluster.
                 let launched = self
@@ -112,9 +133,8 @@ impl Registry {
                         c.name, req.instance_id
                     )));
                 }
-                Ok("registered with its launch token")
+                Ok(("registered with its launch token", by))
             }
-            _ => Err(refused()),
         }
     }
 

@@ -7,6 +7,11 @@
 //!   before the call returns, so its agent's register finds it. If nothing
 //!   could be launched at all, the cluster, its security group and key pair
 //!   are undone and the error is the answer.
+//! - Each launch is a **launch job**, recorded before its first
+//!   RunInstances and finished once its nodes are stored; one a dead
+//!   coordinator left unfinished is resumed after a restart
+//!   ([`super::strays`]). The API runs creates and scales detached from
+//!   the request, so a dropped request does not cut a launch short.
 //! - Each launch mints a fresh **launch token** for its user data. Only its
 //!   hash is stored, and it registers only instances muster launched into
 //!   that cluster.
@@ -49,7 +54,7 @@ impl Registry {
     ) -> Result<CreateClusterResponse, RegistryError> {
         let (cluster, join_token, launch) = self.create_cluster_inner(req).await?;
         let byon_token = if req.byon {
-            Some(self.mint_byon_token(&cluster.name)?)
+            Some(self.mint_byon_token(&cluster.name, req.byon_max_nodes)?)
         } else {
             None
         };
@@ -58,41 +63,6 @@ impl Registry {
             join_token,
             launch,
             byon_token,
-        })
-    }
-
-    /// `cluster byon-token NAME`: a fresh bring-your-own token for an
-    /// active cluster; earlier ones stay valid.
-    pub async fn byon_token(&self, name: &str) -> Result<String, RegistryError> {
-        validate::dns_label("cluster", name)?;
-        let _clusters = self.clusters.lock().await;
-        self.mint_byon_token(name)
-    }
-
-    /// `cluster rotate-token`: a new join token replaces the cluster's,
-    /// valid for `expires_in` if given. The old one stops working at once,
-    /// and so do the join tokens minted for user data (`userdata CLUSTER`);
-    /// nodes keep their credentials, and launch and bring-your-own tokens
-    /// are untouched.
-    pub async fn rotate_token(
-        &self,
-        name: &str,
-        req: &muster_proto::RotateTokenRequest,
-    ) -> Result<muster_proto::RotateTokenResponse, RegistryError> {
-        validate::dns_label("cluster", name)?;
-        req.validate()?;
-        self.ec2_trusted()?;
-        let _clusters = self.clusters.lock().await;
-        let cluster = self.active_cluster(name)?;
-        let token = new_secret(TokenKind::Join);
-        let expires_at = expiry(req.expires_in_secs);
-        self.store
-            .rotate_join_token(cluster.id, &hash_secret(&token), expires_at)?;
-        tracing::info!(cluster = %name, ?expires_at, "join token rotated");
-        Ok(muster_proto::RotateTokenResponse {
-            cluster: cluster.name,
-            join_token: token,
-            expires_at: expires_at.map(super::rfc3339_ms),
         })
     }
 
@@ -118,7 +88,7 @@ impl Registry {
             cluster.id,
             TokenPurpose::Join,
             &hash_secret(&token),
-            expires_at,
+            (expires_at, None),
         )?;
         tracing::info!(cluster = %name, gzip = user_data.gzip, bytes = user_data.bytes.len(), ?expires_at, "user data rendered with a fresh join token");
         Ok(UserDataResponse {
@@ -164,15 +134,6 @@ impl Registry {
         })
         .map_err(|e| ValidationError::new("cluster", cluster, &e.to_string()))?;
         Ok((user_data, agent))
-    }
-
-    pub(super) fn mint_byon_token(&self, name: &str) -> Result<String, RegistryError> {
-        let cluster = self.active_cluster(name)?;
-        let token = new_secret(TokenKind::Join);
-        self.store
-            .add_cluster_token(cluster.id, TokenPurpose::Byon, &hash_secret(&token), None)?;
-        tracing::info!(cluster = %name, "bring-your-own token minted");
-        Ok(token)
     }
 
     pub(super) async fn create_cluster_inner(
@@ -228,6 +189,9 @@ impl Registry {
                 "this coordinator launches no nodes: it has no EC2 launcher",
             )
         })?;
+        // Recorded first, so that what a killed create leaves behind in
+        // the region is found and cleaned up ([`super::strays`]).
+        self.store.add_launch_region(&spec.region)?;
         let launch = context.launcher.prepare(&req.name, spec).await?;
         let json = launch_json(&launch)?;
         let cluster = match self
@@ -262,9 +226,12 @@ impl Registry {
         Ok((self.cluster_view(&cluster, &nodes), token, Some(report)))
     }
 
-    /// Launches `count` more nodes into `cluster` and stores them as
-    /// `launching`. Fails only if nothing at all was launched when some
-    /// were asked for.
+    /// Launches `count` more nodes into `cluster` as a launch job and
+    /// stores them as `launching`. The job is recorded before the first
+    /// RunInstances and finished once its nodes are stored (or nothing more
+    /// can come of it), so a coordinator that dies in between resumes it
+    /// ([`super::strays`]). Fails only if nothing at all was launched when
+    /// some were asked for.
     pub(super) async fn launch_nodes(
         &self,
         cluster: &Cluster,
@@ -275,6 +242,24 @@ impl Registry {
             return Ok(LaunchReport::default());
         }
         self.ec2_trusted()?;
+        let job = format!("lj-{}", hex::encode(rand::random::<[u8; 8]>()));
+        self.store.begin_launch_job(&job, cluster.id, count)?;
+        let report = self.run_launch_job(cluster, launch, &job, count).await;
+        if let Err(error) = self.store.finish_launch_job(&job) {
+            tracing::error!(%job, %error, "could not mark the launch job finished; a restart resumes it");
+        }
+        report
+    }
+
+    /// Launches `count` nodes into `cluster` for launch job `job`, and
+    /// stores them.
+    pub(super) async fn run_launch_job(
+        &self,
+        cluster: &Cluster,
+        launch: &ClusterLaunch,
+        job: &str,
+        count: u32,
+    ) -> Result<LaunchReport, RegistryError> {
         let context = self.launch.as_ref().ok_or_else(|| {
             ValidationError::new(
                 "launch",
@@ -290,11 +275,17 @@ impl Registry {
             cluster.id,
             TokenPurpose::Launch,
             &hash_secret(&token),
-            None,
+            (None, None),
         )?;
         let wave: Wave = context
             .launcher
-            .launch(&cluster.name, launch, &existing, count, &user_data.bytes)
+            .launch(
+                (&cluster.name, job),
+                launch,
+                &existing,
+                count,
+                &user_data.bytes,
+            )
             .await?;
         if wave.launched.is_empty() {
             return Err(LaunchError::no_usable_subnet(&launch.spec, &wave.refused).into());
@@ -304,7 +295,12 @@ impl Registry {
             launch.spec.instance_type, launch.spec.ami, launch.spec.disk_gb
         );
         let stored = self
-            .store_launched(cluster, &launch.spec.region, &wave, &reason)
+            .store_launched(
+                cluster,
+                &launch.spec.region,
+                (&wave.launched, Some(job)),
+                (&reason, EventSource::Operator),
+            )
             .await;
         let ids: Vec<String> = wave
             .launched
@@ -342,19 +338,19 @@ impl Registry {
         Ok(existing)
     }
 
-    /// Stores a wave's instances as `launching` nodes and mirrors them in
-    /// memory.
-    async fn store_launched(
+    /// Stores instances launched by `job` as `launching` nodes and mirrors
+    /// them in memory.
+    pub(super) async fn store_launched(
         &self,
         cluster: &Cluster,
         region: &str,
-        wave: &Wave,
-        reason: &str,
+        (instances, job): (&[crate::store::LaunchedInstance], Option<&str>),
+        why: (&str, EventSource),
     ) -> Result<(), StoreError> {
         let _write = self.write.lock().await;
         let nodes = self
             .store
-            .insert_launched(cluster.id, region, &wave.launched, reason)?;
+            .insert_launched(cluster.id, region, instances, job, why)?;
         let mut live = self.live();
         for node in &nodes {
             live.upsert(node);
@@ -456,7 +452,7 @@ impl Registry {
 
 /// When a join token living `expires_in_secs` from now stops working
 /// (unix ms); `None` never.
-fn expiry(expires_in_secs: Option<u64>) -> Option<i64> {
+pub(super) fn expiry(expires_in_secs: Option<u64>) -> Option<i64> {
     expires_in_secs.map(|secs| {
         crate::store::now_ms()
             .saturating_add(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000))

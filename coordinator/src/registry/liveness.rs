@@ -1,6 +1,7 @@
 //! Liveness and the sweep: silent nodes become `unreachable`, launches
 //! that never registered `failed`, and EC2's view of every tracked
-//! instance is read and applied.
+//! instance is read and applied (after the strays are settled:
+//! [`super::strays`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -69,6 +70,7 @@ impl Registry {
             report.failed_regions += 1;
             return report;
         }
+        report.strays = self.settle_strays().await;
         let mut by_region: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
         for (id, node) in self.live().nodes.iter() {
             if node.state != NodeState::Terminated && !node.byon {

@@ -13,7 +13,7 @@ use muster_proto::{NodeState, RegisterRequest, RegisterResponse};
 use super::claim::Claim;
 use super::{show_ip, Registry, RegistryError};
 use crate::secrets::{hash_secret, new_secret};
-use crate::store::{Cluster, Node, NodeRegistration};
+use crate::store::{AdmittedBy, Cluster, Node, NodeRegistration};
 
 impl Registry {
     /// An agent registers with a join token or its node credential.
@@ -42,7 +42,8 @@ impl Registry {
     /// Register's steps: the request is well formed and its addresses are
     /// possible; the speaker is admitted; the instance is free to be this
     /// node; the claim is proven (bring-your-own machines name themselves;
-    /// EC2 instances are checked); then the node is stored and published.
+    /// EC2 instances are checked); a live node is not taken over; then the
+    /// node is stored and published.
     pub(super) async fn register_checked(
         &self,
         bearer: &str,
@@ -52,7 +53,7 @@ impl Registry {
         req.validate()?;
         self.check_addresses(&req.instance_id, source, req.private_ipv4, req.public_ipv4)?;
         let cluster = self.store.cluster(&req.cluster)?;
-        let how = self.admit(bearer, &req, cluster.as_ref())?;
+        let (how, admitted_by) = self.admit(bearer, &req, cluster.as_ref())?;
         let cluster =
             cluster.ok_or_else(|| RegistryError::Unauthorized("no such cluster".into()))?;
         let reappearing = self.check_instance_free(&req, &cluster)?;
@@ -74,13 +75,18 @@ impl Registry {
                 req.instance_id.clone()
             }
         };
+        // A false claim is refused for what is false; a true one may still
+        // not take a live node over.
+        self.check_not_taken_over(bearer, &req)?;
         let how = if reappearing {
             "back: EC2 reports the instance running again, after it was terminated for not \
              being found, and it registered"
         } else {
             how
         };
-        let (node, credential) = self.store_registration(&cluster, &name, &req, how).await?;
+        let (node, credential) = self
+            .store_registration(&cluster, &name, &req, (how, admitted_by))
+            .await?;
         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             cluster = %node.cluster,
@@ -134,6 +140,47 @@ impl Registry {
         Ok(reappearing)
     }
 
+    /// No member can take over another: a register for an instance whose
+    /// node is live (deployed and heard within the grace) must come with
+    /// its own node credential, or with proof that it is that instance
+    /// (its signed identity document checked with `--identity-certs`, or
+    /// its source checked with `--verify-source`). A join token alone,
+    /// which every node's user data holds, is refused with `node_live`, a
+    /// security event, until the node has been silent for the grace: so a
+    /// node whose state was wiped gets back in on its own, a grace later.
+    pub(super) fn check_not_taken_over(
+        &self,
+        bearer: &str,
+        req: &RegisterRequest,
+    ) -> Result<(), RegistryError> {
+        let proven =
+            req.byon.is_none() && (self.trust.identity_certs.is_some() || self.trust.verify_source);
+        if proven || TokenKind::of(bearer) == Some(TokenKind::Node) {
+            // A node credential was matched to this instance by admission.
+            return Ok(());
+        }
+        let Some(node) = self.store.node_by_instance(&req.instance_id)? else {
+            return Ok(());
+        };
+        let heard = {
+            let live = self.live();
+            live.nodes
+                .get(&node.id)
+                .filter(|n| n.state == NodeState::Deployed)
+                .map(|n| n.last_heard.elapsed())
+        };
+        match heard {
+            Some(ago) if ago < self.timing.grace => Err(RegistryError::NodeLive {
+                instance_id: req.instance_id.clone(),
+                cluster: node.cluster,
+                node: node.name,
+                heard_secs_ago: ago.as_secs(),
+                grace_secs: self.timing.grace.as_secs(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The name a bring-your-own machine gives itself, unless another
     /// machine's live node has it.
     pub(super) fn check_name_free(
@@ -162,7 +209,7 @@ impl Registry {
         cluster: &Cluster,
         name: &str,
         req: &RegisterRequest,
-        how: &str,
+        (how, admitted_by): (&str, AdmittedBy),
     ) -> Result<(Node, String), RegistryError> {
         let credential = new_secret(TokenKind::Node);
         let credential_hash = hash_secret(&credential);
@@ -183,6 +230,7 @@ impl Registry {
                 public_ipv4: req.public_ipv4,
                 credential_hash: &credential_hash,
                 byon: req.byon.is_some(),
+                admitted_by,
             },
             &reason,
         )?;

@@ -3,8 +3,16 @@
 //!
 //! A removed EC2 node is terminated through EC2 and marked `terminating`;
 //! the sweep makes it `terminated` once EC2 says so. A bring-your-own node
-//! has no instance to terminate: it is deleted from the store at once. A
+//! has no instance to terminate: it is deleted from the store at once, and
+//! its machine banned from the cluster until `cluster admit` (see
+//! [`super::tokens`]). A
 //! cluster's removal runs as a task (see [`super::clusters`]).
+//!
+//! History goes last: [`Registry::prune_history`] deletes terminated nodes
+//! (with their events), expired tokens and finished launch jobs once they
+//! are older than the retention (`--retention`, default 7 days), so the
+//! store, memory, zone rebuilds and `/metrics` grow with the live fleet and
+//! that window, not with every node ever.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -204,9 +212,14 @@ impl Registry {
             });
         }
         if node.byon {
+            // Banned first: its agent, still running, would join again
+            // with its token.
+            if let Some(owner) = self.store.cluster(&node.cluster)? {
+                self.store.ban_machine(owner.id, &node.instance_id)?;
+            }
             let view = self.node_view(&node);
             self.forget_node(node.id).await?;
-            tracing::info!(cluster = %node.cluster, node = %node.name, "bring-your-own node removed");
+            tracing::info!(cluster = %node.cluster, node = %node.name, machine = %node.instance_id, "bring-your-own node removed; its machine may not join again until admitted (cluster admit)");
             return Ok(view);
         }
         self.ec2_trusted()?;
@@ -229,5 +242,36 @@ impl Registry {
         }
         self.publish();
         Ok(())
+    }
+}
+
+impl Registry {
+    /// Deletes the history older than `retention` ([`crate::store::Store::prune`]):
+    /// terminated nodes leave the store and memory with their events, and
+    /// expired tokens and finished launch jobs go.
+    pub async fn prune_history(
+        &self,
+        retention: Duration,
+    ) -> Result<crate::store::Pruned, RegistryError> {
+        let before = crate::store::now_ms()
+            .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let _write = self.write.lock().await;
+        let pruned = self.store.prune(before)?;
+        if !pruned.nodes.is_empty() {
+            let mut live = self.live();
+            for id in &pruned.nodes {
+                live.remove(*id);
+            }
+        }
+        if pruned != crate::store::Pruned::default() {
+            tracing::info!(
+                nodes = pruned.nodes.len(),
+                tokens = pruned.tokens,
+                launch_jobs = pruned.jobs,
+                retention = %humantime::format_duration(retention),
+                "history past the retention pruned"
+            );
+        }
+        Ok(pruned)
     }
 }

@@ -118,6 +118,11 @@ fn running(public: Option<Ipv4Addr>) -> InstanceFacts {
 }
 
 fn setup() -> (Registry, Arc<Table>, String) {
+    setup_with_grace(Duration::from_secs(30))
+}
+
+/// [`setup`], with `grace` before a silent node may be spoken for again.
+fn setup_with_grace(grace: Duration) -> (Registry, Arc<Table>, String) {
     let table = Arc::new(Table::default());
     table
         .0
@@ -138,7 +143,7 @@ fn setup() -> (Registry, Arc<Table>, String) {
         Timing {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_jitter: Duration::from_secs(1),
-            grace: Duration::from_secs(30),
+            grace,
             unknown_sweeps: 3,
             launch_timeout: Duration::from_secs(600),
         },
@@ -290,12 +295,34 @@ async fn bad_claims_change_nothing() {
     assert!(answer(&registry, &format!("{ID}.web.muster.test.")).is_empty());
 }
 
-/// Registering twice keeps one node and revokes the first credential.
+/// A join token does not take a live node over: refused `node_live`, a
+/// security event, and the node keeps its credential.
 #[tokio::test]
-async fn second_register_rotates_the_credential() {
+async fn a_live_node_is_not_taken_over_by_a_join_token() {
     let (registry, _, token) = setup();
     let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
     let first = registry.register(&token, register_req(ip)).await.unwrap();
+    let err = registry
+        .register(&token, register_req(ip))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "node_live");
+    assert!(err.is_security_event());
+    registry
+        .heartbeat(&first.credential, heartbeat_req(ip))
+        .await
+        .unwrap();
+}
+
+/// Registering twice keeps one node and revokes the first credential: with
+/// the join token once the node has been silent for the grace, or at any
+/// time with the node's own credential.
+#[tokio::test]
+async fn second_register_rotates_the_credential() {
+    let (registry, _, token) = setup_with_grace(Duration::from_millis(200));
+    let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+    let first = registry.register(&token, register_req(ip)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let second = registry.register(&token, register_req(ip)).await.unwrap();
     assert_ne!(first.credential, second.credential);
     assert_eq!(registry.nodes(None).unwrap().len(), 1);
@@ -426,7 +453,10 @@ fn byon_req(hostname: &str, machine_id: &str) -> RegisterRequest {
 #[tokio::test]
 async fn bring_your_own_nodes() {
     let (registry, _, join_token) = setup();
-    let byon_token = registry.byon_token("web").await.unwrap();
+    let byon_token = registry
+        .byon_token("web", &Default::default())
+        .await
+        .unwrap();
     let machine = "0123456789abcdef0123456789abcdef";
 
     // Each token is for its own kind of machine.
@@ -695,7 +725,10 @@ async fn a_stale_sweep_never_writes_an_older_address() {
 async fn two_machines_racing_for_a_name_get_a_conflict() {
     let (registry, _, _) = setup();
     let registry = Arc::new(registry);
-    let byon_token = registry.byon_token("web").await.unwrap();
+    let byon_token = registry
+        .byon_token("web", &Default::default())
+        .await
+        .unwrap();
     // Both pass the name check before either writes.
     let write = registry.write.lock().await;
     let racers: Vec<_> = [
@@ -751,8 +784,13 @@ async fn remove_terminates_through_ec2() {
 async fn events_are_paged() {
     let (registry, _, token) = setup();
     let ip = Some(Ipv4Addr::new(54, 0, 0, 1));
+    let mut bearer = token;
     for _ in 0..5 {
-        registry.register(&token, register_req(ip)).await.unwrap();
+        bearer = registry
+            .register(&bearer, register_req(ip))
+            .await
+            .unwrap()
+            .credential;
     }
     let first = registry.node_events("web", ID, 0, 2).unwrap();
     assert_eq!(first.events.len(), 2);
@@ -779,6 +817,7 @@ async fn cluster_names_are_checked() {
             name: bad.into(),
             launch: None,
             byon: false,
+            byon_max_nodes: None,
         };
         assert!(registry.create_cluster(&req).await.is_err());
     }
@@ -786,6 +825,7 @@ async fn cluster_names_are_checked() {
         name: "web".into(),
         launch: None,
         byon: false,
+        byon_max_nodes: None,
     };
     let err = registry.create_cluster(&req).await.unwrap_err();
     assert_eq!(err.code(), "cluster_exists");
@@ -794,6 +834,7 @@ async fn cluster_names_are_checked() {
             name: "db".into(),
             launch: None,
             byon: true,
+            byon_max_nodes: None,
         })
         .await
         .unwrap();

@@ -1,6 +1,7 @@
 //! Clusters and their tokens: create, rotate the join token, mark removing,
 //! delete once empty; the extra tokens minted for user data, launches and
-//! bring-your-own machines.
+//! bring-your-own machines, listed and revoked; the bring-your-own
+//! machines an operator removed, banned until admitted again.
 
 use muster_proto::ClusterState;
 use rusqlite::{params, OptionalExtension, Row};
@@ -43,21 +44,59 @@ pub enum TokenPurpose {
 /// A join token beyond the cluster's own, as stored (by its hash).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClusterToken {
+    /// Row id.
+    pub id: i64,
     /// The cluster it joins.
     pub cluster_id: i64,
     /// What it is for.
     pub purpose: TokenPurpose,
     /// When it stops working (unix ms); `None` never.
     pub expires_at: Option<i64>,
+    /// A bring-your-own token's cap on the nodes it creates.
+    pub max_nodes: Option<u32>,
+}
+
+/// A cluster's token as `cluster tokens` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Row id; `None` for the cluster's own join token.
+    pub id: Option<i64>,
+    /// What it is for; `None` for the cluster's own join token.
+    pub purpose: Option<TokenPurpose>,
+    /// When it was minted (unix ms).
+    pub created_at: i64,
+    /// When it stops working (unix ms).
+    pub expires_at: Option<i64>,
+    /// Registers it admitted.
+    pub uses: u64,
+    /// Nodes it created (bring-your-own tokens).
+    pub nodes: u64,
+    /// Its cap on them.
+    pub max_nodes: Option<u32>,
 }
 
 impl TokenPurpose {
-    fn as_str(self) -> &'static str {
+    /// The name stored, and listed (`join` as `userdata`, the cluster's own
+    /// being `join`).
+    pub fn as_str(self) -> &'static str {
         match self {
             TokenPurpose::Launch => "launch",
             TokenPurpose::Byon => "byon",
             TokenPurpose::Join => "join",
         }
+    }
+}
+
+/// A stored token kind.
+fn parse_purpose(kind: String) -> Result<TokenPurpose, StoreError> {
+    match kind.as_str() {
+        "launch" => Ok(TokenPurpose::Launch),
+        "byon" => Ok(TokenPurpose::Byon),
+        "join" => Ok(TokenPurpose::Join),
+        _ => Err(StoreError::Corrupt {
+            field: "cluster_tokens.kind",
+            value: kind,
+        }),
     }
 }
 
@@ -210,55 +249,180 @@ impl Store {
     }
 
     /// Keeps the hash of a further join token of a cluster, valid until
-    /// `expires_at` (unix ms) if given.
+    /// `expires_at` (unix ms) if given, creating at most `max_nodes` nodes
+    /// if given. Returns its row id.
     pub fn add_cluster_token(
         &self,
         cluster_id: i64,
         purpose: TokenPurpose,
         token_hash: &str,
-        expires_at: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "INSERT INTO cluster_tokens (cluster_id, kind, token_hash, created_at, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![cluster_id, purpose.as_str(), token_hash, now_ms(), expires_at],
-            )
-            .map(|_| ())
-            .map_err(query("storing a cluster token"))
+        (expires_at, max_nodes): (Option<i64>, Option<u32>),
+    ) -> Result<i64, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO cluster_tokens (cluster_id, kind, token_hash, created_at, expires_at, \
+             max_nodes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                cluster_id,
+                purpose.as_str(),
+                token_hash,
+                now_ms(),
+                expires_at,
+                max_nodes
+            ],
+        )
+        .map(|_| conn.last_insert_rowid())
+        .map_err(query("storing a cluster token"))
     }
 
     /// The further join token with this hash, if there is one.
     pub fn cluster_token(&self, token_hash: &str) -> Result<Option<ClusterToken>, StoreError> {
-        let found: Option<(i64, String, Option<i64>)> = self
+        let found = self
             .lock()
             .query_row(
-                "SELECT cluster_id, kind, expires_at FROM cluster_tokens WHERE token_hash = ?1",
+                "SELECT id, cluster_id, kind, expires_at, max_nodes FROM cluster_tokens \
+                 WHERE token_hash = ?1",
                 params![token_hash],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                |row| {
+                    let kind: String = row.get(2)?;
+                    let token = ClusterToken {
+                        id: row.get(0)?,
+                        cluster_id: row.get(1)?,
+                        purpose: TokenPurpose::Join,
+                        expires_at: row.get(3)?,
+                        max_nodes: row.get(4)?,
+                    };
+                    Ok((kind, token))
+                },
             )
             .optional()
             .map_err(query("reading a cluster token"))?;
         found
-            .map(|(cluster_id, kind, expires_at)| {
-                let purpose = match kind.as_str() {
-                    "launch" => TokenPurpose::Launch,
-                    "byon" => TokenPurpose::Byon,
-                    "join" => TokenPurpose::Join,
-                    _ => {
-                        return Err(StoreError::Corrupt {
-                            field: "cluster_tokens.kind",
-                            value: kind,
-                        })
-                    }
-                };
+            .map(|(kind, token)| {
                 Ok(ClusterToken {
-                    cluster_id,
-                    purpose,
-                    expires_at,
+                    purpose: parse_purpose(kind)?,
+                    ..token
                 })
             })
             .transpose()
+    }
+
+    /// Every token of a cluster: its own join token first, then the
+    /// others by age, with their uses and the nodes they created.
+    pub fn cluster_tokens(&self, cluster: &Cluster) -> Result<Vec<TokenRecord>, StoreError> {
+        let conn = self.lock();
+        let uses: u64 = conn
+            .query_row(
+                "SELECT join_token_uses FROM clusters WHERE id = ?1",
+                params![cluster.id],
+                |row| row.get(0),
+            )
+            .map_err(query("reading a cluster's join token uses"))?;
+        let mut tokens = vec![TokenRecord {
+            id: None,
+            purpose: None,
+            created_at: cluster.created_at,
+            expires_at: cluster.join_token_expires_at,
+            uses,
+            nodes: 0,
+            max_nodes: None,
+        }];
+        let mut stmt = conn
+            .prepare(
+                "SELECT t.id, t.kind, t.created_at, t.expires_at, t.uses, t.max_nodes, \
+                 (SELECT COUNT(*) FROM nodes n WHERE n.token_id = t.id) \
+                 FROM cluster_tokens t WHERE t.cluster_id = ?1 ORDER BY t.id",
+            )
+            .map_err(query("listing a cluster's tokens"))?;
+        let rows = stmt
+            .query_map(params![cluster.id], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    row.get(6)?,
+                ))
+            })
+            .map_err(query("listing a cluster's tokens"))?;
+        for row in rows {
+            let (id, kind, created_at, expires_at, uses, max_nodes, nodes) =
+                row.map_err(query("listing a cluster's tokens"))?;
+            tokens.push(TokenRecord {
+                id: Some(id),
+                purpose: Some(parse_purpose(kind)?),
+                created_at,
+                expires_at,
+                uses,
+                nodes,
+                max_nodes,
+            });
+        }
+        Ok(tokens)
+    }
+
+    /// Deletes further token `id` of cluster `cluster_id`: it stops
+    /// working at once. Returns whether there was one.
+    pub fn revoke_cluster_token(&self, cluster_id: i64, id: i64) -> Result<bool, StoreError> {
+        self.lock()
+            .execute(
+                "DELETE FROM cluster_tokens WHERE id = ?1 AND cluster_id = ?2",
+                params![id, cluster_id],
+            )
+            .map(|n| n > 0)
+            .map_err(query("revoking a cluster token"))
+    }
+
+    /// Makes a cluster's own join token expire now.
+    pub fn expire_join_token(&self, cluster_id: i64) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE clusters SET join_token_expires_at = ?2 WHERE id = ?1",
+                params![cluster_id, now_ms()],
+            )
+            .map(|_| ())
+            .map_err(query("expiring a join token"))
+    }
+
+    /// Bans bring-your-own machine `machine` (its node id) from a cluster.
+    pub fn ban_machine(&self, cluster_id: i64, machine: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO banned_machines (cluster_id, machine, banned_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+                params![cluster_id, machine, now_ms()],
+            )
+            .map(|_| ())
+            .map_err(query("banning a machine"))
+    }
+
+    /// Lifts a ban; returns whether there was one.
+    pub fn unban_machine(&self, cluster_id: i64, machine: &str) -> Result<bool, StoreError> {
+        self.lock()
+            .execute(
+                "DELETE FROM banned_machines WHERE cluster_id = ?1 AND machine = ?2",
+                params![cluster_id, machine],
+            )
+            .map(|n| n > 0)
+            .map_err(query("admitting a machine again"))
+    }
+
+    /// When `machine` was banned from a cluster (unix ms), if it is.
+    pub fn machine_banned_at(
+        &self,
+        cluster_id: i64,
+        machine: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT banned_at FROM banned_machines WHERE cluster_id = ?1 AND machine = ?2",
+                params![cluster_id, machine],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("reading a machine's ban"))
     }
 
     /// One cluster by name.

@@ -82,6 +82,24 @@ pub struct NodeRegistration<'a> {
     pub credential_hash: &'a str,
     /// A bring-your-own node.
     pub byon: bool,
+    /// The token that admitted it, counted in the same transaction.
+    pub admitted_by: AdmittedBy,
+}
+
+/// What admitted a register, as the store counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmittedBy {
+    /// The cluster's own join token.
+    ClusterToken,
+    /// A further token, by row id, with the most nodes it may create.
+    Token {
+        /// `cluster_tokens.id`.
+        id: i64,
+        /// Its cap, for a bring-your-own token.
+        max_nodes: Option<u32>,
+    },
+    /// The node's own credential: nothing to count.
+    Credential,
 }
 
 const NODE_COLUMNS: &str = "n.id, c.name, n.name, n.instance_id, n.state, n.availability_zone, \
@@ -162,13 +180,15 @@ fn parse_ip(field: &'static str, value: Option<String>) -> Result<Option<Ipv4Add
 
 impl Store {
     /// Stores freshly launched instances as `launching` nodes named after
-    /// their instance ids, each with its event, in one transaction.
+    /// their instance ids, launched by launch job `job` (if known), each with its
+    /// event, in one transaction.
     pub fn insert_launched(
         &self,
         cluster_id: i64,
         region: &str,
         instances: &[LaunchedInstance],
-        reason: &str,
+        job: Option<&str>,
+        (reason, source): (&str, EventSource),
     ) -> Result<Vec<Node>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(query("starting a launch"))?;
@@ -178,7 +198,8 @@ impl Store {
             tx.execute(
                 "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
                  region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
-                 subnet_id) VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?7, ?8)",
+                 subnet_id, launch_job) \
+                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?7, ?8, ?9)",
                 params![
                     cluster_id,
                     instance.instance_id,
@@ -187,20 +208,13 @@ impl Store {
                     region,
                     instance.private_ipv4.map(|ip| ip.to_string()),
                     now,
-                    instance.subnet_id
+                    instance.subnet_id,
+                    job
                 ],
             )
             .map_err(query("inserting a launched node"))?;
             let node_id = tx.last_insert_rowid();
-            record_event(
-                &tx,
-                node_id,
-                now,
-                None,
-                launching,
-                reason,
-                EventSource::Operator,
-            )?;
+            record_event(&tx, node_id, now, None, launching, reason, source)?;
         }
         tx.commit().map_err(query("committing a launch"))?;
         drop(conn);
@@ -311,8 +325,12 @@ impl Store {
                 update_registered(&tx, id, reg, now)?;
                 (id, Some(state))
             }
-            None => (insert_registered(&tx, reg, now)?, None),
+            None => {
+                check_token_cap(&tx, reg.admitted_by)?;
+                (insert_registered(&tx, reg, now)?, None)
+            }
         };
+        count_token_use(&tx, reg.cluster_id, reg.admitted_by)?;
         record_event(
             &tx,
             node_id,
@@ -447,16 +465,59 @@ fn update_registered(
 }
 
 /// A register of a new instance: a `deployed` node. Returns its row id.
+/// Refuses a new node past its token's cap.
+fn check_token_cap(tx: &rusqlite::Transaction<'_>, by: AdmittedBy) -> Result<(), StoreError> {
+    let AdmittedBy::Token {
+        id,
+        max_nodes: Some(max),
+    } = by
+    else {
+        return Ok(());
+    };
+    let made: u32 = tx
+        .prepare_cached("SELECT COUNT(*) FROM nodes WHERE token_id = ?1")
+        .and_then(|mut stmt| stmt.query_row(params![id], |row| row.get(0)))
+        .map_err(query("counting a token's nodes"))?;
+    if made >= max {
+        return Err(StoreError::TokenSpent(max));
+    }
+    Ok(())
+}
+
+/// Counts a register against the token that admitted it.
+fn count_token_use(
+    tx: &rusqlite::Transaction<'_>,
+    cluster_id: i64,
+    by: AdmittedBy,
+) -> Result<(), StoreError> {
+    let counted = match by {
+        AdmittedBy::ClusterToken => tx
+            .prepare_cached(
+                "UPDATE clusters SET join_token_uses = join_token_uses + 1 WHERE id = ?1",
+            )
+            .and_then(|mut stmt| stmt.execute(params![cluster_id])),
+        AdmittedBy::Token { id, .. } => tx
+            .prepare_cached("UPDATE cluster_tokens SET uses = uses + 1 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![id])),
+        AdmittedBy::Credential => Ok(0),
+    };
+    counted.map(|_| ()).map_err(query("counting a token's use"))
+}
+
 fn insert_registered(
     tx: &rusqlite::Transaction<'_>,
     reg: &NodeRegistration<'_>,
     now: i64,
 ) -> Result<i64, StoreError> {
     let deployed = NodeState::Deployed.as_str();
+    let token_id = match reg.admitted_by {
+        AdmittedBy::Token { id, .. } => Some(id),
+        _ => None,
+    };
     tx.prepare_cached(
         "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
          region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
-         byon) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+         byon, token_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -470,7 +531,8 @@ fn insert_registered(
             reg.public_ipv4.map(|ip| ip.to_string()),
             reg.credential_hash,
             now,
-            reg.byon
+            reg.byon,
+            token_id
         ])
     })
     .map_err(|source| match source {

@@ -18,7 +18,7 @@ fn rotation_retires_user_data_tokens() {
         (TokenPurpose::Byon, "b"),
     ] {
         store
-            .add_cluster_token(cluster.id, purpose, hash, Some(7))
+            .add_cluster_token(cluster.id, purpose, hash, (Some(7), None))
             .unwrap();
     }
     store
@@ -31,9 +31,11 @@ fn rotation_retires_user_data_tokens() {
     assert_eq!(
         store.cluster_token("l").unwrap(),
         Some(ClusterToken {
+            id: 2,
             cluster_id: cluster.id,
             purpose: TokenPurpose::Launch,
-            expires_at: Some(7)
+            expires_at: Some(7),
+            max_nodes: None,
         })
     );
     assert_eq!(
@@ -53,6 +55,7 @@ fn registration<'a>(cluster_id: i64, credential_hash: &'a str) -> NodeRegistrati
         public_ipv4: Some(Ipv4Addr::new(54, 0, 0, 5)),
         credential_hash,
         byon: false,
+        admitted_by: AdmittedBy::ClusterToken,
     }
 }
 
@@ -294,4 +297,139 @@ fn backups_restore_and_never_overwrite() {
     let refused = Store::restore(&junk, &dir.path().join("other.db"));
     assert!(refused.is_err());
     assert!(!dir.path().join("other.db").exists(), "nothing written");
+}
+
+/// A launch job is unfinished until finished, counts the nodes stored
+/// under it, and goes with an undone cluster.
+#[test]
+fn launch_jobs_count_their_nodes() {
+    let store = Store::open_in_memory().unwrap();
+    let cluster = store.create_cluster("web", "h", Some("{}")).unwrap();
+    store.begin_launch_job("lj-1", cluster.id, 3).unwrap();
+    let launched = |id: &str| LaunchedInstance {
+        instance_id: id.to_owned(),
+        subnet_id: "subnet-1".to_owned(),
+        availability_zone: "us-east-1a".to_owned(),
+        private_ipv4: None,
+    };
+    store
+        .insert_launched(
+            cluster.id,
+            "us-east-1",
+            &[launched("i-1"), launched("i-2")],
+            Some("lj-1"),
+            ("launched", EventSource::Operator),
+        )
+        .unwrap();
+    store
+        .insert_launched(
+            cluster.id,
+            "us-east-1",
+            &[launched("i-3")],
+            None,
+            ("adopted", EventSource::Sweep),
+        )
+        .unwrap();
+    let jobs = store.unfinished_launch_jobs().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].cluster.as_str(), jobs[0].count, jobs[0].launched),
+        ("web", 3, 2)
+    );
+    store.finish_launch_job("lj-1").unwrap();
+    assert!(store.unfinished_launch_jobs().unwrap().is_empty());
+
+    let other = store.create_cluster("db", "h2", Some("{}")).unwrap();
+    store.begin_launch_job("lj-2", other.id, 1).unwrap();
+    assert!(store.delete_empty_cluster(other.id).unwrap());
+    assert!(store.unfinished_launch_jobs().unwrap().is_empty());
+}
+
+/// The coordinator's id is minted once and kept; launch regions are a set.
+#[test]
+fn coordinator_id_and_launch_regions_are_kept() {
+    let store = Store::open_in_memory().unwrap();
+    let id = store.coordinator_id(|| "first".to_owned()).unwrap();
+    assert_eq!(id, "first");
+    assert_eq!(
+        store.coordinator_id(|| "second".to_owned()).unwrap(),
+        "first"
+    );
+    store.add_launch_region("us-west-2").unwrap();
+    store.add_launch_region("us-east-1").unwrap();
+    store.add_launch_region("us-west-2").unwrap();
+    assert_eq!(store.launch_regions().unwrap(), ["us-east-1", "us-west-2"]);
+}
+
+/// Pruning deletes terminated nodes older than the cut with their events,
+/// expired tokens and finished jobs, and nothing newer or still live.
+#[test]
+fn prune_deletes_only_old_history() {
+    let store = Store::open_in_memory().unwrap();
+    let cluster = store.create_cluster("web", "h", Some("{}")).unwrap();
+    let launched = |id: &str| LaunchedInstance {
+        instance_id: id.to_owned(),
+        subnet_id: "subnet-1".to_owned(),
+        availability_zone: "us-east-1a".to_owned(),
+        private_ipv4: None,
+    };
+    let nodes = store
+        .insert_launched(
+            cluster.id,
+            "us-east-1",
+            &[launched("i-old"), launched("i-new"), launched("i-live")],
+            None,
+            ("launched", EventSource::Operator),
+        )
+        .unwrap();
+    {
+        let conn = store.lock();
+        conn.execute(
+            "UPDATE nodes SET state = 'terminated', updated_at = 1000 WHERE instance_id = 'i-old'",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE nodes SET state = 'terminated', updated_at = 5000 WHERE instance_id = 'i-new'",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE nodes SET updated_at = 1000 WHERE instance_id = 'i-live'",
+            [],
+        )
+        .unwrap();
+    }
+    store
+        .add_cluster_token(
+            cluster.id,
+            TokenPurpose::Join,
+            "expired",
+            (Some(1000), None),
+        )
+        .unwrap();
+    store
+        .add_cluster_token(cluster.id, TokenPurpose::Join, "valid", (Some(9000), None))
+        .unwrap();
+    store
+        .add_cluster_token(cluster.id, TokenPurpose::Launch, "forever", (None, None))
+        .unwrap();
+    store.begin_launch_job("lj-done", cluster.id, 1).unwrap();
+    store.finish_launch_job("lj-done").unwrap();
+    store.begin_launch_job("lj-open", cluster.id, 1).unwrap();
+
+    // Finished just now, the job is newer than the cut at 2000.
+    let pruned = store.prune(2000).unwrap();
+    assert_eq!(pruned.nodes, vec![nodes[0].id]);
+    assert_eq!((pruned.tokens, pruned.jobs), (1, 0));
+    assert!(store.node_by_instance("i-old").unwrap().is_none());
+    assert!(store.events(nodes[0].id).unwrap().is_empty());
+    assert!(store.node_by_instance("i-new").unwrap().is_some());
+    assert!(store.node_by_instance("i-live").unwrap().is_some());
+    assert_eq!(store.cluster_token("expired").unwrap(), None);
+    assert!(store.cluster_token("valid").unwrap().is_some());
+    assert!(store.cluster_token("forever").unwrap().is_some());
+    let jobs = store.prune(now_ms() + 1).unwrap().jobs;
+    assert_eq!(jobs, 1, "the finished job goes, the open one stays");
+    assert_eq!(store.unfinished_launch_jobs().unwrap().len(), 1);
 }

@@ -545,8 +545,9 @@ async fn start(moto: &Moto, args: &Args) -> anyhow::Result<(Coordinator, String,
     let coordinator = Coordinator::start_with(moto, &serve).await;
     let created = coordinator.create_cluster(CLUSTER).await;
     if args.byon {
+        let cap = args.nodes.to_string();
         let minted: muster_proto::ByonTokenResponse = coordinator
-            .admin_json(&["cluster", "byon-token", CLUSTER])
+            .admin_json(&["cluster", "byon-token", CLUSTER, "--max-nodes", &cap])
             .await;
         return Ok((coordinator, minted.byon_token, byon_machines(args.nodes)));
     }
