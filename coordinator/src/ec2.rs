@@ -475,11 +475,10 @@ pub async fn list_instances(
     Ok(instances)
 }
 
-/// The value of tag `key` on `instance`.
-pub fn tag_value<'a>(instance: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
-    instance
-        .tags()
-        .iter()
+/// The value of tag `key` among `tags` (an instance's, a security
+/// group's, a key pair's).
+pub fn tag_value<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
         .find(|t| t.key() == Some(key))
         .and_then(|t| t.value())
 }
@@ -498,7 +497,7 @@ pub fn facts_of(i: &aws_sdk_ec2::types::Instance) -> InstanceFacts {
             .placement()
             .and_then(|p| p.availability_zone())
             .map(str::to_owned),
-        cluster_tag: tag_value(i, TAG_CLUSTER).map(str::to_owned),
+        cluster_tag: tag_value(i.tags(), TAG_CLUSTER).map(str::to_owned),
     }
 }
 

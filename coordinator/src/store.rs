@@ -112,6 +112,7 @@ pub const MIGRATIONS: &[&str] = &[
     // operator removed, which may not join again until admitted.
     "ALTER TABLE cluster_tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE cluster_tokens ADD COLUMN max_nodes INTEGER;
+    ALTER TABLE cluster_tokens ADD COLUMN created INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE clusters ADD COLUMN join_token_uses INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE nodes ADD COLUMN token_id INTEGER;
     CREATE TABLE banned_machines (

@@ -13,7 +13,7 @@ use muster_proto::fsutil::write_durably;
 use muster_proto::launch::LaunchSpec;
 
 use super::{random_hex, LaunchError, Launcher};
-use crate::ec2::{filter, settled, TAG_CLUSTER};
+use crate::ec2::{filter, settled, tag_value, TAG_CLUSTER};
 
 impl Launcher {
     /// The cluster's security group `muster-CLUSTER` in `vpc_id`, found
@@ -77,10 +77,7 @@ impl Launcher {
                 Self::ec2_error(format!("describing security group {name}"), region, &e)
             })?;
         if let Some(group) = found.security_groups().first() {
-            let ours = group
-                .tags()
-                .iter()
-                .any(|t| t.key() == Some(TAG_CLUSTER) && t.value() == Some(cluster));
+            let ours = tag_value(group.tags(), TAG_CLUSTER) == Some(cluster);
             if !ours {
                 return Err(LaunchError::SecurityGroupTaken {
                     name: name.to_owned(),

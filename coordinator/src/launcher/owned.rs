@@ -111,7 +111,7 @@ impl Launcher {
                         availability_zone: facts.availability_zone.clone().unwrap_or_default(),
                         private_ipv4: facts.private_ipv4,
                     },
-                    job: tag_value(i, TAG_LAUNCH).map(str::to_owned),
+                    job: tag_value(i.tags(), TAG_LAUNCH).map(str::to_owned),
                     facts,
                 })
             })
@@ -136,12 +136,7 @@ impl Launcher {
                 )
             })?;
             for group in page.security_groups() {
-                let cluster = group
-                    .tags()
-                    .iter()
-                    .find(|t| t.key() == Some(TAG_CLUSTER))
-                    .and_then(|t| t.value())
-                    .map(str::to_owned);
+                let cluster = tag_value(group.tags(), TAG_CLUSTER).map(str::to_owned);
                 if let Some(id) = group.group_id() {
                     owned.push(OwnedResource::SecurityGroup {
                         id: id.to_owned(),
@@ -159,12 +154,7 @@ impl Launcher {
                 Self::ec2_error("listing the key pairs this coordinator made", region, &e)
             })?;
         for key in keys.key_pairs() {
-            let cluster = key
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(TAG_CLUSTER))
-                .and_then(|t| t.value())
-                .map(str::to_owned);
+            let cluster = tag_value(key.tags(), TAG_CLUSTER).map(str::to_owned);
             if let Some(name) = key.key_name() {
                 owned.push(OwnedResource::KeyPair {
                     name: name.to_owned(),

@@ -9,9 +9,10 @@
 //!   row goes, so the next register holding it is refused as a stranger;
 //!   the cluster's own join token (`join`) expires now, and `rotate-token`
 //!   makes a new one.
-//! - A bring-your-own token creates at most its `max_nodes` nodes (default
-//!   [`muster_proto::DEFAULT_BYON_MAX_NODES`]); a machine re-joining as the
-//!   node it already is does not count again.
+//! - A bring-your-own token holds at most its `max_nodes` nodes at a time
+//!   (default [`muster_proto::DEFAULT_BYON_MAX_NODES`]), counted on the
+//!   token's row as each is created and given back by `node rm`; a machine
+//!   re-joining as the node it already is does not count again.
 //! - `node rm` of a bring-your-own node bans its machine id from the
 //!   cluster, so that its agent, still running, cannot join again with the
 //!   token; `cluster admit NAME MACHINE` lifts the ban.

@@ -329,8 +329,7 @@ impl Store {
         }];
         let mut stmt = conn
             .prepare(
-                "SELECT t.id, t.kind, t.created_at, t.expires_at, t.uses, t.max_nodes, \
-                 (SELECT COUNT(*) FROM nodes n WHERE n.token_id = t.id) \
+                "SELECT t.id, t.kind, t.created_at, t.expires_at, t.uses, t.max_nodes, t.created \
                  FROM cluster_tokens t WHERE t.cluster_id = ?1 ORDER BY t.id",
             )
             .map_err(query("listing a cluster's tokens"))?;

@@ -350,12 +350,24 @@ impl Store {
     }
 
     /// Forgets a node, its events with it: `node rm` of a bring-your-own
-    /// node. Returns whether it existed.
+    /// node. The token that created it gets its place back. Returns
+    /// whether it existed.
     pub fn delete_node(&self, node_id: i64) -> Result<bool, StoreError> {
-        self.lock()
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(query("starting a node delete"))?;
+        tx.execute(
+            "UPDATE cluster_tokens SET created = MAX(created - 1, 0) \
+             WHERE id = (SELECT token_id FROM nodes WHERE id = ?1)",
+            params![node_id],
+        )
+        .map_err(query("giving a token its place back"))?;
+        let deleted = tx
             .execute("DELETE FROM nodes WHERE id = ?1", params![node_id])
-            .map(|n| n > 0)
-            .map_err(query("deleting a node"))
+            .map_err(query("deleting a node"))?;
+        tx.commit().map_err(query("committing a node delete"))?;
+        Ok(deleted > 0)
     }
 
     /// Records an address change of a node, with its event.
@@ -465,23 +477,23 @@ fn update_registered(
 }
 
 /// A register of a new instance: a `deployed` node. Returns its row id.
-/// Refuses a new node past its token's cap.
+/// Counts a new node against its token, refusing it past the token's cap
+/// (a counter on the token's row: no count over the nodes per register).
 fn check_token_cap(tx: &rusqlite::Transaction<'_>, by: AdmittedBy) -> Result<(), StoreError> {
-    let AdmittedBy::Token {
-        id,
-        max_nodes: Some(max),
-    } = by
-    else {
+    let AdmittedBy::Token { id, max_nodes } = by else {
         return Ok(());
     };
-    let made: u32 = tx
-        .prepare_cached("SELECT COUNT(*) FROM nodes WHERE token_id = ?1")
-        .and_then(|mut stmt| stmt.query_row(params![id], |row| row.get(0)))
+    let counted = tx
+        .prepare_cached(
+            "UPDATE cluster_tokens SET created = created + 1 \
+             WHERE id = ?1 AND (max_nodes IS NULL OR created < max_nodes)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![id]))
         .map_err(query("counting a token's nodes"))?;
-    if made >= max {
-        return Err(StoreError::TokenSpent(max));
+    match max_nodes {
+        Some(max) if counted == 0 => Err(StoreError::TokenSpent(max)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Counts a register against the token that admitted it.
