@@ -442,37 +442,36 @@ async fn describe_pages(
     found: &mut HashMap<String, InstanceFacts>,
     error: impl Fn(String) -> Ec2Error,
 ) -> Result<(), Ec2Error> {
-    for instance in list_instances(client, filters).await.map_err(error)? {
+    for_each_instance(client, filters, |instance| {
         if let Some(id) = instance.instance_id() {
-            found.insert(id.to_owned(), facts_of(&instance));
+            found.insert(id.to_owned(), facts_of(instance));
         }
-    }
-    Ok(())
+    })
+    .await
+    .map_err(error)
 }
 
-/// Every instance the filters match, all pages (1000 a page); the error
-/// with its causes.
-pub async fn list_instances(
+/// Calls `each` with every instance the filters match, page by page (1000
+/// a page), so that a big listing is never held whole; the error with its
+/// causes.
+pub async fn for_each_instance(
     client: &Client,
     filters: Vec<aws_sdk_ec2::types::Filter>,
-) -> Result<Vec<aws_sdk_ec2::types::Instance>, String> {
+    mut each: impl FnMut(&aws_sdk_ec2::types::Instance),
+) -> Result<(), String> {
     let mut pages = client
         .describe_instances()
         .set_filters(Some(filters))
         .max_results(1000)
         .into_paginator()
         .send();
-    let mut instances = Vec::new();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| DisplayErrorContext(&e).to_string())?;
-        instances.extend(
-            page.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .cloned(),
-        );
+        for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+            each(instance);
+        }
     }
-    Ok(instances)
+    Ok(())
 }
 
 /// The value of tag `key` among `tags` (an instance's, a security

@@ -15,7 +15,7 @@ use aws_sdk_ec2::types::Filter;
 use super::{LaunchError, Launcher};
 use crate::ec2::TAG_COORDINATOR;
 use crate::ec2::{
-    facts_of, filter, list_instances, tag_value, InstanceFacts, TAG_CLUSTER, TAG_LAUNCH,
+    facts_of, filter, for_each_instance, tag_value, InstanceFacts, TAG_CLUSTER, TAG_LAUNCH,
 };
 use crate::store::LaunchedInstance;
 
@@ -89,33 +89,35 @@ impl Launcher {
                     .to_vec(),
             ))
             .build();
-        let instances = list_instances(
+        let mut owned = Vec::new();
+        let listed = for_each_instance(
             &self.clients.client(region),
             vec![self.owned_filter(), states],
-        )
-        .await
-        .map_err(|message| LaunchError::Ec2 {
-            operation: "listing the instances this coordinator launched".to_owned(),
-            region: region.to_owned(),
-            code: None,
-            message,
-        })?;
-        Ok(instances
-            .iter()
-            .filter_map(|i| {
+            |i| {
+                let Some(instance_id) = i.instance_id() else {
+                    return;
+                };
                 let facts = facts_of(i);
-                Some(OwnedInstance {
+                owned.push(OwnedInstance {
                     instance: LaunchedInstance {
-                        instance_id: i.instance_id()?.to_owned(),
+                        instance_id: instance_id.to_owned(),
                         subnet_id: i.subnet_id().unwrap_or_default().to_owned(),
                         availability_zone: facts.availability_zone.clone().unwrap_or_default(),
                         private_ipv4: facts.private_ipv4,
                     },
                     job: tag_value(i.tags(), TAG_LAUNCH).map(str::to_owned),
                     facts,
-                })
-            })
-            .collect())
+                });
+            },
+        )
+        .await;
+        listed.map_err(|message| LaunchError::Ec2 {
+            operation: "listing the instances this coordinator launched".to_owned(),
+            region: region.to_owned(),
+            code: None,
+            message,
+        })?;
+        Ok(owned)
     }
 
     /// Every security group and key pair of `region` this coordinator made.
