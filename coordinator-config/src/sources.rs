@@ -123,10 +123,20 @@ pub struct ServeArgs {
     /// limit [default: 20]
     #[arg(long, env = "MUSTER_DNS_RATE_LIMIT")]
     pub dns_rate_limit: Option<String>,
-    /// AWS's certificates for instance identity signatures (PEM); when set, every EC2 register
-    /// must carry its identity document signed by one of them [default: none]
+    /// More certificates for instance identity signatures (PEM), added to AWS's commercial
+    /// ones that ship with muster: for GovCloud, China, a newer region or an emulator
+    /// [default: none]
     #[arg(long, env = "MUSTER_IDENTITY_CERTS")]
     pub identity_certs: Option<PathBuf>,
+    /// INSECURE: accept EC2 registers without a signed instance identity document, so any
+    /// holder of a join token may claim any instance of the cluster [default: false]
+    #[arg(
+        long,
+        env = "MUSTER_INSECURE_NO_IDENTITY_DOCUMENT",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub insecure_no_identity_document: Option<String>,
     /// The muster-agent binary served to booting nodes and installed by
     /// their user data [default: muster-agent next to this executable, if there]
     #[arg(long, env = "MUSTER_AGENT_BINARY")]
@@ -175,6 +185,7 @@ pub(crate) struct FileServe {
     idle_timeout: Option<String>,
     dns_rate_limit: Option<toml::Value>,
     identity_certs: Option<PathBuf>,
+    insecure_no_identity_document: Option<bool>,
     agent_binary: Option<PathBuf>,
     agent_deb: Option<PathBuf>,
 }
@@ -226,6 +237,7 @@ pub(crate) struct Given {
     pub idle_timeout: Option<String>,
     pub dns_rate_limit: Option<String>,
     pub identity_certs: Option<PathBuf>,
+    pub insecure_no_identity_document: Option<String>,
     pub agent_binary: Option<PathBuf>,
     pub agent_deb: Option<PathBuf>,
 }
@@ -276,6 +288,9 @@ impl Given {
             idle_timeout: a.idle_timeout.or(file.idle_timeout),
             dns_rate_limit: a.dns_rate_limit.or(number(file.dns_rate_limit)),
             identity_certs: a.identity_certs.or(file.identity_certs),
+            insecure_no_identity_document: a
+                .insecure_no_identity_document
+                .or(file.insecure_no_identity_document.map(|b| b.to_string())),
             agent_binary: a.agent_binary.or(file.agent_binary),
             agent_deb: a.agent_deb.or(file.agent_deb),
         }

@@ -115,6 +115,13 @@ fn bad_values_name_themselves() {
         ("identity_certs", |a| {
             a.identity_certs = Some("/nonexistent/aws.pem".into())
         }),
+        ("identity_certs", |a| {
+            a.identity_certs = Some(std::env::current_exe().unwrap());
+            a.insecure_no_identity_document = Some("true".into())
+        }),
+        ("insecure_no_identity_document", |a| {
+            a.insecure_no_identity_document = Some("maybe".into())
+        }),
         ("agent_binary", |a| {
             a.agent_binary = Some("/nonexistent/muster-agent".into())
         }),
@@ -135,7 +142,9 @@ fn bad_values_name_themselves() {
     }
 }
 
-/// The trust settings: off by default; lists from flags or the file.
+/// The trust settings: AWS's identity document signers and nothing else
+/// by default; lists from flags or the file; the identity check off only
+/// when asked in so many words.
 #[test]
 fn trust_settings() {
     let s = Settings::load(&args()).unwrap();
@@ -143,15 +152,22 @@ fn trust_settings() {
         s.trust,
         Trust {
             agent_rate_limit: DEFAULT_AGENT_RATE_LIMIT,
+            identity_certs: Some(IdentityCerts::shipped()),
             ..Trust::default()
         }
+    );
+    let mut insecure = args();
+    insecure.insecure_no_identity_document = Some("true".into());
+    assert_eq!(
+        Settings::load(&insecure).unwrap().trust.identity_certs,
+        None
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(
         &path,
         "[serve]\nverify_source = true\ntrusted_proxies = [\"10.1.0.0/16\", \"192.168.0.10/32\"]\n\
-         agent_rate_limit = 0\n",
+         agent_rate_limit = 0\ninsecure_no_identity_document = true\n",
     )
     .unwrap();
     let mut a = args();
@@ -167,6 +183,7 @@ fn trust_settings() {
     );
     assert_eq!(s.trust.public_ipv4_allow, vec![block(127, 0, 0, 0, 8)]);
     assert_eq!(s.trust.agent_rate_limit, 0);
+    assert_eq!(s.trust.identity_certs, None);
     a.verify_source = Some("false".into());
     assert!(!Settings::load(&a).unwrap().trust.verify_source);
 }

@@ -23,28 +23,17 @@ pub struct Trust {
     pub public_ipv4_allow: Vec<Ipv4Cidr>,
     /// Agent requests per second from one source; 0 is no limit.
     pub agent_rate_limit: u32,
-    /// Signers of instance identity documents; when set, every EC2
-    /// register must carry one they signed.
+    /// Signers of instance identity documents: every EC2 register must
+    /// carry one they signed. Settings always give AWS's shipped
+    /// certificates (plus `identity_certs`), and `None` only with
+    /// `insecure_no_identity_document`; `Trust::default()`, for unit tests
+    /// of the library, checks nothing.
     pub identity_certs: Option<IdentityCerts>,
 }
 
 /// Checks each, in the order of the fields.
 pub(crate) fn resolve(given: &Given) -> Result<Trust, Invalid> {
-    let verify_text = given
-        .verify_source
-        .clone()
-        .unwrap_or_else(|| "false".into());
-    let verify_source = match verify_text.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "1" => true,
-        "false" | "no" | "0" => false,
-        _ => {
-            return Err(Invalid::whole(
-                "verify_source",
-                &verify_text,
-                "must be true or false",
-            ))
-        }
-    };
+    let verify_source = switch("verify_source", given.verify_source.clone())?;
     let trusted_proxies = cidrs("trusted_proxies", given.trusted_proxies.clone())?;
     let public_ipv4_allow = cidrs("public_ipv4_allow", given.public_ipv4_allow.clone())?;
     let agent_rate_limit = number(
@@ -54,11 +43,23 @@ pub(crate) fn resolve(given: &Given) -> Result<Trust, Invalid> {
         0..=1_000_000,
         "must be between 0 (no limit) and 1000000 requests per second",
     )?;
-    let identity_certs = match given.identity_certs.clone() {
-        Some(path) => Some(IdentityCerts::load(&path).map_err(|reason| {
+    let insecure = switch(
+        "insecure_no_identity_document",
+        given.insecure_no_identity_document.clone(),
+    )?;
+    let identity_certs = match (insecure, given.identity_certs.clone()) {
+        (true, Some(path)) => {
+            return Err(Invalid::whole(
+                "identity_certs",
+                path.display().to_string(),
+                "adds signers to a check that insecure_no_identity_document turns off",
+            ))
+        }
+        (true, None) => None,
+        (false, Some(path)) => Some(IdentityCerts::with_file(&path).map_err(|reason| {
             Invalid::whole("identity_certs", path.display().to_string(), reason)
         })?),
-        None => None,
+        (false, None) => Some(IdentityCerts::shipped()),
     };
     Ok(Trust {
         verify_source,
@@ -67,6 +68,18 @@ pub(crate) fn resolve(given: &Given) -> Result<Trust, Invalid> {
         agent_rate_limit,
         identity_certs,
     })
+}
+
+/// A yes-or-no setting; no when not set.
+fn switch(name: &'static str, text: Option<String>) -> Result<bool, Invalid> {
+    let Some(text) = text else {
+        return Ok(false);
+    };
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" => Ok(true),
+        "false" | "no" | "0" => Ok(false),
+        _ => Err(Invalid::whole(name, &text, "must be true or false")),
+    }
 }
 
 /// A comma-separated list of IPv4 CIDRs; empty when not set.

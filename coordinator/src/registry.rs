@@ -202,7 +202,7 @@ pub enum RegistryError {
     #[error(
         "instance {instance_id} is node {node} of cluster {cluster}, heard {heard_secs_ago}s ago; \
          a register with a join token is accepted once the node has been silent for {grace_secs}s, \
-         or at once with proof it is that instance (--identity-certs, --verify-source)"
+         or at once with proof it is that instance (its signed identity document, or its source with --verify-source)"
     )]
     NodeLive {
         /// The instance.

@@ -113,6 +113,7 @@ pub async fn serve(
         ca = ?files.ca.as_ref().map(|p| p.display().to_string()),
         "credentials ready"
     );
+    log_identity_check(&settings);
     let agent = agent_dist(&settings)?;
     let zone = Arc::new(Zone::new(&settings.zone, settings.dns_ttl)?);
     let registry = open_registry(&settings, &files, agent.clone(), zone.clone()).await?;
@@ -194,6 +195,23 @@ fn tls_files(
     };
     let tls = pki::server_config(&files)?;
     Ok((files, tls))
+}
+
+/// Says whose signatures an EC2 register's identity document must carry,
+/// or warns that the check is off.
+fn log_identity_check(settings: &Settings) {
+    match &settings.trust.identity_certs {
+        Some(certs) => tracing::info!(
+            certificates = certs.certificates().len(),
+            added = ?certs.added().map(|p| p.display().to_string()),
+            "ec2 registers must carry an identity document signed by aws"
+        ),
+        None => tracing::warn!(
+            "INSECURE: --insecure-no-identity-document is set: ec2 registers need no signed \
+             identity document, so any holder of a join token can claim any instance of its \
+             cluster that EC2 knows"
+        ),
+    }
 }
 
 /// The agent binary (and package) served to booting nodes, if one is given.

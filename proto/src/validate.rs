@@ -202,9 +202,11 @@ pub fn private_ipv4(field: &str, addr: Ipv4Addr) -> Result<(), ValidationError> 
 
 /// The ranges that are never a public address on the Internet: RFC 1918
 /// private, RFC 6598 shared (carrier-grade NAT), link-local, loopback,
-/// "this network", the IETF protocol block, and the multicast and reserved
-/// blocks.
-pub const NOT_PUBLIC: [Ipv4Cidr; 9] = [
+/// "this network", the IETF protocol block, the RFC 5737 documentation
+/// blocks (TEST-NET-1, -2 and -3), the RFC 2544 benchmarking block, and the
+/// multicast and reserved blocks (RFC 6890's special-purpose registry,
+/// less the few that are forwarded globally).
+pub const NOT_PUBLIC: [Ipv4Cidr; 13] = [
     block([0, 0, 0, 0], 8),
     block([10, 0, 0, 0], 8),
     block([100, 64, 0, 0], 10),
@@ -212,7 +214,11 @@ pub const NOT_PUBLIC: [Ipv4Cidr; 9] = [
     block([169, 254, 0, 0], 16),
     block([172, 16, 0, 0], 12),
     block([192, 0, 0, 0], 24),
+    block([192, 0, 2, 0], 24),
     block([192, 168, 0, 0], 16),
+    block([198, 18, 0, 0], 15),
+    block([198, 51, 100, 0], 24),
+    block([203, 0, 113, 0], 24),
     block([224, 0, 0, 0], 3),
 ];
 
@@ -484,6 +490,8 @@ mod tests {
             [3, 5, 7, 9],
             [172, 32, 0, 1],
             [100, 128, 0, 1],
+            [198, 20, 0, 1],
+            [203, 0, 114, 1],
         ] {
             public_ipv4("ip", Ipv4Addr::from(good), &[]).unwrap();
         }
@@ -496,6 +504,11 @@ mod tests {
             [169, 254, 169, 254],
             [127, 0, 0, 1],
             [0, 1, 2, 3],
+            [192, 0, 2, 7],
+            [198, 18, 0, 1],
+            [198, 19, 255, 255],
+            [198, 51, 100, 7],
+            [203, 0, 113, 7],
             [240, 0, 0, 1],
         ] {
             let err = public_ipv4("public_ipv4", Ipv4Addr::from(bad), &[]).unwrap_err();

@@ -498,6 +498,18 @@ impl Coordinator {
             // otherwise refuses as a public address.
             .args(["--public-ipv4-allow", "127.0.0.0/8"])
             .args(&self.extra_args);
+        // The strict IMDS signs identity documents with a key of the test
+        // process's, which the coordinator must trust beside AWS's.
+        let identity = ["--identity-certs", "--insecure-no-identity-document"];
+        if !self
+            .extra_args
+            .iter()
+            .any(|a| identity.contains(&a.as_str()))
+        {
+            command
+                .arg("--identity-certs")
+                .arg(crate::imds::IdentitySigner::shared_certificate_file());
+        }
         for var in [
             "AWS_PROFILE",
             "AWS_SESSION_TOKEN",

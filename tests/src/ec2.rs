@@ -167,15 +167,50 @@ pub async fn try_describe(client: &Client, instance_id: &str) -> anyhow::Result<
     })
 }
 
+/// The launch flags of `cluster create`: `count` t3.micro instances from
+/// [`TEST_AMI`] in [`TEST_REGION`], each with a `disk_gb` GiB data volume.
+pub fn launch_args(count: u32, disk_gb: u32) -> Vec<String> {
+    [
+        "--region",
+        TEST_REGION,
+        "--instance-type",
+        "t3.micro",
+        "--count",
+        &count.to_string(),
+        "--disk-gb",
+        &disk_gb.to_string(),
+        "--ami",
+        TEST_AMI,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `cluster create NAME` with the launch of [`launch_args`], then
+/// `extra`: the admin CLI's arguments.
+pub fn create_args(name: &str, count: u32, disk_gb: u32, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["cluster".to_owned(), "create".to_owned(), name.to_owned()];
+    args.extend(launch_args(count, disk_gb));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// A public address, in AWS's own space, that the emulator never gives
+/// an instance: what a lying register claims. (The documentation ranges
+/// of RFC 5737 are refused as not public before EC2 is asked.)
+pub const NOT_OURS: Ipv4Addr = Ipv4Addr::new(52, 94, 1, 7);
+
 /// The register an honest agent on `instance_id` would send to join
-/// `cluster`: its id, zone and addresses as EC2 describes them.
+/// `cluster`: its id, zone and addresses as EC2 describes them, and its
+/// identity document signed as the strict IMDS signs it.
 pub async fn register_request(
     client: &Client,
     instance_id: &str,
     cluster: &str,
 ) -> muster_proto::RegisterRequest {
     let view = describe(client, instance_id).await;
-    muster_proto::RegisterRequest {
+    signed(muster_proto::RegisterRequest {
         protocol: muster_proto::PROTOCOL_VERSION,
         cluster: cluster.to_owned(),
         instance_id: instance_id.to_owned(),
@@ -186,6 +221,16 @@ pub async fn register_request(
         agent_version: "0.0.0-test".to_owned(),
         byon: None,
         signed_identity: None,
+    })
+}
+
+/// `req` carrying the identity document of the instance it claims, signed
+/// by [`IdentitySigner::shared`](crate::imds::IdentitySigner::shared), as
+/// the agent on that instance would send it.
+pub fn signed(req: muster_proto::RegisterRequest) -> muster_proto::RegisterRequest {
+    muster_proto::RegisterRequest {
+        signed_identity: Some(crate::imds::IdentitySigner::shared().identity_for(&req)),
+        ..req
     }
 }
 

@@ -130,6 +130,41 @@ impl IdentitySigner {
             .expect("PEM is ASCII")
     }
 
+    /// The certificate in a PEM file kept for the life of the test
+    /// process: what the harness's coordinators add with
+    /// `--identity-certs`.
+    pub fn shared_certificate_file() -> &'static std::path::Path {
+        static FILE: OnceLock<tempfile::TempPath> = OnceLock::new();
+        FILE.get_or_init(|| {
+            let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
+            std::io::Write::write_all(
+                &mut file,
+                IdentitySigner::shared().certificate_pem().as_bytes(),
+            )
+            .expect("writing the signer's certificate");
+            file.into_temp_path()
+        })
+    }
+
+    /// The identity document IMDS would serve an honest agent on the
+    /// instance `req` claims (with `req`'s zone and private address), and
+    /// its signature: what the agent puts in its register.
+    pub fn identity_for(
+        &self,
+        req: &muster_proto::RegisterRequest,
+    ) -> muster_proto::SignedIdentity {
+        let document = identity_document(
+            &req.instance_id,
+            &req.availability_zone,
+            Some(req.private_ipv4),
+            None,
+        );
+        muster_proto::SignedIdentity {
+            pkcs7: self.sign(&document),
+            document,
+        }
+    }
+
     /// The PKCS7 signature of `document`'s exact bytes, carrying the
     /// document and no certificate, base64 in lines of 64 as EC2 serves it.
     pub fn sign(&self, document: &str) -> String {
@@ -381,7 +416,13 @@ async fn answer(shared: &Shared, path: &str) -> anyhow::Result<Option<Response>>
             let whose = lock(&shared.identity_of)
                 .clone()
                 .unwrap_or_else(|| shared.instance_id.clone());
-            let document = identity_document(&whose, &try_describe(&shared.ec2, &whose).await?);
+            let view = try_describe(&shared.ec2, &whose).await?;
+            let document = identity_document(
+                &whose,
+                &view.availability_zone,
+                view.private_ipv4,
+                Some(&view),
+            );
             if path.ends_with("pkcs7") {
                 text(signer.sign(&document))
             } else {
@@ -406,16 +447,23 @@ async fn answer(shared: &Shared, path: &str) -> anyhow::Result<Option<Response>>
     })
 }
 
-fn identity_document(instance_id: &str, view: &InstanceView) -> String {
+/// The document EC2 writes for `instance_id` in `availability_zone`; the
+/// image and type come from `view` when there is one.
+fn identity_document(
+    instance_id: &str,
+    availability_zone: &str,
+    private_ipv4: Option<Ipv4Addr>,
+    view: Option<&InstanceView>,
+) -> String {
     let document = serde_json::json!({
         "accountId": "123456789012",
         "architecture": "x86_64",
-        "availabilityZone": view.availability_zone,
-        "imageId": view.image_id,
+        "availabilityZone": availability_zone,
+        "imageId": view.map(|v| v.image_id.as_str()),
         "instanceId": instance_id,
-        "instanceType": view.instance_type,
-        "privateIp": view.private_ipv4.map(|ip| ip.to_string()),
-        "region": region_of(&view.availability_zone),
+        "instanceType": view.map(|v| v.instance_type.as_str()),
+        "privateIp": private_ipv4.map(|ip| ip.to_string()),
+        "region": region_of(availability_zone),
         "version": "2017-09-30",
     });
     serde_json::to_string_pretty(&document).expect("a JSON value serialises")

@@ -4,7 +4,6 @@
 //! the CLI as an operator would use it.
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use aws_sdk_ec2::Client;
 use hickory_proto::op::ResponseCode;
@@ -14,15 +13,12 @@ use muster_proto::{
     cluster_dns_name, node_dns_name, node_internal_dns_name, paths, ErrorBody, HeartbeatRequest,
     NodeState, NodeView, RegisterRequest, RegisterResponse, PROTOCOL_VERSION,
 };
-use muster_tests::ec2::{self, InstanceView};
+use muster_tests::ec2::{self, InstanceView, NOT_OURS};
 use muster_tests::{wait_until, Agent, Coordinator, DnsAnswer, Imds, Moto, EVENTUALLY, POLL, ZONE};
 use reqwest::StatusCode;
 
 /// The cluster every story uses.
 const CLUSTER: &str = "web";
-
-/// An address from TEST-NET-3 (RFC 5737) that EC2 never gives out.
-const NOT_OURS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 
 /// A coordinator on its own moto with cluster `web` created.
 struct Scene {
@@ -96,10 +92,11 @@ impl Scene {
             .await
     }
 
-    /// A register body for instance `id` claiming `public`.
+    /// A register body for instance `id` claiming `public`, with the
+    /// instance's signed identity document.
     async fn register_body(&self, id: &str, public: Option<Ipv4Addr>) -> RegisterRequest {
         let view = self.describe(id).await;
-        RegisterRequest {
+        ec2::signed(RegisterRequest {
             protocol: PROTOCOL_VERSION,
             cluster: CLUSTER.to_owned(),
             instance_id: id.to_owned(),
@@ -110,7 +107,7 @@ impl Scene {
             agent_version: "0.0.0-test".to_owned(),
             byon: None,
             signed_identity: None,
-        }
+        })
     }
 
     /// `POST /v1/agent/register` straight to the API with `bearer`.
@@ -486,9 +483,10 @@ async fn status_reports_deployed_then_not_running() {
 }
 
 /// An instance that joins again after losing its state dir gets back in on
-/// its own: refused (`node_live`) while its old credential was heard within
-/// the grace, then admitted as the same node, and the credential it held
-/// before stops working.
+/// its own and at once: its signed identity document proves it is that
+/// instance, so the live node is not held against it (no `node_live`). It
+/// is admitted as the same node, and the credential it held before stops
+/// working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoin_after_state_loss_keeps_one_node_and_revokes_the_old_credential() {
     let scene = Scene::with_flags(&["--heartbeat-interval", "1s", "--grace", "10s"]).await;
@@ -517,18 +515,8 @@ async fn rejoin_after_state_loss_keeps_one_node_and_revokes_the_old_credential()
     agent.wipe_state();
     agent.restart();
 
-    // Within the grace, the join token alone does not take a live node.
-    let live = "muster_security_events_total{code=\"node_live\"}";
-    let refused = wait_until(
-        EVENTUALLY,
-        POLL,
-        || scene.coordinator.metric(live),
-        |n| *n >= 1,
-    )
-    .await;
-    assert!(refused >= 1, "no node_live refusal:\n{}", agent.logs());
     let new = wait_until(
-        Duration::from_secs(90),
+        EVENTUALLY,
         POLL,
         || async { agent.node_credential() },
         |c| c.as_ref().is_some_and(|c| *c != old),
@@ -552,6 +540,12 @@ async fn rejoin_after_state_loss_keeps_one_node_and_revokes_the_old_credential()
     assert_eq!(error_body(&text).error.code, "unauthorized", "{text}");
     let (status, text) = scene.post_heartbeat(&new, &id).await;
     assert_eq!(status, StatusCode::OK, "the new credential works: {text}");
+    let live = "muster_security_events_total{code=\"node_live\"}";
+    assert_eq!(
+        scene.coordinator.metric(live).await,
+        0,
+        "proof needs no wait"
+    );
 }
 
 /// A coordinator restarted on its data dir still knows the node and answers

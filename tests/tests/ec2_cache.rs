@@ -87,7 +87,7 @@ async fn cache_spares_ec2_yet_never_refuses_on_old_facts() {
     let stranger = ec2::launch_instance(&sdk, "db").await;
     wait_listed(&coordinator, 3).await;
     let view = ec2::describe(&sdk, &stranger).await;
-    let body = RegisterRequest {
+    let body = ec2::signed(RegisterRequest {
         protocol: PROTOCOL_VERSION,
         cluster: CLUSTER.to_owned(),
         instance_id: stranger.clone(),
@@ -98,7 +98,7 @@ async fn cache_spares_ec2_yet_never_refuses_on_old_facts() {
         agent_version: "0.0.0-test".to_owned(),
         byon: None,
         signed_identity: None,
-    };
+    });
     let answer = coordinator
         .https_client()
         .post(format!("{}{}", coordinator.url(), paths::AGENT_REGISTER))

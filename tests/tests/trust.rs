@@ -5,14 +5,17 @@
 //!   terminated one, an address it does not have, a stolen credential) are
 //!   refused with their own code, each is a security event in the logs and
 //!   in `/metrics`, and the store and DNS are as they were.
-//! - With default flags, the join token and a live sibling's true claim do
-//!   not take the sibling over (`node_live`); past the grace of silence
-//!   they do.
+//! - With default flags, the join token and a live sibling's true claim
+//!   without the sibling's signed identity document do not take the
+//!   sibling over (`identity_unproven`); with the document, a wiped node
+//!   gets back in. With the check turned off, the takeover rule holds
+//!   (`node_live`) until the sibling has been silent for the grace.
 //! - With `--verify-source`, agents run in network namespaces of the test's
 //!   own, so that source addresses are real: the true instance joins, and a
 //!   join token replayed for it from another address is refused.
-//! - With `--identity-certs`, a register must carry its instance identity
-//!   document signed by a configured certificate: one signed by another
+//! - By default a register must carry its instance identity document
+//!   signed by AWS (here: the emulator's key, added with `--identity-certs`
+//!   as the harness does for every coordinator): one signed by another
 //!   key, one naming another instance, a tampered one and none at all are
 //!   refused.
 //! - The agent pins the coordinator's CA and fails closed on another; a
@@ -35,7 +38,7 @@ use muster_proto::{
     node_dns_name, node_internal_dns_name, paths, ErrorBody, HeartbeatRequest, NodeState, NodeView,
     RegisterRequest, MAX_BODY_BYTES, PROTOCOL_VERSION,
 };
-use muster_tests::ec2;
+use muster_tests::ec2::{self, NOT_OURS};
 use muster_tests::{
     wait_until, Agent, Coordinator, IdentitySigner, Imds, Moto, EVENTUALLY, POLL, ZONE,
 };
@@ -44,9 +47,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 const CLUSTER: &str = "web";
-
-/// An address from TEST-NET-3 (RFC 5737) that EC2 never gives out.
-const NOT_OURS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 
 /// `node ls` of the cluster, polled until it shows one deployed node;
 /// the last listing either way.
@@ -74,7 +74,10 @@ async fn kept_credential(agent: &Agent) -> String {
     .unwrap_or_else(|| panic!("the agent kept no credential:\n{}", agent.logs()))
 }
 
-/// A register body for `id` as EC2 describes it, with `public` claimed.
+/// A register body for `id` as EC2 describes it, with `public` (and
+/// `private`, when given) claimed, carrying an identity document signed
+/// for exactly what it claims: as if its sender held the signing key, so
+/// that what EC2 says must refuse a lie on its own.
 async fn register_body(
     sdk: &aws_sdk_ec2::Client,
     id: &str,
@@ -82,7 +85,7 @@ async fn register_body(
     public: Option<Ipv4Addr>,
 ) -> RegisterRequest {
     let view = ec2::describe(sdk, id).await;
-    RegisterRequest {
+    ec2::signed(RegisterRequest {
         protocol: PROTOCOL_VERSION,
         cluster: CLUSTER.to_owned(),
         instance_id: id.to_owned(),
@@ -95,7 +98,7 @@ async fn register_body(
         agent_version: "0.0.0-test".to_owned(),
         byon: None,
         signed_identity: None,
-    }
+    })
 }
 
 fn heartbeat_body(id: &str, private: Ipv4Addr, public: Option<Ipv4Addr>) -> HeartbeatRequest {
@@ -174,7 +177,9 @@ async fn snapshot(coordinator: &Coordinator, names: &[String]) -> String {
 
 /// Spoofed claims are refused with their own code, counted and logged as
 /// security events with the claimed and actual values, and change neither
-/// the store nor DNS.
+/// the store nor DNS. Each carries a document signed for what it claims
+/// ([`register_body`]): the EC2 check refuses them even past the identity
+/// check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_claims_are_refused_and_change_nothing() {
     let moto = Moto::start().await;
@@ -266,7 +271,7 @@ async fn spoofed_claims_are_refused_and_change_nothing() {
             body: json(&{
                 let mut body = register_body(&sdk, &a, None, Some(a_public)).await;
                 body.instance_id = "i-0fedcba9876543210".into();
-                body
+                ec2::signed(body)
             }),
             code: "instance_not_found",
             logged: vec!["i-0fedcba9876543210".into()],
@@ -353,8 +358,9 @@ async fn spoofed_claims_are_refused_and_change_nothing() {
     assert_eq!(before, after);
 }
 
-/// With `--identity-certs`, only a register carrying its own identity
-/// document, signed by a configured certificate, gets in. Agents whose IMDS
+/// By default, only a register carrying its own identity document, signed
+/// by a trusted certificate (AWS's, and here the emulator's the harness
+/// adds), gets in. Agents whose IMDS
 /// signs with another key, serves another instance's document or serves
 /// none are refused with `identity_unproven`, each a security event naming
 /// what was claimed and what was signed; so is a document edited after
@@ -364,14 +370,7 @@ async fn spoofed_claims_are_refused_and_change_nothing() {
 async fn identity_documents_are_required_and_checked() {
     let moto = Moto::start().await;
     let sdk = ec2::client(&moto.endpoint()).await;
-    let certs = tempfile::tempdir().unwrap();
-    let certs_file = certs.path().join("aws-identity.pem");
-    std::fs::write(&certs_file, IdentitySigner::shared().certificate_pem()).unwrap();
-    let coordinator = Coordinator::start_with(
-        &moto,
-        &["--identity-certs", &certs_file.display().to_string()],
-    )
-    .await;
+    let coordinator = Coordinator::start(&moto).await;
     let token = coordinator.create_cluster(CLUSTER).await.join_token;
 
     // A: an honest member, whose IMDS signs as AWS does here.
@@ -889,10 +888,11 @@ async fn agent_pinned_to_another_ca_fails_closed() {
 
 /// No member takes over another, with default flags: a register with the
 /// join token (which every node's user data holds) claiming a live
-/// sibling's instance and its exact addresses is refused with `node_live`,
-/// a security event, and changes nothing: the sibling keeps its credential
-/// and its agent never sees a 401. Once the sibling's agent is gone the
-/// claim is still refused until the grace has passed, then admitted.
+/// sibling's instance and its exact addresses, without the sibling's signed
+/// identity document, is refused with `identity_unproven`, a security
+/// event, and changes nothing: the sibling keeps its credential and its
+/// agent never sees a 401. Silence does not change that; the signed
+/// document (what a wiped node has) gets the claim in at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_sibling_cannot_be_taken_over() {
     let moto = Moto::start().await;
@@ -908,18 +908,45 @@ async fn a_live_sibling_cannot_be_taken_over() {
     let name = node_dns_name(&sibling, CLUSTER, ZONE);
     let before = snapshot(&coordinator, std::slice::from_ref(&name)).await;
     let public = ec2::describe(&sdk, &sibling).await.public_ipv4;
-    let claim = register_body(&sdk, &sibling, None, public).await;
+    let proven = register_body(&sdk, &sibling, None, public).await;
+    let claim = RegisterRequest {
+        signed_identity: None,
+        ..proven.clone()
+    };
 
     let (status, body) = post_json(&coordinator, paths::AGENT_REGISTER, &token, &claim).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(code_of(&body), "node_live", "{body}");
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(code_of(&body), "identity_unproven", "{body}");
     assert_eq!(
         snapshot(&coordinator, std::slice::from_ref(&name)).await,
         before
     );
-    let live = "muster_security_events_total{code=\"node_live\"}";
-    assert_eq!(coordinator.metric(live).await, 1);
-    // The sibling heartbeats on with the credential it had.
+    let unproven = "muster_security_events_total{code=\"identity_unproven\"}";
+    assert_eq!(coordinator.metric(unproven).await, 1);
+    sibling_heartbeats_on(&coordinator, &agent, &credential).await;
+
+    // Its agent gone and the grace passed, the claim is still no proof...
+    agent.stop();
+    let nodes = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.nodes(CLUSTER),
+        |n| n.len() == 1 && n[0].state == NodeState::Unreachable,
+    )
+    .await;
+    assert_eq!(nodes[0].state, NodeState::Unreachable);
+    let (status, body) = post_json(&coordinator, paths::AGENT_REGISTER, &token, &claim).await;
+    assert_eq!(code_of(&body), "identity_unproven", "{status}: {body}");
+    // ...and the instance's own signed document is.
+    let (status, body) = post_json(&coordinator, paths::AGENT_REGISTER, &token, &proven).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let nodes = one_deployed(&coordinator).await;
+    assert_eq!(nodes[0].instance_id, sibling);
+}
+
+/// The sibling `agent` keeps heartbeating with the `credential` it had,
+/// and never hears a 401.
+async fn sibling_heartbeats_on(coordinator: &Coordinator, agent: &Agent, credential: &str) {
     let beats = coordinator.metric("muster_heartbeats_total").await;
     let later = wait_until(
         EVENTUALLY,
@@ -933,7 +960,7 @@ async fn a_live_sibling_cannot_be_taken_over() {
         "the sibling stopped heartbeating:\n{}",
         agent.logs()
     );
-    assert_eq!(agent.node_credential(), Some(credential));
+    assert_eq!(agent.node_credential().as_deref(), Some(credential));
     assert!(
         !agent
             .logs()
@@ -941,6 +968,55 @@ async fn a_live_sibling_cannot_be_taken_over() {
         "the sibling's agent saw a 401:\n{}",
         agent.logs()
     );
+}
+
+/// With the identity check turned off (`--insecure-no-identity-document`),
+/// the takeover rule still holds: a register with the join token claiming
+/// a live sibling's instance and exact addresses is refused with
+/// `node_live`, a security event, and changes nothing; once the sibling's
+/// agent is gone the claim is still refused until the grace has passed,
+/// then admitted (how a wiped node gets back in without proof).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_identity_check_a_live_sibling_is_kept_by_its_grace() {
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let flags = [
+        "--heartbeat-interval",
+        "1s",
+        "--grace",
+        "5s",
+        "--insecure-no-identity-document",
+    ];
+    let coordinator = Coordinator::start_with(&moto, &flags).await;
+    assert!(
+        coordinator.logs().contains("INSECURE"),
+        "serve warns while the check is off:\n{}",
+        coordinator.logs()
+    );
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    let sibling = ec2::launch_instance(&sdk, CLUSTER).await;
+    let imds = Imds::start(sdk.clone(), &sibling).await;
+    let mut agent = Agent::start(&coordinator, &imds, CLUSTER, &token);
+    one_deployed(&coordinator).await;
+    let credential = kept_credential(&agent).await;
+    let name = node_dns_name(&sibling, CLUSTER, ZONE);
+    let before = snapshot(&coordinator, std::slice::from_ref(&name)).await;
+    let public = ec2::describe(&sdk, &sibling).await.public_ipv4;
+    let claim = RegisterRequest {
+        signed_identity: None,
+        ..register_body(&sdk, &sibling, None, public).await
+    };
+
+    let (status, body) = post_json(&coordinator, paths::AGENT_REGISTER, &token, &claim).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(code_of(&body), "node_live", "{body}");
+    assert_eq!(
+        snapshot(&coordinator, std::slice::from_ref(&name)).await,
+        before
+    );
+    let live = "muster_security_events_total{code=\"node_live\"}";
+    assert_eq!(coordinator.metric(live).await, 1);
+    sibling_heartbeats_on(&coordinator, &agent, &credential).await;
 
     // Its agent gone, the sibling is still live until the grace passes...
     agent.stop();

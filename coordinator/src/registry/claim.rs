@@ -127,9 +127,10 @@ impl Registry {
         claim.judge(facts)
     }
 
-    /// With `--identity-certs`, an EC2 register must carry an identity
-    /// document signed by one of those certificates that names the claimed
-    /// instance, region, zone and private address.
+    /// An EC2 register must carry an identity document signed by AWS (or
+    /// a signer `--identity-certs` adds) that names the claimed instance,
+    /// region, zone and private address; only
+    /// `--insecure-no-identity-document` lets one in without.
     pub(super) fn check_identity_document(
         &self,
         req: &RegisterRequest,

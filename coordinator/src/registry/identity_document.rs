@@ -1,11 +1,13 @@
 //! EC2 instance identity documents and their PKCS7 signatures: the
-//! optional proof, beyond the join token and the EC2 lookup, that a
-//! register was built on the instance it names.
+//! proof, beyond the join token and the EC2 lookup, that a register was
+//! built on the instance it names.
 //!
-//! With `--identity-certs FILE` (AWS's public certificates for the
-//! instance identity signature, PEM, one or more), every EC2 register must
-//! carry the document IMDS serves at `dynamic/instance-identity/document`
-//! and the signature at `dynamic/instance-identity/pkcs7`. The check is
+//! By default every EC2 register must carry the document IMDS serves at
+//! `dynamic/instance-identity/document` and the signature at
+//! `dynamic/instance-identity/pkcs7`, signed by one of AWS's certificates
+//! that ship with muster or one `--identity-certs FILE` adds (GovCloud,
+//! China, an emulator); `--insecure-no-identity-document` turns the check
+//! off, and `serve` warns while it is. The check is
 //! the one AWS documents (`openssl smime -verify -noverify -certfile …
 //! -content document`), done with OpenSSL's `PKCS7_verify`:
 //! - `NOINTERN`: the signer must be one of the configured certificates; a
@@ -161,7 +163,14 @@ pub fn verify(
             None,
             Pkcs7Flags::NOINTERN | Pkcs7Flags::NOVERIFY,
         )
-        .map_err(|e| bad("not signed by a configured certificate", &e))?;
+        .map_err(|e| {
+            bad(
+                "not signed by a trusted certificate (AWS's for the commercial regions \
+                 ship with muster; a region opened since, GovCloud's or China's is added \
+                 with --identity-certs)",
+                &e,
+            )
+        })?;
     serde_json::from_str(&signed.document).map_err(|e| IdentityError::BadDocument(e.to_string()))
 }
 
@@ -218,7 +227,7 @@ mod tests {
         let path = dir.join("aws.pem");
         let pem: Vec<u8> = certs.iter().flat_map(|c| c.to_pem().unwrap()).collect();
         std::fs::write(&path, pem).unwrap();
-        IdentityCerts::load(&path).unwrap()
+        IdentityCerts::with_file(&path).unwrap()
     }
 
     /// A document signed by a configured certificate passes, whether or
@@ -299,5 +308,39 @@ mod tests {
         let unsigned_json = signed(&aws, Pkcs7Flags::NOCERTS, "not json");
         let error = check(&certs, Some(&unsigned_json), claim()).unwrap_err();
         assert!(matches!(error, IdentityError::BadDocument(_)), "{error}");
+    }
+
+    /// A signature AWS made for a real instance in 2016 (published with
+    /// the fullsailor/pkcs7 Go library's tests) and its document: the
+    /// shipped certificates
+    /// verify it, as `openssl smime -verify -noverify` does; a changed byte
+    /// of the document does not.
+    #[test]
+    fn the_shipped_certificates_verify_a_real_aws_signature() {
+        let pem = include_str!("testdata/aws-2016.pkcs7");
+        let pkcs7: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        // What `openssl smime -verify` wrote out of the signature: the
+        // document's bytes, as IMDS serves them at .../document.
+        let document = include_str!("testdata/aws-2016.json").to_owned();
+        let claim = Claim {
+            instance_id: "i-f79fe56c",
+            region: "us-east-1",
+            availability_zone: "us-east-1a",
+            private_ipv4: Ipv4Addr::new(172, 30, 0, 252),
+        };
+        let certs = IdentityCerts::shipped();
+        let signed = SignedIdentity {
+            document: document.clone(),
+            pkcs7,
+        };
+        let read = check(&certs, Some(&signed), claim).unwrap();
+        assert_eq!(read.account_id.as_deref(), Some("121659014334"));
+
+        let tampered = SignedIdentity {
+            document: document.replace("172.30.0.252", "172.30.0.253"),
+            ..signed
+        };
+        let error = check(&certs, Some(&tampered), claim).unwrap_err();
+        assert!(matches!(error, IdentityError::BadSignature(_)), "{error}");
     }
 }

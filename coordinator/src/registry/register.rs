@@ -143,8 +143,9 @@ impl Registry {
     /// No member can take over another: a register for an instance whose
     /// node is live (deployed and heard within the grace) must come with
     /// its own node credential, or with proof that it is that instance
-    /// (its signed identity document checked with `--identity-certs`, or
-    /// its source checked with `--verify-source`). A join token alone,
+    /// (its signed identity document, required unless the operator turned
+    /// that off with `--insecure-no-identity-document`, or its source
+    /// checked with `--verify-source`). A join token alone,
     /// which every node's user data holds, is refused with `node_live`, a
     /// security event, until the node has been silent for the grace: so a
     /// node whose state was wiped gets back in on its own, a grace later.

@@ -405,6 +405,13 @@ async fn register(
                 byon,
                 signed_identity: None,
             };
+            // An instance proves itself with its signed identity document,
+            // as the agent does; a bring-your-own machine has none.
+            let body = if body.byon.is_none() {
+                ec2::signed(body)
+            } else {
+                body
+            };
             let answer = http
                 .post(format!("{url}{}", paths::AGENT_REGISTER))
                 .bearer_auth(&token)
