@@ -13,7 +13,7 @@
 //! coordinator_url = "https://muster.example.com:7443"
 //! ca_file = "/etc/muster/ca.pem"
 //! cluster = "web"
-//! join_token = "mjoin_…"
+//! join_token_file = "/etc/muster/join-token"   # or join_token = "mjoin_…"
 //! state_dir = "/var/lib/muster-agent"
 //! socket = "/run/muster-agent/agent.sock"
 //! imds_poll_interval = "1s"
@@ -58,8 +58,8 @@ use serde::Deserialize;
 
 use crate::byon::ByonNode;
 use sources::{
-    Sources, CA_FILE, CLUSTER, COORDINATOR_URL, DNS_SERVER, IMDS_POLL_INTERVAL, JOIN_TOKEN, SOCKET,
-    STATE_DIR,
+    Sources, CA_FILE, CLUSTER, COORDINATOR_URL, DNS_SERVER, IMDS_POLL_INTERVAL, JOIN_TOKEN,
+    JOIN_TOKEN_FILE, SOCKET, STATE_DIR,
 };
 
 /// Where the settings file is looked for when `--config` is not given.
@@ -111,6 +111,17 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub join_token: Option<String>,
+    /// A file holding the join token (or the bring-your-own token), which
+    /// only its owner may read: keeps the token off the command line and
+    /// out of the settings file. The user data launched nodes boot with
+    /// writes it, 0600.
+    #[arg(
+        long,
+        env = "MUSTER_AGENT_JOIN_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "join_token"
+    )]
+    pub join_token_file: Option<PathBuf>,
     /// Where the node credential and identity are kept.
     /// [default: /var/lib/muster-agent]
     #[arg(long, env = "MUSTER_AGENT_STATE_DIR", value_name = "DIR")]
@@ -166,6 +177,8 @@ pub struct FileSettings {
     pub cluster: Option<String>,
     /// See [`RunArgs::join_token`].
     pub join_token: Option<String>,
+    /// See [`RunArgs::join_token_file`].
+    pub join_token_file: Option<PathBuf>,
     /// See [`RunArgs::state_dir`].
     pub state_dir: Option<PathBuf>,
     /// See [`RunArgs::socket`].
@@ -384,39 +397,83 @@ fn state_dir(src: &Sources<'_>) -> Result<PathBuf, Invalid> {
     }
 }
 
-/// The join token, which must be one; without it a node credential must
-/// be stored in `state_dir`, or the agent could never register.
+/// The join token, which must be one, given itself or as a file that
+/// holds it; without it a node credential must be stored in `state_dir`,
+/// or the agent could never register.
 fn join_token(src: &Sources<'_>, state_dir: &Path) -> Result<Option<Secret>, Invalid> {
-    let join_token = match src.pick(&JOIN_TOKEN, &src.args.join_token, &src.file.join_token) {
-        Some((token, origin)) => {
-            let token = token.trim().to_owned();
-            match TokenKind::of(&token) {
-                Some(TokenKind::Join) => Some(Secret::new(token)),
-                Some(other) => {
-                    return Err(JOIN_TOKEN.invalid(
-                        origin,
-                        &redact(&token),
-                        format!("is a {other}, not a join token"),
-                    ))
-                }
-                None => {
-                    return Err(JOIN_TOKEN.invalid(
-                        origin,
-                        &redact(&token),
-                        "must be a join token: \"mjoin_\" and 64 lowercase hex digits",
-                    ))
-                }
-            }
+    let given = src.pick(&JOIN_TOKEN, &src.args.join_token, &src.file.join_token);
+    let file = src.pick(
+        &JOIN_TOKEN_FILE,
+        &src.args.join_token_file,
+        &src.file.join_token_file,
+    );
+    let (token, key, origin) = match (given, file) {
+        (Some((_, origin)), Some(_)) => {
+            return Err(JOIN_TOKEN.invalid(
+                origin,
+                "…",
+                "is given twice: set either join_token or join_token_file",
+            ))
         }
-        None => None,
+        (Some((token, origin)), None) => (token, &JOIN_TOKEN, origin),
+        (None, Some((path, origin))) => {
+            let token = read_token_file(&path)
+                .map_err(|why| JOIN_TOKEN_FILE.invalid(origin, &path.display().to_string(), why))?;
+            (token, &JOIN_TOKEN_FILE, origin)
+        }
+        (None, None) => {
+            if !crate::state::has_credential(state_dir) {
+                return Err(JOIN_TOKEN.missing(&format!(
+                    "is required (or a join_token_file) until a node credential is stored in {}",
+                    crate::state::state_file(state_dir).display()
+                )));
+            }
+            return Ok(None);
+        }
     };
-    if join_token.is_none() && !crate::state::has_credential(state_dir) {
-        return Err(JOIN_TOKEN.missing(&format!(
-            "is required until a node credential is stored in {}",
-            crate::state::state_file(state_dir).display()
-        )));
+    let token = token.trim().to_owned();
+    match TokenKind::of(&token) {
+        Some(TokenKind::Join) => Ok(Some(Secret::new(token))),
+        Some(other) => Err(key.invalid(
+            origin,
+            &redact(&token),
+            format!("is a {other}, not a join token"),
+        )),
+        None => Err(key.invalid(
+            origin,
+            &redact(&token),
+            "must be a join token: \"mjoin_\" and 64 lowercase hex digits",
+        )),
     }
-    Ok(join_token)
+}
+
+/// The token a join token file holds: a regular file of at most a few
+/// hundred bytes that no one but its owner may read or write.
+fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    const MAX_BYTES: u64 = 512;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".to_owned());
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "has mode {mode:04o}: its group or others may read the token; chmod 600 it"
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read it as text: {e}"))?;
+    if text.len() as u64 > MAX_BYTES {
+        return Err(format!("is over {MAX_BYTES} bytes: not a token"));
+    }
+    Ok(text)
 }
 
 /// The status socket: a path a unix socket can have.

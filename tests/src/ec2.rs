@@ -411,7 +411,8 @@ pub async fn create_instance_profile(endpoint: &str, name: &str) {
 }
 
 /// What a launched instance's user data tells its agent (gzipped or not): the `#cloud-config`
-/// body (JSON, which is YAML) and the `/etc/muster/agent.toml` it writes.
+/// body (JSON, which is YAML) and the `/etc/muster/agent.toml` it writes, with `join_token` set
+/// to what the private token file that settings file names holds.
 /// Panics if the user data is missing or not what the launcher writes.
 pub async fn cloud_config(client: &Client, instance_id: &str) -> (serde_json::Value, toml::Table) {
     let bytes = try_user_data(client, instance_id)
@@ -420,20 +421,38 @@ pub async fn cloud_config(client: &Client, instance_id: &str) -> (serde_json::Va
         .unwrap_or_else(|| panic!("{instance_id} has no user data"));
     // cloud-init unpacks gzipped user data; so do we.
     let doc = crate::cloudinit::document(&crate::cloudinit::unpack(&bytes));
-    let agent = doc["write_files"]
-        .as_array()
-        .expect("write_files")
-        .iter()
-        .find(|f| f["path"] == "/etc/muster/agent.toml")
-        .expect("the agent settings are written");
-    assert_eq!(
-        agent["permissions"], "0600",
-        "the join token file is private"
-    );
-    let settings: toml::Table = agent["content"]
+    let file = |path: &str| {
+        doc["write_files"]
+            .as_array()
+            .expect("write_files")
+            .iter()
+            .find(|f| f["path"] == path)
+            .unwrap_or_else(|| panic!("{path} is not written"))
+            .clone()
+    };
+    let mut settings: toml::Table = file("/etc/muster/agent.toml")["content"]
         .as_str()
         .expect("content")
         .parse()
         .expect("agent.toml parses");
+    assert!(
+        settings.get("join_token").is_none(),
+        "the token is in no settings file"
+    );
+    let token_path = settings["join_token_file"]
+        .as_str()
+        .expect("the settings name the token file")
+        .to_owned();
+    let token = file(&token_path);
+    assert_eq!(
+        token["permissions"], "0600",
+        "the join token file is private"
+    );
+    let token = token["content"]
+        .as_str()
+        .expect("content")
+        .trim()
+        .to_owned();
+    settings.insert("join_token".into(), token.into());
     (doc, settings)
 }

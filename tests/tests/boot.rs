@@ -196,13 +196,23 @@ async fn a_first_boot_deploys_the_node() {
         "{result}"
     );
 
-    // The config, private; the agent, the very binary the coordinator
-    // serves, installed by the checked download.
+    // The token, private, and the settings naming it; the agent, the very
+    // binary the coordinator serves, installed by the checked download.
+    let token = scene
+        .machine
+        .sh_ok("stat -c '%a %U' /etc/muster/join-token")
+        .await;
+    assert_eq!(token.trim(), "600 root", "{token}");
     let config = scene
         .machine
         .sh_ok("stat -c %a /etc/muster/agent.toml && cat /etc/muster/agent.toml")
         .await;
-    assert!(config.starts_with("600\n"), "{config}");
+    assert!(config.starts_with("644\n"), "{config}");
+    assert!(
+        config.contains("join_token_file = \"/etc/muster/join-token\""),
+        "{config}"
+    );
+    assert!(!config.contains("mjoin_"), "{config}");
     assert!(config.contains(&format!("coordinator_url = \"{}\"", vm::coordinator_url())));
     let installed = scene.machine.sh_ok("sha256sum /usr/bin/muster-agent").await;
     let served = sha256(&bin_path("muster-agent"));

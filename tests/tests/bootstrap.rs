@@ -99,18 +99,24 @@ async fn the_userdata_command_prints_what_a_launch_gets() {
     assert_eq!(rendered.size_bytes, text.len());
     cloudinit::assert_schema_valid(&text);
     let doc = cloudinit::document(&text);
-    let agent_toml: toml::Table = doc["write_files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == userdata::AGENT_CONFIG_PATH)
-        .and_then(|f| f["content"].as_str())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let written = |path: &str| {
+        doc["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == path)
+            .and_then(|f| f["content"].as_str())
+            .unwrap_or_else(|| panic!("{path} is not written"))
+            .to_owned()
+    };
+    let agent_toml: toml::Table = written(userdata::AGENT_CONFIG_PATH).parse().unwrap();
     assert_eq!(
-        agent_toml["join_token"].as_str(),
-        Some(rendered.join_token.as_str())
+        agent_toml["join_token_file"].as_str(),
+        Some(userdata::JOIN_TOKEN_PATH)
+    );
+    assert_eq!(
+        written(userdata::JOIN_TOKEN_PATH).trim(),
+        rendered.join_token.as_str()
     );
     assert_eq!(
         agent_toml["coordinator_url"].as_str(),
@@ -271,7 +277,8 @@ async fn a_node_boots_from_its_user_data() {
             .mode()
             & 0o777
     };
-    assert_eq!(mode(userdata::AGENT_CONFIG_PATH), 0o600);
+    assert_eq!(mode(userdata::JOIN_TOKEN_PATH), 0o600);
+    assert_eq!(mode(userdata::AGENT_CONFIG_PATH), 0o644);
     assert_eq!(mode(userdata::CA_PATH), 0o644);
     assert_eq!(mode(userdata::AGENT_BINARY_PATH), 0o755);
     assert_eq!(
@@ -310,6 +317,8 @@ async fn a_node_boots_from_its_user_data() {
         .arg(under(r, userdata::AGENT_CONFIG_PATH))
         .arg("--ca-file")
         .arg(under(r, userdata::CA_PATH))
+        .arg("--join-token-file")
+        .arg(under(r, userdata::JOIN_TOKEN_PATH))
         .arg("--state-dir")
         .arg(under(r, "/var/lib/muster-agent"))
         .arg("--socket")

@@ -74,6 +74,11 @@ pub(super) const CA_FILE: Key = Key::new("ca_file", "--ca-file", "MUSTER_AGENT_C
 pub(super) const CLUSTER: Key = Key::new("cluster", "--cluster", "MUSTER_AGENT_CLUSTER");
 pub(super) const JOIN_TOKEN: Key =
     Key::new("join_token", "--join-token", "MUSTER_AGENT_JOIN_TOKEN");
+pub(super) const JOIN_TOKEN_FILE: Key = Key::new(
+    "join_token_file",
+    "--join-token-file",
+    "MUSTER_AGENT_JOIN_TOKEN_FILE",
+);
 pub(super) const STATE_DIR: Key = Key::new("state_dir", "--state-dir", "MUSTER_AGENT_STATE_DIR");
 pub(super) const SOCKET: Key = Key::new("socket", "--socket", "MUSTER_AGENT_SOCKET");
 pub(super) const IMDS_POLL_INTERVAL: Key = Key::new(

@@ -217,6 +217,60 @@ fn join_token_needed_without_credential() {
     );
 }
 
+/// The join token may come from a file only its owner can read, which
+/// keeps it off the command line: read and trimmed when 0600, refused
+/// when others may read it, and refused beside a token given itself.
+#[test]
+fn join_token_from_a_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(dir.path());
+    let token_file = dir.path().join("join-token");
+    std::fs::write(&token_file, format!("{JOIN}\n")).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("join_token_file = {:?}\n", token_file.display().to_string()),
+    )
+    .unwrap();
+    let args = |extra: &[&str]| {
+        let mut args = vec![
+            "x",
+            "--config",
+            config.to_str().unwrap(),
+            "--coordinator-url",
+            "https://c.example.com",
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--cluster",
+            "web",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let load_args = |extra: &[&str]| {
+        let owned = args(extra);
+        load(&owned.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let settings = load_args(&[]).unwrap();
+    assert_eq!(settings.join_token.as_ref().map(Secret::expose), Some(JOIN));
+
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = error_text(load_args(&[]));
+    assert!(
+        text.starts_with("join_token_file=") && text.contains("chmod 600"),
+        "{text}"
+    );
+    assert!(!text.contains(JOIN), "{text}");
+
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = error_text(load_args(&["--join-token", JOIN]));
+    assert!(text.contains("given twice"), "{text}");
+    assert!(!text.contains(JOIN), "{text}");
+}
+
 /// A given settings file must exist; a CA file must hold a certificate.
 #[test]
 fn files_must_be_usable() {

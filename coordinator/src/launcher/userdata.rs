@@ -6,9 +6,11 @@
 //! - `/etc/muster/ca.pem` (0644): the coordinator's CA, when it made its
 //!   own; with an operator certificate the agent uses the system roots and
 //!   no CA file is written;
-//! - `/etc/muster/agent.toml` (0600, it holds the join token): the
-//!   coordinator URL, the CA file, the cluster and the join token, in the
-//!   keys `muster-agent run` reads;
+//! - `/etc/muster/join-token` (0600): the join token, alone, which the
+//!   agent reads with `join_token_file` (so it is on no command line and
+//!   in no file anyone else may read);
+//! - `/etc/muster/agent.toml` (0644): the coordinator URL, the CA file,
+//!   the cluster and the token file, in the keys `muster-agent run` reads;
 //! - `/etc/systemd/system/muster-agent.service` (0644), the unit of
 //!   `systemd/`, when the agent is installed from the coordinator;
 //!
@@ -45,6 +47,8 @@ use serde::Serialize;
 
 /// Where the agent's settings go on the node.
 pub const AGENT_CONFIG_PATH: &str = "/etc/muster/agent.toml";
+/// Where the join token goes on the node.
+pub const JOIN_TOKEN_PATH: &str = "/etc/muster/join-token";
 /// Where the CA goes on the node.
 pub const CA_PATH: &str = "/etc/muster/ca.pem";
 /// Where the agent binary is installed on the node (the unit's ExecStart).
@@ -122,7 +126,7 @@ struct AgentToml<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_file: Option<&'a str>,
     cluster: &'a str,
-    join_token: &'a str,
+    join_token_file: &'a str,
 }
 
 #[derive(Serialize)]
@@ -175,7 +179,7 @@ pub fn render_text(bootstrap: &AgentBootstrap<'_>) -> Result<String, UserDataErr
         coordinator_url: bootstrap.coordinator_url,
         ca_file: bootstrap.ca_pem.map(|_| CA_PATH),
         cluster: bootstrap.cluster,
-        join_token: bootstrap.join_token,
+        join_token_file: JOIN_TOKEN_PATH,
     })
     .map_err(|e| UserDataError::Render(e.to_string()))?;
     let mut write_files = Vec::new();
@@ -188,8 +192,14 @@ pub fn render_text(bootstrap: &AgentBootstrap<'_>) -> Result<String, UserDataErr
         });
     }
     write_files.push(WriteFile {
-        path: AGENT_CONFIG_PATH,
+        path: JOIN_TOKEN_PATH,
         permissions: "0600",
+        owner: "root:root",
+        content: format!("{}\n", bootstrap.join_token),
+    });
+    write_files.push(WriteFile {
+        path: AGENT_CONFIG_PATH,
+        permissions: "0644",
         owner: "root:root",
         content: agent,
     });
@@ -341,21 +351,28 @@ mod tests {
         let files = doc["write_files"].as_array().unwrap();
         assert_eq!(files[0]["path"], CA_PATH);
         assert_eq!(files[0]["content"], CA);
-        assert_eq!(files[1]["path"], AGENT_CONFIG_PATH);
+        assert_eq!(files[1]["path"], JOIN_TOKEN_PATH);
         assert_eq!(files[1]["permissions"], "0600");
-        assert_eq!(files[2]["path"], AGENT_UNIT_PATH);
-        assert!(files[2]["content"]
+        assert_eq!(files[1]["content"], "mjoin_abc\n");
+        assert_eq!(files[2]["path"], AGENT_CONFIG_PATH);
+        assert_eq!(files[2]["permissions"], "0644");
+        assert_eq!(files[3]["path"], AGENT_UNIT_PATH);
+        assert!(files[3]["content"]
             .as_str()
             .unwrap()
             .contains("ExecStart=/usr/bin/muster-agent run"));
-        let agent_toml: toml::Table = files[1]["content"].as_str().unwrap().parse().unwrap();
+        let agent_toml: toml::Table = files[2]["content"].as_str().unwrap().parse().unwrap();
         assert_eq!(
             agent_toml["coordinator_url"].as_str(),
             Some("https://muster.example.com:7443")
         );
         assert_eq!(agent_toml["ca_file"].as_str(), Some(CA_PATH));
         assert_eq!(agent_toml["cluster"].as_str(), Some("web"));
-        assert_eq!(agent_toml["join_token"].as_str(), Some("mjoin_abc"));
+        assert_eq!(
+            agent_toml["join_token_file"].as_str(),
+            Some(JOIN_TOKEN_PATH)
+        );
+        assert!(agent_toml.get("join_token").is_none());
         let runcmd = doc["runcmd"].as_array().unwrap();
         assert_eq!(runcmd.len(), 4);
         assert_eq!(
@@ -398,12 +415,13 @@ mod tests {
                 .unwrap(),
         );
         let files = doc["write_files"].as_array().unwrap();
-        assert_eq!(files.len(), 2);
-        assert!(!files[0]["content"].as_str().unwrap().contains("ca_file"));
+        assert_eq!(files.len(), 3);
+        assert_eq!(files[1]["path"], AGENT_CONFIG_PATH);
+        assert!(!files[1]["content"].as_str().unwrap().contains("ca_file"));
         assert_eq!(doc["runcmd"][0][8], "", "curl uses the system roots");
 
         let doc = parse(render(&bootstrap(Some(CA), None)).unwrap().text().unwrap());
-        assert_eq!(doc["write_files"].as_array().unwrap().len(), 2);
+        assert_eq!(doc["write_files"].as_array().unwrap().len(), 3);
         assert_eq!(doc["runcmd"].as_array().unwrap().len(), 3);
         assert_eq!(doc["runcmd"][0][1], "prepare-volume");
     }
