@@ -6,7 +6,7 @@
 //!   rebuilt from the registry's nodes on every change.
 //! - [`server`]: the embedded authoritative server (UDP and TCP), the
 //!   default provider; its UDP answers capped in size and, by [`rrl`],
-//!   in rate per source network.
+//!   in rate per source network; its TCP connections bounded by [`tcp`].
 //! - [`provider`]: the trait an external server is written through, and
 //!   its change vocabulary (`Change`, `Outcome`, `Applied`).
 //! - [`ownership`]: the TXT records that mark muster's names, and the
@@ -27,6 +27,7 @@ pub mod route53;
 pub mod rrl;
 pub mod server;
 pub mod status;
+pub mod tcp;
 pub mod zone;
 
 pub use server::serve;

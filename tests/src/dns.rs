@@ -164,10 +164,17 @@ pub async fn exchange_udp(
 
 /// Sends `request` over TCP to `server` and reads the answer.
 pub async fn exchange_tcp(server: SocketAddr, request: &Message) -> anyhow::Result<Message> {
-    let bytes = request.to_vec()?;
     let mut stream = tokio::time::timeout(QUERY_TIMEOUT, TcpStream::connect(server))
         .await
         .with_context(|| format!("connecting to {server} over TCP"))??;
+    exchange_on(&mut stream, request).await
+}
+
+/// Sends `request` on an open DNS-over-TCP connection (two-byte length,
+/// then the message) and reads the answer.
+pub async fn exchange_on(stream: &mut TcpStream, request: &Message) -> anyhow::Result<Message> {
+    let server = stream.peer_addr()?;
+    let bytes = request.to_vec()?;
     let length = u16::try_from(bytes.len()).context("a query over 64 KiB")?;
     stream.write_all(&length.to_be_bytes()).await?;
     stream.write_all(&bytes).await?;

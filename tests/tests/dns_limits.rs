@@ -7,6 +7,9 @@
 //! - A flood from 127.0.0.1 is rate limited (short TC answers and drops)
 //!   while a query from another network (127.1.0.1, bound by the client)
 //!   is answered in full, and TCP from the flooding source still is.
+//! - TCP connections are bounded: past eight idle ones from one address a
+//!   new one is closed at once, while another address is answered; idle
+//!   ones are closed after the idle time.
 //! - Clusters named `ns`, `hostmaster` or `internal` are refused with 400
 //!   `invalid_request`, and nothing is created.
 //!
@@ -20,7 +23,7 @@ use std::time::Duration;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use muster_proto::{paths, ByonIdentity, ErrorBody, RegisterRequest, PROTOCOL_VERSION};
-use muster_tests::dns::{exchange_tcp, exchange_udp};
+use muster_tests::dns::{exchange_on, exchange_tcp, exchange_udp};
 use muster_tests::{wait_until, Coordinator, Moto, EVENTUALLY, POLL, ZONE};
 
 const CLUSTER: &str = "web";
@@ -215,6 +218,61 @@ async fn a_flood_is_rate_limited_per_network() {
     let dropped = "muster_dns_rate_limited_total{action=\"drop\"}";
     assert!(coordinator.metric(slipped).await >= 1);
     assert!(coordinator.metric(dropped).await >= 1);
+}
+
+/// Whether the server closes `stream` within `within` (a read sees the
+/// end, or the connection reset).
+async fn closed(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// TCP connections cannot hold the coordinator's file descriptors: eight
+/// idle ones from 127.0.0.1 are held, a ninth is closed at once and
+/// counted, while 127.1.0.1 still gets two queries in a row answered on
+/// one connection; the idle ones are closed after the idle time (10 s, as
+/// docs/dns.md says; within 20 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_are_bounded_and_idle_ones_closed() {
+    let moto = Moto::start().await;
+    let coordinator = Coordinator::start(&moto).await;
+    let server = coordinator.dns_addr();
+    let apex = format!("{ZONE}.");
+
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(server).await.unwrap());
+    }
+    // Accepted in order: the ninth is past the share of 127.0.0.1.
+    let mut ninth = tokio::net::TcpStream::connect(server).await.unwrap();
+    assert!(
+        closed(&mut ninth, Duration::from_secs(5)).await,
+        "a ninth connection from one address is closed at once"
+    );
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind((Ipv4Addr::new(127, 1, 0, 1), 0).into())
+        .unwrap();
+    let mut other = socket.connect(server).await.unwrap();
+    for _ in 0..2 {
+        let answer = exchange_on(&mut other, &query(&apex, RecordType::SOA, None))
+            .await
+            .unwrap();
+        assert_eq!(answer.answers().len(), 1);
+    }
+    assert!(coordinator.metric("muster_dns_tcp_refused_total").await >= 1);
+
+    for stream in &mut idle {
+        assert!(
+            closed(stream, Duration::from_secs(20)).await,
+            "an idle connection is closed after the idle time"
+        );
+    }
 }
 
 /// The zone's own names (`ns`, `hostmaster`, `internal`) are refused as

@@ -166,6 +166,16 @@ fn dns_server_metrics(out: &mut Exposition, counters: &ServerCounters) {
         "UDP answers too big for the client's buffer (at most 1232 bytes), sent with TC set.",
         load(&counters.truncated),
     );
+    out.single(
+        "muster_dns_tcp_refused_total",
+        "counter",
+        &format!(
+            "DNS TCP connections closed at once: past {} from one address or {} in all.",
+            crate::dns::tcp::MAX_TCP_PER_SOURCE,
+            crate::dns::tcp::MAX_TCP_CONNECTIONS
+        ),
+        load(&counters.tcp_refused),
+    );
     out.section(
         "muster_dns_rate_limited_total",
         "counter",

@@ -10,11 +10,12 @@
 //!   whole answer goes.
 //! - **Rate.** UDP answers are rate limited per source network
 //!   ([`super::rrl`], `--dns-rate-limit`).
+//! - **Connections.** TCP connections are bounded in number, per source
+//!   and in total, and closed when idle ([`super::tcp`]).
 //! - Each is counted in the zone's [`super::zone::ServerCounters`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record};
@@ -27,9 +28,6 @@ use tokio::net::{TcpListener, UdpSocket};
 use super::rrl::{RateLimiter, Verdict};
 use super::zone::Answer;
 use super::{DnsError, Zone};
-
-/// How long a TCP DNS connection may idle.
-const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest UDP answer, whatever buffer the client offers.
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
@@ -113,6 +111,11 @@ fn response_builder(
 }
 
 impl Handler {
+    /// The zone it answers from.
+    pub(super) fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
     /// Answers `request` from the zone, within `limit` bytes: an answer
     /// that does not fit is sent with TC set and no records.
     async fn answer<R: ResponseHandler>(
@@ -241,8 +244,15 @@ pub async fn serve(
             source,
         })?;
     let limiter = RateLimiter::new(rate_limit).map(Arc::new);
-    let mut server = ServerFuture::new(Handler { zone, limiter });
+    let handler = Handler { zone, limiter };
+    let mut server = ServerFuture::new(handler.clone());
     server.register_socket(udp);
-    server.register_listener(tcp, TCP_TIMEOUT);
+    // hickory's TCP listener has no bound on connections: ours does, and
+    // stops with the server.
+    tokio::spawn(super::tcp::serve(
+        tcp,
+        handler,
+        server.shutdown_token().clone(),
+    ));
     Ok((server, bound))
 }
