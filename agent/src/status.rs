@@ -14,7 +14,9 @@
 //! document is asked for, so it uses the agent's `--dns-server` (or the
 //! system resolver) and sees what the node's neighbours see right now. It
 //! asks for the A records of `dns_name` and says whether they hold the
-//! node's public IPv4 (its private one if it has no public one).
+//! node's public IPv4; a node with no public address has no such name
+//! (private addresses are answered only under `internal`), so for it the
+//! check asks `internal_dns_name` for its private IPv4.
 
 use std::fs::{self, DirBuilder, Permissions};
 use std::io;
@@ -467,9 +469,12 @@ pub async fn serve(listener: UnixListener, live: Live, dns_server: Option<Socket
 /// Builds the document, DNS check included.
 pub async fn document(live: &Live, dns_server: Option<SocketAddr>) -> AgentStatus {
     let mut status = live.snapshot();
-    let expected = status.public_ipv4.or(status.private_ipv4);
-    if let (Some(name), Some(expected)) = (status.dns_name.as_deref(), expected) {
-        let check = check_dns(name, expected, dns_server).await;
+    let checked = match status.public_ipv4 {
+        Some(public) => status.dns_name.clone().map(|name| (name, public)),
+        None => status.internal_dns_name.clone().zip(status.private_ipv4),
+    };
+    if let Some((name, expected)) = checked {
+        let check = check_dns(&name, expected, dns_server).await;
         status.dns_resolves = check.resolves;
         status.dns_answer = check.answer;
         status.dns_error = check.error;

@@ -309,11 +309,14 @@ async fn bring_your_own_node() {
     assert!(node.node.byon);
     assert_eq!(node.node.instance_id, "m-0123456789abcdef0123456789abcdef");
     let resolver = scene.coordinator.resolver();
-    let name = node_dns_name("rack7", CLUSTER, ZONE);
+    // Its address is a private one: it is named under internal only.
+    let name = node_internal_dns_name("rack7", CLUSTER, ZONE);
+    let public_name = node_dns_name("rack7", CLUSTER, ZONE);
     let answer = resolver
         .a_until(&name, PATIENCE, |a| a.a == [address])
         .await;
     assert_eq!(answer.a, [address]);
+    assert!(resolver.a(&public_name).await.unwrap().is_nxdomain());
 
     // The join token meant for EC2 instances does not let it in.
     let mut stranger = Agent::start_byon(

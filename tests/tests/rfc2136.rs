@@ -464,10 +464,12 @@ async fn restart_applies_only_the_difference() {
         .a_until(&round_robin, EVENTUALLY, |a| a.a == publics)
         .await;
     assert_eq!(answer.a, publics, "{round_robin}");
+    // Per node its name, wildcard and internal name; the cluster's public
+    // and internal round robins.
     let status = scene
-        .dns_status_until(|s| s["pending_changes"] == 0 && s["applied_names"] == 7)
+        .dns_status_until(|s| s["pending_changes"] == 0 && s["applied_names"] == 8)
         .await;
-    assert_eq!(status["applied_names"], 7, "{status}");
+    assert_eq!(status["applied_names"], 8, "{status}");
 
     scene.coordinator.stop();
     let before = bind_updates(&scene.bind.logs());

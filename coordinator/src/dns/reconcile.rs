@@ -537,7 +537,7 @@ mod tests {
             name: name.into(),
             state: NodeState::Deployed,
             private_ipv4: Some(Ipv4Addr::new(10, 0, 0, ip)),
-            public_ipv4: None,
+            public_ipv4: Some(Ipv4Addr::new(54, 0, 0, ip)),
         }
     }
 
@@ -590,19 +590,26 @@ mod tests {
         zone.publish(&[node("n1", 2)]);
         let status =
             status_until(&board, |s| s.pending_changes > 0 && s.last_error.is_some()).await;
-        assert_eq!(status.pending_changes, 4, "{status:?}");
+        // The node's name, wildcard and internal name; the round robins.
+        assert_eq!(status.pending_changes, 5, "{status:?}");
         assert!(fake.batches.lock().unwrap().is_empty());
         fake.down.store(false, std::sync::atomic::Ordering::SeqCst);
-        let status = status_until(&board, |s| s.pending_changes == 0 && s.applied_names == 4).await;
+        let status = status_until(&board, |s| s.pending_changes == 0 && s.applied_names == 5).await;
         assert_eq!(status.pending_changes, 0, "{status:?}");
         assert_eq!(status.last_error, None);
         let sent: Vec<Change> = fake.batches.lock().unwrap().concat();
         assert!(sent.contains(&Change::Upsert {
             name: name("n1.web.z."),
+            data: RecordData::A(vec![Ipv4Addr::new(54, 0, 0, 2)]),
+            owned: false
+        }));
+        assert!(sent.contains(&Change::Upsert {
+            name: name("n1.web.internal.z."),
             data: RecordData::A(vec![Ipv4Addr::new(10, 0, 0, 2)]),
             owned: false
         }));
-        assert!(!sent.iter().any(|c| matches!(c, Change::Upsert { data, .. } if *data == RecordData::A(vec![Ipv4Addr::new(10, 0, 0, 1)]))));
+        let first = [Ipv4Addr::new(54, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 1)];
+        assert!(!sent.iter().any(|c| matches!(c, Change::Upsert { data: RecordData::A(ips), .. } if ips.iter().any(|ip| first.contains(ip)))));
         task.abort();
 
         let again = Arc::new(Zone::new("z", 30).unwrap());
@@ -610,7 +617,7 @@ mod tests {
         again.publish(&[node("n1", 2)]);
         let fresh = Arc::new(Fake::default());
         let task = start(&again, &fresh, &board, dir.path());
-        let status = status_until(&board, |s| s.applied_names == 4).await;
+        let status = status_until(&board, |s| s.applied_names == 5).await;
         assert_eq!(status.pending_changes, 0);
         assert!(fresh.batches.lock().unwrap().is_empty());
         task.abort();

@@ -2,14 +2,22 @@
 //! embedded server answers from.
 //!
 //! For node `n` in cluster `c` under zone `z`:
-//! - `n.c.z` A → public IPv4, or the private one if it has none;
+//! - `n.c.z` A → public IPv4 (no name when it has none);
 //! - `n.c.internal.z` A → private IPv4;
 //! - `*.n.c.z` CNAME → `n.c.z` (synthesised for any name beneath `n.c.z`);
-//! - `c.z` A → every `deployed` node of the cluster.
+//! - `c.z` A → the public IPv4 of every `deployed` node of the cluster;
+//! - `c.internal.z` A → the private IPv4 of every `deployed` node.
+//!
+//! Private addresses are answered only under `internal`: a name outside it
+//! never points into a private network, so the zone cannot be used to
+//! rebind a public name onto someone's internal services, and a resolver
+//! that drops private answers for public names (dnsmasq's
+//! `stop-dns-rebind`, unbound's `private-address`) loses nothing.
 //!
 //! The zone apex answers SOA and NS. Names that exist only as parents of
-//! others (`internal.z`, `c.internal.z`) answer NOERROR with no data; any
-//! other name under the zone is NXDOMAIN; names outside it are REFUSED.
+//! others (`internal.z`, a cluster with no deployed node's `c.internal.z`)
+//! answer NOERROR with no data; any other name under the zone is NXDOMAIN;
+//! names outside it are REFUSED.
 //!
 //! The answers come from a [`ZoneData`] snapshot that [`Zone::publish`]
 //! swaps in whole each time the store changes, so a query never sees half an
@@ -68,11 +76,6 @@ impl NodeRecordSource {
             NodeState::Deployed | NodeState::Unreachable | NodeState::Stopped
         )
     }
-
-    /// The address `n.c.zone` answers: public, else private.
-    fn reachable_ipv4(&self) -> Option<Ipv4Addr> {
-        self.public_ipv4.or(self.private_ipv4)
-    }
 }
 
 /// The data of one name muster writes.
@@ -96,18 +99,24 @@ pub fn desired_records(
     nodes: &[NodeRecordSource],
 ) -> Result<DesiredRecords, hickory_proto::ProtoError> {
     let mut records = Vec::with_capacity(3 * nodes.len());
-    let mut clusters: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+    // Each cluster's round robins: public and internal.
+    let mut clusters: BTreeMap<&str, (Vec<Ipv4Addr>, Vec<Ipv4Addr>)> = BTreeMap::new();
     for node in nodes.iter().filter(|n| n.has_own_names()) {
         let cluster = zone.prepend_label(node.cluster.as_str())?;
         let public_name = cluster.prepend_label(node.name.as_str())?;
-        if let Some(ip) = node.reachable_ipv4() {
+        let deployed = node.state == NodeState::Deployed;
+        if let Some(ip) = node.public_ipv4 {
             records.push((
                 public_name.prepend_label("*")?,
                 RecordData::Cname(public_name.to_ascii()),
             ));
             records.push((public_name, RecordData::A(vec![ip])));
-            if node.state == NodeState::Deployed {
-                clusters.entry(node.cluster.as_str()).or_default().push(ip);
+            if deployed {
+                clusters
+                    .entry(node.cluster.as_str())
+                    .or_default()
+                    .0
+                    .push(ip);
             }
         }
         if let Some(ip) = node.private_ipv4 {
@@ -116,12 +125,28 @@ pub fn desired_records(
                 .prepend_label(node.cluster.as_str())?
                 .prepend_label(node.name.as_str())?;
             records.push((internal, RecordData::A(vec![ip])));
+            if deployed {
+                clusters
+                    .entry(node.cluster.as_str())
+                    .or_default()
+                    .1
+                    .push(ip);
+            }
         }
     }
-    for (cluster, mut ips) in clusters {
-        ips.sort();
-        ips.dedup();
-        records.push((zone.prepend_label(cluster)?, RecordData::A(ips)));
+    for (cluster, (public, private)) in clusters {
+        let names = [
+            zone.prepend_label(cluster)?,
+            zone.prepend_label(INTERNAL_LABEL)?.prepend_label(cluster)?,
+        ];
+        for (name, mut ips) in names.into_iter().zip([public, private]) {
+            if ips.is_empty() {
+                continue;
+            }
+            ips.sort();
+            ips.dedup();
+            records.push((name, RecordData::A(ips)));
+        }
     }
     Ok(collect_records(records))
 }
@@ -214,7 +239,8 @@ impl ZoneData {
         // Each cluster's public and internal parent names, made once, and
         // whether a name was put under each.
         let mut parents: HashMap<&str, (Name, Name, bool, bool)> = HashMap::new();
-        let mut clusters: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+        // Each cluster's round robins: public and internal.
+        let mut clusters: BTreeMap<&str, (Vec<Ipv4Addr>, Vec<Ipv4Addr>)> = BTreeMap::new();
         let mut a: HashMap<LowerName, Owned> = HashMap::with_capacity(2 * nodes.len());
         for node in nodes.iter().filter(|n| n.has_own_names()) {
             let (public, private, public_used, private_used) =
@@ -230,9 +256,10 @@ impl ZoneData {
                         parents.entry(node.cluster.as_str()).or_insert(names)
                     }
                 };
+            let deployed = node.state == NodeState::Deployed;
             // As in the model, a later record of a name replaces an
             // earlier one.
-            if let Some(ip) = node.reachable_ipv4() {
+            if let Some(ip) = node.public_ipv4 {
                 *public_used = true;
                 let name = public.prepend_label(node.name.as_str())?;
                 a.insert(
@@ -242,8 +269,12 @@ impl ZoneData {
                         wildcard_target: true,
                     },
                 );
-                if node.state == NodeState::Deployed {
-                    clusters.entry(node.cluster.as_str()).or_default().push(ip);
+                if deployed {
+                    clusters
+                        .entry(node.cluster.as_str())
+                        .or_default()
+                        .0
+                        .push(ip);
                 }
             }
             if let Some(ip) = node.private_ipv4 {
@@ -256,18 +287,34 @@ impl ZoneData {
                         wildcard_target: false,
                     },
                 );
+                if deployed {
+                    clusters
+                        .entry(node.cluster.as_str())
+                        .or_default()
+                        .1
+                        .push(ip);
+                }
             }
         }
-        for (cluster, mut ips) in clusters {
-            ips.sort();
-            ips.dedup();
-            a.insert(
-                LowerName::from(zone.prepend_label(cluster)?),
-                Owned {
-                    ips: ips.into(),
-                    wildcard_target: false,
-                },
-            );
+        for (cluster, (public, private)) in clusters {
+            let names = [
+                zone.prepend_label(cluster)?,
+                internal.prepend_label(cluster)?,
+            ];
+            for (name, mut ips) in names.into_iter().zip([public, private]) {
+                if ips.is_empty() {
+                    continue;
+                }
+                ips.sort();
+                ips.dedup();
+                a.insert(
+                    LowerName::from(name),
+                    Owned {
+                        ips: ips.into(),
+                        wildcard_target: false,
+                    },
+                );
+            }
         }
         // The parent of a node's name is its cluster's; of a cluster's
         // name, the zone.
@@ -345,9 +392,14 @@ impl ZoneData {
         let origin = LowerName::from(&origin);
         let mut names = HashSet::new();
         for mut name in parents {
-            // A parent with records is a key of `a` itself, and adds its
-            // own parents in its turn.
-            while origin.zone_of(&name) && !a.contains_key(&name) && names.insert(name.clone()) {
+            // Up to the apex: every name above a record exists. One with
+            // records of its own is a key of `a` (a cluster's round robin,
+            // say) and is not held twice; the walk stops at a name already
+            // known, whose own parents were added with it.
+            while origin.zone_of(&name) {
+                if !a.contains_key(&name) && !names.insert(name.clone()) {
+                    break;
+                }
                 if name == origin {
                     break;
                 }
@@ -482,6 +534,8 @@ pub struct ServerCounters {
     pub slipped: AtomicU64,
     /// UDP answers over the rate limit dropped.
     pub dropped: AtomicU64,
+    /// TCP connections closed at once, past the per-source or total bound.
+    pub tcp_refused: AtomicU64,
 }
 
 /// The live zone: the current snapshot, swapped whole on every change.

@@ -478,10 +478,12 @@ async fn bring_your_own_nodes() {
     assert_eq!(resp.node.name, "rack1");
     assert!(resp.node.byon);
     assert_eq!(resp.node.state, NodeState::Deployed);
+    // No public address: named under internal only.
     assert_eq!(
-        answer(&registry, "rack1.web.muster.test."),
+        answer(&registry, "rack1.web.internal.muster.test."),
         vec![Ipv4Addr::new(192, 168, 7, 10)]
     );
+    assert!(answer(&registry, "rack1.web.muster.test.").is_empty());
 
     // Another machine may not take the name.
     let err = registry
@@ -502,7 +504,7 @@ async fn bring_your_own_nodes() {
     };
     registry.heartbeat(&resp.credential, moved).await.unwrap();
     assert_eq!(
-        answer(&registry, "rack1.web.muster.test."),
+        answer(&registry, "rack1.web.internal.muster.test."),
         vec![Ipv4Addr::new(192, 168, 7, 11)]
     );
 
@@ -519,7 +521,7 @@ async fn bring_your_own_nodes() {
 
     registry.remove_node("web", "rack1").await.unwrap();
     assert!(registry.node("web", "rack1").is_err());
-    assert!(answer(&registry, "rack1.web.muster.test.").is_empty());
+    assert!(answer(&registry, "rack1.web.internal.muster.test.").is_empty());
     assert!(registry
         .heartbeat(
             &resp.credential,

@@ -79,7 +79,8 @@ fn records_collect_in_name_order() {
     );
 }
 
-/// The four record kinds of docs/dns.md answer as specified.
+/// The record kinds of docs/dns.md answer as specified: private
+/// addresses only under `internal`.
 #[test]
 fn node_records() {
     let data = zone(&[
@@ -89,13 +90,17 @@ fn node_records() {
     let public = data.lookup(&q("n1.web.muster.test."), RecordType::A);
     assert_eq!(a_of(&public), vec![Ipv4Addr::new(54, 0, 0, 1)]);
     let private_only = data.lookup(&q("n22.web.muster.test."), RecordType::A);
-    assert_eq!(a_of(&private_only), vec![Ipv4Addr::new(10, 0, 0, 3)]);
+    assert_eq!(private_only.code, ResponseCode::NXDomain, "no public name");
+    let internal = data.lookup(&q("n22.web.internal.muster.test."), RecordType::A);
+    assert_eq!(a_of(&internal), vec![Ipv4Addr::new(10, 0, 0, 3)]);
     let internal = data.lookup(&q("n1.web.internal.muster.test."), RecordType::A);
     assert_eq!(a_of(&internal), vec![Ipv4Addr::new(10, 0, 0, 2)]);
     let round_robin = data.lookup(&q("web.muster.test."), RecordType::A);
+    assert_eq!(a_of(&round_robin), vec![Ipv4Addr::new(54, 0, 0, 1)]);
+    let internal_round_robin = data.lookup(&q("web.internal.muster.test."), RecordType::A);
     assert_eq!(
-        a_of(&round_robin),
-        vec![Ipv4Addr::new(10, 0, 0, 3), Ipv4Addr::new(54, 0, 0, 1)]
+        a_of(&internal_round_robin),
+        vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]
     );
     let wildcard = data.lookup(&q("app.n1.web.muster.test."), RecordType::A);
     assert_eq!(wildcard.code, ResponseCode::NoError);
@@ -147,7 +152,7 @@ fn build_matches_the_model() {
 }
 
 /// The shared model spells the wildcard out as a CNAME to the node, and
-/// gives a private-only node its private address everywhere.
+/// puts private addresses only under `internal`.
 #[test]
 fn desired_records_spell_out_the_wildcard() {
     let zone = Name::from_str("muster.test.").unwrap();
@@ -177,9 +182,23 @@ fn desired_records_spell_out_the_wildcard() {
         Some(RecordData::A(vec![Ipv4Addr::new(54, 0, 0, 1)]))
     );
     assert_eq!(
+        get("web.internal.muster.test."),
+        Some(RecordData::A(vec![Ipv4Addr::new(10, 0, 0, 2)]))
+    );
+    assert_eq!(
         records.len(),
-        4,
+        5,
         "nothing for the terminated node: {records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|(name, _)| !name.to_ascii().contains(".internal."))
+            .all(|(_, data)| match data {
+                RecordData::A(ips) => ips.iter().all(|ip| !ip.is_private()),
+                RecordData::Cname(_) => true,
+            }),
+        "a private address outside internal: {records:?}"
     );
 }
 
@@ -195,6 +214,19 @@ fn negative_answers() {
     assert_eq!(under_internal.code, ResponseCode::NXDomain);
     let parent = data.lookup(&q("internal.muster.test."), RecordType::A);
     assert_eq!(parent.code, ResponseCode::NoError);
+    assert!(parent.answers.is_empty());
+    let quiet = zone(&[node(
+        "web",
+        "n1",
+        NodeState::Unreachable,
+        Some([54, 0, 0, 1]),
+    )]);
+    let parent = quiet.lookup(&q("web.internal.muster.test."), RecordType::A);
+    assert_eq!(
+        parent.code,
+        ResponseCode::NoError,
+        "no deployed node: a parent only"
+    );
     assert!(parent.answers.is_empty());
     let aaaa = data.lookup(&q("n1.web.muster.test."), RecordType::AAAA);
     assert_eq!(aaaa.code, ResponseCode::NoError);
