@@ -413,8 +413,14 @@ fn start_api(
     handle: axum_server::Handle,
     connections: Arc<Connections>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let listener = match api_listener(listen) {
+        Ok(listener) => listener,
+        Err(error) => return tokio::spawn(async move { Err(error) }),
+    };
     let acceptor = api::connections::acceptor(tls, connections);
-    let mut server = axum_server::bind(listen).acceptor(acceptor).handle(handle);
+    let mut server = axum_server::from_tcp(listener)
+        .acceptor(acceptor)
+        .handle(handle);
     // hyper's own header timeout would also close an idle keep-alive
     // connection (it runs while waiting for the next request): the
     // connection guards time headers and idling apart instead.
@@ -429,6 +435,26 @@ fn start_api(
         .timer(hyper_util::rt::TokioTimer::new());
     let server = server.serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>());
     tokio::spawn(server)
+}
+
+/// Connections the kernel may complete before the API accepts them (the
+/// kernel caps it at `net.core.somaxconn`, 4096 by default). tokio's 1024
+/// is too few under a flood: past it the kernel drops handshakes, agents'
+/// included, and a client whose last ACK was dropped believes itself
+/// connected to a server that never heard of it. The connection guards
+/// then refuse what they must at once.
+const API_BACKLOG: u32 = 4096;
+
+/// The API's listening socket on `listen`, with [`API_BACKLOG`].
+fn api_listener(listen: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(API_BACKLOG)?.into_std()
 }
 
 /// Forgets, every minute, the sources not served lately.
