@@ -75,6 +75,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client;
 use base64::Engine as _;
+use muster_proto::cidr::Ipv4Cidr;
 use muster_proto::launch::{LaunchSpec, LaunchView, SubnetProblem};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -83,7 +84,7 @@ use crate::ec2::{
     describe_error, sdk_message, Ec2Clients, TAG_CLUSTER, TAG_COORDINATOR, TAG_LAUNCH, TAG_MANAGED,
 };
 use crate::store::LaunchedInstance;
-use network::{ensure_network, NetworkRequest};
+use network::{ensure_network, NetworkRequest, DEFAULT_VPC_CIDR};
 use placement::place;
 
 /// The device name of every node's data volume.
@@ -175,6 +176,21 @@ pub enum LaunchError {
         /// Each subnet with EC2's answer.
         reasons: String,
     },
+    /// A network nodes would launch in overlaps `--trusted-proxies`: a
+    /// node there could name any source in `X-Forwarded-For`.
+    #[error(
+        "{network} ({cidr}) overlaps --trusted-proxies {proxies}: a node launched there could \
+         forge X-Forwarded-For and speak from any address; keep the proxies' range apart from \
+         the nodes' subnets"
+    )]
+    TrustedProxyOverlap {
+        /// The subnet or VPC, e.g. `subnet subnet-… of vpc-…`.
+        network: String,
+        /// Its block.
+        cidr: Ipv4Cidr,
+        /// The trusted proxy range it overlaps.
+        proxies: Ipv4Cidr,
+    },
     /// A security group of our name exists but is not ours.
     #[error(
         "security group {name} exists in {vpc_id} but is not tagged {TAG_CLUSTER}={cluster}; \
@@ -243,7 +259,9 @@ impl LaunchError {
                     | N::SubnetsInManyVpcs { .. }
                     | N::UnnamedSubnets { .. }
             ),
-            LaunchError::NoUsableSubnet { .. } | LaunchError::SecurityGroupTaken { .. } => true,
+            LaunchError::NoUsableSubnet { .. }
+            | LaunchError::SecurityGroupTaken { .. }
+            | LaunchError::TrustedProxyOverlap { .. } => true,
             LaunchError::Ec2 { code, .. } => code.as_deref().is_some_and(|c| {
                 c.starts_with("Invalid") || c.starts_with("Missing") || c == "Unsupported"
             }),
@@ -259,6 +277,8 @@ pub struct Launcher {
     keys_dir: PathBuf,
     /// This coordinator's id, tagged on all it makes.
     coordinator: String,
+    /// `--trusted-proxies`, which no subnet nodes launch in may overlap.
+    trusted_proxies: Vec<Ipv4Cidr>,
 }
 
 fn tag(key: &str, value: &str) -> Tag {
@@ -293,6 +313,25 @@ impl Launcher {
             clients,
             keys_dir: data_dir.join("keys"),
             coordinator: coordinator.to_owned(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+
+    /// Refuses launches into subnets that overlap `proxies`.
+    pub fn keeping_apart_from(mut self, proxies: &[Ipv4Cidr]) -> Launcher {
+        self.trusted_proxies = proxies.to_vec();
+        self
+    }
+
+    /// Refuses `network` when it overlaps a trusted proxy range.
+    fn apart_from_proxies(&self, network: String, cidr: Ipv4Cidr) -> Result<(), LaunchError> {
+        match self.trusted_proxies.iter().find(|p| p.overlaps(&cidr)) {
+            Some(proxies) => Err(LaunchError::TrustedProxyOverlap {
+                network,
+                cidr,
+                proxies: *proxies,
+            }),
+            None => Ok(()),
         }
     }
 
@@ -318,6 +357,10 @@ impl Launcher {
     ) -> Result<ClusterLaunch, LaunchError> {
         let region = spec.region.as_str();
         let client = self.clients.client(region);
+        if spec.vpc_id().is_none() && spec.subnets().is_empty() {
+            // Checked before the VPC muster makes is made.
+            self.apart_from_proxies("the VPC muster makes".to_owned(), DEFAULT_VPC_CIDR)?;
+        }
         let network = ensure_network(
             &client,
             &NetworkRequest {
@@ -338,6 +381,10 @@ impl Launcher {
             .collect();
         if network.subnets.is_empty() {
             return Err(LaunchError::no_usable_subnet(spec, &excluded));
+        }
+        for subnet in &network.subnets {
+            let what = format!("subnet {} of {}", subnet.id, network.vpc_id);
+            self.apart_from_proxies(what, subnet.cidr)?;
         }
 
         let (security_groups, created_security_group) = if spec.security_groups().is_empty() {

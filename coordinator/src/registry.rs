@@ -79,6 +79,8 @@ pub mod strays;
 pub mod tokens;
 mod views;
 
+pub use claim::NodeInside;
+
 use ec2_view::Ec2Account;
 use live::Live;
 

@@ -82,6 +82,14 @@ pub enum ServeError {
     /// The Route53 provider could not be set up.
     #[error(transparent)]
     Route53(#[from] Route53Error),
+    /// A node's address is inside `--trusted-proxies`.
+    #[error(
+        "--trusted-proxies {} holds {}, the address of node {} of cluster {}: a node there could \
+         forge X-Forwarded-For and speak from any address; keep the proxies' range apart from \
+         the nodes' networks",
+        .0.proxies, .0.address, .0.node, .0.cluster
+    )]
+    TrustedProxyOverlap(crate::registry::NodeInside),
     /// The API could not bind or failed.
     #[error("serving the API on {addr}: {source}")]
     Api {
@@ -117,6 +125,9 @@ pub async fn serve(
     let agent = agent_dist(&settings)?;
     let zone = Arc::new(Zone::new(&settings.zone, settings.dns_ttl)?);
     let registry = open_registry(&settings, &files, agent.clone(), zone.clone()).await?;
+    if let Some(overlap) = registry.node_inside(&settings.trust.trusted_proxies)? {
+        return Err(ServeError::TrustedProxyOverlap(overlap));
+    }
     let connections = Connections::new(connection_limits(&settings, fds));
     let loops = [
         tokio::spawn(registry.clone().run_publisher()),
@@ -273,7 +284,8 @@ async fn open_registry(
         Registry::new(store, ec2, zone, settings.zone.clone(), timing)?
             .with_trust(settings.trust.clone())
             .with_launcher(LaunchContext {
-                launcher: Launcher::new(clients.clone(), &settings.data_dir, &coordinator_id),
+                launcher: Launcher::new(clients.clone(), &settings.data_dir, &coordinator_id)
+                    .keeping_apart_from(&settings.trust.trusted_proxies),
                 coordinator_url: settings.public_url.clone(),
                 ca_pem,
                 agent,

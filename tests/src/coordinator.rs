@@ -303,6 +303,18 @@ impl Coordinator {
     }
 
     /// Stops the coordinator and starts it again on the same data dir and
+    /// ports with `extra_args` in place of the flags it had; `Err` with
+    /// why and its logs when it does not come up healthy.
+    pub async fn try_restart_with(&mut self, extra_args: &[&str]) -> Result<(), String> {
+        self.retire_process();
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        self.spawn();
+        self.wait_ready()
+            .await
+            .map_err(|why| format!("{why}\n{}", tail(&self.logs(), 32 * 1024)))
+    }
+
+    /// Stops the coordinator and starts it again on the same data dir and
     /// ports, asking EC2 (and STS) at `endpoint` from now on: another moto
     /// stands for a wrong endpoint or account.
     pub async fn restart_at(&mut self, endpoint: &str) {

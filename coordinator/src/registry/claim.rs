@@ -4,11 +4,25 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use muster_proto::RegisterRequest;
+use muster_proto::cidr::Ipv4Cidr;
+use muster_proto::{NodeState, RegisterRequest};
 
 use super::identity_document;
 use super::{show_ip, Registry, RegistryError};
 use crate::ec2::InstanceFacts;
+
+/// A node whose address lies inside `--trusted-proxies`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInside {
+    /// The node's cluster.
+    pub cluster: String,
+    /// The node.
+    pub node: String,
+    /// Its address inside the range.
+    pub address: Ipv4Addr,
+    /// The range.
+    pub proxies: Ipv4Cidr,
+}
 
 /// What an agent says of its instance, to be checked against EC2.
 #[derive(Debug, Clone, Copy)]
@@ -153,5 +167,30 @@ impl Registry {
             source,
         })?;
         Ok(())
+    }
+
+    /// The first node, not terminated, with an address inside one of
+    /// `proxies`: such a node could forge `X-Forwarded-For`, so `serve`
+    /// refuses to start beside it (a launch refuses such subnets too).
+    pub fn node_inside(&self, proxies: &[Ipv4Cidr]) -> Result<Option<NodeInside>, RegistryError> {
+        if proxies.is_empty() {
+            return Ok(None);
+        }
+        for node in self.store.nodes(None)? {
+            if node.state == NodeState::Terminated {
+                continue;
+            }
+            for address in [node.private_ipv4, node.public_ipv4].into_iter().flatten() {
+                if let Some(range) = proxies.iter().find(|p| p.contains_addr(address)) {
+                    return Ok(Some(NodeInside {
+                        cluster: node.cluster,
+                        node: node.name,
+                        address,
+                        proxies: *range,
+                    }));
+                }
+            }
+        }
+        Ok(None)
     }
 }
