@@ -1,6 +1,8 @@
 //! Criterion benches of the coordinator's pure hot paths: a heartbeat of a
 //! deployed node (the steady state of a fleet), a DNS lookup in a zone of
-//! a thousand nodes, and rendering a node's user data.
+//! a thousand nodes, rendering a node's user data, and a zone rebuild (what
+//! every write publishes) with and without thousands of terminated nodes
+//! kept in the store until `--retention` prunes them.
 //!
 //! `cargo bench -p muster-coordinator --bench hot` (or `scripts/bench`,
 //! which reports the medians in BENCHMARKS.md).
@@ -18,9 +20,11 @@ use muster_coordinator::ec2::{Ec2Error, InstanceFacts, InstanceLookup};
 use muster_coordinator::launcher::userdata::{render, AgentBootstrap};
 use muster_coordinator::registry::{Registry, Timing};
 use muster_coordinator::secrets::{hash_secret, new_secret};
-use muster_coordinator::store::Store;
+use muster_coordinator::store::{AdmittedBy, NodeRegistration, Store};
 use muster_proto::token::TokenKind;
-use muster_proto::{HeartbeatRequest, HostFacts, NodeState, RegisterRequest, PROTOCOL_VERSION};
+use muster_proto::{
+    EventSource, HeartbeatRequest, HostFacts, NodeState, RegisterRequest, PROTOCOL_VERSION,
+};
 
 const NODES: usize = 1000;
 
@@ -73,6 +77,17 @@ fn facts() -> HostFacts {
     }
 }
 
+/// The default timing.
+fn timing() -> Timing {
+    Timing {
+        heartbeat_interval: Duration::from_secs(10),
+        heartbeat_jitter: Duration::from_secs(1),
+        grace: Duration::from_secs(30),
+        unknown_sweeps: 3,
+        launch_timeout: Duration::from_secs(600),
+    }
+}
+
 fn heartbeat(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let table: HashMap<String, InstanceFacts> = (0..NODES)
@@ -98,13 +113,7 @@ fn heartbeat(c: &mut Criterion) {
         Arc::new(Fixed(table)),
         Arc::new(Zone::new("muster.test", 30).expect("a zone")),
         "muster.test".into(),
-        Timing {
-            heartbeat_interval: Duration::from_secs(10),
-            heartbeat_jitter: Duration::from_secs(1),
-            grace: Duration::from_secs(30),
-            unknown_sweeps: 3,
-            launch_timeout: Duration::from_secs(600),
-        },
+        timing(),
     )
     .expect("a registry");
     let credentials: Vec<(String, HeartbeatRequest)> = rt.block_on(async {
@@ -191,6 +200,56 @@ fn dns_lookup(c: &mut Criterion) {
     });
 }
 
+/// A zone rebuild from a registry of [`NODES`] live nodes, whose store
+/// holds `terminated` more nodes terminated for good: they left memory at
+/// once, so the rebuild costs the same with or without them.
+fn rebuild(c: &mut Criterion) {
+    for terminated in [0, 5 * NODES] {
+        let store = Store::open_in_memory().expect("a store");
+        let cluster = store
+            .create_cluster("web", &hash_secret(&new_secret(TokenKind::Join)), None)
+            .expect("a cluster");
+        for i in 0..NODES + terminated {
+            let (id, private, public) = instance(i);
+            let node = store
+                .register_node(
+                    &NodeRegistration {
+                        cluster_id: cluster.id,
+                        name: &id,
+                        instance_id: &id,
+                        availability_zone: "us-east-1a",
+                        region: "us-east-1",
+                        private_ipv4: private,
+                        public_ipv4: Some(public),
+                        credential_hash: &hash_secret(&new_secret(TokenKind::Node)),
+                        byon: false,
+                        admitted_by: AdmittedBy::ClusterToken,
+                    },
+                    "bench",
+                )
+                .expect("a node");
+            if i >= NODES {
+                let gone = (node.state, NodeState::Terminated);
+                store
+                    .transition(node.id, gone, "bench", EventSource::Sweep, false)
+                    .expect("a transition");
+            }
+        }
+        let registry = Registry::new(
+            store,
+            Arc::new(Fixed(HashMap::new())),
+            Arc::new(Zone::new("muster.test", 30).expect("a zone")),
+            "muster.test".into(),
+            timing(),
+        )
+        .expect("a registry");
+        c.bench_function(
+            &format!("zone rebuild, {NODES} live nodes, {terminated} terminated in the store"),
+            |b| b.iter(|| registry.publish_now()),
+        );
+    }
+}
+
 fn user_data(c: &mut Criterion) {
     let ca = "-----BEGIN CERTIFICATE-----\n".to_owned()
         + &"MIIBszCCAVmgAwIBAgIUZ3l0ZXN0Y2VydGlmaWNhdGU=\n".repeat(12)
@@ -215,5 +274,5 @@ fn user_data(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot, heartbeat, dns_lookup, user_data);
+criterion_group!(hot, heartbeat, dns_lookup, user_data, rebuild);
 criterion_main!(hot);

@@ -142,7 +142,10 @@ impl Registry {
         }
         {
             let mut live = self.live();
-            if let Some(entry) = live.nodes.get_mut(&id) {
+            if to == NodeState::Terminated && !unseen {
+                // Terminated for good: out of memory at once (live.rs).
+                live.remove(id);
+            } else if let Some(entry) = live.nodes.get_mut(&id) {
                 entry.state = to;
                 entry.unseen = unseen;
             }

@@ -2,7 +2,12 @@
 //! never written to disk, and the index from credential to node.
 //!
 //! It mirrors the store: every write to the store is followed by the same
-//! change here, under the registry's write lock.
+//! change here, under the registry's write lock. It holds the nodes that
+//! may still speak or be answered for: a node terminated for good leaves
+//! it (and so the zone and the sweep) at once, and stays in the store
+//! until `--retention` prunes it; one terminated only because EC2 did not
+//! know it ([`Node::unseen`]) stays, as it may come back. So memory, zone
+//! rebuilds and sweeps cost O(live nodes), not O(every node ever).
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -67,7 +72,13 @@ impl Live {
         shared
     }
 
+    /// Takes `node` as stored now; a node terminated for good is
+    /// forgotten instead.
     pub(super) fn upsert(&mut self, node: &Node) {
+        if node.state == NodeState::Terminated && !node.unseen {
+            self.remove(node.id);
+            return;
+        }
         let previous = self.nodes.remove(&node.id);
         if let Some(old_hash) = previous.as_ref().and_then(|p| p.credential_hash.as_ref()) {
             self.by_credential.remove(old_hash);

@@ -656,8 +656,17 @@ async fn a_node_terminated_for_absence_comes_back() {
         .register(&registered.credential, register_req(ip))
         .await;
     assert!(refused.is_err());
+    // Terminated for good, the node has left memory with its credential:
+    // a heartbeat is not recognised, and the register its agent then
+    // tries with the join token is told the node is terminated.
     let refused = registry
         .heartbeat(&registered.credential, heartbeat_req(ip))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::Unauthorized);
+    assert!(!registry.live().nodes.values().any(|n| n.instance_id == ID));
+    let refused = registry
+        .register(&token, register_req(ip))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), ErrorCode::NodeTerminated);
