@@ -151,6 +151,23 @@ impl Bind {
         }
     }
 
+    /// Freezes `named` (SIGSTOP): connections are still accepted by the
+    /// kernel, and nothing is answered, so an update in flight hangs.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused `named` run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let process = self.process.as_ref().expect("named runs");
+        let pid = nix::unistd::Pid::from_raw(process.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signalling named");
+    }
+
     /// Starts `named` again on the same port and files; waits until it
     /// answers.
     pub async fn start_again(&mut self) {

@@ -287,6 +287,13 @@ impl Coordinator {
         unreachable!("the last attempt either returns or panics")
     }
 
+    /// Kills the coordinator with SIGKILL, as a crash would: nothing of it
+    /// runs after, and [`Coordinator::restart`] starts it again.
+    pub fn kill(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+    }
+
     /// Stops the coordinator (SIGTERM by pid, then SIGKILL).
     pub fn stop(&mut self) {
         self.retire_process();
@@ -466,6 +473,20 @@ impl Coordinator {
     /// `cluster create NAME --json`.
     pub async fn create_cluster(&self, name: &str) -> CreateClusterResponse {
         self.admin_json(&["cluster", "create", name]).await
+    }
+
+    /// `cluster create NAME` launching `count` instances with `disk_gb` GiB
+    /// data volumes ([`crate::ec2::create_args`]), then `extra`, `--json`.
+    pub async fn launch_cluster(
+        &self,
+        name: &str,
+        count: u32,
+        disk_gb: u32,
+        extra: &[&str],
+    ) -> CreateClusterResponse {
+        let args = crate::ec2::create_args(name, count, disk_gb, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.admin_json(&args).await
     }
 
     /// `cluster ls --json`.

@@ -377,6 +377,23 @@ pub async fn instances_of_cluster(
     instances
 }
 
+/// The instances of `cluster` EC2 lists as pending or running.
+pub async fn live_instances_of_cluster(
+    client: &Client,
+    cluster: &str,
+) -> Vec<aws_sdk_ec2::types::Instance> {
+    instances_of_cluster(client, cluster)
+        .await
+        .into_iter()
+        .filter(|i| {
+            matches!(
+                i.state().and_then(|s| s.name()).map(|n| n.as_str()),
+                Some("pending" | "running")
+            )
+        })
+        .collect()
+}
+
 /// The value of tag `key` on a resource's tags.
 pub fn tag<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
     tags.iter()

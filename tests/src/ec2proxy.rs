@@ -47,7 +47,7 @@ pub struct Refusal {
 
 /// Calls to hold: after `after` real calls (dry runs do not count, nor are
 /// they held) of `action` went through since the hold was set, every later
-/// one waits for good.
+/// one waits, for good unless [`Ec2Proxy::release`] lets it go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     /// The EC2 action, e.g. `RunInstances`.
@@ -74,6 +74,8 @@ struct Holding {
 #[derive(Clone)]
 struct Shared {
     hold: Arc<Mutex<Holding>>,
+    /// How many times the held calls were released.
+    released: Arc<tokio::sync::watch::Sender<u64>>,
     bursts: Bursts,
     moto: String,
     http: reqwest::Client,
@@ -88,6 +90,7 @@ struct Shared {
 pub struct Ec2Proxy {
     port: u16,
     hold: Arc<Mutex<Holding>>,
+    released: Arc<tokio::sync::watch::Sender<u64>>,
     bursts: Bursts,
     calls: Arc<Mutex<BTreeMap<String, usize>>>,
     refused: Arc<Mutex<BTreeMap<String, usize>>>,
@@ -109,9 +112,11 @@ impl Ec2Proxy {
         let refused = Arc::new(Mutex::new(BTreeMap::new()));
         let described = Arc::new(Mutex::new(BTreeMap::new()));
         let hold = Arc::new(Mutex::new(Holding::default()));
+        let released = Arc::new(tokio::sync::watch::Sender::new(0));
         let bursts = Bursts::default();
         let shared = Shared {
             hold: hold.clone(),
+            released: released.clone(),
             bursts: bursts.clone(),
             moto,
             http: reqwest::Client::new(),
@@ -129,6 +134,7 @@ impl Ec2Proxy {
         Ec2Proxy {
             port,
             hold,
+            released,
             bursts,
             calls,
             refused,
@@ -170,6 +176,12 @@ impl Ec2Proxy {
         let mut holding = self.hold.lock().expect("hold lock");
         holding.hold = hold;
         holding.seen = 0;
+    }
+
+    /// Lets every call held so far go on: one that had not reached moto
+    /// goes there now, one that had gets its answer now, however stale.
+    pub fn release(&self) {
+        self.released.send_modify(|n| *n += 1);
     }
 
     /// Calls held so far, in all.
@@ -275,6 +287,12 @@ async fn forward(
         .entry(action.clone())
         .or_default() += 1;
     let dry_run = params.get("DryRun").map(String::as_str) == Some("true");
+    let releases = *shared.released.borrow();
+    let parked = || async {
+        // Until the next release; never, if none comes.
+        let mut released = shared.released.subscribe();
+        let _ = released.wait_for(|n| *n > releases).await;
+    };
     let held = {
         let mut holding = shared.hold.lock().expect("hold lock");
         match holding.hold.clone() {
@@ -309,7 +327,7 @@ async fn forward(
     }
 
     if held.as_ref().is_some_and(|h| !h.reaches_ec2) {
-        return std::future::pending().await;
+        parked().await;
     }
     if let Some(code) = burst(&shared.bursts, &action) {
         *shared
@@ -332,11 +350,14 @@ async fn forward(
         }
     }
     match request.body(body).send().await {
-        Ok(_) if held.is_some() => std::future::pending().await,
         Ok(answer) => {
             let status = answer.status();
             let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
             let body = answer.bytes().await.unwrap_or_default();
+            if held.is_some() {
+                // EC2 answered; the caller hears it only on release.
+                parked().await;
+            }
             let mut response = (status, body).into_response();
             if let Some(content_type) = content_type {
                 response

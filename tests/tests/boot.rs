@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
-use muster_proto::{node_dns_name, node_internal_dns_name, CreateClusterResponse, NodeState};
+use muster_proto::{node_dns_name, node_internal_dns_name, NodeState};
 use muster_tests::ec2::{self, TEST_AMI};
 use muster_tests::procs::bin_path;
 use muster_tests::vm::{self, Hardware, Machine};
@@ -62,23 +62,7 @@ impl Scene {
         let moto = Moto::start().await;
         let sdk = ec2::client(&moto.endpoint()).await;
         let coordinator = Coordinator::start_for_guests(&moto, &vm::coordinator_url(), extra).await;
-        let created: CreateClusterResponse = coordinator
-            .admin_json(&[
-                "cluster",
-                "create",
-                CLUSTER,
-                "--region",
-                ec2::TEST_REGION,
-                "--instance-type",
-                "t3.micro",
-                "--count",
-                "1",
-                "--disk-gb",
-                "8",
-                "--ami",
-                TEST_AMI,
-            ])
-            .await;
+        let created = coordinator.launch_cluster(CLUSTER, 1, 8, &[]).await;
         let id = created.launch.expect("a launch").launched[0].clone();
         Scene::around(story, moto, sdk, coordinator, id).await
     }

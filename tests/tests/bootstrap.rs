@@ -12,7 +12,7 @@ use std::process::Command;
 use muster_coordinator::launcher::userdata::{self, AgentBootstrap, MAX_USER_DATA_BYTES};
 use muster_proto::{AgentDownload, NodeState, UserDataResponse};
 use muster_tests::cloudinit::{self, under};
-use muster_tests::ec2::{self, TEST_AMI};
+use muster_tests::ec2;
 use muster_tests::procs::{bin_path, tail, Process};
 use muster_tests::{wait_until, Agent, Coordinator, Imds, Moto, EVENTUALLY, POLL};
 
@@ -208,23 +208,7 @@ async fn launched_user_data_passes_the_cloud_init_schema() {
         ("plain", &[][..]),
         ("profiled", &["--instance-profile", "muster-nodes"][..]),
     ] {
-        let mut args = vec![
-            "cluster",
-            "create",
-            name,
-            "--region",
-            ec2::TEST_REGION,
-            "--instance-type",
-            "t3.micro",
-            "--count",
-            "1",
-            "--disk-gb",
-            "8",
-            "--ami",
-            TEST_AMI,
-        ];
-        args.extend_from_slice(extra);
-        let created: muster_proto::CreateClusterResponse = coordinator.admin_json(&args).await;
+        let created = coordinator.launch_cluster(name, 1, 8, extra).await;
         let id = &created.launch.unwrap().launched[0];
         let bytes = ec2::try_user_data(&sdk, id).await.unwrap().unwrap();
         assert!(bytes.len() <= MAX_USER_DATA_BYTES);
@@ -242,23 +226,7 @@ async fn a_node_boots_from_its_user_data() {
     let moto = Moto::start().await;
     let sdk = ec2::client(&moto.endpoint()).await;
     let coordinator = Coordinator::start(&moto).await;
-    let created: muster_proto::CreateClusterResponse = coordinator
-        .admin_json(&[
-            "cluster",
-            "create",
-            "web",
-            "--region",
-            ec2::TEST_REGION,
-            "--instance-type",
-            "t3.micro",
-            "--count",
-            "1",
-            "--disk-gb",
-            "8",
-            "--ami",
-            TEST_AMI,
-        ])
-        .await;
+    let created = coordinator.launch_cluster("web", 1, 8, &[]).await;
     let id = created.launch.unwrap().launched[0].clone();
 
     let bytes = ec2::try_user_data(&sdk, &id).await.unwrap().unwrap();

@@ -160,3 +160,119 @@ async fn a_hung_endpoint_costs_a_timeout_not_a_stuck_loop() {
     grown(&coordinator, "muster_sweeps_total", 3).await;
     deployed(&coordinator, &agent).await;
 }
+
+/// Waits until the proxy has held a call.
+async fn one_held(proxy: &Ec2Proxy) {
+    let held = wait_until(
+        EVENTUALLY,
+        POLL,
+        || std::future::ready(proxy.held()),
+        |n| *n > 0,
+    )
+    .await;
+    assert!(held > 0, "no call was held");
+}
+
+/// A register whose EC2 check is parked (EC2 answered "running", the
+/// answer held back) while `node rm` runs: when the answer arrives, the
+/// register is refused (409 `conflict`: the node changed while it was
+/// decided) and the node stays on its way out; it is never `deployed`
+/// again and has no name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_rm_wins_over_a_parked_register() {
+    let (moto, proxy, coordinator, token) = scene(&[]).await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let id = ec2::launch_instance(&sdk, CLUSTER).await;
+    let request = ec2::register_request(&sdk, &id, CLUSTER).await;
+    let (status, body) = coordinator.register_raw(&token, &request).await;
+    assert_eq!(status, 200, "{body}");
+
+    proxy.hold(Some(Hold {
+        action: "DescribeInstances".into(),
+        after: 0,
+        reaches_ec2: true,
+    }));
+    let register = coordinator.register_raw(&token, &request);
+    let remove = async {
+        one_held(&proxy).await;
+        // Only the register's read is parked; node rm's own go through.
+        proxy.hold(None);
+        let removed = coordinator.admin(&["node", "rm", CLUSTER, &id]).await;
+        assert!(
+            removed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&removed.stderr)
+        );
+        proxy.release();
+    };
+    let ((status, body), ()) = tokio::join!(register, remove);
+    // Decided from a node that was live, written to one on its way out:
+    // the store's compare-and-set refuses it.
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("\"conflict\"") && body.contains("terminating"),
+        "{body}"
+    );
+
+    let node = coordinator.node(CLUSTER, &id).await.node;
+    assert!(
+        matches!(node.state, NodeState::Terminating | NodeState::Terminated),
+        "{node:?}"
+    );
+    let name = muster_proto::node_dns_name(&id, CLUSTER, muster_tests::ZONE);
+    let answer = coordinator.resolver().a(&name).await.unwrap();
+    assert!(answer.is_nxdomain(), "{name}: {answer:?}");
+}
+
+/// A sweep's read of EC2 (taken while the node had its first public
+/// address) arrives late, after a heartbeat brought a newer Elastic IP:
+/// the older read does not write its address back, and DNS ends on the
+/// newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_sweep_never_writes_an_older_address() {
+    let (moto, proxy, coordinator, token) = scene(&["--sweep-interval", "1s"]).await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let id = ec2::launch_instance(&sdk, CLUSTER).await;
+    let imds = Imds::start(sdk.clone(), &id).await;
+    let agent = Agent::start(&coordinator, &imds, CLUSTER, &token);
+    deployed(&coordinator, &agent).await;
+    let first = ec2::describe(&sdk, &id)
+        .await
+        .public_ipv4
+        .expect("a public address");
+    let name = muster_proto::node_dns_name(&id, CLUSTER, muster_tests::ZONE);
+    let resolver = coordinator.resolver();
+    assert_eq!(
+        resolver
+            .a_until(&name, EVENTUALLY, |a| a.a == [first])
+            .await
+            .a,
+        [first]
+    );
+
+    // The next sweep reads EC2 now (the first address) and is held.
+    proxy.hold(Some(Hold {
+        action: "DescribeInstances".into(),
+        after: 0,
+        reaches_ec2: true,
+    }));
+    one_held(&proxy).await;
+    proxy.hold(None);
+    let eip = ec2::associate_new_eip(&sdk, &id).await;
+    assert_ne!(eip, first);
+    let moved = resolver.a_until(&name, EVENTUALLY, |a| a.a == [eip]).await;
+    assert_eq!(
+        moved.a,
+        [eip],
+        "the heartbeat brings the Elastic IP:\n{}",
+        agent.logs()
+    );
+
+    // The stale read arrives; later sweeps read the truth again.
+    proxy.release();
+    grown(&coordinator, "muster_sweeps_total", 2).await;
+    let answer = resolver.a(&name).await.unwrap();
+    assert_eq!(answer.a, [eip], "{name} stays on the newer address");
+    let node = coordinator.node(CLUSTER, &id).await.node;
+    assert_eq!(node.public_ipv4, Some(eip));
+}

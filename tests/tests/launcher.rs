@@ -21,25 +21,6 @@ use muster_tests::{
     wait_until, Agent, Coordinator, Ec2Proxy, Imds, Moto, Refusal, EVENTUALLY, POLL, ZONE,
 };
 
-/// The flags that launch `count` t3.micro nodes with 30 GiB volumes.
-fn launch_flags(count: u32) -> Vec<String> {
-    [
-        "--region",
-        ec2::TEST_REGION,
-        "--instance-type",
-        "t3.micro",
-        "--count",
-        &count.to_string(),
-        "--disk-gb",
-        "30",
-        "--ami",
-        TEST_AMI,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 async fn create(
     coordinator: &Coordinator,
     name: &str,
@@ -47,24 +28,10 @@ async fn create(
     extra: &[&str],
 ) -> CreateClusterResponse {
     let mut args: Vec<String> = vec!["cluster".into(), "create".into(), name.into()];
-    args.extend(launch_flags(count));
+    args.extend(ec2::launch_args(count, 30));
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     coordinator.admin_json(&args).await
-}
-
-/// Instances of `cluster` EC2 lists as pending or running.
-async fn live_instances(client: &Client, cluster: &str) -> Vec<Instance> {
-    ec2::instances_of_cluster(client, cluster)
-        .await
-        .into_iter()
-        .filter(|i| {
-            matches!(
-                i.state().and_then(|s| s.name()).map(|n| n.as_str()),
-                Some("pending" | "running")
-            )
-        })
-        .collect()
 }
 
 /// How many of `instances` each subnet holds.
@@ -147,7 +114,7 @@ async fn create_scale_and_remove_a_cluster() {
     assert!(report.refused.is_empty(), "{report:?}");
 
     // EC2, read independently.
-    let instances = live_instances(&sdk, "web").await;
+    let instances = ec2::live_instances_of_cluster(&sdk, "web").await;
     assert_eq!(instances.len(), 7);
     let spread = per_subnet(&instances);
     assert_eq!(sorted_counts(&spread), vec![2, 1, 1, 1, 1, 1], "{spread:?}");
@@ -316,7 +283,7 @@ async fn create_scale_and_remove_a_cluster() {
         .admin_json(&["cluster", "scale", "web", "3"])
         .await;
     assert_eq!(scaled.removing.len(), 4, "{scaled:?}");
-    let left = live_instances(&sdk, "web").await;
+    let left = ec2::live_instances_of_cluster(&sdk, "web").await;
     assert_eq!(left.len(), 3);
     let left_spread = per_subnet(&left);
     assert_eq!(
@@ -332,7 +299,7 @@ async fn create_scale_and_remove_a_cluster() {
     // VPC stays.
     let removed: ClusterView = coordinator.admin_json(&["cluster", "rm", "web"]).await;
     assert_eq!(removed.state, ClusterState::Removed);
-    assert!(live_instances(&sdk, "web").await.is_empty());
+    assert!(ec2::live_instances_of_cluster(&sdk, "web").await.is_empty());
     assert!(security_groups_named(&sdk, "muster-web").await.is_empty());
     assert!(!key_pairs(&sdk).await.contains(&launch.key_name));
     assert!(!std::path::Path::new(&key_path).exists());
@@ -343,7 +310,7 @@ async fn create_scale_and_remove_a_cluster() {
         "{nodes:?}"
     );
     // The other cluster is untouched.
-    assert_eq!(live_instances(&sdk, "db").await.len(), 1);
+    assert_eq!(ec2::live_instances_of_cluster(&sdk, "db").await.len(), 1);
 }
 
 /// Provider options are honoured: the user's VPC, two subnets (nodes
@@ -423,7 +390,7 @@ async fn provider_options_are_honoured() {
     .await;
     assert_eq!(created.launch.as_ref().unwrap().launched.len(), 4);
 
-    let instances = live_instances(&sdk, "api").await;
+    let instances = ec2::live_instances_of_cluster(&sdk, "api").await;
     assert_eq!(instances.len(), 4);
     let spread = per_subnet(&instances);
     assert_eq!(spread.get(&subnets[0]), Some(&2), "{spread:?}");
@@ -458,7 +425,7 @@ async fn provider_options_are_honoured() {
     // rm leaves the user's group and key pair alone.
     let removed: ClusterView = coordinator.admin_json(&["cluster", "rm", "api"]).await;
     assert_eq!(removed.state, ClusterState::Removed);
-    assert!(live_instances(&sdk, "api").await.is_empty());
+    assert!(ec2::live_instances_of_cluster(&sdk, "api").await.is_empty());
     assert_eq!(security_groups_named(&sdk, "their-nodes").await.len(), 1);
     assert_eq!(key_pairs(&sdk).await, keys_before);
 }
@@ -504,7 +471,7 @@ async fn a_full_subnet_is_skipped() {
     assert!(report.refused[0]
         .reason
         .starts_with("InsufficientInstanceCapacity"));
-    let instances = live_instances(&sdk, "web").await;
+    let instances = ec2::live_instances_of_cluster(&sdk, "web").await;
     let spread = per_subnet(&instances);
     assert!(!spread.contains_key(&full), "{spread:?}");
     assert_eq!(sorted_counts(&spread), vec![2, 2, 1, 1, 1], "{spread:?}");
@@ -521,10 +488,10 @@ async fn bad_launch_input_changes_nothing() {
     let vpcs_before = sdk.describe_vpcs().send().await.unwrap().vpcs().len();
 
     let mut anywhere: Vec<String> = vec!["cluster".into(), "create".into(), "web".into()];
-    anywhere.extend(launch_flags(1));
+    anywhere.extend(ec2::launch_args(1, 30));
     anywhere.extend(["--admin-cidr".into(), "0.0.0.0/0".into()]);
     let mut bad_ami: Vec<String> = vec!["cluster".into(), "create".into(), "web".into()];
-    bad_ami.extend(launch_flags(1));
+    bad_ami.extend(ec2::launch_args(1, 30));
     let at = bad_ami.iter().position(|a| a == TEST_AMI).unwrap();
     bad_ami[at] = "i-0123abcd".into();
     let incomplete: Vec<String> = ["cluster", "create", "web", "--region", "us-east-1"]
@@ -731,7 +698,7 @@ async fn wait_returns_when_every_node_settles() {
     let moto = Moto::start().await;
     let coordinator = Coordinator::start_with(&moto, &["--launch-timeout", "2s"]).await;
     let mut args: Vec<String> = vec!["cluster".into(), "create".into(), "web".into()];
-    args.extend(launch_flags(2));
+    args.extend(ec2::launch_args(2, 30));
     args.extend(["--wait".into(), "--wait-timeout".into(), "60s".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let answer: serde_json::Value = coordinator.admin_json(&args).await;

@@ -421,6 +421,63 @@ async fn outage_loses_nothing() {
     assert_eq!(status["pending_changes"], 0, "{status}");
 }
 
+/// The coordinator killed (SIGKILL) while its changes hang on a BIND that
+/// accepts and does not answer (frozen with SIGSTOP): started again, with
+/// BIND back, it finishes the reconcile, and the zone ends exactly as
+/// desired: every node at its new address, the round robins whole, every
+/// internal name in place, nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_mid_reconcile_is_finished_after_restart() {
+    let mut scene = Scene::new(&[], async |_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(scene.add_node().await);
+    }
+    let bind = scene.bind.resolver();
+    let round_robin = cluster_dns_name(CLUSTER, ZONE);
+    // Per node its name, wildcard and internal name; the two round robins.
+    let status = scene
+        .dns_status_until(|s| s["pending_changes"] == 0 && s["applied_names"] == 11)
+        .await;
+    assert_eq!(status["applied_names"], 11, "{status}");
+
+    scene.bind.pause();
+    let mut moved = Vec::new();
+    for id in &ids {
+        moved.push(ec2::associate_new_eip(&scene.ec2, id).await);
+    }
+    let status = scene
+        .dns_status_until(|s| s["pending_changes"].as_u64() >= Some(1))
+        .await;
+    assert!(status["pending_changes"].as_u64() >= Some(1), "{status}");
+    scene.coordinator.kill();
+    scene.bind.resume();
+    scene.coordinator.restart().await;
+
+    for (id, eip) in ids.iter().zip(&moved) {
+        let name = node_dns_name(id, CLUSTER, ZONE);
+        let answer = bind.a_until(&name, AFTER_OUTAGE, |a| a.a == [*eip]).await;
+        assert_eq!(answer.a, [*eip], "{name}");
+        let app = format!("app.{name}");
+        let answer = bind.a(&app).await.unwrap();
+        assert_eq!(answer.a, [*eip], "{app} follows its node");
+        let private = ec2::describe(&scene.ec2, id).await.private_ipv4.unwrap();
+        let internal = node_internal_dns_name(id, CLUSTER, ZONE);
+        assert_eq!(bind.a(&internal).await.unwrap().a, [private], "{internal}");
+    }
+    let mut expected = moved.clone();
+    expected.sort();
+    let answer = bind
+        .a_until(&round_robin, AFTER_OUTAGE, |a| a.a == expected)
+        .await;
+    assert_eq!(answer.a, expected, "{round_robin}");
+    let status = scene
+        .dns_status_until(|s| s["pending_changes"] == 0 && s["last_error"].is_null())
+        .await;
+    assert_eq!(status["pending_changes"], 0, "{status}");
+    assert_eq!(status["conflicts"], serde_json::json!({}), "{status}");
+}
+
 /// How many operations BIND's log says each name's updates carried out
 /// (`updating zone '…': adding an RR at 'NAME' …`, `deleting rrset at …`).
 fn bind_updates(logs: &str) -> BTreeMap<String, usize> {

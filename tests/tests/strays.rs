@@ -14,6 +14,8 @@
 //!   pair and the cluster row): the security group is deleted, and the
 //!   name can be created again.
 //! - Instances tagged as another coordinator's are never touched.
+//! - Killed during `cluster rm` (TerminateInstances held before it reaches
+//!   EC2): started again, the coordinator finishes the removal.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ec2::Client;
 use muster_proto::NodeState;
-use muster_tests::ec2::{self, TEST_AMI};
+use muster_tests::ec2;
 use muster_tests::{wait_until, Coordinator, Ec2Proxy, Hold, Moto, POLL};
 
 const CLUSTER: &str = "web";
@@ -40,25 +42,7 @@ const FLAGS: &[&str] = &["--sweep-interval", "1s"];
 
 /// `cluster create web --count 6 …` as the CLI sends it.
 fn create_args() -> Vec<String> {
-    [
-        "cluster",
-        "create",
-        CLUSTER,
-        "--region",
-        ec2::TEST_REGION,
-        "--instance-type",
-        "t3.micro",
-        "--count",
-        &COUNT.to_string(),
-        "--disk-gb",
-        "30",
-        "--ami",
-        TEST_AMI,
-        "--json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ec2::create_args(CLUSTER, COUNT as u32, 30, &["--json"])
 }
 
 /// Runs `cluster create` and, once the proxy holds a call of
@@ -74,7 +58,6 @@ async fn kill_during_create(
     let action = hold.action.clone();
     let held_before = proxy.held();
     proxy.hold(Some(hold));
-    let pid = nix::unistd::Pid::from_raw(coordinator.pid() as i32);
     let args = create_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let killer = async {
@@ -87,7 +70,7 @@ async fn kill_during_create(
         .await;
         assert!(held > held_before, "no {action} call was held");
         after.await;
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+        coordinator.kill();
     };
     let (output, ()) = tokio::join!(coordinator.admin(&args), killer);
     assert!(
@@ -101,15 +84,9 @@ async fn kill_during_create(
 
 /// Instances of the cluster EC2 lists as pending or running, by id.
 async fn live_instances(sdk: &Client) -> BTreeSet<String> {
-    ec2::instances_of_cluster(sdk, CLUSTER)
+    ec2::live_instances_of_cluster(sdk, CLUSTER)
         .await
         .iter()
-        .filter(|i| {
-            matches!(
-                i.state().and_then(|s| s.name()).map(|n| n.as_str()),
-                Some("pending" | "running")
-            )
-        })
         .filter_map(|i| i.instance_id().map(str::to_owned))
         .collect()
 }
@@ -332,4 +309,94 @@ async fn killed_while_preparing() {
     };
     assert_eq!(created.launch.expect("a launch").launched.len(), COUNT);
     assert_eq!(cluster_groups(&sdk).await.len(), 1);
+}
+
+/// Killed while `cluster rm` waits on its TerminateInstances (held before
+/// it reaches EC2): started again, the coordinator finishes the removal on
+/// its own: every instance of the cluster terminated in EC2, its security
+/// group and key pair deleted, the cluster `removed`, its names gone from
+/// DNS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_cluster_rm() {
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let proxy = Ec2Proxy::start(moto.endpoint(), vec![]).await;
+    let mut coordinator = Coordinator::start_at(&proxy.endpoint(), FLAGS).await;
+    let created = coordinator.launch_cluster(CLUSTER, 3, 30, &[]).await;
+    let key_name = created.cluster.launch.expect("launch settings").key_name;
+    let launched = created.launch.expect("a launch").launched;
+    assert_eq!(launched.len(), 3);
+    assert_eq!(cluster_groups(&sdk).await.len(), 1);
+
+    proxy.hold(Some(Hold {
+        action: "TerminateInstances".into(),
+        after: 0,
+        reaches_ec2: false,
+    }));
+    let killer = async {
+        let held = wait_until(
+            Duration::from_secs(60),
+            POLL,
+            || std::future::ready(proxy.held()),
+            |n| *n > 0,
+        )
+        .await;
+        assert!(held > 0, "no TerminateInstances was held");
+        coordinator.kill();
+    };
+    let (output, ()) = tokio::join!(coordinator.admin(&["cluster", "rm", CLUSTER]), killer);
+    assert!(
+        !output.status.success(),
+        "the removal finished before the kill: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(
+        live_instances(&sdk).await.len(),
+        3,
+        "nothing terminated yet"
+    );
+    proxy.hold(None);
+    coordinator.restart().await;
+
+    let gone = wait_until(
+        RESUMED_WITHIN,
+        POLL,
+        || async {
+            (
+                live_instances(&sdk).await.len(),
+                coordinator
+                    .clusters()
+                    .await
+                    .iter()
+                    .filter(|c| c.state != muster_proto::ClusterState::Removed)
+                    .count(),
+                cluster_groups(&sdk).await.len(),
+            )
+        },
+        |counts| *counts == (0, 0, 0),
+    )
+    .await;
+    assert_eq!(
+        gone,
+        (0, 0, 0),
+        "instances, clusters, security groups left:\n{}",
+        coordinator.logs()
+    );
+    let keys = sdk
+        .describe_key_pairs()
+        .send()
+        .await
+        .expect("DescribeKeyPairs");
+    assert!(
+        !keys
+            .key_pairs()
+            .iter()
+            .any(|k| k.key_name() == Some(key_name.as_str())),
+        "the key pair {key_name} is left"
+    );
+    for id in &launched {
+        let name = muster_proto::node_dns_name(id, CLUSTER, muster_tests::ZONE);
+        let answer = coordinator.resolver().a(&name).await.unwrap();
+        assert!(answer.is_nxdomain(), "{name}: {answer:?}");
+    }
 }

@@ -15,7 +15,7 @@ use muster_proto::{
     byon_node_id, ByonIdentity, CreateClusterResponse, NodeState, RegisterRequest, TokenView,
     UserDataResponse, PROTOCOL_VERSION,
 };
-use muster_tests::ec2::{self, TEST_AMI};
+use muster_tests::ec2;
 use muster_tests::{wait_until, Agent, Coordinator, Moto, EVENTUALLY, POLL};
 use reqwest::StatusCode;
 
@@ -70,23 +70,8 @@ async fn every_token_is_listed_and_revocable() {
     let moto = Moto::start().await;
     let sdk = ec2::client(&moto.endpoint()).await;
     let coordinator = Coordinator::start(&moto).await;
-    let created: CreateClusterResponse = coordinator
-        .admin_json(&[
-            "cluster",
-            "create",
-            CLUSTER,
-            "--region",
-            ec2::TEST_REGION,
-            "--instance-type",
-            "t3.micro",
-            "--count",
-            "1",
-            "--disk-gb",
-            "30",
-            "--ami",
-            TEST_AMI,
-            "--byon",
-        ])
+    let created = coordinator
+        .launch_cluster(CLUSTER, 1, 30, &["--byon"])
         .await;
     let launched = created.launch.expect("a launch").launched[0].clone();
     let (_, settings) = ec2::cloud_config(&sdk, &launched).await;

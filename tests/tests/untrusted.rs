@@ -175,21 +175,12 @@ async fn another_account_is_not_trusted() {
     assert_eq!(coordinator.metric("muster_ec2_trusted").await, 0);
 
     let refused = coordinator
-        .admin(&[
-            "cluster",
-            "create",
-            "more",
-            "--region",
-            ec2::TEST_REGION,
-            "--instance-type",
-            "t3.micro",
-            "--count",
-            "1",
-            "--disk-gb",
-            "30",
-            "--ami",
-            ec2::TEST_AMI,
-        ])
+        .admin(
+            &ec2::create_args("more", 1, 30, &[])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
         .await;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");

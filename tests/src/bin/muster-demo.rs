@@ -55,24 +55,13 @@ async fn main() -> anyhow::Result<()> {
 
 /// `cluster create`, then `cluster show` and `node ls`.
 async fn create_cluster(coordinator: &Coordinator) -> anyhow::Result<()> {
-    let count = NODES.to_string();
-    let create = [
-        "cluster",
-        "create",
+    let create = ec2::create_args(
         CLUSTER,
-        "--region",
-        ec2::TEST_REGION,
-        "--instance-type",
-        "t3.micro",
-        "--count",
-        &count,
-        "--disk-gb",
-        "30",
-        "--ami",
-        ec2::TEST_AMI,
-        "--admin-cidr",
-        "198.51.100.0/24",
-    ];
+        NODES as u32,
+        30,
+        &["--admin-cidr", "198.51.100.0/24"],
+    );
+    let create: Vec<&str> = create.iter().map(String::as_str).collect();
     step(&format!("muster-coordinator {}", create.join(" ")));
     let out = coordinator.admin(&create).await;
     print!("{}", String::from_utf8_lossy(&out.stdout));
