@@ -20,7 +20,8 @@
 //!   through the SDK, as moto answers (it never throttles); then a zone of
 //!   500 nodes once more, with `Throttling` injected by the proxy, to show
 //!   the retries. `--only p7` runs just this one, `--p7-nodes N` changes
-//!   the big zone's size.
+//!   the big zone's size. (`--only p2` runs P3 and P2 alone: P2 uses P3's
+//!   last agent.)
 //! - P8 at 10k and 100k nodes: `muster-load` with bring-your-own nodes,
 //!   its memory rows (P1 and P8 at 2000 nodes are `scripts/bench`'s own
 //!   `muster-load` run, alone).
@@ -70,8 +71,17 @@ struct Args {
     trials: usize,
     idle: Duration,
     agent_release: Option<PathBuf>,
-    only_p7: bool,
+    only: Option<Only>,
     p7_nodes: usize,
+}
+
+/// What `--only` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    /// P7.
+    P7,
+    /// P3 and P2.
+    P2,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -79,7 +89,7 @@ fn args() -> anyhow::Result<Args> {
         trials: 30,
         idle: Duration::from_secs(60),
         agent_release: None,
-        only_p7: false,
+        only: None,
         p7_nodes: p7::P7_NODES,
     };
     let mut it = std::env::args().skip(1);
@@ -98,8 +108,11 @@ fn args() -> anyhow::Result<Args> {
             "--idle-secs" => parsed.idle = Duration::from_secs(value.parse()?),
             "--agent-release" => parsed.agent_release = Some(PathBuf::from(value)),
             "--only" => {
-                anyhow::ensure!(value.eq_ignore_ascii_case("p7"), "--only takes p7");
-                parsed.only_p7 = true;
+                parsed.only = Some(match value.to_ascii_lowercase().as_str() {
+                    "p7" => Only::P7,
+                    "p2" => Only::P2,
+                    _ => anyhow::bail!("--only takes p7 or p2"),
+                });
             }
             "--p7-nodes" => {
                 parsed.p7_nodes = value.parse()?;
@@ -126,8 +139,11 @@ async fn main() -> anyhow::Result<()> {
     // whose figures are counts, timers, the agent's own CPU time or memory
     // (P6, P5, P4), and beside the agent's release build, which
     // `scripts/bench` runs meanwhile. P7's rounds, P3 and P2 run alone.
+    if args.only == Some(Only::P2) {
+        return p3_and_p2(&args).await;
+    }
     let p7_big = tokio::spawn(p7::p7_setup(args.p7_nodes, p7::P7Start::Seeded));
-    if args.only_p7 {
+    if args.only == Some(Only::P7) {
         for row in p7::p7(p7_big, "").await? {
             println!("{row}");
         }
@@ -200,5 +216,29 @@ async fn main() -> anyhow::Result<()> {
     drop(last);
     drop(coordinator);
     drop(moto);
+    Ok(())
+}
+
+/// `--only p2`: P3 then P2, alone, on a coordinator of their own.
+async fn p3_and_p2(args: &Args) -> anyhow::Result<()> {
+    let command = format!("`muster-bench --only p2 --trials {}`", args.trials);
+    let moto = Moto::start().await;
+    agents::wait_for_agent().await?;
+    let coordinator = Coordinator::start_with(&moto, &["--dns-rate-limit", "0"]).await;
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    let client = ec2::client(&moto.endpoint()).await;
+    let resolver = coordinator.resolver();
+    let scene = agents::Scene {
+        client: &client,
+        coordinator: &coordinator,
+        resolver: &resolver,
+        token: &token,
+    };
+    let (starts, last) = agents::p3(&scene).await?;
+    println!(
+        "{}",
+        agents::p2(&scene, &last, args.trials, &command).await?
+    );
+    println!("{}", agents::p3_row(&starts, &command));
     Ok(())
 }
