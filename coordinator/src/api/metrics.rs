@@ -112,7 +112,7 @@ fn registry_metrics(out: &mut Exposition, registry: &Registry) {
     out.section(
         "muster_nodes",
         "gauge",
-        "Nodes by state.",
+        "Nodes by state, as kept in memory: terminated counts only those terminated because EC2 did not know them (they may come back); nodes terminated for good are history, kept in the store until --retention.",
         registry
             .nodes_by_state()
             .iter()

@@ -433,3 +433,41 @@ fn prune_deletes_only_old_history() {
     assert_eq!(jobs, 1, "the finished job goes, the open one stays");
     assert_eq!(store.unfinished_launch_jobs().unwrap().len(), 1);
 }
+
+/// Thousands of terminated nodes older than the cut go in one prune, with
+/// their events; the live node launched with them stays.
+#[test]
+fn prune_takes_thousands_at_once() {
+    let store = Store::open_in_memory().unwrap();
+    let cluster = store.create_cluster("web", "h", Some("{}")).unwrap();
+    let instances: Vec<LaunchedInstance> = (0..3001)
+        .map(|i| LaunchedInstance {
+            instance_id: format!("i-{i:017x}"),
+            subnet_id: "subnet-1".to_owned(),
+            availability_zone: "us-east-1a".to_owned(),
+            private_ipv4: None,
+        })
+        .collect();
+    let nodes = store
+        .insert_launched(
+            cluster.id,
+            "us-east-1",
+            &instances,
+            None,
+            ("launched", EventSource::Operator),
+        )
+        .unwrap();
+    let live = &instances[3000].instance_id;
+    store
+        .lock()
+        .execute(
+            "UPDATE nodes SET state = 'terminated', updated_at = 1000 WHERE instance_id != ?1",
+            [live],
+        )
+        .unwrap();
+    let pruned = store.prune(2000).unwrap();
+    assert_eq!(pruned.nodes.len(), 3000);
+    assert!(store.events(nodes[0].id).unwrap().is_empty());
+    assert_eq!(store.nodes(Some("web")).unwrap().len(), 1);
+    assert!(store.node_by_instance(live).unwrap().is_some());
+}
