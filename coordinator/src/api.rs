@@ -50,9 +50,9 @@ pub use errors::ApiError;
 pub use guards::{client_addr, source_limiter, SourceLimiter, BODY_TIMEOUT};
 
 use admin::{
-    admit_machine, backup, byon_token, create_cluster, dns_status, list_clusters, list_nodes,
-    list_tokens, node_events, remove_cluster, remove_node, revoke_token, rotate_admin_token,
-    rotate_token, scale_cluster, show_cluster, show_node, user_data,
+    admit_machine, backup, byon_token, create_cluster, dns_status, extend_cluster, list_clusters,
+    list_nodes, list_tokens, node_events, remove_cluster, remove_node, revoke_token,
+    rotate_admin_token, rotate_token, scale_cluster, show_cluster, show_node, user_data,
 };
 use agents::{agent_download, heartbeat, register};
 use guards::{limit_agents, remember_served};
@@ -94,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::CLUSTER_SCALE, post(scale_cluster))
         .route(paths::CLUSTER_BYON_TOKEN, post(byon_token))
         .route(paths::CLUSTER_ROTATE_TOKEN, post(rotate_token))
+        .route(paths::CLUSTER_EXTEND, post(extend_cluster))
         .route(paths::CLUSTER_TOKENS, get(list_tokens))
         .route(paths::CLUSTER_TOKEN, axum::routing::delete(revoke_token))
         .route(paths::CLUSTER_BAN, axum::routing::delete(admit_machine))

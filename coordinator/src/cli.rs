@@ -243,6 +243,22 @@ impl AdminClient {
             .await
     }
 
+    /// `POST /v1/clusters/{name}/extend`.
+    pub async fn extend_cluster(
+        &self,
+        name: &str,
+        by: std::time::Duration,
+    ) -> Result<muster_proto::ClusterView, CliError> {
+        check_cluster_arg(name)?;
+        let req = muster_proto::ExtendClusterRequest {
+            by_secs: by.as_secs(),
+        };
+        req.validate()
+            .map_err(|e| setting("BY", &e.value, e.reason))?;
+        self.send("POST", &paths::cluster_extend(name), Some(&req))
+            .await
+    }
+
     /// `POST /v1/admin/rotate-token`.
     pub async fn rotate_admin_token(&self) -> Result<muster_proto::AdminTokenResponse, CliError> {
         self.send("POST", paths::ADMIN_ROTATE_TOKEN, None::<&()>)

@@ -180,6 +180,10 @@ enum ClusterCommand {
         /// The most nodes that bring-your-own token may create [default: 10]
         #[arg(long, requires = "byon")]
         byon_max_nodes: Option<u32>,
+        /// Remove the cluster, as `cluster rm` does, after this long, e.g.
+        /// "2h" (`cluster extend` moves the end) [default: never]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
         /// Wait, with a progress bar, until every node is deployed or failed;
         /// with --json, print {"created": …, "nodes": […]}.
         #[arg(long, requires = "region")]
@@ -187,6 +191,18 @@ enum ClusterCommand {
         /// Give up waiting after this long.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         wait_timeout: Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add BY (e.g. "1h") to the lifetime of a cluster created with
+    /// --expires-in.
+    Extend {
+        /// Cluster name.
+        name: String,
+        /// How much longer it lives, e.g. "1h".
+        #[arg(value_parser = humantime::parse_duration)]
+        by: Duration,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -380,6 +396,7 @@ async fn cluster(client: &AdminClient, command: ClusterCommand) -> Result<(), Cl
             launch,
             byon,
             byon_max_nodes,
+            expires_in,
             wait,
             wait_timeout,
             json,
@@ -389,6 +406,7 @@ async fn cluster(client: &AdminClient, command: ClusterCommand) -> Result<(), Cl
                 launch: launch.spec(),
                 byon,
                 byon_max_nodes,
+                expires_in_secs: expires_in.map(|d| d.as_secs()),
             };
             commands::cluster_create(client, &req, wait.then_some(wait_timeout), json).await
         }
@@ -397,6 +415,9 @@ async fn cluster(client: &AdminClient, command: ClusterCommand) -> Result<(), Cl
             expires_in,
             json,
         } => commands::cluster_rotate_token(client, &name, expires_in, json).await,
+        ClusterCommand::Extend { name, by, json } => {
+            commands::cluster_extend(client, &name, by, json).await
+        }
         ClusterCommand::ByonToken {
             name,
             max_nodes,

@@ -38,7 +38,8 @@
 //! - [`liveness`]: silence and the EC2 sweep.
 //! - [`views`]: what the admin API reads back.
 //! - [`clusters`] and [`removal`]: cluster create, scale and tokens; node
-//!   and cluster removal.
+//!   and cluster removal. [`lifetimes`]: clusters removed when their
+//!   lifetime ends, and extended.
 //! - [`tokens`]: a cluster's tokens listed, capped and revoked, and the
 //!   bring-your-own machines `node rm` banned.
 //! - [`strays`]: what this coordinator launched or made but does not
@@ -71,6 +72,7 @@ pub mod ec2_view;
 mod heartbeat;
 pub mod identity_document;
 pub mod lifecycle;
+mod lifetimes;
 mod live;
 mod liveness;
 mod register;

@@ -5,12 +5,12 @@
 //! Start-up goes: the open files limit, raised ([`crate::fdlimit`]); the
 //! data dir; TLS and the admin token ([`crate::pki`]); the store; EC2
 //! ([`crate::ec2`]) and the account it answers for; the agent to serve and
-//! the launcher;
-//! the registry and its loops (publisher, liveness, sweep); the DNS
-//! provider and its loops, if one is configured; the embedded DNS server;
-//! the HTTPS API behind its connection guards
-//! ([`crate::api::connections`]). systemd hears READY once the API listens, and STOPPING
-//! when shutdown begins; in-flight requests then get [`DRAIN_DEADLINE`].
+//! the launcher; the registry and its loops (publisher, liveness, sweep,
+//! pruning, cluster lifetimes); the DNS provider and its loops, if one is
+//! configured; the embedded DNS server; the HTTPS API behind its
+//! connection guards ([`crate::api::connections`]). systemd hears READY
+//! once the API listens, and STOPPING when shutdown begins; in-flight
+//! requests then get [`DRAIN_DEADLINE`].
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -134,6 +134,7 @@ pub async fn serve(
         tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
         tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
         tokio::spawn(prune_loop(registry.clone(), settings.retention)),
+        tokio::spawn(expiry_loop(registry.clone())),
         tokio::spawn(forget_loop(connections.clone())),
     ];
     let dns_status = Arc::new(StatusBoard::default());
@@ -527,6 +528,22 @@ async fn liveness_loop(registry: Arc<Registry>, grace: Duration) {
     loop {
         ticker.tick().await;
         registry.check_liveness().await;
+    }
+}
+
+/// Removes the clusters whose lifetime has ended, looking every second
+/// (only while EC2 is trusted: a removal terminates instances).
+async fn expiry_loop(registry: Arc<Registry>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if registry.ec2_account().untrusted_because().is_some() {
+            continue;
+        }
+        if let Err(error) = registry.remove_expired_clusters().await {
+            tracing::error!(%error, "could not remove the clusters whose lifetime ended");
+        }
     }
 }
 

@@ -121,6 +121,8 @@ pub const MIGRATIONS: &[&str] = &[
         banned_at INTEGER NOT NULL,
         PRIMARY KEY (cluster_id, machine)
     );",
+    // 10: clusters with a lifetime, removed when it ends.
+    "ALTER TABLE clusters ADD COLUMN expires_at INTEGER;",
 ];
 
 /// Errors of the store, named after the operation that failed.

@@ -29,6 +29,10 @@ pub struct ClusterView {
     /// How its nodes are launched; absent for a cluster agents join on
     /// their own.
     pub launch: Option<launch::LaunchView>,
+    /// When its lifetime ends and it is removed, RFC 3339; absent for a
+    /// cluster that lives until `cluster rm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// The life of a cluster.
@@ -94,16 +98,37 @@ pub struct CreateClusterRequest {
     /// [`DEFAULT_BYON_MAX_NODES`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub byon_max_nodes: Option<u32>,
+    /// Seconds the cluster lives (1 to ten years): then it is removed as by
+    /// `cluster rm`, unless extended. Absent, it lives until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
 }
 
 impl CreateClusterRequest {
-    /// Checks the name and the launch spec.
+    /// Checks the name, the launch spec and the bounds.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate::cluster_name("name", &self.name)?;
         if let Some(spec) = &self.launch {
             spec.validate()?;
         }
-        byon_max_nodes("byon_max_nodes", self.byon_max_nodes)
+        byon_max_nodes("byon_max_nodes", self.byon_max_nodes)?;
+        lifetime("expires_in_secs", self.expires_in_secs)
+    }
+}
+
+/// What `POST /v1/clusters/{name}/extend` takes: how much longer a cluster
+/// with a lifetime lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendClusterRequest {
+    /// Seconds added to its lifetime (1 to ten years).
+    pub by_secs: u64,
+}
+
+impl ExtendClusterRequest {
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        lifetime("by_secs", Some(self.by_secs))
     }
 }
 
@@ -199,7 +224,8 @@ pub struct ByonTokenResponse {
     pub byon_token: String,
 }
 
-/// The longest a join token may be given to live: ten years.
+/// The longest a join token (or a cluster) may be given to live: ten
+/// years.
 pub const MAX_TOKEN_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// What `POST /v1/clusters/{name}/rotate-token` takes.
@@ -221,9 +247,14 @@ impl RotateTokenRequest {
 
 /// Checks a join token's lifetime: absent, or 1 second to ten years.
 fn token_lifetime(expires_in_secs: Option<u64>) -> Result<(), ValidationError> {
-    match expires_in_secs {
+    lifetime("expires_in_secs", expires_in_secs)
+}
+
+/// Checks a lifetime `field`: absent, or 1 second to ten years.
+fn lifetime(field: &str, secs: Option<u64>) -> Result<(), ValidationError> {
+    match secs {
         Some(secs) if !(1..=MAX_TOKEN_LIFETIME_SECS).contains(&secs) => Err(ValidationError::new(
-            "expires_in_secs",
+            field,
             &secs.to_string(),
             "must be between 1 second and ten years",
         )),

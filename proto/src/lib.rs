@@ -47,9 +47,9 @@ pub use agent_api::{
 };
 pub use cluster::{
     AdminTokenResponse, AgentDownload, ByonTokenRequest, ByonTokenResponse, ClusterState,
-    ClusterView, CreateClusterRequest, CreateClusterResponse, RotateTokenRequest,
-    RotateTokenResponse, TokenView, UserDataRequest, UserDataResponse, DEFAULT_BYON_MAX_NODES,
-    MAX_BYON_MAX_NODES, MAX_TOKEN_LIFETIME_SECS,
+    ClusterView, CreateClusterRequest, CreateClusterResponse, ExtendClusterRequest,
+    RotateTokenRequest, RotateTokenResponse, TokenView, UserDataRequest, UserDataResponse,
+    DEFAULT_BYON_MAX_NODES, MAX_BYON_MAX_NODES, MAX_TOKEN_LIFETIME_SECS,
 };
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use node::{

@@ -16,6 +16,8 @@ pub const CLUSTER_SCALE: &str = "/v1/clusters/{name}/scale";
 pub const CLUSTER_BYON_TOKEN: &str = "/v1/clusters/{name}/byon-token";
 /// Admin: replace a cluster's join token, optionally with an expiry (POST).
 pub const CLUSTER_ROTATE_TOKEN: &str = "/v1/clusters/{name}/rotate-token";
+/// Admin: add to the lifetime of a cluster that has one (POST).
+pub const CLUSTER_EXTEND: &str = "/v1/clusters/{name}/extend";
 /// Admin: a cluster's tokens, never their secrets (GET).
 pub const CLUSTER_TOKENS: &str = "/v1/clusters/{name}/tokens";
 /// Admin: revoke one of a cluster's tokens at once (DELETE).
@@ -84,6 +86,11 @@ pub fn cluster_ban(name: &str, machine: &str) -> String {
 /// The join-token rotation path of one cluster.
 pub fn cluster_rotate_token(name: &str) -> String {
     format!("{CLUSTERS}/{name}/rotate-token")
+}
+
+/// The lifetime extension path of one cluster.
+pub fn cluster_extend(name: &str) -> String {
+    format!("{CLUSTERS}/{name}/extend")
 }
 
 /// The user data path of one cluster.

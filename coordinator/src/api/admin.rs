@@ -96,6 +96,14 @@ pub(super) async fn rotate_token(
     Ok(Json(state.registry.rotate_token(&name, &req).await?))
 }
 
+pub(super) async fn extend_cluster(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Body(req): Body<muster_proto::ExtendClusterRequest>,
+) -> Result<Json<muster_proto::ClusterView>, ApiError> {
+    Ok(Json(state.registry.extend_cluster(&name, &req).await?))
+}
+
 pub(super) async fn rotate_admin_token(
     State(state): State<AppState>,
 ) -> Result<Json<muster_proto::AdminTokenResponse>, ApiError> {

@@ -95,6 +95,22 @@ async fn finish_launch(
     Ok(())
 }
 
+/// `cluster extend`: a later end of the cluster's lifetime.
+pub async fn cluster_extend(
+    client: &AdminClient,
+    name: &str,
+    by: Duration,
+    json: bool,
+) -> Result<(), CliError> {
+    let cluster = client.extend_cluster(name, by).await?;
+    if json {
+        print_json(&cluster);
+    } else {
+        print!("{}", clusters_table(std::slice::from_ref(&cluster)));
+    }
+    Ok(())
+}
+
 /// `cluster rotate-token`: a new join token, shown once.
 pub async fn cluster_rotate_token(
     client: &AdminClient,

@@ -53,12 +53,13 @@ pub fn clusters_table(clusters: &[ClusterView]) -> String {
                     .map_or_else(|| "-".to_owned(), |l| l.count.to_string()),
                 c.dns_name.clone(),
                 c.created_at.clone(),
+                c.expires_at.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
         .collect();
     table(
         &[
-            "NAME", "STATE", "DEPLOYED", "NODES", "TARGET", "DNS", "CREATED",
+            "NAME", "STATE", "DEPLOYED", "NODES", "TARGET", "DNS", "CREATED", "EXPIRES",
         ],
         &rows,
     )

@@ -174,10 +174,14 @@ impl Registry {
             }
         }
         let token = new_secret(TokenKind::Join);
+        let expires_at = expiry(req.expires_in_secs);
         let Some(spec) = &req.launch else {
-            let cluster = self
-                .store
-                .create_cluster(&req.name, &hash_secret(&token), None)?;
+            let cluster = self.store.create_cluster_expiring(
+                &req.name,
+                &hash_secret(&token),
+                None,
+                expires_at,
+            )?;
             self.forget_removed(&req.name);
             tracing::info!(cluster = %cluster.name, "cluster created");
             return Ok((self.cluster_view(&cluster, &[]), token, None));
@@ -194,10 +198,12 @@ impl Registry {
         self.store.add_launch_region(&spec.region)?;
         let launch = context.launcher.prepare(&req.name, spec).await?;
         let json = launch_json(&launch)?;
-        let cluster = match self
-            .store
-            .create_cluster(&req.name, &hash_secret(&token), Some(&json))
-        {
+        let cluster = match self.store.create_cluster_expiring(
+            &req.name,
+            &hash_secret(&token),
+            Some(&json),
+            expires_at,
+        ) {
             Ok(cluster) => cluster,
             Err(error) => {
                 context.launcher.release(&launch).await.ok();
@@ -450,8 +456,8 @@ impl Registry {
     }
 }
 
-/// When a join token living `expires_in_secs` from now stops working
-/// (unix ms); `None` never.
+/// When a join token (or a cluster) living `expires_in_secs` from now
+/// ends (unix ms); `None` never.
 pub(super) fn expiry(expires_in_secs: Option<u64>) -> Option<i64> {
     expires_in_secs.map(|secs| {
         crate::store::now_ms()

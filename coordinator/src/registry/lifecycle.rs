@@ -43,6 +43,9 @@ pub enum Input {
     /// An operator asked to remove the node (`node rm`, `cluster rm`,
     /// `cluster scale` down).
     OperatorRemove,
+    /// The node's cluster reached the end of its lifetime
+    /// (`cluster create --expires-in`).
+    ClusterExpired,
     /// The agent of a node terminated only because EC2 did not know its
     /// instance is heard again, and EC2 confirms the instance runs with
     /// the addresses it claims.
@@ -94,8 +97,12 @@ pub fn next(state: NodeState, input: Input, unknown_limit: u32) -> Option<(NodeS
             format!("the agent did not register within the launch timeout of {after_secs}s"),
         ),
         (Input::LaunchTimedOut { .. }, _) => return None,
-        (Input::OperatorRemove, Terminating) => return None,
+        (Input::OperatorRemove | Input::ClusterExpired, Terminating) => return None,
         (Input::OperatorRemove, _) => (Terminating, "operator asked to remove the node".to_owned()),
+        (Input::ClusterExpired, _) => (
+            Terminating,
+            "the cluster's lifetime ended (cluster create --expires-in)".to_owned(),
+        ),
     };
     Some(to)
 }
@@ -243,6 +250,7 @@ mod tests {
             Just(Input::Ec2Gone),
             (0u32..6).prop_map(|sweeps| Input::Ec2Unknown { sweeps }),
             Just(Input::OperatorRemove),
+            Just(Input::ClusterExpired),
             Just(Input::LaunchTimedOut { after_secs: 600 }),
         ]
     }

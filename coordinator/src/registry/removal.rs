@@ -120,9 +120,18 @@ impl Registry {
             let instance_ids: Vec<String> = ids.iter().map(|(_, i)| i.clone()).collect();
             self.ec2.terminate_many(region, &instance_ids).await?;
         }
+        // A removal the cluster's lifetime started says so in the nodes'
+        // events (after a restart too: the end is stored).
+        let input = if cluster
+            .expires_at
+            .is_some_and(|t| t <= crate::store::now_ms())
+        {
+            Input::ClusterExpired
+        } else {
+            Input::OperatorRemove
+        };
         for node in &nodes {
-            self.apply(node.id, Input::OperatorRemove, EventSource::Operator)
-                .await?;
+            self.apply(node.id, input, EventSource::Operator).await?;
         }
         let not_yet_terminated = |id: &i64| {
             self.live()

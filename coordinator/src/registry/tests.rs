@@ -829,6 +829,7 @@ async fn cluster_names_are_checked() {
             launch: None,
             byon: false,
             byon_max_nodes: None,
+            expires_in_secs: None,
         };
         assert!(registry.create_cluster(&req).await.is_err());
     }
@@ -837,6 +838,7 @@ async fn cluster_names_are_checked() {
         launch: None,
         byon: false,
         byon_max_nodes: None,
+        expires_in_secs: None,
     };
     let err = registry.create_cluster(&req).await.unwrap_err();
     assert_eq!(err.code(), "cluster_exists");
@@ -846,6 +848,7 @@ async fn cluster_names_are_checked() {
             launch: None,
             byon: true,
             byon_max_nodes: None,
+            expires_in_secs: None,
         })
         .await
         .unwrap();
@@ -869,4 +872,59 @@ async fn launch_needs_a_launcher() {
     let err = registry.create_cluster(&req).await.unwrap_err();
     assert_eq!(err.code(), "invalid_request", "{err}");
     assert!(registry.cluster("api").is_err());
+}
+
+/// A cluster's lifetime: shown, extended from its end, refused for a
+/// cluster without one, and once it has ended the cluster is removed.
+#[tokio::test]
+async fn a_cluster_lifetime_ends_in_its_removal() {
+    let (registry, _, _) = setup();
+    let registry = Arc::new(registry);
+    let create = |name: &str, expires_in_secs| CreateClusterRequest {
+        name: name.into(),
+        launch: None,
+        byon: false,
+        byon_max_nodes: None,
+        expires_in_secs,
+    };
+    let brief = registry
+        .create_cluster(&create("brief", Some(3600)))
+        .await
+        .unwrap()
+        .cluster;
+    let ends = |view: &muster_proto::ClusterView| {
+        humantime::parse_rfc3339(view.expires_at.as_deref().expect("an end")).unwrap()
+    };
+    let extended = registry
+        .extend_cluster("brief", &muster_proto::ExtendClusterRequest { by_secs: 60 })
+        .await
+        .unwrap();
+    assert_eq!(
+        ends(&extended).duration_since(ends(&brief)).unwrap(),
+        Duration::from_secs(60)
+    );
+    let err = registry
+        .extend_cluster("web", &muster_proto::ExtendClusterRequest { by_secs: 60 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_request", "{err}");
+    let err = registry
+        .create_cluster(&create("never", Some(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_request", "{err}");
+
+    assert_eq!(registry.remove_expired_clusters().await.unwrap(), 0);
+    let id = registry.store.cluster("brief").unwrap().unwrap().id;
+    assert!(registry
+        .store
+        .set_cluster_expiry(id, crate::store::now_ms() - 1)
+        .unwrap());
+    assert_eq!(registry.remove_expired_clusters().await.unwrap(), 1);
+    let state = registry.store.cluster("brief").unwrap().unwrap().state;
+    assert_ne!(state, muster_proto::ClusterState::Active);
+    assert_eq!(
+        registry.store.cluster("web").unwrap().unwrap().state,
+        muster_proto::ClusterState::Active
+    );
 }

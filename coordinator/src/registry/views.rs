@@ -36,6 +36,7 @@ impl Registry {
                     None
                 }
             },
+            expires_at: cluster.expires_at.map(rfc3339_ms),
         }
     }
 

@@ -26,6 +26,9 @@ pub struct Cluster {
     pub launch: Option<String>,
     /// When the join token stops working (unix ms); `None` never.
     pub join_token_expires_at: Option<i64>,
+    /// When the cluster's lifetime ends and it is removed (unix ms);
+    /// `None` never.
+    pub expires_at: Option<i64>,
 }
 
 /// A join token beyond the cluster's own, by what it is for.
@@ -101,7 +104,7 @@ fn parse_purpose(kind: String) -> Result<TokenPurpose, StoreError> {
 }
 
 const CLUSTER_COLUMNS: &str =
-    "id, name, join_token_hash, created_at, state, launch, join_token_expires_at";
+    "id, name, join_token_hash, created_at, state, launch, join_token_expires_at, expires_at";
 
 fn cluster_from_row(row: &Row<'_>) -> rusqlite::Result<Cluster> {
     let state: String = row.get(4)?;
@@ -115,6 +118,7 @@ fn cluster_from_row(row: &Row<'_>) -> rusqlite::Result<Cluster> {
         })?,
         launch: row.get(5)?,
         join_token_expires_at: row.get(6)?,
+        expires_at: row.get(7)?,
     })
 }
 
@@ -127,6 +131,18 @@ impl Store {
         name: &str,
         join_token_hash: &str,
         launch: Option<&str>,
+    ) -> Result<Cluster, StoreError> {
+        self.create_cluster_expiring(name, join_token_hash, launch, None)
+    }
+
+    /// [`Store::create_cluster`], with the cluster removed at `expires_at`
+    /// (unix ms) if given.
+    pub fn create_cluster_expiring(
+        &self,
+        name: &str,
+        join_token_hash: &str,
+        launch: Option<&str>,
+        expires_at: Option<i64>,
     ) -> Result<Cluster, StoreError> {
         let mut conn = self.lock();
         let tx = conn
@@ -148,14 +164,15 @@ impl Store {
                 .map_err(query("forgetting a removed cluster"))?;
         }
         let inserted = tx.execute(
-            "INSERT INTO clusters (name, join_token_hash, created_at, state, launch) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO clusters (name, join_token_hash, created_at, state, launch, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 name,
                 join_token_hash,
                 created_at,
                 ClusterState::Active.as_str(),
-                launch
+                launch,
+                expires_at
             ],
         );
         match inserted {
@@ -182,6 +199,7 @@ impl Store {
             state: ClusterState::Active,
             launch: launch.map(str::to_owned),
             join_token_expires_at: None,
+            expires_at,
         })
     }
 
@@ -246,6 +264,18 @@ impl Store {
             )
             .map(|_| ())
             .map_err(query("updating a cluster's state"))
+    }
+
+    /// Moves the end of an active cluster's lifetime to `expires_at` (unix
+    /// ms); false, writing nothing, when the cluster is no longer active.
+    pub fn set_cluster_expiry(&self, id: i64, expires_at: i64) -> Result<bool, StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE clusters SET expires_at = ?2 WHERE id = ?1 AND state = ?3",
+                params![id, expires_at, ClusterState::Active.as_str()],
+            )
+            .map(|changed| changed == 1)
+            .map_err(query("moving a cluster's expiry"))
     }
 
     /// Keeps the hash of a further join token of a cluster, valid until
