@@ -76,24 +76,42 @@ pub fn elf_arch(path: &Path) -> Result<&'static str, AgentFileError> {
     }
 }
 
-/// The agent files the settings name, checked: the binary given (an ELF
-/// executable of an EC2 architecture), else `muster-agent` next to this
-/// executable if it is one; the package only beside a binary.
+/// The agent binaries served, one per architecture, and the package if
+/// any.
+pub type AgentFiles = (Vec<PathBuf>, Option<PathBuf>);
+
+/// The agent files the settings name, checked: the binaries given (ELF
+/// executables of EC2 architectures, at most one per architecture), else
+/// `muster-agent` next to this executable if it is one; the package only
+/// beside a binary of its architecture (the first binary's).
 pub(crate) fn resolve(
-    binary: Option<PathBuf>,
+    binaries: Vec<PathBuf>,
     deb: Option<PathBuf>,
-) -> Result<Option<(PathBuf, Option<PathBuf>)>, Invalid> {
-    let binary = match binary {
-        Some(path) => {
-            elf_arch(&path).map_err(|e| {
+) -> Result<Option<AgentFiles>, Invalid> {
+    let binaries = if binaries.is_empty() {
+        beside_this_executable()
+            .filter(|path| elf_arch(path).is_ok())
+            .into_iter()
+            .collect()
+    } else {
+        let mut seen: Vec<&'static str> = Vec::new();
+        for path in &binaries {
+            let arch = elf_arch(path).map_err(|e| {
                 Invalid::whole("agent_binary", path.display().to_string(), reason_of(&e))
             })?;
-            Some(path)
+            if seen.contains(&arch) {
+                return Err(Invalid::whole(
+                    "agent_binary",
+                    path.display().to_string(),
+                    format!("is a second {arch} binary: give one per architecture"),
+                ));
+            }
+            seen.push(arch);
         }
-        None => beside_this_executable().filter(|path| elf_arch(path).is_ok()),
+        binaries
     };
     if let Some(deb) = &deb {
-        if binary.is_none() {
+        if binaries.is_empty() {
             return Err(Invalid::whole(
                 "agent_deb",
                 deb.display().to_string(),
@@ -103,7 +121,7 @@ pub(crate) fn resolve(
         check_deb(deb)
             .map_err(|e| Invalid::whole("agent_deb", deb.display().to_string(), reason_of(&e)))?;
     }
-    Ok(binary.map(|b| (b, deb)))
+    Ok((!binaries.is_empty()).then_some((binaries, deb)))
 }
 
 /// What is wrong with an agent file, without repeating its path.

@@ -151,9 +151,10 @@ pub struct Settings {
     pub trust: Trust,
     /// What no single client may exhaust.
     pub limits: Limits,
-    /// The agent served to booting nodes: binary, and package if any;
-    /// `None` when there is none (the image must carry it).
-    pub agent: Option<(PathBuf, Option<PathBuf>)>,
+    /// The agent served to booting nodes: a binary per architecture, and
+    /// the package if any (of the first binary's architecture); `None` when
+    /// there is none (the image must carry it).
+    pub agent: Option<agent_files::AgentFiles>,
 }
 
 impl Settings {

@@ -138,9 +138,11 @@ pub struct ServeArgs {
     )]
     pub insecure_no_identity_document: Option<String>,
     /// The muster-agent binary served to booting nodes and installed by
-    /// their user data [default: muster-agent next to this executable, if there]
-    #[arg(long, env = "MUSTER_AGENT_BINARY")]
-    pub agent_binary: Option<PathBuf>,
+    /// their user data; repeat it (or separate with commas) for one binary
+    /// per architecture, each read from its ELF header [default:
+    /// muster-agent next to this executable, if there]
+    #[arg(long, env = "MUSTER_AGENT_BINARY", value_delimiter = ',')]
+    pub agent_binary: Vec<PathBuf>,
     /// The agent's Debian package, served beside the binary (needs an agent binary)
     #[arg(long, env = "MUSTER_AGENT_DEB")]
     pub agent_deb: Option<PathBuf>,
@@ -186,8 +188,16 @@ pub(crate) struct FileServe {
     dns_rate_limit: Option<toml::Value>,
     identity_certs: Option<PathBuf>,
     insecure_no_identity_document: Option<bool>,
-    agent_binary: Option<PathBuf>,
+    agent_binary: Option<OneOrMany>,
     agent_deb: Option<PathBuf>,
+}
+
+/// A file key that takes one path or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,7 +248,7 @@ pub(crate) struct Given {
     pub dns_rate_limit: Option<String>,
     pub identity_certs: Option<PathBuf>,
     pub insecure_no_identity_document: Option<String>,
-    pub agent_binary: Option<PathBuf>,
+    pub agent_binary: Vec<PathBuf>,
     pub agent_deb: Option<PathBuf>,
 }
 
@@ -291,7 +301,15 @@ impl Given {
             insecure_no_identity_document: a
                 .insecure_no_identity_document
                 .or(file.insecure_no_identity_document.map(|b| b.to_string())),
-            agent_binary: a.agent_binary.or(file.agent_binary),
+            agent_binary: if a.agent_binary.is_empty() {
+                match file.agent_binary {
+                    Some(OneOrMany::One(path)) => vec![path],
+                    Some(OneOrMany::Many(paths)) => paths,
+                    None => Vec::new(),
+                }
+            } else {
+                a.agent_binary
+            },
             agent_deb: a.agent_deb.or(file.agent_deb),
         }
     }

@@ -123,13 +123,13 @@ fn bad_values_name_themselves() {
             a.insecure_no_identity_document = Some("maybe".into())
         }),
         ("agent_binary", |a| {
-            a.agent_binary = Some("/nonexistent/muster-agent".into())
+            a.agent_binary = vec!["/nonexistent/muster-agent".into()]
         }),
         ("agent_binary", |a| {
-            a.agent_binary = Some("/etc/hostname".into())
+            a.agent_binary = vec!["/etc/hostname".into()]
         }),
         ("agent_deb", |a| {
-            a.agent_binary = Some(std::env::current_exe().unwrap());
+            a.agent_binary = vec![std::env::current_exe().unwrap()];
             a.agent_deb = Some("/etc/hostname".into())
         }),
     ];
@@ -188,14 +188,43 @@ fn trust_settings() {
     assert!(!Settings::load(&a).unwrap().trust.verify_source);
 }
 
-/// An agent binary given is served; a package is only served beside a
-/// binary.
+/// An agent binary given is served, one per architecture (from the flags
+/// or the file, one path or a list); a second of one architecture is
+/// refused; a package is only served beside a binary.
 #[test]
 fn agent_files_are_checked() {
     let exe = std::env::current_exe().unwrap();
     let mut a = args();
-    a.agent_binary = Some(exe.clone());
-    assert_eq!(Settings::load(&a).unwrap().agent, Some((exe, None)));
+    a.agent_binary = vec![exe.clone()];
+    assert_eq!(
+        Settings::load(&a).unwrap().agent,
+        Some((vec![exe.clone()], None))
+    );
+    a.agent_binary = vec![exe.clone(), exe.clone()];
+    let err = Settings::load(&a).unwrap_err();
+    assert_eq!(err.name, "agent_binary");
+    assert!(err.to_string().contains("one per architecture"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let arm = dir.path().join("muster-agent-aarch64");
+    let mut elf = std::fs::read(&exe).unwrap()[..64].to_vec();
+    elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+    std::fs::write(&arm, &elf).unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[serve]\nagent_binary = [{:?}, {:?}]\n",
+            exe.display().to_string(),
+            arm.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut a = args();
+    a.config = Some(file);
+    assert_eq!(
+        Settings::load(&a).unwrap().agent,
+        Some((vec![exe, arm], None))
+    );
     let dir = tempfile::tempdir().unwrap();
     let deb = dir.path().join("muster-agent.deb");
     std::fs::write(&deb, b"!<arch>\ndebian-binary   1\n").unwrap();

@@ -267,7 +267,7 @@ fn user_data(c: &mut Criterion) {
                 ca_pem: Some(&ca),
                 cluster: "web",
                 join_token: &token,
-                agent: Some(&agent),
+                agents: std::slice::from_ref(&agent),
             })
             .expect("user data")
         })

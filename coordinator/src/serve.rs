@@ -228,18 +228,18 @@ fn log_identity_check(settings: &Settings) {
 
 /// The agent binary (and package) served to booting nodes, if one is given.
 fn agent_dist(settings: &Settings) -> Result<Option<Arc<AgentDist>>, ServeError> {
-    let Some((binary, deb)) = &settings.agent else {
+    let Some((binaries, deb)) = &settings.agent else {
         tracing::warn!(
             "no muster-agent binary to serve (--agent-binary); launched nodes must \
              carry the agent on their image"
         );
         return Ok(None);
     };
-    let dist = AgentDist::new(binary, deb.as_deref())?;
+    let dist = AgentDist::new(binaries, deb.as_deref())?;
     tracing::info!(
-        binary = %binary.display(),
+        binaries = ?binaries.iter().map(|b| b.display().to_string()).collect::<Vec<_>>(),
         deb = ?deb.as_ref().map(|d| d.display().to_string()),
-        arch = dist.arch(),
+        arches = ?dist.arches(),
         "serving the agent to booting nodes"
     );
     Ok(Some(Arc::new(dist)))

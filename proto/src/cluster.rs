@@ -327,8 +327,10 @@ pub struct UserDataResponse {
     pub user_data_base64: String,
     /// The user data as text, when it is not gzipped.
     pub user_data: Option<String>,
-    /// The agent the user data installs, if the coordinator serves one.
-    pub agent: Option<AgentDownload>,
+    /// The agent the user data installs, one per architecture served;
+    /// empty when the coordinator serves none (the image carries it).
+    #[serde(default)]
+    pub agents: Vec<AgentDownload>,
 }
 
 /// An agent binary the coordinator serves to booting nodes.

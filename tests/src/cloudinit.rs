@@ -146,6 +146,25 @@ pub fn write_files(doc: &serde_json::Value, root: &Path, boot: &mut Boot) {
 /// Runs the `runcmd` of `doc` with absolute paths moved under `root`;
 /// `systemctl` and `prepare-volume` are recorded, not run.
 pub fn run_commands(doc: &serde_json::Value, root: &Path, boot: &mut Boot) {
+    run_commands_on(doc, root, boot, None);
+}
+
+/// [`run_commands`] on a machine whose `uname -m` says `arch`, when given
+/// (a `uname` of the test's own first on `PATH`).
+fn run_commands_on(doc: &serde_json::Value, root: &Path, boot: &mut Boot, arch: Option<&str>) {
+    let path = arch.map(|arch| {
+        let shim = root.join(".uname");
+        std::fs::create_dir_all(&shim).expect("making the uname shim's directory");
+        let uname = shim.join("uname");
+        std::fs::write(&uname, format!("#!/bin/sh\necho {arch}\n")).expect("writing uname");
+        std::fs::set_permissions(&uname, std::fs::Permissions::from_mode(0o755))
+            .expect("making uname executable");
+        format!(
+            "{}:{}",
+            shim.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    });
     for command in doc["runcmd"].as_array().expect("runcmd") {
         let argv: Vec<String> = command
             .as_array()
@@ -167,8 +186,12 @@ pub fn run_commands(doc: &serde_json::Value, root: &Path, boot: &mut Boot) {
                 }
             })
             .collect();
-        let output = Command::new(&rooted[0])
-            .args(&rooted[1..])
+        let mut command = Command::new(&rooted[0]);
+        command.args(&rooted[1..]);
+        if let Some(path) = &path {
+            command.env("PATH", path);
+        }
+        let output = command
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", rooted[0]));
         boot.ran.push((argv, output));
@@ -181,5 +204,14 @@ pub fn apply(doc: &serde_json::Value, root: &Path) -> Boot {
     let mut boot = Boot::default();
     write_files(doc, root, &mut boot);
     run_commands(doc, root, &mut boot);
+    boot
+}
+
+/// [`apply`] as on a machine of architecture `arch` (what `uname -m`
+/// prints there).
+pub fn apply_on(doc: &serde_json::Value, root: &Path, arch: &str) -> Boot {
+    let mut boot = Boot::default();
+    write_files(doc, root, &mut boot);
+    run_commands_on(doc, root, &mut boot, Some(arch));
     boot
 }

@@ -207,7 +207,8 @@ async fn a_first_boot_deploys_the_node() {
         .await;
     assert!(
         output.contains(&format!(
-            "muster: installed /usr/bin/muster-agent ({served})"
+            "muster: installed /usr/bin/muster-agent for {} ({served})",
+            std::env::consts::ARCH
         )),
         "{output}"
     );

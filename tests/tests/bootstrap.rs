@@ -33,7 +33,7 @@ fn bootstrap<'a>(ca: Option<&'a str>, agent: Option<&'a AgentDownload>) -> Agent
         ca_pem: ca,
         cluster: "web",
         join_token: "mjoin_0123",
-        agent,
+        agents: agent.map(std::slice::from_ref).unwrap_or_default(),
     }
 }
 
@@ -125,7 +125,8 @@ async fn the_userdata_command_prints_what_a_launch_gets() {
 
     // The binary it installs is the one next to the coordinator, and the
     // coordinator serves exactly it.
-    let agent = rendered.agent.expect("the coordinator serves its agent");
+    assert_eq!(rendered.agents.len(), 1, "one architecture served");
+    let agent = rendered.agents[0].clone();
     assert_eq!(agent.sha256, sha256sum(&bin_path("muster-agent")));
     assert_eq!(agent.arch, std::env::consts::ARCH);
     let served = coordinator
@@ -324,7 +325,7 @@ async fn a_tampered_agent_is_not_installed() {
         Coordinator::start_with(&moto, &["--agent-binary", binary.to_str().unwrap()]).await;
     coordinator.create_cluster("web").await;
     let rendered: UserDataResponse = coordinator.admin_json(&["userdata", "web"]).await;
-    let pinned = rendered.agent.as_ref().unwrap().sha256.clone();
+    let pinned = rendered.agents[0].sha256.clone();
     assert_eq!(pinned, sha256sum(&binary));
     let doc = cloudinit::document(rendered.user_data.as_deref().unwrap());
 
@@ -361,7 +362,79 @@ async fn a_tampered_agent_is_not_installed() {
     );
     // The coordinator now pins what it serves now.
     let again: UserDataResponse = coordinator.admin_json(&["userdata", "web"]).await;
-    assert_eq!(again.agent.unwrap().sha256, sha256sum(&binary));
+    assert_eq!(again.agents[0].sha256, sha256sum(&binary));
+}
+
+/// A coordinator serving an agent per architecture: the user data pins
+/// each one's SHA-256, and a node installs only its own architecture's
+/// binary (checked as x86_64 and, with a `uname` saying so, as aarch64,
+/// whose binary here is a small ELF file with aarch64's machine type). A
+/// node of an architecture with no agent says so and installs nothing; a
+/// binary whose SHA-256 is another's fails `sha256sum -c`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_architecture_installs_only_its_own_pinned_agent() {
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let arm = dir.path().join("muster-agent-aarch64");
+    let mut elf = std::fs::read(bin_path("muster-agent")).unwrap()[..4096].to_vec();
+    elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+    std::fs::write(&arm, &elf).unwrap();
+    let x86 = bin_path("muster-agent");
+    let coordinator = Coordinator::start_with(
+        &moto,
+        &[
+            "--agent-binary",
+            x86.to_str().unwrap(),
+            "--agent-binary",
+            arm.to_str().unwrap(),
+        ],
+    )
+    .await;
+    coordinator.create_cluster("web").await;
+    let rendered: UserDataResponse = coordinator.admin_json(&["userdata", "web"]).await;
+    let arches: Vec<&str> = rendered.agents.iter().map(|a| a.arch.as_str()).collect();
+    assert_eq!(arches, ["x86_64", "aarch64"]);
+    assert_eq!(rendered.agents[0].sha256, sha256sum(&x86));
+    assert_eq!(rendered.agents[1].sha256, sha256sum(&arm));
+    let doc = cloudinit::document(rendered.user_data.as_deref().unwrap());
+
+    for (arch, binary) in [("x86_64", &x86), ("aarch64", &arm)] {
+        let root = tempfile::tempdir().unwrap();
+        let boot = cloudinit::apply_on(&doc, root.path(), arch);
+        assert!(boot.all_succeeded(), "{arch}: {}", boot.outputs());
+        assert_eq!(
+            sha256sum(&under(root.path(), userdata::AGENT_BINARY_PATH)),
+            sha256sum(binary),
+            "{arch} installs its own binary"
+        );
+    }
+
+    let root = tempfile::tempdir().unwrap();
+    let boot = cloudinit::apply_on(&doc, root.path(), "riscv64");
+    let (_, output) = &boot.ran[0];
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("this node is riscv64") && said.contains("x86_64 aarch64"),
+        "{said}"
+    );
+    assert!(!under(root.path(), userdata::AGENT_BINARY_PATH).exists());
+
+    // aarch64's URL pinned to x86_64's SHA-256: the check refuses it.
+    let mut swapped = doc.clone();
+    let install = swapped["runcmd"][0].as_array_mut().unwrap();
+    let x86_sum = install[8].clone();
+    install[11] = x86_sum;
+    let root = tempfile::tempdir().unwrap();
+    let boot = cloudinit::apply_on(&swapped, root.path(), "aarch64");
+    let (_, output) = &boot.ran[0];
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("does not match SHA-256"),
+        "{}",
+        boot.outputs()
+    );
+    assert!(!under(root.path(), userdata::AGENT_BINARY_PATH).exists());
 }
 
 /// SHA-256 of a file, as `sha256sum` prints it.

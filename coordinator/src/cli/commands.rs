@@ -360,7 +360,7 @@ fn write_user_data(
         if rendered.gzip { ", gzipped" } else { "" },
         rendered.join_token
     );
-    if let Some(agent) = &rendered.agent {
+    for agent in &rendered.agents {
         eprintln!(
             "it installs {} ({}, sha256 {})",
             agent.url, agent.arch, agent.sha256

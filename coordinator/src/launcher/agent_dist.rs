@@ -2,13 +2,16 @@
 //! `muster-agent` binary, and its Debian package when there is one, served
 //! at `/v1/agent/linux/{arch}/muster-agent` and `…/muster-agent.deb`.
 //!
-//! - Which files: `--agent-binary` (and `--agent-deb`), else a
+//! - Which files: `--agent-binary`, once per architecture (and
+//!   `--agent-deb`, of the first binary's architecture), else a
 //!   `muster-agent` next to the coordinator's own executable (where the
 //!   packages put both). Without one, user data expects the agent on the
 //!   image.
-//! - The architecture is read from the binary's ELF header, so the URL
-//!   names what it is, and a node of another architecture says so instead
-//!   of installing what it cannot run.
+//! - Each binary's architecture is read from its ELF header, so its URL
+//!   names what it is; the user data carries every architecture's URL and
+//!   SHA-256 and installs the one `uname -m` names, and a node of an
+//!   architecture with no agent says so instead of installing what it
+//!   cannot run.
 //! - Downloads need no token. The binary is the public build anyone can
 //!   make and holds no secret; a booting node has nothing but its join
 //!   token, and sending that to one more endpoint would only spread it.
@@ -102,86 +105,98 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// The agent files this coordinator serves.
 #[derive(Debug, Clone)]
 pub struct AgentDist {
-    arch: &'static str,
-    binary: Arc<AgentFile>,
+    /// One binary per architecture, in the order given.
+    binaries: Vec<(&'static str, Arc<AgentFile>)>,
+    /// The package, of the first binary's architecture.
     deb: Option<Arc<AgentFile>>,
 }
 
 impl AgentDist {
-    /// Serves `binary` (its architecture read from its ELF header) and
-    /// `deb`, if given (it must be a Debian package).
-    pub fn new(binary: &Path, deb: Option<&Path>) -> Result<AgentDist, AgentDistError> {
-        let arch = elf_arch(binary)?;
+    /// Serves `binaries` (each one's architecture read from its ELF
+    /// header, at most one per architecture) and `deb`, if given (it must
+    /// be a Debian package; it is served beside the first binary).
+    pub fn new(binaries: &[PathBuf], deb: Option<&Path>) -> Result<AgentDist, AgentDistError> {
+        let mut served: Vec<(&'static str, Arc<AgentFile>)> = Vec::new();
+        for binary in binaries {
+            let arch = elf_arch(binary)?;
+            if served.iter().any(|(a, _)| *a == arch) {
+                return Err(AgentDistError::NotAgent {
+                    path: binary.display().to_string(),
+                    reason: "is a second binary of its architecture",
+                });
+            }
+            served.push((arch, Arc::new(AgentFile::new(binary.clone()))));
+        }
         if let Some(deb) = deb {
             check_deb(deb)?;
         }
         Ok(AgentDist {
-            arch,
-            binary: Arc::new(AgentFile::new(binary.to_path_buf())),
+            binaries: served,
             deb: deb.map(|d| Arc::new(AgentFile::new(d.to_path_buf()))),
         })
     }
 
-    /// The architecture, as `uname -m` prints it.
-    pub fn arch(&self) -> &'static str {
-        self.arch
-    }
-
-    /// The binary.
-    pub fn binary(&self) -> &Arc<AgentFile> {
-        &self.binary
+    /// The architectures served, as `uname -m` prints them.
+    pub fn arches(&self) -> Vec<&'static str> {
+        self.binaries.iter().map(|(arch, _)| *arch).collect()
     }
 
     /// The file served at `/v1/agent/{os}/{arch}/{name}`, if any.
     pub fn file(&self, os: &str, arch: &str, name: &str) -> Option<&Arc<AgentFile>> {
-        if os != "linux" || arch != self.arch {
+        if os != "linux" {
             return None;
         }
+        let index = self.binaries.iter().position(|(a, _)| *a == arch)?;
         match name {
-            BINARY_NAME => Some(&self.binary),
-            DEB_NAME => self.deb.as_ref(),
+            BINARY_NAME => Some(&self.binaries[index].1),
+            DEB_NAME if index == 0 => self.deb.as_ref(),
             _ => None,
         }
     }
 
     /// What is served, in words, for a 404.
     pub fn describe(&self) -> String {
-        let mut files = vec![BINARY_NAME];
-        if self.deb.is_some() {
-            files.push(DEB_NAME);
+        let mut served: Vec<String> = self
+            .binaries
+            .iter()
+            .map(|(arch, _)| format!("linux/{arch}/{BINARY_NAME}"))
+            .collect();
+        if let (Some(_), Some((arch, _))) = (&self.deb, self.binaries.first()) {
+            served.push(format!("linux/{arch}/{DEB_NAME}"));
         }
-        format!(
-            "this coordinator serves {} for linux/{} only",
-            files.join(" and "),
-            self.arch
-        )
+        format!("this coordinator serves {} only", served.join(", "))
     }
 
-    /// The binary's download, for user data: URL under `coordinator_url`,
-    /// architecture and SHA-256. Blocking (it may hash).
-    pub fn download_blocking(
+    /// Each binary's download, for user data: URL under
+    /// `coordinator_url`, architecture and SHA-256. Blocking (it may hash).
+    pub fn downloads_blocking(
         &self,
         coordinator_url: &str,
-    ) -> Result<muster_proto::AgentDownload, AgentDistError> {
-        Ok(muster_proto::AgentDownload {
-            url: format!(
-                "{}{}",
-                coordinator_url.trim_end_matches('/'),
-                muster_proto::paths::agent_download(self.arch, BINARY_NAME)
-            ),
-            arch: self.arch.to_owned(),
-            sha256: self.binary.sha256_blocking()?,
-        })
+    ) -> Result<Vec<muster_proto::AgentDownload>, AgentDistError> {
+        self.binaries
+            .iter()
+            .map(|(arch, binary)| {
+                Ok(muster_proto::AgentDownload {
+                    url: format!(
+                        "{}{}",
+                        coordinator_url.trim_end_matches('/'),
+                        muster_proto::paths::agent_download(arch, BINARY_NAME)
+                    ),
+                    arch: (*arch).to_owned(),
+                    sha256: binary.sha256_blocking()?,
+                })
+            })
+            .collect()
     }
 
-    /// [`AgentDist::download_blocking`] off the async threads.
-    pub async fn download(
+    /// [`AgentDist::downloads_blocking`] off the async threads.
+    pub async fn downloads(
         &self,
         coordinator_url: &str,
-    ) -> Result<muster_proto::AgentDownload, AgentDistError> {
+    ) -> Result<Vec<muster_proto::AgentDownload>, AgentDistError> {
         let dist = self.clone();
         let url = coordinator_url.to_owned();
-        match tokio::task::spawn_blocking(move || dist.download_blocking(&url)).await {
+        match tokio::task::spawn_blocking(move || dist.downloads_blocking(&url)).await {
             Ok(result) => result,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
@@ -210,16 +225,44 @@ mod tests {
         );
     }
 
-    /// Only the served architecture's files are found.
+    /// Only the served architectures' files are found: a binary for each,
+    /// the package beside the first only; a second binary of one
+    /// architecture is refused.
     #[test]
     fn files_by_path() {
         let exe = std::env::current_exe().unwrap();
-        let dist = AgentDist::new(&exe, None).unwrap();
         let arch = std::env::consts::ARCH;
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("muster-agent");
+        let mut elf = std::fs::read(&exe).unwrap()[..64].to_vec();
+        let (machine, other_arch) = if arch == "x86_64" {
+            (183u16, "aarch64")
+        } else {
+            (62u16, "x86_64")
+        };
+        elf[18..20].copy_from_slice(&machine.to_le_bytes());
+        std::fs::write(&other, &elf).unwrap();
+        let deb = dir.path().join("muster-agent.deb");
+        std::fs::write(&deb, b"!<arch>\ndebian-binary   1\n").unwrap();
+
+        let dist = AgentDist::new(&[exe.clone(), other.clone()], Some(&deb)).unwrap();
+        assert_eq!(dist.arches(), [arch, other_arch]);
         assert!(dist.file("linux", arch, BINARY_NAME).is_some());
-        assert!(dist.file("linux", arch, DEB_NAME).is_none());
+        assert!(dist.file("linux", arch, DEB_NAME).is_some());
+        assert_eq!(
+            dist.file("linux", other_arch, BINARY_NAME).unwrap().path(),
+            other
+        );
+        assert!(dist.file("linux", other_arch, DEB_NAME).is_none());
         assert!(dist.file("linux", "riscv64", BINARY_NAME).is_none());
         assert!(dist.file("darwin", arch, BINARY_NAME).is_none());
-        assert!(dist.describe().contains(arch));
+        assert!(dist.describe().contains(other_arch));
+        let downloads = dist.downloads_blocking("https://c:7443/").unwrap();
+        assert_eq!(downloads.len(), 2);
+        assert_eq!(
+            downloads[1].url,
+            format!("https://c:7443/v1/agent/linux/{other_arch}/muster-agent")
+        );
+        assert!(AgentDist::new(&[exe.clone(), exe], None).is_err());
     }
 }

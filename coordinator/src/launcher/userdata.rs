@@ -15,11 +15,13 @@
 //!   `systemd/`, when the agent is installed from the coordinator;
 //!
 //! and then runs, in order (`runcmd`, once per instance):
-//! 1. when the coordinator serves the agent: a download of it with curl
-//!    (retried, TLS pinned to the CA file), a `sha256sum -c` of what came
-//!    against the SHA-256 in this document, and only then an `install` to
-//!    `/usr/bin/muster-agent`; a node of another architecture stops there
-//!    and says so. Without an agent to serve, the image must carry it;
+//! 1. when the coordinator serves the agent: the binary for the node's
+//!    architecture (`uname -m`; the document pins one URL and SHA-256 per
+//!    architecture served), downloaded with curl (retried, TLS pinned to
+//!    the CA file), a `sha256sum -c` of what came against that SHA-256,
+//!    and only then an `install` to `/usr/bin/muster-agent`; a node of an
+//!    architecture with no agent stops there and says so in its
+//!    cloud-init log. Without an agent to serve, the image must carry it;
 //! 2. `muster-agent prepare-volume`: finds the gp2 data volume, makes a
 //!    filesystem only if it holds none, mounts it and adds it to fstab;
 //! 3. `systemctl daemon-reload` and `systemctl enable --now --no-block
@@ -61,14 +63,22 @@ pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
 /// The agent's systemd unit, as shipped in `systemd/`.
 pub const AGENT_UNIT: &str = include_str!("../../../systemd/muster-agent.service");
 
-/// The install step: download, check, install. Its arguments, in order:
-/// URL, SHA-256, architecture, destination, CA file (empty for the system
-/// roots). Anything failing stops it before `install`, and the download
-/// directory goes with the shell.
+/// The install step: pick this node's architecture, download, check,
+/// install. Its arguments, in order: where to install, the CA file (empty
+/// for the system roots), then for each architecture served its name (as
+/// `uname -m` prints it), URL and SHA-256. Anything failing stops it
+/// before `install`, and the download directory goes with the shell.
 pub const INSTALL_SCRIPT: &str = r#"set -eu
-url="$1" sum="$2" arch="$3" dest="$4" ca="$5"
-if [ "$(uname -m)" != "$arch" ]; then
-  echo "muster: this node is $(uname -m), but the coordinator serves the agent for $arch" >&2
+dest="$1" ca="$2"
+shift 2
+arch=$(uname -m) url="" sum="" served=""
+while [ $# -ge 3 ]; do
+  served="$served $1"
+  if [ "$1" = "$arch" ]; then url="$2" sum="$3"; fi
+  shift 3
+done
+if [ -z "$url" ]; then
+  echo "muster: this node is $arch, but the coordinator serves the agent for$served only" >&2
   exit 1
 fi
 tmp=$(mktemp -d)
@@ -80,7 +90,7 @@ if ! echo "$sum  $tmp/muster-agent" | sha256sum -c --strict --status -; then
   exit 1
 fi
 install -D -m 0755 "$tmp/muster-agent" "$dest"
-echo "muster: installed $dest ($sum)"
+echo "muster: installed $dest for $arch ($sum)"
 "#;
 
 /// What the user data tells the agent.
@@ -95,9 +105,9 @@ pub struct AgentBootstrap<'a> {
     pub cluster: &'a str,
     /// The join token to present.
     pub join_token: &'a str,
-    /// The agent to fetch from the coordinator; `None` when the image
-    /// carries it.
-    pub agent: Option<&'a AgentDownload>,
+    /// The agent to fetch from the coordinator, one per architecture;
+    /// none when the image carries it.
+    pub agents: &'a [AgentDownload],
 }
 
 /// Rendered user data, as EC2 takes it.
@@ -204,29 +214,32 @@ pub fn render_text(bootstrap: &AgentBootstrap<'_>) -> Result<String, UserDataErr
         content: agent,
     });
     let mut runcmd = Vec::new();
-    if let Some(download) = bootstrap.agent {
-        check_download(download)?;
+    if !bootstrap.agents.is_empty() {
         write_files.push(WriteFile {
             path: AGENT_UNIT_PATH,
             permissions: "0644",
             owner: "root:root",
             content: AGENT_UNIT.to_owned(),
         });
-        runcmd.push(
-            [
-                "sh",
-                "-c",
-                INSTALL_SCRIPT,
-                "muster-install-agent",
-                &download.url,
-                &download.sha256,
-                &download.arch,
-                AGENT_BINARY_PATH,
-                bootstrap.ca_pem.map_or("", |_| CA_PATH),
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-        );
+        let mut install: Vec<String> = [
+            "sh",
+            "-c",
+            INSTALL_SCRIPT,
+            "muster-install-agent",
+            AGENT_BINARY_PATH,
+            bootstrap.ca_pem.map_or("", |_| CA_PATH),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        for download in bootstrap.agents {
+            check_download(download)?;
+            install.extend([
+                download.arch.clone(),
+                download.url.clone(),
+                download.sha256.clone(),
+            ]);
+        }
+        runcmd.push(install);
     }
     for command in [
         &[AGENT_BINARY_PATH, "prepare-volume"][..],
@@ -336,7 +349,7 @@ mod tests {
             ca_pem: ca,
             cluster: "web",
             join_token: "mjoin_abc",
-            agent,
+            agents: agent.map(std::slice::from_ref).unwrap_or_default(),
         }
     }
 
@@ -379,11 +392,11 @@ mod tests {
             runcmd[0].as_array().unwrap()[3..],
             [
                 "muster-install-agent",
+                AGENT_BINARY_PATH,
+                CA_PATH,
+                "x86_64",
                 &agent.url,
                 &agent.sha256,
-                "x86_64",
-                AGENT_BINARY_PATH,
-                CA_PATH
             ]
             .map(serde_json::Value::from)
         );
@@ -418,7 +431,7 @@ mod tests {
         assert_eq!(files.len(), 3);
         assert_eq!(files[1]["path"], AGENT_CONFIG_PATH);
         assert!(!files[1]["content"].as_str().unwrap().contains("ca_file"));
-        assert_eq!(doc["runcmd"][0][8], "", "curl uses the system roots");
+        assert_eq!(doc["runcmd"][0][5], "", "curl uses the system roots");
 
         let doc = parse(render(&bootstrap(Some(CA), None)).unwrap().text().unwrap());
         assert_eq!(doc["write_files"].as_array().unwrap().len(), 3);
@@ -468,5 +481,36 @@ mod tests {
         let mut agent = download();
         agent.url = "http://plain".into();
         assert!(render(&bootstrap(Some(CA), Some(&agent))).is_err());
+    }
+
+    /// Two architectures: the install step carries each one's URL and
+    /// SHA-256, in the order served.
+    #[test]
+    fn one_install_step_carries_every_architecture() {
+        let x86 = download();
+        let arm = AgentDownload {
+            url: "https://muster.example.com:7443/v1/agent/linux/aarch64/muster-agent".into(),
+            arch: "aarch64".into(),
+            sha256: "cd".repeat(32),
+        };
+        let agents = [x86.clone(), arm.clone()];
+        let b = AgentBootstrap {
+            agents: &agents,
+            ..bootstrap(Some(CA), None)
+        };
+        let doc = parse(render(&b).unwrap().text().unwrap());
+        let install = doc["runcmd"][0].as_array().unwrap();
+        assert_eq!(
+            install[6..],
+            [
+                "x86_64",
+                &x86.url,
+                &x86.sha256,
+                "aarch64",
+                &arm.url,
+                &arm.sha256
+            ]
+            .map(serde_json::Value::from)
+        );
     }
 }

@@ -82,7 +82,7 @@ impl Registry {
         let _clusters = self.clusters.lock().await;
         let cluster = self.active_cluster(name)?;
         let token = new_secret(TokenKind::Join);
-        let (user_data, agent) = self.render_user_data_with(&cluster.name, &token).await?;
+        let (user_data, agents) = self.render_user_data_with(&cluster.name, &token).await?;
         let expires_at = expiry(req.expires_in_secs);
         self.store.add_cluster_token(
             cluster.id,
@@ -99,7 +99,7 @@ impl Registry {
             size_bytes: user_data.bytes.len(),
             user_data_base64: base64::engine::general_purpose::STANDARD.encode(&user_data.bytes),
             user_data: user_data.text().map(str::to_owned),
-            agent,
+            agents,
         })
     }
 
@@ -112,28 +112,28 @@ impl Registry {
         Ok(self.render_user_data_with(cluster, token).await?.0)
     }
 
-    /// [`Registry::render_user_data`], with the agent download it carries.
+    /// [`Registry::render_user_data`], with the agent downloads it carries.
     pub(super) async fn render_user_data_with(
         &self,
         cluster: &str,
         token: &str,
-    ) -> Result<(userdata::UserData, Option<AgentDownload>), RegistryError> {
+    ) -> Result<(userdata::UserData, Vec<AgentDownload>), RegistryError> {
         let context = self.launch.as_ref().ok_or_else(|| {
             ValidationError::new("cluster", cluster, "this coordinator launches no nodes")
         })?;
-        let agent = match &context.agent {
-            Some(dist) => Some(dist.download(&context.coordinator_url).await?),
-            None => None,
+        let agents = match &context.agent {
+            Some(dist) => dist.downloads(&context.coordinator_url).await?,
+            None => Vec::new(),
         };
         let user_data = userdata::render(&AgentBootstrap {
             coordinator_url: &context.coordinator_url,
             ca_pem: context.ca_pem.as_deref(),
             cluster,
             join_token: token,
-            agent: agent.as_ref(),
+            agents: &agents,
         })
         .map_err(|e| ValidationError::new("cluster", cluster, &e.to_string()))?;
-        Ok((user_data, agent))
+        Ok((user_data, agents))
     }
 
     pub(super) async fn create_cluster_inner(
