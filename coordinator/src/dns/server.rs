@@ -111,11 +111,6 @@ fn response_builder(
 }
 
 impl Handler {
-    /// The zone it answers from.
-    pub(super) fn zone(&self) -> &Zone {
-        &self.zone
-    }
-
     /// Answers `request` from the zone, within `limit` bytes: an answer
     /// that does not fit is sent with TC set and no records.
     async fn answer<R: ResponseHandler>(
@@ -244,7 +239,10 @@ pub async fn serve(
             source,
         })?;
     let limiter = RateLimiter::new(rate_limit).map(Arc::new);
-    let handler = Handler { zone, limiter };
+    let handler = Handler {
+        zone: zone.clone(),
+        limiter,
+    };
     let mut server = ServerFuture::new(handler.clone());
     server.register_socket(udp);
     // hickory's TCP listener has no bound on connections: ours does, and
@@ -252,6 +250,7 @@ pub async fn serve(
     tokio::spawn(super::tcp::serve(
         tcp,
         handler,
+        zone,
         server.shutdown_token().clone(),
     ));
     Ok((server, bound))

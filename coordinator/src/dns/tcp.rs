@@ -2,10 +2,12 @@
 //! hold the coordinator's file descriptors (which its API connections
 //! share): at most [`MAX_TCP_CONNECTIONS`] at once and
 //! [`MAX_TCP_PER_SOURCE`] from one address, a connection past either
-//! closed at once (and counted); each closed after [`TCP_IDLE`] without a
-//! whole query (RFC 7766 leaves the idle time to the server; BIND's
-//! default is 30 s, Knot's 10 s). Queries are answered by the same
-//! [`Handler`] as over UDP, one at a time per connection, in order.
+//! closed at once (and counted in the zone's server counters); each
+//! closed after [`TCP_IDLE`] without a whole query (RFC 7766 leaves the
+//! idle time to the server; BIND's default is 30 s, Knot's 10 s). Queries
+//! are answered by the handler the embedded server answers UDP with
+//! ([`super::server`] starts this), one at a time per connection, in
+//! order.
 //!
 //! hickory's own TCP listener accepts without bound, so the accept loop is
 //! ours; the framing (RFC 1035's two-byte length) and the writes are
@@ -24,11 +26,11 @@ use hickory_proto::runtime::iocompat::AsyncIoTokioAsStd;
 use hickory_proto::serialize::binary::{BinDecodable as _, BinDecoder};
 use hickory_proto::xfer::Protocol;
 use hickory_server::authority::MessageRequest;
-use hickory_server::server::{Request, RequestHandler as _, ResponseHandle};
+use hickory_server::server::{Request, RequestHandler, ResponseHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::server::Handler;
+use super::Zone;
 
 /// TCP connections served at once, from all sources; within the open
 /// files headroom `serve` keeps beside its API connections
@@ -87,8 +89,14 @@ impl Drop for Slot {
     }
 }
 
-/// Accepts on `listener` and answers with `handler` until `shutdown`.
-pub(super) async fn serve(listener: TcpListener, handler: Handler, shutdown: CancellationToken) {
+/// Accepts on `listener` and answers with `handler` until `shutdown`,
+/// counting refusals in `zone`'s server counters.
+pub(super) async fn serve<H: RequestHandler + Clone>(
+    listener: TcpListener,
+    handler: H,
+    zone: Arc<Zone>,
+    shutdown: CancellationToken,
+) {
     let sources = Arc::new(Sources::default());
     loop {
         let accepted = tokio::select! {
@@ -106,9 +114,7 @@ pub(super) async fn serve(listener: TcpListener, handler: Handler, shutdown: Can
             }
         };
         let Some(slot) = sources.take(src.ip().to_canonical()) else {
-            handler
-                .zone()
-                .server_counters()
+            zone.server_counters()
                 .tcp_refused
                 .fetch_add(1, Ordering::Relaxed);
             drop(stream);
@@ -125,10 +131,10 @@ pub(super) async fn serve(listener: TcpListener, handler: Handler, shutdown: Can
 
 /// Answers the queries on one connection, in order, until it closes, goes
 /// idle for [`TCP_IDLE`], sends what is not a query, or `shutdown`.
-async fn answer_connection(
+async fn answer_connection<H: RequestHandler>(
     stream: tokio::net::TcpStream,
     src: SocketAddr,
-    handler: &Handler,
+    handler: &H,
     shutdown: &CancellationToken,
 ) {
     let (mut messages, replies) =
