@@ -13,8 +13,8 @@ const CLUSTER: &str = "web";
 /// A coordinator restarted with a trusted proxy range holding a node's
 /// private address does not start, and says which node and range; with a
 /// range apart from every node it starts and still has the node. A launch
-/// into the muster VPC (10.77.0.0/16) while that range is trusted is
-/// refused with `launch_refused`, and EC2 holds no instance of it.
+/// into the VPC muster makes (10.77.0.0/16) while a range inside it is
+/// trusted is refused with `launch_refused`, and EC2 holds no instance of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_are_kept_apart_from_nodes() {
     let moto = Moto::start().await;
@@ -34,12 +34,17 @@ async fn proxies_are_kept_apart_from_nodes() {
     assert_eq!(nodes.len(), 1, "{}", agent.logs());
     agent.stop();
     let private = ec2::describe(&sdk, &id).await.private_ipv4.unwrap();
-    let [a, b, _, _] = private.octets();
-    let covering = format!("{a}.{b}.0.0/16");
-    assert!(
-        !covering.starts_with("10.77."),
-        "moto's default VPC is not muster's"
-    );
+    // moto draws an instance's private address at random from 10/8, so
+    // both ranges are chosen around the address it drew.
+    let [a, b, c, _] = private.octets();
+    let covering = format!("{a}.{b}.{c}.0/24");
+    // Inside the VPC muster makes (10.77.0.0/16), so a launch there
+    // overlaps it, but apart from the node.
+    let apart = if (a, b, c) == (10, 77, 255) {
+        "10.77.254.0/24"
+    } else {
+        "10.77.255.0/24"
+    };
 
     let why = coordinator
         .try_restart_with(&["--trusted-proxies", &covering])
@@ -50,9 +55,8 @@ async fn proxies_are_kept_apart_from_nodes() {
         "{why}"
     );
 
-    let muster_vpc = "10.77.0.0/16";
     coordinator
-        .try_restart_with(&["--trusted-proxies", muster_vpc])
+        .try_restart_with(&["--trusted-proxies", apart])
         .await
         .unwrap_or_else(|why| panic!("a range apart from every node is fine: {why}"));
     assert_eq!(coordinator.nodes(CLUSTER).await.len(), 1);
