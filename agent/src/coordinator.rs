@@ -342,6 +342,9 @@ mod tests {
             private_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 5),
             public_ipv4: None,
             facts: Default::default(),
+            checks: Vec::new(),
+            notices: Vec::new(),
+            leaving: None,
         };
         client.heartbeat("x", &request).await
     }

@@ -18,9 +18,20 @@
 //!    the machine's own routing), and read again at once when the kernel
 //!    reports a local IPv4 address added or removed ([`crate::netwatch`]).
 //!    A change is sent at once in an extra heartbeat; addresses given with
-//!    `--private-ipv4` are fixed and not watched. A heartbeat refused with
-//!    401 goes back to 3.
-//! 5. On SIGTERM or SIGINT: tell systemd STOPPING, remove the socket, exit 0.
+//!    `--private-ipv4` are fixed and not watched. Every heartbeat also
+//!    carries the node's health checks ([`crate::checks`]) and EC2's
+//!    warnings ([`crate::notices`]); a check that flips, a warning that
+//!    comes or goes, is sent at once too. A Spot interruption or an Auto
+//!    Scaling termination (and, with `drain_on_notice`, a rebalance
+//!    recommendation or maintenance) makes every heartbeat say the node is
+//!    leaving, so it is `draining`. A heartbeat refused with 401 goes back
+//!    to 3.
+//! 5. On SIGTERM or SIGINT: tell systemd STOPPING; if registered, say the
+//!    node is leaving in one last heartbeat, so the coordinator takes it
+//!    out of its cluster's round robin, then wait `drain_wait` (the
+//!    record's TTL) so resolvers stop sending traffic before the node's
+//!    services go. A second signal ends the wait. Then remove the socket
+//!    and exit 0.
 //!
 //! Every retry is bounded exponential backoff with full jitter
 //! ([`Backoff::coordinator`]: each wait drawn between zero and a ceiling of
@@ -48,7 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_proto::token::TokenKind;
-use muster_proto::{ErrorCode, HeartbeatRequest, RegisterResponse};
+use muster_proto::{Ec2Notice, ErrorCode, HeartbeatRequest, NoticeKind, RegisterResponse};
 use reqwest::StatusCode;
 use sd_notify::NotifyState;
 use tokio::sync::mpsc;
@@ -57,15 +68,17 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{self, Backoff};
+use crate::checks;
 use crate::coordinator::{CoordinatorClient, CoordinatorError};
-use crate::error_chain;
 use crate::facts::FactsCollector;
 use crate::identity::{Identity, Source};
 use crate::imds::{Addresses, ImdsClient, ImdsError};
 use crate::netwatch::AddressWatch;
+use crate::notices::{self, watch_notices};
 use crate::settings::{Secret, Settings};
 use crate::state::{self, StateError, StoredState};
 use crate::status::{self, Live, StatusError};
+use crate::{error_chain, AbortOnDrop};
 use addresses::{forward_address_events, watch_addresses};
 use watchdog::Watchdog;
 
@@ -73,6 +86,8 @@ use watchdog::Watchdog;
 /// a zero cannot make the agent spin and a typo cannot silence it.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long the last heartbeat on shutdown may take.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the agent stopped other than by a signal.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +133,20 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// Runs the agent until `shutdown` completes (then `Ok`) or setup fails.
+/// Completes on the next SIGTERM or SIGINT; never, if they cannot be
+/// listened for.
+async fn second_signal() {
+    match shutdown_signal() {
+        Ok(signal) => signal.await,
+        Err(e) => {
+            debug!(error = %e, "cannot listen for signals");
+            std::future::pending().await
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` completes (then `Ok`, after the node
+/// has left: step 5) or setup fails.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     crate::install_crypto_provider();
     let watchdog = Watchdog::from_env();
@@ -132,14 +160,26 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     )));
 
     let outcome = match Agent::new(&settings, live, watchdog) {
-        Ok(agent) => tokio::select! {
-            result = agent.run() => result,
-            () = shutdown => Ok(()),
-        },
-        Err(e) => Err(e),
+        Ok(mut agent) => {
+            let stopped = tokio::select! {
+                result = agent.run() => Err(result),
+                () = shutdown => Ok(()),
+            };
+            notify(&[NotifyState::Stopping]);
+            match stopped {
+                Ok(()) => {
+                    agent.leave().await;
+                    Ok(())
+                }
+                Err(result) => result,
+            }
+        }
+        Err(e) => {
+            notify(&[NotifyState::Stopping]);
+            Err(e)
+        }
     };
 
-    notify(&[NotifyState::Stopping]);
     drop(server);
     drop(socket_file);
     if outcome.is_ok() {
@@ -180,16 +220,43 @@ struct Agent<'a> {
     watchdog: Watchdog,
     /// A state that could not be written yet.
     unsaved: Option<StoredState>,
+    /// The node's health checks, run while the agent runs.
+    checks: checks::Running,
+    /// EC2's warnings, as last read.
+    notices: watch::Receiver<Vec<Ec2Notice>>,
+    /// Reads EC2's warnings; stops when dropped.
+    _notice_watch: AbortOnDrop,
+    /// The latest heartbeat built (or, after a register, what the next one
+    /// would say): what the last heartbeat on shutdown repeats.
+    last_request: Option<HeartbeatRequest>,
 }
 
-/// Aborts a background task when dropped, so that it ends with the future
-/// that started it, even when that future is cancelled by a shutdown.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// What a heartbeat says that must reach the coordinator at once when it
+/// changes: the addresses, each check's standing, which warnings EC2
+/// gives, and whether the node is leaving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Urgent {
+    addresses: Addresses,
+    checks: Vec<(String, bool)>,
+    notices: Vec<NoticeKind>,
+    leaving: Option<String>,
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Urgent {
+    fn of(request: &HeartbeatRequest) -> Urgent {
+        Urgent {
+            addresses: Addresses {
+                private_ipv4: request.private_ipv4,
+                public_ipv4: request.public_ipv4,
+            },
+            checks: request
+                .checks
+                .iter()
+                .map(|c| (c.name.clone(), c.passing))
+                .collect(),
+            notices: request.notices.iter().map(|n| n.kind).collect(),
+            leaving: request.leaving.clone(),
+        }
     }
 }
 
@@ -208,6 +275,9 @@ impl<'a> Agent<'a> {
             ca.as_ref().map(|(pem, path)| (*pem, path.as_str())),
         )
         .map_err(RunError::Coordinator)?;
+        let checks = checks::start(settings.checks.clone());
+        let (notices_tx, notices) = watch::channel(Vec::new());
+        let notice_watch = AbortOnDrop(tokio::spawn(watch_notices(source.clone(), notices_tx)));
         Ok(Agent {
             settings,
             live,
@@ -219,10 +289,14 @@ impl<'a> Agent<'a> {
             ready: false,
             watchdog,
             unsaved: None,
+            checks,
+            notices,
+            _notice_watch: notice_watch,
+            last_request: None,
         })
     }
 
-    async fn run(mut self) -> Result<(), RunError> {
+    async fn run(&mut self) -> Result<(), RunError> {
         let mut identity = self.read_identity().await;
         match &identity.byon {
             None => info!(
@@ -517,6 +591,17 @@ impl<'a> Agent<'a> {
             coordinator_url: self.settings.coordinator_url.clone(),
         });
         self.live.registered(node);
+        if self.last_request.is_none() {
+            self.last_request = Some(HeartbeatRequest {
+                instance_id: identity.node_id.clone(),
+                private_ipv4: identity.addresses.private_ipv4,
+                public_ipv4: identity.addresses.public_ipv4,
+                facts: Default::default(),
+                checks: Vec::new(),
+                notices: Vec::new(),
+                leaving: None,
+            });
+        }
         if !self.ready {
             notify(&[NotifyState::Ready]);
             self.ready = true;
@@ -547,6 +632,31 @@ impl<'a> Agent<'a> {
         }
     }
 
+    /// The heartbeat to send now: the current addresses, host facts, the
+    /// checks' standing, EC2's warnings, and whether the node is leaving
+    /// on them.
+    async fn request(&mut self, node_id: &str, addresses: Addresses) -> HeartbeatRequest {
+        let checks = self.checks.reports().borrow().clone();
+        let notices = self.notices.borrow().clone();
+        let leaving = notices::leaving(&notices, self.settings.drain_on_notice);
+        let request = HeartbeatRequest {
+            instance_id: node_id.to_owned(),
+            private_ipv4: addresses.private_ipv4,
+            public_ipv4: addresses.public_ipv4,
+            facts: self.facts.collect().await,
+            checks,
+            notices,
+            leaving,
+        };
+        self.live.set_report(
+            &request.checks,
+            &request.notices,
+            request.leaving.as_deref(),
+        );
+        self.last_request = Some(request.clone());
+        request
+    }
+
     /// Heartbeats until the coordinator no longer knows the credential.
     async fn heartbeat(
         &mut self,
@@ -561,24 +671,36 @@ impl<'a> Agent<'a> {
             registered.heartbeat_interval_ms,
             registered.heartbeat_jitter_ms,
         );
-        let mut next = Instant::now() + backoff::with_jitter(interval.0, interval.1);
         let mut backoff = Backoff::coordinator();
-        // What the coordinator last accepted; a change is sent at once.
-        let mut sent = *addresses.borrow_and_update();
+        // What the coordinator last accepted; a change is sent at once. The
+        // register carried the addresses and nothing else, so a node with
+        // checks or warnings heartbeats at once.
+        let current = *addresses.borrow_and_update();
+        let first = self.request(&identity.node_id, current).await;
+        let mut sent = Urgent {
+            addresses: current,
+            checks: Vec::new(),
+            notices: Vec::new(),
+            leaving: None,
+        };
+        let mut next = if Urgent::of(&first) == sent {
+            Instant::now() + backoff::with_jitter(interval.0, interval.1)
+        } else {
+            Instant::now()
+        };
         loop {
-            if self.next_beat(next, sent, addresses).await {
+            if self
+                .next_beat(next, &identity.node_id, &sent, addresses)
+                .await
+            {
                 backoff.reset();
             }
             let current = *addresses.borrow_and_update();
-            let request = HeartbeatRequest {
-                instance_id: identity.node_id.clone(),
-                private_ipv4: current.private_ipv4,
-                public_ipv4: current.public_ipv4,
-                facts: self.facts.collect().await,
-            };
+            let request = self.request(&identity.node_id, current).await;
+            let urgent = Urgent::of(&request);
             match self.api.heartbeat(credential.expose(), &request).await {
                 Ok(response) => {
-                    if current != sent {
+                    if current != sent.addresses {
                         info!(
                             private_ipv4 = %current.private_ipv4,
                             public_ipv4 = %show(current.public_ipv4),
@@ -586,7 +708,7 @@ impl<'a> Agent<'a> {
                         );
                     }
                     debug!(state = %response.state, "heartbeat answered");
-                    sent = current;
+                    sent = urgent;
                     self.live.contact(response.state);
                     self.retry_save();
                     backoff.reset();
@@ -614,22 +736,29 @@ impl<'a> Agent<'a> {
         }
     }
 
-    /// Waits until `next`, or until the addresses differ from `sent`: then
-    /// says so and returns true, for a heartbeat at once.
+    /// Waits until `next`, or until what must be told at once differs from
+    /// `sent` (new addresses, a check that flipped, a warning from EC2):
+    /// then says so and returns true, for a heartbeat at once.
     async fn next_beat(
         &mut self,
         next: Instant,
-        sent: Addresses,
+        node_id: &str,
+        sent: &Urgent,
         addresses: &mut watch::Receiver<Addresses>,
     ) -> bool {
+        let mut reports = self.checks.reports();
+        let mut notices = self.notices.clone();
         loop {
             let changed = self
                 .watchdog
                 .idle(async {
                     tokio::select! {
                         () = sleep_until(next) => false,
-                        // (If the watcher is gone, only the timer is left.)
+                        // (If a watcher is gone, the others and the timer
+                        // are left.)
                         Ok(()) = addresses.changed() => true,
+                        Ok(()) = reports.changed() => true,
+                        Ok(()) = notices.changed() => true,
                     }
                 })
                 .await;
@@ -637,14 +766,68 @@ impl<'a> Agent<'a> {
                 return false;
             }
             let now = *addresses.borrow_and_update();
-            if now != sent {
+            reports.borrow_and_update();
+            notices.borrow_and_update();
+            let urgent = Urgent::of(&self.request(node_id, now).await);
+            if urgent == *sent {
+                continue;
+            }
+            if now != sent.addresses {
                 info!(
                     private_ipv4 = %now.private_ipv4,
                     public_ipv4 = %show(now.public_ipv4),
                     "addresses changed; telling the coordinator now"
                 );
-                return true;
+            } else {
+                info!(
+                    leaving = urgent.leaving.as_deref().unwrap_or(""),
+                    "the node's checks or EC2's warnings changed; telling the coordinator now"
+                );
             }
+            return true;
+        }
+    }
+
+    /// Step 5: says the node is leaving in one last heartbeat, then waits
+    /// `drain_wait` so resolvers stop sending traffic to it, or until a
+    /// second SIGTERM or SIGINT. Does nothing for a node that never
+    /// registered, and does not wait if the coordinator did not hear it.
+    async fn leave(&mut self) {
+        let (Some(credential), Some(mut request)) =
+            (self.credential.clone(), self.last_request.clone())
+        else {
+            return;
+        };
+        if self.credential_refused {
+            return;
+        }
+        request.leaving = Some(match request.leaving.take() {
+            Some(why) => format!("the agent is stopping ({why})"),
+            None => "the agent is stopping".to_owned(),
+        });
+        let told = tokio::time::timeout(
+            LEAVE_TIMEOUT,
+            self.api.heartbeat(credential.expose(), &request),
+        )
+        .await;
+        match told {
+            Ok(Ok(response)) => {
+                self.live.contact(response.state);
+                let wait = self.settings.drain_wait;
+                info!(state = %response.state, ?wait, "the coordinator took the node out of its round robin; waiting for resolvers to forget it");
+                let again = second_signal();
+                tokio::select! {
+                    () = self.watchdog.idle(sleep(wait)) => {}
+                    () = again => info!("stopping without waiting any longer"),
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(error = %error_chain(&e), "cannot tell the coordinator the node is leaving; stopping anyway")
+            }
+            Err(_) => warn!(
+                timeout = ?LEAVE_TIMEOUT,
+                "the coordinator did not answer that the node is leaving; stopping anyway"
+            ),
         }
     }
 

@@ -36,6 +36,12 @@
 //! - [`netwatch`]: local IPv4 address events from the kernel (rtnetlink),
 //!   so that IMDS (or the machine's own addresses) is read again at once
 //!   rather than at the next poll.
+//! - [`checks`]: the node's own health checks (an HTTP GET, a TCP connect
+//!   or a command), each run on its interval, their standing ready for the
+//!   heartbeat.
+//! - [`notices`]: EC2's warnings about the instance (a Spot interruption,
+//!   a rebalance recommendation, an Auto Scaling termination, scheduled
+//!   maintenance), read from IMDS every two seconds.
 //! - [`backoff`]: bounded exponential backoff with full jitter, capped at
 //!   60 s, used by every retry.
 //! - [`daemon`]: `muster-agent run`: register, heartbeat, push address
@@ -53,6 +59,7 @@
 
 pub mod backoff;
 pub mod byon;
+pub mod checks;
 pub mod coordinator;
 pub mod daemon;
 pub mod facts;
@@ -60,6 +67,7 @@ pub mod identity;
 pub mod imds;
 pub mod logging;
 pub mod netwatch;
+pub mod notices;
 pub mod query;
 pub mod settings;
 pub mod state;
@@ -152,6 +160,17 @@ pub(crate) async fn read_body_capped(
         }
     }
     Ok(body)
+}
+
+/// Aborts a background task when dropped, so that it ends with whatever
+/// owns it, even when that is a future cancelled by a shutdown.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Installs ring as the process-wide rustls crypto provider. Installing it

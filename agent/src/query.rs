@@ -316,7 +316,7 @@ pub fn render_status(status: &AgentStatus) -> String {
             status.dns_error.as_deref().unwrap_or("unknown")
         ),
     };
-    let rows = [
+    let mut rows = vec![
         ("node", node),
         ("cluster", status.cluster.clone()),
         id_row(status.instance_id.as_deref(), status.byon),
@@ -340,6 +340,32 @@ pub fn render_status(status: &AgentStatus) -> String {
         ("dns", dns),
         ("agent version", status.agent_version.clone()),
     ];
+    if let Some(why) = &status.leaving {
+        rows.push(("leaving", why.clone()));
+    }
+    for check in &status.checks {
+        let standing = if check.passing { "passing" } else { "failing" };
+        rows.push((
+            "check",
+            format!(
+                "{} ({}) {standing}: {}",
+                check.name,
+                check.kind.as_str(),
+                check.output.replace('\n', " | ")
+            ),
+        ));
+    }
+    for notice in &status.notices {
+        let at = notice
+            .time
+            .as_deref()
+            .map(|t| format!(" for {t}"))
+            .unwrap_or_default();
+        rows.push((
+            "ec2 notice",
+            format!("{}{at}: {}", notice.kind.as_str(), notice.detail),
+        ));
+    }
     format!(
         "muster-agent is running: {}\n{}",
         status.state.as_str(),

@@ -7,7 +7,8 @@
 //! `NAME="value" is not valid: why`, naming the flag, variable or file key it
 //! came from, and the agent exits 64.
 //!
-//! The file's keys are the flags' names with `_`:
+//! The file's keys are the flags' names with `_`, and the node's health
+//! checks, which only the file sets, are `[[check]]` tables after them:
 //!
 //! ```toml
 //! coordinator_url = "https://muster.example.com:7443"
@@ -18,10 +19,27 @@
 //! socket = "/run/muster-agent/agent.sock"
 //! imds_poll_interval = "1s"
 //! dns_server = "10.0.0.2:53"
+//! drain_wait = "30s"                      # on SIGTERM, out of the round robin, then wait this
+//! drain_on_notice = false                 # also drain on a rebalance recommendation or maintenance
+//!
+//! [[check]]                               # one table per check, at most 32
+//! name = "web"                            # a DNS label, unique among them
+//! http = "http://127.0.0.1:8080/healthz"  # or tcp, or command
+//! expect_body = "ok"                      # http only: the body must hold it
+//! interval = "10s"                        # 1s to 1h (default 10s)
+//! timeout = "2s"                          # 100ms to 60s, at most the interval (default 2s)
+//! failures = 3                            # failed runs in a row to fail (default 3)
+//! successes = 1                           # successful runs in a row to pass (default 1)
 //! ```
 //!
 //! The IMDS endpoint follows the AWS convention instead:
 //! `AWS_EC2_METADATA_SERVICE_ENDPOINT`, default `http://169.254.169.254`.
+//!
+//! A check does exactly one of `http` (a GET that must answer 2xx or 3xx),
+//! `tcp` (a connect to `"host:port"`) and `command` (a program by its
+//! absolute path, then its arguments, run without a shell, that must exit
+//! 0: `command = ["/usr/local/bin/check-disk", "--min", "10%"]`).
+//! [`crate::checks`] runs them.
 //!
 //! A bring-your-own node, where there is no IMDS, sets `--byon`
 //! (`MUSTER_AGENT_BYON=true`, `byon = true`); IMDS is then never asked, and
@@ -41,8 +59,10 @@
 //!
 //! `settings/sources.rs` knows what each setting is called in each source
 //! and which one a value came from; `settings/machine.rs` reads a
-//! bring-your-own node's own settings.
+//! bring-your-own node's own settings; `settings/checks.rs` reads the
+//! `[[check]]` tables.
 
+mod checks;
 mod machine;
 mod sources;
 
@@ -57,9 +77,11 @@ use muster_proto::token::TokenKind;
 use serde::Deserialize;
 
 use crate::byon::ByonNode;
+use crate::checks::Check;
+pub use checks::FileCheck;
 use sources::{
-    Sources, CA_FILE, CLUSTER, COORDINATOR_URL, DNS_SERVER, IMDS_POLL_INTERVAL, JOIN_TOKEN,
-    JOIN_TOKEN_FILE, SOCKET, STATE_DIR,
+    Sources, CA_FILE, CLUSTER, COORDINATOR_URL, DNS_SERVER, DRAIN_ON_NOTICE, DRAIN_WAIT,
+    IMDS_POLL_INTERVAL, JOIN_TOKEN, JOIN_TOKEN_FILE, SOCKET, STATE_DIR,
 };
 
 /// Where the settings file is looked for when `--config` is not given.
@@ -74,6 +96,11 @@ pub const DEFAULT_IMDS_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const MIN_IMDS_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The longest IMDS poll interval accepted (a longer one hides moves).
 pub const MAX_IMDS_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a stopping agent waits by default: the coordinator's default
+/// record TTL.
+pub const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(30);
+/// The longest drain wait accepted.
+pub const MAX_DRAIN_WAIT: Duration = Duration::from_secs(300);
 /// The AWS variable that points IMDS clients elsewhere.
 pub const IMDS_ENDPOINT_ENV: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
 /// The IMDS endpoint on EC2.
@@ -148,6 +175,23 @@ pub struct RunArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub byon: bool,
+    /// How long to wait, once SIGTERM has taken the node out of its
+    /// cluster's round robin, before exiting, so resolvers stop sending
+    /// traffic while the node still serves: the records' TTL, 0s to 5m.
+    /// The unit's TimeoutStopSec must cover it. [default: 30s]
+    #[arg(long, env = "MUSTER_AGENT_DRAIN_WAIT", value_name = "DURATION")]
+    pub drain_wait: Option<String>,
+    /// Drain the node on a rebalance recommendation or scheduled
+    /// maintenance from EC2 too, not only on a Spot interruption or an
+    /// Auto Scaling termination. The variable takes true/false, yes/no,
+    /// on/off or 1/0.
+    #[arg(
+        long,
+        env = "MUSTER_AGENT_DRAIN_ON_NOTICE",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub drain_on_notice: bool,
     /// With --byon: the file holding the machine id, which makes the node
     /// the same across restarts. [default: /etc/machine-id]
     #[arg(long, env = "MUSTER_AGENT_MACHINE_ID_FILE", value_name = "FILE")]
@@ -187,6 +231,10 @@ pub struct FileSettings {
     pub imds_poll_interval: Option<String>,
     /// See [`RunArgs::dns_server`].
     pub dns_server: Option<String>,
+    /// See [`RunArgs::drain_wait`].
+    pub drain_wait: Option<String>,
+    /// See [`RunArgs::drain_on_notice`].
+    pub drain_on_notice: Option<bool>,
     /// See [`RunArgs::byon`].
     pub byon: Option<bool>,
     /// See [`RunArgs::machine_id_file`].
@@ -197,6 +245,10 @@ pub struct FileSettings {
     pub private_ipv4: Option<String>,
     /// See [`RunArgs::public_ipv4`].
     pub public_ipv4: Option<String>,
+    /// The node's health checks, one `[[check]]` table each; only the file
+    /// sets them.
+    #[serde(default)]
+    pub check: Vec<FileCheck>,
 }
 
 impl FileSettings {
@@ -290,6 +342,14 @@ pub struct Settings {
     pub byon: Option<ByonNode>,
     /// The settings file that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// How long a stopping agent waits once its node is out of the round
+    /// robin.
+    pub drain_wait: Duration,
+    /// Whether a rebalance recommendation or scheduled maintenance drains
+    /// the node too.
+    pub drain_on_notice: bool,
+    /// The node's health checks, in the order of the settings file.
+    pub checks: Vec<Check>,
 }
 
 /// Shows the kind of a secret but not the secret: `mjoin_…`.
@@ -328,6 +388,12 @@ impl Settings {
         let socket = socket(&src)?;
         let imds_poll_interval = imds_poll_interval(&src)?;
         let dns_server = dns_server(&src)?;
+        let drain_wait = drain_wait(&src)?;
+        let drain_on_notice = src.switch(
+            &DRAIN_ON_NOTICE,
+            src.args.drain_on_notice,
+            src.file.drain_on_notice,
+        );
         let byon = machine::resolve(&src)?;
         // A bring-your-own node never asks IMDS, so the variable is not
         // its business.
@@ -338,6 +404,7 @@ impl Settings {
             }
             _ => DEFAULT_IMDS_ENDPOINT.to_owned(),
         };
+        let checks = checks::resolve(&src)?;
         Ok(Settings {
             coordinator_url,
             ca,
@@ -350,6 +417,9 @@ impl Settings {
             imds_endpoint,
             byon,
             config_file: src.config_file,
+            drain_wait,
+            drain_on_notice,
+            checks,
         })
     }
 }
@@ -516,6 +586,23 @@ fn imds_poll_interval(src: &Sources<'_>) -> Result<Duration, Invalid> {
             DurationError::OutOfRange { .. } => "must be between 100ms and 60s".to_owned(),
         };
         IMDS_POLL_INTERVAL.invalid(origin, &text, why)
+    })
+}
+
+/// The drain wait, 0s to 5m.
+fn drain_wait(src: &Sources<'_>) -> Result<Duration, Invalid> {
+    let Some((text, origin)) = src.pick(&DRAIN_WAIT, &src.args.drain_wait, &src.file.drain_wait)
+    else {
+        return Ok(DEFAULT_DRAIN_WAIT);
+    };
+    duration_within(text.trim(), Duration::ZERO, MAX_DRAIN_WAIT).map_err(|e| {
+        let why = match e {
+            DurationError::NotADuration(why) => {
+                format!("is not a duration such as \"30s\" or \"0s\": {why}")
+            }
+            DurationError::OutOfRange { .. } => "must be between 0s and 5m".to_owned(),
+        };
+        DRAIN_WAIT.invalid(origin, &text, why)
     })
 }
 

@@ -30,7 +30,7 @@ use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, Resolver, TokioResolver};
-use muster_proto::{NodeState, NodeView};
+use muster_proto::{CheckReport, Ec2Notice, NodeState, NodeView};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
@@ -129,6 +129,15 @@ pub struct AgentStatus {
     /// The agent's version.
     #[serde(default)]
     pub agent_version: String,
+    /// The node's health checks, each with its last output.
+    #[serde(default)]
+    pub checks: Vec<CheckReport>,
+    /// The warnings EC2 gives the instance.
+    #[serde(default)]
+    pub notices: Vec<Ec2Notice>,
+    /// Why the node is leaving, if it is.
+    #[serde(default)]
+    pub leaving: Option<String>,
 }
 
 impl AgentStatus {
@@ -164,6 +173,9 @@ struct LiveInner {
     last_error: Option<String>,
     /// Set while the latest credential could not be written to disk.
     unsaved: Option<String>,
+    checks: Vec<CheckReport>,
+    notices: Vec<Ec2Notice>,
+    leaving: Option<String>,
 }
 
 impl Live {
@@ -185,6 +197,9 @@ impl Live {
                 cut_off: None,
                 last_error: None,
                 unsaved: None,
+                checks: Vec::new(),
+                notices: Vec::new(),
+                leaving: None,
             })),
         }
     }
@@ -276,6 +291,15 @@ impl Live {
         inner.cut_off = None;
     }
 
+    /// What the latest heartbeat says of the node: its checks, EC2's
+    /// warnings, and why it is leaving, if it is.
+    pub fn set_report(&self, checks: &[CheckReport], notices: &[Ec2Notice], leaving: Option<&str>) {
+        let mut inner = self.lock();
+        inner.checks = checks.to_vec();
+        inner.notices = notices.to_vec();
+        inner.leaving = leaving.map(str::to_owned);
+    }
+
     /// The state file could not be written (`Some`), or was written (`None`).
     pub fn set_unsaved(&self, error: Option<String>) {
         self.lock().unsaved = error;
@@ -315,6 +339,9 @@ impl Live {
             dns_answer: Vec::new(),
             dns_error: None,
             agent_version: crate::AGENT_VERSION.to_owned(),
+            checks: inner.checks.clone(),
+            notices: inner.notices.clone(),
+            leaving: inner.leaving.clone(),
         }
     }
 }

@@ -207,6 +207,9 @@ async fn register(
             updated_at: "2025-01-01T00:00:00Z".into(),
             last_seen_at: None,
             facts: None,
+            checks: Vec::new(),
+            notices: Vec::new(),
+            drained: false,
         },
         credential,
         // Long enough that any heartbeat seen in a test was pushed by a
@@ -389,6 +392,8 @@ impl World {
         args.push(self.path("agent.sock").into());
         args.extend(["--dns-server".into(), self.dns_addr.to_string().into()]);
         args.extend(["--imds-poll-interval", imds_poll_interval].map(OsString::from));
+        // Stop at once on SIGTERM, unless a test asks for a drain.
+        args.extend(["--drain-wait", "0s"].map(OsString::from));
         args
     }
 

@@ -145,6 +145,9 @@ fn heartbeat(c: &mut Criterion) {
                     private_ipv4: private,
                     public_ipv4: Some(public),
                     facts: facts(),
+                    checks: Vec::new(),
+                    notices: Vec::new(),
+                    leaving: None,
                 },
             ));
         }
@@ -268,6 +271,7 @@ fn user_data(c: &mut Criterion) {
                 cluster: "web",
                 join_token: &token,
                 agents: std::slice::from_ref(&agent),
+                drain_wait_secs: 30,
             })
             .expect("user data")
         })

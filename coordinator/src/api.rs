@@ -50,9 +50,10 @@ pub use errors::ApiError;
 pub use guards::{client_addr, source_limiter, SourceLimiter, BODY_TIMEOUT};
 
 use admin::{
-    admit_machine, backup, byon_token, create_cluster, dns_status, extend_cluster, list_clusters,
-    list_nodes, list_tokens, node_events, remove_cluster, remove_node, revoke_token,
-    rotate_admin_token, rotate_token, scale_cluster, show_cluster, show_node, user_data,
+    admit_machine, backup, byon_token, create_cluster, dns_status, drain_node, extend_cluster,
+    list_clusters, list_nodes, list_tokens, node_events, remove_cluster, remove_node, revoke_token,
+    rotate_admin_token, rotate_token, scale_cluster, show_cluster, show_node, undrain_node,
+    user_data,
 };
 use agents::{agent_download, heartbeat, register};
 use guards::{limit_agents, remember_served};
@@ -103,6 +104,8 @@ pub fn router(state: AppState) -> Router {
         .route(paths::NODES, get(list_nodes))
         .route(paths::NODE, get(show_node).delete(remove_node))
         .route(paths::NODE_EVENTS, get(node_events))
+        .route(paths::NODE_DRAIN, post(drain_node))
+        .route(paths::NODE_UNDRAIN, post(undrain_node))
         .route(DNS_STATUS, get(dns_status))
         .route(paths::BACKUP, post(backup))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -373,13 +373,15 @@ impl AdminClient {
                 .collect();
             let count = |state: NodeState| nodes.iter().filter(|n| n.state == state).count();
             let (deployed, failed) = (count(NodeState::Deployed), count(NodeState::Failed));
+            // A node whose agent is heard has settled, healthy or not.
+            let settled = |n: &NodeView| n.state.is_heard() || n.state == NodeState::Failed;
+            let others = nodes.iter().filter(|n| settled(n)).count() - deployed - failed;
             bar.set_length(nodes.len() as u64);
-            bar.set_position((deployed + failed) as u64);
-            bar.set_message(format!("{deployed} deployed, {failed} failed"));
-            if nodes
-                .iter()
-                .all(|n| matches!(n.state, NodeState::Deployed | NodeState::Failed))
-            {
+            bar.set_position((deployed + failed + others) as u64);
+            bar.set_message(format!(
+                "{deployed} deployed, {others} unhealthy or draining, {failed} failed"
+            ));
+            if nodes.iter().all(settled) {
                 bar.finish();
                 return Ok(nodes);
             }
@@ -458,6 +460,20 @@ impl AdminClient {
         check_node_args(cluster, name)?;
         self.send("DELETE", &paths::node(cluster, name), None::<&()>)
             .await
+    }
+
+    /// `POST /v1/nodes/{cluster}/{name}/drain`, or `/undrain` when
+    /// `drained` is false.
+    pub async fn drain_node(
+        &self,
+        cluster: &str,
+        name: &str,
+        drained: bool,
+    ) -> Result<NodeView, CliError> {
+        check_node_args(cluster, name)?;
+        let what = if drained { "drain" } else { "undrain" };
+        let path = format!("{}/{what}", paths::node(cluster, name));
+        self.send("POST", &path, None::<&()>).await
     }
 
     /// `GET /v1/nodes/{cluster}/{name}`.

@@ -345,6 +345,29 @@ enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Drain a node: take it out of its cluster's round robin at once and
+    /// keep it out, whatever its agent says and across its restarts, until
+    /// `node undrain`. It keeps its own names.
+    Drain {
+        /// Cluster name.
+        cluster: String,
+        /// Node name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift an operator's drain: the node goes back to what its agent
+    /// reports (deployed, or unhealthy if its checks fail).
+    Undrain {
+        /// Cluster name.
+        cluster: String,
+        /// Node name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one node, its host facts and its events.
     Show {
         /// Cluster name.
@@ -470,6 +493,16 @@ async fn admin(command: Command) -> Result<(), CliError> {
             name,
             json,
         }) => commands::node_rm(&client, &cluster, &name, json).await,
+        Command::Node(NodeCommand::Drain {
+            cluster,
+            name,
+            json,
+        }) => commands::node_drain(&client, &cluster, &name, true, json).await,
+        Command::Node(NodeCommand::Undrain {
+            cluster,
+            name,
+            json,
+        }) => commands::node_drain(&client, &cluster, &name, false, json).await,
         Command::Node(NodeCommand::Show {
             cluster,
             name,

@@ -38,7 +38,7 @@
 //! - [`liveness`]: silence and the EC2 sweep.
 //! - [`views`]: what the admin API reads back.
 //! - [`clusters`] and [`removal`]: cluster create, scale and tokens; node
-//!   and cluster removal. [`lifetimes`]: clusters removed when their
+//!   and cluster removal. [`drain`]: an operator's drain and undrain. [`lifetimes`]: clusters removed when their
 //!   lifetime ends, and extended.
 //! - [`tokens`]: a cluster's tokens listed, capped and revoked, and the
 //!   bring-your-own machines `node rm` banned.
@@ -68,6 +68,7 @@ use crate::store::{Cluster, Store, StoreError};
 mod admit;
 mod claim;
 mod clusters;
+mod drain;
 pub mod ec2_view;
 mod heartbeat;
 pub mod identity_document;
@@ -592,6 +593,21 @@ impl Registry {
         let mut counts: BTreeMap<NodeState, u64> = NodeState::ALL.iter().map(|s| (*s, 0)).collect();
         for node in self.live().nodes.values() {
             *counts.entry(node.state).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Nodes whose latest heartbeat carried each of EC2's warnings, every
+    /// kind present (zero where none has it).
+    pub fn nodes_by_notice(&self) -> BTreeMap<&'static str, u64> {
+        let mut counts: BTreeMap<&'static str, u64> = muster_proto::NoticeKind::ALL
+            .iter()
+            .map(|k| (k.as_str(), 0))
+            .collect();
+        for node in self.live().nodes.values() {
+            for notice in node.report.iter().flat_map(|r| &r.notices) {
+                *counts.entry(notice.kind.as_str()).or_default() += 1;
+            }
         }
         counts
     }

@@ -123,6 +123,10 @@ pub const MIGRATIONS: &[&str] = &[
     );",
     // 10: clusters with a lifetime, removed when it ends.
     "ALTER TABLE clusters ADD COLUMN expires_at INTEGER;",
+    // 11: nodes an operator drained (`node drain`), which stay out of
+    // their cluster's round robin, whatever their agents say, until
+    // undrained.
+    "ALTER TABLE nodes ADD COLUMN drained INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Errors of the store, named after the operation that failed.

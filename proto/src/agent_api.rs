@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::condition::{self, CheckReport, Ec2Notice};
 use crate::validate::{self, ValidationError};
 use crate::{NodeState, NodeView, MAX_DISKS, PROTOCOL_VERSION};
 
@@ -188,6 +189,17 @@ pub struct HeartbeatRequest {
     pub public_ipv4: Option<Ipv4Addr>,
     /// Host facts gathered by the agent.
     pub facts: HostFacts,
+    /// The node's health checks, if it has any: one not passing makes the
+    /// node `unhealthy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckReport>,
+    /// The warnings EC2 gives the instance, as IMDS shows them now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<Ec2Notice>,
+    /// Set when the node is leaving (its agent stopping, a Spot
+    /// interruption): why. The node is then `draining`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving: Option<String>,
 }
 
 impl HeartbeatRequest {
@@ -198,7 +210,8 @@ impl HeartbeatRequest {
         if let Some(public) = self.public_ipv4 {
             validate::host_ipv4("public_ipv4", public)?;
         }
-        self.facts.validate()
+        self.facts.validate()?;
+        condition::validate(&self.checks, &self.notices, self.leaving.as_deref())
     }
 }
 
@@ -449,6 +462,9 @@ mod proptests {
                 private_ipv4: private,
                 public_ipv4: public,
                 facts,
+                checks: Vec::new(),
+                notices: Vec::new(),
+                leaving: None,
             };
             let json = serde_json::to_vec(&req).unwrap();
             let back: HeartbeatRequest = serde_json::from_slice(&json).unwrap();

@@ -32,6 +32,7 @@
 mod agent_api;
 pub mod cidr;
 mod cluster;
+pub mod condition;
 mod error;
 pub mod fsutil;
 pub mod launch;
@@ -51,6 +52,7 @@ pub use cluster::{
     RotateTokenRequest, RotateTokenResponse, TokenView, UserDataRequest, UserDataResponse,
     DEFAULT_BYON_MAX_NODES, MAX_BYON_MAX_NODES, MAX_TOKEN_LIFETIME_SECS,
 };
+pub use condition::{CheckKind, CheckReport, Ec2Notice, NoticeKind};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use node::{
     EventPage, EventSource, NodeDetail, NodeEvent, NodeState, NodeView, EVENTS_IN_DETAIL,

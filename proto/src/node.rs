@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{HostFacts, ValidationError};
+use crate::{CheckReport, Ec2Notice, HostFacts, ValidationError};
 
 /// The life of a node, as docs/architecture.md draws it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -17,6 +17,12 @@ pub enum NodeState {
     Launching,
     /// Agent registered and DNS set.
     Deployed,
+    /// Heard, but the node's own health checks fail: out of the cluster's
+    /// round robin, its own names kept.
+    Unhealthy,
+    /// Leaving (its agent stopping, a Spot interruption, an operator's
+    /// drain): out of the cluster's round robin, its own names kept.
+    Draining,
     /// Heartbeats missed beyond the grace.
     Unreachable,
     /// EC2 says stopped.
@@ -31,9 +37,11 @@ pub enum NodeState {
 
 impl NodeState {
     /// Every state, in lifecycle order.
-    pub const ALL: [NodeState; 7] = [
+    pub const ALL: [NodeState; 9] = [
         NodeState::Launching,
         NodeState::Deployed,
+        NodeState::Unhealthy,
+        NodeState::Draining,
         NodeState::Unreachable,
         NodeState::Stopped,
         NodeState::Terminating,
@@ -41,11 +49,22 @@ impl NodeState {
         NodeState::Failed,
     ];
 
+    /// Whether the agent is heard in this state: `deployed`, or one of
+    /// the two states a heard node leaves the round robin in.
+    pub fn is_heard(self) -> bool {
+        matches!(
+            self,
+            NodeState::Deployed | NodeState::Unhealthy | NodeState::Draining
+        )
+    }
+
     /// The lowercase name used on the wire, in the store and in the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Launching => "launching",
             NodeState::Deployed => "deployed",
+            NodeState::Unhealthy => "unhealthy",
+            NodeState::Draining => "draining",
             NodeState::Unreachable => "unreachable",
             NodeState::Stopped => "stopped",
             NodeState::Terminating => "terminating",
@@ -109,6 +128,16 @@ pub struct NodeView {
     pub last_seen_at: Option<String>,
     /// Host facts from the latest heartbeat since the coordinator started.
     pub facts: Option<HostFacts>,
+    /// The node's health checks, from the latest heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckReport>,
+    /// The warnings EC2 gives the instance, from the latest heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<Ec2Notice>,
+    /// Whether an operator drained the node (`node drain`): it stays
+    /// `draining`, whatever its agent says, until `node undrain`.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// Who or what caused a node event.

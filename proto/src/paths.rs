@@ -38,6 +38,11 @@ pub const AGENT_DOWNLOAD: &str = "/v1/agent/{os}/{arch}/{file}";
 pub const NODES: &str = "/v1/nodes";
 /// Admin: one node, by cluster and node name.
 pub const NODE: &str = "/v1/nodes/{cluster}/{name}";
+/// Admin: drain a node (POST): out of its cluster's round robin until
+/// undrained.
+pub const NODE_DRAIN: &str = "/v1/nodes/{cluster}/{name}/drain";
+/// Admin: lift a node's drain (POST).
+pub const NODE_UNDRAIN: &str = "/v1/nodes/{cluster}/{name}/undrain";
 /// Admin: one node's events, paged (`?after=SEQ&limit=N`).
 pub const NODE_EVENTS: &str = "/v1/nodes/{cluster}/{name}/events";
 /// Admin: an online, consistent copy of the store (POST), as a SQLite

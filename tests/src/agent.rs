@@ -212,6 +212,22 @@ impl Agent {
         self.ca_file = ca_file;
     }
 
+    /// Gives the agent a settings file holding `toml` (health checks,
+    /// `drain_on_notice`) from its next start on; the flags the harness
+    /// passes still win over the file.
+    pub fn set_config(&mut self, toml: &str) {
+        let path = self.state_dir.path().join("agent.toml");
+        std::fs::write(&path, toml).expect("writing the agent's settings file");
+        self.extra_args
+            .extend(["--config".to_owned(), path.display().to_string()]);
+    }
+
+    /// Sends `signal` to the running agent, by pid.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signalling the agent");
+    }
+
     /// Sets an environment variable for the next start.
     pub fn set_env(&mut self, name: &str, value: &str) {
         self.extra_env.push((name.to_owned(), value.to_owned()));
@@ -259,6 +275,8 @@ impl Agent {
             .args(&self.extra_args)
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds_endpoint)
             .env("RUST_LOG", "info")
+            // Stops at once unless a test sets a drain wait (set_env).
+            .env("MUSTER_AGENT_DRAIN_WAIT", "0s")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         if let Some(ca) = &self.ca_file {
             command.arg("--ca-file").arg(ca);

@@ -28,7 +28,8 @@
 //! every request with its answer's status.
 //!
 //! Knobs for tests: [`Imds::set_public_ipv4_override`] makes it lie about the
-//! public address, [`Imds::set_identity_signer`] and
+//! public address, [`Imds::set_served`] serves EC2's warnings (a Spot
+//! interruption, a rebalance recommendation), [`Imds::set_identity_signer`] and
 //! [`Imds::set_identity_of`] about the identity document,
 //! [`Imds::expire_tokens`] kills every token, and [`Imds::requests`] counts
 //! what it was asked.
@@ -81,6 +82,8 @@ struct Shared {
     signer: Mutex<Option<Arc<IdentitySigner>>>,
     /// Whose identity document to serve, if not this instance's.
     identity_of: Mutex<Option<String>>,
+    /// Items a test set (EC2's warnings), by path below `/latest/`.
+    served: Mutex<HashMap<String, String>>,
     requests: AtomicU64,
     /// `METHOD /path STATUS` of every request, in order.
     log: Mutex<Vec<String>>,
@@ -208,6 +211,7 @@ impl Imds {
             public_ipv4_override: Mutex::new(None),
             signer: Mutex::new(Some(IdentitySigner::shared())),
             identity_of: Mutex::new(None),
+            served: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
         });
@@ -259,6 +263,17 @@ impl Imds {
     /// place of this instance's; `None` goes back to the truth.
     pub fn set_identity_of(&self, instance_id: Option<&str>) {
         *lock(&self.shared.identity_of) = instance_id.map(str::to_owned);
+    }
+
+    /// Serves `value` at `path` (below `/latest/`, e.g.
+    /// `meta-data/spot/instance-action`), as EC2 does when it warns an
+    /// instance; `None` takes it away (404 again).
+    pub fn set_served(&self, path: &str, value: Option<&str>) {
+        let mut served = lock(&self.shared.served);
+        match value {
+            Some(value) => served.insert(path.to_owned(), value.to_owned()),
+            None => served.remove(path),
+        };
     }
 
     /// Forgets every token issued so far, as if they had all expired.
@@ -384,10 +399,26 @@ async fn metadata_response(
     }
 }
 
+/// Where EC2's warnings live, below `/latest/`.
+const WARNINGS: [&str; 3] = [
+    "meta-data/spot/",
+    "meta-data/events/",
+    "meta-data/autoscaling/",
+];
+
 /// The value at `path` (below `/latest/`), `None` when the instance has none.
 async fn answer(shared: &Shared, path: &str) -> anyhow::Result<Option<Response>> {
     let view = || try_describe(&shared.ec2, &shared.instance_id);
     let text = |value: String| Some(value.into_response());
+    if let Some(value) = lock(&shared.served).get(path) {
+        return Ok(text(value.clone()));
+    }
+    // EC2's warnings are absent until a test sets them, as on an instance
+    // EC2 has nothing to say about; they are read every two seconds, so
+    // they are answered without asking the emulator.
+    if WARNINGS.iter().any(|prefix| path.starts_with(prefix)) {
+        return Ok(None);
+    }
     Ok(match path {
         "meta-data/instance-id" => text(shared.instance_id.clone()),
         "meta-data/placement/availability-zone" => text(view().await?.availability_zone),

@@ -34,6 +34,7 @@ fn bootstrap<'a>(ca: Option<&'a str>, agent: Option<&'a AgentDownload>) -> Agent
         cluster: "web",
         join_token: "mjoin_0123",
         agents: agent.map(std::slice::from_ref).unwrap_or_default(),
+        drain_wait_secs: 30,
     }
 }
 

@@ -124,6 +124,9 @@ impl Scene {
             private_ipv4: view.private_ipv4.expect("moto gives a private address"),
             public_ipv4: view.public_ipv4,
             facts: muster_tests::host_facts(),
+            checks: Vec::new(),
+            notices: Vec::new(),
+            leaving: None,
         };
         self.post(paths::AGENT_HEARTBEAT, bearer, &body).await
     }

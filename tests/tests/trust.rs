@@ -107,6 +107,9 @@ fn heartbeat_body(id: &str, private: Ipv4Addr, public: Option<Ipv4Addr>) -> Hear
         private_ipv4: private,
         public_ipv4: public,
         facts: muster_tests::host_facts(),
+        checks: Vec::new(),
+        notices: Vec::new(),
+        leaving: None,
     }
 }
 

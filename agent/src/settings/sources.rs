@@ -21,6 +21,23 @@ pub(super) enum Origin<'a> {
     Default,
 }
 
+impl Origin<'_> {
+    /// The error for `value` of the setting called `name` where it came
+    /// from; one set in the file says which file.
+    pub fn invalid(
+        self,
+        name: impl Into<String>,
+        value: &str,
+        reason: impl Into<String>,
+    ) -> Invalid {
+        let mut reason = reason.into();
+        if let Origin::File(path) = self {
+            reason.push_str(&format!(" (set in {})", path.display()));
+        }
+        Invalid::new(name, value, reason)
+    }
+}
+
 /// One setting's names in each source.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Key {
@@ -45,11 +62,7 @@ impl Key {
 
     /// The error for a value of this setting.
     pub fn invalid(&self, origin: Origin<'_>, value: &str, reason: impl Into<String>) -> Invalid {
-        let mut reason = reason.into();
-        if let Origin::File(path) = origin {
-            reason.push_str(&format!(" (set in {})", path.display()));
-        }
-        Invalid::new(self.name(origin), value, reason)
+        origin.invalid(self.name(origin), value, reason)
     }
 
     /// The error for a required setting that nobody set.
@@ -89,6 +102,13 @@ pub(super) const IMDS_POLL_INTERVAL: Key = Key::new(
 pub(super) const DNS_SERVER: Key =
     Key::new("dns_server", "--dns-server", "MUSTER_AGENT_DNS_SERVER");
 pub(super) const BYON: Key = Key::new("byon", "--byon", "MUSTER_AGENT_BYON");
+pub(super) const DRAIN_WAIT: Key =
+    Key::new("drain_wait", "--drain-wait", "MUSTER_AGENT_DRAIN_WAIT");
+pub(super) const DRAIN_ON_NOTICE: Key = Key::new(
+    "drain_on_notice",
+    "--drain-on-notice",
+    "MUSTER_AGENT_DRAIN_ON_NOTICE",
+);
 pub(super) const MACHINE_ID_FILE: Key = Key::new(
     "machine_id_file",
     "--machine-id-file",
@@ -155,25 +175,31 @@ impl<'a> Sources<'a> {
         }
     }
 
-    fn file_origin(&self) -> Origin<'_> {
+    /// Where a value of the settings file came from.
+    pub fn file_origin(&self) -> Origin<'_> {
         match &self.config_file {
             Some(path) => Origin::File(path),
             None => Origin::Default,
         }
     }
 
-    /// Whether the node is a bring-your-own one: a flag or variable that
-    /// says true or false wins over the file.
+    /// Whether the node is a bring-your-own one ([`Sources::switch`]).
     pub fn byon(&self) -> bool {
-        let given = match self.matches.and_then(|m| m.value_source(BYON.id)) {
+        self.switch(&BYON, self.args.byon, self.file.byon)
+    }
+
+    /// An on/off setting: a flag or variable that says true or false
+    /// (`arg`) wins over the file's value; off when neither says.
+    pub fn switch(&self, key: &Key, arg: bool, file: Option<bool>) -> bool {
+        let given = match self.matches.and_then(|m| m.value_source(key.id)) {
             Some(ValueSource::CommandLine | ValueSource::EnvVariable) => true,
             Some(_) => false,
-            None => self.args.byon,
+            None => arg,
         };
         if given {
-            self.args.byon
+            arg
         } else {
-            self.file.byon.unwrap_or(false)
+            file.unwrap_or(false)
         }
     }
 }

@@ -545,3 +545,240 @@ fn imds_endpoint_is_checked() {
     );
     assert!(parse_base_url("ftp://127.0.0.1", &["http", "https"]).is_err());
 }
+
+/// Loads complete settings from a file that ends with `checks`, the text
+/// of some `[[check]]` tables. An error is returned as text, without the
+/// ` (set in FILE)` it must end with.
+fn load_checks(checks: &str) -> Result<Settings, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "coordinator_url = \"https://c.example.com\"\ncluster = \"web\"\n\
+             join_token = \"{JOIN}\"\n{checks}"
+        ),
+    )
+    .unwrap();
+    load(&["x", "--config", config.to_str().unwrap()]).map_err(|e| {
+        let text = e.to_string();
+        let set_in = format!(" (set in {})", config.display());
+        text.strip_suffix(&set_in)
+            .unwrap_or_else(|| panic!("{text:?} does not name the file"))
+            .to_owned()
+    })
+}
+
+/// The three kinds of check, in the file's order, with the defaults
+/// filled in; a file without checks has none.
+#[test]
+fn checks_from_the_file() {
+    use crate::checks::{
+        Probe, DEFAULT_FAILURES, DEFAULT_INTERVAL, DEFAULT_SUCCESSES, DEFAULT_TIMEOUT,
+    };
+    let settings = load_checks(
+        r#"
+[[check]]
+name = "web"
+http = "https://127.0.0.1:8443/healthz?full=1"
+expect_body = "ok"
+interval = "5s"
+timeout = "500ms"
+failures = 2
+successes = 4
+
+[[check]]
+name = "db"
+tcp = "db.internal:5432"
+
+[[check]]
+name = "disk"
+command = ["/usr/local/bin/check-disk", "--min", "10%"]
+interval = "1s"
+
+[[check]]
+name = "v6"
+tcp = "[::1]:6379"
+"#,
+    )
+    .unwrap();
+    let checks = &settings.checks;
+    assert_eq!(checks.len(), 4);
+    assert_eq!(
+        checks[0],
+        Check {
+            name: "web".to_owned(),
+            probe: Probe::Http {
+                url: reqwest::Url::parse("https://127.0.0.1:8443/healthz?full=1").unwrap(),
+                expect_body: Some("ok".to_owned()),
+            },
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_millis(500),
+            failures: 2,
+            successes: 4,
+        }
+    );
+    assert_eq!(
+        checks[1],
+        Check {
+            name: "db".to_owned(),
+            probe: Probe::Tcp {
+                host: "db.internal".to_owned(),
+                port: 5432,
+            },
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            failures: DEFAULT_FAILURES,
+            successes: DEFAULT_SUCCESSES,
+        }
+    );
+    assert_eq!(
+        checks[2].probe,
+        Probe::Command {
+            argv: vec![
+                "/usr/local/bin/check-disk".to_owned(),
+                "--min".to_owned(),
+                "10%".to_owned(),
+            ],
+        }
+    );
+    // The default timeout is never longer than the interval.
+    assert_eq!(checks[2].interval, Duration::from_secs(1));
+    assert_eq!(checks[2].timeout, Duration::from_secs(1));
+    assert_eq!(
+        checks[3].probe,
+        Probe::Tcp {
+            host: "::1".to_owned(),
+            port: 6379,
+        }
+    );
+
+    assert!(load_checks("").unwrap().checks.is_empty());
+}
+
+/// Every bad check is refused, named after its check and key.
+#[test]
+fn bad_checks_name_themselves() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[check]]\nname = \"web\"\nhttp = \"http://127.0.0.1/\"\ntcp = \"127.0.0.1:80\"\n",
+            "check \"web\": tcp=\"127.0.0.1:80\" is not valid: is given beside http; \
+             a check does exactly one of http, tcp or command",
+        ),
+        (
+            "[[check]]\nname = \"web\"\ninterval = \"5s\"\n",
+            "check \"web\": http=\"\" is not valid: a check needs one of http, tcp or command",
+        ),
+        (
+            "[[check]]\nname = \"a\"\ntcp = \"127.0.0.1:80\"\n\
+             [[check]]\nname = \"a\"\ntcp = \"127.0.0.1:81\"\n",
+            "check #2: name=\"a\" is not valid: is the name of check #1 too; \
+             each check needs a name of its own",
+        ),
+        (
+            "[[check]]\nname = \"Web_1\"\ntcp = \"127.0.0.1:80\"\n",
+            "check #1: name=\"Web_1\" is not valid: may hold only lowercase letters, digits and '-'",
+        ),
+        (
+            "[[check]]\ntcp = \"127.0.0.1:80\"\n",
+            "check #1: name=\"\" is not valid: is required: a DNS label, unique among the checks",
+        ),
+        (
+            "[[check]]\nname = \"web\"\nhttp = \"http://127.0.0.1/\"\ninterval = \"5s\"\ntimeout = \"10s\"\n",
+            "check \"web\": timeout=\"10s\" is not valid: must not be longer than the interval, 5s",
+        ),
+        (
+            "[[check]]\nname = \"web\"\nhttp = \"http://127.0.0.1/\"\ninterval = \"0s\"\n",
+            "check \"web\": interval=\"0s\" is not valid: must be between 1s and 1h",
+        ),
+        (
+            "[[check]]\nname = \"web\"\nhttp = \"http://127.0.0.1/\"\ntimeout = \"soon\"\n",
+            "check \"web\": timeout=\"soon\" is not valid: is not a duration such as \"10s\" \
+             or \"500ms\": expected number at 0",
+        ),
+        (
+            "[[check]]\nname = \"web\"\nhttp = \"ftp://127.0.0.1/\"\n",
+            "check \"web\": http=\"ftp://127.0.0.1/\" is not valid: must be an http or https URL",
+        ),
+        (
+            "[[check]]\nname = \"web\"\nhttp = \"http://u:p@127.0.0.1/\"\n",
+            "check \"web\": http=\"http://u:p@127.0.0.1/\" is not valid: \
+             must not carry a user name or password",
+        ),
+        (
+            "[[check]]\nname = \"disk\"\ncommand = [\"check-disk\", \"--min\", \"10%\"]\n",
+            "check \"disk\": command[0]=\"check-disk\" is not valid: must be an absolute path, \
+             such as /usr/local/bin/check-disk: the command runs without a shell or a PATH search",
+        ),
+        (
+            "[[check]]\nname = \"disk\"\ncommand = []\n",
+            "check \"disk\": command=\"[]\" is not valid: \
+             must name a program (an absolute path), then its arguments",
+        ),
+        (
+            "[[check]]\nname = \"db\"\ntcp = \"127.0.0.1:5432\"\nexpect_body = \"ok\"\n",
+            "check \"db\": expect_body=\"ok\" is not valid: applies only to an http check",
+        ),
+        (
+            "[[check]]\nname = \"web\"\nhttp = \"http://127.0.0.1/\"\nexpect_body = \"\"\n",
+            "check \"web\": expect_body=\"\" is not valid: \
+             must not be empty; leave it out to accept any body",
+        ),
+        (
+            "[[check]]\nname = \"db\"\ntcp = \"db.internal\"\n",
+            "check \"db\": tcp=\"db.internal\" is not valid: must be host:port or ip:port, \
+             such as 127.0.0.1:5432, db.internal:5432 or [::1]:5432",
+        ),
+        (
+            "[[check]]\nname = \"db\"\ntcp = \"::1:5432\"\n",
+            "check \"db\": tcp=\"::1:5432\" is not valid: must be host:port or ip:port, \
+             such as 127.0.0.1:5432, db.internal:5432 or [::1]:5432",
+        ),
+        (
+            "[[check]]\nname = \"db\"\ntcp = \"127.0.0.1:0\"\n",
+            "check \"db\": tcp=\"127.0.0.1:0\" is not valid: must name a port other than 0",
+        ),
+        (
+            "[[check]]\nname = \"db\"\ntcp = \"127.0.0.1:5432\"\nfailures = 0\n",
+            "check \"db\": failures=\"0\" is not valid: must be a count of runs in a row, 1 to 100",
+        ),
+        (
+            "[[check]]\nname = \"db\"\ntcp = \"127.0.0.1:5432\"\nsuccesses = 101\n",
+            "check \"db\": successes=\"101\" is not valid: must be a count of runs in a row, 1 to 100",
+        ),
+    ];
+    for (checks, want) in cases {
+        assert_eq!(load_checks(checks).unwrap_err(), *want, "{checks}");
+    }
+
+    // A key no check knows is refused with the file.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[[check]]\nname = \"web\"\nurl = \"http://x/\"\n").unwrap();
+    let text = error_text(load(&["x", "--config", config.to_str().unwrap()]));
+    assert!(text.contains("unknown field `url`"), "{text}");
+}
+
+/// More checks than a heartbeat may carry are refused.
+#[test]
+fn too_many_checks_are_refused() {
+    let max = muster_proto::condition::MAX_CHECKS;
+    let tables = |n: usize| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "[[check]]\nname = \"c{i}\"\ntcp = \"127.0.0.1:{}\"\n",
+                    1000 + i
+                )
+            })
+            .collect()
+    };
+    assert_eq!(load_checks(&tables(max)).unwrap().checks.len(), max);
+    assert_eq!(
+        load_checks(&tables(max + 1)).unwrap_err(),
+        format!(
+            "check=\"{} tables\" is not valid: a node may have at most {max} checks",
+            max + 1
+        )
+    );
+}

@@ -225,6 +225,20 @@ pub(super) async fn remove_node(
     Ok(Json(state.registry.remove_node(&cluster, &name).await?))
 }
 
+pub(super) async fn drain_node(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+) -> Result<Json<muster_proto::NodeView>, ApiError> {
+    Ok(Json(state.registry.drain_node(&cluster, &name).await?))
+}
+
+pub(super) async fn undrain_node(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+) -> Result<Json<muster_proto::NodeView>, ApiError> {
+    Ok(Json(state.registry.undrain_node(&cluster, &name).await?))
+}
+
 pub(super) async fn dns_status(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

@@ -119,6 +119,16 @@ fn registry_metrics(out: &mut Exposition, registry: &Registry) {
             .map(|(state, n)| format!("muster_nodes{{state=\"{state}\"}} {n}"))
             .collect(),
     );
+    out.section(
+        "muster_node_ec2_notices",
+        "gauge",
+        "Nodes whose latest heartbeat carried an EC2 warning from IMDS, by kind: spot_interruption and autoscaling_termination drain the node; rebalance_recommendation and scheduled_maintenance drain it only where its agent is set to.",
+        registry
+            .nodes_by_notice()
+            .iter()
+            .map(|(kind, n)| format!("muster_node_ec2_notices{{kind=\"{kind}\"}} {n}"))
+            .collect(),
+    );
     out.single(
         "muster_ec2_trusted",
         "gauge",

@@ -281,6 +281,23 @@ pub async fn node_rm(
     Ok(())
 }
 
+/// `node drain` (`drained` true) and `node undrain`.
+pub async fn node_drain(
+    client: &AdminClient,
+    cluster: &str,
+    name: &str,
+    drained: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let node = client.drain_node(cluster, name, drained).await?;
+    if json {
+        print_json(&node);
+    } else {
+        print!("{}", nodes_table(std::slice::from_ref(&node)));
+    }
+    Ok(())
+}
+
 /// `node show`: the node with its latest events.
 pub async fn node_show(
     client: &AdminClient,

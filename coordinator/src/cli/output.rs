@@ -183,7 +183,17 @@ pub fn node_text(detail: &NodeDetail) -> String {
     };
     field("Name:", n.name.clone());
     field("Cluster:", n.cluster.clone());
-    field("State:", n.state.to_string());
+    field(
+        "State:",
+        if n.drained {
+            format!(
+                "{} (drained by an operator; node undrain lifts it)",
+                n.state
+            )
+        } else {
+            n.state.to_string()
+        },
+    );
     field("Instance:", n.instance_id.clone());
     field("Zone:", format!("{} ({})", n.availability_zone, n.region));
     field("Public IPv4:", ip(n.public_ipv4));
@@ -229,6 +239,22 @@ pub fn node_text(detail: &NodeDetail) -> String {
             "Uptime:",
             humantime::format_duration(std::time::Duration::from_secs(f.uptime_secs)).to_string(),
         );
+    }
+    for check in &n.checks {
+        let status = if check.passing { "passing" } else { "failing" };
+        let first = check.output.lines().next().unwrap_or("");
+        field(
+            "Check:",
+            format!("{} ({}) {status}: {first}", check.name, check.kind.as_str()),
+        );
+    }
+    for notice in &n.notices {
+        let time = notice
+            .time
+            .as_deref()
+            .map(|t| format!(" at {t}"))
+            .unwrap_or_default();
+        field("EC2 notice:", format!("{}{time}", notice.kind.as_str()));
     }
     if detail.events_total > detail.events.len() as u64 {
         let _ = writeln!(

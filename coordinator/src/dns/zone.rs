@@ -73,7 +73,11 @@ impl NodeRecordSource {
     fn has_own_names(&self) -> bool {
         matches!(
             self.state,
-            NodeState::Deployed | NodeState::Unreachable | NodeState::Stopped
+            NodeState::Deployed
+                | NodeState::Unhealthy
+                | NodeState::Draining
+                | NodeState::Unreachable
+                | NodeState::Stopped
         )
     }
 }

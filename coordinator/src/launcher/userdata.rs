@@ -10,7 +10,8 @@
 //!   agent reads with `join_token_file` (so it is on no command line and
 //!   in no file anyone else may read);
 //! - `/etc/muster/agent.toml` (0644): the coordinator URL, the CA file,
-//!   the cluster and the token file, in the keys `muster-agent run` reads;
+//!   the cluster, the token file and the drain wait (the records' TTL, at
+//!   most a minute), in the keys `muster-agent run` reads;
 //! - `/etc/systemd/system/muster-agent.service` (0644), the unit of
 //!   `systemd/`, when the agent is installed from the coordinator;
 //!
@@ -108,7 +109,15 @@ pub struct AgentBootstrap<'a> {
     /// The agent to fetch from the coordinator, one per architecture;
     /// none when the image carries it.
     pub agents: &'a [AgentDownload],
+    /// How long a stopping agent waits, once its node is out of the round
+    /// robin, for resolvers to forget it: the records' TTL, at most
+    /// [`MAX_DRAIN_WAIT_SECS`].
+    pub drain_wait_secs: u32,
 }
+
+/// The longest drain wait user data sets: the unit's `TimeoutStopSec`
+/// (90 s) must cover it.
+pub const MAX_DRAIN_WAIT_SECS: u32 = 60;
 
 /// Rendered user data, as EC2 takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +146,7 @@ struct AgentToml<'a> {
     ca_file: Option<&'a str>,
     cluster: &'a str,
     join_token_file: &'a str,
+    drain_wait: String,
 }
 
 #[derive(Serialize)]
@@ -190,6 +200,7 @@ pub fn render_text(bootstrap: &AgentBootstrap<'_>) -> Result<String, UserDataErr
         ca_file: bootstrap.ca_pem.map(|_| CA_PATH),
         cluster: bootstrap.cluster,
         join_token_file: JOIN_TOKEN_PATH,
+        drain_wait: format!("{}s", bootstrap.drain_wait_secs.min(MAX_DRAIN_WAIT_SECS)),
     })
     .map_err(|e| UserDataError::Render(e.to_string()))?;
     let mut write_files = Vec::new();
@@ -350,6 +361,7 @@ mod tests {
             cluster: "web",
             join_token: "mjoin_abc",
             agents: agent.map(std::slice::from_ref).unwrap_or_default(),
+            drain_wait_secs: 300,
         }
     }
 
@@ -386,6 +398,8 @@ mod tests {
             Some(JOIN_TOKEN_PATH)
         );
         assert!(agent_toml.get("join_token").is_none());
+        // The TTL, within what the unit's stop timeout covers.
+        assert_eq!(agent_toml["drain_wait"].as_str(), Some("60s"));
         let runcmd = doc["runcmd"].as_array().unwrap();
         assert_eq!(runcmd.len(), 4);
         assert_eq!(

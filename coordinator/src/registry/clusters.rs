@@ -131,6 +131,7 @@ impl Registry {
             cluster,
             join_token: token,
             agents: &agents,
+            drain_wait_secs: self.zone.ttl(),
         })
         .map_err(|e| ValidationError::new("cluster", cluster, &e.to_string()))?;
         Ok((user_data, agents))

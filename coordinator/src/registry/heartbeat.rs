@@ -1,6 +1,8 @@
-//! The heartbeat flow: an agent with its node credential says it is alive
-//! and where it can be reached; new addresses are checked and stored,
-//! everything else stays in memory.
+//! The heartbeat flow: an agent with its node credential says it is alive,
+//! where it can be reached and how the node is (its checks, EC2's
+//! warnings, whether it is leaving); new addresses are checked and stored,
+//! the node's condition moves its state ([`condition`]), everything else
+//! stays in memory.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
@@ -12,7 +14,8 @@ use muster_proto::{EventSource, HeartbeatRequest, HeartbeatResponse, NodeState};
 
 use super::admit::credential_holder;
 use super::claim::Claim;
-use super::lifecycle::Input;
+use super::lifecycle::{Condition, Input};
+use super::live::AgentReport;
 use super::{show_ip, Registry, RegistryError};
 
 /// "address changed: public 1.2.3.4 -> 5.6.7.8", naming only what changed.
@@ -30,6 +33,31 @@ fn address_change_reason(
         }
     }
     format!("address changed: {}", parts.join(", "))
+}
+
+/// What a heard node's state should say, from what its agent reports:
+/// an operator's drain first, then the agent leaving, then its checks.
+pub(super) fn condition(drained: bool, report: &AgentReport) -> Condition {
+    if drained {
+        return Condition::Leaving("an operator drained the node (node drain)".to_owned());
+    }
+    if let Some(why) = &report.leaving {
+        return Condition::Leaving(format!("leaving: {why}"));
+    }
+    let failing: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.passing)
+        .map(|c| {
+            let first = c.output.lines().next().unwrap_or("");
+            format!("{} ({})", c.name, first)
+        })
+        .collect();
+    if failing.is_empty() {
+        Condition::Ready
+    } else {
+        Condition::Unhealthy(format!("health checks failing: {}", failing.join(", ")))
+    }
 }
 
 impl Registry {
@@ -86,7 +114,7 @@ impl Registry {
             node.private_ipv4 != Some(req.private_ipv4) || node.public_ipv4 != req.public_ipv4;
         // A node EC2 last saw stopped (or that never ran) counts as deployed
         // again only once EC2 confirms the instance runs with these addresses.
-        let confirm = !matches!(node.state, NodeState::Deployed | NodeState::Unreachable);
+        let confirm = !(node.state.is_heard() || node.state == NodeState::Unreachable);
         if (moved || confirm) && !node.byon {
             self.check_claim(Claim {
                 cluster: &node.cluster,
@@ -107,6 +135,11 @@ impl Registry {
             )
             .await?;
         }
+        let report = AgentReport {
+            checks: req.checks,
+            notices: req.notices,
+            leaving: req.leaving,
+        };
         // Read the state after last_heard moves: a liveness check that comes
         // later sees the fresh time and leaves the node alone.
         let current = {
@@ -115,18 +148,31 @@ impl Registry {
                 entry.last_seen = Some(SystemTime::now());
                 entry.last_heard = Instant::now();
                 entry.facts = Some(Arc::new(req.facts));
-                entry.state
+                if entry.report.as_deref() != Some(&report) {
+                    entry.report = Some(Arc::new(report));
+                }
+                (entry.state, entry.drained, entry.report.clone())
             })
         };
-        // The common case, a deployed node, takes no write lock.
-        let heard = if reappearing {
-            Input::Reappeared
-        } else {
-            Input::Heard
+        let Some((current, drained, report)) = current else {
+            return Err(RegistryError::NotFound(format!("no node with id {id}")));
         };
-        let state = match current {
-            Some(NodeState::Deployed) => NodeState::Deployed,
-            _ => self.apply(id, heard, EventSource::Agent).await?,
+        let condition = condition(
+            drained,
+            report.as_deref().unwrap_or(&AgentReport::default()),
+        );
+        // The common case, a deployed node with nothing against it, takes
+        // no write lock.
+        let state = match (current, reappearing, &condition) {
+            (NodeState::Deployed, false, Condition::Ready) => NodeState::Deployed,
+            (_, true, _) => {
+                self.apply(id, Input::Reappeared, EventSource::Agent)
+                    .await?
+            }
+            _ => {
+                self.apply(id, Input::Heard(condition), EventSource::Agent)
+                    .await?
+            }
         };
         self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
         Ok(HeartbeatResponse {

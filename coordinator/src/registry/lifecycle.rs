@@ -12,7 +12,12 @@
 //!   (the instance is `shutting-down`/`terminated`, or EC2 has not known its
 //!   id for several sweeps in a row, which rides out eventual consistency).
 //! - Being heard again (register or heartbeat, both checked against EC2
-//!   where addresses are concerned) brings any live state back to `deployed`.
+//!   where addresses are concerned) brings any live state back to `deployed`,
+//!   or to `unhealthy` or `draining` when the agent says its checks fail or
+//!   the node is leaving ([`Condition`]). Both leave the round robin at
+//!   once and keep their own names; silent, either becomes `unreachable`
+//!   like a deployed node (an operator's drain is kept apart, in the store,
+//!   and applies again when the agent is heard).
 //! - `terminating` and `terminated` are final as far as agents go: only
 //!   EC2's word moves `terminating` on. The one way back from
 //!   `terminated` is for a node terminated only because EC2 did not know
@@ -22,11 +27,29 @@ use muster_proto::{EventSource, NodeState};
 
 use super::{Registry, RegistryError};
 
+/// What the agent says about the node when it is heard, as the registry
+/// reads it: an operator's drain first, then the agent leaving, then its
+/// health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Nothing against it: in the round robin.
+    Ready,
+    /// Its health checks fail: why.
+    Unhealthy(String),
+    /// It is leaving, or an operator drained it: why.
+    Leaving(String),
+}
+
 /// What was observed about a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// The agent registered or heartbeated, and the claim passed its checks.
-    Heard,
+    Heard(Condition),
+    /// An operator drained the node (`node drain`).
+    OperatorDrain,
+    /// An operator undrained the node (`node undrain`): `Some` with what
+    /// its agent said last if it was heard within the grace, else `None`.
+    OperatorUndrain(Option<Condition>),
     /// No heartbeat within the grace period.
     Silent,
     /// The sweep found the instance `pending` or `running`.
@@ -58,10 +81,25 @@ pub enum Input {
     },
 }
 
+/// Where a heard node in `state` goes for `condition`, and why.
+fn heard(state: NodeState, condition: &Condition) -> Option<(NodeState, String)> {
+    use NodeState::*;
+    match (condition, state) {
+        (Condition::Ready, Deployed) => None,
+        (Condition::Ready, Unhealthy) => Some((Deployed, "its health checks pass".to_owned())),
+        (Condition::Ready, Draining) => Some((Deployed, "agent heard; not leaving".to_owned())),
+        (Condition::Ready, _) => Some((Deployed, "agent heard".to_owned())),
+        (Condition::Unhealthy(_), Unhealthy) => None,
+        (Condition::Unhealthy(why), _) => Some((Unhealthy, why.clone())),
+        (Condition::Leaving(_), Draining) => None,
+        (Condition::Leaving(why), _) => Some((Draining, why.clone())),
+    }
+}
+
 /// The state `state` moves to on `input`, with the reason to record, or
 /// `None` if it stays. `unknown_limit` is how many sweeps in a row an
 /// instance must be unknown to EC2 before its node counts as terminated.
-pub fn next(state: NodeState, input: Input, unknown_limit: u32) -> Option<(NodeState, String)> {
+pub fn next(state: NodeState, input: &Input, unknown_limit: u32) -> Option<(NodeState, String)> {
     use NodeState::*;
     let to = match (input, state) {
         (Input::Reappeared, Terminated) => (
@@ -72,9 +110,26 @@ pub fn next(state: NodeState, input: Input, unknown_limit: u32) -> Option<(NodeS
         ),
         (Input::Reappeared, _) => return None,
         (_, Terminated) => return None,
-        (Input::Heard, Deployed | Terminating) => return None,
-        (Input::Heard, _) => (Deployed, "agent heard".to_owned()),
-        (Input::Silent, Deployed) => (
+        (Input::Heard(_), Terminating) => return None,
+        (Input::Heard(condition), _) => return heard(state, condition),
+        (Input::OperatorDrain, Deployed | Unhealthy) => (
+            Draining,
+            "an operator drained the node (node drain)".to_owned(),
+        ),
+        (Input::OperatorDrain, _) => return None,
+        (Input::OperatorUndrain(Some(condition)), Draining) => {
+            let (to, why) = heard(state, condition)?;
+            (
+                to,
+                format!("an operator undrained the node (node undrain); {why}"),
+            )
+        }
+        (Input::OperatorUndrain(None), Draining) => (
+            Unreachable,
+            "an operator undrained the node (node undrain); its agent is not heard".to_owned(),
+        ),
+        (Input::OperatorUndrain(_), _) => return None,
+        (Input::Silent, Deployed | Unhealthy | Draining) => (
             Unreachable,
             "no heartbeat within the grace period".to_owned(),
         ),
@@ -87,12 +142,12 @@ pub fn next(state: NodeState, input: Input, unknown_limit: u32) -> Option<(NodeS
         (Input::Ec2Stopped, Stopped | Terminating) => return None,
         (Input::Ec2Stopped, _) => (Stopped, "EC2 says stopped".to_owned()),
         (Input::Ec2Gone, _) => (Terminated, "EC2 says the instance is terminated".to_owned()),
-        (Input::Ec2Unknown { sweeps }, _) if sweeps >= unknown_limit => (
+        (&Input::Ec2Unknown { sweeps }, _) if sweeps >= unknown_limit => (
             Terminated,
             format!("EC2 has not known the instance for {sweeps} sweeps in a row"),
         ),
         (Input::Ec2Unknown { .. }, _) => return None,
-        (Input::LaunchTimedOut { after_secs }, Launching) => (
+        (&Input::LaunchTimedOut { after_secs }, Launching) => (
             Failed,
             format!("the agent did not register within the launch timeout of {after_secs}s"),
         ),
@@ -130,7 +185,7 @@ impl Registry {
         {
             return Ok(node.state);
         }
-        let Some((to, reason)) = next(node.state, input, self.timing.unknown_sweeps) else {
+        let Some((to, reason)) = next(node.state, &input, self.timing.unknown_sweeps) else {
             return Ok(node.state);
         };
         // A node terminated for not being found may come back
@@ -182,13 +237,13 @@ mod tests {
     /// agent again brings it back; only EC2 terminates.
     #[test]
     pub(super) fn silence_is_not_death() {
-        let (s, _) = next(NodeState::Deployed, Input::Silent, LIMIT).unwrap();
+        let (s, _) = next(NodeState::Deployed, &Input::Silent, LIMIT).unwrap();
         assert_eq!(s, NodeState::Unreachable);
-        assert_eq!(next(s, Input::Silent, LIMIT), None);
-        let (s, _) = next(s, Input::Heard, LIMIT).unwrap();
+        assert_eq!(next(s, &Input::Silent, LIMIT), None);
+        let (s, _) = next(s, &Input::Heard(Condition::Ready), LIMIT).unwrap();
         assert_eq!(s, NodeState::Deployed);
-        assert_eq!(next(s, Input::Ec2Unknown { sweeps: 2 }, LIMIT), None);
-        let (s, reason) = next(s, Input::Ec2Unknown { sweeps: 3 }, LIMIT).unwrap();
+        assert_eq!(next(s, &Input::Ec2Unknown { sweeps: 2 }, LIMIT), None);
+        let (s, reason) = next(s, &Input::Ec2Unknown { sweeps: 3 }, LIMIT).unwrap();
         assert_eq!(s, NodeState::Terminated);
         assert!(reason.contains("3 sweeps"), "{reason}");
     }
@@ -196,36 +251,90 @@ mod tests {
     /// Stop and start: stopped, then unreachable until the agent speaks.
     #[test]
     pub(super) fn stop_and_start() {
-        let (s, _) = next(NodeState::Deployed, Input::Ec2Stopped, LIMIT).unwrap();
+        let (s, _) = next(NodeState::Deployed, &Input::Ec2Stopped, LIMIT).unwrap();
         assert_eq!(s, NodeState::Stopped);
-        let (s, _) = next(s, Input::Ec2Running, LIMIT).unwrap();
+        let (s, _) = next(s, &Input::Ec2Running, LIMIT).unwrap();
         assert_eq!(s, NodeState::Unreachable);
-        assert_eq!(next(s, Input::Heard, LIMIT).unwrap().0, NodeState::Deployed);
+        assert_eq!(
+            next(s, &Input::Heard(Condition::Ready), LIMIT).unwrap().0,
+            NodeState::Deployed
+        );
     }
 
     /// A launch that never registers fails, and registering later heals it.
     #[test]
     pub(super) fn launch_timeout() {
         let timeout = Input::LaunchTimedOut { after_secs: 600 };
-        let (s, reason) = next(NodeState::Launching, timeout, LIMIT).unwrap();
+        let (s, reason) = next(NodeState::Launching, &timeout, LIMIT).unwrap();
         assert_eq!(s, NodeState::Failed);
         assert!(reason.contains("600s"), "{reason}");
-        assert_eq!(next(NodeState::Deployed, timeout, LIMIT), None);
-        assert_eq!(next(s, timeout, LIMIT), None);
-        assert_eq!(next(s, Input::Heard, LIMIT).unwrap().0, NodeState::Deployed);
+        assert_eq!(next(NodeState::Deployed, &timeout, LIMIT), None);
+        assert_eq!(next(s, &timeout, LIMIT), None);
+        assert_eq!(
+            next(s, &Input::Heard(Condition::Ready), LIMIT).unwrap().0,
+            NodeState::Deployed
+        );
     }
 
     /// A removal waits for EC2; agents cannot undo it.
     #[test]
     pub(super) fn removal_waits_for_ec2() {
-        let (s, _) = next(NodeState::Deployed, Input::OperatorRemove, LIMIT).unwrap();
+        let (s, _) = next(NodeState::Deployed, &Input::OperatorRemove, LIMIT).unwrap();
         assert_eq!(s, NodeState::Terminating);
-        assert_eq!(next(s, Input::Heard, LIMIT), None);
-        assert_eq!(next(s, Input::Silent, LIMIT), None);
+        assert_eq!(next(s, &Input::Heard(Condition::Ready), LIMIT), None);
+        assert_eq!(next(s, &Input::Silent, LIMIT), None);
         assert_eq!(
-            next(s, Input::Ec2Gone, LIMIT).unwrap().0,
+            next(s, &Input::Ec2Gone, LIMIT).unwrap().0,
             NodeState::Terminated
         );
+    }
+
+    /// Failing checks and leaving take a heard node out of the round robin;
+    /// passing checks bring it back; silence makes either unreachable, and
+    /// an undrain follows what the agent said last.
+    #[test]
+    fn unhealthy_and_draining() {
+        let failing = Input::Heard(Condition::Unhealthy("web: HTTP 500".to_owned()));
+        let (s, reason) = next(NodeState::Deployed, &failing, LIMIT).unwrap();
+        assert_eq!(
+            (s, reason.as_str()),
+            (NodeState::Unhealthy, "web: HTTP 500")
+        );
+        assert_eq!(next(s, &failing, LIMIT), None);
+        let (s, _) = next(s, &Input::Silent, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Unreachable);
+        let ready = Input::Heard(Condition::Ready);
+        let (s, _) = next(NodeState::Unhealthy, &ready, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Deployed);
+
+        let leaving = Input::Heard(Condition::Leaving("agent stopping".to_owned()));
+        let (s, _) = next(NodeState::Unhealthy, &leaving, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Draining);
+        assert_eq!(next(s, &ready, LIMIT).unwrap().0, NodeState::Deployed);
+        assert_eq!(
+            next(s, &Input::Silent, LIMIT).unwrap().0,
+            NodeState::Unreachable
+        );
+        assert_eq!(
+            next(s, &Input::Ec2Stopped, LIMIT).unwrap().0,
+            NodeState::Stopped
+        );
+
+        let (s, _) = next(NodeState::Deployed, &Input::OperatorDrain, LIMIT).unwrap();
+        assert_eq!(s, NodeState::Draining);
+        assert_eq!(
+            next(NodeState::Unreachable, &Input::OperatorDrain, LIMIT),
+            None
+        );
+        let back = Input::OperatorUndrain(Some(Condition::Unhealthy("db down".to_owned())));
+        assert_eq!(next(s, &back, LIMIT).unwrap().0, NodeState::Unhealthy);
+        let gone = next(s, &Input::OperatorUndrain(None), LIMIT).unwrap();
+        assert_eq!(gone.0, NodeState::Unreachable);
+        assert_eq!(
+            next(NodeState::Deployed, &Input::OperatorUndrain(None), LIMIT),
+            None
+        );
+        assert_eq!(next(NodeState::Terminating, &leaving, LIMIT), None);
     }
 
     /// Only `Reappeared` leads back from `terminated` (the registry sends
@@ -233,17 +342,34 @@ mod tests {
     /// confirms it); anything else leaves `terminated` alone.
     #[test]
     fn absence_is_reversible() {
-        let (s, reason) = next(NodeState::Terminated, Input::Reappeared, LIMIT).unwrap();
+        let (s, reason) = next(NodeState::Terminated, &Input::Reappeared, LIMIT).unwrap();
         assert_eq!(s, NodeState::Deployed);
         assert!(reason.contains("not being found"), "{reason}");
-        assert_eq!(next(NodeState::Terminated, Input::Heard, LIMIT), None);
-        assert_eq!(next(NodeState::Deployed, Input::Reappeared, LIMIT), None);
-        assert_eq!(next(NodeState::Terminating, Input::Reappeared, LIMIT), None);
+        assert_eq!(
+            next(
+                NodeState::Terminated,
+                &Input::Heard(Condition::Ready),
+                LIMIT
+            ),
+            None
+        );
+        assert_eq!(next(NodeState::Deployed, &Input::Reappeared, LIMIT), None);
+        assert_eq!(
+            next(NodeState::Terminating, &Input::Reappeared, LIMIT),
+            None
+        );
     }
 
     pub(super) fn input() -> impl Strategy<Value = Input> {
         prop_oneof![
-            Just(Input::Heard),
+            Just(Input::Heard(Condition::Ready)),
+            Just(Input::Heard(Condition::Unhealthy("checks fail".to_owned()))),
+            Just(Input::Heard(Condition::Leaving(
+                "agent stopping".to_owned()
+            ))),
+            Just(Input::OperatorDrain),
+            Just(Input::OperatorUndrain(None)),
+            Just(Input::OperatorUndrain(Some(Condition::Ready))),
             Just(Input::Silent),
             Just(Input::Ec2Running),
             Just(Input::Ec2Stopped),
@@ -279,7 +405,7 @@ mod tests {
                     ec2_said_gone = true;
                 }
                 let was = current;
-                if let Some((to, reason)) = next(current, input, LIMIT) {
+                if let Some((to, reason)) = next(current, &input, LIMIT) {
                     prop_assert_ne!(to, was, "a transition changes the state");
                     prop_assert!(!reason.is_empty());
                     current = to;

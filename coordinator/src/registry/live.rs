@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use muster_proto::{HostFacts, NodeState};
+use muster_proto::{CheckReport, Ec2Notice, HostFacts, NodeState};
 
 use crate::dns::NodeRecordSource;
 use crate::secrets::{stored_digest, SecretDigest};
@@ -50,6 +50,19 @@ pub(super) struct LiveNode {
     pub(super) unknown_sweeps: u32,
     /// Shared, so that a heartbeat's copy of the node does not copy them.
     pub(super) facts: Option<Arc<HostFacts>>,
+    /// An operator drained it ([`Node::drained`]).
+    pub(super) drained: bool,
+    /// What the latest heartbeat said of its checks, EC2's warnings and
+    /// whether it is leaving.
+    pub(super) report: Option<Arc<AgentReport>>,
+}
+
+/// What a heartbeat says of the node beyond its addresses and facts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct AgentReport {
+    pub(super) checks: Vec<CheckReport>,
+    pub(super) notices: Vec<Ec2Notice>,
+    pub(super) leaving: Option<String>,
 }
 
 /// The in-memory view: every node by row id, and the credential index.
@@ -112,6 +125,8 @@ impl Live {
                     })
                     .map_or_else(Instant::now, |p| p.addresses_at),
                 unknown_sweeps: previous.as_ref().map_or(0, |p| p.unknown_sweeps),
+                drained: node.drained,
+                report: previous.as_ref().and_then(|p| p.report.clone()),
                 facts: previous.and_then(|p| p.facts),
             },
         );

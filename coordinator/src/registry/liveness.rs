@@ -15,8 +15,8 @@ use super::{Registry, RegistryError, SweepReport};
 use crate::ec2::InstanceFacts;
 
 impl Registry {
-    /// Marks every deployed node silent for longer than the grace period
-    /// `unreachable`. Returns how many it marked.
+    /// Marks every heard node (deployed, unhealthy or draining) silent for
+    /// longer than the grace period `unreachable`. Returns how many it marked.
     pub async fn check_liveness(&self) -> usize {
         let grace = self.timing.grace;
         let launch_timeout = self.timing.launch_timeout;
@@ -25,9 +25,7 @@ impl Registry {
             (
                 live.nodes
                     .iter()
-                    .filter(|(_, n)| {
-                        n.state == NodeState::Deployed && n.last_heard.elapsed() > grace
-                    })
+                    .filter(|(_, n)| n.state.is_heard() && n.last_heard.elapsed() > grace)
                     .map(|(id, _)| *id)
                     .collect(),
                 live.nodes
@@ -43,7 +41,10 @@ impl Registry {
             after_secs: launch_timeout.as_secs(),
         };
         for id in overdue {
-            if let Err(error) = self.apply(id, timed_out, EventSource::Liveness).await {
+            if let Err(error) = self
+                .apply(id, timed_out.clone(), EventSource::Liveness)
+                .await
+            {
                 tracing::error!(%error, "liveness check could not fail a launch");
             }
         }
@@ -154,9 +155,7 @@ impl Registry {
             // "stopping": wait for where it lands.
             _ => return Ok(()),
         };
-        if input == Input::Ec2Running
-            && matches!(state, NodeState::Deployed | NodeState::Unreachable)
-        {
+        if input == Input::Ec2Running && (state.is_heard() || state == NodeState::Unreachable) {
             if let Some(private) = facts.private_ipv4 {
                 self.set_addresses(
                     id,

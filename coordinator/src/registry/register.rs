@@ -167,7 +167,7 @@ impl Registry {
             let live = self.live();
             live.nodes
                 .get(&node.id)
-                .filter(|n| n.state == NodeState::Deployed)
+                .filter(|n| n.state.is_heard())
                 .map(|n| n.last_heard.elapsed())
         };
         match heard {

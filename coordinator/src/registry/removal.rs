@@ -131,7 +131,8 @@ impl Registry {
             Input::OperatorRemove
         };
         for node in &nodes {
-            self.apply(node.id, input, EventSource::Operator).await?;
+            self.apply(node.id, input.clone(), EventSource::Operator)
+                .await?;
         }
         let not_yet_terminated = |id: &i64| {
             self.live()

@@ -173,6 +173,9 @@ fn heartbeat_req(public: Option<Ipv4Addr>) -> HeartbeatRequest {
         private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
         public_ipv4: public,
         facts: HostFacts::default(),
+        checks: Vec::new(),
+        notices: Vec::new(),
+        leaving: None,
     }
 }
 
@@ -501,6 +504,9 @@ async fn bring_your_own_nodes() {
         private_ipv4: Ipv4Addr::new(192, 168, 7, 11),
         public_ipv4: None,
         facts: HostFacts::default(),
+        checks: Vec::new(),
+        notices: Vec::new(),
+        leaving: None,
     };
     registry.heartbeat(&resp.credential, moved).await.unwrap();
     assert_eq!(
@@ -530,6 +536,9 @@ async fn bring_your_own_nodes() {
                 private_ipv4: Ipv4Addr::new(192, 168, 7, 11),
                 public_ipv4: None,
                 facts: HostFacts::default(),
+                checks: Vec::new(),
+                notices: Vec::new(),
+                leaving: None,
             }
         )
         .await

@@ -1,5 +1,6 @@
 //! The views the admin API reads: clusters, nodes and their events, from
-//! the store, with what only memory knows (last heard, host facts).
+//! the store, with what only memory knows (last heard, host facts, checks
+//! and EC2's warnings).
 
 use muster_proto::{
     validate, ClusterView, EventPage, NodeDetail, NodeEvent, NodeState, NodeView, ValidationError,
@@ -65,6 +66,7 @@ impl Registry {
     pub(super) fn node_view(&self, node: &Node) -> NodeView {
         let live = self.live();
         let extra = live.nodes.get(&node.id);
+        let report = extra.and_then(|e| e.report.as_deref());
         NodeView {
             name: node.name.clone(),
             cluster: node.cluster.clone(),
@@ -87,6 +89,9 @@ impl Registry {
                 .and_then(|e| e.last_seen)
                 .map(|t| humantime::format_rfc3339_millis(t).to_string()),
             facts: extra.and_then(|e| e.facts.as_deref().cloned()),
+            checks: report.map(|r| r.checks.clone()).unwrap_or_default(),
+            notices: report.map(|r| r.notices.clone()).unwrap_or_default(),
+            drained: node.drained,
         }
     }
 

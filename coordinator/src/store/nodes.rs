@@ -59,6 +59,9 @@ pub struct Node {
     /// Terminated only because EC2 did not know the instance for several
     /// sweeps: a later register that EC2 confirms brings it back.
     pub unseen: bool,
+    /// An operator drained it (`node drain`): it is `draining` whenever
+    /// its agent is heard, until undrained.
+    pub drained: bool,
 }
 
 /// What a register writes: the node as it should be afterwards.
@@ -104,7 +107,7 @@ pub enum AdmittedBy {
 
 const NODE_COLUMNS: &str = "n.id, c.name, n.name, n.instance_id, n.state, n.availability_zone, \
      n.region, n.private_ipv4, n.public_ipv4, n.credential_hash, n.created_at, n.updated_at, \
-     n.subnet_id, n.byon, n.unseen";
+     n.subnet_id, n.byon, n.unseen, n.drained";
 
 /// A node row before its text columns are parsed.
 struct RawNode {
@@ -123,6 +126,7 @@ struct RawNode {
     subnet_id: Option<String>,
     byon: bool,
     unseen: bool,
+    drained: bool,
 }
 
 fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -142,6 +146,7 @@ fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
         subnet_id: row.get(12)?,
         byon: row.get(13)?,
         unseen: row.get(14)?,
+        drained: row.get(15)?,
     })
 }
 
@@ -163,6 +168,7 @@ impl RawNode {
             subnet_id: self.subnet_id,
             byon: self.byon,
             unseen: self.unseen,
+            drained: self.drained,
         })
     }
 }
@@ -301,18 +307,24 @@ impl Store {
         }
         // Registers come in thousands at a fleet's start: their statements
         // are prepared once and kept in the connection's cache.
-        let existing: Option<(i64, String, bool)> = tx
-            .prepare_cached("SELECT id, state, unseen FROM nodes WHERE instance_id = ?1")
+        let existing: Option<(i64, String, bool, bool)> = tx
+            .prepare_cached("SELECT id, state, unseen, drained FROM nodes WHERE instance_id = ?1")
             .and_then(|mut stmt| {
                 stmt.query_row(params![reg.instance_id], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                 })
                 .optional()
             })
             .map_err(query("reading the node of an instance"))?;
-        let deployed = NodeState::Deployed.as_str();
+        // An operator's drain outlasts the agent's restarts.
+        let drained = existing.as_ref().is_some_and(|e| e.3);
+        let to = if drained {
+            NodeState::Draining
+        } else {
+            NodeState::Deployed
+        };
         let (node_id, from) = match existing {
-            Some((_, state, unseen))
+            Some((_, state, unseen, _))
                 if state == NodeState::Terminating.as_str()
                     || (state == NodeState::Terminated.as_str() && !unseen) =>
             {
@@ -321,8 +333,8 @@ impl Store {
                     now: state,
                 });
             }
-            Some((id, state, _)) => {
-                update_registered(&tx, id, reg, now)?;
+            Some((id, state, _, _)) => {
+                update_registered(&tx, id, to, reg, now)?;
                 (id, Some(state))
             }
             None => {
@@ -331,13 +343,18 @@ impl Store {
             }
         };
         count_token_use(&tx, reg.cluster_id, reg.admitted_by)?;
+        let reason = if drained {
+            format!("{reason}; still drained by an operator (node undrain)")
+        } else {
+            reason.to_owned()
+        };
         record_event(
             &tx,
             node_id,
             now,
             from.as_deref(),
-            deployed,
-            reason,
+            to.as_str(),
+            &reason,
             EventSource::Agent,
         )?;
         tx.commit().map_err(query("committing a register"))?;
@@ -407,6 +424,19 @@ impl Store {
         tx.commit().map_err(query("committing an address change"))
     }
 
+    /// Marks node `id` drained by an operator, or not. Returns whether
+    /// the node exists.
+    pub fn set_drained(&self, node_id: i64, drained: bool) -> Result<bool, StoreError> {
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE nodes SET drained = ?2 WHERE id = ?1",
+                params![node_id, drained],
+            )
+            .map_err(query("marking a node drained"))?;
+        Ok(changed > 0)
+    }
+
     /// Moves a node from `from` to `to` and records the event, in one
     /// transaction; `unseen` marks a node terminated only because EC2 did
     /// not know it (see [`Node::unseen`]). Returns false, writing nothing,
@@ -446,15 +476,17 @@ impl Store {
     }
 }
 
-/// A register of a known instance: the node is `deployed` again with the
-/// claimed zone, addresses and a new credential.
+/// A register of a known instance: the node is `state` (`deployed`, or
+/// `draining` if an operator drained it) again with the claimed zone,
+/// addresses and a new credential.
 fn update_registered(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
+    state: NodeState,
     reg: &NodeRegistration<'_>,
     now: i64,
 ) -> Result<(), StoreError> {
-    let deployed = NodeState::Deployed.as_str();
+    let state = state.as_str();
     tx.prepare_cached(
         "UPDATE nodes SET state = ?2, availability_zone = ?3, region = ?4, \
          private_ipv4 = ?5, public_ipv4 = ?6, credential_hash = ?7, updated_at = ?8, \
@@ -463,7 +495,7 @@ fn update_registered(
     .and_then(|mut stmt| {
         stmt.execute(params![
             id,
-            deployed,
+            state,
             reg.availability_zone,
             reg.region,
             reg.private_ipv4.to_string(),

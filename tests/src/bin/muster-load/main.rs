@@ -191,6 +191,9 @@ async fn beat(http: &reqwest::Client, url: &str, node: &Node) -> Option<Duration
         private_ipv4: node.private,
         public_ipv4: node.public,
         facts: muster_tests::host_facts(),
+        checks: Vec::new(),
+        notices: Vec::new(),
+        leaving: None,
     };
     let sent = Instant::now();
     let answer = http
