@@ -177,6 +177,7 @@ impl ByonNode {
         Ok(Addresses {
             private_ipv4,
             public_ipv4: self.public_ipv4,
+            ipv6: None,
         })
     }
 }
@@ -255,6 +256,7 @@ mod tests {
             Addresses {
                 private_ipv4: Ipv4Addr::new(10, 1, 2, 3),
                 public_ipv4: Some(Ipv4Addr::new(203, 0, 113, 7)),
+                ipv6: None,
             }
         );
     }

@@ -54,7 +54,6 @@ mod addresses;
 mod watchdog;
 
 use std::future::Future;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -248,6 +247,7 @@ impl Urgent {
             addresses: Addresses {
                 private_ipv4: request.private_ipv4,
                 public_ipv4: request.public_ipv4,
+                ipv6: request.ipv6,
             },
             checks: request
                 .checks
@@ -305,6 +305,7 @@ impl<'a> Agent<'a> {
                 region = %identity.region,
                 private_ipv4 = %identity.addresses.private_ipv4,
                 public_ipv4 = %show(identity.addresses.public_ipv4),
+                ipv6 = %show(identity.addresses.ipv6),
                 "instance identified"
             ),
             Some(byon) => info!(
@@ -596,6 +597,7 @@ impl<'a> Agent<'a> {
                 instance_id: identity.node_id.clone(),
                 private_ipv4: identity.addresses.private_ipv4,
                 public_ipv4: identity.addresses.public_ipv4,
+                ipv6: identity.addresses.ipv6,
                 facts: Default::default(),
                 checks: Vec::new(),
                 notices: Vec::new(),
@@ -643,6 +645,7 @@ impl<'a> Agent<'a> {
             instance_id: node_id.to_owned(),
             private_ipv4: addresses.private_ipv4,
             public_ipv4: addresses.public_ipv4,
+            ipv6: addresses.ipv6,
             facts: self.facts.collect().await,
             checks,
             notices,
@@ -704,6 +707,7 @@ impl<'a> Agent<'a> {
                         info!(
                             private_ipv4 = %current.private_ipv4,
                             public_ipv4 = %show(current.public_ipv4),
+                            ipv6 = %show(current.ipv6),
                             "the coordinator accepted the new addresses"
                         );
                     }
@@ -776,6 +780,7 @@ impl<'a> Agent<'a> {
                 info!(
                     private_ipv4 = %now.private_ipv4,
                     public_ipv4 = %show(now.public_ipv4),
+                    ipv6 = %show(now.ipv6),
                     "addresses changed; telling the coordinator now"
                 );
             } else {
@@ -882,7 +887,7 @@ fn heartbeat_interval(interval_ms: u64, jitter_ms: u64) -> (Duration, Duration) 
 }
 
 /// An optional address for a log line: the address, or `none`.
-fn show(addr: Option<Ipv4Addr>) -> String {
+fn show(addr: Option<impl std::fmt::Display>) -> String {
     addr.map_or_else(|| "none".to_owned(), |a| a.to_string())
 }
 

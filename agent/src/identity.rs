@@ -41,6 +41,7 @@ impl Identity {
             region: self.region.clone(),
             private_ipv4: addresses.private_ipv4,
             public_ipv4: addresses.public_ipv4,
+            ipv6: addresses.ipv6,
             agent_version: crate::AGENT_VERSION.to_owned(),
             byon: self.byon.clone(),
             signed_identity: self.signed.clone(),

@@ -11,7 +11,7 @@
 //! [`crate::settings`]), default `http://169.254.169.254`. Proxies are never
 //! used for it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use muster_proto::{validate, SignedIdentity};
@@ -47,6 +47,14 @@ pub mod paths {
     pub const LOCAL_IPV4: &str = "meta-data/local-ipv4";
     /// The public IPv4 (404 when there is none).
     pub const PUBLIC_IPV4: &str = "meta-data/public-ipv4";
+    /// The MAC address of the primary network interface.
+    pub const MAC: &str = "meta-data/mac";
+
+    /// The IPv6 addresses of the interface with MAC address `mac`, one per
+    /// line (404 when there are none).
+    pub fn ipv6s(mac: &str) -> String {
+        format!("meta-data/network/interfaces/macs/{mac}/ipv6s")
+    }
     /// The instance identity document (JSON).
     pub const IDENTITY_DOCUMENT: &str = "dynamic/instance-identity/document";
     /// The identity document's PKCS7 signature (base64).
@@ -131,6 +139,8 @@ pub struct Addresses {
     pub private_ipv4: Ipv4Addr,
     /// Public IPv4, if any.
     pub public_ipv4: Option<Ipv4Addr>,
+    /// The first IPv6 address of the primary interface, if any.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// Who and where the instance is.
@@ -167,6 +177,8 @@ pub struct ImdsClient {
     http: reqwest::Client,
     endpoint: String,
     token: Mutex<Option<Token>>,
+    /// The primary interface's MAC address, once read.
+    mac: tokio::sync::OnceCell<String>,
 }
 
 impl ImdsClient {
@@ -183,6 +195,7 @@ impl ImdsClient {
             http,
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             token: Mutex::new(None),
+            mac: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -327,6 +340,7 @@ impl ImdsClient {
             public.as_deref(),
         )?;
         identity.signed = signed;
+        identity.addresses.ipv6 = self.ipv6().await?;
         Ok(identity)
     }
 
@@ -342,11 +356,33 @@ impl ImdsClient {
 
     /// Reads the current addresses.
     pub async fn addresses(&self) -> Result<Addresses, ImdsError> {
-        let (private, public) = tokio::try_join!(
+        let (private, public, ipv6) = tokio::try_join!(
             self.require(paths::LOCAL_IPV4),
-            self.get(paths::PUBLIC_IPV4)
+            self.get(paths::PUBLIC_IPV4),
+            self.ipv6(),
         )?;
-        parse_addresses(&private, public.as_deref())
+        let mut addresses = parse_addresses(&private, public.as_deref())?;
+        addresses.ipv6 = ipv6;
+        Ok(addresses)
+    }
+
+    /// Reads the first IPv6 address of the primary interface, if it has
+    /// one ([`parse_ipv6s`]). The interface's MAC address is read once and
+    /// kept: an instance's primary interface is its for life. An IMDS that
+    /// names no MAC address gives no IPv6 address.
+    pub async fn ipv6(&self) -> Result<Option<Ipv6Addr>, ImdsError> {
+        let mac = match self.mac.get() {
+            Some(mac) => mac.clone(),
+            None => {
+                let Some(mac) = self.get(paths::MAC).await? else {
+                    return Ok(None);
+                };
+                validate_mac(&mac)?;
+                self.mac.get_or_init(|| async { mac }).await.clone()
+            }
+        };
+        let listed = self.get(&paths::ipv6s(&mac)).await?;
+        parse_ipv6s(listed.as_deref())
     }
 }
 
@@ -406,7 +442,49 @@ pub fn parse_addresses(
     Ok(Addresses {
         private_ipv4,
         public_ipv4,
+        ipv6: None,
     })
+}
+
+/// Checks a MAC address from IMDS before it goes into a path: six pairs
+/// of hex digits, separated by colons.
+fn validate_mac(mac: &str) -> Result<(), ImdsError> {
+    let ok = mac.len() == 17
+        && mac.split(':').count() == 6
+        && mac
+            .split(':')
+            .all(|pair| pair.len() == 2 && pair.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ImdsError::Invalid {
+            path: paths::MAC,
+            source: validate::ValidationError::new("mac", mac, "is not a MAC address"),
+        })
+    }
+}
+
+/// Checks IMDS's list of an interface's IPv6 addresses (absent: none) and
+/// gives the first: it must be a global unicast address
+/// ([`validate::host_ipv6`]).
+pub fn parse_ipv6s(listed: Option<&str>) -> Result<Option<Ipv6Addr>, ImdsError> {
+    let Some(first) = listed.and_then(|text| text.lines().map(str::trim).find(|l| !l.is_empty()))
+    else {
+        return Ok(None);
+    };
+    let invalid = |source| ImdsError::Invalid {
+        path: "meta-data/network/interfaces/macs/<mac>/ipv6s",
+        source,
+    };
+    let addr: Ipv6Addr = first.parse().map_err(|_| {
+        invalid(validate::ValidationError::new(
+            "ipv6",
+            first,
+            "is not an IPv6 address",
+        ))
+    })?;
+    validate::host_ipv6("ipv6", addr).map_err(invalid)?;
+    Ok(Some(addr))
 }
 
 fn parse_ipv4(path: &'static str, field: &str, text: &str) -> Result<Ipv4Addr, ImdsError> {

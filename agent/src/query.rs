@@ -333,6 +333,10 @@ pub fn render_status(status: &AgentStatus) -> String {
             "public ipv4",
             or_dash(status.public_ipv4.map(|a| a.to_string()).as_deref()),
         ),
+        (
+            "ipv6",
+            or_dash(status.ipv6.map(|a| a.to_string()).as_deref()),
+        ),
         ("coordinator", status.coordinator_url.clone()),
         ("last contact", or_dash(status.last_contact_at.as_deref())),
         ("cut off", cut_off(status)),
@@ -531,6 +535,7 @@ mod tests {
             crate::imds::Addresses {
                 private_ipv4: std::net::Ipv4Addr::new(10, 1, 2, 3),
                 public_ipv4: None,
+                ipv6: None,
             },
         );
         let status = live.snapshot();

@@ -103,6 +103,9 @@ pub struct AgentStatus {
     pub private_ipv4: Option<Ipv4Addr>,
     /// The current public IPv4.
     pub public_ipv4: Option<Ipv4Addr>,
+    /// The current IPv6 address.
+    #[serde(default)]
+    pub ipv6: Option<std::net::Ipv6Addr>,
     /// The coordinator.
     pub coordinator_url: String,
     /// When the coordinator last answered a register or heartbeat, RFC 3339.
@@ -326,6 +329,7 @@ impl Live {
             byon: inner.byon,
             private_ipv4: inner.addresses.map(|a| a.private_ipv4),
             public_ipv4: inner.addresses.and_then(|a| a.public_ipv4),
+            ipv6: inner.addresses.and_then(|a| a.ipv6),
             coordinator_url: inner.coordinator_url.clone(),
             last_contact_at: inner
                 .last_contact
@@ -608,6 +612,7 @@ mod tests {
         Addresses {
             private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
             public_ipv4: Some(Ipv4Addr::new(54, 1, 2, 3)),
+            ipv6: None,
         }
     }
 

@@ -210,6 +210,7 @@ async fn register(
             checks: Vec::new(),
             notices: Vec::new(),
             drained: false,
+            ipv6: None,
         },
         credential,
         // Long enough that any heartbeat seen in a test was pushed by a

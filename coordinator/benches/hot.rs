@@ -99,6 +99,7 @@ fn heartbeat(c: &mut Criterion) {
                 public_ipv4: Some(public),
                 availability_zone: Some("us-east-1a".into()),
                 cluster_tag: Some("web".into()),
+                ipv6: Vec::new(),
             };
             (id, facts)
         })
@@ -134,6 +135,7 @@ fn heartbeat(c: &mut Criterion) {
                         agent_version: "bench".into(),
                         byon: None,
                         signed_identity: None,
+                        ipv6: None,
                     },
                 )
                 .await
@@ -148,6 +150,7 @@ fn heartbeat(c: &mut Criterion) {
                     checks: Vec::new(),
                     notices: Vec::new(),
                     leaving: None,
+                    ipv6: None,
                 },
             ));
         }
@@ -181,6 +184,7 @@ fn dns_lookup(c: &mut Criterion) {
                 state: NodeState::Deployed,
                 private_ipv4: Some(private),
                 public_ipv4: Some(public),
+                ipv6: None,
             }
         })
         .collect();
@@ -227,6 +231,7 @@ fn rebuild(c: &mut Criterion) {
                         credential_hash: &hash_secret(&new_secret(TokenKind::Node)),
                         byon: false,
                         admitted_by: AdmittedBy::ClusterToken,
+                        ipv6: None,
                     },
                     "bench",
                 )

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,6 +147,9 @@ pub struct InstanceFacts {
     pub private_ipv4: Option<Ipv4Addr>,
     /// Public IPv4 (an Elastic IP if one is associated).
     pub public_ipv4: Option<Ipv4Addr>,
+    /// Every IPv6 address of its network interfaces, the primary
+    /// interface's first.
+    pub ipv6: Vec<Ipv6Addr>,
     /// Availability zone.
     pub availability_zone: Option<String>,
     /// The value of its `muster:cluster` tag: the cluster it may join.
@@ -482,6 +485,31 @@ pub fn tag_value<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&
         .and_then(|t| t.value())
 }
 
+/// Every IPv6 address of `i`: its primary one (`Ipv6Address`) if EC2
+/// names it, then each interface's in the order of their device index.
+fn ipv6_of(i: &aws_sdk_ec2::types::Instance) -> Vec<Ipv6Addr> {
+    let mut interfaces: Vec<_> = i.network_interfaces().iter().collect();
+    interfaces.sort_by_key(|n| {
+        n.attachment()
+            .and_then(|a| a.device_index())
+            .unwrap_or(i32::MAX)
+    });
+    let mut all: Vec<Ipv6Addr> = i
+        .ipv6_address()
+        .into_iter()
+        .chain(
+            interfaces
+                .iter()
+                .flat_map(|n| n.ipv6_addresses())
+                .filter_map(|a| a.ipv6_address()),
+        )
+        .filter_map(|text| text.parse().ok())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    all.retain(|ip| seen.insert(*ip));
+    all
+}
+
 /// What an identity check needs of `i`.
 pub fn facts_of(i: &aws_sdk_ec2::types::Instance) -> InstanceFacts {
     InstanceFacts {
@@ -492,6 +520,7 @@ pub fn facts_of(i: &aws_sdk_ec2::types::Instance) -> InstanceFacts {
             .unwrap_or_default(),
         private_ipv4: i.private_ip_address().and_then(|ip| ip.parse().ok()),
         public_ipv4: i.public_ip_address().and_then(|ip| ip.parse().ok()),
+        ipv6: ipv6_of(i),
         availability_zone: i
             .placement()
             .and_then(|p| p.availability_zone())

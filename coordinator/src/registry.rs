@@ -52,7 +52,7 @@
 //! ([`Registry::rotate_token`]).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -429,7 +429,7 @@ pub struct Registry {
     pub counters: Counters,
 }
 
-fn show_ip(ip: Option<Ipv4Addr>) -> String {
+fn show_ip(ip: Option<impl std::fmt::Display>) -> String {
     ip.map_or_else(|| "none".to_owned(), |ip| ip.to_string())
 }
 

@@ -127,6 +127,8 @@ pub const MIGRATIONS: &[&str] = &[
     // their cluster's round robin, whatever their agents say, until
     // undrained.
     "ALTER TABLE nodes ADD COLUMN drained INTEGER NOT NULL DEFAULT 0;",
+    // 12: a node's IPv6 address, answered as AAAA beside its A records.
+    "ALTER TABLE nodes ADD COLUMN ipv6 TEXT;",
 ];
 
 /// Errors of the store, named after the operation that failed.

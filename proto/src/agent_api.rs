@@ -2,7 +2,7 @@
 //! node is, where it can be reached, how the host is doing) and what the
 //! coordinator answers, each with the checks the coordinator applies.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,10 @@ pub struct RegisterRequest {
     pub private_ipv4: Ipv4Addr,
     /// Public IPv4 from IMDS, if the instance has one.
     pub public_ipv4: Option<Ipv4Addr>,
+    /// The first IPv6 address of the primary network interface, from IMDS
+    /// (`network/interfaces/macs/<mac>/ipv6s`), if the instance has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// Agent build version, for the operator's eyes.
     pub agent_version: String,
     /// Present when the agent runs where there is no IMDS: a machine that
@@ -156,6 +160,9 @@ impl RegisterRequest {
         if let Some(public) = self.public_ipv4 {
             validate::host_ipv4("public_ipv4", public)?;
         }
+        if let Some(ipv6) = self.ipv6 {
+            validate::host_ipv6("ipv6", ipv6)?;
+        }
         validate::text("agent_version", &self.agent_version)?;
         Ok(())
     }
@@ -187,6 +194,9 @@ pub struct HeartbeatRequest {
     pub private_ipv4: Ipv4Addr,
     /// Current public IPv4, if any.
     pub public_ipv4: Option<Ipv4Addr>,
+    /// Current IPv6 address, if any (see [`RegisterRequest::ipv6`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// Host facts gathered by the agent.
     pub facts: HostFacts,
     /// The node's health checks, if it has any: one not passing makes the
@@ -209,6 +219,9 @@ impl HeartbeatRequest {
         validate::private_ipv4("private_ipv4", self.private_ipv4)?;
         if let Some(public) = self.public_ipv4 {
             validate::host_ipv4("public_ipv4", public)?;
+        }
+        if let Some(ipv6) = self.ipv6 {
+            validate::host_ipv6("ipv6", ipv6)?;
         }
         self.facts.validate()?;
         condition::validate(&self.checks, &self.notices, self.leaving.as_deref())
@@ -326,6 +339,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             byon: None,
             signed_identity: None,
+            ipv6: None,
         }
     }
 
@@ -465,6 +479,7 @@ mod proptests {
                 checks: Vec::new(),
                 notices: Vec::new(),
                 leaving: None,
+                ipv6: None,
             };
             let json = serde_json::to_vec(&req).unwrap();
             let back: HeartbeatRequest = serde_json::from_slice(&json).unwrap();

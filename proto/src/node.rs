@@ -2,7 +2,7 @@
 //! node view, and the events that record each transition.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -116,6 +116,9 @@ pub struct NodeView {
     pub private_ipv4: Option<Ipv4Addr>,
     /// Public IPv4, if any.
     pub public_ipv4: Option<Ipv4Addr>,
+    /// IPv6 address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// `name.cluster.zone`.
     pub dns_name: String,
     /// `name.cluster.internal.zone`.

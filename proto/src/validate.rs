@@ -3,7 +3,7 @@
 //! `field="value" is not valid: why`.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::cidr::Ipv4Cidr;
 use crate::settings;
@@ -177,6 +177,35 @@ pub fn host_ipv4(field: &str, addr: Ipv4Addr) -> Result<(), ValidationError> {
         Some("must not be the broadcast address")
     } else if addr.is_multicast() {
         Some("must not be a multicast address")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ValidationError::new(field, &addr.to_string(), reason)),
+        None => Ok(()),
+    }
+}
+
+/// A node's IPv6 address: a global unicast one, as EC2 gives instances.
+/// Unspecified, loopback, multicast, link-local (fe80::/10), unique local
+/// (fc00::/7), IPv4-mapped and documentation (2001:db8::/32) addresses
+/// are refused: none of them reaches the node from elsewhere.
+pub fn host_ipv6(field: &str, addr: Ipv6Addr) -> Result<(), ValidationError> {
+    let first = addr.segments()[0];
+    let reason = if addr.is_unspecified() {
+        Some("must not be the unspecified address")
+    } else if addr.is_loopback() {
+        Some("must not be the loopback address")
+    } else if addr.is_multicast() {
+        Some("must not be a multicast address")
+    } else if first & 0xffc0 == 0xfe80 {
+        Some("must not be a link-local address")
+    } else if first & 0xfe00 == 0xfc00 {
+        Some("must not be a unique local address")
+    } else if addr.to_ipv4_mapped().is_some() {
+        Some("must not be an IPv4-mapped address")
+    } else if first == 0x2001 && addr.segments()[1] == 0x0db8 {
+        Some("must not be a documentation address (2001:db8::/32)")
     } else {
         None
     };
@@ -401,6 +430,26 @@ pub fn instance_profile_name(value: &str) -> Result<(), ValidationError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Global unicast IPv6 passes; addresses that reach nothing from
+    /// elsewhere are refused, each with its reason.
+    #[test]
+    fn ipv6_must_be_global_unicast() {
+        let ok: Ipv6Addr = "2600:1f18:4f2:e100:1c5c:c4bd:60a3:d10d".parse().unwrap();
+        assert!(host_ipv6("ipv6", ok).is_ok());
+        for (bad, why) in [
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("ff02::1", "multicast"),
+            ("fe80::1", "link-local"),
+            ("fd00::1", "unique local"),
+            ("::ffff:10.0.0.1", "IPv4-mapped"),
+            ("2001:db8::1", "documentation"),
+        ] {
+            let e = host_ipv6("ipv6", bad.parse().unwrap()).unwrap_err();
+            assert!(e.reason.contains(why), "{bad}: {e}");
+        }
+    }
 
     /// Real instance id shapes pass; near misses fail.
     #[test]

@@ -5,7 +5,7 @@
 //! of what landed in DNS. [`exchange_udp`] and [`exchange_tcp`] send one
 //! message as it is, for tests of the server's limits.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ pub struct DnsAnswer {
     pub authoritative: bool,
     /// A records in the answer section, sorted.
     pub a: Vec<Ipv4Addr>,
+    /// AAAA records in the answer section, sorted.
+    pub aaaa: Vec<Ipv6Addr>,
     /// CNAME targets in the answer section, with their trailing dot.
     pub cnames: Vec<String>,
     /// The types of every record in the answer section, in order.
@@ -58,6 +60,30 @@ impl Resolver {
     /// Asks for `name`'s A records (and whatever CNAME leads to them).
     pub async fn a(&self, name: &str) -> anyhow::Result<DnsAnswer> {
         self.query(name, RecordType::A).await
+    }
+
+    /// Asks for `name`'s AAAA records (and whatever CNAME leads to them).
+    pub async fn aaaa(&self, name: &str) -> anyhow::Result<DnsAnswer> {
+        self.query(name, RecordType::AAAA).await
+    }
+
+    /// Asks for `name`'s AAAA records, every [`crate::POLL`], until
+    /// `accept` likes the answer or `timeout` passes (see
+    /// [`Resolver::a_until`]).
+    pub async fn aaaa_until(
+        &self,
+        name: &str,
+        timeout: std::time::Duration,
+        accept: impl Fn(&DnsAnswer) -> bool,
+    ) -> DnsAnswer {
+        crate::wait_until(
+            timeout,
+            crate::POLL,
+            || self.aaaa(name),
+            |answer| answer.as_ref().is_ok_and(&accept),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("resolving {name} AAAA: {e:#}"))
     }
 
     /// Asks for `name`'s A records, every [`crate::POLL`], until `accept`
@@ -193,21 +219,25 @@ pub async fn exchange_on(stream: &mut TcpStream, request: &Message) -> anyhow::R
 
 fn reduce(response: &Message) -> DnsAnswer {
     let mut a = Vec::new();
+    let mut aaaa = Vec::new();
     let mut cnames = Vec::new();
     let mut types = Vec::new();
     for record in response.answers() {
         types.push(record.record_type());
         match record.data() {
             RData::A(address) => a.push(address.0),
+            RData::AAAA(address) => aaaa.push(address.0),
             RData::CNAME(target) => cnames.push(target.0.to_ascii()),
             _ => {}
         }
     }
     a.sort();
+    aaaa.sort();
     DnsAnswer {
         rcode: response.response_code(),
         authoritative: response.authoritative(),
         a,
+        aaaa,
         cnames,
         types,
     }

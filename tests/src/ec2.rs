@@ -76,6 +76,10 @@ pub struct InstanceView {
     pub instance_type: String,
     /// AMI id.
     pub image_id: String,
+    /// The primary network interface's MAC address, lower case.
+    pub mac: Option<String>,
+    /// The primary network interface's IPv6 addresses.
+    pub ipv6: Vec<std::net::Ipv6Addr>,
 }
 
 /// The tags an operator puts on an instance that joins `cluster`:
@@ -120,6 +124,81 @@ pub async fn launch_instance_with_user_data(
         .to_owned()
 }
 
+/// Launches one t3.micro tagged as a member of `cluster` into a
+/// dual-stack subnet (a VPC with an Amazon-provided IPv6 block, a /64 of
+/// it for the subnet, public IPv4 addresses on launch) with one IPv6
+/// address; returns its id.
+pub async fn launch_dual_stack(client: &Client, cluster: &str) -> String {
+    let vpc = client
+        .create_vpc()
+        .cidr_block("10.99.0.0/16")
+        .amazon_provided_ipv6_cidr_block(true)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateVpc: {}", DisplayErrorContext(&e)));
+    let vpc = vpc.vpc().expect("CreateVpc answers the VPC");
+    let vpc_id = vpc.vpc_id().expect("a VPC id").to_owned();
+    let described = client
+        .describe_vpcs()
+        .vpc_ids(&vpc_id)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("DescribeVpcs: {}", DisplayErrorContext(&e)));
+    let block = described
+        .vpcs()
+        .first()
+        .and_then(|v| v.ipv6_cidr_block_association_set().first())
+        .and_then(|a| a.ipv6_cidr_block())
+        .expect("the VPC has an IPv6 block")
+        .to_owned();
+    // The /56 EC2 gives a VPC; its first /64 for the subnet.
+    let subnet_block = block.replace("/56", "/64");
+    let subnet = client
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.99.1.0/24")
+        .ipv6_cidr_block(&subnet_block)
+        .availability_zone(format!("{TEST_REGION}a"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateSubnet: {}", DisplayErrorContext(&e)));
+    let subnet_id = subnet
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("a subnet id")
+        .to_owned();
+    // A public IPv4 too, so the node's name has both.
+    client
+        .modify_subnet_attribute()
+        .subnet_id(&subnet_id)
+        .map_public_ip_on_launch(
+            aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                .value(true)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("ModifySubnetAttribute: {}", DisplayErrorContext(&e)));
+    let answer = client
+        .run_instances()
+        .image_id(TEST_AMI)
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet_id)
+        .ipv6_address_count(1)
+        .tag_specifications(member_tags(cluster))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("RunInstances: {}", DisplayErrorContext(&e)));
+    answer
+        .instances()
+        .first()
+        .and_then(|instance| instance.instance_id())
+        .expect("RunInstances answered an instance id")
+        .to_owned()
+}
+
 /// DescribeInstances for one instance.
 pub async fn try_describe(client: &Client, instance_id: &str) -> anyhow::Result<InstanceView> {
     let answer = client
@@ -139,6 +218,11 @@ pub async fn try_describe(client: &Client, instance_id: &str) -> anyhow::Result<
         .flat_map(|r| r.instances())
         .find(|i| i.instance_id() == Some(instance_id))
         .with_context(|| format!("DescribeInstances did not list {instance_id}"))?;
+    let primary = instance.network_interfaces().iter().min_by_key(|n| {
+        n.attachment()
+            .and_then(|a| a.device_index())
+            .unwrap_or(i32::MAX)
+    });
     let ip = |text: Option<&str>| -> anyhow::Result<Option<Ipv4Addr>> {
         text.map(|t| {
             t.parse()
@@ -164,6 +248,13 @@ pub async fn try_describe(client: &Client, instance_id: &str) -> anyhow::Result<
             .map(|t| t.as_str().to_owned())
             .unwrap_or_default(),
         image_id: instance.image_id().unwrap_or_default().to_owned(),
+        mac: primary.and_then(|n| n.mac_address()).map(str::to_lowercase),
+        ipv6: primary
+            .map(|n| n.ipv6_addresses())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.ipv6_address()?.parse().ok())
+            .collect(),
     })
 }
 
@@ -221,6 +312,7 @@ pub async fn register_request(
         agent_version: "0.0.0-test".to_owned(),
         byon: None,
         signed_identity: None,
+        ipv6: None,
     })
 }
 

@@ -419,6 +419,19 @@ async fn answer(shared: &Shared, path: &str) -> anyhow::Result<Option<Response>>
     if WARNINGS.iter().any(|prefix| path.starts_with(prefix)) {
         return Ok(None);
     }
+    // The agent reads its IPv6 addresses at every poll: answered from the
+    // one DescribeInstances, not the whole tree.
+    if let Some(mac) = path
+        .strip_prefix("meta-data/network/interfaces/macs/")
+        .and_then(|rest| rest.strip_suffix("/ipv6s"))
+    {
+        let view = view().await?;
+        if view.mac.as_deref() != Some(mac) || view.ipv6.is_empty() {
+            return Ok(None);
+        }
+        let listed: Vec<String> = view.ipv6.iter().map(|ip| ip.to_string()).collect();
+        return Ok(text(listed.join("\n")));
+    }
     Ok(match path {
         "meta-data/instance-id" => text(shared.instance_id.clone()),
         "meta-data/placement/availability-zone" => text(view().await?.availability_zone),

@@ -180,6 +180,14 @@ pub async fn tree(ec2: &Client, instance_id: &str) -> anyhow::Result<Tree> {
         if let Some(public) = instance.public_ip_address() {
             put_nic("public-ipv4s", public);
         }
+        let ipv6s: Vec<&str> = eni
+            .ipv6_addresses()
+            .iter()
+            .filter_map(|a| a.ipv6_address())
+            .collect();
+        if !ipv6s.is_empty() {
+            put_nic("ipv6s", &ipv6s.join("\n"));
+        }
     }
     Ok(tree)
 }

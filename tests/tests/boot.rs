@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
-use muster_proto::{node_dns_name, node_internal_dns_name, NodeState};
+use muster_proto::{node_dns_name, node_internal_dns_name, EventSource, NodeState};
 use muster_tests::ec2::{self, TEST_AMI};
 use muster_tests::procs::bin_path;
 use muster_tests::vm::{self, Hardware, Machine};
@@ -341,12 +341,14 @@ async fn a_killed_agent_is_restarted_by_systemd() {
     scene.dns_answers(view.public_ipv4.unwrap()).await;
 }
 
-/// A reboot: the agent starts again on its own, the same node is deployed,
-/// and the data volume is mounted again with what was written before,
-/// never formatted twice.
+/// A reboot: systemd's SIGTERM makes the agent drain the node (out of the
+/// round robin, then a wait of the records' TTL) before it goes; the agent
+/// starts again on its own, the same node is deployed, and the data volume
+/// is mounted again with what was written before, never formatted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reboot_keeps_the_node_and_its_volume() {
-    let mut scene = Scene::launch("reboot", &[]).await;
+    // A 5 s TTL: the user data sets the agent's drain wait to it.
+    let mut scene = Scene::launch("reboot", &["--dns-ttl", "5"]).await;
     scene.machine.power_on().await;
     scene.deployed_in_guest(BOOTING).await;
     let filesystem = "findmnt -n -o UUID /var/lib/muster-data && tune2fs -l $(findmnt -n -o SOURCE /var/lib/muster-data) | grep 'Filesystem created'";
@@ -386,6 +388,23 @@ async fn a_reboot_keeps_the_node_and_its_volume() {
         .sh_ok("journalctl --list-boots --no-pager | grep -cE '[0-9a-f]{32}'")
         .await;
     assert_eq!(boots.trim(), "2", "two boots in the journal");
+    let stopping = scene
+        .machine
+        .sh_ok("journalctl -b -1 -u muster-agent --no-pager -o cat")
+        .await;
+    assert!(
+        stopping.contains("SIGTERM received")
+            && stopping.contains("the coordinator took the node out of its round robin")
+            && stopping.contains("wait=5s"),
+        "the agent drained on the way down:\n{stopping}"
+    );
+    let events = scene.coordinator.node(CLUSTER, &scene.id).await.events;
+    assert!(
+        events.iter().any(|e| e.to == NodeState::Draining
+            && e.reason == "leaving: the agent is stopping"
+            && e.source == EventSource::Agent),
+        "{events:#?}"
+    );
     scene.one_deployed_node().await;
     let view = ec2::describe(&scene.sdk, &scene.id).await;
     scene.dns_answers(view.public_ipv4.unwrap()).await;

@@ -69,6 +69,7 @@ async fn register_machines(coordinator: &Coordinator, token: &str) {
                 machine_id,
             }),
             signed_identity: None,
+            ipv6: None,
         };
         let answer = client
             .post(format!("{}{}", coordinator.url(), paths::AGENT_REGISTER))

@@ -107,6 +107,7 @@ impl Scene {
             agent_version: "0.0.0-test".to_owned(),
             byon: None,
             signed_identity: None,
+            ipv6: None,
         })
     }
 
@@ -127,6 +128,7 @@ impl Scene {
             checks: Vec::new(),
             notices: Vec::new(),
             leaving: None,
+            ipv6: None,
         };
         self.post(paths::AGENT_HEARTBEAT, bearer, &body).await
     }

@@ -98,6 +98,7 @@ async fn cache_spares_ec2_yet_never_refuses_on_old_facts() {
         agent_version: "0.0.0-test".to_owned(),
         byon: None,
         signed_identity: None,
+        ipv6: None,
     });
     let answer = coordinator
         .https_client()

@@ -349,6 +349,50 @@ fn address(base: [u8; 2], i: usize) -> Ipv4Addr {
     Ipv4Addr::new(base[0], base[1], (i / 250) as u8, (i % 250 + 1) as u8)
 }
 
+/// A name holding IPv4 and IPv6 addresses lands as an A and an AAAA
+/// record set; losing its IPv6 address deletes the AAAA set and leaves the
+/// A set; a delete takes both, and the ownership record, away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_land_as_a_and_aaaa_sets() {
+    let moto = Moto::start().await;
+    let client = r53::client(&moto.endpoint()).await;
+    let zone_id = r53::create_zone(&client, ZONE).await;
+    let provider = provider(&moto.endpoint(), &zone_id).await;
+    let name = format!("n1.bulk.{ZONE}");
+    let v4 = std::net::IpAddr::V4(Ipv4Addr::new(54, 0, 0, 1));
+    let v6: std::net::IpAddr = "2600:1f18:4f2:e100::5".parse().unwrap();
+    let apply = async |changes: Vec<Change>| {
+        let applied = provider.apply(&changes).await;
+        assert!(applied.error.is_none(), "{:?}", applied.error);
+        assert!(applied.outcomes.iter().all(|o| *o == Outcome::Applied));
+    };
+
+    apply(vec![upsert(&name, RecordData::Addresses(vec![v4, v6]))]).await;
+    let records = r53::records(&client, &zone_id).await;
+    assert_eq!(values(&records, &name, "A"), vec![v4.to_string()]);
+    assert_eq!(values(&records, &name, "AAAA"), vec![v6.to_string()]);
+
+    let owned = Change::Upsert {
+        name: Name::from_ascii(format!("{name}.")).unwrap(),
+        data: RecordData::Addresses(vec![v4]),
+        owned: true,
+    };
+    apply(vec![owned]).await;
+    let records = r53::records(&client, &zone_id).await;
+    assert_eq!(values(&records, &name, "A"), vec![v4.to_string()]);
+    assert!(!records.contains_key(&key(&name, "AAAA")), "{records:#?}");
+
+    apply(vec![Change::Delete {
+        name: Name::from_ascii(format!("{name}.")).unwrap(),
+    }])
+    .await;
+    let records = r53::records(&client, &zone_id).await;
+    assert!(
+        records.keys().all(|(n, _)| !n.contains("n1.bulk")),
+        "{records:#?}"
+    );
+}
+
 /// 1,500 new names, then 1,500 moves, go out in as few requests as
 /// Route53's limit of 1000 counted records allows (an UPSERT counts
 /// twice); 300 long CNAMEs are cut by the 32,000-character limit instead.
@@ -381,7 +425,7 @@ async fn batches_respect_route53_limits() {
         names
             .iter()
             .enumerate()
-            .map(|(i, n)| upsert(n, RecordData::A(vec![address([10, 1], i)])))
+            .map(|(i, n)| upsert(n, RecordData::a(vec![address([10, 1], i)])))
             .collect(),
     )
     .await;
@@ -393,7 +437,7 @@ async fn batches_respect_route53_limits() {
         names
             .iter()
             .enumerate()
-            .map(|(i, n)| upsert(n, RecordData::A(vec![address([10, 2], i)])))
+            .map(|(i, n)| upsert(n, RecordData::a(vec![address([10, 2], i)])))
             .collect(),
     )
     .await;
@@ -468,7 +512,7 @@ async fn throttling_is_retried() {
     let changes: Vec<Change> = names
         .iter()
         .enumerate()
-        .map(|(i, n)| upsert(n, RecordData::A(vec![address([10, 3], i)])))
+        .map(|(i, n)| upsert(n, RecordData::a(vec![address([10, 3], i)])))
         .collect();
     let applied = provider.apply(&changes).await;
     assert!(applied.error.is_none(), "{:?}", applied.error);
@@ -545,7 +589,7 @@ async fn a_zone_holding_its_records_is_taken_over_without_a_write() {
         .enumerate()
         .map(|(i, n)| {
             let ip = if i == 7 { moved } else { address([10, 1], i) };
-            upsert(n.trim_end_matches('.'), RecordData::A(vec![ip]))
+            upsert(n.trim_end_matches('.'), RecordData::a(vec![ip]))
         })
         .collect();
     changes.push(upsert(

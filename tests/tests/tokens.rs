@@ -60,6 +60,7 @@ fn byon_request(machine: &str, name: &str) -> RegisterRequest {
             machine_id: machine.to_owned(),
         }),
         signed_identity: None,
+        ipv6: None,
     }
 }
 

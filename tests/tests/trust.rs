@@ -98,6 +98,7 @@ async fn register_body(
         agent_version: "0.0.0-test".to_owned(),
         byon: None,
         signed_identity: None,
+        ipv6: None,
     })
 }
 
@@ -110,6 +111,7 @@ fn heartbeat_body(id: &str, private: Ipv4Addr, public: Option<Ipv4Addr>) -> Hear
         checks: Vec::new(),
         notices: Vec::new(),
         leaving: None,
+        ipv6: None,
     }
 }
 

@@ -236,3 +236,45 @@ async fn signed_identity_is_read_exactly() {
     let err = identity(&items).await.unwrap_err();
     assert!(matches!(err, ImdsError::Invalid { path, .. } if path == paths::IDENTITY_PKCS7));
 }
+
+/// The first IPv6 address of the primary interface is read through its MAC
+/// (which must be one before it goes into a path); none without a MAC or
+/// a list, and an address that is not global unicast is refused.
+#[tokio::test]
+async fn ipv6_is_read_through_the_mac() {
+    let mac = "02:ab:cd:ef:01:23";
+    let listed = paths::ipv6s(mac);
+    let mut items = INSTANCE.to_vec();
+    items.push((paths::MAC, mac));
+    items.push((&listed, "2600:1f18:4f2:e100::5\n2600:1f18:4f2:e100::6\n"));
+    let (_fake, endpoint) = start(&items).await;
+    let imds = ImdsClient::new(&endpoint).unwrap();
+    let expected: std::net::Ipv6Addr = "2600:1f18:4f2:e100::5".parse().unwrap();
+    assert_eq!(
+        imds.identity().await.unwrap().addresses.ipv6,
+        Some(expected)
+    );
+    assert_eq!(imds.addresses().await.unwrap().ipv6, Some(expected));
+
+    let (_fake, endpoint) = start(&INSTANCE).await;
+    let imds = ImdsClient::new(&endpoint).unwrap();
+    assert_eq!(
+        imds.addresses().await.unwrap().ipv6,
+        None,
+        "no MAC, no IPv6"
+    );
+
+    let mut items = INSTANCE.to_vec();
+    items.push((paths::MAC, "../../user-data"));
+    let (_fake, endpoint) = start(&items).await;
+    let err = ImdsClient::new(&endpoint)
+        .unwrap()
+        .ipv6()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImdsError::Invalid { path, .. } if path == paths::MAC));
+
+    assert_eq!(parse_ipv6s(None).unwrap(), None);
+    assert!(parse_ipv6s(Some("fe80::1")).is_err(), "link-local");
+    assert!(parse_ipv6s(Some("not an address")).is_err());
+}

@@ -198,6 +198,9 @@ pub fn node_text(detail: &NodeDetail) -> String {
     field("Zone:", format!("{} ({})", n.availability_zone, n.region));
     field("Public IPv4:", ip(n.public_ipv4));
     field("Private IPv4:", ip(n.private_ipv4));
+    if let Some(ipv6) = n.ipv6 {
+        field("IPv6:", ipv6.to_string());
+    }
     field("DNS:", n.dns_name.clone());
     field("Internal DNS:", n.internal_dns_name.clone());
     field("Created:", n.created_at.clone());

@@ -414,7 +414,7 @@ mod tests {
     }
 
     fn a(last: u8) -> RecordData {
-        RecordData::A(vec![Ipv4Addr::new(192, 0, 2, last)])
+        RecordData::a(vec![Ipv4Addr::new(192, 0, 2, last)])
     }
 
     /// Only differences go out in an incremental pass; a full pass rewrites
@@ -538,6 +538,7 @@ mod tests {
             state: NodeState::Deployed,
             private_ipv4: Some(Ipv4Addr::new(10, 0, 0, ip)),
             public_ipv4: Some(Ipv4Addr::new(54, 0, 0, ip)),
+            ipv6: None,
         }
     }
 
@@ -600,16 +601,16 @@ mod tests {
         let sent: Vec<Change> = fake.batches.lock().unwrap().concat();
         assert!(sent.contains(&Change::Upsert {
             name: name("n1.web.z."),
-            data: RecordData::A(vec![Ipv4Addr::new(54, 0, 0, 2)]),
+            data: RecordData::a(vec![Ipv4Addr::new(54, 0, 0, 2)]),
             owned: false
         }));
         assert!(sent.contains(&Change::Upsert {
             name: name("n1.web.internal.z."),
-            data: RecordData::A(vec![Ipv4Addr::new(10, 0, 0, 2)]),
+            data: RecordData::a(vec![Ipv4Addr::new(10, 0, 0, 2)]),
             owned: false
         }));
         let first = [Ipv4Addr::new(54, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 1)];
-        assert!(!sent.iter().any(|c| matches!(c, Change::Upsert { data: RecordData::A(ips), .. } if ips.iter().any(|ip| first.contains(ip)))));
+        assert!(!sent.iter().any(|c| matches!(c, Change::Upsert { data: RecordData::Addresses(ips), .. } if ips.iter().any(|ip| first.iter().any(|f| *ip == std::net::IpAddr::V4(*f))))));
         task.abort();
 
         let again = Arc::new(Zone::new("z", 30).unwrap());

@@ -32,12 +32,13 @@
 //! message; if the server refuses such a batch on a prerequisite, its names
 //! are retried one by one to find the one at fault.
 
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hickory_proto::dnssec::rdata::tsig::TsigAlgorithm as HickoryTsigAlgorithm;
 use hickory_proto::dnssec::tsig::TSigner;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode, UpdateMessage};
-use hickory_proto::rr::rdata::{A, CNAME, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -266,9 +267,15 @@ impl Rfc2136 {
 
     fn records(&self, name: &Name, data: &RecordData) -> Result<Vec<Record>, Rfc2136Error> {
         Ok(match data {
-            RecordData::A(ips) => ips
+            RecordData::Addresses(ips) => ips
                 .iter()
-                .map(|ip| Record::from_rdata(name.clone(), self.ttl, RData::A(A(*ip))))
+                .map(|ip| {
+                    let rdata = match ip {
+                        IpAddr::V4(v4) => RData::A(A(*v4)),
+                        IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+                    };
+                    Record::from_rdata(name.clone(), self.ttl, rdata)
+                })
                 .collect(),
             RecordData::Cname(target) => {
                 let target = Name::from_ascii(target).map_err(|e| self.message_error(e))?;
@@ -291,6 +298,7 @@ impl Rfc2136 {
         let owner = ownership_name(name).map_err(|e| self.message_error(e))?;
         message.add_pre_requisite(self.owner_txt(owner, 0));
         message.add_update(Self::delete_rrset(name.clone(), RecordType::A));
+        message.add_update(Self::delete_rrset(name.clone(), RecordType::AAAA));
         message.add_update(Self::delete_rrset(name.clone(), RecordType::CNAME));
         message.add_updates(self.records(name, data)?);
         Ok(())
@@ -321,6 +329,7 @@ impl Rfc2136 {
         let mut message = self.update();
         message.add_pre_requisite(self.owner_txt(owner.clone(), 0));
         message.add_update(Self::delete_rrset(name.clone(), RecordType::A));
+        message.add_update(Self::delete_rrset(name.clone(), RecordType::AAAA));
         message.add_update(Self::delete_rrset(name.clone(), RecordType::CNAME));
         message.add_update(Self::delete_rrset(owner, RecordType::TXT));
         Ok(message)
@@ -598,12 +607,17 @@ mod tests {
     }
 
     /// An owned update is guarded by the exact ownership TXT and replaces
-    /// the A and CNAME RRsets; a create is guarded by "not in use".
+    /// the A, AAAA and CNAME RRsets (an address of each family becomes its
+    /// record); a create is guarded by "not in use".
     #[test]
     fn prerequisites_guard_every_update() {
         let p = provider();
         let name = Name::from_str("n1.web.muster.test.").unwrap();
-        let data = RecordData::A(vec![std::net::Ipv4Addr::new(192, 0, 2, 1)]);
+        let v6: std::net::Ipv6Addr = "2600:1f18::1".parse().unwrap();
+        let data = RecordData::Addresses(vec![
+            IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+            IpAddr::V6(v6),
+        ]);
         let mut owned = p.update();
         p.add_owned_upsert(&mut owned, &name, &data).unwrap();
         let prereqs = owned.prerequisites();
@@ -612,11 +626,17 @@ mod tests {
         assert_eq!(prereqs[0].dns_class(), DNSClass::IN);
         assert_eq!(prereqs[0].name().to_ascii(), "_muster.n1.web.muster.test.");
         let updates = owned.updates();
-        assert_eq!(updates.len(), 3);
-        assert_eq!(updates[0].dns_class(), DNSClass::ANY);
-        assert!(
-            matches!(updates[2].data(), RData::A(a) if a.0 == std::net::Ipv4Addr::new(192, 0, 2, 1))
+        assert_eq!(updates.len(), 5);
+        assert!(updates[..3].iter().all(|u| u.dns_class() == DNSClass::ANY));
+        let deleted: Vec<RecordType> = updates[..3].iter().map(|u| u.record_type()).collect();
+        assert_eq!(
+            deleted,
+            vec![RecordType::A, RecordType::AAAA, RecordType::CNAME]
         );
+        assert!(
+            matches!(updates[3].data(), RData::A(a) if a.0 == std::net::Ipv4Addr::new(192, 0, 2, 1))
+        );
+        assert!(matches!(updates[4].data(), RData::AAAA(a) if a.0 == v6));
 
         let create = p.create(&name, &data).unwrap();
         assert!(create

@@ -2,11 +2,16 @@
 //! embedded server answers from.
 //!
 //! For node `n` in cluster `c` under zone `z`:
-//! - `n.c.z` A → public IPv4 (no name when it has none);
+//! - `n.c.z` A → public IPv4, AAAA → IPv6 (no name when it has neither);
 //! - `n.c.internal.z` A → private IPv4;
 //! - `*.n.c.z` CNAME → `n.c.z` (synthesised for any name beneath `n.c.z`);
-//! - `c.z` A → the public IPv4 of every `deployed` node of the cluster;
+//! - `c.z` A and AAAA → the public IPv4 and IPv6 of every `deployed` node
+//!   of the cluster;
 //! - `c.internal.z` A → the private IPv4 of every `deployed` node.
+//!
+//! EC2's IPv6 addresses are global unicast, reachable from anywhere the
+//! network allows, so they stand beside the public IPv4 (an IPv6-only
+//! node's public name has AAAA only).
 //!
 //! Private addresses are answered only under `internal`: a name outside it
 //! never points into a private network, so the zone cannot be used to
@@ -36,13 +41,13 @@
 //! rebuilt from the snapshot ([`ZoneData::desired`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, CNAME, NS, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use muster_proto::{validate, NodeState};
 use serde::{Deserialize, Serialize};
@@ -66,9 +71,20 @@ pub struct NodeRecordSource {
     pub private_ipv4: Option<Ipv4Addr>,
     /// Public IPv4.
     pub public_ipv4: Option<Ipv4Addr>,
+    /// IPv6 address.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 impl NodeRecordSource {
+    /// What its public name answers: the public IPv4, then the IPv6.
+    fn public_addresses(&self) -> Vec<IpAddr> {
+        self.public_ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(IpAddr::V6))
+            .collect()
+    }
+
     /// Whether the node keeps its own names in this state.
     fn has_own_names(&self) -> bool {
         matches!(
@@ -86,10 +102,19 @@ impl NodeRecordSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordData {
-    /// A records, sorted, without duplicates.
-    A(Vec<Ipv4Addr>),
+    /// A and AAAA records, sorted (IPv4 first), without duplicates. (Named
+    /// `a` where it is written down, as when it held IPv4 alone.)
+    #[serde(rename = "a")]
+    Addresses(Vec<IpAddr>),
     /// One CNAME to this name (fully qualified, trailing dot).
     Cname(String),
+}
+
+impl RecordData {
+    /// A records alone: `ips`, as IPv4 addresses.
+    pub fn a(ips: Vec<Ipv4Addr>) -> RecordData {
+        RecordData::Addresses(ips.into_iter().map(IpAddr::V4).collect())
+    }
 }
 
 /// Every record muster wants in the zone, by owner name.
@@ -104,37 +129,38 @@ pub fn desired_records(
 ) -> Result<DesiredRecords, hickory_proto::ProtoError> {
     let mut records = Vec::with_capacity(3 * nodes.len());
     // Each cluster's round robins: public and internal.
-    let mut clusters: BTreeMap<&str, (Vec<Ipv4Addr>, Vec<Ipv4Addr>)> = BTreeMap::new();
+    let mut clusters: BTreeMap<&str, (Vec<IpAddr>, Vec<IpAddr>)> = BTreeMap::new();
     for node in nodes.iter().filter(|n| n.has_own_names()) {
         let cluster = zone.prepend_label(node.cluster.as_str())?;
         let public_name = cluster.prepend_label(node.name.as_str())?;
         let deployed = node.state == NodeState::Deployed;
-        if let Some(ip) = node.public_ipv4 {
+        let public = node.public_addresses();
+        if !public.is_empty() {
             records.push((
                 public_name.prepend_label("*")?,
                 RecordData::Cname(public_name.to_ascii()),
             ));
-            records.push((public_name, RecordData::A(vec![ip])));
             if deployed {
                 clusters
                     .entry(node.cluster.as_str())
                     .or_default()
                     .0
-                    .push(ip);
+                    .extend(&public);
             }
+            records.push((public_name, RecordData::Addresses(public)));
         }
         if let Some(ip) = node.private_ipv4 {
             let internal = zone
                 .prepend_label(INTERNAL_LABEL)?
                 .prepend_label(node.cluster.as_str())?
                 .prepend_label(node.name.as_str())?;
-            records.push((internal, RecordData::A(vec![ip])));
+            records.push((internal, RecordData::Addresses(vec![IpAddr::V4(ip)])));
             if deployed {
                 clusters
                     .entry(node.cluster.as_str())
                     .or_default()
                     .1
-                    .push(ip);
+                    .push(IpAddr::V4(ip));
             }
         }
     }
@@ -149,7 +175,7 @@ pub fn desired_records(
             }
             ips.sort();
             ips.dedup();
-            records.push((name, RecordData::A(ips)));
+            records.push((name, RecordData::Addresses(ips)));
         }
     }
     Ok(collect_records(records))
@@ -194,7 +220,7 @@ pub struct ZoneData {
     soa: Record,
     ns: Record,
     ttl: u32,
-    /// Every name with A records, with them; a public node name is marked
+    /// Every name with A or AAAA records, with them; a public node name is marked
     /// as a wildcard target (anything beneath it is a CNAME to it), so
     /// that its name is held once.
     a: HashMap<LowerName, Owned>,
@@ -207,8 +233,9 @@ pub struct ZoneData {
 /// What one name of the snapshot holds.
 #[derive(Debug, PartialEq)]
 struct Owned {
-    /// Its A records; empty only for a wildcard target without any.
-    ips: Box<[Ipv4Addr]>,
+    /// Its A and AAAA records; empty only for a wildcard target without
+    /// any.
+    ips: Box<[IpAddr]>,
     /// Whether `*.name` is a CNAME to the name.
     wildcard_target: bool,
 }
@@ -244,7 +271,7 @@ impl ZoneData {
         // whether a name was put under each.
         let mut parents: HashMap<&str, (Name, Name, bool, bool)> = HashMap::new();
         // Each cluster's round robins: public and internal.
-        let mut clusters: BTreeMap<&str, (Vec<Ipv4Addr>, Vec<Ipv4Addr>)> = BTreeMap::new();
+        let mut clusters: BTreeMap<&str, (Vec<IpAddr>, Vec<IpAddr>)> = BTreeMap::new();
         let mut a: HashMap<LowerName, Owned> = HashMap::with_capacity(2 * nodes.len());
         for node in nodes.iter().filter(|n| n.has_own_names()) {
             let (public, private, public_used, private_used) =
@@ -263,23 +290,24 @@ impl ZoneData {
             let deployed = node.state == NodeState::Deployed;
             // As in the model, a later record of a name replaces an
             // earlier one.
-            if let Some(ip) = node.public_ipv4 {
+            let addresses = node.public_addresses();
+            if !addresses.is_empty() {
                 *public_used = true;
                 let name = public.prepend_label(node.name.as_str())?;
-                a.insert(
-                    LowerName::from(name),
-                    Owned {
-                        ips: Box::new([ip]),
-                        wildcard_target: true,
-                    },
-                );
                 if deployed {
                     clusters
                         .entry(node.cluster.as_str())
                         .or_default()
                         .0
-                        .push(ip);
+                        .extend(&addresses);
                 }
+                a.insert(
+                    LowerName::from(name),
+                    Owned {
+                        ips: addresses.into(),
+                        wildcard_target: true,
+                    },
+                );
             }
             if let Some(ip) = node.private_ipv4 {
                 *private_used = true;
@@ -287,7 +315,7 @@ impl ZoneData {
                 a.insert(
                     LowerName::from(name),
                     Owned {
-                        ips: Box::new([ip]),
+                        ips: Box::new([IpAddr::V4(ip)]),
                         wildcard_target: false,
                     },
                 );
@@ -296,7 +324,7 @@ impl ZoneData {
                         .entry(node.cluster.as_str())
                         .or_default()
                         .1
-                        .push(ip);
+                        .push(IpAddr::V4(ip));
                 }
             }
         }
@@ -340,7 +368,7 @@ impl ZoneData {
     ) -> Result<ZoneData, hickory_proto::ProtoError> {
         let with_a = records
             .values()
-            .filter(|r| matches!(r, RecordData::A(_)))
+            .filter(|r| matches!(r, RecordData::Addresses(_)))
             .count();
         let mut a: HashMap<LowerName, Owned> = HashMap::with_capacity(with_a);
         fn owned(a: &mut HashMap<LowerName, Owned>, name: LowerName) -> &mut Owned {
@@ -351,7 +379,7 @@ impl ZoneData {
         }
         for (name, data) in records {
             match data {
-                RecordData::A(ips) => {
+                RecordData::Addresses(ips) => {
                     owned(&mut a, LowerName::from(name)).ips = ips.as_slice().into()
                 }
                 // The wildcard is synthesised in `lookup`: what matters here
@@ -439,11 +467,7 @@ impl ZoneData {
             return self.positive_or_nodata(answers);
         }
         if let Some(owned) = self.a.get(qname) {
-            let answers = if matches!(qtype, RecordType::A | RecordType::ANY) {
-                self.a_records(&Name::from(qname), &owned.ips)
-            } else {
-                Vec::new()
-            };
+            let answers = self.address_records(&Name::from(qname), &owned.ips, qtype);
             return self.positive_or_nodata(answers);
         }
         if self.names.contains(qname) {
@@ -461,10 +485,8 @@ impl ZoneData {
                     self.ttl,
                     RData::CNAME(CNAME(target.clone())),
                 )];
-                if matches!(qtype, RecordType::A | RecordType::ANY) {
-                    if let Some(owned) = owned {
-                        answers.extend(self.a_records(&target, &owned.ips));
-                    }
+                if let Some(owned) = owned {
+                    answers.extend(self.address_records(&target, &owned.ips, qtype));
                 }
                 return Answer {
                     code: ResponseCode::NoError,
@@ -499,15 +521,24 @@ impl ZoneData {
                 }
             }
             if !owned.ips.is_empty() {
-                records.push((name, RecordData::A(owned.ips.to_vec())));
+                records.push((name, RecordData::Addresses(owned.ips.to_vec())));
             }
         }
         collect_records(records)
     }
 
-    fn a_records(&self, name: &Name, ips: &[Ipv4Addr]) -> Vec<Record> {
+    /// `name`'s records of type `qtype` among `ips`: A for IPv4, AAAA
+    /// for IPv6, both for ANY, none for any other type.
+    fn address_records(&self, name: &Name, ips: &[IpAddr], qtype: RecordType) -> Vec<Record> {
         ips.iter()
-            .map(|ip| Record::from_rdata(name.clone(), self.ttl, RData::A(A(*ip))))
+            .filter_map(|ip| match (ip, qtype) {
+                (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => Some(RData::A(A(*v4))),
+                (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => {
+                    Some(RData::AAAA(AAAA(*v6)))
+                }
+                _ => None,
+            })
+            .map(|rdata| Record::from_rdata(name.clone(), self.ttl, rdata))
             .collect()
     }
 

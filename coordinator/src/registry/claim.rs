@@ -2,7 +2,7 @@
 //! the request's source first, then the signed identity document, then
 //! EC2 (the cache may confirm, only a fresh read refuses).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use muster_proto::cidr::Ipv4Cidr;
 use muster_proto::{NodeState, RegisterRequest};
@@ -33,6 +33,9 @@ pub(super) struct Claim<'a> {
     pub availability_zone: Option<&'a str>,
     pub private_ipv4: Ipv4Addr,
     pub public_ipv4: Option<Ipv4Addr>,
+    /// An IPv6 address the agent names must be one of the instance's; an
+    /// agent that names none claims nothing.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 impl Claim<'_> {
@@ -81,6 +84,20 @@ impl Claim<'_> {
                 show_ip(facts.public_ipv4),
             ));
         }
+        if let Some(ipv6) = self.ipv6 {
+            if !facts.ipv6.contains(&ipv6) {
+                let actual: Vec<String> = facts.ipv6.iter().map(|ip| ip.to_string()).collect();
+                return Err(mismatch(
+                    "ipv6",
+                    ipv6.to_string(),
+                    if actual.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        actual.join(", ")
+                    },
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -95,6 +112,7 @@ impl Registry {
         source: Option<IpAddr>,
         private_ipv4: Ipv4Addr,
         public_ipv4: Option<Ipv4Addr>,
+        ipv6: Option<Ipv6Addr>,
     ) -> Result<(), RegistryError> {
         if let Some(public) = public_ipv4 {
             muster_proto::validate::public_ipv4(
@@ -108,7 +126,8 @@ impl Registry {
         }
         let ok = match source.map(|s| s.to_canonical()) {
             Some(IpAddr::V4(from)) => from == private_ipv4 || Some(from) == public_ipv4,
-            _ => false,
+            Some(IpAddr::V6(from)) => Some(from) == ipv6,
+            None => false,
         };
         if ok {
             return Ok(());

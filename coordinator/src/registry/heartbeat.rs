@@ -4,7 +4,7 @@
 //! the node's condition moves its state ([`condition`]), everything else
 //! stays in memory.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -18,19 +18,29 @@ use super::lifecycle::{Condition, Input};
 use super::live::AgentReport;
 use super::{show_ip, Registry, RegistryError};
 
+/// A node's addresses: private IPv4, public IPv4, IPv6.
+pub(super) type Addresses = (Ipv4Addr, Option<Ipv4Addr>, Option<Ipv6Addr>);
+
 /// "address changed: public 1.2.3.4 -> 5.6.7.8", naming only what changed.
 fn address_change_reason(
-    before: (Option<Ipv4Addr>, Option<Ipv4Addr>),
-    after: (Option<Ipv4Addr>, Option<Ipv4Addr>),
+    before: (Option<Ipv4Addr>, Option<Ipv4Addr>, Option<Ipv6Addr>),
+    after: Addresses,
 ) -> String {
     let mut parts = Vec::new();
     for (label, old, new) in [
-        ("private", before.0, after.0),
+        ("private", before.0, Some(after.0)),
         ("public", before.1, after.1),
     ] {
         if old != new {
             parts.push(format!("{label} {} -> {}", show_ip(old), show_ip(new)));
         }
+    }
+    if before.2 != after.2 {
+        parts.push(format!(
+            "ipv6 {} -> {}",
+            show_ip(before.2),
+            show_ip(after.2)
+        ));
     }
     format!("address changed: {}", parts.join(", "))
 }
@@ -93,7 +103,13 @@ impl Registry {
         source: Option<IpAddr>,
     ) -> Result<HeartbeatResponse, RegistryError> {
         req.validate()?;
-        self.check_addresses(&req.instance_id, source, req.private_ipv4, req.public_ipv4)?;
+        self.check_addresses(
+            &req.instance_id,
+            source,
+            req.private_ipv4,
+            req.public_ipv4,
+            req.ipv6,
+        )?;
         if TokenKind::of(bearer) != Some(TokenKind::Node) {
             return Err(RegistryError::Unauthorized(
                 "a heartbeat needs \"Authorization: Bearer <node credential>\"".into(),
@@ -110,8 +126,9 @@ impl Registry {
                 state: node.state,
             });
         }
-        let moved =
-            node.private_ipv4 != Some(req.private_ipv4) || node.public_ipv4 != req.public_ipv4;
+        let moved = node.private_ipv4 != Some(req.private_ipv4)
+            || node.public_ipv4 != req.public_ipv4
+            || node.ipv6 != req.ipv6;
         // A node EC2 last saw stopped (or that never ran) counts as deployed
         // again only once EC2 confirms the instance runs with these addresses.
         let confirm = !(node.state.is_heard() || node.state == NodeState::Unreachable);
@@ -123,13 +140,14 @@ impl Registry {
                 availability_zone: None,
                 private_ipv4: req.private_ipv4,
                 public_ipv4: req.public_ipv4,
+                ipv6: req.ipv6,
             })
             .await?;
         }
         if moved {
             self.set_addresses(
                 id,
-                (req.private_ipv4, req.public_ipv4),
+                (req.private_ipv4, req.public_ipv4, req.ipv6),
                 EventSource::Agent,
                 None,
             )
@@ -189,7 +207,7 @@ impl Registry {
     pub(super) async fn set_addresses(
         &self,
         id: i64,
-        (private_ipv4, public_ipv4): (Ipv4Addr, Option<Ipv4Addr>),
+        (private_ipv4, public_ipv4, ipv6): Addresses,
         source: EventSource,
         read_at: Option<Instant>,
     ) -> Result<(), RegistryError> {
@@ -197,7 +215,10 @@ impl Registry {
         let Some(node) = self.live().nodes.get(&id).cloned() else {
             return Ok(());
         };
-        if node.private_ipv4 == Some(private_ipv4) && node.public_ipv4 == public_ipv4 {
+        if node.private_ipv4 == Some(private_ipv4)
+            && node.public_ipv4 == public_ipv4
+            && node.ipv6 == ipv6
+        {
             return Ok(());
         }
         if read_at.is_some_and(|read| node.addresses_at > read) {
@@ -205,16 +226,22 @@ impl Registry {
             return Ok(());
         }
         let reason = address_change_reason(
-            (node.private_ipv4, node.public_ipv4),
-            (Some(private_ipv4), public_ipv4),
+            (node.private_ipv4, node.public_ipv4, node.ipv6),
+            (private_ipv4, public_ipv4, ipv6),
         );
-        self.store
-            .update_addresses(id, node.state, private_ipv4, public_ipv4, &reason, source)?;
+        self.store.update_addresses(
+            id,
+            node.state,
+            (private_ipv4, public_ipv4, ipv6),
+            &reason,
+            source,
+        )?;
         {
             let mut live = self.live();
             if let Some(entry) = live.nodes.get_mut(&id) {
                 entry.private_ipv4 = Some(private_ipv4);
                 entry.public_ipv4 = public_ipv4;
+                entry.ipv6 = ipv6;
                 entry.addresses_at = Instant::now();
             }
         }

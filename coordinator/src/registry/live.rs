@@ -10,7 +10,7 @@
 //! rebuilds and sweeps cost O(live nodes), not O(every node ever).
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -37,6 +37,7 @@ pub(super) struct LiveNode {
     pub(super) state: NodeState,
     pub(super) private_ipv4: Option<Ipv4Addr>,
     pub(super) public_ipv4: Option<Ipv4Addr>,
+    pub(super) ipv6: Option<Ipv6Addr>,
     /// The credential's SHA-256, as the index keys it.
     pub(super) credential_hash: Option<SecretDigest>,
     pub(super) last_seen: Option<SystemTime>,
@@ -113,6 +114,7 @@ impl Live {
                 state: node.state,
                 private_ipv4: node.private_ipv4,
                 public_ipv4: node.public_ipv4,
+                ipv6: node.ipv6,
                 credential_hash,
                 last_seen: previous.as_ref().and_then(|p| p.last_seen),
                 last_heard: previous
@@ -121,7 +123,9 @@ impl Live {
                 addresses_at: previous
                     .as_ref()
                     .filter(|p| {
-                        p.private_ipv4 == node.private_ipv4 && p.public_ipv4 == node.public_ipv4
+                        p.private_ipv4 == node.private_ipv4
+                            && p.public_ipv4 == node.public_ipv4
+                            && p.ipv6 == node.ipv6
                     })
                     .map_or_else(Instant::now, |p| p.addresses_at),
                 unknown_sweeps: previous.as_ref().map_or(0, |p| p.unknown_sweeps),
@@ -150,6 +154,7 @@ impl Live {
                 state: n.state,
                 private_ipv4: n.private_ipv4,
                 public_ipv4: n.public_ipv4,
+                ipv6: n.ipv6,
             })
             .collect()
     }

@@ -140,13 +140,13 @@ impl Registry {
                 .await?;
             return Ok(());
         };
-        let state = {
+        let (state, ipv6) = {
             let mut live = self.live();
             let Some(entry) = live.nodes.get_mut(&id) else {
                 return Ok(());
             };
             entry.unknown_sweeps = 0;
-            entry.state
+            (entry.state, entry.ipv6)
         };
         let input = match facts.state.as_str() {
             "pending" | "running" => Input::Ec2Running,
@@ -156,10 +156,18 @@ impl Registry {
             _ => return Ok(()),
         };
         if input == Input::Ec2Running && (state.is_heard() || state == NodeState::Unreachable) {
+            // The node's IPv6 address stands while the instance still has
+            // it; one it lost moves to the instance's first, if any.
+            // (One whose agent names none gets none from the sweep either.)
+            let ipv6 = match ipv6 {
+                Some(v6) if facts.ipv6.contains(&v6) => Some(v6),
+                Some(_) => facts.ipv6.first().copied(),
+                None => None,
+            };
             if let Some(private) = facts.private_ipv4 {
                 self.set_addresses(
                     id,
-                    (private, facts.public_ipv4),
+                    (private, facts.public_ipv4, ipv6),
                     EventSource::Sweep,
                     Some(read_at),
                 )

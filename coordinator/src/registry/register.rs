@@ -51,7 +51,13 @@ impl Registry {
         source: Option<IpAddr>,
     ) -> Result<RegisterResponse, RegistryError> {
         req.validate()?;
-        self.check_addresses(&req.instance_id, source, req.private_ipv4, req.public_ipv4)?;
+        self.check_addresses(
+            &req.instance_id,
+            source,
+            req.private_ipv4,
+            req.public_ipv4,
+            req.ipv6,
+        )?;
         let cluster = self.store.cluster(&req.cluster)?;
         let (how, admitted_by) = self.admit(bearer, &req, cluster.as_ref())?;
         let cluster =
@@ -70,6 +76,7 @@ impl Registry {
                     availability_zone: Some(&req.availability_zone),
                     private_ipv4: req.private_ipv4,
                     public_ipv4: req.public_ipv4,
+                    ipv6: req.ipv6,
                 })
                 .await?;
                 req.instance_id.clone()
@@ -229,6 +236,7 @@ impl Registry {
                 region: &req.region,
                 private_ipv4: req.private_ipv4,
                 public_ipv4: req.public_ipv4,
+                ipv6: req.ipv6,
                 credential_hash: &credential_hash,
                 byon: req.byon.is_some(),
                 admitted_by,

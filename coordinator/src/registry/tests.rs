@@ -1,6 +1,7 @@
 //! The registry's flows against a table of instances standing in for EC2.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -112,6 +113,7 @@ fn running(public: Option<Ipv4Addr>) -> InstanceFacts {
         state: "running".into(),
         private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
         public_ipv4: public,
+        ipv6: Vec::new(),
         availability_zone: Some("us-east-1a".into()),
         cluster_tag: Some("web".into()),
     }
@@ -164,6 +166,7 @@ fn register_req(public: Option<Ipv4Addr>) -> RegisterRequest {
         agent_version: "test".into(),
         byon: None,
         signed_identity: None,
+        ipv6: None,
     }
 }
 
@@ -176,6 +179,7 @@ fn heartbeat_req(public: Option<Ipv4Addr>) -> HeartbeatRequest {
         checks: Vec::new(),
         notices: Vec::new(),
         leaving: None,
+        ipv6: None,
     }
 }
 
@@ -507,6 +511,7 @@ async fn bring_your_own_nodes() {
         checks: Vec::new(),
         notices: Vec::new(),
         leaving: None,
+        ipv6: None,
     };
     registry.heartbeat(&resp.credential, moved).await.unwrap();
     assert_eq!(
@@ -539,6 +544,7 @@ async fn bring_your_own_nodes() {
                 checks: Vec::new(),
                 notices: Vec::new(),
                 leaving: None,
+                ipv6: None,
             }
         )
         .await

@@ -77,6 +77,7 @@ impl Registry {
             region: node.region.clone(),
             private_ipv4: node.private_ipv4,
             public_ipv4: node.public_ipv4,
+            ipv6: node.ipv6,
             dns_name: muster_proto::node_dns_name(&node.name, &node.cluster, &self.zone_name),
             internal_dns_name: muster_proto::node_internal_dns_name(
                 &node.name,

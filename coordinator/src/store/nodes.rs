@@ -3,7 +3,7 @@
 //! transaction, and every transition is conditional on the state it was
 //! decided from.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use muster_proto::{EventSource, NodeState};
 use rusqlite::{params, OptionalExtension, Row};
@@ -45,6 +45,8 @@ pub struct Node {
     pub private_ipv4: Option<Ipv4Addr>,
     /// Public IPv4.
     pub public_ipv4: Option<Ipv4Addr>,
+    /// IPv6 address.
+    pub ipv6: Option<Ipv6Addr>,
     /// Hex SHA-256 of the current node credential.
     pub credential_hash: Option<String>,
     /// Unix milliseconds.
@@ -81,6 +83,8 @@ pub struct NodeRegistration<'a> {
     pub private_ipv4: Ipv4Addr,
     /// Public IPv4.
     pub public_ipv4: Option<Ipv4Addr>,
+    /// IPv6 address.
+    pub ipv6: Option<Ipv6Addr>,
     /// Hash of the fresh credential.
     pub credential_hash: &'a str,
     /// A bring-your-own node.
@@ -107,7 +111,7 @@ pub enum AdmittedBy {
 
 const NODE_COLUMNS: &str = "n.id, c.name, n.name, n.instance_id, n.state, n.availability_zone, \
      n.region, n.private_ipv4, n.public_ipv4, n.credential_hash, n.created_at, n.updated_at, \
-     n.subnet_id, n.byon, n.unseen, n.drained";
+     n.subnet_id, n.byon, n.unseen, n.drained, n.ipv6";
 
 /// A node row before its text columns are parsed.
 struct RawNode {
@@ -127,6 +131,7 @@ struct RawNode {
     byon: bool,
     unseen: bool,
     drained: bool,
+    ipv6: Option<String>,
 }
 
 fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -147,6 +152,7 @@ fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
         byon: row.get(13)?,
         unseen: row.get(14)?,
         drained: row.get(15)?,
+        ipv6: row.get(16)?,
     })
 }
 
@@ -162,6 +168,7 @@ impl RawNode {
             region: self.region,
             private_ipv4: parse_ip("nodes.private_ipv4", self.private_ipv4)?,
             public_ipv4: parse_ip("nodes.public_ipv4", self.public_ipv4)?,
+            ipv6: parse_ip("nodes.ipv6", self.ipv6)?,
             credential_hash: self.credential_hash,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -173,7 +180,10 @@ impl RawNode {
     }
 }
 
-fn parse_ip(field: &'static str, value: Option<String>) -> Result<Option<Ipv4Addr>, StoreError> {
+fn parse_ip<T: std::str::FromStr>(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<T>, StoreError> {
     value
         .map(|text| {
             text.parse().map_err(|_| StoreError::Corrupt {
@@ -392,8 +402,7 @@ impl Store {
         &self,
         node_id: i64,
         state: NodeState,
-        private_ipv4: Ipv4Addr,
-        public_ipv4: Option<Ipv4Addr>,
+        (private_ipv4, public_ipv4, ipv6): (Ipv4Addr, Option<Ipv4Addr>, Option<Ipv6Addr>),
         reason: &str,
         source: EventSource,
     ) -> Result<(), StoreError> {
@@ -403,12 +412,14 @@ impl Store {
             .map_err(query("starting an address change"))?;
         let now = now_ms();
         tx.execute(
-            "UPDATE nodes SET private_ipv4 = ?2, public_ipv4 = ?3, updated_at = ?4 WHERE id = ?1",
+            "UPDATE nodes SET private_ipv4 = ?2, public_ipv4 = ?3, updated_at = ?4, ipv6 = ?5 \
+             WHERE id = ?1",
             params![
                 node_id,
                 private_ipv4.to_string(),
                 public_ipv4.map(|ip| ip.to_string()),
-                now
+                now,
+                ipv6.map(|ip| ip.to_string())
             ],
         )
         .map_err(query("updating node addresses"))?;
@@ -490,7 +501,7 @@ fn update_registered(
     tx.prepare_cached(
         "UPDATE nodes SET state = ?2, availability_zone = ?3, region = ?4, \
          private_ipv4 = ?5, public_ipv4 = ?6, credential_hash = ?7, updated_at = ?8, \
-         unseen = 0 WHERE id = ?1",
+         unseen = 0, ipv6 = ?9 WHERE id = ?1",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -501,7 +512,8 @@ fn update_registered(
             reg.private_ipv4.to_string(),
             reg.public_ipv4.map(|ip| ip.to_string()),
             reg.credential_hash,
-            now
+            now,
+            reg.ipv6.map(|ip| ip.to_string())
         ])
     })
     .map_err(query("updating a registered node"))?;
@@ -561,7 +573,8 @@ fn insert_registered(
     tx.prepare_cached(
         "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
          region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
-         byon, token_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12)",
+         byon, token_id, ipv6) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -576,7 +589,8 @@ fn insert_registered(
             reg.credential_hash,
             now,
             reg.byon,
-            token_id
+            token_id,
+            reg.ipv6.map(|ip| ip.to_string())
         ])
     })
     .map_err(|source| match source {

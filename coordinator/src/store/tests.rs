@@ -56,6 +56,7 @@ fn registration<'a>(cluster_id: i64, credential_hash: &'a str) -> NodeRegistrati
         credential_hash,
         byon: false,
         admitted_by: AdmittedBy::ClusterToken,
+        ipv6: None,
     }
 }
 
@@ -189,8 +190,11 @@ fn events_page() {
             .update_addresses(
                 node.id,
                 NodeState::Deployed,
-                Ipv4Addr::new(10, 0, 0, 5),
-                Some(Ipv4Addr::new(3, 3, 3, i)),
+                (
+                    Ipv4Addr::new(10, 0, 0, 5),
+                    Some(Ipv4Addr::new(3, 3, 3, i)),
+                    None,
+                ),
                 &format!("change {i}"),
                 EventSource::Agent,
             )
@@ -220,14 +224,22 @@ fn address_change_is_recorded() {
         .update_addresses(
             node.id,
             NodeState::Deployed,
-            Ipv4Addr::new(10, 0, 0, 5),
-            Some(Ipv4Addr::new(3, 3, 3, 3)),
+            (
+                Ipv4Addr::new(10, 0, 0, 5),
+                Some(Ipv4Addr::new(3, 3, 3, 3)),
+                Some("2600:1f18::3".parse().unwrap()),
+            ),
             "public address changed",
             EventSource::Agent,
         )
         .unwrap();
     let node = store.node("web", &node.name).unwrap().unwrap();
     assert_eq!(node.public_ipv4, Some(Ipv4Addr::new(3, 3, 3, 3)));
+    assert_eq!(
+        node.ipv6,
+        Some("2600:1f18::3".parse().unwrap()),
+        "stored and read back"
+    );
     assert_eq!(store.events(node.id).unwrap().len(), 2);
     assert_eq!(store.nodes(Some("other")).unwrap().len(), 0);
 }

@@ -58,6 +58,9 @@ pub(super) struct Group {
     pub(super) chars: usize,
 }
 
+/// The record types muster writes at a name (beside its ownership TXT).
+const KINDS: [&str; 3] = ["A", "AAAA", "CNAME"];
+
 /// What one muster change comes to.
 pub(super) enum Plan {
     /// Nothing to send: done already, or nothing of ours there.
@@ -77,19 +80,30 @@ impl Route53 {
         }
     }
 
-    pub(super) fn wanted(&self, data: &RecordData) -> (String, RrSet) {
-        let (kind, values) = match data {
-            RecordData::A(ips) => ("A", ips.iter().map(|ip| ip.to_string()).collect()),
-            RecordData::Cname(target) => ("CNAME", vec![target.clone()]),
+    /// The record sets `data` comes to, by type: A and AAAA (each only if
+    /// it holds an address), or one CNAME.
+    pub(super) fn wanted(&self, data: &RecordData) -> Vec<(&'static str, RrSet)> {
+        let set = |values: Vec<String>| RrSet {
+            ttl: Some(i64::from(self.ttl)),
+            values,
+            simple: true,
         };
-        (
-            kind.to_owned(),
-            RrSet {
-                ttl: Some(i64::from(self.ttl)),
-                values,
-                simple: true,
-            },
-        )
+        match data {
+            RecordData::Addresses(ips) => {
+                let of = |v6: bool| -> Vec<String> {
+                    ips.iter()
+                        .filter(|ip| ip.is_ipv6() == v6)
+                        .map(|ip| ip.to_string())
+                        .collect()
+                };
+                [("A", of(false)), ("AAAA", of(true))]
+                    .into_iter()
+                    .filter(|(_, values)| !values.is_empty())
+                    .map(|(kind, values)| (kind, set(values)))
+                    .collect()
+            }
+            RecordData::Cname(target) => vec![("CNAME", set(vec![target.clone()]))],
+        }
     }
 
     /// Decides what one change needs, from the listing.
@@ -112,16 +126,23 @@ impl Route53 {
                 name.to_ascii()
             ))),
             (Change::Upsert { data, .. }, Holder::Us) => {
-                let (kind, set) = self.wanted(data);
-                let other = if kind == "A" { "CNAME" } else { "A" };
-                if let Some(old) = here.and_then(|types| types.get(other)) {
-                    self.add(&mut group, ChangeAction::Delete, name, other, old.clone())?;
+                let wanted = self.wanted(data);
+                // Types of ours the name should no longer have go first.
+                for kind in KINDS {
+                    if wanted.iter().all(|(k, _)| *k != kind) {
+                        if let Some(old) = here.and_then(|types| types.get(kind)) {
+                            self.add(&mut group, ChangeAction::Delete, name, kind, old.clone())?;
+                        }
+                    }
                 }
-                if here.and_then(|types| types.get(&kind)) == Some(&set) && group.changes.is_empty()
-                {
+                for (kind, set) in wanted {
+                    if here.and_then(|types| types.get(kind)) != Some(&set) {
+                        self.add(&mut group, ChangeAction::Upsert, name, kind, set)?;
+                    }
+                }
+                if group.changes.is_empty() {
                     return Ok(Plan::Done);
                 }
-                self.add(&mut group, ChangeAction::Upsert, name, &kind, set)?;
                 Ok(Plan::Write(group))
             }
             (Change::Upsert { data, .. }, Holder::Nobody) => {
@@ -133,18 +154,19 @@ impl Route53 {
                         owner.to_ascii()
                     )));
                 }
-                let (kind, set) = self.wanted(data);
                 let txt = RrSet {
                     ttl: Some(i64::from(self.ttl)),
                     values: vec![self.owner_txt.clone()],
                     simple: true,
                 };
                 self.add(&mut group, ChangeAction::Create, &owner, "TXT", txt)?;
-                self.add(&mut group, ChangeAction::Create, name, &kind, set)?;
+                for (kind, set) in self.wanted(data) {
+                    self.add(&mut group, ChangeAction::Create, name, kind, set)?;
+                }
                 Ok(Plan::Write(group))
             }
             (Change::Delete { .. }, Holder::Us) => {
-                for kind in ["A", "CNAME"] {
+                for kind in KINDS {
                     if let Some(old) = here.and_then(|types| types.get(kind)) {
                         self.add(&mut group, ChangeAction::Delete, name, kind, old.clone())?;
                     }

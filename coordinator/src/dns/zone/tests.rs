@@ -9,6 +9,7 @@ fn node(cluster: &str, name: &str, state: NodeState, public: Option<[u8; 4]>) ->
         state,
         private_ipv4: Some(Ipv4Addr::new(10, 0, 0, name.len() as u8)),
         public_ipv4: public.map(Ipv4Addr::from),
+        ipv6: None,
     }
 }
 
@@ -112,6 +113,69 @@ fn node_records() {
     assert_eq!(deep.answers.len(), 1);
 }
 
+fn aaaa_of(answer: &Answer) -> Vec<Ipv6Addr> {
+    answer
+        .answers
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::AAAA(aaaa) => Some(aaaa.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// IPv6 is answered as AAAA beside A at a node's own name and in its
+/// cluster's round robin (never under `internal`); an IPv6-only node's
+/// name has AAAA alone; each type asked gets only its own records, and a
+/// wildcard name leads to both.
+#[test]
+fn ipv6_is_answered_as_aaaa() {
+    let dual: Ipv6Addr = "2600:1f18:4f2:e100::5".parse().unwrap();
+    let only: Ipv6Addr = "2600:1f18:4f2:e100::6".parse().unwrap();
+    let data = zone(&[
+        NodeRecordSource {
+            ipv6: Some(dual),
+            ..node("web", "n1", NodeState::Deployed, Some([54, 0, 0, 1]))
+        },
+        NodeRecordSource {
+            ipv6: Some(only),
+            private_ipv4: None,
+            ..node("web", "v6", NodeState::Deployed, None)
+        },
+        NodeRecordSource {
+            ipv6: Some("2600:1f18:4f2:e100::7".parse().unwrap()),
+            ..node("web", "ill", NodeState::Unhealthy, Some([54, 0, 0, 7]))
+        },
+    ]);
+    let own = data.lookup(&q("n1.web.muster.test."), RecordType::AAAA);
+    assert_eq!((aaaa_of(&own), a_of(&own)), (vec![dual], vec![]));
+    let own = data.lookup(&q("n1.web.muster.test."), RecordType::A);
+    assert_eq!(
+        (aaaa_of(&own), a_of(&own)),
+        (vec![], vec![Ipv4Addr::new(54, 0, 0, 1)])
+    );
+    let any = data.lookup(&q("n1.web.muster.test."), RecordType::ANY);
+    assert_eq!(any.answers.len(), 2);
+    let v6_only = data.lookup(&q("v6.web.muster.test."), RecordType::AAAA);
+    assert_eq!(aaaa_of(&v6_only), vec![only]);
+    let no_a = data.lookup(&q("v6.web.muster.test."), RecordType::A);
+    assert_eq!(
+        (no_a.code, no_a.answers.len()),
+        (ResponseCode::NoError, 0),
+        "NODATA"
+    );
+    let internal = data.lookup(&q("n1.web.internal.muster.test."), RecordType::AAAA);
+    assert!(internal.answers.is_empty(), "{internal:?}");
+    let round_robin = data.lookup(&q("web.muster.test."), RecordType::AAAA);
+    assert_eq!(
+        aaaa_of(&round_robin),
+        vec![dual, only],
+        "the unhealthy one is out"
+    );
+    let wildcard = data.lookup(&q("app.v6.web.muster.test."), RecordType::AAAA);
+    assert_eq!(aaaa_of(&wildcard), vec![only]);
+}
+
 /// Building straight from the nodes gives the snapshot the model's
 /// record set gives, name for name, including the names that exist
 /// without records and a cluster named like the internal label.
@@ -136,6 +200,15 @@ fn build_matches_the_model() {
     nodes.push(NodeRecordSource {
         private_ipv4: None,
         ..node("db", "d55555", NodeState::Deployed, None)
+    });
+    nodes.push(NodeRecordSource {
+        ipv6: Some("2600:1f18::8".parse().unwrap()),
+        ..node("web", "dual", NodeState::Deployed, Some([54, 0, 0, 8]))
+    });
+    nodes.push(NodeRecordSource {
+        ipv6: Some("2600:1f18::9".parse().unwrap()),
+        private_ipv4: None,
+        ..node("web", "only6", NodeState::Deployed, None)
     });
     // A cluster whose only node has no address has no names at all.
     nodes.push(NodeRecordSource {
@@ -171,19 +244,19 @@ fn desired_records_spell_out_the_wildcard() {
     );
     assert_eq!(
         get("n1.web.muster.test."),
-        Some(RecordData::A(vec![Ipv4Addr::new(54, 0, 0, 1)]))
+        Some(RecordData::a(vec![Ipv4Addr::new(54, 0, 0, 1)]))
     );
     assert_eq!(
         get("n1.web.internal.muster.test."),
-        Some(RecordData::A(vec![Ipv4Addr::new(10, 0, 0, 2)]))
+        Some(RecordData::a(vec![Ipv4Addr::new(10, 0, 0, 2)]))
     );
     assert_eq!(
         get("web.muster.test."),
-        Some(RecordData::A(vec![Ipv4Addr::new(54, 0, 0, 1)]))
+        Some(RecordData::a(vec![Ipv4Addr::new(54, 0, 0, 1)]))
     );
     assert_eq!(
         get("web.internal.muster.test."),
-        Some(RecordData::A(vec![Ipv4Addr::new(10, 0, 0, 2)]))
+        Some(RecordData::a(vec![Ipv4Addr::new(10, 0, 0, 2)]))
     );
     assert_eq!(
         records.len(),
@@ -195,7 +268,10 @@ fn desired_records_spell_out_the_wildcard() {
             .iter()
             .filter(|(name, _)| !name.to_ascii().contains(".internal."))
             .all(|(_, data)| match data {
-                RecordData::A(ips) => ips.iter().all(|ip| !ip.is_private()),
+                RecordData::Addresses(ips) => ips.iter().all(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => !v4.is_private(),
+                    std::net::IpAddr::V6(_) => true,
+                }),
                 RecordData::Cname(_) => true,
             }),
         "a private address outside internal: {records:?}"

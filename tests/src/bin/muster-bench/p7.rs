@@ -33,6 +33,7 @@ fn p7_node(i: usize, round: u8) -> NodeRecordSource {
         state: muster_proto::NodeState::Deployed,
         private_ipv4: Some(Ipv4Addr::new(10, round, hi, lo)),
         public_ipv4: Some(Ipv4Addr::new(100, 64 + round, hi, lo)),
+        ipv6: None,
     }
 }
 
@@ -160,7 +161,8 @@ fn p7_seed(
             owner.clone(),
         ));
         let (kind, values) = match data {
-            RecordData::A(ips) => ("A", ips.iter().map(Ipv4Addr::to_string).collect()),
+            // The nodes here have IPv4 addresses alone.
+            RecordData::Addresses(ips) => ("A", ips.iter().map(ToString::to_string).collect()),
             RecordData::Cname(target) => ("CNAME", vec![target]),
         };
         sets.push((name.to_ascii(), kind.into(), values));

@@ -194,6 +194,7 @@ async fn beat(http: &reqwest::Client, url: &str, node: &Node) -> Option<Duration
         checks: Vec::new(),
         notices: Vec::new(),
         leaving: None,
+        ipv6: None,
     };
     let sent = Instant::now();
     let answer = http
@@ -407,6 +408,7 @@ async fn register(
                 agent_version: "load".to_owned(),
                 byon,
                 signed_identity: None,
+                ipv6: None,
             };
             // An instance proves itself with its signed identity document,
             // as the agent does; a bring-your-own machine has none.
