@@ -175,7 +175,7 @@ impl ByonNode {
             None => primary_ipv4().await?,
         };
         Ok(Addresses {
-            private_ipv4,
+            private_ipv4: Some(private_ipv4),
             public_ipv4: self.public_ipv4,
             ipv6: None,
         })
@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(
             node.addresses().await.unwrap(),
             Addresses {
-                private_ipv4: Ipv4Addr::new(10, 1, 2, 3),
+                private_ipv4: Some(Ipv4Addr::new(10, 1, 2, 3)),
                 public_ipv4: Some(Ipv4Addr::new(203, 0, 113, 7)),
                 ipv6: None,
             }

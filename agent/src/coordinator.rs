@@ -339,7 +339,7 @@ mod tests {
             CoordinatorClient::new(url, Some((ca.cert.pem().as_bytes(), "ca.pem"))).unwrap();
         let request = HeartbeatRequest {
             instance_id: "i-0123456789abcdef0".into(),
-            private_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 5),
+            private_ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, 5)),
             public_ipv4: None,
             facts: Default::default(),
             checks: Vec::new(),

@@ -303,7 +303,7 @@ impl<'a> Agent<'a> {
                 instance_id = %identity.node_id,
                 availability_zone = %identity.availability_zone,
                 region = %identity.region,
-                private_ipv4 = %identity.addresses.private_ipv4,
+                private_ipv4 = %show(identity.addresses.private_ipv4),
                 public_ipv4 = %show(identity.addresses.public_ipv4),
                 ipv6 = %show(identity.addresses.ipv6),
                 "instance identified"
@@ -311,7 +311,7 @@ impl<'a> Agent<'a> {
             Some(byon) => info!(
                 node_id = %identity.node_id,
                 hostname = %byon.hostname,
-                private_ipv4 = %identity.addresses.private_ipv4,
+                private_ipv4 = %show(identity.addresses.private_ipv4),
                 public_ipv4 = %show(identity.addresses.public_ipv4),
                 fixed = self.source.fixed(),
                 "bring-your-own node identified"
@@ -705,7 +705,7 @@ impl<'a> Agent<'a> {
                 Ok(response) => {
                     if current != sent.addresses {
                         info!(
-                            private_ipv4 = %current.private_ipv4,
+                            private_ipv4 = %show(current.private_ipv4),
                             public_ipv4 = %show(current.public_ipv4),
                             ipv6 = %show(current.ipv6),
                             "the coordinator accepted the new addresses"
@@ -778,7 +778,7 @@ impl<'a> Agent<'a> {
             }
             if now != sent.addresses {
                 info!(
-                    private_ipv4 = %now.private_ipv4,
+                    private_ipv4 = %show(now.private_ipv4),
                     public_ipv4 = %show(now.public_ipv4),
                     ipv6 = %show(now.ipv6),
                     "addresses changed; telling the coordinator now"

@@ -135,8 +135,8 @@ impl ImdsError {
 /// Where the instance can be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addresses {
-    /// Primary private IPv4.
-    pub private_ipv4: Ipv4Addr,
+    /// Primary private IPv4; none on an IPv6-only instance.
+    pub private_ipv4: Option<Ipv4Addr>,
     /// Public IPv4, if any.
     pub public_ipv4: Option<Ipv4Addr>,
     /// The first IPv6 address of the primary interface, if any.
@@ -324,23 +324,15 @@ impl ImdsClient {
 
     /// Reads who and where the instance is.
     pub async fn identity(&self) -> Result<Identity, ImdsError> {
-        let (instance_id, availability_zone, region, private, public, signed) = tokio::try_join!(
+        let (instance_id, availability_zone, region, signed, addresses) = tokio::try_join!(
             self.require(paths::INSTANCE_ID),
             self.require(paths::AVAILABILITY_ZONE),
             self.require(paths::REGION),
-            self.require(paths::LOCAL_IPV4),
-            self.get(paths::PUBLIC_IPV4),
             self.signed_identity(),
+            self.addresses(),
         )?;
-        let mut identity = parse_identity(
-            instance_id,
-            availability_zone,
-            region,
-            &private,
-            public.as_deref(),
-        )?;
+        let mut identity = parse_identity(instance_id, availability_zone, region, addresses)?;
         identity.signed = signed;
-        identity.addresses.ipv6 = self.ipv6().await?;
         Ok(identity)
     }
 
@@ -354,16 +346,15 @@ impl ImdsClient {
         parse_signed_identity(document, pkcs7)
     }
 
-    /// Reads the current addresses.
+    /// Reads the current addresses: the private IPv4 (which only an
+    /// IPv6-only instance may lack), the public IPv4 and the IPv6 address.
     pub async fn addresses(&self) -> Result<Addresses, ImdsError> {
         let (private, public, ipv6) = tokio::try_join!(
-            self.require(paths::LOCAL_IPV4),
+            self.get(paths::LOCAL_IPV4),
             self.get(paths::PUBLIC_IPV4),
             self.ipv6(),
         )?;
-        let mut addresses = parse_addresses(&private, public.as_deref())?;
-        addresses.ipv6 = ipv6;
-        Ok(addresses)
+        parse_addresses(private.as_deref(), public.as_deref(), ipv6)
     }
 
     /// Reads the first IPv6 address of the primary interface, if it has
@@ -386,14 +377,14 @@ impl ImdsClient {
     }
 }
 
-/// Checks IMDS's answers for the identity: instance id, zone, region and
-/// addresses ([`parse_addresses`]). Every byte of them is untrusted.
+/// Checks IMDS's answers for the identity: instance id, zone and region,
+/// beside the addresses ([`parse_addresses`]). Every byte of them is
+/// untrusted.
 pub fn parse_identity(
     instance_id: String,
     availability_zone: String,
     region: String,
-    local_ipv4: &str,
-    public_ipv4: Option<&str>,
+    addresses: Addresses,
 ) -> Result<Identity, ImdsError> {
     let invalid = |path| move |source| ImdsError::Invalid { path, source };
     validate::instance_id(&instance_id).map_err(invalid(paths::INSTANCE_ID))?;
@@ -403,7 +394,7 @@ pub fn parse_identity(
         instance_id,
         availability_zone,
         region,
-        addresses: parse_addresses(local_ipv4, public_ipv4)?,
+        addresses,
         signed: None,
     })
 }
@@ -428,12 +419,23 @@ pub fn parse_signed_identity(
 }
 
 /// Checks IMDS's answers for the addresses: `local-ipv4` must be a host
-/// address; `public-ipv4` absent or empty means none.
+/// address, and may be absent only beside an IPv6 address (an IPv6-only
+/// instance); `public-ipv4` absent or empty means none.
 pub fn parse_addresses(
-    local_ipv4: &str,
+    local_ipv4: Option<&str>,
     public_ipv4: Option<&str>,
+    ipv6: Option<Ipv6Addr>,
 ) -> Result<Addresses, ImdsError> {
-    let private_ipv4 = parse_ipv4(paths::LOCAL_IPV4, "private_ipv4", local_ipv4)?;
+    let private_ipv4 = match local_ipv4 {
+        Some(text) => Some(parse_ipv4(paths::LOCAL_IPV4, "private_ipv4", text)?),
+        // An IPv6-only instance has none; any other must.
+        None if ipv6.is_some() => None,
+        None => {
+            return Err(ImdsError::Missing {
+                path: paths::LOCAL_IPV4,
+            })
+        }
+    };
     let public_ipv4 = match public_ipv4 {
         // An empty answer is how some IMDS emulations say "none".
         None | Some("") => None,
@@ -442,7 +444,7 @@ pub fn parse_addresses(
     Ok(Addresses {
         private_ipv4,
         public_ipv4,
-        ipv6: None,
+        ipv6,
     })
 }
 

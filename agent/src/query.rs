@@ -424,7 +424,7 @@ fn cut_off(status: &AgentStatus) -> String {
     }
 }
 
-fn join_ips(ips: &[std::net::Ipv4Addr]) -> String {
+fn join_ips(ips: &[std::net::IpAddr]) -> String {
     ips.iter()
         .map(|ip| ip.to_string())
         .collect::<Vec<_>>()
@@ -533,7 +533,7 @@ mod tests {
             &id,
             true,
             crate::imds::Addresses {
-                private_ipv4: std::net::Ipv4Addr::new(10, 1, 2, 3),
+                private_ipv4: Some(std::net::Ipv4Addr::new(10, 1, 2, 3)),
                 public_ipv4: None,
                 ipv6: None,
             },

@@ -14,13 +14,14 @@
 //! document is asked for, so it uses the agent's `--dns-server` (or the
 //! system resolver) and sees what the node's neighbours see right now. It
 //! asks for the A records of `dns_name` and says whether they hold the
-//! node's public IPv4; a node with no public address has no such name
-//! (private addresses are answered only under `internal`), so for it the
-//! check asks `internal_dns_name` for its private IPv4.
+//! node's public IPv4; a node with no public IPv4 is checked under
+//! `internal` (private addresses are answered only there), by
+//! `internal_dns_name` and its private IPv4; an IPv6-only node, by the
+//! AAAA records of `dns_name` and its IPv6 address.
 
 use std::fs::{self, DirBuilder, Permissions};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -125,7 +126,7 @@ pub struct AgentStatus {
     pub dns_resolves: Option<bool>,
     /// The A records `dns_name` resolved to.
     #[serde(default)]
-    pub dns_answer: Vec<Ipv4Addr>,
+    pub dns_answer: Vec<IpAddr>,
     /// Why the DNS check did not say yes, if it did not.
     #[serde(default)]
     pub dns_error: Option<String>,
@@ -327,7 +328,7 @@ impl Live {
             internal_dns_name: inner.internal_dns_name.clone(),
             instance_id: inner.instance_id.clone(),
             byon: inner.byon,
-            private_ipv4: inner.addresses.map(|a| a.private_ipv4),
+            private_ipv4: inner.addresses.and_then(|a| a.private_ipv4),
             public_ipv4: inner.addresses.and_then(|a| a.public_ipv4),
             ipv6: inner.addresses.and_then(|a| a.ipv6),
             coordinator_url: inner.coordinator_url.clone(),
@@ -500,9 +501,16 @@ pub async fn serve(listener: UnixListener, live: Live, dns_server: Option<Socket
 /// Builds the document, DNS check included.
 pub async fn document(live: &Live, dns_server: Option<SocketAddr>) -> AgentStatus {
     let mut status = live.snapshot();
-    let checked = match status.public_ipv4 {
-        Some(public) => status.dns_name.clone().map(|name| (name, public)),
-        None => status.internal_dns_name.clone().zip(status.private_ipv4),
+    // The address its public name answers first; a node without a public
+    // one is checked under `internal`; an IPv6-only node, by its AAAA.
+    let checked = match (status.public_ipv4, status.private_ipv4, status.ipv6) {
+        (Some(public), _, _) => status.dns_name.clone().map(|n| (n, IpAddr::V4(public))),
+        (None, Some(private), _) => status
+            .internal_dns_name
+            .clone()
+            .map(|n| (n, IpAddr::V4(private))),
+        (None, None, Some(ipv6)) => status.dns_name.clone().map(|n| (n, IpAddr::V6(ipv6))),
+        (None, None, None) => None,
     };
     if let Some((name, expected)) = checked {
         let check = check_dns(&name, expected, dns_server).await;
@@ -536,14 +544,15 @@ pub struct DnsCheck {
     /// could not be made (no resolver, no answer in time).
     pub resolves: Option<bool>,
     /// The addresses in the answer, sorted.
-    pub answer: Vec<Ipv4Addr>,
+    pub answer: Vec<IpAddr>,
     /// Why the check did not say yes.
     pub error: Option<String>,
 }
 
-/// Resolves the A records of `name` with `server` (or the system resolver)
-/// and checks that they hold `expected`. Nothing is cached between checks.
-pub async fn check_dns(name: &str, expected: Ipv4Addr, server: Option<SocketAddr>) -> DnsCheck {
+/// Resolves the A records of `name` (the AAAA records, for an IPv6
+/// `expected`) with `server` (or the system resolver) and checks that they
+/// hold `expected`. Nothing is cached between checks.
+pub async fn check_dns(name: &str, expected: IpAddr, server: Option<SocketAddr>) -> DnsCheck {
     let unknown = |error: String| DnsCheck {
         resolves: None,
         answer: Vec::new(),
@@ -554,7 +563,20 @@ pub async fn check_dns(name: &str, expected: Ipv4Addr, server: Option<SocketAddr
         Err(e) => return unknown(format!("cannot set up a resolver: {e}")),
     };
     let fqdn = format!("{}.", name.trim_end_matches('.'));
-    let lookup = match tokio::time::timeout(DNS_CHECK_TIMEOUT, resolver.ipv4_lookup(fqdn)).await {
+    let kind = if expected.is_ipv6() { "AAAA" } else { "A" };
+    let lookup = async {
+        match expected {
+            IpAddr::V4(_) => resolver
+                .ipv4_lookup(fqdn)
+                .await
+                .map(|l| l.iter().map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>()),
+            IpAddr::V6(_) => resolver
+                .ipv6_lookup(fqdn)
+                .await
+                .map(|l| l.iter().map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>()),
+        }
+    };
+    let lookup = match tokio::time::timeout(DNS_CHECK_TIMEOUT, lookup).await {
         Ok(lookup) => lookup,
         Err(_) => {
             return unknown(format!(
@@ -563,8 +585,7 @@ pub async fn check_dns(name: &str, expected: Ipv4Addr, server: Option<SocketAddr
         }
     };
     match lookup {
-        Ok(lookup) => {
-            let mut answer: Vec<Ipv4Addr> = lookup.iter().map(|a| a.0).collect();
+        Ok(mut answer) => {
             answer.sort();
             answer.dedup();
             let resolves = answer.contains(&expected);
@@ -578,7 +599,7 @@ pub async fn check_dns(name: &str, expected: Ipv4Addr, server: Option<SocketAddr
         Err(e) if e.is_nx_domain() || e.is_no_records_found() => DnsCheck {
             resolves: Some(false),
             answer: Vec::new(),
-            error: Some(format!("{name} has no A record")),
+            error: Some(format!("{name} has no {kind} record")),
         },
         Err(e) => unknown(format!("cannot resolve {name}: {e}")),
     }
@@ -610,7 +631,7 @@ mod tests {
 
     fn addresses() -> Addresses {
         Addresses {
-            private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+            private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
             public_ipv4: Some(Ipv4Addr::new(54, 1, 2, 3)),
             ipv6: None,
         }
@@ -775,7 +796,7 @@ mod tests {
         let addr = silent.local_addr().unwrap();
         let check = check_dns(
             "n1.web.muster.internal",
-            Ipv4Addr::new(10, 0, 0, 5),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
             Some(addr),
         )
         .await;

@@ -199,7 +199,7 @@ async fn register(
             state: NodeState::Deployed,
             availability_zone: request.availability_zone.clone(),
             region: request.region.clone(),
-            private_ipv4: Some(request.private_ipv4),
+            private_ipv4: request.private_ipv4,
             public_ipv4: request.public_ipv4,
             dns_name: DNS_NAME.into(),
             internal_dns_name: "web-1.web.internal.muster.test".into(),
@@ -1101,7 +1101,7 @@ async fn byon_node_registers_without_imds() {
         assert_eq!(request.instance_id, node_id);
         assert_eq!(request.availability_zone, "");
         assert_eq!(request.region, "");
-        assert_eq!(request.private_ipv4, Ipv4Addr::new(192, 168, 1, 20));
+        assert_eq!(request.private_ipv4, Some(Ipv4Addr::new(192, 168, 1, 20)));
         assert_eq!(request.public_ipv4, None);
     }
     wait_until("the BYON agent never heartbeat", &agent, || {
@@ -1112,7 +1112,7 @@ async fn byon_node_registers_without_imds() {
         let coord = world.coord.lock().unwrap();
         let beat = &coord.heartbeats[0];
         assert_eq!(beat.instance_id, node_id);
-        assert_eq!(beat.private_ipv4, Ipv4Addr::new(192, 168, 1, 20));
+        assert_eq!(beat.private_ipv4, Some(Ipv4Addr::new(192, 168, 1, 20)));
     }
     assert!(
         !agent.log().contains("IMDS"),
@@ -1252,7 +1252,7 @@ async fn byon_follows_the_primary_address() {
     assert_eq!(json["private_ipv4"], "10.9.0.5");
     assert_eq!(
         world.coord.lock().unwrap().registers[0].private_ipv4,
-        Ipv4Addr::new(10, 9, 0, 5)
+        Some(Ipv4Addr::new(10, 9, 0, 5))
     );
 
     // The default route now leaves from .6; a local address event follows.
@@ -1268,7 +1268,7 @@ async fn byon_follows_the_primary_address() {
             .unwrap()
             .heartbeats
             .iter()
-            .any(|h| h.private_ipv4 == moved && h.instance_id == format!("m-{MACHINE_ID}"))
+            .any(|h| h.private_ipv4 == Some(moved) && h.instance_id == format!("m-{MACHINE_ID}"))
     })
     .await;
     assert!(

@@ -26,8 +26,9 @@ pub struct RegisterRequest {
     pub availability_zone: String,
     /// Region from IMDS; empty for a bring-your-own node.
     pub region: String,
-    /// Primary private IPv4 from IMDS.
-    pub private_ipv4: Ipv4Addr,
+    /// Primary private IPv4 from IMDS; none on an IPv6-only instance,
+    /// which must then name its IPv6 address.
+    pub private_ipv4: Option<Ipv4Addr>,
     /// Public IPv4 from IMDS, if the instance has one.
     pub public_ipv4: Option<Ipv4Addr>,
     /// The first IPv6 address of the primary network interface, from IMDS
@@ -156,13 +157,7 @@ impl RegisterRequest {
                 }
             }
         }
-        validate::private_ipv4("private_ipv4", self.private_ipv4)?;
-        if let Some(public) = self.public_ipv4 {
-            validate::host_ipv4("public_ipv4", public)?;
-        }
-        if let Some(ipv6) = self.ipv6 {
-            validate::host_ipv6("ipv6", ipv6)?;
-        }
+        validate::node_addresses(self.private_ipv4, self.public_ipv4, self.ipv6)?;
         validate::text("agent_version", &self.agent_version)?;
         Ok(())
     }
@@ -190,8 +185,8 @@ pub struct HeartbeatRequest {
     /// EC2 instance id (or a bring-your-own node's `m-…` id); must be the
     /// one the credential is bound to.
     pub instance_id: String,
-    /// Current primary private IPv4.
-    pub private_ipv4: Ipv4Addr,
+    /// Current primary private IPv4 (none on an IPv6-only instance).
+    pub private_ipv4: Option<Ipv4Addr>,
     /// Current public IPv4, if any.
     pub public_ipv4: Option<Ipv4Addr>,
     /// Current IPv6 address, if any (see [`RegisterRequest::ipv6`]).
@@ -216,13 +211,7 @@ impl HeartbeatRequest {
     /// Checks every field as the coordinator will.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate::node_id(&self.instance_id)?;
-        validate::private_ipv4("private_ipv4", self.private_ipv4)?;
-        if let Some(public) = self.public_ipv4 {
-            validate::host_ipv4("public_ipv4", public)?;
-        }
-        if let Some(ipv6) = self.ipv6 {
-            validate::host_ipv6("ipv6", ipv6)?;
-        }
+        validate::node_addresses(self.private_ipv4, self.public_ipv4, self.ipv6)?;
         self.facts.validate()?;
         condition::validate(&self.checks, &self.notices, self.leaving.as_deref())
     }
@@ -334,7 +323,7 @@ mod tests {
             instance_id: "i-0123456789abcdef0".into(),
             availability_zone: "us-east-1a".into(),
             region: "us-east-1".into(),
-            private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+            private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
             public_ipv4: Some(Ipv4Addr::new(54, 1, 2, 3)),
             agent_version: "0.1.0".into(),
             byon: None,
@@ -382,7 +371,11 @@ mod tests {
                 r.availability_zone = "nowhere".into()
             }),
             ("region", |r| r.region = "US East".into()),
-            ("private_ipv4", |r| r.private_ipv4 = Ipv4Addr::UNSPECIFIED),
+            ("private_ipv4", |r| {
+                r.private_ipv4 = Some(Ipv4Addr::UNSPECIFIED)
+            }),
+            ("private_ipv4", |r| r.private_ipv4 = None),
+            ("ipv6", |r| r.ipv6 = Some("fe80::1".parse().unwrap())),
             ("public_ipv4", |r| {
                 r.public_ipv4 = Some(Ipv4Addr::new(224, 0, 0, 1))
             }),
@@ -473,7 +466,7 @@ mod proptests {
         ) {
             let req = HeartbeatRequest {
                 instance_id: format!("i-{hex}"),
-                private_ipv4: private,
+                private_ipv4: Some(private),
                 public_ipv4: public,
                 facts,
                 checks: Vec::new(),

@@ -215,6 +215,33 @@ pub fn host_ipv6(field: &str, addr: Ipv6Addr) -> Result<(), ValidationError> {
     }
 }
 
+/// A node's addresses: each valid ([`private_ipv4`], [`host_ipv4`],
+/// [`host_ipv6`]), and a private IPv4 or an IPv6 address at least (an
+/// IPv6-only instance has no IPv4 address at all).
+pub fn node_addresses(
+    private: Option<Ipv4Addr>,
+    public: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+) -> Result<(), ValidationError> {
+    if let Some(private) = private {
+        private_ipv4("private_ipv4", private)?;
+    }
+    if let Some(public) = public {
+        host_ipv4("public_ipv4", public)?;
+    }
+    if let Some(ipv6) = ipv6 {
+        host_ipv6("ipv6", ipv6)?;
+    }
+    if private.is_none() && ipv6.is_none() {
+        return Err(ValidationError::new(
+            "private_ipv4",
+            "null",
+            "is required unless the node has an IPv6 address (an IPv6-only instance)",
+        ));
+    }
+    Ok(())
+}
+
 /// A node's private address: a unicast host address ([`host_ipv4`]) that
 /// is not loopback, since no other machine can reach a node there.
 pub fn private_ipv4(field: &str, addr: Ipv4Addr) -> Result<(), ValidationError> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use muster_proto::{ClusterView, CreateClusterResponse, NodeDetail, NodeView};
+use muster_proto::{ClusterView, CreateClusterResponse, NodeDetail, NodeState, NodeView};
 use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 
@@ -502,6 +502,35 @@ impl Coordinator {
     /// `node show CLUSTER NAME --json`.
     pub async fn node(&self, cluster: &str, name: &str) -> NodeDetail {
         self.admin_json(&["node", "show", cluster, name]).await
+    }
+
+    /// Polls `node ls` of `cluster`, every [`crate::POLL`] for at most
+    /// `patience`, until instance `id`'s node is in `state`; returns it.
+    /// Panics, with the coordinator's log, if it never gets there.
+    pub async fn wait_for_node(
+        &self,
+        cluster: &str,
+        id: &str,
+        state: NodeState,
+        patience: Duration,
+    ) -> NodeView {
+        let nodes = crate::wait_until(
+            patience,
+            crate::POLL,
+            || self.nodes(cluster),
+            |nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n.instance_id == id && n.state == state)
+            },
+        )
+        .await;
+        let node = nodes
+            .into_iter()
+            .find(|n| n.instance_id == id)
+            .unwrap_or_else(|| panic!("no node for {id}\n{}", self.logs()));
+        assert_eq!(node.state, state, "{node:#?}\n{}", self.logs());
+        node
     }
 
     fn spawn(&mut self) {

@@ -76,14 +76,8 @@ impl Resolver {
         timeout: std::time::Duration,
         accept: impl Fn(&DnsAnswer) -> bool,
     ) -> DnsAnswer {
-        crate::wait_until(
-            timeout,
-            crate::POLL,
-            || self.aaaa(name),
-            |answer| answer.as_ref().is_ok_and(&accept),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("resolving {name} AAAA: {e:#}"))
+        self.query_until(name, RecordType::AAAA, timeout, accept)
+            .await
     }
 
     /// Asks for `name`'s A records, every [`crate::POLL`], until `accept`
@@ -95,14 +89,26 @@ impl Resolver {
         timeout: std::time::Duration,
         accept: impl Fn(&DnsAnswer) -> bool,
     ) -> DnsAnswer {
+        self.query_until(name, RecordType::A, timeout, accept).await
+    }
+
+    /// Asks for `name`'s `record_type` records until `accept` likes the
+    /// answer or `timeout` passes; the last answer either way.
+    async fn query_until(
+        &self,
+        name: &str,
+        record_type: RecordType,
+        timeout: std::time::Duration,
+        accept: impl Fn(&DnsAnswer) -> bool,
+    ) -> DnsAnswer {
         crate::wait_until(
             timeout,
             crate::POLL,
-            || self.a(name),
+            || self.query(name, record_type),
             |answer| answer.as_ref().is_ok_and(&accept),
         )
         .await
-        .unwrap_or_else(|e| panic!("resolving {name}: {e:#}"))
+        .unwrap_or_else(|e| panic!("resolving {name} {record_type}: {e:#}"))
     }
 
     /// Asks one question and returns the answer: over UDP, and again over

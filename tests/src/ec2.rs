@@ -105,30 +105,20 @@ pub async fn launch_instance_with_user_data(
     cluster: Option<&str>,
     user_data: Option<&str>,
 ) -> String {
-    let answer = client
-        .run_instances()
-        .image_id(TEST_AMI)
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .set_tag_specifications(cluster.map(|c| vec![member_tags(c)]))
-        .set_user_data(user_data.map(|text| base64::engine::general_purpose::STANDARD.encode(text)))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("RunInstances: {}", DisplayErrorContext(&e)));
-    answer
-        .instances()
-        .first()
-        .and_then(|instance| instance.instance_id())
-        .expect("RunInstances answered an instance id")
-        .to_owned()
+    run_one(client, |run| {
+        run.set_tag_specifications(cluster.map(|c| vec![member_tags(c)]))
+            .set_user_data(
+                user_data.map(|text| base64::engine::general_purpose::STANDARD.encode(text)),
+            )
+    })
+    .await
 }
 
-/// Launches one t3.micro tagged as a member of `cluster` into a
-/// dual-stack subnet (a VPC with an Amazon-provided IPv6 block, a /64 of
-/// it for the subnet, public IPv4 addresses on launch) with one IPv6
-/// address; returns its id.
-pub async fn launch_dual_stack(client: &Client, cluster: &str) -> String {
+/// A VPC with an Amazon-provided IPv6 block and one subnet holding its
+/// first /64: dual stack (10.99.1.0/24 beside it, public IPv4 addresses on
+/// launch) or, with `ipv6_only` (moto's endpoint), IPv6 only. Returns the
+/// subnet's id.
+async fn ipv6_subnet(client: &Client, ipv6_only: Option<&str>) -> String {
     let vpc = client
         .create_vpc()
         .cidr_block("10.99.0.0/16")
@@ -136,8 +126,11 @@ pub async fn launch_dual_stack(client: &Client, cluster: &str) -> String {
         .send()
         .await
         .unwrap_or_else(|e| panic!("CreateVpc: {}", DisplayErrorContext(&e)));
-    let vpc = vpc.vpc().expect("CreateVpc answers the VPC");
-    let vpc_id = vpc.vpc_id().expect("a VPC id").to_owned();
+    let vpc_id = vpc
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("CreateVpc answers the VPC")
+        .to_owned();
     let described = client
         .describe_vpcs()
         .vpc_ids(&vpc_id)
@@ -153,11 +146,14 @@ pub async fn launch_dual_stack(client: &Client, cluster: &str) -> String {
         .to_owned();
     // The /56 EC2 gives a VPC; its first /64 for the subnet.
     let subnet_block = block.replace("/56", "/64");
+    if let Some(endpoint) = ipv6_only {
+        return ipv6_native_subnet(endpoint, &vpc_id, &subnet_block).await;
+    }
     let subnet = client
         .create_subnet()
         .vpc_id(&vpc_id)
-        .cidr_block("10.99.1.0/24")
         .ipv6_cidr_block(&subnet_block)
+        .cidr_block("10.99.1.0/24")
         .availability_zone(format!("{TEST_REGION}a"))
         .send()
         .await
@@ -167,31 +163,91 @@ pub async fn launch_dual_stack(client: &Client, cluster: &str) -> String {
         .and_then(|s| s.subnet_id())
         .expect("a subnet id")
         .to_owned();
-    // A public IPv4 too, so the node's name has both.
-    client
-        .modify_subnet_attribute()
-        .subnet_id(&subnet_id)
-        .map_public_ip_on_launch(
-            aws_sdk_ec2::types::AttributeBooleanValue::builder()
-                .value(true)
-                .build(),
-        )
+    {
+        // A public IPv4 too, so the node's name has both.
+        client
+            .modify_subnet_attribute()
+            .subnet_id(&subnet_id)
+            .map_public_ip_on_launch(
+                aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("ModifySubnetAttribute: {}", DisplayErrorContext(&e)));
+    }
+    subnet_id
+}
+
+/// CreateSubnet of an IPv6-only subnet (`Ipv6Native`) in `vpc_id`, sent
+/// to moto at `endpoint` as a plain query: moto answers it with an
+/// `availableIpAddressCount` of 2^64 - 5, which the SDK cannot read.
+/// Returns the subnet's id.
+async fn ipv6_native_subnet(endpoint: &str, vpc_id: &str, block: &str) -> String {
+    let form = [
+        ("Action", "CreateSubnet"),
+        ("Version", "2016-11-15"),
+        ("VpcId", vpc_id),
+        ("Ipv6CidrBlock", block),
+        ("Ipv6Native", "true"),
+        ("AvailabilityZone", &format!("{TEST_REGION}a")),
+    ];
+    // moto routes a request by the service and region its credential
+    // scope names; the signature itself it does not check.
+    let scope = format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/{TEST_REGION}/ec2/aws4_request, \
+         SignedHeaders=host, Signature=0"
+    );
+    let body = reqwest::Client::new()
+        .post(format!("{}/", endpoint.trim_end_matches('/')))
+        .header("authorization", scope)
+        .form(&form)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("ModifySubnetAttribute: {}", DisplayErrorContext(&e)));
-    let answer = client
+        .and_then(reqwest::Response::error_for_status)
+        .expect("CreateSubnet")
+        .text()
+        .await
+        .expect("CreateSubnet's answer");
+    body.split("<subnetId>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or_else(|| panic!("no subnet id in {body}"))
+        .to_owned()
+}
+
+/// Launches one t3.micro tagged as a member of `cluster` into a new
+/// dual-stack subnet (or, with `ipv6_only` naming moto's endpoint, an
+/// IPv6-only one), with one IPv6 address; returns its id.
+pub async fn launch_with_ipv6(client: &Client, cluster: &str, ipv6_only: Option<&str>) -> String {
+    let subnet_id = ipv6_subnet(client, ipv6_only).await;
+    run_one(client, |run| {
+        run.subnet_id(subnet_id)
+            .ipv6_address_count(1)
+            .tag_specifications(member_tags(cluster))
+    })
+    .await
+}
+
+/// RunInstances of one t3.micro from [`TEST_AMI`], with what `more` adds
+/// to the request; returns its id, and panics on a failed call.
+async fn run_one(
+    client: &Client,
+    more: impl FnOnce(
+        aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
+    ) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
+) -> String {
+    let run = client
         .run_instances()
         .image_id(TEST_AMI)
         .instance_type(InstanceType::T3Micro)
         .min_count(1)
-        .max_count(1)
-        .subnet_id(subnet_id)
-        .ipv6_address_count(1)
-        .tag_specifications(member_tags(cluster))
+        .max_count(1);
+    more(run)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("RunInstances: {}", DisplayErrorContext(&e)));
-    answer
+        .unwrap_or_else(|e| panic!("RunInstances: {}", DisplayErrorContext(&e)))
         .instances()
         .first()
         .and_then(|instance| instance.instance_id())
@@ -224,11 +280,16 @@ pub async fn try_describe(client: &Client, instance_id: &str) -> anyhow::Result<
             .unwrap_or(i32::MAX)
     });
     let ip = |text: Option<&str>| -> anyhow::Result<Option<Ipv4Addr>> {
-        text.map(|t| {
-            t.parse()
-                .with_context(|| format!("{t:?} is not an IPv4 address"))
-        })
-        .transpose()
+        match text {
+            None => Ok(None),
+            // moto puts an IPv6 address there for an IPv6-only instance,
+            // which has no IPv4 address at all.
+            Some(t) if t.parse::<std::net::Ipv6Addr>().is_ok() => Ok(None),
+            Some(t) => t
+                .parse()
+                .map(Some)
+                .with_context(|| format!("{t:?} is not an IPv4 address")),
+        }
     };
     Ok(InstanceView {
         state: instance
@@ -307,7 +368,7 @@ pub async fn register_request(
         instance_id: instance_id.to_owned(),
         availability_zone: view.availability_zone,
         region: TEST_REGION.to_owned(),
-        private_ipv4: view.private_ipv4.expect("moto gives a private address"),
+        private_ipv4: Some(view.private_ipv4.expect("moto gives a private address")),
         public_ipv4: view.public_ipv4,
         agent_version: "0.0.0-test".to_owned(),
         byon: None,

@@ -159,7 +159,7 @@ impl IdentitySigner {
         let document = identity_document(
             &req.instance_id,
             &req.availability_zone,
-            Some(req.private_ipv4),
+            req.private_ipv4,
             None,
         );
         muster_proto::SignedIdentity {
@@ -419,8 +419,11 @@ async fn answer(shared: &Shared, path: &str) -> anyhow::Result<Option<Response>>
     if WARNINGS.iter().any(|prefix| path.starts_with(prefix)) {
         return Ok(None);
     }
-    // The agent reads its IPv6 addresses at every poll: answered from the
-    // one DescribeInstances, not the whole tree.
+    // The agent reads its MAC once and its IPv6 addresses at every poll:
+    // answered from the one DescribeInstances, not the whole tree.
+    if path == "meta-data/mac" {
+        return Ok(view().await?.mac.map(|mac| mac.into_response()));
+    }
     if let Some(mac) = path
         .strip_prefix("meta-data/network/interfaces/macs/")
         .and_then(|rest| rest.strip_suffix("/ipv6s"))

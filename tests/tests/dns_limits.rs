@@ -61,7 +61,7 @@ async fn register_machines(coordinator: &Coordinator, token: &str) {
             instance_id: muster_proto::byon_node_id(&machine_id),
             availability_zone: String::new(),
             region: String::new(),
-            private_ipv4: Ipv4Addr::new(10, 9, 0, i + 1),
+            private_ipv4: Some(Ipv4Addr::new(10, 9, 0, i + 1)),
             public_ipv4: Some(Ipv4Addr::new(52, 94, 0, i + 1)),
             agent_version: "0.0.0-test".to_owned(),
             byon: Some(ByonIdentity {

@@ -102,7 +102,7 @@ impl Scene {
             instance_id: id.to_owned(),
             availability_zone: view.availability_zone,
             region: ec2::TEST_REGION.to_owned(),
-            private_ipv4: view.private_ipv4.expect("moto gives a private address"),
+            private_ipv4: Some(view.private_ipv4.expect("moto gives a private address")),
             public_ipv4: public,
             agent_version: "0.0.0-test".to_owned(),
             byon: None,
@@ -122,7 +122,7 @@ impl Scene {
         let view = self.describe(id).await;
         let body = HeartbeatRequest {
             instance_id: id.to_owned(),
-            private_ipv4: view.private_ipv4.expect("moto gives a private address"),
+            private_ipv4: Some(view.private_ipv4.expect("moto gives a private address")),
             public_ipv4: view.public_ipv4,
             facts: muster_tests::host_facts(),
             checks: Vec::new(),

@@ -93,7 +93,7 @@ async fn cache_spares_ec2_yet_never_refuses_on_old_facts() {
         instance_id: stranger.clone(),
         availability_zone: view.availability_zone,
         region: ec2::TEST_REGION.to_owned(),
-        private_ipv4: view.private_ipv4.expect("moto gives a private address"),
+        private_ipv4: Some(view.private_ipv4.expect("moto gives a private address")),
         public_ipv4: view.public_ipv4,
         agent_version: "0.0.0-test".to_owned(),
         byon: None,

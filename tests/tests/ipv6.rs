@@ -18,6 +18,16 @@ use muster_tests::{ec2, wait_until, Agent, Coordinator, Imds, Moto, EVENTUALLY, 
 
 const CLUSTER: &str = "web";
 
+/// A coordinator on its own moto with `args`, and cluster [`CLUSTER`]'s
+/// join token.
+async fn scene(args: &[&str]) -> (Moto, Client, Coordinator, String) {
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let coordinator = Coordinator::start_with(&moto, args).await;
+    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    (moto, sdk, coordinator, token)
+}
+
 /// A dual-stack node, deployed: its instance id, IPv6 address, IMDS and
 /// agent.
 struct Node {
@@ -28,7 +38,18 @@ struct Node {
 }
 
 async fn dual_stack_node(ec2: &Client, coordinator: &Coordinator, token: &str) -> Node {
-    let id = ec2::launch_dual_stack(ec2, CLUSTER).await;
+    node_with_ipv6(ec2, coordinator, token, None).await
+}
+
+/// A node launched into a new dual-stack subnet (or, with `ipv6_only`
+/// naming moto's endpoint, an IPv6-only one), deployed.
+async fn node_with_ipv6(
+    ec2: &Client,
+    coordinator: &Coordinator,
+    token: &str,
+    ipv6_only: Option<&str>,
+) -> Node {
+    let id = ec2::launch_with_ipv6(ec2, CLUSTER, ipv6_only).await;
     let view = ec2::describe(ec2, &id).await;
     let ipv6 = *view
         .ipv6
@@ -36,15 +57,10 @@ async fn dual_stack_node(ec2: &Client, coordinator: &Coordinator, token: &str) -
         .expect("moto gives an instance in a dual-stack subnet an IPv6 address");
     let imds = Imds::start(ec2.clone(), &id).await;
     let agent = Agent::start(coordinator, &imds, CLUSTER, token);
-    let nodes = wait_until(
-        EVENTUALLY,
-        POLL,
-        || coordinator.nodes(CLUSTER),
-        |n| n.len() == 1 && n[0].state == NodeState::Deployed,
-    )
-    .await;
-    assert_eq!(nodes.len(), 1, "{}", agent.logs());
-    assert_eq!(nodes[0].ipv6, Some(ipv6), "{:#?}", nodes[0]);
+    let node = coordinator
+        .wait_for_node(CLUSTER, &id, NodeState::Deployed, EVENTUALLY)
+        .await;
+    assert_eq!(node.ipv6, Some(ipv6), "{node:#?}");
     Node {
         id,
         ipv6,
@@ -59,10 +75,7 @@ async fn dual_stack_node(ec2: &Client, coordinator: &Coordinator, token: &str) -
 /// keeps the true one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_stack_node_gets_aaaa_records() {
-    let moto = Moto::start().await;
-    let sdk = ec2::client(&moto.endpoint()).await;
-    let coordinator = Coordinator::start(&moto).await;
-    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    let (_moto, sdk, coordinator, token) = scene(&[]).await;
     let node = dual_stack_node(&sdk, &coordinator, &token).await;
     let resolver = coordinator.resolver();
 
@@ -112,18 +125,51 @@ async fn dual_stack_node_gets_aaaa_records() {
     );
 }
 
+/// An IPv6-only instance (no IPv4 address at all; IMDS has no
+/// `local-ipv4`) joins with its IPv6 address, checked against EC2: its name
+/// and its cluster's round robin answer AAAA, A finds no data, and it has
+/// no internal name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_only_node_is_answered_by_aaaa_alone() {
+    let (moto, sdk, coordinator, token) = scene(&[]).await;
+    let node = node_with_ipv6(&sdk, &coordinator, &token, Some(&moto.endpoint())).await;
+    let view = coordinator.node(CLUSTER, &node.id).await.node;
+    assert_eq!((view.private_ipv4, view.public_ipv4), (None, None));
+
+    let resolver = coordinator.resolver();
+    let own = node_dns_name(&node.id, CLUSTER, ZONE);
+    let answer = resolver
+        .aaaa_until(&own, EVENTUALLY, |a| a.aaaa == vec![node.ipv6])
+        .await;
+    assert_eq!(answer.aaaa, vec![node.ipv6], "{answer:?}");
+    let a = resolver.a(&own).await.unwrap();
+    assert!(a.a.is_empty() && !a.is_nxdomain(), "NODATA for A: {a:?}");
+    let internal = resolver
+        .a(&muster_proto::node_internal_dns_name(
+            &node.id, CLUSTER, ZONE,
+        ))
+        .await
+        .unwrap();
+    assert!(internal.is_nxdomain(), "no internal name: {internal:?}");
+    let round_robin = resolver
+        .aaaa(&cluster_dns_name(CLUSTER, ZONE))
+        .await
+        .unwrap();
+    assert_eq!(round_robin.aaaa, vec![node.ipv6]);
+    let (_, status) = node.agent.status_json().await;
+    assert_eq!(status["ipv6"], node.ipv6.to_string(), "{status:#}");
+    assert!(status["private_ipv4"].is_null(), "{status:#}");
+}
+
 /// Over RFC 2136, BIND holds the node's AAAA beside its A, and the round
 /// robin's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aaaa_records_reach_bind() {
-    let moto = Moto::start().await;
-    let sdk = ec2::client(&moto.endpoint()).await;
     let bind = Bind::start(ZONE).await;
     let secrets = tempfile::tempdir().expect("a directory for the TSIG secret");
     let args = bind.coordinator_args(secrets.path());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let coordinator = Coordinator::start_with(&moto, &args).await;
-    let token = coordinator.create_cluster(CLUSTER).await.join_token;
+    let (_moto, sdk, coordinator, token) = scene(&args).await;
     let node = dual_stack_node(&sdk, &coordinator, &token).await;
 
     let resolver = bind.resolver();

@@ -69,23 +69,9 @@ impl Scene {
 
     /// Polls `node ls` until instance `id`'s node is in `state`; returns it.
     async fn wait_for_state(&self, id: &str, state: NodeState) -> NodeView {
-        let nodes = wait_until(
-            PATIENCE,
-            POLL,
-            || self.coordinator.nodes(CLUSTER),
-            |nodes| {
-                nodes
-                    .iter()
-                    .any(|n| n.instance_id == id && n.state == state)
-            },
-        )
-        .await;
-        let node = nodes
-            .into_iter()
-            .find(|n| n.instance_id == id)
-            .unwrap_or_else(|| panic!("no node for {id}\n{}", self.coordinator.logs()));
-        assert_eq!(node.state, state, "{node:#?}\n{}", self.coordinator.logs());
-        node
+        self.coordinator
+            .wait_for_node(CLUSTER, id, state, PATIENCE)
+            .await
     }
 
     /// Asks DNS for `name` until `accept` likes the answer; returns it.

@@ -52,7 +52,7 @@ fn byon_request(machine: &str, name: &str) -> RegisterRequest {
         instance_id: byon_node_id(machine),
         availability_zone: String::new(),
         region: String::new(),
-        private_ipv4: Ipv4Addr::new(198, 51, 100, 30),
+        private_ipv4: Some(Ipv4Addr::new(198, 51, 100, 30)),
         public_ipv4: None,
         agent_version: "0.0.0-test".to_owned(),
         byon: Some(ByonIdentity {

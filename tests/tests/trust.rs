@@ -91,9 +91,11 @@ async fn register_body(
         instance_id: id.to_owned(),
         availability_zone: view.availability_zone,
         region: ec2::TEST_REGION.to_owned(),
-        private_ipv4: private
-            .or(view.private_ipv4)
-            .expect("moto gives a private address"),
+        private_ipv4: Some(
+            private
+                .or(view.private_ipv4)
+                .expect("moto gives a private address"),
+        ),
         public_ipv4: public,
         agent_version: "0.0.0-test".to_owned(),
         byon: None,
@@ -105,7 +107,7 @@ async fn register_body(
 fn heartbeat_body(id: &str, private: Ipv4Addr, public: Option<Ipv4Addr>) -> HeartbeatRequest {
     HeartbeatRequest {
         instance_id: id.to_owned(),
-        private_ipv4: private,
+        private_ipv4: Some(private),
         public_ipv4: public,
         facts: muster_tests::host_facts(),
         checks: Vec::new(),

@@ -100,7 +100,7 @@ pub(super) async fn watch_addresses(
                 }
                 if *tx.borrow() != addresses {
                     debug!(
-                        private_ipv4 = %addresses.private_ipv4,
+                        private_ipv4 = %show(addresses.private_ipv4),
                         public_ipv4 = %show(addresses.public_ipv4),
                         "{what} show new addresses"
                     );

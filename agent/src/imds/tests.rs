@@ -101,7 +101,10 @@ async fn token_is_fetched_once_and_reused() {
     assert_eq!(identity.instance_id, "i-0123456789abcdef0");
     assert_eq!(identity.availability_zone, "us-east-1a");
     assert_eq!(identity.region, "us-east-1");
-    assert_eq!(identity.addresses.private_ipv4, Ipv4Addr::new(10, 0, 0, 5));
+    assert_eq!(
+        identity.addresses.private_ipv4,
+        Some(Ipv4Addr::new(10, 0, 0, 5))
+    );
     imds.addresses().await.unwrap();
     let fake = fake.lock().unwrap();
     assert_eq!(fake.issued, 1);

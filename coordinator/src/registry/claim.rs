@@ -31,7 +31,7 @@ pub(super) struct Claim<'a> {
     pub region: &'a str,
     pub instance_id: &'a str,
     pub availability_zone: Option<&'a str>,
-    pub private_ipv4: Ipv4Addr,
+    pub private_ipv4: Option<Ipv4Addr>,
     pub public_ipv4: Option<Ipv4Addr>,
     /// An IPv6 address the agent names must be one of the instance's; an
     /// agent that names none claims nothing.
@@ -70,10 +70,10 @@ impl Claim<'_> {
                 ));
             }
         }
-        if facts.private_ipv4 != Some(self.private_ipv4) {
+        if facts.private_ipv4 != self.private_ipv4 {
             return Err(mismatch(
                 "private_ipv4",
-                self.private_ipv4.to_string(),
+                show_ip(self.private_ipv4),
                 show_ip(facts.private_ipv4),
             ));
         }
@@ -110,7 +110,7 @@ impl Registry {
         &self,
         instance_id: &str,
         source: Option<IpAddr>,
-        private_ipv4: Ipv4Addr,
+        private_ipv4: Option<Ipv4Addr>,
         public_ipv4: Option<Ipv4Addr>,
         ipv6: Option<Ipv6Addr>,
     ) -> Result<(), RegistryError> {
@@ -125,7 +125,7 @@ impl Registry {
             return Ok(());
         }
         let ok = match source.map(|s| s.to_canonical()) {
-            Some(IpAddr::V4(from)) => from == private_ipv4 || Some(from) == public_ipv4,
+            Some(IpAddr::V4(from)) => Some(from) == private_ipv4 || Some(from) == public_ipv4,
             Some(IpAddr::V6(from)) => Some(from) == ipv6,
             None => false,
         };
@@ -135,7 +135,12 @@ impl Registry {
         Err(RegistryError::SourceMismatch {
             instance_id: instance_id.to_owned(),
             source_addr: source.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            claimed: format!("private {private_ipv4}, public {}", show_ip(public_ipv4)),
+            claimed: format!(
+                "private {}, public {}, ipv6 {}",
+                show_ip(private_ipv4),
+                show_ip(public_ipv4),
+                show_ip(ipv6)
+            ),
         })
     }
 

@@ -18,8 +18,9 @@ use super::lifecycle::{Condition, Input};
 use super::live::AgentReport;
 use super::{show_ip, Registry, RegistryError};
 
-/// A node's addresses: private IPv4, public IPv4, IPv6.
-pub(super) type Addresses = (Ipv4Addr, Option<Ipv4Addr>, Option<Ipv6Addr>);
+/// A node's addresses: private IPv4, public IPv4, IPv6 (an IPv6-only
+/// node has no IPv4 address).
+pub(super) type Addresses = (Option<Ipv4Addr>, Option<Ipv4Addr>, Option<Ipv6Addr>);
 
 /// "address changed: public 1.2.3.4 -> 5.6.7.8", naming only what changed.
 fn address_change_reason(
@@ -28,7 +29,7 @@ fn address_change_reason(
 ) -> String {
     let mut parts = Vec::new();
     for (label, old, new) in [
-        ("private", before.0, Some(after.0)),
+        ("private", before.0, after.0),
         ("public", before.1, after.1),
     ] {
         if old != new {
@@ -126,7 +127,7 @@ impl Registry {
                 state: node.state,
             });
         }
-        let moved = node.private_ipv4 != Some(req.private_ipv4)
+        let moved = node.private_ipv4 != req.private_ipv4
             || node.public_ipv4 != req.public_ipv4
             || node.ipv6 != req.ipv6;
         // A node EC2 last saw stopped (or that never ran) counts as deployed
@@ -215,9 +216,7 @@ impl Registry {
         let Some(node) = self.live().nodes.get(&id).cloned() else {
             return Ok(());
         };
-        if node.private_ipv4 == Some(private_ipv4)
-            && node.public_ipv4 == public_ipv4
-            && node.ipv6 == ipv6
+        if node.private_ipv4 == private_ipv4 && node.public_ipv4 == public_ipv4 && node.ipv6 == ipv6
         {
             return Ok(());
         }
@@ -239,7 +238,7 @@ impl Registry {
         {
             let mut live = self.live();
             if let Some(entry) = live.nodes.get_mut(&id) {
-                entry.private_ipv4 = Some(private_ipv4);
+                entry.private_ipv4 = private_ipv4;
                 entry.public_ipv4 = public_ipv4;
                 entry.ipv6 = ipv6;
                 entry.addresses_at = Instant::now();

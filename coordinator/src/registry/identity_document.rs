@@ -90,8 +90,8 @@ pub struct Claim<'a> {
     pub region: &'a str,
     /// The availability zone.
     pub availability_zone: &'a str,
-    /// The primary private address.
-    pub private_ipv4: Ipv4Addr,
+    /// The primary private address (none on an IPv6-only instance).
+    pub private_ipv4: Option<Ipv4Addr>,
 }
 
 /// Checks `signed` against `certs`, and that it names what `claim` claims.
@@ -122,7 +122,13 @@ pub fn check(
                 &document.availability_zone,
             )
         })
-        .or_else(|| mismatch("privateIp", &claim.private_ipv4.to_string(), &private));
+        .or_else(|| {
+            let claimed = claim
+                .private_ipv4
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            mismatch("privateIp", &claimed, &private)
+        });
     match wrong {
         Some(error) => Err(error),
         None => Ok(document),
@@ -219,7 +225,7 @@ mod tests {
             instance_id: "i-0123456789abcdef0",
             region: "us-east-1",
             availability_zone: "us-east-1a",
-            private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+            private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
         }
     }
 
@@ -279,7 +285,7 @@ mod tests {
             }
         );
         let moved = Claim {
-            private_ipv4: Ipv4Addr::new(10, 0, 0, 9),
+            private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 9)),
             ..claim()
         };
         let good = signed(&aws, Pkcs7Flags::NOCERTS, DOCUMENT);
@@ -326,7 +332,7 @@ mod tests {
             instance_id: "i-f79fe56c",
             region: "us-east-1",
             availability_zone: "us-east-1a",
-            private_ipv4: Ipv4Addr::new(172, 30, 0, 252),
+            private_ipv4: Some(Ipv4Addr::new(172, 30, 0, 252)),
         };
         let certs = IdentityCerts::shipped();
         let signed = SignedIdentity {

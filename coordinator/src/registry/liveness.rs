@@ -164,10 +164,10 @@ impl Registry {
                 Some(_) => facts.ipv6.first().copied(),
                 None => None,
             };
-            if let Some(private) = facts.private_ipv4 {
+            if facts.private_ipv4.is_some() || ipv6.is_some() {
                 self.set_addresses(
                     id,
-                    (private, facts.public_ipv4, ipv6),
+                    (facts.private_ipv4, facts.public_ipv4, ipv6),
                     EventSource::Sweep,
                     Some(read_at),
                 )

@@ -222,11 +222,14 @@ impl Registry {
         let credential = new_secret(TokenKind::Node);
         let credential_hash = hash_secret(&credential);
         let _write = self.write.lock().await;
-        let reason = format!(
+        let mut reason = format!(
             "{how}: private {} public {}",
-            req.private_ipv4,
+            show_ip(req.private_ipv4),
             show_ip(req.public_ipv4)
         );
+        if let Some(ipv6) = req.ipv6 {
+            reason.push_str(&format!(" ipv6 {ipv6}"));
+        }
         let node = self.store.register_node(
             &NodeRegistration {
                 cluster_id: cluster.id,

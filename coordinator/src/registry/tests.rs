@@ -161,7 +161,7 @@ fn register_req(public: Option<Ipv4Addr>) -> RegisterRequest {
         instance_id: ID.into(),
         availability_zone: "us-east-1a".into(),
         region: "us-east-1".into(),
-        private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+        private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
         public_ipv4: public,
         agent_version: "test".into(),
         byon: None,
@@ -173,7 +173,7 @@ fn register_req(public: Option<Ipv4Addr>) -> RegisterRequest {
 fn heartbeat_req(public: Option<Ipv4Addr>) -> HeartbeatRequest {
     HeartbeatRequest {
         instance_id: ID.into(),
-        private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+        private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
         public_ipv4: public,
         facts: HostFacts::default(),
         checks: Vec::new(),
@@ -444,7 +444,7 @@ fn byon_req(hostname: &str, machine_id: &str) -> RegisterRequest {
         instance_id: muster_proto::byon_node_id(machine_id),
         availability_zone: String::new(),
         region: String::new(),
-        private_ipv4: Ipv4Addr::new(192, 168, 7, 10),
+        private_ipv4: Some(Ipv4Addr::new(192, 168, 7, 10)),
         public_ipv4: None,
         byon: Some(muster_proto::ByonIdentity {
             hostname: hostname.into(),
@@ -505,7 +505,7 @@ async fn bring_your_own_nodes() {
     // Its own address change needs no EC2 word.
     let moved = HeartbeatRequest {
         instance_id: muster_proto::byon_node_id(machine),
-        private_ipv4: Ipv4Addr::new(192, 168, 7, 11),
+        private_ipv4: Some(Ipv4Addr::new(192, 168, 7, 11)),
         public_ipv4: None,
         facts: HostFacts::default(),
         checks: Vec::new(),
@@ -538,7 +538,7 @@ async fn bring_your_own_nodes() {
             &resp.credential,
             HeartbeatRequest {
                 instance_id: muster_proto::byon_node_id(machine),
-                private_ipv4: Ipv4Addr::new(192, 168, 7, 11),
+                private_ipv4: Some(Ipv4Addr::new(192, 168, 7, 11)),
                 public_ipv4: None,
                 facts: HostFacts::default(),
                 checks: Vec::new(),
@@ -598,7 +598,7 @@ async fn register_neighbour(registry: &Registry, table: &Table, token: &str) {
     table.0.lock().unwrap().insert(NEIGHBOUR.into(), facts);
     let mut req = register_req(Some(Ipv4Addr::new(54, 0, 0, 2)));
     req.instance_id = NEIGHBOUR.into();
-    req.private_ipv4 = Ipv4Addr::new(10, 0, 0, 6);
+    req.private_ipv4 = Some(Ipv4Addr::new(10, 0, 0, 6));
     registry.register(token, req).await.unwrap();
 }
 

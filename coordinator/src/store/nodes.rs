@@ -79,8 +79,8 @@ pub struct NodeRegistration<'a> {
     pub availability_zone: &'a str,
     /// Region.
     pub region: &'a str,
-    /// Private IPv4.
-    pub private_ipv4: Ipv4Addr,
+    /// Private IPv4 (none on an IPv6-only instance).
+    pub private_ipv4: Option<Ipv4Addr>,
     /// Public IPv4.
     pub public_ipv4: Option<Ipv4Addr>,
     /// IPv6 address.
@@ -402,7 +402,7 @@ impl Store {
         &self,
         node_id: i64,
         state: NodeState,
-        (private_ipv4, public_ipv4, ipv6): (Ipv4Addr, Option<Ipv4Addr>, Option<Ipv6Addr>),
+        (private_ipv4, public_ipv4, ipv6): (Option<Ipv4Addr>, Option<Ipv4Addr>, Option<Ipv6Addr>),
         reason: &str,
         source: EventSource,
     ) -> Result<(), StoreError> {
@@ -416,7 +416,7 @@ impl Store {
              WHERE id = ?1",
             params![
                 node_id,
-                private_ipv4.to_string(),
+                private_ipv4.map(|ip| ip.to_string()),
                 public_ipv4.map(|ip| ip.to_string()),
                 now,
                 ipv6.map(|ip| ip.to_string())
@@ -509,7 +509,7 @@ fn update_registered(
             state,
             reg.availability_zone,
             reg.region,
-            reg.private_ipv4.to_string(),
+            reg.private_ipv4.map(|ip| ip.to_string()),
             reg.public_ipv4.map(|ip| ip.to_string()),
             reg.credential_hash,
             now,
@@ -584,7 +584,7 @@ fn insert_registered(
             deployed,
             reg.availability_zone,
             reg.region,
-            reg.private_ipv4.to_string(),
+            reg.private_ipv4.map(|ip| ip.to_string()),
             reg.public_ipv4.map(|ip| ip.to_string()),
             reg.credential_hash,
             now,

@@ -51,7 +51,7 @@ fn registration<'a>(cluster_id: i64, credential_hash: &'a str) -> NodeRegistrati
         instance_id: "i-0123456789abcdef0",
         availability_zone: "us-east-1a",
         region: "us-east-1",
-        private_ipv4: Ipv4Addr::new(10, 0, 0, 5),
+        private_ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
         public_ipv4: Some(Ipv4Addr::new(54, 0, 0, 5)),
         credential_hash,
         byon: false,
@@ -191,7 +191,7 @@ fn events_page() {
                 node.id,
                 NodeState::Deployed,
                 (
-                    Ipv4Addr::new(10, 0, 0, 5),
+                    Some(Ipv4Addr::new(10, 0, 0, 5)),
                     Some(Ipv4Addr::new(3, 3, 3, i)),
                     None,
                 ),
@@ -225,7 +225,7 @@ fn address_change_is_recorded() {
             node.id,
             NodeState::Deployed,
             (
-                Ipv4Addr::new(10, 0, 0, 5),
+                Some(Ipv4Addr::new(10, 0, 0, 5)),
                 Some(Ipv4Addr::new(3, 3, 3, 3)),
                 Some("2600:1f18::3".parse().unwrap()),
             ),

@@ -188,7 +188,7 @@ fn agent_client(coordinator: &Coordinator) -> anyhow::Result<reqwest::Client> {
 async fn beat(http: &reqwest::Client, url: &str, node: &Node) -> Option<Duration> {
     let body = HeartbeatRequest {
         instance_id: node.id.clone(),
-        private_ipv4: node.private,
+        private_ipv4: Some(node.private),
         public_ipv4: node.public,
         facts: muster_tests::host_facts(),
         checks: Vec::new(),
@@ -403,7 +403,7 @@ async fn register(
                 } else {
                     ec2::TEST_REGION.to_owned()
                 },
-                private_ipv4: private,
+                private_ipv4: Some(private),
                 public_ipv4: public,
                 agent_version: "load".to_owned(),
                 byon,
