@@ -174,7 +174,13 @@ impl Registry {
     ) -> Result<NodeState, RegistryError> {
         let _write = self.write.lock().await;
         let Some(node) = self.live().nodes.get(&id).cloned() else {
-            return Err(RegistryError::NotFound(format!("no node with id {id}")));
+            // A node terminated for good has left memory (live.rs), perhaps
+            // since the caller read it (a sweep racing a removal): there is
+            // nothing more to do to it.
+            return match self.store.node_state(id)? {
+                Some(NodeState::Terminated) => Ok(NodeState::Terminated),
+                _ => Err(RegistryError::NotFound(format!("no node with id {id}"))),
+            };
         };
         // A heartbeat may have landed since the liveness check looked.
         if input == Input::Silent && node.last_heard.elapsed() <= self.timing.grace {

@@ -943,3 +943,37 @@ async fn a_cluster_lifetime_ends_in_its_removal() {
         muster_proto::ClusterState::Active
     );
 }
+
+/// A node terminated for good leaves memory at once; an input for it that
+/// was decided before (a removal racing the sweep that saw the instance
+/// gone) finds nothing left to do, while an unknown id is still refused.
+#[tokio::test]
+async fn an_input_racing_a_termination_is_a_no_op() {
+    let (registry, _table, token) = setup();
+    registry
+        .register(&token, register_req(Some(Ipv4Addr::new(54, 0, 0, 1))))
+        .await
+        .unwrap();
+    let id = registry.store.node_by_instance(ID).unwrap().unwrap().id;
+    let gone = registry
+        .apply(id, lifecycle::Input::Ec2Gone, EventSource::Sweep)
+        .await
+        .unwrap();
+    assert_eq!(gone, NodeState::Terminated);
+    assert!(!registry.live().nodes.contains_key(&id), "out of memory");
+    let late = registry
+        .apply(id, lifecycle::Input::OperatorRemove, EventSource::Operator)
+        .await
+        .unwrap();
+    assert_eq!(late, NodeState::Terminated);
+    assert!(matches!(
+        registry
+            .apply(
+                id + 1000,
+                lifecycle::Input::OperatorRemove,
+                EventSource::Operator
+            )
+            .await,
+        Err(RegistryError::NotFound(_))
+    ));
+}

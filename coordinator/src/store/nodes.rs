@@ -277,6 +277,19 @@ impl Store {
             .transpose()
     }
 
+    /// The state of node `id`, if it exists.
+    pub fn node_state(&self, node_id: i64) -> Result<Option<NodeState>, StoreError> {
+        let state: Option<String> = self
+            .lock()
+            .prepare_cached("SELECT state FROM nodes WHERE id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![node_id], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(query("reading a node's state"))?;
+        state.map(|s| parse_state(&s)).transpose()
+    }
+
     /// One node by instance id.
     pub fn node_by_instance(&self, instance_id: &str) -> Result<Option<Node>, StoreError> {
         let sql = format!(
