@@ -27,7 +27,7 @@
 //!
 //! What a run said (a status line, an error, the command's output) is
 //! reported with control characters other than newlines and tabs replaced
-//! by U+FFFD, and cut to [`condition::MAX_TEXT`] bytes. A flip between
+//! by U+FFFD, and cut to [`muster_proto::condition::MAX_TEXT`] bytes. A flip between
 //! passing and failing is logged at info; single runs only at debug.
 
 use std::os::unix::process::ExitStatusExt as _;
@@ -35,7 +35,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_proto::condition::{self, CheckKind, CheckReport};
+use muster_proto::condition::{fit, CheckKind, CheckReport};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -282,25 +282,6 @@ impl Outcome {
             humantime::format_duration(timeout)
         ))
     }
-}
-
-/// `text` made fit for a report: trimmed, carriage returns dropped, other
-/// control characters but newlines and tabs replaced by U+FFFD, and cut to
-/// [`condition::MAX_TEXT`] bytes.
-fn fit(text: &str) -> String {
-    let clean: String = text
-        .trim()
-        .chars()
-        .filter(|c| *c != '\r')
-        .map(|c| {
-            if c.is_control() && c != '\n' && c != '\t' {
-                char::REPLACEMENT_CHARACTER
-            } else {
-                c
-            }
-        })
-        .collect();
-    condition::cut(&clean)
 }
 
 /// Runs one check's probe, with what it needs kept between runs.
@@ -552,6 +533,7 @@ async fn read_capped(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use muster_proto::condition;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncWriteExt as _;

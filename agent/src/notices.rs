@@ -15,14 +15,15 @@
 //! They are read every [`POLL_INTERVAL`] (the AWS Node Termination
 //! Handler's pace), all four at once. A read that fails changes nothing:
 //! the warnings last read stand until IMDS answers again. What IMDS says is
-//! untrusted text: it is cut to 512 bytes and kept as detail, and a time is
+//! untrusted text: it is cleaned and cut to 512 bytes
+//! ([`muster_proto::condition::fit`]) and kept as detail, and a time is
 //! taken only from the field EC2 documents. The daemon decides which
 //! warnings drain the node ([`leaving`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_proto::condition::{cut, MAX_NOTICES};
+use muster_proto::condition::{fit, MAX_NOTICES};
 use muster_proto::{Ec2Notice, NoticeKind};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -100,11 +101,11 @@ pub fn parse(
 fn notice(kind: NoticeKind, text: &str, field: &str) -> Ec2Notice {
     let time = serde_json::from_str::<serde_json::Value>(text)
         .ok()
-        .and_then(|v| v.get(field).and_then(|t| t.as_str()).map(clean));
+        .and_then(|v| v.get(field).and_then(|t| t.as_str()).map(fit));
     Ec2Notice {
         kind,
         time,
-        detail: clean(text),
+        detail: fit(text),
     }
 }
 
@@ -115,7 +116,7 @@ fn maintenance_events(text: &str) -> Vec<Ec2Notice> {
         return vec![Ec2Notice {
             kind: NoticeKind::ScheduledMaintenance,
             time: None,
-            detail: clean(text),
+            detail: fit(text),
         }];
     };
     let field = |event: &serde_json::Value, name: &str| {
@@ -135,29 +136,13 @@ fn maintenance_events(text: &str) -> Vec<Ec2Notice> {
             let not_before = field(event, "NotBefore");
             Ec2Notice {
                 kind: NoticeKind::ScheduledMaintenance,
-                time: (!not_before.is_empty()).then(|| clean(&not_before)),
-                detail: clean(
+                time: (!not_before.is_empty()).then(|| fit(&not_before)),
+                detail: fit(
                     format!("{}: {}", field(event, "Code"), field(event, "Description")).trim(),
                 ),
             }
         })
         .collect()
-}
-
-/// Untrusted text made fit to carry: control characters (but newlines and
-/// tabs) replaced, at most 512 bytes.
-fn clean(text: &str) -> String {
-    let text: String = text
-        .chars()
-        .map(|c| {
-            if c.is_control() && c != '\n' && c != '\t' {
-                '\u{fffd}'
-            } else {
-                c
-            }
-        })
-        .collect();
-    cut(&text)
 }
 
 /// Why the node should leave on these warnings, if it should: a Spot

@@ -131,6 +131,26 @@ pub fn cut(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
+/// Untrusted `text` (a check's output, what IMDS said) made fit to carry:
+/// trimmed, carriage returns dropped, other control characters but
+/// newlines and tabs replaced by U+FFFD, and [`cut`] to [`MAX_TEXT`]
+/// bytes, so that it passes [`validate`].
+pub fn fit(text: &str) -> String {
+    let clean: String = text
+        .trim()
+        .chars()
+        .filter(|c| *c != '\r')
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect();
+    cut(&clean)
+}
+
 /// Checks a free text field: at most [`MAX_TEXT`] bytes, no control
 /// characters but newlines and tabs.
 fn text(field: &str, value: &str) -> Result<(), ValidationError> {

@@ -23,10 +23,7 @@ use super::{show_ip, Registry, RegistryError};
 pub(super) type Addresses = (Option<Ipv4Addr>, Option<Ipv4Addr>, Option<Ipv6Addr>);
 
 /// "address changed: public 1.2.3.4 -> 5.6.7.8", naming only what changed.
-fn address_change_reason(
-    before: (Option<Ipv4Addr>, Option<Ipv4Addr>, Option<Ipv6Addr>),
-    after: Addresses,
-) -> String {
+fn address_change_reason(before: Addresses, after: Addresses) -> String {
     let mut parts = Vec::new();
     for (label, old, new) in [
         ("private", before.0, after.0),

@@ -37,9 +37,14 @@ impl Registry {
             .saturating_mul(1000);
         let now_ends = ends.max(now_ms()).saturating_add(by);
         if !self.store.set_cluster_expiry(cluster.id, now_ends)? {
+            // Its removal began since it was read: say where it is now.
+            let state = self
+                .store
+                .cluster(name)?
+                .map_or(ClusterState::Removed, |now| now.state);
             return Err(RegistryError::ClusterNotActive {
                 name: cluster.name,
-                state: ClusterState::Removing,
+                state,
             });
         }
         tracing::info!(
