@@ -116,12 +116,12 @@ impl Registry {
                 .or_default()
                 .push((node.id, node.instance_id.clone()));
         }
-        for (region, ids) in &by_region {
-            let instance_ids: Vec<String> = ids.iter().map(|(_, i)| i.clone()).collect();
-            self.ec2.terminate_many(region, &instance_ids).await?;
-        }
-        // A removal the cluster's lifetime started says so in the nodes'
-        // events (after a restart too: the end is stored).
+        // Each node is `terminating`, with why, before its instance is
+        // asked to go: once it is, a sweep may see it gone first. A
+        // removal the cluster's lifetime started says so in the nodes'
+        // events (after a restart too: the end is stored). The cluster is
+        // `removing`, so a removal cut short here resumes at the next
+        // start and terminates what is left.
         let input = if cluster
             .expires_at
             .is_some_and(|t| t <= crate::store::now_ms())
@@ -133,6 +133,10 @@ impl Registry {
         for node in &nodes {
             self.apply(node.id, input.clone(), EventSource::Operator)
                 .await?;
+        }
+        for (region, ids) in &by_region {
+            let instance_ids: Vec<String> = ids.iter().map(|(_, i)| i.clone()).collect();
+            self.ec2.terminate_many(region, &instance_ids).await?;
         }
         let not_yet_terminated = |id: &i64| {
             self.live()
