@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use muster_proto::{ErrorCode, HeartbeatRequest, NoticeKind, RegisterResponse};
+use muster_proto::{
+    CheckReport, Ec2Notice, ErrorCode, HeartbeatRequest, NoticeKind, RegisterResponse,
+};
 use reqwest::StatusCode;
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -72,9 +74,7 @@ impl Agent<'_> {
     /// checks' standing, EC2's warnings, and whether the node is leaving
     /// on them.
     async fn request(&mut self, node_id: &str, addresses: Addresses) -> HeartbeatRequest {
-        let checks = self.checks.reports().borrow().clone();
-        let notices = self.notices.borrow().clone();
-        let leaving = notices::leaving(&notices, self.settings.drain_on_notice);
+        let (checks, notices, leaving) = self.condition();
         let request = HeartbeatRequest {
             instance_id: node_id.to_owned(),
             private_ipv4: addresses.private_ipv4,
@@ -92,6 +92,28 @@ impl Agent<'_> {
         );
         self.last_request = Some(request.clone());
         request
+    }
+
+    /// The checks' reports, EC2's warnings and whether the node leaves on
+    /// them, as they stand now; shown in the status at once.
+    fn condition(&self) -> (Vec<CheckReport>, Vec<Ec2Notice>, Option<String>) {
+        let checks = self.checks.reports().borrow().clone();
+        let notices = self.notices.borrow().clone();
+        let leaving = notices::leaving(&notices, self.settings.drain_on_notice);
+        self.live.set_report(&checks, &notices, leaving.as_deref());
+        (checks, notices, leaving)
+    }
+
+    /// What must reach the coordinator at once, as it stands with
+    /// `addresses`: read without collecting host facts.
+    fn urgent(&self, addresses: Addresses) -> Urgent {
+        let (checks, notices, leaving) = self.condition();
+        Urgent {
+            addresses,
+            checks: checks.iter().map(|c| (c.name.clone(), c.passing)).collect(),
+            notices: notices.iter().map(|n| n.kind).collect(),
+            leaving,
+        }
     }
 
     /// Heartbeats until the coordinator no longer knows the credential.
@@ -113,23 +135,20 @@ impl Agent<'_> {
         // register carried the addresses and nothing else, so a node with
         // checks or warnings heartbeats at once.
         let current = *addresses.borrow_and_update();
-        let first = self.request(&identity.node_id, current).await;
+        let first = self.urgent(current);
         let mut sent = Urgent {
             addresses: current,
             checks: Vec::new(),
             notices: Vec::new(),
             leaving: None,
         };
-        let mut next = if Urgent::of(&first) == sent {
+        let mut next = if first == sent {
             Instant::now() + backoff::with_jitter(interval.0, interval.1)
         } else {
             Instant::now()
         };
         loop {
-            if self
-                .next_beat(next, &identity.node_id, &sent, addresses)
-                .await
-            {
+            if self.next_beat(next, &sent, addresses).await {
                 backoff.reset();
             }
             let current = *addresses.borrow_and_update();
@@ -180,7 +199,6 @@ impl Agent<'_> {
     async fn next_beat(
         &mut self,
         next: Instant,
-        node_id: &str,
         sent: &Urgent,
         addresses: &mut watch::Receiver<Addresses>,
     ) -> bool {
@@ -206,7 +224,7 @@ impl Agent<'_> {
             let now = *addresses.borrow_and_update();
             reports.borrow_and_update();
             notices.borrow_and_update();
-            let urgent = Urgent::of(&self.request(node_id, now).await);
+            let urgent = self.urgent(now);
             if urgent == *sent {
                 continue;
             }
