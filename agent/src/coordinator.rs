@@ -345,6 +345,7 @@ mod tests {
             checks: Vec::new(),
             notices: Vec::new(),
             leaving: None,
+            agent_version: None,
             ipv6: None,
         };
         client.heartbeat("x", &request).await

@@ -555,6 +555,7 @@ impl<'a> Agent<'a> {
                 checks: Vec::new(),
                 notices: Vec::new(),
                 leaving: None,
+                agent_version: Some(crate::AGENT_VERSION.to_owned()),
             });
         }
         if !self.ready {

@@ -211,6 +211,7 @@ async fn register(
             notices: Vec::new(),
             drained: false,
             ipv6: None,
+            agent_version: None,
         },
         credential,
         // Long enough that any heartbeat seen in a test was pushed by a

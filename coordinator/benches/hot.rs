@@ -150,6 +150,7 @@ fn heartbeat(c: &mut Criterion) {
                     checks: Vec::new(),
                     notices: Vec::new(),
                     leaving: None,
+                    agent_version: None,
                     ipv6: None,
                 },
             ));

@@ -3,7 +3,10 @@
 //!
 //! - Agent endpoints authenticate with the bearer secret in the body's stead
 //!   (join token or node credential); the registry checks it.
-//! - Admin endpoints need `Authorization: Bearer <admin token>`.
+//! - Admin endpoints need `Authorization: Bearer <admin token>`; the
+//!   viewer token, or a console session's cookie, may read them (GET) and
+//!   nothing more (403 `forbidden`).
+//! - The console ([`console`]) lives under `/ui/`.
 //! - The agent download (`/v1/agent/linux/{arch}/muster-agent`, `…/.deb`)
 //!   needs nothing: see [`crate::launcher::agent_dist`] for why. It is streamed from
 //!   the file, never held in memory.
@@ -22,8 +25,10 @@
 //!   addresses.
 //!
 //! # Layout
-//! - [`guards`]: the admin token, the agent rate limit, the client address,
-//!   bounded JSON bodies.
+//! - [`guards`]: the admin and viewer tokens and console sessions, the
+//!   agent rate limit, the client address, bounded JSON bodies.
+//! - [`console`]: the web console's pages, sign-in and sessions.
+//! - [`fleet`]: the fleet's last hour, sampled in memory for the console.
 //! - [`errors`]: the JSON error answers and their statuses.
 //! - [`agents`] and [`admin`]: the handlers.
 //! - [`metrics`]: the Prometheus text at `/metrics`.
@@ -42,7 +47,9 @@ use crate::registry::Registry;
 mod admin;
 mod agents;
 pub mod connections;
+pub mod console;
 mod errors;
+pub mod fleet;
 mod guards;
 mod metrics;
 
@@ -55,6 +62,7 @@ use admin::{
     rotate_admin_token, rotate_token, scale_cluster, show_cluster, show_node, undrain_node,
     user_data,
 };
+use admin::{fleet_history, node_names, status, viewer_token};
 use agents::{agent_download, heartbeat, register};
 use guards::{limit_agents, remember_served};
 use metrics::metrics;
@@ -78,6 +86,18 @@ pub struct AppState {
     pub dns_status: Arc<crate::dns::status::StatusBoard>,
     /// The open connections, and the sources known to be agents or admins.
     pub connections: Arc<connections::Connections>,
+    /// SHA-256 of the viewer token, once one was issued; replaced when a
+    /// new one is.
+    pub viewer_token_hash: Arc<std::sync::RwLock<Option<String>>>,
+    /// Who is signed in to the console.
+    pub sessions: Arc<console::Sessions>,
+    /// The fleet's last hour.
+    pub fleet: Arc<fleet::FleetRecorder>,
+    /// When the coordinator started.
+    pub started: std::time::SystemTime,
+    /// When each certificate the API serves with expires (`ca`, `server`),
+    /// in Unix seconds.
+    pub certificates: Arc<Vec<(&'static str, i64)>>,
 }
 
 /// Builds the router.
@@ -100,13 +120,17 @@ pub fn router(state: AppState) -> Router {
         .route(paths::CLUSTER_TOKEN, axum::routing::delete(revoke_token))
         .route(paths::CLUSTER_BAN, axum::routing::delete(admit_machine))
         .route(paths::ADMIN_ROTATE_TOKEN, post(rotate_admin_token))
+        .route(paths::ADMIN_VIEWER_TOKEN, post(viewer_token))
+        .route(paths::STATUS, get(status))
+        .route(paths::FLEET_HISTORY, get(fleet_history))
+        .route(paths::NODE_DNS, get(node_names))
         .route(paths::CLUSTER_USERDATA, post(user_data))
         .route(paths::NODES, get(list_nodes))
         .route(paths::NODE, get(show_node).delete(remove_node))
         .route(paths::NODE_EVENTS, get(node_events))
         .route(paths::NODE_DRAIN, post(drain_node))
         .route(paths::NODE_UNDRAIN, post(undrain_node))
-        .route(DNS_STATUS, get(dns_status))
+        .route(paths::DNS_STATUS, get(dns_status))
         .route(paths::BACKUP, post(backup))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -115,6 +139,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(agent)
         .merge(admin)
+        .merge(console::router(state.clone()))
         .route(paths::AGENT_DOWNLOAD, get(agent_download))
         .route(paths::HEALTHZ, get(healthz))
         .route(paths::METRICS, get(metrics))
@@ -141,6 +166,3 @@ async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) ->
         Some(why) => format!("ok\nec2: not trusted: {why}\n"),
     }
 }
-
-/// `GET /v1/dns/status` (admin): how far the DNS provider has got.
-pub const DNS_STATUS: &str = "/v1/dns/status";

@@ -117,12 +117,15 @@ impl AdminClient {
                     })?
             }
         };
-        if muster_proto::token::TokenKind::of(&token) != Some(muster_proto::token::TokenKind::Admin)
-        {
+        use muster_proto::token::TokenKind;
+        if !matches!(
+            TokenKind::of(&token),
+            Some(TokenKind::Admin | TokenKind::Viewer)
+        ) {
             return Err(setting(
                 "MUSTER_TOKEN",
                 "<hidden>",
-                "is not an admin token (madmin_ followed by 64 hex digits)",
+                "is neither an admin token (madmin_ followed by 64 hex digits) nor a viewer token (mview_…)",
             ));
         }
         let ca_path = std::env::var_os("MUSTER_CACERT")
@@ -262,6 +265,24 @@ impl AdminClient {
     /// `POST /v1/admin/rotate-token`.
     pub async fn rotate_admin_token(&self) -> Result<muster_proto::AdminTokenResponse, CliError> {
         self.send("POST", paths::ADMIN_ROTATE_TOKEN, None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<muster_proto::status::CoordinatorStatus, CliError> {
+        self.send("GET", paths::STATUS, None::<&()>).await
+    }
+
+    /// `GET /v1/dns/status`.
+    pub async fn dns_status(&self) -> Result<serde_json::Value, CliError> {
+        self.send("GET", paths::DNS_STATUS, None::<&()>).await
+    }
+
+    /// `POST /v1/admin/viewer-token`.
+    pub async fn viewer_token(
+        &self,
+    ) -> Result<muster_proto::status::ViewerTokenResponse, CliError> {
+        self.send("POST", paths::ADMIN_VIEWER_TOKEN, None::<&()>)
             .await
     }
 

@@ -286,7 +286,10 @@ impl Ec2Clients {
     /// The AWS account the credentials act in (STS GetCallerIdentity).
     pub async fn account(&self) -> Result<String, Ec2Error> {
         let error = |message| Ec2Error::Account { message };
-        let answer = aws_sdk_sts::Client::new(&self.base)
+        let config = aws_sdk_sts::config::Builder::from(&self.base)
+            .interceptor(crate::telemetry::AwsCallTimer)
+            .build();
+        let answer = aws_sdk_sts::Client::from_conf(config)
             .get_caller_identity()
             .send()
             .await
@@ -305,6 +308,7 @@ impl Ec2Clients {
             .or_insert_with(|| {
                 let config = aws_sdk_ec2::config::Builder::from(&self.base)
                     .region(aws_sdk_ec2::config::Region::new(region.to_owned()))
+                    .interceptor(crate::telemetry::AwsCallTimer)
                     .build();
                 Client::from_conf(config)
             })

@@ -25,7 +25,8 @@
 //! - [`store`]: the durable state (SQLite): clusters, nodes, events.
 //! - The ground floor: [`ec2`] (clients, tags, instance lookups), [`pki`]
 //!   (CA, server certificate, admin token), [`secrets`] (minting, hashing
-//!   and comparing bearer secrets), [`fdlimit`] (the open files limit,
+//!   and comparing bearer secrets), [`telemetry`] (AWS call and DNS
+//!   provider timings for `/metrics`), [`fdlimit`] (the open files limit,
 //!   raised at start), and [`config`] (`serve` settings, the
 //!   `muster-coordinator-config` crate, kept apart so the config decoder
 //!   builds without the AWS SDK).
@@ -44,3 +45,4 @@ pub mod registry;
 pub mod secrets;
 pub mod serve;
 pub mod store;
+pub mod telemetry;

@@ -35,6 +35,16 @@ enum Command {
     /// The coordinator's own secrets (talks to a running coordinator).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The coordinator's own health: version, uptime, EC2's standing,
+    /// connections (talks to a running coordinator).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The DNS provider (talks to a running coordinator).
+    #[command(subcommand)]
+    Dns(DnsCommand),
     /// Print the cloud-init user data the launcher passes to RunInstances
     /// for CLUSTER, for instances launched by other means. It carries a
     /// join token minted for it (shown once on stderr, stored hashed) that
@@ -321,6 +331,26 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Issue a viewer token (shown only this once; only its hash is kept):
+    /// it reads the admin API and signs in to the web console at /ui/, and
+    /// changes nothing. The one before it, and the console sessions it
+    /// opened, stop working at once.
+    ViewerToken {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DnsCommand {
+    /// How far the external DNS provider has got: changes pending, names
+    /// it does not own, the last change and the last error.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -485,6 +515,11 @@ async fn admin(command: Command) -> Result<(), CliError> {
         Command::Admin(AdminCommand::RotateToken { json }) => {
             commands::admin_rotate_token(&client, json).await
         }
+        Command::Admin(AdminCommand::ViewerToken { json }) => {
+            commands::admin_viewer_token(&client, json).await
+        }
+        Command::Status { json } => commands::status(&client, json).await,
+        Command::Dns(DnsCommand::Status { json }) => commands::dns_status(&client, json).await,
         Command::Node(NodeCommand::Ls { cluster, json }) => {
             commands::node_ls(&client, cluster.as_deref(), json).await
         }

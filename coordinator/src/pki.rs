@@ -1,4 +1,4 @@
-//! The coordinator's TLS identity and admin token.
+//! The coordinator's TLS identity, admin token and viewer token.
 //!
 //! With no certificate configured, the first start makes a CA and a server
 //! certificate signed by it (rcgen) in the data dir, and an admin token; later
@@ -10,6 +10,8 @@
 //! - `ca.pem` (0644), `ca-key.pem` (0600)
 //! - `server.pem` (0644), `server-key.pem` (0600)
 //! - `admin-token` (0600)
+//! - `viewer-token.sha256` (0600): the hash of the viewer token, once one
+//!   was issued (`admin viewer-token`); the token itself is shown once.
 
 use std::fs;
 use std::net::IpAddr;
@@ -35,6 +37,8 @@ pub const SERVER_CERT_FILE: &str = "server.pem";
 pub const SERVER_KEY_FILE: &str = "server-key.pem";
 /// Admin token file name.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The viewer token's hash, file name.
+pub const VIEWER_TOKEN_HASH_FILE: &str = "viewer-token.sha256";
 
 /// Errors setting up TLS or the admin token.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,17 @@ pub enum PkiError {
     /// The admin token file holds something else.
     #[error("{0} does not hold an admin token (madmin_ followed by 64 hex digits)")]
     BadAdminToken(PathBuf),
+    /// The viewer token's hash file holds something else.
+    #[error("{0} does not hold a SHA-256 hash (64 hex digits)")]
+    BadViewerTokenHash(PathBuf),
+    /// A certificate's expiry could not be read.
+    #[error("reading the expiry of {path}: {source}")]
+    Expiry {
+        /// The certificate file.
+        path: PathBuf,
+        /// The cause.
+        source: openssl::error::ErrorStack,
+    },
 }
 
 /// Where the TLS identity lives.
@@ -252,6 +267,46 @@ pub fn rotate_admin_token(data_dir: &Path) -> Result<String, PkiError> {
     )?;
     tracing::info!("admin token rotated");
     Ok(token)
+}
+
+/// The viewer token's hash, if one was issued.
+pub fn viewer_token_hash(data_dir: &Path) -> Result<Option<String>, PkiError> {
+    let path = data_dir.join(VIEWER_TOKEN_HASH_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let hash = String::from_utf8_lossy(&read(&path)?).trim().to_owned();
+    if crate::secrets::stored_digest(&hash).is_none() {
+        return Err(PkiError::BadViewerTokenHash(path));
+    }
+    Ok(Some(hash))
+}
+
+/// Issues a new viewer token: its hash replaces the old one's in
+/// `data_dir` (written atomically, 0600). Returns the token and its hash.
+pub fn issue_viewer_token(data_dir: &Path) -> Result<(String, String), PkiError> {
+    let token = new_secret(TokenKind::Viewer);
+    let hash = crate::secrets::hash_secret(&token);
+    write_file(
+        &data_dir.join(VIEWER_TOKEN_HASH_FILE),
+        format!("{hash}\n").as_bytes(),
+        0o600,
+    )?;
+    tracing::info!("viewer token issued");
+    Ok((token, hash))
+}
+
+/// When the first certificate in the PEM file `path` expires, in Unix
+/// seconds.
+pub fn certificate_expiry(path: &Path) -> Result<i64, PkiError> {
+    let expiry = |source| PkiError::Expiry {
+        path: path.to_owned(),
+        source,
+    };
+    let cert = openssl::x509::X509::from_pem(&read(path)?).map_err(expiry)?;
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).map_err(expiry)?;
+    let diff = epoch.diff(cert.not_after()).map_err(expiry)?;
+    Ok(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
 }
 
 #[cfg(test)]

@@ -368,23 +368,42 @@ pub struct Counters {
     pub strays_terminated: AtomicU64,
     /// Leftover security groups and key pairs deleted.
     pub leftovers_deleted: AtomicU64,
-    /// Refusals by error code.
-    pub refusals: Mutex<BTreeMap<ErrorCode, u64>>,
+    /// Refusals by endpoint (`register`, `heartbeat`) and error code.
+    pub refusals: Mutex<BTreeMap<(&'static str, ErrorCode), u64>>,
     /// Security events by error code.
     pub security_events: Mutex<BTreeMap<ErrorCode, u64>>,
+    /// State changes by from (none for a node's first) and to.
+    pub transitions: Mutex<BTreeMap<(Option<NodeState>, NodeState), u64>>,
 }
 
 impl Counters {
-    fn refused(&self, error: &RegistryError) {
-        let count = |map: &Mutex<BTreeMap<ErrorCode, u64>>| {
-            *map.lock()
+    fn refused(&self, endpoint: &'static str, error: &RegistryError) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((endpoint, error.code()))
+            .or_default() += 1;
+        if error.is_security_event() {
+            *self
+                .security_events
+                .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(error.code())
                 .or_default() += 1;
-        };
-        count(&self.refusals);
-        if error.is_security_event() {
-            count(&self.security_events);
+        }
+    }
+
+    /// Counts `n` nodes moving from `from` to `to`; a node that stays
+    /// where it was is no transition.
+    pub(crate) fn transitioned(&self, from: Option<NodeState>, to: NodeState, n: u64) {
+        if from != Some(to) && n > 0 {
+            *self
+                .transitions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((from, to))
+                .or_default() += n;
         }
     }
 }
@@ -564,7 +583,7 @@ impl Registry {
         error: RegistryError,
         source: Option<IpAddr>,
     ) -> RegistryError {
-        self.counters.refused(&error);
+        self.counters.refused(operation, &error);
         let source = source.map(|s| s.to_string()).unwrap_or_default();
         if error.is_security_event() {
             tracing::warn!(
@@ -597,6 +616,22 @@ impl Registry {
         counts
     }
 
+    /// Node counts by cluster and state, for `/metrics`: every state of
+    /// every cluster that has a node in memory.
+    pub fn nodes_by_cluster_state(&self) -> BTreeMap<(Arc<str>, NodeState), u64> {
+        let live = self.live();
+        let mut counts = BTreeMap::new();
+        for node in live.nodes.values() {
+            for state in NodeState::ALL {
+                counts.entry((node.cluster.clone(), state)).or_insert(0);
+            }
+            *counts
+                .entry((node.cluster.clone(), node.state))
+                .or_default() += 1;
+        }
+        counts
+    }
+
     /// Nodes whose latest heartbeat carried each of EC2's warnings, every
     /// kind present (zero where none has it).
     pub fn nodes_by_notice(&self) -> BTreeMap<&'static str, u64> {
@@ -616,6 +651,11 @@ impl Registry {
     /// [`Store::backup_to`]).
     pub fn backup_store(&self, path: &std::path::Path) -> Result<(), RegistryError> {
         Ok(self.store.backup_to(path)?)
+    }
+
+    /// The zone's name, e.g. `muster.internal`.
+    pub fn zone_name(&self) -> &str {
+        &self.zone_name
     }
 
     /// The DNS zone this registry publishes to.

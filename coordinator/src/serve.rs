@@ -116,6 +116,8 @@ pub async fn serve(
     make_data_dir(&settings.data_dir)?;
     let (files, tls) = tls_files(&settings)?;
     let admin_token = pki::ensure_admin_token(&settings.data_dir)?;
+    let viewer_token_hash = pki::viewer_token_hash(&settings.data_dir)?;
+    let certificates = certificate_expiries(&files);
     tracing::info!(
         admin_token = %settings.data_dir.join(pki::ADMIN_TOKEN_FILE).display(),
         ca = ?files.ca.as_ref().map(|p| p.display().to_string()),
@@ -129,6 +131,7 @@ pub async fn serve(
         return Err(ServeError::TrustedProxyOverlap(overlap));
     }
     let connections = Connections::new(connection_limits(&settings, fds));
+    let fleet = Arc::new(api::fleet::FleetRecorder::default());
     let loops = [
         tokio::spawn(registry.clone().run_publisher()),
         tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
@@ -136,6 +139,7 @@ pub async fn serve(
         tokio::spawn(prune_loop(registry.clone(), settings.retention)),
         tokio::spawn(expiry_loop(registry.clone())),
         tokio::spawn(forget_loop(connections.clone())),
+        tokio::spawn(fleet.clone().run(registry.clone())),
     ];
     let dns_status = Arc::new(StatusBoard::default());
     let dns_loops = start_dns_provider(&settings, &zone, &dns_status).await?;
@@ -157,6 +161,11 @@ pub async fn serve(
         agent,
         dns_status,
         connections: connections.clone(),
+        viewer_token_hash: Arc::new(std::sync::RwLock::new(viewer_token_hash)),
+        sessions: Arc::default(),
+        fleet,
+        started: std::time::SystemTime::now(),
+        certificates: Arc::new(certificates),
     });
     let handle = axum_server::Handle::new();
     let mut api_task = start_api(settings.listen, tls, app, handle.clone(), connections);
@@ -207,6 +216,25 @@ fn tls_files(
     };
     let tls = pki::server_config(&files)?;
     Ok((files, tls))
+}
+
+/// When the CA (if the coordinator made it) and the server certificate
+/// expire, for `/metrics`; one that cannot be read is logged and left out.
+fn certificate_expiries(files: &pki::TlsFiles) -> Vec<(&'static str, i64)> {
+    let which = files
+        .ca
+        .iter()
+        .map(|ca| ("ca", ca))
+        .chain([("server", &files.cert)]);
+    which
+        .filter_map(|(name, path)| match pki::certificate_expiry(path) {
+            Ok(at) => Some((name, at)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot tell when a certificate expires");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Says whose signatures an EC2 register's identity document must carry,

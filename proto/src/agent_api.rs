@@ -205,12 +205,19 @@ pub struct HeartbeatRequest {
     /// interruption): why. The node is then `draining`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leaving: Option<String>,
+    /// The agent's version, as in its register: an agent upgraded in place
+    /// keeps its credential and does not register again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
 }
 
 impl HeartbeatRequest {
     /// Checks every field as the coordinator will.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate::node_id(&self.instance_id)?;
+        if let Some(version) = &self.agent_version {
+            validate::text("agent_version", version)?;
+        }
         validate::node_addresses(self.private_ipv4, self.public_ipv4, self.ipv6)?;
         self.facts.validate()?;
         condition::validate(&self.checks, &self.notices, self.leaving.as_deref())
@@ -472,6 +479,7 @@ mod proptests {
                 checks: Vec::new(),
                 notices: Vec::new(),
                 leaving: None,
+                agent_version: None,
                 ipv6: None,
             };
             let json = serde_json::to_vec(&req).unwrap();

@@ -2,6 +2,7 @@
 //! its states, creating one, its tokens (join, bring-your-own, admin), and
 //! the user data it renders with the agent download that pins.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::launch;
 use crate::validate::{self, ValidationError};
+use crate::NodeState;
 
 /// A cluster as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +26,9 @@ pub struct ClusterView {
     pub nodes: u64,
     /// Nodes in `deployed`.
     pub deployed: u64,
+    /// Nodes by state; states with none are left out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub states: BTreeMap<NodeState, u64>,
     /// `active`, or on its way out.
     pub state: ClusterState,
     /// How its nodes are launched; absent for a cluster agents join on

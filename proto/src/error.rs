@@ -67,6 +67,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// 403: the node credential belongs to another node.
     CredentialMismatch,
+    /// 403: a viewer token (or a console session) asked to change
+    /// something; it reads and nothing more.
+    Forbidden,
     /// 403: EC2 knows no such instance.
     InstanceNotFound,
     /// 403: the instance is not tagged with the cluster it claims.
@@ -133,11 +136,12 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build knows, in order of HTTP status.
-    pub const KNOWN: [ErrorCode; 27] = [
+    pub const KNOWN: [ErrorCode; 28] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
         ErrorCode::CredentialMismatch,
+        ErrorCode::Forbidden,
         ErrorCode::InstanceNotFound,
         ErrorCode::ClusterTagMismatch,
         ErrorCode::IdentityUnproven,
@@ -170,6 +174,7 @@ impl ErrorCode {
             ErrorCode::InvalidJson => "invalid_json",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::CredentialMismatch => "credential_mismatch",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::InstanceNotFound => "instance_not_found",
             ErrorCode::ClusterTagMismatch => "cluster_tag_mismatch",
             ErrorCode::IdentityUnproven => "identity_unproven",
@@ -204,6 +209,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest | ErrorCode::InvalidJson => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::CredentialMismatch
+            | ErrorCode::Forbidden
             | ErrorCode::InstanceNotFound
             | ErrorCode::ClusterTagMismatch
             | ErrorCode::IdentityUnproven

@@ -17,7 +17,10 @@
 //! - [`fsutil`]: [`fsutil::write_durably`], the one durable file write.
 //! - [`settings`]: what both binaries' settings share: the
 //!   `NAME="value" is not valid: why` error, its exit code, durations.
-//! - [`token`]: the prefixed secrets (join token, node credential, admin token).
+//! - [`token`]: the prefixed secrets (join token, node credential, admin
+//!   token, viewer token).
+//! - [`status`]: the coordinator's status, the fleet's last hour, and what
+//!   a node's names answer: what the console draws.
 //! - [`launch`]: launching nodes on EC2: the launch spec, provider options,
 //!   scale and launch reports.
 //! - the wire types at the crate root, from files of their own: the agent
@@ -39,6 +42,7 @@ pub mod launch;
 mod node;
 pub mod paths;
 pub mod settings;
+pub mod status;
 pub mod token;
 pub mod validate;
 

@@ -141,6 +141,10 @@ pub struct NodeView {
     /// `draining`, whatever its agent says, until `node undrain`.
     #[serde(default)]
     pub drained: bool,
+    /// The agent's version, from its latest heartbeat since the
+    /// coordinator started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
 }
 
 /// Who or what caused a node event.

@@ -27,6 +27,19 @@ pub const CLUSTER_TOKEN: &str = "/v1/clusters/{name}/tokens/{id}";
 pub const CLUSTER_BAN: &str = "/v1/clusters/{name}/bans/{machine}";
 /// Admin: replace the admin token (POST).
 pub const ADMIN_ROTATE_TOKEN: &str = "/v1/admin/rotate-token";
+/// Admin: issue a new viewer token (POST), which reads the admin API and
+/// the console and writes nothing; the one before it stops working.
+pub const ADMIN_VIEWER_TOKEN: &str = "/v1/admin/viewer-token";
+/// Admin: the coordinator's own status (GET): version, uptime, EC2's
+/// standing, connections, who is asking.
+pub const STATUS: &str = "/v1/status";
+/// Admin: the fleet over the last hour (GET), as the coordinator sampled it
+/// in memory: nodes by state and heartbeats per second.
+pub const FLEET_HISTORY: &str = "/v1/fleet/history";
+/// Admin: how far the external DNS provider has got (GET).
+pub const DNS_STATUS: &str = "/v1/dns/status";
+/// Admin: what a node's names answer on the embedded DNS right now (GET).
+pub const NODE_DNS: &str = "/v1/nodes/{cluster}/{name}/dns";
 /// Admin: render the user data launched nodes boot with, minting a fresh
 /// join token for it (POST).
 pub const CLUSTER_USERDATA: &str = "/v1/clusters/{name}/userdata";

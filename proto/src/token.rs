@@ -1,5 +1,5 @@
-//! The bearer secrets on the wire, join token, node credential and admin
-//! token: what kind each is ([`TokenKind`]) and how one is written.
+//! The bearer secrets on the wire, join token, node credential, admin
+//! token and viewer token: what kind each is ([`TokenKind`]) and how one is written.
 //!
 //! Each carries a prefix that says what it is, so a token pasted in the
 //! wrong place is refused with a clear message instead of a bare
@@ -21,28 +21,37 @@ pub enum TokenKind {
     Node,
     /// Lets an operator use the admin API.
     Admin,
+    /// Lets someone read the admin API and the console, and write nothing.
+    Viewer,
 }
 
 impl TokenKind {
+    /// Every kind.
+    pub const ALL: [TokenKind; 4] = [
+        TokenKind::Join,
+        TokenKind::Node,
+        TokenKind::Admin,
+        TokenKind::Viewer,
+    ];
+
     /// The prefix of this kind of secret.
     pub fn prefix(self) -> &'static str {
         match self {
             TokenKind::Join => "mjoin_",
             TokenKind::Node => "mnode_",
             TokenKind::Admin => "madmin_",
+            TokenKind::Viewer => "mview_",
         }
     }
 
     /// Tells which kind a secret is, from its prefix and shape.
     pub fn of(secret: &str) -> Option<TokenKind> {
-        [TokenKind::Join, TokenKind::Node, TokenKind::Admin]
-            .into_iter()
-            .find(|kind| {
-                secret.strip_prefix(kind.prefix()).is_some_and(|rest| {
-                    rest.len() == SECRET_BYTES * 2
-                        && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                })
+        TokenKind::ALL.into_iter().find(|kind| {
+            secret.strip_prefix(kind.prefix()).is_some_and(|rest| {
+                rest.len() == SECRET_BYTES * 2
+                    && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             })
+        })
     }
 }
 
@@ -52,6 +61,7 @@ impl fmt::Display for TokenKind {
             TokenKind::Join => "join token",
             TokenKind::Node => "node credential",
             TokenKind::Admin => "admin token",
+            TokenKind::Viewer => "viewer token",
         })
     }
 }
@@ -73,7 +83,7 @@ mod tests {
     /// A formatted secret is recognised as its own kind and no other.
     #[test]
     fn kinds_are_recognised() {
-        for kind in [TokenKind::Join, TokenKind::Node, TokenKind::Admin] {
+        for kind in TokenKind::ALL {
             let secret = format_secret(kind, &[0xab; SECRET_BYTES]);
             assert_eq!(TokenKind::of(&secret), Some(kind));
         }

@@ -128,6 +128,7 @@ impl Scene {
             checks: Vec::new(),
             notices: Vec::new(),
             leaving: None,
+            agent_version: None,
             ipv6: None,
         };
         self.post(paths::AGENT_HEARTBEAT, bearer, &body).await

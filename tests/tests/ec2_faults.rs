@@ -113,7 +113,7 @@ async fn an_instance_not_visible_yet_deploys_later() {
     let agent = Agent::start(&coordinator, &imds, CLUSTER, &token);
     let events = deployed(&coordinator, &agent).await;
     assert_eq!(proxy.refused().get("InvalidInstanceID.NotFound"), Some(&3));
-    let refused = "muster_agent_refusals_total{code=\"instance_not_found\"}";
+    let refused = "muster_agent_refusals_total{endpoint=\"register\",code=\"instance_not_found\"}";
     assert_eq!(coordinator.metric(refused).await, 3, "{}", agent.logs());
     assert!(
         events

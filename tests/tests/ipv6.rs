@@ -107,7 +107,11 @@ async fn dual_stack_node_gets_aaaa_records() {
     let refused = wait_until(
         EVENTUALLY,
         POLL,
-        || coordinator.metric("muster_agent_refusals_total{code=\"address_mismatch\"}"),
+        || {
+            coordinator.metric(
+                "muster_agent_refusals_total{endpoint=\"heartbeat\",code=\"address_mismatch\"}",
+            )
+        },
         |n| *n >= 1,
     )
     .await;

@@ -113,6 +113,7 @@ fn heartbeat_body(id: &str, private: Ipv4Addr, public: Option<Ipv4Addr>) -> Hear
         checks: Vec::new(),
         notices: Vec::new(),
         leaving: None,
+        agent_version: None,
         ipv6: None,
     }
 }

@@ -84,6 +84,7 @@ impl Agent<'_> {
             checks,
             notices,
             leaving,
+            agent_version: Some(crate::AGENT_VERSION.to_owned()),
         };
         self.live.set_report(
             &request.checks,

@@ -121,9 +121,74 @@ pub(super) async fn rotate_admin_token(
         )
     })?;
     *hash = crate::secrets::hash_secret(&token);
+    state.sessions.close_all(muster_proto::status::Role::Admin);
     Ok(Json(muster_proto::AdminTokenResponse {
         admin_token: token,
     }))
+}
+
+/// `POST /v1/admin/viewer-token`: a new viewer token, shown once; the one
+/// before it, and the console sessions it opened, stop working at once.
+pub(super) async fn viewer_token(
+    State(state): State<AppState>,
+) -> Result<Json<muster_proto::status::ViewerTokenResponse>, ApiError> {
+    let mut hash = state
+        .viewer_token_hash
+        .write()
+        .unwrap_or_else(|p| p.into_inner());
+    let (token, new_hash) = crate::pki::issue_viewer_token(&state.data_dir).map_err(|e| {
+        tracing::error!(error = %e, "could not write the new viewer token's hash");
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("could not write the new viewer token's hash: {e}"),
+        )
+    })?;
+    *hash = Some(new_hash);
+    state.sessions.close_all(muster_proto::status::Role::Viewer);
+    Ok(Json(muster_proto::status::ViewerTokenResponse {
+        viewer_token: token,
+    }))
+}
+
+/// `GET /v1/status`: the coordinator's own health, and who asked.
+pub(super) async fn status(
+    State(state): State<AppState>,
+    role: Option<axum::Extension<muster_proto::status::Role>>,
+) -> Json<muster_proto::status::CoordinatorStatus> {
+    use muster_proto::status::{ConnectionCounts, CoordinatorStatus, Ec2Standing, Role};
+    let why = state.registry.ec2_account().untrusted_because();
+    Json(CoordinatorStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: humantime::format_rfc3339_seconds(state.started).to_string(),
+        uptime_secs: state.started.elapsed().map_or(0, |d| d.as_secs()),
+        zone: state.registry.zone_name().to_owned(),
+        store: "sqlite".to_owned(),
+        leader: true,
+        ec2: Ec2Standing {
+            trusted: why.is_none(),
+            why,
+        },
+        connections: ConnectionCounts {
+            open: state.connections.open() as u64,
+            max: state.connections.limits().max_total as u64,
+        },
+        role: role.map_or(Role::Viewer, |r| r.0),
+    })
+}
+
+/// `GET /v1/fleet/history`: the fleet's last hour, as sampled in memory.
+pub(super) async fn fleet_history(
+    State(state): State<AppState>,
+) -> Json<muster_proto::status::FleetHistory> {
+    Json(state.fleet.history())
+}
+
+/// `GET /v1/nodes/{cluster}/{name}/dns`: what the node's names answer now.
+pub(super) async fn node_names(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+) -> Result<Json<muster_proto::status::NodeNames>, ApiError> {
+    Ok(Json(state.registry.node_names(&cluster, &name)?))
 }
 
 pub(super) async fn user_data(

@@ -1,5 +1,5 @@
-//! The guards in front of the handlers: the admin bearer token, the
-//! per-source rate limit on agent requests, the client's address behind
+//! The guards in front of the handlers: the admin and viewer bearer tokens
+//! and console sessions, the per-source rate limit on agent requests, the client's address behind
 //! trusted proxies, JSON bodies that are bounded in size and time, and the
 //! note of which sources are agents or admins (they may use the
 //! connections kept in reserve).
@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 
+use muster_proto::status::Role;
 use muster_proto::ErrorCode;
 
 use super::{ApiError, AppState};
@@ -122,7 +123,7 @@ pub(super) async fn remember_served(
             if let Some(value) = authorization {
                 headers.insert(header::AUTHORIZATION, value);
             }
-            require_admin(&state, &headers).is_ok()
+            authorize(&state, &headers).is_ok()
         };
         if agent || admin() {
             state.connections.remember(peer.ip());
@@ -170,34 +171,71 @@ pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
-/// The admin routes' first step: the admin token, before any extractor
-/// reads the path, the query or the body.
+/// The admin routes' first step, before any extractor reads the path, the
+/// query or the body: who is asking ([`authorize`]), and, for anyone but
+/// the admin, only reads (GET and HEAD). The role rides in the request's
+/// extensions for the handlers that show it.
 pub(super) async fn admin_only(
     State(state): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    match require_admin(&state, req.headers()) {
-        Ok(()) => next.run(req).await,
-        Err(refused) => refused.into_response(),
+    let role = match authorize(&state, req.headers()) {
+        Ok(role) => role,
+        Err(refused) => return refused.into_response(),
+    };
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if role != Role::Admin && !reads {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            "the viewer token and console sessions read and nothing more; this needs the admin token",
+        )
+        .into_response();
     }
+    req.extensions_mut().insert(role);
+    next.run(req).await
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = bearer(headers)?;
-    let hash = state
+/// Who a request comes from: the admin token or the viewer token in
+/// `Authorization: Bearer`, else a console session's cookie (which only
+/// ever reads, whichever token opened it: a cookie rides along on requests
+/// the user did not mean).
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Role, ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return token_role(state, bearer(headers)?).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "the token is neither the admin token nor the viewer token",
+            )
+        });
+    }
+    if state.sessions.role(headers).is_some() {
+        return Ok(Role::Viewer);
+    }
+    Err(ApiError::new(
+        ErrorCode::Unauthorized,
+        "missing \"Authorization: Bearer <token>\" header",
+    ))
+}
+
+/// The role `token` gives: admin, viewer, or none.
+pub(super) fn token_role(state: &AppState, token: &str) -> Option<Role> {
+    let admin = state
         .admin_token_hash
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    if secret_matches(token, &hash) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "the admin token is not valid",
-        ))
+    if secret_matches(token, &admin) {
+        return Some(Role::Admin);
     }
+    let viewer = state
+        .viewer_token_hash
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    viewer
+        .filter(|hash| secret_matches(token, hash))
+        .map(|_| Role::Viewer)
 }
 
 #[cfg(test)]

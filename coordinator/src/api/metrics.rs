@@ -1,6 +1,13 @@
 //! `/metrics`: the registry's counters, node counts, the API's connections,
-//! the embedded DNS server's limits, the EC2 cache and the DNS provider's
-//! progress, in the Prometheus text format.
+//! the embedded DNS server's limits, the EC2 cache, AWS call timings, the
+//! DNS provider's progress and the coordinator's own facts (version, start,
+//! leadership, certificate expiry), in the Prometheus text format.
+//!
+//! Every metric has HELP and TYPE lines even before its first sample, a
+//! unit in its name where it has one (`_seconds`, `_bytes`), `_total` on
+//! counters, and labels of bounded cardinality: states, codes, reasons,
+//! regions, cluster names, AWS operation names. Never an instance id, a
+//! node name or an address. docs/operations.md lists them all.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,13 +28,12 @@ use crate::registry::Registry;
 
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = Exposition::default();
+    coordinator_metrics(&mut out, &state);
     registry_metrics(&mut out, &state.registry);
     dns_server_metrics(&mut out, state.registry.zone().server_counters());
     connection_metrics(&mut out, &state.connections);
-    let caches = state.registry.ec2_cache_status();
-    if !caches.is_empty() {
-        ec2_cache_metrics(&mut out, &caches);
-    }
+    ec2_cache_metrics(&mut out, &state.registry.ec2_cache_status());
+    aws_metrics(&mut out);
     if let Some(dns) = state.dns_status.get() {
         dns_metrics(&mut out, &dns);
     }
@@ -100,8 +106,33 @@ fn registry_metrics(out: &mut Exposition, registry: &Registry) {
     out.section(
         "muster_agent_refusals_total",
         "counter",
-        "Agent requests refused, by error code.",
-        by_code("muster_agent_refusals_total", &counters.refusals),
+        "Agent requests refused, by endpoint (register or heartbeat) and error code.",
+        counters
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((endpoint, code), n)| {
+                format!(
+                    "muster_agent_refusals_total{{endpoint=\"{endpoint}\",code=\"{code}\"}} {n}"
+                )
+            })
+            .collect(),
+    );
+    out.section(
+        "muster_node_transitions_total",
+        "counter",
+        "Node state changes, by the state left (none for a node's first) and the state entered.",
+        counters
+            .transitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((from, to), n)| {
+                let from = from.map_or("none", |s| s.as_str());
+                format!("muster_node_transitions_total{{from=\"{from}\",to=\"{to}\"}} {n}")
+            })
+            .collect(),
     );
     out.section(
         "muster_security_events_total",
@@ -117,6 +148,18 @@ fn registry_metrics(out: &mut Exposition, registry: &Registry) {
             .nodes_by_state()
             .iter()
             .map(|(state, n)| format!("muster_nodes{{state=\"{state}\"}} {n}"))
+            .collect(),
+    );
+    out.section(
+        "muster_cluster_nodes",
+        "gauge",
+        "Nodes by cluster and state, as kept in memory (see muster_nodes).",
+        registry
+            .nodes_by_cluster_state()
+            .iter()
+            .map(|((cluster, state), n)| {
+                format!("muster_cluster_nodes{{cluster=\"{cluster}\",state=\"{state}\"}} {n}")
+            })
             .collect(),
     );
     out.section(
@@ -164,6 +207,71 @@ fn registry_metrics(out: &mut Exposition, registry: &Registry) {
         "counter",
         "DNS queries answered by the embedded server.",
         registry.zone().queries(),
+    );
+}
+
+/// The coordinator's own facts: version, start time, leadership, and when
+/// its certificates expire.
+fn coordinator_metrics(out: &mut Exposition, state: &AppState) {
+    out.section(
+        "muster_build_info",
+        "gauge",
+        "Always 1; the coordinator's version is in the label.",
+        vec![format!(
+            "muster_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )],
+    );
+    out.single(
+        "muster_start_time_seconds",
+        "gauge",
+        "Unix time the coordinator started.",
+        state
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    out.single(
+        "muster_leader",
+        "gauge",
+        "1 while this coordinator runs what must run once (the sweep, liveness, launches, removals, the DNS provider's loop). A coordinator on SQLite is always the one.",
+        1,
+    );
+    out.section(
+        "muster_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "Unix time each certificate the API serves with expires: ca (the CA agents pin, when the coordinator made it) and server.",
+        state
+            .certificates
+            .iter()
+            .map(|(which, at)| {
+                format!("muster_certificate_expiry_timestamp_seconds{{certificate=\"{which}\"}} {at}")
+            })
+            .collect(),
+    );
+}
+
+/// AWS calls: how long they took and which failed.
+fn aws_metrics(out: &mut Exposition) {
+    let calls = crate::telemetry::aws_calls();
+    out.section(
+        "muster_aws_request_duration_seconds",
+        "histogram",
+        "Time each AWS call took (EC2, Route53, STS), from its first attempt to its final answer, by service and operation.",
+        calls.duration_samples("muster_aws_request_duration_seconds"),
+    );
+    out.section(
+        "muster_aws_request_errors_total",
+        "counter",
+        "AWS calls that failed, by service, operation and kind: throttled (AWS asked to slow down) or other.",
+        calls.error_samples("muster_aws_request_errors_total"),
+    );
+    out.section(
+        "muster_dns_provider_request_duration_seconds",
+        "histogram",
+        "Time the external DNS provider took to apply one batch of changes, by provider.",
+        crate::telemetry::dns_provider_calls()
+            .samples("muster_dns_provider_request_duration_seconds"),
     );
 }
 
@@ -276,7 +384,7 @@ fn connection_metrics(out: &mut Exposition, connections: &Connections) {
     );
 }
 
-/// What the EC2 cache holds, by region.
+/// What the EC2 cache holds, by region (no samples when it is off).
 fn ec2_cache_metrics(out: &mut Exposition, caches: &[CacheStatus]) {
     out.section(
         "muster_ec2_cache_instances",

@@ -250,6 +250,104 @@ pub async fn admin_rotate_token(client: &AdminClient, json: bool) -> Result<(), 
     Ok(())
 }
 
+/// `admin viewer-token`: a new viewer token, shown once.
+pub async fn admin_viewer_token(client: &AdminClient, json: bool) -> Result<(), CliError> {
+    let issued = client.viewer_token().await?;
+    if json {
+        print_json(&issued);
+    } else {
+        println!(
+            "new viewer token (shown once; it reads and signs in to /ui/, and changes nothing): {}",
+            issued.viewer_token
+        );
+    }
+    Ok(())
+}
+
+/// `status`: the coordinator's own health.
+pub async fn status(client: &AdminClient, json: bool) -> Result<(), CliError> {
+    let status = client.status().await?;
+    if json {
+        print_json(&status);
+        return Ok(());
+    }
+    let ec2 = match &status.ec2.why {
+        None => "trusted".to_owned(),
+        Some(why) => format!("not trusted: {why}"),
+    };
+    let rows = [
+        ("version", status.version.clone()),
+        ("started", status.started_at.clone()),
+        (
+            "uptime",
+            humantime::format_duration(std::time::Duration::from_secs(status.uptime_secs))
+                .to_string(),
+        ),
+        ("zone", status.zone.clone()),
+        ("store", status.store.clone()),
+        (
+            "leader",
+            if status.leader { "yes" } else { "no" }.to_owned(),
+        ),
+        ("ec2", ec2),
+        (
+            "connections",
+            format!(
+                "{} open of {}",
+                status.connections.open, status.connections.max
+            ),
+        ),
+    ];
+    for (key, value) in rows {
+        println!("{key:<12} {value}");
+    }
+    Ok(())
+}
+
+/// `dns status`: how far the DNS provider has got.
+pub async fn dns_status(client: &AdminClient, json: bool) -> Result<(), CliError> {
+    let status = client.dns_status().await?;
+    if json {
+        print_json(&status);
+        return Ok(());
+    }
+    let field = |key: &str| match status.get(key) {
+        None | Some(serde_json::Value::Null) => "-".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let when = |key: &str| {
+        status
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .map(|secs| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                )
+                .to_string()
+            })
+            .unwrap_or_else(|| "never".to_owned())
+    };
+    println!("{:<14} {}", "provider", field("provider"));
+    if status.get("target").is_some() {
+        println!("{:<14} {}", "target", field("target"));
+        println!("{:<14} {}", "pending", field("pending_changes"));
+        println!("{:<14} {}", "applied names", field("applied_names"));
+        println!("{:<14} {}", "last success", when("last_success_unix"));
+        println!("{:<14} {}", "last error", field("last_error"));
+        if let Some(conflicts) = status.get("conflicts").and_then(|c| c.as_object()) {
+            for (name, why) in conflicts {
+                println!(
+                    "{:<14} {name}: {}",
+                    "conflict",
+                    why.as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `node ls`, of one cluster or all.
 pub async fn node_ls(
     client: &AdminClient,

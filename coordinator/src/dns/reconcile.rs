@@ -256,7 +256,9 @@ impl Reconciler {
             return Ok(());
         }
         tracing::debug!(changes = changes.len(), full, "dns reconcile pass");
+        let started = std::time::Instant::now();
         let result = self.provider.apply(&changes).await;
+        crate::telemetry::dns_provider_calls().record(self.provider.kind(), started.elapsed());
         let mut touched = false;
         for (change, outcome) in changes.iter().zip(&result.outcomes) {
             let (Change::Upsert { name, .. } | Change::Delete { name }) = change;

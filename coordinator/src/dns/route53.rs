@@ -256,6 +256,7 @@ impl Route53 {
     /// A Route53 client from `base`, set up as [`Route53::client_from_env`].
     pub fn client_from(base: &aws_config::SdkConfig) -> Client {
         let mut config = aws_sdk_route53::config::Builder::from(base)
+            .interceptor(crate::telemetry::AwsCallTimer)
             .retry_config(aws_sdk_route53::config::retry::RetryConfig::disabled())
             .timeout_config(
                 aws_sdk_route53::config::timeout::TimeoutConfig::builder()

@@ -29,9 +29,9 @@ impl Registry {
             Some(TokenKind::Node) => self
                 .admit_node_credential(bearer, req)
                 .map(|how| (how, AdmittedBy::Credential)),
-            Some(TokenKind::Admin) => Err(RegistryError::Unauthorized(
-                "an admin token cannot register a node".into(),
-            )),
+            Some(kind @ (TokenKind::Admin | TokenKind::Viewer)) => Err(
+                RegistryError::Unauthorized(format!("an {kind} cannot register a node")),
+            ),
             None => Err(RegistryError::Unauthorized(
                 "the Authorization header must carry \"Bearer <join token or node credential>\""
                     .into(),

@@ -360,6 +360,8 @@ impl Registry {
             .insert_launched(cluster.id, region, instances, job, why)?;
         let mut live = self.live();
         for node in &nodes {
+            let before = live.nodes.get(&node.id).map(|n| n.state);
+            self.counters.transitioned(before, node.state, 1);
             live.upsert(node);
         }
         Ok(())

@@ -155,6 +155,7 @@ impl Registry {
             checks: req.checks,
             notices: req.notices,
             leaving: req.leaving,
+            agent_version: req.agent_version,
         };
         // Read the state after last_heard moves: a liveness check that comes
         // later sees the fresh time and leaves the node alone.

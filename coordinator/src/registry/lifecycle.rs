@@ -208,6 +208,7 @@ impl Registry {
             }
             return Ok(node.state);
         }
+        self.counters.transitioned(Some(node.state), to, 1);
         {
             let mut live = self.live();
             if to == NodeState::Terminated && !unseen {

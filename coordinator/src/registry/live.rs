@@ -64,6 +64,7 @@ pub(super) struct AgentReport {
     pub(super) checks: Vec<CheckReport>,
     pub(super) notices: Vec<Ec2Notice>,
     pub(super) leaving: Option<String>,
+    pub(super) agent_version: Option<String>,
 }
 
 /// The in-memory view: every node by row id, and the credential index.

@@ -179,6 +179,7 @@ fn heartbeat_req(public: Option<Ipv4Addr>) -> HeartbeatRequest {
         checks: Vec::new(),
         notices: Vec::new(),
         leaving: None,
+        agent_version: None,
         ipv6: None,
     }
 }
@@ -511,6 +512,7 @@ async fn bring_your_own_nodes() {
         checks: Vec::new(),
         notices: Vec::new(),
         leaving: None,
+        agent_version: None,
         ipv6: None,
     };
     registry.heartbeat(&resp.credential, moved).await.unwrap();
@@ -544,6 +546,7 @@ async fn bring_your_own_nodes() {
                 checks: Vec::new(),
                 notices: Vec::new(),
                 leaving: None,
+                agent_version: None,
                 ipv6: None,
             }
         )

@@ -29,6 +29,10 @@ impl Registry {
             created_at: rfc3339_ms(cluster.created_at),
             nodes: mine().count() as u64,
             deployed: mine().filter(|n| n.state == NodeState::Deployed).count() as u64,
+            states: mine().fold(Default::default(), |mut states, n| {
+                *states.entry(n.state).or_default() += 1;
+                states
+            }),
             state: cluster.state,
             launch: match cluster_launch(cluster) {
                 Ok(launch) => launch.map(|l| l.view()),
@@ -93,6 +97,7 @@ impl Registry {
             checks: report.map(|r| r.checks.clone()).unwrap_or_default(),
             notices: report.map(|r| r.notices.clone()).unwrap_or_default(),
             drained: node.drained,
+            agent_version: report.and_then(|r| r.agent_version.clone()),
         }
     }
 
@@ -126,6 +131,66 @@ impl Registry {
             events,
             events_total: self.store.events_total(node.id)?,
         })
+    }
+
+    /// What a node's names answer on the embedded DNS server now: its
+    /// public and internal names, a name under its wildcard, and its
+    /// cluster's round robin; A, AAAA, or the wildcard's CNAME.
+    pub fn node_names(
+        &self,
+        cluster: &str,
+        name: &str,
+    ) -> Result<muster_proto::status::NodeNames, RegistryError> {
+        use hickory_proto::rr::{LowerName, Name, RData, RecordType};
+        let node = self.stored_node(cluster, name)?;
+        let zone = &self.zone_name;
+        let public = muster_proto::node_dns_name(&node.name, &node.cluster, zone);
+        let names = [
+            public.clone(),
+            muster_proto::node_internal_dns_name(&node.name, &node.cluster, zone),
+            format!("www.{public}"),
+            muster_proto::cluster_dns_name(&node.cluster, zone),
+        ];
+        let snapshot = self.zone().snapshot();
+        let mut answers = Vec::new();
+        for asked in names {
+            let Ok(qname) = Name::from_ascii(format!("{asked}.")) else {
+                continue;
+            };
+            let qname = LowerName::from(&qname);
+            let mut found = Vec::new();
+            for qtype in [RecordType::A, RecordType::AAAA] {
+                for record in snapshot.lookup(&qname, qtype).answers {
+                    let (kind, text) = match record.data() {
+                        RData::A(a) => ("A", a.to_string()),
+                        RData::AAAA(aaaa) => ("AAAA", aaaa.to_string()),
+                        RData::CNAME(cname) => ("CNAME", cname.0.to_ascii()),
+                        _ => continue,
+                    };
+                    let entry = match found.iter_mut().find(|(k, _)| *k == kind) {
+                        Some(entry) => entry,
+                        None => {
+                            found.push((kind, Vec::new()));
+                            found.last_mut().expect("just pushed")
+                        }
+                    };
+                    if !entry.1.contains(&text) {
+                        entry.1.push(text);
+                    }
+                }
+            }
+            if found.is_empty() {
+                found.push(("A", Vec::new()));
+            }
+            answers.extend(found.into_iter().map(|(kind, found)| {
+                muster_proto::status::NameAnswer {
+                    name: asked.clone(),
+                    kind: kind.to_owned(),
+                    answers: found,
+                }
+            }));
+        }
+        Ok(muster_proto::status::NodeNames { names: answers })
     }
 
     /// One page of a node's events: up to `limit` after sequence `after`.

@@ -194,6 +194,7 @@ async fn beat(http: &reqwest::Client, url: &str, node: &Node) -> Option<Duration
         checks: Vec::new(),
         notices: Vec::new(),
         leaving: None,
+        agent_version: None,
         ipv6: None,
     };
     let sent = Instant::now();
