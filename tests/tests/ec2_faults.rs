@@ -93,6 +93,18 @@ async fn throttling_is_ridden_out() {
     .await;
     assert_eq!(proxy.refused().get("RequestLimitExceeded"), Some(&14));
     grown(&coordinator, "muster_sweeps_total", 3).await;
+    // The four reads that failed for good are counted as throttled; the
+    // two the register rode out are not failures.
+    let throttled = "muster_aws_request_errors_total{service=\"ec2\",\
+                     operation=\"DescribeInstances\",kind=\"throttled\"}";
+    let counted = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.metric(throttled),
+        |n| *n >= 4,
+    )
+    .await;
+    assert_eq!(counted, 4);
     let events = deployed(&coordinator, &agent).await;
     assert!(
         events.iter().all(|e| !e.starts_with("terminated")),
