@@ -174,27 +174,66 @@ async fn a_viewer_watches_a_node_go_unreachable_in_the_browser() {
     println!("screenshots in {}", shots.display());
 }
 
-/// A client that does not follow redirects: the console's are asserted.
-fn client(coordinator: &Coordinator) -> reqwest::Client {
-    let ca = std::fs::read(coordinator.ca_file()).unwrap();
-    muster_tests::coordinator::https_client_builder(&ca)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+/// The coordinator's API as a plain HTTPS client sees it, redirects not
+/// followed (the console's are asserted).
+struct Api {
+    http: reqwest::Client,
+    base: String,
 }
 
-/// Signs in to the console with `token`: the answer.
-async fn sign_in(coordinator: &Coordinator, token: &str) -> reqwest::Response {
-    client(coordinator)
-        .post(format!("{}/ui/login", coordinator.url()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={token}"))
-        .send()
-        .await
-        .unwrap()
+/// Who a request comes as.
+#[derive(Clone, Copy)]
+enum As<'a> {
+    /// `Authorization: Bearer` with this token.
+    Bearer(&'a str),
+    /// This session cookie (`muster_session=…`).
+    Cookie(&'a str),
+    /// Nothing.
+    Nobody,
 }
 
-/// The session cookie a sign-in set, as a `Cookie` header value.
+impl Api {
+    fn of(coordinator: &Coordinator) -> Api {
+        let ca = std::fs::read(coordinator.ca_file()).unwrap();
+        let http = muster_tests::coordinator::https_client_builder(&ca)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Api {
+            http,
+            base: coordinator.url().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// `method path` as `who`.
+    async fn send(&self, method: reqwest::Method, path: &str, who: As<'_>) -> reqwest::Response {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        let request = match who {
+            As::Bearer(token) => request.bearer_auth(token),
+            As::Cookie(cookie) => request.header("cookie", cookie),
+            As::Nobody => request,
+        };
+        request.send().await.unwrap()
+    }
+
+    async fn get(&self, path: &str, who: As<'_>) -> reqwest::Response {
+        self.send(reqwest::Method::GET, path, who).await
+    }
+
+    /// Signs in to the console with `token`: the answer.
+    async fn sign_in(&self, token: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/ui/login", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The session cookie a sign-in set, as a `Cookie` header value; it must be
+/// HttpOnly, Secure and SameSite=Strict.
 fn session_of(response: &reqwest::Response) -> String {
     let set = response
         .headers()
@@ -214,29 +253,21 @@ fn session_of(response: &reqwest::Response) -> String {
 /// sessions; the console's pages carry the strict CSP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_read_and_change_nothing() {
+    use reqwest::Method;
     let moto = Moto::start().await;
     let coordinator = Coordinator::start(&moto).await;
     coordinator.create_cluster(CLUSTER).await;
     let viewer = viewer_token(&coordinator).await;
     let admin = coordinator.admin_token();
-    let http = client(&coordinator);
-    let url = |path: &str| format!("{}{path}", coordinator.url());
+    let api = Api::of(&coordinator);
     let cluster_path = muster_proto::paths::cluster(CLUSTER);
 
     // The viewer reads, and is told who it is.
-    let listed = http
-        .get(url("/v1/clusters"))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .unwrap();
+    let listed = api.get("/v1/clusters", As::Bearer(&viewer)).await;
     assert_eq!(listed.status(), 200);
-    let status: CoordinatorStatus = http
-        .get(url("/v1/status"))
-        .bearer_auth(&viewer)
-        .send()
+    let status: CoordinatorStatus = api
+        .get("/v1/status", As::Bearer(&viewer))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -244,53 +275,53 @@ async fn viewers_read_and_change_nothing() {
     assert!(status.leader);
 
     // Each write is refused with 403 forbidden, and nothing changed.
+    let rotate = format!("{cluster_path}/rotate-token");
     let writes = [
-        http.delete(url(&cluster_path)),
-        http.post(url("/v1/admin/rotate-token")),
-        http.post(url("/v1/admin/viewer-token")),
-        http.post(url(&format!("{cluster_path}/rotate-token")))
-            .header("content-type", "application/json")
-            .body("{}"),
+        (Method::DELETE, cluster_path.as_str()),
+        (Method::POST, "/v1/admin/rotate-token"),
+        (Method::POST, "/v1/admin/viewer-token"),
+        (Method::POST, rotate.as_str()),
     ];
-    for write in writes {
-        let refused = write.bearer_auth(&viewer).send().await.unwrap();
-        assert_eq!(refused.status(), 403);
+    for (method, path) in writes {
+        let refused = api.send(method, path, As::Bearer(&viewer)).await;
+        assert_eq!(refused.status(), 403, "{path}");
         let body: serde_json::Value = refused.json().await.unwrap();
         assert_eq!(body["error"]["code"], "forbidden", "{body}");
     }
-    let cluster = coordinator.clusters().await;
-    assert_eq!(cluster[0].state, ClusterState::Active);
+    assert_eq!(coordinator.clusters().await[0].state, ClusterState::Active);
     assert_eq!(coordinator.admin_token(), admin, "the admin token stays");
-    let still = http
-        .get(url("/v1/clusters"))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .unwrap();
+    let still = api.get("/v1/clusters", As::Bearer(&viewer)).await;
     assert_eq!(still.status(), 200, "the viewer token stays");
 
     // The CLI takes a viewer token for reads, and says why a write fails.
-    let cli = tokio::process::Command::new(muster_tests::procs::bin_path("muster-coordinator"))
-        .args(["cluster", "rm", CLUSTER, "--no-wait"])
-        .env("MUSTER_ADDR", coordinator.url())
-        .env("MUSTER_TOKEN", &viewer)
-        .env("MUSTER_CACERT", coordinator.ca_file())
+    let cli = |args: &[&str]| {
+        let mut command =
+            tokio::process::Command::new(muster_tests::procs::bin_path("muster-coordinator"));
+        command
+            .args(args)
+            .env("MUSTER_ADDR", coordinator.url())
+            .env("MUSTER_TOKEN", &viewer)
+            .env("MUSTER_CACERT", coordinator.ca_file());
+        command
+    };
+    let read = cli(&["node", "ls", "--json"]).output().await.unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let write = cli(&["cluster", "rm", CLUSTER, "--no-wait"])
         .output()
         .await
         .unwrap();
-    assert!(!cli.status.success());
-    let said = String::from_utf8_lossy(&cli.stderr);
+    assert!(!write.status.success());
+    let said = String::from_utf8_lossy(&write.stderr);
     assert!(said.contains("forbidden"), "{said}");
 
     // A wrong token: 401, at the API and at sign-in, with no cookie.
-    let wrong = http
-        .get(url("/v1/clusters"))
-        .bearer_auth("mview_0000")
-        .send()
-        .await
-        .unwrap();
+    let wrong = api.get("/v1/clusters", As::Bearer("mview_0000")).await;
     assert_eq!(wrong.status(), 401);
-    let refused = sign_in(&coordinator, "mview_not_a_token").await;
+    let refused = api.sign_in("mview_not_a_token").await;
     assert_eq!(refused.status(), 401);
     assert!(refused.headers().get("set-cookie").is_none());
     let page = refused.text().await.unwrap();
@@ -298,76 +329,47 @@ async fn viewers_read_and_change_nothing() {
 
     // Without a session, /ui/ sends to the sign-in page, which carries the
     // CSP.
-    let anonymous = http.get(url("/ui/")).send().await.unwrap();
+    let anonymous = api.get("/ui/", As::Nobody).await;
     assert_eq!(anonymous.status(), 303);
     assert_eq!(anonymous.headers()["location"], "/ui/login");
-    let login = http.get(url("/ui/login")).send().await.unwrap();
+    let login = api.get("/ui/login", As::Nobody).await;
     let csp = login.headers()["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
 
     // A session reads, and never writes, even one opened with the admin
     // token.
     for token in [&viewer, &admin] {
-        let signed_in = sign_in(&coordinator, token).await;
+        let signed_in = api.sign_in(token).await;
         assert_eq!(signed_in.status(), 303);
         assert_eq!(signed_in.headers()["location"], "/ui/");
         let cookie = session_of(&signed_in);
-        let app = http
-            .get(url("/ui/"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
+        let app = api.get("/ui/", As::Cookie(&cookie)).await;
         assert_eq!(app.status(), 200);
         assert!(app.headers().contains_key("content-security-policy"));
-        let read = http
-            .get(url("/v1/clusters"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
+        let read = api.get("/v1/clusters", As::Cookie(&cookie)).await;
         assert_eq!(read.status(), 200);
-        let write = http
-            .delete(url(&cluster_path))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
+        let write = api
+            .send(Method::DELETE, &cluster_path, As::Cookie(&cookie))
+            .await;
         assert_eq!(write.status(), 403);
     }
     assert_eq!(coordinator.clusters().await[0].state, ClusterState::Active);
 
     // A new viewer token: the old one and its sessions stop at once.
-    let session = session_of(&sign_in(&coordinator, &viewer).await);
+    let session = session_of(&api.sign_in(&viewer).await);
     let newer = viewer_token(&coordinator).await;
     assert_ne!(newer, viewer);
-    for (header, value) in [
-        ("authorization", format!("Bearer {viewer}")),
-        ("cookie", session.clone()),
-    ] {
-        let ended = http
-            .get(url("/v1/clusters"))
-            .header(header, value)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(ended.status(), 401, "{header} after a new viewer token");
+    for old in [As::Bearer(&viewer), As::Cookie(&session)] {
+        let ended = api.get("/v1/clusters", old).await;
+        assert_eq!(ended.status(), 401, "after a new viewer token");
     }
-    let fresh = http
-        .get(url("/v1/clusters"))
-        .bearer_auth(&newer)
-        .send()
-        .await
-        .unwrap();
+    let fresh = api.get("/v1/clusters", As::Bearer(&newer)).await;
     assert_eq!(fresh.status(), 200);
 
     // The admin token still writes.
-    let removed = http
-        .delete(url(&cluster_path))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let removed = api
+        .send(Method::DELETE, &cluster_path, As::Bearer(&admin))
+        .await;
     assert_eq!(removed.status(), 202);
 }
 
@@ -411,13 +413,8 @@ async fn a_nodes_names_answer_as_the_console_says() {
 
 /// GETs `path` with the admin token and parses the JSON.
 async fn http_json<T: serde::de::DeserializeOwned>(coordinator: &Coordinator, path: &str) -> T {
-    let response = coordinator
-        .https_client()
-        .get(format!("{}{path}", coordinator.url()))
-        .bearer_auth(coordinator.admin_token())
-        .send()
-        .await
-        .unwrap();
+    let admin = coordinator.admin_token();
+    let response = Api::of(coordinator).get(path, As::Bearer(&admin)).await;
     assert_eq!(response.status(), 200, "{path}");
     response.json().await.unwrap()
 }

@@ -50,6 +50,15 @@
 //! - `--sweep-interval D` is handed to the coordinator as is; `--fleet no`
 //!   skips the fleet phase (one connection per node is more than one
 //!   machine can open beside the coordinator at 10k nodes and up).
+//! - `--versus-nginx yes` then sends the same heartbeats with `wrk` to the
+//!   coordinator and to nginx answering a fixed 200, kept alive and one
+//!   connection per request, and prints the ratio per core of server CPU
+//!   ([`reference`]). `--versus-knot yes` asks the embedded DNS server
+//!   and Knot DNS serving the same records the same queries with
+//!   dnsperf (P9).
+//!
+//! `muster-load --help` lists every option. Each row's last cell names the
+//! command, the coordinator's build profile and the machine.
 //!
 //! The generator runs on the same machine as the coordinator, sharing its
 //! cores: the figures are a floor for what one coordinator sustains.
@@ -66,6 +75,7 @@ use muster_proto::{paths, HeartbeatRequest, RegisterRequest, RegisterResponse, P
 use muster_tests::procs::{cpu_time, percentile, rss_anon_kib, rss_kib};
 use muster_tests::{ec2, Coordinator, Moto};
 
+mod reference;
 mod report;
 
 use report::{print_p1, print_p8, Memory};
@@ -78,88 +88,79 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// How long the EC2 cache may take to list every instance.
 const LISTING_PATIENCE: Duration = Duration::from_secs(1800);
 
+/// The load generator behind BENCHMARKS.md's P1 and P8: a real coordinator
+/// on moto, its nodes registered through the agent API, then heartbeats
+/// back to back (the flood) and from a paced fleet of simulated agents.
+/// Prints Markdown rows: measure, figures, and the command, the
+/// coordinator's build profile and the machine that made them.
+#[derive(Debug, clap::Parser)]
+#[command(name = "muster-load", version)]
 struct Args {
+    /// Nodes to register.
+    #[arg(long, default_value_t = 2000, value_parser = ranged(100_000))]
     nodes: usize,
+    /// Seconds each phase runs.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     seconds: u64,
+    /// Workers sending heartbeats back to back in the flood.
+    #[arg(long, default_value_t = 64, value_parser = ranged(1024))]
     concurrency: usize,
+    /// Seconds between a simulated agent's heartbeats (handed to the
+    /// coordinator as --heartbeat-interval).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=300))]
     interval: u64,
+    /// Turn on the coordinator's EC2 cache with this refresh, e.g. 30s.
+    #[arg(long, value_name = "DURATION")]
     ec2_cache_refresh: Option<String>,
+    /// Handed to the coordinator as --sweep-interval, e.g. 1m.
+    #[arg(long, value_name = "DURATION")]
     sweep_interval: Option<String>,
+    /// Run the paced fleet phase (every node on its own connection).
+    #[arg(long, default_value = "yes", value_parser = yes_no, value_name = "yes|no", action = clap::ArgAction::Set)]
     fleet: bool,
+    /// Register bring-your-own machines instead of moto's instances.
+    #[arg(long, default_value = "no", value_parser = yes_no, value_name = "yes|no", action = clap::ArgAction::Set)]
     byon: bool,
+    /// After the phases, send the same heartbeats with wrk to the
+    /// coordinator and to nginx answering a fixed 200, and print the
+    /// ratio per core of server CPU (needs wrk and nginx).
+    #[arg(long, default_value = "no", value_parser = yes_no, value_name = "yes|no", action = clap::ArgAction::Set)]
+    versus_nginx: bool,
+    /// After the phases, ask the coordinator's embedded DNS and Knot DNS
+    /// serving the same records the same queries with dnsperf, and print
+    /// the ratio per core of server CPU (P9; needs dnsperf and knotd).
+    /// The coordinator then runs without its DNS rate limit.
+    #[arg(long, default_value = "no", value_parser = yes_no, value_name = "yes|no", action = clap::ArgAction::Set)]
+    versus_knot: bool,
+    /// Runs of each phase; each figure is their median.
+    #[arg(long, default_value_t = 1, value_parser = ranged(9))]
     runs: usize,
 }
 
-fn args() -> anyhow::Result<Args> {
-    let mut parsed = Args {
-        nodes: 2000,
-        seconds: 20,
-        concurrency: 64,
-        interval: 4,
-        ec2_cache_refresh: None,
-        sweep_interval: None,
-        fleet: true,
-        byon: false,
-        runs: 1,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--nodes" => parsed.nodes = number(&flag, &value)?,
-            "--seconds" => parsed.seconds = number(&flag, &value)?,
-            "--concurrency" => parsed.concurrency = number(&flag, &value)?,
-            "--interval" => parsed.interval = number(&flag, &value)?,
-            "--ec2-cache-refresh" => parsed.ec2_cache_refresh = Some(value),
-            "--sweep-interval" => parsed.sweep_interval = Some(value),
-            "--fleet" => parsed.fleet = yes_no(&flag, &value)?,
-            "--byon" => parsed.byon = yes_no(&flag, &value)?,
-            "--runs" => parsed.runs = number(&flag, &value)?,
-            other => {
-                anyhow::bail!(
-                    "unknown flag {other}; known: --nodes, --seconds, --concurrency, --interval, \
-                     --ec2-cache-refresh, --sweep-interval, --fleet, --byon, --runs"
-                )
-            }
-        }
+/// The parsed arguments, checked together.
+fn args() -> Args {
+    let parsed = <Args as clap::Parser>::parse();
+    if parsed.byon && parsed.ec2_cache_refresh.is_some() {
+        <Args as clap::CommandFactory>::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--byon registers no instance, so --ec2-cache-refresh has nothing to list",
+            )
+            .exit();
     }
-    anyhow::ensure!(
-        (1..=100_000).contains(&parsed.nodes),
-        "--nodes must be 1..=100000"
-    );
-    anyhow::ensure!(
-        (1..=3600).contains(&parsed.seconds),
-        "--seconds must be 1..=3600"
-    );
-    anyhow::ensure!((1..=9).contains(&parsed.runs), "--runs must be 1..=9");
-    anyhow::ensure!(
-        (1..=1024).contains(&parsed.concurrency),
-        "--concurrency must be 1..=1024"
-    );
-    anyhow::ensure!(
-        (1..=300).contains(&parsed.interval),
-        "--interval must be 1..=300 seconds"
-    );
-    anyhow::ensure!(
-        !(parsed.byon && parsed.ec2_cache_refresh.is_some()),
-        "--byon registers no instance, so --ec2-cache-refresh has nothing to list"
-    );
-    Ok(parsed)
+    parsed
 }
 
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> anyhow::Result<T> {
-    value
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{flag} takes a whole number, not {value:?}"))
+/// A whole number from 1 to `max`.
+fn ranged(max: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=max)
 }
 
-fn yes_no(flag: &str, value: &str) -> anyhow::Result<bool> {
+fn yes_no(value: &str) -> Result<bool, String> {
     match value {
         "yes" => Ok(true),
         "no" => Ok(false),
-        _ => anyhow::bail!("{flag} takes yes or no, not {value:?}"),
+        _ => Err(format!("takes yes or no, not {value:?}")),
     }
 }
 
@@ -184,9 +185,9 @@ fn agent_client(coordinator: &Coordinator) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// One heartbeat for `node` over `http`: its latency if answered 200.
-async fn beat(http: &reqwest::Client, url: &str, node: &Node) -> Option<Duration> {
-    let body = HeartbeatRequest {
+/// The heartbeat `node`'s agent sends when nothing changed.
+fn heartbeat_body(node: &Node) -> HeartbeatRequest {
+    HeartbeatRequest {
         instance_id: node.id.clone(),
         private_ipv4: Some(node.private),
         public_ipv4: node.public,
@@ -196,7 +197,12 @@ async fn beat(http: &reqwest::Client, url: &str, node: &Node) -> Option<Duration
         leaving: None,
         agent_version: None,
         ipv6: None,
-    };
+    }
+}
+
+/// One heartbeat for `node` over `http`: its latency if answered 200.
+async fn beat(http: &reqwest::Client, url: &str, node: &Node) -> Option<Duration> {
+    let body = heartbeat_body(node);
     let sent = Instant::now();
     let answer = http
         .post(format!("{url}{}", paths::AGENT_HEARTBEAT))
@@ -480,7 +486,7 @@ async fn beat_each(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = args()?;
+    let args = args();
     // SIGTERM (`muster-bench` stopping a run it no longer needs) drops the
     // run, and with it moto and the coordinator, each stopped by its pid.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -491,10 +497,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    // Each row's last cell: the command that made it.
+    // Each row's last cell: the command that made it, the coordinator's
+    // build profile and the machine.
     let command = format!(
-        "`muster-load {}`",
-        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        "`muster-load {}` ({} coordinator; {})",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        report::profile(),
+        report::machine(),
     );
     let moto = Moto::start().await;
     let (coordinator, token, instances) = start(&moto, &args).await?;
@@ -524,6 +533,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     print_p1(&args, &nodes, &registered, &floods, &fleets, &command);
     print_p8(&args, &nodes, &registered, &memory, &fleets, &command);
+    if args.versus_nginx {
+        // wrk and nginx are processes of their own; their run blocks.
+        tokio::task::block_in_place(|| {
+            reference::versus_nginx(&coordinator, &nodes, args.seconds, &command)
+        })?;
+    }
+    if args.versus_knot {
+        let views = coordinator.nodes(CLUSTER).await;
+        tokio::task::block_in_place(|| {
+            reference::versus_knot(&coordinator, &views, args.seconds, &command)
+        })?;
+    }
     drop(coordinator);
     drop(moto);
     Ok(())
@@ -550,6 +571,10 @@ async fn start(moto: &Moto, args: &Args) -> anyhow::Result<(Coordinator, String,
     ];
     if let Some(refresh) = &args.ec2_cache_refresh {
         serve.extend(["--ec2-cache-refresh".to_owned(), refresh.clone()]);
+    }
+    if args.versus_knot {
+        // dnsperf asks from one address, as fast as it can.
+        serve.extend(["--dns-rate-limit".to_owned(), "0".to_owned()]);
     }
     if let Some(sweep) = &args.sweep_interval {
         serve.extend(["--sweep-interval".to_owned(), sweep.clone()]);

@@ -42,6 +42,31 @@ pub(super) struct Memory {
     pub(super) anon_after: u64,
 }
 
+/// The build profile of the coordinator measured: the name of the
+/// directory its binary is in once links are followed (`debug`,
+/// `release`, `bench`).
+pub(super) fn profile() -> String {
+    let binary = muster_tests::procs::bin_path("muster-coordinator");
+    std::fs::canonicalize(&binary)
+        .ok()
+        .and_then(|path| Some(path.parent()?.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The machine: its cores and CPU model.
+pub(super) fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "an unknown CPU".to_owned());
+    format!("{cores} cores, {model}")
+}
+
 /// P1's rows: the paced fleet's (if it ran) and the flood's.
 pub(super) fn print_p1(
     args: &Args,
