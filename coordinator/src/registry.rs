@@ -394,16 +394,16 @@ impl Counters {
         }
     }
 
-    /// Counts `n` nodes moving from `from` to `to`; a node that stays
-    /// where it was is no transition.
-    pub(crate) fn transitioned(&self, from: Option<NodeState>, to: NodeState, n: u64) {
-        if from != Some(to) && n > 0 {
+    /// Counts a node moving from `from` to `to`; a node that stays where
+    /// it was is no transition.
+    pub(crate) fn transitioned(&self, from: Option<NodeState>, to: NodeState) {
+        if from != Some(to) {
             *self
                 .transitions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry((from, to))
-                .or_default() += n;
+                .or_default() += 1;
         }
     }
 }
@@ -617,19 +617,25 @@ impl Registry {
     }
 
     /// Node counts by cluster and state, for `/metrics`: every state of
-    /// every cluster that has a node in memory.
+    /// every cluster that has a node in memory, zeros included.
     pub fn nodes_by_cluster_state(&self) -> BTreeMap<(Arc<str>, NodeState), u64> {
-        let live = self.live();
-        let mut counts = BTreeMap::new();
-        for node in live.nodes.values() {
-            for state in NodeState::ALL {
-                counts.entry((node.cluster.clone(), state)).or_insert(0);
+        let mut by_cluster: std::collections::HashMap<Arc<str>, [u64; NodeState::ALL.len()]> =
+            std::collections::HashMap::new();
+        for node in self.live().nodes.values() {
+            let counts = by_cluster.entry(node.cluster.clone()).or_default();
+            if let Some(i) = NodeState::ALL.iter().position(|s| *s == node.state) {
+                counts[i] += 1;
             }
-            *counts
-                .entry((node.cluster.clone(), node.state))
-                .or_default() += 1;
         }
-        counts
+        by_cluster
+            .into_iter()
+            .flat_map(|(cluster, counts)| {
+                NodeState::ALL
+                    .iter()
+                    .zip(counts)
+                    .map(move |(state, n)| ((cluster.clone(), *state), n))
+            })
+            .collect()
     }
 
     /// Nodes whose latest heartbeat carried each of EC2's warnings, every

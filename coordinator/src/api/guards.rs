@@ -1,8 +1,8 @@
-//! The guards in front of the handlers: the admin and viewer bearer tokens
-//! and console sessions, the per-source rate limit on agent requests, the client's address behind
-//! trusted proxies, JSON bodies that are bounded in size and time, and the
-//! note of which sources are agents or admins (they may use the
-//! connections kept in reserve).
+//! The guards in front of the handlers: the admin and viewer bearer
+//! tokens and console sessions, the per-source rate limit on agent
+//! requests, the client's address behind trusted proxies, JSON bodies that
+//! are bounded in size and time, and the note of which sources are agents,
+//! admins or viewers (they may use the connections kept in reserve).
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;

@@ -361,7 +361,7 @@ impl Registry {
         let mut live = self.live();
         for node in &nodes {
             let before = live.nodes.get(&node.id).map(|n| n.state);
-            self.counters.transitioned(before, node.state, 1);
+            self.counters.transitioned(before, node.state);
             live.upsert(node);
         }
         Ok(())

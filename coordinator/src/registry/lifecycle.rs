@@ -208,7 +208,7 @@ impl Registry {
             }
             return Ok(node.state);
         }
-        self.counters.transitioned(Some(node.state), to, 1);
+        self.counters.transitioned(Some(node.state), to);
         {
             let mut live = self.live();
             if to == NodeState::Terminated && !unseen {

@@ -249,7 +249,7 @@ impl Registry {
         {
             let mut live = self.live();
             let before = live.nodes.get(&node.id).map(|n| n.state);
-            self.counters.transitioned(before, node.state, 1);
+            self.counters.transitioned(before, node.state);
             live.upsert(&node);
             if let Some(entry) = live.nodes.get_mut(&node.id) {
                 entry.last_seen = Some(SystemTime::now());
