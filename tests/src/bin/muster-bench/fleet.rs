@@ -99,7 +99,7 @@ pub(super) async fn p8_big() -> anyhow::Result<Vec<String>> {
             .filter(|l| l.starts_with("| P8 |"))
             .map(|l| {
                 format!(
-                    "{} (run by `muster-bench`, beside its first phases and the agent's release build) |",
+                    "{} (run by `muster-bench`, beside its first phases) |",
                     l.trim_end().trim_end_matches('|').trim_end()
                 )
             })

@@ -37,10 +37,9 @@
 //!
 //! The set-up and P8's big runs start first and run beside P6, P5 and P4,
 //! whose figures are call counts, timers and the agent's own CPU time and
-//! memory, and beside the agent's release build: `scripts/bench` builds
-//! the agent meanwhile and puts it in `MUSTER_BIN_DIR` when done, and the
-//! agent phases wait for it. P7's rounds, P3 and P2 run alone. stderr says
-//! when P4 and P8's big runs are done.
+//! memory. The agent phases wait for the binary at `--agent-release` if it
+//! is not there yet. P7's rounds, P3 and P2 run alone. stderr says when P4
+//! and P8's big runs are done.
 //!
 //! Figures are medians and percentiles; the machine is shared and noisy, so
 //! read them with the coordinator's CPU use printed beside them. It prints
@@ -137,8 +136,7 @@ async fn main() -> anyhow::Result<()> {
     let began = Instant::now();
     // P7's set-up and P8's big runs start first and run beside the phases
     // whose figures are counts, timers, the agent's own CPU time or memory
-    // (P6, P5, P4), and beside the agent's release build, which
-    // `scripts/bench` runs meanwhile. P7's rounds, P3 and P2 run alone.
+    // (P6, P5, P4). P7's rounds, P3 and P2 run alone.
     if args.only == Some(Only::P2) {
         return p3_and_p2(&args).await;
     }
@@ -198,13 +196,7 @@ async fn main() -> anyhow::Result<()> {
         "muster-bench: P8's big runs done after {:.0} s",
         began.elapsed().as_secs_f64()
     );
-    rows.extend(
-        p7::p7(
-            p7_big,
-            " (beside P6, P5, P4 and P8 at 10k and 100k nodes, and the agent's release build)",
-        )
-        .await?,
-    );
+    rows.extend(p7::p7(p7_big, " (beside P6, P5, P4 and P8 at 10k and 100k nodes)").await?);
 
     // P3 then P2: the last of P3's agents goes on for P2.
     let (starts, last) = agents::p3(&scene).await?;

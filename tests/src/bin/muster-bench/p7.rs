@@ -227,7 +227,9 @@ pub(super) async fn p7_setup(nodes: usize, start: P7Start) -> anyhow::Result<P7S
         .run(),
     );
     let clusters = nodes.div_ceil(P7_CLUSTER_SIZE);
-    let names = 3 * nodes + clusters;
+    // Each node's public, internal and wildcard names; each cluster's
+    // public and internal round robins.
+    let names = 3 * nodes + 2 * clusters;
     let taking_over = Instant::now();
     zone.publish(&sources);
     let status = p7_status(&board, |s| {
@@ -276,7 +278,7 @@ async fn p7_round(
     let before = scene.board.get().unwrap_or_default();
     let throttled_before = provider.throttled_total();
     let requests_before = provider.requests_total();
-    let changed = 2 * nodes + clusters;
+    let changed = 2 * nodes + 2 * clusters;
     let t0 = Instant::now();
     scene
         .zone
@@ -310,7 +312,7 @@ async fn p7_round(
         )
     };
     Ok(format!(
-        "| P7 | Route53 convergence: {changed} A records ({} nodes' public and internal names, {clusters} round robins) changing at once, {what}; real reconcile loop and provider, moto {} record sets, 10 requests/s | every record read back through the SDK {:.1} s after the change (all accepted by Route53 after {:.1} s: {changes} ChangeResourceRecordSets of at most {largest} counted records, moto's own processing {:.1} s; {other_calls} other Route53 calls); {retries} throttling answers seen and retried; last change {} | {command} |",
+        "| P7 | Route53 convergence: {changed} A records ({} nodes' public and internal names, {clusters} clusters' public and internal round robins) changing at once, {what}; real reconcile loop and provider, moto {} record sets, 10 requests/s | every record read back through the SDK {:.1} s after the change (all accepted by Route53 after {:.1} s: {changes} ChangeResourceRecordSets of at most {largest} counted records, moto's own processing {:.1} s; {other_calls} other Route53 calls); {retries} throttling answers seen and retried; last change {} | {command} |",
         nodes,
         2 * scene.names,
         read.as_secs_f64(),
