@@ -14,6 +14,7 @@
 //!   flag over file before anything is checked.
 //! - `endpoints.rs`: the API and DNS addresses, the zone, the data dir, the
 //!   public URL and the operator's certificate.
+//! - `store.rs`: [`StoreLocation`], SQLite's file or a PostgreSQL URL.
 //! - `timing.rs`: heartbeat interval, grace, sweeps, launch timeout.
 //! - `dns.rs`: the DNS provider ([`DnsProvider`]) and its settings.
 //! - `trust.rs`: [`Trust`], who may speak for a node beyond its credentials.
@@ -40,6 +41,7 @@ mod endpoints;
 mod identity_certs;
 mod limits;
 mod sources;
+mod store;
 mod timing;
 mod trust;
 
@@ -49,6 +51,7 @@ pub use dns::{
 pub use identity_certs::IdentityCerts;
 pub use limits::Limits;
 pub use sources::ServeArgs;
+pub use store::{redact, StoreLocation, STORE_FILE};
 pub use trust::Trust;
 
 use sources::{FileServe, Given};
@@ -116,6 +119,8 @@ pub struct Settings {
     pub zone: String,
     /// Data dir.
     pub data_dir: PathBuf,
+    /// Where the store lives: SQLite's file in the data dir by default.
+    pub store: StoreLocation,
     /// URL agents use.
     pub public_url: String,
     /// Host part of `public_url`.
@@ -176,6 +181,7 @@ impl Settings {
     fn resolve(args: &ServeArgs, file: FileServe) -> Result<Settings, Invalid> {
         let given = Given::merge(args, file);
         let endpoints = endpoints::resolve(&given)?;
+        let store = store::resolve(given.store.as_deref(), &endpoints.data_dir)?;
         let timing = timing::resolve(&given)?;
         let dns = dns::resolve(&given, &endpoints.zone)?;
         let trust = trust::resolve(&given)?;
@@ -186,6 +192,7 @@ impl Settings {
             dns_listen: endpoints.dns_listen,
             zone: endpoints.zone,
             data_dir: endpoints.data_dir,
+            store,
             public_url: endpoints.public_url,
             public_host: endpoints.public_host,
             tls: endpoints.tls,

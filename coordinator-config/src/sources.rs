@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// Where the store, CA and admin token live [default: /var/lib/muster]
     #[arg(long, env = "MUSTER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where the store lives: sqlite:///PATH, or postgres://USER@HOST/DATABASE
+    /// (libpq's URL; `sslrootcert=FILE` for TLS) [default: muster.db in the data dir]
+    #[arg(long, env = "MUSTER_STORE")]
+    pub store: Option<String>,
     /// URL agents use to reach this coordinator [default: https://<hostname>:<port>]
     #[arg(long, env = "MUSTER_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -156,6 +160,7 @@ pub(crate) struct FileServe {
     dns_listen: Option<String>,
     zone: Option<String>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
     public_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -216,6 +221,7 @@ pub(crate) struct Given {
     pub dns_listen: Option<String>,
     pub zone: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub store: Option<String>,
     pub public_url: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -263,6 +269,7 @@ impl Given {
             dns_listen: a.dns_listen.or(file.dns_listen),
             zone: a.zone.or(file.zone),
             data_dir: a.data_dir.or(file.data_dir),
+            store: a.store.or(file.store),
             public_url: a.public_url.or(file.public_url),
             tls_cert: a.tls_cert.or(file.tls_cert),
             tls_key: a.tls_key.or(file.tls_key),

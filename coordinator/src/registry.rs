@@ -311,6 +311,8 @@ impl RegistryError {
             RegistryError::Launch(_) => ErrorCode::LaunchFailed,
             RegistryError::NotFound(_) => ErrorCode::NotFound,
             RegistryError::Ec2(_) => ErrorCode::Ec2Unavailable,
+            RegistryError::Store(error) if error.is_unavailable() => ErrorCode::StoreUnavailable,
+            RegistryError::Store(StoreError::NotHere(_)) => ErrorCode::Conflict,
             RegistryError::Store(_) => ErrorCode::Internal,
             RegistryError::Agent(_) => ErrorCode::AgentUnavailable,
             RegistryError::Ec2Untrusted(_) => ErrorCode::Ec2Untrusted,
@@ -657,6 +659,15 @@ impl Registry {
     /// [`Store::backup_to`]).
     pub fn backup_store(&self, path: &std::path::Path) -> Result<(), RegistryError> {
         Ok(self.store.backup_to(path)?)
+    }
+
+    /// The store's kind: `sqlite` or `postgres`.
+    pub fn store_kind(&self) -> &'static str {
+        if self.store.is_postgres() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
     }
 
     /// The zone's name, e.g. `muster.internal`.

@@ -281,10 +281,9 @@ async fn open_registry(
     agent: Option<Arc<AgentDist>>,
     zone: Arc<Zone>,
 ) -> Result<Arc<Registry>, ServeError> {
-    let store_path = settings.data_dir.join(crate::store::STORE_FILE);
-    let store = Store::open(&store_path)?;
+    let store = Store::open_at(&settings.store)?;
     let coordinator_id = store.coordinator_id(|| hex::encode(rand::random::<[u8; 8]>()))?;
-    tracing::info!(path = %store_path.display(), coordinator = %coordinator_id, "store open");
+    tracing::info!(store = %settings.store, coordinator = %coordinator_id, "store open");
 
     let clients = Ec2Clients::from_env().await;
     let ec2: Arc<dyn InstanceLookup> = match settings.ec2_cache_refresh {

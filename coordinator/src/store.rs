@@ -1,33 +1,39 @@
-//! The coordinator's durable state: one SQLite file in the data dir, in WAL
-//! mode, holding clusters, nodes and node events.
+//! The coordinator's durable state: clusters, nodes, node events and
+//! launch jobs. By default one SQLite file in the data dir, in WAL mode;
+//! with `--store postgres://…`, a PostgreSQL database ([`sql`] runs the
+//! same statements on both).
 //!
 //! Only transitions and address changes are written here; heartbeats live in
 //! memory ([`crate::registry`]). Calls are short and synchronous: each one
-//! takes the connection lock, runs one statement or one transaction, and
+//! takes the connection, runs one statement or one transaction, and
 //! returns. Every write that touches more than one row is a transaction, so a
 //! failed request leaves nothing half-written.
 //!
-//! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] lists
-//! every step from an empty file, and [`Store::open`] applies the missing ones.
+//! The schema is versioned (SQLite's `PRAGMA user_version`, PostgreSQL's
+//! `muster_schema` table); [`MIGRATIONS`] lists every step from an empty
+//! database, and opening the store applies the missing ones.
 //!
 //! # Layout
-//! This file opens the store and migrates it; [`clusters`] (clusters and
-//! their tokens), [`nodes`], [`events`] and [`launches`] (launch jobs) hold
-//! the statements of each table; [`history`] prunes what is past the
-//! retention.
+//! This file opens the store and migrates it; [`sql`] is the interface to
+//! both databases; [`clusters`] (clusters and their tokens), [`nodes`],
+//! [`events`] and [`launches`] (launch jobs) hold the statements of each
+//! table; [`history`] prunes what is past the retention.
 
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use muster_proto::NodeState;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
+
+use sql::{args, Database, Db, DbError};
 
 pub mod clusters;
 pub mod events;
 pub mod history;
 pub mod launches;
 pub mod nodes;
+pub mod sql;
 
 pub use clusters::{Cluster, ClusterToken, TokenPurpose, TokenRecord};
 pub use events::Event;
@@ -35,8 +41,7 @@ pub use history::Pruned;
 pub use launches::LaunchJob;
 pub use nodes::{AdmittedBy, LaunchedInstance, Node, NodeRegistration};
 
-/// The store's file in the data dir.
-pub const STORE_FILE: &str = "muster.db";
+pub use muster_coordinator_config::{StoreLocation, STORE_FILE};
 
 /// Schema steps, applied in order. Step `i` brings `user_version` to `i + 1`.
 /// Never edit a step that has shipped; add a new one.
@@ -134,13 +139,13 @@ pub const MIGRATIONS: &[&str] = &[
 /// Errors of the store, named after the operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database file could not be opened or configured.
+    /// The database could not be opened or configured.
     #[error("opening the store at {path}: {source}")]
     Open {
-        /// The file.
+        /// The file or URL (without its password).
         path: String,
         /// The cause.
-        source: rusqlite::Error,
+        source: DbError,
     },
     /// A schema migration failed.
     #[error("migrating the store to schema version {version}: {source}")]
@@ -148,12 +153,12 @@ pub enum StoreError {
         /// The version being applied.
         version: usize,
         /// The cause.
-        source: rusqlite::Error,
+        source: DbError,
     },
-    /// The file holds a schema newer than this build knows.
+    /// The database holds a schema newer than this build knows.
     #[error("the store has schema version {found}, newer than this build's {known}")]
     TooNew {
-        /// The file's version.
+        /// The database's version.
         found: i64,
         /// The newest this build knows.
         known: usize,
@@ -164,8 +169,20 @@ pub enum StoreError {
         /// What was being done.
         operation: &'static str,
         /// The cause.
-        source: rusqlite::Error,
+        source: DbError,
     },
+    /// The database cannot be reached now (PostgreSQL restarting, the
+    /// network away): nothing is known to be written; try again later.
+    #[error("{operation}: the store is unavailable: {source}")]
+    Unavailable {
+        /// What was being done.
+        operation: &'static str,
+        /// The cause.
+        source: DbError,
+    },
+    /// What was asked is SQLite's only (a backup, a restore).
+    #[error("{0}")]
+    NotHere(String),
     /// A cluster with that name exists already.
     #[error("cluster {0:?} exists already")]
     ClusterExists(String),
@@ -204,14 +221,35 @@ pub enum StoreError {
     },
 }
 
-fn query(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Query { operation, source }
+impl From<DbError> for StoreError {
+    fn from(source: DbError) -> Self {
+        query("using the store")(source)
+    }
 }
 
-/// The SQLite store.
+impl StoreError {
+    /// The database could not be reached: the caller may try again later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// Names a database error after the operation it failed.
+fn query(operation: &'static str) -> impl FnOnce(DbError) -> StoreError {
+    move |source| {
+        if source.is_unavailable() {
+            StoreError::Unavailable { operation, source }
+        } else {
+            StoreError::Query { operation, source }
+        }
+    }
+}
+
+/// The store: clusters, nodes, events and launch jobs, in SQLite or
+/// PostgreSQL.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    db: Database,
 }
 
 /// Now, in Unix milliseconds.
@@ -223,11 +261,19 @@ pub fn now_ms() -> i64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `path` and migrates it.
+    /// Opens (creating if needed) the store at `location` and migrates it.
+    pub fn open_at(location: &StoreLocation) -> Result<Store, StoreError> {
+        match location {
+            StoreLocation::Sqlite(path) => Store::open(path),
+            StoreLocation::Postgres(url) => Store::open_postgres(url),
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite store at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
             path: path.display().to_string(),
-            source,
+            source: source.into(),
         };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -238,75 +284,151 @@ impl Store {
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(64);
         let store = Store {
-            conn: Mutex::new(conn),
+            db: Database::Sqlite(Mutex::new(conn)),
         };
         store.migrate()?;
         Ok(store)
     }
 
-    /// An in-memory store, for unit tests.
+    /// Opens the PostgreSQL store at `url` (`postgres://…`), creating its
+    /// tables if needed, and migrates it. Refused while another
+    /// coordinator serves from the same database ([`sql`]'s module doc).
+    pub fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        let pg = sql::Postgres::new(url).map_err(StoreError::NotHere)?;
+        let shown = pg.shown().to_owned();
+        let store = Store {
+            db: Database::Postgres(Box::new(pg)),
+        };
+        store
+            .db
+            .with(|db| db.execute("SELECT 1", &[]).map(|_| ()))
+            .map_err(|source| StoreError::Open {
+                path: shown,
+                source,
+            })?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// An in-memory SQLite store, for unit tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
             path: ":memory:".into(),
-            source,
+            source: source.into(),
         })?;
         conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(query("enabling foreign keys"))?;
+            .map_err(|e| query("enabling foreign keys")(e.into()))?;
+        conn.set_prepared_statement_cache_capacity(64);
         let store = Store {
-            conn: Mutex::new(conn),
+            db: Database::Sqlite(Mutex::new(conn)),
         };
         store.migrate()?;
         Ok(store)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite itself consistent
-        // (the transaction rolls back on drop), so the poison is ignored.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `work` on the store's connection.
+    fn with<R: Send>(
+        &self,
+        work: impl FnOnce(&mut Db<'_>) -> Result<R, StoreError> + Send,
+    ) -> Result<R, StoreError> {
+        self.db.with(work)
+    }
+
+    /// Runs `work` in one transaction: all of it lands, or none.
+    fn transaction<R: Send>(
+        &self,
+        work: impl FnOnce(&mut Db<'_>) -> Result<R, StoreError> + Send,
+    ) -> Result<R, StoreError> {
+        self.db.with(|db| db.transaction(work))
+    }
+
+    /// Whether the store is PostgreSQL's.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.db, Database::Postgres(_))
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let current: i64 = conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(query("reading the schema version"))?;
-        if current as usize > MIGRATIONS.len() {
-            return Err(StoreError::TooNew {
-                found: current,
-                known: MIGRATIONS.len(),
-            });
-        }
-        for (index, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let version = index + 1;
-            let tx = conn
-                .transaction()
-                .map_err(|source| StoreError::Migrate { version, source })?;
-            tx.execute_batch(step)
-                .and_then(|()| tx.pragma_update(None, "user_version", version as i64))
-                .and_then(|()| tx.commit())
-                .map_err(|source| StoreError::Migrate { version, source })?;
-            tracing::info!(version, "store schema migrated");
-        }
-        Ok(())
+        let migrate =
+            |version: usize| move |source: DbError| StoreError::Migrate { version, source };
+        self.transaction(|db| {
+            if db.is_postgres() {
+                // Two coordinators starting at once on an empty database
+                // take turns here: the second finds the schema made.
+                db.execute("SELECT pg_advisory_xact_lock(?1)", args![sql::MIGRATE_LOCK])
+                    .map_err(migrate(0))?;
+                db.batch("CREATE TABLE IF NOT EXISTS muster_schema (version INTEGER NOT NULL)")
+                    .map_err(migrate(0))?;
+            }
+            let current = read_version(db).map_err(migrate(0))?;
+            if current as usize > MIGRATIONS.len() {
+                return Err(StoreError::TooNew {
+                    found: current,
+                    known: MIGRATIONS.len(),
+                });
+            }
+            for (index, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+                let version = index + 1;
+                db.batch(step).map_err(migrate(version))?;
+                write_version(db, version as i64).map_err(migrate(version))?;
+                tracing::info!(version, "store schema migrated");
+            }
+            Ok(())
+        })
     }
 
-    /// The schema version of the open file.
+    /// The schema version of the open store.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        self.lock()
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(query("reading the schema version"))
+        self.with(|db| read_version(db).map_err(query("reading the schema version")))
+    }
+}
+
+/// The schema version: SQLite's `user_version`, or PostgreSQL's
+/// `muster_schema` row (0 before the first step).
+fn read_version(db: &mut Db<'_>) -> Result<i64, DbError> {
+    if db.is_postgres() {
+        Ok(db
+            .query_opt("SELECT version FROM muster_schema", &[], |row| row.get(0))?
+            .unwrap_or(0))
+    } else {
+        db.query_one("PRAGMA user_version", &[], |row| row.get(0))
+    }
+}
+
+fn write_version(db: &mut Db<'_>, version: i64) -> Result<(), DbError> {
+    if db.is_postgres() {
+        if db.execute("UPDATE muster_schema SET version = ?1", args![version])? == 0 {
+            db.execute(
+                "INSERT INTO muster_schema (version) VALUES (?1)",
+                args![version],
+            )?;
+        }
+        Ok(())
+    } else {
+        // PRAGMA takes no parameters; the version is a number we made.
+        db.batch(&format!("PRAGMA user_version = {version}"))
     }
 }
 
 impl Store {
     /// Writes an online, consistent copy of the store to `path` (a new
     /// file) with SQLite's backup API. Writes wait while it runs: it holds
-    /// the connection.
+    /// the connection. A PostgreSQL store is backed up by PostgreSQL's own
+    /// means.
     pub fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
-        self.lock()
-            .backup(rusqlite::DatabaseName::Main, path, None)
-            .map_err(query("copying the store"))
+        match &self.db {
+            Database::Sqlite(conn) => conn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .backup(rusqlite::DatabaseName::Main, path, None)
+                .map_err(|e| query("copying the store")(e.into())),
+            Database::Postgres(_) => Err(StoreError::NotHere(
+                "the store is PostgreSQL's: back it up with pg_dump or the database's \
+                 snapshots"
+                    .to_owned(),
+            )),
+        }
     }
 
     /// Brings a copy made by [`Store::backup_to`] back as the store at
@@ -324,7 +446,7 @@ impl Store {
             Connection::open_with_flags(backup, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(|source| StoreError::Open {
                     path: backup.display().to_string(),
-                    source,
+                    source: source.into(),
                 })?;
         let not_a_store = |why: String| StoreError::Restore {
             path: backup.display().to_string(),
@@ -350,7 +472,7 @@ impl Store {
         drop(source);
         let mut target = Connection::open(store_path).map_err(|source| StoreError::Open {
             path: store_path.display().to_string(),
-            source,
+            source: source.into(),
         })?;
         target
             .restore(
@@ -358,7 +480,7 @@ impl Store {
                 backup,
                 None::<fn(rusqlite::backup::Progress)>,
             )
-            .map_err(query("restoring the store"))?;
+            .map_err(|e| query("restoring the store")(e.into()))?;
         drop(target);
         Store::open(store_path)
     }
@@ -380,43 +502,44 @@ pub const META_LAUNCH_REGIONS: &str = "launch_regions";
 impl Store {
     /// A value the coordinator keeps about itself; `None` if never set.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.lock()
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                rusqlite::params![key],
-                |row| row.get(0),
-            )
-            .optional()
+        self.with(|db| {
+            db.query_opt("SELECT value FROM meta WHERE key = ?1", args![key], |row| {
+                row.get(0)
+            })
             .map_err(query("reading the coordinator's own facts"))
+        })
     }
 
     /// Sets a value the coordinator keeps about itself.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        self.with(|db| {
+            db.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                rusqlite::params![key, value],
+                args![key, value],
             )
             .map(|_| ())
             .map_err(query("writing the coordinator's own facts"))
+        })
     }
 
     /// This coordinator's id ([`META_COORDINATOR`]), minted on first use.
     /// A restored backup keeps it.
     pub fn coordinator_id(&self, mint: impl FnOnce() -> String) -> Result<String, StoreError> {
-        let conn = self.lock();
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
-            rusqlite::params![META_COORDINATOR, mint()],
-        )
-        .map_err(query("minting the coordinator's id"))?;
-        conn.query_row(
-            "SELECT value FROM meta WHERE key = ?1",
-            rusqlite::params![META_COORDINATOR],
-            |row| row.get(0),
-        )
-        .map_err(query("reading the coordinator's id"))
+        let minted = mint();
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                args![META_COORDINATOR, minted.as_str()],
+            )
+            .map_err(query("minting the coordinator's id"))?;
+            db.query_one(
+                "SELECT value FROM meta WHERE key = ?1",
+                args![META_COORDINATOR],
+                |row| row.get(0),
+            )
+            .map_err(query("reading the coordinator's id"))
+        })
     }
 
     /// The regions launches were ever prepared in.
@@ -453,3 +576,9 @@ fn parse_state(value: &str) -> Result<NodeState, StoreError> {
 
 #[cfg(test)]
 mod tests;
+
+/// The PostgreSQL server the tests start, shared with the end-to-end
+/// harness (one file, compiled into both).
+#[cfg(test)]
+#[path = "../../tests/src/postgres.rs"]
+mod pg_server;

@@ -127,6 +127,9 @@ pub enum ErrorCode {
     Ec2Untrusted,
     /// 503: the agent binary the coordinator serves cannot be read.
     AgentUnavailable,
+    /// 503: the store's database cannot be reached (PostgreSQL away):
+    /// nothing was written; try again.
+    StoreUnavailable,
     /// A code this build does not know, as sent (500 as far as this build
     /// can tell). The agent also keeps an answer not in the error shape
     /// (from a proxy) as `http_<status>`.
@@ -136,7 +139,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build knows, in order of HTTP status.
-    pub const KNOWN: [ErrorCode; 28] = [
+    pub const KNOWN: [ErrorCode; 29] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -165,6 +168,7 @@ impl ErrorCode {
         ErrorCode::Ec2Unavailable,
         ErrorCode::Ec2Untrusted,
         ErrorCode::AgentUnavailable,
+        ErrorCode::StoreUnavailable,
     ];
 
     /// The snake_case name sent on the wire.
@@ -198,6 +202,7 @@ impl ErrorCode {
             ErrorCode::Ec2Unavailable => "ec2_unavailable",
             ErrorCode::Ec2Untrusted => "ec2_untrusted",
             ErrorCode::AgentUnavailable => "agent_unavailable",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Other(code) => code,
         }
     }
@@ -230,9 +235,10 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal | ErrorCode::Other(_) => 500,
             ErrorCode::LaunchFailed => 502,
-            ErrorCode::Ec2Unavailable | ErrorCode::Ec2Untrusted | ErrorCode::AgentUnavailable => {
-                503
-            }
+            ErrorCode::Ec2Unavailable
+            | ErrorCode::Ec2Untrusted
+            | ErrorCode::AgentUnavailable
+            | ErrorCode::StoreUnavailable => 503,
         }
     }
 }

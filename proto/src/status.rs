@@ -33,7 +33,7 @@ pub struct CoordinatorStatus {
     pub uptime_secs: u64,
     /// The DNS zone it serves, e.g. `muster.internal`.
     pub zone: String,
-    /// The store's kind: `sqlite`.
+    /// The store's kind: `sqlite` or `postgres`.
     pub store: String,
     /// Whether this coordinator runs what must run once (the sweep,
     /// liveness, launches, removals, the DNS provider's loop). Always so

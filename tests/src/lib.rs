@@ -31,6 +31,9 @@
 //! - [`cloudinit`]: user data unpacked, checked with `cloud-init schema`,
 //!   and applied to a temporary root as cloud-init would apply it.
 //! - [`bind`]: a real BIND taking TSIG-signed RFC 2136 updates for one zone.
+//! - [`postgres`]: a PostgreSQL server of a test's own, from Debian's
+//!   packages ([`postgres::Postgres`]); the coordinator's unit tests include
+//!   it too.
 //! - [`route53`]: a hosted zone in moto's Route53, read and edited by hand
 //!   through the SDK.
 //! - [`route53proxy`]: a proxy in front of moto that counts Route53 calls,
@@ -54,6 +57,7 @@ pub mod imds;
 pub mod imds_tree;
 pub mod moto;
 pub mod netns;
+pub mod postgres;
 pub mod procs;
 pub mod qga;
 pub mod route53;

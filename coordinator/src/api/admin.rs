@@ -162,7 +162,7 @@ pub(super) async fn status(
         started_at: humantime::format_rfc3339_seconds(state.started).to_string(),
         uptime_secs: state.started.elapsed().map_or(0, |d| d.as_secs()),
         zone: state.registry.zone_name().to_owned(),
-        store: "sqlite".to_owned(),
+        store: state.registry.store_kind().to_owned(),
         leader: true,
         ec2: Ec2Standing {
             trusted: why.is_none(),

@@ -4,8 +4,8 @@
 //! machines an operator removed, banned until admitted again.
 
 use muster_proto::ClusterState;
-use rusqlite::{params, OptionalExtension, Row};
 
+use super::sql::{args, DbError, Row};
 use super::{now_ms, query, Store, StoreError};
 
 /// A stored cluster.
@@ -106,16 +106,19 @@ fn parse_purpose(kind: String) -> Result<TokenPurpose, StoreError> {
 const CLUSTER_COLUMNS: &str =
     "id, name, join_token_hash, created_at, state, launch, join_token_expires_at, expires_at";
 
-fn cluster_from_row(row: &Row<'_>) -> rusqlite::Result<Cluster> {
+fn cluster_from_row(row: &Row<'_>) -> Result<Cluster, DbError> {
     let state: String = row.get(4)?;
     Ok(Cluster {
         id: row.get(0)?,
         name: row.get(1)?,
         join_token_hash: row.get(2)?,
         created_at: row.get(3)?,
-        state: state.parse().map_err(|e: muster_proto::ValidationError| {
-            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        state: state
+            .parse()
+            .map_err(|e: muster_proto::ValidationError| DbError::Column {
+                index: 4,
+                why: e.to_string(),
+            })?,
         launch: row.get(5)?,
         join_token_expires_at: row.get(6)?,
         expires_at: row.get(7)?,
@@ -144,53 +147,39 @@ impl Store {
         launch: Option<&str>,
         expires_at: Option<i64>,
     ) -> Result<Cluster, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction()
-            .map_err(query("starting a cluster create"))?;
         let created_at = now_ms();
-        let removed: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM clusters WHERE name = ?1 AND state = ?2",
-                params![name, ClusterState::Removed.as_str()],
+        let id = self.transaction(|tx| {
+            let removed: Option<i64> = tx
+                .query_opt(
+                    "SELECT id FROM clusters WHERE name = ?1 AND state = ?2",
+                    args![name, ClusterState::Removed.as_str()],
+                    |row| row.get(0),
+                )
+                .map_err(query("reading a removed cluster"))?;
+            if let Some(id) = removed {
+                tx.execute("DELETE FROM nodes WHERE cluster_id = ?1", args![id])
+                    .map_err(query("forgetting the nodes of a removed cluster"))?;
+                tx.execute("DELETE FROM clusters WHERE id = ?1", args![id])
+                    .map_err(query("forgetting a removed cluster"))?;
+            }
+            tx.query_one(
+                "INSERT INTO clusters (name, join_token_hash, created_at, state, launch, \
+                 expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                args![
+                    name,
+                    join_token_hash,
+                    created_at,
+                    ClusterState::Active.as_str(),
+                    launch,
+                    expires_at
+                ],
                 |row| row.get(0),
             )
-            .optional()
-            .map_err(query("reading a removed cluster"))?;
-        if let Some(id) = removed {
-            tx.execute("DELETE FROM nodes WHERE cluster_id = ?1", params![id])
-                .map_err(query("forgetting the nodes of a removed cluster"))?;
-            tx.execute("DELETE FROM clusters WHERE id = ?1", params![id])
-                .map_err(query("forgetting a removed cluster"))?;
-        }
-        let inserted = tx.execute(
-            "INSERT INTO clusters (name, join_token_hash, created_at, state, launch, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                name,
-                join_token_hash,
-                created_at,
-                ClusterState::Active.as_str(),
-                launch,
-                expires_at
-            ],
-        );
-        match inserted {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                return Err(StoreError::ClusterExists(name.to_owned()))
-            }
-            Err(source) => {
-                return Err(StoreError::Query {
-                    operation: "inserting a cluster",
-                    source,
-                })
-            }
-        }
-        let id = tx.last_insert_rowid();
-        tx.commit().map_err(query("committing a cluster create"))?;
+            .map_err(|source| match source.unique_violation() {
+                Some(_) => StoreError::ClusterExists(name.to_owned()),
+                None => query("inserting a cluster")(source),
+            })
+        })?;
         Ok(Cluster {
             id,
             name: name.to_owned(),
@@ -213,69 +202,71 @@ impl Store {
         join_token_hash: &str,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction()
-            .map_err(query("starting a join token rotation"))?;
-        tx.execute(
-            "UPDATE clusters SET join_token_hash = ?2, join_token_expires_at = ?3 WHERE id = ?1",
-            params![cluster_id, join_token_hash, expires_at],
-        )
-        .map_err(query("rotating a join token"))?;
-        tx.execute(
-            "DELETE FROM cluster_tokens WHERE cluster_id = ?1 AND kind = ?2",
-            params![cluster_id, TokenPurpose::Join.as_str()],
-        )
-        .map_err(query("retiring user data join tokens"))?;
-        tx.commit()
-            .map_err(query("committing a join token rotation"))
+        self.transaction(|tx| {
+            tx.execute(
+                "UPDATE clusters SET join_token_hash = ?2, join_token_expires_at = ?3 \
+                 WHERE id = ?1",
+                args![cluster_id, join_token_hash, expires_at],
+            )
+            .map_err(query("rotating a join token"))?;
+            tx.execute(
+                "DELETE FROM cluster_tokens WHERE cluster_id = ?1 AND kind = ?2",
+                args![cluster_id, TokenPurpose::Join.as_str()],
+            )
+            .map_err(query("retiring user data join tokens"))?;
+            Ok(())
+        })
     }
 
     /// Deletes a cluster that has no nodes: undoes a create whose launch
     /// failed. Returns whether it was deleted.
     pub fn delete_empty_cluster(&self, id: i64) -> Result<bool, StoreError> {
-        self.lock()
-            .execute(
+        self.with(|db| {
+            db.execute(
                 "DELETE FROM clusters WHERE id = ?1 \
                  AND NOT EXISTS (SELECT 1 FROM nodes WHERE cluster_id = ?1)",
-                params![id],
+                args![id],
             )
             .map(|n| n > 0)
             .map_err(query("deleting an empty cluster"))
+        })
     }
 
     /// Replaces a cluster's launch JSON.
     pub fn set_cluster_launch(&self, id: i64, launch: &str) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        self.with(|db| {
+            db.execute(
                 "UPDATE clusters SET launch = ?2 WHERE id = ?1",
-                params![id, launch],
+                args![id, launch],
             )
             .map(|_| ())
             .map_err(query("updating a cluster's launch"))
+        })
     }
 
     /// Moves a cluster to `state`.
     pub fn set_cluster_state(&self, id: i64, state: ClusterState) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        self.with(|db| {
+            db.execute(
                 "UPDATE clusters SET state = ?2 WHERE id = ?1",
-                params![id, state.as_str()],
+                args![id, state.as_str()],
             )
             .map(|_| ())
             .map_err(query("updating a cluster's state"))
+        })
     }
 
     /// Moves the end of an active cluster's lifetime to `expires_at` (unix
     /// ms); false, writing nothing, when the cluster is no longer active.
     pub fn set_cluster_expiry(&self, id: i64, expires_at: i64) -> Result<bool, StoreError> {
-        self.lock()
-            .execute(
+        self.with(|db| {
+            db.execute(
                 "UPDATE clusters SET expires_at = ?2 WHERE id = ?1 AND state = ?3",
-                params![id, expires_at, ClusterState::Active.as_str()],
+                args![id, expires_at, ClusterState::Active.as_str()],
             )
             .map(|changed| changed == 1)
             .map_err(query("moving a cluster's expiry"))
+        })
     }
 
     /// Keeps the hash of a further join token of a cluster, valid until
@@ -288,31 +279,31 @@ impl Store {
         token_hash: &str,
         (expires_at, max_nodes): (Option<i64>, Option<u32>),
     ) -> Result<i64, StoreError> {
-        let conn = self.lock();
-        conn.execute(
-            "INSERT INTO cluster_tokens (cluster_id, kind, token_hash, created_at, expires_at, \
-             max_nodes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                cluster_id,
-                purpose.as_str(),
-                token_hash,
-                now_ms(),
-                expires_at,
-                max_nodes
-            ],
-        )
-        .map(|_| conn.last_insert_rowid())
-        .map_err(query("storing a cluster token"))
+        self.with(|db| {
+            db.query_one(
+                "INSERT INTO cluster_tokens (cluster_id, kind, token_hash, created_at, \
+                 expires_at, max_nodes) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                args![
+                    cluster_id,
+                    purpose.as_str(),
+                    token_hash,
+                    now_ms(),
+                    expires_at,
+                    max_nodes
+                ],
+                |row| row.get(0),
+            )
+            .map_err(query("storing a cluster token"))
+        })
     }
 
     /// The further join token with this hash, if there is one.
     pub fn cluster_token(&self, token_hash: &str) -> Result<Option<ClusterToken>, StoreError> {
-        let found = self
-            .lock()
-            .query_row(
+        let found = self.with(|db| {
+            db.query_opt(
                 "SELECT id, cluster_id, kind, expires_at, max_nodes FROM cluster_tokens \
                  WHERE token_hash = ?1",
-                params![token_hash],
+                args![token_hash],
                 |row| {
                     let kind: String = row.get(2)?;
                     let token = ClusterToken {
@@ -325,8 +316,8 @@ impl Store {
                     Ok((kind, token))
                 },
             )
-            .optional()
-            .map_err(query("reading a cluster token"))?;
+            .map_err(query("reading a cluster token"))
+        })?;
         found
             .map(|(kind, token)| {
                 Ok(ClusterToken {
@@ -340,14 +331,34 @@ impl Store {
     /// Every token of a cluster: its own join token first, then the
     /// others by age, with their uses and the nodes they created.
     pub fn cluster_tokens(&self, cluster: &Cluster) -> Result<Vec<TokenRecord>, StoreError> {
-        let conn = self.lock();
-        let uses: u64 = conn
-            .query_row(
-                "SELECT join_token_uses FROM clusters WHERE id = ?1",
-                params![cluster.id],
-                |row| row.get(0),
-            )
-            .map_err(query("reading a cluster's join token uses"))?;
+        let (uses, rows) = self.with(|db| {
+            let uses: u64 = db
+                .query_one(
+                    "SELECT join_token_uses FROM clusters WHERE id = ?1",
+                    args![cluster.id],
+                    |row| row.get(0),
+                )
+                .map_err(query("reading a cluster's join token uses"))?;
+            let rows = db
+                .query(
+                    "SELECT t.id, t.kind, t.created_at, t.expires_at, t.uses, t.max_nodes, \
+                     t.created FROM cluster_tokens t WHERE t.cluster_id = ?1 ORDER BY t.id",
+                    args![cluster.id],
+                    |row| {
+                        Ok((
+                            row.get::<i64>(0)?,
+                            row.get::<String>(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                            row.get(5)?,
+                            row.get(6)?,
+                        ))
+                    },
+                )
+                .map_err(query("listing a cluster's tokens"))?;
+            Ok((uses, rows))
+        })?;
         let mut tokens = vec![TokenRecord {
             id: None,
             purpose: None,
@@ -357,28 +368,7 @@ impl Store {
             nodes: 0,
             max_nodes: None,
         }];
-        let mut stmt = conn
-            .prepare(
-                "SELECT t.id, t.kind, t.created_at, t.expires_at, t.uses, t.max_nodes, t.created \
-                 FROM cluster_tokens t WHERE t.cluster_id = ?1 ORDER BY t.id",
-            )
-            .map_err(query("listing a cluster's tokens"))?;
-        let rows = stmt
-            .query_map(params![cluster.id], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                    row.get(6)?,
-                ))
-            })
-            .map_err(query("listing a cluster's tokens"))?;
-        for row in rows {
-            let (id, kind, created_at, expires_at, uses, max_nodes, nodes) =
-                row.map_err(query("listing a cluster's tokens"))?;
+        for (id, kind, created_at, expires_at, uses, max_nodes, nodes) in rows {
             tokens.push(TokenRecord {
                 id: Some(id),
                 purpose: Some(parse_purpose(kind)?),
@@ -395,47 +385,51 @@ impl Store {
     /// Deletes further token `id` of cluster `cluster_id`: it stops
     /// working at once. Returns whether there was one.
     pub fn revoke_cluster_token(&self, cluster_id: i64, id: i64) -> Result<bool, StoreError> {
-        self.lock()
-            .execute(
+        self.with(|db| {
+            db.execute(
                 "DELETE FROM cluster_tokens WHERE id = ?1 AND cluster_id = ?2",
-                params![id, cluster_id],
+                args![id, cluster_id],
             )
             .map(|n| n > 0)
             .map_err(query("revoking a cluster token"))
+        })
     }
 
     /// Makes a cluster's own join token expire now.
     pub fn expire_join_token(&self, cluster_id: i64) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        self.with(|db| {
+            db.execute(
                 "UPDATE clusters SET join_token_expires_at = ?2 WHERE id = ?1",
-                params![cluster_id, now_ms()],
+                args![cluster_id, now_ms()],
             )
             .map(|_| ())
             .map_err(query("expiring a join token"))
+        })
     }
 
     /// Bans bring-your-own machine `machine` (its node id) from a cluster.
     pub fn ban_machine(&self, cluster_id: i64, machine: &str) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "INSERT INTO banned_machines (cluster_id, machine, banned_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT DO NOTHING",
-                params![cluster_id, machine, now_ms()],
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO banned_machines (cluster_id, machine, banned_at) \
+                 VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                args![cluster_id, machine, now_ms()],
             )
             .map(|_| ())
             .map_err(query("banning a machine"))
+        })
     }
 
     /// Lifts a ban; returns whether there was one.
     pub fn unban_machine(&self, cluster_id: i64, machine: &str) -> Result<bool, StoreError> {
-        self.lock()
-            .execute(
+        self.with(|db| {
+            db.execute(
                 "DELETE FROM banned_machines WHERE cluster_id = ?1 AND machine = ?2",
-                params![cluster_id, machine],
+                args![cluster_id, machine],
             )
             .map(|n| n > 0)
             .map_err(query("admitting a machine again"))
+        })
     }
 
     /// When `machine` was banned from a cluster (unix ms), if it is.
@@ -444,40 +438,40 @@ impl Store {
         cluster_id: i64,
         machine: &str,
     ) -> Result<Option<i64>, StoreError> {
-        self.lock()
-            .query_row(
+        self.with(|db| {
+            db.query_opt(
                 "SELECT banned_at FROM banned_machines WHERE cluster_id = ?1 AND machine = ?2",
-                params![cluster_id, machine],
+                args![cluster_id, machine],
                 |row| row.get(0),
             )
-            .optional()
             .map_err(query("reading a machine's ban"))
+        })
     }
 
     /// One cluster by name.
     pub fn cluster(&self, name: &str) -> Result<Option<Cluster>, StoreError> {
-        self.lock()
-            .query_row(
+        self.with(|db| {
+            db.query_opt(
                 &format!("SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = ?1"),
-                params![name],
+                args![name],
                 cluster_from_row,
             )
-            .optional()
             .map_err(query("reading a cluster"))
+        })
     }
 
-    /// Every cluster, by name.
+    /// Every cluster, by name (sorted here, byte by byte: the databases'
+    /// collations differ).
     pub fn clusters(&self) -> Result<Vec<Cluster>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {CLUSTER_COLUMNS} FROM clusters ORDER BY name"
-            ))
-            .map_err(query("listing clusters"))?;
-        let rows = stmt
-            .query_map([], cluster_from_row)
-            .map_err(query("listing clusters"))?;
-        rows.collect::<Result<_, _>>()
+        let mut clusters = self.with(|db| {
+            db.query(
+                &format!("SELECT {CLUSTER_COLUMNS} FROM clusters"),
+                &[],
+                cluster_from_row,
+            )
             .map_err(query("listing clusters"))
+        })?;
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(clusters)
     }
 }

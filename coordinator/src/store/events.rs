@@ -2,8 +2,8 @@
 //! reason and who caused it; read back newest first or paged in order.
 
 use muster_proto::{EventSource, NodeState};
-use rusqlite::params;
 
+use super::sql::{args, Db};
 use super::{parse_state, query, Store, StoreError};
 
 /// A stored event.
@@ -25,7 +25,7 @@ pub struct Event {
 
 /// Appends one event inside the caller's transaction.
 pub(super) fn record_event(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut Db<'_>,
     node_id: i64,
     at: i64,
     from: Option<&str>,
@@ -33,11 +33,11 @@ pub(super) fn record_event(
     reason: &str,
     source: EventSource,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO node_events (node_id, at, from_state, to_state, reason, source) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        args![node_id, at, from, to, reason, source.as_str()],
     )
-    .and_then(|mut stmt| stmt.execute(params![node_id, at, from, to, reason, source.as_str()]))
     .map(|_| ())
     .map_err(query("recording an event"))
 }
@@ -50,14 +50,14 @@ impl Store {
 
     /// How many events a node has.
     pub fn events_total(&self, node_id: i64) -> Result<u64, StoreError> {
-        self.lock()
-            .query_row(
+        self.with(|db| {
+            db.query_one(
                 "SELECT COUNT(*) FROM node_events WHERE node_id = ?1",
-                params![node_id],
-                |row| row.get::<_, i64>(0),
+                args![node_id],
+                |row| row.get(0),
             )
-            .map(|n| n as u64)
             .map_err(query("counting events"))
+        })
     }
 
     /// The latest `limit` events of a node, oldest first.
@@ -67,13 +67,14 @@ impl Store {
         let after: i64 = if skip == 0 {
             0
         } else {
-            self.lock()
-                .query_row(
+            self.with(|db| {
+                db.query_one(
                     "SELECT id FROM node_events WHERE node_id = ?1 ORDER BY id LIMIT 1 OFFSET ?2",
-                    params![node_id, (skip - 1) as i64],
+                    args![node_id, (skip - 1) as i64],
                     |row| row.get(0),
                 )
-                .map_err(query("finding the latest events"))?
+                .map_err(query("finding the latest events"))
+            })?
         };
         self.events_after(node_id, after, limit)
     }
@@ -86,29 +87,27 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.with(|db| {
+            db.query(
                 "SELECT id, at, from_state, to_state, reason, source FROM node_events \
                  WHERE node_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                args![node_id, after, limit],
+                |row| {
+                    Ok((
+                        row.get::<i64>(0)?,
+                        row.get::<i64>(1)?,
+                        row.get::<Option<String>>(2)?,
+                        row.get::<String>(3)?,
+                        row.get::<String>(4)?,
+                        row.get::<String>(5)?,
+                    ))
+                },
             )
-            .map_err(query("listing events"))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map(params![node_id, after, limit], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, Option<String>>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, String>(5)?,
-                ))
-            })
-            .map_err(query("listing events"))?;
-        let mut events = Vec::new();
-        for row in rows {
-            let (seq, at, from, to, reason, source) = row.map_err(query("listing events"))?;
+            .map_err(query("listing events"))
+        })?;
+        let mut events = Vec::with_capacity(rows.len());
+        for (seq, at, from, to, reason, source) in rows {
             events.push(Event {
                 seq,
                 at,

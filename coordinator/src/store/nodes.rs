@@ -6,9 +6,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use muster_proto::{EventSource, NodeState};
-use rusqlite::{params, OptionalExtension, Row};
 
 use super::events::record_event;
+use super::sql::{args, Db, DbError, Row};
 use super::{now_ms, parse_state, query, Store, StoreError};
 
 /// An instance just launched, about to be stored as a `launching` node.
@@ -134,7 +134,7 @@ struct RawNode {
     ipv6: Option<String>,
 }
 
-fn node_row(row: &Row<'_>) -> rusqlite::Result<RawNode> {
+fn node_row(row: &Row<'_>) -> Result<RawNode, DbError> {
     Ok(RawNode {
         id: row.get(0)?,
         cluster: row.get(1)?,
@@ -206,34 +206,35 @@ impl Store {
         job: Option<&str>,
         (reason, source): (&str, EventSource),
     ) -> Result<Vec<Node>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(query("starting a launch"))?;
         let now = now_ms();
         let launching = NodeState::Launching.as_str();
-        for instance in instances {
-            tx.execute(
-                "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
-                 region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
-                 subnet_id, launch_job) \
-                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?7, ?8, ?9)",
-                params![
-                    cluster_id,
-                    instance.instance_id,
-                    launching,
-                    instance.availability_zone,
-                    region,
-                    instance.private_ipv4.map(|ip| ip.to_string()),
-                    now,
-                    instance.subnet_id,
-                    job
-                ],
-            )
-            .map_err(query("inserting a launched node"))?;
-            let node_id = tx.last_insert_rowid();
-            record_event(&tx, node_id, now, None, launching, reason, source)?;
-        }
-        tx.commit().map_err(query("committing a launch"))?;
-        drop(conn);
+        self.transaction(|tx| {
+            for instance in instances {
+                let node_id: i64 = tx
+                    .query_one(
+                        "INSERT INTO nodes (cluster_id, name, instance_id, state, \
+                         availability_zone, region, private_ipv4, public_ipv4, credential_hash, \
+                         created_at, updated_at, subnet_id, launch_job) \
+                         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?7, ?8, ?9) \
+                         RETURNING id",
+                        args![
+                            cluster_id,
+                            instance.instance_id.as_str(),
+                            launching,
+                            instance.availability_zone.as_str(),
+                            region,
+                            instance.private_ipv4.map(|ip| ip.to_string()),
+                            now,
+                            instance.subnet_id.as_str(),
+                            job
+                        ],
+                        |row| row.get(0),
+                    )
+                    .map_err(query("inserting a launched node"))?;
+                record_event(tx, node_id, now, None, launching, reason, source)?;
+            }
+            Ok(())
+        })?;
         instances
             .iter()
             .map(|i| {
@@ -246,21 +247,32 @@ impl Store {
             .collect()
     }
 
-    /// Every node, optionally of one cluster, by cluster and name.
+    /// Every node, optionally of one cluster, by cluster and name (sorted
+    /// here, byte by byte: the databases' collations differ).
     pub fn nodes(&self, cluster: Option<&str>) -> Result<Vec<Node>, StoreError> {
-        let conn = self.lock();
-        let sql = format!(
-            "SELECT {NODE_COLUMNS} FROM nodes n JOIN clusters c ON c.id = n.cluster_id \
-             WHERE (?1 IS NULL OR c.name = ?1) ORDER BY c.name, n.name"
-        );
-        let mut stmt = conn.prepare(&sql).map_err(query("listing nodes"))?;
-        let rows = stmt
-            .query_map(params![cluster], node_row)
-            .map_err(query("listing nodes"))?;
-        let raw: Vec<RawNode> = rows
-            .collect::<Result<_, _>>()
-            .map_err(query("listing nodes"))?;
-        raw.into_iter().map(RawNode::parse).collect()
+        let sql = match cluster {
+            Some(_) => format!(
+                "SELECT {NODE_COLUMNS} FROM nodes n JOIN clusters c ON c.id = n.cluster_id \
+                 WHERE c.name = ?1"
+            ),
+            None => {
+                format!("SELECT {NODE_COLUMNS} FROM nodes n JOIN clusters c ON c.id = n.cluster_id")
+            }
+        };
+        let raw = self.with(|db| {
+            let args = match cluster {
+                Some(name) => vec![name.into()],
+                None => Vec::new(),
+            };
+            db.query(&sql, &args, node_row)
+                .map_err(query("listing nodes"))
+        })?;
+        let mut nodes = raw
+            .into_iter()
+            .map(RawNode::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        nodes.sort_by(|a, b| (&a.cluster, &a.name).cmp(&(&b.cluster, &b.name)));
+        Ok(nodes)
     }
 
     /// One node by cluster and name.
@@ -269,24 +281,24 @@ impl Store {
             "SELECT {NODE_COLUMNS} FROM nodes n JOIN clusters c ON c.id = n.cluster_id \
              WHERE c.name = ?1 AND n.name = ?2"
         );
-        self.lock()
-            .query_row(&sql, params![cluster, name], node_row)
-            .optional()
-            .map_err(query("reading a node"))?
-            .map(RawNode::parse)
-            .transpose()
+        self.with(|db| {
+            db.query_opt(&sql, args![cluster, name], node_row)
+                .map_err(query("reading a node"))
+        })?
+        .map(RawNode::parse)
+        .transpose()
     }
 
     /// The state of node `id`, if it exists.
     pub fn node_state(&self, node_id: i64) -> Result<Option<NodeState>, StoreError> {
-        let state: Option<String> = self
-            .lock()
-            .prepare_cached("SELECT state FROM nodes WHERE id = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row(params![node_id], |row| row.get(0))
-                    .optional()
-            })
-            .map_err(query("reading a node's state"))?;
+        let state: Option<String> = self.with(|db| {
+            db.query_opt(
+                "SELECT state FROM nodes WHERE id = ?1",
+                args![node_id],
+                |row| row.get(0),
+            )
+            .map_err(query("reading a node's state"))
+        })?;
         state.map(|s| parse_state(&s)).transpose()
     }
 
@@ -296,12 +308,12 @@ impl Store {
             "SELECT {NODE_COLUMNS} FROM nodes n JOIN clusters c ON c.id = n.cluster_id \
              WHERE n.instance_id = ?1"
         );
-        self.lock()
-            .prepare_cached(&sql)
-            .and_then(|mut stmt| stmt.query_row(params![instance_id], node_row).optional())
-            .map_err(query("reading a node by instance"))?
-            .map(RawNode::parse)
-            .transpose()
+        self.with(|db| {
+            db.query_opt(&sql, args![instance_id], node_row)
+                .map_err(query("reading a node by instance"))
+        })?
+        .map(RawNode::parse)
+        .transpose()
     }
 
     /// Records a register: creates the node for this instance, or brings the
@@ -312,76 +324,75 @@ impl Store {
         reg: &NodeRegistration<'_>,
         reason: &str,
     ) -> Result<Node, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(query("starting a register"))?;
         let now = now_ms();
-        // A register is decided from a cluster that was active and a node
-        // that was not on its way out: if either changed since (cluster
-        // rm, node rm), it writes nothing.
-        let cluster_state: String = tx
-            .prepare_cached("SELECT state FROM clusters WHERE id = ?1")
-            .and_then(|mut stmt| stmt.query_row(params![reg.cluster_id], |row| row.get(0)))
-            .map_err(query("reading the cluster of a register"))?;
-        if cluster_state != muster_proto::ClusterState::Active.as_str() {
-            return Err(StoreError::Changed {
-                what: "the cluster".to_owned(),
-                now: cluster_state,
-            });
-        }
-        // Registers come in thousands at a fleet's start: their statements
-        // are prepared once and kept in the connection's cache.
-        let existing: Option<(i64, String, bool, bool)> = tx
-            .prepare_cached("SELECT id, state, unseen, drained FROM nodes WHERE instance_id = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row(params![reg.instance_id], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-                })
-                .optional()
-            })
-            .map_err(query("reading the node of an instance"))?;
-        // An operator's drain outlasts the agent's restarts.
-        let drained = existing.as_ref().is_some_and(|e| e.3);
-        let to = if drained {
-            NodeState::Draining
-        } else {
-            NodeState::Deployed
-        };
-        let (node_id, from) = match existing {
-            Some((_, state, unseen, _))
-                if state == NodeState::Terminating.as_str()
-                    || (state == NodeState::Terminated.as_str() && !unseen) =>
-            {
+        self.transaction(|tx| {
+            // A register is decided from a cluster that was active and a
+            // node that was not on its way out: if either changed since
+            // (cluster rm, node rm), it writes nothing.
+            let cluster_state: String = tx
+                .query_one(
+                    "SELECT state FROM clusters WHERE id = ?1",
+                    args![reg.cluster_id],
+                    |row| row.get(0),
+                )
+                .map_err(query("reading the cluster of a register"))?;
+            if cluster_state != muster_proto::ClusterState::Active.as_str() {
                 return Err(StoreError::Changed {
-                    what: format!("the node of {}", reg.instance_id),
-                    now: state,
+                    what: "the cluster".to_owned(),
+                    now: cluster_state,
                 });
             }
-            Some((id, state, _, _)) => {
-                update_registered(&tx, id, to, reg, now)?;
-                (id, Some(state))
-            }
-            None => {
-                check_token_cap(&tx, reg.admitted_by)?;
-                (insert_registered(&tx, reg, now)?, None)
-            }
-        };
-        count_token_use(&tx, reg.cluster_id, reg.admitted_by)?;
-        let reason = if drained {
-            format!("{reason}; still drained by an operator (node undrain)")
-        } else {
-            reason.to_owned()
-        };
-        record_event(
-            &tx,
-            node_id,
-            now,
-            from.as_deref(),
-            to.as_str(),
-            &reason,
-            EventSource::Agent,
-        )?;
-        tx.commit().map_err(query("committing a register"))?;
-        drop(conn);
+            // Registers come in thousands at a fleet's start: their
+            // statements are prepared once and kept with the connection.
+            let existing: Option<(i64, String, bool, bool)> = tx
+                .query_opt(
+                    "SELECT id, state, unseen, drained FROM nodes WHERE instance_id = ?1",
+                    args![reg.instance_id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )
+                .map_err(query("reading the node of an instance"))?;
+            // An operator's drain outlasts the agent's restarts.
+            let drained = existing.as_ref().is_some_and(|e| e.3);
+            let to = if drained {
+                NodeState::Draining
+            } else {
+                NodeState::Deployed
+            };
+            let (node_id, from) = match existing {
+                Some((_, state, unseen, _))
+                    if state == NodeState::Terminating.as_str()
+                        || (state == NodeState::Terminated.as_str() && !unseen) =>
+                {
+                    return Err(StoreError::Changed {
+                        what: format!("the node of {}", reg.instance_id),
+                        now: state,
+                    });
+                }
+                Some((id, state, _, _)) => {
+                    update_registered(tx, id, to, reg, now)?;
+                    (id, Some(state))
+                }
+                None => {
+                    check_token_cap(tx, reg.admitted_by)?;
+                    (insert_registered(tx, reg, now)?, None)
+                }
+            };
+            count_token_use(tx, reg.cluster_id, reg.admitted_by)?;
+            let reason = if drained {
+                format!("{reason}; still drained by an operator (node undrain)")
+            } else {
+                reason.to_owned()
+            };
+            record_event(
+                tx,
+                node_id,
+                now,
+                from.as_deref(),
+                to.as_str(),
+                &reason,
+                EventSource::Agent,
+            )
+        })?;
         self.node_by_instance(reg.instance_id)?
             .ok_or(StoreError::Corrupt {
                 field: "nodes.instance_id",
@@ -393,21 +404,18 @@ impl Store {
     /// node. The token that created it gets its place back. Returns
     /// whether it existed.
     pub fn delete_node(&self, node_id: i64) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction()
-            .map_err(query("starting a node delete"))?;
-        tx.execute(
-            "UPDATE cluster_tokens SET created = MAX(created - 1, 0) \
-             WHERE id = (SELECT token_id FROM nodes WHERE id = ?1)",
-            params![node_id],
-        )
-        .map_err(query("giving a token its place back"))?;
-        let deleted = tx
-            .execute("DELETE FROM nodes WHERE id = ?1", params![node_id])
-            .map_err(query("deleting a node"))?;
-        tx.commit().map_err(query("committing a node delete"))?;
-        Ok(deleted > 0)
+        self.transaction(|tx| {
+            tx.execute(
+                "UPDATE cluster_tokens SET created = created - 1 \
+                 WHERE created > 0 AND id = (SELECT token_id FROM nodes WHERE id = ?1)",
+                args![node_id],
+            )
+            .map_err(query("giving a token its place back"))?;
+            let deleted = tx
+                .execute("DELETE FROM nodes WHERE id = ?1", args![node_id])
+                .map_err(query("deleting a node"))?;
+            Ok(deleted > 0)
+        })
     }
 
     /// Records an address change of a node, with its event.
@@ -419,46 +427,43 @@ impl Store {
         reason: &str,
         source: EventSource,
     ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction()
-            .map_err(query("starting an address change"))?;
         let now = now_ms();
-        tx.execute(
-            "UPDATE nodes SET private_ipv4 = ?2, public_ipv4 = ?3, updated_at = ?4, ipv6 = ?5 \
-             WHERE id = ?1",
-            params![
+        self.transaction(|tx| {
+            tx.execute(
+                "UPDATE nodes SET private_ipv4 = ?2, public_ipv4 = ?3, updated_at = ?4, \
+                 ipv6 = ?5 WHERE id = ?1",
+                args![
+                    node_id,
+                    private_ipv4.map(|ip| ip.to_string()),
+                    public_ipv4.map(|ip| ip.to_string()),
+                    now,
+                    ipv6.map(|ip| ip.to_string())
+                ],
+            )
+            .map_err(query("updating node addresses"))?;
+            record_event(
+                tx,
                 node_id,
-                private_ipv4.map(|ip| ip.to_string()),
-                public_ipv4.map(|ip| ip.to_string()),
                 now,
-                ipv6.map(|ip| ip.to_string())
-            ],
-        )
-        .map_err(query("updating node addresses"))?;
-        record_event(
-            &tx,
-            node_id,
-            now,
-            Some(state.as_str()),
-            state.as_str(),
-            reason,
-            source,
-        )?;
-        tx.commit().map_err(query("committing an address change"))
+                Some(state.as_str()),
+                state.as_str(),
+                reason,
+                source,
+            )
+        })
     }
 
     /// Marks node `id` drained by an operator, or not. Returns whether
     /// the node exists.
     pub fn set_drained(&self, node_id: i64, drained: bool) -> Result<bool, StoreError> {
-        let changed = self
-            .lock()
-            .execute(
+        self.with(|db| {
+            db.execute(
                 "UPDATE nodes SET drained = ?2 WHERE id = ?1",
-                params![node_id, drained],
+                args![node_id, drained],
             )
-            .map_err(query("marking a node drained"))?;
-        Ok(changed > 0)
+            .map(|changed| changed > 0)
+            .map_err(query("marking a node drained"))
+        })
     }
 
     /// Moves a node from `from` to `to` and records the event, in one
@@ -473,30 +478,29 @@ impl Store {
         source: EventSource,
         unseen: bool,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(query("starting a transition"))?;
         let now = now_ms();
-        let changed = tx
-            .execute(
-                "UPDATE nodes SET state = ?3, updated_at = ?4, unseen = ?5 \
-                 WHERE id = ?1 AND state = ?2",
-                params![node_id, from.as_str(), to.as_str(), now, unseen],
-            )
-            .map_err(query("updating a node's state"))?;
-        if changed == 0 {
-            return Ok(false);
-        }
-        record_event(
-            &tx,
-            node_id,
-            now,
-            Some(from.as_str()),
-            to.as_str(),
-            reason,
-            source,
-        )?;
-        tx.commit().map_err(query("committing a transition"))?;
-        Ok(true)
+        self.transaction(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE nodes SET state = ?3, updated_at = ?4, unseen = ?5 \
+                     WHERE id = ?1 AND state = ?2",
+                    args![node_id, from.as_str(), to.as_str(), now, unseen],
+                )
+                .map_err(query("updating a node's state"))?;
+            if changed == 0 {
+                return Ok(false);
+            }
+            record_event(
+                tx,
+                node_id,
+                now,
+                Some(from.as_str()),
+                to.as_str(),
+                reason,
+                source,
+            )?;
+            Ok(true)
+        })
     }
 }
 
@@ -504,22 +508,19 @@ impl Store {
 /// `draining` if an operator drained it) again with the claimed zone,
 /// addresses and a new credential.
 fn update_registered(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut Db<'_>,
     id: i64,
     state: NodeState,
     reg: &NodeRegistration<'_>,
     now: i64,
 ) -> Result<(), StoreError> {
-    let state = state.as_str();
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE nodes SET state = ?2, availability_zone = ?3, region = ?4, \
          private_ipv4 = ?5, public_ipv4 = ?6, credential_hash = ?7, updated_at = ?8, \
          unseen = 0, ipv6 = ?9 WHERE id = ?1",
-    )
-    .and_then(|mut stmt| {
-        stmt.execute(params![
+        args![
             id,
-            state,
+            state.as_str(),
             reg.availability_zone,
             reg.region,
             reg.private_ipv4.map(|ip| ip.to_string()),
@@ -527,8 +528,8 @@ fn update_registered(
             reg.credential_hash,
             now,
             reg.ipv6.map(|ip| ip.to_string())
-        ])
-    })
+        ],
+    )
     .map_err(query("updating a registered node"))?;
     Ok(())
 }
@@ -536,16 +537,16 @@ fn update_registered(
 /// A register of a new instance: a `deployed` node. Returns its row id.
 /// Counts a new node against its token, refusing it past the token's cap
 /// (a counter on the token's row: no count over the nodes per register).
-fn check_token_cap(tx: &rusqlite::Transaction<'_>, by: AdmittedBy) -> Result<(), StoreError> {
+fn check_token_cap(tx: &mut Db<'_>, by: AdmittedBy) -> Result<(), StoreError> {
     let AdmittedBy::Token { id, max_nodes } = by else {
         return Ok(());
     };
     let counted = tx
-        .prepare_cached(
+        .execute(
             "UPDATE cluster_tokens SET created = created + 1 \
              WHERE id = ?1 AND (max_nodes IS NULL OR created < max_nodes)",
+            args![id],
         )
-        .and_then(|mut stmt| stmt.execute(params![id]))
         .map_err(query("counting a token's nodes"))?;
     match max_nodes {
         Some(max) if counted == 0 => Err(StoreError::TokenSpent(max)),
@@ -554,47 +555,40 @@ fn check_token_cap(tx: &rusqlite::Transaction<'_>, by: AdmittedBy) -> Result<(),
 }
 
 /// Counts a register against the token that admitted it.
-fn count_token_use(
-    tx: &rusqlite::Transaction<'_>,
-    cluster_id: i64,
-    by: AdmittedBy,
-) -> Result<(), StoreError> {
+fn count_token_use(tx: &mut Db<'_>, cluster_id: i64, by: AdmittedBy) -> Result<(), StoreError> {
     let counted = match by {
-        AdmittedBy::ClusterToken => tx
-            .prepare_cached(
-                "UPDATE clusters SET join_token_uses = join_token_uses + 1 WHERE id = ?1",
-            )
-            .and_then(|mut stmt| stmt.execute(params![cluster_id])),
-        AdmittedBy::Token { id, .. } => tx
-            .prepare_cached("UPDATE cluster_tokens SET uses = uses + 1 WHERE id = ?1")
-            .and_then(|mut stmt| stmt.execute(params![id])),
+        AdmittedBy::ClusterToken => tx.execute(
+            "UPDATE clusters SET join_token_uses = join_token_uses + 1 WHERE id = ?1",
+            args![cluster_id],
+        ),
+        AdmittedBy::Token { id, .. } => tx.execute(
+            "UPDATE cluster_tokens SET uses = uses + 1 WHERE id = ?1",
+            args![id],
+        ),
         AdmittedBy::Credential => Ok(0),
     };
     counted.map(|_| ()).map_err(query("counting a token's use"))
 }
 
 fn insert_registered(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut Db<'_>,
     reg: &NodeRegistration<'_>,
     now: i64,
 ) -> Result<i64, StoreError> {
-    let deployed = NodeState::Deployed.as_str();
     let token_id = match reg.admitted_by {
         AdmittedBy::Token { id, .. } => Some(id),
         _ => None,
     };
-    tx.prepare_cached(
+    tx.query_one(
         "INSERT INTO nodes (cluster_id, name, instance_id, state, availability_zone, \
          region, private_ipv4, public_ipv4, credential_hash, created_at, updated_at, \
          byon, token_id, ipv6) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)",
-    )
-    .and_then(|mut stmt| {
-        stmt.execute(params![
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13) RETURNING id",
+        args![
             reg.cluster_id,
             reg.name,
             reg.instance_id,
-            deployed,
+            NodeState::Deployed.as_str(),
             reg.availability_zone,
             reg.region,
             reg.private_ipv4.map(|ip| ip.to_string()),
@@ -604,23 +598,16 @@ fn insert_registered(
             reg.byon,
             token_id,
             reg.ipv6.map(|ip| ip.to_string())
-        ])
-    })
-    .map_err(|source| match source {
-        rusqlite::Error::SqliteFailure(e, ref text)
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            StoreError::Taken(match text.as_deref() {
-                Some(t) if t.contains("nodes.name") => {
-                    format!("the name {} in this cluster", reg.name)
-                }
-                _ => format!("instance {}", reg.instance_id),
-            })
+        ],
+        |row| row.get(0),
+    )
+    .map_err(|source| match source.unique_violation() {
+        // SQLite names the column (`nodes.cluster_id, nodes.name`),
+        // PostgreSQL the constraint (`nodes_cluster_id_name_key`).
+        Some(what) if what.contains("name") => {
+            StoreError::Taken(format!("the name {} in this cluster", reg.name))
         }
-        source => StoreError::Query {
-            operation: "inserting a node",
-            source,
-        },
-    })?;
-    Ok(tx.last_insert_rowid())
+        Some(_) => StoreError::Taken(format!("instance {}", reg.instance_id)),
+        None => query("inserting a node")(source),
+    })
 }

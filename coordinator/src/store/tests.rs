@@ -1,16 +1,62 @@
-//! The store's schema, writes and reads, on an in-memory database.
+//! The store's schema, writes and reads. Each case of [`cases!`] runs
+//! twice: on an in-memory SQLite database (`on_sqlite::…`), and on a fresh
+//! database of a real PostgreSQL server ([`every_case_on_postgres`]).
 
 use std::net::Ipv4Addr;
 
 use muster_proto::{EventSource, NodeState};
 
+use super::pg_server::Postgres;
 use super::*;
+
+/// Declares the cases that run on both databases.
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::Store::open_in_memory().unwrap())
+                }
+            )*
+        }
+
+        /// Every case, by name.
+        const CASES: &[(&str, fn(Store))] = &[$((stringify!($name), $name)),*];
+    };
+}
+
+cases![
+    rotation_retires_user_data_tokens,
+    duplicate_cluster_is_refused,
+    register_twice_is_one_node,
+    failed_register_writes_nothing,
+    transitions_are_conditional,
+    events_page,
+    address_change_is_recorded,
+    unseen_is_marked_and_cleared,
+    launch_jobs_count_their_nodes,
+    coordinator_id_and_launch_regions_are_kept,
+    prune_deletes_only_old_history,
+    prune_takes_thousands_at_once,
+];
+
+/// Every case on PostgreSQL, each in a database of its own on one server.
+#[test]
+fn every_case_on_postgres() {
+    let server = Postgres::start();
+    for (name, case) in CASES {
+        server.create_database(name);
+        let store = Store::open_postgres(&server.url(name))
+            .unwrap_or_else(|e| panic!("{name}: opening the store: {e}"));
+        eprintln!("on PostgreSQL: {name}");
+        case(store);
+    }
+}
 
 /// Rotating the join token sets its hash and expiry and retires the
 /// user data join tokens, keeping launch and bring-your-own ones.
-#[test]
-fn rotation_retires_user_data_tokens() {
-    let store = Store::open_in_memory().unwrap();
+fn rotation_retires_user_data_tokens(store: Store) {
     let cluster = store.create_cluster("web", "old", None).unwrap();
     for (purpose, hash) in [
         (TokenPurpose::Join, "j"),
@@ -89,9 +135,7 @@ fn newer_schema_is_refused() {
 }
 
 /// Cluster names are unique.
-#[test]
-fn duplicate_cluster_is_refused() {
-    let store = Store::open_in_memory().unwrap();
+fn duplicate_cluster_is_refused(store: Store) {
     store.create_cluster("web", "h", None).unwrap();
     assert!(matches!(
         store.create_cluster("web", "h2", None),
@@ -102,9 +146,7 @@ fn duplicate_cluster_is_refused() {
 
 /// A second register of the same instance updates the same node and
 /// rotates its credential; both registers are recorded as events.
-#[test]
-fn register_twice_is_one_node() {
-    let store = Store::open_in_memory().unwrap();
+fn register_twice_is_one_node(store: Store) {
     let cluster = store.create_cluster("web", "h", None).unwrap();
     let first = store
         .register_node(&registration(cluster.id, "c1"), "registered")
@@ -123,9 +165,7 @@ fn register_twice_is_one_node() {
 }
 
 /// A register that breaks a constraint leaves no node and no event behind.
-#[test]
-fn failed_register_writes_nothing() {
-    let store = Store::open_in_memory().unwrap();
+fn failed_register_writes_nothing(store: Store) {
     let cluster = store.create_cluster("web", "h", None).unwrap();
     store
         .register_node(&registration(cluster.id, "c1"), "registered")
@@ -144,9 +184,7 @@ fn failed_register_writes_nothing() {
 
 /// A transition from the state the node is in lands with its event; one
 /// from a state it has left already writes nothing.
-#[test]
-fn transitions_are_conditional() {
-    let store = Store::open_in_memory().unwrap();
+fn transitions_are_conditional(store: Store) {
     let cluster = store.create_cluster("web", "h", None).unwrap();
     let node = store
         .register_node(&registration(cluster.id, "c1"), "registered")
@@ -178,9 +216,7 @@ fn transitions_are_conditional() {
 }
 
 /// Events page by sequence number, and the latest ones come oldest first.
-#[test]
-fn events_page() {
-    let store = Store::open_in_memory().unwrap();
+fn events_page(store: Store) {
     let cluster = store.create_cluster("web", "h", None).unwrap();
     let node = store
         .register_node(&registration(cluster.id, "c1"), "registered")
@@ -213,9 +249,7 @@ fn events_page() {
 }
 
 /// Address changes are stored and leave an event.
-#[test]
-fn address_change_is_recorded() {
-    let store = Store::open_in_memory().unwrap();
+fn address_change_is_recorded(store: Store) {
     let cluster = store.create_cluster("web", "h", None).unwrap();
     let node = store
         .register_node(&registration(cluster.id, "c1"), "registered")
@@ -246,9 +280,7 @@ fn address_change_is_recorded() {
 
 /// A node terminated only because EC2 did not know it is marked so, and a
 /// register clears the mark; the coordinator's own facts are kept.
-#[test]
-fn unseen_is_marked_and_cleared() {
-    let store = Store::open_in_memory().unwrap();
+fn unseen_is_marked_and_cleared(store: Store) {
     let cluster = store.create_cluster("web", "h", None).unwrap();
     let node = store
         .register_node(&registration(cluster.id, "c1"), "registered")
@@ -313,9 +345,7 @@ fn backups_restore_and_never_overwrite() {
 
 /// A launch job is unfinished until finished, counts the nodes stored
 /// under it, and goes with an undone cluster.
-#[test]
-fn launch_jobs_count_their_nodes() {
-    let store = Store::open_in_memory().unwrap();
+fn launch_jobs_count_their_nodes(store: Store) {
     let cluster = store.create_cluster("web", "h", Some("{}")).unwrap();
     store.begin_launch_job("lj-1", cluster.id, 3).unwrap();
     let launched = |id: &str| LaunchedInstance {
@@ -358,9 +388,7 @@ fn launch_jobs_count_their_nodes() {
 }
 
 /// The coordinator's id is minted once and kept; launch regions are a set.
-#[test]
-fn coordinator_id_and_launch_regions_are_kept() {
-    let store = Store::open_in_memory().unwrap();
+fn coordinator_id_and_launch_regions_are_kept(store: Store) {
     let id = store.coordinator_id(|| "first".to_owned()).unwrap();
     assert_eq!(id, "first");
     assert_eq!(
@@ -375,9 +403,7 @@ fn coordinator_id_and_launch_regions_are_kept() {
 
 /// Pruning deletes terminated nodes older than the cut with their events,
 /// expired tokens and finished jobs, and nothing newer or still live.
-#[test]
-fn prune_deletes_only_old_history() {
-    let store = Store::open_in_memory().unwrap();
+fn prune_deletes_only_old_history(store: Store) {
     let cluster = store.create_cluster("web", "h", Some("{}")).unwrap();
     let launched = |id: &str| LaunchedInstance {
         instance_id: id.to_owned(),
@@ -394,23 +420,12 @@ fn prune_deletes_only_old_history() {
             ("launched", EventSource::Operator),
         )
         .unwrap();
-    {
-        let conn = store.lock();
-        conn.execute(
-            "UPDATE nodes SET state = 'terminated', updated_at = 1000 WHERE instance_id = 'i-old'",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "UPDATE nodes SET state = 'terminated', updated_at = 5000 WHERE instance_id = 'i-new'",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "UPDATE nodes SET updated_at = 1000 WHERE instance_id = 'i-live'",
-            [],
-        )
-        .unwrap();
+    for sql in [
+        "UPDATE nodes SET state = 'terminated', updated_at = 1000 WHERE instance_id = 'i-old'",
+        "UPDATE nodes SET state = 'terminated', updated_at = 5000 WHERE instance_id = 'i-new'",
+        "UPDATE nodes SET updated_at = 1000 WHERE instance_id = 'i-live'",
+    ] {
+        store.with(|db| Ok(db.execute(sql, &[])?)).unwrap();
     }
     store
         .add_cluster_token(
@@ -448,9 +463,7 @@ fn prune_deletes_only_old_history() {
 
 /// Thousands of terminated nodes older than the cut go in one prune, with
 /// their events; the live node launched with them stays.
-#[test]
-fn prune_takes_thousands_at_once() {
-    let store = Store::open_in_memory().unwrap();
+fn prune_takes_thousands_at_once(store: Store) {
     let cluster = store.create_cluster("web", "h", Some("{}")).unwrap();
     let instances: Vec<LaunchedInstance> = (0..3001)
         .map(|i| LaunchedInstance {
@@ -471,15 +484,152 @@ fn prune_takes_thousands_at_once() {
         .unwrap();
     let live = &instances[3000].instance_id;
     store
-        .lock()
-        .execute(
-            "UPDATE nodes SET state = 'terminated', updated_at = 1000 WHERE instance_id != ?1",
-            [live],
-        )
+        .with(|db| {
+            Ok(db.execute(
+                "UPDATE nodes SET state = 'terminated', updated_at = 1000 \
+                 WHERE instance_id != ?1",
+                sql::args![live],
+            )?)
+        })
         .unwrap();
     let pruned = store.prune(2000).unwrap();
     assert_eq!(pruned.nodes.len(), 3000);
     assert!(store.events(nodes[0].id).unwrap().is_empty());
     assert_eq!(store.nodes(Some("web")).unwrap().len(), 1);
     assert!(store.node_by_instance(live).unwrap().is_some());
+}
+
+/// Two coordinators starting at once on an empty database: one opens the
+/// store and makes the schema once; the other is refused, saying why,
+/// until the first is gone.
+#[test]
+fn postgres_serves_one_coordinator_and_migrates_once() {
+    let server = Postgres::start();
+    server.create_database("race");
+    let url = server.url("race");
+    let opened: Vec<Result<Store, StoreError>> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| Store::open_postgres(&url)))
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let (won, lost): (Vec<_>, Vec<_>) = opened.into_iter().partition(Result::is_ok);
+    assert_eq!((won.len(), lost.len()), (1, 1));
+    let refusal = lost.into_iter().next().unwrap().unwrap_err().to_string();
+    assert!(refusal.contains("another coordinator"), "{refusal}");
+    assert_eq!(
+        server.psql("race", "SELECT count(*), max(version) FROM muster_schema"),
+        format!("1|{}", MIGRATIONS.len())
+    );
+    let store = won.into_iter().next().unwrap().unwrap();
+    store.create_cluster("web", "h", None).unwrap();
+    drop(store);
+
+    let again = Store::open_postgres(&url).unwrap();
+    assert_eq!(again.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    assert_eq!(again.clusters().unwrap().len(), 1);
+}
+
+/// PostgreSQL stopped and started again: while it is away every call
+/// fails as unavailable (never as a wrong answer); once it is back the
+/// store reconnects by itself and has everything it acknowledged.
+#[test]
+fn postgres_away_is_unavailable_and_back_is_whole() {
+    let server = Postgres::start();
+    server.create_database("away");
+    let store = Store::open_postgres(&server.url("away")).unwrap();
+    store.create_cluster("web", "h", None).unwrap();
+
+    server.stop();
+    for _ in 0..3 {
+        let error = store.clusters().unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        let error = store.create_cluster("db", "h", None).unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+    }
+
+    server.start_again();
+    let names: Vec<String> = store
+        .clusters()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["web"]);
+    store.create_cluster("db", "h", None).unwrap();
+    assert_eq!(server.psql("away", "SELECT count(*) FROM clusters"), "2");
+
+    // Killed outright, the server loses no committed write either.
+    server.kill();
+    assert!(store.clusters().unwrap_err().is_unavailable());
+    server.start_again();
+    assert_eq!(store.clusters().unwrap().len(), 2);
+}
+
+/// A CA, and a certificate it signed for `name`, with its key: PEMs.
+fn certificates(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// With `sslrootcert`, the store speaks TLS to PostgreSQL and trusts only
+/// a certificate that CA signed for the host it dialled; a server it
+/// cannot check is refused before anything is sent.
+#[test]
+fn postgres_over_tls_checks_the_server() {
+    let server = Postgres::start();
+    let (ca, cert, key) = certificates("127.0.0.1");
+    server.serve_tls(&cert, &key);
+    server.create_database("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |file: &str, pem: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let url = |root: &str| {
+        format!(
+            "postgres://muster@127.0.0.1:{}/tls?sslrootcert={root}",
+            server.port()
+        )
+    };
+
+    let store = Store::open_postgres(&url(&write("ca.pem", &ca))).unwrap();
+    store.create_cluster("web", "h", None).unwrap();
+    assert_eq!(
+        server.psql(
+            "tls",
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'muster-coordinator'"
+        ),
+        "t",
+        "the store's connection is encrypted"
+    );
+    drop(store);
+
+    let (stranger, _, _) = certificates("127.0.0.1");
+    let error = Store::open_postgres(&url(&write("stranger.pem", &stranger)))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("certificate"), "{error}");
+
+    let (other_ca, other_cert, other_key) = certificates("db.internal");
+    server.serve_tls(&other_cert, &other_key);
+    let error = Store::open_postgres(&url(&write("other.pem", &other_ca)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("certificate"),
+        "a name it was not made for: {error}"
+    );
+    assert_eq!(server.psql("tls", "SELECT count(*) FROM clusters"), "1");
 }
