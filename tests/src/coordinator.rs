@@ -1,6 +1,11 @@
 //! A real `muster-coordinator serve` on free loopback ports, pointed at one
 //! moto server, plus its admin CLI and a raw HTTPS client pinned to the CA
 //! the coordinator made on first start.
+//!
+//! Its store is SQLite's file in its data dir; with `MUSTER_TEST_STORE=postgres`
+//! in the environment, every coordinator a story starts keeps its store in
+//! a PostgreSQL server of its own instead ([`STORE_ENV`]), so the same
+//! stories run on both databases.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,6 +18,7 @@ use tempfile::TempDir;
 
 use crate::dns::Resolver;
 use crate::moto::Moto;
+use crate::postgres::Postgres;
 use crate::procs::{bin_path, free_tcp_port, free_udp_tcp_port, loopback, tail, Process};
 
 /// The DNS zone every test coordinator serves.
@@ -23,6 +29,24 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How many fresh port pairs are tried when a chosen one was taken meanwhile.
 const PORT_ATTEMPTS: usize = 3;
+
+/// The variable that puts every coordinator's store on PostgreSQL
+/// (`postgres`); unset or `sqlite`, the store is SQLite's file.
+pub const STORE_ENV: &str = "MUSTER_TEST_STORE";
+
+/// A PostgreSQL server for a coordinator's store, when [`STORE_ENV`] asks
+/// for one; `None` for SQLite. Any other value is a mistake, and panics.
+fn store_server() -> Option<Postgres> {
+    match std::env::var(STORE_ENV).as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => None,
+        Ok("postgres") => {
+            let server = Postgres::start();
+            server.create_database("muster");
+            Some(server)
+        }
+        Ok(other) => panic!("{STORE_ENV}={other:?}: expected sqlite or postgres"),
+    }
+}
 
 /// Builds HTTPS clients that trust only `ca_pem`. Installs the ring crypto
 /// provider for the process first (once).
@@ -79,6 +103,9 @@ pub struct Coordinator {
     /// The soft and hard open files limits it runs under (via `prlimit`),
     /// when not the test's own.
     nofile: Option<(u64, u64)>,
+    /// The PostgreSQL server its store is in, when [`STORE_ENV`] asks
+    /// for one.
+    store: Option<Postgres>,
 }
 
 impl Coordinator {
@@ -269,7 +296,11 @@ impl Coordinator {
             operator_ca,
             public_url,
             nofile,
+            store: None,
         };
+        if !extra_args.contains(&"--store") {
+            coordinator.store = store_server();
+        }
         for attempt in 1..=PORT_ATTEMPTS {
             coordinator.api_port = free_tcp_port();
             coordinator.dns_port = free_udp_tcp_port();
@@ -335,6 +366,11 @@ impl Coordinator {
             .as_ref()
             .expect("the coordinator is running")
             .pid()
+    }
+
+    /// The PostgreSQL server its store is in, if it is not SQLite's.
+    pub fn store_server(&self) -> Option<&Postgres> {
+        self.store.as_ref()
     }
 
     /// Everything every run of this coordinator printed.
@@ -560,6 +596,9 @@ impl Coordinator {
             // otherwise refuses as a public address.
             .args(["--public-ipv4-allow", "127.0.0.0/8"])
             .args(&self.extra_args);
+        if let Some(server) = &self.store {
+            command.args(["--store", &server.url("muster")]);
+        }
         // The strict IMDS signs identity documents with a key of the test
         // process's, which the coordinator must trust beside AWS's.
         let identity = ["--identity-certs", "--insecure-no-identity-document"];
