@@ -130,15 +130,16 @@ impl Handler {
                 .send_response(builder.error_msg(request.header(), ResponseCode::FormErr))
                 .await;
         };
-        let answer = self
-            .zone
-            .snapshot()
-            .lookup(info.query.name(), info.query.query_type());
+        let answer = self.zone.snapshot().lookup_within(
+            info.query.name(),
+            info.query.query_type(),
+            usize::from(limit),
+        );
         let mut header = Header::response_from_request(request.header());
         header.set_authoritative(answer.code != ResponseCode::Refused);
         header.set_response_code(answer.code);
         let question = info.query.original().clone();
-        if !fits(&header, question, &answer, edns, limit) {
+        if answer.truncated || !fits(&header, question, &answer, edns, limit) {
             let counters = self.zone.server_counters();
             counters.truncated.fetch_add(1, Ordering::Relaxed);
             header.set_truncated(true);

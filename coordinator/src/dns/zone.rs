@@ -251,6 +251,36 @@ pub struct Answer {
     pub name_servers: Vec<Record>,
     /// Authority section: the SOA of a negative answer.
     pub soa: Vec<Record>,
+    /// The answer cannot fit the size it was asked within: no records were
+    /// made, and the server sends it with TC set.
+    pub truncated: bool,
+}
+
+impl Answer {
+    /// An answer too big for the size asked within.
+    fn truncated() -> Answer {
+        Answer {
+            code: ResponseCode::NoError,
+            truncated: true,
+            ..Answer::default()
+        }
+    }
+}
+
+/// The fewest bytes a message answering `qname` with its records of type
+/// `qtype` among `ips` takes: the header, the question, and per record a
+/// compressed name (a 2-byte pointer), type, class, TTL and length (10)
+/// and the address (4 or 16). Counted, not encoded.
+fn address_floor(qname: &LowerName, ips: &[IpAddr], qtype: RecordType) -> usize {
+    let records: usize = ips
+        .iter()
+        .map(|ip| match (ip, qtype) {
+            (IpAddr::V4(_), RecordType::A | RecordType::ANY) => 2 + 10 + 4,
+            (IpAddr::V6(_), RecordType::AAAA | RecordType::ANY) => 2 + 10 + 16,
+            _ => 0,
+        })
+        .sum();
+    12 + qname.len() + 4 + records
 }
 
 impl ZoneData {
@@ -451,6 +481,15 @@ impl ZoneData {
 
     /// Answers one question.
     pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Answer {
+        self.lookup_within(qname, qtype, usize::MAX)
+    }
+
+    /// Answers one question in a message of at most `limit` bytes: an
+    /// address set that cannot fit (a big cluster's round robin over UDP)
+    /// is answered [`Answer::truncated`] from its size alone, without
+    /// making its records. Otherwise as [`ZoneData::lookup`]; the server
+    /// still checks the size of what it sends.
+    pub fn lookup_within(&self, qname: &LowerName, qtype: RecordType, limit: usize) -> Answer {
         if !self.origin.zone_of(qname) {
             return Answer {
                 code: ResponseCode::Refused,
@@ -467,6 +506,9 @@ impl ZoneData {
             return self.positive_or_nodata(answers);
         }
         if let Some(owned) = self.a.get(qname) {
+            if address_floor(qname, &owned.ips, qtype) > limit {
+                return Answer::truncated();
+            }
             let answers = self.address_records(&Name::from(qname), &owned.ips, qtype);
             return self.positive_or_nodata(answers);
         }
@@ -479,6 +521,12 @@ impl ZoneData {
         while self.origin.zone_of(&ancestor) {
             let owned = self.a.get(&ancestor);
             if owned.is_some_and(|o| o.wildcard_target) {
+                let ips = owned.map_or(&[][..], |o| &o.ips[..]);
+                // The CNAME's own record: at least a pointer, its fixed
+                // fields and a pointer to its target.
+                if address_floor(qname, ips, qtype) + 2 + 10 + 2 > limit {
+                    return Answer::truncated();
+                }
                 let target = Name::from(&ancestor);
                 let mut answers = vec![Record::from_rdata(
                     Name::from(qname),
@@ -528,7 +576,8 @@ impl ZoneData {
     }
 
     /// `name`'s records of type `qtype` among `ips`: A for IPv4, AAAA
-    /// for IPv6, both for ANY, none for any other type.
+    /// for IPv6, both for ANY, none for any other type. ([`address_floor`]
+    /// bounds their size from below.)
     fn address_records(&self, name: &Name, ips: &[IpAddr], qtype: RecordType) -> Vec<Record> {
         ips.iter()
             .filter_map(|ip| match (ip, qtype) {

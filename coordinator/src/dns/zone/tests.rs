@@ -381,3 +381,41 @@ fn publish_replaces_answers() {
     };
     assert!(serial(&after) > serial(&before));
 }
+
+/// A round robin too big for a UDP answer is answered truncated from its
+/// size alone; one that fits is not. The floor never truncates an answer
+/// whose encoding would have fitted.
+#[test]
+fn big_round_robins_are_truncated_without_making_their_records() {
+    use hickory_proto::op::{Message, Query};
+    const LIMIT: usize = 1232;
+    for count in [1usize, 10, 60, 70, 80, 2000] {
+        let nodes: Vec<NodeRecordSource> = (0..count)
+            .map(|i| {
+                let mut n = node("web", &format!("n{i}"), NodeState::Deployed, None);
+                n.public_ipv4 = Some(Ipv4Addr::from(0x0b00_0000 + i as u32));
+                n
+            })
+            .collect();
+        let zone = zone(&nodes);
+        for name in ["web.muster.test.", "x.n0.web.muster.test."] {
+            let full = zone.lookup(&q(name), RecordType::A);
+            assert!(!full.truncated);
+            let mut message = Message::new();
+            message.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
+            message.add_answers(full.answers.iter().cloned());
+            message.add_name_servers(full.name_servers.iter().cloned());
+            let encoded = message.to_vec().unwrap().len();
+            let within = zone.lookup_within(&q(name), RecordType::A, LIMIT);
+            if within.truncated {
+                assert!(within.answers.is_empty());
+                assert!(encoded > LIMIT, "{count} nodes, {name}: {encoded} bytes fit");
+            } else {
+                assert_eq!(within, full, "{count} nodes, {name}");
+            }
+            if name.starts_with("web") {
+                assert_eq!(within.truncated, count >= 80, "{count} nodes: {encoded} bytes");
+            }
+        }
+    }
+}
