@@ -409,12 +409,19 @@ fn big_round_robins_are_truncated_without_making_their_records() {
             let within = zone.lookup_within(&q(name), RecordType::A, LIMIT);
             if within.truncated {
                 assert!(within.answers.is_empty());
-                assert!(encoded > LIMIT, "{count} nodes, {name}: {encoded} bytes fit");
+                assert!(
+                    encoded > LIMIT,
+                    "{count} nodes, {name}: {encoded} bytes fit"
+                );
             } else {
                 assert_eq!(within, full, "{count} nodes, {name}");
             }
             if name.starts_with("web") {
-                assert_eq!(within.truncated, count >= 80, "{count} nodes: {encoded} bytes");
+                assert_eq!(
+                    within.truncated,
+                    count >= 80,
+                    "{count} nodes: {encoded} bytes"
+                );
             }
         }
     }

@@ -56,6 +56,10 @@
 //!   ([`reference`]). `--versus-knot yes` asks the embedded DNS server
 //!   and Knot DNS serving the same records the same queries with
 //!   dnsperf (P9).
+//! - `--store postgres` keeps the coordinator's store in a PostgreSQL
+//!   server of the run's own (initdb, on a loopback port) and prints P11:
+//!   the transactions and rows it wrote while the fleet heartbeated,
+//!   against the heartbeats (heartbeats are meant to write nothing).
 //!
 //! `muster-load --help` lists every option. Each row's last cell names the
 //! command, the coordinator's build profile and the machine.
@@ -72,6 +76,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use muster_proto::{paths, HeartbeatRequest, RegisterRequest, RegisterResponse, PROTOCOL_VERSION};
+use muster_tests::postgres::Postgres;
 use muster_tests::procs::{cpu_time, percentile, rss_anon_kib, rss_kib};
 use muster_tests::{ec2, Coordinator, Moto};
 
@@ -135,6 +140,11 @@ struct Args {
     /// Runs of each phase; each figure is their median.
     #[arg(long, default_value_t = 1, value_parser = ranged(9))]
     runs: usize,
+    /// Where the coordinator keeps its store: SQLite's file, or a
+    /// PostgreSQL server of the run's own, whose writes during the fleet
+    /// phase are then counted (from `pg_stat_database`).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    store: String,
 }
 
 /// The parsed arguments, checked together.
@@ -506,7 +516,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report::machine(),
     );
     let moto = Moto::start().await;
-    let (coordinator, token, instances) = start(&moto, &args).await?;
+    let database = (args.store == "postgres").then(|| {
+        let database = Postgres::start();
+        database.create_database(report::DATABASE);
+        database
+    });
+    let (coordinator, token, instances) = start(&moto, &args, database.as_ref()).await?;
     let http = agent_client(&coordinator)?;
     let rss_before = rss_kib(coordinator.pid());
     let anon_before = rss_anon_kib(coordinator.pid());
@@ -526,13 +541,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let mut fleets = Vec::new();
+    let mut writes = Vec::new();
     if args.fleet {
         for _ in 0..args.runs {
-            fleets.push(fleet(&coordinator, &nodes, args.seconds).await?);
+            let before = database.as_ref().map(report::StoreWrites::read);
+            let phase = fleet(&coordinator, &nodes, args.seconds).await?;
+            if let (Some(before), Some(database)) = (before, &database) {
+                writes.push(report::StoreWrites::read(database).since(&before, &phase));
+            }
+            fleets.push(phase);
         }
     }
     print_p1(&args, &nodes, &registered, &floods, &fleets, &command);
     print_p8(&args, &nodes, &registered, &memory, &fleets, &command);
+    report::print_store_writes(&args, &nodes, &writes, &command);
     if args.versus_nginx {
         // wrk and nginx are processes of their own; their run blocks.
         tokio::task::block_in_place(|| {
@@ -546,6 +568,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })?;
     }
     drop(coordinator);
+    drop(database);
     drop(moto);
     Ok(())
 }
@@ -554,7 +577,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// per-source limit out of the way) and a cluster, and makes the nodes to
 /// register: bring-your-own machines, or instances launched in moto.
 /// Returns the coordinator, the token they register with, and the nodes.
-async fn start(moto: &Moto, args: &Args) -> anyhow::Result<(Coordinator, String, Vec<Machine>)> {
+async fn start(
+    moto: &Moto,
+    args: &Args,
+    database: Option<&Postgres>,
+) -> anyhow::Result<(Coordinator, String, Vec<Machine>)> {
     // A long grace keeps liveness out of the measure: registering takes
     // a while, and nodes registered first wait silent for the rest.
     let mut serve = vec![
@@ -578,6 +605,9 @@ async fn start(moto: &Moto, args: &Args) -> anyhow::Result<(Coordinator, String,
     }
     if let Some(sweep) = &args.sweep_interval {
         serve.extend(["--sweep-interval".to_owned(), sweep.clone()]);
+    }
+    if let Some(database) = database {
+        serve.extend(["--store".to_owned(), database.url(report::DATABASE)]);
     }
     let serve: Vec<&str> = serve.iter().map(String::as_str).collect();
     let coordinator = Coordinator::start_with(moto, &serve).await;

@@ -1,5 +1,6 @@
 //! The rows `muster-load` prints: P1 (heartbeats per second, and their
-//! latencies) and P8 (the coordinator's memory per node).
+//! latencies), P8 (the coordinator's memory per node) and, with the store
+//! on PostgreSQL, P11 (the database's writes while the fleet heartbeats).
 
 use super::{Args, Node, Phase, Registered};
 
@@ -152,4 +153,72 @@ pub(super) fn print_p8(
             peak as f64 / 1024.0,
         );
     }
+}
+
+/// The database the coordinator's store is in, with `--store postgres`.
+pub(super) const DATABASE: &str = "muster";
+
+/// What PostgreSQL counted of the store's database: committed
+/// transactions and rows written. (psql's own reads add a transaction or
+/// two; they write no row.)
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StoreWrites {
+    commits: f64,
+    rows: f64,
+    heartbeats: f64,
+}
+
+impl StoreWrites {
+    /// The counts now, from `pg_stat_database` (flushed by the server at
+    /// most a second late).
+    pub(super) fn read(database: &muster_tests::postgres::Postgres) -> StoreWrites {
+        // Let the server publish what its sessions counted so far.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let row = database.psql(
+            "postgres",
+            &format!(
+                "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted \
+                 FROM pg_stat_database WHERE datname = '{DATABASE}'"
+            ),
+        );
+        let mut cells = row
+            .split('|')
+            .map(|c| c.trim().parse::<f64>().unwrap_or(0.0));
+        StoreWrites {
+            commits: cells.next().unwrap_or(0.0),
+            rows: cells.next().unwrap_or(0.0),
+            heartbeats: 0.0,
+        }
+    }
+
+    /// What was written during `phase`, a second each, beside its
+    /// heartbeats a second.
+    pub(super) fn since(&self, before: &StoreWrites, phase: &Phase) -> StoreWrites {
+        StoreWrites {
+            commits: (self.commits - before.commits) / phase.wall,
+            rows: (self.rows - before.rows) / phase.wall,
+            heartbeats: phase.rate(),
+        }
+    }
+}
+
+/// P11: the store's writes on PostgreSQL while every node heartbeats on
+/// its own connection, against the heartbeats; the median run's.
+pub(super) fn print_store_writes(args: &Args, nodes: &[Node], runs: &[StoreWrites], command: &str) {
+    let mut runs = runs.to_vec();
+    runs.sort_by(|a, b| a.commits.total_cmp(&b.commits));
+    let Some(median) = runs.get(runs.len() / 2) else {
+        return;
+    };
+    let per_heartbeat = median.commits / median.heartbeats.max(1.0);
+    println!(
+        "| P11 | the store's writes on PostgreSQL while {} agents heartbeat every {} s, each on its own connection, {} s | {:.1} commits/s and {:.1} rows written/s against {:.0} heartbeats/s: {:.4} commits per heartbeat | {command} |",
+        nodes.len(),
+        args.interval,
+        args.seconds,
+        median.commits,
+        median.rows,
+        median.heartbeats,
+        per_heartbeat,
+    );
 }
