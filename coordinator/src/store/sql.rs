@@ -43,6 +43,10 @@ pub const MIGRATE_LOCK: i64 = 0x6d75_7374_6572_0002;
 /// How long opening a PostgreSQL connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a connection may sit idle before a call asks whether it is
+/// still there: calls in a burst (a fleet registering) go straight on.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+
 /// How long a statement may run on PostgreSQL before the server cancels it.
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
 
@@ -246,20 +250,33 @@ fn pg_column(row: &postgres::Row, index: usize) -> Result<Column, DbError> {
             index,
             why: "no such column".to_owned(),
         })?;
+    // A value that does not convert is a column's fault, not the
+    // connection's: it must not read as the database being away.
+    let bad = |e: postgres::Error| DbError::Column {
+        index,
+        why: e.to_string(),
+    };
     let column = match ty {
-        Type::INT8 => row.try_get::<_, Option<i64>>(index)?.map(Column::Int),
+        Type::INT8 => row
+            .try_get::<_, Option<i64>>(index)
+            .map_err(bad)?
+            .map(Column::Int),
         Type::INT4 => row
-            .try_get::<_, Option<i32>>(index)?
+            .try_get::<_, Option<i32>>(index)
+            .map_err(bad)?
             .map(|v| Column::Int(v.into())),
         Type::INT2 => row
-            .try_get::<_, Option<i16>>(index)?
+            .try_get::<_, Option<i16>>(index)
+            .map_err(bad)?
             .map(|v| Column::Int(v.into())),
         Type::BOOL => row
-            .try_get::<_, Option<bool>>(index)?
+            .try_get::<_, Option<bool>>(index)
+            .map_err(bad)?
             .map(|v| Column::Int(v.into())),
-        Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => {
-            row.try_get::<_, Option<String>>(index)?.map(Column::Text)
-        }
+        Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => row
+            .try_get::<_, Option<String>>(index)
+            .map_err(bad)?
+            .map(Column::Text),
         other => {
             return Err(DbError::Column {
                 index,
@@ -341,8 +358,13 @@ impl DbError {
         match self {
             DbError::Unavailable(_) => true,
             DbError::Postgres(error) => {
+                // Not a server's answer: the socket, TLS, a timeout.
+                let transport = error.as_db_error().is_none()
+                    && std::error::Error::source(error).is_some_and(|cause| {
+                        cause.is::<std::io::Error>() || cause.is::<rustls::Error>()
+                    });
                 error.is_closed()
-                    || error.as_db_error().is_none() && error.code().is_none()
+                    || transport
                     || error.code().is_some_and(|code| {
                         // Class 08 (connection exceptions), 57P (the server
                         // shutting down) and a cancelled statement.
@@ -375,7 +397,7 @@ impl Db<'_> {
             }
             Db::Postgres(conn) => {
                 let statement = conn.statement(sql)?;
-                Ok(conn.client.execute(&statement, &pg_args(args))?)
+                conn.run(|client| client.execute(&statement, &pg_args(args)))
             }
         }
     }
@@ -399,8 +421,7 @@ impl Db<'_> {
             }
             Db::Postgres(conn) => {
                 let statement = conn.statement(sql)?;
-                conn.client
-                    .query(&statement, &pg_args(args))?
+                conn.run(|client| client.query(&statement, &pg_args(args)))?
                     .iter()
                     .map(|row| read(&Row::Postgres(row)))
                     .collect()
@@ -426,7 +447,10 @@ impl Db<'_> {
             }
             Db::Postgres(conn) => {
                 let statement = conn.statement(sql)?;
-                match conn.client.query(&statement, &pg_args(args))?.first() {
+                match conn
+                    .run(|client| client.query(&statement, &pg_args(args)))?
+                    .first()
+                {
                     Some(row) => read(&Row::Postgres(row)).map(Some),
                     None => Ok(None),
                 }
@@ -458,16 +482,16 @@ impl Db<'_> {
                 Ok(out)
             }
             Db::Postgres(conn) => {
-                conn.client.batch_execute("BEGIN").map_err(DbError::from)?;
+                conn.run(|client| client.batch_execute("BEGIN"))?;
                 // A panic or an error leaves the transaction open; the next
                 // call's ROLLBACK (in `PgConnection::ready`) ends it.
                 conn.in_transaction = true;
                 let out = work(&mut Db::Postgres(conn));
                 let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                let ended = conn.client.batch_execute(end);
+                let ended = conn.run(|client| client.batch_execute(end));
                 conn.in_transaction = false;
                 let out = out?;
-                ended.map_err(DbError::from)?;
+                ended?;
                 Ok(out)
             }
         }
@@ -477,7 +501,7 @@ impl Db<'_> {
     pub fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         match self {
             Db::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
-            Db::Postgres(conn) => Ok(conn.client.batch_execute(&postgres_ddl(sql))?),
+            Db::Postgres(conn) => conn.run(|client| client.batch_execute(&postgres_ddl(sql))),
         }
     }
 
@@ -525,6 +549,10 @@ pub struct PgConnection {
     client: postgres::Client,
     statements: HashMap<String, postgres::Statement>,
     in_transaction: bool,
+    /// When a call last used it.
+    used: std::time::Instant,
+    /// A statement failed as if the server were gone: it is not used again.
+    broken: bool,
 }
 
 impl std::fmt::Debug for PgConnection {
@@ -537,21 +565,44 @@ impl std::fmt::Debug for PgConnection {
 }
 
 impl PgConnection {
+    /// Runs one exchange with the server; an error that says the server
+    /// is gone marks the connection broken, so the next call opens another.
+    fn run<T>(
+        &mut self,
+        exchange: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, DbError> {
+        exchange(&mut self.client).map_err(|error| {
+            let error = DbError::Postgres(error);
+            if error.is_unavailable() {
+                self.broken = true;
+            }
+            error
+        })
+    }
+
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement, DbError> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.client.prepare(&postgres_sql(sql))?;
+        let text = postgres_sql(sql);
+        let statement = self.run(|client| client.prepare(&text))?;
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
 
-    /// Ends a transaction a panic left open.
+    /// Makes it ready for a call: ends a transaction a panic left open,
+    /// and asks the server whether it is still there when it sat idle (a
+    /// server restarted meanwhile ended it, and its first statement would
+    /// fail only to say so). Store calls are rare, so the question costs
+    /// one round trip now and then.
     fn ready(&mut self) -> Result<(), DbError> {
         if self.in_transaction {
             self.client.batch_execute("ROLLBACK")?;
             self.in_transaction = false;
+        } else if self.used.elapsed() > IDLE_CHECK {
+            self.client.is_valid(CONNECT_TIMEOUT)?;
         }
+        self.used = std::time::Instant::now();
         Ok(())
     }
 }
@@ -585,7 +636,7 @@ impl Database {
                     DbError::Unavailable("no connection to PostgreSQL".to_owned())
                 })?;
                 let out = work(&mut Db::Postgres(conn));
-                if conn.client.is_closed() {
+                if conn.broken || conn.client.is_closed() {
                     // Opened again by the next call.
                     *slot = None;
                 }
@@ -603,6 +654,22 @@ pub struct Postgres {
     conn: Mutex<Option<PgConnection>>,
 }
 
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // The client closes its connection on its own small runtime, which
+        // may not be entered from an async task: the store dropped as the
+        // server stops is.
+        let conn = self
+            .conn
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(conn) = conn {
+            off_runtime(move || drop(conn));
+        }
+    }
+}
+
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Postgres")
@@ -614,30 +681,32 @@ impl std::fmt::Debug for Postgres {
 impl Postgres {
     /// Settings from a `postgres://` URL. `sslrootcert=FILE` (libpq's name)
     /// turns on TLS, verifying the server's certificate against that CA
-    /// and its name; `sslmode=require` or `verify-full` without it is
-    /// refused, as muster never trusts a certificate it cannot check.
+    /// and its name (libpq's `verify-full`, whatever `sslmode` says but
+    /// `disable`); `sslmode=require`, `verify-ca` or `verify-full` without
+    /// it is refused, as muster never trusts a certificate it cannot
+    /// check. Without either, the connection is plain.
     pub fn new(url: &str) -> Result<Postgres, String> {
+        let shown = redact(url);
         let (base, root) = take_param(url, "sslrootcert");
-        let config: postgres::Config = base.parse().map_err(|e| format!("{}: {e}", redact(url)))?;
-        let mut config = config;
-        let wants_tls = matches!(config.get_ssl_mode(), postgres::config::SslMode::Require);
-        let tls = match root {
-            Some(path) => {
-                config.ssl_mode(postgres::config::SslMode::Require);
-                Some(rustls_connector(&path)?)
-            }
-            None if wants_tls => {
+        let (base, mode) = take_param(&base, "sslmode");
+        let mut config: postgres::Config = base.parse().map_err(|e| format!("{shown}: {e}"))?;
+        let tls = match (mode.as_deref(), root) {
+            (Some("disable"), _) => None,
+            (_, Some(path)) => Some(rustls_connector(&path)?),
+            (None | Some("prefer" | "allow"), None) => None,
+            (Some(mode @ ("require" | "verify-ca" | "verify-full")), None) => {
                 return Err(format!(
-                    "{}: sslmode=require needs sslrootcert=FILE, the CA that signed the \
-                     database's certificate",
-                    redact(url)
+                    "{shown}: sslmode={mode} needs sslrootcert=FILE, the CA that signed the \
+                     database's certificate"
                 ))
             }
-            None => {
-                config.ssl_mode(postgres::config::SslMode::Disable);
-                None
-            }
+            (Some(other), None) => return Err(format!("{shown}: unknown sslmode={other}")),
         };
+        config.ssl_mode(if tls.is_some() {
+            postgres::config::SslMode::Require
+        } else {
+            postgres::config::SslMode::Disable
+        });
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -645,11 +714,16 @@ impl Postgres {
         config.keepalives_idle(Duration::from_secs(30));
         config.tcp_user_timeout(Duration::from_secs(15));
         config.application_name("muster-coordinator");
-        config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        let timeout = format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}");
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {timeout}"),
+            None => timeout,
+        };
+        config.options(&options);
         Ok(Postgres {
             config,
             tls,
-            shown: redact(url),
+            shown,
             conn: Mutex::new(None),
         })
     }
@@ -699,6 +773,8 @@ impl Postgres {
             client,
             statements: HashMap::new(),
             in_transaction: false,
+            used: std::time::Instant::now(),
+            broken: false,
         })
     }
 }
@@ -804,9 +880,26 @@ mod tests {
     }
 
     #[test]
-    fn tls_without_a_root_is_refused() {
-        let error = Postgres::new("postgres://u:pw@h/db?sslmode=require").unwrap_err();
-        assert!(error.contains("sslrootcert"), "{error}");
-        assert!(!error.contains("pw"), "{error}");
+    fn tls_is_verified_or_refused() {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let error = Postgres::new(&format!("postgres://u:pw@h/db?sslmode={mode}")).unwrap_err();
+            assert!(error.contains("sslrootcert"), "{error}");
+            assert!(!error.contains("pw"), "{error}");
+        }
+        let error = Postgres::new("postgres://u@h/db?sslmode=sometimes").unwrap_err();
+        assert!(error.contains("sslmode"), "{error}");
+        let root = "postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem";
+        let error = Postgres::new(root).unwrap_err();
+        assert!(
+            error.contains("/nonexistent/ca.pem"),
+            "the root is read: {error}"
+        );
+        for plain in [
+            "postgres://u@h/db",
+            "postgres://u@h/db?sslmode=disable",
+            "postgres://u@h/db?sslmode=prefer",
+        ] {
+            assert!(Postgres::new(plain).unwrap().tls.is_none(), "{plain}");
+        }
     }
 }

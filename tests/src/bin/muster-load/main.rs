@@ -56,6 +56,10 @@
 //!   ([`reference`]). `--versus-knot yes` asks the embedded DNS server
 //!   and Knot DNS serving the same records the same queries with
 //!   dnsperf (P9).
+//! - `--restart yes` then stops the coordinator and starts it again on its
+//!   store, and prints P10: seconds until it serves the API and until its
+//!   DNS answers a sample of every node's name, and the nodes it holds in
+//!   another state than `deployed` afterwards.
 //! - `--store postgres` keeps the coordinator's store in a PostgreSQL
 //!   server of the run's own (initdb, on a loopback port) and prints P11:
 //!   the transactions and rows it wrote while the fleet heartbeated,
@@ -140,6 +144,11 @@ struct Args {
     /// Runs of each phase; each figure is their median.
     #[arg(long, default_value_t = 1, value_parser = ranged(9))]
     runs: usize,
+    /// After the phases, stop the coordinator and start it again on its
+    /// store, and print P10: how soon it serves the API and answers
+    /// every node's name, and whether it marked any node down.
+    #[arg(long, default_value = "no", value_parser = yes_no, value_name = "yes|no", action = clap::ArgAction::Set)]
+    restart: bool,
     /// Where the coordinator keeps its store: SQLite's file, or a
     /// PostgreSQL server of the run's own, whose writes during the fleet
     /// phase are then counted (from `pg_stat_database`).
@@ -521,7 +530,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         database.create_database(report::DATABASE);
         database
     });
-    let (coordinator, token, instances) = start(&moto, &args, database.as_ref()).await?;
+    let (mut coordinator, token, instances) = start(&moto, &args, database.as_ref()).await?;
     let http = agent_client(&coordinator)?;
     let rss_before = rss_kib(coordinator.pid());
     let anon_before = rss_anon_kib(coordinator.pid());
@@ -555,6 +564,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     print_p1(&args, &nodes, &registered, &floods, &fleets, &command);
     print_p8(&args, &nodes, &registered, &memory, &fleets, &command);
     report::print_store_writes(&args, &nodes, &writes, &command);
+    if args.restart {
+        restart_measured(&mut coordinator, &args, &command).await?;
+    }
     if args.versus_nginx {
         // wrk and nginx are processes of their own; their run blocks.
         tokio::task::block_in_place(|| {
@@ -570,6 +582,64 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drop(coordinator);
     drop(database);
     drop(moto);
+    Ok(())
+}
+
+/// P10: stops the coordinator and starts it again on its store, then
+/// times how soon `/healthz` answers and how soon the embedded DNS answers
+/// every name of a sample spread over all nodes (every node's name up to
+/// 1000 nodes), and counts the nodes it holds in another state than
+/// `deployed` afterwards.
+async fn restart_measured(
+    coordinator: &mut Coordinator,
+    args: &Args,
+    command: &str,
+) -> anyhow::Result<()> {
+    let views = coordinator.nodes(CLUSTER).await;
+    let step = views.len().div_ceil(1000).max(1);
+    let sample: Vec<&str> = views
+        .iter()
+        .step_by(step)
+        .map(|v| v.dns_name.as_str())
+        .collect();
+    coordinator.stop();
+    let started = Instant::now();
+    coordinator.restart().await;
+    let healthy = started.elapsed();
+    let resolver = coordinator.resolver();
+    let mut waiting: Vec<&str> = sample.clone();
+    while !waiting.is_empty() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "{} names still unanswered 300 s after the restart",
+            waiting.len()
+        );
+        let mut still = Vec::new();
+        for name in waiting {
+            let answered = resolver.a(name).await.is_ok_and(|a| {
+                a.rcode == hickory_proto::op::ResponseCode::NoError && !a.a.is_empty()
+            });
+            if !answered {
+                still.push(name);
+            }
+        }
+        waiting = still;
+    }
+    let answering = started.elapsed();
+    let metrics = coordinator.metrics().await;
+    let not_deployed: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("muster_cluster_nodes{") && !l.contains("state=\"deployed\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    println!(
+        "| P10 | a coordinator stopped and started again with {} nodes in its store ({}): the API healthy, then every sampled name answered by the embedded DNS ({} names, one node in {step}), from the start of the process | healthy after {:.2} s; every name answered after {:.2} s; {not_deployed} nodes in another state than deployed afterwards | {command} |",
+        views.len(),
+        args.store,
+        sample.len(),
+        healthy.as_secs_f64(),
+        answering.as_secs_f64(),
+    );
     Ok(())
 }
 
