@@ -36,8 +36,14 @@
 //! Every retry is bounded exponential backoff with full jitter
 //! ([`Backoff::coordinator`]: each wait drawn between zero and a ceiling of
 //! 0.5 s, 1 s, 2 s, 4 s, 8 s, 16 s, 32 s, then 60 s for ever); the agent
-//! never gives up on the coordinator. While it gets no answer (or only 5xx)
-//! the status shows since when it has been cut off.
+//! never gives up on the coordinator. A failed heartbeat is tried again no
+//! later than the heartbeat interval, unless the coordinator asked for a
+//! longer pause (`Retry-After`): the coordinator judges silence by that
+//! interval, so a coordinator that was away (restarted, or replaced by a
+//! standby) hears every agent within one interval of coming back and
+//! marks none unreachable for its own absence; and the fleet's retries
+//! never come faster than its heartbeats. While it gets no answer (or only
+//! 5xx) the status shows since when it has been cut off.
 //!
 //! Under systemd with `WatchdogSec=` (`WATCHDOG_USEC` and `WATCHDOG_PID`
 //! set for this process), the agent sends `WATCHDOG=1` every half interval.

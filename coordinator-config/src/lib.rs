@@ -51,7 +51,7 @@ pub use dns::{
 pub use identity_certs::IdentityCerts;
 pub use limits::Limits;
 pub use sources::ServeArgs;
-pub use store::{redact, StoreLocation, STORE_FILE};
+pub use store::{redact, Lease, StoreLocation, STORE_FILE};
 pub use trust::Trust;
 
 use sources::{FileServe, Given};
@@ -121,6 +121,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Where the store lives: SQLite's file in the data dir by default.
     pub store: StoreLocation,
+    /// The leader's lease, when the store is shared (PostgreSQL).
+    pub lease: Lease,
     /// URL agents use.
     pub public_url: String,
     /// Host part of `public_url`.
@@ -182,6 +184,7 @@ impl Settings {
         let given = Given::merge(args, file);
         let endpoints = endpoints::resolve(&given)?;
         let store = store::resolve(given.store.as_deref(), &endpoints.data_dir)?;
+        let lease = store::resolve_lease(&given)?;
         let timing = timing::resolve(&given)?;
         let dns = dns::resolve(&given, &endpoints.zone)?;
         let trust = trust::resolve(&given)?;
@@ -193,6 +196,7 @@ impl Settings {
             zone: endpoints.zone,
             data_dir: endpoints.data_dir,
             store,
+            lease,
             public_url: endpoints.public_url,
             public_host: endpoints.public_host,
             tls: endpoints.tls,

@@ -55,6 +55,16 @@ pub struct ServeArgs {
     /// Time between EC2 sweeps [default: 30s]
     #[arg(long, env = "MUSTER_SWEEP_INTERVAL")]
     pub sweep_interval: Option<String>,
+    /// On PostgreSQL: how long the leader's lease lasts unrenewed; a standby takes over
+    /// once it runs out [default: 15s]
+    #[arg(long, env = "MUSTER_LEASE_TIME")]
+    pub lease_time: Option<String>,
+    /// On PostgreSQL: how often the leader renews its lease [default: 5s]
+    #[arg(long, env = "MUSTER_LEASE_RENEW_INTERVAL")]
+    pub lease_renew_interval: Option<String>,
+    /// On PostgreSQL: how often a standby tries to take the lease [default: 2s]
+    #[arg(long, env = "MUSTER_LEASE_RETRY_INTERVAL")]
+    pub lease_retry_interval: Option<String>,
     /// List the cluster members of each region this often and accept the claims that
     /// listing confirms without asking EC2 (see the README), e.g. "60s" [default: off]
     #[arg(long, env = "MUSTER_EC2_CACHE_REFRESH")]
@@ -168,6 +178,9 @@ pub(crate) struct FileServe {
     dns_ttl: Option<toml::Value>,
     grace: Option<String>,
     sweep_interval: Option<String>,
+    lease_time: Option<String>,
+    lease_renew_interval: Option<String>,
+    lease_retry_interval: Option<String>,
     ec2_cache_refresh: Option<String>,
     unknown_sweeps: Option<toml::Value>,
     launch_timeout: Option<String>,
@@ -229,6 +242,9 @@ pub(crate) struct Given {
     pub dns_ttl: Option<String>,
     pub grace: Option<String>,
     pub sweep_interval: Option<String>,
+    pub lease_time: Option<String>,
+    pub lease_renew_interval: Option<String>,
+    pub lease_retry_interval: Option<String>,
     pub ec2_cache_refresh: Option<String>,
     pub unknown_sweeps: Option<String>,
     pub launch_timeout: Option<String>,
@@ -277,6 +293,9 @@ impl Given {
             dns_ttl: a.dns_ttl.or(number(file.dns_ttl)),
             grace: a.grace.or(file.grace),
             sweep_interval: a.sweep_interval.or(file.sweep_interval),
+            lease_time: a.lease_time.or(file.lease_time),
+            lease_renew_interval: a.lease_renew_interval.or(file.lease_renew_interval),
+            lease_retry_interval: a.lease_retry_interval.or(file.lease_retry_interval),
             ec2_cache_refresh: a.ec2_cache_refresh.or(file.ec2_cache_refresh),
             unknown_sweeps: a.unknown_sweeps.or(number(file.unknown_sweeps)),
             launch_timeout: a.launch_timeout.or(file.launch_timeout),

@@ -2,10 +2,88 @@
 //! By default the SQLite file `muster.db` in the data dir; `sqlite:///PATH`
 //! names another file, and `postgres://…` (or `postgresql://…`) a
 //! PostgreSQL database, in libpq's URL form.
+//!
+//! On PostgreSQL several coordinators may share the database: one leads,
+//! holding a lease it renews, and the others stand by until it runs out
+//! ([`Lease`]: `--lease-time`, `--lease-renew-interval`,
+//! `--lease-retry-interval`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use muster_proto::settings::Invalid;
+
+use crate::duration;
+use crate::sources::Given;
+
+/// How long a leader's lease lasts unrenewed, by default.
+pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(15);
+/// How often the leader renews its lease, by default.
+pub const DEFAULT_LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a standby tries to take the lease, by default.
+pub const DEFAULT_LEASE_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The leader's lease on a shared PostgreSQL store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// How long the lease lasts after each renewal: a leader that stops
+    /// renewing is replaced this long after its last renewal (plus up to
+    /// one retry interval).
+    pub time: Duration,
+    /// How often the leader renews it.
+    pub renew_interval: Duration,
+    /// How often a standby tries to take it.
+    pub retry_interval: Duration,
+}
+
+impl Default for Lease {
+    fn default() -> Lease {
+        Lease {
+            time: DEFAULT_LEASE_TIME,
+            renew_interval: DEFAULT_LEASE_RENEW_INTERVAL,
+            retry_interval: DEFAULT_LEASE_RETRY_INTERVAL,
+        }
+    }
+}
+
+/// Checks the lease's settings: each within bounds, and a renewal often
+/// enough that two may fail before the lease runs out.
+pub(crate) fn resolve_lease(given: &Given) -> Result<Lease, Invalid> {
+    let time = duration(
+        "lease_time",
+        given.lease_time.clone(),
+        DEFAULT_LEASE_TIME,
+        (Duration::from_secs(2), Duration::from_secs(600)),
+    )?;
+    let renew_interval = duration(
+        "lease_renew_interval",
+        given.lease_renew_interval.clone(),
+        DEFAULT_LEASE_RENEW_INTERVAL.min(time / 3),
+        (Duration::from_millis(200), Duration::from_secs(200)),
+    )?;
+    if renew_interval * 3 > time {
+        return Err(Invalid::whole(
+            "lease_renew_interval",
+            humantime::format_duration(renew_interval).to_string(),
+            format!(
+                "must be at most a third of the lease time ({}), so that two renewals may \
+                 fail before it runs out",
+                humantime::format_duration(time)
+            ),
+        ));
+    }
+    let retry_interval = duration(
+        "lease_retry_interval",
+        given.lease_retry_interval.clone(),
+        DEFAULT_LEASE_RETRY_INTERVAL.min(time),
+        (Duration::from_millis(200), time),
+    )?;
+    Ok(Lease {
+        time,
+        renew_interval,
+        retry_interval,
+    })
+}
 
 /// The store's file in the data dir, when the store is SQLite's.
 pub const STORE_FILE: &str = "muster.db";

@@ -25,6 +25,7 @@ fn defaults() {
     assert_eq!(s.sweep_interval, Duration::from_secs(30));
     assert_eq!(s.ec2_cache_refresh, None);
     assert_eq!(s.unknown_sweeps, 3);
+    assert_eq!(s.lease, crate::Lease::default());
     assert!(s.public_url.ends_with(":7443"));
 }
 
@@ -83,6 +84,13 @@ fn bad_values_name_themselves() {
         ("grace", |a| a.grace = Some("10s".into())),
         ("grace", |a| a.grace = Some("2h".into())),
         ("sweep_interval", |a| a.sweep_interval = Some("0s".into())),
+        ("lease_time", |a| a.lease_time = Some("1s".into())),
+        ("lease_renew_interval", |a| {
+            a.lease_renew_interval = Some("10s".into())
+        }),
+        ("lease_retry_interval", |a| {
+            a.lease_retry_interval = Some("1m".into())
+        }),
         ("ec2_cache_refresh", |a| {
             a.ec2_cache_refresh = Some("1s".into())
         }),

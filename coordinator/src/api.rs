@@ -98,6 +98,8 @@ pub struct AppState {
     /// When each certificate the API serves with expires (`ca`, `server`),
     /// in Unix seconds.
     pub certificates: Arc<Vec<(&'static str, i64)>>,
+    /// Who leads, and the lease on a shared store.
+    pub leadership: Arc<crate::leader::Leadership>,
 }
 
 /// Builds the router.

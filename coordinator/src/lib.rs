@@ -22,7 +22,10 @@
 //!   to booting nodes.
 //! - [`dns`]: the zone model, the embedded server, the provider trait, the
 //!   reconcile loop and the two external providers.
-//! - [`store`]: the durable state (SQLite): clusters, nodes, events.
+//! - [`leader`]: who leads when several coordinators share a PostgreSQL
+//!   store: the lease, taken, renewed, released, and the standby's wait.
+//! - [`store`]: the durable state (SQLite or PostgreSQL): clusters, nodes,
+//!   events, launch jobs, and the lease's rows.
 //! - The ground floor: [`ec2`] (clients, tags, instance lookups), [`pki`]
 //!   (CA, server certificate, admin token), [`secrets`] (minting, hashing
 //!   and comparing bearer secrets), [`telemetry`] (AWS call and DNS
@@ -40,6 +43,7 @@ pub mod dns;
 pub mod ec2;
 pub mod fdlimit;
 pub mod launcher;
+pub mod leader;
 pub mod pki;
 pub mod registry;
 pub mod secrets;

@@ -3,14 +3,18 @@
 //! work itself lives in the modules it wires.
 //!
 //! Start-up goes: the open files limit, raised ([`crate::fdlimit`]); the
-//! data dir; TLS and the admin token ([`crate::pki`]); the store; EC2
+//! data dir; TLS and the admin token ([`crate::pki`]); the store; on a
+//! shared store, the wait as a standby until this coordinator takes the
+//! leader's lease ([`crate::leader`]); EC2
 //! ([`crate::ec2`]) and the account it answers for; the agent to serve and
 //! the launcher; the registry and its loops (publisher, liveness, sweep,
 //! pruning, cluster lifetimes); the DNS provider and its loops, if one is
 //! configured; the embedded DNS server; the HTTPS API behind its
 //! connection guards ([`crate::api::connections`]). systemd hears READY
-//! once the API listens, and STOPPING when shutdown begins; in-flight
-//! requests then get [`DRAIN_DEADLINE`].
+//! once the API listens (or once a standby waits), and STOPPING when
+//! shutdown begins; in-flight requests then get [`DRAIN_DEADLINE`], and a
+//! leader then releases its lease. A leader whose lease was taken over
+//! stops with [`ServeError::LeaseLost`].
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -30,6 +34,7 @@ use crate::ec2::{CachedInstances, Ec2Clients, Ec2Instances, InstanceLookup};
 use crate::fdlimit::{self, FdLimit};
 use crate::launcher::agent_dist::{AgentDist, AgentDistError};
 use crate::launcher::{userdata, Launcher};
+use crate::leader::{LeaseLost, Leadership};
 use crate::pki::{self, PkiError};
 use crate::registry::ec2_view::{ACCOUNT_FIRST_WAIT, ACCOUNT_RETRY};
 use crate::registry::{LaunchContext, Registry, RegistryError, Timing};
@@ -90,6 +95,9 @@ pub enum ServeError {
         .0.proxies, .0.address, .0.node, .0.cluster
     )]
     TrustedProxyOverlap(crate::registry::NodeInside),
+    /// Another coordinator took over the lease: this one steps down.
+    #[error(transparent)]
+    LeaseLost(#[from] LeaseLost),
     /// The API could not bind or failed.
     #[error("serving the API on {addr}: {source}")]
     Api {
@@ -112,6 +120,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     install_crypto_provider();
+    tokio::pin!(shutdown);
     let fds = fdlimit::raise_nofile();
     make_data_dir(&settings.data_dir)?;
     let (files, tls) = tls_files(&settings)?;
@@ -126,7 +135,18 @@ pub async fn serve(
     log_identity_check(&settings);
     let agent = agent_dist(&settings)?;
     let zone = Arc::new(Zone::new(&settings.zone, settings.dns_ttl)?);
-    let registry = open_registry(&settings, &files, agent.clone(), zone.clone()).await?;
+    let store = Store::open_at(&settings.store)?;
+    let leadership = tokio::select! {
+        led = lead(&settings) => Arc::new(led?),
+        () = &mut shutdown => {
+            tracing::info!("shutting down before leading");
+            return Ok(());
+        }
+    };
+    if let Some(fence) = leadership.fence() {
+        store.fence_by(fence);
+    }
+    let registry = open_registry(&settings, store, &files, agent.clone(), zone.clone()).await?;
     if let Some(overlap) = registry.node_inside(&settings.trust.trusted_proxies)? {
         return Err(ServeError::TrustedProxyOverlap(overlap));
     }
@@ -134,15 +154,27 @@ pub async fn serve(
     let fleet = Arc::new(api::fleet::FleetRecorder::default());
     let loops = [
         tokio::spawn(registry.clone().run_publisher()),
-        tokio::spawn(liveness_loop(registry.clone(), settings.grace)),
-        tokio::spawn(sweep_loop(registry.clone(), settings.sweep_interval)),
-        tokio::spawn(prune_loop(registry.clone(), settings.retention)),
-        tokio::spawn(expiry_loop(registry.clone())),
+        tokio::spawn(liveness_loop(
+            registry.clone(),
+            leadership.clone(),
+            settings.grace,
+        )),
+        tokio::spawn(sweep_loop(
+            registry.clone(),
+            leadership.clone(),
+            settings.sweep_interval,
+        )),
+        tokio::spawn(prune_loop(
+            registry.clone(),
+            leadership.clone(),
+            settings.retention,
+        )),
+        tokio::spawn(expiry_loop(registry.clone(), leadership.clone())),
         tokio::spawn(forget_loop(connections.clone())),
         tokio::spawn(fleet.clone().run(registry.clone())),
     ];
     let dns_status = Arc::new(StatusBoard::default());
-    let dns_loops = start_dns_provider(&settings, &zone, &dns_status).await?;
+    let dns_loops = start_dns_provider(&settings, &zone, &dns_status, &leadership).await?;
     let dns_rate_limit = settings.limits.dns_rate_limit;
     let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen, dns_rate_limit).await?;
     tracing::info!(
@@ -166,6 +198,7 @@ pub async fn serve(
         fleet,
         started: std::time::SystemTime::now(),
         certificates: Arc::new(certificates),
+        leadership: leadership.clone(),
     });
     let handle = axum_server::Handle::new();
     let mut api_task = start_api(settings.listen, tls, app, handle.clone(), connections);
@@ -176,10 +209,17 @@ pub async fn serve(
     tracing::info!(addr = ?api_addr, public_url = %settings.public_url, "api listening (https)");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
-    tokio::select! {
-        () = shutdown => tracing::info!("shutting down"),
+    let lost = tokio::select! {
+        () = &mut shutdown => {
+            tracing::info!("shutting down");
+            None
+        }
+        lost = leadership.hold() => {
+            tracing::error!(error = %lost, "stepping down");
+            Some(lost)
+        }
         result = &mut api_task => return Err(api_stopped(settings.listen, result, "")),
-    }
+    };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     for task in loops.into_iter().chain(dns_loops) {
         task.abort();
@@ -187,9 +227,26 @@ pub async fn serve(
     handle.graceful_shutdown(Some(DRAIN_DEADLINE));
     let _ = tokio::time::timeout(DRAIN_DEADLINE + Duration::from_secs(1), api_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), dns_server.shutdown_gracefully()).await;
+    if let Some(lost) = lost {
+        return Err(lost.into());
+    }
+    leadership.release();
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Waits, on a shared store, until this coordinator takes the leader's
+/// lease; the sole coordinator of a SQLite store leads at once.
+async fn lead(settings: &Settings) -> Result<Leadership, ServeError> {
+    match &settings.store {
+        config::StoreLocation::Sqlite(_) => Ok(Leadership::sole()),
+        config::StoreLocation::Postgres(url) => {
+            let url_here = &settings.public_url;
+            Ok(Leadership::take(url, settings.lease, url_here, &settings.data_dir).await?)
+        }
+    }
+}
+
 
 /// Makes the data dir, readable by its owner only.
 fn make_data_dir(data_dir: &Path) -> Result<(), ServeError> {
@@ -273,15 +330,15 @@ fn agent_dist(settings: &Settings) -> Result<Option<Arc<AgentDist>>, ServeError>
     Ok(Some(Arc::new(dist)))
 }
 
-/// Opens the store and EC2, and loads the registry from them; removals a
+/// Opens EC2, and loads the registry from it and `store`; removals a
 /// previous run left unfinished resume.
 async fn open_registry(
     settings: &Settings,
+    store: Store,
     files: &pki::TlsFiles,
     agent: Option<Arc<AgentDist>>,
     zone: Arc<Zone>,
 ) -> Result<Arc<Registry>, ServeError> {
-    let store = Store::open_at(&settings.store)?;
     let coordinator_id = store.coordinator_id(|| hex::encode(rand::random::<[u8; 8]>()))?;
     tracing::info!(store = %settings.store, coordinator = %coordinator_id, "store open");
 
@@ -341,6 +398,7 @@ async fn start_dns_provider(
     settings: &Settings,
     zone: &Arc<Zone>,
     board: &Arc<StatusBoard>,
+    leadership: &Arc<Leadership>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, ServeError> {
     let owner = || match &settings.dns_owner_id {
         Some(id) => Ok(id.clone()),
@@ -387,7 +445,8 @@ async fn start_dns_provider(
         owner,
         &settings.data_dir,
         settings.dns_reconcile_interval,
-    );
+    )
+    .led_by(leadership.clone());
     Ok(vec![
         tokio::spawn(reconciler.run()),
         tokio::spawn(watch_last_change(board.clone(), provider)),
@@ -548,24 +607,27 @@ fn resume_removals_if_trusted(registry: &Arc<Registry>) {
 
 /// Marks silent nodes unreachable, checking often enough that a node is
 /// marked within a tenth of the grace after it runs out.
-async fn liveness_loop(registry: Arc<Registry>, grace: Duration) {
+async fn liveness_loop(registry: Arc<Registry>, leadership: Arc<Leadership>, grace: Duration) {
     let period = (grace / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        if !leadership.is_current() {
+            continue;
+        }
         registry.check_liveness().await;
     }
 }
 
 /// Removes the clusters whose lifetime has ended, looking every second
 /// (only while EC2 is trusted: a removal terminates instances).
-async fn expiry_loop(registry: Arc<Registry>) {
+async fn expiry_loop(registry: Arc<Registry>, leadership: Arc<Leadership>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if registry.ec2_account().untrusted_because().is_some() {
+        if !leadership.is_current() || registry.ec2_account().untrusted_because().is_some() {
             continue;
         }
         if let Err(error) = registry.remove_expired_clusters().await {
@@ -579,11 +641,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Prunes the history past `retention` at start, then every
 /// [`PRUNE_EVERY`] (or half the retention, if shorter).
-async fn prune_loop(registry: Arc<Registry>, retention: Duration) {
+async fn prune_loop(registry: Arc<Registry>, leadership: Arc<Leadership>, retention: Duration) {
     let mut ticker = tokio::time::interval(PRUNE_EVERY.min(retention / 2));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        if !leadership.is_current() {
+            continue;
+        }
         if let Err(error) = registry.prune_history(retention).await {
             tracing::error!(%error, "could not prune the history past the retention");
         }
@@ -591,11 +656,14 @@ async fn prune_loop(registry: Arc<Registry>, retention: Duration) {
 }
 
 /// Reads EC2's view of every tracked instance every `period`.
-async fn sweep_loop(registry: Arc<Registry>, period: Duration) {
+async fn sweep_loop(registry: Arc<Registry>, leadership: Arc<Leadership>, period: Duration) {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        if !leadership.is_current() {
+            continue;
+        }
         let report = registry.sweep().await;
         tracing::debug!(
             seen = report.seen,

@@ -17,7 +17,8 @@
 //! This file opens the store and migrates it; [`sql`] is the interface to
 //! both databases; [`clusters`] (clusters and their tokens), [`nodes`],
 //! [`events`] and [`launches`] (launch jobs) hold the statements of each
-//! table; [`history`] prunes what is past the retention.
+//! table; [`history`] prunes what is past the retention; [`lease`] holds
+//! the leader's lease when several coordinators share PostgreSQL.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -32,6 +33,7 @@ pub mod clusters;
 pub mod events;
 pub mod history;
 pub mod launches;
+pub mod lease;
 pub mod nodes;
 pub mod sql;
 
@@ -293,8 +295,8 @@ impl Store {
     }
 
     /// Opens the PostgreSQL store at `url` (`postgres://…`), creating its
-    /// tables if needed, and migrates it. Refused while another
-    /// coordinator serves from the same database ([`sql`]'s module doc).
+    /// tables if needed, and migrates it. Several coordinators may open
+    /// one database; only the leader writes ([`lease`]).
     pub fn open_postgres(url: &str) -> Result<Store, StoreError> {
         let pg = sql::Postgres::new(url).map_err(StoreError::NotHere)?;
         let shown = pg.shown().to_owned();
@@ -344,6 +346,15 @@ impl Store {
         self.db.with(|db| db.transaction(work))
     }
 
+    /// Fences every write from now on by the lease `fence` holds: once
+    /// another coordinator takes the lease over, they fail and write
+    /// nothing. SQLite's store has one coordinator and no fence.
+    pub fn fence_by(&self, fence: sql::Fence) {
+        if let Database::Postgres(pg) = &self.db {
+            pg.set_fence(fence);
+        }
+    }
+
     /// Whether the store is PostgreSQL's.
     pub fn is_postgres(&self) -> bool {
         matches!(self.db, Database::Postgres(_))
@@ -360,6 +371,7 @@ impl Store {
                     .map_err(migrate(0))?;
                 db.batch("CREATE TABLE IF NOT EXISTS muster_schema (version INTEGER NOT NULL)")
                     .map_err(migrate(0))?;
+                db.batch(lease::TABLES).map_err(migrate(0))?;
             }
             let current = read_version(db).map_err(migrate(0))?;
             if current as usize > MIGRATIONS.len() {

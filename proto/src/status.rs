@@ -39,12 +39,49 @@ pub struct CoordinatorStatus {
     /// liveness, launches, removals, the DNS provider's loop). Always so
     /// with one coordinator.
     pub leader: bool,
+    /// The leader's lease, when several coordinators share a PostgreSQL
+    /// store; `None` on SQLite.
+    pub lease: Option<LeaseStatus>,
     /// Whether EC2 is trusted now.
     pub ec2: Ec2Standing,
     /// The API's connections.
     pub connections: ConnectionCounts,
     /// Who asked.
     pub role: Role,
+}
+
+/// The leader's lease on a shared store, as the leader last renewed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseStatus {
+    /// Who holds it: this coordinator's name.
+    pub holder: String,
+    /// Its term, raised by one on every takeover.
+    pub term: i64,
+    /// When it runs out unless renewed, RFC 3339 (by the database's clock).
+    pub expires_at: String,
+    /// How long it lasts after each renewal, in seconds.
+    pub lease_secs: u64,
+    /// Whether the last renewal is recent enough that this coordinator
+    /// still knows it holds the lease (false while the database is away).
+    pub confirmed: bool,
+    /// The coordinators seen on the store within three lease times, by
+    /// name, the leader among them.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// A coordinator seen on the shared store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaStatus {
+    /// Its name: `HOST/ID`, the id kept in its data dir.
+    pub name: String,
+    /// The URL it serves on once it leads.
+    pub url: String,
+    /// `leader` or `standby`.
+    pub role: String,
+    /// When it was last seen, RFC 3339 (by the database's clock).
+    pub seen_at: String,
 }
 
 /// Whether the coordinator believes EC2's answers now.

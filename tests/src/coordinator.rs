@@ -318,6 +318,95 @@ impl Coordinator {
         unreachable!("the last attempt either returns or panics")
     }
 
+    /// A second coordinator on this one's shared store (PostgreSQL, by
+    /// `--store` or [`STORE_ENV`]), with the same flags and a copy of its
+    /// CA, certificate, keys and tokens, as docs/operations.md's recipe
+    /// says; on the same ports when `same_ports` (it can bind them only
+    /// once this one is gone), else on its own. Returns once it stands by:
+    /// it leads only when this one's lease runs out or is released.
+    pub async fn start_standby(&self, same_ports: bool) -> Coordinator {
+        let data_dir = new_data_dir();
+        for file in [
+            "ca.pem",
+            "ca-key.pem",
+            "server.pem",
+            "server-key.pem",
+            "admin-token",
+        ] {
+            std::fs::copy(self.data_dir().join(file), data_dir.path().join(file))
+                .unwrap_or_else(|e| panic!("copying {file}: {e}"));
+        }
+        let mut extra_args = self.extra_args.clone();
+        if let Some(server) = &self.store {
+            extra_args.extend(["--store".to_owned(), server.url("muster")]);
+        }
+        let (api_port, dns_port) = if same_ports {
+            (self.api_port, self.dns_port)
+        } else {
+            (free_tcp_port(), free_udp_tcp_port())
+        };
+        let mut standby = Coordinator {
+            process: None,
+            earlier_logs: String::new(),
+            api_ip: self.api_ip,
+            api_port,
+            dns_port,
+            data_dir,
+            moto_endpoint: self.moto_endpoint.clone(),
+            extra_args,
+            operator_ca: self.operator_ca.clone(),
+            public_url: self.public_url.clone(),
+            nofile: self.nofile,
+            store: None,
+        };
+        standby.spawn();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !standby.logs().contains("standing by: another coordinator leads") {
+            let process = standby.process.as_mut().expect("spawned");
+            if let Some(status) = process.try_exit() {
+                panic!("the standby exited ({status})\n{}", standby.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the standby did not stand by within {READY_TIMEOUT:?}\n{}",
+                standby.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        standby
+    }
+
+    /// Waits until this coordinator serves (a standby: once it took the
+    /// lease over); panics with its logs if it does not in time.
+    pub async fn wait_leading(&mut self) {
+        if let Err(why) = self.wait_ready().await {
+            panic!("{why}\n{}", tail(&self.logs(), 32 * 1024));
+        }
+    }
+
+    /// Waits up to `patience` for the process to exit, and says how.
+    pub async fn wait_exit(&mut self, patience: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + patience;
+        loop {
+            let process = self.process.as_mut().expect("spawned");
+            if let Some(status) = process.try_exit() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {patience:?}\n{}",
+                tail(&self.logs(), 32 * 1024)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends `signal` to the process (SIGSTOP pauses it, SIGCONT resumes).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("sending a signal");
+    }
+
     /// Kills the coordinator with SIGKILL, as a crash would: nothing of it
     /// runs after, and [`Coordinator::restart`] starts it again.
     pub fn kill(&self) {

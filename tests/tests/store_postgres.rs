@@ -1,20 +1,21 @@
-//! The store on PostgreSQL, under the faults an operator's database has:
-//! stopped and killed while agents heartbeat, and shared by mistake with a
-//! second coordinator. A real PostgreSQL of the test's own, real
-//! coordinators and agents on moto; what landed is read with `psql`.
+//! The store on PostgreSQL, under the faults an operator's database has
+//! (stopped and killed while agents heartbeat), and shared by a leader and
+//! a standby, the leader killed or paused past its lease. A real
+//! PostgreSQL of the test's own, real coordinators and agents on moto;
+//! what landed is read with `psql`.
 //!
 //! The rest of the stories run on PostgreSQL too, with
 //! `MUSTER_TEST_STORE=postgres` (scripts/test does it for the stories
 //! that touch the store).
 
-use std::process::Command;
 use std::time::Duration;
 
+use muster_proto::status::CoordinatorStatus;
 use muster_proto::{paths, ErrorBody, ErrorCode, NodeState};
 use muster_tests::ec2;
 use muster_tests::postgres::Postgres;
-use muster_tests::procs::{bin_path, free_tcp_port, free_udp_tcp_port};
 use muster_tests::{Agent, Coordinator, Imds, Moto, ZONE};
+use nix::sys::signal::Signal;
 
 const CLUSTER: &str = "web";
 
@@ -165,54 +166,184 @@ async fn list_clusters_raw(coordinator: &Coordinator) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
-/// A second coordinator pointed at a database another one serves from
-/// exits at once, saying why, and changes nothing.
+/// Lease settings for the failover stories: a leader silent for 3 s is
+/// replaced, renewing every second; a standby tries twice a second.
+const LEASE: &[&str] = &[
+    "--lease-time",
+    "3s",
+    "--lease-renew-interval",
+    "1s",
+    "--lease-retry-interval",
+    "500ms",
+];
+
+/// The lease row: holder and term.
+fn lease_row(db: &Postgres) -> String {
+    db.psql("muster", "SELECT holder, term FROM muster_lease")
+}
+
+/// A standby beside the leader under heartbeat load; the leader is
+/// SIGKILLed. The standby takes the lease (a higher term), serves the same
+/// address, and answers the same names; the agents carry on against it;
+/// no node is marked down; what the old leader acknowledged is there, and
+/// the new one writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_coordinator_on_the_same_database_is_refused() {
+async fn a_standby_takes_over_from_a_killed_leader() {
+    let db = Postgres::start();
+    db.create_database("muster");
+    let moto = Moto::start().await;
+    let ec2 = ec2::client(&moto.endpoint()).await;
+    let url = db.url("muster");
+    let mut flags = FAST.to_vec();
+    flags.extend(LEASE);
+    flags.extend(["--store", url.as_str()]);
+    let leader = Coordinator::start_with(&moto, &flags).await;
+    let join_token = leader.create_cluster(CLUSTER).await.join_token;
+    let mut ids = Vec::new();
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let id = ec2::launch_instance(&ec2, CLUSTER).await;
+        let imds = Imds::start(ec2.clone(), &id).await;
+        let agent = Agent::start(&leader, &imds, CLUSTER, &join_token);
+        ids.push(id);
+        running.push((imds, agent));
+    }
+    for id in &ids {
+        leader
+            .wait_for_node(CLUSTER, id, NodeState::Deployed, PATIENCE)
+            .await;
+    }
+
+    let mut standby = leader.start_standby(true).await;
+    let status = wait_for_replicas(&leader, 2).await;
+    let lease = status.lease.expect("a lease on a shared store");
+    assert_eq!(lease.term, 1, "{lease:#?}");
+    assert!(status.leader);
+    let roles: Vec<&str> = lease.replicas.iter().map(|r| r.role.as_str()).collect();
+    assert!(roles.contains(&"leader") && roles.contains(&"standby"), "{lease:#?}");
+    assert_eq!(lease_row(&db), format!("{}|1", lease.holder));
+    let metrics = leader.metrics().await;
+    assert!(metrics.contains("muster_lease_term 1"), "{metrics}");
+    assert!(metrics.contains("muster_leader 1"), "{metrics}");
+
+    leader.kill();
+    standby.wait_leading().await;
+    let status: CoordinatorStatus = standby.admin_json(&["status"]).await;
+    let taken = status.lease.expect("a lease");
+    assert_eq!(taken.term, 2, "{taken:#?}");
+    assert_ne!(taken.holder, lease.holder);
+    assert_eq!(lease_row(&db), format!("{}|2", taken.holder));
+
+    // The agents carry on against the new leader, at the same address,
+    // for three graces; nothing is marked down, and every name answers.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let name = |id: &str| muster_proto::node_dns_name(id, CLUSTER, ZONE);
+    for id in &ids {
+        let detail = standby.node(CLUSTER, id).await;
+        assert_eq!(detail.node.state, NodeState::Deployed, "{detail:#?}");
+        let downs: Vec<_> = detail
+            .events
+            .iter()
+            .filter(|e| e.to != NodeState::Deployed)
+            .collect();
+        assert!(downs.is_empty(), "nothing marked down: {downs:#?}");
+        let answer = standby
+            .resolver()
+            .a_until(&name(id), PATIENCE, |a| !a.a.is_empty())
+            .await;
+        assert!(!answer.a.is_empty(), "{id} answers from the new leader");
+    }
+    assert_eq!(
+        db.psql(
+            "muster",
+            "SELECT count(*) FROM node_events WHERE to_state <> 'deployed'"
+        ),
+        "0"
+    );
+    let (status, body) = create_cluster_raw(&standby, "db").await;
+    assert_eq!(status, 201, "the new leader writes: {body}");
+    assert_eq!(
+        db.psql("muster", "SELECT name FROM clusters ORDER BY name"),
+        "db\nweb"
+    );
+    drop(running);
+}
+
+/// A leader paused (SIGSTOP) past its lease: a standby takes over; the
+/// old leader, resumed, writes nothing (a write sent to it while paused
+/// is refused or never answered, never acknowledged), and steps down,
+/// exiting with an error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_fenced_and_steps_down() {
     let db = Postgres::start();
     db.create_database("muster");
     let moto = Moto::start().await;
     let url = db.url("muster");
-    let first = Coordinator::start_with(&moto, &["--store", &url]).await;
-    first.create_cluster(CLUSTER).await;
-    let before = db.psql(
-        "muster",
-        "SELECT count(*), max(version) FROM clusters, muster_schema",
-    );
+    let mut flags = FAST.to_vec();
+    flags.extend(LEASE);
+    flags.extend(["--store", url.as_str()]);
+    let mut leader = Coordinator::start_with(&moto, &flags).await;
+    leader.create_cluster(CLUSTER).await;
+    let mut standby = leader.start_standby(false).await;
+    let old_row = lease_row(&db);
+    assert!(old_row.ends_with("|1"), "{old_row}");
 
-    let data_dir = tempfile::tempdir().unwrap();
-    let output = Command::new(bin_path("muster-coordinator"))
-        .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{}", free_tcp_port())])
-        .args([
-            "--dns-listen",
-            &format!("127.0.0.1:{}", free_udp_tcp_port()),
-        ])
-        .args(["--zone", ZONE])
-        .arg("--data-dir")
-        .arg(data_dir.path())
-        .args(["--public-url", "https://127.0.0.1:1"])
-        .args(["--store", &url])
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("AWS_REGION", ec2::TEST_REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("running a second coordinator");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "it must not serve: {stderr}");
+    leader.signal(Signal::SIGSTOP);
+    standby.wait_leading().await;
+    assert!(lease_row(&db).ends_with("|2"), "{}", lease_row(&db));
+    assert_ne!(lease_row(&db), old_row.replace("|1", "|2"));
+
+    // A write reaches the paused leader's socket; it is read only once
+    // the leader runs again, after the takeover.
+    let late = {
+        let client = leader.https_client();
+        let request = client
+            .post(format!("{}{}", leader.url(), paths::CLUSTERS))
+            .bearer_auth(leader.admin_token())
+            .json(&serde_json::json!({ "name": "late" }));
+        tokio::spawn(async move {
+            match request.send().await {
+                Ok(response) => Some(response.status().as_u16()),
+                Err(_) => None,
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    leader.signal(Signal::SIGCONT);
+    let exit = leader.wait_exit(PATIENCE).await;
+    assert!(!exit.success(), "it steps down with an error: {exit}");
     assert!(
-        stderr.contains("another coordinator serves"),
-        "it says why: {stderr}"
+        leader.logs().contains("another coordinator took over the lease"),
+        "it says why\n{}",
+        leader.logs()
+    );
+    let answered = late.await.unwrap();
+    assert!(
+        matches!(answered, None | Some(503)),
+        "never acknowledged: {answered:?}"
     );
     assert_eq!(
-        db.psql(
-            "muster",
-            "SELECT count(*), max(version) FROM clusters, muster_schema"
-        ),
-        before
+        db.psql("muster", "SELECT name FROM clusters ORDER BY name"),
+        CLUSTER,
+        "the old leader wrote nothing after the takeover"
     );
-    // The first one serves on.
-    assert_eq!(first.clusters().await.len(), 1);
+    let (status, body) = create_cluster_raw(&standby, "db").await;
+    assert_eq!(status, 201, "the new leader writes: {body}");
+}
+
+/// The leader's status once it has seen `count` coordinators.
+async fn wait_for_replicas(leader: &Coordinator, count: usize) -> CoordinatorStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let status: CoordinatorStatus = leader.admin_json(&["status"]).await;
+        let seen = status.lease.as_ref().map_or(0, |l| l.replicas.len());
+        if seen >= count {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} replicas not seen: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

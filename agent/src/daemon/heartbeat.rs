@@ -186,7 +186,10 @@ impl Agent<'_> {
                     return;
                 }
                 Err(e) => {
-                    let wait = crate::coordinator::pause(backoff.next_delay(), &e);
+                    // No later than the next beat would have been (the
+                    // module doc of `daemon` says why).
+                    let retry = backoff.next_delay().min(interval.0);
+                    let wait = crate::coordinator::pause(retry, &e);
                     self.heartbeat_failed(&e, wait);
                     next = Instant::now() + wait;
                 }

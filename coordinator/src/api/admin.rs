@@ -163,7 +163,8 @@ pub(super) async fn status(
         uptime_secs: state.started.elapsed().map_or(0, |d| d.as_secs()),
         zone: state.registry.zone_name().to_owned(),
         store: state.registry.store_kind().to_owned(),
-        leader: true,
+        leader: state.leadership.is_current(),
+        lease: state.leadership.status(),
         ec2: Ec2Standing {
             trusted: why.is_none(),
             why,

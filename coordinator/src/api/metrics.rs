@@ -234,9 +234,23 @@ fn coordinator_metrics(out: &mut Exposition, state: &AppState) {
     out.single(
         "muster_leader",
         "gauge",
-        "1 while this coordinator runs what must run once (the sweep, liveness, launches, removals, the DNS provider's loop). A coordinator on SQLite is always the one.",
-        1,
+        "1 while this coordinator runs what must run once (the sweep, liveness, launches, removals, the DNS provider's loop): on a shared store, while its lease is confirmed. A coordinator on SQLite is always the one.",
+        u64::from(state.leadership.is_current()),
     );
+    if let Some((term, left)) = state.leadership.lease_gauges() {
+        out.single(
+            "muster_lease_term",
+            "gauge",
+            "The term of the leader's lease this coordinator holds (raised by one on every takeover).",
+            term,
+        );
+        out.single(
+            "muster_lease_remaining_seconds",
+            "gauge",
+            "Seconds until this leader's lease runs out unless renewed, by its own count from its last renewal (negative once past).",
+            format!("{left:.3}"),
+        );
+    }
     out.section(
         "muster_certificate_expiry_timestamp_seconds",
         "gauge",

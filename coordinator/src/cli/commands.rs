@@ -301,6 +301,19 @@ pub async fn status(client: &AdminClient, json: bool) -> Result<(), CliError> {
     for (key, value) in rows {
         println!("{key:<12} {value}");
     }
+    if let Some(lease) = &status.lease {
+        let confirmed = if lease.confirmed { "" } else { ", not confirmed" };
+        println!(
+            "{:<12} term {} held by {} until {}{confirmed}",
+            "lease", lease.term, lease.holder, lease.expires_at
+        );
+        for replica in &lease.replicas {
+            println!(
+                "{:<12} {} {} ({}, seen {})",
+                "replica", replica.role, replica.name, replica.url, replica.seen_at
+            );
+        }
+    }
     Ok(())
 }
 

@@ -56,6 +56,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::provider::{Change, DnsProvider, Outcome, ProviderError};
+use crate::leader::Leadership;
 use super::status::{ProviderStatus, StatusBoard};
 use super::{name_key, DesiredRecords, RecordData, Zone};
 
@@ -71,6 +72,9 @@ pub const CHANGE_POLL: Duration = Duration::from_secs(2);
 
 /// Most pending names listed on the status page.
 const STATUS_NAMES: usize = 100;
+
+/// How often a coordinator whose lease is in doubt looks again.
+const NOT_LEADING_CHECK: Duration = Duration::from_secs(1);
 
 /// The first retry ceiling.
 const RETRY_BASE: Duration = Duration::from_millis(250);
@@ -160,6 +164,8 @@ pub struct Reconciler {
     applied: AppliedRecords,
     conflicts: Conflicts,
     status: ProviderStatus,
+    /// Passes run only while this coordinator leads.
+    leadership: Arc<Leadership>,
 }
 
 impl Reconciler {
@@ -195,7 +201,14 @@ impl Reconciler {
             applied,
             conflicts: BTreeMap::new(),
             status,
+            leadership: Arc::new(Leadership::sole()),
         }
+    }
+
+    /// Makes passes only while `leadership` says this coordinator leads.
+    pub fn led_by(mut self, leadership: Arc<Leadership>) -> Reconciler {
+        self.leadership = leadership;
+        self
     }
 
     /// Runs until the zone is dropped.
@@ -208,6 +221,11 @@ impl Reconciler {
         let mut full = false;
         loop {
             self.publish_status(&desired.borrow());
+            if !self.leadership.is_current() {
+                // Another coordinator may lead: its pass, not ours.
+                tokio::time::sleep(NOT_LEADING_CHECK).await;
+                continue;
+            }
             if failures > 0 {
                 tokio::time::sleep(retry_delay(failures)).await;
                 full |= Instant::now() >= next_full;

@@ -16,39 +16,21 @@
 //! failover) is opened again on the next call; while it cannot be, calls
 //! fail as [`DbError::is_unavailable`], which the API answers with 503.
 //!
-//! # One coordinator per database
-//! The PostgreSQL connection holds a session lock ([`SERVE_LOCK`]) for as
-//! long as it lives: a second coordinator on the same database is refused
-//! at start, and a coordinator whose connection was lost serves again only
-//! once it holds the lock again. The schema is migrated under a
-//! transaction lock ([`MIGRATE_LOCK`]), so two coordinators starting at
-//! once on an empty database make one schema.
+//! # Several coordinators on one database
+//! PostgreSQL may be shared by several coordinators: the one that leads
+//! fences its writes by its lease ([`pg`]'s module doc). The schema
+//! is migrated under a transaction lock ([`MIGRATE_LOCK`]), so coordinators
+//! starting at once on an empty database make one schema.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Mutex;
 
-use muster_coordinator_config::redact;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
-/// The advisory lock a serving coordinator holds on its PostgreSQL
-/// connection ("muster" in ASCII, then 1).
-pub const SERVE_LOCK: i64 = 0x6d75_7374_6572_0001;
+mod pg;
 
-/// The advisory lock schema migrations run under ("muster", then 2).
-pub const MIGRATE_LOCK: i64 = 0x6d75_7374_6572_0002;
-
-/// How long opening a PostgreSQL connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a connection may sit idle before a call asks whether it is
-/// still there: calls in a burst (a fleet registering) go straight on.
-const IDLE_CHECK: Duration = Duration::from_millis(250);
-
-/// How long a statement may run on PostgreSQL before the server cancels it.
-const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+pub use pg::{Fence, PgConnection, Postgres, MIGRATE_LOCK};
 
 /// A value bound to a statement's parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,6 +292,13 @@ pub enum DbError {
     /// No connection to the database could be had.
     #[error("{0}")]
     Unavailable(String),
+    /// A write of a leader whose lease another coordinator has taken:
+    /// nothing written.
+    #[error("this coordinator's lease (term {term}) was taken over: it no longer leads")]
+    Fenced {
+        /// The term this coordinator led by.
+        term: i64,
+    },
 }
 
 /// PostgreSQL's message, with its detail when the server gave one.
@@ -356,7 +345,8 @@ impl DbError {
     /// call may succeed later, and said nothing about the data.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            DbError::Unavailable(_) => true,
+            // This coordinator may not write, and another may.
+            DbError::Unavailable(_) | DbError::Fenced { .. } => true,
             DbError::Postgres(error) => {
                 // Not a server's answer: the socket, TLS, a timeout.
                 let transport = error.as_db_error().is_none()
@@ -395,10 +385,10 @@ impl Db<'_> {
                 let mut statement = conn.prepare_cached(sql)?;
                 Ok(statement.execute(rusqlite::params_from_iter(args))? as u64)
             }
-            Db::Postgres(conn) => {
+            Db::Postgres(conn) => conn.fenced(sql, |conn| {
                 let statement = conn.statement(sql)?;
                 conn.run(|client| client.execute(&statement, &pg_args(args)))
-            }
+            }),
         }
     }
 
@@ -419,13 +409,14 @@ impl Db<'_> {
                 }
                 Ok(out)
             }
-            Db::Postgres(conn) => {
-                let statement = conn.statement(sql)?;
-                conn.run(|client| client.query(&statement, &pg_args(args)))?
-                    .iter()
-                    .map(|row| read(&Row::Postgres(row)))
-                    .collect()
-            }
+            Db::Postgres(conn) => conn
+                .fenced(sql, |conn| {
+                    let statement = conn.statement(sql)?;
+                    conn.run(|client| client.query(&statement, &pg_args(args)))
+                })?
+                .iter()
+                .map(|row| read(&Row::Postgres(row)))
+                .collect(),
         }
     }
 
@@ -446,11 +437,11 @@ impl Db<'_> {
                 }
             }
             Db::Postgres(conn) => {
-                let statement = conn.statement(sql)?;
-                match conn
-                    .run(|client| client.query(&statement, &pg_args(args)))?
-                    .first()
-                {
+                let rows = conn.fenced(sql, |conn| {
+                    let statement = conn.statement(sql)?;
+                    conn.run(|client| client.query(&statement, &pg_args(args)))
+                })?;
+                match rows.first() {
                     Some(row) => read(&Row::Postgres(row)).map(Some),
                     None => Ok(None),
                 }
@@ -481,18 +472,12 @@ impl Db<'_> {
                 tx.commit().map_err(DbError::from)?;
                 Ok(out)
             }
+            // Inside a transaction already: part of it.
+            Db::Postgres(conn) if conn.in_transaction => work(self),
             Db::Postgres(conn) => {
-                conn.run(|client| client.batch_execute("BEGIN"))?;
-                // A panic or an error leaves the transaction open; the next
-                // call's ROLLBACK (in `PgConnection::ready`) ends it.
-                conn.in_transaction = true;
+                conn.begin()?;
                 let out = work(&mut Db::Postgres(conn));
-                let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                let ended = conn.run(|client| client.batch_execute(end));
-                conn.in_transaction = false;
-                let out = out?;
-                ended?;
-                Ok(out)
+                conn.end(out)
             }
         }
     }
@@ -544,69 +529,6 @@ pub fn postgres_ddl(sql: &str) -> String {
     .replace(" INTEGER", " BIGINT")
 }
 
-/// A PostgreSQL connection with its prepared statements.
-pub struct PgConnection {
-    client: postgres::Client,
-    statements: HashMap<String, postgres::Statement>,
-    in_transaction: bool,
-    /// When a call last used it.
-    used: std::time::Instant,
-    /// A statement failed as if the server were gone: it is not used again.
-    broken: bool,
-}
-
-impl std::fmt::Debug for PgConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgConnection")
-            .field("statements", &self.statements.len())
-            .field("in_transaction", &self.in_transaction)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PgConnection {
-    /// Runs one exchange with the server; an error that says the server
-    /// is gone marks the connection broken, so the next call opens another.
-    fn run<T>(
-        &mut self,
-        exchange: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
-    ) -> Result<T, DbError> {
-        exchange(&mut self.client).map_err(|error| {
-            let error = DbError::Postgres(error);
-            if error.is_unavailable() {
-                self.broken = true;
-            }
-            error
-        })
-    }
-
-    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, DbError> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let text = postgres_sql(sql);
-        let statement = self.run(|client| client.prepare(&text))?;
-        self.statements.insert(sql.to_owned(), statement.clone());
-        Ok(statement)
-    }
-
-    /// Makes it ready for a call: ends a transaction a panic left open,
-    /// and asks the server whether it is still there when it sat idle (a
-    /// server restarted meanwhile ended it, and its first statement would
-    /// fail only to say so). Store calls are rare, so the question costs
-    /// one round trip now and then.
-    fn ready(&mut self) -> Result<(), DbError> {
-        if self.in_transaction {
-            self.client.batch_execute("ROLLBACK")?;
-            self.in_transaction = false;
-        } else if self.used.elapsed() > IDLE_CHECK {
-            self.client.is_valid(CONNECT_TIMEOUT)?;
-        }
-        self.used = std::time::Instant::now();
-        Ok(())
-    }
-}
-
 /// Where the store lives.
 #[derive(Debug)]
 pub enum Database {
@@ -646,184 +568,6 @@ impl Database {
     }
 }
 
-/// A PostgreSQL store's connection settings and its one connection.
-pub struct Postgres {
-    config: postgres::Config,
-    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    shown: String,
-    conn: Mutex<Option<PgConnection>>,
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // The client closes its connection on its own small runtime, which
-        // may not be entered from an async task: the store dropped as the
-        // server stops is.
-        let conn = self
-            .conn
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(conn) = conn {
-            off_runtime(move || drop(conn));
-        }
-    }
-}
-
-impl std::fmt::Debug for Postgres {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Postgres")
-            .field("url", &self.shown)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Postgres {
-    /// Settings from a `postgres://` URL. `sslrootcert=FILE` (libpq's name)
-    /// turns on TLS, verifying the server's certificate against that CA
-    /// and its name (libpq's `verify-full`, whatever `sslmode` says but
-    /// `disable`); `sslmode=require`, `verify-ca` or `verify-full` without
-    /// it is refused, as muster never trusts a certificate it cannot
-    /// check. Without either, the connection is plain.
-    pub fn new(url: &str) -> Result<Postgres, String> {
-        let shown = redact(url);
-        let (base, root) = take_param(url, "sslrootcert");
-        let (base, mode) = take_param(&base, "sslmode");
-        let mut config: postgres::Config = base.parse().map_err(|e| format!("{shown}: {e}"))?;
-        let tls = match (mode.as_deref(), root) {
-            (Some("disable"), _) => None,
-            (_, Some(path)) => Some(rustls_connector(&path)?),
-            (None | Some("prefer" | "allow"), None) => None,
-            (Some(mode @ ("require" | "verify-ca" | "verify-full")), None) => {
-                return Err(format!(
-                    "{shown}: sslmode={mode} needs sslrootcert=FILE, the CA that signed the \
-                     database's certificate"
-                ))
-            }
-            (Some(other), None) => return Err(format!("{shown}: unknown sslmode={other}")),
-        };
-        config.ssl_mode(if tls.is_some() {
-            postgres::config::SslMode::Require
-        } else {
-            postgres::config::SslMode::Disable
-        });
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(30));
-        config.tcp_user_timeout(Duration::from_secs(15));
-        config.application_name("muster-coordinator");
-        let timeout = format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}");
-        let options = match config.get_options() {
-            Some(given) => format!("{given} {timeout}"),
-            None => timeout,
-        };
-        config.options(&options);
-        Ok(Postgres {
-            config,
-            tls,
-            shown,
-            conn: Mutex::new(None),
-        })
-    }
-
-    /// The URL without its password, for logs and errors.
-    pub fn shown(&self) -> &str {
-        &self.shown
-    }
-
-    /// The connection, opened (with the serve lock) if there is none.
-    fn connection(&self) -> Result<MutexGuard<'_, Option<PgConnection>>, DbError> {
-        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(conn) = slot.as_mut() {
-            if conn.ready().is_ok() {
-                return Ok(slot);
-            }
-            *slot = None;
-        }
-        *slot = Some(self.open()?);
-        Ok(slot)
-    }
-
-    fn open(&self) -> Result<PgConnection, DbError> {
-        let unavailable = |e: postgres::Error| {
-            DbError::Unavailable(format!(
-                "connecting to {}: {}",
-                self.shown,
-                pg_error_text(&e)
-            ))
-        };
-        let mut client = match &self.tls {
-            Some(tls) => self.config.connect(tls.clone()),
-            None => self.config.connect(postgres::NoTls),
-        }
-        .map_err(unavailable)?;
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVE_LOCK])
-            .map_err(unavailable)?
-            .get(0);
-        if !locked {
-            return Err(DbError::Unavailable(format!(
-                "another coordinator serves from {}: one coordinator per database",
-                self.shown
-            )));
-        }
-        Ok(PgConnection {
-            client,
-            statements: HashMap::new(),
-            in_transaction: false,
-            used: std::time::Instant::now(),
-            broken: false,
-        })
-    }
-}
-
-/// A TLS connector trusting only the CA in `path`.
-fn rustls_connector(path: &str) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("sslrootcert {path}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| format!("sslrootcert {path}: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("sslrootcert {path}: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("sslrootcert {path}: no certificate in it"));
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS to PostgreSQL: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
-/// `url` without query parameter `name`, and its value.
-fn take_param(url: &str, name: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
-    };
-    let mut value = None;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| match pair.split_once('=') {
-            Some((key, v)) if key == name => {
-                value = Some(v.to_owned());
-                false
-            }
-            _ => true,
-        })
-        .collect();
-    if kept.is_empty() {
-        (base.to_owned(), value)
-    } else {
-        (format!("{base}?{}", kept.join("&")), value)
-    }
-}
-
 /// Runs blocking `work` where blocking is allowed: beside the async
 /// runtime's workers (a multi-threaded runtime hands this worker's tasks
 /// to another), on a thread of its own under a single-threaded runtime,
@@ -859,47 +603,5 @@ mod tests {
             "CREATE TABLE t (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, \
              n BIGINT NOT NULL)"
         );
-    }
-
-    #[test]
-    fn the_root_certificate_is_taken_out_of_the_url() {
-        assert_eq!(
-            take_param(
-                "postgres://h/db?sslrootcert=/ca.pem&sslmode=require",
-                "sslrootcert"
-            ),
-            (
-                "postgres://h/db?sslmode=require".to_owned(),
-                Some("/ca.pem".to_owned())
-            )
-        );
-        assert_eq!(
-            take_param("postgres://h/db", "sslrootcert"),
-            ("postgres://h/db".to_owned(), None)
-        );
-    }
-
-    #[test]
-    fn tls_is_verified_or_refused() {
-        for mode in ["require", "verify-ca", "verify-full"] {
-            let error = Postgres::new(&format!("postgres://u:pw@h/db?sslmode={mode}")).unwrap_err();
-            assert!(error.contains("sslrootcert"), "{error}");
-            assert!(!error.contains("pw"), "{error}");
-        }
-        let error = Postgres::new("postgres://u@h/db?sslmode=sometimes").unwrap_err();
-        assert!(error.contains("sslmode"), "{error}");
-        let root = "postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem";
-        let error = Postgres::new(root).unwrap_err();
-        assert!(
-            error.contains("/nonexistent/ca.pem"),
-            "the root is read: {error}"
-        );
-        for plain in [
-            "postgres://u@h/db",
-            "postgres://u@h/db?sslmode=disable",
-            "postgres://u@h/db?sslmode=prefer",
-        ] {
-            assert!(Postgres::new(plain).unwrap().tls.is_none(), "{plain}");
-        }
     }
 }

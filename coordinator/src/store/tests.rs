@@ -3,11 +3,14 @@
 //! database of a real PostgreSQL server ([`every_case_on_postgres`]).
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use muster_proto::{EventSource, NodeState};
 
 use super::pg_server::Postgres;
 use super::*;
+use lease::LeaseStore;
+use sql::Fence;
 
 /// Declares the cases that run on both databases.
 macro_rules! cases {
@@ -499,35 +502,109 @@ fn prune_takes_thousands_at_once(store: Store) {
     assert!(store.node_by_instance(live).unwrap().is_some());
 }
 
-/// Two coordinators starting at once on an empty database: one opens the
-/// store and makes the schema once; the other is refused, saying why,
-/// until the first is gone.
+/// Two coordinators starting at once on an empty database make the schema
+/// once; both open it, and exactly one of them takes the leader's lease.
 #[test]
-fn postgres_serves_one_coordinator_and_migrates_once() {
+fn postgres_migrates_once_and_leases_to_one() {
     let server = Postgres::start();
     server.create_database("race");
     let url = server.url("race");
-    let opened: Vec<Result<Store, StoreError>> = std::thread::scope(|scope| {
-        let racers: Vec<_> = (0..2)
-            .map(|_| scope.spawn(|| Store::open_postgres(&url)))
+    let terms: Vec<Option<i64>> = std::thread::scope(|scope| {
+        let racers: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|name| {
+                let url = &url;
+                scope.spawn(move || {
+                    let store = Store::open_postgres(url).unwrap();
+                    let lease = LeaseStore::open(url).unwrap();
+                    let term = lease.try_acquire(name, Duration::from_secs(60)).unwrap();
+                    drop(store);
+                    term
+                })
+            })
             .collect();
         racers.into_iter().map(|r| r.join().unwrap()).collect()
     });
-    let (won, lost): (Vec<_>, Vec<_>) = opened.into_iter().partition(Result::is_ok);
-    assert_eq!((won.len(), lost.len()), (1, 1));
-    let refusal = lost.into_iter().next().unwrap().unwrap_err().to_string();
-    assert!(refusal.contains("another coordinator"), "{refusal}");
+    let mut terms: Vec<_> = terms.into_iter().flatten().collect();
+    terms.sort();
+    assert_eq!(terms, [1], "one coordinator leads");
     assert_eq!(
         server.psql("race", "SELECT count(*), max(version) FROM muster_schema"),
         format!("1|{}", MIGRATIONS.len())
     );
-    let store = won.into_iter().next().unwrap().unwrap();
-    store.create_cluster("web", "h", None).unwrap();
-    drop(store);
-
     let again = Store::open_postgres(&url).unwrap();
     assert_eq!(again.schema_version().unwrap(), MIGRATIONS.len() as i64);
-    assert_eq!(again.clusters().unwrap().len(), 1);
+}
+
+/// The lease passes on only once its holder lets it run out or releases
+/// it, each time with a higher term; from then on the old leader's writes
+/// fail as unavailable and write nothing, one statement or a transaction,
+/// and its renewal says it lost.
+#[test]
+fn postgres_lease_fences_the_old_leader() {
+    let server = Postgres::start();
+    server.create_database("lease");
+    let url = server.url("lease");
+    let (old, new) = (
+        Store::open_postgres(&url).unwrap(),
+        Store::open_postgres(&url).unwrap(),
+    );
+    let lease = LeaseStore::open(&url).unwrap();
+    let short = Duration::from_millis(300);
+
+    let first = lease.try_acquire("old", short).unwrap().expect("no one leads yet");
+    old.fence_by(Fence {
+        holder: "old".into(),
+        term: first,
+    });
+    assert_eq!(lease.try_acquire("new", short).unwrap(), None, "old holds it");
+    let web = old.create_cluster("web", "h", None).unwrap();
+    assert!(lease.renew("old", first, short).unwrap());
+
+    std::thread::sleep(short * 2);
+    let second = lease.try_acquire("new", short).unwrap().expect("old let it run out");
+    assert_eq!(second, first + 1);
+    new.fence_by(Fence {
+        holder: "new".into(),
+        term: second,
+    });
+
+    let error = old.create_cluster("db", "h", None).unwrap_err();
+    assert!(error.is_unavailable(), "{error}");
+    assert!(error.to_string().contains("lease"), "{error}");
+    let instances: Vec<LaunchedInstance> = (0..3)
+        .map(|i| LaunchedInstance {
+            instance_id: format!("i-{i:017x}"),
+            subnet_id: "subnet-1".to_owned(),
+            availability_zone: "us-east-1a".to_owned(),
+            private_ipv4: None,
+        })
+        .collect();
+    let launched = ("launched", EventSource::Operator);
+    let error = old
+        .insert_launched(web.id, "us-east-1", &instances, None, launched)
+        .unwrap_err();
+    assert!(error.is_unavailable(), "{error}");
+    assert_eq!(
+        server.psql("lease", "SELECT (SELECT count(*) FROM clusters), (SELECT count(*) FROM nodes)"),
+        "1|0",
+        "the old leader wrote nothing once the lease was taken over"
+    );
+    assert!(!lease.renew("old", first, short).unwrap(), "old learns it lost");
+    assert_eq!(old.clusters().unwrap().len(), 1, "reads go on");
+
+    // The new leader writes; released, the lease passes on at once.
+    new.insert_launched(web.id, "us-east-1", &instances, None, launched)
+        .unwrap();
+    lease.release("new", second).unwrap();
+    assert_eq!(lease.try_acquire("old", Duration::from_secs(60)).unwrap(), Some(second + 1));
+    let row = lease.read().unwrap().unwrap();
+    assert_eq!((row.holder.as_str(), row.term), ("old", second + 1));
+    assert!(row.expires_at > row.now);
+    // A holder restarted takes its own lease back at once, with a new term
+    // (fencing whatever was left of it); nobody else can.
+    assert_eq!(lease.try_acquire("new", short).unwrap(), None);
+    assert_eq!(lease.try_acquire("old", short).unwrap(), Some(second + 2));
 }
 
 /// PostgreSQL stopped and started again: while it is away every call
