@@ -27,8 +27,8 @@
 //! takeover. The loops check [`Leadership::is_current`] before each turn,
 //! which keeps that window to one call.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -122,17 +122,17 @@ impl Leadership {
                     return Ok(Leadership { held: Some(held) });
                 }
                 Ok(None) => match store.read() {
-                    Ok(Some(lease)) if told.as_ref() != Some(&(lease.holder.clone(), lease.term)) => {
+                    Ok(Some(lease))
+                        if told.as_ref() != Some(&(lease.holder.clone(), lease.term)) =>
+                    {
                         tracing::info!(
                             name = %name,
                             leader = %lease.holder,
                             term = lease.term,
                             "standing by: another coordinator leads"
                         );
-                        let status = format!(
-                            "standing by; {} leads (term {})",
-                            lease.holder, lease.term
-                        );
+                        let status =
+                            format!("standing by; {} leads (term {})", lease.holder, lease.term);
                         let _ = sd_notify::notify(
                             false,
                             &[
@@ -185,8 +185,10 @@ impl Leadership {
             let sent = Instant::now();
             match held.store.renew(&held.name, held.term, held.settings.time) {
                 Ok(true) => {
-                    *held.confirmed_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                        sent + held.settings.time;
+                    *held
+                        .confirmed_until
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = sent + held.settings.time;
                     if std::mem::take(&mut doubted) {
                         tracing::info!(term = held.term, "the lease is renewed again");
                     }
@@ -240,7 +242,9 @@ impl Leadership {
         Some(LeaseStatus {
             holder: held.name.clone(),
             term: held.term,
-            expires_at: lease.as_ref().map_or_else(String::new, |l| rfc3339(l.expires_at)),
+            expires_at: lease
+                .as_ref()
+                .map_or_else(String::new, |l| rfc3339(l.expires_at)),
             lease_secs: held.settings.time.as_secs(),
             confirmed: self.is_current(),
             replicas: replicas
@@ -278,7 +282,10 @@ impl Leadership {
 
 impl Held {
     fn confirmed(&self) -> Instant {
-        *self.confirmed_until.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .confirmed_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Says this coordinator is alive, and reads the lease and the

@@ -34,7 +34,7 @@ use crate::ec2::{CachedInstances, Ec2Clients, Ec2Instances, InstanceLookup};
 use crate::fdlimit::{self, FdLimit};
 use crate::launcher::agent_dist::{AgentDist, AgentDistError};
 use crate::launcher::{userdata, Launcher};
-use crate::leader::{LeaseLost, Leadership};
+use crate::leader::{Leadership, LeaseLost};
 use crate::pki::{self, PkiError};
 use crate::registry::ec2_view::{ACCOUNT_FIRST_WAIT, ACCOUNT_RETRY};
 use crate::registry::{LaunchContext, Registry, RegistryError, Timing};
@@ -246,7 +246,6 @@ async fn lead(settings: &Settings) -> Result<Leadership, ServeError> {
         }
     }
 }
-
 
 /// Makes the data dir, readable by its owner only.
 fn make_data_dir(data_dir: &Path) -> Result<(), ServeError> {

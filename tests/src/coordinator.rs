@@ -361,7 +361,10 @@ impl Coordinator {
         };
         standby.spawn();
         let deadline = Instant::now() + READY_TIMEOUT;
-        while !standby.logs().contains("standing by: another coordinator leads") {
+        while !standby
+            .logs()
+            .contains("standing by: another coordinator leads")
+        {
             let process = standby.process.as_mut().expect("spawned");
             if let Some(status) = process.try_exit() {
                 panic!("the standby exited ({status})\n{}", standby.logs());

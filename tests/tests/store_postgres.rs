@@ -220,7 +220,10 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     assert_eq!(lease.term, 1, "{lease:#?}");
     assert!(status.leader);
     let roles: Vec<&str> = lease.replicas.iter().map(|r| r.role.as_str()).collect();
-    assert!(roles.contains(&"leader") && roles.contains(&"standby"), "{lease:#?}");
+    assert!(
+        roles.contains(&"leader") && roles.contains(&"standby"),
+        "{lease:#?}"
+    );
     assert_eq!(lease_row(&db), format!("{}|1", lease.holder));
     let metrics = leader.metrics().await;
     assert!(metrics.contains("muster_lease_term 1"), "{metrics}");
@@ -313,7 +316,9 @@ async fn a_paused_leader_is_fenced_and_steps_down() {
     let exit = leader.wait_exit(PATIENCE).await;
     assert!(!exit.success(), "it steps down with an error: {exit}");
     assert!(
-        leader.logs().contains("another coordinator took over the lease"),
+        leader
+            .logs()
+            .contains("another coordinator took over the lease"),
         "it says why\n{}",
         leader.logs()
     );

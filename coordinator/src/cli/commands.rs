@@ -302,7 +302,11 @@ pub async fn status(client: &AdminClient, json: bool) -> Result<(), CliError> {
         println!("{key:<12} {value}");
     }
     if let Some(lease) = &status.lease {
-        let confirmed = if lease.confirmed { "" } else { ", not confirmed" };
+        let confirmed = if lease.confirmed {
+            ""
+        } else {
+            ", not confirmed"
+        };
         println!(
             "{:<12} term {} held by {} until {}{confirmed}",
             "lease", lease.term, lease.holder, lease.expires_at

@@ -56,9 +56,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::provider::{Change, DnsProvider, Outcome, ProviderError};
-use crate::leader::Leadership;
 use super::status::{ProviderStatus, StatusBoard};
 use super::{name_key, DesiredRecords, RecordData, Zone};
+use crate::leader::Leadership;
 
 /// How long the loop waits after a change before applying it, so changes
 /// arriving together go out together.

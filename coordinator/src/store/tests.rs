@@ -552,17 +552,27 @@ fn postgres_lease_fences_the_old_leader() {
     let lease = LeaseStore::open(&url).unwrap();
     let short = Duration::from_millis(300);
 
-    let first = lease.try_acquire("old", short).unwrap().expect("no one leads yet");
+    let first = lease
+        .try_acquire("old", short)
+        .unwrap()
+        .expect("no one leads yet");
     old.fence_by(Fence {
         holder: "old".into(),
         term: first,
     });
-    assert_eq!(lease.try_acquire("new", short).unwrap(), None, "old holds it");
+    assert_eq!(
+        lease.try_acquire("new", short).unwrap(),
+        None,
+        "old holds it"
+    );
     let web = old.create_cluster("web", "h", None).unwrap();
     assert!(lease.renew("old", first, short).unwrap());
 
     std::thread::sleep(short * 2);
-    let second = lease.try_acquire("new", short).unwrap().expect("old let it run out");
+    let second = lease
+        .try_acquire("new", short)
+        .unwrap()
+        .expect("old let it run out");
     assert_eq!(second, first + 1);
     new.fence_by(Fence {
         holder: "new".into(),
@@ -586,18 +596,27 @@ fn postgres_lease_fences_the_old_leader() {
         .unwrap_err();
     assert!(error.is_unavailable(), "{error}");
     assert_eq!(
-        server.psql("lease", "SELECT (SELECT count(*) FROM clusters), (SELECT count(*) FROM nodes)"),
+        server.psql(
+            "lease",
+            "SELECT (SELECT count(*) FROM clusters), (SELECT count(*) FROM nodes)"
+        ),
         "1|0",
         "the old leader wrote nothing once the lease was taken over"
     );
-    assert!(!lease.renew("old", first, short).unwrap(), "old learns it lost");
+    assert!(
+        !lease.renew("old", first, short).unwrap(),
+        "old learns it lost"
+    );
     assert_eq!(old.clusters().unwrap().len(), 1, "reads go on");
 
     // The new leader writes; released, the lease passes on at once.
     new.insert_launched(web.id, "us-east-1", &instances, None, launched)
         .unwrap();
     lease.release("new", second).unwrap();
-    assert_eq!(lease.try_acquire("old", Duration::from_secs(60)).unwrap(), Some(second + 1));
+    assert_eq!(
+        lease.try_acquire("old", Duration::from_secs(60)).unwrap(),
+        Some(second + 1)
+    );
     let row = lease.read().unwrap().unwrap();
     assert_eq!((row.holder.as_str(), row.term), ("old", second + 1));
     assert!(row.expires_at > row.now);

@@ -148,9 +148,8 @@ impl PgConnection {
     /// `fence`'s holder and term; holds the row until the transaction ends.
     fn check_fence(&mut self, fence: &Fence) -> Result<(), DbError> {
         let statement = self.statement(FENCE_CHECK)?;
-        let rows = self.run(|client| {
-            client.query(&statement, &[&fence.holder.as_str(), &fence.term])
-        })?;
+        let rows =
+            self.run(|client| client.query(&statement, &[&fence.holder.as_str(), &fence.term]))?;
         if rows.is_empty() {
             return Err(DbError::Fenced { term: fence.term });
         }
@@ -410,4 +409,3 @@ mod tests {
         }
     }
 }
-
