@@ -83,6 +83,32 @@ pub const EVENTUALLY: Duration = Duration::from_secs(20);
 /// How often an eventual condition is probed.
 pub const POLL: Duration = Duration::from_millis(100);
 
+/// `serve` flags for the liveness stories: heartbeats every second,
+/// unreachable after 3 s of silence, EC2 read every second, and an
+/// instance EC2 has not known for two sweeps terminated.
+pub const FAST_LIVENESS: &[&str] = &[
+    "--heartbeat-interval",
+    "1s",
+    "--grace",
+    "3s",
+    "--sweep-interval",
+    "1s",
+    "--unknown-sweeps",
+    "2",
+];
+
+/// `serve` flags for the failover stories on a shared store: a leader
+/// silent for 3 s is replaced, renewing every second; a standby tries
+/// twice a second.
+pub const FAST_LEASE: &[&str] = &[
+    "--lease-time",
+    "3s",
+    "--lease-renew-interval",
+    "1s",
+    "--lease-retry-interval",
+    "500ms",
+];
+
 /// Plausible host facts for a heartbeat a test sends by hand.
 pub fn host_facts() -> muster_proto::HostFacts {
     muster_proto::HostFacts {

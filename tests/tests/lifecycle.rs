@@ -15,18 +15,7 @@ use muster_tests::{ec2, wait_until, Agent, Coordinator, DnsAnswer, Imds, Moto, P
 
 const CLUSTER: &str = "web";
 
-/// Heartbeats every second, unreachable after 3 s of silence, EC2 read
-/// every second, terminated after 2 unknown sweeps.
-const FAST: &[&str] = &[
-    "--heartbeat-interval",
-    "1s",
-    "--grace",
-    "3s",
-    "--sweep-interval",
-    "1s",
-    "--unknown-sweeps",
-    "2",
-];
+const FAST: &[&str] = muster_tests::FAST_LIVENESS;
 
 /// Long enough for any of the above to happen several times over.
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -19,16 +19,7 @@ use nix::sys::signal::Signal;
 
 const CLUSTER: &str = "web";
 
-/// Heartbeats every second, unreachable after 3 s of silence, EC2 read
-/// every second.
-const FAST: &[&str] = &[
-    "--heartbeat-interval",
-    "1s",
-    "--grace",
-    "3s",
-    "--sweep-interval",
-    "1s",
-];
+const FAST: &[&str] = muster_tests::FAST_LIVENESS;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -166,16 +157,7 @@ async fn list_clusters_raw(coordinator: &Coordinator) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
-/// Lease settings for the failover stories: a leader silent for 3 s is
-/// replaced, renewing every second; a standby tries twice a second.
-const LEASE: &[&str] = &[
-    "--lease-time",
-    "3s",
-    "--lease-renew-interval",
-    "1s",
-    "--lease-retry-interval",
-    "500ms",
-];
+const LEASE: &[&str] = muster_tests::FAST_LEASE;
 
 /// The lease row: holder and term.
 fn lease_row(db: &Postgres) -> String {

@@ -16,6 +16,8 @@
 //! - Instances tagged as another coordinator's are never touched.
 //! - Killed during `cluster rm` (TerminateInstances held before it reaches
 //!   EC2): started again, the coordinator finishes the removal.
+//! - A leader killed after the first RunInstances with a standby beside it
+//!   on PostgreSQL: the standby takes over and finishes the launch.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use aws_sdk_ec2::types::Filter;
 use aws_sdk_ec2::Client;
 use muster_proto::NodeState;
 use muster_tests::ec2;
+use muster_tests::postgres::Postgres;
 use muster_tests::{wait_until, Coordinator, Ec2Proxy, Hold, Moto, POLL};
 
 const CLUSTER: &str = "web";
@@ -55,6 +58,18 @@ async fn kill_during_create(
     hold: Hold,
     after: impl std::future::Future<Output = ()>,
 ) {
+    interrupt_create(coordinator, proxy, hold, after).await;
+    coordinator.restart().await;
+}
+
+/// [`kill_during_create`] without the restart: the coordinator stays
+/// dead, and the proxy lets every call through.
+async fn interrupt_create(
+    coordinator: &mut Coordinator,
+    proxy: &Ec2Proxy,
+    hold: Hold,
+    after: impl std::future::Future<Output = ()>,
+) {
     let action = hold.action.clone();
     let held_before = proxy.held();
     proxy.hold(Some(hold));
@@ -79,7 +94,6 @@ async fn kill_during_create(
         String::from_utf8_lossy(&output.stdout)
     );
     proxy.hold(None);
-    coordinator.restart().await;
 }
 
 /// Instances of the cluster EC2 lists as pending or running, by id.
@@ -175,6 +189,55 @@ async fn killed_after_the_first_run_instances() {
     )
     .await;
     assert_eq!(live_instances(&sdk).await.len(), COUNT);
+}
+
+/// A leader killed after the first of six RunInstances, a standby beside
+/// it on a shared PostgreSQL store: the standby takes the lease (term 2)
+/// and finishes the launch the leader began, six instances, each a node,
+/// none launched twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_finishes_the_launch_a_killed_leader_began() {
+    let db = Postgres::start();
+    db.create_database("muster");
+    let moto = Moto::start().await;
+    let sdk = ec2::client(&moto.endpoint()).await;
+    let proxy = Ec2Proxy::start(moto.endpoint(), vec![]).await;
+    let url = db.url("muster");
+    let mut flags = FLAGS.to_vec();
+    flags.extend(muster_tests::FAST_LEASE);
+    flags.extend(["--store", url.as_str()]);
+    let mut leader = Coordinator::start_at(&proxy.endpoint(), &flags).await;
+    let mut standby = leader.start_standby(true).await;
+    let hold = Hold {
+        action: "RunInstances".into(),
+        after: 1,
+        reaches_ec2: false,
+    };
+    interrupt_create(&mut leader, &proxy, hold, async {}).await;
+    let before = live_instances(&sdk).await;
+    assert!(!before.is_empty() && before.len() < COUNT, "{before:?}");
+
+    standby.wait_leading().await;
+    assert!(
+        db.psql("muster", "SELECT term FROM muster_lease") == "2",
+        "the standby took the lease over"
+    );
+    let (live, nodes) = settled(&standby, &sdk).await;
+    assert_eq!(
+        live.len(),
+        COUNT,
+        "instances after the takeover: {live:?}\n{}",
+        standby.logs()
+    );
+    assert_eq!(live, nodes, "every instance is a node");
+    assert_eq!(
+        db.psql(
+            "muster",
+            "SELECT count(*) FROM launch_jobs WHERE finished_at IS NULL"
+        ),
+        "0",
+        "the job is finished"
+    );
 }
 
 /// Killed after the last RunInstances reached EC2 but before its answer

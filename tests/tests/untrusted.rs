@@ -16,19 +16,7 @@ use muster_tests::{ec2, wait_until, Agent, Coordinator, Imds, Moto, POLL, ZONE};
 
 const CLUSTER: &str = "web";
 
-/// Heartbeats every second, unreachable after 3 s of silence, EC2 read
-/// every second, terminated after 2 unknown sweeps: short enough that a
-/// wrong read believed would terminate the node within seconds.
-const FAST: &[&str] = &[
-    "--heartbeat-interval",
-    "1s",
-    "--grace",
-    "3s",
-    "--sweep-interval",
-    "1s",
-    "--unknown-sweeps",
-    "2",
-];
+const FAST: &[&str] = muster_tests::FAST_LIVENESS;
 
 /// Long enough for a dozen sweeps several times over.
 const PATIENCE: Duration = Duration::from_secs(60);
