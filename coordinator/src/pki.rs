@@ -296,6 +296,20 @@ pub fn issue_viewer_token(data_dir: &Path) -> Result<(String, String), PkiError>
     Ok((token, hash))
 }
 
+/// The SHA-256 fingerprint of the first certificate in the PEM file
+/// `path` (of its DER bytes), in hex.
+pub fn certificate_fingerprint(path: &Path) -> Result<String, PkiError> {
+    let bad = |source| PkiError::Expiry {
+        path: path.to_owned(),
+        source,
+    };
+    let cert = openssl::x509::X509::from_pem(&read(path)?).map_err(bad)?;
+    let digest = cert
+        .digest(openssl::hash::MessageDigest::sha256())
+        .map_err(bad)?;
+    Ok(hex::encode(digest))
+}
+
 /// When the first certificate in the PEM file `path` expires, in Unix
 /// seconds.
 pub fn certificate_expiry(path: &Path) -> Result<i64, PkiError> {

@@ -98,6 +98,24 @@ pub enum ServeError {
     /// Another coordinator took over the lease: this one steps down.
     #[error(transparent)]
     LeaseLost(#[from] LeaseLost),
+    /// This coordinator's credentials differ from those the coordinators
+    /// before it on the shared store serve with.
+    #[error(
+        "{what} in {data_dir} is not the one the coordinators of this store use (this one's: \
+         {ours}; the store's: {stored}): copy ca.pem, ca-key.pem, server.pem, server-key.pem, \
+         admin-token and dns-owner-id from a coordinator of this store into the data dir \
+         (docs/operations.md, \"A three-coordinator recipe\")"
+    )]
+    NotTheSharedCredentials {
+        /// Which credential.
+        what: &'static str,
+        /// This coordinator's data dir.
+        data_dir: String,
+        /// This coordinator's.
+        ours: String,
+        /// The store's.
+        stored: String,
+    },
     /// The API could not bind or failed.
     #[error("serving the API on {addr}: {source}")]
     Api {
@@ -136,6 +154,9 @@ pub async fn serve(
     let agent = agent_dist(&settings)?;
     let zone = Arc::new(Zone::new(&settings.zone, settings.dns_ttl)?);
     let store = Store::open_at(&settings.store)?;
+    if store.is_postgres() {
+        check_shared_credentials(&store, &settings, &files)?;
+    }
     let leadership = tokio::select! {
         led = lead(&settings) => Arc::new(led?),
         () = &mut shutdown => {
@@ -209,12 +230,19 @@ pub async fn serve(
     tracing::info!(addr = ?api_addr, public_url = %settings.public_url, "api listening (https)");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
+    // Renewals block on the database: on a task of their own, they never
+    // hold up the shutdown.
+    let mut hold = tokio::spawn({
+        let leadership = leadership.clone();
+        async move { leadership.hold().await }
+    });
     let lost = tokio::select! {
         () = &mut shutdown => {
             tracing::info!("shutting down");
+            hold.abort();
             None
         }
-        lost = leadership.hold() => {
+        Ok(lost) = &mut hold => {
             tracing::error!(error = %lost, "stepping down");
             Some(lost)
         }
@@ -232,6 +260,49 @@ pub async fn serve(
     }
     leadership.release();
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The store's name for the fingerprint of the CA agents pin.
+const SHARED_CA: &str = "shared_ca_sha256";
+/// The store's name for the owner id in external DNS's ownership records.
+const SHARED_DNS_OWNER: &str = "shared_dns_owner_id";
+
+/// On a store several coordinators share: checks that this one serves
+/// with the CA agents pin and writes DNS as the same owner as the first
+/// one did (which recorded them), so a takeover changes neither. A
+/// standby started on a fresh data dir made a CA of its own: it is
+/// refused at start, not found out when it takes over and every agent
+/// refuses it.
+fn check_shared_credentials(
+    store: &Store,
+    settings: &Settings,
+    files: &pki::TlsFiles,
+) -> Result<(), ServeError> {
+    let data_dir = settings.data_dir.display().to_string();
+    let mut checks = Vec::new();
+    if let Some(ca) = &files.ca {
+        let fingerprint = pki::certificate_fingerprint(ca)?;
+        checks.push(("the CA ca.pem (sha256)", SHARED_CA, fingerprint));
+    }
+    if !matches!(settings.dns_provider, config::DnsProvider::Embedded) {
+        let owner = match &settings.dns_owner_id {
+            Some(id) => id.clone(),
+            None => dns::ownership::ensure_owner_id(&settings.data_dir)?,
+        };
+        checks.push(("the DNS owner id", SHARED_DNS_OWNER, owner));
+    }
+    for (what, key, ours) in checks {
+        let stored = store.meta_first(key, &ours)?;
+        if stored != ours {
+            return Err(ServeError::NotTheSharedCredentials {
+                what,
+                data_dir,
+                ours,
+                stored,
+            });
+        }
+    }
     Ok(())
 }
 

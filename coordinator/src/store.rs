@@ -538,19 +538,22 @@ impl Store {
     /// This coordinator's id ([`META_COORDINATOR`]), minted on first use.
     /// A restored backup keeps it.
     pub fn coordinator_id(&self, mint: impl FnOnce() -> String) -> Result<String, StoreError> {
-        let minted = mint();
+        self.meta_first(META_COORDINATOR, &mint())
+    }
+
+    /// The value of `key`, set to `value` if it had none: the first writer
+    /// wins, and every later caller reads what it wrote.
+    pub fn meta_first(&self, key: &str, value: &str) -> Result<String, StoreError> {
         self.with(|db| {
             db.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
-                args![META_COORDINATOR, minted.as_str()],
+                args![key, value],
             )
-            .map_err(query("minting the coordinator's id"))?;
-            db.query_one(
-                "SELECT value FROM meta WHERE key = ?1",
-                args![META_COORDINATOR],
-                |row| row.get(0),
-            )
-            .map_err(query("reading the coordinator's id"))
+            .map_err(query("writing the coordinator's own facts"))?;
+            db.query_one("SELECT value FROM meta WHERE key = ?1", args![key], |row| {
+                row.get(0)
+            })
+            .map_err(query("reading the coordinator's own facts"))
         })
     }
 

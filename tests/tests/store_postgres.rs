@@ -8,12 +8,14 @@
 //! `MUSTER_TEST_STORE=postgres` (scripts/test does it for the stories
 //! that touch the store).
 
+use std::process::Command;
 use std::time::Duration;
 
 use muster_proto::status::CoordinatorStatus;
 use muster_proto::{paths, ErrorBody, ErrorCode, NodeState};
 use muster_tests::ec2;
 use muster_tests::postgres::Postgres;
+use muster_tests::procs::{bin_path, free_tcp_port, free_udp_tcp_port};
 use muster_tests::{Agent, Coordinator, Imds, Moto, ZONE};
 use nix::sys::signal::Signal;
 
@@ -316,6 +318,57 @@ async fn a_paused_leader_is_fenced_and_steps_down() {
     );
     let (status, body) = create_cluster_raw(&standby, "db").await;
     assert_eq!(status, 201, "the new leader writes: {body}");
+}
+
+/// A second coordinator started on the shared store with a data dir of its
+/// own (so a CA of its own, which no agent pins) is refused at start,
+/// saying what to copy, and changes nothing; the first serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_with_another_ca_is_refused() {
+    let db = Postgres::start();
+    db.create_database("muster");
+    let moto = Moto::start().await;
+    let url = db.url("muster");
+    let first = Coordinator::start_with(&moto, &["--store", &url]).await;
+    first.create_cluster(CLUSTER).await;
+    let before = db.psql("muster", "SELECT holder, term FROM muster_lease");
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let output = Command::new(bin_path("muster-coordinator"))
+        .arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{}", free_tcp_port())])
+        .args([
+            "--dns-listen",
+            &format!("127.0.0.1:{}", free_udp_tcp_port()),
+        ])
+        .args(["--zone", ZONE])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .args(["--public-url", "https://127.0.0.1:1"])
+        .args(["--store", &url])
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_REGION", ec2::TEST_REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("running a second coordinator");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it must not serve: {stderr}");
+    assert!(
+        stderr.contains("the CA ca.pem") && stderr.contains("copy ca.pem"),
+        "it says why and what to do: {stderr}"
+    );
+    assert_eq!(
+        db.psql("muster", "SELECT holder, term FROM muster_lease"),
+        before,
+        "it never stood by or led"
+    );
+    assert_eq!(
+        db.psql("muster", "SELECT count(*) FROM muster_replicas"),
+        "1"
+    );
+    assert_eq!(first.clusters().await.len(), 1, "the first serves on");
 }
 
 /// The leader's status once it has seen `count` coordinators.
