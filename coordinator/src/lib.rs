@@ -9,6 +9,8 @@
 //! # Layout
 //! From the top down; a module uses only those below it.
 //! - [`serve`]: the wiring: start-up, the loops, shutdown.
+//! - [`standby`]: what a standby serves while it waits for the lease: the
+//!   embedded DNS, following the leader's writes.
 //! - [`cli`]: the admin client, and the admin commands built on it.
 //! - [`api`]: the HTTPS router, its guards and errors, the agent and admin
 //!   handlers, `/metrics`, and the connection guards under them (caps per
@@ -48,5 +50,6 @@ pub mod pki;
 pub mod registry;
 pub mod secrets;
 pub mod serve;
+pub mod standby;
 pub mod store;
 pub mod telemetry;

@@ -484,6 +484,19 @@ fn rfc3339_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// Publishes in `zone` the records of every node in `store`, as a
+/// registry loaded from it would: what a standby answers while the leader
+/// writes. Returns how many nodes it read.
+pub fn publish_from_store(store: &Store, zone: &Zone) -> Result<usize, RegistryError> {
+    let mut live = Live::default();
+    let nodes = store.nodes(None)?;
+    for node in &nodes {
+        live.upsert(node);
+    }
+    zone.publish(&live.record_sources());
+    Ok(nodes.len())
+}
+
 impl Registry {
     /// Loads every node from the store into memory and publishes DNS.
     pub fn new(

@@ -154,9 +154,19 @@ pub async fn serve(
     let agent = agent_dist(&settings)?;
     let zone = Arc::new(Zone::new(&settings.zone, settings.dns_ttl)?);
     let store = Store::open_at(&settings.store)?;
-    if store.is_postgres() {
+    let dns_rate_limit = settings.limits.dns_rate_limit;
+    // On a shared store, a standby answers DNS with the leader's nodes
+    // while it waits; the sole coordinator of a SQLite store opens DNS
+    // once its registry has loaded, never with an empty zone.
+    let mut standby_dns = None;
+    let follower = if store.is_postgres() {
         check_shared_credentials(&store, &settings, &files)?;
-    }
+        let follower = crate::standby::Follower::start(&settings.store, zone.clone())?;
+        standby_dns = Some(dns::serve(zone.clone(), settings.dns_listen, dns_rate_limit).await?);
+        Some(follower)
+    } else {
+        None
+    };
     let leadership = tokio::select! {
         led = lead(&settings) => Arc::new(led?),
         () = &mut shutdown => {
@@ -164,6 +174,7 @@ pub async fn serve(
             return Ok(());
         }
     };
+    drop(follower);
     if let Some(fence) = leadership.fence() {
         store.fence_by(fence);
     }
@@ -196,8 +207,10 @@ pub async fn serve(
     ];
     let dns_status = Arc::new(StatusBoard::default());
     let dns_loops = start_dns_provider(&settings, &zone, &dns_status, &leadership).await?;
-    let dns_rate_limit = settings.limits.dns_rate_limit;
-    let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen, dns_rate_limit).await?;
+    let (mut dns_server, dns_addr) = match standby_dns {
+        Some(serving) => serving,
+        None => dns::serve(zone, settings.dns_listen, dns_rate_limit).await?,
+    };
     tracing::info!(
         addr = %dns_addr,
         zone = %settings.zone,

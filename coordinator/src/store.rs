@@ -355,6 +355,24 @@ impl Store {
         }
     }
 
+    /// A connection of its own listening on `channel`, for a PostgreSQL
+    /// store; `None` on SQLite, where nobody else writes.
+    pub fn listen(&self, channel: &str) -> Result<Option<postgres::Client>, StoreError> {
+        match &self.db {
+            Database::Sqlite(_) => Ok(None),
+            Database::Postgres(pg) => {
+                let listen = || {
+                    let mut client = pg.open_client()?;
+                    client.batch_execute(&format!("LISTEN {channel}"))?;
+                    Ok::<_, DbError>(client)
+                };
+                sql::off_runtime(listen)
+                    .map(Some)
+                    .map_err(query("listening for the leader's writes"))
+            }
+        }
+    }
+
     /// Whether the store is PostgreSQL's.
     pub fn is_postgres(&self) -> bool {
         matches!(self.db, Database::Postgres(_))
@@ -385,6 +403,10 @@ impl Store {
                 db.batch(step).map_err(migrate(version))?;
                 write_version(db, version as i64).map_err(migrate(version))?;
                 tracing::info!(version, "store schema migrated");
+            }
+            if db.is_postgres() {
+                db.batch(lease::NODES_TRIGGER)
+                    .map_err(migrate(MIGRATIONS.len()))?;
             }
             Ok(())
         })

@@ -321,10 +321,12 @@ impl Coordinator {
     /// A second coordinator on this one's shared store (PostgreSQL, by
     /// `--store` or [`STORE_ENV`]), with the same flags and a copy of its
     /// CA, certificate, keys and tokens, as docs/operations.md's recipe
-    /// says; on the same ports when `same_ports` (it can bind them only
-    /// once this one is gone), else on its own. Returns once it stands by:
-    /// it leads only when this one's lease runs out or is released.
-    pub async fn start_standby(&self, same_ports: bool) -> Coordinator {
+    /// says; its API on this one's port when `same_api_port` (it can bind
+    /// it only once this one is gone), else on its own; its DNS always on
+    /// its own (a standby answers DNS while it waits). Returns once it
+    /// stands by: it leads only when this one's lease runs out or is
+    /// released.
+    pub async fn start_standby(&self, same_api_port: bool) -> Coordinator {
         let data_dir = new_data_dir();
         for file in [
             "ca.pem",
@@ -340,11 +342,12 @@ impl Coordinator {
         if let Some(server) = &self.store {
             extra_args.extend(["--store".to_owned(), server.url("muster")]);
         }
-        let (api_port, dns_port) = if same_ports {
-            (self.api_port, self.dns_port)
+        let api_port = if same_api_port {
+            self.api_port
         } else {
-            (free_tcp_port(), free_udp_tcp_port())
+            free_tcp_port()
         };
+        let dns_port = free_udp_tcp_port();
         let mut standby = Coordinator {
             process: None,
             earlier_logs: String::new(),

@@ -166,9 +166,10 @@ fn lease_row(db: &Postgres) -> String {
     db.psql("muster", "SELECT holder, term FROM muster_lease")
 }
 
-/// A standby beside the leader under heartbeat load; the leader is
-/// SIGKILLed. The standby takes the lease (a higher term), serves the same
-/// address, and answers the same names; the agents carry on against it;
+/// A standby beside the leader under heartbeat load answers DNS as the
+/// leader does, a node registered after it started included; the leader
+/// is SIGKILLed. The standby takes the lease (a higher term), serves the
+/// same API address, and answers the same names; the agents carry on;
 /// no node is marked down; what the old leader acknowledged is there, and
 /// the new one writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,6 +200,31 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     }
 
     let mut standby = leader.start_standby(true).await;
+    // The standby answers DNS while it waits: the nodes it loaded, and one
+    // registered through the leader after it started.
+    let id = ec2::launch_instance(&ec2, CLUSTER).await;
+    let imds = Imds::start(ec2.clone(), &id).await;
+    let agent = Agent::start(&leader, &imds, CLUSTER, &join_token);
+    leader
+        .wait_for_node(CLUSTER, &id, NodeState::Deployed, PATIENCE)
+        .await;
+    ids.push(id);
+    running.push((imds, agent));
+    let name = |id: &str| muster_proto::node_dns_name(id, CLUSTER, ZONE);
+    let (leader_dns, standby_dns) = (leader.resolver(), standby.resolver());
+    for id in &ids {
+        let expected = leader_dns
+            .a_until(&name(id), PATIENCE, |a| !a.a.is_empty())
+            .await
+            .a;
+        let answer = standby_dns
+            .a_until(&name(id), PATIENCE, |a| a.a == expected)
+            .await;
+        assert_eq!(
+            answer.a, expected,
+            "the standby answers {id} as the leader does"
+        );
+    }
     let status = wait_for_replicas(&leader, 2).await;
     let lease = status.lease.expect("a lease on a shared store");
     assert_eq!(lease.term, 1, "{lease:#?}");
@@ -224,7 +250,6 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     // The agents carry on against the new leader, at the same address,
     // for three graces; nothing is marked down, and every name answers.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let name = |id: &str| muster_proto::node_dns_name(id, CLUSTER, ZONE);
     for id in &ids {
         let detail = standby.node(CLUSTER, id).await;
         assert_eq!(detail.node.state, NodeState::Deployed, "{detail:#?}");

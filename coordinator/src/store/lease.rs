@@ -20,6 +20,10 @@
 //!
 //! The lease runs on a connection of its own, so a renewal never waits
 //! behind the store's calls.
+//!
+//! Every write to `nodes` is announced on [`NODES_CHANNEL`] by a trigger,
+//! so a standby reloads the nodes (and answers DNS with them) as soon as
+//! the leader's transaction commits ([`crate::standby`]).
 
 use std::time::Duration;
 
@@ -40,6 +44,18 @@ pub const TABLES: &str = "CREATE TABLE IF NOT EXISTS muster_lease (
         started_at BIGINT NOT NULL,
         seen_at BIGINT NOT NULL
     );";
+
+/// The channel a write to `nodes` is announced on (once per statement,
+/// when its transaction commits), so standbys follow the leader's writes.
+pub const NODES_CHANNEL: &str = "muster_nodes";
+
+/// The trigger announcing writes to `nodes` on [`NODES_CHANNEL`]; made
+/// at open, once the schema has the table (PostgreSQL 14 or later).
+pub const NODES_TRIGGER: &str = "CREATE OR REPLACE FUNCTION muster_nodes_changed() RETURNS trigger
+        LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('muster_nodes', ''); RETURN NULL; END $$;
+    CREATE OR REPLACE TRIGGER muster_nodes_changed
+        AFTER INSERT OR UPDATE OR DELETE ON nodes
+        FOR EACH STATEMENT EXECUTE FUNCTION muster_nodes_changed();";
 
 /// The database's clock, in Unix milliseconds.
 const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";

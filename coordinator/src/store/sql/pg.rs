@@ -286,7 +286,8 @@ impl Postgres {
         Ok(slot)
     }
 
-    fn open(&self) -> Result<PgConnection, DbError> {
+    /// A new client, with this store's settings and TLS.
+    pub fn open_client(&self) -> Result<postgres::Client, DbError> {
         let unavailable = |e: postgres::Error| {
             DbError::Unavailable(format!(
                 "connecting to {}: {}",
@@ -294,11 +295,15 @@ impl Postgres {
                 pg_error_text(&e)
             ))
         };
-        let client = match &self.tls {
+        match &self.tls {
             Some(tls) => self.config.connect(tls.clone()),
             None => self.config.connect(postgres::NoTls),
         }
-        .map_err(unavailable)?;
+        .map_err(unavailable)
+    }
+
+    fn open(&self) -> Result<PgConnection, DbError> {
+        let client = self.open_client()?;
         Ok(PgConnection {
             client,
             statements: HashMap::new(),

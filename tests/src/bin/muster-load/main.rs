@@ -64,6 +64,10 @@
 //!   server of the run's own (initdb, on a loopback port) and prints P11:
 //!   the transactions and rows it wrote while the fleet heartbeated,
 //!   against the heartbeats (heartbeats are meant to write nothing).
+//! - `--standby yes` (with `--store postgres`) then starts a standby beside
+//!   the coordinator and prints P12: how soon it stands by and its DNS
+//!   answers a sample of every node's name, and how long a register on the
+//!   leader takes to be answered by the leader's DNS and the standby's.
 //!
 //! `muster-load --help` lists every option. Each row's last cell names the
 //! command, the coordinator's build profile and the machine.
@@ -154,11 +158,25 @@ struct Args {
     /// phase are then counted (from `pg_stat_database`).
     #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
     store: String,
+    /// After the phases, start a standby beside the coordinator on its
+    /// PostgreSQL store (needs `--store postgres`), and print P12: how soon
+    /// it answers every node's name, and how long a register on the
+    /// leader takes to show in the standby's DNS.
+    #[arg(long, default_value = "no", value_parser = yes_no, value_name = "yes|no", action = clap::ArgAction::Set)]
+    standby: bool,
 }
 
 /// The parsed arguments, checked together.
 fn args() -> Args {
     let parsed = <Args as clap::Parser>::parse();
+    if parsed.standby && parsed.store != "postgres" {
+        <Args as clap::CommandFactory>::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--standby yes needs --store postgres: a standby shares the leader's store",
+            )
+            .exit();
+    }
     if parsed.byon && parsed.ec2_cache_refresh.is_some() {
         <Args as clap::CommandFactory>::command()
             .error(
@@ -564,6 +582,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     print_p1(&args, &nodes, &registered, &floods, &fleets, &command);
     print_p8(&args, &nodes, &registered, &memory, &fleets, &command);
     report::print_store_writes(&args, &nodes, &writes, &command);
+    if args.standby {
+        standby_measured(&coordinator, &http, &command).await?;
+    }
     if args.restart {
         restart_measured(&mut coordinator, &args, &command).await?;
     }
@@ -583,6 +604,115 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drop(database);
     drop(moto);
     Ok(())
+}
+
+/// Registers measured one at a time for P12's lag.
+const LAG_SAMPLES: usize = 50;
+
+/// P12: starts a standby beside `coordinator` on its store and times how
+/// soon it stands by and its DNS answers every name of a sample; then
+/// registers [`LAG_SAMPLES`] bring-your-own machines through the leader,
+/// one at a time, and times from each register's answer until the
+/// leader's and the standby's DNS answer its name.
+async fn standby_measured(
+    coordinator: &Coordinator,
+    http: &reqwest::Client,
+    command: &str,
+) -> anyhow::Result<()> {
+    let views = coordinator.nodes(CLUSTER).await;
+    let step = views.len().div_ceil(1000).max(1);
+    let sample: Vec<&str> = views
+        .iter()
+        .step_by(step)
+        .map(|v| v.dns_name.as_str())
+        .collect();
+    let started = Instant::now();
+    let standby = coordinator.start_standby(false).await;
+    let standing = started.elapsed();
+    let standby_dns = standby.resolver();
+    for name in &sample {
+        answered_within(&standby_dns, name, Duration::from_secs(300)).await?;
+    }
+    let answering = started.elapsed();
+
+    let minted: muster_proto::ByonTokenResponse = coordinator
+        .admin_json(&["cluster", "byon-token", CLUSTER, "--max-nodes", "1000"])
+        .await;
+    let leader_dns = coordinator.resolver();
+    let (mut on_leader, mut on_standby) = (Vec::new(), Vec::new());
+    for i in 0..LAG_SAMPLES {
+        let machine_id = format!("{:032x}", rand::random::<u128>());
+        let body = RegisterRequest {
+            protocol: PROTOCOL_VERSION,
+            cluster: CLUSTER.to_owned(),
+            instance_id: muster_proto::byon_node_id(&machine_id),
+            availability_zone: String::new(),
+            region: String::new(),
+            private_ipv4: Some(Ipv4Addr::new(10, 255, 0, i as u8)),
+            public_ipv4: Some(Ipv4Addr::new(52, 255, 0, i as u8)),
+            agent_version: "load".to_owned(),
+            byon: Some(muster_proto::ByonIdentity {
+                hostname: format!("lag-{i}"),
+                machine_id,
+            }),
+            signed_identity: None,
+            ipv6: None,
+        };
+        let answer = http
+            .post(format!("{}{}", coordinator.url(), paths::AGENT_REGISTER))
+            .bearer_auth(&minted.byon_token)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?;
+        let registered: RegisterResponse = answer.json().await?;
+        let at = Instant::now();
+        let name = registered.node.dns_name;
+        answered_within(&leader_dns, &name, Duration::from_secs(30)).await?;
+        on_leader.push(at.elapsed());
+        answered_within(&standby_dns, &name, Duration::from_secs(30)).await?;
+        on_standby.push(at.elapsed());
+    }
+    on_leader.sort();
+    on_standby.sort();
+    let ms = |sorted: &[Duration], p: f64| percentile(sorted, p).as_secs_f64() * 1000.0;
+    println!(
+        "| P12 | a standby started beside the leader on its PostgreSQL store with {} nodes: standing by, then every sampled name answered by its DNS ({} names); then {LAG_SAMPLES} registers on the leader, one at a time, each name asked of both DNS servers until answered | standing by after {:.2} s; every name answered after {:.2} s; a register in the leader's DNS after p50 {:.1} ms (p99 {:.1} ms), in the standby's after p50 {:.1} ms (p99 {:.1} ms) | {command} |",
+        views.len(),
+        sample.len(),
+        standing.as_secs_f64(),
+        answering.as_secs_f64(),
+        ms(&on_leader, 50.0),
+        ms(&on_leader, 99.0),
+        ms(&on_standby, 50.0),
+        ms(&on_standby, 99.0),
+    );
+    drop(standby);
+    Ok(())
+}
+
+/// Asks `resolver` for `name` until it answers an address, for at most
+/// `patience`.
+async fn answered_within(
+    resolver: &muster_tests::Resolver,
+    name: &str,
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let answered = resolver
+            .a(name)
+            .await
+            .is_ok_and(|a| a.rcode == hickory_proto::op::ResponseCode::NoError && !a.a.is_empty());
+        if answered {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} unanswered after {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// P10: stops the coordinator and starts it again on its store, then
@@ -669,10 +799,10 @@ async fn start(
     if let Some(refresh) = &args.ec2_cache_refresh {
         serve.extend(["--ec2-cache-refresh".to_owned(), refresh.clone()]);
     }
-    if args.versus_knot || args.restart {
-        // dnsperf, and P10's check of every name, ask from one address as
-        // fast as they can: the per-network rate limit would measure
-        // itself.
+    if args.versus_knot || args.restart || args.standby {
+        // dnsperf, and P10's and P12's checks of every name, ask from one
+        // address as fast as they can: the per-network rate limit would
+        // measure itself.
         serve.extend(["--dns-rate-limit".to_owned(), "0".to_owned()]);
     }
     if let Some(sweep) = &args.sweep_interval {
