@@ -85,6 +85,22 @@ fn new_data_dir() -> TempDir {
         .expect("creating a data dir")
 }
 
+/// Copies a coordinator's CA, certificate, keys and admin token from the
+/// data dir `from` to `to`, as docs/operations.md says to (for a restore,
+/// or a second coordinator on a shared store).
+fn copy_credentials(from: &Path, to: &Path) {
+    for file in [
+        "ca.pem",
+        "ca-key.pem",
+        "server.pem",
+        "server-key.pem",
+        "admin-token",
+    ] {
+        std::fs::copy(from.join(file), to.join(file))
+            .unwrap_or_else(|e| panic!("copying {file}: {e}"));
+    }
+}
+
 /// A running coordinator with its own data dir and ports.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -227,16 +243,7 @@ impl Coordinator {
         extra_args: &[&str],
     ) -> Coordinator {
         let data_dir = new_data_dir();
-        for file in [
-            "ca.pem",
-            "ca-key.pem",
-            "server.pem",
-            "server-key.pem",
-            "admin-token",
-        ] {
-            std::fs::copy(from.data_dir().join(file), data_dir.path().join(file))
-                .unwrap_or_else(|e| panic!("copying {file}: {e}"));
-        }
+        copy_credentials(from.data_dir(), data_dir.path());
         let restored = std::process::Command::new(bin_path("muster-coordinator"))
             .arg("restore")
             .arg(backup)
@@ -328,16 +335,7 @@ impl Coordinator {
     /// released.
     pub async fn start_standby(&self, same_api_port: bool) -> Coordinator {
         let data_dir = new_data_dir();
-        for file in [
-            "ca.pem",
-            "ca-key.pem",
-            "server.pem",
-            "server-key.pem",
-            "admin-token",
-        ] {
-            std::fs::copy(self.data_dir().join(file), data_dir.path().join(file))
-                .unwrap_or_else(|e| panic!("copying {file}: {e}"));
-        }
+        copy_credentials(self.data_dir(), data_dir.path());
         let mut extra_args = self.extra_args.clone();
         if let Some(server) = &self.store {
             extra_args.extend(["--store".to_owned(), server.url("muster")]);

@@ -39,6 +39,43 @@ async fn create_cluster_raw(coordinator: &Coordinator, name: &str) -> (u16, Stri
     (status, response.text().await.unwrap_or_default())
 }
 
+/// `count` instances launched in moto, each with its IMDS and a real agent
+/// registered with `join_token`; returns once every node is deployed.
+async fn start_agents(
+    coordinator: &Coordinator,
+    ec2: &aws_sdk_ec2::Client,
+    join_token: &str,
+    count: usize,
+) -> (Vec<String>, Vec<(Imds, Agent)>) {
+    let mut ids = Vec::new();
+    let mut running = Vec::new();
+    for _ in 0..count {
+        let id = ec2::launch_instance(ec2, CLUSTER).await;
+        let imds = Imds::start(ec2.clone(), &id).await;
+        let agent = Agent::start(coordinator, &imds, CLUSTER, join_token);
+        ids.push(id);
+        running.push((imds, agent));
+    }
+    for id in &ids {
+        coordinator
+            .wait_for_node(CLUSTER, id, NodeState::Deployed, PATIENCE)
+            .await;
+    }
+    (ids, running)
+}
+
+/// Asserts node `id` is deployed and never was anything else.
+async fn assert_never_down(coordinator: &Coordinator, id: &str) {
+    let detail = coordinator.node(CLUSTER, id).await;
+    assert_eq!(detail.node.state, NodeState::Deployed, "{detail:#?}");
+    let downs: Vec<_> = detail
+        .events
+        .iter()
+        .filter(|e| e.to != NodeState::Deployed)
+        .collect();
+    assert!(downs.is_empty(), "nothing marked down: {downs:#?}");
+}
+
 /// PostgreSQL stopped for three graces while two agents heartbeat, then
 /// killed outright: the API answers 503 `store_unavailable` while it is
 /// away and writes nothing; DNS keeps answering; no node is marked down;
@@ -57,20 +94,7 @@ async fn postgres_outage_loses_nothing_and_marks_nothing_down() {
     let status: muster_proto::status::CoordinatorStatus = coordinator.admin_json(&["status"]).await;
     assert_eq!(status.store, "postgres");
 
-    let mut ids = Vec::new();
-    let mut running = Vec::new();
-    for _ in 0..2 {
-        let id = ec2::launch_instance(&ec2, CLUSTER).await;
-        let imds = Imds::start(ec2.clone(), &id).await;
-        let agent = Agent::start(&coordinator, &imds, CLUSTER, &join_token);
-        ids.push(id);
-        running.push((imds, agent));
-    }
-    for id in &ids {
-        coordinator
-            .wait_for_node(CLUSTER, id, NodeState::Deployed, PATIENCE)
-            .await;
-    }
+    let (ids, running) = start_agents(&coordinator, &ec2, &join_token, 2).await;
     let name = |id: &str| muster_proto::node_dns_name(id, CLUSTER, ZONE);
     let resolver = coordinator.resolver();
     for id in &ids {
@@ -99,14 +123,7 @@ async fn postgres_outage_loses_nothing_and_marks_nothing_down() {
     let (status, body) = create_cluster_raw(&coordinator, "db").await;
     assert_eq!(status, 201, "the database is back: {body}");
     for id in &ids {
-        let detail = coordinator.node(CLUSTER, id).await;
-        assert_eq!(detail.node.state, NodeState::Deployed, "{detail:#?}");
-        let downs: Vec<_> = detail
-            .events
-            .iter()
-            .filter(|e| e.to != NodeState::Deployed)
-            .collect();
-        assert!(downs.is_empty(), "nothing marked down: {downs:#?}");
+        assert_never_down(&coordinator, id).await;
     }
     assert_eq!(
         db.psql("muster", "SELECT name FROM clusters ORDER BY name"),
@@ -184,32 +201,14 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     flags.extend(["--store", url.as_str()]);
     let leader = Coordinator::start_with(&moto, &flags).await;
     let join_token = leader.create_cluster(CLUSTER).await.join_token;
-    let mut ids = Vec::new();
-    let mut running = Vec::new();
-    for _ in 0..2 {
-        let id = ec2::launch_instance(&ec2, CLUSTER).await;
-        let imds = Imds::start(ec2.clone(), &id).await;
-        let agent = Agent::start(&leader, &imds, CLUSTER, &join_token);
-        ids.push(id);
-        running.push((imds, agent));
-    }
-    for id in &ids {
-        leader
-            .wait_for_node(CLUSTER, id, NodeState::Deployed, PATIENCE)
-            .await;
-    }
+    let (mut ids, mut running) = start_agents(&leader, &ec2, &join_token, 2).await;
 
     let mut standby = leader.start_standby(true).await;
     // The standby answers DNS while it waits: the nodes it loaded, and one
     // registered through the leader after it started.
-    let id = ec2::launch_instance(&ec2, CLUSTER).await;
-    let imds = Imds::start(ec2.clone(), &id).await;
-    let agent = Agent::start(&leader, &imds, CLUSTER, &join_token);
-    leader
-        .wait_for_node(CLUSTER, &id, NodeState::Deployed, PATIENCE)
-        .await;
-    ids.push(id);
-    running.push((imds, agent));
+    let (more_ids, more_running) = start_agents(&leader, &ec2, &join_token, 1).await;
+    ids.extend(more_ids);
+    running.extend(more_running);
     let name = |id: &str| muster_proto::node_dns_name(id, CLUSTER, ZONE);
     let (leader_dns, standby_dns) = (leader.resolver(), standby.resolver());
     for id in &ids {
@@ -251,14 +250,7 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     // for three graces; nothing is marked down, and every name answers.
     tokio::time::sleep(Duration::from_secs(10)).await;
     for id in &ids {
-        let detail = standby.node(CLUSTER, id).await;
-        assert_eq!(detail.node.state, NodeState::Deployed, "{detail:#?}");
-        let downs: Vec<_> = detail
-            .events
-            .iter()
-            .filter(|e| e.to != NodeState::Deployed)
-            .collect();
-        assert!(downs.is_empty(), "nothing marked down: {downs:#?}");
+        assert_never_down(&standby, id).await;
         let answer = standby
             .resolver()
             .a_until(&name(id), PATIENCE, |a| !a.a.is_empty())

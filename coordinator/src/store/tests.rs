@@ -464,18 +464,23 @@ fn prune_deletes_only_old_history(store: Store) {
     assert_eq!(store.unfinished_launch_jobs().unwrap().len(), 1);
 }
 
-/// Thousands of terminated nodes older than the cut go in one prune, with
-/// their events; the live node launched with them stays.
-fn prune_takes_thousands_at_once(store: Store) {
-    let cluster = store.create_cluster("web", "h", Some("{}")).unwrap();
-    let instances: Vec<LaunchedInstance> = (0..3001)
+/// `n` instances, as a launch reports them: `i-` and 17 hex digits.
+fn launched_instances(n: usize) -> Vec<LaunchedInstance> {
+    (0..n)
         .map(|i| LaunchedInstance {
             instance_id: format!("i-{i:017x}"),
             subnet_id: "subnet-1".to_owned(),
             availability_zone: "us-east-1a".to_owned(),
             private_ipv4: None,
         })
-        .collect();
+        .collect()
+}
+
+/// Thousands of terminated nodes older than the cut go in one prune, with
+/// their events; the live node launched with them stays.
+fn prune_takes_thousands_at_once(store: Store) {
+    let cluster = store.create_cluster("web", "h", Some("{}")).unwrap();
+    let instances = launched_instances(3001);
     let nodes = store
         .insert_launched(
             cluster.id,
@@ -582,14 +587,7 @@ fn postgres_lease_fences_the_old_leader() {
     let error = old.create_cluster("db", "h", None).unwrap_err();
     assert!(error.is_unavailable(), "{error}");
     assert!(error.to_string().contains("lease"), "{error}");
-    let instances: Vec<LaunchedInstance> = (0..3)
-        .map(|i| LaunchedInstance {
-            instance_id: format!("i-{i:017x}"),
-            subnet_id: "subnet-1".to_owned(),
-            availability_zone: "us-east-1a".to_owned(),
-            private_ipv4: None,
-        })
-        .collect();
+    let instances = launched_instances(3);
     let launched = ("launched", EventSource::Operator);
     let error = old
         .insert_launched(web.id, "us-east-1", &instances, None, launched)

@@ -606,6 +606,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The DNS names of at most 1000 of `views`, spread evenly, and the step
+/// between them.
+fn name_sample(views: &[muster_proto::NodeView]) -> (Vec<&str>, usize) {
+    let step = views.len().div_ceil(1000).max(1);
+    let sample = views
+        .iter()
+        .step_by(step)
+        .map(|v| v.dns_name.as_str())
+        .collect();
+    (sample, step)
+}
+
 /// Registers measured one at a time for P12's lag.
 const LAG_SAMPLES: usize = 50;
 
@@ -620,12 +632,7 @@ async fn standby_measured(
     command: &str,
 ) -> anyhow::Result<()> {
     let views = coordinator.nodes(CLUSTER).await;
-    let step = views.len().div_ceil(1000).max(1);
-    let sample: Vec<&str> = views
-        .iter()
-        .step_by(step)
-        .map(|v| v.dns_name.as_str())
-        .collect();
+    let (sample, _) = name_sample(&views);
     let started = Instant::now();
     let standby = coordinator.start_standby(false).await;
     let standing = started.elapsed();
@@ -726,12 +733,7 @@ async fn restart_measured(
     command: &str,
 ) -> anyhow::Result<()> {
     let views = coordinator.nodes(CLUSTER).await;
-    let step = views.len().div_ceil(1000).max(1);
-    let sample: Vec<&str> = views
-        .iter()
-        .step_by(step)
-        .map(|v| v.dns_name.as_str())
-        .collect();
+    let (sample, step) = name_sample(&views);
     coordinator.stop();
     let started = Instant::now();
     coordinator.restart().await;
