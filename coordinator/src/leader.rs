@@ -107,6 +107,8 @@ impl Leadership {
             match attempt {
                 Ok(Some(term)) => {
                     tracing::info!(name = %name, term, "took the leader's lease: leading");
+                    let status = format!("leading (term {term})");
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
                     let held = Held {
                         store,
                         name,

@@ -174,7 +174,9 @@ pub async fn serve(
             return Ok(());
         }
     };
-    drop(follower);
+    if let Some(follower) = follower {
+        follower.stop();
+    }
     if let Some(fence) = leadership.fence() {
         store.fence_by(fence);
     }

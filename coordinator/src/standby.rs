@@ -35,10 +35,12 @@ const RECONNECT: Duration = Duration::from_secs(1);
 /// How often the listening thread looks whether it should stop.
 const STOP_CHECK: Duration = Duration::from_millis(250);
 
-/// A standby following the leader's writes into `zone`; stops when dropped.
+/// A standby following the leader's writes into `zone`, until
+/// [`Follower::stop`] (or, without waiting, until dropped).
 #[derive(Debug)]
 pub struct Follower {
     stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Follower {
@@ -59,11 +61,25 @@ impl Follower {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("muster-standby".into())
             .spawn(move || follow(&store, &zone, &stopped))
             .map_err(|e| StoreError::NotHere(format!("starting the standby's thread: {e}")))?;
-        Ok(Follower { stop })
+        Ok(Follower {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops following and waits for the thread to end, so no load it
+    /// began publishes after the registry that replaces it.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            crate::store::sql::off_runtime(|| {
+                let _ = thread.join();
+            });
+        }
     }
 }
 
