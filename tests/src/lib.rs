@@ -109,6 +109,34 @@ pub const FAST_LEASE: &[&str] = &[
     "500ms",
 ];
 
+/// A register of a bring-your-own machine, as the agent sends it: machine
+/// id `machine_id`, named `hostname`, in `cluster`, at `private` (and
+/// `public`).
+pub fn byon_register(
+    cluster: &str,
+    machine_id: &str,
+    hostname: &str,
+    private: std::net::Ipv4Addr,
+    public: Option<std::net::Ipv4Addr>,
+) -> muster_proto::RegisterRequest {
+    muster_proto::RegisterRequest {
+        protocol: muster_proto::PROTOCOL_VERSION,
+        cluster: cluster.to_owned(),
+        instance_id: muster_proto::byon_node_id(machine_id),
+        availability_zone: String::new(),
+        region: String::new(),
+        private_ipv4: Some(private),
+        public_ipv4: public,
+        agent_version: "0.0.0-test".to_owned(),
+        byon: Some(muster_proto::ByonIdentity {
+            hostname: hostname.to_owned(),
+            machine_id: machine_id.to_owned(),
+        }),
+        signed_identity: None,
+        ipv6: None,
+    }
+}
+
 /// Plausible host facts for a heartbeat a test sends by hand.
 pub fn host_facts() -> muster_proto::HostFacts {
     muster_proto::HostFacts {

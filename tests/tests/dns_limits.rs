@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
-use muster_proto::{paths, ByonIdentity, ErrorBody, RegisterRequest, PROTOCOL_VERSION};
+use muster_proto::{paths, ErrorBody};
 use muster_tests::dns::{exchange_on, exchange_tcp, exchange_udp};
 use muster_tests::{wait_until, Coordinator, Moto, EVENTUALLY, POLL, ZONE};
 
@@ -55,22 +55,13 @@ async fn register_machines(coordinator: &Coordinator, token: &str) {
     let client = coordinator.https_client();
     for i in 0..NODES {
         let machine_id = format!("{:032x}", rand::random::<u128>());
-        let body = RegisterRequest {
-            protocol: PROTOCOL_VERSION,
-            cluster: CLUSTER.to_owned(),
-            instance_id: muster_proto::byon_node_id(&machine_id),
-            availability_zone: String::new(),
-            region: String::new(),
-            private_ipv4: Some(Ipv4Addr::new(10, 9, 0, i + 1)),
-            public_ipv4: Some(Ipv4Addr::new(52, 94, 0, i + 1)),
-            agent_version: "0.0.0-test".to_owned(),
-            byon: Some(ByonIdentity {
-                hostname: format!("machine-{i}"),
-                machine_id,
-            }),
-            signed_identity: None,
-            ipv6: None,
-        };
+        let body = muster_tests::byon_register(
+            CLUSTER,
+            &machine_id,
+            &format!("machine-{i}"),
+            Ipv4Addr::new(10, 9, 0, i + 1),
+            Some(Ipv4Addr::new(52, 94, 0, i + 1)),
+        );
         let answer = client
             .post(format!("{}{}", coordinator.url(), paths::AGENT_REGISTER))
             .bearer_auth(token)

@@ -12,8 +12,7 @@
 use std::net::Ipv4Addr;
 
 use muster_proto::{
-    byon_node_id, ByonIdentity, CreateClusterResponse, NodeState, RegisterRequest, TokenView,
-    UserDataResponse, PROTOCOL_VERSION,
+    byon_node_id, CreateClusterResponse, NodeState, RegisterRequest, TokenView, UserDataResponse,
 };
 use muster_tests::ec2;
 use muster_tests::{wait_until, Agent, Coordinator, Moto, EVENTUALLY, POLL};
@@ -46,22 +45,8 @@ fn of_kind<'a>(tokens: &'a [TokenView], kind: &str) -> &'a TokenView {
 
 /// A bring-your-own register for machine `machine` named `name`.
 fn byon_request(machine: &str, name: &str) -> RegisterRequest {
-    RegisterRequest {
-        protocol: PROTOCOL_VERSION,
-        cluster: CLUSTER.to_owned(),
-        instance_id: byon_node_id(machine),
-        availability_zone: String::new(),
-        region: String::new(),
-        private_ipv4: Some(Ipv4Addr::new(198, 51, 100, 30)),
-        public_ipv4: None,
-        agent_version: "0.0.0-test".to_owned(),
-        byon: Some(ByonIdentity {
-            hostname: name.to_owned(),
-            machine_id: machine.to_owned(),
-        }),
-        signed_identity: None,
-        ipv6: None,
-    }
+    let private = Ipv4Addr::new(198, 51, 100, 30);
+    muster_tests::byon_register(CLUSTER, machine, name, private, None)
 }
 
 /// Every kind of token is listed without its secret, counts its uses,

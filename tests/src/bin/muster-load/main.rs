@@ -649,22 +649,13 @@ async fn standby_measured(
     let (mut on_leader, mut on_standby) = (Vec::new(), Vec::new());
     for i in 0..LAG_SAMPLES {
         let machine_id = format!("{:032x}", rand::random::<u128>());
-        let body = RegisterRequest {
-            protocol: PROTOCOL_VERSION,
-            cluster: CLUSTER.to_owned(),
-            instance_id: muster_proto::byon_node_id(&machine_id),
-            availability_zone: String::new(),
-            region: String::new(),
-            private_ipv4: Some(Ipv4Addr::new(10, 255, 0, i as u8)),
-            public_ipv4: Some(Ipv4Addr::new(52, 255, 0, i as u8)),
-            agent_version: "load".to_owned(),
-            byon: Some(muster_proto::ByonIdentity {
-                hostname: format!("lag-{i}"),
-                machine_id,
-            }),
-            signed_identity: None,
-            ipv6: None,
-        };
+        let body = muster_tests::byon_register(
+            CLUSTER,
+            &machine_id,
+            &format!("lag-{i}"),
+            Ipv4Addr::new(10, 255, 0, i as u8),
+            Some(Ipv4Addr::new(52, 255, 0, i as u8)),
+        );
         let answer = http
             .post(format!("{}{}", coordinator.url(), paths::AGENT_REGISTER))
             .bearer_auth(&minted.byon_token)
