@@ -30,14 +30,14 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use muster_coordinator_config::Lease;
 use muster_proto::status::{LeaseStatus, ReplicaStatus};
 
 use crate::store::lease::{LeaseRow, LeaseStore, ReplicaRow};
 use crate::store::sql::Fence;
-use crate::store::StoreError;
+use crate::store::{rfc3339_ms, StoreError};
 
 /// Who leads, as this coordinator knows it.
 #[derive(Debug)]
@@ -97,7 +97,7 @@ impl Leadership {
     ) -> Result<Leadership, StoreError> {
         let store = LeaseStore::open(store_url)?;
         let name = replica_name(data_dir);
-        let started_at = unix_ms(SystemTime::now());
+        let started_at = crate::store::now_ms();
         let mut told: Option<(String, i64)> = None;
         loop {
             let sent = Instant::now();
@@ -246,7 +246,7 @@ impl Leadership {
             term: held.term,
             expires_at: lease
                 .as_ref()
-                .map_or_else(String::new, |l| rfc3339(l.expires_at)),
+                .map_or_else(String::new, |l| rfc3339_ms(l.expires_at)),
             lease_secs: held.settings.time.as_secs(),
             confirmed: self.is_current(),
             replicas: replicas
@@ -260,7 +260,7 @@ impl Leadership {
                         "standby"
                     }
                     .to_owned(),
-                    seen_at: rfc3339(r.seen_at),
+                    seen_at: rfc3339_ms(r.seen_at),
                 })
                 .collect(),
         })
@@ -330,14 +330,4 @@ fn replica_name(data_dir: &Path) -> String {
         }
     };
     format!("{host}/{id}")
-}
-
-fn unix_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn rfc3339(unix_ms: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(at).to_string()
 }

@@ -55,7 +55,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use muster_proto::{ErrorCode, NodeState, ValidationError};
 
@@ -63,7 +63,7 @@ use crate::config::Trust;
 use crate::dns::Zone;
 use crate::ec2::{Ec2Error, InstanceLookup};
 use crate::launcher::{ClusterLaunch, LaunchError, Launcher};
-use crate::store::{Cluster, Store, StoreError};
+use crate::store::{rfc3339_ms, Cluster, Store, StoreError};
 
 mod admit;
 mod claim;
@@ -477,11 +477,6 @@ fn launch_json(launch: &ClusterLaunch) -> Result<String, RegistryError> {
             value: e.to_string(),
         })
     })
-}
-
-fn rfc3339_ms(ms: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// Publishes in `zone` the records of every node in `store`, as a

@@ -254,6 +254,13 @@ pub struct Store {
     db: Database,
 }
 
+/// Unix milliseconds `ms` as RFC 3339, to the millisecond (before 1970
+/// reads as 1970).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let at = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()
