@@ -9,8 +9,8 @@
 //! # Layout
 //! From the top down; a module uses only those below it.
 //! - [`serve`]: the wiring: start-up, the loops, shutdown.
-//! - [`standby`]: what a standby serves while it waits for the lease: the
-//!   embedded DNS, following the leader's writes.
+//! - [`replica`]: beside other coordinators of a shared store: the rows
+//!   they write, taken in.
 //! - [`cli`]: the admin client, and the admin commands built on it.
 //! - [`api`]: the HTTPS router, its guards and errors, the agent and admin
 //!   handlers, `/metrics`, and the connection guards under them (caps per
@@ -25,7 +25,7 @@
 //! - [`dns`]: the zone model, the embedded server, the provider trait, the
 //!   reconcile loop and the two external providers.
 //! - [`leader`]: who leads when several coordinators share a PostgreSQL
-//!   store: the lease, taken, renewed, released, and the standby's wait.
+//!   store: the lease, waited for, taken, renewed, released.
 //! - [`store`]: the durable state (SQLite or PostgreSQL): clusters, nodes,
 //!   events, launch jobs, and the lease's rows.
 //! - The ground floor: [`ec2`] (clients, tags, instance lookups), [`pki`]
@@ -48,8 +48,8 @@ pub mod launcher;
 pub mod leader;
 pub mod pki;
 pub mod registry;
+pub mod replica;
 pub mod secrets;
 pub mod serve;
-pub mod standby;
 pub mod store;
 pub mod telemetry;

@@ -42,6 +42,8 @@
 //!   lifetime ends, and extended.
 //! - [`tokens`]: a cluster's tokens listed, capped and revoked, and the
 //!   bring-your-own machines `node rm` banned.
+//! - [`replicas`]: beside other coordinators of a shared store: the rows
+//!   they wrote taken in, and the nodes they heard.
 //! - [`strays`]: what this coordinator launched or made but does not
 //!   track (a launch or removal cut short): adopted, terminated, deleted,
 //!   and unfinished launch jobs resumed.
@@ -78,6 +80,7 @@ mod live;
 mod liveness;
 mod register;
 mod removal;
+mod replicas;
 pub mod strays;
 pub mod tokens;
 mod views;
@@ -446,6 +449,9 @@ pub struct Registry {
     trust: Trust,
     /// Whether EC2 answers for the coordinator's account ([`ec2_view`]).
     account: std::sync::RwLock<Ec2Account>,
+    /// This coordinator's name among the replicas of a shared store
+    /// ([`replicas`]); `None` alone on its store.
+    replica: Option<String>,
     /// Counters for `/metrics`.
     pub counters: Counters,
 }
@@ -479,19 +485,6 @@ fn launch_json(launch: &ClusterLaunch) -> Result<String, RegistryError> {
     })
 }
 
-/// Publishes in `zone` the records of every node in `store`, as a
-/// registry loaded from it would: what a standby answers while the leader
-/// writes. Returns how many nodes it read.
-pub fn publish_from_store(store: &Store, zone: &Zone) -> Result<usize, RegistryError> {
-    let mut live = Live::default();
-    let nodes = store.nodes(None)?;
-    for node in &nodes {
-        live.upsert(node);
-    }
-    zone.publish(&live.record_sources());
-    Ok(nodes.len())
-}
-
 impl Registry {
     /// Loads every node from the store into memory and publishes DNS.
     pub fn new(
@@ -520,6 +513,7 @@ impl Registry {
             coalesce: std::sync::atomic::AtomicBool::new(false),
             trust: Trust::default(),
             account: std::sync::RwLock::new(Ec2Account::Unchecked),
+            replica: None,
             counters: Counters::default(),
         })
     }

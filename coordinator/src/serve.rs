@@ -3,18 +3,24 @@
 //! work itself lives in the modules it wires.
 //!
 //! Start-up goes: the open files limit, raised ([`crate::fdlimit`]); the
-//! data dir; TLS and the admin token ([`crate::pki`]); the store; on a
-//! shared store, the wait as a standby until this coordinator takes the
-//! leader's lease ([`crate::leader`]); EC2
-//! ([`crate::ec2`]) and the account it answers for; the agent to serve and
-//! the launcher; the registry and its loops (publisher, liveness, sweep,
-//! pruning, cluster lifetimes); the DNS provider and its loops, if one is
-//! configured; the embedded DNS server; the HTTPS API behind its
-//! connection guards ([`crate::api::connections`]). systemd hears READY
-//! once the API listens (or once a standby waits), and STOPPING when
-//! shutdown begins; in-flight requests then get [`DRAIN_DEADLINE`], and a
-//! leader then releases its lease. A leader whose lease was taken over
-//! stops with [`ServeError::LeaseLost`].
+//! data dir; TLS and the admin token ([`crate::pki`]); the store, and who
+//! leads ([`crate::leader`]: this coordinator alone on SQLite; on a shared
+//! store, a replica that stands by until it takes the lease, its
+//! credentials checked against the store's); EC2 ([`crate::ec2`]) and the
+//! account it answers for; the agent to serve and the launcher; the
+//! registry and its loops (publisher, liveness, sweep, pruning, cluster
+//! lifetimes, and on a shared store the others' writes taken in
+//! ([`crate::replica`]) and the nodes heard here published); the DNS
+//! provider and its loops, if one is configured; the embedded DNS server;
+//! the HTTPS API behind its connection guards
+//! ([`crate::api::connections`]). systemd hears READY once the API
+//! listens, and STOPPING when shutdown begins; in-flight requests then
+//! get [`DRAIN_DEADLINE`], and a leader then releases its lease.
+//!
+//! Every replica serves from the start; what must run once (liveness,
+//! the sweep, pruning, cluster lifetimes, removals, the DNS provider's
+//! loop) runs only while [`Leadership::is_current`]. A leader whose lease
+//! was taken over stops with [`ServeError::LeaseLost`].
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -116,6 +122,9 @@ pub enum ServeError {
         /// The store's.
         stored: String,
     },
+    /// The thread taking in the other coordinators' writes could not start.
+    #[error("starting the thread that takes in the other coordinators' writes: {0}")]
+    Follow(std::io::Error),
     /// The API could not bind or failed.
     #[error("serving the API on {addr}: {source}")]
     Api {
@@ -154,36 +163,31 @@ pub async fn serve(
     let agent = agent_dist(&settings)?;
     let zone = Arc::new(Zone::new(&settings.zone, settings.dns_ttl)?);
     let store = Store::open_at(&settings.store)?;
-    let dns_rate_limit = settings.limits.dns_rate_limit;
-    // On a shared store, a standby answers DNS with the leader's nodes
-    // while it waits; the sole coordinator of a SQLite store opens DNS
-    // once its registry has loaded, never with an empty zone.
-    let mut standby_dns = None;
-    let follower = if store.is_postgres() {
+    let leadership = Arc::new(leadership(&settings)?);
+    if store.is_postgres() {
         check_shared_credentials(&store, &settings, &files)?;
-        let follower = crate::standby::Follower::start(&settings.store, zone.clone())?;
-        standby_dns = Some(dns::serve(zone.clone(), settings.dns_listen, dns_rate_limit).await?);
-        Some(follower)
-    } else {
-        None
-    };
-    let leadership = tokio::select! {
-        led = lead(&settings) => Arc::new(led?),
-        () = &mut shutdown => {
-            tracing::info!("shutting down before leading");
-            return Ok(());
-        }
-    };
-    if let Some(follower) = follower {
-        follower.stop();
     }
-    if let Some(fence) = leadership.fence() {
-        store.fence_by(fence);
-    }
-    let registry = open_registry(&settings, store, &files, agent.clone(), zone.clone()).await?;
+    let (registry, account_unknown) = open_registry(
+        &settings,
+        store,
+        &files,
+        agent.clone(),
+        zone.clone(),
+        leadership.name(),
+    )
+    .await?;
     if let Some(overlap) = registry.node_inside(&settings.trust.trusted_proxies)? {
         return Err(ServeError::TrustedProxyOverlap(overlap));
     }
+    // On a shared store, the rows the others write are taken in.
+    let _follower = match leadership.name() {
+        Some(_) => Some(
+            crate::replica::Follower::start(registry.clone(), tokio::runtime::Handle::current())
+                .map_err(ServeError::Follow)?,
+        ),
+        None => None,
+    };
+    let removals = Arc::new(Removals::default());
     let connections = Connections::new(connection_limits(&settings, fds));
     let fleet = Arc::new(api::fleet::FleetRecorder::default());
     let loops = [
@@ -204,15 +208,20 @@ pub async fn serve(
             settings.retention,
         )),
         tokio::spawn(expiry_loop(registry.clone(), leadership.clone())),
+        tokio::spawn(heard_loop(registry.clone(), leadership.clone())),
+        tokio::spawn(account_loop(
+            registry.clone(),
+            leadership.clone(),
+            removals.clone(),
+            account_unknown,
+        )),
         tokio::spawn(forget_loop(connections.clone())),
         tokio::spawn(fleet.clone().run(registry.clone())),
     ];
     let dns_status = Arc::new(StatusBoard::default());
     let dns_loops = start_dns_provider(&settings, &zone, &dns_status, &leadership).await?;
-    let (mut dns_server, dns_addr) = match standby_dns {
-        Some(serving) => serving,
-        None => dns::serve(zone, settings.dns_listen, dns_rate_limit).await?,
-    };
+    let dns_rate_limit = settings.limits.dns_rate_limit;
+    let (mut dns_server, dns_addr) = dns::serve(zone, settings.dns_listen, dns_rate_limit).await?;
     tracing::info!(
         addr = %dns_addr,
         zone = %settings.zone,
@@ -221,7 +230,7 @@ pub async fn serve(
     );
 
     let app = api::router(api::AppState {
-        registry,
+        registry: registry.clone(),
         admin_token_hash: Arc::new(std::sync::RwLock::new(secrets::hash_secret(&admin_token))),
         data_dir: Arc::new(settings.data_dir.clone()),
         trust: Arc::new(settings.trust.clone()),
@@ -237,7 +246,15 @@ pub async fn serve(
         leadership: leadership.clone(),
     });
     let handle = axum_server::Handle::new();
-    let mut api_task = start_api(settings.listen, tls, app, handle.clone(), connections);
+    let shared_port = leadership.name().is_some();
+    let mut api_task = start_api(
+        settings.listen,
+        shared_port,
+        tls,
+        app,
+        handle.clone(),
+        connections,
+    );
     let api_addr = tokio::select! {
         addr = handle.listening() => addr,
         result = &mut api_task => return Err(api_stopped(settings.listen, result, "at once")),
@@ -245,11 +262,16 @@ pub async fn serve(
     tracing::info!(addr = ?api_addr, public_url = %settings.public_url, "api listening (https)");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
+    // Leads at once alone on the store, or once it takes the lease; then,
+    // fenced and with every node read afresh, it runs what must run once.
     // Renewals block on the database: on a task of their own, they never
     // hold up the shutdown.
     let mut hold = tokio::spawn({
-        let leadership = leadership.clone();
-        async move { leadership.hold().await }
+        let (leadership, registry) = (leadership.clone(), registry.clone());
+        async move {
+            let on_lead = |fence| start_leading(registry, fence, removals);
+            leadership.hold(on_lead).await
+        }
     });
     let lost = tokio::select! {
         () = &mut shutdown => {
@@ -321,14 +343,56 @@ fn check_shared_credentials(
     Ok(())
 }
 
-/// Waits, on a shared store, until this coordinator takes the leader's
-/// lease; the sole coordinator of a SQLite store leads at once.
-async fn lead(settings: &Settings) -> Result<Leadership, ServeError> {
+/// Who leads: the sole coordinator of a SQLite store, or one replica of
+/// a shared store, standing by until it takes the lease.
+fn leadership(settings: &Settings) -> Result<Leadership, ServeError> {
     match &settings.store {
         config::StoreLocation::Sqlite(_) => Ok(Leadership::sole()),
-        config::StoreLocation::Postgres(url) => {
-            let url_here = &settings.public_url;
-            Ok(Leadership::take(url, settings.lease, url_here, &settings.data_dir).await?)
+        config::StoreLocation::Postgres(url) => Ok(Leadership::replica(
+            url,
+            settings.lease,
+            &settings.public_url,
+            &settings.data_dir,
+        )?),
+    }
+}
+
+/// What a coordinator does as it starts to lead, before the leader-only
+/// loops take their first turn: on a shared store, it fences its writes
+/// by the lease's term, reads every node afresh (the last writes of the
+/// leader before it included) and gives every node a full grace (their
+/// heartbeats went to others until now); then it resumes the removals an
+/// earlier leader left unfinished.
+async fn start_leading(
+    registry: Arc<Registry>,
+    fence: Option<crate::store::sql::Fence>,
+    removals: Arc<Removals>,
+) {
+    if let Some(fence) = fence {
+        registry.fence_by(fence);
+        if let Err(error) = registry.take_in(None).await {
+            tracing::error!(%error, "could not read the nodes afresh as this coordinator leads");
+        }
+        registry.fresh_grace();
+    }
+    removals.resume_once(&registry);
+}
+
+/// The removals an earlier run left unfinished, resumed once: by the
+/// leader, in the coordinator's own account.
+#[derive(Debug, Default)]
+struct Removals(std::sync::atomic::AtomicBool);
+
+impl Removals {
+    /// Resumes them, unless EC2 is not trusted yet or they were resumed.
+    fn resume_once(&self, registry: &Arc<Registry>) {
+        if registry.ec2_account().untrusted_because().is_some()
+            || self.0.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        if let Err(error) = registry.resume_removals() {
+            tracing::error!(%error, "could not resume the unfinished removals");
         }
     }
 }
@@ -415,15 +479,17 @@ fn agent_dist(settings: &Settings) -> Result<Option<Arc<AgentDist>>, ServeError>
     Ok(Some(Arc::new(dist)))
 }
 
-/// Opens EC2, and loads the registry from it and `store`; removals a
-/// previous run left unfinished resume.
+/// Opens EC2, and loads the registry from it and `store` (as the replica
+/// `replica` of a shared store). Returns it, and EC2's clients if STS has
+/// not said yet which account they answer for.
 async fn open_registry(
     settings: &Settings,
     store: Store,
     files: &pki::TlsFiles,
     agent: Option<Arc<AgentDist>>,
     zone: Arc<Zone>,
-) -> Result<Arc<Registry>, ServeError> {
+    replica: Option<&str>,
+) -> Result<(Arc<Registry>, Option<Ec2Clients>), ServeError> {
     let coordinator_id = store.coordinator_id(|| hex::encode(rand::random::<[u8; 8]>()))?;
     tracing::info!(store = %settings.store, coordinator = %coordinator_id, "store open");
 
@@ -450,8 +516,12 @@ async fn open_registry(
         unknown_sweeps: settings.unknown_sweeps,
         launch_timeout: settings.launch_timeout,
     };
+    let mut registry = Registry::new(store, ec2, zone, settings.zone.clone(), timing)?;
+    if let Some(name) = replica {
+        registry = registry.as_replica(name);
+    }
     let registry = Arc::new(
-        Registry::new(store, ec2, zone, settings.zone.clone(), timing)?
+        registry
             .with_trust(settings.trust.clone())
             .with_launcher(LaunchContext {
                 launcher: Launcher::new(clients.clone(), &settings.data_dir, &coordinator_id)
@@ -461,20 +531,15 @@ async fn open_registry(
                 agent,
             }),
     );
-    // EC2 is not trusted until STS says which account it answers for;
-    // removals left unfinished resume once it does. STS answers at once
-    // when it can: waiting for it here keeps a launch asked for just after
-    // start from being refused. An STS out of reach is asked again later.
+    // EC2 is not trusted until STS says which account it answers for.
+    // STS answers at once when it can: waiting for it here keeps a launch
+    // asked for just after start from being refused. An STS out of reach
+    // is asked again later ([`account_loop`]).
     registry.await_account();
     let answered = tokio::time::timeout(ACCOUNT_FIRST_WAIT, registry.check_account(&clients))
         .await
         .unwrap_or(Ok(false))?;
-    if answered {
-        resume_removals_if_trusted(&registry);
-    } else {
-        tokio::spawn(watch_account(registry.clone(), clients));
-    }
-    Ok(registry)
+    Ok((registry, (!answered).then_some(clients)))
 }
 
 /// Starts the reconcile loop of the configured external DNS provider, if
@@ -589,15 +654,17 @@ fn connection_limits(settings: &Settings, fds: FdLimit) -> ConnectionLimits {
 }
 
 /// Serves `app` over HTTPS on `listen` until `handle` shuts it down, each
-/// connection admitted and watched by `connections`.
+/// connection admitted and watched by `connections`; with `shared_port`,
+/// beside other replicas of a shared store on the same host and port.
 fn start_api(
     listen: std::net::SocketAddr,
+    shared_port: bool,
     tls: Arc<rustls::ServerConfig>,
     app: axum::Router,
     handle: axum_server::Handle,
     connections: Arc<Connections>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let listener = match api_listener(listen) {
+    let listener = match api_listener(listen, shared_port) {
         Ok(listener) => listener,
         Err(error) => return tokio::spawn(async move { Err(error) }),
     };
@@ -629,14 +696,25 @@ fn start_api(
 /// then refuse what they must at once.
 const API_BACKLOG: u32 = 4096;
 
-/// The API's listening socket on `listen`, with [`API_BACKLOG`].
-fn api_listener(listen: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// The API's listening socket on `listen`, with [`API_BACKLOG`]. With
+/// `shared_port` (replicas of a shared store) it sets `SO_REUSEPORT`:
+/// coordinators of one user on one host may then listen on the same port,
+/// and the kernel spreads new connections over them. A coordinator alone
+/// on its store keeps the port to itself, so a second one started by
+/// mistake fails at once.
+fn api_listener(
+    listen: std::net::SocketAddr,
+    shared_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
     let socket = if listen.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if shared_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(listen)?;
     socket.listen(API_BACKLOG)?.into_std()
 }
@@ -667,25 +745,60 @@ fn api_stopped(
 }
 
 /// Asks STS which account EC2 answers for every [`ACCOUNT_RETRY`] until
-/// it answers; then resumes the removals an earlier run left unfinished.
-async fn watch_account(registry: Arc<Registry>, clients: Ec2Clients) {
-    loop {
-        tokio::time::sleep(ACCOUNT_RETRY).await;
-        match registry.check_account(&clients).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(error) => tracing::error!(%error, "could not record the AWS account"),
+/// it answers (if `unknown` holds the clients to ask); then, once this
+/// coordinator leads, resumes the removals an earlier run left unfinished.
+async fn account_loop(
+    registry: Arc<Registry>,
+    leadership: Arc<Leadership>,
+    removals: Arc<Removals>,
+    unknown: Option<Ec2Clients>,
+) {
+    if let Some(clients) = unknown {
+        loop {
+            tokio::time::sleep(ACCOUNT_RETRY).await;
+            match registry.check_account(&clients).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => tracing::error!(%error, "could not record the AWS account"),
+            }
         }
     }
-    resume_removals_if_trusted(&registry);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    while !leadership.is_current() {
+        ticker.tick().await;
+    }
+    removals.resume_once(&registry);
 }
 
-/// In the coordinator's own account, resumes the removals an earlier run
-/// left unfinished (in another, they wait for a start in the right one).
-fn resume_removals_if_trusted(registry: &Arc<Registry>) {
-    if registry.ec2_account().untrusted_because().is_none() {
-        if let Err(error) = registry.resume_removals() {
-            tracing::error!(%error, "could not resume the unfinished removals");
+/// On a shared store, publishes the nodes this coordinator heard while it
+/// stands by, so the leader takes none of them for silent
+/// ([`crate::store::heard`]).
+async fn heard_loop(registry: Arc<Registry>, leadership: Arc<Leadership>) {
+    if leadership.name().is_none() {
+        return;
+    }
+    let mut ticker = tokio::time::interval(registry.heard_publish_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A replica that has heard nobody, and said so, writes nothing more.
+    let mut said_none = true;
+    loop {
+        ticker.tick().await;
+        if !leadership.stands_by() {
+            continue;
+        }
+        let heard = registry.heard_here();
+        if heard.is_empty() && said_none {
+            continue;
+        }
+        said_none = heard.is_empty();
+        let published = {
+            let registry = registry.clone();
+            tokio::task::spawn_blocking(move || registry.publish_heard(&heard)).await
+        };
+        match published {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not publish the nodes heard here"),
+            Err(error) => tracing::error!(%error, "publishing the nodes heard here failed"),
         }
     }
 }

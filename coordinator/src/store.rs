@@ -31,6 +31,7 @@ use sql::{args, Database, Db, DbError};
 
 pub mod clusters;
 pub mod events;
+pub mod heard;
 pub mod history;
 pub mod launches;
 pub mod lease;
@@ -393,6 +394,10 @@ impl Store {
                 // Two coordinators starting at once on an empty database
                 // take turns here: the second finds the schema made.
                 db.execute("SELECT pg_advisory_xact_lock(?1)", args![sql::MIGRATE_LOCK])
+                    .map_err(migrate(0))?;
+                // "relation already exists, skipping" at every start is
+                // not worth a line in the log.
+                db.batch("SET LOCAL client_min_messages = warning")
                     .map_err(migrate(0))?;
                 db.batch("CREATE TABLE IF NOT EXISTS muster_schema (version INTEGER NOT NULL)")
                     .map_err(migrate(0))?;

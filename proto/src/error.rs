@@ -127,6 +127,10 @@ pub enum ErrorCode {
     Ec2Untrusted,
     /// 503: the agent binary the coordinator serves cannot be read.
     AgentUnavailable,
+    /// 421: this coordinator stands by while another leads, and the
+    /// change asked for is made by the leader only; the message names it.
+    /// Nothing was written.
+    NotLeader,
     /// 503: the store's database cannot be reached (PostgreSQL away):
     /// nothing was written; try again.
     StoreUnavailable,
@@ -139,7 +143,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build knows, in order of HTTP status.
-    pub const KNOWN: [ErrorCode; 29] = [
+    pub const KNOWN: [ErrorCode; 30] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -161,6 +165,7 @@ impl ErrorCode {
         ErrorCode::NameTaken,
         ErrorCode::NodeLive,
         ErrorCode::Conflict,
+        ErrorCode::NotLeader,
         ErrorCode::LaunchRefused,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
@@ -195,6 +200,7 @@ impl ErrorCode {
             ErrorCode::NameTaken => "name_taken",
             ErrorCode::NodeLive => "node_live",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::NotLeader => "not_leader",
             ErrorCode::LaunchRefused => "launch_refused",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
@@ -231,6 +237,7 @@ impl ErrorCode {
             | ErrorCode::NameTaken
             | ErrorCode::NodeLive
             | ErrorCode::Conflict => 409,
+            ErrorCode::NotLeader => 421,
             ErrorCode::LaunchRefused => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal | ErrorCode::Other(_) => 500,

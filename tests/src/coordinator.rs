@@ -328,11 +328,11 @@ impl Coordinator {
     /// A second coordinator on this one's shared store (PostgreSQL, by
     /// `--store` or [`STORE_ENV`]), with the same flags and a copy of its
     /// CA, certificate, keys and tokens, as docs/operations.md's recipe
-    /// says; its API on this one's port when `same_api_port` (it can bind
-    /// it only once this one is gone), else on its own; its DNS always on
-    /// its own (a standby answers DNS while it waits). Returns once it
-    /// stands by: it leads only when this one's lease runs out or is
-    /// released.
+    /// says; its API on this one's port when `same_api_port` (replicas of
+    /// a shared store share a port, and the kernel spreads connections
+    /// over them), else on its own; its DNS always on its own. Returns
+    /// once it serves and stands by: it leads only when this one's lease
+    /// runs out or is released.
     pub async fn start_standby(&self, same_api_port: bool) -> Coordinator {
         let data_dir = new_data_dir();
         copy_credentials(self.data_dir(), data_dir.path());
@@ -380,11 +380,21 @@ impl Coordinator {
         standby
     }
 
-    /// Waits until this coordinator serves (a standby: once it took the
-    /// lease over); panics with its logs if it does not in time.
+    /// Waits until this coordinator (a standby) takes the lease over;
+    /// panics with its logs if it does not in time.
     pub async fn wait_leading(&mut self) {
-        if let Err(why) = self.wait_ready().await {
-            panic!("{why}\n{}", tail(&self.logs(), 32 * 1024));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !self.logs().contains("took the leader's lease: leading") {
+            let process = self.process.as_mut().expect("spawned");
+            if let Some(status) = process.try_exit() {
+                panic!("the standby exited ({status})\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "it did not lead within {READY_TIMEOUT:?}\n{}",
+                tail(&self.logs(), 32 * 1024)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -183,12 +183,12 @@ fn lease_row(db: &Postgres) -> String {
     db.psql("muster", "SELECT holder, term FROM muster_lease")
 }
 
-/// A standby beside the leader under heartbeat load answers DNS as the
-/// leader does, a node registered after it started included; the leader
-/// is SIGKILLed. The standby takes the lease (a higher term), serves the
-/// same API address, and answers the same names; the agents carry on;
-/// no node is marked down; what the old leader acknowledged is there, and
-/// the new one writes.
+/// A standby beside the leader, on the same API port, under heartbeat
+/// load: agents reach either; the standby answers DNS as the leader does,
+/// a node registered after it started included; the leader is SIGKILLed.
+/// The standby takes the lease (a higher term), and answers the same names;
+/// the agents carry on; no node is marked down; what the old leader
+/// acknowledged is there, and the new one writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_leader() {
     let db = Postgres::start();
@@ -202,10 +202,18 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     let leader = Coordinator::start_with(&moto, &flags).await;
     let join_token = leader.create_cluster(CLUSTER).await.join_token;
     let (mut ids, mut running) = start_agents(&leader, &ec2, &join_token, 2).await;
+    // Alone on its port, the leader says it leads.
+    let alone: CoordinatorStatus = leader.admin_json(&["status"]).await;
+    assert!(alone.leader, "{alone:#?}");
+    let leader_name = alone.lease.expect("a lease on a shared store").holder;
+    let metrics = leader.metrics().await;
+    assert!(metrics.contains("muster_lease_term 1"), "{metrics}");
+    assert!(metrics.contains("muster_leader 1"), "{metrics}");
 
+    // The standby shares the port: agents' connections, registers and
+    // heartbeats, now reach either. It answers DNS as the leader does: the
+    // nodes it loaded, and one registered after it started.
     let mut standby = leader.start_standby(true).await;
-    // The standby answers DNS while it waits: the nodes it loaded, and one
-    // registered through the leader after it started.
     let (more_ids, more_running) = start_agents(&leader, &ec2, &join_token, 1).await;
     ids.extend(more_ids);
     running.extend(more_running);
@@ -224,19 +232,17 @@ async fn a_standby_takes_over_from_a_killed_leader() {
             "the standby answers {id} as the leader does"
         );
     }
+    // Either may answer on the shared port: both tell the same lease.
     let status = wait_for_replicas(&leader, 2).await;
     let lease = status.lease.expect("a lease on a shared store");
     assert_eq!(lease.term, 1, "{lease:#?}");
-    assert!(status.leader);
+    assert_eq!(lease.holder, leader_name, "{lease:#?}");
     let roles: Vec<&str> = lease.replicas.iter().map(|r| r.role.as_str()).collect();
     assert!(
         roles.contains(&"leader") && roles.contains(&"standby"),
         "{lease:#?}"
     );
     assert_eq!(lease_row(&db), format!("{}|1", lease.holder));
-    let metrics = leader.metrics().await;
-    assert!(metrics.contains("muster_lease_term 1"), "{metrics}");
-    assert!(metrics.contains("muster_leader 1"), "{metrics}");
 
     leader.kill();
     standby.wait_leading().await;
@@ -269,6 +275,78 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     assert_eq!(
         db.psql("muster", "SELECT name FROM clusters ORDER BY name"),
         "db\nweb"
+    );
+    drop(running);
+}
+
+/// Agents registered through a standby, on its own port: the leader lists
+/// them and answers their names; they heartbeat to the standby only for
+/// three graces, and the leader, which never hears them, marks none down
+/// (the standby publishes whom it heard). The standby serves reads, and
+/// refuses an admin change with `421 not_leader`, naming the leader, and
+/// writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_serves_agents_and_the_leader_hears_of_them() {
+    let db = Postgres::start();
+    db.create_database("muster");
+    let moto = Moto::start().await;
+    let ec2 = ec2::client(&moto.endpoint()).await;
+    let url = db.url("muster");
+    let mut flags = FAST.to_vec();
+    flags.extend(LEASE);
+    flags.extend(["--store", url.as_str()]);
+    let leader = Coordinator::start_with(&moto, &flags).await;
+    let join_token = leader.create_cluster(CLUSTER).await.join_token;
+    let standby = leader.start_standby(false).await;
+
+    let (ids, running) = start_agents(&standby, &ec2, &join_token, 2).await;
+    let name = |id: &str| muster_proto::node_dns_name(id, CLUSTER, ZONE);
+    for id in &ids {
+        leader
+            .wait_for_node(CLUSTER, id, NodeState::Deployed, PATIENCE)
+            .await;
+        let expected = standby
+            .resolver()
+            .a_until(&name(id), PATIENCE, |a| !a.a.is_empty())
+            .await
+            .a;
+        let answer = leader
+            .resolver()
+            .a_until(&name(id), PATIENCE, |a| a.a == expected)
+            .await;
+        assert_eq!(
+            answer.a, expected,
+            "the leader answers {id} as the standby does"
+        );
+    }
+
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    for id in &ids {
+        assert_never_down(&leader, id).await;
+        assert_never_down(&standby, id).await;
+    }
+    let leader_heard = leader.metric("muster_heartbeats_total").await;
+    assert_eq!(leader_heard, 0, "every heartbeat went to the standby");
+    assert_eq!(
+        db.psql("muster", "SELECT count(*) FROM muster_heard"),
+        "1",
+        "the standby publishes whom it heard"
+    );
+
+    let status: CoordinatorStatus = standby.admin_json(&["status"]).await;
+    assert!(!status.leader, "{status:#?}");
+    let leader_name = status.lease.expect("a lease").holder;
+    let (code, body) = list_clusters_raw(&standby).await;
+    assert_eq!(code, 200, "the standby serves reads: {body}");
+    let (code, body) = create_cluster_raw(&standby, "db").await;
+    assert_eq!(code, 421, "{body}");
+    let error: ErrorBody = serde_json::from_str(&body).expect("the error shape");
+    assert_eq!(error.error.code, ErrorCode::NotLeader, "{body}");
+    assert!(error.error.message.contains(&leader_name), "{body}");
+    assert_eq!(
+        db.psql("muster", "SELECT name FROM clusters ORDER BY name"),
+        CLUSTER,
+        "the standby wrote nothing"
     );
     drop(running);
 }

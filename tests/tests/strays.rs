@@ -207,7 +207,7 @@ async fn a_standby_finishes_the_launch_a_killed_leader_began() {
     flags.extend(muster_tests::FAST_LEASE);
     flags.extend(["--store", url.as_str()]);
     let mut leader = Coordinator::start_at(&proxy.endpoint(), &flags).await;
-    let mut standby = leader.start_standby(true).await;
+    let mut standby = leader.start_standby(false).await;
     let hold = Hold {
         action: "RunInstances".into(),
         after: 1,

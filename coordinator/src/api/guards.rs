@@ -173,7 +173,8 @@ pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 
 /// The admin routes' first step, before any extractor reads the path, the
 /// query or the body: who is asking ([`authorize`]), and, for anyone but
-/// the admin, only reads (GET and HEAD). The role rides in the request's
+/// the admin, only reads (GET and HEAD); on a coordinator that stands by,
+/// only reads for anyone ([`not_leader`]). The role rides in the request's
 /// extensions for the handlers that show it.
 pub(super) async fn admin_only(
     State(state): State<AppState>,
@@ -192,8 +193,32 @@ pub(super) async fn admin_only(
         )
         .into_response();
     }
+    if !reads && state.leadership.stands_by() {
+        return not_leader(&state).into_response();
+    }
     req.extensions_mut().insert(role);
     next.run(req).await
+}
+
+/// The refusal of an admin change on a coordinator that stands by: every
+/// replica serves reads and agents, but changes (which may launch,
+/// terminate or remove) are the leader's, so a removal or a launch runs
+/// once.
+fn not_leader(state: &AppState) -> ApiError {
+    let leader = match state.leadership.leader() {
+        Some(leader) => match leader.url {
+            Some(url) => format!("{} at {url}", leader.name),
+            None => leader.name,
+        },
+        None => "another coordinator (not known yet)".to_owned(),
+    };
+    let here = state.leadership.name().unwrap_or_default();
+    ApiError::new(
+        ErrorCode::NotLeader,
+        format!(
+            "this coordinator ({here}) stands by; admin changes are made by the leader, {leader}:              send this there. Reads and agents are served here"
+        ),
+    )
 }
 
 /// Who a request comes from: the admin token or the viewer token in

@@ -20,22 +20,34 @@ impl Registry {
     pub async fn check_liveness(&self) -> usize {
         let grace = self.timing.grace;
         let launch_timeout = self.timing.launch_timeout;
-        let (silent, overdue): (Vec<i64>, Vec<i64>) = {
+        let silent = || -> Vec<i64> {
+            self.live()
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.state.is_heard() && n.last_heard.elapsed() > grace)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut silent_here = silent();
+        // Silent here may be heard by another replica: asked only then.
+        if !silent_here.is_empty() && self.replica.is_some() {
+            match self.merge_heard() {
+                Ok(_) => silent_here = silent(),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read what the other coordinators heard: nobody is marked silent until it can");
+                    silent_here.clear();
+                }
+            }
+        }
+        let overdue: Vec<i64> = {
             let live = self.live();
-            (
-                live.nodes
-                    .iter()
-                    .filter(|(_, n)| n.state.is_heard() && n.last_heard.elapsed() > grace)
-                    .map(|(id, _)| *id)
-                    .collect(),
-                live.nodes
-                    .iter()
-                    .filter(|(_, n)| {
-                        n.state == NodeState::Launching && n.last_heard.elapsed() > launch_timeout
-                    })
-                    .map(|(id, _)| *id)
-                    .collect(),
-            )
+            live.nodes
+                .iter()
+                .filter(|(_, n)| {
+                    n.state == NodeState::Launching && n.last_heard.elapsed() > launch_timeout
+                })
+                .map(|(id, _)| *id)
+                .collect()
         };
         let timed_out = Input::LaunchTimedOut {
             after_secs: launch_timeout.as_secs(),
@@ -49,7 +61,7 @@ impl Registry {
             }
         }
         let mut marked = 0;
-        for id in silent {
+        for id in silent_here {
             match self.apply(id, Input::Silent, EventSource::Liveness).await {
                 Ok(NodeState::Unreachable) => marked += 1,
                 Ok(_) => {}

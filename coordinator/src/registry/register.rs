@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use muster_proto::token::TokenKind;
 use muster_proto::{NodeState, RegisterRequest, RegisterResponse};
@@ -170,14 +170,22 @@ impl Registry {
         let Some(node) = self.store.node_by_instance(&req.instance_id)? else {
             return Ok(());
         };
-        let heard = {
+        let heard = || {
             let live = self.live();
             live.nodes
                 .get(&node.id)
                 .filter(|n| n.state.is_heard())
                 .map(|n| n.last_heard.elapsed())
         };
-        match heard {
+        let mut heard_here = heard();
+        // Silent here, it may be heard by another replica.
+        if self.replica.is_some() && heard_here.is_none_or(|ago| ago >= self.timing.grace) {
+            self.merge_heard()?;
+            // A node another replica has just written and this one has not
+            // taken in yet counts as heard now.
+            heard_here = heard().or_else(|| node.state.is_heard().then_some(Duration::ZERO));
+        }
+        match heard_here {
             Some(ago) if ago < self.timing.grace => Err(RegistryError::NodeLive {
                 instance_id: req.instance_id.clone(),
                 cluster: node.cluster,

@@ -21,16 +21,17 @@
 //! The lease runs on a connection of its own, so a renewal never waits
 //! behind the store's calls.
 //!
-//! Every write to `nodes` is announced on [`NODES_CHANNEL`] by a trigger,
-//! so a standby reloads the nodes (and answers DNS with them) as soon as
-//! the leader's transaction commits ([`crate::standby`]).
+//! Every write to a row of `nodes` is announced on [`NODES_CHANNEL`] by a
+//! trigger, so every replica takes in the rows the others wrote as soon as
+//! their transactions commit ([`crate::replica`]).
 
 use std::time::Duration;
 
 use super::sql::{args, Database, Postgres};
 use super::{query, StoreError};
 
-/// The lease and replica tables, made at open beside `muster_schema`.
+/// The lease and replica tables, and the nodes each replica heard
+/// ([`super::heard`]), made at open beside `muster_schema`.
 pub const TABLES: &str = "CREATE TABLE IF NOT EXISTS muster_lease (
         name TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
@@ -43,22 +44,36 @@ pub const TABLES: &str = "CREATE TABLE IF NOT EXISTS muster_lease (
         url TEXT NOT NULL,
         started_at BIGINT NOT NULL,
         seen_at BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS muster_heard (
+        replica TEXT PRIMARY KEY,
+        published_at BIGINT NOT NULL,
+        heard TEXT NOT NULL
     );";
 
-/// The channel a write to `nodes` is announced on (once per statement,
-/// when its transaction commits), so standbys follow the leader's writes.
+/// The channel every write to a row of `nodes` is announced on, with the
+/// row's id, when its transaction commits: each replica takes the rows
+/// the others wrote into its memory ([`crate::replica`]).
 pub const NODES_CHANNEL: &str = "muster_nodes";
 
 /// The trigger announcing writes to `nodes` on [`NODES_CHANNEL`]; made
 /// at open, once the schema has the table (PostgreSQL 14 or later).
+/// PostgreSQL folds the same id announced twice in one transaction.
 pub const NODES_TRIGGER: &str = "CREATE OR REPLACE FUNCTION muster_nodes_changed() RETURNS trigger
-        LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('muster_nodes', ''); RETURN NULL; END $$;
+        LANGUAGE plpgsql AS $$ BEGIN
+            IF TG_OP = 'DELETE' THEN
+                PERFORM pg_notify('muster_nodes', OLD.id::text);
+            ELSE
+                PERFORM pg_notify('muster_nodes', NEW.id::text);
+            END IF;
+            RETURN NULL;
+        END $$;
     CREATE OR REPLACE TRIGGER muster_nodes_changed
         AFTER INSERT OR UPDATE OR DELETE ON nodes
-        FOR EACH STATEMENT EXECUTE FUNCTION muster_nodes_changed();";
+        FOR EACH ROW EXECUTE FUNCTION muster_nodes_changed();";
 
 /// The database's clock, in Unix milliseconds.
-const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
+pub(super) const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
 
 /// The lease as the database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -275,6 +275,32 @@ impl Store {
         Ok(nodes)
     }
 
+    /// The nodes among `ids` that exist, in no order.
+    pub fn nodes_by_id(&self, ids: &[i64]) -> Result<Vec<Node>, StoreError> {
+        let mut nodes = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            // Integers only: written into the statement, they cannot
+            // inject anything.
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "SELECT {NODE_COLUMNS} FROM nodes n JOIN clusters c ON c.id = n.cluster_id \
+                 WHERE n.id IN ({list})"
+            );
+            let raw = self.with(|db| {
+                db.query(&sql, &[], node_row)
+                    .map_err(query("reading nodes by id"))
+            })?;
+            for row in raw {
+                nodes.push(RawNode::parse(row)?);
+            }
+        }
+        Ok(nodes)
+    }
+
     /// One node by cluster and name.
     pub fn node(&self, cluster: &str, name: &str) -> Result<Option<Node>, StoreError> {
         let sql = format!(

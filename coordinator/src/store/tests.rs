@@ -42,6 +42,8 @@ cases![
     coordinator_id_and_launch_regions_are_kept,
     prune_deletes_only_old_history,
     prune_takes_thousands_at_once,
+    nodes_by_id_reads_those_that_exist,
+    heard_is_shared_between_replicas,
 ];
 
 /// Every case on PostgreSQL, each in a database of its own on one server.
@@ -505,6 +507,65 @@ fn prune_takes_thousands_at_once(store: Store) {
     assert!(store.events(nodes[0].id).unwrap().is_empty());
     assert_eq!(store.nodes(Some("web")).unwrap().len(), 1);
     assert!(store.node_by_instance(live).unwrap().is_some());
+}
+
+/// Nodes read by id: those that exist, whatever else is asked for.
+fn nodes_by_id_reads_those_that_exist(store: Store) {
+    let cluster = store.create_cluster("web", "h", None).unwrap();
+    let node = store
+        .register_node(&registration(cluster.id, "c1"), "registered")
+        .unwrap();
+    let read = store.nodes_by_id(&[node.id, node.id + 1000]).unwrap();
+    assert_eq!(read, vec![node]);
+    assert!(store.nodes_by_id(&[]).unwrap().is_empty());
+}
+
+/// What a replica publishes it heard is read by the others, not by
+/// itself, each node silent for at least what was published, and a new
+/// publication replaces the last; on SQLite, where one coordinator hears
+/// everything, nothing is kept.
+fn heard_is_shared_between_replicas(store: Store) {
+    store.publish_heard("a", &[(1, 200), (2, 0)]).unwrap();
+    let by_b = store.heard_elsewhere("b", Duration::from_secs(60)).unwrap();
+    if !store.is_postgres() {
+        assert!(by_b.is_empty());
+        return;
+    }
+    let ids: Vec<i64> = by_b.iter().map(|h| h.node_id).collect();
+    assert_eq!(ids, [1, 2]);
+    assert!(by_b[0].silent_for >= Duration::from_millis(200), "{by_b:?}");
+    assert!(by_b[0].silent_for < Duration::from_secs(10), "{by_b:?}");
+    assert!(store
+        .heard_elsewhere("a", Duration::from_secs(60))
+        .unwrap()
+        .is_empty());
+    store.publish_heard("a", &[(3, 5)]).unwrap();
+    let again = store.heard_elsewhere("b", Duration::from_secs(60)).unwrap();
+    assert_eq!(again.iter().map(|h| h.node_id).collect::<Vec<_>>(), [3]);
+}
+
+/// Every write to a row of `nodes` is announced with the row's id once
+/// its transaction commits: what the other replicas take in.
+#[test]
+fn postgres_announces_each_written_node() {
+    use postgres::fallible_iterator::FallibleIterator;
+    let server = Postgres::start();
+    server.create_database("announce");
+    let store = Store::open_postgres(&server.url("announce")).unwrap();
+    let mut listener = store.listen(lease::NODES_CHANNEL).unwrap().unwrap();
+    let cluster = store.create_cluster("web", "h", None).unwrap();
+    let node = store
+        .register_node(&registration(cluster.id, "c1"), "registered")
+        .unwrap();
+    store.delete_node(node.id).unwrap();
+    let mut notices = listener.notifications();
+    let heard: Vec<String> = notices
+        .timeout_iter(Duration::from_secs(5))
+        .take(2)
+        .map(|n| Ok(n.payload().to_owned()))
+        .collect()
+        .unwrap();
+    assert_eq!(heard, [node.id.to_string(), node.id.to_string()]);
 }
 
 /// Two coordinators starting at once on an empty database make the schema
