@@ -279,14 +279,15 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     drop(running);
 }
 
-/// Agents registered through a standby, on its own port: the leader lists
-/// them and answers their names; they heartbeat to the standby only for
+/// Three coordinators, each on its own port; agents registered through a
+/// standby: the leader lists them, and the leader and the third answer
+/// their names as the standby does; they heartbeat to the standby only for
 /// three graces, and the leader, which never hears them, marks none down
 /// (the standby publishes whom it heard). The standby serves reads, and
 /// refuses an admin change with `421 not_leader`, naming the leader, and
 /// writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_replica_serves_agents_and_the_leader_hears_of_them() {
+async fn three_replicas_serve_agents_and_the_leader_hears_of_them() {
     let db = Postgres::start();
     db.create_database("muster");
     let moto = Moto::start().await;
@@ -298,6 +299,7 @@ async fn every_replica_serves_agents_and_the_leader_hears_of_them() {
     let leader = Coordinator::start_with(&moto, &flags).await;
     let join_token = leader.create_cluster(CLUSTER).await.join_token;
     let standby = leader.start_standby(false).await;
+    let third = leader.start_standby(false).await;
 
     let (ids, running) = start_agents(&standby, &ec2, &join_token, 2).await;
     let name = |id: &str| muster_proto::node_dns_name(id, CLUSTER, ZONE);
@@ -310,15 +312,30 @@ async fn every_replica_serves_agents_and_the_leader_hears_of_them() {
             .a_until(&name(id), PATIENCE, |a| !a.a.is_empty())
             .await
             .a;
-        let answer = leader
-            .resolver()
-            .a_until(&name(id), PATIENCE, |a| a.a == expected)
-            .await;
-        assert_eq!(
-            answer.a, expected,
-            "the leader answers {id} as the standby does"
-        );
+        for (which, other) in [("the leader", &leader), ("the third", &third)] {
+            let answer = other
+                .resolver()
+                .a_until(&name(id), PATIENCE, |a| a.a == expected)
+                .await;
+            assert_eq!(
+                answer.a, expected,
+                "{which} answers {id} as the standby does"
+            );
+        }
     }
+    let status = wait_for_replicas(&leader, 3).await;
+    let roles: Vec<&str> = status
+        .lease
+        .iter()
+        .flat_map(|l| &l.replicas)
+        .map(|r| r.role.as_str())
+        .collect();
+    assert_eq!(roles.len(), 3, "{status:#?}");
+    assert_eq!(
+        roles.iter().filter(|r| **r == "leader").count(),
+        1,
+        "{status:#?}"
+    );
 
     tokio::time::sleep(Duration::from_secs(9)).await;
     for id in &ids {

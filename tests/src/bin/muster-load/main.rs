@@ -65,9 +65,9 @@
 //!   the transactions and rows it wrote while the fleet heartbeated,
 //!   against the heartbeats (heartbeats are meant to write nothing).
 //! - `--standby yes` (with `--store postgres`) then starts a standby beside
-//!   the coordinator and prints P12: how soon it stands by and its DNS
-//!   answers a sample of every node's name, and how long a register on the
-//!   leader takes to be answered by the leader's DNS and the standby's.
+//!   the coordinator and prints P12 and P13 ([`replicas`]): how soon it
+//!   answers every node's name and trails the leader's registers, and the
+//!   two serving heartbeats together.
 //!
 //! `muster-load --help` lists every option. Each row's last cell names the
 //! command, the coordinator's build profile and the machine.
@@ -89,6 +89,7 @@ use muster_tests::procs::{cpu_time, percentile, rss_anon_kib, rss_kib};
 use muster_tests::{ec2, Coordinator, Moto};
 
 mod reference;
+mod replicas;
 mod report;
 
 use report::{print_p1, print_p8, Memory};
@@ -161,7 +162,9 @@ struct Args {
     /// After the phases, start a standby beside the coordinator on its
     /// PostgreSQL store (needs `--store postgres`), and print P12: how soon
     /// it answers every node's name, and how long a register on the
-    /// leader takes to show in the standby's DNS.
+    /// leader takes to show in the standby's DNS; and P13: heartbeats both
+    /// answer together, and the store's writes while every agent
+    /// heartbeats to the standby.
     #[arg(long, default_value = "no", value_parser = yes_no, value_name = "yes|no", action = clap::ArgAction::Set)]
     standby: bool,
 }
@@ -582,8 +585,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     print_p1(&args, &nodes, &registered, &floods, &fleets, &command);
     print_p8(&args, &nodes, &registered, &memory, &fleets, &command);
     report::print_store_writes(&args, &nodes, &writes, &command);
-    if args.standby {
-        standby_measured(&coordinator, &http, &command).await?;
+    if let (true, Some(database)) = (args.standby, &database) {
+        let alone = floods.iter().map(Phase::rate).collect::<Vec<_>>();
+        replicas::measured(
+            &coordinator,
+            &http,
+            &nodes,
+            &alone,
+            database,
+            &args,
+            &command,
+        )
+        .await?;
     }
     if args.restart {
         restart_measured(&mut coordinator, &args, &command).await?;
@@ -616,77 +629,6 @@ fn name_sample(views: &[muster_proto::NodeView]) -> (Vec<&str>, usize) {
         .map(|v| v.dns_name.as_str())
         .collect();
     (sample, step)
-}
-
-/// Registers measured one at a time for P12's lag.
-const LAG_SAMPLES: usize = 50;
-
-/// P12: starts a standby beside `coordinator` on its store and times how
-/// soon it stands by and its DNS answers every name of a sample; then
-/// registers [`LAG_SAMPLES`] bring-your-own machines through the leader,
-/// one at a time, and times from each register's answer until the
-/// leader's and the standby's DNS answer its name.
-async fn standby_measured(
-    coordinator: &Coordinator,
-    http: &reqwest::Client,
-    command: &str,
-) -> anyhow::Result<()> {
-    let views = coordinator.nodes(CLUSTER).await;
-    let (sample, _) = name_sample(&views);
-    let started = Instant::now();
-    let standby = coordinator.start_standby(false).await;
-    let standing = started.elapsed();
-    let standby_dns = standby.resolver();
-    for name in &sample {
-        answered_within(&standby_dns, name, Duration::from_secs(300)).await?;
-    }
-    let answering = started.elapsed();
-
-    let minted: muster_proto::ByonTokenResponse = coordinator
-        .admin_json(&["cluster", "byon-token", CLUSTER, "--max-nodes", "1000"])
-        .await;
-    let leader_dns = coordinator.resolver();
-    let (mut on_leader, mut on_standby) = (Vec::new(), Vec::new());
-    for i in 0..LAG_SAMPLES {
-        let machine_id = format!("{:032x}", rand::random::<u128>());
-        let body = muster_tests::byon_register(
-            CLUSTER,
-            &machine_id,
-            &format!("lag-{i}"),
-            Ipv4Addr::new(10, 255, 0, i as u8),
-            Some(Ipv4Addr::new(52, 255, 0, i as u8)),
-        );
-        let answer = http
-            .post(format!("{}{}", coordinator.url(), paths::AGENT_REGISTER))
-            .bearer_auth(&minted.byon_token)
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?;
-        let registered: RegisterResponse = answer.json().await?;
-        let at = Instant::now();
-        let name = registered.node.dns_name;
-        answered_within(&leader_dns, &name, Duration::from_secs(30)).await?;
-        on_leader.push(at.elapsed());
-        answered_within(&standby_dns, &name, Duration::from_secs(30)).await?;
-        on_standby.push(at.elapsed());
-    }
-    on_leader.sort();
-    on_standby.sort();
-    let ms = |sorted: &[Duration], p: f64| percentile(sorted, p).as_secs_f64() * 1000.0;
-    println!(
-        "| P12 | a standby started beside the leader on its PostgreSQL store with {} nodes: standing by, then every sampled name answered by its DNS ({} names); then {LAG_SAMPLES} registers on the leader, one at a time, each name asked of both DNS servers until answered | standing by after {:.2} s; every name answered after {:.2} s; a register in the leader's DNS after p50 {:.1} ms (p99 {:.1} ms), in the standby's after p50 {:.1} ms (p99 {:.1} ms) | {command} |",
-        views.len(),
-        sample.len(),
-        standing.as_secs_f64(),
-        answering.as_secs_f64(),
-        ms(&on_leader, 50.0),
-        ms(&on_leader, 99.0),
-        ms(&on_standby, 50.0),
-        ms(&on_standby, 99.0),
-    );
-    drop(standby);
-    Ok(())
 }
 
 /// Asks `resolver` for `name` until it answers an address, for at most

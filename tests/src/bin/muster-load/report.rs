@@ -163,9 +163,12 @@ pub(super) const DATABASE: &str = "muster";
 /// two; they write no row.)
 #[derive(Debug, Clone, Copy)]
 pub(super) struct StoreWrites {
-    commits: f64,
-    rows: f64,
-    heartbeats: f64,
+    /// Commits a second.
+    pub(super) commits: f64,
+    /// Rows inserted, updated or deleted a second.
+    pub(super) rows: f64,
+    /// Heartbeats answered a second.
+    pub(super) heartbeats: f64,
 }
 
 impl StoreWrites {
