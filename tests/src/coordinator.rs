@@ -361,37 +361,31 @@ impl Coordinator {
             store: None,
         };
         standby.spawn();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !standby
-            .logs()
-            .contains("standing by: another coordinator leads")
-        {
-            let process = standby.process.as_mut().expect("spawned");
-            if let Some(status) = process.try_exit() {
-                panic!("the standby exited ({status})\n{}", standby.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the standby did not stand by within {READY_TIMEOUT:?}\n{}",
-                standby.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        standby
+            .wait_for_log("standing by: another coordinator leads", "stand by")
+            .await;
         standby
     }
 
     /// Waits until this coordinator (a standby) takes the lease over;
     /// panics with its logs if it does not in time.
     pub async fn wait_leading(&mut self) {
+        self.wait_for_log("took the leader's lease: leading", "lead")
+            .await;
+    }
+
+    /// Waits until the logs hold `line`; panics with them if the process
+    /// exits first or does not `what` within [`READY_TIMEOUT`].
+    async fn wait_for_log(&mut self, line: &str, what: &str) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        while !self.logs().contains("took the leader's lease: leading") {
+        while !self.logs().contains(line) {
             let process = self.process.as_mut().expect("spawned");
             if let Some(status) = process.try_exit() {
-                panic!("the standby exited ({status})\n{}", self.logs());
+                panic!("the coordinator exited ({status})\n{}", self.logs());
             }
             assert!(
                 Instant::now() < deadline,
-                "it did not lead within {READY_TIMEOUT:?}\n{}",
+                "it did not {what} within {READY_TIMEOUT:?}\n{}",
                 tail(&self.logs(), 32 * 1024)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;

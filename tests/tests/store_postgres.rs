@@ -64,6 +64,39 @@ async fn start_agents(
     (ids, running)
 }
 
+/// A PostgreSQL server with the database `muster`, moto, and a
+/// coordinator on that store with [`FAST`] and `extra` flags, its cluster
+/// made.
+struct Shared {
+    db: Postgres,
+    moto: Moto,
+    ec2: aws_sdk_ec2::Client,
+    leader: Coordinator,
+    join_token: String,
+}
+
+impl Shared {
+    async fn start(extra: &[&str]) -> Shared {
+        let db = Postgres::start();
+        db.create_database("muster");
+        let moto = Moto::start().await;
+        let ec2 = ec2::client(&moto.endpoint()).await;
+        let url = db.url("muster");
+        let mut flags = FAST.to_vec();
+        flags.extend(extra);
+        flags.extend(["--store", url.as_str()]);
+        let leader = Coordinator::start_with(&moto, &flags).await;
+        let join_token = leader.create_cluster(CLUSTER).await.join_token;
+        Shared {
+            db,
+            moto,
+            ec2,
+            leader,
+            join_token,
+        }
+    }
+}
+
 /// Asserts node `id` is deployed and never was anything else.
 async fn assert_never_down(coordinator: &Coordinator, id: &str) {
     let detail = coordinator.node(CLUSTER, id).await;
@@ -82,15 +115,13 @@ async fn assert_never_down(coordinator: &Coordinator, id: &str) {
 /// and every write acknowledged before or after is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_loses_nothing_and_marks_nothing_down() {
-    let db = Postgres::start();
-    db.create_database("muster");
-    let moto = Moto::start().await;
-    let ec2 = ec2::client(&moto.endpoint()).await;
-    let url = db.url("muster");
-    let mut flags = FAST.to_vec();
-    flags.extend(["--store", url.as_str()]);
-    let coordinator = Coordinator::start_with(&moto, &flags).await;
-    let join_token = coordinator.create_cluster(CLUSTER).await.join_token;
+    let Shared {
+        db,
+        moto: _moto,
+        ec2,
+        leader: coordinator,
+        join_token,
+    } = Shared::start(&[]).await;
     let status: muster_proto::status::CoordinatorStatus = coordinator.admin_json(&["status"]).await;
     assert_eq!(status.store, "postgres");
 
@@ -191,16 +222,13 @@ fn lease_row(db: &Postgres) -> String {
 /// acknowledged is there, and the new one writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_leader() {
-    let db = Postgres::start();
-    db.create_database("muster");
-    let moto = Moto::start().await;
-    let ec2 = ec2::client(&moto.endpoint()).await;
-    let url = db.url("muster");
-    let mut flags = FAST.to_vec();
-    flags.extend(LEASE);
-    flags.extend(["--store", url.as_str()]);
-    let leader = Coordinator::start_with(&moto, &flags).await;
-    let join_token = leader.create_cluster(CLUSTER).await.join_token;
+    let Shared {
+        db,
+        moto: _moto,
+        ec2,
+        leader,
+        join_token,
+    } = Shared::start(LEASE).await;
     let (mut ids, mut running) = start_agents(&leader, &ec2, &join_token, 2).await;
     // Alone on its port, the leader says it leads.
     let alone: CoordinatorStatus = leader.admin_json(&["status"]).await;
@@ -288,16 +316,13 @@ async fn a_standby_takes_over_from_a_killed_leader() {
 /// writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_serve_agents_and_the_leader_hears_of_them() {
-    let db = Postgres::start();
-    db.create_database("muster");
-    let moto = Moto::start().await;
-    let ec2 = ec2::client(&moto.endpoint()).await;
-    let url = db.url("muster");
-    let mut flags = FAST.to_vec();
-    flags.extend(LEASE);
-    flags.extend(["--store", url.as_str()]);
-    let leader = Coordinator::start_with(&moto, &flags).await;
-    let join_token = leader.create_cluster(CLUSTER).await.join_token;
+    let Shared {
+        db,
+        moto: _moto,
+        ec2,
+        leader,
+        join_token,
+    } = Shared::start(LEASE).await;
     let standby = leader.start_standby(false).await;
     let third = leader.start_standby(false).await;
 
@@ -374,15 +399,12 @@ async fn three_replicas_serve_agents_and_the_leader_hears_of_them() {
 /// exiting with an error that says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_fenced_and_steps_down() {
-    let db = Postgres::start();
-    db.create_database("muster");
-    let moto = Moto::start().await;
-    let url = db.url("muster");
-    let mut flags = FAST.to_vec();
-    flags.extend(LEASE);
-    flags.extend(["--store", url.as_str()]);
-    let mut leader = Coordinator::start_with(&moto, &flags).await;
-    leader.create_cluster(CLUSTER).await;
+    let Shared {
+        db,
+        moto: _moto,
+        mut leader,
+        ..
+    } = Shared::start(LEASE).await;
     let mut standby = leader.start_standby(false).await;
     let old_row = lease_row(&db);
     assert!(old_row.ends_with("|1"), "{old_row}");
