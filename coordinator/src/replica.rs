@@ -6,8 +6,9 @@
 //! [`crate::store::lease::NODES_CHANNEL`] when its transaction commits;
 //! each replica listens on a connection of its own, waits [`COALESCE`]
 //! for the rest of a burst, then reads those rows and takes them into
-//! memory and DNS ([`Registry::take_in`]). Its own writes come back too,
-//! and read as what it has already. A replica's memory, its answers and
+//! memory and DNS ([`Registry::take_in`]). Its own writes, announced by
+//! the server process of its store's connection, are in its memory
+//! already and are left out. A replica's memory, its answers and
 //! its DNS thus trail another's write by the coalescing wait and one read
 //! of the rows written.
 //!
@@ -81,12 +82,19 @@ fn follow(registry: &Registry, runtime: &tokio::runtime::Handle, stop: &AtomicBo
         take_in(None);
         while !stop.load(Ordering::Relaxed) {
             let mut written = BTreeSet::new();
+            // Rows this replica wrote are in its memory already.
+            let own = registry.own_session();
+            let mut note = |notice: &postgres::Notification| {
+                if Some(notice.process_id() as u32) != own {
+                    written.insert(notice.payload().to_owned());
+                }
+            };
             let heard = {
                 let mut notices = client.notifications();
                 let mut waiting = notices.timeout_iter(STOP_CHECK);
                 match waiting.next() {
                     Ok(Some(notice)) => {
-                        written.insert(notice.payload().to_owned());
+                        note(&notice);
                         true
                     }
                     Ok(None) => false,
@@ -103,7 +111,10 @@ fn follow(registry: &Registry, runtime: &tokio::runtime::Handle, stop: &AtomicBo
             let mut queued = client.notifications();
             let mut rest = queued.iter();
             while let Ok(Some(notice)) = rest.next() {
-                written.insert(notice.payload().to_owned());
+                note(&notice);
+            }
+            if written.is_empty() {
+                continue;
             }
             let ids: Option<Vec<i64>> = written.iter().map(|id| id.parse().ok()).collect();
             // An announcement without a row id (an older trigger): read all.

@@ -381,6 +381,15 @@ impl Store {
         }
     }
 
+    /// On PostgreSQL, the server process of the store's connection: the
+    /// `process_id` of the notifications its own writes cause.
+    pub fn own_session(&self) -> Option<u32> {
+        match &self.db {
+            Database::Sqlite(_) => None,
+            Database::Postgres(pg) => pg.backend_pid(),
+        }
+    }
+
     /// Whether the store is PostgreSQL's.
     pub fn is_postgres(&self) -> bool {
         matches!(self.db, Database::Postgres(_))

@@ -35,6 +35,13 @@ impl Registry {
         Ok(self.store.listen(crate::store::lease::NODES_CHANNEL)?)
     }
 
+    /// The server process of the store's connection, which names the
+    /// notifications this registry's own writes cause (memory has those
+    /// already).
+    pub fn own_session(&self) -> Option<u32> {
+        self.store.own_session()
+    }
+
     /// Takes the nodes `ids` as the store holds them now (every node, with
     /// `None`): rows another replica wrote. What heartbeats brought here
     /// stays; a node no longer stored is forgotten. Returns how many rows

@@ -181,6 +181,9 @@ pub struct Postgres {
     conn: Mutex<Option<PgConnection>>,
     /// The lease this coordinator's writes are fenced by, once it leads.
     fence: Mutex<Option<Fence>>,
+    /// The server process of the open connection (0: none yet), which
+    /// the notifications its writes cause name.
+    backend: std::sync::atomic::AtomicU32,
 }
 
 impl Drop for Postgres {
@@ -255,7 +258,17 @@ impl Postgres {
             shown,
             conn: Mutex::new(None),
             fence: Mutex::new(None),
+            backend: std::sync::atomic::AtomicU32::new(0),
         })
+    }
+
+    /// The server process of the connection opened last, if any: the
+    /// `process_id` of the notifications this store's writes cause.
+    pub fn backend_pid(&self) -> Option<u32> {
+        match self.backend.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            pid => Some(pid),
+        }
     }
 
     /// The URL without its password, for logs and errors.
@@ -303,7 +316,15 @@ impl Postgres {
     }
 
     fn open(&self) -> Result<PgConnection, DbError> {
-        let client = self.open_client()?;
+        let mut client = self.open_client()?;
+        let pid = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .and_then(|row| row.try_get::<_, i32>(0))
+            .map_err(|e| DbError::Unavailable(format!("{}: {}", self.shown, pg_error_text(&e))))?;
+        self.backend.store(
+            u32::try_from(pid).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(PgConnection {
             client,
             statements: HashMap::new(),
