@@ -385,6 +385,7 @@ async fn three_replicas_serve_agents_and_the_leader_hears_of_them() {
     let error: ErrorBody = serde_json::from_str(&body).expect("the error shape");
     assert_eq!(error.error.code, ErrorCode::NotLeader, "{body}");
     assert!(error.error.message.contains(&leader_name), "{body}");
+    assert!(!error.error.message.contains("  "), "one sentence: {body}");
     assert_eq!(
         db.psql("muster", "SELECT name FROM clusters ORDER BY name"),
         CLUSTER,

@@ -216,7 +216,8 @@ fn not_leader(state: &AppState) -> ApiError {
     ApiError::new(
         ErrorCode::NotLeader,
         format!(
-            "this coordinator ({here}) stands by; admin changes are made by the leader, {leader}:              send this there. Reads and agents are served here"
+            "this coordinator ({here}) stands by; admin changes are made by the leader, {leader}: \
+             send this there. Reads and agents are served here"
         ),
     )
 }
