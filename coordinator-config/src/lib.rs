@@ -51,7 +51,7 @@ pub use dns::{
 pub use identity_certs::IdentityCerts;
 pub use limits::Limits;
 pub use sources::ServeArgs;
-pub use store::{redact, Lease, StoreLocation, STORE_FILE};
+pub use store::{redact, Lease, StoreLocation, STORE_FILE, STORE_KEY_FILE};
 pub use trust::Trust;
 
 use sources::{FileServe, Given};
@@ -121,6 +121,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Where the store lives: SQLite's file in the data dir by default.
     pub store: StoreLocation,
+    /// On a shared store, the file holding the key that seals the CA and
+    /// the admin token in it: `store-key` in the data dir by default.
+    pub store_key_file: PathBuf,
     /// The leader's lease, when the store is shared (PostgreSQL).
     pub lease: Lease,
     /// URL agents use.
@@ -184,6 +187,10 @@ impl Settings {
         let given = Given::merge(args, file);
         let endpoints = endpoints::resolve(&given)?;
         let store = store::resolve(given.store.as_deref(), &endpoints.data_dir)?;
+        let store_key_file = given
+            .store_key_file
+            .clone()
+            .unwrap_or_else(|| endpoints.data_dir.join(STORE_KEY_FILE));
         let lease = store::resolve_lease(&given)?;
         let timing = timing::resolve(&given)?;
         let dns = dns::resolve(&given, &endpoints.zone)?;
@@ -196,6 +203,7 @@ impl Settings {
             zone: endpoints.zone,
             data_dir: endpoints.data_dir,
             store,
+            store_key_file,
             lease,
             public_url: endpoints.public_url,
             public_host: endpoints.public_host,

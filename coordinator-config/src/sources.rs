@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// (libpq's URL; `sslrootcert=FILE` for TLS) [default: muster.db in the data dir]
     #[arg(long, env = "MUSTER_STORE")]
     pub store: Option<String>,
+    /// On a shared store, the key the CA and admin token are sealed with
+    /// there; the same file on every coordinator [default: store-key in the data dir]
+    #[arg(long, env = "MUSTER_STORE_KEY_FILE")]
+    pub store_key_file: Option<PathBuf>,
     /// URL agents use to reach this coordinator [default: https://<hostname>:<port>]
     #[arg(long, env = "MUSTER_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -171,6 +175,7 @@ pub(crate) struct FileServe {
     zone: Option<String>,
     data_dir: Option<PathBuf>,
     store: Option<String>,
+    store_key_file: Option<PathBuf>,
     public_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -235,6 +240,7 @@ pub(crate) struct Given {
     pub zone: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub store: Option<String>,
+    pub store_key_file: Option<PathBuf>,
     pub public_url: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -286,6 +292,7 @@ impl Given {
             zone: a.zone.or(file.zone),
             data_dir: a.data_dir.or(file.data_dir),
             store: a.store.or(file.store),
+            store_key_file: a.store_key_file.or(file.store_key_file),
             public_url: a.public_url.or(file.public_url),
             tls_cert: a.tls_cert.or(file.tls_cert),
             tls_key: a.tls_key.or(file.tls_key),

@@ -6,7 +6,8 @@
 //! On PostgreSQL several coordinators may share the database: one leads,
 //! holding a lease it renews, and the others stand by until it runs out
 //! ([`Lease`]: `--lease-time`, `--lease-renew-interval`,
-//! `--lease-retry-interval`).
+//! `--lease-retry-interval`). The CA and the admin token are shared
+//! through it, sealed with a key kept outside it (`--store-key-file`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,6 +88,10 @@ pub(crate) fn resolve_lease(given: &Given) -> Result<Lease, Invalid> {
 
 /// The store's file in the data dir, when the store is SQLite's.
 pub const STORE_FILE: &str = "muster.db";
+
+/// The key sealing the CA and admin token in a shared store, in the data
+/// dir unless `--store-key-file` names another file.
+pub const STORE_KEY_FILE: &str = "store-key";
 
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

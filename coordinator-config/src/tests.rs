@@ -27,6 +27,37 @@ fn defaults() {
     assert_eq!(s.unknown_sweeps, 3);
     assert_eq!(s.lease, crate::Lease::default());
     assert!(s.public_url.ends_with(":7443"));
+    assert_eq!(s.store_key_file, s.data_dir.join(STORE_KEY_FILE));
+}
+
+/// The store key's file follows the data dir unless named, by the file
+/// or by a flag.
+#[test]
+fn store_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[serve]
+store_key_file = \"/etc/muster/store-key\"\n",
+    )
+    .unwrap();
+    let mut a = args();
+    a.data_dir = Some("/srv/muster".into());
+    assert_eq!(
+        Settings::load(&a).unwrap().store_key_file,
+        PathBuf::from("/srv/muster/store-key")
+    );
+    a.config = Some(path);
+    assert_eq!(
+        Settings::load(&a).unwrap().store_key_file,
+        PathBuf::from("/etc/muster/store-key")
+    );
+    a.store_key_file = Some("/run/keys/muster".into());
+    assert_eq!(
+        Settings::load(&a).unwrap().store_key_file,
+        PathBuf::from("/run/keys/muster")
+    );
 }
 
 /// The EC2 cache is off unless asked for; `off` turns a file's cache off.

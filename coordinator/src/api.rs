@@ -72,9 +72,9 @@ use metrics::metrics;
 pub struct AppState {
     /// The registry.
     pub registry: Arc<Registry>,
-    /// SHA-256 of the admin token; replaced when it is rotated.
-    pub admin_token_hash: Arc<std::sync::RwLock<String>>,
-    /// Where the admin token file lives.
+    /// The admin and viewer tokens, and where they are kept.
+    pub credentials: Arc<crate::credentials::Credentials>,
+    /// The data dir, where backups are made.
     pub data_dir: Arc<std::path::PathBuf>,
     /// Proxies to believe, and whether sources are checked.
     pub trust: Arc<Trust>,
@@ -86,9 +86,6 @@ pub struct AppState {
     pub dns_status: Arc<crate::dns::status::StatusBoard>,
     /// The open connections, and the sources known to be agents or admins.
     pub connections: Arc<connections::Connections>,
-    /// SHA-256 of the viewer token, once one was issued; replaced when a
-    /// new one is.
-    pub viewer_token_hash: Arc<std::sync::RwLock<Option<String>>>,
     /// Who is signed in to the console.
     pub sessions: Arc<console::Sessions>,
     /// The fleet's last hour.

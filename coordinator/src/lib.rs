@@ -24,12 +24,16 @@
 //!   to booting nodes.
 //! - [`dns`]: the zone model, the embedded server, the provider trait, the
 //!   reconcile loop and the two external providers.
+//! - [`credentials`]: the CA agents pin, the admin and viewer tokens and
+//!   the DNS owner id: in the data dir, or on a shared store shared
+//!   through it, what is secret sealed ([`sealed`]).
 //! - [`leader`]: who leads when several coordinators share a PostgreSQL
 //!   store: the lease, waited for, taken, renewed, released.
 //! - [`store`]: the durable state (SQLite or PostgreSQL): clusters, nodes,
 //!   events, launch jobs, and the lease's rows.
 //! - The ground floor: [`ec2`] (clients, tags, instance lookups), [`pki`]
-//!   (CA, server certificate, admin token), [`secrets`] (minting, hashing
+//!   (CA, server certificate, admin token), [`sealed`] (AES-GCM under the
+//!   store key), [`secrets`] (minting, hashing
 //!   and comparing bearer secrets), [`telemetry`] (AWS call and DNS
 //!   provider timings for `/metrics`), [`fdlimit`] (the open files limit,
 //!   raised at start), and [`config`] (`serve` settings, the
@@ -40,6 +44,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod credentials;
 pub use muster_coordinator_config as config;
 pub mod dns;
 pub mod ec2;
@@ -49,6 +54,7 @@ pub mod leader;
 pub mod pki;
 pub mod registry;
 pub mod replica;
+pub mod sealed;
 pub mod secrets;
 pub mod serve;
 pub mod store;

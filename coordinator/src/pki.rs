@@ -12,6 +12,9 @@
 //! - `admin-token` (0600)
 //! - `viewer-token.sha256` (0600): the hash of the viewer token, once one
 //!   was issued (`admin viewer-token`); the token itself is shown once.
+//!
+//! On a shared store the CA and the tokens come from the store
+//! ([`crate::credentials`]); these files are then its copies.
 
 use std::fs;
 use std::net::IpAddr;
@@ -166,17 +169,16 @@ pub fn ensure_self_signed(data_dir: &Path, names: &[String]) -> Result<TlsFiles,
         tracing::info!(ca = %ca_path.display(), cert = %cert_path.display(), "reusing the coordinator's CA and server certificate");
         return Ok(files);
     }
-    let ca_key = if ca_key_path.exists() && ca_path.exists() {
-        let pem = String::from_utf8_lossy(&read(&ca_key_path)?).into_owned();
-        generate("the CA key from its file", KeyPair::from_pem(&pem))?
-    } else {
-        let key = generate("the CA key", KeyPair::generate())?;
-        let ca = generate("the CA certificate", ca_params()?.self_signed(&key))?;
-        write_file(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&ca_path, ca.pem().as_bytes(), 0o644)?;
-        tracing::info!(ca = %ca_path.display(), "generated a CA for the coordinator; agents pin this file");
-        key
+    let ca = match read_ca(data_dir)? {
+        Some(ca) => ca,
+        None => {
+            let ca = new_ca()?;
+            install_ca(data_dir, &ca)?;
+            tracing::info!(ca = %ca_path.display(), "generated a CA for the coordinator; agents pin this file");
+            ca
+        }
     };
+    let ca_key = generate("the CA key from its file", KeyPair::from_pem(&ca.key))?;
     // The issuer only lends its name and key to the signature; rebuilding it
     // from the same parameters and key signs leaves the stored CA validates.
     let issuer = generate("the CA issuer", ca_params()?.self_signed(&ca_key))?;
@@ -206,6 +208,60 @@ pub fn ensure_self_signed(data_dir: &Path, names: &[String]) -> Result<TlsFiles,
     write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
     tracing::info!(cert = %cert_path.display(), names = ?names, "issued the coordinator's server certificate");
     Ok(files)
+}
+
+/// A CA's certificate and private key, in PEM.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaPem {
+    /// The certificate agents pin.
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+}
+
+impl std::fmt::Debug for CaPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaPem").finish_non_exhaustive()
+    }
+}
+
+/// The CA in `data_dir`, if both its files are there.
+pub fn read_ca(data_dir: &Path) -> Result<Option<CaPem>, PkiError> {
+    let (cert, key) = (data_dir.join(CA_FILE), data_dir.join(CA_KEY_FILE));
+    if !(cert.exists() && key.exists()) {
+        return Ok(None);
+    }
+    let text = |path: &Path| read(path).map(|b| String::from_utf8_lossy(&b).into_owned());
+    Ok(Some(CaPem {
+        cert: text(&cert)?,
+        key: text(&key)?,
+    }))
+}
+
+/// A new CA, written nowhere yet.
+pub fn new_ca() -> Result<CaPem, PkiError> {
+    let key = generate("the CA key", KeyPair::generate())?;
+    let ca = generate("the CA certificate", ca_params()?.self_signed(&key))?;
+    Ok(CaPem {
+        cert: ca.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Makes `ca` the data dir's CA. A server certificate there was issued by
+/// another CA, so it is removed, and [`ensure_self_signed`] issues one.
+pub fn install_ca(data_dir: &Path, ca: &CaPem) -> Result<(), PkiError> {
+    for stale in [SERVER_CERT_FILE, SERVER_KEY_FILE] {
+        let path = data_dir.join(stale);
+        match fs::remove_file(&path) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                return Err(PkiError::Write { path, source })
+            }
+            _ => {}
+        }
+    }
+    write_file(&data_dir.join(CA_KEY_FILE), ca.key.as_bytes(), 0o600)?;
+    write_file(&data_dir.join(CA_FILE), ca.cert.as_bytes(), 0o644)
 }
 
 /// A rustls server configuration for the certificate chain and key in `files`.
@@ -256,17 +312,20 @@ pub fn ensure_admin_token(data_dir: &Path) -> Result<String, PkiError> {
     Ok(token)
 }
 
-/// Replaces the admin token in `data_dir` with a fresh one (written
-/// atomically, 0600) and returns it.
-pub fn rotate_admin_token(data_dir: &Path) -> Result<String, PkiError> {
-    let token = new_secret(TokenKind::Admin);
-    write_file(
-        &data_dir.join(ADMIN_TOKEN_FILE),
-        format!("{token}\n").as_bytes(),
-        0o600,
-    )?;
-    tracing::info!("admin token rotated");
-    Ok(token)
+/// Makes `token` the data dir's admin token (written atomically, 0600),
+/// unless it is already.
+pub fn keep_admin_token(data_dir: &Path, token: &str) -> Result<(), PkiError> {
+    keep(&data_dir.join(ADMIN_TOKEN_FILE), token)
+}
+
+/// Writes `line` and a newline to `path` (atomically, 0600) unless the
+/// file holds it already.
+fn keep(path: &Path, line: &str) -> Result<(), PkiError> {
+    let held = fs::read_to_string(path).unwrap_or_default();
+    if held.trim() == line {
+        return Ok(());
+    }
+    write_file(path, format!("{line}\n").as_bytes(), 0o600)
 }
 
 /// The viewer token's hash, if one was issued.
@@ -282,18 +341,10 @@ pub fn viewer_token_hash(data_dir: &Path) -> Result<Option<String>, PkiError> {
     Ok(Some(hash))
 }
 
-/// Issues a new viewer token: its hash replaces the old one's in
-/// `data_dir` (written atomically, 0600). Returns the token and its hash.
-pub fn issue_viewer_token(data_dir: &Path) -> Result<(String, String), PkiError> {
-    let token = new_secret(TokenKind::Viewer);
-    let hash = crate::secrets::hash_secret(&token);
-    write_file(
-        &data_dir.join(VIEWER_TOKEN_HASH_FILE),
-        format!("{hash}\n").as_bytes(),
-        0o600,
-    )?;
-    tracing::info!("viewer token issued");
-    Ok((token, hash))
+/// Makes `hash` the data dir's viewer token hash (written atomically,
+/// 0600), unless it is already.
+pub fn keep_viewer_token_hash(data_dir: &Path, hash: &str) -> Result<(), PkiError> {
+    keep(&data_dir.join(VIEWER_TOKEN_HASH_FILE), hash)
 }
 
 /// The SHA-256 fingerprint of the first certificate in the PEM file

@@ -12,8 +12,14 @@
 //! its DNS thus trail another's write by the coalescing wait and one read
 //! of the rows written.
 //!
+//! The same connection hears writes to the store's `meta` on
+//! [`crate::store::lease::META_CHANNEL`], with their key: the follower
+//! hands each key to its caller, which reads again the tokens another
+//! replica changed ([`crate::credentials::Credentials::reload`]).
+//!
 //! A lost connection is opened again every [`RECONNECT`]; once it is,
-//! every node is read, as announcements made meanwhile were not heard.
+//! every node is read, and every meta key is handed on as if written, as
+//! announcements made meanwhile were not heard.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +29,7 @@ use std::time::Duration;
 use postgres::fallible_iterator::FallibleIterator;
 
 use crate::registry::Registry;
+use crate::store::lease::META_CHANNEL;
 
 /// How long a replica waits after an announcement for the rest of a burst.
 pub const COALESCE: Duration = Duration::from_millis(50);
@@ -49,21 +56,29 @@ impl Follower {
     /// Follows the writes announced on `registry`'s store (on SQLite
     /// nobody else writes, and the thread ends at once), on a thread of
     /// its own that enters the runtime of `runtime`.
+    /// `on_meta` hears the key of each write to the store's meta (`None`
+    /// when writes may have been missed).
     pub fn start(
         registry: Arc<Registry>,
         runtime: tokio::runtime::Handle,
+        on_meta: impl Fn(Option<&str>) + Send + 'static,
     ) -> std::io::Result<Follower> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         std::thread::Builder::new()
             .name("muster-replica".into())
-            .spawn(move || follow(&registry, &runtime, &stopped))?;
+            .spawn(move || follow(&registry, &runtime, &on_meta, &stopped))?;
         Ok(Follower { stop })
     }
 }
 
 /// Listens for the others' writes until `stop`, taking in each burst.
-fn follow(registry: &Registry, runtime: &tokio::runtime::Handle, stop: &AtomicBool) {
+fn follow(
+    registry: &Registry,
+    runtime: &tokio::runtime::Handle,
+    on_meta: &dyn Fn(Option<&str>),
+    stop: &AtomicBool,
+) {
     let take_in = |ids: Option<&[i64]>| match runtime.block_on(registry.take_in(ids)) {
         Ok(nodes) => tracing::debug!(nodes, "took in the nodes other coordinators wrote"),
         Err(error) => tracing::warn!(%error, "could not read the nodes other coordinators wrote"),
@@ -80,12 +95,15 @@ fn follow(registry: &Registry, runtime: &tokio::runtime::Handle, stop: &AtomicBo
         };
         // Whatever was written while nobody listened.
         take_in(None);
+        on_meta(None);
         while !stop.load(Ordering::Relaxed) {
             let mut written = BTreeSet::new();
             // Rows this replica wrote are in its memory already.
             let own = registry.own_session();
             let mut note = |notice: &postgres::Notification| {
-                if Some(notice.process_id() as u32) != own {
+                if notice.channel() == META_CHANNEL {
+                    on_meta(Some(notice.payload()));
+                } else if Some(notice.process_id() as u32) != own {
                     written.insert(notice.payload().to_owned());
                 }
             };

@@ -3,10 +3,11 @@
 //! work itself lives in the modules it wires.
 //!
 //! Start-up goes: the open files limit, raised ([`crate::fdlimit`]); the
-//! data dir; TLS and the admin token ([`crate::pki`]); the store, and who
-//! leads ([`crate::leader`]: this coordinator alone on SQLite; on a shared
-//! store, a replica that stands by until it takes the lease, its
-//! credentials checked against the store's); EC2 ([`crate::ec2`]) and the
+//! data dir; the store, and on a shared store the CA and DNS owner id
+//! shared through it ([`crate::credentials`]); TLS ([`crate::pki`]) and
+//! the tokens; who leads ([`crate::leader`]: this coordinator alone on
+//! SQLite; on a shared store, a replica that stands by until it takes the
+//! lease); EC2 ([`crate::ec2`]) and the
 //! account it answers for; the agent to serve and the launcher; the
 //! registry and its loops (publisher, liveness, sweep, pruning, cluster
 //! lifetimes, and on a shared store the others' writes taken in
@@ -28,8 +29,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api;
 use crate::api::connections::{ConnectionLimits, Connections};
 use crate::config::{self, Settings};
+use crate::credentials::{Credentials, CredentialsError, Shared};
 use crate::dns::provider::DnsProvider;
 use crate::dns::reconcile::{watch_last_change, Reconciler};
 use crate::dns::rfc2136::{Rfc2136, Rfc2136Error};
@@ -45,7 +48,6 @@ use crate::pki::{self, PkiError};
 use crate::registry::ec2_view::ACCOUNT_FIRST_WAIT;
 use crate::registry::{LaunchContext, Registry, RegistryError, Timing};
 use crate::store::{Store, StoreError};
-use crate::{api, secrets};
 
 mod loops;
 
@@ -111,24 +113,10 @@ pub enum ServeError {
     /// Another coordinator took over the lease: this one steps down.
     #[error(transparent)]
     LeaseLost(#[from] LeaseLost),
-    /// This coordinator's credentials differ from those the coordinators
-    /// before it on the shared store serve with.
-    #[error(
-        "{what} in {data_dir} is not the one the coordinators of this store use (this one's: \
-         {ours}; the store's: {stored}): copy ca.pem, ca-key.pem, server.pem, server-key.pem, \
-         admin-token and dns-owner-id from a coordinator of this store into the data dir \
-         (docs/operations.md, \"A three-coordinator recipe\")"
-    )]
-    NotTheSharedCredentials {
-        /// Which credential.
-        what: &'static str,
-        /// This coordinator's data dir.
-        data_dir: String,
-        /// This coordinator's.
-        ours: String,
-        /// The store's.
-        stored: String,
-    },
+    /// The CA, the tokens or the DNS owner id could not be read, made or
+    /// shared.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     /// The thread taking in the other coordinators' writes could not start.
     #[error("starting the thread that takes in the other coordinators' writes: {0}")]
     Follow(std::io::Error),
@@ -157,9 +145,10 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let fds = fdlimit::raise_nofile();
     make_data_dir(&settings.data_dir)?;
+    let store = Store::open_at(&settings.store)?;
+    let shared = share_credentials(&settings)?;
     let (files, tls) = tls_files(&settings)?;
-    let admin_token = pki::ensure_admin_token(&settings.data_dir)?;
-    let viewer_token_hash = pki::viewer_token_hash(&settings.data_dir)?;
+    let credentials = Arc::new(Credentials::open(&settings.data_dir, shared)?);
     let certificates = certificate_expiries(&files);
     tracing::info!(
         admin_token = %settings.data_dir.join(pki::ADMIN_TOKEN_FILE).display(),
@@ -169,11 +158,7 @@ pub async fn serve(
     log_identity_check(&settings);
     let agent = agent_dist(&settings)?;
     let zone = Arc::new(Zone::new(&settings.zone, settings.dns_ttl)?);
-    let store = Store::open_at(&settings.store)?;
     let leadership = Arc::new(leadership(&settings)?);
-    if store.is_postgres() {
-        check_shared_credentials(&store, &settings, &files)?;
-    }
     let (registry, account_unknown) = open_registry(
         &settings,
         store,
@@ -186,11 +171,17 @@ pub async fn serve(
     if let Some(overlap) = registry.node_inside(&settings.trust.trusted_proxies)? {
         return Err(ServeError::TrustedProxyOverlap(overlap));
     }
-    // On a shared store, the rows the others write are taken in.
+    let sessions = Arc::new(api::console::Sessions::default());
+    // On a shared store, the rows the others write are taken in, and the
+    // tokens they change read again.
     let _follower = match leadership.name() {
         Some(_) => Some(
-            crate::replica::Follower::start(registry.clone(), tokio::runtime::Handle::current())
-                .map_err(ServeError::Follow)?,
+            crate::replica::Follower::start(
+                registry.clone(),
+                tokio::runtime::Handle::current(),
+                reload_tokens(credentials.clone(), sessions.clone()),
+            )
+            .map_err(ServeError::Follow)?,
         ),
         None => None,
     };
@@ -238,15 +229,14 @@ pub async fn serve(
 
     let app = api::router(api::AppState {
         registry: registry.clone(),
-        admin_token_hash: Arc::new(std::sync::RwLock::new(secrets::hash_secret(&admin_token))),
+        credentials,
         data_dir: Arc::new(settings.data_dir.clone()),
         trust: Arc::new(settings.trust.clone()),
         limiter: source_limiter(settings.trust.agent_rate_limit),
         agent,
         dns_status,
         connections: connections.clone(),
-        viewer_token_hash: Arc::new(std::sync::RwLock::new(viewer_token_hash)),
-        sessions: Arc::default(),
+        sessions,
         fleet,
         started: std::time::SystemTime::now(),
         certificates: Arc::new(certificates),
@@ -307,47 +297,50 @@ pub async fn serve(
     Ok(())
 }
 
-/// The store's name for the fingerprint of the CA agents pin.
-const SHARED_CA: &str = "shared_ca_sha256";
-/// The store's name for the owner id in external DNS's ownership records.
-const SHARED_DNS_OWNER: &str = "shared_dns_owner_id";
-
-/// On a store several coordinators share: checks that this one serves
-/// with the CA agents pin and writes DNS as the same owner as the first
-/// one did (which recorded them), so a takeover changes neither. A
-/// standby started on a fresh data dir made a CA of its own: it is
-/// refused at start, not found out when it takes over and every agent
-/// refuses it.
-fn check_shared_credentials(
-    store: &Store,
-    settings: &Settings,
-    files: &pki::TlsFiles,
-) -> Result<(), ServeError> {
-    let data_dir = settings.data_dir.display().to_string();
-    let mut checks = Vec::new();
-    if let Some(ca) = &files.ca {
-        let fingerprint = pki::certificate_fingerprint(ca)?;
-        checks.push(("the CA ca.pem (sha256)", SHARED_CA, fingerprint));
+/// On a shared store, what the replicas share through it, as this one
+/// will use it: the store key, the CA (unless the operator's certificate
+/// is served) and the DNS owner id (with an external provider) in the
+/// data dir. `None` alone on SQLite.
+fn share_credentials(settings: &Settings) -> Result<Option<Shared>, ServeError> {
+    if !matches!(settings.store, config::StoreLocation::Postgres(_)) {
+        return Ok(None);
+    }
+    let shared = Shared::open(Store::open_at(&settings.store)?, &settings.store_key_file)?;
+    if settings.tls.is_none() {
+        shared.share_ca(&settings.data_dir)?;
     }
     if !matches!(settings.dns_provider, config::DnsProvider::Embedded) {
-        let owner = match &settings.dns_owner_id {
-            Some(id) => id.clone(),
-            None => dns::ownership::ensure_owner_id(&settings.data_dir)?,
-        };
-        checks.push(("the DNS owner id", SHARED_DNS_OWNER, owner));
+        shared.share_dns_owner(&settings.data_dir, settings.dns_owner_id.as_deref())?;
     }
-    for (what, key, ours) in checks {
-        let stored = store.meta_first(key, &ours)?;
-        if stored != ours {
-            return Err(ServeError::NotTheSharedCredentials {
-                what,
-                data_dir,
-                ours,
-                stored,
-            });
+    Ok(Some(shared))
+}
+
+/// What a replica does when the store's meta key `key` was written
+/// (`None`: any may have been): reads the tokens again if it names one,
+/// and ends the console sessions a replaced token opened.
+fn reload_tokens(
+    credentials: Arc<Credentials>,
+    sessions: Arc<api::console::Sessions>,
+) -> impl Fn(Option<&str>) + Send + 'static {
+    use muster_proto::status::Role;
+    move |key| {
+        if key.is_some_and(|key| !Credentials::is_token_slot(key)) {
+            return;
+        }
+        match credentials.reload() {
+            Ok(changed) => {
+                if changed.admin {
+                    sessions.close_all(Role::Admin);
+                    tracing::info!("took the admin token another coordinator rotated");
+                }
+                if changed.viewer {
+                    sessions.close_all(Role::Viewer);
+                    tracing::info!("took the viewer token another coordinator issued");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not read the tokens again"),
         }
     }
-    Ok(())
 }
 
 /// Who leads: the sole coordinator of a SQLite store, or one replica of

@@ -363,15 +363,17 @@ impl Store {
         }
     }
 
-    /// A connection of its own listening on `channel`, for a PostgreSQL
+    /// A connection of its own listening on `channels`, for a PostgreSQL
     /// store; `None` on SQLite, where nobody else writes.
-    pub fn listen(&self, channel: &str) -> Result<Option<postgres::Client>, StoreError> {
+    pub fn listen(&self, channels: &[&str]) -> Result<Option<postgres::Client>, StoreError> {
         match &self.db {
             Database::Sqlite(_) => Ok(None),
             Database::Postgres(pg) => {
                 let listen = || {
                     let mut client = pg.open_client()?;
-                    client.batch_execute(&format!("LISTEN {channel}"))?;
+                    for channel in channels {
+                        client.batch_execute(&format!("LISTEN {channel}"))?;
+                    }
                     Ok::<_, DbError>(client)
                 };
                 sql::off_runtime(listen)
@@ -427,6 +429,7 @@ impl Store {
             }
             if db.is_postgres() {
                 db.batch(lease::NODES_TRIGGER)
+                    .and_then(|()| db.batch(lease::META_TRIGGER))
                     .map_err(migrate(MIGRATIONS.len()))?;
             }
             Ok(())

@@ -77,6 +77,9 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// The store key's file in a data dir, on a shared store.
+pub const STORE_KEY_FILE: &str = "store-key";
+
 /// A fresh, empty data dir for a coordinator.
 fn new_data_dir() -> TempDir {
     tempfile::Builder::new()
@@ -86,8 +89,7 @@ fn new_data_dir() -> TempDir {
 }
 
 /// Copies a coordinator's CA, certificate, keys and admin token from the
-/// data dir `from` to `to`, as docs/operations.md says to (for a restore,
-/// or a second coordinator on a shared store).
+/// data dir `from` to `to`, as docs/operations.md says to for a restore.
 fn copy_credentials(from: &Path, to: &Path) {
     for file in [
         "ca.pem",
@@ -327,15 +329,19 @@ impl Coordinator {
 
     /// A second coordinator on this one's shared store (PostgreSQL, by
     /// `--store` or [`STORE_ENV`]), with the same flags and a copy of its
-    /// CA, certificate, keys and tokens, as docs/operations.md's recipe
-    /// says; its API on this one's port when `same_api_port` (replicas of
+    /// store key alone, as docs/operations.md's recipe says (it takes the
+    /// CA and the tokens from the store); its API on this one's port when `same_api_port` (replicas of
     /// a shared store share a port, and the kernel spreads connections
     /// over them), else on its own; its DNS always on its own. Returns
     /// once it serves and stands by: it leads only when this one's lease
     /// runs out or is released.
     pub async fn start_standby(&self, same_api_port: bool) -> Coordinator {
         let data_dir = new_data_dir();
-        copy_credentials(self.data_dir(), data_dir.path());
+        std::fs::copy(
+            self.data_dir().join(STORE_KEY_FILE),
+            data_dir.path().join(STORE_KEY_FILE),
+        )
+        .expect("copying the store key");
         let mut extra_args = self.extra_args.clone();
         if let Some(server) = &self.store {
             extra_args.extend(["--store".to_owned(), server.url("muster")]);

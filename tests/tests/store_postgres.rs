@@ -196,15 +196,58 @@ async fn postgres_outage_loses_nothing_and_marks_nothing_down() {
 
 /// `GET /v1/clusters` with the admin token: the status and the body.
 async fn list_clusters_raw(coordinator: &Coordinator) -> (u16, String) {
+    list_clusters_as(coordinator, &coordinator.admin_token()).await
+}
+
+/// `GET /v1/clusters` with `token`: the status and the body.
+async fn list_clusters_as(coordinator: &Coordinator, token: &str) -> (u16, String) {
     let response = coordinator
         .https_client()
         .get(format!("{}{}", coordinator.url(), paths::CLUSTERS))
-        .bearer_auth(coordinator.admin_token())
+        .bearer_auth(token)
         .send()
         .await
         .expect("GET /v1/clusters");
     let status = response.status().as_u16();
     (status, response.text().await.unwrap_or_default())
+}
+
+/// Waits until `coordinator` answers `GET /v1/clusters` with `token` by
+/// `status`; panics if it does not within [`PATIENCE`].
+async fn wait_answers_token(coordinator: &Coordinator, token: &str, status: u16) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (code, body) = list_clusters_as(coordinator, token).await;
+        if code == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {code}, not {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A new token of `path` (the admin or the viewer token) from
+/// `coordinator`, as its JSON answer's `field` gives it.
+async fn new_token(coordinator: &Coordinator, path: &str, field: &str) -> String {
+    let response = coordinator
+        .https_client()
+        .post(format!("{}{path}", coordinator.url()))
+        .bearer_auth(coordinator.admin_token())
+        .send()
+        .await
+        .expect("POST a new token");
+    assert_eq!(response.status(), 200, "{path}");
+    let body: serde_json::Value = response.json().await.expect("a JSON answer");
+    body[field].as_str().expect("the token").to_owned()
+}
+
+/// A file of a coordinator's data dir.
+fn data_file(coordinator: &Coordinator, name: &str) -> String {
+    std::fs::read_to_string(coordinator.data_dir().join(name))
+        .unwrap_or_else(|e| panic!("reading {name}: {e}"))
 }
 
 const LEASE: &[&str] = muster_tests::FAST_LEASE;
@@ -394,6 +437,108 @@ async fn three_replicas_serve_agents_and_the_leader_hears_of_them() {
     drop(running);
 }
 
+/// Replicas started with nothing but a copy of the store key take the CA
+/// and the admin token from the store, sealed there (neither is in the
+/// database in the clear), and issue their own server certificates from
+/// that CA. A token rotated on the leader is taken by the others: the new
+/// one works there and the old one no longer does, and their data dirs'
+/// copies follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_ca_and_tokens_through_the_store() {
+    let Shared {
+        db,
+        moto: _moto,
+        leader,
+        ..
+    } = Shared::start(LEASE).await;
+    let standby = leader.start_standby(false).await;
+
+    for file in ["ca.pem", "ca-key.pem", "admin-token"] {
+        assert_eq!(
+            data_file(&standby, file),
+            data_file(&leader, file),
+            "the standby took {file} from the store"
+        );
+    }
+    assert_ne!(
+        data_file(&standby, "server.pem"),
+        data_file(&leader, "server.pem"),
+        "each replica issues its own server certificate"
+    );
+    let stored = db.psql("muster", "SELECT string_agg(value, ' ') FROM meta");
+    let ca_key = data_file(&leader, "ca-key.pem");
+    let key_line = ca_key.lines().nth(1).expect("a PEM body");
+    assert!(!stored.contains(key_line), "the CA key is sealed: {stored}");
+    assert!(
+        !stored.contains(&leader.admin_token()),
+        "the admin token is sealed"
+    );
+    assert_eq!(
+        db.psql(
+            "muster",
+            "SELECT count(*) FROM meta WHERE key IN ('shared_ca', 'shared_admin_token') \
+             AND value LIKE 'v1:%'"
+        ),
+        "2"
+    );
+
+    let old = leader.admin_token();
+    let new = new_token(&leader, paths::ADMIN_ROTATE_TOKEN, "admin_token").await;
+    wait_answers_token(&standby, &new, 200).await;
+    wait_answers_token(&standby, &old, 401).await;
+    assert_eq!(data_file(&standby, "admin-token").trim(), new);
+    assert_eq!(data_file(&leader, "admin-token").trim(), new);
+
+    let viewer = new_token(&leader, paths::ADMIN_VIEWER_TOKEN, "viewer_token").await;
+    wait_answers_token(&standby, &viewer, 200).await;
+    let (code, body) = create_cluster_raw(&standby, "db").await;
+    assert_eq!(
+        code, 421,
+        "the standby's token is the new admin token: {body}"
+    );
+}
+
+/// Two coordinators started at once on an empty database, with the same
+/// store key (made as the recipe says, `openssl rand -hex 32`): one
+/// schema, one CA and one admin token, which both serve with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_starting_at_once_share_one_ca_and_token() {
+    let db = Postgres::start();
+    db.create_database("muster");
+    let moto = Moto::start().await;
+    let url = db.url("muster");
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("store-key");
+    let made = Command::new("openssl")
+        .args(["rand", "-hex", "-out"])
+        .arg(&key_file)
+        .arg("32")
+        .status()
+        .expect("running openssl");
+    assert!(made.success());
+    let key = key_file.to_str().unwrap();
+    let flags = ["--store", url.as_str(), "--store-key-file", key];
+    let (a, b) = tokio::join!(
+        Coordinator::start_with(&moto, &flags),
+        Coordinator::start_with(&moto, &flags)
+    );
+    for file in ["ca.pem", "admin-token"] {
+        assert_eq!(data_file(&a, file), data_file(&b, file), "one {file}");
+    }
+    assert_eq!(
+        db.psql(
+            "muster",
+            "SELECT count(*) FROM meta WHERE key LIKE 'shared_%'"
+        ),
+        "3",
+        "one CA, its fingerprint and one admin token"
+    );
+    let (code, body) = list_clusters_as(&a, &b.admin_token()).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = list_clusters_as(&b, &a.admin_token()).await;
+    assert_eq!(code, 200, "{body}");
+}
+
 /// A leader paused (SIGSTOP) past its lease: a standby takes over; the
 /// old leader, resumed, writes nothing (a write sent to it while paused
 /// is refused or never answered, never acknowledged), and steps down,
@@ -455,11 +600,12 @@ async fn a_paused_leader_is_fenced_and_steps_down() {
     assert_eq!(status, 201, "the new leader writes: {body}");
 }
 
-/// A second coordinator started on the shared store with a data dir of its
-/// own (so a CA of its own, which no agent pins) is refused at start,
-/// saying what to copy, and changes nothing; the first serves on.
+/// A second coordinator started on the shared store is refused at start,
+/// saying why and what to do, and changes nothing, when it lacks the key
+/// the store's credentials are sealed with, and when its data dir holds a
+/// CA of its own (which no agent pins); the first serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_coordinator_with_another_ca_is_refused() {
+async fn a_coordinator_without_the_key_or_with_another_ca_is_refused() {
     let db = Postgres::start();
     db.create_database("muster");
     let moto = Moto::start().await;
@@ -467,33 +613,67 @@ async fn a_coordinator_with_another_ca_is_refused() {
     let first = Coordinator::start_with(&moto, &["--store", &url]).await;
     first.create_cluster(CLUSTER).await;
     let before = db.psql("muster", "SELECT holder, term FROM muster_lease");
-
-    let data_dir = tempfile::tempdir().unwrap();
-    let output = Command::new(bin_path("muster-coordinator"))
-        .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{}", free_tcp_port())])
-        .args([
-            "--dns-listen",
-            &format!("127.0.0.1:{}", free_udp_tcp_port()),
-        ])
-        .args(["--zone", ZONE])
-        .arg("--data-dir")
-        .arg(data_dir.path())
-        .args(["--public-url", "https://127.0.0.1:1"])
-        .args(["--store", &url])
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("AWS_REGION", ec2::TEST_REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("running a second coordinator");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "it must not serve: {stderr}");
-    assert!(
-        stderr.contains("the CA ca.pem") && stderr.contains("copy ca.pem"),
-        "it says why and what to do: {stderr}"
+    let meta = db.psql(
+        "muster",
+        "SELECT string_agg(key || value, ' ' ORDER BY key) FROM meta",
     );
+
+    let refused = |data_dir: &std::path::Path, says: &[&str]| {
+        let output = Command::new(bin_path("muster-coordinator"))
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", free_tcp_port())])
+            .args([
+                "--dns-listen",
+                &format!("127.0.0.1:{}", free_udp_tcp_port()),
+            ])
+            .args(["--zone", ZONE])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--public-url", "https://127.0.0.1:1"])
+            .args(["--store", &url])
+            .env("AWS_ENDPOINT_URL", moto.endpoint())
+            .env("AWS_REGION", ec2::TEST_REGION)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .expect("running a second coordinator");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "it must not serve: {stderr}");
+        for words in says {
+            assert!(stderr.contains(words), "it says {words:?}: {stderr}");
+        }
+    };
+    let data_dir = tempfile::tempdir().unwrap();
+    refused(
+        data_dir.path(),
+        &["sealed with a key", "copy the store key"],
+    );
+    assert!(
+        !data_dir.path().join("ca.pem").exists(),
+        "it took nothing it could not open"
+    );
+
+    std::fs::copy(
+        first.data_dir().join("store-key"),
+        data_dir.path().join("store-key"),
+    )
+    .unwrap();
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=another"])
+        .arg("-keyout")
+        .arg(data_dir.path().join("ca-key.pem"))
+        .arg("-out")
+        .arg(data_dir.path().join("ca.pem"))
+        .output()
+        .expect("running openssl");
+    assert!(made.status.success(), "{made:?}");
+    refused(
+        data_dir.path(),
+        &["holds a CA ca.pem", "agents pin the store's"],
+    );
+
     assert_eq!(
         db.psql("muster", "SELECT holder, term FROM muster_lease"),
         before,
@@ -502,6 +682,14 @@ async fn a_coordinator_with_another_ca_is_refused() {
     assert_eq!(
         db.psql("muster", "SELECT count(*) FROM muster_replicas"),
         "1"
+    );
+    assert_eq!(
+        db.psql(
+            "muster",
+            "SELECT string_agg(key || value, ' ' ORDER BY key) FROM meta"
+        ),
+        meta,
+        "the store's credentials are unchanged"
     );
     assert_eq!(first.clusters().await.len(), 1, "the first serves on");
 }

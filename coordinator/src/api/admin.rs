@@ -107,20 +107,10 @@ pub(super) async fn extend_cluster(
 pub(super) async fn rotate_admin_token(
     State(state): State<AppState>,
 ) -> Result<Json<muster_proto::AdminTokenResponse>, ApiError> {
-    // The file first: if it cannot be written, the old token stays valid
-    // everywhere.
-    let mut hash = state
-        .admin_token_hash
-        .write()
-        .unwrap_or_else(|p| p.into_inner());
-    let token = crate::pki::rotate_admin_token(&state.data_dir).map_err(|e| {
-        tracing::error!(error = %e, "could not write the new admin token");
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("could not write the new admin token: {e}"),
-        )
-    })?;
-    *hash = crate::secrets::hash_secret(&token);
+    let token = state
+        .credentials
+        .rotate_admin_token()
+        .map_err(|e| token_not_changed("admin token", &e))?;
     state.sessions.close_all(muster_proto::status::Role::Admin);
     Ok(Json(muster_proto::AdminTokenResponse {
         admin_token: token,
@@ -132,22 +122,28 @@ pub(super) async fn rotate_admin_token(
 pub(super) async fn viewer_token(
     State(state): State<AppState>,
 ) -> Result<Json<muster_proto::status::ViewerTokenResponse>, ApiError> {
-    let mut hash = state
-        .viewer_token_hash
-        .write()
-        .unwrap_or_else(|p| p.into_inner());
-    let (token, new_hash) = crate::pki::issue_viewer_token(&state.data_dir).map_err(|e| {
-        tracing::error!(error = %e, "could not write the new viewer token's hash");
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("could not write the new viewer token's hash: {e}"),
-        )
-    })?;
-    *hash = Some(new_hash);
+    let token = state
+        .credentials
+        .issue_viewer_token()
+        .map_err(|e| token_not_changed("viewer token", &e))?;
     state.sessions.close_all(muster_proto::status::Role::Viewer);
     Ok(Json(muster_proto::status::ViewerTokenResponse {
         viewer_token: token,
     }))
+}
+
+/// The answer when a new `what` could not be kept: the old one stays.
+fn token_not_changed(what: &str, error: &crate::credentials::CredentialsError) -> ApiError {
+    let code = if error.is_unavailable() {
+        ErrorCode::StoreUnavailable
+    } else {
+        tracing::error!(%error, "could not keep a new {what}");
+        ErrorCode::Internal
+    };
+    ApiError::new(
+        code,
+        format!("could not keep the new {what}, and the old one stays: {error}"),
+    )
 }
 
 /// `GET /v1/status`: the coordinator's own health, and who asked.

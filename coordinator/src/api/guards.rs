@@ -21,7 +21,6 @@ use muster_proto::ErrorCode;
 
 use super::{ApiError, AppState};
 use crate::config::Trust;
-use crate::secrets::secret_matches;
 
 /// How long a request body may take to arrive.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -246,22 +245,7 @@ pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Role, A
 
 /// The role `token` gives: admin, viewer, or none.
 pub(super) fn token_role(state: &AppState, token: &str) -> Option<Role> {
-    let admin = state
-        .admin_token_hash
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    if secret_matches(token, &admin) {
-        return Some(Role::Admin);
-    }
-    let viewer = state
-        .viewer_token_hash
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    viewer
-        .filter(|hash| secret_matches(token, hash))
-        .map(|_| Role::Viewer)
+    state.credentials.role(token)
 }
 
 #[cfg(test)]

@@ -68,8 +68,18 @@ pub fn ensure_owner_id(data_dir: &Path) -> Result<String, OwnerIdError> {
         Err(e) => return Err(error(e)),
     }
     let id = hex::encode(rand::random::<[u8; 8]>());
-    write_durably(&path, format!("{id}\n").as_bytes(), 0o600).map_err(error)?;
+    write_owner_id(data_dir, &id)?;
     Ok(id)
+}
+
+/// Makes `id` the data dir's owner id (0600): on a shared store, the one
+/// the store's coordinators write as.
+pub fn write_owner_id(data_dir: &Path, id: &str) -> Result<(), OwnerIdError> {
+    let path = data_dir.join(OWNER_ID_FILE);
+    write_durably(&path, format!("{id}\n").as_bytes(), 0o600).map_err(|source| OwnerIdError {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

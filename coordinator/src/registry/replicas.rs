@@ -29,10 +29,12 @@ impl Registry {
     }
 
     /// A connection of its own listening for the rows written to the
-    /// store ([`crate::store::lease::NODES_CHANNEL`]); `None` on SQLite,
-    /// where nobody else writes.
+    /// store's nodes and meta ([`crate::store::lease::NODES_CHANNEL`],
+    /// [`crate::store::lease::META_CHANNEL`]); `None` on SQLite, where
+    /// nobody else writes.
     pub fn listen_for_writes(&self) -> Result<Option<postgres::Client>, RegistryError> {
-        Ok(self.store.listen(crate::store::lease::NODES_CHANNEL)?)
+        use crate::store::lease::{META_CHANNEL, NODES_CHANNEL};
+        Ok(self.store.listen(&[NODES_CHANNEL, META_CHANNEL])?)
     }
 
     /// The server process of the store's connection, which names the

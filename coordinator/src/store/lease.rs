@@ -72,6 +72,21 @@ pub const NODES_TRIGGER: &str = "CREATE OR REPLACE FUNCTION muster_nodes_changed
         AFTER INSERT OR UPDATE OR DELETE ON nodes
         FOR EACH ROW EXECUTE FUNCTION muster_nodes_changed();";
 
+/// The channel every write to a row of `meta` is announced on, with its
+/// key: a replica reads the tokens again when another changed them
+/// ([`crate::credentials::Credentials::reload`]).
+pub const META_CHANNEL: &str = "muster_meta";
+
+/// The trigger announcing writes to `meta` on [`META_CHANNEL`].
+pub const META_TRIGGER: &str = "CREATE OR REPLACE FUNCTION muster_meta_changed() RETURNS trigger
+        LANGUAGE plpgsql AS $$ BEGIN
+            PERFORM pg_notify('muster_meta', NEW.key);
+            RETURN NULL;
+        END $$;
+    CREATE OR REPLACE TRIGGER muster_meta_changed
+        AFTER INSERT OR UPDATE ON meta
+        FOR EACH ROW EXECUTE FUNCTION muster_meta_changed();";
+
 /// The database's clock, in Unix milliseconds.
 pub(super) const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
 

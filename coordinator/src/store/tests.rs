@@ -553,7 +553,7 @@ fn postgres_announces_each_written_node() {
     let server = Postgres::start();
     server.create_database("announce");
     let store = Store::open_postgres(&server.url("announce")).unwrap();
-    let mut listener = store.listen(lease::NODES_CHANNEL).unwrap().unwrap();
+    let mut listener = store.listen(&[lease::NODES_CHANNEL]).unwrap().unwrap();
     let cluster = store.create_cluster("web", "h", None).unwrap();
     let node = store
         .register_node(&registration(cluster.id, "c1"), "registered")
