@@ -1,6 +1,7 @@
 //! Where the coordinator listens and how it is reached: the API and DNS
-//! addresses, its zone, its data dir, the URL agents are told, and the
-//! operator's certificate if it serves one.
+//! addresses, its zone, its data dir, the URL agents are told, the URL the
+//! other coordinators of a shared store reach it by, and the operator's
+//! certificate if it serves one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ pub(crate) struct Endpoints {
     pub data_dir: PathBuf,
     pub public_url: String,
     pub public_host: String,
+    pub advertise_url: String,
+    pub advertise_host: String,
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -55,6 +58,12 @@ pub(crate) fn resolve(given: &Given) -> Result<Endpoints, Invalid> {
         .unwrap_or_else(|| format!("https://{}:{}", hostname(), listen.port()));
     let public_host = url_host(&public_url)
         .map_err(|reason| Invalid::whole("public_url", &public_url, reason))?;
+    let advertise_url = given
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}:{}", hostname(), listen.port()));
+    let advertise_host = url_host(&advertise_url)
+        .map_err(|reason| Invalid::whole("advertise_url", &advertise_url, reason))?;
 
     Ok(Endpoints {
         listen,
@@ -63,6 +72,8 @@ pub(crate) fn resolve(given: &Given) -> Result<Endpoints, Invalid> {
         data_dir,
         public_url,
         public_host,
+        advertise_url,
+        advertise_host,
         tls: tls_files(given.tls_cert.clone(), given.tls_key.clone())?,
     })
 }

@@ -130,6 +130,11 @@ pub struct Settings {
     pub public_url: String,
     /// Host part of `public_url`.
     pub public_host: String,
+    /// On a shared store, the URL the other coordinators reach this one
+    /// by: where a standby passes admin changes on to the leader.
+    pub advertise_url: String,
+    /// Host part of `advertise_url`.
+    pub advertise_host: String,
     /// Operator-provided certificate and key, if any.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Heartbeat interval.
@@ -206,6 +211,8 @@ impl Settings {
             store_key_file,
             lease,
             public_url: endpoints.public_url,
+            advertise_url: endpoints.advertise_url,
+            advertise_host: endpoints.advertise_host,
             public_host: endpoints.public_host,
             tls: endpoints.tls,
             heartbeat_interval: timing.heartbeat_interval,
@@ -232,6 +239,7 @@ impl Settings {
             "127.0.0.1".to_owned(),
             "::1".to_owned(),
             self.public_host.clone(),
+            self.advertise_host.clone(),
         ];
         if !self.listen.ip().is_unspecified() {
             names.push(self.listen.ip().to_string());

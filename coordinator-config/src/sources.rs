@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// URL agents use to reach this coordinator [default: https://<hostname>:<port>]
     #[arg(long, env = "MUSTER_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// On a shared store, the URL the other coordinators reach this one by
+    /// (to pass admin changes to the leader) [default: https://<hostname>:<port>]
+    #[arg(long, env = "MUSTER_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// PEM certificate chain to serve instead of the self-made one (needs --tls-key)
     #[arg(long, env = "MUSTER_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -177,6 +181,7 @@ pub(crate) struct FileServe {
     store: Option<String>,
     store_key_file: Option<PathBuf>,
     public_url: Option<String>,
+    advertise_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     heartbeat_interval: Option<String>,
@@ -242,6 +247,7 @@ pub(crate) struct Given {
     pub store: Option<String>,
     pub store_key_file: Option<PathBuf>,
     pub public_url: Option<String>,
+    pub advertise_url: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub heartbeat_interval: Option<String>,
@@ -294,6 +300,7 @@ impl Given {
             store: a.store.or(file.store),
             store_key_file: a.store_key_file.or(file.store_key_file),
             public_url: a.public_url.or(file.public_url),
+            advertise_url: a.advertise_url.or(file.advertise_url),
             tls_cert: a.tls_cert.or(file.tls_cert),
             tls_key: a.tls_key.or(file.tls_key),
             heartbeat_interval: a.heartbeat_interval.or(file.heartbeat_interval),

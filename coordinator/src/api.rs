@@ -5,7 +5,8 @@
 //!   (join token or node credential); the registry checks it.
 //! - Admin endpoints need `Authorization: Bearer <admin token>`; the
 //!   viewer token, or a console session's cookie, may read them (GET) and
-//!   nothing more (403 `forbidden`).
+//!   nothing more (403 `forbidden`). On a shared store a standby passes
+//!   changes on to the leader ([`forward`]).
 //! - The console ([`console`]) lives under `/ui/`.
 //! - The agent download (`/v1/agent/linux/{arch}/muster-agent`, `…/.deb`)
 //!   needs nothing: see [`crate::launcher::agent_dist`] for why. It is streamed from
@@ -31,6 +32,7 @@
 //! - [`fleet`]: the fleet's last hour, sampled in memory for the console.
 //! - [`errors`]: the JSON error answers and their statuses.
 //! - [`agents`] and [`admin`]: the handlers.
+//! - [`forward`]: a standby's changes, passed on to the leader.
 //! - [`metrics`]: the Prometheus text at `/metrics`.
 //! - [`connections`]: the connection guards under the router.
 
@@ -50,6 +52,7 @@ pub mod connections;
 pub mod console;
 mod errors;
 pub mod fleet;
+pub mod forward;
 mod guards;
 mod metrics;
 
@@ -74,6 +77,9 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The admin and viewer tokens, and where they are kept.
     pub credentials: Arc<crate::credentials::Credentials>,
+    /// On a shared store, the client a standby passes admin changes on to
+    /// the leader with ([`forward`]).
+    pub leader_client: Option<reqwest::Client>,
     /// The data dir, where backups are made.
     pub data_dir: Arc<std::path::PathBuf>,
     /// Proxies to believe, and whether sources are checked.

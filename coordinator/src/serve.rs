@@ -117,6 +117,9 @@ pub enum ServeError {
     /// shared.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
+    /// The client passing admin changes on to the leader could not be made.
+    #[error("the client that passes admin changes on to the leader: {0}")]
+    LeaderClient(reqwest::Error),
     /// The thread taking in the other coordinators' writes could not start.
     #[error("starting the thread that takes in the other coordinators' writes: {0}")]
     Follow(std::io::Error),
@@ -230,6 +233,7 @@ pub async fn serve(
     let app = api::router(api::AppState {
         registry: registry.clone(),
         credentials,
+        leader_client: leader_client(&settings, &files)?,
         data_dir: Arc::new(settings.data_dir.clone()),
         trust: Arc::new(settings.trust.clone()),
         limiter: source_limiter(settings.trust.agent_rate_limit),
@@ -343,6 +347,26 @@ fn reload_tokens(
     }
 }
 
+/// On a shared store, the client a standby passes admin changes on to the
+/// leader with, trusting the CA the replicas share, or the certificates of
+/// the operator's chain (which every replica serves).
+fn leader_client(
+    settings: &Settings,
+    files: &pki::TlsFiles,
+) -> Result<Option<reqwest::Client>, ServeError> {
+    if !matches!(settings.store, config::StoreLocation::Postgres(_)) {
+        return Ok(None);
+    }
+    let roots = files.ca.as_ref().unwrap_or(&files.cert);
+    let pem = std::fs::read(roots).map_err(|source| ServeError::Ca {
+        path: roots.display().to_string(),
+        source,
+    })?;
+    api::forward::leader_client(&pem)
+        .map(Some)
+        .map_err(ServeError::LeaderClient)
+}
+
 /// Who leads: the sole coordinator of a SQLite store, or one replica of
 /// a shared store, standing by until it takes the lease.
 fn leadership(settings: &Settings) -> Result<Leadership, ServeError> {
@@ -351,7 +375,7 @@ fn leadership(settings: &Settings) -> Result<Leadership, ServeError> {
         config::StoreLocation::Postgres(url) => Ok(Leadership::replica(
             url,
             settings.lease,
-            &settings.public_url,
+            &settings.advertise_url,
             &settings.data_dir,
         )?),
     }

@@ -128,9 +128,16 @@ pub enum ErrorCode {
     /// 503: the agent binary the coordinator serves cannot be read.
     AgentUnavailable,
     /// 421: this coordinator stands by while another leads, and the
-    /// change asked for is made by the leader only; the message names it.
+    /// change asked for is made by the leader only, and could not be
+    /// passed on to it (it came passed on already, from a coordinator
+    /// that took this one for the leader); the message names the leader.
     /// Nothing was written.
     NotLeader,
+    /// 503: this coordinator stands by, and the change asked for, made by
+    /// the leader only, could not be passed on: no coordinator leads right
+    /// now, or the leader did not answer. Nothing was written here; try
+    /// again.
+    LeaderUnavailable,
     /// 503: the store's database cannot be reached (PostgreSQL away):
     /// nothing was written; try again.
     StoreUnavailable,
@@ -143,7 +150,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build knows, in order of HTTP status.
-    pub const KNOWN: [ErrorCode; 30] = [
+    pub const KNOWN: [ErrorCode; 31] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -174,6 +181,7 @@ impl ErrorCode {
         ErrorCode::Ec2Untrusted,
         ErrorCode::AgentUnavailable,
         ErrorCode::StoreUnavailable,
+        ErrorCode::LeaderUnavailable,
     ];
 
     /// The snake_case name sent on the wire.
@@ -209,6 +217,7 @@ impl ErrorCode {
             ErrorCode::Ec2Untrusted => "ec2_untrusted",
             ErrorCode::AgentUnavailable => "agent_unavailable",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::LeaderUnavailable => "leader_unavailable",
             ErrorCode::Other(code) => code,
         }
     }
@@ -245,7 +254,8 @@ impl ErrorCode {
             ErrorCode::Ec2Unavailable
             | ErrorCode::Ec2Untrusted
             | ErrorCode::AgentUnavailable
-            | ErrorCode::StoreUnavailable => 503,
+            | ErrorCode::StoreUnavailable
+            | ErrorCode::LeaderUnavailable => 503,
         }
     }
 }

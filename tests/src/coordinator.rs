@@ -695,6 +695,7 @@ impl Coordinator {
             .arg(self.data_dir.path())
             .arg("--public-url")
             .arg(self.public_url.clone().unwrap_or_else(|| self.url()))
+            .args(["--advertise-url", &self.url()])
             // moto hands out Elastic IPs from 127/8, a range the coordinator
             // otherwise refuses as a public address.
             .args(["--public-ipv4-allow", "127.0.0.0/8"])

@@ -424,15 +424,48 @@ async fn three_replicas_serve_agents_and_the_leader_hears_of_them() {
     let (code, body) = list_clusters_raw(&standby).await;
     assert_eq!(code, 200, "the standby serves reads: {body}");
     let (code, body) = create_cluster_raw(&standby, "db").await;
-    assert_eq!(code, 421, "{body}");
-    let error: ErrorBody = serde_json::from_str(&body).expect("the error shape");
-    assert_eq!(error.error.code, ErrorCode::NotLeader, "{body}");
-    assert!(error.error.message.contains(&leader_name), "{body}");
-    assert!(!error.error.message.contains("  "), "one sentence: {body}");
+    assert_eq!(code, 201, "the standby passes the change on: {body}");
+    assert!(
+        body.contains("\"join_token\""),
+        "the leader's answer: {body}"
+    );
     assert_eq!(
         db.psql("muster", "SELECT name FROM clusters ORDER BY name"),
-        CLUSTER,
-        "the standby wrote nothing"
+        "db\nweb",
+        "the leader made it"
+    );
+
+    // Passed on once at most: a change that comes passed on already, to
+    // a coordinator standing by, is refused and names the leader.
+    let response = standby
+        .https_client()
+        .post(format!("{}{}", standby.url(), paths::CLUSTERS))
+        .bearer_auth(standby.admin_token())
+        .header("muster-forwarded-by", "another")
+        .json(&serde_json::json!({ "name": "cache" }))
+        .send()
+        .await
+        .expect("POST /v1/clusters");
+    assert_eq!(response.status(), 421);
+    let error: ErrorBody = response.json().await.expect("the error shape");
+    assert_eq!(error.error.code, ErrorCode::NotLeader);
+    assert!(error.error.message.contains(&leader_name), "{error:?}");
+    assert!(
+        !error.error.message.contains("  "),
+        "one sentence: {error:?}"
+    );
+
+    // The leader gone, and its lease not yet run out: a change cannot be
+    // passed on, is answered 503, and nothing is written.
+    leader.kill();
+    let (code, body) = create_cluster_raw(&standby, "cache").await;
+    assert_eq!(code, 503, "{body}");
+    let error: ErrorBody = serde_json::from_str(&body).expect("the error shape");
+    assert_eq!(error.error.code, ErrorCode::LeaderUnavailable, "{body}");
+    assert_eq!(
+        db.psql("muster", "SELECT name FROM clusters ORDER BY name"),
+        "db\nweb",
+        "nothing was written"
     );
     drop(running);
 }
@@ -493,7 +526,7 @@ async fn replicas_share_the_ca_and_tokens_through_the_store() {
     wait_answers_token(&standby, &viewer, 200).await;
     let (code, body) = create_cluster_raw(&standby, "db").await;
     assert_eq!(
-        code, 421,
+        code, 201,
         "the standby's token is the new admin token: {body}"
     );
 }

@@ -173,7 +173,7 @@ pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 /// The admin routes' first step, before any extractor reads the path, the
 /// query or the body: who is asking ([`authorize`]), and, for anyone but
 /// the admin, only reads (GET and HEAD); on a coordinator that stands by,
-/// only reads for anyone ([`not_leader`]). The role rides in the request's
+/// its changes are passed on to the leader ([`super::forward`]). The role rides in the request's
 /// extensions for the handlers that show it.
 pub(super) async fn admin_only(
     State(state): State<AppState>,
@@ -193,16 +193,19 @@ pub(super) async fn admin_only(
         .into_response();
     }
     if !reads && state.leadership.stands_by() {
-        return not_leader(&state).into_response();
+        if super::forward::was_forwarded(&req) {
+            return not_leader(&state).into_response();
+        }
+        return super::forward::to_leader(&state, req).await;
     }
     req.extensions_mut().insert(role);
     next.run(req).await
 }
 
-/// The refusal of an admin change on a coordinator that stands by: every
-/// replica serves reads and agents, but changes (which may launch,
-/// terminate or remove) are the leader's, so a removal or a launch runs
-/// once.
+/// The refusal of an admin change passed on to a coordinator that stands
+/// by (the lease moved while it was on its way): changes (which may
+/// launch, terminate or remove) are the leader's, so a removal or a launch
+/// runs once, and a change is passed on once at most.
 fn not_leader(state: &AppState) -> ApiError {
     let leader = match state.leadership.leader() {
         Some(leader) => match leader.url {
