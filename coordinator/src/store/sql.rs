@@ -560,7 +560,7 @@ impl Database {
                 let out = work(&mut Db::Postgres(conn));
                 if conn.broken || conn.client.is_closed() {
                     // Opened again by the next call.
-                    *slot = None;
+                    pg.discard(&mut slot);
                 }
                 out
             }),

@@ -572,6 +572,28 @@ fn postgres_announces_each_written_node() {
     assert_eq!(heard, [(own, id.clone()), (own, id)]);
 }
 
+/// The store's own server process is forgotten as soon as its connection
+/// is found gone (the process id may be given to another coordinator's
+/// connection next), and the next connection's is known in its stead.
+#[test]
+fn postgres_forgets_a_lost_session() {
+    let server = Postgres::start();
+    server.create_database("session");
+    let store = Store::open_postgres(&server.url("session")).unwrap();
+    store.create_cluster("web", "h", None).unwrap();
+    let first = store.own_session().expect("a connection is open");
+    server.psql("session", &format!("SELECT pg_terminate_backend({first})"));
+    let lost = store.create_cluster("db", "h", None);
+    assert!(
+        matches!(&lost, Err(e) if e.is_unavailable()),
+        "the call on the lost connection fails as unavailable: {lost:?}"
+    );
+    assert_eq!(store.own_session(), None, "the lost process is forgotten");
+    store.create_cluster("db", "h", None).unwrap();
+    let second = store.own_session().expect("a connection is open again");
+    assert_ne!(second, first);
+}
+
 /// Two coordinators starting at once on an empty database make the schema
 /// once; both open it, and exactly one of them takes the leader's lease.
 #[test]

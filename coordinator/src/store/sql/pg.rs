@@ -291,12 +291,21 @@ impl Postgres {
                 conn.fence = fence;
                 return Ok(slot);
             }
-            *slot = None;
+            self.discard(&mut slot);
         }
         let mut conn = self.open()?;
         conn.fence = fence;
         *slot = Some(conn);
         Ok(slot)
+    }
+
+    /// Drops the connection in `slot`, found broken, and forgets its
+    /// server process: another connection (maybe another coordinator's)
+    /// may be given the same process id once this one is gone, and its
+    /// writes must not be taken for this store's own.
+    pub(super) fn discard(&self, slot: &mut Option<PgConnection>) {
+        self.backend.store(0, std::sync::atomic::Ordering::Relaxed);
+        *slot = None;
     }
 
     /// A new client, with this store's settings and TLS.
