@@ -165,9 +165,30 @@ pub fn router(state: AppState) -> Router {
 
 /// `/healthz`: 200 while the API serves. A line says why when EC2 is not
 /// trusted (nothing is swept, launched or removed meanwhile).
-async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> String {
-    match state.registry.ec2_account().untrusted_because() {
+///
+/// 503 on a standby whose nodes heard could not reach the store for a
+/// publishing period or more: the leader would take its agents' nodes for
+/// silent, so a load balancer should send them to another coordinator.
+async fn healthz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> (axum::http::StatusCode, String) {
+    let registry = &state.registry;
+    let cut_off = registry
+        .heard_unpublished_for()
+        .filter(|failing| *failing >= registry.heard_publish_interval());
+    if let Some(failing) = cut_off {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "unhealthy\nstore: the nodes heard here have not reached it for {}s; the leader \
+                 would take them for silent: send agents to another coordinator\n",
+                failing.as_secs()
+            ),
+        );
+    }
+    let body = match registry.ec2_account().untrusted_because() {
         None => "ok\n".to_owned(),
         Some(why) => format!("ok\nec2: not trusted: {why}\n"),
-    }
+    };
+    (axum::http::StatusCode::OK, body)
 }

@@ -452,6 +452,9 @@ pub struct Registry {
     /// This coordinator's name among the replicas of a shared store
     /// ([`replicas`]); `None` alone on its store.
     replica: Option<String>,
+    /// Since when the nodes heard here could not be published to the
+    /// store, while they could not ([`replicas`]).
+    heard_unpublished: std::sync::Mutex<Option<std::time::Instant>>,
     /// Counters for `/metrics`.
     pub counters: Counters,
 }
@@ -514,6 +517,7 @@ impl Registry {
             trust: Trust::default(),
             account: std::sync::RwLock::new(Ec2Account::Unchecked),
             replica: None,
+            heard_unpublished: std::sync::Mutex::new(None),
             counters: Counters::default(),
         })
     }

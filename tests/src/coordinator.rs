@@ -336,6 +336,16 @@ impl Coordinator {
     /// once it serves and stands by: it leads only when this one's lease
     /// runs out or is released.
     pub async fn start_standby(&self, same_api_port: bool) -> Coordinator {
+        self.start_standby_at(same_api_port, None).await
+    }
+
+    /// [`Coordinator::start_standby`], reaching the store by `store_url`
+    /// (the same database, as another PostgreSQL user) when given.
+    pub async fn start_standby_at(
+        &self,
+        same_api_port: bool,
+        store_url: Option<&str>,
+    ) -> Coordinator {
         let data_dir = new_data_dir();
         std::fs::copy(
             self.data_dir().join(STORE_KEY_FILE),
@@ -345,6 +355,13 @@ impl Coordinator {
         let mut extra_args = self.extra_args.clone();
         if let Some(server) = &self.store {
             extra_args.extend(["--store".to_owned(), server.url("muster")]);
+        }
+        if let Some(url) = store_url {
+            let at = extra_args
+                .iter()
+                .position(|arg| arg == "--store")
+                .expect("a coordinator on a shared store");
+            extra_args[at + 1] = url.to_owned();
         }
         let api_port = if same_api_port {
             self.api_port

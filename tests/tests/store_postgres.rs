@@ -470,6 +470,68 @@ async fn three_replicas_serve_agents_and_the_leader_hears_of_them() {
     drop(running);
 }
 
+/// A standby cut off from PostgreSQL while the leader is not (its
+/// database user may no longer log in, its sessions ended) cannot
+/// publish whom it heard: its `/healthz` says so with 503, so a load
+/// balancer sends its agents elsewhere, while the leader's stays 200.
+/// Let back in, it is healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cut_off_from_the_store_says_it_is_unhealthy() {
+    let Shared {
+        db,
+        moto: _moto,
+        ec2,
+        leader,
+        join_token,
+    } = Shared::start(LEASE).await;
+    db.psql("muster", "CREATE ROLE standby LOGIN SUPERUSER");
+    let url = db.url("muster").replacen("://muster@", "://standby@", 1);
+    assert!(url.contains("standby@"), "{url}");
+    let standby = leader.start_standby_at(false, Some(&url)).await;
+    let (_ids, running) = start_agents(&standby, &ec2, &join_token, 1).await;
+    assert_eq!(healthz(&standby).await.0, 200);
+
+    db.psql(
+        "muster",
+        "ALTER ROLE standby NOLOGIN; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'standby'",
+    );
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let (code, body) = loop {
+        let (code, body) = healthz(&standby).await;
+        if code == 503 || std::time::Instant::now() > deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("send agents to another coordinator"),
+        "{body}"
+    );
+    assert_eq!(healthz(&leader).await.0, 200, "the leader keeps the store");
+
+    db.psql("muster", "ALTER ROLE standby LOGIN");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while healthz(&standby).await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "still unhealthy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(running);
+}
+
+/// `GET /healthz`: the status and the body.
+async fn healthz(coordinator: &Coordinator) -> (u16, String) {
+    let response = coordinator
+        .https_client()
+        .get(format!("{}{}", coordinator.url(), paths::HEALTHZ))
+        .send()
+        .await
+        .expect("GET /healthz");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
 /// Replicas started with nothing but a copy of the store key take the CA
 /// and the admin token from the store, sealed there (neither is in the
 /// database in the clear), and issue their own server certificates from

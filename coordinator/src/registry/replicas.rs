@@ -115,6 +115,31 @@ impl Registry {
         Ok(self.store.publish_heard(replica, heard)?)
     }
 
+    /// Notes whether the nodes heard here reached the store (or there were
+    /// none to publish, so none are at risk).
+    pub fn note_heard_published(&self, published: bool) {
+        let mut since = self
+            .heard_unpublished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match (published, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(std::time::Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// How long the nodes heard here have not reached the store, while
+    /// they do not: the leader takes those nodes for silent, and marks
+    /// them `unreachable` once the grace runs out.
+    pub fn heard_unpublished_for(&self) -> Option<Duration> {
+        let since = *self
+            .heard_unpublished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        since.map(|at| at.elapsed())
+    }
+
     /// Takes in what the other replicas heard lately: a node heard
     /// elsewhere more recently than here counts as heard then. Returns how
     /// many nodes it moved; nothing without a shared store.

@@ -92,21 +92,33 @@ pub(super) async fn heard_loop(registry: Arc<Registry>, leadership: Arc<Leadersh
     loop {
         ticker.tick().await;
         if !leadership.stands_by() {
+            // The leader's own memory is what liveness reads.
+            registry.note_heard_published(true);
             continue;
         }
         let heard = registry.heard_here();
         if heard.is_empty() && said_none {
+            registry.note_heard_published(true);
             continue;
         }
-        said_none = heard.is_empty();
+        let empty = heard.is_empty();
         let published = {
             let registry = registry.clone();
             tokio::task::spawn_blocking(move || registry.publish_heard(&heard)).await
         };
         match published {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "could not publish the nodes heard here"),
-            Err(error) => tracing::error!(%error, "publishing the nodes heard here failed"),
+            Ok(Ok(())) => {
+                said_none = empty;
+                registry.note_heard_published(true);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not publish the nodes heard here");
+                registry.note_heard_published(false);
+            }
+            Err(error) => {
+                tracing::error!(%error, "publishing the nodes heard here failed");
+                registry.note_heard_published(false);
+            }
         }
     }
 }
