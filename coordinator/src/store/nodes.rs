@@ -354,10 +354,19 @@ impl Store {
         self.transaction(|tx| {
             // A register is decided from a cluster that was active and a
             // node that was not on its way out: if either changed since
-            // (cluster rm, node rm), it writes nothing.
+            // (cluster rm, node rm), it writes nothing. On PostgreSQL
+            // another coordinator may be changing them this moment: the
+            // rows are read locked, so a change in flight is waited for and
+            // then seen, and one that comes later waits for this register
+            // (SQLite's store has one writer).
+            let postgres = tx.is_postgres();
+            let lock = |sql: &str, how: &str| match postgres {
+                true => format!("{sql} {how}"),
+                false => sql.to_owned(),
+            };
             let cluster_state: String = tx
                 .query_one(
-                    "SELECT state FROM clusters WHERE id = ?1",
+                    &lock("SELECT state FROM clusters WHERE id = ?1", "FOR SHARE"),
                     args![reg.cluster_id],
                     |row| row.get(0),
                 )
@@ -372,7 +381,10 @@ impl Store {
             // statements are prepared once and kept with the connection.
             let existing: Option<(i64, String, bool, bool)> = tx
                 .query_opt(
-                    "SELECT id, state, unseen, drained FROM nodes WHERE instance_id = ?1",
+                    &lock(
+                        "SELECT id, state, unseen, drained FROM nodes WHERE instance_id = ?1",
+                        "FOR UPDATE",
+                    ),
                     args![reg.instance_id],
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
                 )

@@ -572,6 +572,52 @@ fn postgres_announces_each_written_node() {
     assert_eq!(heard, [(own, id.clone()), (own, id)]);
 }
 
+/// A register on one coordinator meeting, on another, a `cluster rm` or
+/// a `node rm` in flight waits for it, then sees it and writes nothing:
+/// it never brings back a node the other is removing.
+#[test]
+fn postgres_register_waits_for_a_removal_in_flight() {
+    let server = Postgres::start();
+    server.create_database("inflight");
+    let url = server.url("inflight");
+    let store = Store::open_postgres(&url).unwrap();
+    let web = store.create_cluster("web", "h", None).unwrap();
+    let db = store.create_cluster("db", "h", None).unwrap();
+    let node = store
+        .register_node(&registration(db.id, "c1"), "registered")
+        .unwrap();
+    let mut other = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let removals = [
+        (
+            "UPDATE clusters SET state = 'removing' WHERE id = $1",
+            web.id,
+        ),
+        (
+            "UPDATE nodes SET state = 'terminating' WHERE id = $1",
+            node.id,
+        ),
+    ];
+    for ((removal, id), cluster) in removals.into_iter().zip([web.id, db.id]) {
+        let mut removing = other.transaction().unwrap();
+        removing.execute(removal, &[&id]).unwrap();
+        let registered = std::thread::scope(|scope| {
+            let register =
+                scope.spawn(|| store.register_node(&registration(cluster, "c2"), "registered"));
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!register.is_finished(), "{removal}: the register waits");
+            removing.commit().unwrap();
+            register.join().unwrap()
+        });
+        assert!(
+            matches!(registered, Err(StoreError::Changed { .. })),
+            "{removal}: {registered:?}"
+        );
+    }
+    let nodes = store.nodes(None).unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].state, NodeState::Terminating);
+}
+
 /// The store's own server process is forgotten as soon as its connection
 /// is found gone (the process id may be given to another coordinator's
 /// connection next), and the next connection's is known in its stead.
