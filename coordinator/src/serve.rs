@@ -7,13 +7,12 @@
 //! shared through it ([`crate::credentials`]); TLS ([`crate::pki`]) and
 //! the tokens; who leads ([`crate::leader`]: this coordinator alone on
 //! SQLite; on a shared store, a replica that stands by until it takes the
-//! lease); EC2 ([`crate::ec2`]) and the
-//! account it answers for; the agent to serve and the launcher; the
-//! registry and its loops (publisher, liveness, sweep, pruning, cluster
-//! lifetimes, and on a shared store the others' writes taken in
-//! ([`crate::replica`]) and the nodes heard here published); the DNS
-//! provider and its loops, if one is configured; the embedded DNS server;
-//! the HTTPS API behind its connection guards
+//! lease); EC2 ([`crate::ec2`]) and the account it answers for; the agent
+//! to serve and the launcher; the registry and its loops (publisher,
+//! liveness, sweep, pruning, cluster lifetimes, and on a shared store the
+//! others' writes taken in ([`crate::replica`]) and the nodes heard here
+//! published); the DNS provider and its loops, if one is configured; the
+//! embedded DNS server; the HTTPS API behind its connection guards
 //! ([`crate::api::connections`]). systemd hears READY once the API
 //! listens, and STOPPING when shutdown begins; in-flight requests then
 //! get [`DRAIN_DEADLINE`], and a leader then releases its lease.
@@ -348,16 +347,15 @@ fn reload_tokens(
 }
 
 /// On a shared store, the client a standby passes admin changes on to the
-/// leader with, trusting the CA the replicas share, or the certificates of
-/// the operator's chain (which every replica serves).
+/// leader with, trusting the CA the replicas share; `None` alone on
+/// SQLite, or with the operator's certificate ([`api::forward`] says why).
 fn leader_client(
     settings: &Settings,
     files: &pki::TlsFiles,
 ) -> Result<Option<reqwest::Client>, ServeError> {
-    if !matches!(settings.store, config::StoreLocation::Postgres(_)) {
+    let (config::StoreLocation::Postgres(_), Some(roots)) = (&settings.store, &files.ca) else {
         return Ok(None);
-    }
-    let roots = files.ca.as_ref().unwrap_or(&files.cert);
+    };
     let pem = std::fs::read(roots).map_err(|source| ServeError::Ca {
         path: roots.display().to_string(),
         source,

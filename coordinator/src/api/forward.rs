@@ -16,9 +16,12 @@
 //!   leader_unavailable`, and nothing was written. A leader that does not
 //!   answer within [`FORWARD_TIMEOUT`] gives the same, but, as with any
 //!   request that timed out, it may have made the change.
-//! - The standby reaches the leader over HTTPS, trusting the CA the
-//!   replicas share (or the certificates in `--tls-cert`'s chain, when
-//!   every coordinator serves the operator's certificate).
+//! - The standby reaches the leader over HTTPS, trusting only the CA the
+//!   replicas share, whose key is sealed in the store: a leader URL
+//!   written into the database by someone else cannot draw the caller's
+//!   token to a server of theirs. Coordinators that serve the operator's
+//!   certificate (`--tls-cert`) have no such CA: their standbys do not
+//!   pass changes on, and answer `421 not_leader`, naming the leader.
 
 use std::time::Duration;
 
@@ -42,7 +45,7 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 const PASSED_ON: [HeaderName; 3] = [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT];
 
 /// The HTTPS client a standby reaches the leader with, trusting the PEM
-/// certificates `roots` (the shared CA, or the operator's chain).
+/// certificates `roots` (the shared CA) alone.
 pub fn leader_client(roots: &[u8]) -> Result<reqwest::Client, reqwest::Error> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()

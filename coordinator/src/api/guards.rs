@@ -172,8 +172,9 @@ pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 
 /// The admin routes' first step, before any extractor reads the path, the
 /// query or the body: who is asking ([`authorize`]), and, for anyone but
-/// the admin, only reads (GET and HEAD); on a coordinator that stands by,
-/// its changes are passed on to the leader ([`super::forward`]). The role rides in the request's
+/// the admin, only reads (GET and HEAD). A coordinator that stands by
+/// passes changes on to the leader ([`super::forward`]), or refuses them
+/// ([`not_leader`]) when it cannot. The role rides in the request's
 /// extensions for the handlers that show it.
 pub(super) async fn admin_only(
     State(state): State<AppState>,
@@ -193,7 +194,7 @@ pub(super) async fn admin_only(
         .into_response();
     }
     if !reads && state.leadership.stands_by() {
-        if super::forward::was_forwarded(&req) {
+        if state.leader_client.is_none() || super::forward::was_forwarded(&req) {
             return not_leader(&state).into_response();
         }
         return super::forward::to_leader(&state, req).await;
@@ -202,10 +203,11 @@ pub(super) async fn admin_only(
     next.run(req).await
 }
 
-/// The refusal of an admin change passed on to a coordinator that stands
-/// by (the lease moved while it was on its way): changes (which may
-/// launch, terminate or remove) are the leader's, so a removal or a launch
-/// runs once, and a change is passed on once at most.
+/// The refusal of an admin change a coordinator that stands by cannot
+/// pass on: it came passed on already (the lease moved while it was on its
+/// way), or the coordinators serve the operator's certificate. Changes
+/// (which may launch, terminate or remove) are the leader's, so a removal
+/// or a launch runs once, and a change is passed on once at most.
 fn not_leader(state: &AppState) -> ApiError {
     let leader = match state.leadership.leader() {
         Some(leader) => match leader.url {
