@@ -57,7 +57,10 @@ mod guards;
 mod metrics;
 
 pub use errors::ApiError;
-pub use guards::{client_addr, source_limiter, SourceLimiter, BODY_TIMEOUT};
+pub use guards::{client_addr, source_limiter, SourceLimiter};
+
+/// How long a request body may take to arrive.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 use admin::{
     admit_machine, backup, byon_token, create_cluster, dns_status, drain_node, extend_cluster,

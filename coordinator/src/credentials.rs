@@ -30,7 +30,7 @@
 //! other replica reads it again ([`Credentials::reload`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use muster_proto::status::Role;
 use muster_proto::token::TokenKind;
@@ -109,10 +109,8 @@ impl CredentialsError {
 /// The store and the key that seals what it keeps, on a shared store.
 #[derive(Debug)]
 pub struct Shared {
-    /// The store.
-    pub store: Store,
-    /// The key.
-    pub key: Arc<StoreKey>,
+    store: Store,
+    key: StoreKey,
 }
 
 impl Shared {
@@ -138,10 +136,7 @@ impl Shared {
                 key
             }
         };
-        Ok(Shared {
-            store,
-            key: Arc::new(key),
-        })
+        Ok(Shared { store, key })
     }
 
     /// The store's value in `slot`, opened; `None` if it has none.
@@ -175,7 +170,7 @@ impl Shared {
                 return Err(CredentialsError::Differs {
                     what: "no CA",
                     data_dir: data_dir.display().to_string(),
-                    ours: String::new(),
+                    ours: "(ca.pem)".into(),
                     stored: format!(
                         "the CA with the fingerprint {}",
                         fingerprint.unwrap_or_default()

@@ -32,8 +32,7 @@ use axum::response::{IntoResponse, Response};
 use muster_proto::ErrorCode;
 
 use super::errors::ApiError;
-use super::guards::BODY_TIMEOUT;
-use super::AppState;
+use super::{AppState, BODY_TIMEOUT};
 
 /// The header a change passed on by a standby carries: the standby's name.
 pub const FORWARDED_BY: HeaderName = HeaderName::from_static("muster-forwarded-by");

@@ -7,7 +7,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method};
@@ -19,11 +18,8 @@ use serde::de::DeserializeOwned;
 use muster_proto::status::Role;
 use muster_proto::ErrorCode;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, BODY_TIMEOUT};
 use crate::config::Trust;
-
-/// How long a request body may take to arrive.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Agent requests per source address, over time.
 pub type SourceLimiter = governor::DefaultKeyedRateLimiter<IpAddr>;
