@@ -16,7 +16,7 @@ use muster_proto::{paths, ErrorBody, ErrorCode, NodeState};
 use muster_tests::ec2;
 use muster_tests::postgres::Postgres;
 use muster_tests::procs::{bin_path, free_tcp_port, free_udp_tcp_port};
-use muster_tests::{Agent, Coordinator, Imds, Moto, ZONE};
+use muster_tests::{wait_until, Agent, Coordinator, Imds, Moto, POLL, ZONE};
 use nix::sys::signal::Signal;
 
 const CLUSTER: &str = "web";
@@ -215,18 +215,14 @@ async fn list_clusters_as(coordinator: &Coordinator, token: &str) -> (u16, Strin
 /// Waits until `coordinator` answers `GET /v1/clusters` with `token` by
 /// `status`; panics if it does not within [`PATIENCE`].
 async fn wait_answers_token(coordinator: &Coordinator, token: &str, status: u16) {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let (code, body) = list_clusters_as(coordinator, token).await;
-        if code == status {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {code}, not {status}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (code, body) = wait_until(
+        PATIENCE,
+        POLL,
+        || list_clusters_as(coordinator, token),
+        |(code, _)| *code == status,
+    )
+    .await;
+    assert_eq!(code, status, "{body}");
 }
 
 /// A new token of `path` (the admin or the viewer token) from
@@ -496,14 +492,13 @@ async fn a_standby_cut_off_from_the_store_says_it_is_unhealthy() {
         "ALTER ROLE standby NOLOGIN; \
          SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'standby'",
     );
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let (code, body) = loop {
-        let (code, body) = healthz(&standby).await;
-        if code == 503 || std::time::Instant::now() > deadline {
-            break (code, body);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (code, body) = wait_until(
+        PATIENCE,
+        POLL,
+        || healthz(&standby),
+        |(code, _)| *code == 503,
+    )
+    .await;
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("send agents to another coordinator"),
@@ -512,11 +507,14 @@ async fn a_standby_cut_off_from_the_store_says_it_is_unhealthy() {
     assert_eq!(healthz(&leader).await.0, 200, "the leader keeps the store");
 
     db.psql("muster", "ALTER ROLE standby LOGIN");
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while healthz(&standby).await.0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "still unhealthy");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (code, body) = wait_until(
+        PATIENCE,
+        POLL,
+        || healthz(&standby),
+        |(code, _)| *code == 200,
+    )
+    .await;
+    assert_eq!(code, 200, "healthy again: {body}");
     drop(running);
 }
 
