@@ -283,41 +283,35 @@ impl Credentials {
     /// The tokens of the data dir `data_dir` (the admin token made on
     /// first start), or on a shared store the store's, copied to it.
     pub fn open(data_dir: &Path, shared: Option<Shared>) -> Result<Credentials, CredentialsError> {
-        let (admin, viewer) = match &shared {
-            None => (
-                pki::ensure_admin_token(data_dir)?,
-                pki::viewer_token_hash(data_dir)?,
-            ),
-            Some(shared) => {
-                let admin = match shared.opened(SHARED_ADMIN_TOKEN)? {
-                    Some(token) => token,
-                    None => {
-                        let ours = pki::ensure_admin_token(data_dir)?;
-                        shared.first(SHARED_ADMIN_TOKEN, ours.as_bytes())?
-                    }
-                };
-                let admin = admin_token(admin)?;
-                pki::keep_admin_token(data_dir, &admin)?;
-                let viewer = match shared.store.meta(SHARED_VIEWER_TOKEN)? {
-                    Some(hash) => Some(hash),
-                    None => match pki::viewer_token_hash(data_dir)? {
-                        Some(ours) => Some(shared.store.meta_first(SHARED_VIEWER_TOKEN, &ours)?),
-                        None => None,
-                    },
-                };
-                if let Some(hash) = &viewer {
-                    viewer_hash(hash)?;
-                    pki::keep_viewer_token_hash(data_dir, hash)?;
-                }
-                (admin, viewer)
-            }
+        let Some(shared) = shared else {
+            let admin = pki::ensure_admin_token(data_dir)?;
+            return Ok(Credentials {
+                data_dir: data_dir.to_owned(),
+                admin: RwLock::new(hash_secret(&admin)),
+                viewer: RwLock::new(pki::viewer_token_hash(data_dir)?),
+                shared: None,
+            });
         };
-        Ok(Credentials {
+        // The first coordinator on the store publishes its own tokens;
+        // from then on the store's are the ones, read as a reload reads
+        // them.
+        if shared.store.meta(SHARED_ADMIN_TOKEN)?.is_none() {
+            let ours = pki::ensure_admin_token(data_dir)?;
+            shared.first(SHARED_ADMIN_TOKEN, ours.as_bytes())?;
+        }
+        if shared.store.meta(SHARED_VIEWER_TOKEN)?.is_none() {
+            if let Some(ours) = pki::viewer_token_hash(data_dir)? {
+                shared.store.meta_first(SHARED_VIEWER_TOKEN, &ours)?;
+            }
+        }
+        let credentials = Credentials {
             data_dir: data_dir.to_owned(),
-            admin: RwLock::new(hash_secret(&admin)),
-            viewer: RwLock::new(viewer),
-            shared,
-        })
+            admin: RwLock::new(String::new()),
+            viewer: RwLock::new(None),
+            shared: Some(shared),
+        };
+        credentials.reload()?;
+        Ok(credentials)
     }
 
     /// The role `token` gives: admin, viewer, or none.
