@@ -51,7 +51,9 @@ pub use dns::{
 pub use identity_certs::IdentityCerts;
 pub use limits::Limits;
 pub use sources::ServeArgs;
-pub use store::{redact, Lease, StoreLocation, STORE_FILE, STORE_KEY_FILE};
+pub use store::{
+    redact, Lease, StoreLocation, DEFAULT_STORE_CONNECTIONS, STORE_FILE, STORE_KEY_FILE,
+};
 pub use trust::Trust;
 
 use sources::{FileServe, Given};
@@ -124,6 +126,8 @@ pub struct Settings {
     /// On a shared store, the file holding the key that seals the CA and
     /// the admin token in it: `store-key` in the data dir by default.
     pub store_key_file: PathBuf,
+    /// On PostgreSQL, the most connections the store's calls use at once.
+    pub store_connections: u32,
     /// The leader's lease, when the store is shared (PostgreSQL).
     pub lease: Lease,
     /// URL agents use.
@@ -196,6 +200,13 @@ impl Settings {
             .store_key_file
             .clone()
             .unwrap_or_else(|| endpoints.data_dir.join(STORE_KEY_FILE));
+        let store_connections = number(
+            "store_connections",
+            given.store_connections.clone(),
+            store::DEFAULT_STORE_CONNECTIONS,
+            1..=100,
+            "must be between 1 and 100 connections",
+        )?;
         let lease = store::resolve_lease(&given)?;
         let timing = timing::resolve(&given)?;
         let dns = dns::resolve(&given, &endpoints.zone)?;
@@ -209,6 +220,7 @@ impl Settings {
             data_dir: endpoints.data_dir,
             store,
             store_key_file,
+            store_connections,
             lease,
             public_url: endpoints.public_url,
             advertise_url: endpoints.advertise_url,

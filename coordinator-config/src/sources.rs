@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// there; the same file on every coordinator [default: store-key in the data dir]
     #[arg(long, env = "MUSTER_STORE_KEY_FILE")]
     pub store_key_file: Option<PathBuf>,
+    /// On PostgreSQL: the most connections this coordinator opens for the
+    /// store's calls, opened as they are needed [default: 4]
+    #[arg(long, env = "MUSTER_STORE_CONNECTIONS")]
+    pub store_connections: Option<String>,
     /// URL agents use to reach this coordinator [default: https://<hostname>:<port>]
     #[arg(long, env = "MUSTER_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -180,6 +184,7 @@ pub(crate) struct FileServe {
     data_dir: Option<PathBuf>,
     store: Option<String>,
     store_key_file: Option<PathBuf>,
+    store_connections: Option<String>,
     public_url: Option<String>,
     advertise_url: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -246,6 +251,7 @@ pub(crate) struct Given {
     pub data_dir: Option<PathBuf>,
     pub store: Option<String>,
     pub store_key_file: Option<PathBuf>,
+    pub store_connections: Option<String>,
     pub public_url: Option<String>,
     pub advertise_url: Option<String>,
     pub tls_cert: Option<PathBuf>,
@@ -299,6 +305,7 @@ impl Given {
             data_dir: a.data_dir.or(file.data_dir),
             store: a.store.or(file.store),
             store_key_file: a.store_key_file.or(file.store_key_file),
+            store_connections: a.store_connections.or(file.store_connections),
             public_url: a.public_url.or(file.public_url),
             advertise_url: a.advertise_url.or(file.advertise_url),
             tls_cert: a.tls_cert.or(file.tls_cert),

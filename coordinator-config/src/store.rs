@@ -8,6 +8,8 @@
 //! ([`Lease`]: `--lease-time`, `--lease-renew-interval`,
 //! `--lease-retry-interval`). The CA and the admin token are shared
 //! through it, sealed with a key kept outside it (`--store-key-file`).
+//! Each coordinator opens up to `--store-connections` connections to it
+//! for the store's calls.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +18,11 @@ use muster_proto::settings::Invalid;
 
 use crate::duration;
 use crate::sources::Given;
+
+/// The most connections to PostgreSQL a coordinator's store calls use at
+/// once, by default: reads go on beside a write, and the writes, which
+/// the registry takes one at a time, need one.
+pub const DEFAULT_STORE_CONNECTIONS: u32 = 4;
 
 /// How long a leader's lease lasts unrenewed, by default.
 pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(15);

@@ -60,6 +60,20 @@ store_key_file = \"/etc/muster/store-key\"\n",
     );
 }
 
+/// The store's connections: 4 unless set, and within 1 to 100.
+#[test]
+fn store_connections() {
+    let mut a = args();
+    assert_eq!(Settings::load(&a).unwrap().store_connections, 4);
+    a.store_connections = Some("16".into());
+    assert_eq!(Settings::load(&a).unwrap().store_connections, 16);
+    for bad in ["0", "101", "many"] {
+        a.store_connections = Some(bad.into());
+        let error = Settings::load(&a).unwrap_err().to_string();
+        assert!(error.contains("store_connections"), "{bad}: {error}");
+    }
+}
+
 /// The EC2 cache is off unless asked for; `off` turns a file's cache off.
 #[test]
 fn ec2_cache_refresh() {

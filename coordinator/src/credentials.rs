@@ -30,7 +30,7 @@
 //! other replica reads it again ([`Credentials::reload`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use muster_proto::status::Role;
 use muster_proto::token::TokenKind;
@@ -109,7 +109,7 @@ impl CredentialsError {
 /// The store and the key that seals what it keeps, on a shared store.
 #[derive(Debug)]
 pub struct Shared {
-    store: Store,
+    store: Arc<Store>,
     key: StoreKey,
 }
 
@@ -117,7 +117,7 @@ impl Shared {
     /// The store key in `key_file` for the shared `store`. The first
     /// coordinator on an empty store makes it if it is missing; once the
     /// store holds sealed credentials, one without it is refused.
-    pub fn open(store: Store, key_file: &Path) -> Result<Shared, CredentialsError> {
+    pub fn open(store: Arc<Store>, key_file: &Path) -> Result<Shared, CredentialsError> {
         let key = match StoreKey::read(key_file)? {
             Some(key) => key,
             None if store.meta(SHARED_CA)?.is_some()

@@ -427,7 +427,7 @@ pub struct SweepReport {
 /// The registry. Shared by the API handlers.
 #[derive(Debug)]
 pub struct Registry {
-    store: Store,
+    store: Arc<Store>,
     ec2: Arc<dyn InstanceLookup>,
     zone: Arc<Zone>,
     zone_name: String,
@@ -491,12 +491,13 @@ fn launch_json(launch: &ClusterLaunch) -> Result<String, RegistryError> {
 impl Registry {
     /// Loads every node from the store into memory and publishes DNS.
     pub fn new(
-        store: Store,
+        store: impl Into<Arc<Store>>,
         ec2: Arc<dyn InstanceLookup>,
         zone: Arc<Zone>,
         zone_name: String,
         timing: Timing,
     ) -> Result<Registry, RegistryError> {
+        let store = store.into();
         let mut live = Live::default();
         for node in store.nodes(None)? {
             live.upsert(&node);

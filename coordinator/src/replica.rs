@@ -98,12 +98,15 @@ fn follow(
         on_meta(None);
         while !stop.load(Ordering::Relaxed) {
             let mut written = BTreeSet::new();
-            // Rows this replica wrote are in its memory already.
-            let own = registry.own_session();
+            // Rows this replica wrote are in its memory already: only the
+            // others' are read.
             let mut note = |notice: &postgres::Notification| {
                 if notice.channel() == META_CHANNEL {
                     on_meta(Some(notice.payload()));
-                } else if Some(notice.process_id() as u32) != own {
+                } else if !registry
+                    .own_sessions()
+                    .contains(&(notice.process_id() as u32))
+                {
                     written.insert(notice.payload().to_owned());
                 }
             };

@@ -147,8 +147,8 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let fds = fdlimit::raise_nofile();
     make_data_dir(&settings.data_dir)?;
-    let store = Store::open_at(&settings.store)?;
-    let shared = share_credentials(&settings)?;
+    let store = Arc::new(Store::open_at(&settings.store, settings.store_connections)?);
+    let shared = share_credentials(&settings, &store)?;
     let (files, tls) = tls_files(&settings)?;
     let credentials = Arc::new(Credentials::open(&settings.data_dir, shared)?);
     let certificates = certificate_expiries(&files);
@@ -304,11 +304,14 @@ pub async fn serve(
 /// will use it: the store key, the CA (unless the operator's certificate
 /// is served) and the DNS owner id (with an external provider) in the
 /// data dir. `None` alone on SQLite.
-fn share_credentials(settings: &Settings) -> Result<Option<Shared>, ServeError> {
-    if !matches!(settings.store, config::StoreLocation::Postgres(_)) {
+fn share_credentials(
+    settings: &Settings,
+    store: &Arc<Store>,
+) -> Result<Option<Shared>, ServeError> {
+    if !store.is_postgres() {
         return Ok(None);
     }
-    let shared = Shared::open(Store::open_at(&settings.store)?, &settings.store_key_file)?;
+    let shared = Shared::open(store.clone(), &settings.store_key_file)?;
     if settings.tls.is_none() {
         shared.share_ca(&settings.data_dir)?;
     }
@@ -466,7 +469,7 @@ fn agent_dist(settings: &Settings) -> Result<Option<Arc<AgentDist>>, ServeError>
 /// not said yet which account they answer for.
 async fn open_registry(
     settings: &Settings,
-    store: Store,
+    store: Arc<Store>,
     files: &pki::TlsFiles,
     agent: Option<Arc<AgentDist>>,
     zone: Arc<Zone>,

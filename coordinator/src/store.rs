@@ -5,7 +5,7 @@
 //!
 //! Only transitions and address changes are written here; heartbeats live in
 //! memory ([`crate::registry`]). Calls are short and synchronous: each one
-//! takes the connection, runs one statement or one transaction, and
+//! takes a connection, runs one statement or one transaction, and
 //! returns. Every write that touches more than one row is a transaction, so a
 //! failed request leaves nothing half-written.
 //!
@@ -272,10 +272,12 @@ pub fn now_ms() -> i64 {
 
 impl Store {
     /// Opens (creating if needed) the store at `location` and migrates it.
-    pub fn open_at(location: &StoreLocation) -> Result<Store, StoreError> {
+    /// On PostgreSQL its calls use up to `connections` connections at
+    /// once.
+    pub fn open_at(location: &StoreLocation, connections: u32) -> Result<Store, StoreError> {
         match location {
             StoreLocation::Sqlite(path) => Store::open(path),
-            StoreLocation::Postgres(url) => Store::open_postgres(url),
+            StoreLocation::Postgres(url) => Store::open_postgres_with(url, connections),
         }
     }
 
@@ -306,7 +308,12 @@ impl Store {
     /// tables if needed, and migrates it. Several coordinators may open
     /// one database; only the leader writes ([`lease`]).
     pub fn open_postgres(url: &str) -> Result<Store, StoreError> {
-        let pg = sql::Postgres::new(url).map_err(StoreError::NotHere)?;
+        Store::open_postgres_with(url, muster_coordinator_config::DEFAULT_STORE_CONNECTIONS)
+    }
+
+    /// [`Store::open_postgres`], with up to `connections` connections.
+    pub fn open_postgres_with(url: &str, connections: u32) -> Result<Store, StoreError> {
+        let pg = sql::Postgres::new(url, connections as usize).map_err(StoreError::NotHere)?;
         let shown = pg.shown().to_owned();
         let store = Store {
             db: Database::Postgres(Box::new(pg)),
@@ -383,12 +390,12 @@ impl Store {
         }
     }
 
-    /// On PostgreSQL, the server process of the store's connection: the
-    /// `process_id` of the notifications its own writes cause.
-    pub fn own_session(&self) -> Option<u32> {
+    /// On PostgreSQL, the server processes of the store's connections:
+    /// the `process_id` of the notifications its own writes cause.
+    pub fn own_sessions(&self) -> std::collections::BTreeSet<u32> {
         match &self.db {
-            Database::Sqlite(_) => None,
-            Database::Postgres(pg) => pg.backend_pid(),
+            Database::Sqlite(_) => Default::default(),
+            Database::Postgres(pg) => pg.sessions(),
         }
     }
 

@@ -37,11 +37,11 @@ impl Registry {
         Ok(self.store.listen(&[NODES_CHANNEL, META_CHANNEL])?)
     }
 
-    /// The server process of the store's connection, which names the
+    /// The server processes of the store's connections, which name the
     /// notifications this registry's own writes cause (memory has those
     /// already).
-    pub fn own_session(&self) -> Option<u32> {
-        self.store.own_session()
+    pub fn own_sessions(&self) -> std::collections::BTreeSet<u32> {
+        self.store.own_sessions()
     }
 
     /// Takes the nodes `ids` as the store holds them now (every node, with

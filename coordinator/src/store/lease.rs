@@ -128,7 +128,7 @@ impl LeaseStore {
     /// A connection of its own to the PostgreSQL store at `url`, whose
     /// tables [`super::Store::open_postgres`] has made.
     pub fn open(url: &str) -> Result<LeaseStore, StoreError> {
-        let pg = Postgres::new(url).map_err(StoreError::NotHere)?;
+        let pg = Postgres::new(url, 1).map_err(StoreError::NotHere)?;
         Ok(LeaseStore {
             db: Database::Postgres(Box::new(pg)),
         })

@@ -7,14 +7,16 @@
 //! through [`Row::get`], so no statement knows which database runs it.
 //!
 //! # How calls run
-//! Each store call takes the one connection ([`Database::with`]) and runs
-//! one statement or one transaction ([`Db::transaction`]) on it, as
-//! SQLite's single connection always did: the calls keep one serial order
-//! on both databases. PostgreSQL's client blocks on its own small runtime,
-//! so its calls step off the async runtime's worker first
+//! Each store call takes a connection ([`Database::with`]) and runs one
+//! statement or one transaction ([`Db::transaction`]) on it. SQLite has
+//! one connection, so its calls keep one serial order; PostgreSQL's come
+//! from a small pool ([`pg`]'s module doc), so a read need not wait behind
+//! a write held up on a row lock. PostgreSQL's client blocks on its own
+//! small runtime, so its calls step off the async runtime's worker first
 //! ([`off_runtime`]). A connection PostgreSQL closed (a restart, a
-//! failover) is opened again on the next call; while it cannot be, calls
-//! fail as [`DbError::is_unavailable`], which the API answers with 503.
+//! failover) is dropped and another opened by the next call; while none
+//! can be, calls fail as [`DbError::is_unavailable`], which the API
+//! answers with 503.
 //!
 //! # Several coordinators on one database
 //! PostgreSQL may be shared by several coordinators: the one that leads
@@ -552,17 +554,11 @@ impl Database {
                 let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
                 work(&mut Db::Sqlite(&conn))
             }
+            // The connection goes back to the pool as the call ends, or
+            // is closed if the call found it broken.
             Database::Postgres(pg) => off_runtime(|| {
-                let mut slot = pg.connection()?;
-                let conn = slot.as_mut().ok_or_else(|| {
-                    DbError::Unavailable("no connection to PostgreSQL".to_owned())
-                })?;
-                let out = work(&mut Db::Postgres(conn));
-                if conn.broken || conn.client.is_closed() {
-                    // Opened again by the next call.
-                    pg.discard(&mut slot);
-                }
-                out
+                let mut conn = pg.connection()?;
+                work(&mut Db::Postgres(&mut conn))
             }),
         }
     }

@@ -566,10 +566,13 @@ fn postgres_announces_each_written_node() {
         .map(|n| Ok((n.process_id() as u32, n.payload().to_owned())))
         .collect()
         .unwrap();
-    // Named by the store's own connection, which a replica leaves out.
-    let own = store.own_session().expect("a connection is open");
+    // Named by the store's own connections, which a replica leaves out.
+    let own = store.own_sessions();
     let id = node.id.to_string();
-    assert_eq!(heard, [(own, id.clone()), (own, id)]);
+    for (pid, payload) in heard {
+        assert!(own.contains(&pid), "{pid} is one of {own:?}");
+        assert_eq!(payload, id);
+    }
 }
 
 /// A register on one coordinator meeting, on another, a `cluster rm` or
@@ -627,17 +630,123 @@ fn postgres_forgets_a_lost_session() {
     server.create_database("session");
     let store = Store::open_postgres(&server.url("session")).unwrap();
     store.create_cluster("web", "h", None).unwrap();
-    let first = store.own_session().expect("a connection is open");
+    let sessions = store.own_sessions();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "calls one after another share one connection"
+    );
+    let first = *sessions.first().unwrap();
     server.psql("session", &format!("SELECT pg_terminate_backend({first})"));
     let lost = store.create_cluster("db", "h", None);
     assert!(
         matches!(&lost, Err(e) if e.is_unavailable()),
         "the call on the lost connection fails as unavailable: {lost:?}"
     );
-    assert_eq!(store.own_session(), None, "the lost process is forgotten");
+    assert!(
+        store.own_sessions().is_empty(),
+        "the lost process is forgotten"
+    );
     store.create_cluster("db", "h", None).unwrap();
-    let second = store.own_session().expect("a connection is open again");
-    assert_ne!(second, first);
+    let sessions = store.own_sessions();
+    assert_eq!(sessions.len(), 1, "a connection is open again");
+    assert!(!sessions.contains(&first));
+}
+
+/// The store's calls use a pool: a read goes on while a write waits on a
+/// row another connection holds, and no more connections are opened than
+/// the pool's size, a call beyond them waiting for one to be given back.
+#[test]
+fn postgres_reads_pass_a_write_held_up() {
+    let server = Postgres::start();
+    server.create_database("pool");
+    let url = server.url("pool");
+    let store = Store::open_postgres_with(&url, 2).unwrap();
+    let web = store.create_cluster("web", "h", None).unwrap();
+    let db = store.create_cluster("db", "h", None).unwrap();
+    let mut other = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut holding = other.transaction().unwrap();
+    holding
+        .execute(
+            "SELECT id FROM clusters WHERE id = ANY($1) FOR UPDATE",
+            &[&vec![web.id, db.id]],
+        )
+        .unwrap();
+    let sessions = |server: &Postgres| {
+        server.psql(
+            "pool",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'muster-coordinator'",
+        )
+    };
+    std::thread::scope(|scope| {
+        // Two registers wait on the clusters' rows, each on a connection.
+        let registers: Vec<_> = [(web.id, "i-web"), (db.id, "i-db")]
+            .into_iter()
+            .map(|(cluster, instance)| {
+                let store = &store;
+                scope.spawn(move || {
+                    let node = NodeRegistration {
+                        name: instance,
+                        instance_id: instance,
+                        ..registration(cluster, instance)
+                    };
+                    store.register_node(&node, "registered")
+                })
+            })
+            .collect();
+        let waiting = "SELECT count(*) FROM pg_stat_activity \
+                       WHERE application_name = 'muster-coordinator' AND wait_event_type = 'Lock'";
+        let started = std::time::Instant::now();
+        while server.psql("pool", waiting).trim() != "2" {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "both registers wait on a row: {}",
+                server.psql(
+                    "pool",
+                    "SELECT state, wait_event_type, query FROM pg_stat_activity"
+                )
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(sessions(&server).trim(), "2");
+        // A third call finds both connections busy: it waits, opening none.
+        let read = scope.spawn(|| store.clusters());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!read.is_finished(), "the read waits for a connection");
+        assert_eq!(
+            sessions(&server).trim(),
+            "2",
+            "no more than the pool's size"
+        );
+        holding.commit().unwrap();
+        for register in registers {
+            register.join().unwrap().unwrap();
+        }
+        assert_eq!(read.join().unwrap().unwrap().len(), 2);
+    });
+    // With one write held up, a read goes on beside it.
+    let mut holding = other.transaction().unwrap();
+    holding
+        .execute(
+            "SELECT id FROM clusters WHERE id = $1 FOR UPDATE",
+            &[&web.id],
+        )
+        .unwrap();
+    let late = NodeRegistration {
+        name: "i-late",
+        instance_id: "i-late",
+        ..registration(web.id, "late")
+    };
+    std::thread::scope(|scope| {
+        let register = scope.spawn(|| store.register_node(&late, "registered"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!register.is_finished(), "the register waits on the row");
+        assert_eq!(store.nodes(None).unwrap().len(), 2, "the read goes on");
+        assert!(!register.is_finished());
+        holding.commit().unwrap();
+        register.join().unwrap().unwrap();
+    });
+    assert_eq!(store.nodes(None).unwrap().len(), 3);
 }
 
 /// Two coordinators starting at once on an empty database make the schema

@@ -1,7 +1,25 @@
 //! PostgreSQL's side of [`super`]: the connection settings from a
-//! `postgres://` URL (TLS as libpq reads it), the one connection the store
-//! calls run on, how a lost connection is noticed and opened again, and
-//! the fence on a leader's writes.
+//! `postgres://` URL (TLS as libpq reads it), the pool of connections the
+//! store's calls run on, how a lost connection is noticed and opened
+//! again, and the fence on a leader's writes.
+//!
+//! # The pool
+//! Each call takes a connection for its whole run (one statement, or one
+//! transaction) and gives it back. The pool opens connections as calls
+//! need them, up to its size (`--store-connections`), and keeps them; a
+//! call finding all of them busy waits up to [`CHECKOUT_WAIT`], then fails
+//! as unavailable. The last one given back is the first taken again, so a
+//! quiet coordinator works on one warm connection. One found broken is
+//! dropped, and its server process forgotten.
+//!
+//! Writes need no more than one: the registry takes them one at a time,
+//! so that the store, memory and DNS move together. The others let reads
+//! (a follower taking in another coordinator's writes, the API's reads of
+//! events and clusters) go on while a write waits on a row lock, which on
+//! a shared store another coordinator may hold. The pool is written here
+//! rather than taken from r2d2, as each connection carries this store's
+//! state (its prepared statements, the fence, its server process) and
+//! the pool is a mutex, a condition variable and a count.
 //!
 //! # The fence
 //! Several coordinators may share one database; one leads, holding the
@@ -15,9 +33,9 @@
 //! [`DbError::Fenced`]: a leader paused past its lease, or cut off from
 //! the database, writes nothing once another has taken over.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use muster_coordinator_config::redact;
 
@@ -32,6 +50,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may sit idle before a call asks whether it is
 /// still there: calls in a burst (a fleet registering) go straight on.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// How long a call waits for a connection while all the pool's are busy.
+pub const CHECKOUT_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a statement may run on PostgreSQL before the server cancels it.
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
@@ -59,6 +80,8 @@ pub struct PgConnection {
     used: std::time::Instant,
     /// A statement failed as if the server were gone: it is not used again.
     pub(super) broken: bool,
+    /// Its server process, which the notifications its writes cause name.
+    pid: u32,
     /// The lease this coordinator's writes must still hold.
     fence: Option<Fence>,
     /// The open transaction has checked the fence already.
@@ -173,33 +196,77 @@ impl PgConnection {
     }
 }
 
-/// A PostgreSQL store's connection settings and its one connection.
+/// A PostgreSQL store's connection settings and its pool.
 pub struct Postgres {
     config: postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     shown: String,
-    conn: Mutex<Option<PgConnection>>,
+    /// The most connections open at once.
+    size: usize,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection is given back or closed.
+    freed: Condvar,
     /// The lease this coordinator's writes are fenced by, once it leads.
     fence: Mutex<Option<Fence>>,
-    /// The server process of the open connection (0: none yet), which
-    /// the notifications its writes cause name.
-    backend: std::sync::atomic::AtomicU32,
+    /// The server processes of the open connections, which the
+    /// notifications their writes cause name.
+    sessions: Mutex<BTreeSet<u32>>,
+}
+
+/// The pool's connections.
+#[derive(Default)]
+struct Pool {
+    /// Those no call holds, the last given back last.
+    idle: Vec<PgConnection>,
+    /// Those open, held, idle or being opened.
+    open: usize,
+}
+
+/// A connection a call holds; given back to the pool when dropped, or
+/// closed if it was found broken.
+pub(super) struct Held<'p> {
+    pg: &'p Postgres,
+    conn: Option<PgConnection>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pg.give_back(conn);
+        }
+    }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // The client closes its connection on its own small runtime, which
-        // may not be entered from an async task: the store dropped as the
-        // server stops is.
-        let conn = self
-            .conn
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(conn) = conn {
-            off_runtime(move || drop(conn));
+        // The clients close their connections on their own small runtime,
+        // which may not be entered from an async task: the store dropped
+        // as the server stops is.
+        let pool = self.pool.get_mut().unwrap_or_else(|p| p.into_inner());
+        let idle = std::mem::take(&mut pool.idle);
+        if !idle.is_empty() {
+            off_runtime(move || drop(idle));
         }
     }
+}
+
+/// `mutex`'s guard, whatever a panic left in it: every value kept under
+/// these locks is whole between statements.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for Postgres {
@@ -217,7 +284,8 @@ impl Postgres {
     /// `disable`); `sslmode=require`, `verify-ca` or `verify-full` without
     /// it is refused, as muster never trusts a certificate it cannot
     /// check. Without either, the connection is plain.
-    pub fn new(url: &str) -> Result<Postgres, String> {
+    /// The pool opens up to `connections` (at least one).
+    pub fn new(url: &str, connections: usize) -> Result<Postgres, String> {
         let shown = redact(url);
         let (base, root) = take_param(url, "sslrootcert");
         let (base, mode) = take_param(&base, "sslmode");
@@ -256,19 +324,18 @@ impl Postgres {
             config,
             tls,
             shown,
-            conn: Mutex::new(None),
+            size: connections.max(1),
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
             fence: Mutex::new(None),
-            backend: std::sync::atomic::AtomicU32::new(0),
+            sessions: Mutex::new(BTreeSet::new()),
         })
     }
 
-    /// The server process of the connection opened last, if any: the
-    /// `process_id` of the notifications this store's writes cause.
-    pub fn backend_pid(&self) -> Option<u32> {
-        match self.backend.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => None,
-            pid => Some(pid),
-        }
+    /// The server processes of the open connections: the `process_id`
+    /// of the notifications this store's writes cause.
+    pub fn sessions(&self) -> BTreeSet<u32> {
+        lock(&self.sessions).clone()
     }
 
     /// The URL without its password, for logs and errors.
@@ -278,34 +345,85 @@ impl Postgres {
 
     /// Fences every write from now on by `fence` (see the module doc).
     pub fn set_fence(&self, fence: Fence) {
-        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence);
+        *lock(&self.fence) = Some(fence);
     }
 
-    /// The connection, opened if there is none, ready for a call under
-    /// the current fence.
-    pub(super) fn connection(&self) -> Result<MutexGuard<'_, Option<PgConnection>>, DbError> {
-        let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(conn) = slot.as_mut() {
-            if conn.ready().is_ok() {
-                conn.fence = fence;
-                return Ok(slot);
+    /// A connection for one call, ready under the current fence: an idle
+    /// one, or one opened while fewer than the pool's size are open, or
+    /// the first given back within [`CHECKOUT_WAIT`].
+    pub(super) fn connection(&self) -> Result<Held<'_>, DbError> {
+        let fence = lock(&self.fence).clone();
+        let deadline = Instant::now() + CHECKOUT_WAIT;
+        let mut pool = lock(&self.pool);
+        let mut conn = loop {
+            if let Some(mut conn) = pool.idle.pop() {
+                drop(pool);
+                if conn.ready().is_ok() {
+                    break conn;
+                }
+                self.close(conn);
+                pool = lock(&self.pool);
+                continue;
             }
-            self.discard(&mut slot);
-        }
-        let mut conn = self.open()?;
+            if pool.open < self.size {
+                pool.open += 1;
+                drop(pool);
+                match self.open() {
+                    Ok(conn) => break conn,
+                    Err(error) => {
+                        self.closed();
+                        return Err(error);
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(DbError::Unavailable(format!(
+                    "all {} connections to {} stayed busy for {}",
+                    self.size,
+                    self.shown,
+                    humantime::format_duration(CHECKOUT_WAIT)
+                )));
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        };
         conn.fence = fence;
-        *slot = Some(conn);
-        Ok(slot)
+        Ok(Held {
+            pg: self,
+            conn: Some(conn),
+        })
     }
 
-    /// Drops the connection in `slot`, found broken, and forgets its
-    /// server process: another connection (maybe another coordinator's)
-    /// may be given the same process id once this one is gone, and its
-    /// writes must not be taken for this store's own.
-    pub(super) fn discard(&self, slot: &mut Option<PgConnection>) {
-        self.backend.store(0, std::sync::atomic::Ordering::Relaxed);
-        *slot = None;
+    /// Takes back a connection a call held: kept for the next call, or
+    /// closed if it was found broken.
+    fn give_back(&self, conn: PgConnection) {
+        if conn.broken || conn.client.is_closed() {
+            self.close(conn);
+        } else {
+            lock(&self.pool).idle.push(conn);
+            self.freed.notify_one();
+        }
+    }
+
+    /// Closes `conn`, found broken, and forgets its server process:
+    /// another connection (maybe another coordinator's) may be given the
+    /// same process id once it is gone, and its writes must not be taken
+    /// for this store's own.
+    fn close(&self, conn: PgConnection) {
+        lock(&self.sessions).remove(&conn.pid);
+        drop(conn);
+        self.closed();
+    }
+
+    /// Counts a connection closed, or one that failed to open.
+    fn closed(&self) {
+        let mut pool = lock(&self.pool);
+        pool.open = pool.open.saturating_sub(1);
+        self.freed.notify_one();
     }
 
     /// A new client, with this store's settings and TLS.
@@ -330,16 +448,15 @@ impl Postgres {
             .query_one("SELECT pg_backend_pid()", &[])
             .and_then(|row| row.try_get::<_, i32>(0))
             .map_err(|e| DbError::Unavailable(format!("{}: {}", self.shown, pg_error_text(&e))))?;
-        self.backend.store(
-            u32::try_from(pid).unwrap_or(0),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let pid = u32::try_from(pid).unwrap_or(0);
+        lock(&self.sessions).insert(pid);
         Ok(PgConnection {
             client,
             statements: HashMap::new(),
             in_transaction: false,
             used: std::time::Instant::now(),
             broken: false,
+            pid,
             fence: None,
             fence_checked: false,
         })
@@ -423,14 +540,15 @@ mod tests {
     #[test]
     fn tls_is_verified_or_refused() {
         for mode in ["require", "verify-ca", "verify-full"] {
-            let error = Postgres::new(&format!("postgres://u:pw@h/db?sslmode={mode}")).unwrap_err();
+            let error =
+                Postgres::new(&format!("postgres://u:pw@h/db?sslmode={mode}"), 1).unwrap_err();
             assert!(error.contains("sslrootcert"), "{error}");
             assert!(!error.contains("pw"), "{error}");
         }
-        let error = Postgres::new("postgres://u@h/db?sslmode=sometimes").unwrap_err();
+        let error = Postgres::new("postgres://u@h/db?sslmode=sometimes", 1).unwrap_err();
         assert!(error.contains("sslmode"), "{error}");
         let root = "postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem";
-        let error = Postgres::new(root).unwrap_err();
+        let error = Postgres::new(root, 1).unwrap_err();
         assert!(
             error.contains("/nonexistent/ca.pem"),
             "the root is read: {error}"
@@ -440,7 +558,7 @@ mod tests {
             "postgres://u@h/db?sslmode=disable",
             "postgres://u@h/db?sslmode=prefer",
         ] {
-            assert!(Postgres::new(plain).unwrap().tls.is_none(), "{plain}");
+            assert!(Postgres::new(plain, 1).unwrap().tls.is_none(), "{plain}");
         }
     }
 }
