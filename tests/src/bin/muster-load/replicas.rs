@@ -4,7 +4,8 @@
 //! the flood sent to both at once (one generator, two targets) against
 //! the flood to the coordinator alone, and the store's writes while every
 //! simulated agent heartbeats to the standby only, which publishes whom it
-//! heard for the leader's liveness.
+//! heard for the leader's liveness. P14 then SIGKILLs the leader under
+//! that load and times the standby's takeover.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -21,7 +22,15 @@ use super::{agent_client, answered_within, fleet, flood, name_sample, Args, Node
 /// Registers measured one at a time for P12's lag.
 const LAG_SAMPLES: usize = 50;
 
-/// P12, then P13 with the standby P12 started.
+/// How long P14's fleet heartbeats before the leader is killed, and how
+/// long after the standby leads.
+const FAILOVER_SETTLE: Duration = Duration::from_secs(5);
+
+/// How often P14 asks whether the standby leads, and tries its change.
+const FAILOVER_POLL: Duration = Duration::from_millis(50);
+
+/// P12, then P13 with the standby P12 started, then P14, which kills the
+/// leader.
 pub(super) async fn measured(
     coordinator: &Coordinator,
     http: &reqwest::Client,
@@ -32,7 +41,8 @@ pub(super) async fn measured(
     command: &str,
 ) -> anyhow::Result<()> {
     let standby = standby_measured(coordinator, http, command).await?;
-    both_measured(coordinator, &standby, nodes, alone, database, args, command).await
+    both_measured(coordinator, &standby, nodes, alone, database, args, command).await?;
+    failover_measured(coordinator, &standby, nodes, args, command).await
 }
 
 /// P12: starts a standby beside `coordinator` on its store and times how
@@ -155,6 +165,89 @@ async fn both_measured(
         writes.rows,
         writes.heartbeats,
         writes.commits / writes.heartbeats.max(1.0),
+    );
+    Ok(())
+}
+
+/// P14: SIGKILLs `leader` while every simulated agent heartbeats
+/// `standby`, and times from the kill until the standby says it leads and
+/// until an admin change sent to it is made (before, it answers
+/// `503 leader_unavailable`); counts the heartbeats that failed, and the
+/// nodes the new leader holds in another state than `deployed` once its
+/// fleet has run a full [`FAILOVER_SETTLE`] past the takeover.
+async fn failover_measured(
+    leader: &Coordinator,
+    standby: &Coordinator,
+    nodes: &Arc<Vec<Node>>,
+    args: &Args,
+    command: &str,
+) -> anyhow::Result<()> {
+    // The coordinators run with the default lease.
+    let lease = muster_coordinator::config::Lease::default();
+    let worst = lease.time + lease.retry_interval;
+    let seconds = (FAILOVER_SETTLE * 2 + worst).as_secs() + args.interval;
+    let admin = standby.https_client();
+    let token = standby.admin_token();
+    let url = format!("{}{}", standby.url(), paths::CLUSTERS);
+    let takeover = async {
+        tokio::time::sleep(FAILOVER_SETTLE).await;
+        leader.kill();
+        let killed = Instant::now();
+        let mut leading = None;
+        let mut refused = std::collections::BTreeMap::<u16, u64>::new();
+        let mut attempt = 0u64;
+        let changed = loop {
+            if leading.is_none() && standby.logs().contains("took the leader's lease: leading") {
+                leading = Some(killed.elapsed());
+            }
+            attempt += 1;
+            let answer = admin
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "name": format!("failover-{attempt}") }))
+                .send()
+                .await?;
+            match answer.status() {
+                reqwest::StatusCode::CREATED => break killed.elapsed(),
+                status => *refused.entry(status.as_u16()).or_default() += 1,
+            }
+            anyhow::ensure!(
+                killed.elapsed() < worst * 4,
+                "no change was made {:?} after the leader was killed",
+                worst * 4
+            );
+            tokio::time::sleep(FAILOVER_POLL).await;
+        };
+        let leading = leading.unwrap_or(changed);
+        Ok::<_, anyhow::Error>((leading, changed, refused))
+    };
+    let (phase, taken) = tokio::join!(fleet(standby, nodes, seconds), takeover);
+    let (phase, (leading, changed, refused)) = (phase?, taken?);
+    let down = standby
+        .nodes(CLUSTER)
+        .await
+        .iter()
+        .filter(|n| n.state != NodeState::Deployed)
+        .count();
+    let refused = refused
+        .iter()
+        .map(|(status, n)| format!("{n} × {status}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "| P14 | the leader SIGKILLed while {} simulated agents heartbeat the standby every {} s (lease {} s, renewed every {} s, taken over by a standby trying every {} s); an admin change (cluster create) sent to the standby every {} ms until made | the standby led {:.2} s after the kill; the change was made after {:.2} s ({}); heartbeats answered {} of {} ({} failed); nodes not deployed afterwards: {down} | {command} |",
+        nodes.len(),
+        args.interval,
+        lease.time.as_secs(),
+        lease.renew_interval.as_secs(),
+        lease.retry_interval.as_secs(),
+        FAILOVER_POLL.as_millis(),
+        leading.as_secs_f64(),
+        changed.as_secs_f64(),
+        if refused.is_empty() { "none refused".to_owned() } else { format!("refused before: {refused}") },
+        phase.answered,
+        phase.answered + phase.errors,
+        phase.errors,
     );
     Ok(())
 }
