@@ -128,6 +128,20 @@ impl Source {
             Source::Byon(node) => node.addresses().await.map_err(SourceError::Byon),
         }
     }
+
+    /// `known` with the public IPv4 read again: the one address that
+    /// changes (an Elastic IP associated or released) without a local
+    /// address event. One IMDS read instead of three; a bring-your-own
+    /// node's own addresses are read whole, which costs no request.
+    pub async fn public_ipv4(&self, known: Addresses) -> Result<Addresses, SourceError> {
+        match self {
+            Source::Imds(imds) => Ok(Addresses {
+                public_ipv4: imds.public_ipv4().await.map_err(SourceError::Imds)?,
+                ..known
+            }),
+            Source::Byon(_) => self.addresses().await,
+        }
+    }
 }
 
 #[cfg(test)]

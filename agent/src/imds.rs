@@ -357,6 +357,12 @@ impl ImdsClient {
         parse_addresses(private.as_deref(), public.as_deref(), ipv6)
     }
 
+    /// Reads the public IPv4 alone: `None` when the instance has none.
+    pub async fn public_ipv4(&self) -> Result<Option<Ipv4Addr>, ImdsError> {
+        let public = self.get(paths::PUBLIC_IPV4).await?;
+        parse_public_ipv4(public.as_deref())
+    }
+
     /// Reads the first IPv6 address of the primary interface, if it has
     /// one ([`parse_ipv6s`]). The interface's MAC address is read once and
     /// kept: an instance's primary interface is its for life. An IMDS that
@@ -436,16 +442,20 @@ pub fn parse_addresses(
             })
         }
     };
-    let public_ipv4 = match public_ipv4 {
-        // An empty answer is how some IMDS emulations say "none".
-        None | Some("") => None,
-        Some(text) => Some(parse_ipv4(paths::PUBLIC_IPV4, "public_ipv4", text)?),
-    };
     Ok(Addresses {
         private_ipv4,
-        public_ipv4,
+        public_ipv4: parse_public_ipv4(public_ipv4)?,
         ipv6,
     })
+}
+
+/// Checks IMDS's answer for the public IPv4: none, or one address.
+fn parse_public_ipv4(public_ipv4: Option<&str>) -> Result<Option<Ipv4Addr>, ImdsError> {
+    match public_ipv4 {
+        // An empty answer is how some IMDS emulations say "none".
+        None | Some("") => Ok(None),
+        Some(text) => parse_ipv4(paths::PUBLIC_IPV4, "public_ipv4", text).map(Some),
+    }
 }
 
 /// Checks a MAC address from IMDS before it goes into a path: six pairs

@@ -10,6 +10,10 @@ use muster_agent::{logging, query, Cli, Command};
 use muster_proto::settings::EXIT_INVALID;
 use tracing::{error, info};
 
+/// How long the blocking pool's idle thread is kept: longer than the
+/// longest heartbeat interval a coordinator hands out in practice.
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -60,9 +64,15 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         config = ?settings.config_file,
         "muster-agent starting"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the agent waits on timers and sockets nearly all the
+    // time, and a second worker only cost memory and cross-thread
+    // wake-ups. The reads of /proc for the host facts go to the blocking
+    // pool, whose thread outlives the interval between heartbeats rather
+    // than being made again for each.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(2)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -12,10 +12,16 @@
 //!   (`[]` when there are none); those not `completed` or `canceled` are
 //!   warnings.
 //!
-//! They are read every [`POLL_INTERVAL`] (the AWS Node Termination
-//! Handler's pace), all four at once. A read that fails changes nothing:
-//! the warnings last read stand until IMDS answers again. What IMDS says is
-//! untrusted text: it is cleaned and cut to 512 bytes
+//! The imminent two (a Spot interruption, an Auto Scaling termination) are
+//! read every [`POLL_INTERVAL`] (the AWS Node Termination Handler's pace);
+//! the advance two (a rebalance recommendation, scheduled maintenance),
+//! which EC2 gives minutes to days ahead, every [`ADVANCE_POLL_INTERVAL`]
+//! with them, their last answers standing between. A read that fails
+//! changes nothing: the warnings last read stand until IMDS answers again.
+//! With the address poll ([`crate::daemon`]), an idle agent sends IMDS
+//! 2.4 requests a second at the defaults, where it sent 5.
+//!
+//! What IMDS says is untrusted text: it is cleaned and cut to 512 bytes
 //! ([`muster_proto::condition::fit`]) and kept as detail, and a time is
 //! taken only from the field EC2 documents. The daemon decides which
 //! warnings drain the node ([`leaving`]).
@@ -32,8 +38,11 @@ use tracing::{debug, info, warn};
 use crate::identity::Source;
 use crate::imds::{ImdsClient, ImdsError};
 
-/// How often the warnings are read.
+/// How often the imminent warnings are read.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often the advance warnings are read.
+pub const ADVANCE_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The IMDS items, under `/latest/`.
 pub mod paths {
@@ -47,19 +56,47 @@ pub mod paths {
     pub const MAINTENANCE: &str = "meta-data/events/maintenance/scheduled";
 }
 
-/// Reads the four items and returns the warnings they hold.
-pub async fn read(imds: &ImdsClient) -> Result<Vec<Ec2Notice>, ImdsError> {
-    let (spot, rebalance, lifecycle, maintenance) = tokio::try_join!(
-        imds.get(paths::SPOT_INSTANCE_ACTION),
-        imds.get(paths::REBALANCE),
-        imds.get(paths::TARGET_LIFECYCLE_STATE),
-        imds.get(paths::MAINTENANCE),
-    )?;
+/// What IMDS last answered for the advance items (`None`: 404).
+#[derive(Debug, Default)]
+pub struct Advance {
+    rebalance: Option<String>,
+    maintenance: Option<String>,
+}
+
+/// Reads the imminent items, and the advance ones too when `advance` is
+/// `None` (read them into it) rather than their last answers; returns the
+/// warnings they hold.
+pub async fn read(
+    imds: &ImdsClient,
+    advance: &mut Option<Advance>,
+) -> Result<Vec<Ec2Notice>, ImdsError> {
+    let imminent = async {
+        tokio::try_join!(
+            imds.get(paths::SPOT_INSTANCE_ACTION),
+            imds.get(paths::TARGET_LIFECYCLE_STATE),
+        )
+    };
+    let (spot, lifecycle) = match advance {
+        Some(_) => imminent.await?,
+        None => {
+            let (imminent, rebalance, maintenance) = tokio::try_join!(
+                imminent,
+                imds.get(paths::REBALANCE),
+                imds.get(paths::MAINTENANCE),
+            )?;
+            *advance = Some(Advance {
+                rebalance,
+                maintenance,
+            });
+            imminent
+        }
+    };
+    let advance = advance.as_ref().expect("read above if it was not");
     Ok(parse(
         spot.as_deref(),
-        rebalance.as_deref(),
+        advance.rebalance.as_deref(),
         lifecycle.as_deref(),
-        maintenance.as_deref(),
+        advance.maintenance.as_deref(),
     ))
 }
 
@@ -166,9 +203,10 @@ pub fn leaving(notices: &[Ec2Notice], drain_on_notice: bool) -> Option<String> {
         })
 }
 
-/// Reads the warnings every [`POLL_INTERVAL`] and publishes them when they
-/// change, until `tx` has no receiver. A bring-your-own node has none to
-/// read: the task ends at once, leaving the channel empty.
+/// Reads the warnings every [`POLL_INTERVAL`] (the advance ones every
+/// [`ADVANCE_POLL_INTERVAL`]) and publishes them when they change, until
+/// `tx` has no receiver. A bring-your-own node has none to read: the task
+/// ends at once, leaving the channel empty.
 pub async fn watch_notices(source: Arc<Source>, tx: watch::Sender<Vec<Ec2Notice>>) {
     let Source::Imds(imds) = source.as_ref() else {
         return;
@@ -176,9 +214,17 @@ pub async fn watch_notices(source: Arc<Source>, tx: watch::Sender<Vec<Ec2Notice>
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut advance = None;
+    let mut advance_read = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        match read(imds).await {
+        if advance_read.elapsed() >= ADVANCE_POLL_INTERVAL {
+            advance = None;
+        }
+        if advance.is_none() {
+            advance_read = tokio::time::Instant::now();
+        }
+        match read(imds, &mut advance).await {
             Ok(notices) => {
                 failing = false;
                 let changed = tx.send_if_modified(|current| {
@@ -220,6 +266,69 @@ pub async fn watch_notices(source: Arc<Source>, tx: watch::Sender<Vec<Ec2Notice>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A small IMDSv2 on loopback serving `items` under `/latest/`.
+    async fn fake_imds(
+        items: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    ) -> String {
+        use axum::extract::{Path, State};
+        use axum::http::StatusCode;
+        use axum::routing::{get, put};
+        type Items = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+        async fn item(
+            State(items): State<Items>,
+            Path(path): Path<String>,
+        ) -> (StatusCode, String) {
+            match items.lock().unwrap().get(&path) {
+                Some(value) => (StatusCode::OK, value.clone()),
+                None => (StatusCode::NOT_FOUND, String::new()),
+            }
+        }
+        let app = axum::Router::new()
+            .route("/latest/api/token", put(|| async { "token" }))
+            .route("/latest/{*path}", get(item))
+            .with_state(items);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    /// The advance items' last answers stand between their reads, beside
+    /// the imminent items read afresh; once due again they are read anew.
+    #[tokio::test]
+    async fn advance_warnings_stand_between_their_reads() {
+        let items = Arc::new(std::sync::Mutex::new(std::collections::HashMap::from([(
+            paths::REBALANCE.to_owned(),
+            r#"{"noticeTime": "2026-12-07T08:17:00Z"}"#.to_owned(),
+        )])));
+        let imds = ImdsClient::new(&fake_imds(items.clone()).await).unwrap();
+        let kinds =
+            |notices: Vec<Ec2Notice>| notices.into_iter().map(|n| n.kind).collect::<Vec<_>>();
+        let mut advance = None;
+        let first = read(&imds, &mut advance).await.unwrap();
+        assert_eq!(kinds(first), [NoticeKind::RebalanceRecommendation]);
+        {
+            let mut items = items.lock().unwrap();
+            items.remove(paths::REBALANCE);
+            items.insert(
+                paths::SPOT_INSTANCE_ACTION.to_owned(),
+                r#"{"action": "terminate", "time": "2026-12-07T08:22:00Z"}"#.to_owned(),
+            );
+        }
+        let second = read(&imds, &mut advance).await.unwrap();
+        assert_eq!(
+            kinds(second),
+            [
+                NoticeKind::SpotInterruption,
+                NoticeKind::RebalanceRecommendation
+            ],
+            "the spot notice read at once, the recommendation as last read"
+        );
+        advance = None;
+        let third = read(&imds, &mut advance).await.unwrap();
+        assert_eq!(kinds(third), [NoticeKind::SpotInterruption]);
+    }
 
     /// Each item as EC2 documents it becomes its warning, with its time.
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::watch;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use super::show;
@@ -61,8 +61,18 @@ pub(super) async fn forward_address_events(
     }
 }
 
+/// How often the poll reads every address. The polls between read only
+/// the public IPv4, the one address that changes (an Elastic IP associated
+/// or released) without a local address event: the private IPv4 and the
+/// IPv6 address are the interface's own, so a change of either is read at
+/// once on the kernel's event, or at the next full read. At the default
+/// 1 s poll that is one IMDS request a second instead of three.
+const FULL_READ_EVERY: Duration = Duration::from_secs(10);
+
 /// Asks `source` for the addresses every `every`, and at once on a nudge (a
-/// local address event), and publishes changes.
+/// local address event), and publishes changes: every address on a nudge,
+/// after a failure and every [`FULL_READ_EVERY`], the public IPv4 alone on
+/// the polls between.
 ///
 /// A failed poll keeps the last known addresses; it is logged once when it
 /// starts failing and once when it recovers, not every tick.
@@ -77,11 +87,13 @@ pub(super) async fn watch_addresses(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut failing = false;
+    // The caller read every address just before.
+    let mut read_whole = Instant::now();
     // Whether nudges may still come.
     let mut listening = true;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let nudged = tokio::select! {
+            _ = ticker.tick() => false,
             nudge = nudges.recv(), if listening => {
                 if nudge.is_none() {
                     listening = false;
@@ -89,10 +101,19 @@ pub(super) async fn watch_addresses(
                 }
                 // The next poll counts from this read.
                 ticker.reset();
+                true
             }
-        }
+        };
         let what = source.what();
-        match source.addresses().await {
+        let whole = nudged || failing || read_whole.elapsed() >= FULL_READ_EVERY;
+        let read = if whole {
+            read_whole = Instant::now();
+            source.addresses().await
+        } else {
+            let known = *tx.borrow();
+            source.public_ipv4(known).await
+        };
+        match read {
             Ok(addresses) => {
                 if failing {
                     info!("{what} can be read again");
@@ -207,5 +228,50 @@ mod tests {
         drop(nudge);
         tokio::task::yield_now().await;
         assert!(!watcher.0.is_finished(), "the poll goes on without nudges");
+    }
+
+    /// Between full reads the poll asks IMDS for the public IPv4 alone: an
+    /// Elastic IP associated shows at the next poll, and the private
+    /// address is not read again.
+    #[tokio::test]
+    async fn the_poll_reads_the_public_address_alone() {
+        let items = Arc::new(std::sync::Mutex::new(
+            [(
+                crate::imds::paths::LOCAL_IPV4.to_owned(),
+                "10.0.0.5".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        ));
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let endpoint = fake_imds(items.clone(), reads.clone()).await;
+        let imds = Arc::new(Source::Imds(ImdsClient::new(&endpoint).unwrap()));
+        let first = imds.addresses().await.unwrap();
+        let (tx, mut rx) = watch::channel(first);
+        let (_nudge, nudges) = mpsc::channel(1);
+        let _watcher = AbortOnDrop(tokio::spawn(watch_addresses(
+            imds,
+            Duration::from_millis(50),
+            tx,
+            Live::new("web", "https://c.example.com"),
+            nudges,
+        )));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        items.lock().unwrap().insert(
+            crate::imds::paths::PUBLIC_IPV4.to_owned(),
+            "54.1.2.3".to_owned(),
+        );
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("the poll did not see the public address")
+            .unwrap();
+        let seen = *rx.borrow();
+        assert_eq!(seen.public_ipv4, Some(Ipv4Addr::new(54, 1, 2, 3)));
+        assert_eq!(seen.private_ipv4, Some(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!(
+            reads.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "only the first read asked for the private address"
+        );
     }
 }

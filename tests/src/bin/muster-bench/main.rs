@@ -21,7 +21,7 @@
 //!   500 nodes once more, with `Throttling` injected by the proxy, to show
 //!   the retries. `--only p7` runs just this one, `--p7-nodes N` changes
 //!   the big zone's size. (`--only p2` runs P3 and P2 alone: P2 uses P3's
-//!   last agent.)
+//!   last agent; `--only p5` runs P5 alone.)
 //! - P8 at 10k and 100k nodes: `muster-load` with bring-your-own nodes,
 //!   its memory rows (P1 and P8 at 2000 nodes are `scripts/bench`'s own
 //!   `muster-load` run, alone).
@@ -81,6 +81,8 @@ enum Only {
     P7,
     /// P3 and P2.
     P2,
+    /// P5.
+    P5,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -110,7 +112,8 @@ fn args() -> anyhow::Result<Args> {
                 parsed.only = Some(match value.to_ascii_lowercase().as_str() {
                     "p7" => Only::P7,
                     "p2" => Only::P2,
-                    _ => anyhow::bail!("--only takes p7 or p2"),
+                    "p5" => Only::P5,
+                    _ => anyhow::bail!("--only takes p7, p2 or p5"),
                 });
             }
             "--p7-nodes" => {
@@ -137,8 +140,8 @@ async fn main() -> anyhow::Result<()> {
     // P7's set-up and P8's big runs start first and run beside the phases
     // whose figures are counts, timers, the agent's own CPU time or memory
     // (P6, P5, P4). P7's rounds, P3 and P2 run alone.
-    if args.only == Some(Only::P2) {
-        return p3_and_p2(&args).await;
+    if let Some(only @ (Only::P2 | Only::P5)) = args.only {
+        return agents_alone(&args, only).await;
     }
     let p7_big = tokio::spawn(p7::p7_setup(args.p7_nodes, p7::P7Start::Seeded));
     if args.only == Some(Only::P7) {
@@ -211,9 +214,16 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--only p2`: P3 then P2, alone, on a coordinator of their own.
-async fn p3_and_p2(args: &Args) -> anyhow::Result<()> {
-    let command = format!("`muster-bench --only p2 --trials {}`", args.trials);
+/// `--only p2` (P3 then P2) or `--only p5`, alone, on a coordinator of
+/// their own.
+async fn agents_alone(args: &Args, only: Only) -> anyhow::Result<()> {
+    let command = match only {
+        Only::P5 => format!(
+            "`muster-bench --only p5 --idle-secs {}`",
+            args.idle.as_secs()
+        ),
+        _ => format!("`muster-bench --only p2 --trials {}`", args.trials),
+    };
     let moto = Moto::start().await;
     agents::wait_for_agent().await?;
     let coordinator = Coordinator::start_with(&moto, &["--dns-rate-limit", "0"]).await;
@@ -226,6 +236,10 @@ async fn p3_and_p2(args: &Args) -> anyhow::Result<()> {
         resolver: &resolver,
         token: &token,
     };
+    if only == Only::P5 {
+        println!("{}", agents::p5(&scene, args, &command).await?);
+        return Ok(());
+    }
     let (starts, last) = agents::p3(&scene).await?;
     println!(
         "{}",
