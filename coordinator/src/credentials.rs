@@ -330,6 +330,24 @@ impl Credentials {
             .map(|_| Role::Viewer)
     }
 
+    /// The generation of `role`'s token in force (`None`: no viewer token
+    /// was ever issued): a fingerprint of its hash, which a console session
+    /// records when it opens. A new token is a new generation, so the
+    /// sessions the old one opened end on every replica at once.
+    pub fn token_generation(&self, role: Role) -> Option<String> {
+        let stored = match role {
+            Role::Admin => Some(self.admin.read().unwrap_or_else(|p| p.into_inner()).clone()),
+            Role::Viewer => self
+                .viewer
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }?;
+        let mut generation = hash_secret(&format!("muster console session: {stored}"));
+        generation.truncate(32);
+        Some(generation)
+    }
+
     /// A new admin token, in force at once; the old one stops working.
     /// On a shared store the store takes it first (if it cannot, nothing
     /// changed anywhere), then this replica, then the data dir's copy.

@@ -163,7 +163,7 @@ pub async fn serve(
     let leadership = Arc::new(leadership(&settings)?);
     let (registry, account_unknown) = open_registry(
         &settings,
-        store,
+        store.clone(),
         &files,
         agent.clone(),
         zone.clone(),
@@ -173,7 +173,11 @@ pub async fn serve(
     if let Some(overlap) = registry.node_inside(&settings.trust.trusted_proxies)? {
         return Err(ServeError::TrustedProxyOverlap(overlap));
     }
-    let sessions = Arc::new(api::console::Sessions::default());
+    // On a shared store the console's sessions are kept there, so that
+    // any replica serves them.
+    let sessions = Arc::new(api::console::Sessions::new(
+        store.is_postgres().then(|| store.clone()),
+    ));
     // On a shared store, the rows the others write are taken in, and the
     // tokens they change read again.
     let _follower = match leadership.name() {
@@ -181,7 +185,7 @@ pub async fn serve(
             crate::replica::Follower::start(
                 registry.clone(),
                 tokio::runtime::Handle::current(),
-                reload_tokens(credentials.clone(), sessions.clone()),
+                reload_tokens(credentials.clone()),
             )
             .map_err(ServeError::Follow)?,
         ),
@@ -322,13 +326,10 @@ fn share_credentials(
 }
 
 /// What a replica does when the store's meta key `key` was written
-/// (`None`: any may have been): reads the tokens again if it names one,
-/// and ends the console sessions a replaced token opened.
-fn reload_tokens(
-    credentials: Arc<Credentials>,
-    sessions: Arc<api::console::Sessions>,
-) -> impl Fn(Option<&str>) + Send + 'static {
-    use muster_proto::status::Role;
+/// (`None`: any may have been): reads the tokens again if it names one.
+/// The console sessions a replaced token opened end with it (they record
+/// its generation).
+fn reload_tokens(credentials: Arc<Credentials>) -> impl Fn(Option<&str>) + Send + 'static {
     move |key| {
         if key.is_some_and(|key| !Credentials::is_token_slot(key)) {
             return;
@@ -336,11 +337,9 @@ fn reload_tokens(
         match credentials.reload() {
             Ok(changed) => {
                 if changed.admin {
-                    sessions.close_all(Role::Admin);
                     tracing::info!("took the admin token another coordinator rotated");
                 }
                 if changed.viewer {
-                    sessions.close_all(Role::Viewer);
                     tracing::info!("took the viewer token another coordinator issued");
                 }
             }

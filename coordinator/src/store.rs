@@ -18,7 +18,8 @@
 //! both databases; [`clusters`] (clusters and their tokens), [`nodes`],
 //! [`events`] and [`launches`] (launch jobs) hold the statements of each
 //! table; [`history`] prunes what is past the retention; [`lease`] holds
-//! the leader's lease when several coordinators share PostgreSQL.
+//! the leader's lease when several coordinators share PostgreSQL, and
+//! [`sessions`] their web console's sessions.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -36,6 +37,7 @@ pub mod history;
 pub mod launches;
 pub mod lease;
 pub mod nodes;
+pub mod sessions;
 pub mod sql;
 
 pub use clusters::{Cluster, ClusterToken, TokenPurpose, TokenRecord};
@@ -137,6 +139,15 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE nodes ADD COLUMN drained INTEGER NOT NULL DEFAULT 0;",
     // 12: a node's IPv6 address, answered as AAAA beside its A records.
     "ALTER TABLE nodes ADD COLUMN ipv6 TEXT;",
+    // 13: the web console's sessions when several coordinators share the
+    // store, by the digest of their id, with the role and generation of
+    // the token that opened them.
+    "CREATE TABLE console_sessions (
+        digest TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        generation TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );",
 ];
 
 /// Errors of the store, named after the operation that failed.

@@ -591,6 +591,118 @@ async fn replicas_share_the_ca_and_tokens_through_the_store() {
     );
 }
 
+/// The console as a browser on `coordinator` sees it: a client that
+/// follows no redirect, so a sign-in's cookie and a page's redirect show.
+fn browser(coordinator: &Coordinator) -> reqwest::Client {
+    let ca = std::fs::read(coordinator.ca_file()).expect("the CA");
+    muster_tests::coordinator::https_client_builder(&ca)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in to `coordinator`'s console with `token`: the session's cookie.
+async fn sign_in(coordinator: &Coordinator, token: &str) -> String {
+    let response = browser(coordinator)
+        .post(format!("{}/ui/login", coordinator.url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .expect("POST /ui/login");
+    assert_eq!(response.status(), 303, "signed in");
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+/// `method path` on `coordinator` with the session `cookie`: the status.
+async fn with_session(
+    coordinator: &Coordinator,
+    method: reqwest::Method,
+    path: &str,
+    cookie: &str,
+) -> u16 {
+    browser(coordinator)
+        .request(method, format!("{}{path}", coordinator.url()))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("a console request")
+        .status()
+        .as_u16()
+}
+
+/// A console session opened on one replica is served by the other, and
+/// kept in the store by its digest only; signing out on the other ends it
+/// on both; a new admin token ends the sessions the old one opened, on
+/// every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_session_is_served_by_every_replica() {
+    use reqwest::Method;
+    let Shared {
+        db,
+        moto: _moto,
+        leader,
+        ..
+    } = Shared::start(LEASE).await;
+    let standby = leader.start_standby(false).await;
+
+    let cookie = sign_in(&leader, &leader.admin_token()).await;
+    assert_eq!(
+        with_session(&standby, Method::GET, "/ui/", &cookie).await,
+        200
+    );
+    assert_eq!(
+        with_session(&standby, Method::GET, paths::CLUSTERS, &cookie).await,
+        200,
+        "the standby reads for the session"
+    );
+    let id = cookie.split_once('=').unwrap().1;
+    assert_eq!(
+        db.psql("muster", "SELECT count(*) FROM console_sessions"),
+        "1"
+    );
+    let stored = db.psql("muster", "SELECT digest FROM console_sessions");
+    assert!(!stored.contains(id), "only the id's digest is kept");
+
+    assert_eq!(
+        with_session(&standby, Method::POST, "/ui/logout", &cookie).await,
+        303
+    );
+    assert_eq!(
+        with_session(&leader, Method::GET, "/ui/", &cookie).await,
+        303,
+        "signed out on the leader too"
+    );
+    assert_eq!(
+        db.psql("muster", "SELECT count(*) FROM console_sessions"),
+        "0"
+    );
+
+    let cookie = sign_in(&standby, &leader.admin_token()).await;
+    assert_eq!(
+        with_session(&leader, Method::GET, "/ui/", &cookie).await,
+        200
+    );
+    new_token(&leader, paths::ADMIN_ROTATE_TOKEN, "admin_token").await;
+    assert_eq!(
+        with_session(&leader, Method::GET, "/ui/", &cookie).await,
+        303,
+        "the new token ends the session on the leader at once"
+    );
+    let status = wait_until(
+        PATIENCE,
+        POLL,
+        || with_session(&standby, Method::GET, "/ui/", &cookie),
+        |status| *status == 303,
+    )
+    .await;
+    assert_eq!(
+        status, 303,
+        "and on the standby once it reads the new token"
+    );
+}
+
 /// Two coordinators started at once on an empty database, with the same
 /// store key (made as the recipe says, `openssl rand -hex 32`): one
 /// schema, one CA and one admin token, which both serve with.

@@ -111,7 +111,6 @@ pub(super) async fn rotate_admin_token(
         .credentials
         .rotate_admin_token()
         .map_err(|e| token_not_changed("admin token", &e))?;
-    state.sessions.close_all(muster_proto::status::Role::Admin);
     Ok(Json(muster_proto::AdminTokenResponse {
         admin_token: token,
     }))
@@ -126,7 +125,6 @@ pub(super) async fn viewer_token(
         .credentials
         .issue_viewer_token()
         .map_err(|e| token_not_changed("viewer token", &e))?;
-    state.sessions.close_all(muster_proto::status::Role::Viewer);
     Ok(Json(muster_proto::status::ViewerTokenResponse {
         viewer_token: token,
     }))

@@ -18,14 +18,16 @@
 //!   cookie never authorises a write, so a page elsewhere cannot make a
 //!   signed-in browser change anything. The session id is 256 random bits
 //!   in an `HttpOnly; Secure; SameSite=Strict` cookie; only its digest is
-//!   kept, in memory, for [`SESSION_LIFETIME`]. A restart signs everyone
-//!   out; a new admin or viewer token ends the sessions the old one opened.
+//!   kept, for [`SESSION_LIFETIME`]: in memory alone on a SQLite store (a
+//!   restart signs everyone out), in the store when coordinators share it
+//!   (any of them serves the session). A new admin or viewer token ends
+//!   the sessions the old one opened: each records its token's generation.
 //! - **What the browser may do.** Every `/ui/` answer carries a strict
 //!   Content-Security-Policy ([`CSP`]): scripts, styles and requests from
 //!   the coordinator's own origin only, nothing inline, no frames.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::FormRejection;
@@ -39,7 +41,10 @@ use serde::Deserialize;
 
 use super::guards::token_role;
 use super::AppState;
+use crate::credentials::Credentials;
 use crate::secrets::{digest_secret, SecretDigest};
+use crate::store::sessions::StoredSession;
+use crate::store::{now_ms, Store, StoreError};
 
 mod assets;
 
@@ -67,25 +72,59 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .with_state(state)
 }
 
-/// Who is signed in, by the digest of their session id.
+/// Who is signed in. Alone on its store a coordinator keeps its sessions
+/// in memory, by the digest of their id; beside others on a shared store
+/// they are kept there ([`crate::store::sessions`]), so that a browser
+/// signed in on one replica is signed in on all of them, and signed out of
+/// all of them at once.
 #[derive(Debug, Default)]
 pub struct Sessions {
     open: Mutex<HashMap<SecretDigest, Session>>,
+    shared: Option<Arc<Store>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Session {
     /// The token it was opened with (the session itself only reads).
     opened_by: Role,
+    /// That token's generation then ([`Credentials::token_generation`]).
+    generation: String,
     /// When it ends.
     until: Instant,
 }
 
+/// A role as the store names it.
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Viewer => "viewer",
+    }
+}
+
 impl Sessions {
-    /// Opens a session for a user signed in with `opened_by`'s token;
-    /// returns its id, the cookie's value.
-    pub fn open(&self, opened_by: Role) -> String {
+    /// Sessions kept in `shared` (a store other coordinators share), or
+    /// in memory.
+    pub fn new(shared: Option<Arc<Store>>) -> Sessions {
+        Sessions {
+            open: Mutex::default(),
+            shared,
+        }
+    }
+
+    /// Opens a session for a user signed in with `opened_by`'s token of
+    /// `generation`; returns its id, the cookie's value.
+    pub fn open(&self, opened_by: Role, generation: String) -> Result<String, StoreError> {
         let id = hex::encode(rand::random::<[u8; 32]>());
+        let digest = digest_secret(&id);
+        if let Some(store) = &self.shared {
+            let session = StoredSession {
+                role: role_name(opened_by).to_owned(),
+                generation,
+            };
+            let expires_at = now_ms() + SESSION_LIFETIME.as_millis() as i64;
+            store.open_console_session(&hex::encode(digest), &session, expires_at)?;
+            return Ok(id);
+        }
         let now = Instant::now();
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, s| s.until > now);
@@ -95,37 +134,68 @@ impl Sessions {
             }
         }
         open.insert(
-            digest_secret(&id),
+            digest,
             Session {
                 opened_by,
+                generation,
                 until: now + SESSION_LIFETIME,
             },
         );
-        id
+        Ok(id)
     }
 
     /// The role of the token that opened the session in `headers`' cookie,
-    /// if it is open.
-    pub fn role(&self, headers: &HeaderMap) -> Option<Role> {
-        let id = session_id(headers)?;
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(&digest_secret(id))
-            .filter(|s| s.until > Instant::now())
-            .map(|s| s.opened_by)
+    /// if the session is open and that token is still `credentials`' own:
+    /// a new token ends the sessions its predecessor opened.
+    pub fn role(
+        &self,
+        headers: &HeaderMap,
+        credentials: &Credentials,
+    ) -> Result<Option<Role>, StoreError> {
+        let Some(id) = session_id(headers) else {
+            return Ok(None);
+        };
+        let digest = digest_secret(id);
+        let (role, generation) = match &self.shared {
+            Some(store) => {
+                let stored = store.console_session(&hex::encode(digest))?;
+                let Some(stored) = stored else {
+                    return Ok(None);
+                };
+                let role = [Role::Admin, Role::Viewer]
+                    .into_iter()
+                    .find(|r| role_name(*r) == stored.role);
+                match role {
+                    Some(role) => (role, stored.generation),
+                    None => return Ok(None),
+                }
+            }
+            None => {
+                let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+                match open.get(&digest).filter(|s| s.until > Instant::now()) {
+                    Some(session) => (session.opened_by, session.generation.clone()),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let current = credentials.token_generation(role);
+        Ok((current.as_deref() == Some(generation.as_str())).then_some(role))
     }
 
     /// Ends the session in `headers`' cookie.
-    pub fn close(&self, headers: &HeaderMap) {
-        if let Some(id) = session_id(headers) {
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            open.remove(&digest_secret(id));
+    pub fn close(&self, headers: &HeaderMap) -> Result<(), StoreError> {
+        let Some(id) = session_id(headers) else {
+            return Ok(());
+        };
+        let digest = digest_secret(id);
+        match &self.shared {
+            Some(store) => store.close_console_session(&hex::encode(digest)),
+            None => {
+                let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+                open.remove(&digest);
+                Ok(())
+            }
         }
-    }
-
-    /// Ends every session opened with `role`'s token (it was replaced).
-    pub fn close_all(&self, role: Role) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|_, s| s.opened_by != role);
     }
 }
 
@@ -185,20 +255,36 @@ fn html(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
+/// The page shown when the store holding the sessions cannot be reached:
+/// whether the user is signed in is not known, so neither page is right.
+fn store_away(error: &StoreError) -> Response {
+    if !error.is_unavailable() {
+        tracing::error!(%error, "console sessions cannot be read");
+    }
+    html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        assets::login_page(Some(
+            "The store cannot be reached now, so sessions cannot be checked. Try again in a moment.",
+        )),
+    )
+}
+
 /// `GET /ui/`: the app, for a signed-in user; the sign-in page otherwise.
 async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if state.sessions.role(&headers).is_none() {
-        return Redirect::to("/ui/login").into_response();
+    match state.sessions.role(&headers, &state.credentials) {
+        Ok(Some(_)) => html(StatusCode::OK, assets::INDEX_HTML.to_owned()),
+        Ok(None) => Redirect::to("/ui/login").into_response(),
+        Err(error) => store_away(&error),
     }
-    html(StatusCode::OK, assets::INDEX_HTML.to_owned())
 }
 
 /// `GET /ui/login`: the sign-in page, or the app for a signed-in user.
 async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if state.sessions.role(&headers).is_some() {
-        return Redirect::to("/ui/").into_response();
+    match state.sessions.role(&headers, &state.credentials) {
+        Ok(Some(_)) => Redirect::to("/ui/").into_response(),
+        Ok(None) => html(StatusCode::OK, assets::login_page(None)),
+        Err(error) => store_away(&error),
     }
-    html(StatusCode::OK, assets::login_page(None))
 }
 
 /// The sign-in form.
@@ -230,7 +316,11 @@ async fn login(
             )),
         );
     };
-    let id = state.sessions.open(role);
+    let generation = state.credentials.token_generation(role).unwrap_or_default();
+    let id = match state.sessions.open(role, generation) {
+        Ok(id) => id,
+        Err(error) => return store_away(&error),
+    };
     let mut response = Redirect::to("/ui/").into_response();
     response
         .headers_mut()
@@ -240,7 +330,9 @@ async fn login(
 
 /// `POST /ui/logout`: ends the session.
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    state.sessions.close(&headers);
+    if let Err(error) = state.sessions.close(&headers) {
+        return store_away(&error);
+    }
     let mut response = Redirect::to("/ui/login").into_response();
     response
         .headers_mut()
@@ -274,35 +366,72 @@ mod tests {
         headers
     }
 
+    /// The admin token of a fresh data dir, and the sessions beside it.
+    fn credentials() -> (tempfile::TempDir, Credentials) {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = Credentials::open(dir.path(), None).unwrap();
+        (dir, credentials)
+    }
+
+    fn open(sessions: &Sessions, credentials: &Credentials, role: Role) -> HeaderMap {
+        let generation = credentials.token_generation(role).unwrap();
+        let id = sessions.open(role, generation).unwrap();
+        with_cookie(&format!("{SESSION_COOKIE}={id}"))
+    }
+
     /// A session opens, is found by its cookie among others, and closes;
     /// a made-up id is no session.
     #[test]
     fn sessions_open_and_close() {
+        let (_dir, credentials) = credentials();
         let sessions = Sessions::default();
-        let id = sessions.open(Role::Viewer);
+        let generation = credentials.token_generation(Role::Admin).unwrap();
+        let id = sessions.open(Role::Admin, generation).unwrap();
         let headers = with_cookie(&format!("theme=dark; {SESSION_COOKIE}={id}; x=y"));
-        assert_eq!(sessions.role(&headers), Some(Role::Viewer));
         assert_eq!(
-            sessions.role(&with_cookie(&format!(
-                "{SESSION_COOKIE}={}",
-                "0".repeat(64)
-            ))),
-            None
+            sessions.role(&headers, &credentials).unwrap(),
+            Some(Role::Admin)
         );
-        sessions.close(&headers);
-        assert_eq!(sessions.role(&headers), None);
+        let made_up = with_cookie(&format!("{SESSION_COOKIE}={}", "0".repeat(64)));
+        assert_eq!(sessions.role(&made_up, &credentials).unwrap(), None);
+        sessions.close(&headers).unwrap();
+        assert_eq!(sessions.role(&headers, &credentials).unwrap(), None);
     }
 
     /// A new token ends the sessions its predecessor opened, and only
     /// those.
     #[test]
     fn a_new_token_ends_its_sessions() {
+        let (_dir, credentials) = credentials();
+        credentials.issue_viewer_token().unwrap();
         let sessions = Sessions::default();
-        let admin = with_cookie(&format!("{SESSION_COOKIE}={}", sessions.open(Role::Admin)));
-        let viewer = with_cookie(&format!("{SESSION_COOKIE}={}", sessions.open(Role::Viewer)));
-        sessions.close_all(Role::Viewer);
-        assert_eq!(sessions.role(&viewer), None);
-        assert_eq!(sessions.role(&admin), Some(Role::Admin));
+        let admin = open(&sessions, &credentials, Role::Admin);
+        let viewer = open(&sessions, &credentials, Role::Viewer);
+        credentials.issue_viewer_token().unwrap();
+        assert_eq!(sessions.role(&viewer, &credentials).unwrap(), None);
+        assert_eq!(
+            sessions.role(&admin, &credentials).unwrap(),
+            Some(Role::Admin)
+        );
+        credentials.rotate_admin_token().unwrap();
+        assert_eq!(sessions.role(&admin, &credentials).unwrap(), None);
+    }
+
+    /// Sessions kept in the store are found there, by any holder of the
+    /// store, and end there.
+    #[test]
+    fn sessions_in_the_store() {
+        let (_dir, credentials) = credentials();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let one = Sessions::new(Some(store.clone()));
+        let other = Sessions::new(Some(store));
+        let headers = open(&one, &credentials, Role::Admin);
+        assert_eq!(
+            other.role(&headers, &credentials).unwrap(),
+            Some(Role::Admin)
+        );
+        other.close(&headers).unwrap();
+        assert_eq!(one.role(&headers, &credentials).unwrap(), None);
     }
 
     /// The cookie is HttpOnly, Secure and SameSite=Strict, and ending it
@@ -321,12 +450,13 @@ mod tests {
     /// Past the cap, the oldest session goes.
     #[test]
     fn sessions_are_capped() {
+        let (_dir, credentials) = credentials();
         let sessions = Sessions::default();
-        let first = with_cookie(&format!("{SESSION_COOKIE}={}", sessions.open(Role::Viewer)));
+        let first = open(&sessions, &credentials, Role::Admin);
         for _ in 0..MAX_SESSIONS {
-            sessions.open(Role::Viewer);
+            open(&sessions, &credentials, Role::Admin);
         }
-        assert_eq!(sessions.role(&first), None);
+        assert_eq!(sessions.role(&first, &credentials).unwrap(), None);
         assert_eq!(sessions.open.lock().unwrap().len(), MAX_SESSIONS);
     }
 }

@@ -235,7 +235,11 @@ pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Role, A
             )
         });
     }
-    if state.sessions.role(headers).is_some() {
+    let session = state
+        .sessions
+        .role(headers, &state.credentials)
+        .map_err(|e| ApiError::from(crate::registry::RegistryError::from(e)))?;
+    if session.is_some() {
         return Ok(Role::Viewer);
     }
     Err(ApiError::new(
