@@ -22,6 +22,8 @@ use tracing::debug;
 use crate::backoff::Backoff;
 
 #[cfg(test)]
+pub(crate) mod loopback;
+#[cfg(test)]
 mod tests;
 
 /// How long an IMDSv2 token lives, in seconds (the IMDS maximum).

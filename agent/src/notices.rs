@@ -267,55 +267,26 @@ pub async fn watch_notices(source: Arc<Source>, tx: watch::Sender<Vec<Ec2Notice>
 mod tests {
     use super::*;
 
-    /// A small IMDSv2 on loopback serving `items` under `/latest/`.
-    async fn fake_imds(
-        items: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
-    ) -> String {
-        use axum::extract::{Path, State};
-        use axum::http::StatusCode;
-        use axum::routing::{get, put};
-        type Items = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
-        async fn item(
-            State(items): State<Items>,
-            Path(path): Path<String>,
-        ) -> (StatusCode, String) {
-            match items.lock().unwrap().get(&path) {
-                Some(value) => (StatusCode::OK, value.clone()),
-                None => (StatusCode::NOT_FOUND, String::new()),
-            }
-        }
-        let app = axum::Router::new()
-            .route("/latest/api/token", put(|| async { "token" }))
-            .route("/latest/{*path}", get(item))
-            .with_state(items);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        format!("http://{addr}")
-    }
-
     /// The advance items' last answers stand between their reads, beside
     /// the imminent items read afresh; once due again they are read anew.
     #[tokio::test]
     async fn advance_warnings_stand_between_their_reads() {
-        let items = Arc::new(std::sync::Mutex::new(std::collections::HashMap::from([(
-            paths::REBALANCE.to_owned(),
-            r#"{"noticeTime": "2026-12-07T08:17:00Z"}"#.to_owned(),
-        )])));
-        let imds = ImdsClient::new(&fake_imds(items.clone()).await).unwrap();
+        let served = crate::imds::loopback::LoopbackImds::start(&[(
+            paths::REBALANCE,
+            r#"{"noticeTime": "2026-12-07T08:17:00Z"}"#,
+        )])
+        .await;
+        let imds = served.client();
         let kinds =
             |notices: Vec<Ec2Notice>| notices.into_iter().map(|n| n.kind).collect::<Vec<_>>();
         let mut advance = None;
         let first = read(&imds, &mut advance).await.unwrap();
         assert_eq!(kinds(first), [NoticeKind::RebalanceRecommendation]);
-        {
-            let mut items = items.lock().unwrap();
-            items.remove(paths::REBALANCE);
-            items.insert(
-                paths::SPOT_INSTANCE_ACTION.to_owned(),
-                r#"{"action": "terminate", "time": "2026-12-07T08:22:00Z"}"#.to_owned(),
-            );
-        }
+        served.set(paths::REBALANCE, None);
+        served.set(
+            paths::SPOT_INSTANCE_ACTION,
+            Some(r#"{"action": "terminate", "time": "2026-12-07T08:22:00Z"}"#),
+        );
         let second = read(&imds, &mut advance).await.unwrap();
         assert_eq!(
             kinds(second),
@@ -325,6 +296,8 @@ mod tests {
             ],
             "the spot notice read at once, the recommendation as last read"
         );
+        assert_eq!(served.reads(paths::REBALANCE), 1);
+        assert_eq!(served.reads(paths::SPOT_INSTANCE_ACTION), 2);
         advance = None;
         let third = read(&imds, &mut advance).await.unwrap();
         assert_eq!(kinds(third), [NoticeKind::SpotInterruption]);

@@ -143,42 +143,36 @@ pub(super) async fn watch_addresses(
 mod tests {
     use super::*;
     use crate::daemon::AbortOnDrop;
-    use crate::imds::ImdsClient;
-    use axum::http::StatusCode;
+    use crate::imds::loopback::LoopbackImds;
+    use crate::imds::paths::{LOCAL_IPV4, PUBLIC_IPV4};
     use std::net::Ipv4Addr;
 
-    /// A small IMDSv2 on loopback that serves `items` and counts reads of
-    /// the private IPv4.
-    async fn fake_imds(
-        items: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
-        reads: Arc<std::sync::atomic::AtomicUsize>,
-    ) -> String {
-        use axum::extract::{Path, State};
-        use axum::routing::{get, put};
-        type Fake = (
-            Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
-            Arc<std::sync::atomic::AtomicUsize>,
-        );
-        async fn read(
-            State((items, reads)): State<Fake>,
-            Path(path): Path<String>,
-        ) -> (StatusCode, String) {
-            if path == crate::imds::paths::LOCAL_IPV4 {
-                reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            match items.lock().unwrap().get(&path) {
-                Some(value) => (StatusCode::OK, value.clone()),
-                None => (StatusCode::NOT_FOUND, String::new()),
-            }
-        }
-        let app = axum::Router::new()
-            .route("/latest/api/token", put(|| async { "token" }))
-            .route("/latest/{*path}", get(read))
-            .with_state((items, reads));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        format!("http://{addr}")
+    /// An IMDS serving a private address alone, read once, and a watcher
+    /// polling it `every`: the IMDS, the addresses published, the nudges'
+    /// sender, the node's status, and the watcher.
+    async fn watched(
+        every: Duration,
+    ) -> (
+        LoopbackImds,
+        watch::Receiver<Addresses>,
+        mpsc::Sender<()>,
+        Live,
+        AbortOnDrop,
+    ) {
+        let imds = LoopbackImds::start(&[(LOCAL_IPV4, "10.0.0.5")]).await;
+        let source = Arc::new(Source::Imds(imds.client()));
+        let first = source.addresses().await.unwrap();
+        let (tx, rx) = watch::channel(first);
+        let (nudge, nudges) = mpsc::channel(1);
+        let live = Live::new("web", "https://c.example.com");
+        let watcher = AbortOnDrop(tokio::spawn(watch_addresses(
+            source,
+            every,
+            tx,
+            live.clone(),
+            nudges,
+        )));
+        (imds, rx, nudge, live, watcher)
     }
 
     /// A nudge (a local address event) makes the watcher read IMDS at once,
@@ -186,33 +180,8 @@ mod tests {
     /// the nudges end, the poll goes on.
     #[tokio::test]
     async fn a_nudge_reads_imds_at_once() {
-        let items = Arc::new(std::sync::Mutex::new(
-            [(
-                crate::imds::paths::LOCAL_IPV4.to_owned(),
-                "10.0.0.5".to_owned(),
-            )]
-            .into_iter()
-            .collect(),
-        ));
-        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let endpoint = fake_imds(items.clone(), reads.clone()).await;
-        let imds = Arc::new(Source::Imds(ImdsClient::new(&endpoint).unwrap()));
-        let first = imds.addresses().await.unwrap();
-        let (tx, mut rx) = watch::channel(first);
-        let (nudge, nudges) = mpsc::channel(1);
-        let live = Live::new("web", "https://c.example.com");
-        let watcher = AbortOnDrop(tokio::spawn(watch_addresses(
-            imds,
-            Duration::from_secs(60),
-            tx,
-            live.clone(),
-            nudges,
-        )));
-
-        items.lock().unwrap().insert(
-            crate::imds::paths::PUBLIC_IPV4.to_owned(),
-            "54.1.2.3".to_owned(),
-        );
+        let (imds, mut rx, nudge, live, watcher) = watched(Duration::from_secs(60)).await;
+        imds.set(PUBLIC_IPV4, Some("54.1.2.3"));
         nudge.send(()).await.unwrap();
         tokio::time::timeout(Duration::from_secs(20), rx.changed())
             .await
@@ -223,7 +192,7 @@ mod tests {
             live.snapshot().public_ipv4,
             Some(Ipv4Addr::new(54, 1, 2, 3))
         );
-        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(imds.reads(LOCAL_IPV4), 2, "the nudge read every address");
 
         drop(nudge);
         tokio::task::yield_now().await;
@@ -235,32 +204,9 @@ mod tests {
     /// address is not read again.
     #[tokio::test]
     async fn the_poll_reads_the_public_address_alone() {
-        let items = Arc::new(std::sync::Mutex::new(
-            [(
-                crate::imds::paths::LOCAL_IPV4.to_owned(),
-                "10.0.0.5".to_owned(),
-            )]
-            .into_iter()
-            .collect(),
-        ));
-        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let endpoint = fake_imds(items.clone(), reads.clone()).await;
-        let imds = Arc::new(Source::Imds(ImdsClient::new(&endpoint).unwrap()));
-        let first = imds.addresses().await.unwrap();
-        let (tx, mut rx) = watch::channel(first);
-        let (_nudge, nudges) = mpsc::channel(1);
-        let _watcher = AbortOnDrop(tokio::spawn(watch_addresses(
-            imds,
-            Duration::from_millis(50),
-            tx,
-            Live::new("web", "https://c.example.com"),
-            nudges,
-        )));
+        let (imds, mut rx, _nudge, _live, _watcher) = watched(Duration::from_millis(50)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        items.lock().unwrap().insert(
-            crate::imds::paths::PUBLIC_IPV4.to_owned(),
-            "54.1.2.3".to_owned(),
-        );
+        imds.set(PUBLIC_IPV4, Some("54.1.2.3"));
         tokio::time::timeout(Duration::from_secs(5), rx.changed())
             .await
             .expect("the poll did not see the public address")
@@ -269,9 +215,10 @@ mod tests {
         assert_eq!(seen.public_ipv4, Some(Ipv4Addr::new(54, 1, 2, 3)));
         assert_eq!(seen.private_ipv4, Some(Ipv4Addr::new(10, 0, 0, 5)));
         assert_eq!(
-            reads.load(std::sync::atomic::Ordering::SeqCst),
+            imds.reads(LOCAL_IPV4),
             1,
             "only the first read asked for the private address"
         );
+        assert!(imds.reads(PUBLIC_IPV4) > 2, "the poll read the public one");
     }
 }
