@@ -4,7 +4,9 @@
 //! its store, a coordinator keeps them in memory instead.
 //!
 //! A row holds the digest of the session's id (never the id), the role
-//! and generation of the token that opened it, and when it ends.
+//! and generation of the token that opened it, and when it ends. Ended
+//! rows go as the next session opens. There is no cap, unlike the
+//! memory's: only the holder of a token can open a session.
 
 use super::sql::args;
 use super::{now_ms, query, Store, StoreError};

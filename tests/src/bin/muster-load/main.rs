@@ -162,9 +162,10 @@ struct Args {
     /// After the phases, start a standby beside the coordinator on its
     /// PostgreSQL store (needs `--store postgres`), and print P12: how soon
     /// it answers every node's name, and how long a register on the
-    /// leader takes to show in the standby's DNS; and P13: heartbeats both
+    /// leader takes to show in the standby's DNS; P13: heartbeats both
     /// answer together, and the store's writes while every agent
-    /// heartbeats to the standby.
+    /// heartbeats to the standby; and P14: the leader SIGKILLed under that
+    /// load, how soon the standby leads and makes an admin change.
     #[arg(long, default_value = "no", value_parser = yes_no, value_name = "yes|no", action = clap::ArgAction::Set)]
     standby: bool,
 }
