@@ -6,8 +6,8 @@
 //! --profile dev --strip --fast`): a release build with fat LTO takes
 //! minutes, and what is checked here, the layout, does not depend on the
 //! profile. `scripts/package` makes the release packages with the same
-//! metadata. Without cargo-deb (scripts/setup installs it) they skip, and
-//! say so.
+//! metadata. Without cargo-deb they fail, saying that scripts/setup
+//! installs it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -15,17 +15,16 @@ use std::process::Command;
 
 use muster_tests::procs::bin_path;
 
-/// Builds the .deb of `package` into a temporary directory, or says why it
-/// cannot.
-fn build_deb(package: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+/// Builds the .deb of `package` into a temporary directory.
+fn build_deb(package: &str) -> (tempfile::TempDir, PathBuf) {
     let has_cargo_deb = Command::new("cargo")
         .args(["deb", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !has_cargo_deb {
-        println!("skipped: cargo-deb is not installed (scripts/setup installs it)");
-        return None;
-    }
+    assert!(
+        has_cargo_deb,
+        "cargo-deb is not installed: scripts/setup installs it"
+    );
     // bin_path is target/debug/NAME: the target dir is two levels up.
     let binary = bin_path(package);
     let target_dir = binary.parent().and_then(Path::parent).unwrap();
@@ -49,7 +48,7 @@ fn build_deb(package: &str) -> Option<(tempfile::TempDir, PathBuf)> {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .expect("cargo deb wrote a .deb");
-    Some((out, deb))
+    (out, deb)
 }
 
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
@@ -65,9 +64,7 @@ fn dpkg_deb(args: &[&str], deb: &Path) -> String {
 /// Checks one package: what it lists, where it unpacks, its conffile and
 /// its maintainer scripts.
 fn check(package: &str, config: &str, config_mode: u32) {
-    let Some((_out, deb)) = build_deb(package) else {
-        return;
-    };
+    let (_out, deb) = build_deb(package);
     let unit = format!("{package}.service");
     let listing = dpkg_deb(&["--contents"], &deb);
     for path in [
