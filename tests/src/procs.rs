@@ -207,6 +207,17 @@ fn read_lossy(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Raises this process's soft limit on open files to its hard limit, and
+/// returns that.
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("reading the open files limit");
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raising the open files limit");
+    }
+    hard
+}
+
 /// User + system CPU time of a process so far, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -13,6 +13,9 @@
 //!   still serves the known admin, and one more stranger is refused.
 //! - An agent heartbeating every 2 s, with a header timeout of 1 s, keeps
 //!   one TLS connection: the handshakes counted at the server stay put.
+//! - A client that reconnects resumes its TLS session from the ticket the
+//!   coordinator sent; after a restart the old ticket no longer opens, and
+//!   the client falls back to a full handshake.
 //!
 //! The attackers are plain clients (tokio-rustls over sockets bound to
 //! 127.0.0.2 and up), so their source differs from the agents' and the
@@ -87,16 +90,6 @@ fn unit_nofile() -> u64 {
         .trim()
         .parse()
         .expect("LimitNOFILE is a number")
-}
-
-/// Lets this process hold a few thousand sockets; returns its hard limit.
-fn raise_own_nofile() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
-    }
-    hard
 }
 
 /// A TLS client trusting only the coordinator's CA, offering `alpn`.
@@ -280,7 +273,7 @@ async fn fleet_is_served(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_host_cannot_lock_out_the_fleet() {
     // The unit's limit, unless this process may not grant it.
-    let hard = unit_nofile().min(raise_own_nofile());
+    let hard = unit_nofile().min(muster_tests::procs::raise_nofile());
     let moto = Moto::start().await;
     let sdk = ec2::client(&moto.endpoint()).await;
     let timeouts = [
@@ -355,7 +348,7 @@ async fn one_host_cannot_lock_out_the_fleet() {
 /// served and one more stranger is refused at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reserve_serves_known_sources() {
-    raise_own_nofile();
+    muster_tests::procs::raise_nofile();
     let moto = Moto::start().await;
     // A long header timeout keeps the strangers' idle connections open
     // for the whole story.
@@ -449,4 +442,66 @@ async fn heartbeats_keep_their_connection() {
     );
     let idle = "muster_connections_closed_total{reason=\"idle\"}";
     assert_eq!(coordinator.metric_with(&reader, idle).await, 0);
+}
+
+/// One request for `/healthz` over a new TLS connection from `connector`,
+/// read to the end (the session ticket arrives after the handshake);
+/// whether the handshake was resumed.
+async fn healthz_over_new_connection(
+    connector: &tokio_rustls::TlsConnector,
+    server: SocketAddr,
+) -> rustls::HandshakeKind {
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut tls = tls_from(connector, localhost, server)
+        .await
+        .expect("a TLS connection to the coordinator");
+    let kind = tls
+        .get_ref()
+        .1
+        .handshake_kind()
+        .expect("a completed handshake");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    kind
+}
+
+/// Clients that connect between a client's two connections: more than
+/// rustls' server-side session cache holds (256).
+const CROWD: usize = 300;
+
+/// A reconnecting client resumes its session: no certificate, no
+/// signature, counted apart, however many clients came between. A fresh
+/// client makes a full handshake, and so does the old client once a
+/// restart has drawn a new ticket key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_resumes_its_session() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let moto = Moto::start().await;
+    let mut coordinator = Coordinator::start_with(&moto, &[]).await;
+    let server = coordinator.api_addr();
+    let resumed = "muster_tls_handshakes_resumed_total";
+    let reader = coordinator.https_client();
+    let before = coordinator.metric_with(&reader, resumed).await;
+
+    let client = tls_connector(&coordinator, b"http/1.1");
+    assert_eq!(healthz_over_new_connection(&client, server).await, Full);
+    assert_eq!(healthz_over_new_connection(&client, server).await, Resumed);
+    // More clients than a server-side session cache holds (rustls keeps
+    // 256): the tickets keep no state, so the first client still resumes.
+    for _ in 0..CROWD {
+        let stranger = tls_connector(&coordinator, b"http/1.1");
+        assert_eq!(healthz_over_new_connection(&stranger, server).await, Full);
+    }
+    assert_eq!(healthz_over_new_connection(&client, server).await, Resumed);
+    assert_eq!(coordinator.metric_with(&reader, resumed).await, before + 2);
+
+    coordinator.stop();
+    coordinator.restart().await;
+    assert_eq!(healthz_over_new_connection(&client, server).await, Full);
+    assert_eq!(healthz_over_new_connection(&client, server).await, Resumed);
 }

@@ -92,6 +92,8 @@ pub enum Closed {
 pub struct ConnectionCounters {
     /// Completed TLS handshakes.
     pub handshakes: AtomicU64,
+    /// Of those, the ones that resumed a session from a ticket.
+    pub handshakes_resumed: AtomicU64,
     /// Handshakes that failed (a bad hello, a client that left).
     pub handshake_failures: AtomicU64,
     /// Handshakes that took longer than the timeout.

@@ -347,6 +347,12 @@ fn connection_metrics(out: &mut Exposition, connections: &Connections) {
         "Completed TLS handshakes on the API.",
         load(&counters.handshakes),
     );
+    out.single(
+        "muster_tls_handshakes_resumed_total",
+        "counter",
+        "Completed TLS handshakes on the API that resumed a session from a ticket (no certificate, no signature).",
+        load(&counters.handshakes_resumed),
+    );
     out.section(
         "muster_tls_handshake_failures_total",
         "counter",

@@ -162,7 +162,11 @@ impl<S: Send + 'static> Accept<TcpStream, S> for Watch {
                 }
             };
             counters.handshakes.fetch_add(1, Ordering::Relaxed);
-            let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+            let session = tls.get_ref().1;
+            if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                counters.handshakes_resumed.fetch_add(1, Ordering::Relaxed);
+            }
+            let http1 = session.alpn_protocol() != Some(b"h2");
             let state = ConnState::new(connections.limits(), http1);
             let service = Tracked {
                 inner: service,

@@ -14,7 +14,10 @@
 //!    the answered jitter, from a random start, as real agents do. With the
 //!    defaults, 2000 nodes every 4 s offer 500/s: Kubernetes' 5,000 nodes
 //!    at 10 s. The first interval, in which every agent opens its
-//!    connection, is left out of the latencies.
+//!    connection, is left out of the latencies. The agents connect from
+//!    127.0.1.1, 127.0.1.2 and so on, 10,000 to an address, so that
+//!    ephemeral ports do not run out, and each holds its connection to the
+//!    end of the phase, as a running agent does.
 //!
 //! It prints Markdown rows (measure, figure, and the command that made
 //! them):
@@ -31,6 +34,13 @@
 //!   the average, from before the registers to after the flood(s); and the
 //!   peak of the fleet phase, with every node on its own connection, as
 //!   in a real fleet.
+//! - P15: the fleet at rest, from two intervals in (every agent connected)
+//!   to the phase's end: the coordinator's CPU, its anonymous RSS per
+//!   agent (connections included) and per connection, and the TLS
+//!   handshakes it made, full and resumed, a second; then the CPU and
+//!   memory scaled to 100,000 agents. One connection per agent needs as
+//!   many open files in the generator and in the coordinator: past the
+//!   hard limit the run stops at once and says so.
 //!
 //! Every request goes out as the agent's do: HTTP/1.1 over TLS.
 //!
@@ -48,8 +58,8 @@
 //!   100k nodes: moto takes tens of milliseconds to create each instance,
 //!   more as it holds more, and longer than a minute to list 10k of them.
 //! - `--sweep-interval D` is handed to the coordinator as is; `--fleet no`
-//!   skips the fleet phase (one connection per node is more than one
-//!   machine can open beside the coordinator at 10k nodes and up).
+//!   skips the fleet phase, and `--flood no` the flood: P15's fleet at
+//!   rest is `--interval 10 --flood no`, the agent's own pacing.
 //! - `--versus-nginx yes` then sends the same heartbeats with `wrk` to the
 //!   coordinator and to nginx answering a fixed 200, kept alive and one
 //!   connection per request, and prints the ratio per core of server CPU
@@ -79,7 +89,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,6 +139,9 @@ struct Args {
     /// Handed to the coordinator as --sweep-interval, e.g. 1m.
     #[arg(long, value_name = "DURATION")]
     sweep_interval: Option<String>,
+    /// Run the flood phase (workers sending heartbeats back to back).
+    #[arg(long, default_value = "yes", value_parser = yes_no, value_name = "yes|no", action = clap::ArgAction::Set)]
+    flood: bool,
     /// Run the paced fleet phase (every node on its own connection).
     #[arg(long, default_value = "yes", value_parser = yes_no, value_name = "yes|no", action = clap::ArgAction::Set)]
     fleet: bool,
@@ -220,10 +233,27 @@ struct Node {
 /// An HTTPS client that speaks to `coordinator` as the agent does:
 /// HTTP/1.1 only, trusting the coordinator's CA.
 fn agent_client(coordinator: &Coordinator) -> anyhow::Result<reqwest::Client> {
+    agent_client_from(coordinator, IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// [`agent_client`], its connections from `source`.
+fn agent_client_from(coordinator: &Coordinator, source: IpAddr) -> anyhow::Result<reqwest::Client> {
     let ca = std::fs::read(coordinator.ca_file())?;
     Ok(muster_tests::coordinator::https_client_builder(&ca)
         .http1_only()
+        .local_address(source)
         .build()?)
+}
+
+/// Simulated agents that share one loopback source address in the fleet:
+/// one (source, destination) pair has some 28,000 ephemeral ports.
+const AGENTS_PER_SOURCE: usize = 10_000;
+
+/// The loopback source address of the fleet's agent `index`: 127.0.1.1
+/// for the first [`AGENTS_PER_SOURCE`], then 127.0.1.2, and so on.
+fn fleet_source(index: usize) -> IpAddr {
+    let n = u8::try_from(1 + index / AGENTS_PER_SOURCE).unwrap_or(u8::MAX);
+    IpAddr::V4(Ipv4Addr::new(127, 0, 1, n))
 }
 
 /// The heartbeat `node`'s agent sends when nothing changed.
@@ -273,14 +303,72 @@ struct Phase {
     cpu: f64,
     /// The coordinator's largest anonymous RSS seen during the phase, KiB.
     peak_anon_kib: u64,
+    /// The fleet's steady state, if the phase had a window for it.
+    steady: Option<Steady>,
+}
+
+/// A fleet phase's steady state: from the moment every agent has had time
+/// to connect to just before the phase's end, every agent connected.
+#[derive(Debug, Clone, Copy)]
+struct Steady {
+    /// The window's length.
+    seconds: f64,
+    /// The coordinator's CPU over the window, % of a core.
+    cpu: f64,
+    /// Heartbeats, TLS handshakes and resumed handshakes the coordinator
+    /// counted, a second each.
+    heartbeats: f64,
+    handshakes: f64,
+    resumed: f64,
+    /// The coordinator's anonymous RSS at the window's end, KiB.
+    anon_kib: u64,
+}
+
+/// What the coordinator had counted at one instant.
+struct Counted {
+    at: Instant,
+    cpu: Duration,
+    heartbeats: u64,
+    handshakes: u64,
+    resumed: u64,
+}
+
+impl Counted {
+    /// The counts now, read over `reader`'s one kept connection (whose
+    /// own handshake precedes the first count).
+    async fn now(coordinator: &Coordinator, reader: &reqwest::Client) -> Counted {
+        let metric = |name| coordinator.metric_with(reader, name);
+        Counted {
+            at: Instant::now(),
+            cpu: cpu_time(coordinator.pid()),
+            heartbeats: metric("muster_heartbeats_total").await,
+            handshakes: metric("muster_tls_handshakes_total").await,
+            resumed: metric("muster_tls_handshakes_resumed_total").await,
+        }
+    }
+
+    /// The window from `self` to `end`, with the RSS at its end.
+    fn until(&self, end: &Counted, anon_kib: u64) -> Steady {
+        let seconds = (end.at - self.at).as_secs_f64();
+        let rate = |from: u64, to: u64| to.saturating_sub(from) as f64 / seconds;
+        Steady {
+            seconds,
+            cpu: (end.cpu - self.cpu).as_secs_f64() / seconds * 100.0,
+            heartbeats: rate(self.heartbeats, end.heartbeats),
+            handshakes: rate(self.handshakes, end.handshakes),
+            resumed: rate(self.resumed, end.resumed),
+            anon_kib,
+        }
+    }
 }
 
 impl Phase {
     /// Runs `workers` (each giving its latencies and errors) while timing
-    /// the coordinator's CPU.
+    /// the coordinator's CPU; over `window`, if given, the steady state.
     async fn measure(
         coordinator: &Coordinator,
         mut workers: tokio::task::JoinSet<Tally>,
+        window: Option<(Instant, Instant)>,
     ) -> anyhow::Result<Phase> {
         let cpu_before = cpu_time(coordinator.pid());
         let started = Instant::now();
@@ -288,6 +376,8 @@ impl Phase {
         let (mut answered, mut errors) = (0, 0);
         let mut sample = tokio::time::interval(Duration::from_millis(250));
         let mut peak_anon_kib = 0;
+        let (mut opened, mut steady) = (None, None);
+        let reader = coordinator.https_client();
         loop {
             tokio::select! {
                 joined = workers.join_next() => {
@@ -298,7 +388,16 @@ impl Phase {
                     errors += e;
                 }
                 _ = sample.tick() => {
-                    peak_anon_kib = peak_anon_kib.max(rss_anon_kib(coordinator.pid()));
+                    let anon = rss_anon_kib(coordinator.pid());
+                    peak_anon_kib = peak_anon_kib.max(anon);
+                    let Some((from, to)) = window else { continue };
+                    let now = Instant::now();
+                    if opened.is_none() && now >= from {
+                        opened = Some(Counted::now(coordinator, &reader).await);
+                    } else if let (Some(first), None, true) = (&opened, &steady, now >= to) {
+                        let end = Counted::now(coordinator, &reader).await;
+                        steady = Some(first.until(&end, anon));
+                    }
                 }
             }
         }
@@ -312,6 +411,7 @@ impl Phase {
             wall,
             cpu,
             peak_anon_kib,
+            steady,
         })
     }
 
@@ -538,6 +638,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.fleet {
+        fleet_fits(&args)?;
+    }
     // Each row's last cell: the command that made it, the coordinator's
     // build profile and the machine.
     let command = format!(
@@ -560,7 +663,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let nodes = Arc::new(std::mem::take(&mut registered.nodes));
 
     let mut floods = Vec::with_capacity(args.runs);
-    for _ in 0..args.runs {
+    for _ in 0..args.runs * usize::from(args.flood) {
         floods.push(flood(&coordinator, &http, &nodes, &args).await?);
     }
     // Every node now holds its facts; no connection but the shared pool's.
@@ -585,6 +688,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     print_p1(&args, &nodes, &registered, &floods, &fleets, &command);
     print_p8(&args, &nodes, &registered, &memory, &fleets, &command);
+    report::print_at_rest(&args, &nodes, &memory, &fleets, &command);
     report::print_store_writes(&args, &nodes, &writes, &command);
     if let (true, Some(database)) = (args.standby, &database) {
         let alone = floods.iter().map(Phase::rate).collect::<Vec<_>>();
@@ -731,6 +835,8 @@ async fn start(
         "0".to_owned(),
         "--max-connections-per-source".to_owned(),
         "0".to_owned(),
+        "--max-connections".to_owned(),
+        max_connections(args).to_string(),
     ];
     if let Some(refresh) = &args.ec2_cache_refresh {
         serve.extend(["--ec2-cache-refresh".to_owned(), refresh.clone()]);
@@ -760,6 +866,34 @@ async fn start(
     let client = ec2::client(&moto.endpoint()).await;
     let instances = launch(&client, args.nodes).await?;
     Ok((coordinator, created.join_token, instances))
+}
+
+/// Open files beside the fleet's connections, in the generator (its
+/// flood workers' pool, moto's clients) and in the coordinator (its
+/// store, DNS sockets and the headroom it keeps).
+const FILES_BESIDE_THE_FLEET: u64 = 1024;
+
+/// Whether this process may keep one connection per node open, and so the
+/// coordinator, which raises its soft limit to the same hard limit: a
+/// clear error before anything starts if not.
+fn fleet_fits(args: &Args) -> anyhow::Result<()> {
+    let hard = muster_tests::procs::raise_nofile();
+    let needed = args.nodes as u64 + args.concurrency as u64 + FILES_BESIDE_THE_FLEET;
+    anyhow::ensure!(
+        needed <= hard,
+        "the fleet keeps one connection per node: {} nodes need about {needed} open files, \
+         in this process and in the coordinator, and the hard limit here is {hard} \
+         (raise it, or run fewer nodes or --fleet no)",
+        args.nodes
+    );
+    Ok(())
+}
+
+/// `--max-connections` for the coordinator: every simulated agent and
+/// flood worker under the nine tenths open to sources not yet known (the
+/// fleet's sources become known with their first heartbeat).
+fn max_connections(args: &Args) -> u64 {
+    ((args.nodes + args.concurrency) as u64 + 64) * 10 / 9 + 1
 }
 
 /// What registering every node showed.
@@ -883,21 +1017,31 @@ async fn flood(
             (latencies, answered, errors)
         });
     }
-    Phase::measure(coordinator, workers).await
+    Phase::measure(coordinator, workers, None).await
 }
 
-/// The fleet: one simulated agent per node, on its own connection, for
-/// `seconds`.
+/// The fleet: one simulated agent per node, on its own connection from
+/// one of the loopback sources ([`fleet_source`]), for `seconds`; its
+/// steady state measured from two intervals in (every agent connected)
+/// to just before the end, when every agent still holds its connection.
 async fn fleet(
     coordinator: &Coordinator,
     nodes: &Arc<Vec<Node>>,
     seconds: u64,
 ) -> anyhow::Result<Phase> {
     let url = coordinator.url();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let clients = (0..nodes.len())
+        .map(|index| agent_client_from(coordinator, fleet_source(index)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let window = nodes.first().and_then(|node| {
+        let from = started + (node.interval + node.jitter) * 2;
+        let to = deadline.checked_sub(Duration::from_secs(1))?;
+        (from < to).then_some((from, to))
+    });
     let mut agents = tokio::task::JoinSet::new();
-    for index in 0..nodes.len() {
-        let http = agent_client(coordinator)?;
+    for (index, http) in clients.into_iter().enumerate() {
         let (url, nodes) = (url.clone(), nodes.clone());
         agents.spawn(async move {
             let node = &nodes[index];
@@ -924,8 +1068,10 @@ async fn fleet(
                 }
                 next += node.interval + node.jitter.mul_f64(rand::random::<f64>());
             }
+            // The connection is held to the end, as a running agent's is.
+            tokio::time::sleep_until(deadline.into()).await;
             (latencies, answered, errors)
         });
     }
-    Phase::measure(coordinator, agents).await
+    Phase::measure(coordinator, agents, window).await
 }

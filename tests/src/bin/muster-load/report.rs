@@ -2,22 +2,33 @@
 //! latencies), P8 (the coordinator's memory per node) and, with the store
 //! on PostgreSQL, P11 (the database's writes while the fleet heartbeats).
 
-use super::{Args, Node, Phase, Registered};
+use super::{fleet_source, Args, Node, Phase, Registered, Steady};
+
+/// The median of `values` (the upper one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+/// The median of `values`, with the lowest and highest beside it when
+/// there is more than one, to `digits` decimals.
+fn spread(values: Vec<f64>, digits: usize, unit: &str) -> String {
+    let mid = median(values.clone());
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if values.len() > 1 {
+        format!("{mid:.digits$}{unit} ({low:.digits$}–{high:.digits$})")
+    } else {
+        format!("{mid:.digits$}{unit}")
+    }
+}
 
 /// The figures of one phase's `runs`: each figure the median of the runs
 /// (the upper one of an even count), with the lowest and highest beside
 /// it when there is more than one run; errors summed.
 fn figures(runs: &[Phase]) -> String {
     let median = |figure: &dyn Fn(&Phase) -> f64, digits: usize, unit: &str| {
-        let mut values: Vec<f64> = runs.iter().map(figure).collect();
-        values.sort_by(f64::total_cmp);
-        let mid = values.get(values.len() / 2).copied().unwrap_or_default();
-        match (values.first(), values.last()) {
-            (Some(low), Some(high)) if values.len() > 1 => {
-                format!("{mid:.digits$}{unit} ({low:.digits$}–{high:.digits$})")
-            }
-            _ => format!("{mid:.digits$}{unit}"),
-        }
+        spread(runs.iter().map(figure).collect(), digits, unit)
     };
     let what = if runs.len() > 1 {
         format!("median of {} runs (lowest–highest): ", runs.len())
@@ -88,6 +99,9 @@ pub(super) fn print_p1(
             figures(fleets),
         );
     }
+    if floods.is_empty() {
+        return;
+    }
     let checked = match (&args.ec2_cache_refresh, args.byon) {
         (_, true) => "bring-your-own machines, which EC2 is never asked about".to_owned(),
         (Some(refresh), false) => {
@@ -116,6 +130,7 @@ pub(super) fn print_p8(
     command: &str,
 ) {
     let floods = match args.runs {
+        _ if !args.flood => "registers".to_owned(),
         1 => "flood".to_owned(),
         n => format!("{n} floods"),
     };
@@ -153,6 +168,50 @@ pub(super) fn print_p8(
             peak as f64 / 1024.0,
         );
     }
+}
+
+/// P15: the fleet at rest, in its steady state: the coordinator's CPU,
+/// its memory per agent with every agent connected, and the handshakes it
+/// made; then the same scaled to 100,000 agents.
+pub(super) fn print_at_rest(
+    args: &Args,
+    nodes: &[Node],
+    memory: &Memory,
+    fleets: &[Phase],
+    command: &str,
+) {
+    let runs: Vec<Steady> = fleets.iter().filter_map(|f| f.steady).collect();
+    let (Some(first), Some(node)) = (runs.first(), nodes.first()) else {
+        return;
+    };
+    let agents = nodes.len() as f64;
+    let figure = |f: &dyn Fn(&Steady) -> f64, digits, unit| {
+        spread(runs.iter().map(f).collect(), digits, unit)
+    };
+    let per_agent = |s: &Steady| s.anon_kib as f64 / agents;
+    let connection = |s: &Steady| s.anon_kib.saturating_sub(memory.anon_after) as f64 / agents;
+    let scale = 100_000.0 / agents;
+    let sources = nodes.len().div_ceil(super::AGENTS_PER_SOURCE);
+    println!(
+        "| P15 | the fleet at rest: {} simulated agents, each keeping one HTTPS connection (from {sources} loopback source address{}, {} to {}) and heartbeating every {} s plus up to {} ms of jitter, as the agent does; measured over the last {:.0} s of {} s, once every agent had connected | coordinator CPU {} of a core for {} heartbeats; anonymous RSS {} per agent, connections included ({:.1} MiB in all; each connection {}); TLS handshakes {}, of which resumed {}; scaled to 100,000 agents: {:.0} % of a core and {:.0} MiB | {command} |",
+        nodes.len(),
+        if sources == 1 { "" } else { "es" },
+        fleet_source(0),
+        fleet_source(nodes.len().saturating_sub(1)),
+        node.interval.as_secs_f64(),
+        node.jitter.as_millis(),
+        first.seconds,
+        args.seconds,
+        figure(&|s| s.cpu, 1, " %"),
+        figure(&|s| s.heartbeats, 0, "/s"),
+        figure(&per_agent, 2, " KiB"),
+        median(runs.iter().map(|s| s.anon_kib as f64).collect()) / 1024.0,
+        figure(&connection, 2, " KiB"),
+        figure(&|s| s.handshakes, 2, "/s"),
+        figure(&|s| s.resumed, 2, "/s"),
+        median(runs.iter().map(|s| s.cpu).collect()) * scale,
+        median(runs.iter().map(per_agent).collect()) * 100_000.0 / 1024.0,
+    );
 }
 
 /// The database the coordinator's store is in, with `--store postgres`.
