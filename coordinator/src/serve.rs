@@ -249,21 +249,21 @@ pub async fn serve(
         certificates: Arc::new(certificates),
         leadership: leadership.clone(),
     });
-    let handle = axum_server::Handle::new();
+    let drain = api::connections::server::Drain::new();
     let shared_port = leadership.name().is_some();
-    let mut api_task = start_api(
+    let (api_addr, mut api_task) = start_api(
         settings.listen,
         shared_port,
         tls,
         app,
-        handle.clone(),
+        drain.clone(),
         connections,
-    );
-    let api_addr = tokio::select! {
-        addr = handle.listening() => addr,
-        result = &mut api_task => return Err(api_stopped(settings.listen, result, "at once")),
-    };
-    tracing::info!(addr = ?api_addr, public_url = %settings.public_url, "api listening (https)");
+    )
+    .map_err(|source| ServeError::Api {
+        addr: settings.listen,
+        source,
+    })?;
+    tracing::info!(addr = %api_addr, public_url = %settings.public_url, "api listening (https)");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     // Leads at once alone on the store, or once it takes the lease; then,
@@ -293,8 +293,8 @@ pub async fn serve(
     for task in loops.into_iter().chain(dns_loops) {
         task.abort();
     }
-    handle.graceful_shutdown(Some(DRAIN_DEADLINE));
-    let _ = tokio::time::timeout(DRAIN_DEADLINE + Duration::from_secs(1), api_task).await;
+    drain.start();
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, api_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), dns_server.shutdown_gracefully()).await;
     if let Some(lost) = lost {
         return Err(lost.into());
@@ -637,39 +637,26 @@ fn connection_limits(settings: &Settings, fds: FdLimit) -> ConnectionLimits {
     bounds
 }
 
-/// Serves `app` over HTTPS on `listen` until `handle` shuts it down, each
-/// connection admitted and watched by `connections`; with `shared_port`,
-/// beside other replicas of a shared store on the same host and port.
+/// Listens on `listen` and serves `app` over HTTPS until `drain` starts,
+/// each connection admitted and watched by `connections`; with
+/// `shared_port`, beside other replicas of a shared store on the same host
+/// and port. Returns the address listened on, and the serving task.
 fn start_api(
     listen: std::net::SocketAddr,
     shared_port: bool,
     tls: Arc<rustls::ServerConfig>,
     app: axum::Router,
-    handle: axum_server::Handle,
+    drain: api::connections::server::Drain,
     connections: Arc<Connections>,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let listener = match api_listener(listen, shared_port) {
-        Ok(listener) => listener,
-        Err(error) => return tokio::spawn(async move { Err(error) }),
-    };
+) -> std::io::Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let listener = api_listener(listen, shared_port)?;
+    let addr = listener.local_addr()?;
     let acceptor = api::connections::acceptor(tls, connections);
-    let mut server = axum_server::from_tcp(listener)
-        .acceptor(acceptor)
-        .handle(handle);
-    // hyper's own header timeout would also close an idle keep-alive
-    // connection (it runs while waiting for the next request): the
-    // connection guards time headers and idling apart instead.
-    server
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(None);
-    server
-        .http_builder()
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new());
-    let server = server.serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>());
-    tokio::spawn(server)
+    let server = api::connections::server::serve(listener, acceptor, app, drain);
+    Ok((addr, tokio::spawn(server)))
 }
 
 /// Connections the kernel may complete before the API accepts them (the
@@ -689,7 +676,7 @@ const API_BACKLOG: u32 = 4096;
 fn api_listener(
     listen: std::net::SocketAddr,
     shared_port: bool,
-) -> std::io::Result<std::net::TcpListener> {
+) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if listen.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -700,7 +687,7 @@ fn api_listener(
         socket.set_reuseport(true)?;
     }
     socket.bind(listen)?;
-    socket.listen(API_BACKLOG)?.into_std()
+    socket.listen(API_BACKLOG)
 }
 
 /// Forgets, every minute, the sources not served lately.

@@ -13,6 +13,10 @@
 //!   still serves the known admin, and one more stranger is refused.
 //! - An agent heartbeating every 2 s, with a header timeout of 1 s, keeps
 //!   one TLS connection: the handshakes counted at the server stay put.
+//! - An HTTP/1.1 connection is parked between exchanges and served again
+//!   when the next request comes: requests after a pause, pipelined
+//!   requests and a request whose body no handler read are all answered,
+//!   in order, on the one connection.
 //! - A client that reconnects resumes its TLS session from the ticket the
 //!   coordinator sent; after a restart the old ticket no longer opens, and
 //!   the client falls back to a full handshake.
@@ -504,4 +508,94 @@ async fn a_reconnect_resumes_its_session() {
     coordinator.restart().await;
     assert_eq!(healthz_over_new_connection(&client, server).await, Full);
     assert_eq!(healthz_over_new_connection(&client, server).await, Resumed);
+}
+
+/// Reads one HTTP/1.1 answer from `tls`: its status line and its body (of
+/// `Content-Length` bytes).
+async fn read_answer(tls: &mut TlsStream<TcpStream>) -> (String, String) {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tls.read(&mut byte).await.expect("reading an answer");
+        assert_eq!(
+            n,
+            1,
+            "closed mid-answer: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    let mut body = vec![0u8; length];
+    tls.read_exact(&mut body).await.unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One HTTP/1.1 connection, parked between its exchanges: a request
+/// after a pause is answered (and the pause counted), a request whose
+/// body no handler reads leaves no stray bytes for the next, and
+/// pipelined requests are answered in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_parked_and_served_again() {
+    let moto = Moto::start().await;
+    let coordinator = Coordinator::start_with(&moto, &[]).await;
+    // The reader speaks HTTP/2, which is never parked.
+    let reader = coordinator.https_client();
+    let parked = "muster_connections_parked_total";
+    let before = coordinator.metric_with(&reader, parked).await;
+
+    let connector = tls_connector(&coordinator, b"http/1.1");
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut tls = tls_from(&connector, localhost, coordinator.api_addr())
+        .await
+        .unwrap();
+    let get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    tls.write_all(get).await.unwrap();
+    let (status, _) = read_answer(&mut tls).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let count = wait_until(
+        EVENTUALLY,
+        POLL,
+        || coordinator.metric_with(&reader, parked),
+        |n| *n > before,
+    )
+    .await;
+    assert!(count > before, "the connection was never parked");
+
+    // Woken by the next request's first byte, sent on its own.
+    tls.write_all(&get[..1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tls.write_all(&get[1..]).await.unwrap();
+    let (status, _) = read_answer(&mut tls).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+
+    // A body nobody reads (GET's handler takes none), then a request.
+    let unread = b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 23\r\n\r\nGET /nothing HTTP/1.1\r\n";
+    tls.write_all(unread).await.unwrap();
+    let (status, _) = read_answer(&mut tls).await;
+    assert!(status.starts_with("HTTP/1.1 405"), "{status}");
+    tls.write_all(get).await.unwrap();
+    let (status, _) = read_answer(&mut tls).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+
+    // Pipelined: both in one write, answered in order, then closed.
+    let pipelined = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /nothing HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    tls.write_all(pipelined).await.unwrap();
+    let (first, _) = read_answer(&mut tls).await;
+    let (second, _) = read_answer(&mut tls).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 404"), "{second}");
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(coordinator.metric_with(&reader, parked).await > count);
 }

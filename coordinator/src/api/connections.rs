@@ -18,9 +18,10 @@
 //! - **Counts.** Handshakes, refusals and closes by reason, read by
 //!   `/metrics`.
 //!
-//! [`accept`] plugs it into axum-server: an acceptor under TLS that
-//! admits, one over TLS that watches, and a service wrapper that tells the
-//! watcher when requests are in flight.
+//! [`accept`] holds the pieces around TLS: an acceptor under it that
+//! admits, one over it that watches, and a service wrapper that tells the
+//! watcher when requests are in flight. [`server`] accepts and serves,
+//! parking each HTTP/1.1 connection between its exchanges.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub mod accept;
 mod deadline;
+pub mod server;
 
 pub use accept::acceptor;
 
@@ -94,6 +96,8 @@ pub struct ConnectionCounters {
     pub handshakes: AtomicU64,
     /// Of those, the ones that resumed a session from a ticket.
     pub handshakes_resumed: AtomicU64,
+    /// HTTP/1.1 exchanges after which the connection was parked.
+    pub parked: AtomicU64,
     /// Handshakes that failed (a bad hello, a client that left).
     pub handshake_failures: AtomicU64,
     /// Handshakes that took longer than the timeout.

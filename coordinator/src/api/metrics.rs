@@ -353,6 +353,12 @@ fn connection_metrics(out: &mut Exposition, connections: &Connections) {
         "Completed TLS handshakes on the API that resumed a session from a ticket (no certificate, no signature).",
         load(&counters.handshakes_resumed),
     );
+    out.single(
+        "muster_connections_parked_total",
+        "counter",
+        "HTTP/1.1 exchanges after which the connection was parked: kept open with its TLS session alone until the next request.",
+        load(&counters.parked),
+    );
     out.section(
         "muster_tls_handshake_failures_total",
         "counter",

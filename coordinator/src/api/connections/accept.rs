@@ -186,8 +186,10 @@ pub struct Tracked<S> {
 
 impl<S, B> tower_service::Service<Request<B>> for Tracked<S>
 where
-    S: tower_service::Service<Request<B>, Response = Response<Body>>,
+    S: tower_service::Service<Request<Body>, Response = Response<Body>>,
     S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError>,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -198,7 +200,10 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let in_flight = self.state.begin();
+        let read = request.body().is_end_stream();
+        let in_flight = self.state.begin(read);
+        let state = self.state.clone();
+        let request = request.map(|body| Body::new(Reading { body, state }));
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
@@ -209,6 +214,40 @@ where
                 })
             }))
         })
+    }
+}
+
+/// A request's body, telling the connection once it is read to its end.
+#[derive(Debug)]
+struct Reading<B> {
+    body: B,
+    state: Arc<ConnState>,
+}
+
+impl<B> http_body::Body for Reading<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.state.body_read();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -33,7 +33,7 @@ pub(crate) struct ConnState {
     phase: Mutex<Phase>,
     limits: ConnectionLimits,
     /// HTTP/1: a request's headers are timed from their first byte.
-    http1: bool,
+    pub(crate) http1: bool,
 }
 
 #[derive(Debug)]
@@ -48,6 +48,15 @@ struct Phase {
     read_while_idle: Option<Instant>,
     /// Since when a write has waited for the client.
     write_blocked_since: Option<Instant>,
+    /// Requests answered: their answers' bodies sent or dropped.
+    answered: u64,
+    /// Whether the last request's body has been read to its end.
+    body_read: bool,
+    /// Whether bytes have been written, or a write tried, since the
+    /// stream was last flushed.
+    unflushed: bool,
+    /// Whether the last read found nothing to read.
+    read_waits: bool,
 }
 
 /// A request in flight, until its answer has been sent or dropped.
@@ -58,6 +67,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let mut phase = self.0.lock();
         phase.in_flight = phase.in_flight.saturating_sub(1);
+        phase.answered += 1;
         if phase.in_flight == 0 {
             phase.idle_since = Instant::now();
             phase.write_blocked_since = None;
@@ -76,20 +86,50 @@ impl ConnState {
                 idle_since: Instant::now(),
                 read_while_idle: None,
                 write_blocked_since: None,
+                answered: 0,
+                body_read: true,
+                unflushed: false,
+                read_waits: false,
             }),
             limits,
             http1,
         })
     }
 
-    /// A request starts; it is in flight until the guard is dropped.
-    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
+    /// A request starts, its body read to the end already or not; it is
+    /// in flight until the guard is dropped.
+    pub(crate) fn begin(self: &Arc<Self>, body_read: bool) -> InFlight {
         let mut phase = self.lock();
         phase.in_flight += 1;
         phase.served = true;
         phase.read_while_idle = None;
+        phase.body_read = body_read;
         drop(phase);
         InFlight(self.clone())
+    }
+
+    /// The request's body has been read to its end.
+    pub(crate) fn body_read(&self) {
+        self.lock().body_read = true;
+    }
+
+    /// Requests answered so far.
+    pub(crate) fn answered(&self) -> u64 {
+        self.lock().answered
+    }
+
+    /// Whether an HTTP/1 exchange is over since `answered` requests had
+    /// been: a request answered since, none in flight, its body read to
+    /// the end, every byte of the answer flushed, and the last read found
+    /// nothing of a next request. The connection may then leave hyper
+    /// ([`super::server`]).
+    pub(crate) fn exchange_over(&self, answered: u64) -> bool {
+        let phase = self.lock();
+        phase.answered > answered
+            && phase.in_flight == 0
+            && phase.body_read
+            && !phase.unflushed
+            && phase.read_waits
     }
 
     /// When the connection must close, and why; `None` while it may wait.
@@ -118,9 +158,18 @@ impl ConnState {
 
     fn read_some(&self) {
         let mut phase = self.lock();
+        phase.read_waits = false;
         if phase.in_flight == 0 && phase.read_while_idle.is_none() {
             phase.read_while_idle = Some(Instant::now());
         }
+    }
+
+    fn read_waits(&self) {
+        self.lock().read_waits = true;
+    }
+
+    fn flushed(&self, flushed: bool) {
+        self.lock().unflushed = !flushed;
     }
 
     fn write_waits(&self, waits: bool) {
@@ -158,6 +207,16 @@ impl<S> Watched<S> {
             armed_for: None,
             closed: None,
         }
+    }
+
+    /// The state of the connection it carries.
+    pub(crate) fn state(&self) -> &Arc<ConnState> {
+        &self.state
+    }
+
+    /// The connections it is counted among.
+    pub(crate) fn connections(&self) -> &Arc<Connections> {
+        &self.connections
     }
 
     /// Called when the I/O would wait: an error once the deadline has
@@ -213,10 +272,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match this.check(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
+            Poll::Pending => {
+                this.state.read_waits();
+                match this.check(cx) {
+                    Ok(()) => Poll::Pending,
+                    Err(e) => Poll::Ready(Err(e)),
+                }
+            }
         }
     }
 }
@@ -231,6 +293,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         if let Some(why) = this.closed {
             return Poll::Ready(Err(timed_out(why)));
         }
+        this.state.flushed(false);
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Pending => {
                 this.state.write_waits(true);
@@ -258,6 +321,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
             }
             ready => {
                 this.state.write_waits(false);
+                if matches!(ready, Poll::Ready(Ok(()))) {
+                    this.state.flushed(true);
+                }
                 ready
             }
         }
@@ -276,6 +342,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         if let Some(why) = this.closed {
             return Poll::Ready(Err(timed_out(why)));
         }
+        this.state.flushed(false);
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             Poll::Pending => {
                 this.state.write_waits(true);
@@ -321,7 +388,7 @@ mod tests {
         assert_eq!(why, Closed::FirstRequest);
         assert!(at <= Instant::now() + Duration::from_secs(10));
 
-        let request = state.begin();
+        let request = state.begin(true);
         assert_eq!(state.deadline(), None);
         state.write_waits(true);
         assert_eq!(state.deadline().unwrap().1, Closed::Stalled);
@@ -332,12 +399,12 @@ mod tests {
 
         state.read_some();
         assert_eq!(state.deadline().unwrap().1, Closed::Header);
-        drop(state.begin());
+        drop(state.begin(true));
         assert_eq!(state.deadline().unwrap().1, Closed::Idle);
 
         // HTTP/2 frames while idle (a ping, settings) do not shorten it.
         let h2 = ConnState::new(limits(), false);
-        drop(h2.begin());
+        drop(h2.begin(true));
         h2.read_some();
         assert_eq!(h2.deadline().unwrap().1, Closed::Idle);
     }
